@@ -1,0 +1,2 @@
+//! Sesame CSM fine-tuning engine on MLX.
+pub use mlx_rs;
