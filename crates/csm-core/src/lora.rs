@@ -1,0 +1,147 @@
+//! Linear projections that can carry a LoRA adapter.
+//!
+//! Every attention and MLP projection of the CSM backbone and depth decoder
+//! is a [`Proj`]. Without an adapter it is a plain bias-free linear layer;
+//! [`Proj::attach_lora`] adds `lora_a`/`lora_b` (mlx_lm layout) so that
+//! `y = x W^T + b + scale * dropout(x) A B`, with `B = 0` at start so the
+//! adapted model equals the base model exactly.
+
+use mlx_rs::error::Exception;
+use mlx_rs::macros::ModuleParameters;
+use mlx_rs::module::{Module, Param, Parameter};
+use mlx_rs::{ops, random, Array};
+
+/// A linear projection `[out, in]` with an optional LoRA adapter and bias.
+#[derive(Debug, Clone, ModuleParameters)]
+pub struct Proj {
+    /// Base weight, PyTorch layout `[out, in]`; frozen during LoRA training.
+    #[param]
+    pub weight: Param<Array>,
+    /// Optional bias `[out]` (trained when `--lora-bias` is set).
+    #[param]
+    pub bias: Param<Option<Array>>,
+    /// LoRA down-projection `[in, r]`.
+    #[param]
+    pub lora_a: Param<Option<Array>>,
+    /// LoRA up-projection `[r, out]`, zero at initialisation.
+    #[param]
+    pub lora_b: Param<Option<Array>>,
+    /// `alpha / r`.
+    pub scale: f32,
+    /// Dropout probability on the adapter's input.
+    pub dropout: f32,
+    /// Dropout is only active in training mode.
+    pub training: bool,
+}
+
+impl Proj {
+    /// A bias-free projection with the given weight `[out, in]`.
+    pub fn new(weight: Array) -> Self {
+        Proj {
+            weight: Param::new(weight),
+            bias: Param::new(None),
+            lora_a: Param::new(None),
+            lora_b: Param::new(None),
+            scale: 0.0,
+            dropout: 0.0,
+            training: false,
+        }
+    }
+
+    /// A projection with uniform random weights (`±1/sqrt(in)`), used before
+    /// loading a checkpoint (MLX is lazy, so replaced weights are never
+    /// materialised).
+    pub fn random(input_dims: i32, output_dims: i32) -> Result<Self, Exception> {
+        let bound = (1.0 / input_dims as f32).sqrt();
+        let weight = random::uniform::<_, f32>(-bound, bound, &[output_dims, input_dims], None)?;
+        Ok(Proj::new(weight))
+    }
+
+    /// `(out, in)` of the base weight.
+    pub fn dims(&self) -> (i32, i32) {
+        let shape = self.weight.value.shape();
+        (shape[0], shape[1])
+    }
+
+    /// Whether an adapter is attached.
+    pub fn has_lora(&self) -> bool {
+        self.lora_a.value.is_some()
+    }
+
+    /// Attaches a fresh adapter of rank `r`: `A ~ U(±1/sqrt(in))`, `B = 0`,
+    /// `scale = alpha / r`. With `train_bias`, a zero bias is added (if the
+    /// layer has none) and left trainable.
+    pub fn attach_lora(
+        &mut self,
+        r: i32,
+        alpha: f32,
+        dropout: f32,
+        train_bias: bool,
+    ) -> Result<(), Exception> {
+        let (out, input) = self.dims();
+        let bound = (1.0 / input as f32).sqrt();
+        let dtype = self.weight.value.dtype();
+        let a = random::uniform::<_, f32>(-bound, bound, &[input, r], None)?.as_dtype(dtype)?;
+        let b = ops::zeros_dtype(&[r, out], dtype)?;
+        self.lora_a = Param::new(Some(a));
+        self.lora_b = Param::new(Some(b));
+        self.scale = alpha / r as f32;
+        self.dropout = dropout;
+        if train_bias && self.bias.value.is_none() {
+            self.bias = Param::new(Some(ops::zeros_dtype(&[out], dtype)?));
+        }
+        self.weight.freeze(false);
+        self.lora_a.unfreeze(false);
+        self.lora_b.unfreeze(false);
+        if train_bias {
+            self.bias.unfreeze(false);
+        } else {
+            self.bias.freeze(false);
+        }
+        Ok(())
+    }
+
+    /// Folds the adapter into the base weight (`W += scale * (A B)^T`) and
+    /// removes it. A no-op without an adapter.
+    pub fn merge_lora(&mut self) -> Result<(), Exception> {
+        if let (Some(a), Some(b)) = (&self.lora_a.value, &self.lora_b.value) {
+            let delta = ops::matmul(a, b)?.t().multiply(Array::from_f32(self.scale))?; // [out, in]
+            let merged = self.weight.value.add(&delta.as_dtype(self.weight.value.dtype())?)?;
+            self.weight = Param::new(merged);
+            self.lora_a = Param::new(None);
+            self.lora_b = Param::new(None);
+        }
+        Ok(())
+    }
+}
+
+impl Module<&Array> for Proj {
+    type Error = Exception;
+    type Output = Array;
+
+    /// # Shapes
+    /// `x: [..., in]` -> `[..., out]`
+    fn forward(&mut self, x: &Array) -> Result<Array, Exception> {
+        let mut y = match &self.bias.value {
+            Some(bias) => ops::addmm(bias, x, self.weight.value.t(), None, None)?,
+            None => ops::matmul(x, self.weight.value.t())?,
+        };
+        if let (Some(a), Some(b)) = (&self.lora_a.value, &self.lora_b.value) {
+            let input = if self.training && self.dropout > 0.0 {
+                let keep = 1.0 - self.dropout;
+                let mask = random::bernoulli(&Array::from_f32(keep), x.shape(), None)?;
+                ops::select(&mask, &x.divide(Array::from_f32(keep))?, Array::from_f32(0.0))?
+                    .as_dtype(x.dtype())?
+            } else {
+                x.clone()
+            };
+            let update = ops::matmul(&ops::matmul(&input, a)?, b)?; // [..., out]
+            y = y.add(update.multiply(Array::from_f32(self.scale))?)?;
+        }
+        Ok(y)
+    }
+
+    fn training_mode(&mut self, mode: bool) {
+        self.training = mode;
+    }
+}
