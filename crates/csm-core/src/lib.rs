@@ -3,5 +3,6 @@
 
 pub mod checkpoint;
 pub mod lora;
+pub mod runtime;
 
 pub use mlx_rs;

@@ -1,0 +1,119 @@
+//! `csm info`: the device/backend report for bug reports.
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use csm_core::mlx_rs::Dtype;
+use csm_core::runtime::{self, Backend};
+
+/// Flags of `csm info`.
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// Seconds spent on each matmul benchmark.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Matrix size of the f32 benchmark.
+    #[arg(long, default_value_t = 1024)]
+    size: i32,
+    /// Skip the comparison run against the wheel's bundled reference BLAS.
+    #[arg(long)]
+    no_compare: bool,
+    /// Print only the f32 benchmark as JSON (used for the comparison run).
+    #[arg(long, hide = true)]
+    bench_json: bool,
+}
+
+/// Runs `csm info`.
+pub fn run(args: InfoArgs) -> Result<()> {
+    let backend = runtime::use_best_device();
+    let budget = Duration::from_secs_f64(args.seconds.max(0.1));
+    let f32_bench = runtime::matmul_gflops(args.size, Dtype::Float32, budget)
+        .context("f32 matmul benchmark failed")?;
+    if args.bench_json {
+        println!("{}", serde_json::to_string(&f32_bench)?);
+        return Ok(());
+    }
+    let blas = runtime::blas_info();
+    println!("csm {}", env!("CARGO_PKG_VERSION"));
+    println!("MLX version     {}", runtime::mlx_version());
+    println!("backend         {}", backend.name());
+    println!("default device  {}", runtime::default_device());
+    println!(
+        "BLAS            {}{}",
+        blas.name,
+        blas.path.map(|p| format!(" ({p})")).unwrap_or_default()
+    );
+    println!("libmlx          {}", libmlx_path());
+    println!(
+        "matmul f32      {:.1} GFLOP/s  (n={}, {} iterations in {:.1} s)",
+        f32_bench.gflops, f32_bench.n, f32_bench.iterations, args.seconds
+    );
+    // bf16 on the CPU backend takes a slow path (under 1 GFLOP/s): measure a
+    // small size there so the report stays quick, and say so.
+    let (bf16_n, note) = match backend {
+        Backend::Cpu => (256, "  (CPU backend: bf16 is slow here; we train in f32 on CPU)"),
+        _ => (args.size.max(4096), ""),
+    };
+    let bf16 = runtime::matmul_gflops(bf16_n, Dtype::Bfloat16, budget)
+        .context("bf16 matmul benchmark failed")?;
+    println!(
+        "matmul bf16     {:.1} GFLOP/s  (n={}){note}",
+        bf16.gflops, bf16.n
+    );
+    if backend == Backend::Cpu && !args.no_compare {
+        compare_reference_blas(&args, f32_bench.gflops)?;
+    }
+    Ok(())
+}
+
+/// Path of the libmlx this process loaded.
+fn libmlx_path() -> String {
+    std::fs::read_to_string("/proc/self/maps")
+        .ok()
+        .and_then(|maps| {
+            maps.lines()
+                .filter_map(|l| l.split_whitespace().nth(5))
+                .find(|p| p.contains("libmlx"))
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Re-runs the f32 benchmark in a child process whose libmlx is the wheel as
+/// shipped (bundled reference BLAS), and prints both figures.
+fn compare_reference_blas(args: &InfoArgs, ours: f64) -> Result<()> {
+    let Some(dir) = option_env!("CSM_MLX_REFERENCE_LIB_DIR") else {
+        println!("reference BLAS  not compared (this build has no reference libmlx)");
+        return Ok(());
+    };
+    if !std::path::Path::new(dir).join("libmlx.so").exists() {
+        println!("reference BLAS  not compared ({dir}/libmlx.so is missing)");
+        return Ok(());
+    }
+    let exe = std::env::current_exe().context("cannot locate the csm executable")?;
+    let output = Command::new(exe)
+        .args(["info", "--bench-json", "--no-compare"])
+        .arg("--seconds")
+        .arg(args.seconds.to_string())
+        .arg("--size")
+        .arg(args.size.to_string())
+        .env("LD_LIBRARY_PATH", dir)
+        .output()
+        .context("could not start the reference-BLAS benchmark")?;
+    if !output.status.success() {
+        anyhow::bail!(
+            "reference-BLAS benchmark failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let bench: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .context("reference-BLAS benchmark printed no JSON")?;
+    let reference = bench["gflops"].as_f64().unwrap_or(f64::NAN);
+    println!(
+        "matmul f32 with the wheel's reference BLAS: {reference:.1} GFLOP/s -> this build is {:.1}x faster",
+        ours / reference
+    );
+    Ok(())
+}

@@ -1,0 +1,4 @@
+//! One module per subcommand.
+
+pub mod gpu_check;
+pub mod info;

@@ -1,0 +1,217 @@
+//! What MLX runs on: version, backend, device, BLAS, memory, and a matmul
+//! micro-benchmark. `csm info` prints these for bug reports.
+
+use std::ffi::CStr;
+use std::time::{Duration, Instant};
+
+use mlx_rs::{random, Array, Device, Dtype};
+
+/// The compute backend of the loaded libmlx.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// CPU only (Linux `mlx-cpu` wheel).
+    Cpu,
+    /// NVIDIA GPU (Linux `mlx-cuda-13` wheel).
+    Cuda,
+    /// Apple GPU (macOS `mlx-metal` wheel).
+    Metal,
+}
+
+impl Backend {
+    /// Asks libmlx which GPU backend it was built with, if any.
+    pub fn detect() -> Backend {
+        let mut metal = false;
+        let mut cuda = false;
+        // SAFETY: both functions only write a bool through the pointer.
+        unsafe {
+            mlx_sys::mlx_metal_is_available(&mut metal);
+            mlx_sys::mlx_cuda_is_available(&mut cuda);
+        }
+        if metal {
+            Backend::Metal
+        } else if cuda {
+            Backend::Cuda
+        } else {
+            Backend::Cpu
+        }
+    }
+
+    /// Lower-case name (`cpu`, `cuda`, `metal`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Cpu => "cpu",
+            Backend::Cuda => "cuda",
+            Backend::Metal => "metal",
+        }
+    }
+
+    /// Whether a GPU device is available.
+    pub fn has_gpu(self) -> bool {
+        self != Backend::Cpu
+    }
+
+    /// The compute dtype we train and generate in by default: f32 on CPU
+    /// (MLX's CPU bf16 matmul is far slower), bf16 on GPUs.
+    pub fn default_dtype(self) -> Dtype {
+        if self.has_gpu() {
+            Dtype::Bfloat16
+        } else {
+            Dtype::Float32
+        }
+    }
+}
+
+/// Version string of the loaded libmlx (e.g. `0.32.2`).
+pub fn mlx_version() -> String {
+    // SAFETY: mlx_string_new/mlx_version/mlx_string_data/mlx_string_free are
+    // used as documented: the string is owned here and freed once.
+    unsafe {
+        let mut s = mlx_sys::mlx_string_new();
+        mlx_sys::mlx_version(&mut s);
+        let text = CStr::from_ptr(mlx_sys::mlx_string_data(s))
+            .to_string_lossy()
+            .into_owned();
+        mlx_sys::mlx_string_free(s);
+        text
+    }
+}
+
+/// The default device as MLX prints it (e.g. `Device(gpu, 0)`).
+pub fn default_device() -> String {
+    match Device::try_default() {
+        Ok(device) => format!("{device}"),
+        Err(e) => format!("unknown ({e})"),
+    }
+}
+
+/// Makes the GPU the default device when the backend has one, otherwise the
+/// CPU. Returns the backend.
+pub fn use_best_device() -> Backend {
+    let backend = Backend::detect();
+    if backend.has_gpu() {
+        Device::set_default(&Device::gpu());
+    } else {
+        Device::set_default(&Device::cpu());
+    }
+    backend
+}
+
+/// Memory MLX currently holds in arrays, in bytes.
+pub fn active_memory() -> usize {
+    let mut n = 0usize;
+    // SAFETY: writes one usize.
+    unsafe { mlx_sys::mlx_get_active_memory(&mut n) };
+    n
+}
+
+/// Peak of [`active_memory`] since start or the last [`reset_peak_memory`].
+pub fn peak_memory() -> usize {
+    let mut n = 0usize;
+    // SAFETY: writes one usize.
+    unsafe { mlx_sys::mlx_get_peak_memory(&mut n) };
+    n
+}
+
+/// Resets the peak memory counter.
+pub fn reset_peak_memory() {
+    // SAFETY: no arguments.
+    unsafe { mlx_sys::mlx_reset_peak_memory() };
+}
+
+/// The BLAS library the process actually has mapped, resolved through
+/// symlinks (Linux: from `/proc/self/maps`), with a short human label.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BlasInfo {
+    /// `OpenBLAS`, `reference BLAS`, `Accelerate`, or `unknown`.
+    pub name: String,
+    /// Path of the mapped library, when known.
+    pub path: Option<String>,
+}
+
+/// Detects the BLAS behind libmlx (call after any MLX operation has run).
+pub fn blas_info() -> BlasInfo {
+    if cfg!(target_os = "macos") {
+        return BlasInfo {
+            name: "Accelerate".into(),
+            path: None,
+        };
+    }
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let mut libs: Vec<&str> = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|p| {
+            let file = p.rsplit('/').next().unwrap_or(p);
+            file.contains("blas")
+        })
+        .collect();
+    libs.sort();
+    libs.dedup();
+    let open = libs.iter().find(|p| p.contains("openblas"));
+    let reference = libs.iter().find(|p| p.contains("mlx_cpu.libs"));
+    match (open, reference) {
+        (Some(p), _) => BlasInfo {
+            name: "OpenBLAS".into(),
+            path: Some(p.to_string()),
+        },
+        (None, Some(p)) => BlasInfo {
+            name: "reference BLAS (bundled with the mlx-cpu wheel)".into(),
+            path: Some(p.to_string()),
+        },
+        _ => BlasInfo {
+            name: libs
+                .first()
+                .map(|p| format!("other ({p})"))
+                .unwrap_or_else(|| "none mapped".into()),
+            path: libs.first().map(|p| p.to_string()),
+        },
+    }
+}
+
+/// Result of [`matmul_gflops`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MatmulBench {
+    /// Matrix size (n x n times n x n).
+    pub n: i32,
+    /// Dtype of the operands.
+    pub dtype: String,
+    /// Timed iterations.
+    pub iterations: u32,
+    /// Achieved GFLOP/s (2 n^3 flops per matmul).
+    pub gflops: f64,
+}
+
+/// Times `n x n` matmuls of `dtype` on the default device for about
+/// `budget` (after one warm-up) and reports GFLOP/s.
+pub fn matmul_gflops(
+    n: i32,
+    dtype: Dtype,
+    budget: Duration,
+) -> Result<MatmulBench, mlx_rs::error::Exception> {
+    let a = random::normal::<f32>(&[n, n], None, None, None)?.as_dtype(dtype)?;
+    let b = random::normal::<f32>(&[n, n], None, None, None)?.as_dtype(dtype)?;
+    a.eval()?;
+    b.eval()?;
+    a.matmul(&b)?.eval()?;
+    let start = Instant::now();
+    let mut iterations = 0u32;
+    while start.elapsed() < budget || iterations == 0 {
+        // Chain a few matmuls per eval so launch overhead does not dominate
+        // on GPUs.
+        let mut outs: Vec<Array> = Vec::with_capacity(4);
+        for _ in 0..4 {
+            outs.push(a.matmul(&b)?);
+        }
+        mlx_rs::transforms::eval(outs.iter())?;
+        iterations += 4;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let flops = 2.0 * (n as f64).powi(3) * iterations as f64;
+    Ok(MatmulBench {
+        n,
+        dtype: format!("{dtype:?}"),
+        iterations,
+        gflops: flops / secs / 1e9,
+    })
+}
