@@ -148,6 +148,12 @@ pub fn blas_info() -> BlasInfo {
         .collect();
     libs.sort();
     libs.dedup();
+    if let Some(p) = libs.iter().find(|p| p.contains("cublas")) {
+        return BlasInfo {
+            name: "cuBLAS (GPU)".into(),
+            path: Some(p.to_string()),
+        };
+    }
     let open = libs.iter().find(|p| p.contains("openblas"));
     let reference = libs.iter().find(|p| p.contains("mlx_cpu.libs"));
     match (open, reference) {
@@ -160,10 +166,7 @@ pub fn blas_info() -> BlasInfo {
             path: Some(p.to_string()),
         },
         _ => BlasInfo {
-            name: libs
-                .first()
-                .map(|p| format!("other ({p})"))
-                .unwrap_or_else(|| "none mapped".into()),
+            name: if libs.is_empty() { "none mapped" } else { "other" }.into(),
             path: libs.first().map(|p| p.to_string()),
         },
     }
