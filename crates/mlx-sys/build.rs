@@ -79,7 +79,12 @@ impl Wheel {
 }
 
 fn main() {
-    for var in ["CSM_MLX_CACHE", "XDG_CACHE_HOME", "LIBCLANG_PATH", "MLX_WHEEL_FILE"] {
+    for var in [
+        "CSM_MLX_CACHE",
+        "XDG_CACHE_HOME",
+        "LIBCLANG_PATH",
+        "MLX_WHEEL_FILE",
+    ] {
         println!("cargo:rerun-if-env-changed={var}");
     }
     println!("cargo:rerun-if-changed=build.rs");
@@ -253,7 +258,15 @@ fn download_wheel(platform: Platform, dir: &Path) -> PathBuf {
     fs::create_dir_all(dir).unwrap();
     let spec = format!("{}=={MLX_VERSION}", platform.wheel_name());
     let status = Command::new(python())
-        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "-q",
+            "-d",
+        ])
         .arg(dir)
         .arg(&spec)
         .status()
@@ -263,7 +276,12 @@ fn download_wheel(platform: Platform, dir: &Path) -> PathBuf {
             "`pip download {spec}` failed; check network access to PyPI, or set MLX_WHEEL_FILE to a downloaded wheel"
         ));
     }
-    find().unwrap_or_else(|| fail(&format!("pip reported success but no wheel is in {}", dir.display())))
+    find().unwrap_or_else(|| {
+        fail(&format!(
+            "pip reported success but no wheel is in {}",
+            dir.display()
+        ))
+    })
 }
 
 /// Unpacks a wheel (a zip file) into `dest` unless already done.
@@ -323,7 +341,10 @@ fn build_mlx_c(mlx_c: &Path, wheel: &Wheel) -> PathBuf {
         // The shims are force-included everywhere, CMake's compiler probes too,
         // so MLX's headers must be on the path from the start.
         .cxxflag(format!("-I{}", wheel.include_dir().display()))
-        .cxxflag(format!("-include {}", shim.join("format_polyfill.h").display()))
+        .cxxflag(format!(
+            "-include {}",
+            shim.join("format_polyfill.h").display()
+        ))
         .cxxflag(format!("-include {}", shim.join("half_types.h").display()));
     let dst = config.build();
     dst.join("lib")
@@ -341,7 +362,10 @@ fn build_platform_shims(platform: Platform) {
 fn emit_link_directives(platform: Platform, mlx_c_lib: &Path, wheel: &Wheel) {
     println!("cargo:rustc-link-search=native={}", mlx_c_lib.display());
     println!("cargo:rustc-link-lib=static=mlxc");
-    println!("cargo:rustc-link-search=native={}", wheel.lib_dir().display());
+    println!(
+        "cargo:rustc-link-search=native={}",
+        wheel.lib_dir().display()
+    );
     println!("cargo:rustc-link-lib=dylib=mlx");
     match platform {
         Platform::LinuxCpu => println!("cargo:rustc-link-lib=dylib=stdc++"),

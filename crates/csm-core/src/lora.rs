@@ -105,8 +105,13 @@ impl Proj {
     /// removes it. A no-op without an adapter.
     pub fn merge_lora(&mut self) -> Result<(), Exception> {
         if let (Some(a), Some(b)) = (&self.lora_a.value, &self.lora_b.value) {
-            let delta = ops::matmul(a, b)?.t().multiply(Array::from_f32(self.scale))?; // [out, in]
-            let merged = self.weight.value.add(&delta.as_dtype(self.weight.value.dtype())?)?;
+            let delta = ops::matmul(a, b)?
+                .t()
+                .multiply(Array::from_f32(self.scale))?; // [out, in]
+            let merged = self
+                .weight
+                .value
+                .add(&delta.as_dtype(self.weight.value.dtype())?)?;
             self.weight = Param::new(merged);
             self.lora_a = Param::new(None);
             self.lora_b = Param::new(None);
@@ -130,8 +135,12 @@ impl Module<&Array> for Proj {
             let input = if self.training && self.dropout > 0.0 {
                 let keep = 1.0 - self.dropout;
                 let mask = random::bernoulli(&Array::from_f32(keep), x.shape(), None)?;
-                ops::select(&mask, &x.divide(Array::from_f32(keep))?, Array::from_f32(0.0))?
-                    .as_dtype(x.dtype())?
+                ops::select(
+                    &mask,
+                    &x.divide(Array::from_f32(keep))?,
+                    Array::from_f32(0.0),
+                )?
+                .as_dtype(x.dtype())?
             } else {
                 x.clone()
             };

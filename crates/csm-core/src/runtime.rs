@@ -166,7 +166,12 @@ pub fn blas_info() -> BlasInfo {
             path: Some(p.to_string()),
         },
         _ => BlasInfo {
-            name: if libs.is_empty() { "none mapped" } else { "other" }.into(),
+            name: if libs.is_empty() {
+                "none mapped"
+            } else {
+                "other"
+            }
+            .into(),
             path: libs.first().map(|p| p.to_string()),
         },
     }

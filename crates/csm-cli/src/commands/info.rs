@@ -53,7 +53,10 @@ pub fn run(args: InfoArgs) -> Result<()> {
     // bf16 on the CPU backend takes a slow path (under 1 GFLOP/s): measure a
     // small size there so the report stays quick, and say so.
     let (bf16_n, note) = match backend {
-        Backend::Cpu => (256, "  (CPU backend: bf16 is slow here; we train in f32 on CPU)"),
+        Backend::Cpu => (
+            256,
+            "  (CPU backend: bf16 is slow here; we train in f32 on CPU)",
+        ),
         _ => (args.size.max(4096), ""),
     };
     let bf16 = runtime::matmul_gflops(bf16_n, Dtype::Bfloat16, budget)

@@ -89,7 +89,9 @@ fn mismatch_message(
             .map(|(k, e, f)| format!("{k}: {e:?} vs {f:?}"))
             .collect(),
     );
-    m.push_str("\n  Check that --model-path points at the right model and that the config matches it.");
+    m.push_str(
+        "\n  Check that --model-path points at the right model and that the config matches it.",
+    );
     m
 }
 
@@ -147,13 +149,14 @@ impl WeightMap {
         })?;
         for (key, view) in st.tensors() {
             let shape: Vec<i32> = view.shape().iter().map(|&d| d as i32).collect();
-            let array = array_from_le_bytes(view.dtype(), view.data(), &shape).ok_or_else(|| {
-                CheckpointError::UnsupportedDtype {
-                    path: path.to_path_buf(),
-                    key: key.clone(),
-                    dtype: format!("{:?}", view.dtype()),
-                }
-            })?;
+            let array =
+                array_from_le_bytes(view.dtype(), view.data(), &shape).ok_or_else(|| {
+                    CheckpointError::UnsupportedDtype {
+                        path: path.to_path_buf(),
+                        key: key.clone(),
+                        dtype: format!("{:?}", view.dtype()),
+                    }
+                })?;
             let array = cast_float(array, float_dtype).map_err(|source| CheckpointError::Mlx {
                 context: format!("{}: {key}", path.display()),
                 source,
@@ -210,7 +213,8 @@ impl WeightMap {
 /// Builds an MLX array from little-endian tensor bytes.
 fn array_from_le_bytes(dtype: StDtype, data: &[u8], shape: &[i32]) -> Option<Array> {
     fn words<const N: usize>(data: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
-        data.chunks_exact(N).map(|c| c.try_into().expect("exact chunk"))
+        data.chunks_exact(N)
+            .map(|c| c.try_into().expect("exact chunk"))
     }
     Some(match dtype {
         StDtype::F32 => {
@@ -311,10 +315,12 @@ pub fn load_strict<M: ModuleParameters>(
     for (key, (_, dtype)) in &expected {
         let value = weights.tensors.remove(key).expect("checked above");
         let value = if value.dtype().is_float() && value.dtype() != *dtype {
-            value.as_dtype(*dtype).map_err(|source| CheckpointError::Mlx {
-                context: key.clone(),
-                source,
-            })?
+            value
+                .as_dtype(*dtype)
+                .map_err(|source| CheckpointError::Mlx {
+                    context: key.clone(),
+                    source,
+                })?
         } else {
             value
         };
