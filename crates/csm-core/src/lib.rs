@@ -4,5 +4,6 @@
 pub mod checkpoint;
 pub mod lora;
 pub mod runtime;
+pub mod train;
 
 pub use mlx_rs;

@@ -1,0 +1,13 @@
+//! LoRA fine-tuning: configuration, optimizer, schedule, reporting and the
+//! training loop.
+
+pub mod config;
+pub mod observer;
+pub mod optim;
+pub mod schedule;
+
+pub use config::{LayerSet, LrSchedule, SaveMode, TargetLayers, TrainConfig};
+pub use observer::{
+    CancelToken, NullObserver, Phase, RecordingObserver, StepReport, TrainEvent, TrainingObserver,
+    ValReport,
+};

@@ -1,0 +1,186 @@
+//! How a run reports progress and how it is stopped: the loop never prints;
+//! the CLI (progress bar, `metrics.jsonl`) and the app (IPC channel)
+//! implement [`TrainingObserver`] and hold a [`CancelToken`].
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+/// What the run is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Phase {
+    /// Reading the model, codec and tokenizer.
+    Loading,
+    /// Scanning the dataset and Mimi-encoding audio not yet in the cache.
+    EncodingAudio,
+    /// Optimizer steps.
+    Training,
+    /// Writing checkpoints and final outputs.
+    Saving,
+}
+
+/// One optimizer step's numbers.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepReport {
+    /// Optimizer step, 1-based.
+    pub step: usize,
+    /// Steps in the whole run.
+    pub total_steps: usize,
+    /// Epoch, 1-based.
+    pub epoch: usize,
+    /// Weighted total loss.
+    pub loss: f32,
+    /// Codebook-0 cross-entropy.
+    pub semantic_loss: f32,
+    /// Mean cross-entropy of codebooks 1..N-1 on the selected frames.
+    pub acoustic_loss: f32,
+    /// Learning rate used for this step.
+    pub lr: f32,
+    /// Gradient norm before clipping.
+    pub grad_norm: f32,
+    /// Audio frames processed per second in this step.
+    pub frames_per_sec: f32,
+    /// MLX active memory after the step, bytes.
+    pub memory_bytes: u64,
+    /// Peak MLX memory so far, bytes.
+    pub peak_memory_bytes: u64,
+    /// Seconds since training started.
+    pub elapsed_secs: f64,
+    /// Estimated seconds left.
+    pub eta_secs: f64,
+}
+
+/// Validation result.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ValReport {
+    /// Step after which validation ran.
+    pub step: usize,
+    /// Weighted total loss over the validation set.
+    pub loss: f32,
+    /// Codebook-0 part.
+    pub semantic_loss: f32,
+    /// Codebooks 1..N-1 part.
+    pub acoustic_loss: f32,
+    /// Validation examples.
+    pub examples: usize,
+}
+
+/// Everything the run reports, in order.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase", tag = "event", content = "data")]
+pub enum TrainEvent {
+    /// The run started (or resumed) with this many steps in total.
+    Started {
+        /// Steps of the whole run.
+        total_steps: usize,
+        /// Step it resumes after (0 for a fresh run).
+        start_step: usize,
+        /// Training examples.
+        train_examples: usize,
+        /// Validation examples.
+        val_examples: usize,
+        /// Trainable parameters.
+        trainable_params: usize,
+    },
+    /// A new phase began.
+    Phase {
+        /// The phase.
+        phase: Phase,
+        /// A short human description.
+        detail: String,
+    },
+    /// Progress inside a phase (e.g. audio files encoded).
+    Progress {
+        /// Done so far.
+        done: usize,
+        /// Total.
+        total: usize,
+    },
+    /// An optimizer step finished.
+    Step(StepReport),
+    /// A validation pass finished.
+    Validation(ValReport),
+    /// A checkpoint was written.
+    Checkpoint {
+        /// Step it holds.
+        step: usize,
+        /// The file.
+        path: PathBuf,
+    },
+    /// A sample was spoken with the current weights.
+    Sample {
+        /// Step it was generated at.
+        step: usize,
+        /// The WAV file.
+        path: PathBuf,
+    },
+    /// Something worth the user's attention that does not stop the run.
+    Warning {
+        /// What happened.
+        message: String,
+    },
+    /// The run ended normally or was cancelled after saving.
+    Finished {
+        /// Last step done.
+        step: usize,
+        /// Whether it stopped early on request.
+        cancelled: bool,
+        /// Output directory.
+        output_dir: PathBuf,
+    },
+}
+
+/// Receives the run's events. Implementations must be cheap: they run on
+/// the training thread between steps.
+pub trait TrainingObserver {
+    /// Called for every event, in order.
+    fn on_event(&mut self, event: &TrainEvent);
+}
+
+/// An observer that ignores everything (library use, tests).
+#[derive(Debug, Default)]
+pub struct NullObserver;
+
+impl TrainingObserver for NullObserver {
+    fn on_event(&mut self, _event: &TrainEvent) {}
+}
+
+/// Collects events in memory (tests, small tools).
+#[derive(Debug, Default)]
+pub struct RecordingObserver {
+    /// Events so far.
+    pub events: Vec<TrainEvent>,
+}
+
+impl TrainingObserver for RecordingObserver {
+    fn on_event(&mut self, event: &TrainEvent) {
+        self.events.push(event.clone());
+    }
+}
+
+/// Asks a running job to stop at the next step boundary (it saves a
+/// checkpoint first). Cheap to clone; all clones share one flag.
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    /// A token that is not cancelled.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Requests the stop.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a stop was requested.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
