@@ -1,9 +1,11 @@
 //! LoRA fine-tuning: configuration, optimizer, schedule, reporting and the
 //! training loop.
 
+pub mod batch;
 pub mod config;
 pub mod observer;
 pub mod optim;
+pub mod rng;
 pub mod schedule;
 
 pub use config::{LayerSet, LrSchedule, SaveMode, TargetLayers, TrainConfig};
