@@ -6,5 +6,6 @@
 //! keys before touching the module.
 
 mod weights;
+pub mod write;
 
 pub use weights::{load_strict, CheckpointError, WeightMap};
