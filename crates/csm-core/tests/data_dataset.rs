@@ -162,7 +162,8 @@ fn folder_errors_name_the_folder() {
 #[test]
 fn bad_inputs_give_typed_errors_naming_the_file() {
     type Check = fn(&DataError, &Path) -> bool;
-    let cases: Vec<(&str, Box<dyn Fn(&Fixture) -> PathBuf>, Check)> = vec![
+    type Make = Box<dyn Fn(&Fixture) -> PathBuf>;
+    let cases: Vec<(&str, Make, Check)> = vec![
         (
             "non-WAV audio",
             Box::new(|f| {
