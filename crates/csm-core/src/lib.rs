@@ -1,2 +1,4 @@
 //! Sesame CSM fine-tuning engine on MLX.
 pub use mlx_rs;
+
+pub mod checkpoint;
