@@ -18,13 +18,16 @@ fn load(name: &str) -> Result<TorchCheckpoint, PickleError> {
     load_torch_checkpoint(fixture(name))
 }
 
-/// Build an in-memory zip (stored entries).
+/// Build an in-memory zip (stored entries, as torch writes them).
 fn make_zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    make_zip_with(entries, zip::CompressionMethod::Stored)
+}
+
+fn make_zip_with(entries: &[(&str, &[u8])], method: zip::CompressionMethod) -> Vec<u8> {
     let mut out = Cursor::new(Vec::new());
     {
         let mut zip = zip::ZipWriter::new(&mut out);
-        let options = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Stored);
+        let options = zip::write::SimpleFileOptions::default().compression_method(method);
         for (name, data) in entries {
             zip.start_file(*name, options).unwrap();
             zip.write_all(data).unwrap();
@@ -593,4 +596,37 @@ fn fuzz_archive_never_panics() {
         }
         let _ = read(data);
     }
+}
+
+#[test]
+fn reads_deflated_entries() {
+    // torch stores entries uncompressed, but a re-zipped checkpoint may deflate them
+    let mut archive =
+        zip::ZipArchive::new(std::fs::File::open(fixture("state_dict_p2.pt")).unwrap()).unwrap();
+    let mut entries = Vec::new();
+    for i in 0..archive.len() {
+        let mut entry = archive.by_index(i).unwrap();
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data).unwrap();
+        entries.push((entry.name().to_string(), data));
+    }
+    let refs: Vec<(&str, &[u8])> = entries
+        .iter()
+        .map(|(n, d)| (n.as_str(), d.as_slice()))
+        .collect();
+    let ck = read_bytes(make_zip_with(&refs, zip::CompressionMethod::Deflated)).unwrap();
+    check_state_dict(&ck);
+}
+
+#[test]
+fn missing_file_is_an_io_error_naming_it() {
+    let err = load("does_not_exist.pt").unwrap_err();
+    assert!(matches!(err, PickleError::Io { .. }), "{err:?}");
+    assert!(err.to_string().contains("does_not_exist.pt"), "{err}");
+}
+
+#[test]
+fn error_is_send_sync_and_static() {
+    fn check<E: std::error::Error + Send + Sync + 'static>() {}
+    check::<PickleError>();
 }
