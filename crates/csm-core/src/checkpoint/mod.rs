@@ -5,6 +5,7 @@
 //! [`load_strict`], which fails listing missing, unexpected and mis-shaped
 //! keys before touching the module.
 
+pub mod pickle;
 mod weights;
 pub mod write;
 

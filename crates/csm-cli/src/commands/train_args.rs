@@ -1,0 +1,220 @@
+//! The flags of `csm finetune-lora`, mapped onto `csm_core::train::TrainConfig`.
+//!
+//! Precedence: built-in defaults, then `--config FILE` (the `config.json`
+//! format the app exports and every run writes), then flags given here.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use csm_core::train::{LrSchedule, SaveMode, TargetLayers, TrainConfig};
+
+/// `--save-mode` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SaveModeArg {
+    /// Adapters only (mlx_lm + PEFT layouts).
+    Lora,
+    /// Merged weights in the input checkpoint's format.
+    Full,
+    /// Both.
+    Both,
+}
+
+/// `--lr-schedule` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ScheduleArg {
+    /// Constant after warm-up.
+    Constant,
+    /// Linear decay to zero.
+    Linear,
+    /// Cosine decay to 10% of the peak.
+    Cosine,
+}
+
+/// Every flag of the user guide plus the engine's extras.
+#[derive(Debug, Args, Default)]
+#[command(next_help_heading = "Model and data")]
+pub struct TrainArgs {
+    /// Read settings from a run config JSON (as written to OUTPUT/config.json
+    /// or exported by the app); flags given on the command line win.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// CSM checkpoint: a file or a directory (Sesame safetensors or .pt,
+    /// transformers, csm-mlx, mlx-audio).
+    #[arg(long, value_name = "PATH")]
+    pub model_path: Option<PathBuf>,
+    /// Mimi codec weights [default: found next to the model].
+    #[arg(long, value_name = "PATH")]
+    pub mimi_path: Option<PathBuf>,
+    /// Llama-3 tokenizer.json [default: found next to the model].
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer_path: Option<PathBuf>,
+    /// Where checkpoints, adapters, metrics.jsonl and samples are written.
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
+    /// Folder of WAV recordings.
+    #[arg(long, value_name = "DIR")]
+    pub audio_dir: Option<PathBuf>,
+    /// Folder of transcripts (`NAME.txt` for `NAME.wav`).
+    #[arg(long, value_name = "DIR")]
+    pub transcript_dir: Option<PathBuf>,
+    /// Optional folder of word timings (`NAME.json`) used to cut long
+    /// recordings into utterances at word boundaries.
+    #[arg(long, value_name = "DIR")]
+    pub alignment_dir: Option<PathBuf>,
+    /// Speaker id in the prompt (`[0]text`) [default: 0].
+    #[arg(long)]
+    pub speaker_id: Option<u32>,
+    /// Longest training sequence in frames (text + audio + EOS) [default: 2048].
+    #[arg(long)]
+    pub max_seq_len: Option<usize>,
+    /// Previous utterances of the same recording used as context [default: 2].
+    #[arg(long)]
+    pub context_turns: Option<usize>,
+    /// Let context turns carry loss too (by default they only condition).
+    #[arg(long)]
+    pub context_loss: bool,
+
+    /// LoRA rank [default: 8].
+    #[arg(long, help_heading = "LoRA")]
+    pub lora_r: Option<usize>,
+    /// LoRA alpha; the update is scaled by alpha / r [default: 16].
+    #[arg(long, help_heading = "LoRA")]
+    pub lora_alpha: Option<f32>,
+    /// Dropout on the adapter input [default: 0.0].
+    #[arg(long, help_heading = "LoRA")]
+    pub lora_dropout: Option<f32>,
+    /// Projections to adapt: any of q_proj k_proj v_proj o_proj gate_proj
+    /// up_proj down_proj [default: q_proj v_proj].
+    #[arg(long, num_args = 1.., value_delimiter = ',', help_heading = "LoRA")]
+    pub target_modules: Option<Vec<String>>,
+    /// Layers to adapt: `all`, or per stack, e.g. `backbone:8-15,decoder:all`
+    /// (backbone has 16 layers, the depth decoder 4; a stack not named gets
+    /// none) [default: all].
+    #[arg(long, help_heading = "LoRA")]
+    pub target_layers: Option<String>,
+    /// Also train a bias on each adapted projection.
+    #[arg(long, help_heading = "LoRA")]
+    pub lora_bias: bool,
+
+    /// Peak learning rate of AdamW [default: 2e-4].
+    #[arg(long, help_heading = "Optimisation")]
+    pub learning_rate: Option<f32>,
+    /// Weight of the codebook-0 (semantic) loss [default: 1.0].
+    #[arg(long, help_heading = "Optimisation")]
+    pub semantic_weight: Option<f32>,
+    /// Weight of the codebooks 1-31 (acoustic) loss [default: 1.0].
+    #[arg(long, help_heading = "Optimisation")]
+    pub acoustic_weight: Option<f32>,
+    /// Decoupled AdamW weight decay [default: 0.01].
+    #[arg(long, help_heading = "Optimisation")]
+    pub weight_decay: Option<f32>,
+    /// Examples per micro-batch [default: 2].
+    #[arg(long, help_heading = "Optimisation")]
+    pub batch_size: Option<usize>,
+    /// Micro-batches accumulated per optimizer step [default: 1].
+    #[arg(long, help_heading = "Optimisation")]
+    pub grad_accum: Option<usize>,
+    /// Passes over the training set [default: 5].
+    #[arg(long, help_heading = "Optimisation")]
+    pub epochs: Option<usize>,
+    /// Clip the gradient norm to this value; 0 disables [default: 1.0].
+    #[arg(long, help_heading = "Optimisation")]
+    pub max_grad_norm: Option<f32>,
+    /// Fraction of audio frames the depth decoder trains on; Sesame's
+    /// compute amortization uses 1/16, 1.0 trains on every frame
+    /// [default: 0.0625].
+    #[arg(long, help_heading = "Optimisation")]
+    pub decoder_fraction: Option<f32>,
+    /// Learning-rate schedule after warm-up [default: cosine].
+    #[arg(long, value_enum, help_heading = "Optimisation")]
+    pub lr_schedule: Option<ScheduleArg>,
+    /// Linear warm-up steps [default: 20].
+    #[arg(long, help_heading = "Optimisation")]
+    pub warmup_steps: Option<usize>,
+    /// Seed for data order, LoRA init, dropout and frame selection [default: 42].
+    #[arg(long, help_heading = "Optimisation")]
+    pub seed: Option<u64>,
+
+    /// Fraction of utterances held out for validation [default: 0.1].
+    #[arg(long, help_heading = "Validation and saving")]
+    pub val_split: Option<f32>,
+    /// Validate every N optimizer steps; 0 = only at the end [default: 50].
+    #[arg(long, help_heading = "Validation and saving")]
+    pub val_every: Option<usize>,
+    /// Write a checkpoint every N optimizer steps; 0 = only at the end [default: 100].
+    #[arg(long, help_heading = "Validation and saving")]
+    pub save_every: Option<usize>,
+    /// What to write at the end: lora (adapters), full (merged model in the
+    /// input's format) or both [default: lora].
+    #[arg(long, value_enum, help_heading = "Validation and saving")]
+    pub save_mode: Option<SaveModeArg>,
+    /// Continue a run from a checkpoint, e.g. OUTPUT/checkpoint_latest.safetensors.
+    #[arg(long, value_name = "FILE", help_heading = "Validation and saving")]
+    pub resume_from: Option<PathBuf>,
+
+    /// Speak --sample-prompt with the fine-tuned model at each checkpoint.
+    #[arg(long, help_heading = "Samples and logging")]
+    pub generate_samples: bool,
+    /// Text of the samples.
+    #[arg(long, help_heading = "Samples and logging")]
+    pub sample_prompt: Option<String>,
+    /// Extra checks and per-step debug logs.
+    #[arg(long, help_heading = "Samples and logging")]
+    pub debug: bool,
+}
+
+impl TrainArgs {
+    /// Builds the run config: defaults, then `--config`, then flags.
+    pub fn to_config(&self, log_level: &str) -> Result<TrainConfig> {
+        let mut c = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read --config {}", path.display()))?;
+                serde_json::from_str::<TrainConfig>(&text)
+                    .with_context(|| format!("{} is not a valid run config", path.display()))?
+            }
+            None => TrainConfig::default(),
+        };
+        macro_rules! set {
+            ($($field:ident),*) => { $( if let Some(v) = &self.$field { c.$field = v.clone(); } )* };
+        }
+        macro_rules! set_some {
+            ($($field:ident),*) => { $( if self.$field.is_some() { c.$field = self.$field.clone(); } )* };
+        }
+        set!(
+            model_path, output_dir, audio_dir, transcript_dir, speaker_id, max_seq_len,
+            context_turns, lora_r, lora_alpha, lora_dropout, target_modules, learning_rate,
+            semantic_weight, acoustic_weight, weight_decay, batch_size, grad_accum, epochs,
+            max_grad_norm, decoder_fraction, warmup_steps, seed, val_split, val_every,
+            save_every, sample_prompt
+        );
+        set_some!(mimi_path, tokenizer_path, alignment_dir, resume_from);
+        if let Some(t) = &self.target_layers {
+            c.target_layers = TargetLayers::parse(t)
+                .map_err(|e| anyhow::anyhow!("--target-layers: {e}"))?;
+        }
+        if let Some(m) = self.save_mode {
+            c.save_mode = match m {
+                SaveModeArg::Lora => SaveMode::Lora,
+                SaveModeArg::Full => SaveMode::Full,
+                SaveModeArg::Both => SaveMode::Both,
+            };
+        }
+        if let Some(s) = self.lr_schedule {
+            c.lr_schedule = match s {
+                ScheduleArg::Constant => LrSchedule::Constant,
+                ScheduleArg::Linear => LrSchedule::Linear,
+                ScheduleArg::Cosine => LrSchedule::Cosine,
+            };
+        }
+        c.context_loss |= self.context_loss;
+        c.lora_bias |= self.lora_bias;
+        c.generate_samples |= self.generate_samples;
+        c.debug |= self.debug;
+        c.log_level = log_level.to_string();
+        c.validate()
+            .map_err(|errors| anyhow::anyhow!("invalid settings:\n  {}", errors.join("\n  ")))?;
+        Ok(c)
+    }
+}

@@ -1,0 +1,614 @@
+//! WAV input/output, mono downmix, resampling to 24 kHz and level helpers.
+//!
+//! Mimi works on 24 kHz mono, so every recording goes through
+//! [`load_mono_24k`]. Reading accepts 8/16/24/32-bit integer and 32-bit
+//! float WAV with any number of channels and any sample rate.
+
+use std::io::{Read, Seek};
+use std::path::Path;
+
+use rubato::{
+    Resampler, SincFixedIn, SincInterpolationParameters, SincInterpolationType, WindowFunction,
+};
+use serde::Serialize;
+
+use super::{DataError, Result};
+
+/// The sample rate Mimi (and so all training audio) uses.
+pub const TARGET_SAMPLE_RATE: u32 = 24_000;
+
+/// Samples at or above this magnitude count as full scale (clipped).
+pub const CLIP_LEVEL: f32 = 0.999;
+
+/// What a WAV header says, read without decoding the samples.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct WavInfo {
+    /// Samples per second per channel.
+    pub sample_rate: u32,
+    /// Number of channels.
+    pub channels: u16,
+    /// Bits per sample.
+    pub bits_per_sample: u16,
+    /// Whether samples are floats (`true`) or integers.
+    pub float: bool,
+    /// Number of frames (samples per channel).
+    pub frames: u64,
+}
+
+impl WavInfo {
+    /// Duration in seconds.
+    pub fn duration_s(&self) -> f64 {
+        self.frames as f64 / f64::from(self.sample_rate)
+    }
+}
+
+/// Decoded audio, samples in `[-1, 1]`, one `Vec` per channel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Audio {
+    /// Samples per second.
+    pub sample_rate: u32,
+    /// Samples of each channel; all have the same length.
+    pub channels: Vec<Vec<f32>>,
+}
+
+impl Audio {
+    /// Frames (samples per channel).
+    pub fn frames(&self) -> usize {
+        self.channels.first().map_or(0, Vec::len)
+    }
+
+    /// Duration in seconds.
+    pub fn duration_s(&self) -> f64 {
+        self.frames() as f64 / f64::from(self.sample_rate)
+    }
+
+    /// Averages all channels into one.
+    pub fn to_mono(&self) -> Vec<f32> {
+        match self.channels.as_slice() {
+            [] => Vec::new(),
+            [only] => only.clone(),
+            many => {
+                let scale = 1.0 / many.len() as f32;
+                (0..self.frames())
+                    .map(|i| many.iter().map(|c| c[i]).sum::<f32>() * scale)
+                    .collect()
+            }
+        }
+    }
+}
+
+/// Sample encoding used by [`write_wav`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum WavEncoding {
+    /// 16-bit signed integer PCM (samples are clamped to `[-1, 1]`).
+    Int16,
+    /// 32-bit IEEE float.
+    Float32,
+}
+
+/// Reads only the header of a WAV file.
+///
+/// # Errors
+/// [`DataError::NotWav`] for other extensions, [`DataError::InvalidWav`] if
+/// the header cannot be parsed, [`DataError::InvalidWavHeader`] for a zero
+/// rate or channel count, [`DataError::UnsupportedWav`] for sample formats
+/// [`read_wav`] cannot decode.
+pub fn read_wav_info(path: &Path) -> Result<WavInfo> {
+    check_wav_extension(path)?;
+    let reader = open_reader(path)?;
+    let spec = reader.spec();
+    validate_spec(path, spec)?;
+    Ok(WavInfo {
+        sample_rate: spec.sample_rate,
+        channels: spec.channels,
+        bits_per_sample: spec.bits_per_sample,
+        float: spec.sample_format == hound::SampleFormat::Float,
+        frames: u64::from(reader.duration()),
+    })
+}
+
+/// Reads a whole WAV file into `f32` samples in `[-1, 1]`.
+///
+/// Integers are scaled by `2^(bits-1)`, so 8-, 16-, 24- and 32-bit files of
+/// the same signal give the same values (up to their resolution).
+///
+/// # Errors
+/// As [`read_wav_info`], plus [`DataError::InvalidWav`] for truncated data
+/// and [`DataError::EmptyAudio`] for a file with no samples.
+pub fn read_wav(path: &Path) -> Result<Audio> {
+    check_wav_extension(path)?;
+    let reader = open_reader(path)?;
+    decode(path, reader)
+}
+
+/// Decodes WAV bytes already in memory; `name` is used in errors only.
+///
+/// # Errors
+/// As [`read_wav`].
+pub fn read_wav_bytes(name: &Path, bytes: &[u8]) -> Result<Audio> {
+    let reader = hound::WavReader::new(std::io::Cursor::new(bytes)).map_err(|source| {
+        DataError::InvalidWav {
+            path: name.to_path_buf(),
+            source,
+        }
+    })?;
+    decode(name, reader)
+}
+
+/// Reads a WAV file and converts it to mono at [`TARGET_SAMPLE_RATE`].
+///
+/// # Errors
+/// As [`read_wav`] and [`resample`].
+pub fn load_mono_24k(path: &Path) -> Result<Vec<f32>> {
+    let audio = read_wav(path)?;
+    resample(&audio.to_mono(), audio.sample_rate, TARGET_SAMPLE_RATE)
+}
+
+/// Resamples one channel from `from_hz` to `to_hz` with a high-quality
+/// windowed sinc filter (256 taps, Blackman-Harris, cubic interpolation).
+///
+/// The output has `round(len * to_hz / from_hz)` samples and is aligned with
+/// the input (the filter delay is removed). Equal rates return a copy.
+///
+/// # Errors
+/// [`DataError::Resample`] if a rate is zero or rubato fails.
+pub fn resample(samples: &[f32], from_hz: u32, to_hz: u32) -> Result<Vec<f32>> {
+    let fail = |message: String| DataError::Resample {
+        from_hz,
+        to_hz,
+        message,
+    };
+    if from_hz == 0 || to_hz == 0 {
+        return Err(fail("sample rate must be positive".into()));
+    }
+    if from_hz == to_hz || samples.is_empty() {
+        return Ok(samples.to_vec());
+    }
+    let ratio = f64::from(to_hz) / f64::from(from_hz);
+    let expected = (samples.len() as f64 * ratio).round() as usize;
+    let params = SincInterpolationParameters {
+        sinc_len: 256,
+        f_cutoff: 0.95,
+        oversampling_factor: 256,
+        interpolation: SincInterpolationType::Cubic,
+        window: WindowFunction::BlackmanHarris2,
+    };
+    const CHUNK: usize = 4096;
+    let mut resampler =
+        SincFixedIn::<f32>::new(ratio, 1.0, params, CHUNK, 1).map_err(|e| fail(e.to_string()))?;
+    // rubato 0.16's sinc resamplers start their read position half a filter
+    // back, so output sample 0 is centred on input sample 0: no delay to
+    // trim (its `output_delay()` is not what this output shows; the timing
+    // test pins this down).
+    let mut out = Vec::with_capacity(expected + CHUNK);
+    let mut pos = 0;
+    while pos + CHUNK <= samples.len() {
+        let block = resampler
+            .process(&[&samples[pos..pos + CHUNK]], None)
+            .map_err(|e| fail(e.to_string()))?;
+        out.extend_from_slice(&block[0]);
+        pos += CHUNK;
+    }
+    if pos < samples.len() {
+        let block = resampler
+            .process_partial(Some(&[&samples[pos..]]), None)
+            .map_err(|e| fail(e.to_string()))?;
+        out.extend_from_slice(&block[0]);
+    }
+    // Flush the filter's tail: zeros in until every expected sample is out.
+    while out.len() < expected {
+        let block = resampler
+            .process_partial::<&[f32]>(None, None)
+            .map_err(|e| fail(e.to_string()))?;
+        if block[0].is_empty() {
+            break;
+        }
+        out.extend_from_slice(&block[0]);
+    }
+    out.resize(expected, 0.0);
+    Ok(out)
+}
+
+/// Writes mono samples to a WAV file.
+///
+/// # Errors
+/// [`DataError::WavWrite`] if the file cannot be created or written.
+pub fn write_wav(
+    path: &Path,
+    samples: &[f32],
+    sample_rate: u32,
+    encoding: WavEncoding,
+) -> Result<()> {
+    let (bits_per_sample, sample_format) = match encoding {
+        WavEncoding::Int16 => (16, hound::SampleFormat::Int),
+        WavEncoding::Float32 => (32, hound::SampleFormat::Float),
+    };
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate,
+        bits_per_sample,
+        sample_format,
+    };
+    let err = |source| DataError::WavWrite {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut writer = hound::WavWriter::create(path, spec).map_err(err)?;
+    for &s in samples {
+        match encoding {
+            WavEncoding::Int16 => {
+                let v = (s.clamp(-1.0, 1.0) * f32::from(i16::MAX)).round() as i16;
+                writer.write_sample(v).map_err(err)?;
+            }
+            WavEncoding::Float32 => writer.write_sample(s).map_err(err)?,
+        }
+    }
+    writer.finalize().map_err(err)
+}
+
+/// Largest absolute sample value (0 for empty input).
+pub fn peak(samples: &[f32]) -> f32 {
+    samples.iter().fold(0.0f32, |m, &s| m.max(s.abs()))
+}
+
+/// Root mean square (0 for empty input).
+pub fn rms(samples: &[f32]) -> f32 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    let sum: f64 = samples.iter().map(|&s| f64::from(s) * f64::from(s)).sum();
+    (sum / samples.len() as f64).sqrt() as f32
+}
+
+/// A level in dB relative to full scale; `-inf` for silence.
+pub fn to_dbfs(level: f32) -> f32 {
+    20.0 * level.log10()
+}
+
+/// Fraction of samples that sit in runs of at least 3 consecutive samples at
+/// or above [`CLIP_LEVEL`].
+///
+/// A lone full-scale peak is legal; flat tops are what clipping looks like.
+pub fn clipped_fraction(samples: &[f32]) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    let mut clipped = 0usize;
+    let mut run = 0usize;
+    for &s in samples {
+        if s.abs() >= CLIP_LEVEL {
+            run += 1;
+        } else {
+            if run >= 3 {
+                clipped += run;
+            }
+            run = 0;
+        }
+    }
+    if run >= 3 {
+        clipped += run;
+    }
+    clipped as f64 / samples.len() as f64
+}
+
+fn check_wav_extension(path: &Path) -> Result<()> {
+    let is_wav = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("wav") || e.eq_ignore_ascii_case("wave"));
+    if is_wav {
+        Ok(())
+    } else {
+        Err(DataError::NotWav {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+fn open_reader(path: &Path) -> Result<hound::WavReader<std::io::BufReader<std::fs::File>>> {
+    let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    hound::WavReader::new(std::io::BufReader::new(file)).map_err(|source| DataError::InvalidWav {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn validate_spec(path: &Path, spec: hound::WavSpec) -> Result<()> {
+    let bad = |reason: &str| {
+        Err(DataError::InvalidWavHeader {
+            path: path.to_path_buf(),
+            reason: reason.to_string(),
+        })
+    };
+    if spec.sample_rate == 0 {
+        return bad("sample rate is 0");
+    }
+    if spec.channels == 0 {
+        return bad("0 channels");
+    }
+    let supported = match spec.sample_format {
+        hound::SampleFormat::Int => (1..=32).contains(&spec.bits_per_sample),
+        hound::SampleFormat::Float => spec.bits_per_sample == 32,
+    };
+    if !supported {
+        return Err(DataError::UnsupportedWav {
+            path: path.to_path_buf(),
+            bits: spec.bits_per_sample,
+            format: match spec.sample_format {
+                hound::SampleFormat::Int => "int",
+                hound::SampleFormat::Float => "float",
+            },
+        });
+    }
+    Ok(())
+}
+
+fn decode<R: Read + Seek>(path: &Path, mut reader: hound::WavReader<R>) -> Result<Audio> {
+    let spec = reader.spec();
+    validate_spec(path, spec)?;
+    let invalid = |source| DataError::InvalidWav {
+        path: path.to_path_buf(),
+        source,
+    };
+    let interleaved: Vec<f32> = match spec.sample_format {
+        hound::SampleFormat::Float => reader
+            .samples::<f32>()
+            .collect::<std::result::Result<_, _>>()
+            .map_err(invalid)?,
+        hound::SampleFormat::Int => {
+            let scale = 1.0 / (1u64 << (spec.bits_per_sample - 1)) as f64;
+            reader
+                .samples::<i32>()
+                .map(|s| s.map(|v| (f64::from(v) * scale) as f32))
+                .collect::<std::result::Result<_, _>>()
+                .map_err(invalid)?
+        }
+    };
+    let n_channels = usize::from(spec.channels);
+    let frames = interleaved.len() / n_channels;
+    if frames == 0 {
+        return Err(DataError::EmptyAudio {
+            path: path.to_path_buf(),
+        });
+    }
+    let mut channels = vec![Vec::with_capacity(frames); n_channels];
+    for frame in interleaved.chunks_exact(n_channels) {
+        for (channel, &s) in channels.iter_mut().zip(frame) {
+            channel.push(s);
+        }
+    }
+    Ok(Audio {
+        sample_rate: spec.sample_rate,
+        channels,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sine(freq: f64, rate: u32, secs: f64, amp: f64) -> Vec<f32> {
+        let n = (f64::from(rate) * secs) as usize;
+        (0..n)
+            .map(|i| {
+                (amp * (2.0 * std::f64::consts::PI * freq * i as f64 / f64::from(rate)).sin())
+                    as f32
+            })
+            .collect()
+    }
+
+    /// Magnitude of the DFT of `x` at `freq` Hz, normalised by length.
+    fn dft_mag(x: &[f32], rate: u32, freq: f64) -> f64 {
+        let w = 2.0 * std::f64::consts::PI * freq / f64::from(rate);
+        let (mut re, mut im) = (0.0, 0.0);
+        for (i, &s) in x.iter().enumerate() {
+            re += f64::from(s) * (w * i as f64).cos();
+            im -= f64::from(s) * (w * i as f64).sin();
+        }
+        (re * re + im * im).sqrt() / x.len() as f64
+    }
+
+    fn write_stereo_int(path: &Path, left: &[f32], right: &[f32], rate: u32, bits: u16) {
+        let spec = hound::WavSpec {
+            channels: 2,
+            sample_rate: rate,
+            bits_per_sample: bits,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut w = hound::WavWriter::create(path, spec).unwrap();
+        let max = ((1i64 << (bits - 1)) - 1) as f64;
+        for (&l, &r) in left.iter().zip(right) {
+            for s in [l, r] {
+                let v = (f64::from(s) * max).round() as i32;
+                if bits == 8 {
+                    w.write_sample(v as i8).unwrap();
+                } else if bits == 16 {
+                    w.write_sample(v as i16).unwrap();
+                } else {
+                    w.write_sample(v).unwrap();
+                }
+            }
+        }
+        w.finalize().unwrap();
+    }
+
+    #[test]
+    fn resampling_stereo_sines_keeps_frequency_and_length() {
+        let dir = tempfile::tempdir().unwrap();
+        for rate in [44_100u32, 48_000, 16_000] {
+            let secs = 1.5;
+            let left = sine(440.0, rate, secs, 0.5);
+            let right = sine(440.0, rate, secs, 0.3);
+            let path = dir.path().join(format!("s{rate}.wav"));
+            write_stereo_int(&path, &left, &right, rate, 16);
+
+            let out = load_mono_24k(&path).unwrap();
+            let expected = (left.len() as f64 * 24_000.0 / f64::from(rate)).round() as usize;
+            assert_eq!(out.len(), expected, "length at {rate} Hz");
+
+            // Skip the edges, where the filter sees the zero padding.
+            let mid = &out[2400..out.len() - 2400];
+            let at_440 = dft_mag(mid, 24_000, 440.0);
+            assert!(
+                (at_440 - 0.2).abs() < 0.01,
+                "{rate} Hz: 440 Hz bin {at_440}"
+            );
+            for f in [
+                220.0,
+                400.0,
+                480.0,
+                880.0,
+                440.0 * f64::from(rate) / 24_000.0,
+            ] {
+                if (f - 440.0f64).abs() > 1.0 {
+                    assert!(
+                        dft_mag(mid, 24_000, f) < 0.01,
+                        "{rate} Hz: energy at {f} Hz"
+                    );
+                }
+            }
+            // Zero crossings per second of a 440 Hz sine: 880.
+            let crossings = mid
+                .windows(2)
+                .filter(|w| (w[0] < 0.0) != (w[1] < 0.0))
+                .count();
+            let per_s = crossings as f64 / (mid.len() as f64 / 24_000.0);
+            assert!(
+                (per_s - 880.0).abs() < 5.0,
+                "{rate} Hz: {per_s} crossings/s"
+            );
+        }
+    }
+
+    #[test]
+    fn resampling_keeps_timing() {
+        // An impulse at 1.0 s must stay at 1.0 s, down- and upsampling.
+        for rate in [44_100usize, 48_000, 16_000, 22_050] {
+            let mut x = vec![0.0f32; rate * 2];
+            x[rate] = 1.0;
+            let y = resample(&x, rate as u32, 24_000).unwrap();
+            let argmax = y
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .unwrap()
+                .0;
+            assert!(
+                (argmax as i64 - 24_000).abs() <= 1,
+                "{rate} Hz: impulse at {argmax}"
+            );
+        }
+    }
+
+    #[test]
+    fn all_bit_depths_read_the_same_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let signal: Vec<f32> = sine(300.0, 24_000, 0.1, 0.8);
+        let silent = vec![0.0; signal.len()];
+        let mut decoded = Vec::new();
+        for bits in [8u16, 16, 24, 32] {
+            let path = dir.path().join(format!("b{bits}.wav"));
+            write_stereo_int(&path, &signal, &silent, 24_000, bits);
+            let audio = read_wav(&path).unwrap();
+            assert_eq!(audio.sample_rate, 24_000);
+            assert_eq!(audio.channels.len(), 2);
+            decoded.push((bits, audio.channels[0].clone()));
+        }
+        let path = dir.path().join("float.wav");
+        write_wav(&path, &signal, 24_000, WavEncoding::Float32).unwrap();
+        let float = read_wav(&path).unwrap();
+        assert_eq!(float.channels[0], signal);
+        for (bits, values) in decoded {
+            // One step of the coarsest resolution, plus rounding.
+            let tol = 1.5 / f32::from(1u16 << (bits.min(16) - 1));
+            let worst = values
+                .iter()
+                .zip(&signal)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert!(worst <= tol, "{bits}-bit differs by {worst}");
+        }
+    }
+
+    #[test]
+    fn int16_round_trip_and_header_info() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.wav");
+        let signal = sine(1000.0, 24_000, 0.5, 0.5);
+        write_wav(&path, &signal, 24_000, WavEncoding::Int16).unwrap();
+        let info = read_wav_info(&path).unwrap();
+        assert_eq!(
+            info,
+            WavInfo {
+                sample_rate: 24_000,
+                channels: 1,
+                bits_per_sample: 16,
+                float: false,
+                frames: 12_000
+            }
+        );
+        assert!((info.duration_s() - 0.5).abs() < 1e-9);
+        let back = read_wav(&path).unwrap().to_mono();
+        assert!(back.iter().zip(&signal).all(|(a, b)| (a - b).abs() < 1e-4));
+    }
+
+    #[test]
+    fn level_helpers() {
+        let s = sine(100.0, 24_000, 1.0, 0.5);
+        assert!((peak(&s) - 0.5).abs() < 1e-3);
+        assert!((rms(&s) - 0.5 / 2f32.sqrt()).abs() < 1e-3);
+        assert!((to_dbfs(1.0)).abs() < 1e-6);
+        assert_eq!(rms(&[]), 0.0);
+        assert_eq!(clipped_fraction(&s), 0.0);
+        let hard: Vec<f32> = sine(100.0, 24_000, 1.0, 3.0)
+            .into_iter()
+            .map(|v| v.clamp(-1.0, 1.0))
+            .collect();
+        assert!(clipped_fraction(&hard) > 0.5);
+    }
+
+    #[test]
+    fn bad_files_are_named_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let junk = dir.path().join("junk.wav");
+        std::fs::write(&junk, b"this is not a wav file at all").unwrap();
+        match read_wav(&junk) {
+            Err(DataError::InvalidWav { path, .. }) => assert_eq!(path, junk),
+            other => panic!("{other:?}"),
+        }
+        let mp3 = dir.path().join("a.mp3");
+        std::fs::write(&mp3, b"ID3").unwrap();
+        assert!(matches!(read_wav(&mp3), Err(DataError::NotWav { path }) if path == mp3));
+
+        let empty = dir.path().join("empty.wav");
+        write_wav(&empty, &[], 24_000, WavEncoding::Int16).unwrap();
+        assert!(matches!(read_wav(&empty), Err(DataError::EmptyAudio { path }) if path == empty));
+
+        // Truncated data chunk: header promises more than the file holds.
+        let full = dir.path().join("full.wav");
+        write_wav(
+            &full,
+            &sine(100.0, 24_000, 0.1, 0.5),
+            24_000,
+            WavEncoding::Int16,
+        )
+        .unwrap();
+        let bytes = std::fs::read(&full).unwrap();
+        let cut = dir.path().join("cut.wav");
+        std::fs::write(&cut, &bytes[..bytes.len() - 101]).unwrap();
+        let err = read_wav(&cut).unwrap_err();
+        assert!(
+            matches!(&err, DataError::InvalidWav { path, .. } if *path == cut),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("cut.wav"));
+    }
+
+    #[test]
+    fn resample_rejects_zero_rate() {
+        assert!(matches!(
+            resample(&[0.0; 10], 0, 24_000),
+            Err(DataError::Resample { .. })
+        ));
+    }
+}

@@ -1,0 +1,261 @@
+//! Training data: reading audio, pairing it with transcripts, cutting long
+//! recordings into utterances and grouping them into conversations.
+//!
+//! The pieces, in the order a training run uses them:
+//!
+//! - [`audio`]: read any PCM/float WAV ([`audio::read_wav`]) and turn it into
+//!   24 kHz mono `f32` ([`audio::load_mono_24k`]), write WAV files, level
+//!   helpers ([`audio::peak`], [`audio::rms`]).
+//! - [`dataset`]: the folder layout ([`DatasetLayout`]), pairing
+//!   `audio/*.wav` with `transcripts/*.txt` by stem, the per-file
+//!   [`ScanReport`] shown in the GUI table, the deterministic
+//!   train/validation split, and [`load_dataset`], which returns ready
+//!   [`Conversation`]s.
+//! - [`alignment`]: word timings from JSON (`{"words": [...]}`, a bare list,
+//!   whisper-style `{"segments": [{"words": [...]}]}`, MFA tiers), with the
+//!   variant that was found.
+//! - [`segment`]: cutting a recording at word boundaries into utterances of
+//!   about 3-12 s, the [`Utterance`]/[`Conversation`] types, context turns
+//!   and length bucketing.
+//! - [`demo`]: a small spoken dataset synthesised with `espeak-ng`, so the
+//!   product can be tried without downloads.
+//!
+//! Everything here is plain Rust; nothing needs MLX. Every failure is a
+//! [`DataError`] that names the file it concerns.
+
+pub mod alignment;
+pub mod audio;
+pub mod dataset;
+pub mod demo;
+pub mod segment;
+
+use std::path::PathBuf;
+
+pub use alignment::{Alignment, AlignmentFormat, Word};
+pub use audio::TARGET_SAMPLE_RATE;
+pub use dataset::{
+    load_dataset, scan_dataset, split_train_val, Dataset, DatasetLayout, FileReport, LoadOptions,
+    Problem, ScanOptions, ScanReport, Split,
+};
+pub use segment::{Conversation, Example, SegmentConfig, Utterance};
+
+/// Errors of the data module. Every variant that concerns a file names it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DataError {
+    /// A file or folder could not be read or written.
+    #[error("I/O error on {path}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A folder the dataset needs does not exist.
+    #[error("folder not found: {path}")]
+    MissingDir {
+        /// The folder that was expected.
+        path: PathBuf,
+    },
+    /// A folder holds none of the files it should.
+    #[error("no {what} files in {path}")]
+    EmptyDir {
+        /// The folder.
+        path: PathBuf,
+        /// What was looked for, e.g. `.wav`.
+        what: &'static str,
+    },
+    /// Some audio files have no transcript, or some transcripts no audio.
+    #[error(
+        "unpaired files: {} audio file(s) without a transcript [{}], \
+         {} transcript(s) without audio [{}]",
+        audio_without_transcript.len(),
+        audio_without_transcript.join(", "),
+        transcripts_without_audio.len(),
+        transcripts_without_audio.join(", ")
+    )]
+    Unpaired {
+        /// File names in the audio folder with no `.txt` of the same stem.
+        audio_without_transcript: Vec<String>,
+        /// File names in the transcript folder with no `.wav` of the same stem.
+        transcripts_without_audio: Vec<String>,
+    },
+    /// An audio file in a format other than WAV (convert it first).
+    #[error("{path}: only WAV audio is supported; convert it first (e.g. `ffmpeg -i in out.wav`)")]
+    NotWav {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A `.wav` file that is not a readable WAV (corrupt, truncated, not RIFF).
+    #[error("{path}: not a readable WAV file")]
+    InvalidWav {
+        /// The file.
+        path: PathBuf,
+        /// What the WAV reader said.
+        #[source]
+        source: hound::Error,
+    },
+    /// A WAV sample format this reader does not handle.
+    #[error("{path}: unsupported WAV sample format ({bits}-bit {format})")]
+    UnsupportedWav {
+        /// The file.
+        path: PathBuf,
+        /// Bits per sample in the header.
+        bits: u16,
+        /// `int` or `float`.
+        format: &'static str,
+    },
+    /// A WAV with a zero sample rate or zero channels in its header.
+    #[error("{path}: invalid WAV header ({reason})")]
+    InvalidWavHeader {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A WAV file with no samples.
+    #[error("{path}: audio is empty (0 samples)")]
+    EmptyAudio {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A transcript that is empty or only whitespace.
+    #[error("{path}: transcript is empty")]
+    EmptyTranscript {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A transcript that is not valid UTF-8.
+    #[error("{path}: transcript is not valid UTF-8 (byte offset {offset}); save it as UTF-8")]
+    TranscriptNotUtf8 {
+        /// The file.
+        path: PathBuf,
+        /// Offset of the first invalid byte.
+        offset: usize,
+    },
+    /// An alignment file that is not valid JSON.
+    #[error("{path}: alignment is not valid JSON")]
+    AlignmentJson {
+        /// The file.
+        path: PathBuf,
+        /// The parser's error (with line and column).
+        #[source]
+        source: serde_json::Error,
+    },
+    /// An alignment file that is JSON but not a word-timing layout we know,
+    /// or whose timings are inconsistent.
+    #[error("{path}: malformed alignment: {reason}")]
+    MalformedAlignment {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, and where.
+        reason: String,
+    },
+    /// A recording too long to use without word alignments.
+    #[error(
+        "{path}: {duration_s:.1} s is longer than {max_s:.1} s and has no alignment; \
+         without word timings it cannot be cut safely (transcript text could end up \
+         with the wrong audio). Provide --alignment-dir JSON for it or shorten it"
+    )]
+    NeedsAlignment {
+        /// The audio file.
+        path: PathBuf,
+        /// Its duration in seconds.
+        duration_s: f64,
+        /// The longest recording accepted whole.
+        max_s: f64,
+    },
+    /// The resampler could not be built or failed.
+    #[error("resampling {from_hz} Hz -> {to_hz} Hz failed: {message}")]
+    Resample {
+        /// Input rate.
+        from_hz: u32,
+        /// Output rate.
+        to_hz: u32,
+        /// rubato's message.
+        message: String,
+    },
+    /// A WAV file could not be written.
+    #[error("could not write WAV {path}")]
+    WavWrite {
+        /// The file.
+        path: PathBuf,
+        /// The writer's error.
+        #[source]
+        source: hound::Error,
+    },
+    /// An option is out of range.
+    #[error("invalid option {name}: {reason}")]
+    InvalidOption {
+        /// The option, as the CLI spells it.
+        name: &'static str,
+        /// Why it is rejected.
+        reason: String,
+    },
+    /// `espeak-ng` is not installed (needed by `csm demo`).
+    #[error(
+        "`{program}` was not found; the demo dataset is spoken by espeak-ng. \
+         Install it with `apt-get install espeak-ng` (Debian/Ubuntu) or \
+         `brew install espeak-ng` (macOS)"
+    )]
+    EspeakMissing {
+        /// The program that was looked for.
+        program: String,
+    },
+    /// `espeak-ng` ran but failed.
+    #[error("espeak-ng failed on sentence {index} ({status}): {stderr}")]
+    EspeakFailed {
+        /// Index of the sentence (0-based).
+        index: usize,
+        /// Exit status.
+        status: String,
+        /// What it printed on stderr.
+        stderr: String,
+    },
+    /// The demo output folder already holds files.
+    #[error("{path} is not empty; choose an empty folder or allow overwriting")]
+    OutputNotEmpty {
+        /// The folder.
+        path: PathBuf,
+    },
+}
+
+impl DataError {
+    /// Wraps an I/O error with the path it concerns.
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// Result type of the data module.
+pub type Result<T, E = DataError> = std::result::Result<T, E>;
+
+/// SplitMix64's finaliser: a fast, well-mixed 64-bit hash. Our own, so that
+/// splits and batch orders never change with a dependency's version.
+pub(crate) fn mix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A 64-bit FNV-1a hash of a string, stable across platforms and releases.
+pub(crate) fn hash_str(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Fisher-Yates shuffle driven by [`mix64`] of `seed`.
+pub(crate) fn shuffle<T>(items: &mut [T], seed: u64) {
+    let mut state = seed;
+    for i in (1..items.len()).rev() {
+        state = mix64(state);
+        let j = (state % (i as u64 + 1)) as usize;
+        items.swap(i, j);
+    }
+}

@@ -1,0 +1,827 @@
+//! Utterances, conversations, cutting at word boundaries, context turns and
+//! length bucketing.
+//!
+//! A recording becomes a [`Conversation`]: its utterances in spoken order.
+//! With word timings, [`segment_recording`] cuts it at pauses between words
+//! into pieces of roughly [`SegmentConfig::min_s`]..[`SegmentConfig::max_s`];
+//! a cut never falls inside a word, nor next to a word the aligner could not
+//! place. Without timings a recording is only used whole, because splitting
+//! the transcript by guesswork could pair text with the wrong audio.
+
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::alignment::{Alignment, AlignmentFormat, Word};
+use super::audio::TARGET_SAMPLE_RATE;
+use super::{DataError, Result};
+
+/// What to do with a recording longer than
+/// [`SegmentConfig::max_unaligned_s`] that has no alignment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LongUnaligned {
+    /// Fail with [`DataError::NeedsAlignment`].
+    #[default]
+    Refuse,
+    /// Leave it out and record a warning.
+    Skip,
+}
+
+/// How recordings are cut into utterances.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct SegmentConfig {
+    /// Shortest utterance wanted, in seconds (shorter ones appear only when a
+    /// recording, or a stretch between unavoidable cuts, is shorter).
+    pub min_s: f64,
+    /// Longest utterance wanted, in seconds (exceeded only when speech has no
+    /// usable pause; a warning says so).
+    pub max_s: f64,
+    /// Preferred utterance length, in seconds.
+    pub target_s: f64,
+    /// Silence kept before the first and after the last word of an utterance.
+    pub edge_pad_s: f64,
+    /// Longest recording used whole when it has no alignment.
+    pub max_unaligned_s: f64,
+    /// What to do with longer unaligned recordings.
+    pub long_unaligned: LongUnaligned,
+}
+
+impl Default for SegmentConfig {
+    fn default() -> Self {
+        Self {
+            min_s: 3.0,
+            max_s: 12.0,
+            // Peers report CSM trains best on clips of about 10 s.
+            target_s: 10.0,
+            edge_pad_s: 0.2,
+            max_unaligned_s: 12.0,
+            long_unaligned: LongUnaligned::Refuse,
+        }
+    }
+}
+
+impl SegmentConfig {
+    /// Checks that the lengths are positive and ordered.
+    ///
+    /// # Errors
+    /// [`DataError::InvalidOption`] naming the bad field.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |name, reason: &str| {
+            Err(DataError::InvalidOption {
+                name,
+                reason: reason.to_string(),
+            })
+        };
+        let all = [
+            self.min_s,
+            self.max_s,
+            self.target_s,
+            self.edge_pad_s,
+            self.max_unaligned_s,
+        ];
+        if all.iter().any(|v| !v.is_finite() || *v < 0.0) {
+            return bad("segment lengths", "must be finite and non-negative");
+        }
+        if self.max_s <= 0.0 || self.min_s > self.max_s {
+            return bad("max_s", "must be positive and at least min_s");
+        }
+        if !(self.min_s..=self.max_s).contains(&self.target_s) {
+            return bad("target_s", "must lie between min_s and max_s");
+        }
+        Ok(())
+    }
+}
+
+/// One training turn: a stretch of a recording and the words spoken in it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Utterance {
+    /// The recording's id (the file stem).
+    pub recording_id: String,
+    /// Position within the recording, from 0.
+    pub index: usize,
+    /// What is said.
+    pub text: String,
+    /// Sample range in the recording at [`TARGET_SAMPLE_RATE`].
+    pub range: Range<usize>,
+    #[serde(skip)]
+    audio: Arc<[f32]>,
+}
+
+impl Utterance {
+    /// An utterance over `range` of a 24 kHz mono recording.
+    ///
+    /// `range` is clamped to the recording.
+    pub fn new(
+        recording_id: impl Into<String>,
+        index: usize,
+        text: impl Into<String>,
+        audio: Arc<[f32]>,
+        range: Range<usize>,
+    ) -> Self {
+        let end = range.end.min(audio.len());
+        let start = range.start.min(end);
+        Self {
+            recording_id: recording_id.into(),
+            index,
+            text: text.into(),
+            range: start..end,
+            audio,
+        }
+    }
+
+    /// The utterance's samples, 24 kHz mono.
+    pub fn samples(&self) -> &[f32] {
+        &self.audio[self.range.clone()]
+    }
+
+    /// Duration in seconds.
+    pub fn duration_s(&self) -> f64 {
+        self.range.len() as f64 / f64::from(TARGET_SAMPLE_RATE)
+    }
+
+    /// Start within the recording, in seconds.
+    pub fn start_s(&self) -> f64 {
+        self.range.start as f64 / f64::from(TARGET_SAMPLE_RATE)
+    }
+
+    /// A stable key of the audio and text (hex SHA-256), for caching codes.
+    ///
+    /// It covers the sample rate, the samples' exact bits (little-endian)
+    /// and the text, not the file name or position, so the same audio and
+    /// text give the same key on every platform and in every folder.
+    pub fn content_key(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(b"csm-utterance-v1\0");
+        h.update(TARGET_SAMPLE_RATE.to_le_bytes());
+        h.update((self.range.len() as u64).to_le_bytes());
+        let mut buf = Vec::with_capacity(4 * 4096);
+        for chunk in self.samples().chunks(4096) {
+            buf.clear();
+            buf.extend(chunk.iter().flat_map(|s| s.to_le_bytes()));
+            h.update(&buf);
+        }
+        h.update((self.text.len() as u64).to_le_bytes());
+        h.update(self.text.as_bytes());
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// The utterances of one recording, in spoken order.
+#[derive(Debug, Clone, Serialize)]
+pub struct Conversation {
+    /// The recording's id (the file stem).
+    pub recording_id: String,
+    /// Its utterances; `utterances[i].index == i`.
+    pub utterances: Vec<Utterance>,
+    /// The alignment layout used to cut it, if any.
+    pub alignment_format: Option<AlignmentFormat>,
+}
+
+/// A target utterance with the turns before it as context.
+#[derive(Debug, Clone, Copy)]
+pub struct Example<'a> {
+    /// Up to N previous utterances of the same recording, oldest first.
+    pub context: &'a [Utterance],
+    /// The utterance to learn.
+    pub target: &'a Utterance,
+}
+
+impl Conversation {
+    /// The up to `n` utterances before `index`, oldest first.
+    pub fn context(&self, index: usize, n: usize) -> &[Utterance] {
+        let end = index.min(self.utterances.len());
+        &self.utterances[end.saturating_sub(n)..end]
+    }
+
+    /// One example per utterance, each with up to `context_turns` previous
+    /// utterances as context.
+    pub fn examples(&self, context_turns: usize) -> impl Iterator<Item = Example<'_>> {
+        self.utterances
+            .iter()
+            .enumerate()
+            .map(move |(i, target)| Example {
+                context: self.context(i, context_turns),
+                target,
+            })
+    }
+
+    /// Total duration of the utterances, in seconds.
+    pub fn duration_s(&self) -> f64 {
+        self.utterances.iter().map(Utterance::duration_s).sum()
+    }
+}
+
+/// Where a planned utterance lies, in seconds, and which words it holds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Cut {
+    /// Start in seconds.
+    pub start_s: f64,
+    /// End in seconds.
+    pub end_s: f64,
+    /// Indices into [`Alignment::words`].
+    pub words: Range<usize>,
+}
+
+/// Plans cuts of a recording of `duration_s` seconds at word boundaries.
+///
+/// A cut is only made in a pause between two timed words that do not
+/// overlap; it lands in the middle of the pause, and no utterance keeps more
+/// than [`SegmentConfig::edge_pad_s`] of silence at either end. Among the
+/// possible cut sets it picks the one whose pieces stay within
+/// `min_s..=max_s`, closest to `target_s`, cutting preferably at long pauses
+/// and after sentence ends. Word times are clamped to the recording.
+pub fn plan_cuts(alignment: &Alignment, duration_s: f64, cfg: &SegmentConfig) -> Vec<Cut> {
+    let words = &alignment.words;
+    let n = words.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    let span = |i: usize| {
+        words[i]
+            .span
+            .map(|(s, e)| (s.min(duration_s), e.min(duration_s)))
+    };
+    // Boundary b sits between word b-1 and word b; 0 and n are the ends.
+    let cut_allowed = |b: usize| match (span(b - 1), span(b)) {
+        (Some((_, e)), Some((s, _))) => e <= s,
+        _ => false,
+    };
+    let mut boundaries = vec![0];
+    boundaries.extend((1..n).filter(|&b| cut_allowed(b)));
+    boundaries.push(n);
+
+    let pad = cfg.edge_pad_s;
+    let start_of = |b: usize| -> f64 {
+        match span(b) {
+            None => 0.0, // only possible for b == 0
+            Some((s, _)) if b == 0 => (s - pad).max(0.0),
+            Some((s, _)) => {
+                let prev_end = span(b - 1).map_or(s, |p| p.1);
+                (s - pad).max((prev_end + s) / 2.0)
+            }
+        }
+    };
+    let end_of = |b: usize| -> f64 {
+        match span(b - 1) {
+            None => duration_s, // only possible for b == n
+            Some((_, e)) if b == n => (e + pad).min(duration_s),
+            Some((_, e)) => {
+                let next_start = span(b).map_or(e, |p| p.0);
+                (e + pad).min((e + next_start) / 2.0)
+            }
+        }
+    };
+    let cut_cost = |b: usize| -> f64 {
+        if b == n {
+            return 0.0;
+        }
+        let gap = match (span(b - 1), span(b)) {
+            (Some((_, e)), Some((s, _))) => s - e,
+            _ => 0.0,
+        };
+        let text = words[b - 1]
+            .text
+            .trim_end_matches(['"', '\'', ')', ']', '»', '”']);
+        let punct = if text.ends_with(['.', '!', '?', '…']) {
+            0.3
+        } else if text.ends_with([',', ';', ':', '—', '-']) {
+            0.1
+        } else {
+            0.0
+        };
+        1.0 - 0.6 * (gap / 0.5).min(1.0) - punct
+    };
+    let length_cost = |len: f64| -> f64 {
+        let width = (cfg.max_s - cfg.min_s).max(1e-3);
+        let near = ((len - cfg.target_s) / width).powi(2);
+        if len > cfg.max_s {
+            100.0 + 10.0 * (len - cfg.max_s) + near
+        } else if len < cfg.min_s {
+            10.0 + 10.0 * (cfg.min_s - len) + near
+        } else {
+            near
+        }
+    };
+
+    // Shortest path over boundaries; the inner loop stops at the first
+    // predecessor that makes the piece longer than max_s, since every
+    // earlier one is longer still.
+    let m = boundaries.len();
+    let mut best = vec![f64::INFINITY; m];
+    let mut from = vec![0usize; m];
+    best[0] = 0.0;
+    for j in 1..m {
+        let end = end_of(boundaries[j]);
+        for k in (0..j).rev() {
+            if !best[k].is_finite() {
+                continue;
+            }
+            let len = end - start_of(boundaries[k]);
+            let cost = best[k] + length_cost(len) + cut_cost(boundaries[j]);
+            if cost < best[j] {
+                best[j] = cost;
+                from[j] = k;
+            }
+            if len > cfg.max_s {
+                break;
+            }
+        }
+    }
+    let mut chosen = vec![m - 1];
+    while *chosen.last().unwrap_or(&0) != 0 {
+        let j = *chosen.last().unwrap_or(&0);
+        chosen.push(from[j]);
+    }
+    chosen.reverse();
+    chosen
+        .windows(2)
+        .map(|w| {
+            let (a, b) = (boundaries[w[0]], boundaries[w[1]]);
+            Cut {
+                start_s: start_of(a),
+                end_s: end_of(b),
+                words: a..b,
+            }
+        })
+        .collect()
+}
+
+/// The text of each aligned unit, taken from the transcript when the
+/// transcript's tokens match the aligner's words (so punctuation and case
+/// survive), else `None`.
+pub fn transcript_words(transcript: &str, words: &[Word]) -> Option<Vec<String>> {
+    let mut tokens = transcript.split_whitespace().peekable();
+    let mut out = Vec::with_capacity(words.len());
+    for w in words {
+        let mut piece: Vec<&str> = Vec::new();
+        let unit: Vec<String> = w
+            .text
+            .split_whitespace()
+            .map(normalize)
+            .filter(|t| !t.is_empty())
+            .collect();
+        for want in &unit {
+            // Tokens with no letters or digits (dashes, ellipses) ride along.
+            while let Some(t) = tokens.peek() {
+                if normalize(t).is_empty() {
+                    piece.push(tokens.next()?);
+                } else {
+                    break;
+                }
+            }
+            let t = tokens.next()?;
+            if normalize(t) != *want {
+                return None;
+            }
+            piece.push(t);
+        }
+        out.push(piece.join(" "));
+    }
+    let rest: Vec<&str> = tokens.collect();
+    if rest.iter().any(|t| !normalize(t).is_empty()) {
+        return None;
+    }
+    if let Some(last) = out.last_mut() {
+        for t in rest {
+            last.push(' ');
+            last.push_str(t);
+        }
+    }
+    Some(out)
+}
+
+fn normalize(token: &str) -> String {
+    token
+        .chars()
+        .filter(|c| c.is_alphanumeric())
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// Turns one recording (24 kHz mono) into a [`Conversation`].
+///
+/// With an alignment, cuts with [`plan_cuts`]; the text of each utterance
+/// comes from the transcript when its words match the alignment's, else from
+/// the alignment. Without one, the whole recording is one utterance if it is
+/// at most [`SegmentConfig::max_unaligned_s`] long; a longer one is refused
+/// or skipped as [`SegmentConfig::long_unaligned`] says. Returns `None` for a
+/// skipped recording. Warnings (skips, over-long utterances, text taken from
+/// the aligner) are pushed to `warnings`.
+///
+/// # Errors
+/// [`DataError::NeedsAlignment`] (refused long recording) and
+/// [`DataError::MalformedAlignment`] when the words run past the audio, both
+/// naming `audio_path` / `alignment_path`.
+#[allow(clippy::too_many_arguments)]
+pub fn segment_recording(
+    recording_id: &str,
+    audio: Arc<[f32]>,
+    transcript: &str,
+    alignment: Option<(&Path, &Alignment)>,
+    audio_path: &Path,
+    cfg: &SegmentConfig,
+    warnings: &mut Vec<String>,
+) -> Result<Option<Conversation>> {
+    let rate = f64::from(TARGET_SAMPLE_RATE);
+    let duration_s = audio.len() as f64 / rate;
+    let Some((alignment_path, alignment)) = alignment else {
+        if duration_s > cfg.max_unaligned_s {
+            return match cfg.long_unaligned {
+                LongUnaligned::Refuse => Err(DataError::NeedsAlignment {
+                    path: audio_path.to_path_buf(),
+                    duration_s,
+                    max_s: cfg.max_unaligned_s,
+                }),
+                LongUnaligned::Skip => {
+                    warnings.push(format!(
+                        "{}: skipped: {duration_s:.1} s without alignment (longer than {:.1} s \
+                         cannot be cut safely without word timings)",
+                        audio_path.display(),
+                        cfg.max_unaligned_s
+                    ));
+                    Ok(None)
+                }
+            };
+        }
+        let len = audio.len();
+        return Ok(Some(Conversation {
+            recording_id: recording_id.to_string(),
+            utterances: vec![Utterance::new(
+                recording_id,
+                0,
+                transcript.trim(),
+                audio,
+                0..len,
+            )],
+            alignment_format: None,
+        }));
+    };
+
+    // Half a second of slack for aligners that round or pad the last word.
+    if let Some(last) = alignment.last_end() {
+        if last > duration_s + 0.5 {
+            let hint = if last > 100.0 * duration_s {
+                " (times look like milliseconds; seconds are expected)"
+            } else {
+                ""
+            };
+            return Err(DataError::MalformedAlignment {
+                path: alignment_path.to_path_buf(),
+                reason: format!(
+                    "words run to {last:.2} s but {} is {duration_s:.2} s long{hint}",
+                    audio_path.display()
+                ),
+            });
+        }
+    }
+    let texts = transcript_words(transcript, &alignment.words);
+    if texts.is_none() {
+        warnings.push(format!(
+            "{}: transcript words differ from the alignment's; utterance text is taken from {}",
+            audio_path.display(),
+            alignment_path.display()
+        ));
+    }
+    let cuts = plan_cuts(alignment, duration_s, cfg);
+    let mut utterances = Vec::with_capacity(cuts.len());
+    for cut in cuts {
+        let text = cut
+            .words
+            .clone()
+            .map(|i| match &texts {
+                Some(t) => t[i].as_str(),
+                None => alignment.words[i].text.as_str(),
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+        let len = cut.end_s - cut.start_s;
+        if len > cfg.max_s {
+            warnings.push(format!(
+                "{}: utterance {} ({:.1}-{:.1} s) is {len:.1} s long: no pause to cut at",
+                audio_path.display(),
+                utterances.len(),
+                cut.start_s,
+                cut.end_s
+            ));
+        }
+        let range = (cut.start_s * rate).floor() as usize..(cut.end_s * rate).ceil() as usize;
+        utterances.push(Utterance::new(
+            recording_id,
+            utterances.len(),
+            text,
+            audio.clone(),
+            range,
+        ));
+    }
+    Ok(Some(Conversation {
+        recording_id: recording_id.to_string(),
+        utterances,
+        alignment_format: Some(alignment.format),
+    }))
+}
+
+/// Groups item indices into batches of similar length, to minimise padding.
+///
+/// Items are sorted by length (ties broken by a seeded hash, so each epoch's
+/// seed gives another order), cut into batches of `batch_size`, and the
+/// batches are shuffled with `seed`. The same inputs always give the same
+/// batches. Every index appears exactly once.
+///
+/// # Errors
+/// [`DataError::InvalidOption`] if `batch_size` is 0.
+pub fn bucket_by_length(
+    lengths: &[usize],
+    batch_size: usize,
+    seed: u64,
+) -> Result<Vec<Vec<usize>>> {
+    if batch_size == 0 {
+        return Err(DataError::InvalidOption {
+            name: "batch_size",
+            reason: "must be at least 1".into(),
+        });
+    }
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    order.sort_by_key(|&i| (lengths[i], super::mix64(seed ^ i as u64)));
+    let mut batches: Vec<Vec<usize>> = order.chunks(batch_size).map(<[usize]>::to_vec).collect();
+    super::shuffle(&mut batches, seed);
+    Ok(batches)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(spec: &[(&str, f64, f64)]) -> Alignment {
+        Alignment {
+            format: AlignmentFormat::WordsObject,
+            words: spec
+                .iter()
+                .map(|&(t, s, e)| Word {
+                    text: t.into(),
+                    span: Some((s, e)),
+                })
+                .collect(),
+        }
+    }
+
+    /// ~60 s of speech: words of 0.3 s with 0.1 s gaps, a 0.6 s pause
+    /// after each sentence of 7 words.
+    fn long_speech() -> (Alignment, f64) {
+        let mut spec = Vec::new();
+        let mut t = 0.5;
+        let mut i = 0;
+        while t < 60.0 {
+            let end_of_sentence = i % 7 == 6;
+            spec.push((if end_of_sentence { "end." } else { "word" }, t, t + 0.3));
+            t += 0.3 + if end_of_sentence { 0.6 } else { 0.1 };
+            i += 1;
+        }
+        let dur = t + 1.0;
+        let owned: Vec<(String, f64, f64)> = spec
+            .iter()
+            .map(|(w, s, e)| (w.to_string(), *s, *e))
+            .collect();
+        let a = Alignment {
+            format: AlignmentFormat::WordsObject,
+            words: owned
+                .into_iter()
+                .map(|(text, s, e)| Word {
+                    text,
+                    span: Some((s, e)),
+                })
+                .collect(),
+        };
+        (a, dur)
+    }
+
+    #[test]
+    fn cuts_stay_within_bounds_and_never_split_words() {
+        let (a, dur) = long_speech();
+        let cfg = SegmentConfig::default();
+        let cuts = plan_cuts(&a, dur, &cfg);
+        assert!(cuts.len() >= 5, "{} cuts", cuts.len());
+        // Pieces are contiguous in word order and cover every word once.
+        assert_eq!(cuts[0].words.start, 0);
+        assert_eq!(cuts.last().unwrap().words.end, a.words.len());
+        for pair in cuts.windows(2) {
+            assert_eq!(pair[0].words.end, pair[1].words.start);
+            assert!(pair[0].end_s <= pair[1].start_s + 1e-9);
+        }
+        for c in &cuts {
+            let len = c.end_s - c.start_s;
+            assert!((cfg.min_s..=cfg.max_s).contains(&len), "piece of {len} s");
+            assert!(c.start_s >= 0.0 && c.end_s <= dur);
+            // Each word lies wholly inside its piece.
+            for w in &a.words[c.words.clone()] {
+                let (s, e) = w.span.unwrap();
+                assert!(s >= c.start_s && e <= c.end_s, "word {s}-{e} outside {c:?}");
+            }
+            // Cuts prefer sentence ends.
+            if c.words.end < a.words.len() {
+                assert_eq!(a.words[c.words.end - 1].text, "end.", "{c:?}");
+            }
+            // At most edge_pad_s of silence at each end.
+            let first = a.words[c.words.start].span.unwrap().0;
+            let last = a.words[c.words.end - 1].span.unwrap().1;
+            assert!(first - c.start_s <= cfg.edge_pad_s + 1e-9);
+            assert!(c.end_s - last <= cfg.edge_pad_s + 1e-9);
+        }
+    }
+
+    #[test]
+    fn no_cut_inside_overlaps_or_next_to_untimed_words() {
+        // Continuous speech (overlapping words) can't be cut: one long piece.
+        let spec: Vec<(&str, f64, f64)> = (0..40)
+            .map(|i| ("w", i as f64 * 0.5, i as f64 * 0.5 + 0.55))
+            .collect();
+        let a = words(&spec);
+        let cuts = plan_cuts(&a, 21.0, &SegmentConfig::default());
+        assert_eq!(cuts.len(), 1);
+        assert_eq!(cuts[0].words, 0..40);
+
+        // Only the gap between two timed words is usable.
+        let mut a = words(&[
+            ("a", 0.0, 4.0),
+            ("b", 4.5, 8.0),
+            ("c", 8.5, 12.0),
+            ("d", 12.5, 16.0),
+        ]);
+        a.words[1].span = None;
+        let cuts = plan_cuts(&a, 16.0, &SegmentConfig::default());
+        let starts: Vec<usize> = cuts.iter().map(|c| c.words.start).collect();
+        assert_eq!(starts, [0, 3], "{cuts:?}");
+    }
+
+    #[test]
+    fn short_recording_is_one_piece() {
+        let a = words(&[("hi", 0.5, 0.8), ("there", 1.0, 1.4)]);
+        let cuts = plan_cuts(&a, 2.0, &SegmentConfig::default());
+        assert_eq!(cuts.len(), 1);
+        assert!((cuts[0].start_s - 0.3).abs() < 1e-9);
+        assert!((cuts[0].end_s - 1.6).abs() < 1e-9);
+    }
+
+    #[test]
+    fn transcript_text_is_used_when_it_matches() {
+        let a = words(&[
+            ("hello", 0.0, 0.5),
+            ("world", 0.6, 1.0),
+            ("it's", 1.1, 1.3),
+            ("me", 1.4, 1.6),
+        ]);
+        let t = transcript_words("Hello, world — it's ME!", &a.words).unwrap();
+        assert_eq!(t, ["Hello,", "world", "— it's", "ME!"]);
+        assert_eq!(
+            transcript_words("Hello there world it's me", &a.words),
+            None
+        );
+        assert_eq!(transcript_words("hello world it's me too", &a.words), None);
+    }
+
+    #[test]
+    fn segment_recording_builds_utterances_and_context() {
+        let (a, dur) = long_speech();
+        let n = (dur * 24_000.0) as usize;
+        let audio: Arc<[f32]> = (0..n).map(|i| (i as f32 * 0.01).sin() * 0.1).collect();
+        let transcript: String = a
+            .words
+            .iter()
+            .map(|w| w.text.as_str())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut warnings = Vec::new();
+        let conv = segment_recording(
+            "rec",
+            audio,
+            &transcript,
+            Some((Path::new("rec.json"), &a)),
+            Path::new("rec.wav"),
+            &SegmentConfig::default(),
+            &mut warnings,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(conv.alignment_format, Some(AlignmentFormat::WordsObject));
+        let joined: Vec<&str> = conv.utterances.iter().map(|u| u.text.as_str()).collect();
+        assert_eq!(joined.join(" "), transcript);
+        for (i, u) in conv.utterances.iter().enumerate() {
+            assert_eq!(u.index, i);
+            assert_eq!(u.recording_id, "rec");
+            assert!(u.text.ends_with("end.") || i == conv.utterances.len() - 1);
+            assert_eq!(u.samples().len(), u.range.len());
+        }
+        // Context turns: the previous N of the same recording, in order.
+        let ex: Vec<Example<'_>> = conv.examples(2).collect();
+        assert_eq!(ex.len(), conv.utterances.len());
+        assert!(ex[0].context.is_empty());
+        assert_eq!(
+            ex[1].context.iter().map(|u| u.index).collect::<Vec<_>>(),
+            [0]
+        );
+        for e in &ex[2..] {
+            let idx: Vec<usize> = e.context.iter().map(|u| u.index).collect();
+            assert_eq!(idx, [e.target.index - 2, e.target.index - 1]);
+        }
+        assert!(conv.examples(0).all(|e| e.context.is_empty()));
+        assert_eq!(conv.context(3, 10).len(), 3);
+    }
+
+    #[test]
+    fn unaligned_recordings_whole_refused_or_skipped() {
+        let short: Arc<[f32]> = vec![0.1; 24_000 * 5].into();
+        let long: Arc<[f32]> = vec![0.1; 24_000 * 20].into();
+        let mut w = Vec::new();
+        let cfg = SegmentConfig::default();
+        let conv = segment_recording("s", short, " hi ", None, Path::new("s.wav"), &cfg, &mut w)
+            .unwrap()
+            .unwrap();
+        assert_eq!(conv.utterances.len(), 1);
+        assert_eq!(conv.utterances[0].text, "hi");
+        assert_eq!(conv.utterances[0].range, 0..24_000 * 5);
+
+        let err = segment_recording(
+            "l",
+            long.clone(),
+            "hi",
+            None,
+            Path::new("l.wav"),
+            &cfg,
+            &mut w,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, DataError::NeedsAlignment { path, .. } if path == Path::new("l.wav"))
+        );
+        assert!(err.to_string().contains("l.wav"));
+
+        let skip = SegmentConfig {
+            long_unaligned: LongUnaligned::Skip,
+            ..cfg
+        };
+        let r =
+            segment_recording("l", long, "hi", None, Path::new("l.wav"), &skip, &mut w).unwrap();
+        assert!(r.is_none());
+        assert!(w[0].contains("l.wav") && w[0].contains("skipped"));
+    }
+
+    #[test]
+    fn alignment_past_the_audio_is_rejected() {
+        let a = words(&[("hi", 500.0, 900.0)]);
+        let audio: Arc<[f32]> = vec![0.0; 24_000].into();
+        let err = segment_recording(
+            "x",
+            audio,
+            "hi",
+            Some((Path::new("x.json"), &a)),
+            Path::new("x.wav"),
+            &SegmentConfig::default(),
+            &mut Vec::new(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, DataError::MalformedAlignment { path, reason }
+            if path == Path::new("x.json") && reason.contains("milliseconds"))
+        );
+    }
+
+    #[test]
+    fn content_key_depends_on_samples_and_text_only() {
+        let audio: Arc<[f32]> = (0..1000).map(|i| i as f32 / 1000.0).collect();
+        let a = Utterance::new("a", 0, "hi", audio.clone(), 100..200);
+        let copy: Arc<[f32]> = audio[100..200].to_vec().into();
+        let b = Utterance::new("other", 5, "hi", copy, 0..100);
+        assert_eq!(a.content_key(), b.content_key());
+        assert_eq!(a.content_key().len(), 64);
+        assert_ne!(
+            a.content_key(),
+            Utterance::new("a", 0, "ho", audio.clone(), 100..200).content_key()
+        );
+        assert_ne!(
+            a.content_key(),
+            Utterance::new("a", 0, "hi", audio, 100..201).content_key()
+        );
+    }
+
+    #[test]
+    fn buckets_are_deterministic_and_group_lengths() {
+        let lengths: Vec<usize> = (0..103).map(|i| (i * 37) % 101).collect();
+        let b1 = bucket_by_length(&lengths, 8, 7).unwrap();
+        assert_eq!(b1, bucket_by_length(&lengths, 8, 7).unwrap());
+        assert_ne!(b1, bucket_by_length(&lengths, 8, 8).unwrap());
+        let mut all: Vec<usize> = b1.iter().flatten().copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..103).collect::<Vec<_>>());
+        // Within a batch, lengths are close: sorted neighbours.
+        for batch in &b1 {
+            let lens: Vec<usize> = batch.iter().map(|&i| lengths[i]).collect();
+            let spread = lens.iter().max().unwrap() - lens.iter().min().unwrap();
+            assert!(spread <= 8, "{lens:?}");
+        }
+        assert!(bucket_by_length(&lengths, 0, 1).is_err());
+    }
+}
