@@ -2,6 +2,7 @@
 //! training loop.
 
 pub mod batch;
+pub mod codes;
 pub mod config;
 pub mod observer;
 pub mod optim;
