@@ -775,3 +775,14 @@ fn fuzz_real_pickle_never_panics() {
         let _ = interpret(&data, &limits);
     }
 }
+
+#[test]
+fn reads_real_tensors_with_python_state() {
+    // _rebuild_from_type_v2 (tensor with an attribute) and
+    // _rebuild_parameter_with_state (parameter with an attribute)
+    let ck = load("real_with_state.pt").unwrap();
+    let names: Vec<&str> = ck.names().collect();
+    assert_eq!(names, ["tagged", "param"]);
+    assert_eq!(ck.get("tagged").unwrap().to_f32_vec(), [0.0, 1.0, 2.0]);
+    assert_eq!(ck.get("param").unwrap().to_f32_vec(), [1.0, 2.0]);
+}
