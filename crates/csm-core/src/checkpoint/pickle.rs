@@ -47,6 +47,26 @@
 //! * A name that occurs twice keeps its first position and its last value,
 //!   as Python's dict does.
 //!
+//! # Example
+//!
+//! ```no_run
+//! use csm_core::checkpoint::pickle::{load_torch_checkpoint, PickleError};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let ckpt = load_torch_checkpoint("model.pt")?;
+//! for (name, tensor) in &ckpt.tensors {
+//!     println!("{name}: {} {:?}", tensor.dtype, tensor.shape);
+//! }
+//! for entry in &ckpt.skipped {
+//!     println!("skipped {} ({})", entry.name, entry.kind);
+//! }
+//! // Re-save as safetensors.
+//! let bytes = safetensors::serialize(ckpt.tensors.iter().map(|(n, t)| (n.as_str(), t)), None)?;
+//! # let _ = (bytes, PickleError::LegacyFormat { file: String::new() });
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Limits
 //!
 //! [`PickleLimits`] bounds the size of `data.pkl`, the stack, the memo,
