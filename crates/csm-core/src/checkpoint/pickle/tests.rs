@@ -445,6 +445,7 @@ fn archive_level_errors() {
     // not a zip
     let err = read_bytes(b"hello, not a zip".to_vec()).unwrap_err();
     assert!(matches!(err, PickleError::Zip { .. }), "{err}");
+    assert_eq!(err.file(), "test.pt");
     assert!(err.to_string().contains("test.pt"));
     // legacy format starts with a pickle PROTO
     let err = read_bytes(b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.".to_vec()).unwrap_err();
@@ -748,6 +749,7 @@ fn real_legacy_format_is_reported() {
     let err = load("real_legacy.pt").unwrap_err();
     assert!(matches!(err, PickleError::LegacyFormat { .. }), "{err:?}");
     assert!(err.to_string().contains("real_legacy.pt"), "{err}");
+    assert!(err.file().ends_with("real_legacy.pt"));
 }
 
 #[test]
