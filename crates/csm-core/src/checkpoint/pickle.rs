@@ -47,6 +47,26 @@
 //! * A name that occurs twice keeps its first position and its last value,
 //!   as Python's dict does.
 //!
+//! # Example
+//!
+//! ```no_run
+//! use csm_core::checkpoint::pickle::{load_torch_checkpoint, PickleError};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let ckpt = load_torch_checkpoint("model.pt")?;
+//! for (name, tensor) in &ckpt.tensors {
+//!     println!("{name}: {} {:?}", tensor.dtype, tensor.shape);
+//! }
+//! for entry in &ckpt.skipped {
+//!     println!("skipped {} ({})", entry.name, entry.kind);
+//! }
+//! // Re-save as safetensors.
+//! let bytes = safetensors::serialize(ckpt.tensors.iter().map(|(n, t)| (n.as_str(), t)), None)?;
+//! # let _ = (bytes, PickleError::LegacyFormat { file: String::new() });
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Limits
 //!
 //! [`PickleLimits`] bounds the size of `data.pkl`, the stack, the memo,
@@ -324,10 +344,12 @@ pub enum PickleError {
         #[source]
         source: zip::result::ZipError,
     },
-    /// The file uses the legacy (pre-1.6, non-zip) `torch.save` format.
+    /// The file is a bare pickle stream: the legacy (pre-1.6, non-zip)
+    /// `torch.save` format, or a plain `pickle.dump`.
     #[error(
-        "{file} uses the legacy (pre-1.6) torch.save format, which is not supported; \
-         re-save it with a current PyTorch or convert it to safetensors"
+        "{file} is a bare pickle stream (the legacy pre-1.6 torch.save format, or a plain \
+         pickle.dump), which is not supported; re-save it with a current PyTorch or convert \
+         it to safetensors"
     )]
     LegacyFormat {
         /// The checkpoint.
@@ -422,6 +444,26 @@ pub enum PickleError {
         /// What was wrong.
         reason: String,
     },
+}
+
+impl PickleError {
+    /// The checkpoint the error is about.
+    pub fn file(&self) -> &str {
+        match self {
+            PickleError::Io { file, .. }
+            | PickleError::Zip { file, .. }
+            | PickleError::LegacyFormat { file }
+            | PickleError::MissingRecord { file, .. }
+            | PickleError::ForbiddenGlobal { file, .. }
+            | PickleError::Truncated { file, .. }
+            | PickleError::UnsupportedOpcode { file, .. }
+            | PickleError::Malformed { file, .. }
+            | PickleError::LimitExceeded { file, .. }
+            | PickleError::NotAStateDict { file, .. }
+            | PickleError::BadStorage { file, .. }
+            | PickleError::BadTensor { file, .. } => file,
+        }
+    }
 }
 
 /// Read the checkpoint at `path` with the default [`PickleLimits`].

@@ -445,6 +445,7 @@ fn archive_level_errors() {
     // not a zip
     let err = read_bytes(b"hello, not a zip".to_vec()).unwrap_err();
     assert!(matches!(err, PickleError::Zip { .. }), "{err}");
+    assert_eq!(err.file(), "test.pt");
     assert!(err.to_string().contains("test.pt"));
     // legacy format starts with a pickle PROTO
     let err = read_bytes(b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.".to_vec()).unwrap_err();
@@ -629,4 +630,161 @@ fn missing_file_is_an_io_error_naming_it() {
 fn error_is_send_sync_and_static() {
     fn check<E: std::error::Error + Send + Sync + 'static>() {}
     check::<PickleError>();
+}
+
+/// Checks shared by the files written by real `torch.save` (torch 2.15,
+/// scripts/fixtures/make_torch_fixtures.py).
+fn check_real_state_dict(ck: &TorchCheckpoint) {
+    let names: Vec<&str> = ck.names().collect();
+    assert_eq!(
+        names,
+        [
+            "0.weight",
+            "0.bias",
+            "1.weight",
+            "1.bias",
+            "half",
+            "bf16",
+            "long",
+            "int32",
+            "int16",
+            "int8",
+            "uint8",
+            "bool",
+            "scalar",
+            "transposed",
+            "offset_view",
+            "shared_a",
+            "shared_b",
+            "expanded",
+        ]
+    );
+    assert!(ck.skipped.is_empty(), "{:?}", ck.skipped);
+    let w = ck.get("0.weight").unwrap();
+    assert_eq!((w.dtype, w.shape.as_slice()), (DType::F32, &[2, 3][..]));
+    assert_eq!(w.to_f32_vec(), [0.0, 0.25, 0.5, 0.75, 1.0, 1.25]);
+    assert_eq!(ck.get("0.bias").unwrap().to_f32_vec(), [1.0, -1.0]);
+    assert_eq!(ck.get("1.weight").unwrap().to_f32_vec(), [2.0, 3.0]);
+    assert_eq!(ck.get("1.bias").unwrap().to_f32_vec(), [0.5, -0.5]);
+    let t = ck.get("half").unwrap();
+    assert_eq!(
+        (t.dtype, t.to_f32_vec()),
+        (DType::F16, vec![-1.5, -0.5, 0.5, 1.5])
+    );
+    let t = ck.get("bf16").unwrap();
+    assert_eq!(
+        (t.dtype, t.to_f32_vec()),
+        (DType::BF16, vec![1.0, -3.0, 0.5])
+    );
+    assert_eq!(i64s(ck.get("long").unwrap()), [-2, -1, 0, 1, 1 << 40]);
+    let t = ck.get("int32").unwrap();
+    assert_eq!((t.dtype, t.to_f32_vec()), (DType::I32, vec![-7.0, 7.0]));
+    let t = ck.get("int16").unwrap();
+    assert_eq!((t.dtype, t.to_f32_vec()), (DType::I16, vec![-300.0, 300.0]));
+    let t = ck.get("int8").unwrap();
+    assert_eq!((t.dtype, t.shape.as_slice()), (DType::I8, &[1, 2][..]));
+    assert_eq!(t.to_f32_vec(), [-5.0, 5.0]);
+    let t = ck.get("uint8").unwrap();
+    assert_eq!((t.dtype, t.data.as_slice()), (DType::U8, &[0, 255, 7][..]));
+    let t = ck.get("bool").unwrap();
+    assert_eq!((t.dtype, t.data.as_slice()), (DType::Bool, &[1, 0, 1][..]));
+    let t = ck.get("scalar").unwrap();
+    assert_eq!((t.dtype, t.shape.len()), (DType::F64, 0));
+    assert_eq!(t.data, 3.25f64.to_le_bytes());
+    let t = ck.get("transposed").unwrap();
+    assert_eq!(t.shape, [4, 3]);
+    assert_eq!(
+        t.to_f32_vec(),
+        [0.0, 4.0, 8.0, 1.0, 5.0, 9.0, 2.0, 6.0, 10.0, 3.0, 7.0, 11.0]
+    );
+    let t = ck.get("offset_view").unwrap();
+    assert_eq!(t.shape, [2, 2]);
+    assert_eq!(t.to_f32_vec(), [3.0, 4.0, 6.0, 7.0]);
+    assert_eq!(i64s(ck.get("shared_a").unwrap()), [10, 11, 12, 13, 14, 15]);
+    assert_eq!(ck.get("shared_a").unwrap().shape, [2, 3]);
+    assert_eq!(i64s(ck.get("shared_b").unwrap()), [12, 13, 14]);
+    let t = ck.get("expanded").unwrap();
+    assert_eq!(t.shape, [3, 2]);
+    assert_eq!(t.to_f32_vec(), [4.0, 5.0, 4.0, 5.0, 4.0, 5.0]);
+}
+
+#[test]
+fn reads_real_torch_save() {
+    check_real_state_dict(&load("real_state_dict.pt").unwrap());
+}
+
+#[test]
+fn reads_real_torch_save_protocol_4() {
+    check_real_state_dict(&load("real_state_dict_p4.pt").unwrap());
+}
+
+#[test]
+fn reads_real_torch_parameters() {
+    let ck = load("real_parameters.pt").unwrap();
+    let names: Vec<&str> = ck.names().collect();
+    assert_eq!(names, ["0.weight", "0.bias", "1.weight", "1.bias"]);
+    assert_eq!(ck.get("0.bias").unwrap().to_f32_vec(), [1.0, -1.0]);
+}
+
+#[test]
+fn reads_real_torch_training_checkpoint() {
+    let ck = load("real_wrapped.pt").unwrap();
+    assert_eq!(ck.unwrapped.as_deref(), Some("model"));
+    let names: Vec<&str> = ck.names().collect();
+    assert_eq!(names, ["0.weight", "0.bias", "1.weight", "1.bias"]);
+    assert_eq!(
+        ck.get("0.weight").unwrap().to_f32_vec(),
+        [0.0, 0.25, 0.5, 0.75, 1.0, 1.25]
+    );
+    let skipped: Vec<(&str, &str)> = ck
+        .skipped
+        .iter()
+        .map(|s| (s.name.as_str(), s.kind.as_str()))
+        .collect();
+    assert_eq!(skipped, [("optimizer", "dict"), ("epoch", "int")]);
+}
+
+#[test]
+fn real_legacy_format_is_reported() {
+    let err = load("real_legacy.pt").unwrap_err();
+    assert!(matches!(err, PickleError::LegacyFormat { .. }), "{err:?}");
+    assert!(err.to_string().contains("real_legacy.pt"), "{err}");
+    assert!(err.file().ends_with("real_legacy.pt"));
+}
+
+#[test]
+fn fuzz_real_pickle_never_panics() {
+    let mut archive =
+        zip::ZipArchive::new(std::fs::File::open(fixture("real_wrapped.pt")).unwrap()).unwrap();
+    let mut seed = Vec::new();
+    archive
+        .by_name("real_wrapped/data.pkl")
+        .unwrap()
+        .read_to_end(&mut seed)
+        .unwrap();
+    let limits = PickleLimits::default();
+    for len in 0..seed.len() {
+        assert!(
+            interpret(&seed[..len], &limits).is_err(),
+            "prefix {len} parsed"
+        );
+    }
+    let mut rng = Rng(0x0123_4567_89ab_cdef);
+    for _ in 0..3000 {
+        let mut data = seed.clone();
+        let at = rng.below(data.len());
+        data[at] = rng.next() as u8;
+        let _ = interpret(&data, &limits);
+    }
+}
+
+#[test]
+fn reads_real_tensors_with_python_state() {
+    // _rebuild_from_type_v2 (tensor with an attribute) and
+    // _rebuild_parameter_with_state (parameter with an attribute)
+    let ck = load("real_with_state.pt").unwrap();
+    let names: Vec<&str> = ck.names().collect();
+    assert_eq!(names, ["tagged", "param"]);
+    assert_eq!(ck.get("tagged").unwrap().to_f32_vec(), [0.0, 1.0, 2.0]);
+    assert_eq!(ck.get("param").unwrap().to_f32_vec(), [1.0, 2.0]);
 }
