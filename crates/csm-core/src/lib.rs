@@ -3,5 +3,7 @@
 
 pub mod checkpoint;
 pub mod lora;
+pub mod model;
+pub mod tokenizer;
 
 pub use mlx_rs;
