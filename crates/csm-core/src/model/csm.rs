@@ -141,7 +141,7 @@ impl Csm {
             .add(&self.codebook_offsets(n)?)?; // [B, S, n_cb]
         let text = self.text_embeddings.forward(&text_tok)?; // [B, S, D]
         let audio = self.audio_embeddings.forward(&audio_tok)?; // [B, S, n_cb, D]
-        let all = ops::concatenate_axis(&[audio, text.expand_dims(2)?], 2)?; // [B, S, n_cb + 1, D]
+        let all = ops::concatenate(&[audio, text.expand_dims(2)?], 2)?; // [B, S, n_cb + 1, D]
         let m = mask.as_dtype(all.dtype())?.expand_dims(-1)?; // [B, S, n_cb + 1, 1]
         all.multiply(&m)?.sum_axis(2, false) // [B, S, D]
     }
@@ -188,7 +188,7 @@ impl Csm {
             .try_index((.., ..n - 1))?
             .add(&self.codebook_offsets(n - 1)?)?; // [N, n_cb - 1]
         let emb = self.audio_embeddings.forward(&prev_codes)?; // [N, n_cb - 1, D]
-        let x = ops::concatenate_axis(&[h_prev.expand_dims(1)?, emb], 1)?; // [N, n_cb, D]
+        let x = ops::concatenate(&[h_prev.expand_dims(1)?, emb], 1)?; // [N, n_cb, D]
         let x = self.projection.forward(&x)?; // [N, n_cb, D_dec]
         let d = self.decoder.forward(LlamaInput {
             x: &x,
@@ -260,7 +260,7 @@ impl Csm {
         let c0_logits = self.c0_logits(last_h)?; // [B, V]
         let c0 = sample(&c0_logits, 0)?.as_dtype(Dtype::Int32)?; // [B]
         let mut cache = self.decoder.new_cache();
-        let mut x = ops::concatenate_axis(
+        let mut x = ops::concatenate(
             &[
                 last_h.expand_dims(1)?,                               // [B, 1, D]
                 self.audio_embeddings.forward(&c0)?.expand_dims(1)?, // [B, 1, D]
@@ -288,7 +288,7 @@ impl Csm {
             x = self.audio_embeddings.forward(&row)?.expand_dims(1)?; // [B, 1, D]
             codes.push(ci);
         }
-        ops::stack_axis(&codes, 1) // [B, n_cb]
+        ops::stack(&codes, 1) // [B, n_cb]
     }
 
     /// The backbone input for feeding a generated frame back: codes in
@@ -299,7 +299,7 @@ impl Csm {
     pub fn audio_frame(&self, codes: &Array) -> Result<(Array, Array), Exception> {
         let b = codes.shape()[0];
         let n = self.num_codebooks();
-        let tokens = ops::concatenate_axis(
+        let tokens = ops::concatenate(
             &[
                 codes.as_dtype(Dtype::Int32)?,
                 ops::zeros::<i32>(&[b, 1])?,

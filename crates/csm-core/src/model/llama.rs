@@ -83,8 +83,8 @@ impl KvCache {
     pub fn update(&mut self, keys: Array, values: Array) -> Result<(Array, Array), Exception> {
         let (k, v) = match (&self.keys, &self.values) {
             (Some(pk), Some(pv)) => (
-                ops::concatenate_axis(&[pk, &keys], 2)?, // [B, H_kv, offset + L, hd]
-                ops::concatenate_axis(&[pv, &values], 2)?, // [B, H_kv, offset + L, hd]
+                ops::concatenate(&[pk, &keys], 2)?, // [B, H_kv, offset + L, hd]
+                ops::concatenate(&[pv, &values], 2)?, // [B, H_kv, offset + L, hd]
             ),
             _ => (keys, values),
         };
@@ -567,7 +567,7 @@ mod tests {
                 .unwrap(),
             );
         }
-        let inc = ops::concatenate_axis(&outs, 1).unwrap(); // [2, 6, 32]
+        let inc = ops::concatenate(&outs, 1).unwrap(); // [2, 6, 32]
         assert!(max_abs_diff(&inc, &full) < 1e-5);
         // Prefill with a non-empty cache uses end-aligned causal masking.
         let mut cache = m.new_cache();

@@ -700,11 +700,7 @@ pub fn to_canonical(
         match (tied, weights.tensors.get(audio_key)) {
             (Some(t), Some(a)) => {
                 let same = t.shape() == a.shape()
-                    && t.array_eq(a, None)
-                        .and_then(|e| {
-                            e.try_item_exact::<bool>()
-                                .map_err(|c| mlx_rs::error::Exception::custom(c.to_string()))
-                        })
+                    && t.eq_values(a)
                         .map_err(ModelError::mlx("comparing the tied audio embeddings"))?;
                 if !same {
                     return Err(ModelError::UntiedEmbeddings {
@@ -898,7 +894,7 @@ mod tests {
                 "{format}"
             );
             for (k, v) in &canon.tensors {
-                let eq = back.tensors[k].array_eq(v, None).unwrap().item_cast::<bool>();
+                let eq = back.tensors[k].eq_values(v).unwrap();
                 assert!(eq, "{format}: {k}");
             }
             let mut fresh = Csm::new(&cfg).unwrap();

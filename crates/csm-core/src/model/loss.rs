@@ -252,7 +252,7 @@ mod tests {
             &[true, true, false, false, false, false, true, true, false, false, false, false],
             &[b, s, 1],
         );
-        let tokens = ops::concatenate_axis(
+        let tokens = ops::concatenate(
             &[
                 codes.multiply(&is_audio).unwrap(),
                 text.multiply(&is_text).unwrap(),
@@ -260,7 +260,7 @@ mod tests {
             2,
         )
         .unwrap(); // [B, S, n+1]
-        let mask = ops::concatenate_axis(
+        let mask = ops::concatenate(
             &[
                 ops::broadcast_to(&is_audio, &[b, s, n]).unwrap(),
                 is_text.clone(),
