@@ -142,7 +142,9 @@ mod tests {
     fn csm_segment_ids() {
         let tok = real_tokenizer();
         assert_eq!((tok.bos_id(), tok.eos_id()), (128_000, 128_001));
-        assert_eq!(tok.vocab_size(), 128_256);
+        // This package's file is the Llama 3.2 one with `<|image|>` (128256)
+        // added; CSM's text table has 128256 rows, so text must stay below.
+        assert!(tok.vocab_size() >= 128_256);
         let ids = tok.encode_segment(0, "Hello world").unwrap();
         // "[", "0", "]", "Hello", " world" in the Llama-3 (tiktoken) vocabulary.
         assert_eq!(ids, vec![128_000, 58, 15, 60, 9906, 1917, 128_001]);
@@ -157,6 +159,7 @@ mod tests {
         assert_eq!(ids.first(), Some(&128_000));
         assert_eq!(ids.last(), Some(&128_001));
         assert_eq!(ids.iter().filter(|&&i| i >= 128_000).count(), 2);
+        assert!(ids.iter().all(|&i| i < 128_256));
         assert_eq!(tok.decode(&ids, true).unwrap(), format!("[1]{text}"));
     }
 

@@ -10,7 +10,7 @@
 use mlx_rs::error::Exception;
 use mlx_rs::macros::ModuleParameters;
 use mlx_rs::module::{Module, ModuleParameters, Param};
-use mlx_rs::ops::indexing::{IndexOp, TryIndexOp};
+use mlx_rs::ops::indexing::TryIndexOp;
 use mlx_rs::{nn, ops, random, Array, Dtype};
 
 use super::config::CsmConfig;
@@ -378,6 +378,7 @@ pub(crate) fn tiny_config() -> CsmConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mlx_rs::ops::indexing::IndexOp;
 
     fn max_abs_diff(a: &Array, b: &Array) -> f32 {
         a.subtract(b).unwrap().abs().unwrap().max(None).unwrap().item_cast::<f32>()
