@@ -1,6 +1,26 @@
 //! Lets this crate's tests and examples find MLX's shared library.
 fn main() {
     csm_rpath();
+    test_tokenizer();
+}
+
+/// `CSM_TEST_TOKENIZER` (a Llama-3.2 `tokenizer.json`, relative paths taken
+/// from the workspace root) turns on the tokenizer tests that need it; see
+/// `scripts/fetch-test-tokenizer.sh`.
+fn test_tokenizer() {
+    println!("cargo::rustc-check-cfg=cfg(csm_test_tokenizer)");
+    println!("cargo:rerun-if-env-changed=CSM_TEST_TOKENIZER");
+    let Some(path) = std::env::var_os("CSM_TEST_TOKENIZER") else {
+        return;
+    };
+    let mut path = std::path::PathBuf::from(path);
+    if path.is_relative() {
+        let manifest = std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo");
+        path = std::path::Path::new(&manifest).join("../..").join(path);
+    }
+    println!("cargo:rerun-if-changed={}", path.display());
+    println!("cargo:rustc-cfg=csm_test_tokenizer");
+    println!("cargo:rustc-env=CSM_TEST_TOKENIZER_PATH={}", path.display());
 }
 
 /// rpath to the wheel's libmlx (published by mlx-sys as `DEP_MLX_LIB_DIR`).

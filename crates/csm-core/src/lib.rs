@@ -4,7 +4,9 @@
 pub mod checkpoint;
 pub mod data;
 pub mod lora;
+pub mod model;
 pub mod runtime;
+pub mod tokenizer;
 pub mod train;
 
 pub use mlx_rs;

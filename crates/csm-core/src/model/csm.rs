@@ -1,0 +1,510 @@
+//! Sesame CSM: a Llama backbone over frames of 32 Mimi codes + 1 text token,
+//! predicting codebook 0, and a small depth decoder that predicts codebooks
+//! 1..31 of one frame from the backbone state.
+//!
+//! Ported from SesameAILabs/csm `models.py` (commit 836f886): `_embed_tokens`,
+//! `_embed_audio`, `generate_frame`; training layout as in transformers
+//! `models/csm/modeling_csm.py` (`CsmForConditionalGeneration.forward`).
+//! Shapes and conventions: `docs/csm-architecture.md` §1.
+
+use mlx_rs::error::Exception;
+use mlx_rs::macros::ModuleParameters;
+use mlx_rs::module::{Module, ModuleParameters, Param};
+use mlx_rs::ops::indexing::TryIndexOp;
+use mlx_rs::{nn, ops, random, Array, Dtype};
+
+use super::config::CsmConfig;
+use super::llama::{AttentionMask, KvCache, Llama, LlamaInput};
+use crate::lora::Proj;
+
+/// The CSM model. Field names are the canonical checkpoint names
+/// (`backbone.layers.N...`, `decoder.layers.N...`, `text_embeddings.weight`,
+/// `audio_embeddings.weight`, `projection.weight`, `codebook0_head.weight`,
+/// `audio_head`).
+#[derive(Debug, Clone, ModuleParameters)]
+pub struct Csm {
+    /// Backbone over frames (llama-1B in CSM-1B).
+    #[param]
+    pub backbone: Llama,
+    /// Depth decoder over the codebooks of one frame (llama-100M).
+    #[param]
+    pub decoder: Llama,
+    /// Text token embeddings `[text_vocab, D]`.
+    #[param]
+    pub text_embeddings: nn::Embedding,
+    /// Audio embeddings shared by all codebooks `[n_cb * audio_vocab, D]`;
+    /// codebook `k`, code `c` is row `c + k * audio_vocab`.
+    #[param]
+    pub audio_embeddings: nn::Embedding,
+    /// Backbone width to decoder width `[D_dec, D]`.
+    #[param]
+    pub projection: Proj,
+    /// Codebook-0 logits from the backbone `[audio_vocab, D]`.
+    #[param]
+    pub codebook0_head: Proj,
+    /// Codebook `i >= 1` logits are `d @ audio_head[i - 1]`;
+    /// `[n_cb - 1, D_dec, audio_vocab]` (stored `[in, out]`, no transpose).
+    #[param]
+    pub audio_head: Param<Array>,
+    /// Hyperparameters.
+    pub config: CsmConfig,
+}
+
+/// Input of the backbone forward ([`Module`] impl of [`Csm`]).
+#[derive(Debug, Clone, Copy)]
+pub struct FrameInput<'a> {
+    /// Frames `[B, S, n_cb + 1]` (int): codes in columns `0..n_cb`, text
+    /// token in column `n_cb`.
+    pub tokens: &'a Array,
+    /// Which columns are present `[B, S, n_cb + 1]` (bool or 0/1).
+    pub mask: &'a Array,
+    /// Attention pattern: [`AttentionMask::Causal`] for right-padded or
+    /// unpadded batches, or an explicit mask.
+    pub attention: AttentionMask<'a>,
+}
+
+impl Csm {
+    /// Random weights of the right shapes (replaced when a checkpoint loads;
+    /// MLX is lazy, so they are never computed in that case).
+    ///
+    /// # Errors
+    /// An invalid config.
+    pub fn new(config: &CsmConfig) -> Result<Self, Exception> {
+        config.validate().map_err(Exception::custom)?;
+        let (d, dd) = (config.backbone.embed_dim, config.decoder.embed_dim);
+        let (n, v) = (config.audio_num_codebooks, config.audio_vocab_size);
+        let bound = (1.0 / dd as f32).sqrt();
+        Ok(Csm {
+            backbone: Llama::new(&config.backbone)?,
+            decoder: Llama::new(&config.decoder)?,
+            text_embeddings: nn::Embedding::new(config.text_vocab_size, d)?,
+            audio_embeddings: nn::Embedding::new(v * n, d)?,
+            projection: Proj::random(d, dd)?,
+            codebook0_head: Proj::random(d, v)?,
+            audio_head: Param::new(random::uniform::<_, f32>(
+                -bound,
+                bound,
+                &[n - 1, dd, v],
+                None,
+            )?),
+            config: config.clone(),
+        })
+    }
+
+    /// Casts every floating parameter to `dtype` (lazily).
+    pub fn cast(&mut self, dtype: Dtype) -> Result<(), Exception> {
+        let mut cast = std::collections::HashMap::new();
+        for (k, v) in self.parameters().flatten() {
+            if v.dtype().is_float() && v.dtype() != dtype {
+                cast.insert(k, v.as_dtype(dtype)?);
+            }
+        }
+        self.update_flattened(cast);
+        Ok(())
+    }
+
+    /// Dtype of the weights (that of `codebook0_head`).
+    pub fn dtype(&self) -> Dtype {
+        self.codebook0_head.weight.value.dtype()
+    }
+
+    fn num_codebooks(&self) -> i32 {
+        self.config.audio_num_codebooks
+    }
+
+    /// `[0, V, 2V, ...]` for codebooks `0..count`.
+    fn codebook_offsets(&self, count: i32) -> Result<Array, Exception> {
+        let v = self.config.audio_vocab_size;
+        ops::arange::<_, i32>(0, count * v, v)
+    }
+
+    /// Embeds frames: the masked sum of the text embedding and the
+    /// per-codebook audio embeddings.
+    ///
+    /// # Shapes
+    /// `tokens, mask: [B, S, n_cb + 1]` -> `[B, S, D]`
+    pub fn embed_frames(&mut self, tokens: &Array, mask: &Array) -> Result<Array, Exception> {
+        let n = self.num_codebooks();
+        let shape = tokens.shape();
+        if shape.len() != 3 || shape[2] != n + 1 || mask.shape() != shape {
+            return Err(Exception::custom(format!(
+                "frames must be [B, S, {}] with a mask of the same shape; got tokens {:?}, mask {:?}",
+                n + 1,
+                shape,
+                mask.shape()
+            )));
+        }
+        let tokens = tokens.as_dtype(Dtype::Int32)?;
+        let text_tok = tokens.try_index((.., .., n))?; // [B, S]
+        let audio_tok = tokens
+            .try_index((.., .., ..n))?
+            .add(&self.codebook_offsets(n)?)?; // [B, S, n_cb]
+        let text = self.text_embeddings.forward(&text_tok)?; // [B, S, D]
+        let audio = self.audio_embeddings.forward(&audio_tok)?; // [B, S, n_cb, D]
+        let all = ops::concatenate(&[audio, text.expand_dims(2)?], 2)?; // [B, S, n_cb + 1, D]
+        let m = mask.as_dtype(all.dtype())?.expand_dims(-1)?; // [B, S, n_cb + 1, 1]
+        all.multiply(&m)?.sum_axis(2, false) // [B, S, D]
+    }
+
+    /// Backbone over embedded frames, without a cache.
+    ///
+    /// # Shapes
+    /// `tokens, mask: [B, S, n_cb + 1]` -> post-norm hidden `[B, S, D]`
+    pub fn backbone_hidden(&mut self, input: FrameInput<'_>) -> Result<Array, Exception> {
+        let s = input.tokens.shape()[1];
+        if s > self.config.backbone.max_seq_len {
+            return Err(Exception::custom(format!(
+                "sequence of {s} frames exceeds the backbone's max_seq_len {}",
+                self.config.backbone.max_seq_len
+            )));
+        }
+        let x = self.embed_frames(input.tokens, input.mask)?;
+        self.backbone.forward(LlamaInput {
+            x: &x,
+            mask: input.attention,
+            cache: None,
+        })
+    }
+
+    /// Codebook-0 logits from backbone hidden states.
+    ///
+    /// # Shapes
+    /// `h: [..., D]` -> `[..., audio_vocab]`
+    pub fn c0_logits(&mut self, h: &Array) -> Result<Array, Exception> {
+        self.codebook0_head.forward(h)
+    }
+
+    /// Depth-decoder logits for codebooks `1..n_cb` of `N` frames, teacher
+    /// forced: the decoder input is `[h_prev, emb(c_0), ..., emb(c_{n-2})]`.
+    ///
+    /// # Shapes
+    /// `h_prev: [N, D]` (backbone state of the previous frame), `codes:
+    /// [N, n_cb]` (the frame's codes) -> `[N, n_cb - 1, audio_vocab]`
+    pub fn depth_logits(&mut self, h_prev: &Array, codes: &Array) -> Result<Array, Exception> {
+        let n = self.num_codebooks();
+        let nf = codes.shape()[0];
+        let prev_codes = codes
+            .as_dtype(Dtype::Int32)?
+            .try_index((.., ..n - 1))?
+            .add(&self.codebook_offsets(n - 1)?)?; // [N, n_cb - 1]
+        let emb = self.audio_embeddings.forward(&prev_codes)?; // [N, n_cb - 1, D]
+        let x = ops::concatenate(&[h_prev.expand_dims(1)?, emb], 1)?; // [N, n_cb, D]
+        let x = self.projection.forward(&x)?; // [N, n_cb, D_dec]
+        let d = self.decoder.forward(LlamaInput {
+            x: &x,
+            mask: AttentionMask::Causal,
+            cache: None,
+        })?; // [N, n_cb, D_dec]
+        let d = d.try_index((.., 1.., ..))?.transpose_axes(&[1, 0, 2])?; // [n_cb - 1, N, D_dec]
+        let logits = ops::matmul(&d, &self.audio_head.value)?; // [n_cb - 1, N, V]
+        debug_assert_eq!(logits.shape()[1], nf);
+        logits.transpose_axes(&[1, 0, 2]) // [N, n_cb - 1, V]
+    }
+
+    /// One empty KV cache per backbone layer, for [`Csm::backbone_step`].
+    pub fn new_backbone_cache(&self) -> Vec<KvCache> {
+        self.backbone.new_cache()
+    }
+
+    /// Runs the backbone on new frames (a prompt, then one frame at a time)
+    /// at the positions following the cache, and returns the last state.
+    ///
+    /// # Shapes
+    /// `tokens, mask: [B, L, n_cb + 1]` -> `[B, D]`
+    ///
+    /// # Errors
+    /// When the cache would grow past the backbone's `max_seq_len`.
+    pub fn backbone_step(
+        &mut self,
+        tokens: &Array,
+        mask: &Array,
+        cache: &mut [KvCache],
+    ) -> Result<Array, Exception> {
+        let l = tokens.shape()[1];
+        let offset = cache.first().map_or(0, KvCache::offset);
+        if offset + l > self.config.backbone.max_seq_len {
+            return Err(Exception::custom(format!(
+                "backbone context full: {offset} cached + {l} new frames > max_seq_len {}",
+                self.config.backbone.max_seq_len
+            )));
+        }
+        let x = self.embed_frames(tokens, mask)?;
+        let attention = if l > 1 {
+            AttentionMask::Causal
+        } else {
+            AttentionMask::None
+        };
+        let h = self.backbone.forward(LlamaInput {
+            x: &x,
+            mask: attention,
+            cache: Some(cache),
+        })?; // [B, L, D]
+        h.try_index((.., -1, ..)) // [B, D]
+    }
+
+    /// Generates the codes of one frame from the backbone's last state:
+    /// codebook 0 from `codebook0_head`, then codebooks 1.. from the depth
+    /// decoder (fresh cache, positions 0..n_cb-1).
+    ///
+    /// `sample(logits [B, V], codebook)` picks codes `[B]` (any int dtype).
+    ///
+    /// # Shapes
+    /// `last_h: [B, D]` -> codes `[B, n_cb]` (int32)
+    pub fn generate_frame(
+        &mut self,
+        last_h: &Array,
+        sample: &mut dyn FnMut(&Array, i32) -> Result<Array, Exception>,
+    ) -> Result<Array, Exception> {
+        let n = self.num_codebooks();
+        let v = self.config.audio_vocab_size;
+        let c0_logits = self.c0_logits(last_h)?; // [B, V]
+        let c0 = sample(&c0_logits, 0)?.as_dtype(Dtype::Int32)?; // [B]
+        let mut cache = self.decoder.new_cache();
+        let mut x = ops::concatenate(
+            &[
+                last_h.expand_dims(1)?,                               // [B, 1, D]
+                self.audio_embeddings.forward(&c0)?.expand_dims(1)?, // [B, 1, D]
+            ],
+            1,
+        )?; // [B, 2, D]
+        let mut codes = vec![c0];
+        for i in 1..n {
+            let proj = self.projection.forward(&x)?; // [B, L, D_dec]
+            let attention = if i == 1 {
+                AttentionMask::Causal
+            } else {
+                AttentionMask::None
+            };
+            let d = self.decoder.forward(LlamaInput {
+                x: &proj,
+                mask: attention,
+                cache: Some(&mut cache),
+            })?; // [B, L, D_dec]
+            let last = d.try_index((.., -1, ..))?; // [B, D_dec]
+            let head = self.audio_head.value.try_index(i - 1)?; // [D_dec, V]
+            let logits = ops::matmul(&last, &head)?; // [B, V]
+            let ci = sample(&logits, i)?.as_dtype(Dtype::Int32)?; // [B]
+            let row = ci.add(Array::from_int(i * v))?;
+            x = self.audio_embeddings.forward(&row)?.expand_dims(1)?; // [B, 1, D]
+            codes.push(ci);
+        }
+        ops::stack(&codes, 1) // [B, n_cb]
+    }
+
+    /// The backbone input for feeding a generated frame back: codes in
+    /// columns `0..n_cb`, text 0, mask on the codes only.
+    ///
+    /// # Shapes
+    /// `codes: [B, n_cb]` -> `(tokens [B, 1, n_cb + 1] int32, mask [B, 1, n_cb + 1] bool)`
+    pub fn audio_frame(&self, codes: &Array) -> Result<(Array, Array), Exception> {
+        let b = codes.shape()[0];
+        let n = self.num_codebooks();
+        let tokens = ops::concatenate(
+            &[
+                codes.as_dtype(Dtype::Int32)?,
+                ops::zeros::<i32>(&[b, 1])?,
+            ],
+            1,
+        )?
+        .reshape(&[b, 1, n + 1])?; // [B, 1, n_cb + 1]
+        let mut m = vec![true; (n + 1) as usize];
+        m[n as usize] = false;
+        let mask = ops::broadcast_to(Array::from_slice(&m, &[1, 1, n + 1]), &[b, 1, n + 1])?; // [B, 1, n_cb + 1]
+        Ok((tokens, mask))
+    }
+}
+
+impl Module<FrameInput<'_>> for Csm {
+    type Error = Exception;
+    type Output = Array;
+
+    /// Backbone hidden states; see [`Csm::backbone_hidden`].
+    ///
+    /// # Shapes
+    /// `tokens, mask: [B, S, n_cb + 1]` -> `[B, S, D]`
+    fn forward(&mut self, input: FrameInput<'_>) -> Result<Array, Exception> {
+        self.backbone_hidden(input)
+    }
+
+    fn training_mode(&mut self, mode: bool) {
+        self.backbone.training_mode(mode);
+        self.decoder.training_mode(mode);
+        self.projection.training_mode(mode);
+        self.codebook0_head.training_mode(mode);
+    }
+}
+
+/// A tiny config for unit tests (not a released model).
+#[cfg(test)]
+pub(crate) fn tiny_config() -> CsmConfig {
+    use super::config::{Llama3RopeScaling, LlamaConfig};
+    let scaling = Some(Llama3RopeScaling {
+        factor: 32.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: 16.0,
+    });
+    CsmConfig {
+        backbone: LlamaConfig {
+            num_layers: 2,
+            embed_dim: 32,
+            num_heads: 4,
+            num_kv_heads: 2,
+            head_dim: 8,
+            intermediate_dim: 48,
+            norm_eps: 1e-5,
+            rope_theta: 500_000.0,
+            rope_scaling: scaling,
+            max_seq_len: 64,
+        },
+        decoder: LlamaConfig {
+            num_layers: 2,
+            embed_dim: 24,
+            num_heads: 4,
+            num_kv_heads: 2,
+            head_dim: 6,
+            intermediate_dim: 40,
+            norm_eps: 1e-5,
+            rope_theta: 500_000.0,
+            rope_scaling: scaling,
+            max_seq_len: 16,
+        },
+        text_vocab_size: 50,
+        audio_vocab_size: 11,
+        audio_num_codebooks: 4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mlx_rs::ops::indexing::IndexOp;
+
+    fn max_abs_diff(a: &Array, b: &Array) -> f32 {
+        a.subtract(b).unwrap().abs().unwrap().max(None).unwrap().item_cast::<f32>()
+    }
+
+    #[test]
+    fn canonical_keys() {
+        let m = Csm::new(&tiny_config()).unwrap();
+        let flat = m.parameters().flatten();
+        for (k, shape) in [
+            ("text_embeddings.weight", vec![50, 32]),
+            ("audio_embeddings.weight", vec![44, 32]),
+            ("projection.weight", vec![24, 32]),
+            ("codebook0_head.weight", vec![11, 32]),
+            ("audio_head", vec![3, 24, 11]),
+            ("backbone.layers.1.self_attn.k_proj.weight", vec![16, 32]),
+            ("decoder.layers.0.mlp.down_proj.weight", vec![24, 40]),
+            ("decoder.norm.weight", vec![24]),
+        ] {
+            assert_eq!(flat.get(k).map(|a| a.shape().to_vec()), Some(shape), "{k}");
+        }
+        assert_eq!(flat.len(), 5 + 2 * (2 * 9 + 1));
+    }
+
+    #[test]
+    fn embedding_uses_codebook_offsets_and_mask() {
+        let cfg = tiny_config();
+        let mut m = Csm::new(&cfg).unwrap();
+        // Frame 0: text token 7 only. Frame 1: codes [1, 2, 3, 4], no text.
+        let tokens = Array::from_slice(&[0i32, 0, 0, 0, 7, 1, 2, 3, 4, 9], &[1, 2, 5]);
+        let mask = Array::from_slice(
+            &[false, false, false, false, true, true, true, true, true, false],
+            &[1, 2, 5],
+        );
+        let e = m.embed_frames(&tokens, &mask).unwrap();
+        let text = m.text_embeddings.weight.value.index(7);
+        assert!(max_abs_diff(&e.index((0, 0, ..)), &text) < 1e-6);
+        let aw = &m.audio_embeddings.weight.value;
+        let want = aw
+            .index(1)
+            .add(aw.index(2 + 11))
+            .unwrap()
+            .add(aw.index(3 + 22))
+            .unwrap()
+            .add(aw.index(4 + 33))
+            .unwrap();
+        assert!(max_abs_diff(&e.index((0, 1, ..)), &want) < 1e-5);
+    }
+
+    #[test]
+    fn generate_frame_matches_teacher_forced_depth_logits() {
+        let cfg = tiny_config();
+        let mut m = Csm::new(&cfg).unwrap();
+        let h = random::normal::<f32>(&[2, 32], None, None, None).unwrap();
+        let mut seen: Vec<Array> = Vec::new();
+        let mut greedy = |logits: &Array, _i: i32| -> Result<Array, Exception> {
+            seen.push(logits.clone());
+            mlx_rs::ops::indexing::argmax_axis(logits, -1, None)
+        };
+        let codes = m.generate_frame(&h, &mut greedy).unwrap();
+        assert_eq!(codes.shape(), &[2, 4]);
+        assert_eq!(seen.len(), 4);
+        // Incremental decoder steps equal the training-time full pass.
+        let tf = m.depth_logits(&h, &codes).unwrap(); // [2, 3, 11]
+        for i in 1..4 {
+            let d = max_abs_diff(&tf.index((.., i - 1, ..)), &seen[i as usize]);
+            assert!(d < 1e-5, "codebook {i}: {d}");
+        }
+        let c0 = m.c0_logits(&h).unwrap();
+        assert!(max_abs_diff(&c0, &seen[0]) < 1e-6);
+        let (tok, mask) = m.audio_frame(&codes).unwrap();
+        assert_eq!(tok.shape(), &[2, 1, 5]);
+        assert_eq!(mask.shape(), &[2, 1, 5]);
+        assert_eq!(tok.index((1, 0, 4)).item_cast::<i32>(), 0);
+        assert!(!mask.index((0, 0, 4)).item_cast::<bool>());
+    }
+
+    #[test]
+    fn backbone_step_with_cache_matches_full() {
+        let cfg = tiny_config();
+        let mut m = Csm::new(&cfg).unwrap();
+        let tokens = random::randint::<_, i32>(0, 11, &[1, 5, 5], None).unwrap();
+        let mask = ops::ones::<bool>(&[1, 5, 5]).unwrap();
+        let full = m
+            .backbone_hidden(FrameInput {
+                tokens: &tokens,
+                mask: &mask,
+                attention: AttentionMask::Causal,
+            })
+            .unwrap();
+        let mut cache = m.new_backbone_cache();
+        let a = m
+            .backbone_step(
+                &tokens.index((.., ..3, ..)),
+                &mask.index((.., ..3, ..)),
+                &mut cache,
+            )
+            .unwrap();
+        assert!(max_abs_diff(&a, &full.index((.., 2, ..))) < 1e-5);
+        for t in 3..5 {
+            let b = m
+                .backbone_step(
+                    &tokens.index((.., t..t + 1, ..)),
+                    &mask.index((.., t..t + 1, ..)),
+                    &mut cache,
+                )
+                .unwrap();
+            assert!(max_abs_diff(&b, &full.index((.., t, ..))) < 1e-5);
+        }
+    }
+
+    #[test]
+    fn bf16_cast_runs() {
+        let mut m = Csm::new(&tiny_config()).unwrap();
+        m.cast(Dtype::Bfloat16).unwrap();
+        assert_eq!(m.dtype(), Dtype::Bfloat16);
+        let tokens = ops::zeros::<i32>(&[1, 3, 5]).unwrap();
+        let mask = ops::ones::<bool>(&[1, 3, 5]).unwrap();
+        let h = m
+            .backbone_hidden(FrameInput {
+                tokens: &tokens,
+                mask: &mask,
+                attention: AttentionMask::Causal,
+            })
+            .unwrap();
+        assert_eq!(h.dtype(), Dtype::Bfloat16);
+        assert_eq!(h.shape(), &[1, 3, 32]);
+    }
+}

@@ -1,0 +1,398 @@
+//! The CSM training objective (`docs/fine-tuning-recipe.md`, "The
+//! objective"; transformers `CsmForConditionalGeneration.forward` with
+//! labels):
+//!
+//! - **semantic**: cross-entropy of `codebook0_head(h[t-1])` against `c0` of
+//!   every loss frame `t` (audio frames, including the all-zero EOS frame);
+//! - **acoustic**: on a chosen subset of loss frames (all, or Sesame's random
+//!   1/16), the depth decoder over `[h[t-1], emb(c0..c_{n-2})]`,
+//!   cross-entropy against `c1..c_{n-1}`, averaged over all (frame,
+//!   codebook) targets;
+//! - **total** = `semantic_weight * semantic + acoustic_weight * acoustic`.
+//!
+//! With weights 1/1 and all frames this equals transformers'
+//! `backbone_loss + depth_decoder_loss`. The depth decoder runs only on the
+//! gathered subset, which is what keeps memory bounded.
+
+use mlx_rs::error::Exception;
+use mlx_rs::ops::indexing::{take_along_axis, take_axis, TryIndexOp};
+use mlx_rs::{ops, Array, Dtype};
+
+use super::csm::{Csm, FrameInput};
+use super::llama::AttentionMask;
+
+/// Weights of the two loss terms (1.0 / 1.0 = transformers' plain sum).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LossWeights {
+    /// Weight of the codebook-0 (backbone) term.
+    pub semantic: f32,
+    /// Weight of the codebooks 1..n-1 (depth decoder) term.
+    pub acoustic: f32,
+}
+
+impl Default for LossWeights {
+    fn default() -> Self {
+        LossWeights {
+            semantic: 1.0,
+            acoustic: 1.0,
+        }
+    }
+}
+
+/// One training batch as the loss sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct LossBatch<'a> {
+    /// Frames `[B, S, n_cb + 1]` (int); padding is all zeros.
+    pub tokens: &'a Array,
+    /// Column mask `[B, S, n_cb + 1]`; all false on padding.
+    pub mask: &'a Array,
+    /// `[B, S]` (bool or 0/1): frames whose codes are targets, i.e. audio
+    /// and EOS frames of the turns being trained. Text, padding and context
+    /// turns are 0. Column 0 is ignored (no previous state predicts it).
+    pub loss_mask: &'a Array,
+    /// Flat indices `b * S + t` (int32, `[N]`, `N >= 1`, every `t >= 1`)
+    /// of the loss frames the depth decoder is trained on; see
+    /// [`loss_frame_indices`] and [`choose_decoder_frames`].
+    pub decoder_frames: &'a Array,
+    /// Attention pattern of the backbone (causal for right padding).
+    pub attention: AttentionMask<'a>,
+}
+
+/// The loss terms (f32 scalars).
+#[derive(Debug, Clone)]
+pub struct CsmLoss {
+    /// Mean codebook-0 cross-entropy over loss frames.
+    pub semantic: Array,
+    /// Mean cross-entropy over (decoder frame, codebook 1..n-1) targets.
+    pub acoustic: Array,
+    /// `semantic_weight * semantic + acoustic_weight * acoustic`.
+    pub total: Array,
+}
+
+/// Cross-entropy per position, computed in f32.
+///
+/// # Shapes
+/// `logits: [..., V]`, `targets: [...]` (int) -> `[...]` f32
+pub fn cross_entropy(logits: &Array, targets: &Array) -> Result<Array, Exception> {
+    let logits = logits.as_dtype(Dtype::Float32)?;
+    let lse = logits.logsumexp_axis(-1, false)?; // [...]
+    let idx = targets.as_dtype(Dtype::Int32)?.expand_dims(-1)?; // [..., 1]
+    let picked = take_along_axis(&logits, &idx, -1)?.squeeze_axes(&[-1])?; // [...]
+    lse.subtract(&picked)
+}
+
+impl Csm {
+    /// The training loss of one batch; see the module docs.
+    ///
+    /// # Shapes
+    /// see [`LossBatch`]; the result holds scalars.
+    ///
+    /// # Errors
+    /// Inconsistent shapes or an empty `decoder_frames`.
+    #[allow(non_snake_case)]
+    pub fn loss(&mut self, batch: &LossBatch<'_>, weights: LossWeights) -> Result<CsmLoss, Exception> {
+        let shape = batch.tokens.shape();
+        let (B, S) = (shape[0], shape[1]);
+        let n = self.config.audio_num_codebooks;
+        if batch.loss_mask.shape() != [B, S] {
+            return Err(Exception::custom(format!(
+                "loss_mask must be [B, S] = [{B}, {S}], got {:?}",
+                batch.loss_mask.shape()
+            )));
+        }
+        if batch.decoder_frames.ndim() != 1 || batch.decoder_frames.shape()[0] == 0 {
+            return Err(Exception::custom(format!(
+                "decoder_frames must be a non-empty list of frame indices, got shape {:?}",
+                batch.decoder_frames.shape()
+            )));
+        }
+        if S < 2 {
+            return Err(Exception::custom(format!(
+                "a training sequence needs at least 2 frames, got {S}"
+            )));
+        }
+        let h = self.backbone_hidden(FrameInput {
+            tokens: batch.tokens,
+            mask: batch.mask,
+            attention: batch.attention,
+        })?; // [B, S, D]
+        let D = h.shape()[2];
+        let tokens = batch.tokens.as_dtype(Dtype::Int32)?;
+
+        // Semantic: h[t-1] predicts c0 of frame t.
+        let h_prev = h.try_index((.., ..S - 1, ..))?; // [B, S-1, D]
+        let c0_logits = self.c0_logits(&h_prev)?; // [B, S-1, V]
+        let c0_targets = tokens.try_index((.., 1.., 0))?; // [B, S-1]
+        let m = batch
+            .loss_mask
+            .try_index((.., 1..))?
+            .as_dtype(Dtype::Float32)?; // [B, S-1]
+        let ce = cross_entropy(&c0_logits, &c0_targets)?; // [B, S-1]
+        let count = ops::maximum(m.sum(None)?, Array::from_f32(1.0))?;
+        let semantic = ce.multiply(&m)?.sum(None)?.divide(&count)?;
+
+        // Acoustic: depth decoder on the gathered frames only.
+        let idx = batch.decoder_frames.as_dtype(Dtype::Int32)?; // [N]
+        let h_flat = h.reshape(&[B * S, D])?; // [B*S, D]
+        let h_sel = take_axis(&h_flat, idx.subtract(Array::from_int(1))?, 0)?; // [N, D]
+        let codes = take_axis(tokens.reshape(&[B * S, n + 1])?, &idx, 0)? // [N, n_cb + 1]
+            .try_index((.., ..n))?; // [N, n_cb]
+        let depth = self.depth_logits(&h_sel, &codes)?; // [N, n_cb - 1, V]
+        let acoustic = cross_entropy(&depth, &codes.try_index((.., 1..))?)?.mean(None)?;
+
+        let total = semantic
+            .multiply(Array::from_f32(weights.semantic))?
+            .add(acoustic.multiply(Array::from_f32(weights.acoustic))?)?;
+        Ok(CsmLoss {
+            semantic,
+            acoustic,
+            total,
+        })
+    }
+}
+
+/// Flat indices `b * seq_len + t` of the frames that can carry a loss:
+/// `loss_mask[b, t]` set and `t >= 1`.
+///
+/// # Shapes
+/// `loss_mask`: row-major `[batch, seq_len]`.
+pub fn loss_frame_indices(loss_mask: &[bool], seq_len: usize) -> Vec<i32> {
+    loss_mask
+        .iter()
+        .enumerate()
+        .filter(|&(i, &on)| on && i % seq_len != 0)
+        .map(|(i, _)| i as i32)
+        .collect()
+}
+
+/// Picks the depth-decoder frames (Sesame's compute amortization): all of
+/// `candidates` when `fraction >= 1`, else `max(1, ceil(len * fraction))`
+/// of them chosen uniformly without replacement by a splitmix64 stream
+/// seeded with `seed` (same seed, same choice), returned in ascending order.
+///
+/// # Panics
+/// If `fraction` is not in `(0, 1]` or is NaN.
+pub fn choose_decoder_frames(candidates: &[i32], fraction: f64, seed: u64) -> Vec<i32> {
+    assert!(
+        fraction > 0.0 && fraction <= 1.0,
+        "decoder frame fraction must be in (0, 1], got {fraction}"
+    );
+    if fraction >= 1.0 || candidates.len() <= 1 {
+        return candidates.to_vec();
+    }
+    let k = ((candidates.len() as f64 * fraction).ceil() as usize).max(1);
+    let mut pool = candidates.to_vec();
+    let mut state = seed;
+    let mut next = || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    // Partial Fisher-Yates: the first k entries are a uniform sample.
+    for i in 0..k {
+        let j = i + (next() % (pool.len() - i) as u64) as usize;
+        pool.swap(i, j);
+    }
+    let mut chosen = pool[..k].to_vec();
+    chosen.sort_unstable();
+    chosen
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::csm::tiny_config;
+    use super::*;
+    use mlx_rs::ops::indexing::IndexOp;
+    use mlx_rs::random;
+
+    #[test]
+    fn cross_entropy_on_hand_built_logits() {
+        // log-softmax of [0, ln 3] at index 1 = ln(3/4).
+        let logits = Array::from_slice(&[0.0f32, 3f32.ln(), 2.0, 2.0], &[2, 2]);
+        let targets = Array::from_slice(&[1i32, 0], &[2]);
+        let ce = cross_entropy(&logits, &targets).unwrap();
+        let v = ce.as_slice::<f32>().to_vec();
+        assert!((v[0] - (4.0f32 / 3.0).ln()).abs() < 1e-6);
+        assert!((v[1] - 2f32.ln()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn frame_selection() {
+        let mask = [true, true, false, true, true, true, false, false];
+        let idx = loss_frame_indices(&mask, 4);
+        assert_eq!(idx, vec![1, 3, 5]); // 0 and 4 start a row
+        assert_eq!(choose_decoder_frames(&idx, 1.0, 7), idx);
+        let many: Vec<i32> = (1..=64).collect();
+        let a = choose_decoder_frames(&many, 1.0 / 16.0, 42);
+        assert_eq!(a.len(), 4);
+        assert_eq!(a, choose_decoder_frames(&many, 1.0 / 16.0, 42));
+        assert_ne!(a, choose_decoder_frames(&many, 1.0 / 16.0, 43));
+        assert!(a.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(choose_decoder_frames(&many[..3], 0.01, 1).len(), 1);
+    }
+
+    /// The loss equals a direct computation from the model pieces, masked
+    /// frames (text, padding, context) change nothing, and a gathered
+    /// subset gives the mean over that subset.
+    #[test]
+    fn loss_masks_and_matches_manual() {
+        let cfg = tiny_config();
+        let mut m = Csm::new(&cfg).unwrap();
+        let (b, s, n) = (2, 6, 4);
+        let codes = random::randint::<_, i32>(0, 11, &[b, s, n], None).unwrap();
+        let text = random::randint::<_, i32>(0, 50, &[b, s, 1], None).unwrap();
+        // Frames 0-1 text, 2-5 audio (row 1: frame 5 is padding).
+        let is_audio = Array::from_slice(
+            &[false, false, true, true, true, true, false, false, true, true, true, false],
+            &[b, s, 1],
+        );
+        let is_text = Array::from_slice(
+            &[true, true, false, false, false, false, true, true, false, false, false, false],
+            &[b, s, 1],
+        );
+        let tokens = ops::concatenate(
+            &[
+                codes.multiply(&is_audio).unwrap(),
+                text.multiply(&is_text).unwrap(),
+            ],
+            2,
+        )
+        .unwrap(); // [B, S, n+1]
+        let mask = ops::concatenate(
+            &[
+                ops::broadcast_to(&is_audio, &[b, s, n]).unwrap(),
+                is_text.clone(),
+            ],
+            2,
+        )
+        .unwrap();
+        let lm: Vec<bool> = vec![
+            false, false, true, true, true, true, false, false, true, true, true, false,
+        ];
+        let loss_mask = Array::from_slice(&lm, &[b, s]);
+        let frames = loss_frame_indices(&lm, s as usize);
+        assert_eq!(frames, vec![2, 3, 4, 5, 8, 9, 10]);
+        let frames_arr = Array::from_slice(&frames, &[frames.len() as i32]);
+        let batch = LossBatch {
+            tokens: &tokens,
+            mask: &mask,
+            loss_mask: &loss_mask,
+            decoder_frames: &frames_arr,
+            attention: AttentionMask::Causal,
+        };
+        let loss = m.loss(&batch, LossWeights::default()).unwrap();
+
+        // Manual: per frame, c0 CE from h[t-1], and the depth CE.
+        let h = m
+            .backbone_hidden(FrameInput {
+                tokens: &tokens,
+                mask: &mask,
+                attention: AttentionMask::Causal,
+            })
+            .unwrap();
+        let mut sem = 0.0;
+        let mut aco = 0.0;
+        for &f in &frames {
+            let (bi, t) = (f / s, f % s);
+            let hp = h.index((bi, t - 1, ..)).reshape(&[1, 32]).unwrap();
+            let c = tokens.index((bi, t, ..n)).reshape(&[1, n]).unwrap();
+            let l0 = m.c0_logits(&hp).unwrap();
+            sem += cross_entropy(&l0, &c.index((.., 0))).unwrap().item_cast::<f32>();
+            let dl = m.depth_logits(&hp, &c).unwrap();
+            aco += cross_entropy(&dl, &c.index((.., 1..)))
+                .unwrap()
+                .sum(None)
+                .unwrap()
+                .item_cast::<f32>();
+        }
+        let nf = frames.len() as f32;
+        let (sem, aco) = (sem / nf, aco / (nf * (n - 1) as f32));
+        let got_s = loss.semantic.item_cast::<f32>();
+        let got_a = loss.acoustic.item_cast::<f32>();
+        assert!((got_s - sem).abs() < 1e-4, "{got_s} vs {sem}");
+        assert!((got_a - aco).abs() < 1e-4, "{got_a} vs {aco}");
+        assert!((loss.total.item_cast::<f32>() - (sem + aco)).abs() < 1e-4);
+
+        // Weights scale the terms.
+        let w = LossWeights {
+            semantic: 0.5,
+            acoustic: 2.0,
+        };
+        let lw = m.loss(&batch, w).unwrap();
+        assert!((lw.total.item_cast::<f32>() - (0.5 * sem + 2.0 * aco)).abs() < 1e-4);
+
+        // Changing a masked-out (padding) frame's codes changes nothing...
+        let pad_changed = tokens
+            .multiply(Array::from_int(1))
+            .unwrap()
+            .add(&padding_bump(b, s, n))
+            .unwrap();
+        let batch2 = LossBatch {
+            tokens: &pad_changed,
+            ..batch
+        };
+        let l2 = m.loss(&batch2, LossWeights::default()).unwrap();
+        assert!((l2.total.item_cast::<f32>() - loss.total.item_cast::<f32>()).abs() < 1e-6);
+
+        // ...and a subset of decoder frames averages over that subset only.
+        let sub = Array::from_slice(&[3i32, 9], &[2]);
+        let l3 = m
+            .loss(
+                &LossBatch {
+                    decoder_frames: &sub,
+                    ..batch
+                },
+                LossWeights::default(),
+            )
+            .unwrap();
+        assert!((l3.semantic.item_cast::<f32>() - sem).abs() < 1e-4);
+        let mut aco_sub = 0.0;
+        for f in [3, 9] {
+            let (bi, t) = (f / s, f % s);
+            let hp = h.index((bi, t - 1, ..)).reshape(&[1, 32]).unwrap();
+            let c = tokens.index((bi, t, ..n)).reshape(&[1, n]).unwrap();
+            let dl = m.depth_logits(&hp, &c).unwrap();
+            aco_sub += cross_entropy(&dl, &c.index((.., 1..)))
+                .unwrap()
+                .sum(None)
+                .unwrap()
+                .item_cast::<f32>();
+        }
+        let aco_sub = aco_sub / (2.0 * (n - 1) as f32);
+        assert!((l3.acoustic.item_cast::<f32>() - aco_sub).abs() < 1e-4);
+    }
+
+    /// Adds 1 to the codes of the padding frame (row 1, frame 5) only.
+    fn padding_bump(b: i32, s: i32, n: i32) -> Array {
+        let mut v = vec![0i32; (b * s * (n + 1)) as usize];
+        let base = ((s + 5) * (n + 1)) as usize;
+        for c in 0..n as usize {
+            v[base + c] = 1;
+        }
+        Array::from_slice(&v, &[b, s, n + 1])
+    }
+
+    #[test]
+    fn rejects_empty_decoder_frames() {
+        let mut m = Csm::new(&tiny_config()).unwrap();
+        let tokens = ops::zeros::<i32>(&[1, 3, 5]).unwrap();
+        let mask = ops::ones::<bool>(&[1, 3, 5]).unwrap();
+        let lm = ops::ones::<bool>(&[1, 3]).unwrap();
+        let none = Array::from_slice::<i32>(&[], &[0]);
+        let err = m
+            .loss(
+                &LossBatch {
+                    tokens: &tokens,
+                    mask: &mask,
+                    loss_mask: &lm,
+                    decoder_frames: &none,
+                    attention: AttentionMask::Causal,
+                },
+                LossWeights::default(),
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("decoder_frames"), "{err}");
+    }
+}
