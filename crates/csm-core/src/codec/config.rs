@@ -395,22 +395,36 @@ impl MimiConfig {
         let seanet = sub("seanet");
         let tr = sub("transformer");
         let qz = sub("quantizer");
-        for (reader, key, want) in [
-            (&seanet, "pad_mode", "constant"),
-            (&seanet, "norm", "none"),
-            (&seanet, "activation", "ELU"),
-            (&tr, "gating", "none"),
-            (&tr, "norm", "layer_norm"),
-            (&tr, "positional_embedding", "rope"),
+        // Exact values (moshi's kwargs) or prefixes (descriptive strings such
+        // as "ELU(alpha=1.0)" or "gelu(erf)").
+        for (reader, key, want, prefix) in [
+            (&seanet, "pad_mode", "constant", false),
+            (&seanet, "norm", "none", false),
+            (&seanet, "activation", "ELU", true),
+            (&tr, "gating", "none", false),
+            (&tr, "norm", "layer_norm", false),
+            (&tr, "positional_embedding", "rope", false),
+            (&tr, "rope", "interleaved", false),
+            (&tr, "activation", "gelu", true),
         ] {
             let got = reader.str_or(key, want)?;
-            if got != want {
+            let ok = if prefix {
+                got.starts_with(want)
+            } else {
+                got == want
+            };
+            if !ok || (key == "activation" && want == "gelu" && got.contains("tanh")) {
                 return Err(CodecError::Config {
                     message: format!(
                         "kyutai config: {key} = {got:?} is not supported (only {want:?})"
                     ),
                 });
             }
+        }
+        if tr.bool_or("bias", false)? {
+            return Err(CodecError::Config {
+                message: "kyutai config: transformer linear biases are not supported".into(),
+            });
         }
         if !seanet.bool_or("causal", true)? || !tr.bool_or("causal", true)? {
             return Err(CodecError::Config {
@@ -438,10 +452,35 @@ impl MimiConfig {
                     ),
                 });
             }
+            // moshi: kernel 2 stride, replicate-padded dense downsample,
+            // depthwise upsample; explicit sections may restate them.
+            let down = sub_or_empty(json, "downsample");
+            let up = sub_or_empty(json, "upsample");
+            let kernel_size = down.i32_or("kernel_size", 2 * stride)?;
+            for (reader, what) in [(&down, "downsample"), (&up, "upsample")] {
+                if reader.i32_or("stride", stride)? != stride
+                    || reader.i32_or("kernel_size", kernel_size)? != kernel_size
+                    || reader.bool_or("bias", false)?
+                {
+                    return Err(CodecError::Config {
+                        message: format!(
+                            "kyutai config: {what} must be a bias-free conv with stride {stride} and kernel {kernel_size}"
+                        ),
+                    });
+                }
+            }
+            if down.str_or("pad_mode", "replicate")? != "replicate"
+                || down.i32_or("groups", 1)? != 1
+            {
+                return Err(CodecError::Config {
+                    message: "kyutai config: the downsample must be a dense replicate-padded conv"
+                        .into(),
+                });
+            }
             Some(MimiResampleConfig {
                 stride,
-                kernel_size: 2 * stride,
-                upsample_groups: dimension,
+                kernel_size,
+                upsample_groups: up.i32_or("groups", dimension)?,
             })
         } else {
             None
@@ -449,14 +488,20 @@ impl MimiConfig {
         let d_model = tr.i32_or("d_model", dimension)?;
         let heads = tr.i32_or("num_heads", base.transformer.num_heads)?;
         let kv_repeat = tr.i32_or("kv_repeat", 1)?;
+        if heads < 1 || tr.i32_or("head_dim", d_model / heads.max(1))? * heads != d_model {
+            return Err(CodecError::Config {
+                message: format!("kyutai config: head_dim x {heads} heads != d_model {d_model}"),
+            });
+        }
         let layer_scale = match json.get("transformer").unwrap_or(json).get("layer_scale") {
             None => true,
             Some(Value::Null) => false,
             Some(Value::Number(_)) => true,
+            Some(Value::Bool(b)) => *b,
             Some(other) => {
                 return Err(CodecError::Config {
                     message: format!(
-                        "kyutai config: layer_scale = {other} is not a number or null"
+                        "kyutai config: layer_scale = {other} is not a number, boolean or null"
                     ),
                 })
             }
@@ -485,7 +530,7 @@ impl MimiConfig {
                 context: tr.i32_or("context", base.transformer.context)?,
                 max_period: tr.f64_or("max_period", 10_000.0)? as f32,
                 layer_scale,
-                norm_eps: 1e-5,
+                norm_eps: tr.f64_or("norm_eps", 1e-5)? as f32,
             },
             quantizer: MimiQuantizerConfig {
                 dimension: qz.i32_or("dimension", base.quantizer.dimension)?,
@@ -506,6 +551,15 @@ impl MimiConfig {
     pub fn from_kyutai_config_file(path: &Path) -> Result<Self, CodecError> {
         let json = read_json(path)?;
         Self::from_kyutai_json(&json).map_err(|e| e.in_file(path))
+    }
+}
+
+/// A reader over the object `json[name]`, or over an empty object.
+fn sub_or_empty<'a>(json: &'a Value, name: &'a str) -> JsonReader<'a> {
+    static EMPTY: Value = Value::Null;
+    match json.get(name) {
+        Some(v @ Value::Object(_)) => JsonReader::new(v, name),
+        _ => JsonReader::new(&EMPTY, name),
     }
 }
 
@@ -688,6 +742,15 @@ mod tests {
         assert_eq!(c.resample.as_ref().unwrap().kernel_size, 4);
         assert_eq!(c.num_codebooks, 4);
         assert!(c.transformer.layer_scale);
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/mimi_tiny_kyutai_config.json");
+        if path.is_file() {
+            let c = MimiConfig::from_kyutai_config_file(&path).unwrap();
+            assert_eq!(c.hop_length(), 16);
+            assert_eq!(c.quantizer.n_q, 8);
+            assert_eq!(c.transformer.num_heads, 4);
+            assert_eq!(c.resample.as_ref().unwrap().upsample_groups, 32);
+        }
         let bad = serde_json::json!({"seanet": {"pad_mode": "reflect"}});
         assert!(MimiConfig::from_kyutai_json(&bad).is_err());
     }
