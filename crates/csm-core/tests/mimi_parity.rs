@@ -237,3 +237,32 @@ fn wrong_config_is_a_strict_load_error() {
     .to_string();
     assert!(err.contains("mimi_tiny_kyutai.safetensors"), "{err}");
 }
+
+/// The released checkpoint, when `CSM_MIMI_CHECKPOINT` points at it (the
+/// kyutai `tokenizer-e351c8d8-checkpoint125.safetensors`, a `kyutai/mimi`
+/// directory or a transformers CSM directory). Skipped otherwise.
+#[test]
+fn released_checkpoint_if_available() {
+    let Some(path) = std::env::var_os("CSM_MIMI_CHECKPOINT") else {
+        println!("CSM_MIMI_CHECKPOINT not set: skipping the released-checkpoint check");
+        return;
+    };
+    let mut mimi = Mimi::load(Path::new(&path), None).expect("load released Mimi");
+    assert_eq!(mimi.config.hop_length(), 1920);
+    mimi.set_num_codebooks(32).unwrap();
+    // 1 s of a 440 Hz tone: 24000 samples -> 13 frames -> 24960 samples.
+    let tone: Vec<f32> = (0..24_000)
+        .map(|i| 0.3 * (2.0 * std::f32::consts::PI * 440.0 * i as f32 / 24_000.0).sin())
+        .collect();
+    let wav = Array::from_slice(&tone, &[1, 1, 24_000]);
+    let codes = mimi.encode(&wav).unwrap();
+    assert_eq!(codes.shape(), &[1, 32, 13]);
+    let audio = mimi.decode(&codes).unwrap();
+    assert_eq!(audio.shape(), &[1, 1, 24_960]);
+    let peak = audio.abs().unwrap().max(None).unwrap().item_exact::<f32>();
+    println!(
+        "released Mimi: codes[0] = {:?}, decoded peak {peak:.3}",
+        &codes_vec(&codes)[..13]
+    );
+    assert!(peak.is_finite() && peak > 0.01 && peak < 2.0);
+}

@@ -469,6 +469,7 @@ fn fold_weight_norm(weights: &mut WeightMap) -> Result<(), CodecError> {
         })?;
         let axes: Vec<i32> = (1..v.ndim() as i32).collect();
         let norm = v.square()?.sum_axes(&axes, true)?.sqrt()?; // [out, 1, 1]
+                                                               // g: [out, 1, ..] or [out] -> [out, 1, ..] like `norm`
         let w = v.multiply(&g.reshape(norm.shape())?)?.divide(&norm)?;
         weights.insert(w_key, w);
     }

@@ -11,17 +11,37 @@ use mlx_rs::{nn, ops, random, Array};
 
 use super::config::MimiTransformerConfig;
 
+/// Queries per attention block for long inputs: beyond this many frames
+/// the attention runs block by block over the keys each block can see, so
+/// memory grows as `T * (block + context)` instead of `T^2`. Exact either way.
+pub const ATTENTION_BLOCK: i32 = 512;
+
 /// Additive attention mask for `t` aligned positions: `0` where
 /// `0 <= q - k < context`, `-inf` elsewhere.
 ///
 /// # Shapes
 /// -> `[t, t]`
 pub fn window_mask(t: i32, context: i32) -> Result<Array, Exception> {
-    let pos = ops::arange::<_, i32>(0, t, None)?;
-    // [t] -> [t, 1] (queries) and [1, t] (keys)
-    let q = pos.reshape(&[t, 1])?;
-    let k = pos.reshape(&[1, t])?;
-    let delta = q.subtract(&k)?; // [t, t]
+    window_mask_block(0, t, 0, t, context)
+}
+
+/// Additive mask for queries `q_start..q_start + q_len` against keys
+/// `k_start..k_start + k_len`: `0` where `0 <= q - k < context`.
+///
+/// # Shapes
+/// -> `[q_len, k_len]`
+pub fn window_mask_block(
+    q_start: i32,
+    q_len: i32,
+    k_start: i32,
+    k_len: i32,
+    context: i32,
+) -> Result<Array, Exception> {
+    // [q_len] -> [q_len, 1]
+    let q = ops::arange::<_, i32>(q_start, q_start + q_len, None)?.reshape(&[q_len, 1])?;
+    // [k_len] -> [1, k_len]
+    let k = ops::arange::<_, i32>(k_start, k_start + k_len, None)?.reshape(&[1, k_len])?;
+    let delta = q.subtract(&k)?; // [q_len, k_len]
     let allowed = delta
         .ge(Array::from_int(0))?
         .logical_and(&delta.lt(Array::from_int(context))?)?;
@@ -30,6 +50,61 @@ pub fn window_mask(t: i32, context: i32) -> Result<Array, Exception> {
         Array::from_f32(0.0),
         Array::from_f32(f32::NEG_INFINITY),
     )
+}
+
+/// One block of queries with the keys it may see and its mask.
+#[derive(Debug, Clone)]
+pub struct WindowBlock {
+    /// First query position.
+    pub q_start: i32,
+    /// One past the last query position.
+    pub q_end: i32,
+    /// First key position (`max(0, q_start - context + 1)`); keys end at `q_end`.
+    pub k_start: i32,
+    /// Additive mask `[q_end - q_start, q_end - k_start]`.
+    pub mask: Array,
+}
+
+/// How the windowed causal attention over `T` positions is computed:
+/// one block (plain masked attention) or several (long inputs). Built once
+/// per transformer call and shared by its layers.
+#[derive(Debug, Clone)]
+pub struct WindowPlan {
+    /// The query blocks, in order, covering `0..T`.
+    pub blocks: Vec<WindowBlock>,
+}
+
+impl WindowPlan {
+    /// Plans `t` positions with window `context` and at most `block` queries
+    /// per block (a single block when `t <= block`).
+    pub fn new(t: i32, context: i32, block: i32) -> Result<Self, Exception> {
+        if t <= block {
+            return Ok(WindowPlan {
+                blocks: vec![WindowBlock {
+                    q_start: 0,
+                    q_end: t,
+                    k_start: 0,
+                    mask: window_mask(t, context)?,
+                }],
+            });
+        }
+        let mut blocks = Vec::new();
+        let mut q_start = 0;
+        while q_start < t {
+            let q_end = (q_start + block).min(t);
+            let k_start = (q_start - context + 1).max(0);
+            let mask =
+                window_mask_block(q_start, q_end - q_start, k_start, q_end - k_start, context)?;
+            blocks.push(WindowBlock {
+                q_start,
+                q_end,
+                k_start,
+                mask,
+            });
+            q_start = q_end;
+        }
+        Ok(WindowPlan { blocks })
+    }
 }
 
 fn linear_init(out_dim: i32, in_dim: i32) -> Result<Array, Exception> {
@@ -86,8 +161,8 @@ pub struct MimiAttention {
 
 impl MimiAttention {
     /// # Shapes
-    /// `x: [B, T, D]`, `mask: [T, T]` -> `[B, T, D]`
-    pub fn forward(&self, x: &Array, mask: &Array) -> Result<Array, Exception> {
+    /// `x: [B, T, D]`, `plan` over `T` positions -> `[B, T, D]`
+    pub fn forward(&self, x: &Array, plan: &WindowPlan) -> Result<Array, Exception> {
         let (b, t, d) = (x.shape()[0], x.shape()[1], x.shape()[2]);
         let head_dim = d / self.num_heads;
         let kv_dim = head_dim * self.num_kv_heads;
@@ -110,8 +185,21 @@ impl MimiAttention {
         let q = fast::rope(&q, head_dim, true, self.max_period, 1.0, 0, None)?;
         let k = fast::rope(&k, head_dim, true, self.max_period, 1.0, 0, None)?;
         let scale = 1.0 / (head_dim as f32).sqrt();
-        let o = fast::scaled_dot_product_attention(&q, &k, &v, scale, mask, None)?; // [B, H, T, hd]
-                                                                                    // [B, H, T, hd] -> [B, T, H, hd] -> [B, T, D]
+        let o = if let [only] = plan.blocks.as_slice() {
+            fast::scaled_dot_product_attention(&q, &k, &v, scale, &only.mask, None)?
+        } else {
+            let mut outs = Vec::with_capacity(plan.blocks.len());
+            for blk in &plan.blocks {
+                let qb = q.index((.., .., blk.q_start..blk.q_end, ..)); // [B, H, Tq, hd]
+                let kb = k.index((.., .., blk.k_start..blk.q_end, ..)); // [B, Hkv, Tk, hd]
+                let vb = v.index((.., .., blk.k_start..blk.q_end, ..)); // [B, Hkv, Tk, hd]
+                outs.push(fast::scaled_dot_product_attention(
+                    &qb, &kb, &vb, scale, &blk.mask, None,
+                )?);
+            }
+            ops::concatenate(&outs, 2)?
+        }; // [B, H, T, hd]
+           // [B, H, T, hd] -> [B, T, H, hd] -> [B, T, D]
         let o = o.transpose_axes(&[0, 2, 1, 3])?.reshape(&[b, t, d])?;
         ops::matmul(&o, self.out_proj.value.t())
     }
@@ -172,9 +260,9 @@ impl MimiTransformerLayer {
     }
 
     /// # Shapes
-    /// `x: [B, T, D]`, `mask: [T, T]` -> `[B, T, D]`
-    pub fn forward(&self, x: &Array, mask: &Array) -> Result<Array, Exception> {
-        let h = self.self_attn.forward(&self.norm1.forward(x)?, mask)?;
+    /// `x: [B, T, D]`, `plan` over `T` positions -> `[B, T, D]`
+    pub fn forward(&self, x: &Array, plan: &WindowPlan) -> Result<Array, Exception> {
+        let h = self.self_attn.forward(&self.norm1.forward(x)?, plan)?;
         let h = match &self.layer_scale_1.value {
             Some(s) => h.multiply(s)?,
             None => h,
@@ -216,10 +304,18 @@ impl MimiTransformer {
     /// # Shapes
     /// `x: [B, T, D]` -> `[B, T, D]`
     pub fn forward(&self, x: &Array) -> Result<Array, Exception> {
-        let mask = window_mask(x.shape()[1], self.context)?;
+        self.forward_blocked(x, ATTENTION_BLOCK)
+    }
+
+    /// [`MimiTransformer::forward`] with an explicit attention block size.
+    ///
+    /// # Shapes
+    /// `x: [B, T, D]` -> `[B, T, D]`
+    pub fn forward_blocked(&self, x: &Array, block: i32) -> Result<Array, Exception> {
+        let plan = WindowPlan::new(x.shape()[1], self.context, block)?;
         let mut x = x.clone();
         for layer in &self.layers {
-            x = layer.forward(&x, &mask)?;
+            x = layer.forward(&x, &plan)?;
         }
         Ok(x)
     }
@@ -280,7 +376,9 @@ mod tests {
         let layer = MimiTransformerLayer::new(&cfg).unwrap();
         let attn = &layer.self_attn;
         let x = random::normal::<f32>(&[1, t, d], None, None, None).unwrap();
-        let y = attn.forward(&x, &window_mask(t, context).unwrap()).unwrap();
+        let y = attn
+            .forward(&x, &WindowPlan::new(t, context, 512).unwrap())
+            .unwrap();
         let xs = x.as_slice::<f32>().to_vec();
         let w_in = attn.in_proj.value.as_slice::<f32>().to_vec(); // [3d, d]
         let w_out = attn.out_proj.value.as_slice::<f32>().to_vec(); // [d, d]
@@ -328,5 +426,46 @@ mod tests {
                 assert!((g - want).abs() < 1e-4, "t={tt} o={o}: {g} vs {want}");
             }
         }
+    }
+
+    #[test]
+    fn blocked_attention_equals_full_attention() {
+        let cfg = MimiTransformerConfig {
+            d_model: 16,
+            num_heads: 2,
+            num_kv_heads: 2,
+            num_layers: 2,
+            dim_feedforward: 32,
+            context: 7,
+            max_period: 10_000.0,
+            layer_scale: false,
+            norm_eps: 1e-5,
+        };
+        let tr = MimiTransformer::new(&cfg).unwrap();
+        let x = random::normal::<f32>(&[2, 45, 16], None, None, None).unwrap();
+        let full = tr.forward_blocked(&x, 1000).unwrap();
+        for block in [1, 5, 7, 16, 44] {
+            let plan = WindowPlan::new(45, 7, block).unwrap();
+            assert_eq!(plan.blocks.len() as i32, (45 + block - 1) / block);
+            let blocked = tr.forward_blocked(&x, block).unwrap();
+            let err = full
+                .subtract(&blocked)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max(None)
+                .unwrap()
+                .item_exact::<f32>();
+            assert!(err < 1e-5, "block {block}: {err}");
+        }
+    }
+
+    #[test]
+    fn block_mask_matches_full_mask_slice() {
+        let (t, context) = (20, 6);
+        let full = window_mask(t, context).unwrap();
+        let blk = window_mask_block(8, 5, 3, 10, context).unwrap();
+        let want = full.index((8..13, 3..13));
+        assert!(blk.eq_values(&want).unwrap());
     }
 }
