@@ -889,4 +889,32 @@ mod tests {
         let q = mlx_rs::ops::indexing::IndexOp::index(&fused, ..h * hd);
         assert!(q.eq_values(&orig).unwrap());
     }
+
+    #[test]
+    fn weight_norm_is_folded() {
+        // v [2, 1, 2]: rows (3, 4) and (1, 0); g = (10, 2).
+        let mut w = WeightMap::new("t");
+        w.insert(
+            "a.conv.weight_v",
+            Array::from_slice(&[3.0f32, 4.0, 1.0, 0.0], &[2, 1, 2]),
+        );
+        w.insert(
+            "a.conv.weight_g",
+            Array::from_slice(&[10.0f32, 2.0], &[2, 1, 1]),
+        );
+        w.insert(
+            "b.parametrizations.weight.original1",
+            Array::from_slice(&[0.0f32, 2.0], &[1, 1, 2]),
+        );
+        w.insert(
+            "b.parametrizations.weight.original0",
+            Array::from_slice(&[3.0f32], &[1, 1, 1]),
+        );
+        fold_weight_norm(&mut w).unwrap();
+        assert_eq!(w.tensors.len(), 2);
+        let a = w.remove("a.conv.weight").unwrap();
+        assert_eq!(a.as_slice::<f32>(), &[6.0, 8.0, 2.0, 0.0]);
+        let b = w.remove("b.weight").unwrap();
+        assert_eq!(b.as_slice::<f32>(), &[0.0, 3.0]);
+    }
 }

@@ -294,4 +294,29 @@ mod tests {
         // cluster_usage and 32 _initialized entries folded into centroids.
         assert_eq!(n, 96_151_393 - 32 * 2048 - 32);
     }
+
+    #[test]
+    fn batch_items_are_independent() {
+        let mut mimi = Mimi::new(tiny_config()).unwrap();
+        let wav = random::normal::<f32>(&[3, 1, 200], None, None, None).unwrap();
+        let batch = mimi.encode(&wav).unwrap();
+        let audio = mimi.decode(&batch).unwrap();
+        for i in 0..3 {
+            let one = mlx_rs::ops::indexing::IndexOp::index(&wav, i..i + 1);
+            let codes = mimi.encode(&one).unwrap();
+            let row = mlx_rs::ops::indexing::IndexOp::index(&batch, i..i + 1);
+            assert!(codes.eq_values(&row).unwrap(), "item {i}");
+            let a = mimi.decode(&codes).unwrap();
+            let b = mlx_rs::ops::indexing::IndexOp::index(&audio, i..i + 1);
+            let err = a
+                .subtract(&b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max(None)
+                .unwrap()
+                .item_exact::<f32>();
+            assert!(err < 1e-5, "item {i}: {err}");
+        }
+    }
 }
