@@ -266,3 +266,52 @@ fn released_checkpoint_if_available() {
     );
     assert!(peak.is_finite() && peak > 0.01 && peak < 2.0);
 }
+
+/// Settles the q/k ordering question: transformers stores q/k rows permuted
+/// for rotate-half RoPE. Un-permuting them at load (what the loader does)
+/// matches transformers to ~1e-6; using the stored order with interleaved
+/// RoPE would not.
+#[test]
+fn hf_qk_rows_are_rotate_half_permuted() {
+    use csm_core::mlx_rs::module::Param;
+    use csm_core::mlx_rs::ops;
+    use csm_core::mlx_rs::ops::indexing::IndexOp;
+
+    let dir = fixtures();
+    let mimi = Mimi::from_hf_dir(&dir.join("mimi_tiny_hf")).unwrap();
+    let reference = read(&dir.join("mimi_ref_hf.safetensors"));
+    // [B, C, T] -> [B, T, C]
+    let input = get(&reference, "encoder_seanet_out")
+        .transpose_axes(&[0, 2, 1])
+        .unwrap();
+    let want = get(&reference, "encoder_transformer_out");
+    let ok = max_abs_diff(
+        &ncl(&mimi.encoder_transformer.forward(&input).unwrap()),
+        &want,
+    );
+    assert!(ok < HIDDEN_TOL, "{ok}");
+
+    let mut wrong = mimi.encoder_transformer.clone();
+    let (d, heads) = (32, 4);
+    let hd = d / heads;
+    for layer in &mut wrong.layers {
+        let w = layer.self_attn.in_proj.value.clone(); // [3d, d]
+                                                       // Re-apply the converter's permutation to q and k:
+                                                       // [H*hd, d] -> [H, hd/2, 2, d] -> [H, 2, hd/2, d] -> [H*hd, d]
+        let permute = |x: Array| {
+            x.reshape(&[heads, hd / 2, 2, d])
+                .unwrap()
+                .transpose_axes(&[0, 2, 1, 3])
+                .unwrap()
+                .reshape(&[heads * hd, d])
+                .unwrap()
+        };
+        let q = permute(w.index(..d));
+        let k = permute(w.index(d..2 * d));
+        let v = w.index(2 * d..);
+        layer.self_attn.in_proj = Param::new(ops::concatenate(&[q, k, v], 0).unwrap());
+    }
+    let bad = max_abs_diff(&ncl(&wrong.forward(&input).unwrap()), &want);
+    println!("encoder transformer: un-permuted q/k max |err| = {ok:.3e}; HF order with interleaved RoPE = {bad:.3e}");
+    assert!(bad > 100.0 * HIDDEN_TOL, "{bad}");
+}

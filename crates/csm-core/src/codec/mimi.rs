@@ -319,4 +319,19 @@ mod tests {
             assert!(err < 1e-5, "item {i}: {err}");
         }
     }
+
+    #[test]
+    fn released_structure_runs_end_to_end() {
+        // Random weights with the real config: 4000 samples -> 3 frames of
+        // 32 codes -> 5760 samples.
+        let mut mimi = Mimi::new(MimiConfig::mimi_v0_1()).unwrap();
+        let wav = random::normal::<f32>(&[1, 1, 4000], None, None, None)
+            .unwrap()
+            .multiply(Array::from_f32(0.1))
+            .unwrap();
+        let codes = mimi.encode(&wav).unwrap();
+        assert_eq!(codes.shape(), &[1, 32, 3]);
+        let audio = mimi.decode(&codes).unwrap();
+        assert_eq!(audio.shape(), &[1, 1, 5760]);
+    }
 }
