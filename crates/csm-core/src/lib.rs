@@ -2,6 +2,7 @@
 //! and generation, shared by the `csm` command-line tool and the desktop app.
 
 pub mod checkpoint;
+pub mod codec;
 pub mod data;
 pub mod lora;
 pub mod model;
