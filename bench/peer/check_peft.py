@@ -354,9 +354,12 @@ def selftest(workdir=None, keep=False):
     for name, want, got, right in results:
         print(f"  {'ok ' if right else 'BAD'}  must {'PASS' if want else 'FAIL'}, did {'PASS' if got else 'FAIL'}: {name}")
     all_right = all(r[3] for r in results)
-    print("SELFTEST " + ("OK" if all_right else "FAILED") + f" (files in {tmp})")
     if not keep and not workdir:
         shutil.rmtree(tmp)
+        where = "temporary files removed; --workdir DIR keeps them"
+    else:
+        where = f"files in {tmp}"
+    print("SELFTEST " + ("OK" if all_right else "FAILED") + f" ({where})")
     return all_right
 
 

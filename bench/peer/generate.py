@@ -49,6 +49,8 @@ def parse_args():
     ap.add_argument("--greedy", action="store_true", help="argmax for c0 and the depth decoder instead of top-k 50 / T 0.9")
     ap.add_argument("--top-k", type=int, default=50)
     ap.add_argument("--temperature", type=float, default=0.9)
+    ap.add_argument("--codec", choices=["auto", "real", "tiny"], default="auto",
+                    help="Mimi used for the decode timing: auto = real for --size 1b, tiny for --size tiny")
     ap.add_argument("--no-decode", action="store_true", help="skip the (separately timed) Mimi decode")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = os.cpu_count())")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -89,7 +91,7 @@ def main():
     common.print_env(env)
 
     dtype = common.parse_dtype(args.dtype)
-    codec = "real" if args.size == "1b" else "tiny"
+    codec = args.codec if args.codec != "auto" else ("real" if args.size == "1b" else "tiny")
     cfg = common.csm_config(args.size, codec=codec)
     t0 = time.perf_counter()
     model = common.build_model(cfg, args.device, dtype, attn=args.attn, seed=args.seed)

@@ -60,6 +60,8 @@ def parse_args():
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="attn_implementation (transformers default: sdpa)")
+    ap.add_argument("--flush-denormal", action="store_true",
+                    help="torch.set_flush_denormal(True) (off by default, as torch's default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="write results here")
     a = ap.parse_args()
@@ -137,6 +139,8 @@ def main():
     import torch
 
     threads = common.setup_threads(args.threads)
+    if args.flush_denormal:
+        assert torch.set_flush_denormal(True), "this CPU does not support flushing denormals"
     if args.device == "cuda":
         assert torch.cuda.is_available(), "--device cuda but CUDA is not available"
     env = common.env_info(args.device)
