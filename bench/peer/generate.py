@@ -11,8 +11,8 @@ Sampling: top-k 50, temperature 0.9 for codebook 0 and for the depth decoder
 (HF's csm-1b generation config), or --greedy for argmax everywhere.
 
 Fixed frame count: CSM's generate stops when a generated frame's first 31
-codes are all codebook_eos_token_id (0); a random model does that early now
-and then. We pass suppress_tokens=[0] (SuppressTokensLogitsProcessor on the
+codes are all codebook_eos_token_id (0). With random weights that is
+practically impossible, but not excluded. We pass suppress_tokens=[0] (SuppressTokensLogitsProcessor on the
 backbone's codebook-0 logits), so c0 is never 0 and no frame can be EOS; with
 max_new_tokens=--frames the run produces exactly --frames frames (asserted).
 
