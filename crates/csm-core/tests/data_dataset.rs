@@ -460,6 +460,15 @@ fn load_cuts_aligned_recordings_and_builds_context() {
         assert!(e.context.iter().all(|u| u.recording_id == "long"));
     }
 
+    // Length buckets cover the split exactly once.
+    let batches = ds.batches(Split::Train, 2, 2, 5).unwrap();
+    let mut seen: Vec<_> = batches.iter().flatten().copied().collect();
+    seen.sort();
+    let mut train = ds.train.clone();
+    train.sort();
+    assert_eq!(seen, train);
+    assert!(batches.iter().all(|b| b.len() <= 2));
+
     // Deterministic: loading again gives the same split and content keys.
     let again = load_dataset(&f.layout(), &opts).unwrap();
     assert_eq!(again.validation, ds.validation);

@@ -16,7 +16,9 @@ use serde::Serialize;
 
 use super::alignment::{read_alignment, Alignment, AlignmentFormat};
 use super::audio;
-use super::segment::{segment_recording, Conversation, Example, SegmentConfig, Utterance};
+use super::segment::{
+    bucket_by_length, segment_recording, Conversation, Example, SegmentConfig, Utterance,
+};
 use super::{DataError, Result};
 
 /// Audio extensions we recognise but cannot decode: reported, not ignored.
@@ -734,6 +736,40 @@ impl Dataset {
             .collect()
     }
 
+    /// Batches of `split`'s utterances with similar lengths (context plus
+    /// target samples), shuffled with `seed`; see [`bucket_by_length`].
+    ///
+    /// # Errors
+    /// [`DataError::InvalidOption`] if `batch_size` is 0.
+    pub fn batches(
+        &self,
+        split: Split,
+        context_turns: usize,
+        batch_size: usize,
+        seed: u64,
+    ) -> Result<Vec<Vec<UtteranceId>>> {
+        let ids = match split {
+            Split::Train => &self.train,
+            Split::Validation => &self.validation,
+        };
+        let lengths: Vec<usize> = ids
+            .iter()
+            .map(|id| {
+                let conv = &self.conversations[id.conversation];
+                let context: usize = conv
+                    .context(id.utterance, context_turns)
+                    .iter()
+                    .map(Utterance::len)
+                    .sum();
+                context + conv.utterances[id.utterance].len()
+            })
+            .collect();
+        Ok(bucket_by_length(&lengths, batch_size, seed)?
+            .into_iter()
+            .map(|batch| batch.into_iter().map(|i| ids[i]).collect())
+            .collect())
+    }
+
     /// Number of utterances.
     pub fn len(&self) -> usize {
         self.conversations.iter().map(|c| c.utterances.len()).sum()
@@ -766,34 +802,87 @@ impl Dataset {
 /// [`read_alignment`] and [`segment_recording`], plus
 /// [`DataError::InvalidOption`] for bad options.
 pub fn load_dataset(layout: &DatasetLayout, opts: &LoadOptions) -> Result<Dataset> {
+    load_dataset_with_progress(layout, opts, &mut |_| {})
+}
+
+/// Progress of [`load_dataset_with_progress`], sent after each recording.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadProgress {
+    /// Recordings finished so far.
+    pub done: usize,
+    /// Recordings in total.
+    pub total: usize,
+    /// The recording just finished.
+    pub recording_id: String,
+}
+
+/// [`load_dataset`], calling `on_progress` (on the calling thread) after
+/// each recording. Recordings are decoded and resampled on all cores.
+///
+/// # Errors
+/// As [`load_dataset`]; when several files are bad, the error is the one
+/// of the first in name order, as in a sequential load.
+pub fn load_dataset_with_progress(
+    layout: &DatasetLayout,
+    opts: &LoadOptions,
+    on_progress: &mut dyn FnMut(LoadProgress),
+) -> Result<Dataset> {
     check_val_split(opts.val_split)?;
     opts.segment.validate()?;
     let pairs = pair_files(layout)?;
+    let total = pairs.len();
+    let workers = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(total);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut results: Vec<Option<Result<LoadedRecording>>> = (0..total).map(|_| None).collect();
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        for _ in 0..workers {
+            let tx = tx.clone();
+            let (next, pairs) = (&next, &pairs);
+            scope.spawn(move || loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(pair) = pairs.get(i) else { break };
+                let result = load_recording(pair, layout, &opts.segment);
+                // Stop early on an error; the receiver still gets it.
+                let failed = result.is_err();
+                if tx.send((i, result)).is_err() || failed {
+                    break;
+                }
+            });
+        }
+        drop(tx);
+        for (done, (i, result)) in rx.into_iter().enumerate() {
+            on_progress(LoadProgress {
+                done: done + 1,
+                total,
+                recording_id: pairs[i].id.clone(),
+            });
+            results[i] = Some(result);
+        }
+    });
     let mut warnings = Vec::new();
     let mut conversations = Vec::new();
-    for pair in &pairs {
-        let text = read_transcript(&pair.transcript)?;
-        let alignment: Option<Alignment> =
-            pair.alignment.as_deref().map(read_alignment).transpose()?;
-        if layout.alignment_dir.is_some() && alignment.is_none() {
-            warnings.push(format!(
-                "{}: no alignment; used whole",
-                file_name(&pair.audio)
-            ));
-        }
-        let samples: Arc<[f32]> = audio::load_mono_24k(&pair.audio)?.into();
-        let aligned = pair.alignment.as_deref().zip(alignment.as_ref());
-        if let Some(conv) = segment_recording(
-            &pair.id,
-            samples,
-            &text,
-            aligned,
-            &pair.audio,
-            &opts.segment,
-            &mut warnings,
-        )? {
+    for (pair, result) in pairs.iter().zip(results) {
+        // A worker that hit an error stops, leaving later slots empty; the
+        // error itself sits in an earlier slot, so it is returned first.
+        let Some(result) = result else { continue };
+        let loaded = result?;
+        warnings.extend(loaded.warnings);
+        if let Some(conv) = loaded.conversation {
+            if let Some(format) = conv.alignment_format {
+                tracing::info!(
+                    recording = %pair.id,
+                    utterances = conv.utterances.len(),
+                    "alignment layout found: {format}"
+                );
+            }
             conversations.push(conv);
         }
+    }
+    for w in &warnings {
+        tracing::warn!("{w}");
     }
     if conversations.is_empty() {
         return Err(DataError::EmptyDir {
@@ -853,6 +942,43 @@ pub fn load_dataset(layout: &DatasetLayout, opts: &LoadOptions) -> Result<Datase
         train,
         validation,
         split_unit,
+        warnings,
+    })
+}
+
+/// One recording read, resampled and segmented.
+struct LoadedRecording {
+    conversation: Option<Conversation>,
+    warnings: Vec<String>,
+}
+
+fn load_recording(
+    pair: &PairedFile,
+    layout: &DatasetLayout,
+    cfg: &SegmentConfig,
+) -> Result<LoadedRecording> {
+    let mut warnings = Vec::new();
+    let text = read_transcript(&pair.transcript)?;
+    let alignment: Option<Alignment> = pair.alignment.as_deref().map(read_alignment).transpose()?;
+    if layout.alignment_dir.is_some() && alignment.is_none() {
+        warnings.push(format!(
+            "{}: no alignment; used whole",
+            file_name(&pair.audio)
+        ));
+    }
+    let samples: Arc<[f32]> = audio::load_mono_24k(&pair.audio)?.into();
+    let aligned = pair.alignment.as_deref().zip(alignment.as_ref());
+    let conversation = segment_recording(
+        &pair.id,
+        samples,
+        &text,
+        aligned,
+        &pair.audio,
+        cfg,
+        &mut warnings,
+    )?;
+    Ok(LoadedRecording {
+        conversation,
         warnings,
     })
 }

@@ -105,8 +105,9 @@ pub struct Utterance {
     pub index: usize,
     /// What is said.
     pub text: String,
-    /// Sample range in the recording at [`TARGET_SAMPLE_RATE`].
-    pub range: Range<usize>,
+    /// Sample range in the recording at [`TARGET_SAMPLE_RATE`]; private so
+    /// it always lies within `audio`.
+    range: Range<usize>,
     #[serde(skip)]
     audio: Arc<[f32]>,
 }
@@ -136,6 +137,21 @@ impl Utterance {
     /// The utterance's samples, 24 kHz mono.
     pub fn samples(&self) -> &[f32] {
         &self.audio[self.range.clone()]
+    }
+
+    /// Sample range within the recording, at [`TARGET_SAMPLE_RATE`].
+    pub fn range(&self) -> Range<usize> {
+        self.range.clone()
+    }
+
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.range.len()
+    }
+
+    /// Whether the utterance has no samples.
+    pub fn is_empty(&self) -> bool {
+        self.range.is_empty()
     }
 
     /// Duration in seconds.
@@ -416,7 +432,6 @@ fn normalize(token: &str) -> String {
 /// [`DataError::NeedsAlignment`] (refused long recording) and
 /// [`DataError::MalformedAlignment`] when the words run past the audio, both
 /// naming `audio_path` / `alignment_path`.
-#[allow(clippy::too_many_arguments)]
 pub fn segment_recording(
     recording_id: &str,
     audio: Arc<[f32]>,
