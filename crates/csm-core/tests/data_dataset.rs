@@ -130,6 +130,8 @@ fn pairing_lists_unpaired_files_by_name() {
 
     f.file("transcripts/b.txt", "bee");
     std::fs::remove_file(f.path("transcripts/c.txt")).unwrap();
+    // An original next to its converted WAV is not an error.
+    f.file("audio/a.flac", "fLaC");
     let pairs = pair_files(&f.layout()).unwrap();
     assert_eq!(
         pairs.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),

@@ -148,7 +148,12 @@ fn file_name(p: &Path) -> String {
 /// [`DataError::Unpaired`] listing every file without a partner.
 pub fn pair_files(layout: &DatasetLayout) -> Result<Vec<PairedFile>> {
     let l = list(layout)?;
-    if let Some(path) = l.other_audio.values().next() {
+    // An mp3 next to its converted .wav is fine; an mp3 alone is not.
+    if let Some((_, path)) = l
+        .other_audio
+        .iter()
+        .find(|(stem, _)| !l.wav.contains_key(*stem))
+    {
         return Err(DataError::NotWav { path: path.clone() });
     }
     if l.wav.is_empty() {
