@@ -302,14 +302,17 @@ pub fn plan_cuts(alignment: &Alignment, duration_s: f64, cfg: &SegmentConfig) ->
         let text = words[b - 1]
             .text
             .trim_end_matches(['"', '\'', ')', ']', '»', '”']);
+        // A cut is good after a sentence end or at a long pause, and bad
+        // mid-phrase with no pause: worth more than one extra piece.
         let punct = if text.ends_with(['.', '!', '?', '…']) {
-            0.3
-        } else if text.ends_with([',', ';', ':', '—', '-']) {
-            0.1
-        } else {
             0.0
+        } else if text.ends_with([',', ';', ':', '—', '-']) {
+            0.5
+        } else {
+            1.0
         };
-        1.0 - 0.6 * (gap / 0.5).min(1.0) - punct
+        let pause = 1.0 - (gap / 0.5).clamp(0.0, 1.0);
+        0.1 + 2.0 * punct * pause
     };
     let length_cost = |len: f64| -> f64 {
         let width = (cfg.max_s - cfg.min_s).max(1e-3);
@@ -493,24 +496,34 @@ pub fn segment_recording(
             });
         }
     }
-    let texts = transcript_words(transcript, &alignment.words);
-    if texts.is_none() {
-        warnings.push(format!(
-            "{}: transcript words differ from the alignment's; utterance text is taken from {}",
-            audio_path.display(),
-            alignment_path.display()
-        ));
-    }
-    let cuts = plan_cuts(alignment, duration_s, cfg);
+    // Prefer the transcript's words (case, punctuation): they read better and
+    // tell plan_cuts where sentences end even when the aligner drops
+    // punctuation (Gentle, MFA).
+    let words = match transcript_words(transcript, &alignment.words) {
+        Some(texts) => Alignment {
+            format: alignment.format,
+            words: alignment
+                .words
+                .iter()
+                .zip(texts)
+                .map(|(w, text)| Word { text, span: w.span })
+                .collect(),
+        },
+        None => {
+            warnings.push(format!(
+                "{}: transcript words differ from the alignment's; utterance text is taken from {}",
+                audio_path.display(),
+                alignment_path.display()
+            ));
+            alignment.clone()
+        }
+    };
+    let cuts = plan_cuts(&words, duration_s, cfg);
     let mut utterances = Vec::with_capacity(cuts.len());
     for cut in cuts {
-        let text = cut
-            .words
-            .clone()
-            .map(|i| match &texts {
-                Some(t) => t[i].as_str(),
-                None => alignment.words[i].text.as_str(),
-            })
+        let text = words.words[cut.words.clone()]
+            .iter()
+            .map(|w| w.text.as_str())
             .collect::<Vec<_>>()
             .join(" ");
         let len = cut.end_s - cut.start_s;
@@ -744,6 +757,41 @@ mod tests {
         }
         assert!(conv.examples(0).all(|e| e.context.is_empty()));
         assert_eq!(conv.context(3, 10).len(), 3);
+    }
+
+    #[test]
+    fn transcript_punctuation_guides_cuts_when_the_aligner_has_none() {
+        // Evenly spaced words, no punctuation in the alignment (as Gentle or
+        // MFA write them); the transcript marks a sentence every 7 words.
+        let spec: Vec<(&str, f64, f64)> = (0..70)
+            .map(|i| ("word", 0.2 + i as f64 * 0.45, 0.2 + i as f64 * 0.45 + 0.3))
+            .collect();
+        let a = words(&spec);
+        let transcript: Vec<String> = (0..70)
+            .map(|i| {
+                if i % 7 == 6 {
+                    "Word.".to_string()
+                } else {
+                    "word".to_string()
+                }
+            })
+            .collect();
+        let audio: Arc<[f32]> = vec![0.0; 24_000 * 33].into();
+        let conv = segment_recording(
+            "g",
+            audio,
+            &transcript.join(" "),
+            Some((Path::new("g.json"), &a)),
+            Path::new("g.wav"),
+            &SegmentConfig::default(),
+            &mut Vec::new(),
+        )
+        .unwrap()
+        .unwrap();
+        assert!(conv.utterances.len() >= 3);
+        for u in &conv.utterances {
+            assert!(u.text.ends_with("Word."), "{}", u.text);
+        }
     }
 
     #[test]
