@@ -269,6 +269,7 @@ pub fn split_train_val(ids: &[String], val_split: f64, seed: u64) -> Result<Vec<
 
 /// Settings for [`scan_dataset`].
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct ScanOptions {
     /// Fraction of usable recordings held out for validation.
     pub val_split: f64,
@@ -463,10 +464,31 @@ pub fn scan_dataset(layout: &DatasetLayout, opts: &ScanOptions) -> Result<ScanRe
         .chain(l.other_audio.keys())
         .chain(l.txt.keys())
         .collect();
-    let mut files: Vec<FileReport> = stems
-        .into_iter()
-        .map(|stem| scan_one(stem, &l, layout, opts))
-        .collect();
+    let stems: Vec<&String> = stems.into_iter().collect();
+    // Decoding every WAV dominates; spread the files over the cores.
+    let workers = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(stems.len())
+        .max(1);
+    let mut files: Vec<FileReport> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                let (stems, l) = (&stems, &l);
+                scope.spawn(move || {
+                    (w..stems.len())
+                        .step_by(workers)
+                        .map(|i| (i, scan_one(stems[i], l, layout, opts)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut rows: Vec<(usize, FileReport)> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect();
+        rows.sort_by_key(|(i, _)| *i);
+        rows.into_iter().map(|(_, r)| r).collect()
+    });
 
     let usable: Vec<String> = files
         .iter()
@@ -681,6 +703,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// Settings for [`load_dataset`].
 #[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct LoadOptions {
     /// How recordings are cut.
     pub segment: SegmentConfig,
@@ -1038,6 +1061,18 @@ mod tests {
                 })
             ));
         }
+    }
+
+    #[test]
+    fn options_deserialize_with_defaults() {
+        let o: ScanOptions =
+            serde_json::from_str(r#"{"val_split": 0.2, "segment": {"max_s": 15}}"#).unwrap();
+        assert_eq!(o.val_split, 0.2);
+        assert_eq!(o.seed, ScanOptions::default().seed);
+        assert_eq!(o.segment.max_s, 15.0);
+        assert_eq!(o.segment.min_s, SegmentConfig::default().min_s);
+        let l: LoadOptions = serde_json::from_str("{}").unwrap();
+        assert_eq!(l, LoadOptions::default());
     }
 
     #[test]

@@ -54,6 +54,7 @@ pub const DEMO_SENTENCES: &[&str] = &[
 
 /// Settings for [`generate_demo_dataset`].
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct DemoOptions {
     /// How many sentences to speak (at most [`DEMO_SENTENCES`]'s length);
     /// `None` speaks all.

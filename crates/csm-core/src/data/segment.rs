@@ -33,6 +33,7 @@ pub enum LongUnaligned {
 
 /// How recordings are cut into utterances.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct SegmentConfig {
     /// Shortest utterance wanted, in seconds (shorter ones appear only when a
     /// recording, or a stretch between unavoidable cuts, is shorter).
