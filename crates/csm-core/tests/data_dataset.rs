@@ -471,6 +471,28 @@ fn load_cuts_aligned_recordings_and_builds_context() {
     assert_eq!(seen, train);
     assert!(batches.iter().all(|b| b.len() <= 2));
 
+    // The scan shows the same split the load made.
+    let scan = scan_dataset(
+        &f.layout(),
+        &ScanOptions {
+            val_split: opts.val_split,
+            seed: opts.seed,
+            ..ScanOptions::default()
+        },
+    )
+    .unwrap();
+    let scan_val: Vec<&str> = scan
+        .files
+        .iter()
+        .filter(|r| r.split == Some(Split::Validation))
+        .map(|r| r.name.as_str())
+        .collect();
+    let load_val: Vec<&str> = val_recordings
+        .iter()
+        .map(|&c| ds.conversations[c].recording_id.as_str())
+        .collect();
+    assert_eq!(scan_val, load_val);
+
     // Deterministic: loading again gives the same split and content keys.
     let again = load_dataset(&f.layout(), &opts).unwrap();
     assert_eq!(again.validation, ds.validation);

@@ -702,7 +702,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Settings for [`load_dataset`].
-#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct LoadOptions {
     /// How recordings are cut.
@@ -711,6 +711,19 @@ pub struct LoadOptions {
     pub val_split: f64,
     /// Seed of the split.
     pub seed: u64,
+}
+
+impl Default for LoadOptions {
+    /// The same split settings as [`ScanOptions::default`], so a scan shows
+    /// the split a default load makes.
+    fn default() -> Self {
+        let scan = ScanOptions::default();
+        Self {
+            segment: scan.segment,
+            val_split: scan.val_split,
+            seed: scan.seed,
+        }
+    }
 }
 
 /// Position of an utterance in a [`Dataset`].
