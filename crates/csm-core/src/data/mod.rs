@@ -22,6 +22,23 @@
 //!
 //! Everything here is plain Rust; nothing needs MLX. Every failure is a
 //! [`DataError`] that names the file it concerns.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use csm_core::data::{load_dataset, scan_dataset, DatasetLayout, LoadOptions, ScanOptions, Split};
+//!
+//! let layout = DatasetLayout::from_root("my-voice".as_ref());
+//! let report = scan_dataset(&layout, &ScanOptions::default())?;
+//! println!("{} usable minutes", report.totals.usable_minutes);
+//!
+//! let dataset = load_dataset(&layout, &LoadOptions::default())?;
+//! for example in dataset.examples(Split::Train, 2) {
+//!     let _key = example.target.content_key(); // key for the Mimi code cache
+//!     let _audio: &[f32] = example.target.samples(); // 24 kHz mono
+//! }
+//! # Ok::<(), csm_core::data::DataError>(())
+//! ```
 
 pub mod alignment;
 pub mod audio;
