@@ -51,10 +51,12 @@ use std::path::PathBuf;
 pub use alignment::{Alignment, AlignmentFormat, Word};
 pub use audio::TARGET_SAMPLE_RATE;
 pub use dataset::{
-    load_dataset, scan_dataset, split_train_val, Dataset, DatasetLayout, FileReport, LoadOptions,
-    Problem, ScanOptions, ScanReport, Split,
+    load_dataset, load_dataset_with_progress, pair_files, scan_dataset, split_train_val, Dataset,
+    DatasetLayout, FileReport, LoadOptions, LoadProgress, PairedFile, Problem, ProblemKind,
+    ScanOptions, ScanReport, ScanTotals, Split, SplitUnit, UtteranceId,
 };
-pub use segment::{Conversation, Example, SegmentConfig, Utterance};
+pub use demo::{generate_demo_dataset, DemoOptions, DemoSummary};
+pub use segment::{Conversation, Example, LongUnaligned, SegmentConfig, Utterance};
 
 /// Errors of the data module. Every variant that concerns a file names it.
 #[derive(Debug, thiserror::Error)]
