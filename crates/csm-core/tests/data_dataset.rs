@@ -554,3 +554,77 @@ fn long_unaligned_can_be_skipped_instead_of_refused() {
         .iter()
         .any(|w| w.contains("long.wav") && w.contains("skipped")));
 }
+
+#[test]
+fn scan_reports_alignment_layouts_and_problems() {
+    let f = Fixture::new();
+    let (samples, text, json) = speech(24_000, 20.0);
+    f.wav("aligned.wav", &samples, 24_000);
+    f.file("transcripts/aligned.txt", &text);
+    f.file("alignments/aligned.json", &json);
+    f.wav("broken.wav", &tone(24_000, 2.0, 0.3), 24_000);
+    f.file("transcripts/broken.txt", "hi");
+    f.file(
+        "alignments/broken.json",
+        "[{\"word\": \"hi\", \"start\": 0.1",
+    );
+    f.wav("late.wav", &tone(24_000, 2.0, 0.3), 24_000);
+    f.file("transcripts/late.txt", "hi");
+    f.file(
+        "alignments/late.json",
+        r#"[{"word": "hi", "start": 100, "end": 2000}]"#,
+    );
+    f.wav("plain.wav", &tone(24_000, 2.0, 0.3), 24_000);
+    f.file("transcripts/plain.txt", "hi");
+
+    let report = scan_dataset(&f.layout(), &ScanOptions::default()).unwrap();
+    let row = |name: &str| report.files.iter().find(|r| r.name == name).unwrap();
+    let aligned = row("aligned");
+    assert_eq!(
+        aligned.alignment_format,
+        Some(AlignmentFormat::SegmentWords)
+    );
+    assert!(
+        aligned.usable && aligned.problems.is_empty(),
+        "{:?}",
+        aligned.problems
+    );
+    let broken = row("broken");
+    assert_eq!(broken.problems[0].kind, ProblemKind::BadAlignment);
+    assert!(broken.problems[0].message.contains("broken.json"));
+    assert!(!broken.usable);
+    assert_eq!(row("late").problems[0].kind, ProblemKind::BadAlignment);
+    let plain = row("plain");
+    assert_eq!(plain.problems[0].kind, ProblemKind::MissingAlignment);
+    assert!(plain.usable, "a short file without alignment is used whole");
+}
+
+#[test]
+fn load_reports_progress_for_every_recording() {
+    let f = Fixture::new();
+    for i in 0..5 {
+        f.wav(&format!("r{i}.wav"), &tone(22_050, 1.0, 0.3), 22_050);
+        f.file(&format!("transcripts/r{i}.txt"), "hello");
+    }
+    let mut seen = Vec::new();
+    let ds = csm_core::data::load_dataset_with_progress(
+        &f.layout(),
+        &LoadOptions::default(),
+        &mut |p| seen.push((p.done, p.total, p.recording_id)),
+    )
+    .unwrap();
+    assert_eq!(ds.conversations.len(), 5);
+    assert_eq!(
+        seen.iter().map(|s| s.0).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
+    assert!(seen.iter().all(|s| s.1 == 5));
+    let mut ids: Vec<&str> = seen.iter().map(|s| s.2.as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["r0", "r1", "r2", "r3", "r4"]);
+    // 22.05 kHz in, 24 kHz out.
+    assert!(ds
+        .conversations
+        .iter()
+        .all(|c| c.utterances[0].len() == 24_000));
+}
