@@ -291,6 +291,28 @@ pub fn clipped_fraction(samples: &[f32]) -> f64 {
     clipped as f64 / samples.len() as f64
 }
 
+/// The sample range from the first to the last 10 ms frame that is louder
+/// than 45 dB below the loudest frame (and above -70 dBFS), widened by
+/// `pad_s` on each side. Silent input gives the whole range.
+///
+/// Soft consonants at word edges sit well above -45 dB relative to the
+/// peak frame, and `pad_s` keeps their tails.
+pub fn speech_bounds(samples: &[f32], sample_rate: u32, pad_s: f64) -> std::ops::Range<usize> {
+    let frame = (sample_rate as usize / 100).max(1);
+    let levels: Vec<f32> = samples.chunks(frame).map(rms).collect();
+    let loudest = levels.iter().copied().fold(0.0, f32::max);
+    let threshold = (loudest * 10f32.powf(-45.0 / 20.0)).max(10f32.powf(-70.0 / 20.0));
+    let first = levels.iter().position(|&l| l > threshold);
+    let last = levels.iter().rposition(|&l| l > threshold);
+    let (Some(first), Some(last)) = (first, last) else {
+        return 0..samples.len();
+    };
+    let pad = (pad_s * f64::from(sample_rate)).round() as usize;
+    let start = (first * frame).saturating_sub(pad);
+    let end = ((last + 1) * frame + pad).min(samples.len());
+    start..end
+}
+
 fn check_wav_extension(path: &Path) -> Result<()> {
     let is_wav = path
         .extension()

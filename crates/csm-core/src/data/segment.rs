@@ -49,6 +49,10 @@ pub struct SegmentConfig {
     pub max_unaligned_s: f64,
     /// What to do with longer unaligned recordings.
     pub long_unaligned: LongUnaligned,
+    /// Trim leading and trailing silence of unaligned recordings to
+    /// `edge_pad_s`, so the model does not learn to pad turns with silence
+    /// (aligned ones are trimmed by their word times).
+    pub trim_silence: bool,
 }
 
 impl Default for SegmentConfig {
@@ -61,6 +65,7 @@ impl Default for SegmentConfig {
             edge_pad_s: 0.2,
             max_unaligned_s: 12.0,
             long_unaligned: LongUnaligned::Refuse,
+            trim_silence: true,
         }
     }
 }
@@ -466,7 +471,11 @@ pub fn segment_recording(
                 }
             };
         }
-        let len = audio.len();
+        let range = if cfg.trim_silence {
+            super::audio::speech_bounds(&audio, TARGET_SAMPLE_RATE, cfg.edge_pad_s)
+        } else {
+            0..audio.len()
+        };
         return Ok(Some(Conversation {
             recording_id: recording_id.to_string(),
             utterances: vec![Utterance::new(
@@ -474,7 +483,7 @@ pub fn segment_recording(
                 0,
                 transcript.trim(),
                 audio,
-                0..len,
+                range,
             )],
             alignment_format: None,
         }));
@@ -831,6 +840,48 @@ mod tests {
             segment_recording("l", long, "hi", None, Path::new("l.wav"), &skip, &mut w).unwrap();
         assert!(r.is_none());
         assert!(w[0].contains("l.wav") && w[0].contains("skipped"));
+    }
+
+    #[test]
+    fn unaligned_recordings_lose_long_edge_silence() {
+        // 2 s silence, 3 s tone, 2 s silence.
+        let mut v = vec![0.0f32; 24_000 * 7];
+        for (i, x) in v[48_000..120_000].iter_mut().enumerate() {
+            *x = 0.3 * (i as f32 * 0.05).sin();
+        }
+        let audio: Arc<[f32]> = v.into();
+        let cfg = SegmentConfig::default();
+        let conv = segment_recording(
+            "t",
+            audio.clone(),
+            "hi",
+            None,
+            Path::new("t.wav"),
+            &cfg,
+            &mut Vec::new(),
+        )
+        .unwrap()
+        .unwrap();
+        let r = conv.utterances[0].range();
+        let pad = (cfg.edge_pad_s * 24_000.0) as usize;
+        assert!(r.start <= 48_000 && r.start + pad >= 48_000 - 240, "{r:?}");
+        assert!(r.end >= 120_000 && r.end <= 120_000 + pad + 240, "{r:?}");
+        let keep = SegmentConfig {
+            trim_silence: false,
+            ..cfg
+        };
+        let conv = segment_recording(
+            "t",
+            audio,
+            "hi",
+            None,
+            Path::new("t.wav"),
+            &keep,
+            &mut Vec::new(),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(conv.utterances[0].range(), 0..24_000 * 7);
     }
 
     #[test]
