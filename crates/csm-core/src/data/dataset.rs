@@ -598,7 +598,7 @@ fn scan_one(stem: &str, l: &Listing, layout: &DatasetLayout, opts: &ScanOptions)
         },
     }
 
-    let mut samples_for_alignment_check = None;
+    let mut audio_duration = None;
     match (l.wav.get(stem), l.other_audio.get(stem)) {
         (None, None) => p.push(Problem::new(
             K::MissingAudio,
@@ -639,7 +639,7 @@ fn scan_one(stem: &str, l: &Listing, layout: &DatasetLayout, opts: &ScanOptions)
                         format!("almost silent: RMS {:.1} dBFS", audio::to_dbfs(rms)),
                     ));
                 }
-                samples_for_alignment_check = Some(duration);
+                audio_duration = Some(duration);
             }
             Err(DataError::EmptyAudio { .. }) => {
                 r.duration_s = Some(0.0);
@@ -654,7 +654,7 @@ fn scan_one(stem: &str, l: &Listing, layout: &DatasetLayout, opts: &ScanOptions)
         match read_alignment(path) {
             Ok(a) => {
                 r.alignment_format = Some(a.format);
-                if let (Some(dur), Some(last)) = (samples_for_alignment_check, a.last_end()) {
+                if let (Some(dur), Some(last)) = (audio_duration, a.last_end()) {
                     if last > dur + 0.5 {
                         p.push(Problem::new(
                             K::BadAlignment,
@@ -679,7 +679,7 @@ fn scan_one(stem: &str, l: &Listing, layout: &DatasetLayout, opts: &ScanOptions)
                 K::TooLong,
                 true,
                 format!(
-                    "{dur:.1} s is longer than {:.1} s; without an alignment it cannot be cut safely",
+                    "{dur:.1} s is longer than {:.1} s; without an alignment it cannot be cut safely; add one or shorten the file",
                     opts.segment.max_unaligned_s
                 ),
             ));
