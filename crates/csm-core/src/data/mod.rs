@@ -223,10 +223,10 @@ pub enum DataError {
         program: String,
     },
     /// `espeak-ng` ran but failed.
-    #[error("espeak-ng failed on sentence {index} ({status}): {stderr}")]
+    #[error("espeak-ng failed on {task} ({status}): {stderr}")]
     EspeakFailed {
-        /// Index of the sentence (0-based).
-        index: usize,
+        /// What it was asked to do, e.g. `sentence 3` or `--version`.
+        task: String,
         /// Exit status.
         status: String,
         /// What it printed on stderr.
