@@ -130,6 +130,8 @@ fn pairing_lists_unpaired_files_by_name() {
 
     f.file("transcripts/b.txt", "bee");
     std::fs::remove_file(f.path("transcripts/c.txt")).unwrap();
+    // An original next to its converted WAV is not an error.
+    f.file("audio/a.flac", "fLaC");
     let pairs = pair_files(&f.layout()).unwrap();
     assert_eq!(
         pairs.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
@@ -460,6 +462,37 @@ fn load_cuts_aligned_recordings_and_builds_context() {
         assert!(e.context.iter().all(|u| u.recording_id == "long"));
     }
 
+    // Length buckets cover the split exactly once.
+    let batches = ds.batches(Split::Train, 2, 2, 5).unwrap();
+    let mut seen: Vec<_> = batches.iter().flatten().copied().collect();
+    seen.sort();
+    let mut train = ds.train.clone();
+    train.sort();
+    assert_eq!(seen, train);
+    assert!(batches.iter().all(|b| b.len() <= 2));
+
+    // The scan shows the same split the load made.
+    let scan = scan_dataset(
+        &f.layout(),
+        &ScanOptions {
+            val_split: opts.val_split,
+            seed: opts.seed,
+            ..ScanOptions::default()
+        },
+    )
+    .unwrap();
+    let scan_val: Vec<&str> = scan
+        .files
+        .iter()
+        .filter(|r| r.split == Some(Split::Validation))
+        .map(|r| r.name.as_str())
+        .collect();
+    let load_val: Vec<&str> = val_recordings
+        .iter()
+        .map(|&c| ds.conversations[c].recording_id.as_str())
+        .collect();
+    assert_eq!(scan_val, load_val);
+
     // Deterministic: loading again gives the same split and content keys.
     let again = load_dataset(&f.layout(), &opts).unwrap();
     assert_eq!(again.validation, ds.validation);
@@ -520,4 +553,78 @@ fn long_unaligned_can_be_skipped_instead_of_refused() {
         .warnings
         .iter()
         .any(|w| w.contains("long.wav") && w.contains("skipped")));
+}
+
+#[test]
+fn scan_reports_alignment_layouts_and_problems() {
+    let f = Fixture::new();
+    let (samples, text, json) = speech(24_000, 20.0);
+    f.wav("aligned.wav", &samples, 24_000);
+    f.file("transcripts/aligned.txt", &text);
+    f.file("alignments/aligned.json", &json);
+    f.wav("broken.wav", &tone(24_000, 2.0, 0.3), 24_000);
+    f.file("transcripts/broken.txt", "hi");
+    f.file(
+        "alignments/broken.json",
+        "[{\"word\": \"hi\", \"start\": 0.1",
+    );
+    f.wav("late.wav", &tone(24_000, 2.0, 0.3), 24_000);
+    f.file("transcripts/late.txt", "hi");
+    f.file(
+        "alignments/late.json",
+        r#"[{"word": "hi", "start": 100, "end": 2000}]"#,
+    );
+    f.wav("plain.wav", &tone(24_000, 2.0, 0.3), 24_000);
+    f.file("transcripts/plain.txt", "hi");
+
+    let report = scan_dataset(&f.layout(), &ScanOptions::default()).unwrap();
+    let row = |name: &str| report.files.iter().find(|r| r.name == name).unwrap();
+    let aligned = row("aligned");
+    assert_eq!(
+        aligned.alignment_format,
+        Some(AlignmentFormat::SegmentWords)
+    );
+    assert!(
+        aligned.usable && aligned.problems.is_empty(),
+        "{:?}",
+        aligned.problems
+    );
+    let broken = row("broken");
+    assert_eq!(broken.problems[0].kind, ProblemKind::BadAlignment);
+    assert!(broken.problems[0].message.contains("broken.json"));
+    assert!(!broken.usable);
+    assert_eq!(row("late").problems[0].kind, ProblemKind::BadAlignment);
+    let plain = row("plain");
+    assert_eq!(plain.problems[0].kind, ProblemKind::MissingAlignment);
+    assert!(plain.usable, "a short file without alignment is used whole");
+}
+
+#[test]
+fn load_reports_progress_for_every_recording() {
+    let f = Fixture::new();
+    for i in 0..5 {
+        f.wav(&format!("r{i}.wav"), &tone(22_050, 1.0, 0.3), 22_050);
+        f.file(&format!("transcripts/r{i}.txt"), "hello");
+    }
+    let mut seen = Vec::new();
+    let ds = csm_core::data::load_dataset_with_progress(
+        &f.layout(),
+        &LoadOptions::default(),
+        &mut |p| seen.push((p.done, p.total, p.recording_id)),
+    )
+    .unwrap();
+    assert_eq!(ds.conversations.len(), 5);
+    assert_eq!(
+        seen.iter().map(|s| s.0).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
+    assert!(seen.iter().all(|s| s.1 == 5));
+    let mut ids: Vec<&str> = seen.iter().map(|s| s.2.as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["r0", "r1", "r2", "r3", "r4"]);
+    // 22.05 kHz in, 24 kHz out.
+    assert!(ds
+        .conversations
+        .iter()
+        .all(|c| c.utterances[0].len() == 24_000));
 }

@@ -95,7 +95,21 @@ pub enum WavEncoding {
 /// [`read_wav`] cannot decode.
 pub fn read_wav_info(path: &Path) -> Result<WavInfo> {
     check_wav_extension(path)?;
-    let reader = open_reader(path)?;
+    // The header sits in the first few KiB; read a bounded prefix so that
+    // scanning large files stays cheap.
+    let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    let file_len = file.metadata().map_err(|e| DataError::io(path, e))?.len();
+    let mut prefix = Vec::new();
+    file.take(1 << 20)
+        .read_to_end(&mut prefix)
+        .map_err(|e| DataError::io(path, e))?;
+    repair_streamed_header(&mut prefix, file_len);
+    let reader = hound::WavReader::new(std::io::Cursor::new(prefix)).map_err(|source| {
+        DataError::InvalidWav {
+            path: path.to_path_buf(),
+            source,
+        }
+    })?;
     let spec = reader.spec();
     validate_spec(path, spec)?;
     Ok(WavInfo {
@@ -117,8 +131,8 @@ pub fn read_wav_info(path: &Path) -> Result<WavInfo> {
 /// and [`DataError::EmptyAudio`] for a file with no samples.
 pub fn read_wav(path: &Path) -> Result<Audio> {
     check_wav_extension(path)?;
-    let reader = open_reader(path)?;
-    decode(path, reader)
+    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    read_wav_bytes(path, &bytes)
 }
 
 /// Decodes WAV bytes already in memory; `name` is used in errors only.
@@ -126,11 +140,17 @@ pub fn read_wav(path: &Path) -> Result<Audio> {
 /// # Errors
 /// As [`read_wav`].
 pub fn read_wav_bytes(name: &Path, bytes: &[u8]) -> Result<Audio> {
-    let reader = hound::WavReader::new(std::io::Cursor::new(bytes)).map_err(|source| {
-        DataError::InvalidWav {
-            path: name.to_path_buf(),
-            source,
-        }
+    let mut header = bytes[..bytes.len().min(1 << 16)].to_vec();
+    let reader = if repair_streamed_header(&mut header, bytes.len() as u64) {
+        let mut fixed = header;
+        fixed.extend_from_slice(&bytes[fixed.len()..]);
+        hound::WavReader::new(std::io::Cursor::new(std::borrow::Cow::Owned(fixed)))
+    } else {
+        hound::WavReader::new(std::io::Cursor::new(std::borrow::Cow::Borrowed(bytes)))
+    };
+    let reader = reader.map_err(|source| DataError::InvalidWav {
+        path: name.to_path_buf(),
+        source,
     })?;
     decode(name, reader)
 }
@@ -291,6 +311,28 @@ pub fn clipped_fraction(samples: &[f32]) -> f64 {
     clipped as f64 / samples.len() as f64
 }
 
+/// The sample range from the first to the last 10 ms frame that is louder
+/// than 45 dB below the loudest frame (and above -70 dBFS), widened by
+/// `pad_s` on each side. Silent input gives the whole range.
+///
+/// Soft consonants at word edges sit well above -45 dB relative to the
+/// peak frame, and `pad_s` keeps their tails.
+pub fn speech_bounds(samples: &[f32], sample_rate: u32, pad_s: f64) -> std::ops::Range<usize> {
+    let frame = (sample_rate as usize / 100).max(1);
+    let levels: Vec<f32> = samples.chunks(frame).map(rms).collect();
+    let loudest = levels.iter().copied().fold(0.0, f32::max);
+    let threshold = (loudest * 10f32.powf(-45.0 / 20.0)).max(10f32.powf(-70.0 / 20.0));
+    let first = levels.iter().position(|&l| l > threshold);
+    let last = levels.iter().rposition(|&l| l > threshold);
+    let (Some(first), Some(last)) = (first, last) else {
+        return 0..samples.len();
+    };
+    let pad = (pad_s * f64::from(sample_rate)).round() as usize;
+    let start = (first * frame).saturating_sub(pad);
+    let end = ((last + 1) * frame + pad).min(samples.len());
+    start..end
+}
+
 fn check_wav_extension(path: &Path) -> Result<()> {
     let is_wav = path
         .extension()
@@ -305,12 +347,46 @@ fn check_wav_extension(path: &Path) -> Result<()> {
     }
 }
 
-fn open_reader(path: &Path) -> Result<hound::WavReader<std::io::BufReader<std::fs::File>>> {
-    let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
-    hound::WavReader::new(std::io::BufReader::new(file)).map_err(|source| DataError::InvalidWav {
-        path: path.to_path_buf(),
-        source,
-    })
+/// Writers streaming to a pipe (`espeak-ng --stdout`, `ffmpeg ... pipe:`)
+/// cannot seek back to fill in the RIFF and data sizes and leave
+/// placeholders near 2^31 or 2^32. When the data chunk claims more bytes than
+/// the file holds and its size is such a placeholder, set both sizes from
+/// the file length (`header` is the file's start, `file_len` its length).
+/// Returns whether anything changed; any other short file stays an error.
+fn repair_streamed_header(header: &mut [u8], file_len: u64) -> bool {
+    let u32_at = |b: &[u8], i: usize| {
+        b.get(i..i + 4)
+            .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    };
+    if header.get(0..4) != Some(b"RIFF") || header.get(8..12) != Some(b"WAVE") {
+        return false;
+    }
+    let mut pos = 12usize;
+    let mut block_align = 1u64;
+    while let (Some(id), Some(size)) = (header.get(pos..pos + 4), u32_at(header, pos + 4)) {
+        let body = pos + 8;
+        if id == b"fmt " {
+            if let Some(b) = header.get(body + 12..body + 14) {
+                block_align = u64::from(u16::from_le_bytes([b[0], b[1]])).max(1);
+            }
+        } else if id == b"data" {
+            let available = file_len.saturating_sub(body as u64);
+            if size < 0x7FFF_0000 || u64::from(size) <= available {
+                return false;
+            }
+            let data = available - available % block_align;
+            let Ok(data) = u32::try_from(data) else {
+                return false;
+            };
+            let riff = u32::try_from(file_len - 8).unwrap_or(u32::MAX);
+            header[4..8].copy_from_slice(&riff.to_le_bytes());
+            header[pos + 4..pos + 8].copy_from_slice(&data.to_le_bytes());
+            return true;
+        }
+        // Chunks are padded to an even length.
+        pos = body + size as usize + (size as usize & 1);
+    }
+    false
 }
 
 fn validate_spec(path: &Path, spec: hound::WavSpec) -> Result<()> {
@@ -602,6 +678,29 @@ mod tests {
             "{err:?}"
         );
         assert!(err.to_string().contains("cut.wav"));
+    }
+
+    #[test]
+    fn streamed_wav_with_placeholder_size_is_read() {
+        // What `espeak-ng --stdout` and `ffmpeg ... -f wav pipe:` write.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.wav");
+        let signal = sine(440.0, 22_050, 0.2, 0.5);
+        write_wav(&path, &signal, 22_050, WavEncoding::Int16).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[4..8].copy_from_slice(&0xFFFF_FFFFu32.to_le_bytes());
+        bytes[40..44].copy_from_slice(&0xFFFF_FFFFu32.to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        let audio = read_wav(&path).unwrap();
+        assert_eq!(audio.frames(), signal.len());
+        assert_eq!(read_wav_info(&path).unwrap().frames, signal.len() as u64);
+        // A real truncation (size not a placeholder) is still an error.
+        let cut = dir.path().join("cut.wav");
+        write_wav(&cut, &signal, 22_050, WavEncoding::Int16).unwrap();
+        let whole = std::fs::read(&cut).unwrap();
+        std::fs::write(&cut, &whole[..whole.len() / 2]).unwrap();
+        assert!(matches!(read_wav(&cut), Err(DataError::InvalidWav { .. })));
+        assert!((audio.channels[0][100] - signal[100]).abs() < 1e-4);
     }
 
     #[test]

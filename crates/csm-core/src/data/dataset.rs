@@ -16,7 +16,9 @@ use serde::Serialize;
 
 use super::alignment::{read_alignment, Alignment, AlignmentFormat};
 use super::audio;
-use super::segment::{segment_recording, Conversation, Example, SegmentConfig, Utterance};
+use super::segment::{
+    bucket_by_length, segment_recording, Conversation, Example, SegmentConfig, Utterance,
+};
 use super::{DataError, Result};
 
 /// Audio extensions we recognise but cannot decode: reported, not ignored.
@@ -146,7 +148,12 @@ fn file_name(p: &Path) -> String {
 /// [`DataError::Unpaired`] listing every file without a partner.
 pub fn pair_files(layout: &DatasetLayout) -> Result<Vec<PairedFile>> {
     let l = list(layout)?;
-    if let Some(path) = l.other_audio.values().next() {
+    // An mp3 next to its converted .wav is fine; an mp3 alone is not.
+    if let Some((_, path)) = l
+        .other_audio
+        .iter()
+        .find(|(stem, _)| !l.wav.contains_key(*stem))
+    {
         return Err(DataError::NotWav { path: path.clone() });
     }
     if l.wav.is_empty() {
@@ -262,6 +269,7 @@ pub fn split_train_val(ids: &[String], val_split: f64, seed: u64) -> Result<Vec<
 
 /// Settings for [`scan_dataset`].
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct ScanOptions {
     /// Fraction of usable recordings held out for validation.
     pub val_split: f64,
@@ -456,10 +464,31 @@ pub fn scan_dataset(layout: &DatasetLayout, opts: &ScanOptions) -> Result<ScanRe
         .chain(l.other_audio.keys())
         .chain(l.txt.keys())
         .collect();
-    let mut files: Vec<FileReport> = stems
-        .into_iter()
-        .map(|stem| scan_one(stem, &l, layout, opts))
-        .collect();
+    let stems: Vec<&String> = stems.into_iter().collect();
+    // Decoding every WAV dominates; spread the files over the cores.
+    let workers = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(stems.len())
+        .max(1);
+    let mut files: Vec<FileReport> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                let (stems, l) = (&stems, &l);
+                scope.spawn(move || {
+                    (w..stems.len())
+                        .step_by(workers)
+                        .map(|i| (i, scan_one(stems[i], l, layout, opts)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut rows: Vec<(usize, FileReport)> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect();
+        rows.sort_by_key(|(i, _)| *i);
+        rows.into_iter().map(|(_, r)| r).collect()
+    });
 
     let usable: Vec<String> = files
         .iter()
@@ -569,7 +598,7 @@ fn scan_one(stem: &str, l: &Listing, layout: &DatasetLayout, opts: &ScanOptions)
         },
     }
 
-    let mut samples_for_alignment_check = None;
+    let mut audio_duration = None;
     match (l.wav.get(stem), l.other_audio.get(stem)) {
         (None, None) => p.push(Problem::new(
             K::MissingAudio,
@@ -610,7 +639,7 @@ fn scan_one(stem: &str, l: &Listing, layout: &DatasetLayout, opts: &ScanOptions)
                         format!("almost silent: RMS {:.1} dBFS", audio::to_dbfs(rms)),
                     ));
                 }
-                samples_for_alignment_check = Some(duration);
+                audio_duration = Some(duration);
             }
             Err(DataError::EmptyAudio { .. }) => {
                 r.duration_s = Some(0.0);
@@ -625,7 +654,7 @@ fn scan_one(stem: &str, l: &Listing, layout: &DatasetLayout, opts: &ScanOptions)
         match read_alignment(path) {
             Ok(a) => {
                 r.alignment_format = Some(a.format);
-                if let (Some(dur), Some(last)) = (samples_for_alignment_check, a.last_end()) {
+                if let (Some(dur), Some(last)) = (audio_duration, a.last_end()) {
                     if last > dur + 0.5 {
                         p.push(Problem::new(
                             K::BadAlignment,
@@ -650,7 +679,7 @@ fn scan_one(stem: &str, l: &Listing, layout: &DatasetLayout, opts: &ScanOptions)
                 K::TooLong,
                 true,
                 format!(
-                    "{dur:.1} s is longer than {:.1} s; without an alignment it cannot be cut safely",
+                    "{dur:.1} s is longer than {:.1} s; without an alignment it cannot be cut safely; add one or shorten the file",
                     opts.segment.max_unaligned_s
                 ),
             ));
@@ -673,7 +702,8 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Settings for [`load_dataset`].
-#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct LoadOptions {
     /// How recordings are cut.
     pub segment: SegmentConfig,
@@ -681,6 +711,19 @@ pub struct LoadOptions {
     pub val_split: f64,
     /// Seed of the split.
     pub seed: u64,
+}
+
+impl Default for LoadOptions {
+    /// The same split settings as [`ScanOptions::default`], so a scan shows
+    /// the split a default load makes.
+    fn default() -> Self {
+        let scan = ScanOptions::default();
+        Self {
+            segment: scan.segment,
+            val_split: scan.val_split,
+            seed: scan.seed,
+        }
+    }
 }
 
 /// Position of an utterance in a [`Dataset`].
@@ -734,6 +777,40 @@ impl Dataset {
             .collect()
     }
 
+    /// Batches of `split`'s utterances with similar lengths (context plus
+    /// target samples), shuffled with `seed`; see [`bucket_by_length`].
+    ///
+    /// # Errors
+    /// [`DataError::InvalidOption`] if `batch_size` is 0.
+    pub fn batches(
+        &self,
+        split: Split,
+        context_turns: usize,
+        batch_size: usize,
+        seed: u64,
+    ) -> Result<Vec<Vec<UtteranceId>>> {
+        let ids = match split {
+            Split::Train => &self.train,
+            Split::Validation => &self.validation,
+        };
+        let lengths: Vec<usize> = ids
+            .iter()
+            .map(|id| {
+                let conv = &self.conversations[id.conversation];
+                let context: usize = conv
+                    .context(id.utterance, context_turns)
+                    .iter()
+                    .map(Utterance::len)
+                    .sum();
+                context + conv.utterances[id.utterance].len()
+            })
+            .collect();
+        Ok(bucket_by_length(&lengths, batch_size, seed)?
+            .into_iter()
+            .map(|batch| batch.into_iter().map(|i| ids[i]).collect())
+            .collect())
+    }
+
     /// Number of utterances.
     pub fn len(&self) -> usize {
         self.conversations.iter().map(|c| c.utterances.len()).sum()
@@ -766,34 +843,87 @@ impl Dataset {
 /// [`read_alignment`] and [`segment_recording`], plus
 /// [`DataError::InvalidOption`] for bad options.
 pub fn load_dataset(layout: &DatasetLayout, opts: &LoadOptions) -> Result<Dataset> {
+    load_dataset_with_progress(layout, opts, &mut |_| {})
+}
+
+/// Progress of [`load_dataset_with_progress`], sent after each recording.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadProgress {
+    /// Recordings finished so far.
+    pub done: usize,
+    /// Recordings in total.
+    pub total: usize,
+    /// The recording just finished.
+    pub recording_id: String,
+}
+
+/// [`load_dataset`], calling `on_progress` (on the calling thread) after
+/// each recording. Recordings are decoded and resampled on all cores.
+///
+/// # Errors
+/// As [`load_dataset`]; when several files are bad, the error is the one
+/// of the first in name order, as in a sequential load.
+pub fn load_dataset_with_progress(
+    layout: &DatasetLayout,
+    opts: &LoadOptions,
+    on_progress: &mut dyn FnMut(LoadProgress),
+) -> Result<Dataset> {
     check_val_split(opts.val_split)?;
     opts.segment.validate()?;
     let pairs = pair_files(layout)?;
+    let total = pairs.len();
+    let workers = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(total);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut results: Vec<Option<Result<LoadedRecording>>> = (0..total).map(|_| None).collect();
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        for _ in 0..workers {
+            let tx = tx.clone();
+            let (next, pairs) = (&next, &pairs);
+            scope.spawn(move || loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(pair) = pairs.get(i) else { break };
+                let result = load_recording(pair, layout, &opts.segment);
+                // Stop early on an error; the receiver still gets it.
+                let failed = result.is_err();
+                if tx.send((i, result)).is_err() || failed {
+                    break;
+                }
+            });
+        }
+        drop(tx);
+        for (done, (i, result)) in rx.into_iter().enumerate() {
+            on_progress(LoadProgress {
+                done: done + 1,
+                total,
+                recording_id: pairs[i].id.clone(),
+            });
+            results[i] = Some(result);
+        }
+    });
     let mut warnings = Vec::new();
     let mut conversations = Vec::new();
-    for pair in &pairs {
-        let text = read_transcript(&pair.transcript)?;
-        let alignment: Option<Alignment> =
-            pair.alignment.as_deref().map(read_alignment).transpose()?;
-        if layout.alignment_dir.is_some() && alignment.is_none() {
-            warnings.push(format!(
-                "{}: no alignment; used whole",
-                file_name(&pair.audio)
-            ));
-        }
-        let samples: Arc<[f32]> = audio::load_mono_24k(&pair.audio)?.into();
-        let aligned = pair.alignment.as_deref().zip(alignment.as_ref());
-        if let Some(conv) = segment_recording(
-            &pair.id,
-            samples,
-            &text,
-            aligned,
-            &pair.audio,
-            &opts.segment,
-            &mut warnings,
-        )? {
+    for (pair, result) in pairs.iter().zip(results) {
+        // A worker that hit an error stops, leaving later slots empty; the
+        // error itself sits in an earlier slot, so it is returned first.
+        let Some(result) = result else { continue };
+        let loaded = result?;
+        warnings.extend(loaded.warnings);
+        if let Some(conv) = loaded.conversation {
+            if let Some(format) = conv.alignment_format {
+                tracing::info!(
+                    recording = %pair.id,
+                    utterances = conv.utterances.len(),
+                    "alignment layout found: {format}"
+                );
+            }
             conversations.push(conv);
         }
+    }
+    for w in &warnings {
+        tracing::warn!("{w}");
     }
     if conversations.is_empty() {
         return Err(DataError::EmptyDir {
@@ -857,6 +987,43 @@ pub fn load_dataset(layout: &DatasetLayout, opts: &LoadOptions) -> Result<Datase
     })
 }
 
+/// One recording read, resampled and segmented.
+struct LoadedRecording {
+    conversation: Option<Conversation>,
+    warnings: Vec<String>,
+}
+
+fn load_recording(
+    pair: &PairedFile,
+    layout: &DatasetLayout,
+    cfg: &SegmentConfig,
+) -> Result<LoadedRecording> {
+    let mut warnings = Vec::new();
+    let text = read_transcript(&pair.transcript)?;
+    let alignment: Option<Alignment> = pair.alignment.as_deref().map(read_alignment).transpose()?;
+    if layout.alignment_dir.is_some() && alignment.is_none() {
+        warnings.push(format!(
+            "{}: no alignment; used whole",
+            file_name(&pair.audio)
+        ));
+    }
+    let samples: Arc<[f32]> = audio::load_mono_24k(&pair.audio)?.into();
+    let aligned = pair.alignment.as_deref().zip(alignment.as_ref());
+    let conversation = segment_recording(
+        &pair.id,
+        samples,
+        &text,
+        aligned,
+        &pair.audio,
+        cfg,
+        &mut warnings,
+    )?;
+    Ok(LoadedRecording {
+        conversation,
+        warnings,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -907,6 +1074,18 @@ mod tests {
                 })
             ));
         }
+    }
+
+    #[test]
+    fn options_deserialize_with_defaults() {
+        let o: ScanOptions =
+            serde_json::from_str(r#"{"val_split": 0.2, "segment": {"max_s": 15}}"#).unwrap();
+        assert_eq!(o.val_split, 0.2);
+        assert_eq!(o.seed, ScanOptions::default().seed);
+        assert_eq!(o.segment.max_s, 15.0);
+        assert_eq!(o.segment.min_s, SegmentConfig::default().min_s);
+        let l: LoadOptions = serde_json::from_str("{}").unwrap();
+        assert_eq!(l, LoadOptions::default());
     }
 
     #[test]

@@ -54,6 +54,7 @@ pub const DEMO_SENTENCES: &[&str] = &[
 
 /// Settings for [`generate_demo_dataset`].
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct DemoOptions {
     /// How many sentences to speak (at most [`DEMO_SENTENCES`]'s length);
     /// `None` speaks all.
@@ -141,7 +142,7 @@ pub fn generate_demo_dataset(out_dir: &Path, opts: &DemoOptions) -> Result<DemoS
         if !output.status.success() {
             let _ = std::fs::remove_file(&raw);
             return Err(DataError::EspeakFailed {
-                index,
+                task: format!("sentence {index} ({sentence:?})"),
                 status: output.status.to_string(),
                 stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
             });
@@ -172,7 +173,7 @@ fn check_espeak(program: &str) -> Result<()> {
     match Command::new(program).arg("--version").output() {
         Ok(out) if out.status.success() => Ok(()),
         Ok(out) => Err(DataError::EspeakFailed {
-            index: 0,
+            task: "--version".into(),
             status: out.status.to_string(),
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         }),

@@ -22,6 +22,23 @@
 //!
 //! Everything here is plain Rust; nothing needs MLX. Every failure is a
 //! [`DataError`] that names the file it concerns.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use csm_core::data::{load_dataset, scan_dataset, DatasetLayout, LoadOptions, ScanOptions, Split};
+//!
+//! let layout = DatasetLayout::from_root("my-voice".as_ref());
+//! let report = scan_dataset(&layout, &ScanOptions::default())?;
+//! println!("{} usable minutes", report.totals.usable_minutes);
+//!
+//! let dataset = load_dataset(&layout, &LoadOptions::default())?;
+//! for example in dataset.examples(Split::Train, 2) {
+//!     let _key = example.target.content_key(); // key for the Mimi code cache
+//!     let _audio: &[f32] = example.target.samples(); // 24 kHz mono
+//! }
+//! # Ok::<(), csm_core::data::DataError>(())
+//! ```
 
 pub mod alignment;
 pub mod audio;
@@ -34,10 +51,12 @@ use std::path::PathBuf;
 pub use alignment::{Alignment, AlignmentFormat, Word};
 pub use audio::TARGET_SAMPLE_RATE;
 pub use dataset::{
-    load_dataset, scan_dataset, split_train_val, Dataset, DatasetLayout, FileReport, LoadOptions,
-    Problem, ScanOptions, ScanReport, Split,
+    load_dataset, load_dataset_with_progress, pair_files, scan_dataset, split_train_val, Dataset,
+    DatasetLayout, FileReport, LoadOptions, LoadProgress, PairedFile, Problem, ProblemKind,
+    ScanOptions, ScanReport, ScanTotals, Split, SplitUnit, UtteranceId,
 };
-pub use segment::{Conversation, Example, SegmentConfig, Utterance};
+pub use demo::{generate_demo_dataset, DemoOptions, DemoSummary};
+pub use segment::{Conversation, Example, LongUnaligned, SegmentConfig, Utterance};
 
 /// Errors of the data module. Every variant that concerns a file names it.
 #[derive(Debug, thiserror::Error)]
@@ -204,10 +223,10 @@ pub enum DataError {
         program: String,
     },
     /// `espeak-ng` ran but failed.
-    #[error("espeak-ng failed on sentence {index} ({status}): {stderr}")]
+    #[error("espeak-ng failed on {task} ({status}): {stderr}")]
     EspeakFailed {
-        /// Index of the sentence (0-based).
-        index: usize,
+        /// What it was asked to do, e.g. `sentence 3` or `--version`.
+        task: String,
         /// Exit status.
         status: String,
         /// What it printed on stderr.

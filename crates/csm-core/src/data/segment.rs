@@ -33,6 +33,7 @@ pub enum LongUnaligned {
 
 /// How recordings are cut into utterances.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct SegmentConfig {
     /// Shortest utterance wanted, in seconds (shorter ones appear only when a
     /// recording, or a stretch between unavoidable cuts, is shorter).
@@ -48,6 +49,10 @@ pub struct SegmentConfig {
     pub max_unaligned_s: f64,
     /// What to do with longer unaligned recordings.
     pub long_unaligned: LongUnaligned,
+    /// Trim leading and trailing silence of unaligned recordings to
+    /// `edge_pad_s`, so the model does not learn to pad turns with silence
+    /// (aligned ones are trimmed by their word times).
+    pub trim_silence: bool,
 }
 
 impl Default for SegmentConfig {
@@ -60,6 +65,7 @@ impl Default for SegmentConfig {
             edge_pad_s: 0.2,
             max_unaligned_s: 12.0,
             long_unaligned: LongUnaligned::Refuse,
+            trim_silence: true,
         }
     }
 }
@@ -105,8 +111,9 @@ pub struct Utterance {
     pub index: usize,
     /// What is said.
     pub text: String,
-    /// Sample range in the recording at [`TARGET_SAMPLE_RATE`].
-    pub range: Range<usize>,
+    /// Sample range in the recording at [`TARGET_SAMPLE_RATE`]; private so
+    /// it always lies within `audio`.
+    range: Range<usize>,
     #[serde(skip)]
     audio: Arc<[f32]>,
 }
@@ -136,6 +143,21 @@ impl Utterance {
     /// The utterance's samples, 24 kHz mono.
     pub fn samples(&self) -> &[f32] {
         &self.audio[self.range.clone()]
+    }
+
+    /// Sample range within the recording, at [`TARGET_SAMPLE_RATE`].
+    pub fn range(&self) -> Range<usize> {
+        self.range.clone()
+    }
+
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.range.len()
+    }
+
+    /// Whether the utterance has no samples.
+    pub fn is_empty(&self) -> bool {
+        self.range.is_empty()
     }
 
     /// Duration in seconds.
@@ -286,14 +308,17 @@ pub fn plan_cuts(alignment: &Alignment, duration_s: f64, cfg: &SegmentConfig) ->
         let text = words[b - 1]
             .text
             .trim_end_matches(['"', '\'', ')', ']', '»', '”']);
+        // A cut is good after a sentence end or at a long pause, and bad
+        // mid-phrase with no pause: worth more than one extra piece.
         let punct = if text.ends_with(['.', '!', '?', '…']) {
-            0.3
-        } else if text.ends_with([',', ';', ':', '—', '-']) {
-            0.1
-        } else {
             0.0
+        } else if text.ends_with([',', ';', ':', '—', '-']) {
+            0.5
+        } else {
+            1.0
         };
-        1.0 - 0.6 * (gap / 0.5).min(1.0) - punct
+        let pause = 1.0 - (gap / 0.5).clamp(0.0, 1.0);
+        0.1 + 2.0 * punct * pause
     };
     let length_cost = |len: f64| -> f64 {
         let width = (cfg.max_s - cfg.min_s).max(1e-3);
@@ -416,7 +441,6 @@ fn normalize(token: &str) -> String {
 /// [`DataError::NeedsAlignment`] (refused long recording) and
 /// [`DataError::MalformedAlignment`] when the words run past the audio, both
 /// naming `audio_path` / `alignment_path`.
-#[allow(clippy::too_many_arguments)]
 pub fn segment_recording(
     recording_id: &str,
     audio: Arc<[f32]>,
@@ -447,7 +471,11 @@ pub fn segment_recording(
                 }
             };
         }
-        let len = audio.len();
+        let range = if cfg.trim_silence {
+            super::audio::speech_bounds(&audio, TARGET_SAMPLE_RATE, cfg.edge_pad_s)
+        } else {
+            0..audio.len()
+        };
         return Ok(Some(Conversation {
             recording_id: recording_id.to_string(),
             utterances: vec![Utterance::new(
@@ -455,7 +483,7 @@ pub fn segment_recording(
                 0,
                 transcript.trim(),
                 audio,
-                0..len,
+                range,
             )],
             alignment_format: None,
         }));
@@ -478,24 +506,34 @@ pub fn segment_recording(
             });
         }
     }
-    let texts = transcript_words(transcript, &alignment.words);
-    if texts.is_none() {
-        warnings.push(format!(
-            "{}: transcript words differ from the alignment's; utterance text is taken from {}",
-            audio_path.display(),
-            alignment_path.display()
-        ));
-    }
-    let cuts = plan_cuts(alignment, duration_s, cfg);
+    // Prefer the transcript's words (case, punctuation): they read better and
+    // tell plan_cuts where sentences end even when the aligner drops
+    // punctuation (Gentle, MFA).
+    let words = match transcript_words(transcript, &alignment.words) {
+        Some(texts) => Alignment {
+            format: alignment.format,
+            words: alignment
+                .words
+                .iter()
+                .zip(texts)
+                .map(|(w, text)| Word { text, span: w.span })
+                .collect(),
+        },
+        None => {
+            warnings.push(format!(
+                "{}: transcript words differ from the alignment's; utterance text is taken from {}",
+                audio_path.display(),
+                alignment_path.display()
+            ));
+            alignment.clone()
+        }
+    };
+    let cuts = plan_cuts(&words, duration_s, cfg);
     let mut utterances = Vec::with_capacity(cuts.len());
     for cut in cuts {
-        let text = cut
-            .words
-            .clone()
-            .map(|i| match &texts {
-                Some(t) => t[i].as_str(),
-                None => alignment.words[i].text.as_str(),
-            })
+        let text = words.words[cut.words.clone()]
+            .iter()
+            .map(|w| w.text.as_str())
             .collect::<Vec<_>>()
             .join(" ");
         let len = cut.end_s - cut.start_s;
@@ -732,6 +770,41 @@ mod tests {
     }
 
     #[test]
+    fn transcript_punctuation_guides_cuts_when_the_aligner_has_none() {
+        // Evenly spaced words, no punctuation in the alignment (as Gentle or
+        // MFA write them); the transcript marks a sentence every 7 words.
+        let spec: Vec<(&str, f64, f64)> = (0..70)
+            .map(|i| ("word", 0.2 + i as f64 * 0.45, 0.2 + i as f64 * 0.45 + 0.3))
+            .collect();
+        let a = words(&spec);
+        let transcript: Vec<String> = (0..70)
+            .map(|i| {
+                if i % 7 == 6 {
+                    "Word.".to_string()
+                } else {
+                    "word".to_string()
+                }
+            })
+            .collect();
+        let audio: Arc<[f32]> = vec![0.0; 24_000 * 33].into();
+        let conv = segment_recording(
+            "g",
+            audio,
+            &transcript.join(" "),
+            Some((Path::new("g.json"), &a)),
+            Path::new("g.wav"),
+            &SegmentConfig::default(),
+            &mut Vec::new(),
+        )
+        .unwrap()
+        .unwrap();
+        assert!(conv.utterances.len() >= 3);
+        for u in &conv.utterances {
+            assert!(u.text.ends_with("Word."), "{}", u.text);
+        }
+    }
+
+    #[test]
     fn unaligned_recordings_whole_refused_or_skipped() {
         let short: Arc<[f32]> = vec![0.1; 24_000 * 5].into();
         let long: Arc<[f32]> = vec![0.1; 24_000 * 20].into();
@@ -767,6 +840,48 @@ mod tests {
             segment_recording("l", long, "hi", None, Path::new("l.wav"), &skip, &mut w).unwrap();
         assert!(r.is_none());
         assert!(w[0].contains("l.wav") && w[0].contains("skipped"));
+    }
+
+    #[test]
+    fn unaligned_recordings_lose_long_edge_silence() {
+        // 2 s silence, 3 s tone, 2 s silence.
+        let mut v = vec![0.0f32; 24_000 * 7];
+        for (i, x) in v[48_000..120_000].iter_mut().enumerate() {
+            *x = 0.3 * (i as f32 * 0.05).sin();
+        }
+        let audio: Arc<[f32]> = v.into();
+        let cfg = SegmentConfig::default();
+        let conv = segment_recording(
+            "t",
+            audio.clone(),
+            "hi",
+            None,
+            Path::new("t.wav"),
+            &cfg,
+            &mut Vec::new(),
+        )
+        .unwrap()
+        .unwrap();
+        let r = conv.utterances[0].range();
+        let pad = (cfg.edge_pad_s * 24_000.0) as usize;
+        assert!(r.start <= 48_000 && r.start + pad >= 48_000 - 240, "{r:?}");
+        assert!(r.end >= 120_000 && r.end <= 120_000 + pad + 240, "{r:?}");
+        let keep = SegmentConfig {
+            trim_silence: false,
+            ..cfg
+        };
+        let conv = segment_recording(
+            "t",
+            audio,
+            "hi",
+            None,
+            Path::new("t.wav"),
+            &keep,
+            &mut Vec::new(),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(conv.utterances[0].range(), 0..24_000 * 7);
     }
 
     #[test]
