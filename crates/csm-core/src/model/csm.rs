@@ -262,7 +262,7 @@ impl Csm {
         let mut cache = self.decoder.new_cache();
         let mut x = ops::concatenate(
             &[
-                last_h.expand_dims(1)?,                               // [B, 1, D]
+                last_h.expand_dims(1)?,                              // [B, 1, D]
                 self.audio_embeddings.forward(&c0)?.expand_dims(1)?, // [B, 1, D]
             ],
             1,
@@ -300,10 +300,7 @@ impl Csm {
         let b = codes.shape()[0];
         let n = self.num_codebooks();
         let tokens = ops::concatenate(
-            &[
-                codes.as_dtype(Dtype::Int32)?,
-                ops::zeros::<i32>(&[b, 1])?,
-            ],
+            &[codes.as_dtype(Dtype::Int32)?, ops::zeros::<i32>(&[b, 1])?],
             1,
         )?
         .reshape(&[b, 1, n + 1])?; // [B, 1, n_cb + 1]
@@ -381,7 +378,13 @@ mod tests {
     use mlx_rs::ops::indexing::IndexOp;
 
     fn max_abs_diff(a: &Array, b: &Array) -> f32 {
-        a.subtract(b).unwrap().abs().unwrap().max(None).unwrap().item_cast::<f32>()
+        a.subtract(b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max(None)
+            .unwrap()
+            .item_cast::<f32>()
     }
 
     #[test]
@@ -410,7 +413,9 @@ mod tests {
         // Frame 0: text token 7 only. Frame 1: codes [1, 2, 3, 4], no text.
         let tokens = Array::from_slice(&[0i32, 0, 0, 0, 7, 1, 2, 3, 4, 9], &[1, 2, 5]);
         let mask = Array::from_slice(
-            &[false, false, false, false, true, true, true, true, true, false],
+            &[
+                false, false, false, false, true, true, true, true, true, false,
+            ],
             &[1, 2, 5],
         );
         let e = m.embed_frames(&tokens, &mask).unwrap();

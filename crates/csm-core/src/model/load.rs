@@ -149,7 +149,12 @@ impl fmt::Display for Detected {
             [one] => one.display().to_string(),
             many => format!("{} shards in {}", many.len(), self.path.display()),
         };
-        write!(f, "{} ({} tensors in {files})", self.format, self.tensors.len())?;
+        write!(
+            f,
+            "{} ({} tensors in {files})",
+            self.format,
+            self.tensors.len()
+        )?;
         if let Some((path, _, kind)) = &self.config {
             write!(f, ", config {} ({kind:?} layout)", path.display())?;
         }
@@ -289,7 +294,11 @@ fn find_weight_files(path: &Path) -> Result<(Container, Vec<PathBuf>, PathBuf), 
     }
     let index = path.join("model.safetensors.index.json");
     if index.is_file() {
-        return Ok((Container::Safetensors, shard_files(&index)?, path.to_path_buf()));
+        return Ok((
+            Container::Safetensors,
+            shard_files(&index)?,
+            path.to_path_buf(),
+        ));
     }
     for name in ["model.safetensors", "ckpt.safetensors"] {
         let file = path.join(name);
@@ -314,8 +323,16 @@ fn find_weight_files(path: &Path) -> Result<(Container, Vec<PathBuf>, PathBuf), 
     safetensors.sort();
     pickles.sort();
     match (safetensors.as_slice(), pickles.as_slice()) {
-        ([one], _) => Ok((Container::Safetensors, vec![one.clone()], path.to_path_buf())),
-        ([], [one]) => Ok((Container::TorchPickle, vec![one.clone()], path.to_path_buf())),
+        ([one], _) => Ok((
+            Container::Safetensors,
+            vec![one.clone()],
+            path.to_path_buf(),
+        )),
+        ([], [one]) => Ok((
+            Container::TorchPickle,
+            vec![one.clone()],
+            path.to_path_buf(),
+        )),
         ([], []) => Err(not_found(
             "the directory holds no model.safetensors, model.safetensors.index.json, \
              ckpt.safetensors or .pt file"
@@ -394,7 +411,12 @@ pub fn safetensors_shapes(path: &Path) -> Result<BTreeMap<String, Vec<i32>>, Mod
         let shape = info
             .get("shape")
             .and_then(Value::as_array)
-            .map(|dims| dims.iter().filter_map(Value::as_i64).map(|d| d as i32).collect())
+            .map(|dims| {
+                dims.iter()
+                    .filter_map(Value::as_i64)
+                    .map(|d| d as i32)
+                    .collect()
+            })
             .ok_or_else(|| ModelError::Config {
                 path: path.to_path_buf(),
                 message: format!("tensor `{key}` has no shape in the header"),
@@ -646,7 +668,11 @@ fn qk_heads(key: &str, config: &CsmConfig) -> Option<(i32, i32)> {
 ///
 /// # Shapes
 /// `w: [heads * hd, ...]` -> same
-pub fn permute_for_rope(w: &Array, heads: i32, head_dim: i32) -> Result<Array, mlx_rs::error::Exception> {
+pub fn permute_for_rope(
+    w: &Array,
+    heads: i32,
+    head_dim: i32,
+) -> Result<Array, mlx_rs::error::Exception> {
     let shape = w.shape().to_vec();
     let rest: i32 = shape[1..].iter().product();
     w.reshape(&[heads, head_dim / 2, 2, rest])? // [H, hd/2, 2, in]
@@ -658,7 +684,11 @@ pub fn permute_for_rope(w: &Array, heads: i32, head_dim: i32) -> Result<Array, m
 ///
 /// # Shapes
 /// `w: [heads * hd, ...]` -> same
-pub fn unpermute_for_rope(w: &Array, heads: i32, head_dim: i32) -> Result<Array, mlx_rs::error::Exception> {
+pub fn unpermute_for_rope(
+    w: &Array,
+    heads: i32,
+    head_dim: i32,
+) -> Result<Array, mlx_rs::error::Exception> {
     let shape = w.shape().to_vec();
     let rest: i32 = shape[1..].iter().product();
     w.reshape(&[heads, 2, head_dim / 2, rest])? // [H, 2, hd/2, in]
@@ -743,7 +773,8 @@ pub fn to_format(
         let w = match (format, qk_heads(key, config)) {
             (ModelFormat::Transformers, Some((heads, hd))) => {
                 check_rows(&weights.source, key, w, heads, hd)?;
-                permute_for_rope(w, heads, hd).map_err(ModelError::mlx(format!("permuting {key}")))?
+                permute_for_rope(w, heads, hd)
+                    .map_err(ModelError::mlx(format!("permuting {key}")))?
             }
             _ => w.clone(),
         };
@@ -795,9 +826,18 @@ mod tests {
                 "backbone.layers.1.mlp_norm.scale",
                 "backbone.layers.1.post_attention_layernorm.weight",
             ),
-            ("backbone.layers.1.mlp.w1.weight", "backbone.layers.1.mlp.gate_proj.weight"),
-            ("backbone.layers.1.mlp.w2.weight", "backbone.layers.1.mlp.down_proj.weight"),
-            ("backbone.layers.1.mlp.w3.weight", "backbone.layers.1.mlp.up_proj.weight"),
+            (
+                "backbone.layers.1.mlp.w1.weight",
+                "backbone.layers.1.mlp.gate_proj.weight",
+            ),
+            (
+                "backbone.layers.1.mlp.w2.weight",
+                "backbone.layers.1.mlp.down_proj.weight",
+            ),
+            (
+                "backbone.layers.1.mlp.w3.weight",
+                "backbone.layers.1.mlp.up_proj.weight",
+            ),
             ("decoder.norm.scale", "decoder.norm.weight"),
             ("text_embeddings.weight", "text_embeddings.weight"),
             ("audio_head", "audio_head"),
@@ -806,13 +846,22 @@ mod tests {
             assert_eq!(canonical_name(orig, ModelFormat::Original).unwrap(), canon);
             assert_eq!(format_name(canon, ModelFormat::Original), orig);
             let mlx_audio = format!("model.{canon}");
-            assert_eq!(canonical_name(&mlx_audio, ModelFormat::MlxAudio).unwrap(), canon);
+            assert_eq!(
+                canonical_name(&mlx_audio, ModelFormat::MlxAudio).unwrap(),
+                canon
+            );
             assert_eq!(format_name(canon, ModelFormat::MlxAudio), mlx_audio);
             let hf = format_name(canon, ModelFormat::Transformers);
-            assert_eq!(canonical_name(&hf, ModelFormat::Transformers).unwrap(), canon);
+            assert_eq!(
+                canonical_name(&hf, ModelFormat::Transformers).unwrap(),
+                canon
+            );
         }
         assert_eq!(
-            format_name("backbone.layers.2.self_attn.v_proj.weight", ModelFormat::Transformers),
+            format_name(
+                "backbone.layers.2.self_attn.v_proj.weight",
+                ModelFormat::Transformers
+            ),
             "backbone_model.layers.2.self_attn.v_proj.weight"
         );
         assert_eq!(
@@ -838,7 +887,10 @@ mod tests {
             Some(ModelFormat::Original)
         );
         assert_eq!(
-            f(&["backbone.layers.0.self_attn.q_proj.weight", "backbone.norm.scale"]),
+            f(&[
+                "backbone.layers.0.self_attn.q_proj.weight",
+                "backbone.norm.scale"
+            ]),
             Some(ModelFormat::Original)
         );
         assert_eq!(
@@ -858,7 +910,9 @@ mod tests {
 
     #[test]
     fn rope_permutation_inverts() {
-        let w = Array::from_iter(0..(2 * 8 * 3), &[16, 3]).as_dtype(Dtype::Float32).unwrap();
+        let w = Array::from_iter(0..(2 * 8 * 3), &[16, 3])
+            .as_dtype(Dtype::Float32)
+            .unwrap();
         let p = permute_for_rope(&w, 2, 8).unwrap();
         // Head 0 rows: even rows first, then odd rows.
         let rows: Vec<f32> = p.as_slice::<f32>().chunks(3).map(|r| r[0] / 3.0).collect();

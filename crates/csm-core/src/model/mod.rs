@@ -11,7 +11,11 @@ pub mod loss;
 
 pub use config::{ConfigKind, CsmConfig, Llama3RopeScaling, LlamaConfig};
 pub use csm::{Csm, FrameInput};
-pub use llama::{padded_causal_mask, AttentionMask, KvCache};
-pub use loss::{choose_decoder_frames, cross_entropy, loss_frame_indices, CsmLoss, LossBatch, LossWeights};
 pub use error::ModelError;
-pub use load::{detect, load_csm, to_canonical, to_format, Detected, LoadOptions, LoadedCsm, ModelFormat};
+pub use llama::{padded_causal_mask, AttentionMask, KvCache};
+pub use load::{
+    detect, load_csm, to_canonical, to_format, Detected, LoadOptions, LoadedCsm, ModelFormat,
+};
+pub use loss::{
+    choose_decoder_frames, cross_entropy, loss_frame_indices, CsmLoss, LossBatch, LossWeights,
+};
