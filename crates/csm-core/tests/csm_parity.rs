@@ -477,3 +477,38 @@ fn greedy_generation_matches_transformers() {
     let got = ops::stack(&got, 1).unwrap(); // [1, 4, 8]
     assert_eq!(to_vec_i32(&got), to_vec_i32(&want));
 }
+
+#[test]
+fn bf16_load_stays_close_to_the_f32_reference() {
+    let reference = reference();
+    let loaded = load_csm(
+        &fixtures().join("csm_tiny_hf"),
+        &LoadOptions {
+            dtype: Dtype::Bfloat16,
+            config: None,
+        },
+    )
+    .unwrap();
+    let mut model = loaded.model;
+    assert_eq!(model.dtype(), Dtype::Bfloat16);
+    let h = model
+        .backbone_hidden(FrameInput {
+            tokens: &r(&reference, "frames"),
+            mask: &r(&reference, "frames_mask"),
+            attention: AttentionMask::Causal,
+        })
+        .unwrap();
+    assert_eq!(h.dtype(), Dtype::Bfloat16);
+    let got = h
+        .as_dtype(Dtype::Float32)
+        .unwrap()
+        .flatten(None, None)
+        .unwrap();
+    let want = r(&reference, "backbone_hidden")
+        .flatten(None, None)
+        .unwrap();
+    let dot = |a: &Array, b: &Array| a.multiply(b).unwrap().sum(None).unwrap().item_cast::<f32>();
+    let cosine = dot(&got, &want) / (dot(&got, &got).sqrt() * dot(&want, &want).sqrt());
+    eprintln!("bf16 backbone_hidden cosine {cosine}");
+    assert!(cosine > 0.999, "cosine {cosine}");
+}

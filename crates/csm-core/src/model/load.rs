@@ -206,23 +206,31 @@ pub struct LoadedCsm {
 /// Nothing loadable at the path, an unreadable file, a malformed config or
 /// shard index, or an unknown layout (listing some keys).
 pub fn detect(path: &Path) -> Result<Detected, ModelError> {
+    detect_with(path, None)
+}
+
+/// [`detect`], taking tensor shapes from `preloaded` when given (pickles
+/// have no cheap header, so [`load_csm`] reads them once, up front).
+fn detect_with(path: &Path, preloaded: Option<&WeightMap>) -> Result<Detected, ModelError> {
     let (container, weight_files, dir) = find_weight_files(path)?;
-    let tensors = match container {
-        Container::Safetensors => {
+    let tensors = match (container, preloaded) {
+        (_, Some(map)) => map
+            .tensors
+            .iter()
+            .map(|(k, v)| (k.clone(), v.shape().to_vec()))
+            .collect(),
+        (Container::Safetensors, None) => {
             let mut all = BTreeMap::new();
             for file in &weight_files {
                 all.extend(safetensors_shapes(file)?);
             }
             all
         }
-        Container::TorchPickle => {
-            return Err(ModelError::UnsupportedContainer {
-                path: weight_files[0].clone(),
-                message: "PyTorch pickle checkpoints (.pt) cannot be read by this build yet; \
-                          use the model.safetensors of the same release"
-                    .into(),
-            })
-        }
+        (Container::TorchPickle, None) => read_pickle(&weight_files[0], None)?
+            .tensors
+            .iter()
+            .map(|(k, v)| (k.clone(), v.shape().to_vec()))
+            .collect(),
     };
     let format = ModelFormat::from_keys(tensors.keys().map(String::as_str)).ok_or_else(|| {
         ModelError::UnknownFormat {
@@ -433,11 +441,22 @@ pub fn read_weights(detected: &Detected, dtype: Dtype) -> Result<WeightMap, Mode
             &detected.weight_files,
             Some(dtype),
         )?),
-        Container::TorchPickle => Err(ModelError::UnsupportedContainer {
-            path: detected.weight_files[0].clone(),
-            message: "PyTorch pickle checkpoints (.pt) cannot be read by this build yet".into(),
-        }),
+        Container::TorchPickle => read_pickle(&detected.weight_files[0], Some(dtype)),
     }
+}
+
+/// Reads a PyTorch `torch.save` state dict into a [`WeightMap`], floats
+/// cast to `dtype`. This is the one place the restricted pickle reader
+/// (`checkpoint::pickle`, merged separately) plugs in: everything after
+/// the raw tensors (layout detection, renames, strict loading) is shared
+/// with safetensors.
+fn read_pickle(path: &Path, _dtype: Option<Dtype>) -> Result<WeightMap, ModelError> {
+    Err(ModelError::UnsupportedContainer {
+        path: path.to_path_buf(),
+        message: "PyTorch pickle checkpoints (.pt) cannot be read by this build yet; \
+                  use the model.safetensors of the same release"
+            .into(),
+    })
 }
 
 /// Loads a CSM model from a file or directory in any supported layout.
@@ -450,9 +469,19 @@ pub fn read_weights(detected: &Detected, dtype: Dtype) -> Result<WeightMap, Mode
 /// See [`detect`]; also a missing or conflicting config and any key or
 /// shape mismatch (listed by [`load_strict`]).
 pub fn load_csm(path: &Path, options: &LoadOptions) -> Result<LoadedCsm, ModelError> {
-    let detected = detect(path)?;
+    let (container, files, _) = find_weight_files(path)?;
+    let (detected, weights) = match container {
+        Container::TorchPickle => {
+            let weights = read_pickle(&files[0], Some(options.dtype))?;
+            (detect_with(path, Some(&weights))?, Some(weights))
+        }
+        Container::Safetensors => (detect(path)?, None),
+    };
     let (config, config_origin) = resolve_config(&detected, options.config.as_ref())?;
-    let weights = read_weights(&detected, options.dtype)?;
+    let weights = match weights {
+        Some(w) => w,
+        None => read_weights(&detected, options.dtype)?,
+    };
     let (weights, codec) = to_canonical(weights, detected.format, &config)?;
     let mut model = Csm::new(&config).map_err(ModelError::mlx("building the model"))?;
     model

@@ -245,42 +245,7 @@ mod tests {
         let cfg = tiny_config();
         let mut m = Csm::new(&cfg).unwrap();
         let (b, s, n) = (2, 6, 4);
-        let codes = random::randint::<_, i32>(0, 11, &[b, s, n], None).unwrap();
-        let text = random::randint::<_, i32>(0, 50, &[b, s, 1], None).unwrap();
-        // Frames 0-1 text, 2-5 audio (row 1: frame 5 is padding).
-        let is_audio = Array::from_slice(
-            &[
-                false, false, true, true, true, true, false, false, true, true, true, false,
-            ],
-            &[b, s, 1],
-        );
-        let is_text = Array::from_slice(
-            &[
-                true, true, false, false, false, false, true, true, false, false, false, false,
-            ],
-            &[b, s, 1],
-        );
-        let tokens = ops::concatenate(
-            &[
-                codes.multiply(&is_audio).unwrap(),
-                text.multiply(&is_text).unwrap(),
-            ],
-            2,
-        )
-        .unwrap(); // [B, S, n+1]
-        let mask = ops::concatenate(
-            &[
-                ops::broadcast_to(&is_audio, &[b, s, n]).unwrap(),
-                is_text.clone(),
-            ],
-            2,
-        )
-        .unwrap();
-        let lm: Vec<bool> = vec![
-            false, false, true, true, true, true, false, false, true, true, true, false,
-        ];
-        let loss_mask = Array::from_slice(&lm, &[b, s]);
-        let frames = loss_frame_indices(&lm, s as usize);
+        let (tokens, mask, loss_mask, frames) = toy_batch();
         assert_eq!(frames, vec![2, 3, 4, 5, 8, 9, 10]);
         let frames_arr = Array::from_slice(&frames, &[frames.len() as i32]);
         let batch = LossBatch {
@@ -368,6 +333,100 @@ mod tests {
         }
         let aco_sub = aco_sub / (2.0 * (n - 1) as f32);
         assert!((l3.acoustic.item_cast::<f32>() - aco_sub).abs() < 1e-4);
+    }
+
+    /// Two rows of 6 frames: frames 0-1 text, 2-5 audio; row 1's frame 5
+    /// is padding. Returns `(tokens, mask, loss_mask, loss frame indices)`.
+    fn toy_batch() -> (Array, Array, Array, Vec<i32>) {
+        let (b, s, n) = (2, 6, 4);
+        let codes = random::randint::<_, i32>(0, 11, &[b, s, n], None).unwrap();
+        let text = random::randint::<_, i32>(0, 50, &[b, s, 1], None).unwrap();
+        let audio = [
+            false, false, true, true, true, true, false, false, true, true, true, false,
+        ];
+        let is_audio = Array::from_slice(&audio, &[b, s, 1]);
+        let is_text = Array::from_slice(
+            &[
+                true, true, false, false, false, false, true, true, false, false, false, false,
+            ],
+            &[b, s, 1],
+        );
+        let tokens = ops::concatenate(
+            &[
+                codes.multiply(&is_audio).unwrap(),
+                text.multiply(&is_text).unwrap(),
+            ],
+            2,
+        )
+        .unwrap(); // [B, S, n+1]
+        let mask = ops::concatenate(
+            &[ops::broadcast_to(&is_audio, &[b, s, n]).unwrap(), is_text],
+            2,
+        )
+        .unwrap(); // [B, S, n+1]
+        let loss_mask = Array::from_slice(&audio, &[b, s]);
+        let frames = loss_frame_indices(&audio, s as usize);
+        (tokens, mask, loss_mask, frames)
+    }
+
+    /// LoRA parameters get finite gradients through the whole loss (RoPE,
+    /// attention, gathers, both heads), and a step along them lowers it.
+    #[test]
+    fn lora_gradients_flow_through_the_loss() {
+        use mlx_rs::module::ModuleParameters;
+        let mut m = Csm::new(&tiny_config()).unwrap();
+        m.freeze_parameters(true);
+        for layer in m
+            .backbone
+            .layers
+            .iter_mut()
+            .chain(m.decoder.layers.iter_mut())
+        {
+            layer
+                .self_attn
+                .q_proj
+                .attach_lora(2, 4.0, 0.0, false)
+                .unwrap();
+            layer.mlp.down_proj.attach_lora(2, 4.0, 0.0, false).unwrap();
+        }
+        let (tokens, mask, loss_mask, frames) = toy_batch();
+        let frames = Array::from_slice(&frames, &[frames.len() as i32]);
+        let batch = LossBatch {
+            tokens: &tokens,
+            mask: &mask,
+            loss_mask: &loss_mask,
+            decoder_frames: &frames,
+            attention: AttentionMask::Causal,
+        };
+        let loss_fn = |model: &mut Csm, batch: LossBatch<'_>| -> Result<Vec<Array>, Exception> {
+            Ok(vec![model.loss(&batch, LossWeights::default())?.total])
+        };
+        let mut value_and_grad = mlx_rs::nn::value_and_grad(loss_fn);
+        let (value, grads) = value_and_grad(&mut m, batch).unwrap();
+        let before = value[0].item_cast::<f32>();
+        assert_eq!(grads.len(), 4 * 2 * 2, "only the adapters are trainable");
+        let mut step = std::collections::HashMap::new();
+        for (key, g) in &grads {
+            let norm = g.square().unwrap().sum(None).unwrap().item_cast::<f32>();
+            assert!(norm.is_finite(), "{key}");
+            if key.ends_with("lora_a") {
+                assert_eq!(norm, 0.0, "{key}: B = 0 gives A no gradient");
+            } else {
+                assert!(norm > 0.0, "{key} has no gradient");
+            }
+            let flat = m.parameters().flatten();
+            let p = flat[key]
+                .subtract(g.multiply(Array::from_f32(0.05)).unwrap())
+                .unwrap();
+            step.insert(key.clone(), p);
+        }
+        m.update_flattened(step);
+        let after = m.loss(&batch, LossWeights::default()).unwrap().total;
+        assert!(
+            after.item_cast::<f32>() < before,
+            "{} !< {before}",
+            after.item_cast::<f32>()
+        );
     }
 
     /// Adds 1 to the codes of the padding frame (row 1, frame 5) only.
