@@ -116,6 +116,11 @@ fn every_format_loads_the_same_weights() {
     let hf = load(&fixtures().join("csm_tiny_hf"), None);
     assert_eq!(hf.format, ModelFormat::Transformers);
     assert!(matches!(hf.config_origin, ConfigOrigin::File(..)));
+    let described = hf.detected.to_string();
+    eprintln!("{described}");
+    assert!(described.starts_with("transformers CsmForConditionalGeneration (153 tensors"));
+    assert!(described.contains("config.json (Transformers layout)"));
+    assert!(described.contains("with the Mimi codec"));
     let codec = hf.codec.as_ref().expect("codec_model.* split off");
     assert_eq!(codec.tensors.len(), 110);
     assert!(codec.tensors.contains_key("downsample.conv.weight"));
@@ -349,7 +354,7 @@ fn loss_matches_transformers() {
         "loss frames are the depth frames at ratio 1"
     );
     for (frames_key, suffix) in [("depth_frames_all", ""), ("depth_frames_amort", "_amort")] {
-        let decoder_frames = r(&reference, frames_key).as_dtype(Dtype::Int32).unwrap();
+        let decoder_frames = to_vec_i32(&r(&reference, frames_key));
         let loss = model
             .loss(
                 &LossBatch {
@@ -421,7 +426,6 @@ fn padded_batch_matches_transformers() {
     let (loss_mask, host) = loss_mask_from_labels(&r(&reference, "labels_b2"));
     let frames_idx = csm_core::model::loss_frame_indices(&host, 34);
     assert_eq!(frames_idx.len(), 35);
-    let decoder_frames = Array::from_slice(&frames_idx, &[35]);
     for attention in [AttentionMask::Array(&attention), AttentionMask::Causal] {
         let loss = model
             .loss(
@@ -429,7 +433,7 @@ fn padded_batch_matches_transformers() {
                     tokens: &frames,
                     mask: &mask,
                     loss_mask: &loss_mask,
-                    decoder_frames: &decoder_frames,
+                    decoder_frames: &frames_idx,
                     attention,
                 },
                 LossWeights::default(),

@@ -674,8 +674,11 @@ pub fn format_name(canonical: &str, format: ModelFormat) -> String {
     }
 }
 
-/// Which (stack, projection) a canonical key is, for q/k permutation.
-fn qk_heads(key: &str, config: &CsmConfig) -> Option<(i32, i32)> {
+/// `(heads, head_dim)` of a canonical q/k projection key (`None` for every
+/// other key): what [`permute_for_rope`] needs for it. Adapter exports use
+/// it too: a transformers-order LoRA `B` for q/k is `permute_for_rope` of
+/// `lora_b^T` (`[out, r]`, PEFT's `lora_B.weight`).
+pub fn rope_permuted_heads(key: &str, config: &CsmConfig) -> Option<(i32, i32)> {
     let stack = if key.starts_with("backbone.") {
         &config.backbone
     } else if key.starts_with("decoder.") {
@@ -775,7 +778,7 @@ pub fn to_canonical(
     if format == ModelFormat::Transformers {
         let keys: Vec<String> = weights.tensors.keys().cloned().collect();
         for key in keys {
-            if let Some((heads, hd)) = qk_heads(&key, config) {
+            if let Some((heads, hd)) = rope_permuted_heads(&key, config) {
                 let w = weights.remove(&key).expect("listed above");
                 check_rows(&weights.source, &key, &w, heads, hd)?;
                 let w = unpermute_for_rope(&w, heads, hd)
@@ -799,7 +802,7 @@ pub fn to_format(
 ) -> Result<WeightMap, ModelError> {
     let mut out = WeightMap::new(format!("{} as {format}", weights.source));
     for (key, w) in &weights.tensors {
-        let w = match (format, qk_heads(key, config)) {
+        let w = match (format, rope_permuted_heads(key, config)) {
             (ModelFormat::Transformers, Some((heads, hd))) => {
                 check_rows(&weights.source, key, w, heads, hd)?;
                 permute_for_rope(w, heads, hd)

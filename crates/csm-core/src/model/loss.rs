@@ -50,10 +50,10 @@ pub struct LossBatch<'a> {
     /// and EOS frames of the turns being trained. Text, padding and context
     /// turns are 0. Column 0 is ignored (no previous state predicts it).
     pub loss_mask: &'a Array,
-    /// Flat indices `b * S + t` (int32, `[N]`, `N >= 1`, every `t >= 1`)
-    /// of the loss frames the depth decoder is trained on; see
+    /// Flat indices `b * S + t` (`N >= 1` of them, every `t >= 1`) of the
+    /// loss frames the depth decoder is trained on; see
     /// [`loss_frame_indices`] and [`choose_decoder_frames`].
-    pub decoder_frames: &'a Array,
+    pub decoder_frames: &'a [i32],
     /// Attention pattern of the backbone (causal for right padding).
     pub attention: AttentionMask<'a>,
 }
@@ -88,7 +88,8 @@ impl Csm {
     /// see [`LossBatch`]; the result holds scalars.
     ///
     /// # Errors
-    /// Inconsistent shapes or an empty `decoder_frames`.
+    /// Inconsistent shapes, an empty `decoder_frames` or one that is out of
+    /// range or at the start of a row.
     #[allow(non_snake_case)]
     pub fn loss(
         &mut self,
@@ -104,10 +105,19 @@ impl Csm {
                 batch.loss_mask.shape()
             )));
         }
-        if batch.decoder_frames.ndim() != 1 || batch.decoder_frames.shape()[0] == 0 {
+        if batch.decoder_frames.is_empty() {
+            return Err(Exception::custom(
+                "decoder_frames is empty: the depth decoder needs at least one loss frame",
+            ));
+        }
+        if let Some(bad) = batch
+            .decoder_frames
+            .iter()
+            .find(|&&f| f < 0 || f >= B * S || f % S == 0)
+        {
             return Err(Exception::custom(format!(
-                "decoder_frames must be a non-empty list of frame indices, got shape {:?}",
-                batch.decoder_frames.shape()
+                "decoder_frames: index {bad} is outside [0, B*S = {}) or the first frame of a row",
+                B * S
             )));
         }
         if S < 2 {
@@ -136,7 +146,8 @@ impl Csm {
         let semantic = ce.multiply(&m)?.sum(None)?.divide(&count)?;
 
         // Acoustic: depth decoder on the gathered frames only.
-        let idx = batch.decoder_frames.as_dtype(Dtype::Int32)?; // [N]
+        let nf = batch.decoder_frames.len() as i32;
+        let idx = Array::from_slice(batch.decoder_frames, &[nf]); // [N]
         let h_flat = h.reshape(&[B * S, D])?; // [B*S, D]
         let h_sel = take_axis(&h_flat, idx.subtract(Array::from_int(1))?, 0)?; // [N, D]
         let codes = take_axis(tokens.reshape(&[B * S, n + 1])?, &idx, 0)? // [N, n_cb + 1]
@@ -247,12 +258,11 @@ mod tests {
         let (b, s, n) = (2, 6, 4);
         let (tokens, mask, loss_mask, frames) = toy_batch();
         assert_eq!(frames, vec![2, 3, 4, 5, 8, 9, 10]);
-        let frames_arr = Array::from_slice(&frames, &[frames.len() as i32]);
         let batch = LossBatch {
             tokens: &tokens,
             mask: &mask,
             loss_mask: &loss_mask,
-            decoder_frames: &frames_arr,
+            decoder_frames: &frames,
             attention: AttentionMask::Causal,
         };
         let loss = m.loss(&batch, LossWeights::default()).unwrap();
@@ -308,7 +318,7 @@ mod tests {
         assert!((l2.total.item_cast::<f32>() - loss.total.item_cast::<f32>()).abs() < 1e-6);
 
         // ...and a subset of decoder frames averages over that subset only.
-        let sub = Array::from_slice(&[3i32, 9], &[2]);
+        let sub = [3i32, 9];
         let l3 = m
             .loss(
                 &LossBatch {
@@ -390,7 +400,6 @@ mod tests {
             layer.mlp.down_proj.attach_lora(2, 4.0, 0.0, false).unwrap();
         }
         let (tokens, mask, loss_mask, frames) = toy_batch();
-        let frames = Array::from_slice(&frames, &[frames.len() as i32]);
         let batch = LossBatch {
             tokens: &tokens,
             mask: &mask,
@@ -445,7 +454,7 @@ mod tests {
         let tokens = ops::zeros::<i32>(&[1, 3, 5]).unwrap();
         let mask = ops::ones::<bool>(&[1, 3, 5]).unwrap();
         let lm = ops::ones::<bool>(&[1, 3]).unwrap();
-        let none = Array::from_slice::<i32>(&[], &[0]);
+        let none: [i32; 0] = [];
         let err = m
             .loss(
                 &LossBatch {
@@ -459,5 +468,19 @@ mod tests {
             )
             .unwrap_err();
         assert!(err.to_string().contains("decoder_frames"), "{err}");
+        // Frame 3 of a 3-frame row is row 1's first frame: no h[t-1].
+        let err = m
+            .loss(
+                &LossBatch {
+                    tokens: &tokens,
+                    mask: &mask,
+                    loss_mask: &lm,
+                    decoder_frames: &[1, 3],
+                    attention: AttentionMask::Causal,
+                },
+                LossWeights::default(),
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("index 3"), "{err}");
     }
 }
