@@ -956,6 +956,71 @@ mod tests {
         assert_eq!(back.as_slice::<f32>(), w.as_slice::<f32>());
     }
 
+    /// Writes a safetensors header (no data: only headers are read here)
+    /// naming `shapes` in the original layout.
+    fn header_only(path: &Path, shapes: &BTreeMap<String, Vec<i32>>) {
+        let mut header = serde_json::Map::new();
+        for (k, shape) in shapes {
+            header.insert(
+                format_name(k, ModelFormat::Original),
+                serde_json::json!({"dtype": "BF16", "shape": shape, "data_offsets": [0, 0]}),
+            );
+        }
+        let bytes = serde_json::to_vec(&Value::Object(header)).unwrap();
+        let mut out = (bytes.len() as u64).to_le_bytes().to_vec();
+        out.extend(bytes);
+        std::fs::write(path, out).unwrap();
+    }
+
+    #[test]
+    fn csm_1b_preset_is_used_only_when_shapes_match() {
+        let model = Csm::new(&CsmConfig::csm_1b()).unwrap(); // lazy: nothing computed
+        let mut shapes: BTreeMap<String, Vec<i32>> = canonical_weights(&model)
+            .tensors
+            .iter()
+            .map(|(k, v)| (k.clone(), v.shape().to_vec()))
+            .collect();
+        assert_eq!(shapes["audio_head"], vec![31, 1024, 2051]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        header_only(&path, &shapes);
+        let detected = detect(&path).unwrap();
+        assert_eq!(detected.format, ModelFormat::Original);
+        assert!(detected
+            .tensors
+            .contains_key("backbone.layers.15.sa_norm.scale"));
+        let (config, origin) = resolve_config(&detected, None).unwrap();
+        assert_eq!(
+            (config, origin),
+            (CsmConfig::csm_1b(), ConfigOrigin::Csm1bPreset)
+        );
+
+        shapes.insert(
+            "decoder.layers.0.mlp.gate_proj.weight".into(),
+            vec![4096, 1024],
+        );
+        header_only(&path, &shapes);
+        let err = resolve_config(&detect(&path).unwrap(), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("decoder.layers.0.mlp.gate_proj.weight"),
+            "{err}"
+        );
+
+        // A Sesame config.json next to the file wins, and must agree with a
+        // caller's config.
+        let sesame = CsmConfig::csm_1b().to_sesame_json().unwrap();
+        std::fs::write(dir.path().join("config.json"), sesame.to_string()).unwrap();
+        let detected = detect(dir.path()).unwrap();
+        let (config, origin) = resolve_config(&detected, Some(&CsmConfig::csm_1b())).unwrap();
+        assert_eq!(config, CsmConfig::csm_1b());
+        assert!(matches!(origin, ConfigOrigin::File(_, ConfigKind::Sesame)));
+        let mut other = CsmConfig::csm_1b();
+        other.audio_num_codebooks = 16;
+        assert!(resolve_config(&detected, Some(&other)).is_err());
+    }
+
     #[test]
     fn canonical_round_trip_through_every_format() {
         let cfg = tiny_config();
