@@ -291,6 +291,15 @@ impl Csm {
         ops::stack(&codes, 1) // [B, n_cb]
     }
 
+    /// Which generated frames are end-of-speech: all codes zero (the
+    /// original's check; transformers only looks at the first `n_cb - 1`).
+    ///
+    /// # Shapes
+    /// `codes: [B, n_cb]` -> `[B]` bool
+    pub fn eos_frames(codes: &Array) -> Result<Array, Exception> {
+        codes.eq(Array::from_int(0))?.all_axis(-1, None)
+    }
+
     /// The backbone input for feeding a generated frame back: codes in
     /// columns `0..n_cb`, text 0, mask on the codes only.
     ///
@@ -459,6 +468,9 @@ mod tests {
         assert_eq!(mask.shape(), &[2, 1, 5]);
         assert_eq!(tok.index((1, 0, 4)).item_cast::<i32>(), 0);
         assert!(!mask.index((0, 0, 4)).item_cast::<bool>());
+        let eos =
+            Csm::eos_frames(&Array::from_slice(&[0i32, 0, 0, 0, 0, 0, 1, 0], &[2, 4])).unwrap();
+        assert_eq!(eos.as_slice::<bool>(), &[true, false]);
     }
 
     #[test]

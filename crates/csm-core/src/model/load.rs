@@ -1022,6 +1022,30 @@ mod tests {
     }
 
     #[test]
+    fn transformers_audio_embedding_tie() {
+        let cfg = tiny_config();
+        let canon = canonical_weights(&Csm::new(&cfg).unwrap());
+        let hf = to_format(&canon, ModelFormat::Transformers, &cfg).unwrap();
+        let depth_key = "depth_decoder.model.embed_tokens.weight";
+        let backbone_key = "backbone_model.embed_tokens.embed_audio_tokens.weight";
+        // Either side alone is accepted.
+        for drop in [depth_key, backbone_key] {
+            let mut w = to_format(&canon, ModelFormat::Transformers, &cfg).unwrap();
+            w.remove(drop);
+            let (back, _) = to_canonical(w, ModelFormat::Transformers, &cfg).unwrap();
+            assert!(back.tensors["audio_embeddings.weight"]
+                .eq_values(&canon.tensors["audio_embeddings.weight"])
+                .unwrap());
+        }
+        // Two different tables cannot be represented.
+        let mut w = hf;
+        let bumped = w.tensors[depth_key].add(Array::from_f32(1.0)).unwrap();
+        w.insert(depth_key, bumped);
+        let err = to_canonical(w, ModelFormat::Transformers, &cfg).unwrap_err();
+        assert!(matches!(err, ModelError::UntiedEmbeddings { .. }), "{err}");
+    }
+
+    #[test]
     fn canonical_round_trip_through_every_format() {
         let cfg = tiny_config();
         let model = Csm::new(&cfg).unwrap();
