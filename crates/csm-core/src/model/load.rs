@@ -508,9 +508,10 @@ fn resolve_config(
         (Some((path, file, kind)), caller) => {
             if let Some(c) = caller {
                 if c != file {
-                    return Err(ModelError::NoConfig {
+                    return Err(ModelError::Config {
                         path: path.clone(),
-                        message: "the given config differs from this config.json; remove one"
+                        message: "the config given by the caller differs from this config.json; \
+                                  pass only one"
                             .into(),
                     });
                 }
