@@ -7,11 +7,13 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use csm_core::checkpoint::WeightMap;
+use csm_core::model::llama::AttentionInput;
 use csm_core::model::load::{canonical_weights, read_config, to_format, ConfigOrigin};
 use csm_core::model::{
     load_csm, padded_causal_mask, AttentionMask, Csm, CsmConfig, FrameInput, LoadOptions,
     LossBatch, LossWeights, ModelError, ModelFormat,
 };
+use mlx_rs::module::Module;
 use mlx_rs::ops::indexing::{argmax_axis, IndexOp};
 use mlx_rs::{ops, Array, Dtype};
 
@@ -298,6 +300,17 @@ fn forward_matches_transformers() {
     let d = max_abs_diff(&emb, &r(&reference, "inputs_embeds"));
     eprintln!("inputs_embeds max |diff| {d:e}");
     assert!(d < 1e-5);
+
+    let layer0 = model.backbone.layers[0]
+        .forward(AttentionInput {
+            x: &emb,
+            mask: AttentionMask::Causal,
+            cache: None,
+        })
+        .unwrap();
+    let d = max_abs_diff(&layer0, &r(&reference, "backbone_layer0_out"));
+    eprintln!("backbone_layer0_out max |diff| {d:e}");
+    assert!(d < 1e-4);
 
     let h = model
         .backbone_hidden(FrameInput {
