@@ -166,6 +166,9 @@ mod tests {
     #[test]
     fn missing_file_is_a_clear_error() {
         let err = TextTokenizer::from_file(Path::new("/nonexistent/tokenizer.json")).unwrap_err();
-        assert!(err.to_string().contains("/nonexistent/tokenizer.json"), "{err}");
+        assert!(
+            err.to_string().contains("/nonexistent/tokenizer.json"),
+            "{err}"
+        );
     }
 }

@@ -7,11 +7,13 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use csm_core::checkpoint::WeightMap;
+use csm_core::model::llama::AttentionInput;
 use csm_core::model::load::{canonical_weights, read_config, to_format, ConfigOrigin};
 use csm_core::model::{
-    load_csm, padded_causal_mask, AttentionMask, Csm, CsmConfig, FrameInput,
-    LoadOptions, LossBatch, LossWeights, ModelError, ModelFormat,
+    load_csm, padded_causal_mask, AttentionMask, Csm, CsmConfig, FrameInput, LoadOptions,
+    LossBatch, LossWeights, ModelError, ModelFormat,
 };
+use mlx_rs::module::Module;
 use mlx_rs::ops::indexing::{argmax_axis, IndexOp};
 use mlx_rs::{ops, Array, Dtype};
 
@@ -31,7 +33,9 @@ fn r(map: &WeightMap, key: &str) -> Array {
 }
 
 fn tiny_config() -> CsmConfig {
-    read_config(&fixtures().join("csm_tiny_hf/config.json")).unwrap().0
+    read_config(&fixtures().join("csm_tiny_hf/config.json"))
+        .unwrap()
+        .0
 }
 
 fn load(path: &Path, config: Option<CsmConfig>) -> csm_core::model::LoadedCsm {
@@ -70,7 +74,12 @@ fn assert_rel(got: f32, want: f32, tol: f32, what: &str) {
 }
 
 fn to_vec_i32(a: &Array) -> Vec<i32> {
-    a.as_dtype(Dtype::Int32).unwrap().contiguous().unwrap().as_slice::<i32>().to_vec()
+    a.as_dtype(Dtype::Int32)
+        .unwrap()
+        .contiguous()
+        .unwrap()
+        .as_slice::<i32>()
+        .to_vec()
 }
 
 #[test]
@@ -78,7 +87,10 @@ fn config_json_parses_to_tiny_dims() {
     let c = tiny_config();
     assert_eq!((c.backbone.embed_dim, c.decoder.embed_dim), (64, 48));
     assert_eq!((c.backbone.head_dim, c.decoder.head_dim), (16, 12));
-    assert_eq!((c.audio_num_codebooks, c.audio_vocab_size, c.text_vocab_size), (8, 67, 300));
+    assert_eq!(
+        (c.audio_num_codebooks, c.audio_vocab_size, c.text_vocab_size),
+        (8, 67, 300)
+    );
     // Our llama3 periods are the reciprocals of transformers' inv_freq.
     let reference = reference();
     for (stack, key) in [
@@ -88,7 +100,13 @@ fn config_json_parses_to_tiny_dims() {
         let want = r(&reference, key);
         let got: Vec<f32> = stack.rope_periods().iter().map(|p| 1.0 / p).collect();
         let got = Array::from_slice(&got, &[got.len() as i32]);
-        let rel = got.subtract(&want).unwrap().abs().unwrap().divide(&want).unwrap();
+        let rel = got
+            .subtract(&want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .divide(&want)
+            .unwrap();
         let rel = rel.max(None).unwrap().item_cast::<f32>();
         assert!(rel < 1e-6, "{key}: relative {rel}");
     }
@@ -100,6 +118,11 @@ fn every_format_loads_the_same_weights() {
     let hf = load(&fixtures().join("csm_tiny_hf"), None);
     assert_eq!(hf.format, ModelFormat::Transformers);
     assert!(matches!(hf.config_origin, ConfigOrigin::File(..)));
+    let described = hf.detected.to_string();
+    eprintln!("{described}");
+    assert!(described.starts_with("transformers CsmForConditionalGeneration (153 tensors"));
+    assert!(described.contains("config.json (Transformers layout)"));
+    assert!(described.contains("with the Mimi codec"));
     let codec = hf.codec.as_ref().expect("codec_model.* split off");
     assert_eq!(codec.tensors.len(), 110);
     assert!(codec.tensors.contains_key("downsample.conv.weight"));
@@ -111,12 +134,20 @@ fn every_format_loads_the_same_weights() {
     );
     assert_eq!(original.format, ModelFormat::Original);
     assert_eq!(original.config_origin, ConfigOrigin::Caller);
-    let mlx = load(&fixtures().join("csm_tiny_mlx.safetensors"), Some(config.clone()));
+    let mlx = load(
+        &fixtures().join("csm_tiny_mlx.safetensors"),
+        Some(config.clone()),
+    );
     assert_eq!(mlx.format, ModelFormat::CsmMlx);
 
     // mlx-audio: the csm-mlx file under a `model.` prefix.
     let dir = tempfile::tempdir().unwrap();
-    let mlx_audio = to_format(&canonical_weights(&mlx.model), ModelFormat::MlxAudio, &config).unwrap();
+    let mlx_audio = to_format(
+        &canonical_weights(&mlx.model),
+        ModelFormat::MlxAudio,
+        &config,
+    )
+    .unwrap();
     let path = dir.path().join("model.safetensors");
     save(&mlx_audio, &path);
     let audio = load(dir.path(), Some(config.clone()));
@@ -152,8 +183,7 @@ fn export_reproduces_the_source_files() {
         (ModelFormat::CsmMlx, "csm_tiny_mlx.safetensors"),
     ] {
         let exported = to_format(&canon, format, &config).unwrap();
-        let mut source =
-            WeightMap::from_safetensors(&[fixtures().join(file)], None).unwrap();
+        let mut source = WeightMap::from_safetensors(&[fixtures().join(file)], None).unwrap();
         source.split_prefix("codec_model.");
         for (k, v) in &source.tensors {
             let got = exported
@@ -188,7 +218,10 @@ fn pt_checkpoint_is_refused_clearly_until_the_pickle_reader_lands() {
         },
     )
     .unwrap_err();
-    assert!(matches!(err, ModelError::UnsupportedContainer { .. }), "{err}");
+    assert!(
+        matches!(err, ModelError::UnsupportedContainer { .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("csm_tiny_original.pt"), "{err}");
 }
 
@@ -198,8 +231,14 @@ fn mismatched_checkpoint_fails_with_a_listing() {
     let mut w =
         WeightMap::from_safetensors(&[fixtures().join("csm_tiny_mlx.safetensors")], None).unwrap();
     w.remove("decoder.layers.1.mlp.up_proj.weight");
-    w.insert("backbone.layers.0.self_attn.v_proj.weight", ops::zeros::<f32>(&[16, 64]).unwrap());
-    w.insert("backbone.layers.0.extra.weight", ops::zeros::<f32>(&[2]).unwrap());
+    w.insert(
+        "backbone.layers.0.self_attn.v_proj.weight",
+        ops::zeros::<f32>(&[16, 64]).unwrap(),
+    );
+    w.insert(
+        "backbone.layers.0.extra.weight",
+        ops::zeros::<f32>(&[2]).unwrap(),
+    );
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("broken.safetensors");
     save(&w, &path);
@@ -214,16 +253,25 @@ fn mismatched_checkpoint_fails_with_a_listing() {
     .to_string();
     eprintln!("{err}");
     assert!(err.contains("broken.safetensors"), "{err}");
-    assert!(err.contains("1 missing:\n    decoder.layers.1.mlp.up_proj.weight"), "{err}");
-    assert!(err.contains("1 unexpected:\n    backbone.layers.0.extra.weight"), "{err}");
+    assert!(
+        err.contains("1 missing:\n    decoder.layers.1.mlp.up_proj.weight"),
+        "{err}"
+    );
+    assert!(
+        err.contains("1 unexpected:\n    backbone.layers.0.extra.weight"),
+        "{err}"
+    );
     assert!(
         err.contains("backbone.layers.0.self_attn.v_proj.weight: [32, 64] vs [16, 64]"),
         "{err}"
     );
 
     // Without a config and not CSM-1B-shaped: a clear refusal.
-    let err = load_csm(&fixtures().join("csm_tiny_mlx.safetensors"), &LoadOptions::default())
-        .unwrap_err();
+    let err = load_csm(
+        &fixtures().join("csm_tiny_mlx.safetensors"),
+        &LoadOptions::default(),
+    )
+    .unwrap_err();
     assert!(matches!(err, ModelError::NoConfig { .. }), "{err}");
     assert!(err.to_string().contains("not CSM-1B"), "{err}");
 
@@ -232,8 +280,13 @@ fn mismatched_checkpoint_fails_with_a_listing() {
     other.insert("encoder.weight", ops::zeros::<f32>(&[2]).unwrap());
     let path = dir.path().join("other.safetensors");
     save(&other, &path);
-    let err = load_csm(&path, &LoadOptions::default()).unwrap_err().to_string();
-    assert!(err.contains("unrecognised checkpoint layout") && err.contains("encoder.weight"), "{err}");
+    let err = load_csm(&path, &LoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("unrecognised checkpoint layout") && err.contains("encoder.weight"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -247,6 +300,17 @@ fn forward_matches_transformers() {
     let d = max_abs_diff(&emb, &r(&reference, "inputs_embeds"));
     eprintln!("inputs_embeds max |diff| {d:e}");
     assert!(d < 1e-5);
+
+    let layer0 = model.backbone.layers[0]
+        .forward(AttentionInput {
+            x: &emb,
+            mask: AttentionMask::Causal,
+            cache: None,
+        })
+        .unwrap();
+    let d = max_abs_diff(&layer0, &r(&reference, "backbone_layer0_out"));
+    eprintln!("backbone_layer0_out max |diff| {d:e}");
+    assert!(d < 1e-4);
 
     let h = model
         .backbone_hidden(FrameInput {
@@ -270,12 +334,10 @@ fn forward_matches_transformers() {
     ] {
         let t = r(&reference, frames_key).as_dtype(Dtype::Int32).unwrap();
         let h0 = h.index(0); // [S, D]
-        let h_prev = h0.take_axis(t.subtract(Array::from_int(1)).unwrap(), 0).unwrap();
-        let codes = frames
-            .index(0)
-            .take_axis(&t, 0)
-            .unwrap()
-            .index((.., ..8)); // [N, 8]
+        let h_prev = h0
+            .take_axis(t.subtract(Array::from_int(1)).unwrap(), 0)
+            .unwrap();
+        let codes = frames.index(0).take_axis(&t, 0).unwrap().index((.., ..8)); // [N, 8]
         let logits = model.depth_logits(&h_prev, &codes).unwrap();
         let d = max_abs_diff(&logits, &r(&reference, logits_key));
         eprintln!("{logits_key} max |diff| {d:e}");
@@ -305,7 +367,7 @@ fn loss_matches_transformers() {
         "loss frames are the depth frames at ratio 1"
     );
     for (frames_key, suffix) in [("depth_frames_all", ""), ("depth_frames_amort", "_amort")] {
-        let decoder_frames = r(&reference, frames_key).as_dtype(Dtype::Int32).unwrap();
+        let decoder_frames = to_vec_i32(&r(&reference, frames_key));
         let loss = model
             .loss(
                 &LossBatch {
@@ -356,7 +418,11 @@ fn padded_batch_matches_transformers() {
         })
         .unwrap();
     // Reference zeroes padded positions: compare real frames only.
-    let keep = valid.as_dtype(Dtype::Float32).unwrap().expand_dims(-1).unwrap();
+    let keep = valid
+        .as_dtype(Dtype::Float32)
+        .unwrap()
+        .expand_dims(-1)
+        .unwrap();
     let d = max_abs_diff(
         &h.multiply(&keep).unwrap(),
         &r(&reference, "backbone_hidden_b2").multiply(&keep).unwrap(),
@@ -373,7 +439,6 @@ fn padded_batch_matches_transformers() {
     let (loss_mask, host) = loss_mask_from_labels(&r(&reference, "labels_b2"));
     let frames_idx = csm_core::model::loss_frame_indices(&host, 34);
     assert_eq!(frames_idx.len(), 35);
-    let decoder_frames = Array::from_slice(&frames_idx, &[35]);
     for attention in [AttentionMask::Array(&attention), AttentionMask::Causal] {
         let loss = model
             .loss(
@@ -381,7 +446,7 @@ fn padded_batch_matches_transformers() {
                     tokens: &frames,
                     mask: &mask,
                     loss_mask: &loss_mask,
-                    decoder_frames: &decoder_frames,
+                    decoder_frames: &frames_idx,
                     attention,
                 },
                 LossWeights::default(),
@@ -428,4 +493,39 @@ fn greedy_generation_matches_transformers() {
     }
     let got = ops::stack(&got, 1).unwrap(); // [1, 4, 8]
     assert_eq!(to_vec_i32(&got), to_vec_i32(&want));
+}
+
+#[test]
+fn bf16_load_stays_close_to_the_f32_reference() {
+    let reference = reference();
+    let loaded = load_csm(
+        &fixtures().join("csm_tiny_hf"),
+        &LoadOptions {
+            dtype: Dtype::Bfloat16,
+            config: None,
+        },
+    )
+    .unwrap();
+    let mut model = loaded.model;
+    assert_eq!(model.dtype(), Dtype::Bfloat16);
+    let h = model
+        .backbone_hidden(FrameInput {
+            tokens: &r(&reference, "frames"),
+            mask: &r(&reference, "frames_mask"),
+            attention: AttentionMask::Causal,
+        })
+        .unwrap();
+    assert_eq!(h.dtype(), Dtype::Bfloat16);
+    let got = h
+        .as_dtype(Dtype::Float32)
+        .unwrap()
+        .flatten(None, None)
+        .unwrap();
+    let want = r(&reference, "backbone_hidden")
+        .flatten(None, None)
+        .unwrap();
+    let dot = |a: &Array, b: &Array| a.multiply(b).unwrap().sum(None).unwrap().item_cast::<f32>();
+    let cosine = dot(&got, &want) / (dot(&got, &got).sqrt() * dot(&want, &want).sqrt());
+    eprintln!("bf16 backbone_hidden cosine {cosine}");
+    assert!(cosine > 0.999, "cosine {cosine}");
 }

@@ -236,7 +236,10 @@ impl CsmConfig {
         let config = if json.get("depth_decoder_config").is_some()
             || json.get("model_type").and_then(Value::as_str) == Some("csm")
         {
-            (Self::from_transformers_json(json)?, ConfigKind::Transformers)
+            (
+                Self::from_transformers_json(json)?,
+                ConfigKind::Transformers,
+            )
         } else if json.get("backbone_flavor").is_some() {
             (Self::from_sesame_json(json)?, ConfigKind::Sesame)
         } else {
@@ -280,7 +283,10 @@ impl CsmConfig {
             llama_from_transformers(depth).map_err(|e| format!("depth_decoder_config: {e}"))?;
         let num_codebooks = int_field(json, "num_codebooks")?;
         let audio_vocab_size = int_field(json, "vocab_size")?;
-        for (key, v) in [("num_codebooks", num_codebooks), ("vocab_size", audio_vocab_size)] {
+        for (key, v) in [
+            ("num_codebooks", num_codebooks),
+            ("vocab_size", audio_vocab_size),
+        ] {
             if let Some(d) = opt_int_field(depth, key)? {
                 if d != v {
                     return Err(format!(
@@ -345,7 +351,9 @@ fn llama_from_transformers(json: &Value) -> Result<LlamaConfig, String> {
     }
     for flag in ["attention_bias", "mlp_bias"] {
         if json.get(flag).and_then(Value::as_bool) == Some(true) {
-            return Err(format!("{flag} = true is not supported (CSM has no biases)"));
+            return Err(format!(
+                "{flag} = true is not supported (CSM has no biases)"
+            ));
         }
     }
     // transformers < 5 keeps `rope_theta` + `rope_scaling`; 5.x nests both in
@@ -516,7 +524,12 @@ mod tests {
         assert_eq!(c.decoder.head_dim, 128);
         assert_eq!(c.decoder.max_seq_len, 33);
         let csm = CsmConfig::csm_1b();
-        for (a, b) in c.decoder.rope_periods().iter().zip(csm.decoder.rope_periods()) {
+        for (a, b) in c
+            .decoder
+            .rope_periods()
+            .iter()
+            .zip(csm.decoder.rope_periods())
+        {
             assert!((a - b).abs() / b < 1e-6);
         }
     }

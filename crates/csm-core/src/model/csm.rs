@@ -262,7 +262,7 @@ impl Csm {
         let mut cache = self.decoder.new_cache();
         let mut x = ops::concatenate(
             &[
-                last_h.expand_dims(1)?,                               // [B, 1, D]
+                last_h.expand_dims(1)?,                              // [B, 1, D]
                 self.audio_embeddings.forward(&c0)?.expand_dims(1)?, // [B, 1, D]
             ],
             1,
@@ -291,6 +291,15 @@ impl Csm {
         ops::stack(&codes, 1) // [B, n_cb]
     }
 
+    /// Which generated frames are end-of-speech: all codes zero (the
+    /// original's check; transformers only looks at the first `n_cb - 1`).
+    ///
+    /// # Shapes
+    /// `codes: [B, n_cb]` -> `[B]` bool
+    pub fn eos_frames(codes: &Array) -> Result<Array, Exception> {
+        codes.eq(Array::from_int(0))?.all_axis(-1, None)
+    }
+
     /// The backbone input for feeding a generated frame back: codes in
     /// columns `0..n_cb`, text 0, mask on the codes only.
     ///
@@ -300,10 +309,7 @@ impl Csm {
         let b = codes.shape()[0];
         let n = self.num_codebooks();
         let tokens = ops::concatenate(
-            &[
-                codes.as_dtype(Dtype::Int32)?,
-                ops::zeros::<i32>(&[b, 1])?,
-            ],
+            &[codes.as_dtype(Dtype::Int32)?, ops::zeros::<i32>(&[b, 1])?],
             1,
         )?
         .reshape(&[b, 1, n + 1])?; // [B, 1, n_cb + 1]
@@ -381,7 +387,13 @@ mod tests {
     use mlx_rs::ops::indexing::IndexOp;
 
     fn max_abs_diff(a: &Array, b: &Array) -> f32 {
-        a.subtract(b).unwrap().abs().unwrap().max(None).unwrap().item_cast::<f32>()
+        a.subtract(b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max(None)
+            .unwrap()
+            .item_cast::<f32>()
     }
 
     #[test]
@@ -410,7 +422,9 @@ mod tests {
         // Frame 0: text token 7 only. Frame 1: codes [1, 2, 3, 4], no text.
         let tokens = Array::from_slice(&[0i32, 0, 0, 0, 7, 1, 2, 3, 4, 9], &[1, 2, 5]);
         let mask = Array::from_slice(
-            &[false, false, false, false, true, true, true, true, true, false],
+            &[
+                false, false, false, false, true, true, true, true, true, false,
+            ],
             &[1, 2, 5],
         );
         let e = m.embed_frames(&tokens, &mask).unwrap();
@@ -454,6 +468,9 @@ mod tests {
         assert_eq!(mask.shape(), &[2, 1, 5]);
         assert_eq!(tok.index((1, 0, 4)).item_cast::<i32>(), 0);
         assert!(!mask.index((0, 0, 4)).item_cast::<bool>());
+        let eos =
+            Csm::eos_frames(&Array::from_slice(&[0i32, 0, 0, 0, 0, 0, 1, 0], &[2, 4])).unwrap();
+        assert_eq!(eos.as_slice::<bool>(), &[true, false]);
     }
 
     #[test]

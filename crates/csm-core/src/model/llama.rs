@@ -83,7 +83,7 @@ impl KvCache {
     pub fn update(&mut self, keys: Array, values: Array) -> Result<(Array, Array), Exception> {
         let (k, v) = match (&self.keys, &self.values) {
             (Some(pk), Some(pv)) => (
-                ops::concatenate(&[pk, &keys], 2)?, // [B, H_kv, offset + L, hd]
+                ops::concatenate(&[pk, &keys], 2)?,   // [B, H_kv, offset + L, hd]
                 ops::concatenate(&[pv, &values], 2)?, // [B, H_kv, offset + L, hd]
             ),
             _ => (keys, values),
@@ -120,7 +120,9 @@ pub fn padded_causal_mask(valid: &Array) -> Result<Array, Exception> {
     let k = pos.reshape(&[1, s])?; // [1, S]
     let causal = q.ge(&k)?; // [S, S]
     let diag = q.eq(&k)?; // [S, S]
-    let key_valid = valid.as_dtype(mlx_rs::Dtype::Bool)?.expand_dims_axes(&[1, 2])?; // [B, 1, 1, S]
+    let key_valid = valid
+        .as_dtype(mlx_rs::Dtype::Bool)?
+        .expand_dims_axes(&[1, 2])?; // [B, 1, 1, S]
     causal.logical_and(&key_valid.logical_or(&diag)?) // [B, 1, S, S]
 }
 
@@ -177,7 +179,15 @@ impl Attention {
     }
 
     fn rope(&self, x: &Array, offset: i32) -> Result<Array, Exception> {
-        fast::rope(x, self.head_dim, true, None, 1.0, offset, &self.rope_periods)
+        fast::rope(
+            x,
+            self.head_dim,
+            true,
+            None,
+            1.0,
+            offset,
+            &self.rope_periods,
+        )
     }
 }
 
@@ -467,7 +477,13 @@ mod tests {
     }
 
     fn max_abs_diff(a: &Array, b: &Array) -> f32 {
-        a.subtract(b).unwrap().abs().unwrap().max(None).unwrap().item_cast::<f32>()
+        a.subtract(b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max(None)
+            .unwrap()
+            .item_cast::<f32>()
     }
 
     #[test]
@@ -493,7 +509,9 @@ mod tests {
             assert!(keys.iter().any(|x| x == k), "{k} missing from {keys:?}");
         }
         // Absent LoRA/bias options do not show up as parameters.
-        assert!(!keys.iter().any(|k| k.contains("lora") || k.contains("bias")));
+        assert!(!keys
+            .iter()
+            .any(|k| k.contains("lora") || k.contains("bias")));
     }
 
     /// Interleaved RoPE on original-order weights equals rotate-half RoPE on
@@ -522,8 +540,8 @@ mod tests {
         let ys: Vec<f32> = inter.as_slice::<f32>().to_vec();
         let p: Vec<f32> = periods.as_slice::<f32>().to_vec();
         for t in 0..l as usize {
-            for i in 0..(hd / 2) as usize {
-                let angle = (3 + t) as f64 / p[i] as f64;
+            for (i, period) in p.iter().enumerate() {
+                let angle = (3 + t) as f64 / *period as f64;
                 let (c, s) = (angle.cos() as f32, angle.sin() as f32);
                 let base = t * hd as usize + 2 * i;
                 let (x0, x1) = (xs[base], xs[base + 1]);
@@ -612,7 +630,13 @@ mod tests {
         // Right padding: valid positions are unaffected; all rows finite.
         assert!(max_abs_diff(&a.index((.., ..3, ..)), &b.index((.., ..3, ..))) < 1e-5);
         assert!(max_abs_diff(&a.index((0, .., ..)), &b.index((0, .., ..))) < 1e-5);
-        assert!(a.abs().unwrap().max(None).unwrap().item_cast::<f32>().is_finite());
+        assert!(a
+            .abs()
+            .unwrap()
+            .max(None)
+            .unwrap()
+            .item_cast::<f32>()
+            .is_finite());
     }
 
     use mlx_rs::ops::indexing::IndexOp;

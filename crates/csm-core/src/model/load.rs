@@ -149,7 +149,12 @@ impl fmt::Display for Detected {
             [one] => one.display().to_string(),
             many => format!("{} shards in {}", many.len(), self.path.display()),
         };
-        write!(f, "{} ({} tensors in {files})", self.format, self.tensors.len())?;
+        write!(
+            f,
+            "{} ({} tensors in {files})",
+            self.format,
+            self.tensors.len()
+        )?;
         if let Some((path, _, kind)) = &self.config {
             write!(f, ", config {} ({kind:?} layout)", path.display())?;
         }
@@ -201,23 +206,31 @@ pub struct LoadedCsm {
 /// Nothing loadable at the path, an unreadable file, a malformed config or
 /// shard index, or an unknown layout (listing some keys).
 pub fn detect(path: &Path) -> Result<Detected, ModelError> {
+    detect_with(path, None)
+}
+
+/// [`detect`], taking tensor shapes from `preloaded` when given (pickles
+/// have no cheap header, so [`load_csm`] reads them once, up front).
+fn detect_with(path: &Path, preloaded: Option<&WeightMap>) -> Result<Detected, ModelError> {
     let (container, weight_files, dir) = find_weight_files(path)?;
-    let tensors = match container {
-        Container::Safetensors => {
+    let tensors = match (container, preloaded) {
+        (_, Some(map)) => map
+            .tensors
+            .iter()
+            .map(|(k, v)| (k.clone(), v.shape().to_vec()))
+            .collect(),
+        (Container::Safetensors, None) => {
             let mut all = BTreeMap::new();
             for file in &weight_files {
                 all.extend(safetensors_shapes(file)?);
             }
             all
         }
-        Container::TorchPickle => {
-            return Err(ModelError::UnsupportedContainer {
-                path: weight_files[0].clone(),
-                message: "PyTorch pickle checkpoints (.pt) cannot be read by this build yet; \
-                          use the model.safetensors of the same release"
-                    .into(),
-            })
-        }
+        (Container::TorchPickle, None) => read_pickle(&weight_files[0], None)?
+            .tensors
+            .iter()
+            .map(|(k, v)| (k.clone(), v.shape().to_vec()))
+            .collect(),
     };
     let format = ModelFormat::from_keys(tensors.keys().map(String::as_str)).ok_or_else(|| {
         ModelError::UnknownFormat {
@@ -289,7 +302,11 @@ fn find_weight_files(path: &Path) -> Result<(Container, Vec<PathBuf>, PathBuf), 
     }
     let index = path.join("model.safetensors.index.json");
     if index.is_file() {
-        return Ok((Container::Safetensors, shard_files(&index)?, path.to_path_buf()));
+        return Ok((
+            Container::Safetensors,
+            shard_files(&index)?,
+            path.to_path_buf(),
+        ));
     }
     for name in ["model.safetensors", "ckpt.safetensors"] {
         let file = path.join(name);
@@ -314,8 +331,16 @@ fn find_weight_files(path: &Path) -> Result<(Container, Vec<PathBuf>, PathBuf), 
     safetensors.sort();
     pickles.sort();
     match (safetensors.as_slice(), pickles.as_slice()) {
-        ([one], _) => Ok((Container::Safetensors, vec![one.clone()], path.to_path_buf())),
-        ([], [one]) => Ok((Container::TorchPickle, vec![one.clone()], path.to_path_buf())),
+        ([one], _) => Ok((
+            Container::Safetensors,
+            vec![one.clone()],
+            path.to_path_buf(),
+        )),
+        ([], [one]) => Ok((
+            Container::TorchPickle,
+            vec![one.clone()],
+            path.to_path_buf(),
+        )),
         ([], []) => Err(not_found(
             "the directory holds no model.safetensors, model.safetensors.index.json, \
              ckpt.safetensors or .pt file"
@@ -394,7 +419,12 @@ pub fn safetensors_shapes(path: &Path) -> Result<BTreeMap<String, Vec<i32>>, Mod
         let shape = info
             .get("shape")
             .and_then(Value::as_array)
-            .map(|dims| dims.iter().filter_map(Value::as_i64).map(|d| d as i32).collect())
+            .map(|dims| {
+                dims.iter()
+                    .filter_map(Value::as_i64)
+                    .map(|d| d as i32)
+                    .collect()
+            })
             .ok_or_else(|| ModelError::Config {
                 path: path.to_path_buf(),
                 message: format!("tensor `{key}` has no shape in the header"),
@@ -411,11 +441,22 @@ pub fn read_weights(detected: &Detected, dtype: Dtype) -> Result<WeightMap, Mode
             &detected.weight_files,
             Some(dtype),
         )?),
-        Container::TorchPickle => Err(ModelError::UnsupportedContainer {
-            path: detected.weight_files[0].clone(),
-            message: "PyTorch pickle checkpoints (.pt) cannot be read by this build yet".into(),
-        }),
+        Container::TorchPickle => read_pickle(&detected.weight_files[0], Some(dtype)),
     }
+}
+
+/// Reads a PyTorch `torch.save` state dict into a [`WeightMap`], floats
+/// cast to `dtype`. This is the one place the restricted pickle reader
+/// (`checkpoint::pickle`, merged separately) plugs in: everything after
+/// the raw tensors (layout detection, renames, strict loading) is shared
+/// with safetensors.
+fn read_pickle(path: &Path, _dtype: Option<Dtype>) -> Result<WeightMap, ModelError> {
+    Err(ModelError::UnsupportedContainer {
+        path: path.to_path_buf(),
+        message: "PyTorch pickle checkpoints (.pt) cannot be read by this build yet; \
+                  use the model.safetensors of the same release"
+            .into(),
+    })
 }
 
 /// Loads a CSM model from a file or directory in any supported layout.
@@ -428,9 +469,19 @@ pub fn read_weights(detected: &Detected, dtype: Dtype) -> Result<WeightMap, Mode
 /// See [`detect`]; also a missing or conflicting config and any key or
 /// shape mismatch (listed by [`load_strict`]).
 pub fn load_csm(path: &Path, options: &LoadOptions) -> Result<LoadedCsm, ModelError> {
-    let detected = detect(path)?;
+    let (container, files, _) = find_weight_files(path)?;
+    let (detected, weights) = match container {
+        Container::TorchPickle => {
+            let weights = read_pickle(&files[0], Some(options.dtype))?;
+            (detect_with(path, Some(&weights))?, Some(weights))
+        }
+        Container::Safetensors => (detect(path)?, None),
+    };
     let (config, config_origin) = resolve_config(&detected, options.config.as_ref())?;
-    let weights = read_weights(&detected, options.dtype)?;
+    let weights = match weights {
+        Some(w) => w,
+        None => read_weights(&detected, options.dtype)?,
+    };
     let (weights, codec) = to_canonical(weights, detected.format, &config)?;
     let mut model = Csm::new(&config).map_err(ModelError::mlx("building the model"))?;
     model
@@ -457,9 +508,10 @@ fn resolve_config(
         (Some((path, file, kind)), caller) => {
             if let Some(c) = caller {
                 if c != file {
-                    return Err(ModelError::NoConfig {
+                    return Err(ModelError::Config {
                         path: path.clone(),
-                        message: "the given config differs from this config.json; remove one"
+                        message: "the config given by the caller differs from this config.json; \
+                                  pass only one"
                             .into(),
                     });
                 }
@@ -623,8 +675,11 @@ pub fn format_name(canonical: &str, format: ModelFormat) -> String {
     }
 }
 
-/// Which (stack, projection) a canonical key is, for q/k permutation.
-fn qk_heads(key: &str, config: &CsmConfig) -> Option<(i32, i32)> {
+/// `(heads, head_dim)` of a canonical q/k projection key (`None` for every
+/// other key): what [`permute_for_rope`] needs for it. Adapter exports use
+/// it too: a transformers-order LoRA `B` for q/k is `permute_for_rope` of
+/// `lora_b^T` (`[out, r]`, PEFT's `lora_B.weight`).
+pub fn rope_permuted_heads(key: &str, config: &CsmConfig) -> Option<(i32, i32)> {
     let stack = if key.starts_with("backbone.") {
         &config.backbone
     } else if key.starts_with("decoder.") {
@@ -646,7 +701,11 @@ fn qk_heads(key: &str, config: &CsmConfig) -> Option<(i32, i32)> {
 ///
 /// # Shapes
 /// `w: [heads * hd, ...]` -> same
-pub fn permute_for_rope(w: &Array, heads: i32, head_dim: i32) -> Result<Array, mlx_rs::error::Exception> {
+pub fn permute_for_rope(
+    w: &Array,
+    heads: i32,
+    head_dim: i32,
+) -> Result<Array, mlx_rs::error::Exception> {
     let shape = w.shape().to_vec();
     let rest: i32 = shape[1..].iter().product();
     w.reshape(&[heads, head_dim / 2, 2, rest])? // [H, hd/2, 2, in]
@@ -658,7 +717,11 @@ pub fn permute_for_rope(w: &Array, heads: i32, head_dim: i32) -> Result<Array, m
 ///
 /// # Shapes
 /// `w: [heads * hd, ...]` -> same
-pub fn unpermute_for_rope(w: &Array, heads: i32, head_dim: i32) -> Result<Array, mlx_rs::error::Exception> {
+pub fn unpermute_for_rope(
+    w: &Array,
+    heads: i32,
+    head_dim: i32,
+) -> Result<Array, mlx_rs::error::Exception> {
     let shape = w.shape().to_vec();
     let rest: i32 = shape[1..].iter().product();
     w.reshape(&[heads, 2, head_dim / 2, rest])? // [H, 2, hd/2, in]
@@ -716,7 +779,7 @@ pub fn to_canonical(
     if format == ModelFormat::Transformers {
         let keys: Vec<String> = weights.tensors.keys().cloned().collect();
         for key in keys {
-            if let Some((heads, hd)) = qk_heads(&key, config) {
+            if let Some((heads, hd)) = rope_permuted_heads(&key, config) {
                 let w = weights.remove(&key).expect("listed above");
                 check_rows(&weights.source, &key, &w, heads, hd)?;
                 let w = unpermute_for_rope(&w, heads, hd)
@@ -740,10 +803,11 @@ pub fn to_format(
 ) -> Result<WeightMap, ModelError> {
     let mut out = WeightMap::new(format!("{} as {format}", weights.source));
     for (key, w) in &weights.tensors {
-        let w = match (format, qk_heads(key, config)) {
+        let w = match (format, rope_permuted_heads(key, config)) {
             (ModelFormat::Transformers, Some((heads, hd))) => {
                 check_rows(&weights.source, key, w, heads, hd)?;
-                permute_for_rope(w, heads, hd).map_err(ModelError::mlx(format!("permuting {key}")))?
+                permute_for_rope(w, heads, hd)
+                    .map_err(ModelError::mlx(format!("permuting {key}")))?
             }
             _ => w.clone(),
         };
@@ -795,9 +859,18 @@ mod tests {
                 "backbone.layers.1.mlp_norm.scale",
                 "backbone.layers.1.post_attention_layernorm.weight",
             ),
-            ("backbone.layers.1.mlp.w1.weight", "backbone.layers.1.mlp.gate_proj.weight"),
-            ("backbone.layers.1.mlp.w2.weight", "backbone.layers.1.mlp.down_proj.weight"),
-            ("backbone.layers.1.mlp.w3.weight", "backbone.layers.1.mlp.up_proj.weight"),
+            (
+                "backbone.layers.1.mlp.w1.weight",
+                "backbone.layers.1.mlp.gate_proj.weight",
+            ),
+            (
+                "backbone.layers.1.mlp.w2.weight",
+                "backbone.layers.1.mlp.down_proj.weight",
+            ),
+            (
+                "backbone.layers.1.mlp.w3.weight",
+                "backbone.layers.1.mlp.up_proj.weight",
+            ),
             ("decoder.norm.scale", "decoder.norm.weight"),
             ("text_embeddings.weight", "text_embeddings.weight"),
             ("audio_head", "audio_head"),
@@ -806,13 +879,22 @@ mod tests {
             assert_eq!(canonical_name(orig, ModelFormat::Original).unwrap(), canon);
             assert_eq!(format_name(canon, ModelFormat::Original), orig);
             let mlx_audio = format!("model.{canon}");
-            assert_eq!(canonical_name(&mlx_audio, ModelFormat::MlxAudio).unwrap(), canon);
+            assert_eq!(
+                canonical_name(&mlx_audio, ModelFormat::MlxAudio).unwrap(),
+                canon
+            );
             assert_eq!(format_name(canon, ModelFormat::MlxAudio), mlx_audio);
             let hf = format_name(canon, ModelFormat::Transformers);
-            assert_eq!(canonical_name(&hf, ModelFormat::Transformers).unwrap(), canon);
+            assert_eq!(
+                canonical_name(&hf, ModelFormat::Transformers).unwrap(),
+                canon
+            );
         }
         assert_eq!(
-            format_name("backbone.layers.2.self_attn.v_proj.weight", ModelFormat::Transformers),
+            format_name(
+                "backbone.layers.2.self_attn.v_proj.weight",
+                ModelFormat::Transformers
+            ),
             "backbone_model.layers.2.self_attn.v_proj.weight"
         );
         assert_eq!(
@@ -838,7 +920,10 @@ mod tests {
             Some(ModelFormat::Original)
         );
         assert_eq!(
-            f(&["backbone.layers.0.self_attn.q_proj.weight", "backbone.norm.scale"]),
+            f(&[
+                "backbone.layers.0.self_attn.q_proj.weight",
+                "backbone.norm.scale"
+            ]),
             Some(ModelFormat::Original)
         );
         assert_eq!(
@@ -858,7 +943,9 @@ mod tests {
 
     #[test]
     fn rope_permutation_inverts() {
-        let w = Array::from_iter(0..(2 * 8 * 3), &[16, 3]).as_dtype(Dtype::Float32).unwrap();
+        let w = Array::from_iter(0..(2 * 8 * 3), &[16, 3])
+            .as_dtype(Dtype::Float32)
+            .unwrap();
         let p = permute_for_rope(&w, 2, 8).unwrap();
         // Head 0 rows: even rows first, then odd rows.
         let rows: Vec<f32> = p.as_slice::<f32>().chunks(3).map(|r| r[0] / 3.0).collect();
@@ -868,6 +955,95 @@ mod tests {
         );
         let back = unpermute_for_rope(&p, 2, 8).unwrap();
         assert_eq!(back.as_slice::<f32>(), w.as_slice::<f32>());
+    }
+
+    /// Writes a safetensors header (no data: only headers are read here)
+    /// naming `shapes` in the original layout.
+    fn header_only(path: &Path, shapes: &BTreeMap<String, Vec<i32>>) {
+        let mut header = serde_json::Map::new();
+        for (k, shape) in shapes {
+            header.insert(
+                format_name(k, ModelFormat::Original),
+                serde_json::json!({"dtype": "BF16", "shape": shape, "data_offsets": [0, 0]}),
+            );
+        }
+        let bytes = serde_json::to_vec(&Value::Object(header)).unwrap();
+        let mut out = (bytes.len() as u64).to_le_bytes().to_vec();
+        out.extend(bytes);
+        std::fs::write(path, out).unwrap();
+    }
+
+    #[test]
+    fn csm_1b_preset_is_used_only_when_shapes_match() {
+        let model = Csm::new(&CsmConfig::csm_1b()).unwrap(); // lazy: nothing computed
+        let mut shapes: BTreeMap<String, Vec<i32>> = canonical_weights(&model)
+            .tensors
+            .iter()
+            .map(|(k, v)| (k.clone(), v.shape().to_vec()))
+            .collect();
+        assert_eq!(shapes["audio_head"], vec![31, 1024, 2051]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        header_only(&path, &shapes);
+        let detected = detect(&path).unwrap();
+        assert_eq!(detected.format, ModelFormat::Original);
+        assert!(detected
+            .tensors
+            .contains_key("backbone.layers.15.sa_norm.scale"));
+        let (config, origin) = resolve_config(&detected, None).unwrap();
+        assert_eq!(
+            (config, origin),
+            (CsmConfig::csm_1b(), ConfigOrigin::Csm1bPreset)
+        );
+
+        shapes.insert(
+            "decoder.layers.0.mlp.gate_proj.weight".into(),
+            vec![4096, 1024],
+        );
+        header_only(&path, &shapes);
+        let err = resolve_config(&detect(&path).unwrap(), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("decoder.layers.0.mlp.gate_proj.weight"),
+            "{err}"
+        );
+
+        // A Sesame config.json next to the file wins, and must agree with a
+        // caller's config.
+        let sesame = CsmConfig::csm_1b().to_sesame_json().unwrap();
+        std::fs::write(dir.path().join("config.json"), sesame.to_string()).unwrap();
+        let detected = detect(dir.path()).unwrap();
+        let (config, origin) = resolve_config(&detected, Some(&CsmConfig::csm_1b())).unwrap();
+        assert_eq!(config, CsmConfig::csm_1b());
+        assert!(matches!(origin, ConfigOrigin::File(_, ConfigKind::Sesame)));
+        let mut other = CsmConfig::csm_1b();
+        other.audio_num_codebooks = 16;
+        assert!(resolve_config(&detected, Some(&other)).is_err());
+    }
+
+    #[test]
+    fn transformers_audio_embedding_tie() {
+        let cfg = tiny_config();
+        let canon = canonical_weights(&Csm::new(&cfg).unwrap());
+        let hf = to_format(&canon, ModelFormat::Transformers, &cfg).unwrap();
+        let depth_key = "depth_decoder.model.embed_tokens.weight";
+        let backbone_key = "backbone_model.embed_tokens.embed_audio_tokens.weight";
+        // Either side alone is accepted.
+        for drop in [depth_key, backbone_key] {
+            let mut w = to_format(&canon, ModelFormat::Transformers, &cfg).unwrap();
+            w.remove(drop);
+            let (back, _) = to_canonical(w, ModelFormat::Transformers, &cfg).unwrap();
+            assert!(back.tensors["audio_embeddings.weight"]
+                .eq_values(&canon.tensors["audio_embeddings.weight"])
+                .unwrap());
+        }
+        // Two different tables cannot be represented.
+        let mut w = hf;
+        let bumped = w.tensors[depth_key].add(Array::from_f32(1.0)).unwrap();
+        w.insert(depth_key, bumped);
+        let err = to_canonical(w, ModelFormat::Transformers, &cfg).unwrap_err();
+        assert!(matches!(err, ModelError::UntiedEmbeddings { .. }), "{err}");
     }
 
     #[test]

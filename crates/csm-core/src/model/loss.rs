@@ -50,10 +50,10 @@ pub struct LossBatch<'a> {
     /// and EOS frames of the turns being trained. Text, padding and context
     /// turns are 0. Column 0 is ignored (no previous state predicts it).
     pub loss_mask: &'a Array,
-    /// Flat indices `b * S + t` (int32, `[N]`, `N >= 1`, every `t >= 1`)
-    /// of the loss frames the depth decoder is trained on; see
+    /// Flat indices `b * S + t` (`N >= 1` of them, every `t >= 1`) of the
+    /// loss frames the depth decoder is trained on; see
     /// [`loss_frame_indices`] and [`choose_decoder_frames`].
-    pub decoder_frames: &'a Array,
+    pub decoder_frames: &'a [i32],
     /// Attention pattern of the backbone (causal for right padding).
     pub attention: AttentionMask<'a>,
 }
@@ -88,9 +88,14 @@ impl Csm {
     /// see [`LossBatch`]; the result holds scalars.
     ///
     /// # Errors
-    /// Inconsistent shapes or an empty `decoder_frames`.
+    /// Inconsistent shapes, an empty `decoder_frames` or one that is out of
+    /// range or at the start of a row.
     #[allow(non_snake_case)]
-    pub fn loss(&mut self, batch: &LossBatch<'_>, weights: LossWeights) -> Result<CsmLoss, Exception> {
+    pub fn loss(
+        &mut self,
+        batch: &LossBatch<'_>,
+        weights: LossWeights,
+    ) -> Result<CsmLoss, Exception> {
         let shape = batch.tokens.shape();
         let (B, S) = (shape[0], shape[1]);
         let n = self.config.audio_num_codebooks;
@@ -100,10 +105,19 @@ impl Csm {
                 batch.loss_mask.shape()
             )));
         }
-        if batch.decoder_frames.ndim() != 1 || batch.decoder_frames.shape()[0] == 0 {
+        if batch.decoder_frames.is_empty() {
+            return Err(Exception::custom(
+                "decoder_frames is empty: the depth decoder needs at least one loss frame",
+            ));
+        }
+        if let Some(bad) = batch
+            .decoder_frames
+            .iter()
+            .find(|&&f| f < 0 || f >= B * S || f % S == 0)
+        {
             return Err(Exception::custom(format!(
-                "decoder_frames must be a non-empty list of frame indices, got shape {:?}",
-                batch.decoder_frames.shape()
+                "decoder_frames: index {bad} is outside [0, B*S = {}) or the first frame of a row",
+                B * S
             )));
         }
         if S < 2 {
@@ -132,7 +146,8 @@ impl Csm {
         let semantic = ce.multiply(&m)?.sum(None)?.divide(&count)?;
 
         // Acoustic: depth decoder on the gathered frames only.
-        let idx = batch.decoder_frames.as_dtype(Dtype::Int32)?; // [N]
+        let nf = batch.decoder_frames.len() as i32;
+        let idx = Array::from_slice(batch.decoder_frames, &[nf]); // [N]
         let h_flat = h.reshape(&[B * S, D])?; // [B*S, D]
         let h_sel = take_axis(&h_flat, idx.subtract(Array::from_int(1))?, 0)?; // [N, D]
         let codes = take_axis(tokens.reshape(&[B * S, n + 1])?, &idx, 0)? // [N, n_cb + 1]
@@ -241,45 +256,13 @@ mod tests {
         let cfg = tiny_config();
         let mut m = Csm::new(&cfg).unwrap();
         let (b, s, n) = (2, 6, 4);
-        let codes = random::randint::<_, i32>(0, 11, &[b, s, n], None).unwrap();
-        let text = random::randint::<_, i32>(0, 50, &[b, s, 1], None).unwrap();
-        // Frames 0-1 text, 2-5 audio (row 1: frame 5 is padding).
-        let is_audio = Array::from_slice(
-            &[false, false, true, true, true, true, false, false, true, true, true, false],
-            &[b, s, 1],
-        );
-        let is_text = Array::from_slice(
-            &[true, true, false, false, false, false, true, true, false, false, false, false],
-            &[b, s, 1],
-        );
-        let tokens = ops::concatenate(
-            &[
-                codes.multiply(&is_audio).unwrap(),
-                text.multiply(&is_text).unwrap(),
-            ],
-            2,
-        )
-        .unwrap(); // [B, S, n+1]
-        let mask = ops::concatenate(
-            &[
-                ops::broadcast_to(&is_audio, &[b, s, n]).unwrap(),
-                is_text.clone(),
-            ],
-            2,
-        )
-        .unwrap();
-        let lm: Vec<bool> = vec![
-            false, false, true, true, true, true, false, false, true, true, true, false,
-        ];
-        let loss_mask = Array::from_slice(&lm, &[b, s]);
-        let frames = loss_frame_indices(&lm, s as usize);
+        let (tokens, mask, loss_mask, frames) = toy_batch();
         assert_eq!(frames, vec![2, 3, 4, 5, 8, 9, 10]);
-        let frames_arr = Array::from_slice(&frames, &[frames.len() as i32]);
         let batch = LossBatch {
             tokens: &tokens,
             mask: &mask,
             loss_mask: &loss_mask,
-            decoder_frames: &frames_arr,
+            decoder_frames: &frames,
             attention: AttentionMask::Causal,
         };
         let loss = m.loss(&batch, LossWeights::default()).unwrap();
@@ -299,7 +282,9 @@ mod tests {
             let hp = h.index((bi, t - 1, ..)).reshape(&[1, 32]).unwrap();
             let c = tokens.index((bi, t, ..n)).reshape(&[1, n]).unwrap();
             let l0 = m.c0_logits(&hp).unwrap();
-            sem += cross_entropy(&l0, &c.index((.., 0))).unwrap().item_cast::<f32>();
+            sem += cross_entropy(&l0, &c.index((.., 0)))
+                .unwrap()
+                .item_cast::<f32>();
             let dl = m.depth_logits(&hp, &c).unwrap();
             aco += cross_entropy(&dl, &c.index((.., 1..)))
                 .unwrap()
@@ -324,11 +309,7 @@ mod tests {
         assert!((lw.total.item_cast::<f32>() - (0.5 * sem + 2.0 * aco)).abs() < 1e-4);
 
         // Changing a masked-out (padding) frame's codes changes nothing...
-        let pad_changed = tokens
-            .multiply(Array::from_int(1))
-            .unwrap()
-            .add(&padding_bump(b, s, n))
-            .unwrap();
+        let pad_changed = tokens.add(padding_bump(b, s, n)).unwrap();
         let batch2 = LossBatch {
             tokens: &pad_changed,
             ..batch
@@ -337,7 +318,7 @@ mod tests {
         assert!((l2.total.item_cast::<f32>() - loss.total.item_cast::<f32>()).abs() < 1e-6);
 
         // ...and a subset of decoder frames averages over that subset only.
-        let sub = Array::from_slice(&[3i32, 9], &[2]);
+        let sub = [3i32, 9];
         let l3 = m
             .loss(
                 &LossBatch {
@@ -364,6 +345,99 @@ mod tests {
         assert!((l3.acoustic.item_cast::<f32>() - aco_sub).abs() < 1e-4);
     }
 
+    /// Two rows of 6 frames: frames 0-1 text, 2-5 audio; row 1's frame 5
+    /// is padding. Returns `(tokens, mask, loss_mask, loss frame indices)`.
+    fn toy_batch() -> (Array, Array, Array, Vec<i32>) {
+        let (b, s, n) = (2, 6, 4);
+        let codes = random::randint::<_, i32>(0, 11, &[b, s, n], None).unwrap();
+        let text = random::randint::<_, i32>(0, 50, &[b, s, 1], None).unwrap();
+        let audio = [
+            false, false, true, true, true, true, false, false, true, true, true, false,
+        ];
+        let is_audio = Array::from_slice(&audio, &[b, s, 1]);
+        let is_text = Array::from_slice(
+            &[
+                true, true, false, false, false, false, true, true, false, false, false, false,
+            ],
+            &[b, s, 1],
+        );
+        let tokens = ops::concatenate(
+            &[
+                codes.multiply(&is_audio).unwrap(),
+                text.multiply(&is_text).unwrap(),
+            ],
+            2,
+        )
+        .unwrap(); // [B, S, n+1]
+        let mask = ops::concatenate(
+            &[ops::broadcast_to(&is_audio, &[b, s, n]).unwrap(), is_text],
+            2,
+        )
+        .unwrap(); // [B, S, n+1]
+        let loss_mask = Array::from_slice(&audio, &[b, s]);
+        let frames = loss_frame_indices(&audio, s as usize);
+        (tokens, mask, loss_mask, frames)
+    }
+
+    /// LoRA parameters get finite gradients through the whole loss (RoPE,
+    /// attention, gathers, both heads), and a step along them lowers it.
+    #[test]
+    fn lora_gradients_flow_through_the_loss() {
+        use mlx_rs::module::ModuleParameters;
+        let mut m = Csm::new(&tiny_config()).unwrap();
+        m.freeze_parameters(true);
+        for layer in m
+            .backbone
+            .layers
+            .iter_mut()
+            .chain(m.decoder.layers.iter_mut())
+        {
+            layer
+                .self_attn
+                .q_proj
+                .attach_lora(2, 4.0, 0.0, false)
+                .unwrap();
+            layer.mlp.down_proj.attach_lora(2, 4.0, 0.0, false).unwrap();
+        }
+        let (tokens, mask, loss_mask, frames) = toy_batch();
+        let batch = LossBatch {
+            tokens: &tokens,
+            mask: &mask,
+            loss_mask: &loss_mask,
+            decoder_frames: &frames,
+            attention: AttentionMask::Causal,
+        };
+        let loss_fn = |model: &mut Csm, batch: LossBatch<'_>| -> Result<Vec<Array>, Exception> {
+            Ok(vec![model.loss(&batch, LossWeights::default())?.total])
+        };
+        let mut value_and_grad = mlx_rs::nn::value_and_grad(loss_fn);
+        let (value, grads) = value_and_grad(&mut m, batch).unwrap();
+        let before = value[0].item_cast::<f32>();
+        assert_eq!(grads.len(), 4 * 2 * 2, "only the adapters are trainable");
+        let mut step = std::collections::HashMap::new();
+        for (key, g) in &grads {
+            let norm = g.square().unwrap().sum(None).unwrap().item_cast::<f32>();
+            assert!(norm.is_finite(), "{key}");
+            if key.ends_with("lora_a") {
+                assert_eq!(norm, 0.0, "{key}: B = 0 gives A no gradient");
+            } else {
+                assert!(norm > 0.0, "{key} has no gradient");
+            }
+            let flat = m.parameters().flatten();
+            let p = flat[key]
+                .subtract(g.multiply(Array::from_f32(0.05)).unwrap())
+                .unwrap();
+            step.insert(key.clone(), p);
+        }
+        m.update_flattened(step);
+        let after = m.loss(&batch, LossWeights::default()).unwrap().total;
+        assert!(
+            after.item_cast::<f32>() < before,
+            "{} !< {before}",
+            after.item_cast::<f32>()
+        );
+    }
+
     /// Adds 1 to the codes of the padding frame (row 1, frame 5) only.
     fn padding_bump(b: i32, s: i32, n: i32) -> Array {
         let mut v = vec![0i32; (b * s * (n + 1)) as usize];
@@ -380,7 +454,7 @@ mod tests {
         let tokens = ops::zeros::<i32>(&[1, 3, 5]).unwrap();
         let mask = ops::ones::<bool>(&[1, 3, 5]).unwrap();
         let lm = ops::ones::<bool>(&[1, 3]).unwrap();
-        let none = Array::from_slice::<i32>(&[], &[0]);
+        let none: [i32; 0] = [];
         let err = m
             .loss(
                 &LossBatch {
@@ -394,5 +468,19 @@ mod tests {
             )
             .unwrap_err();
         assert!(err.to_string().contains("decoder_frames"), "{err}");
+        // Frame 3 of a 3-frame row is row 1's first frame: no h[t-1].
+        let err = m
+            .loss(
+                &LossBatch {
+                    tokens: &tokens,
+                    mask: &mask,
+                    loss_mask: &lm,
+                    decoder_frames: &[1, 3],
+                    attention: AttentionMask::Causal,
+                },
+                LossWeights::default(),
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("index 3"), "{err}");
     }
 }
