@@ -209,20 +209,51 @@ fn export_reproduces_the_source_files() {
 }
 
 #[test]
-fn pt_checkpoint_is_refused_clearly_until_the_pickle_reader_lands() {
+fn pt_checkpoint_loads_the_same_weights_as_safetensors() {
+    let options = LoadOptions {
+        config: Some(tiny_config()),
+        ..LoadOptions::default()
+    };
+    let pt = load_csm(&fixtures().join("csm_tiny_original.pt"), &options).unwrap();
+    let st = load_csm(&fixtures().join("csm_tiny_original.safetensors"), &options).unwrap();
+    assert_eq!(pt.format, ModelFormat::Original);
+    let a = canonical_weights(&pt.model);
+    let b = canonical_weights(&st.model);
+    assert_eq!(
+        a.tensors.keys().collect::<Vec<_>>(),
+        b.tensors.keys().collect::<Vec<_>>()
+    );
+    for (k, v) in &a.tensors {
+        let diff = v
+            .subtract(&b.tensors[k])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max(None)
+            .unwrap()
+            .item_cast::<f32>();
+        assert_eq!(diff, 0.0, "{k}");
+    }
+}
+
+#[test]
+fn malicious_pt_is_refused_and_runs_nothing() {
+    let marker = std::path::Path::new("/tmp/csm_pwned");
+    let _ = std::fs::remove_file(marker);
     let err = load_csm(
-        &fixtures().join("csm_tiny_original.pt"),
+        &fixtures().join("malicious.pt"),
         &LoadOptions {
             config: Some(tiny_config()),
             ..LoadOptions::default()
         },
     )
     .unwrap_err();
+    let text = err.to_string();
     assert!(
-        matches!(err, ModelError::UnsupportedContainer { .. }),
-        "{err}"
+        text.contains("malicious.pt") && text.contains("os.system"),
+        "{text}"
     );
-    assert!(err.to_string().contains("csm_tiny_original.pt"), "{err}");
+    assert!(!marker.exists(), "the pickle's command ran");
 }
 
 #[test]

@@ -49,6 +49,9 @@ pub enum CheckpointError {
         /// `(key, expected shape, found shape)`.
         misshaped: Vec<(String, Vec<i32>, Vec<i32>)>,
     },
+    /// A PyTorch checkpoint could not be read (or asked to run code).
+    #[error(transparent)]
+    Pickle(#[from] super::pickle::PickleError),
     /// An MLX operation failed while converting tensors.
     #[error("MLX error while loading {context}: {source}")]
     Mlx {
@@ -164,6 +167,39 @@ impl WeightMap {
             self.tensors.insert(key, array);
         }
         Ok(())
+    }
+
+    /// Reads the tensors of a PyTorch `.pt`/`.bin` checkpoint (zip format)
+    /// through the restricted pickle reader, which executes nothing and
+    /// refuses any pickle that asks for more than tensor data.
+    pub fn from_torch_checkpoint(
+        path: &Path,
+        float_dtype: Option<Dtype>,
+    ) -> Result<Self, CheckpointError> {
+        let ckpt = super::pickle::load_torch_checkpoint(path)?;
+        if !ckpt.skipped.is_empty() {
+            tracing::debug!(
+                "{}: ignored {} non-tensor entries",
+                path.display(),
+                ckpt.skipped.len()
+            );
+        }
+        let mut map = WeightMap::new(path.display().to_string());
+        for (key, raw) in ckpt.tensors {
+            let shape: Vec<i32> = raw.shape.iter().map(|&d| d as i32).collect();
+            let array = array_from_le_bytes(raw.dtype.to_safetensors(), &raw.data, &shape)
+                .ok_or_else(|| CheckpointError::UnsupportedDtype {
+                    path: path.to_path_buf(),
+                    key: key.clone(),
+                    dtype: raw.dtype.to_string(),
+                })?;
+            let array = cast_float(array, float_dtype).map_err(|source| CheckpointError::Mlx {
+                context: format!("{}: {key}", path.display()),
+                source,
+            })?;
+            map.tensors.insert(key, array);
+        }
+        Ok(map)
     }
 
     /// Applies `rename` to every key; `None` drops the tensor. This is the

@@ -450,13 +450,9 @@ pub fn read_weights(detected: &Detected, dtype: Dtype) -> Result<WeightMap, Mode
 /// (`checkpoint::pickle`, merged separately) plugs in: everything after
 /// the raw tensors (layout detection, renames, strict loading) is shared
 /// with safetensors.
-fn read_pickle(path: &Path, _dtype: Option<Dtype>) -> Result<WeightMap, ModelError> {
-    Err(ModelError::UnsupportedContainer {
-        path: path.to_path_buf(),
-        message: "PyTorch pickle checkpoints (.pt) cannot be read by this build yet; \
-                  use the model.safetensors of the same release"
-            .into(),
-    })
+/// Reads a PyTorch `.pt`/`.bin` checkpoint with the restricted reader.
+fn read_pickle(path: &Path, dtype: Option<Dtype>) -> Result<WeightMap, ModelError> {
+    Ok(WeightMap::from_torch_checkpoint(path, dtype)?)
 }
 
 /// Loads a CSM model from a file or directory in any supported layout.
