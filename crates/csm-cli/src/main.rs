@@ -30,14 +30,33 @@ enum Command {
     /// Check that MLX runs on the GPU and agrees with the CPU (matmul,
     /// gradient), then measure bf16 matmul TFLOP/s.
     GpuCheck(commands::gpu_check::GpuCheckArgs),
+    /// LoRA-fine-tune CSM on a folder of recordings and transcripts.
+    ///
+    /// Example: csm finetune-lora --model-path csm-1b/ --audio-dir data/audio
+    /// --transcript-dir data/transcripts --output-dir runs/me
+    #[command(name = "finetune-lora")]
+    FinetuneLora(commands::finetune::FinetuneArgs),
+    /// Mimi-encode a dataset into the codes cache (so training starts at
+    /// once); takes the same flags as finetune-lora.
+    Prepare(commands::dataset_tools::PrepareArgs),
+    /// Print the loss components (JSON) of a model, optionally with an
+    /// adapter, on a dataset.
+    Evaluate(commands::dataset_tools::EvaluateArgs),
+    /// Fuse an adapter into the base weights, saved in the base's format.
+    Merge(commands::dataset_tools::MergeArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_level);
+    let level_name = cli.log_level.name().to_string();
     let result = match cli.command {
         Command::Info(args) => commands::info::run(args),
         Command::GpuCheck(args) => commands::gpu_check::run(args),
+        Command::FinetuneLora(args) => commands::finetune::run(args, &level_name),
+        Command::Prepare(args) => commands::dataset_tools::prepare(args, &level_name),
+        Command::Evaluate(args) => commands::dataset_tools::evaluate(args, &level_name),
+        Command::Merge(args) => commands::dataset_tools::merge(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -98,7 +98,10 @@ pub fn for_each_proj(
     model: &mut Csm,
     mut f: impl FnMut(&str, &str, &mut Proj) -> Result<(), AdapterError>,
 ) -> Result<(), AdapterError> {
-    for (stack_name, stack) in [("backbone", &mut model.backbone), ("decoder", &mut model.decoder)] {
+    for (stack_name, stack) in [
+        ("backbone", &mut model.backbone),
+        ("decoder", &mut model.decoder),
+    ] {
         for (i, layer) in stack.layers.iter_mut().enumerate() {
             let attn = &mut layer.self_attn;
             let mlp = &mut layer.mlp;
@@ -112,7 +115,11 @@ pub fn for_each_proj(
                 ("mlp", "down_proj", &mut mlp.down_proj),
             ];
             for (block, name, proj) in projs {
-                f(&format!("{stack_name}.layers.{i}.{block}.{name}"), name, proj)?;
+                f(
+                    &format!("{stack_name}.layers.{i}.{block}.{name}"),
+                    name,
+                    proj,
+                )?;
             }
         }
     }
@@ -121,7 +128,11 @@ pub fn for_each_proj(
 
 fn check_layers(set: &LayerSet, stack: &'static str, count: usize) -> Result<(), AdapterError> {
     match set.max_index() {
-        Some(index) if index >= count => Err(AdapterError::LayerOutOfRange { stack, index, count }),
+        Some(index) if index >= count => Err(AdapterError::LayerOutOfRange {
+            stack,
+            index,
+            count,
+        }),
         _ => Ok(()),
     }
 }
@@ -130,13 +141,21 @@ fn check_layers(set: &LayerSet, stack: &'static str, count: usize) -> Result<(),
 /// projections `spec` selects. Returns the number of adapted projections.
 /// Seed MLX's random state first for a reproducible `A`.
 pub fn attach(model: &mut Csm, spec: &LoraSpec) -> Result<usize, AdapterError> {
-    check_layers(&spec.layers.backbone, "backbone", model.backbone.layers.len())?;
+    check_layers(
+        &spec.layers.backbone,
+        "backbone",
+        model.backbone.layers.len(),
+    )?;
     check_layers(&spec.layers.decoder, "decoder", model.decoder.layers.len())?;
     model.freeze_parameters(true);
     let mut count = 0;
     for_each_proj(model, |prefix, name, proj| {
         let (stack, layer) = stack_and_layer(prefix);
-        let set = if stack == "backbone" { &spec.layers.backbone } else { &spec.layers.decoder };
+        let set = if stack == "backbone" {
+            &spec.layers.backbone
+        } else {
+            &spec.layers.decoder
+        };
         if set.contains(layer) && spec.modules.iter().any(|m| m == name) {
             proj.attach_lora(spec.r as i32, spec.alpha, spec.dropout, spec.bias)
                 .map_err(mlx(prefix))?;
@@ -150,7 +169,10 @@ pub fn attach(model: &mut Csm, spec: &LoraSpec) -> Result<usize, AdapterError> {
 fn stack_and_layer(prefix: &str) -> (&str, usize) {
     let mut parts = prefix.split('.');
     let stack = parts.next().unwrap_or_default();
-    let layer = parts.nth(1).and_then(|s| s.parse().ok()).unwrap_or(usize::MAX);
+    let layer = parts
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(usize::MAX);
     (stack, layer)
 }
 
@@ -167,7 +189,9 @@ pub fn adapter_tensors(model: &Csm) -> BTreeMap<String, Array> {
 
 /// Folds every adapter into its base weight (see [`Proj::merge_lora`]).
 pub fn merge(model: &mut Csm) -> Result<(), AdapterError> {
-    for_each_proj(model, |prefix, _, proj| proj.merge_lora().map_err(mlx(prefix)))
+    for_each_proj(model, |prefix, _, proj| {
+        proj.merge_lora().map_err(mlx(prefix))
+    })
 }
 
 /// `adapter_config.json` of the mlx_lm layout (plus what we need to rebuild
@@ -205,7 +229,11 @@ pub fn save_mlx(
     base_model: Option<&Path>,
 ) -> Result<(), AdapterError> {
     create_dir(dir)?;
-    save_safetensors(&dir.join("adapters.safetensors"), &adapter_tensors(model), &HashMap::new())?;
+    save_safetensors(
+        &dir.join("adapters.safetensors"),
+        &adapter_tensors(model),
+        &HashMap::new(),
+    )?;
     let config = MlxAdapterConfig {
         fine_tune_type: "lora".into(),
         lora_parameters: MlxLoraParameters {
@@ -227,17 +255,21 @@ pub fn load_mlx(model: &mut Csm, path: &Path) -> Result<LoraSpec, AdapterError> 
     let (dir, file) = if path.is_dir() {
         (path.to_path_buf(), path.join("adapters.safetensors"))
     } else {
-        (path.parent().unwrap_or(Path::new(".")).to_path_buf(), path.to_path_buf())
+        (
+            path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+            path.to_path_buf(),
+        )
     };
     let config_path = dir.join("adapter_config.json");
     let text = std::fs::read_to_string(&config_path).map_err(|e| AdapterError::Config {
         path: config_path.clone(),
         message: format!("cannot read the adapter config: {e}"),
     })?;
-    let config: MlxAdapterConfig = serde_json::from_str(&text).map_err(|e| AdapterError::Config {
-        path: config_path.clone(),
-        message: format!("not a csm adapter config: {e}"),
-    })?;
+    let config: MlxAdapterConfig =
+        serde_json::from_str(&text).map_err(|e| AdapterError::Config {
+            path: config_path.clone(),
+            message: format!("not a csm adapter config: {e}"),
+        })?;
     let weights = WeightMap::from_safetensors(std::slice::from_ref(&file), Some(model.dtype()))?;
     let spec = config.spec;
     // Attach exactly where the file has adapters (strictness comes next).
@@ -255,8 +287,17 @@ pub fn load_mlx(model: &mut Csm, path: &Path) -> Result<LoraSpec, AdapterError> 
         Ok(())
     })?;
     let expected = adapter_tensors(model);
-    let missing: Vec<String> = expected.keys().filter(|k| !weights.tensors.contains_key(*k)).cloned().collect();
-    let unexpected: Vec<String> = weights.tensors.keys().filter(|k| !expected.contains_key(*k)).cloned().collect();
+    let missing: Vec<String> = expected
+        .keys()
+        .filter(|k| !weights.tensors.contains_key(*k))
+        .cloned()
+        .collect();
+    let unexpected: Vec<String> = weights
+        .tensors
+        .keys()
+        .filter(|k| !expected.contains_key(*k))
+        .cloned()
+        .collect();
     let misshaped: Vec<(String, Vec<i32>, Vec<i32>)> = weights
         .tensors
         .iter()
@@ -299,7 +340,10 @@ pub fn save_peft(
     for (key, value) in adapter_tensors(model) {
         let (prefix, part) = key.rsplit_once('.').expect("adapter keys have a suffix");
         let hf_prefix = format_name(&format!("{prefix}.weight"), ModelFormat::Transformers);
-        let hf_prefix = hf_prefix.strip_suffix(".weight").unwrap_or(&hf_prefix).to_string();
+        let hf_prefix = hf_prefix
+            .strip_suffix(".weight")
+            .unwrap_or(&hf_prefix)
+            .to_string();
         let heads = rope_permuted_heads(&format!("{prefix}.weight"), config);
         let ctx = format!("exporting {key}");
         let (name, tensor) = match part {
@@ -314,11 +358,15 @@ pub fn save_peft(
             }
             "bias" => {
                 // PEFT's lora_bias lives on lora_B and is scaled with it.
-                let b = value.divide(Array::from_f32(spec.scale())).map_err(mlx(&ctx))?;
+                let b = value
+                    .divide(Array::from_f32(spec.scale()))
+                    .map_err(mlx(&ctx))?;
                 let b = match heads {
-                    Some((h, hd)) => permute_for_rope(&b.expand_dims(-1).map_err(mlx(&ctx))?, h, hd)
-                        .and_then(|x| x.squeeze_axes(&[-1]))
-                        .map_err(mlx(&ctx))?,
+                    Some((h, hd)) => {
+                        permute_for_rope(&b.expand_dims(-1).map_err(mlx(&ctx))?, h, hd)
+                            .and_then(|x| x.squeeze_axes(&[-1]))
+                            .map_err(mlx(&ctx))?
+                    }
                     None => b,
                 };
                 ("lora_B.bias", b)
@@ -327,7 +375,11 @@ pub fn save_peft(
         };
         out.insert(format!("base_model.model.{hf_prefix}.{name}"), tensor);
     }
-    save_safetensors(&dir.join("adapter_model.safetensors"), &out, &HashMap::new())?;
+    save_safetensors(
+        &dir.join("adapter_model.safetensors"),
+        &out,
+        &HashMap::new(),
+    )?;
     let modules_regex = format!(
         r"^(backbone_model|depth_decoder\.model)\.layers\.\d+\.(self_attn|mlp)\.({})$",
         spec.modules.join("|")
@@ -337,13 +389,25 @@ pub fn save_peft(
         let mut push = |stack: &str, set: &LayerSet, n: usize| {
             for i in (0..n).filter(|&i| set.contains(i)) {
                 for m in &spec.modules {
-                    let block = if ALL_MODULES[..4].contains(&m.as_str()) { "self_attn" } else { "mlp" };
+                    let block = if ALL_MODULES[..4].contains(&m.as_str()) {
+                        "self_attn"
+                    } else {
+                        "mlp"
+                    };
                     v.push(format!("{stack}.layers.{i}.{block}.{m}"));
                 }
             }
         };
-        push("backbone_model", &spec.layers.backbone, config.backbone.num_layers as usize);
-        push("depth_decoder.model", &spec.layers.decoder, config.decoder.num_layers as usize);
+        push(
+            "backbone_model",
+            &spec.layers.backbone,
+            config.backbone.num_layers as usize,
+        );
+        push(
+            "depth_decoder.model",
+            &spec.layers.decoder,
+            config.decoder.num_layers as usize,
+        );
         v
     };
     let all_layers = spec.layers == TargetLayers::all();

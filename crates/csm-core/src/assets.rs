@@ -64,7 +64,11 @@ pub fn load_mimi(
     } else if has_codec_config(&dir) {
         (Mimi::from_hf_dir(&dir)?, dir.clone())
     } else {
-        let tried = [dir.join(KYUTAI_MIMI_FILE), dir.join("mimi")];
+        let tried = [
+            dir.join(KYUTAI_MIMI_FILE),
+            dir.join("mimi.safetensors"),
+            dir.join("mimi"),
+        ];
         match tried.iter().find(|p| p.exists()) {
             Some(p) => (Mimi::load(p, None)?, p.clone()),
             None => {
@@ -115,7 +119,11 @@ fn weight_files(path: &Path) -> Vec<PathBuf> {
 /// `tokenizer/` folder beside it, or one level up.
 pub fn find_tokenizer(model_path: &Path, explicit: Option<&Path>) -> Result<PathBuf, AssetError> {
     if let Some(p) = explicit {
-        return Ok(if p.is_dir() { p.join("tokenizer.json") } else { p.to_path_buf() });
+        return Ok(if p.is_dir() {
+            p.join("tokenizer.json")
+        } else {
+            p.to_path_buf()
+        });
     }
     let dir = model_dir(model_path);
     let tried = vec![

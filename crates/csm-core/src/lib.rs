@@ -6,6 +6,7 @@ pub mod assets;
 pub mod checkpoint;
 pub mod codec;
 pub mod data;
+pub mod demo;
 pub mod lora;
 pub mod model;
 pub mod runtime;

@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod codes;
 pub mod config;
+pub mod metrics;
 pub mod observer;
 pub mod optim;
 pub mod rng;
@@ -16,4 +17,6 @@ pub use observer::{
     CancelToken, NullObserver, Phase, RecordingObserver, StepReport, TrainEvent, TrainingObserver,
     ValReport,
 };
-pub use trainer::{evaluate, load_assets, prepare, train, Assets, LossValues, Prepared, RunSummary, TrainError};
+pub use trainer::{
+    evaluate, load_assets, prepare, train, Assets, LossValues, Prepared, RunSummary, TrainError,
+};

@@ -71,8 +71,14 @@ pub fn save(
     }
     let meta = HashMap::from([
         ("format".to_string(), FORMAT.to_string()),
-        ("progress".to_string(), serde_json::to_string(progress).expect("serialisable")),
-        ("config".to_string(), serde_json::to_string(config).expect("serialisable")),
+        (
+            "progress".to_string(),
+            serde_json::to_string(progress).expect("serialisable"),
+        ),
+        (
+            "config".to_string(),
+            serde_json::to_string(config).expect("serialisable"),
+        ),
         (
             "optimizer".to_string(),
             serde_json::json!({
@@ -142,12 +148,15 @@ pub fn load(path: &Path) -> Result<Loaded, CheckpointError> {
             meta.get("format")
         )));
     }
-    let progress: Progress = serde_json::from_str(meta.get("progress").map(String::as_str).unwrap_or(""))
-        .map_err(|e| bad(format!("bad progress record: {e}")))?;
-    let config: TrainConfig = serde_json::from_str(meta.get("config").map(String::as_str).unwrap_or(""))
-        .map_err(|e| bad(format!("bad config record: {e}")))?;
-    let opt: serde_json::Value = serde_json::from_str(meta.get("optimizer").map(String::as_str).unwrap_or(""))
-        .map_err(|e| bad(format!("bad optimizer record: {e}")))?;
+    let progress: Progress =
+        serde_json::from_str(meta.get("progress").map(String::as_str).unwrap_or(""))
+            .map_err(|e| bad(format!("bad progress record: {e}")))?;
+    let config: TrainConfig =
+        serde_json::from_str(meta.get("config").map(String::as_str).unwrap_or(""))
+            .map_err(|e| bad(format!("bad config record: {e}")))?;
+    let opt: serde_json::Value =
+        serde_json::from_str(meta.get("optimizer").map(String::as_str).unwrap_or(""))
+            .map_err(|e| bad(format!("bad optimizer record: {e}")))?;
     let mut optimizer = AdamW::new(opt["weight_decay"].as_f64().unwrap_or(0.0) as f32);
     optimizer.step = opt["step"].as_u64().unwrap_or(0);
     optimizer.eps = opt["eps"].as_f64().unwrap_or(1e-8) as f32;

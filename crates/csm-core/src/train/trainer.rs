@@ -15,7 +15,7 @@ use mlx_rs::error::Exception;
 use mlx_rs::module::{Module, ModuleParameters};
 use mlx_rs::{nn, random, Array, Dtype};
 
-use super::batch::{build_example, bucket_batches, collate, Batch, BatchError, Example, Turn};
+use super::batch::{bucket_batches, build_example, collate, Batch, BatchError, Example, Turn};
 use super::codes::{fingerprint_files, CodesCache, EncodeStats};
 use super::config::TrainConfig;
 use super::observer::{CancelToken, Phase, StepReport, TrainEvent, TrainingObserver, ValReport};
@@ -144,7 +144,13 @@ pub fn load_assets(
     tokenizer_path: Option<&Path>,
     dtype: Dtype,
 ) -> Result<Assets, TrainError> {
-    let loaded = load_csm(model_path, &LoadOptions { dtype, config: None })?;
+    let loaded = load_csm(
+        model_path,
+        &LoadOptions {
+            dtype,
+            config: None,
+        },
+    )?;
     let model_fingerprint = fingerprint_files(&loaded.detected.weight_files)?;
     let n = loaded.model.config.audio_num_codebooks as usize;
     let mimi = assets::load_mimi(model_path, mimi_path, n)?;
@@ -254,7 +260,11 @@ pub fn prepare(
                     "skipped {} #{}: it needs {needed} frames, --max-seq-len is {max}",
                     ex.target.recording_id, ex.target.index
                 )),
-                Err(e) => return Err(TrainError::NoExamples { reason: e.to_string() }),
+                Err(e) => {
+                    return Err(TrainError::NoExamples {
+                        reason: e.to_string(),
+                    })
+                }
             }
         }
         Ok(out)
@@ -271,7 +281,10 @@ pub fn prepare(
 }
 
 /// Mimi codes of 24 kHz mono samples, frame-major `[T][K]`.
-pub fn encode_codes(mimi: &mut crate::codec::Mimi, samples: &[f32]) -> Result<Vec<Vec<u32>>, TrainError> {
+pub fn encode_codes(
+    mimi: &mut crate::codec::Mimi,
+    samples: &[f32],
+) -> Result<Vec<Vec<u32>>, TrainError> {
     let wav = Array::from_slice(samples, &[1, 1, samples.len() as i32]); // [1, 1, N]
     let codes = mimi.encode(&wav)?; // [1, K, T]
     let codes = codes
@@ -326,7 +339,9 @@ pub fn evaluate(
     for chunk in order.chunks(batch_size.max(1)) {
         let refs: Vec<&Example> = chunk.iter().map(|&i| &examples[i]).collect();
         let batch = collate(&refs, 1.0, &mut rng).map_err(mlx("building a validation batch"))?;
-        let loss = model.loss(&loss_batch(&batch), weights).map_err(mlx("validation"))?;
+        let loss = model
+            .loss(&loss_batch(&batch), weights)
+            .map_err(mlx("validation"))?;
         mlx_rs::transforms::eval([&loss.semantic, &loss.acoustic]).map_err(mlx("validation"))?;
         let t = batch.target_frames as f64;
         let d = batch.decoder_frames.len() as f64;
@@ -417,7 +432,8 @@ pub fn train(
     }
     if prepared.train.is_empty() {
         return Err(TrainError::NoExamples {
-            reason: "every example was skipped or the dataset is empty; see the warnings above".into(),
+            reason: "every example was skipped or the dataset is empty; see the warnings above"
+                .into(),
         });
     }
     let mut run = Run::new(cfg, assets, prepared)?;
@@ -513,13 +529,20 @@ impl<'a> Run<'a> {
         for (k, v) in &expected {
             match loaded.adapters.get(k) {
                 Some(a) if a.shape() == v.shape() => {}
-                _ => return Err(reject(format!("adapter tensor `{k}` is missing or has another shape"))),
+                _ => {
+                    return Err(reject(format!(
+                        "adapter tensor `{k}` is missing or has another shape"
+                    )))
+                }
             }
         }
         let dtype = self.assets.loaded.model.dtype();
         let mut update = std::collections::HashMap::new();
         for (k, v) in loaded.adapters {
-            update.insert(std::rc::Rc::from(k.as_str()), v.as_dtype(dtype).map_err(mlx("restoring adapters"))?);
+            update.insert(
+                std::rc::Rc::from(k.as_str()),
+                v.as_dtype(dtype).map_err(mlx("restoring adapters"))?,
+            );
         }
         self.assets.loaded.model.update_flattened(update);
         self.optimizer = loaded.optimizer;
@@ -552,7 +575,11 @@ impl<'a> Run<'a> {
             phase: Phase::Training,
             detail: format!(
                 "{} steps ({} per epoch, {} micro-batches of {} per epoch, {} per step)",
-                self.total_steps, self.steps_per_epoch, self.micro_batches, cfg.batch_size, cfg.grad_accum
+                self.total_steps,
+                self.steps_per_epoch,
+                self.micro_batches,
+                cfg.batch_size,
+                cfg.grad_accum
             ),
         });
         let weights = LossWeights {
@@ -584,9 +611,15 @@ impl<'a> Run<'a> {
                 let mut grads: BTreeMap<String, Array> = BTreeMap::new();
                 let (mut losses, mut frames) = (Vec::new(), 0usize);
                 for (micro, indices) in group.iter().enumerate() {
-                    let refs: Vec<&Example> = indices.iter().map(|&i| &self.data.train[i]).collect();
-                    let mut rng = Rng::new(cfg.seed ^ ((step as u64) << 20 | micro as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
-                    let batch = collate(&refs, cfg.decoder_fraction, &mut rng).map_err(mlx("building a batch"))?;
+                    let refs: Vec<&Example> =
+                        indices.iter().map(|&i| &self.data.train[i]).collect();
+                    let mut rng = Rng::new(
+                        cfg.seed
+                            ^ ((step as u64) << 20 | micro as u64)
+                                .wrapping_mul(0xD1B5_4A32_D192_ED03),
+                    );
+                    let batch = collate(&refs, cfg.decoder_fraction, &mut rng)
+                        .map_err(mlx("building a batch"))?;
                     frames += batch.real_frames;
                     if cfg.lora_dropout > 0.0 {
                         random::seed(cfg.seed.wrapping_add((step as u64) << 16 | micro as u64))
@@ -608,10 +641,17 @@ impl<'a> Run<'a> {
                 let mut sq = Array::from_f32(0.0);
                 for g in grads.values_mut() {
                     if n > 1.0 {
-                        *g = g.divide(Array::from_f32(n)).map_err(mlx("averaging gradients"))?;
+                        *g = g
+                            .divide(Array::from_f32(n))
+                            .map_err(mlx("averaging gradients"))?;
                     }
                     sq = sq
-                        .add(g.as_dtype(Dtype::Float32).and_then(|x| x.square()).and_then(|x| x.sum(None)).map_err(mlx("gradient norm"))?)
+                        .add(
+                            g.as_dtype(Dtype::Float32)
+                                .and_then(|x| x.square())
+                                .and_then(|x| x.sum(None))
+                                .map_err(mlx("gradient norm"))?,
+                        )
                         .map_err(mlx("gradient norm"))?;
                 }
                 let norm = sq.sqrt().map_err(mlx("gradient norm"))?;
@@ -620,7 +660,8 @@ impl<'a> Run<'a> {
                     to_eval.extend(l.iter());
                 }
                 mlx_rs::transforms::eval(to_eval).map_err(mlx("the training step"))?;
-                let mean = |i: usize| losses.iter().map(|l| l[i].item_cast::<f32>()).sum::<f32>() / n;
+                let mean =
+                    |i: usize| losses.iter().map(|l| l[i].item_cast::<f32>()).sum::<f32>() / n;
                 let loss = LossValues {
                     total: mean(0),
                     semantic: mean(1),
@@ -628,7 +669,11 @@ impl<'a> Run<'a> {
                 };
                 let grad_norm = norm.item_cast::<f32>();
                 if !loss.total.is_finite() || !grad_norm.is_finite() {
-                    let value = if loss.total.is_finite() { grad_norm } else { loss.total };
+                    let value = if loss.total.is_finite() {
+                        grad_norm
+                    } else {
+                        loss.total
+                    };
                     return Err(TrainError::NonFinite {
                         step: step + 1,
                         value,
@@ -641,14 +686,26 @@ impl<'a> Run<'a> {
                         *g = g.multiply(&scale).map_err(mlx("clipping gradients"))?;
                     }
                 }
-                let lr = learning_rate(cfg.lr_schedule, cfg.learning_rate, cfg.warmup_steps, step, self.total_steps);
+                let lr = learning_rate(
+                    cfg.lr_schedule,
+                    cfg.learning_rate,
+                    cfg.warmup_steps,
+                    step,
+                    self.total_steps,
+                );
                 let params = adapter::adapter_tensors(&self.assets.loaded.model);
-                let updated = self.optimizer.update(lr, &params, &grads).map_err(mlx("the optimizer step"))?;
+                let updated = self
+                    .optimizer
+                    .update(lr, &params, &grads)
+                    .map_err(mlx("the optimizer step"))?;
                 let mut to_eval: Vec<&Array> = updated.values().collect();
                 to_eval.extend(self.optimizer.state_arrays());
                 mlx_rs::transforms::eval(to_eval).map_err(mlx("the optimizer step"))?;
                 self.assets.loaded.model.update_flattened(
-                    updated.into_iter().map(|(k, v)| (std::rc::Rc::from(k.as_str()), v)).collect(),
+                    updated
+                        .into_iter()
+                        .map(|(k, v)| (std::rc::Rc::from(k.as_str()), v))
+                        .collect(),
                 );
 
                 self.progress.step += 1;
@@ -673,7 +730,9 @@ impl<'a> Run<'a> {
                     eta_secs: per_step * (self.total_steps - self.progress.step) as f64,
                 }));
                 let last = self.progress.step == self.total_steps;
-                if !self.data.val.is_empty() && (last || (cfg.val_every > 0 && self.progress.step % cfg.val_every == 0)) {
+                if !self.data.val.is_empty()
+                    && (last || (cfg.val_every > 0 && self.progress.step % cfg.val_every == 0))
+                {
                     self.validate(observer, weights)?;
                 }
                 if !last && cfg.save_every > 0 && self.progress.step % cfg.save_every == 0 {
@@ -707,7 +766,11 @@ impl<'a> Run<'a> {
         })
     }
 
-    fn validate(&mut self, observer: &mut dyn TrainingObserver, weights: LossWeights) -> Result<(), TrainError> {
+    fn validate(
+        &mut self,
+        observer: &mut dyn TrainingObserver,
+        weights: LossWeights,
+    ) -> Result<(), TrainError> {
         let model = &mut self.assets.loaded.model;
         model.training_mode(false);
         let v = evaluate(model, &self.data.val, self.cfg.batch_size, weights)?;
@@ -725,7 +788,13 @@ impl<'a> Run<'a> {
 
     fn checkpoint(&mut self, observer: &mut dyn TrainingObserver) -> Result<(), TrainError> {
         let adapters = adapter::adapter_tensors(&self.assets.loaded.model);
-        let path = state::save(&self.cfg.output_dir, &self.progress, self.cfg, &adapters, &self.optimizer)?;
+        let path = state::save(
+            &self.cfg.output_dir,
+            &self.progress,
+            self.cfg,
+            &adapters,
+            &self.optimizer,
+        )?;
         observer.on_event(&TrainEvent::Checkpoint {
             step: self.progress.step,
             path: path.clone(),
