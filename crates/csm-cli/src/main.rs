@@ -30,6 +30,12 @@ enum Command {
     /// Check that MLX runs on the GPU and agrees with the CPU (matmul,
     /// gradient), then measure bf16 matmul TFLOP/s.
     GpuCheck(commands::gpu_check::GpuCheckArgs),
+    /// Start N ranks of a csm command for data-parallel training, locally or
+    /// over ssh (`csm launch -n 2 -- finetune-lora ...`).
+    Launch(commands::launch::LaunchArgs),
+    /// Check a distributed set-up: rank, size, backend, all_sum correctness
+    /// and bandwidth (run it under `csm launch`).
+    DistCheck(commands::dist_check::DistCheckArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -38,6 +44,8 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Info(args) => commands::info::run(args),
         Command::GpuCheck(args) => commands::gpu_check::run(args),
+        Command::Launch(args) => commands::launch::run(args),
+        Command::DistCheck(args) => commands::dist_check::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

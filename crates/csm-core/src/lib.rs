@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod distributed;
 pub mod lora;
 pub mod runtime;
 pub mod train;
