@@ -623,13 +623,17 @@ fn fire(id: &Identity, armed: &Armed, elapsed: Duration) -> ! {
     let size = id.size.map_or("?".to_string(), |s| s.to_string());
     let culprit = blame(id, armed.seq);
     let msg = format!(
-        "csm distributed watchdog: rank {me} of {size} ({backend}) has waited {secs:.0} s in {what} \
-         (collective #{seq}); {culprit}. Ending this process (exit {code}); raise {TIMEOUT_ENV} \
+        "csm distributed watchdog: rank {me} of {size} ({backend}) has waited {secs:.0} s in {what}\
+         {seq}; {culprit}. Ending this process (exit {code}); raise {TIMEOUT_ENV} \
          if steps are legitimately this slow.",
         backend = id.backend,
         secs = elapsed.as_secs_f64(),
         what = armed.what,
-        seq = armed.seq,
+        seq = if armed.seq > 0 {
+            format!(" (collective #{})", armed.seq)
+        } else {
+            String::new()
+        },
         code = WATCHDOG_EXIT_CODE,
     );
     let mut err = std::io::stderr().lock();

@@ -158,11 +158,9 @@ fn child_collectives() {
     assert_eq!(stats.tensors, 3);
     assert_eq!(stats.collectives, 2);
     assert_eq!(stats.payload_bytes, (12 + 7) * 4 + 4 * 2);
-    // Ring estimate: 2 (n - 1) / n of the payload.
-    assert_eq!(
-        stats.bytes_sent_per_rank,
-        2 * (n as u64 - 1) * stats.payload_bytes / n as u64
-    );
+    // Ring estimate: 2 (n - 1) / n of each buffer (f32, then bf16).
+    let ring = |bytes: u64| 2 * (n as u64 - 1) * bytes / n as u64;
+    assert_eq!(stats.bytes_sent_per_rank, ring(19 * 4) + ring(4 * 2));
     let mean_r = ranks_sum / nf;
     let a = &grads["layers.0.attn.q_proj.lora_a"];
     assert_eq!(a.shape(), &[3, 4]);
