@@ -36,8 +36,9 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Mutex;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -484,7 +485,8 @@ fn rank_script(plan: &RankPlan, program: &str, command: &[String], cwd: Option<&
 /// A started rank.
 struct RankProc {
     rank: usize,
-    child: Child,
+    /// Process (and process group) id; signalled only until reaped.
+    pid: i32,
     /// For remote ranks: the ssh pty's stdin, to send ^C.
     stdin: Option<ChildStdin>,
     remote: bool,
@@ -494,6 +496,10 @@ struct RankProc {
 struct Launched {
     ranks: Vec<RankProc>,
     pumps: Vec<JoinHandle<()>>,
+    /// Exits in the order they happened, from one reaper thread per rank
+    /// (so the first rank to fail is named, not the lowest-numbered one).
+    exits_tx: Sender<(usize, ExitStatus)>,
+    exits: Receiver<(usize, ExitStatus)>,
 }
 
 static SIGINTS: AtomicUsize = AtomicUsize::new(0);
@@ -563,9 +569,12 @@ impl Launched {
     ) -> Result<Launched> {
         // SAFETY: installs an async-signal-safe handler (one atomic add).
         unsafe { libc::signal(libc::SIGINT, on_sigint as extern "C" fn(libc::c_int) as libc::sighandler_t) };
+        let (exits_tx, exits) = channel();
         let mut launched = Launched {
             ranks: Vec::new(),
             pumps: Vec::new(),
+            exits_tx,
+            exits,
         };
         for (rank, plan) in plans.iter().enumerate() {
             let mut cmd = match &plan.ssh_host {
@@ -613,10 +622,18 @@ impl Launched {
             let stderr = child.stderr.take().expect("piped");
             launched.pumps.push(pump(rank, stdout, false));
             launched.pumps.push(pump(rank, stderr, true));
+            let stdin = child.stdin.take();
+            let pid = child.id() as i32;
+            let tx = launched.exits_tx.clone();
+            std::thread::spawn(move || {
+                if let Ok(st) = child.wait() {
+                    let _ = tx.send((rank, st));
+                }
+            });
             launched.ranks.push(RankProc {
                 rank,
-                stdin: child.stdin.take(),
-                child,
+                stdin,
+                pid,
                 remote: plan.ssh_host.is_some(),
                 status: None,
             });
@@ -627,14 +644,10 @@ impl Launched {
     /// Reaps finished ranks; returns the first newly failed one.
     fn poll(&mut self) -> Option<(usize, ExitStatus)> {
         let mut failed = None;
-        for r in &mut self.ranks {
-            if r.status.is_none() {
-                if let Ok(Some(st)) = r.child.try_wait() {
-                    r.status = Some(st);
-                    if !st.success() && failed.is_none() {
-                        failed = Some((r.rank, st));
-                    }
-                }
+        while let Ok((rank, st)) = self.exits.try_recv() {
+            self.ranks[rank].status = Some(st);
+            if !st.success() && failed.is_none() {
+                failed = Some((rank, st));
             }
         }
         failed
@@ -657,10 +670,13 @@ impl Launched {
                 }
                 continue;
             }
-            let pid = r.child.id() as i32;
-            // SAFETY: signals the rank's own process group (created with
-            // process_group(0), so its id is the child's pid); the child has
-            // not been reaped, so the id is still ours.
+            let pid = r.pid;
+            // SAFETY: kill(2) has no memory-safety preconditions. It
+            // signals the rank's own process group (created with
+            // process_group(0), so its id is the child's pid). The rank has
+            // not been reported as exited; its reaper may have reaped it a
+            // moment ago, a narrow window in which the id could be reused,
+            // as with any supervisor that signals by pid.
             unsafe { libc::kill(-pid, sig) };
         }
     }
@@ -675,10 +691,10 @@ impl Launched {
         }
         if !self.all_done() {
             self.signal_all(libc::SIGKILL);
-            for r in &mut self.ranks {
-                if r.status.is_none() {
-                    r.status = r.child.wait().ok();
-                }
+            let start = Instant::now();
+            while !self.all_done() && start.elapsed() < Duration::from_secs(5) {
+                self.poll();
+                std::thread::sleep(Duration::from_millis(20));
             }
         }
     }
