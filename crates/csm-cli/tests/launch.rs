@@ -57,14 +57,30 @@ fn dist_check_single_process() {
 #[test]
 fn launch_two_ranks_dist_check() {
     let (out, _) = csm(
-        &["launch", "-n", "2", "--", "dist-check", "--mib", "1", "--iters", "2"],
+        &[
+            "launch",
+            "-n",
+            "2",
+            "--",
+            "dist-check",
+            "--mib",
+            "1",
+            "--iters",
+            "2",
+        ],
         Duration::from_secs(120),
     );
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     for r in 0..2 {
-        assert!(t.contains(&format!("[rank {r}] rank {r} of 2, backend ring")), "{t}");
-        assert!(t.contains(&format!("[rank {r}] dist-check passed on rank {r} of 2")), "{t}");
+        assert!(
+            t.contains(&format!("[rank {r}] rank {r} of 2, backend ring")),
+            "{t}"
+        );
+        assert!(
+            t.contains(&format!("[rank {r}] dist-check passed on rank {r} of 2")),
+            "{t}"
+        );
     }
     assert!(t.contains("GB/s"), "{t}");
 }
@@ -73,8 +89,17 @@ fn launch_two_ranks_dist_check() {
 fn launch_names_the_rank_that_exits_with_an_error() {
     let (out, took) = csm(
         &[
-            "launch", "-n", "2", "--kill-timeout", "5", "--", "dist-check", "--fail-rank", "1",
-            "--fail-after", "1",
+            "launch",
+            "-n",
+            "2",
+            "--kill-timeout",
+            "5",
+            "--",
+            "dist-check",
+            "--fail-rank",
+            "1",
+            "--fail-after",
+            "1",
         ],
         Duration::from_secs(120),
     );
@@ -88,8 +113,19 @@ fn launch_names_the_rank_that_exits_with_an_error() {
 fn launch_names_the_rank_that_crashes() {
     let (out, _) = csm(
         &[
-            "launch", "-n", "2", "--kill-timeout", "5", "--", "dist-check", "--fail-rank", "0",
-            "--fail-after", "2", "--fail-mode", "crash",
+            "launch",
+            "-n",
+            "2",
+            "--kill-timeout",
+            "5",
+            "--",
+            "dist-check",
+            "--fail-rank",
+            "0",
+            "--fail-after",
+            "2",
+            "--fail-mode",
+            "crash",
         ],
         Duration::from_secs(120),
     );
@@ -105,8 +141,21 @@ fn launch_names_the_rank_that_crashes() {
 fn watchdog_names_the_rank_that_stopped_responding() {
     let (out, took) = csm(
         &[
-            "launch", "-n", "2", "--dist-timeout", "4", "--kill-timeout", "5", "--", "dist-check",
-            "--fail-rank", "1", "--fail-after", "2", "--fail-mode", "hang",
+            "launch",
+            "-n",
+            "2",
+            "--dist-timeout",
+            "4",
+            "--kill-timeout",
+            "5",
+            "--",
+            "dist-check",
+            "--fail-rank",
+            "1",
+            "--fail-after",
+            "2",
+            "--fail-mode",
+            "hang",
         ],
         Duration::from_secs(120),
     );
@@ -158,14 +207,27 @@ fn launch_with_a_local_hostfile() {
     );
     let t = text(&out);
     assert!(out.status.success(), "{t}");
-    assert!(t.contains("[rank 1] dist-check passed on rank 1 of 2"), "{t}");
+    assert!(
+        t.contains("[rank 1] dist-check passed on rank 1 of 2"),
+        "{t}"
+    );
 }
 
 #[test]
 fn launch_forwards_ctrl_c_once() {
     use std::io::{BufRead, BufReader, Read};
     let mut child = Command::new(CSM)
-        .args(["launch", "-n", "2", "--", "dist-check", "--iters", "0", "--linger", "60"])
+        .args([
+            "launch",
+            "-n",
+            "2",
+            "--",
+            "dist-check",
+            "--iters",
+            "0",
+            "--linger",
+            "60",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -215,13 +277,20 @@ fn launch_forwards_ctrl_c_once() {
     lines.extend(rx.try_iter());
     let lines = lines.join("\n");
     let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert!(!status.success(), "{lines}\n{err}");
     assert!(err.contains("forwarding SIGINT"), "{lines}\n{err}");
     assert!(err.contains("every rank stopped cleanly"), "{lines}\n{err}");
     for r in 0..2 {
         assert!(
-            lines.contains(&format!("[rank {r}] rank {r}: SIGINT received, stopping cleanly")),
+            lines.contains(&format!(
+                "[rank {r}] rank {r}: SIGINT received, stopping cleanly"
+            )),
             "{lines}\n{err}"
         );
     }

@@ -116,7 +116,9 @@ pub enum DistError {
         source_of_size: String,
     },
     /// The backend name is not one MLX knows.
-    #[error("unknown distributed backend {0:?} (expected ring, mpi, nccl, jaccl, jaccl-ring or any)")]
+    #[error(
+        "unknown distributed backend {0:?} (expected ring, mpi, nccl, jaccl, jaccl-ring or any)"
+    )]
     UnknownBackend(String),
     /// The loaded libmlx was built without this backend.
     #[error("the {0} backend is not available in this libmlx (the CPU wheel has ring and mpi; nccl needs the CUDA wheel, jaccl macOS 26.2+)")]
@@ -218,7 +220,9 @@ fn install_error_handler() {
         drop(Array::from_int(0).clone());
         // SAFETY: the handler is a plain `extern "C"` function with no data
         // pointer and no destructor; it lives for the whole program.
-        unsafe { mlx_sys::mlx_set_error_handler(Some(chained_error_handler), std::ptr::null_mut(), None) };
+        unsafe {
+            mlx_sys::mlx_set_error_handler(Some(chained_error_handler), std::ptr::null_mut(), None)
+        };
     });
 }
 
@@ -244,11 +248,14 @@ fn env(var: &str) -> Option<String> {
 }
 
 fn parse_usize(var: &'static str, value: &str) -> Result<usize, DistError> {
-    value.trim().parse::<usize>().map_err(|_| DistError::BadEnv {
-        var,
-        value: value.to_string(),
-        reason: "expected a non-negative integer".into(),
-    })
+    value
+        .trim()
+        .parse::<usize>()
+        .map_err(|_| DistError::BadEnv {
+            var,
+            value: value.to_string(),
+            reason: "expected a non-negative integer".into(),
+        })
 }
 
 /// Reads and checks a ring hostfile: a JSON list with, per rank, a non-empty
@@ -262,9 +269,9 @@ pub fn read_ring_hostfile(path: &Path) -> Result<Vec<Vec<String>>, DistError> {
     let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
     let value: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
-    let ranks = value
-        .as_array()
-        .ok_or_else(|| bad("expected a JSON list with one list of \"host:port\" per rank".into()))?;
+    let ranks = value.as_array().ok_or_else(|| {
+        bad("expected a JSON list with one list of \"host:port\" per rank".into())
+    })?;
     if ranks.is_empty() {
         return Err(bad("it lists no ranks".into()));
     }
@@ -313,9 +320,14 @@ enum Plan {
 const KNOWN_BACKENDS: &[&str] = &["ring", "mpi", "nccl", "jaccl", "jaccl-ring", "any"];
 
 fn under_mpi() -> bool {
-    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MV2_COMM_WORLD_SIZE"]
-        .iter()
-        .any(|v| env(v).is_some())
+    [
+        "OMPI_COMM_WORLD_SIZE",
+        "PMI_SIZE",
+        "PMIX_RANK",
+        "MV2_COMM_WORLD_SIZE",
+    ]
+    .iter()
+    .any(|v| env(v).is_some())
 }
 
 /// Picks the backend from the environment when none was given.
@@ -399,7 +411,11 @@ fn plan(backend: Option<&str>, strict: bool) -> Result<Plan, DistError> {
             })
         }
         "nccl" => {
-            require(&name, "NCCL_HOST_IP", " (rank 0's IP address, reachable from every rank)")?;
+            require(
+                &name,
+                "NCCL_HOST_IP",
+                " (rank 0's IP address, reachable from every rank)",
+            )?;
             let port = require(&name, "NCCL_PORT", " (a free TCP port on rank 0)")?;
             if port.trim().parse::<u16>().is_err() {
                 return Err(DistError::BadEnv {
@@ -429,7 +445,11 @@ fn plan(backend: Option<&str>, strict: bool) -> Result<Plan, DistError> {
             })
         }
         "jaccl" | "jaccl-ring" => {
-            let devices = require(&name, "MLX_IBV_DEVICES", " (a JSON file of RDMA device names)")?;
+            let devices = require(
+                &name,
+                "MLX_IBV_DEVICES",
+                " (a JSON file of RDMA device names)",
+            )?;
             if !Path::new(&devices).is_file() {
                 return Err(DistError::BadEnv {
                     var: "MLX_IBV_DEVICES",
@@ -568,7 +588,11 @@ impl Watchdog {
     }
 
     fn set_identity(&self, rank: usize, size: usize) {
-        let mut id = self.shared.identity.lock().unwrap_or_else(|e| e.into_inner());
+        let mut id = self
+            .shared
+            .identity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         id.rank = Some(rank);
         id.size = Some(size);
     }
@@ -669,7 +693,10 @@ fn blame(id: &Identity, my_seq: u64) -> String {
         }
     }
     if size == 2 {
-        format!("rank {} stopped responding (crashed, hung or unreachable)", 1 - me)
+        format!(
+            "rank {} stopped responding (crashed, hung or unreachable)",
+            1 - me
+        )
     } else {
         format!(
             "some other rank stopped responding; this rank's ring neighbours are rank {} and rank {} \
@@ -769,7 +796,8 @@ impl Group {
             Plan::Single => return Ok(Group::single()),
             Plan::Backend { name, rank } => (name, rank),
         };
-        let c_name = CString::new(name.clone()).map_err(|_| DistError::UnknownBackend(name.clone()))?;
+        let c_name =
+            CString::new(name.clone()).map_err(|_| DistError::UnknownBackend(name.clone()))?;
         if name != "any" {
             // SAFETY: c_name is a valid NUL-terminated string for the call.
             let available = unsafe { mlx_sys::mlx_distributed_is_available(c_name.as_ptr()) };
@@ -894,7 +922,8 @@ impl Group {
         if !self.is_distributed() {
             return Ok(x.clone());
         }
-        x.eval().map_err(mlx_err("evaluating the input of all_sum"))?;
+        x.eval()
+            .map_err(mlx_err("evaluating the input of all_sum"))?;
         self.all_sum_evaluated(x, "all_sum")
     }
 
@@ -905,7 +934,8 @@ impl Group {
         }
         let sum = self.all_sum(x)?;
         let mean = scale(&sum, 1.0 / self.size as f32)?;
-        mean.eval().map_err(mlx_err("all_mean: dividing by the group size"))?;
+        mean.eval()
+            .map_err(mlx_err("all_mean: dividing by the group size"))?;
         Ok(mean)
     }
 
@@ -916,7 +946,8 @@ impl Group {
         if !self.is_distributed() {
             return Ok(x.clone());
         }
-        x.eval().map_err(mlx_err("evaluating the input of all_sum"))?;
+        x.eval()
+            .map_err(mlx_err("evaluating the input of all_sum"))?;
         let dog = Watchdog::new(
             timeout,
             Identity {
@@ -970,8 +1001,10 @@ impl Group {
             let packed = if flat.len() == 1 {
                 flat.pop().expect("one element")
             } else {
-                mlx_rs::ops::concatenate(&flat, 0)
-                    .map_err(mlx_err(format!("packing {} {dtype:?} gradients", names.len())))?
+                mlx_rs::ops::concatenate(&flat, 0).map_err(mlx_err(format!(
+                    "packing {} {dtype:?} gradients",
+                    names.len()
+                )))?
             };
             packed
                 .eval()
@@ -1031,7 +1064,10 @@ impl Group {
             backend: self.backend.clone(),
             message,
         };
-        let stream = self.stream.as_ref().expect("distributed groups have a stream");
+        let stream = self
+            .stream
+            .as_ref()
+            .expect("distributed groups have a stream");
         // SAFETY: a fresh empty array handle for mlx-c to fill.
         let mut res = unsafe { mlx_sys::mlx_array_new() };
         // SAFETY: `x`, `self.raw` and `stream` are live handles for the call;

@@ -41,14 +41,19 @@ fn run_ranks(n: usize, role: &str, extra_env: &[(&str, &str)]) -> Vec<(bool, Str
     let mut children: Vec<_> = (0..n)
         .map(|rank| {
             let mut c = Command::new(&exe);
-            c.args(["--exact", "distributed_child", "--nocapture", "--test-threads=1"])
-                .env(ROLE, role)
-                .env("MLX_HOSTFILE", &hostfile)
-                .env("MLX_RANK", rank.to_string())
-                .env("CSM_DIST_TIMEOUT_SECS", "60")
-                .env_remove("MLX_DISTRIBUTED_BACKEND")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
+            c.args([
+                "--exact",
+                "distributed_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(ROLE, role)
+            .env("MLX_HOSTFILE", &hostfile)
+            .env("MLX_RANK", rank.to_string())
+            .env("CSM_DIST_TIMEOUT_SECS", "60")
+            .env_remove("MLX_DISTRIBUTED_BACKEND")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
             for (k, v) in extra_env {
                 c.env(k, v);
             }
@@ -57,9 +62,7 @@ fn run_ranks(n: usize, role: &str, extra_env: &[(&str, &str)]) -> Vec<(bool, Str
         .collect();
     let start = Instant::now();
     loop {
-        let done = children
-            .iter_mut()
-            .all(|c| c.try_wait().unwrap().is_some());
+        let done = children.iter_mut().all(|c| c.try_wait().unwrap().is_some());
         if done {
             break;
         }
@@ -106,7 +109,10 @@ fn values(a: &Array) -> Vec<f32> {
 
 fn child_collectives() {
     let g = Group::init(None, true).expect("init ring");
-    let n = std::env::var("CSM_DIST_TEST_SIZE").unwrap().parse::<usize>().unwrap();
+    let n = std::env::var("CSM_DIST_TEST_SIZE")
+        .unwrap()
+        .parse::<usize>()
+        .unwrap();
     assert_eq!(g.size(), n);
     assert_eq!(g.backend(), "ring");
     assert!(g.is_distributed());
@@ -117,7 +123,10 @@ fn child_collectives() {
     // all_sum / all_mean of rank-dependent data (3 elements: for 3+ ranks
     // this is smaller than the group, which MLX's ring pads).
     let x = Array::from_slice(&[r, 10.0 * r, 1.0], &[3]);
-    assert_eq!(values(&g.all_sum(&x).unwrap()), vec![ranks_sum, 10.0 * ranks_sum, nf]);
+    assert_eq!(
+        values(&g.all_sum(&x).unwrap()),
+        vec![ranks_sum, 10.0 * ranks_sum, nf]
+    );
     assert_eq!(
         values(&g.all_mean(&x).unwrap()),
         vec![ranks_sum / nf, 10.0 * ranks_sum / nf, 1.0]
@@ -142,7 +151,10 @@ fn child_collectives() {
     let mut grads = BTreeMap::new();
     grads.insert(
         "layers.0.attn.q_proj.lora_a".to_string(),
-        Array::from_slice(&(0..12).map(|i| i as f32 + 100.0 * r).collect::<Vec<_>>(), &[3, 4]),
+        Array::from_slice(
+            &(0..12).map(|i| i as f32 + 100.0 * r).collect::<Vec<_>>(),
+            &[3, 4],
+        ),
     );
     grads.insert(
         "layers.0.attn.q_proj.lora_b".to_string(),
@@ -166,10 +178,15 @@ fn child_collectives() {
     assert_eq!(a.shape(), &[3, 4]);
     assert_eq!(
         values(a),
-        (0..12).map(|i| i as f32 + 100.0 * mean_r).collect::<Vec<_>>()
+        (0..12)
+            .map(|i| i as f32 + 100.0 * mean_r)
+            .collect::<Vec<_>>()
     );
     assert_eq!(grads["layers.0.attn.q_proj.lora_b"].shape(), &[7, 1]);
-    assert_eq!(values(&grads["layers.0.attn.q_proj.lora_b"]), vec![mean_r; 7]);
+    assert_eq!(
+        values(&grads["layers.0.attn.q_proj.lora_b"]),
+        vec![mean_r; 7]
+    );
     assert_eq!(grads["norm.bias"].dtype(), Dtype::Bfloat16);
     assert_eq!(values(&grads["norm.bias"]), vec![4.0 * mean_r; 4]);
     println!("rank {} ok: {stats:?}", g.rank());
@@ -181,7 +198,16 @@ fn child_bad_env() {
     let hostfile = std::env::var("MLX_HOSTFILE").unwrap();
     std::env::set_var("MLX_RANK", "one");
     let e = Group::init(None, false).unwrap_err();
-    assert!(matches!(e, DistError::BadEnv { var: "MLX_RANK", .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            DistError::BadEnv {
+                var: "MLX_RANK",
+                ..
+            }
+        ),
+        "{e}"
+    );
     assert!(e.to_string().contains("MLX_RANK=\"one\""), "{e}");
 
     std::env::set_var("MLX_RANK", "7");
@@ -191,7 +217,10 @@ fn child_bad_env() {
     std::env::set_var("MLX_RANK", "0");
     std::env::set_var("MLX_HOSTFILE", "/nonexistent/hosts.json");
     let e = Group::init(None, false).unwrap_err().to_string();
-    assert!(e.contains("/nonexistent/hosts.json") && e.contains("MLX_HOSTFILE"), "{e}");
+    assert!(
+        e.contains("/nonexistent/hosts.json") && e.contains("MLX_HOSTFILE"),
+        "{e}"
+    );
 
     std::env::remove_var("MLX_HOSTFILE");
     let e = Group::init(Some("ring"), false).unwrap_err().to_string();
@@ -226,7 +255,10 @@ fn check_collectives(n: usize) {
     let results = run_ranks(n, "collectives", &[("CSM_DIST_TEST_SIZE", &size)]);
     for (rank, (ok, out)) in results.iter().enumerate() {
         assert!(ok, "rank {rank} of {n} failed:\n{out}");
-        assert!(out.contains(&format!("rank {rank} ok")), "rank {rank}:\n{out}");
+        assert!(
+            out.contains(&format!("rank {rank} ok")),
+            "rank {rank}:\n{out}"
+        );
     }
 }
 

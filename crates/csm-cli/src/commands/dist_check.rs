@@ -98,11 +98,11 @@ pub fn run(args: DistCheckArgs) -> Result<()> {
     let mut grads = BTreeMap::new();
     grads.insert(
         "a.lora_a".to_string(),
-        Array::from_slice(&vec![rank as f32; 12], &[3, 4]),
+        Array::from_slice(&[rank as f32; 12], &[3, 4]),
     );
     grads.insert(
         "b.lora_b".to_string(),
-        Array::from_slice(&vec![2.0 * rank as f32; 5], &[5]),
+        Array::from_slice(&[2.0 * rank as f32; 5], &[5]),
     );
     grads.insert(
         "c.bias".to_string(),
@@ -212,7 +212,12 @@ extern "C" fn on_sigint(_: libc::c_int) {
 /// saving a checkpoint).
 fn linger(rank: usize, d: Duration) {
     // SAFETY: installs an async-signal-safe handler (one atomic store).
-    unsafe { libc::signal(libc::SIGINT, on_sigint as extern "C" fn(libc::c_int) as libc::sighandler_t) };
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            on_sigint as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        )
+    };
     let start = Instant::now();
     while start.elapsed() < d {
         if INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {

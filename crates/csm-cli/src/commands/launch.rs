@@ -227,8 +227,9 @@ pub fn run(args: LaunchArgs) -> Result<()> {
     let backend = match (args.backend, file_backend.as_deref()) {
         (Some(b), _) => b,
         (None, None) => LaunchBackend::Ring,
-        (None, Some(name)) => LaunchBackend::from_str(name, true)
-            .map_err(|_| anyhow!("host file backend {name:?}: expected ring, nccl, mpi or jaccl"))?,
+        (None, Some(name)) => LaunchBackend::from_str(name, true).map_err(|_| {
+            anyhow!("host file backend {name:?}: expected ring, nccl, mpi or jaccl")
+        })?,
     };
     let n = match (&hosts, args.num_ranks) {
         (Some(h), None) => h.len(),
@@ -251,10 +252,8 @@ pub fn run(args: LaunchArgs) -> Result<()> {
         .prefix("csm-launch-")
         .tempdir()
         .context("creating a temporary directory for the host file")?;
-    let mut common: Vec<(String, String)> = vec![(
-        "MLX_DISTRIBUTED_BACKEND".into(),
-        backend.name().to_string(),
-    )];
+    let mut common: Vec<(String, String)> =
+        vec![("MLX_DISTRIBUTED_BACKEND".into(), backend.name().to_string())];
     if let Some(t) = args.dist_timeout {
         common.push(("CSM_DIST_TIMEOUT_SECS".into(), t.to_string()));
     }
@@ -333,26 +332,24 @@ pub fn run(args: LaunchArgs) -> Result<()> {
                     files.push(("MLX_HOSTFILE".to_string(), serde_json::to_string(&nodes)?));
                 }
                 LaunchBackend::Nccl => {
-                    let ip = hosts[0]
-                        .ips
-                        .first()
-                        .ok_or_else(|| anyhow!("host file: rank 0 needs \"ips\" for the NCCL bootstrap"))?;
+                    let ip = hosts[0].ips.first().ok_or_else(|| {
+                        anyhow!("host file: rank 0 needs \"ips\" for the NCCL bootstrap")
+                    })?;
                     shared.push(("NCCL_HOST_IP".into(), ip.clone()));
                     shared.push(("NCCL_PORT".into(), args.starting_port.to_string()));
                     shared.push(("MLX_WORLD_SIZE".into(), n.to_string()));
                 }
                 LaunchBackend::Jaccl => {
-                    let ip = hosts[0]
-                        .ips
-                        .first()
-                        .ok_or_else(|| anyhow!("host file: rank 0 needs \"ips\" for the JACCL coordinator"))?;
+                    let ip = hosts[0].ips.first().ok_or_else(|| {
+                        anyhow!("host file: rank 0 needs \"ips\" for the JACCL coordinator")
+                    })?;
                     let rdma: Vec<serde_json::Value> = hosts
                         .iter()
                         .enumerate()
                         .map(|(r, h)| {
-                            h.rdma
-                                .clone()
-                                .ok_or_else(|| anyhow!("host file: rank {r} ({}) has no \"rdma\"", h.ssh))
+                            h.rdma.clone().ok_or_else(|| {
+                                anyhow!("host file: rank {r} ({}) has no \"rdma\"", h.ssh)
+                            })
                         })
                         .collect::<Result<_>>()?;
                     shared.push((
@@ -404,30 +401,33 @@ pub fn run(args: LaunchArgs) -> Result<()> {
 }
 
 /// CUDA_VISIBLE_DEVICES per local rank, or `None` to leave it alone.
-fn gpu_assignment(args: &LaunchArgs, backend: LaunchBackend, n: usize) -> Result<Option<Vec<String>>> {
-    let per_rank = match args.gpus_per_rank.as_deref() {
-        None if backend != LaunchBackend::Nccl => return Ok(None),
-        None | Some("auto") => {
-            if std::env::var_os("CUDA_VISIBLE_DEVICES").is_some() {
-                // The user chose the GPUs; MLX's NCCL backend then uses
-                // GPU `rank % visible`.
-                return Ok(None);
-            }
-            let found = count_gpus();
-            if found < n {
-                if backend == LaunchBackend::Nccl && found > 0 {
-                    bail!("{n} ranks but only {found} GPUs are visible (nvidia-smi -L)");
+fn gpu_assignment(
+    args: &LaunchArgs,
+    backend: LaunchBackend,
+    n: usize,
+) -> Result<Option<Vec<String>>> {
+    let per_rank =
+        match args.gpus_per_rank.as_deref() {
+            None if backend != LaunchBackend::Nccl => return Ok(None),
+            None | Some("auto") => {
+                if std::env::var_os("CUDA_VISIBLE_DEVICES").is_some() {
+                    // The user chose the GPUs; MLX's NCCL backend then uses
+                    // GPU `rank % visible`.
+                    return Ok(None);
                 }
-                return Ok(None);
+                let found = count_gpus();
+                if found < n {
+                    if backend == LaunchBackend::Nccl && found > 0 {
+                        bail!("{n} ranks but only {found} GPUs are visible (nvidia-smi -L)");
+                    }
+                    return Ok(None);
+                }
+                1
             }
-            1
-        }
-        Some(k) => k
-            .parse::<usize>()
-            .ok()
-            .filter(|&k| k > 0)
-            .ok_or_else(|| anyhow!("--gpus-per-rank {k:?}: expected a positive number or auto"))?,
-    };
+            Some(k) => k.parse::<usize>().ok().filter(|&k| k > 0).ok_or_else(|| {
+                anyhow!("--gpus-per-rank {k:?}: expected a positive number or auto")
+            })?,
+        };
     Ok(Some(
         (0..n)
             .map(|r| {
@@ -568,7 +568,12 @@ impl Launched {
         cwd: Option<&Path>,
     ) -> Result<Launched> {
         // SAFETY: installs an async-signal-safe handler (one atomic add).
-        unsafe { libc::signal(libc::SIGINT, on_sigint as extern "C" fn(libc::c_int) as libc::sighandler_t) };
+        unsafe {
+            libc::signal(
+                libc::SIGINT,
+                on_sigint as extern "C" fn(libc::c_int) as libc::sighandler_t,
+            )
+        };
         let (exits_tx, exits) = channel();
         let mut launched = Launched {
             ranks: Vec::new(),
@@ -589,7 +594,8 @@ impl Launched {
                 }
                 None => {
                     let mut c = Command::new("bash");
-                    c.arg("-c").arg(rank_script(plan, program, &args.command, cwd));
+                    c.arg("-c")
+                        .arg(rank_script(plan, program, &args.command, cwd));
                     c
                 }
                 Some(host) => {
