@@ -602,7 +602,20 @@ impl Launched {
                     let mut c = Command::new("ssh");
                     // -tt: the remote rank gets a pty, so it is hung up when
                     // ssh goes away, and ^C on stdin becomes SIGINT there.
-                    c.args(["-tt", "-o", "LogLevel=QUIET", "-o", "BatchMode=yes", host]);
+                    // Keep-alives: if the host vanishes (power, cable), ssh
+                    // exits after about a minute and the rank is reported.
+                    c.args([
+                        "-tt",
+                        "-o",
+                        "LogLevel=QUIET",
+                        "-o",
+                        "BatchMode=yes",
+                        "-o",
+                        "ServerAliveInterval=15",
+                        "-o",
+                        "ServerAliveCountMax=4",
+                        host,
+                    ]);
                     c.arg(rank_script(plan, remote_program, &args.command, cwd));
                     c
                 }
