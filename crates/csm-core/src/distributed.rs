@@ -48,7 +48,7 @@ use std::ffi::{c_char, c_void, CStr, CString};
 use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Once};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -149,6 +149,14 @@ pub enum DistError {
         backend: String,
         /// MLX's message.
         message: String,
+    },
+    /// Ranks passed different gradient sets to `average_gradients`.
+    #[error("gradient sets differ between ranks (names, shapes or dtypes; rank {rank} has {tensors} tensors): every rank must average the same parameters")]
+    LayoutMismatch {
+        /// This rank.
+        rank: usize,
+        /// Number of gradients on this rank.
+        tensors: usize,
     },
     /// A local MLX operation around a collective (pack, cast, split) failed.
     #[error("{what}: {source}")]
@@ -749,6 +757,7 @@ pub struct Group {
     stream: Option<Stream>,
     watchdog: Option<Watchdog>,
     seq: AtomicU64,
+    layout_checked: AtomicBool,
     progress_dir: Option<PathBuf>,
 }
 
@@ -775,6 +784,7 @@ impl Group {
             stream: None,
             watchdog: None,
             seq: AtomicU64::new(0),
+            layout_checked: AtomicBool::new(false),
             progress_dir: None,
         }
     }
@@ -864,6 +874,7 @@ impl Group {
             stream: Some(stream),
             watchdog: if size > 1 { watchdog } else { None },
             seq: AtomicU64::new(0),
+            layout_checked: AtomicBool::new(false),
             progress_dir,
         })
     }
@@ -964,6 +975,10 @@ impl Group {
     /// all-reduce per dtype: flattens and concatenates the gradients into one
     /// buffer, sums it across ranks, divides by the size and splits it back.
     /// Returns the payload, the estimated bytes sent and the collective time.
+    ///
+    /// Every rank must pass the same names, shapes and dtypes. The first
+    /// call checks that with two tiny extra collectives (all-max and all-min
+    /// of a layout hash) and fails with [`DistError::LayoutMismatch`].
     pub fn average_gradients(
         &self,
         grads: &mut BTreeMap<String, Array>,
@@ -972,7 +987,14 @@ impl Group {
             tensors: grads.len(),
             ..ReduceStats::default()
         };
-        if !self.is_distributed() || grads.is_empty() {
+        if !self.is_distributed() {
+            return Ok(stats);
+        }
+        if !self.layout_checked.load(Ordering::Relaxed) {
+            self.check_layout(grads)?;
+            self.layout_checked.store(true, Ordering::Relaxed);
+        }
+        if grads.is_empty() {
             return Ok(stats);
         }
         // Group by dtype so no gradient changes precision in transit.
@@ -1046,6 +1068,34 @@ impl Group {
         Ok(stats)
     }
 
+    /// Checks once that every rank passes the same gradient names, shapes
+    /// and dtypes (otherwise the packed buffers differ and the all-reduce
+    /// mixes unrelated values or hangs): the all-max and all-min of a hash
+    /// of the layout must agree.
+    fn check_layout(&self, grads: &BTreeMap<String, Array>) -> Result<(), DistError> {
+        let sig = layout_signature(grads);
+        let x = Array::from_slice(&sig, &[sig.len() as i32]);
+        let hi = self.reduce(
+            &x,
+            "all_max (gradient layout check)",
+            Reduce::Max,
+            self.watchdog.as_ref(),
+        )?;
+        let lo = self.reduce(
+            &x,
+            "all_min (gradient layout check)",
+            Reduce::Min,
+            self.watchdog.as_ref(),
+        )?;
+        if hi.as_slice::<i32>() != lo.as_slice::<i32>() {
+            return Err(DistError::LayoutMismatch {
+                rank: self.rank,
+                tensors: grads.len(),
+            });
+        }
+        Ok(())
+    }
+
     /// `all_sum` of an already evaluated array under the group's watchdog.
     fn all_sum_evaluated(&self, x: &Array, op: &'static str) -> Result<Array, DistError> {
         self.collective(x, op, self.watchdog.as_ref())
@@ -1057,6 +1107,27 @@ impl Group {
         op: &'static str,
         dog: Option<&Watchdog>,
     ) -> Result<Array, DistError> {
+        self.reduce(x, op, Reduce::Sum, dog)
+    }
+
+    fn reduce(
+        &self,
+        x: &Array,
+        op: &'static str,
+        reduce: Reduce,
+        dog: Option<&Watchdog>,
+    ) -> Result<Array, DistError> {
+        type RawReduce = unsafe extern "C" fn(
+            *mut mlx_sys::mlx_array,
+            mlx_sys::mlx_array,
+            mlx_sys::mlx_distributed_group,
+            mlx_sys::mlx_stream,
+        ) -> std::ffi::c_int;
+        let raw_op: RawReduce = match reduce {
+            Reduce::Sum => mlx_sys::mlx_distributed_all_sum,
+            Reduce::Max => mlx_sys::mlx_distributed_all_max,
+            Reduce::Min => mlx_sys::mlx_distributed_all_min,
+        };
         let fail = |message: String| DistError::Collective {
             op,
             rank: self.rank,
@@ -1072,9 +1143,7 @@ impl Group {
         let mut res = unsafe { mlx_sys::mlx_array_new() };
         // SAFETY: `x`, `self.raw` and `stream` are live handles for the call;
         // `res` is a valid out-parameter.
-        let built = mlx_call(|| unsafe {
-            mlx_sys::mlx_distributed_all_sum(&mut res, x.as_ptr(), self.raw, stream.as_ptr())
-        });
+        let built = mlx_call(|| unsafe { raw_op(&mut res, x.as_ptr(), self.raw, stream.as_ptr()) });
         if let Err(message) = built {
             // SAFETY: frees the handle created above, never handed out.
             unsafe { mlx_sys::mlx_array_free(res) };
@@ -1099,6 +1168,43 @@ impl Group {
             );
         }
     }
+}
+
+/// Which reduction a collective performs.
+#[derive(Debug, Clone, Copy)]
+enum Reduce {
+    Sum,
+    Max,
+    Min,
+}
+
+/// A hash of a gradient set's names, shapes and dtypes, as five
+/// non-negative `i32` (tensor count, then four 16-bit pieces of FNV-1a 64).
+fn layout_signature(grads: &BTreeMap<String, Array>) -> [i32; 5] {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for (name, g) in grads {
+        eat(name.as_bytes());
+        eat(&[0]);
+        for d in g.shape() {
+            eat(&d.to_le_bytes());
+        }
+        eat(format!("{:?}", g.dtype()).as_bytes());
+        eat(&[0xff]);
+    }
+    let piece = |k: u32| ((h >> (16 * k)) & 0xffff) as i32;
+    [
+        (grads.len() as i32) & 0x7fff_ffff,
+        piece(0),
+        piece(1),
+        piece(2),
+        piece(3),
+    ]
 }
 
 /// `x * factor` in `x`'s dtype.
@@ -1134,6 +1240,36 @@ mod tests {
         assert!(read_ring_hostfile(&p).is_err());
         std::fs::write(&p, r#"[["127.0.0.1:5000"], ["127.0.0.1:5001"]]"#).unwrap();
         assert_eq!(read_ring_hostfile(&p).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn mlx_errors_are_captured_and_mlx_rs_still_gets_its_own() {
+        // Ours: an unknown backend name, straight to mlx-c.
+        let name = CString::new("carrier-pigeon").unwrap();
+        // SAFETY: an empty handle, freed below; `name` outlives the call.
+        let mut raw = unsafe { mlx_sys::mlx_distributed_group_new() };
+        let err =
+            mlx_call(|| unsafe { mlx_sys::mlx_distributed_init(&mut raw, true, name.as_ptr()) })
+                .unwrap_err();
+        // SAFETY: frees the handle created above.
+        unsafe { mlx_sys::mlx_distributed_group_free(raw) };
+        assert!(err.contains("carrier-pigeon"), "{err}");
+        // mlx-rs's own errors still reach mlx-rs through the chained handler.
+        let e = Array::from_slice(&[1.0f32, 2.0, 3.0], &[3])
+            .reshape(&[2, 2])
+            .unwrap_err();
+        assert!(e.what().contains("reshape"), "{}", e.what());
+    }
+
+    #[test]
+    fn layout_signature_sees_shapes_and_dtypes() {
+        let a = BTreeMap::from([("w".to_string(), Array::from_slice(&[0.0f32; 6], &[2, 3]))]);
+        let b = BTreeMap::from([("w".to_string(), Array::from_slice(&[0.0f32; 6], &[3, 2]))]);
+        let c = BTreeMap::from([("v".to_string(), Array::from_slice(&[0.0f32; 6], &[2, 3]))]);
+        assert_ne!(layout_signature(&a), layout_signature(&b));
+        assert_ne!(layout_signature(&a), layout_signature(&c));
+        assert_eq!(layout_signature(&a), layout_signature(&a.clone()));
+        assert!(layout_signature(&a).iter().all(|v| *v >= 0));
     }
 
     #[test]

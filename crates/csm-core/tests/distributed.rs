@@ -97,6 +97,7 @@ fn distributed_child() {
     match role.as_str() {
         "collectives" => child_collectives(),
         "bad-env" => child_bad_env(),
+        "mismatch" => child_mismatch(),
         other => panic!("unknown role {other}"),
     }
 }
@@ -192,6 +193,22 @@ fn child_collectives() {
     println!("rank {} ok: {stats:?}", g.rank());
 }
 
+fn child_mismatch() {
+    let g = Group::init(None, true).expect("init ring");
+    // Rank 1's gradient has a different shape: caught before any averaging.
+    let len = 3 + g.rank();
+    let mut grads = BTreeMap::from([(
+        "w".to_string(),
+        Array::from_slice(&vec![1.0f32; len], &[len as i32]),
+    )]);
+    let e = g.average_gradients(&mut grads).unwrap_err();
+    assert!(matches!(e, DistError::LayoutMismatch { .. }), "{e}");
+    // The group is still usable afterwards.
+    let x = Array::from_slice(&[1.0f32], &[1]);
+    assert_eq!(values(&g.all_sum(&x).unwrap()), vec![2.0]);
+    println!("rank {} mismatch ok", g.rank());
+}
+
 fn child_bad_env() {
     // Runs alone in its process (--exact, one thread), so changing the
     // environment here is safe.
@@ -259,6 +276,14 @@ fn check_collectives(n: usize) {
             out.contains(&format!("rank {rank} ok")),
             "rank {rank}:\n{out}"
         );
+    }
+}
+
+#[test]
+fn distributed_gradient_layout_mismatch_is_an_error() {
+    for (rank, (ok, out)) in run_ranks(2, "mismatch", &[]).iter().enumerate() {
+        assert!(ok, "rank {rank} failed:\n{out}");
+        assert!(out.contains("mismatch ok"), "rank {rank}:\n{out}");
     }
 }
 
