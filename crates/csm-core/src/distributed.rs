@@ -41,6 +41,18 @@
 //! directory for multi-host runs). A rank that is behind is the one that
 //! stopped responding. Without it, the message names the only peer of a
 //! two-rank group, or the ring neighbours otherwise.
+//!
+//! # MLX errors
+//!
+//! mlx-c reports errors through one process-wide handler, which mlx-rs sets
+//! to stash the message for its own wrappers (and mlx-c's default would
+//! `exit()`). The first call into mlx-c from this module installs a handler
+//! that keeps the message when the call came from here, so it becomes a
+//! [`DistError`], and forwards every other error to mlx-rs's handler
+//! (`default_mlx_error_handler`, exported by mlx-rs 0.33 with `#[no_mangle]`),
+//! so mlx-rs behaves as before. A collective that fails while evaluating (a
+//! peer's socket closed) surfaces through mlx-rs's `eval` and is also turned
+//! into [`DistError::Collective`].
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;

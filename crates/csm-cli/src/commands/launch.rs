@@ -77,8 +77,8 @@ pub struct LaunchArgs {
     #[arg(short = 'n', long = "num-ranks")]
     num_ranks: Option<usize>,
 
-    /// JSON host file for multi-host runs (see `csm launch --help` and
-    /// docs/distributed.md).
+    /// JSON host file for multi-host runs, one rank per host:
+    /// `[{"ssh": "host1", "ips": ["10.0.0.1"]}, ...]` (docs/distributed.md).
     #[arg(long, value_name = "FILE")]
     hostfile: Option<PathBuf>,
 
