@@ -950,10 +950,11 @@ impl Group {
         self.all_sum_evaluated(x, "all_sum")
     }
 
-    /// Mean of `x` over all ranks, evaluated, in `x`'s dtype.
+    /// Mean of `x` over all ranks, evaluated, in `x`'s dtype (f32 for
+    /// integer and bool inputs).
     pub fn all_mean(&self, x: &Array) -> Result<Array, DistError> {
         if !self.is_distributed() {
-            return Ok(x.clone());
+            return scale(x, 1.0);
         }
         let sum = self.all_sum(x)?;
         let mean = scale(&sum, 1.0 / self.size as f32)?;
@@ -1219,8 +1220,15 @@ fn layout_signature(grads: &BTreeMap<String, Array>) -> [i32; 5] {
     ]
 }
 
-/// `x * factor` in `x`'s dtype.
+/// `x * factor` in `x`'s dtype (f32 for integer and bool arrays, whose
+/// mean is not an integer).
 fn scale(x: &Array, factor: f32) -> Result<Array, DistError> {
+    if !x.dtype().is_inexact() {
+        let xf = x
+            .as_dtype(Dtype::Float32)
+            .map_err(mlx_err("casting to f32 for the mean"))?;
+        return scale(&xf, factor);
+    }
     let f = Array::from_f32(factor)
         .as_dtype(x.dtype())
         .map_err(mlx_err("casting the averaging factor"))?;

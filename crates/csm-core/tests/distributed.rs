@@ -132,6 +132,12 @@ fn child_collectives() {
         values(&g.all_mean(&x).unwrap()),
         vec![ranks_sum / nf, 10.0 * ranks_sum / nf, 1.0]
     );
+    // Integer input: summed exactly, averaged in f32.
+    let xi = Array::from_slice(&[g.rank() as i32 + 1], &[1]);
+    assert_eq!(g.all_sum(&xi).unwrap().dtype(), Dtype::Int32);
+    let mi = g.all_mean(&xi).unwrap();
+    assert_eq!(mi.dtype(), Dtype::Float32);
+    assert_eq!(values(&mi), vec![(ranks_sum + nf) / nf]);
     let one = Array::from_slice(&[r + 1.0], &[1]);
     assert_eq!(values(&g.all_sum(&one).unwrap()), vec![ranks_sum + nf]);
 
