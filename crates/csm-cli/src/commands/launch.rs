@@ -660,13 +660,13 @@ impl Launched {
         Ok(launched)
     }
 
-    /// Reaps finished ranks; returns the first newly failed one.
-    fn poll(&mut self) -> Option<(usize, ExitStatus)> {
-        let mut failed = None;
+    /// Reaps finished ranks; returns the newly failed ones in exit order.
+    fn poll(&mut self) -> Vec<(usize, ExitStatus)> {
+        let mut failed = Vec::new();
         while let Ok((rank, st)) = self.exits.try_recv() {
             self.ranks[rank].status = Some(st);
-            if !st.success() && failed.is_none() {
-                failed = Some((rank, st));
+            if !st.success() {
+                failed.push((rank, st));
             }
         }
         failed
@@ -727,17 +727,33 @@ impl Launched {
     fn supervise(mut self, grace: Duration) -> Result<()> {
         let mut interrupted = 0usize;
         let mut failure: Option<(usize, ExitStatus)> = None;
+        let mut also_failed: Vec<(usize, ExitStatus)> = Vec::new();
         loop {
-            if let Some(f) = self.poll() {
-                if failure.is_none() {
-                    eprintln!(
-                        "csm launch: rank {} {}; stopping the other ranks",
-                        f.0,
-                        describe(f.1)
-                    );
-                    failure = Some(f);
-                    self.terminate_all(grace);
+            let mut failed = self.poll();
+            if !failed.is_empty() && failure.is_none() {
+                // A rank's death makes its peers' collectives fail a few
+                // milliseconds later, which can race with reaping. Collect
+                // what fails in a short window and blame, in order: a rank
+                // killed by a signal (a crash; the peers exit with a status),
+                // else the first to exit.
+                let window = Instant::now();
+                while window.elapsed() < Duration::from_millis(300) && !self.all_done() {
+                    std::thread::sleep(Duration::from_millis(20));
+                    failed.extend(self.poll());
                 }
+                let primary = failed
+                    .iter()
+                    .position(|(_, st)| st.signal().is_some())
+                    .unwrap_or(0);
+                let f = failed.remove(primary);
+                eprintln!(
+                    "csm launch: rank {} {}; stopping the other ranks",
+                    f.0,
+                    describe(f.1)
+                );
+                failure = Some(f);
+                also_failed = failed;
+                self.terminate_all(grace);
             }
             if self.all_done() {
                 break;
@@ -760,7 +776,19 @@ impl Launched {
         }
         self.finish_output();
         if let Some((rank, st)) = failure {
-            bail!("rank {rank} {}; the other ranks were stopped", describe(st));
+            let also = if also_failed.is_empty() {
+                String::new()
+            } else {
+                let list: Vec<String> = also_failed
+                    .iter()
+                    .map(|(r, st)| format!("rank {r} {}", describe(*st)))
+                    .collect();
+                format!(" (then {})", list.join(", "))
+            };
+            bail!(
+                "rank {rank} {}{also}; the other ranks were stopped",
+                describe(st)
+            );
         }
         if interrupted > 0 {
             let bad: Vec<String> = self
