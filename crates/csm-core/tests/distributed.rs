@@ -321,3 +321,36 @@ fn distributed_single_process_fallback() {
         Err(DistError::NotConfigured)
     ));
 }
+
+/// Rank 0 of a two-rank hostfile started alone waits in `accept()` for its
+/// neighbour; the watchdog bounds that too.
+#[test]
+fn distributed_setup_is_bounded_by_the_watchdog() {
+    let dir = tempfile::tempdir().unwrap();
+    let hostfile = write_hostfile(dir.path(), 2);
+    let start = Instant::now();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "distributed_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(ROLE, "collectives")
+        .env("CSM_DIST_TEST_SIZE", "2")
+        .env("MLX_HOSTFILE", &hostfile)
+        .env("MLX_RANK", "0")
+        .env("CSM_DIST_TIMEOUT_SECS", "2")
+        .env_remove("MLX_DISTRIBUTED_BACKEND")
+        .output()
+        .unwrap();
+    let took = start.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(csm_core::distributed::WATCHDOG_EXIT_CODE),
+        "{err}"
+    );
+    assert!(err.contains("a peer never connected"), "{err}");
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+}

@@ -540,6 +540,11 @@ fn pump(rank: usize, src: impl Read + Send + 'static, to_stderr: bool) -> JoinHa
 
 fn describe(status: ExitStatus) -> String {
     match (status.code(), status.signal()) {
+        (Some(c), _) if c == csm_core::distributed::WATCHDOG_EXIT_CODE => {
+            format!(
+                "exited with status {c} (its distributed watchdog fired: a collective timed out)"
+            )
+        }
         (Some(c), _) => format!("exited with status {c}"),
         (None, Some(s)) => format!("was killed by signal {s} ({})", signal_name(s)),
         _ => format!("ended ({status})"),
