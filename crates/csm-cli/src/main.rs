@@ -44,6 +44,12 @@ enum Command {
     Evaluate(commands::dataset_tools::EvaluateArgs),
     /// Fuse an adapter into the base weights, saved in the base's format.
     Merge(commands::dataset_tools::MergeArgs),
+    /// Start N ranks of a csm command for data-parallel training, locally or
+    /// over ssh (`csm launch -n 2 -- finetune-lora ...`).
+    Launch(commands::launch::LaunchArgs),
+    /// Check a distributed set-up: rank, size, backend, all_sum correctness
+    /// and bandwidth (run it under `csm launch`).
+    DistCheck(commands::dist_check::DistCheckArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -57,6 +63,8 @@ fn main() -> std::process::ExitCode {
         Command::Prepare(args) => commands::dataset_tools::prepare(args, &level_name),
         Command::Evaluate(args) => commands::dataset_tools::evaluate(args, &level_name),
         Command::Merge(args) => commands::dataset_tools::merge(args),
+        Command::Launch(args) => commands::launch::run(args),
+        Command::DistCheck(args) => commands::dist_check::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

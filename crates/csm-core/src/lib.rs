@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod codec;
 pub mod data;
 pub mod demo;
+pub mod distributed;
 pub mod lora;
 pub mod model;
 pub mod runtime;

@@ -1,7 +1,9 @@
 //! One module per subcommand.
 
 pub mod dataset_tools;
+pub mod dist_check;
 pub mod finetune;
 pub mod gpu_check;
 pub mod info;
+pub mod launch;
 pub mod train_args;
