@@ -53,3 +53,14 @@ describe('run reducer', () => {
     expect(s.error?.message).toBe('out of memory');
   });
 });
+
+describe('wire format', () => {
+  it('treats null losses (serde_json NaN) as NaN', () => {
+    const s = initialRunState();
+    applyEvent(s, step(1, { loss: null, gradNorm: null }));
+    applyEvent(s, { event: 'validation', data: { step: 1, loss: null, semanticLoss: null, acousticLoss: null } });
+    expect(s.series.loss).toEqual([null]);
+    expect(s.bestValLoss).toBeNull();
+    expect(s.warnings[0]?.message).toBe('Loss is NaN or inf at step 1');
+  });
+});

@@ -181,15 +181,16 @@ export const estimateRun = (config: RunConfig) => call<RunEstimate>('estimate_ru
 
 export type Phase = 'loading' | 'encoding' | 'training' | 'validating' | 'saving';
 
+/** Loss and grad-norm fields are null on the wire when non-finite (serde_json writes NaN as null). */
 export interface StepData {
   step: number;
   totalSteps: number;
   epoch: number;
-  loss: number;
-  semanticLoss: number;
-  acousticLoss: number;
+  loss: number | null;
+  semanticLoss: number | null;
+  acousticLoss: number | null;
   lr: number;
-  gradNorm: number;
+  gradNorm: number | null;
   framesPerSec: number;
   memoryBytes: number;
   elapsedSecs: number;
@@ -198,9 +199,9 @@ export interface StepData {
 
 export interface ValidationData {
   step: number;
-  loss: number;
-  semanticLoss: number;
-  acousticLoss: number;
+  loss: number | null;
+  semanticLoss: number | null;
+  acousticLoss: number | null;
 }
 
 export type WarningKind = 'nan' | 'divergence' | 'gradSpike' | 'other';

@@ -68,7 +68,7 @@ export function initialRunState(): RunState {
   };
 }
 
-const finite = (v: number): number | null => (Number.isFinite(v) ? v : null);
+const finite = (v: number | null): number | null => (v !== null && Number.isFinite(v) ? v : null);
 
 /** Loss above this multiple of the running minimum (after 20 steps) is flagged as divergence. */
 export const DIVERGENCE_FACTOR = 4;
@@ -105,8 +105,9 @@ export function applyEvent(s: RunState, ev: TrainingEvent): RunState {
     }
     case 'validation':
       s.validation.push(ev.data);
-      if (Number.isFinite(ev.data.loss) && (s.bestValLoss === null || ev.data.loss < s.bestValLoss)) {
-        s.bestValLoss = ev.data.loss;
+      {
+        const loss = finite(ev.data.loss);
+        if (loss !== null && (s.bestValLoss === null || loss < s.bestValLoss)) s.bestValLoss = loss;
       }
       break;
     case 'checkpoint':
@@ -138,19 +139,22 @@ export function applyEvent(s: RunState, ev: TrainingEvent): RunState {
 /** Frontend-side guard in case the backend does not flag NaN/divergence itself. */
 function checkHealth(s: RunState, d: StepData): void {
   const has = (kind: WarningKind) => s.warnings.some((w) => w.kind === kind);
-  if (!Number.isFinite(d.loss) && !has('nan')) {
-    s.warnings.push({ step: d.step, kind: 'nan', message: `Loss is ${d.loss} at step ${d.step}` });
+  const loss = finite(d.loss);
+  if (loss === null) {
+    if (!has('nan')) {
+      s.warnings.push({ step: d.step, kind: 'nan', message: `Loss is ${d.loss ?? 'NaN or inf'} at step ${d.step}` });
+    }
     return;
   }
   const losses = s.series.loss;
   if (losses.length > 20 && !has('divergence')) {
     let min = Infinity;
     for (const v of losses) if (v !== null && v < min) min = v;
-    if (Number.isFinite(min) && d.loss > DIVERGENCE_FACTOR * min) {
+    if (Number.isFinite(min) && loss > DIVERGENCE_FACTOR * min) {
       s.warnings.push({
         step: d.step,
         kind: 'divergence',
-        message: `Loss ${d.loss.toFixed(3)} is over ${DIVERGENCE_FACTOR}× its minimum ${min.toFixed(3)}: try a lower learning rate`,
+        message: `Loss ${loss.toFixed(3)} is over ${DIVERGENCE_FACTOR}× its minimum ${min.toFixed(3)}: try a lower learning rate`,
       });
     }
   }
