@@ -50,10 +50,13 @@ describe('Run screen', () => {
 
   it('feeds raw + EMA loss to the chart and toggles components and log scale', async () => {
     const log = await started();
+    expect(screen.getByTestId('chart-loss').textContent).toContain('No data yet');
     for (let i = 1; i <= 10; i++) send(log, step(i));
     send(log, { event: 'validation', data: { step: 10, loss: 4.5, semanticLoss: 2.8, acousticLoss: 1.7 } });
     await flush();
     await new Promise((r) => setTimeout(r, 30)); // rAF-throttled setData
+    expect(screen.getByTestId('chart-loss').textContent).not.toContain('No data yet');
+    expect(screen.getByTestId('chart-lr').textContent).not.toContain('No data yet');
     const loss = plotWith('loss');
     expect(loss?.data[0]).toHaveLength(10);
     expect(loss?.data[1]?.[9]).toBeCloseTo(4.9);

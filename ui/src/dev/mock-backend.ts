@@ -151,3 +151,25 @@ export function install(): void {
     { shouldMockEvents: true },
   );
 }
+
+/** `#run`, `#parameters`, ... in the URL: open that screen with data loaded (for screenshots). */
+export async function preview(hash: string): Promise<void> {
+  const { app } = await import('../lib/store.svelte');
+  const tab = hash.replace('#', '');
+  if (!tab) return;
+  await app.scan(['/data/voice']);
+  await Promise.all([
+    app.setModel('csm', '/models/csm-1b/model.safetensors'),
+    app.setModel('mimi', '/models/csm-1b/mimi.safetensors'),
+    app.setModel('tokenizer', '/models/csm-1b/tokenizer.json'),
+  ]);
+  app.config.output_dir = '/runs';
+  if (tab === 'run' || tab === 'samples') {
+    await app.startRun();
+  }
+  if (tab === 'parameters-error') {
+    app.config.learning_rate = Number.NaN;
+    app.config.lora_r = 0;
+  }
+  app.tab = (tab === 'parameters-error' ? 'parameters' : tab) as typeof app.tab;
+}
