@@ -2,6 +2,7 @@
 //! the IPC contract they implement is `docs/ipc.md`.
 
 pub mod commands;
+pub mod contract;
 pub mod error;
 
 use tauri::{Builder, Runtime};

@@ -1,6 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { applyEvent, initialRunState, isActive, progress } from '../src/lib/run';
 import { step } from './helpers';
+import type { TrainingEvent } from '../src/lib/api';
+import fixture from '../../docs/ipc-fixtures/training-events.json';
 
 describe('run reducer', () => {
   it('follows a whole run', () => {
@@ -62,5 +64,20 @@ describe('wire format', () => {
     expect(s.series.loss).toEqual([null]);
     expect(s.bestValLoss).toBeNull();
     expect(s.warnings[0]?.message).toBe('Loss is NaN or inf at step 1');
+  });
+});
+
+describe('shared wire fixture (docs/ipc-fixtures, also checked by the Rust contract test)', () => {
+  it('reduces every event the backend will send', () => {
+    const events = fixture as TrainingEvent[];
+    const s = initialRunState();
+    for (const ev of events.slice(0, -1)) applyEvent(s, ev);
+    expect(s).toMatchObject({ status: 'completed', runId: '20261125-141500', totalSteps: 250, bestValLoss: 4.5, adapterPath: '/runs/20261125-141500/adapter.safetensors' });
+    expect(s.series.loss).toEqual([6.5, null]);
+    expect(s.warnings.map((w) => w.kind)).toEqual(['nan']);
+    expect(s.checkpoints[0]?.mode).toBe('lora');
+    const last = events.at(-1);
+    if (last) applyEvent(s, last);
+    expect(s.error).toEqual({ kind: 'training', message: 'MLX: out of memory allocating 2.1 GB' });
   });
 });

@@ -116,9 +116,13 @@ export function applyEvent(s: RunState, ev: TrainingEvent): RunState {
     case 'sample':
       s.samples.push(ev.data);
       break;
-    case 'warning':
-      s.warnings.push(ev.data);
+    case 'warning': {
+      // The backend's message replaces the UI's own guess for the same step and kind.
+      const w = ev.data;
+      s.warnings = s.warnings.filter((x) => !(x.kind === w.kind && x.step === w.step));
+      s.warnings.push(w);
       break;
+    }
     case 'finished':
       s.status = ev.data.status;
       s.phase = null;
