@@ -62,7 +62,7 @@ describe('History screen', () => {
   });
 
   it('compares the loss curves of two runs', async () => {
-    const log = ipc({ list_runs: () => [run('a'), run('b'), run('c')], run_metrics: (a) => metrics(a.runId === 'a' ? 1 : 2) });
+    const log = ipc({ list_runs: () => [run('a'), run('b', { config: { ...run('b').config, lora_r: 32, epochs: 9 } }), run('c')], run_metrics: (a) => metrics(a.runId === 'a' ? 1 : 2) });
     render(History);
     await flush();
     const compare = screen.getByRole('button', { name: /Compare selected/ }) as HTMLButtonElement;
@@ -78,6 +78,11 @@ describe('History screen', () => {
     const val = plots.find((p) => p.data[0]?.length === 1);
     expect(val?.opts.series.map((s) => s.label)).toEqual(['step', 'a', 'b']);
     expect(val?.data.slice(1)).toEqual([[1], [2]]);
+    const diff = screen.getByTestId('config-diff').textContent ?? '';
+    expect(diff).toContain('lora_r');
+    expect(diff).toContain('32');
+    expect(diff).toContain('epochs');
+    expect(diff).not.toContain('learning_rate');
   });
 
   it('reveals the folder and exports the adapter', async () => {

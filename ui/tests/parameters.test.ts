@@ -66,8 +66,11 @@ describe('Parameters screen', () => {
     expect(screen.getByRole('button', { name: 'Best quality' }).getAttribute('aria-pressed')).toBe('true');
     expect(cmd.textContent).toContain('--lora-r 32');
     expect(cmd.textContent).toContain('--target-modules q_proj k_proj v_proj o_proj gate_proj up_proj down_proj');
-    // Best quality turns samples on, so a prompt is now required.
+    // Best quality turns samples on, so a prompt is now required (and editable).
     expect(screen.getByText('Needed when samples are generated')).toBeTruthy();
+    expect(input(/^Sample prompt/).disabled).toBe(false);
+    await fireEvent.click(screen.getByRole('button', { name: 'Quick test' }));
+    expect(input(/^Sample prompt/).disabled).toBe(true);
   });
 
   it('copies the command to the clipboard', async () => {

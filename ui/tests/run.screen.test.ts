@@ -75,6 +75,18 @@ describe('Run screen', () => {
     expect((plotWith('loss') as unknown as { opts: { scales: { y: { distr?: number } } } }).opts.scales.y.distr).toBe(3);
   });
 
+  it('hints at overfitting when validation stops improving', async () => {
+    const log = await started();
+    for (const [i, loss] of [3, 2.5, 2.6, 2.7].entries()) {
+      send(log, { event: 'validation', data: { step: (i + 1) * 50, loss, semanticLoss: 1, acousticLoss: 1 } });
+    }
+    await flush();
+    expect(screen.queryByTestId('overfit-hint')).toBeNull();
+    send(log, { event: 'validation', data: { step: 250, loss: 2.8, semanticLoss: 1, acousticLoss: 1 } });
+    await flush();
+    expect(screen.getByTestId('overfit-hint').textContent).toContain('not improved for 3 evaluations (best 2.5)');
+  });
+
   it('shows NaN and divergence warnings', async () => {
     const log = await started();
     send(log, step(1, { loss: NaN }));

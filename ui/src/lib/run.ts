@@ -33,6 +33,8 @@ export interface RunState {
   series: Series;
   validation: ValidationData[];
   bestValLoss: number | null;
+  /** Validation passes since the best one (overtraining hint). */
+  evalsSinceBest: number;
   checkpoints: { step: number; path: string; mode: 'lora' | 'full' }[];
   samples: RunSample[];
   warnings: RunWarning[];
@@ -59,6 +61,7 @@ export function initialRunState(): RunState {
     series: emptySeries(),
     validation: [],
     bestValLoss: null,
+    evalsSinceBest: 0,
     checkpoints: [],
     samples: [],
     warnings: [],
@@ -107,7 +110,12 @@ export function applyEvent(s: RunState, ev: TrainingEvent): RunState {
       s.validation.push(ev.data);
       {
         const loss = finite(ev.data.loss);
-        if (loss !== null && (s.bestValLoss === null || loss < s.bestValLoss)) s.bestValLoss = loss;
+        if (loss !== null && (s.bestValLoss === null || loss < s.bestValLoss)) {
+          s.bestValLoss = loss;
+          s.evalsSinceBest = 0;
+        } else {
+          s.evalsSinceBest++;
+        }
       }
       break;
     case 'checkpoint':
@@ -163,6 +171,9 @@ function checkHealth(s: RunState, d: StepData): void {
     }
   }
 }
+
+/** Validation passes without improvement before the UI suggests stopping. */
+export const PATIENCE = 3;
 
 export function isActive(status: RunStatus): boolean {
   return status === 'starting' || status === 'running' || status === 'stopping';
