@@ -116,6 +116,7 @@ describe('presets', () => {
       const applied = applyPreset(c, p);
       expect(matchingPreset(applied)?.id).toBe(p.id);
       expect(applied.model_path).toBe('/m/csm');
+      expect(validate(applied)).toEqual({});
     }
   });
 

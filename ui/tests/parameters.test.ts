@@ -66,9 +66,12 @@ describe('Parameters screen', () => {
     expect(screen.getByRole('button', { name: 'Best quality' }).getAttribute('aria-pressed')).toBe('true');
     expect(cmd.textContent).toContain('--lora-r 32');
     expect(cmd.textContent).toContain('--target-modules q_proj k_proj v_proj o_proj gate_proj up_proj down_proj');
-    // Best quality turns samples on, so a prompt is now required (and editable).
-    expect(screen.getByText('Needed when samples are generated')).toBeTruthy();
+    // Best quality turns samples on and fills the prompt, so it stays valid.
     expect(input(/^Sample prompt/).disabled).toBe(false);
+    expect(input(/^Sample prompt/).value).toMatch(/fine-tuned voice/);
+    expect(screen.queryByRole('alert')).toBeNull();
+    await fireEvent.input(input(/^Sample prompt/), { target: { value: ' ' } });
+    expect(screen.getByText('Needed when samples are generated')).toBeTruthy();
     await fireEvent.click(screen.getByRole('button', { name: 'Quick test' }));
     expect(input(/^Sample prompt/).disabled).toBe(true);
   });

@@ -205,9 +205,14 @@ export const PRESETS: Preset[] = [
   },
 ];
 
+export const DEFAULT_SAMPLE_PROMPT = 'Hello! This is a short sample of my fine-tuned voice.';
+
+/** Applies a preset's values; presets that turn samples on also fill an empty prompt. */
 export function applyPreset(config: RunConfig, preset: Preset): RunConfig {
   const v = preset.values;
-  return { ...config, ...v, target_modules: [...(v.target_modules ?? config.target_modules)] };
+  const next = { ...config, ...v, target_modules: [...(v.target_modules ?? config.target_modules)] };
+  if (next.generate_samples && !(next.sample_prompt ?? '').trim()) next.sample_prompt = DEFAULT_SAMPLE_PROMPT;
+  return next;
 }
 
 /** The preset whose values all match `config`, if any. */
