@@ -64,6 +64,13 @@ describe('Samples screen', () => {
     expect(reqs[0]?.text).toBe(reqs[1]?.text);
     expect(screen.getByTestId('ab').textContent).toContain('A · base model');
     expect(screen.getByTestId('run-samples').textContent).toContain('100');
+    // The checkpoint picker follows the latest checkpoint until the user picks one.
+    const picker = screen.getByLabelText('Checkpoint') as HTMLSelectElement;
+    expect(picker.value).toBe('/runs/r/ckpt-100');
+    await fireEvent.change(picker, { target: { value: '' } });
+    await fireEvent.click(screen.getByRole('button', { name: 'Generate' }));
+    await flush();
+    expect((log.of('generate_sample').at(-1)?.request as GenerateRequest).checkpoint).toBeNull();
   });
 
   it('shows generation errors', async () => {
