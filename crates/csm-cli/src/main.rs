@@ -30,6 +30,9 @@ enum Command {
     /// Check that MLX runs on the GPU and agrees with the CPU (matmul,
     /// gradient), then measure bf16 matmul TFLOP/s.
     GpuCheck(commands::gpu_check::GpuCheckArgs),
+    /// Build a small model and a spoken dataset locally (no download) and
+    /// fine-tune it: the whole pipeline in a couple of minutes.
+    Demo(commands::demo::DemoArgs),
     /// LoRA-fine-tune CSM on a folder of recordings and transcripts.
     ///
     /// Example: csm finetune-lora --model-path csm-1b/ --audio-dir data/audio
@@ -59,6 +62,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Info(args) => commands::info::run(args),
         Command::GpuCheck(args) => commands::gpu_check::run(args),
+        Command::Demo(args) => commands::demo::run(args, &level_name),
         Command::FinetuneLora(args) => commands::finetune::run(args, &level_name),
         Command::Prepare(args) => commands::dataset_tools::prepare(args, &level_name),
         Command::Evaluate(args) => commands::dataset_tools::evaluate(args, &level_name),

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod dataset_tools;
+pub mod demo;
 pub mod dist_check;
 pub mod finetune;
 pub mod gpu_check;
