@@ -3,7 +3,12 @@
 
 /// The app's own commands; `capabilities/main.json` grants each one to the
 /// `main` window. Keep in sync with `generate_handler!` in `src/lib.rs`.
-const COMMANDS: &[&str] = &["app_info", "read_config_file", "write_config_file", "reveal_path"];
+const COMMANDS: &[&str] = &[
+    "app_info",
+    "read_config_file",
+    "write_config_file",
+    "reveal_path",
+];
 
 fn main() {
     mlx_rpath();

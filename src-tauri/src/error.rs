@@ -34,7 +34,10 @@ impl Error {
         if source.kind() == std::io::ErrorKind::NotFound {
             Error::NotFound(path.to_path_buf())
         } else {
-            Error::Io { path: path.to_path_buf(), source }
+            Error::Io {
+                path: path.to_path_buf(),
+                source,
+            }
         }
     }
 
@@ -50,7 +53,10 @@ impl Error {
 }
 
 impl serde::Serialize for Error {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
         let mut s = serializer.serialize_struct("Error", 2)?;
         s.serialize_field("kind", self.kind())?;
         s.serialize_field("message", &self.to_string())?;

@@ -37,8 +37,12 @@ mod tests {
     use tauri::webview::InvokeRequest;
 
     fn invoke(cmd: &str, body: serde_json::Value) -> Result<serde_json::Value, serde_json::Value> {
-        let app = super::app_builder(mock_builder()).build(mock_context(noop_assets())).unwrap();
-        let webview = tauri::WebviewWindowBuilder::new(&app, "main", Default::default()).build().unwrap();
+        let app = super::app_builder(mock_builder())
+            .build(mock_context(noop_assets()))
+            .unwrap();
+        let webview = tauri::WebviewWindowBuilder::new(&app, "main", Default::default())
+            .build()
+            .unwrap();
         get_ipc_response(
             &webview,
             InvokeRequest {
@@ -65,7 +69,11 @@ mod tests {
 
     #[test]
     fn config_file_errors_cross_ipc_as_kind_and_message() {
-        let err = invoke("read_config_file", serde_json::json!({ "path": "/no/such/run.json" })).unwrap_err();
+        let err = invoke(
+            "read_config_file",
+            serde_json::json!({ "path": "/no/such/run.json" }),
+        )
+        .unwrap_err();
         assert_eq!(err["kind"], "notFound");
         assert_eq!(err["message"], "/no/such/run.json does not exist");
     }
@@ -75,7 +83,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cfg.json");
         let config = serde_json::json!({ "lora_r": 4, "model_path": "/m" });
-        invoke("write_config_file", serde_json::json!({ "path": path, "config": config })).unwrap();
-        assert_eq!(invoke("read_config_file", serde_json::json!({ "path": path })).unwrap(), config);
+        invoke(
+            "write_config_file",
+            serde_json::json!({ "path": path, "config": config }),
+        )
+        .unwrap();
+        assert_eq!(
+            invoke("read_config_file", serde_json::json!({ "path": path })).unwrap(),
+            config
+        );
     }
 }

@@ -43,7 +43,10 @@ impl TrainingObserver for LossTrace<'_> {
 
 /// Runs the demo.
 pub fn run(args: DemoArgs, log_level: &str) -> Result<()> {
-    eprintln!("building the demo model, codec and dataset in {}", args.dir.display());
+    eprintln!(
+        "building the demo model, codec and dataset in {}",
+        args.dir.display()
+    );
     let paths = create_demo(&args.dir, args.sentences, 1)
         .with_context(|| format!("cannot build the demo in {}", args.dir.display()))?;
     let config = TrainConfig {
@@ -56,7 +59,9 @@ pub fn run(args: DemoArgs, log_level: &str) -> Result<()> {
         epochs: args.epochs,
         learning_rate: 2e-3,
         warmup_steps: 10,
-        target_modules: ["q_proj", "k_proj", "v_proj", "o_proj"].map(String::from).to_vec(),
+        target_modules: ["q_proj", "k_proj", "v_proj", "o_proj"]
+            .map(String::from)
+            .to_vec(),
         decoder_fraction: 0.25,
         val_split: 0.1,
         val_every: 25,
