@@ -30,6 +30,12 @@ enum Command {
     /// Check that MLX runs on the GPU and agrees with the CPU (matmul,
     /// gradient), then measure bf16 matmul TFLOP/s.
     GpuCheck(commands::gpu_check::GpuCheckArgs),
+    /// Benchmark LoRA training steps of a CSM-1B-shaped model with random
+    /// weights (see bench/README.md).
+    BenchTrain(commands::bench_train::BenchTrainArgs),
+    /// Write a random CSM-1B checkpoint once, then time a strict load of it
+    /// and report resident memory.
+    BenchLoad(commands::bench_train::BenchLoadArgs),
     /// Build a small model and a spoken dataset locally (no download) and
     /// fine-tune it: the whole pipeline in a couple of minutes.
     Demo(commands::demo::DemoArgs),
@@ -62,6 +68,8 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Info(args) => commands::info::run(args),
         Command::GpuCheck(args) => commands::gpu_check::run(args),
+        Command::BenchTrain(args) => commands::bench_train::run(args),
+        Command::BenchLoad(args) => commands::bench_train::run_load(args),
         Command::Demo(args) => commands::demo::run(args, &level_name),
         Command::FinetuneLora(args) => commands::finetune::run(args, &level_name),
         Command::Prepare(args) => commands::dataset_tools::prepare(args, &level_name),

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod bench_train;
 pub mod dataset_tools;
 pub mod demo;
 pub mod dist_check;

@@ -755,10 +755,7 @@ impl<'a> Run<'a> {
                     let stop = if cancel.is_cancelled() { 1.0 } else { 0.0 };
                     grads.insert("\u{0}stop".into(), Array::from_f32(stop));
                     let stats = self.group.average_gradients(&mut grads)?;
-                    comm = (
-                        stats.bytes_sent_per_rank as u64,
-                        stats.elapsed.as_secs_f64(),
-                    );
+                    comm = (stats.bytes_sent_per_rank, stats.elapsed.as_secs_f64());
                     for (i, v) in reduced_values.iter_mut().enumerate() {
                         *v = grads
                             .remove(&format!("\u{0}loss{i}"))
@@ -864,11 +861,13 @@ impl<'a> Run<'a> {
                 let last = self.progress.step == self.total_steps;
                 if self.group.is_main()
                     && !self.data.val.is_empty()
-                    && (last || (cfg.val_every > 0 && self.progress.step % cfg.val_every == 0))
+                    && (last
+                        || (cfg.val_every > 0 && self.progress.step.is_multiple_of(cfg.val_every)))
                 {
                     self.validate(observer, weights)?;
                 }
-                if !last && cfg.save_every > 0 && self.progress.step % cfg.save_every == 0 {
+                if !last && cfg.save_every > 0 && self.progress.step.is_multiple_of(cfg.save_every)
+                {
                     self.checkpoint(observer)?;
                 }
                 if cancelled {
