@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod codec;
 pub mod data;
+pub mod generate;
 pub mod lora;
 pub mod model;
 pub mod runtime;
