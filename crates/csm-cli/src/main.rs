@@ -30,6 +30,13 @@ enum Command {
     /// Check that MLX runs on the GPU and agrees with the CPU (matmul,
     /// gradient), then measure bf16 matmul TFLOP/s.
     GpuCheck(commands::gpu_check::GpuCheckArgs),
+    /// Speak a line of text (optionally after context recordings, with a
+    /// LoRA adapter) into a 24 kHz WAV file.
+    Generate(commands::generate::GenerateArgs),
+    /// Benchmark generation speed with random weights (frames/s, ms/frame,
+    /// real-time factor, Mimi decode, peak memory).
+    #[command(hide = true)]
+    BenchGenerate(commands::bench_generate::BenchGenerateArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -38,6 +45,8 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Info(args) => commands::info::run(args),
         Command::GpuCheck(args) => commands::gpu_check::run(args),
+        Command::Generate(args) => commands::generate::run(args),
+        Command::BenchGenerate(args) => commands::bench_generate::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -622,7 +622,10 @@ impl Generator {
         let codes = self.mimi.encode(&wav)?; // [1, K, T]
         let k = codes.shape()[1] as usize;
         let t = codes.shape()[2] as usize;
-        let codes = codes.transpose_axes(&[0, 2, 1])?.as_dtype(Dtype::Int32)?; // [1, T, K]
+        let codes = codes
+            .transpose_axes(&[0, 2, 1])?
+            .as_dtype(Dtype::Int32)?
+            .contiguous()?; // [1, T, K]
         codes.eval()?;
         let flat = codes.as_slice::<i32>();
         Ok((0..t).map(|i| flat[i * k..(i + 1) * k].to_vec()).collect())
@@ -714,7 +717,7 @@ pub fn decode_codes(mimi: &mut Mimi, codes: &[Vec<i32>]) -> Result<Vec<f32>, Gen
     let t = codes.len() as i32;
     let arr = Array::from_slice(&flat, &[1, t, k as i32]).transpose_axes(&[0, 2, 1])?; // [1, K, T]
     let wav = mimi.decode(&arr)?; // [1, 1, hop * T]
-    let wav = wav.as_dtype(Dtype::Float32)?;
+    let wav = wav.as_dtype(Dtype::Float32)?.contiguous()?;
     wav.eval()?;
     Ok(wav.as_slice::<f32>().to_vec())
 }

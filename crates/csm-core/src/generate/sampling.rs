@@ -148,7 +148,7 @@ mod tests {
         let draw = |seed| {
             let mut s = Sampler::new(&cfg(seed)).unwrap();
             (0..64)
-                .map(|_| s.sample(&logits, None).unwrap().item::<i32>())
+                .map(|_| s.sample(&logits, None).unwrap().item_cast::<i32>())
                 .collect::<Vec<_>>()
         };
         let a = draw(7);
@@ -159,7 +159,7 @@ mod tests {
         // Limit: ids >= 2 cannot be drawn.
         let mut s = Sampler::new(&cfg(1)).unwrap();
         for _ in 0..16 {
-            assert!(s.sample(&logits, Some(2)).unwrap().item::<i32>() < 2);
+            assert!(s.sample(&logits, Some(2)).unwrap().item_cast::<i32>() < 2);
         }
         // Temperature 0 is argmax.
         let mut s = Sampler::new(&SamplingConfig {
@@ -167,6 +167,6 @@ mod tests {
             ..cfg(1)
         })
         .unwrap();
-        assert_eq!(s.sample(&logits, None).unwrap().item::<i32>(), 2);
+        assert_eq!(s.sample(&logits, None).unwrap().item_cast::<i32>(), 2);
     }
 }
