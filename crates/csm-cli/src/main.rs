@@ -32,7 +32,7 @@ enum Command {
     GpuCheck(commands::gpu_check::GpuCheckArgs),
     /// Speak a line of text (optionally after context recordings, with a
     /// LoRA adapter) into a 24 kHz WAV file.
-    Generate(commands::generate::GenerateArgs),
+    Generate(Box<commands::generate::GenerateArgs>),
     /// Benchmark generation speed with random weights (frames/s, ms/frame,
     /// real-time factor, Mimi decode, peak memory).
     #[command(hide = true)]
@@ -45,7 +45,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Info(args) => commands::info::run(args),
         Command::GpuCheck(args) => commands::gpu_check::run(args),
-        Command::Generate(args) => commands::generate::run(args),
+        Command::Generate(args) => commands::generate::run(*args),
         Command::BenchGenerate(args) => commands::bench_generate::run(args),
     };
     match result {

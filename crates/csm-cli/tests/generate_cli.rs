@@ -27,7 +27,9 @@ fn text(bytes: &[u8]) -> String {
 /// A word-level `tokenizer.json` with `<|begin_of_text|>` = `base + 1`,
 /// `<|end_of_text|>` = `base + 2` and words from `base + 5`.
 fn word_tokenizer(path: &Path, base: u32) {
-    let words = ["[", "]", "0", "1", "hello", "there", "how", "are", "you", ".", "?"];
+    let words = [
+        "[", "]", "0", "1", "hello", "there", "how", "are", "you", ".", "?",
+    ];
     let mut vocab = serde_json::Map::new();
     vocab.insert("<unk>".into(), (base + 3).into());
     for (i, w) in words.iter().enumerate() {
@@ -187,7 +189,15 @@ fn bench_generate_tiny_reports_json() {
     assert_eq!(json["frames"], 3);
     assert_eq!(json["eos_ignored"], true);
     assert_eq!(json["decoded_samples"], 3 * 1920);
-    for key in ["ms_per_frame", "frames_per_s", "rtf_generate", "mimi_decode_ms"] {
-        assert!(json[key].as_f64().is_some_and(f64::is_finite), "{key}: {json}");
+    for key in [
+        "ms_per_frame",
+        "frames_per_s",
+        "rtf_generate",
+        "mimi_decode_ms",
+    ] {
+        assert!(
+            json[key].as_f64().is_some_and(f64::is_finite),
+            "{key}: {json}"
+        );
     }
 }

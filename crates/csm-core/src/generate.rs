@@ -408,8 +408,8 @@ pub fn generate_frames(
     let mut stopped_on_eos = false;
     for i in 0..options.max_frames {
         let frame = csm.generate_frame(&h, &mut |logits, _cb| sampler.sample(logits, limit))?; // [1, n_cb]
-        // Queue the feedback step before reading the codes, so the device
-        // runs it while the host checks for EOS and builds the next frame.
+                                                                                               // Queue the feedback step before reading the codes, so the device
+                                                                                               // runs it while the host checks for EOS and builds the next frame.
         let next = if i + 1 < options.max_frames {
             let (tokens, mask) = csm.audio_frame(&frame)?; // [1, 1, n_cb + 1]
             Some(csm.backbone_step(&tokens, &mask, &mut cache)?) // [1, D]
@@ -727,7 +727,10 @@ pub fn decode_codes(mimi: &mut Mimi, codes: &[Vec<i32>]) -> Result<Vec<f32>, Gen
 /// # Errors
 /// [`GenerateError::TextTokenOutOfRange`] with the first offending id.
 pub fn check_text_ids(ids: &[u32], text_vocab: i32, segment: &str) -> Result<(), GenerateError> {
-    match ids.iter().find(|&&id| i64::from(id) >= i64::from(text_vocab)) {
+    match ids
+        .iter()
+        .find(|&&id| i64::from(id) >= i64::from(text_vocab))
+    {
         Some(&token) => Err(GenerateError::TextTokenOutOfRange {
             segment: segment.to_owned(),
             token,

@@ -292,7 +292,10 @@ fn adapter_with_zero_b_changes_nothing_and_nonzero_b_changes_output() {
     assert_eq!(d, 0.0);
     // Applying a second adapter on top is refused.
     let err = apply_adapter(&mut m, &zero).unwrap_err();
-    assert!(err.to_string().contains("already carries an adapter"), "{err}");
+    assert!(
+        err.to_string().contains("already carries an adapter"),
+        "{err}"
+    );
 
     let nonzero = write_adapter(
         &dir.path().join("nonzero"),
@@ -356,7 +359,12 @@ fn malformed_adapter_is_refused_with_a_listing() {
     std::fs::create_dir_all(&no_config).unwrap();
     let err = apply_adapter(&mut m, &no_config).unwrap_err();
     assert!(err.to_string().contains("adapter_config.json"), "{err}");
-    let bad_config = write_adapter(&dir.path().join("bad_config"), adapter_tensors(&base, true), 4, &[]);
+    let bad_config = write_adapter(
+        &dir.path().join("bad_config"),
+        adapter_tensors(&base, true),
+        4,
+        &[],
+    );
     std::fs::write(
         bad_config.join("adapter_config.json"),
         r#"{"lora_parameters": {"rank": 4}}"#,
@@ -489,15 +497,22 @@ fn generator_refuses_a_tokenizer_beyond_the_text_vocabulary() {
         .generate(&[], "hello", 0, &SamplingConfig::default())
         .unwrap_err();
     assert!(
-        matches!(err, GenerateError::TextTokenOutOfRange { token: 128_001, text_vocab: 300, .. }),
+        matches!(
+            err,
+            GenerateError::TextTokenOutOfRange {
+                token: 128_001,
+                text_vocab: 300,
+                ..
+            }
+        ),
         "{err}"
     );
 }
 
 #[test]
 fn missing_tokenizer_and_codec_list_where_we_looked() {
-    let err = Generator::load(&fixtures().join("csm_tiny_hf"), None, None, Dtype::Float32)
-        .unwrap_err();
+    let err =
+        Generator::load(&fixtures().join("csm_tiny_hf"), None, None, Dtype::Float32).unwrap_err();
     let msg = err.to_string();
     assert!(
         msg.contains("tokenizer.json") && msg.contains("tokenizer/tokenizer.json"),

@@ -13,7 +13,9 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use csm_core::codec::{Mimi, MimiConfig};
-use csm_core::generate::{decode_codes, generate_frames, FrameOptions, PromptFrames, SamplingConfig};
+use csm_core::generate::{
+    decode_codes, generate_frames, FrameOptions, PromptFrames, SamplingConfig,
+};
 use csm_core::mlx_rs::module::ModuleParameters;
 use csm_core::mlx_rs::transforms::eval_params;
 use csm_core::model::{Csm, CsmConfig, LlamaConfig};
@@ -164,7 +166,10 @@ pub fn run(args: BenchGenerateArgs) -> Result<()> {
     );
     println!("{:<28} {:>12}", "metric", "value");
     for (name, value) in [
-        ("prefill", format!("{:.1} ms", out.prefill.as_secs_f64() * 1e3)),
+        (
+            "prefill",
+            format!("{:.1} ms", out.prefill.as_secs_f64() * 1e3),
+        ),
         ("first frame", format!("{first_ms:.1} ms")),
         ("later frames", format!("{steady_ms:.1} ms/frame")),
         ("throughput", format!("{:.2} frames/s", n as f64 / loop_s)),
@@ -172,11 +177,11 @@ pub fn run(args: BenchGenerateArgs) -> Result<()> {
         ("RTF generation", format!("{:.3}", gen_s / audio_s)),
         ("Mimi decode", format!("{:.1} ms", decode_s * 1e3)),
         ("RTF Mimi decode", format!("{:.3}", decode_s / audio_s)),
+        ("RTF total", format!("{:.3}", (gen_s + decode_s) / audio_s)),
         (
-            "RTF total",
-            format!("{:.3}", (gen_s + decode_s) / audio_s),
+            "peak memory (generation)",
+            format!("{:.2} GiB", gib(gen_peak)),
         ),
-        ("peak memory (generation)", format!("{:.2} GiB", gib(gen_peak))),
         ("peak memory (with decode)", format!("{:.2} GiB", gib(peak))),
     ] {
         println!("{name:<28} {value:>12}");

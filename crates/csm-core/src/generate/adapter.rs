@@ -69,11 +69,10 @@ impl AdapterConfig {
             .filter(|&r| r >= 1 && r <= i64::from(i32::MAX))
             .ok_or_else(|| bad("`lora_parameters.rank` must be a positive integer".into()))?
             as i32;
-        let scale = params
-            .get("scale")
-            .and_then(Value::as_f64)
-            .ok_or_else(|| bad("`lora_parameters.scale` (alpha / rank) must be a number".into()))?
-            as f32;
+        let scale =
+            params.get("scale").and_then(Value::as_f64).ok_or_else(|| {
+                bad("`lora_parameters.scale` (alpha / rank) must be a number".into())
+            })? as f32;
         let dropout = match params.get("dropout") {
             None | Some(Value::Null) => 0.0,
             Some(v) => v

@@ -24,7 +24,9 @@ pub fn top_k_mask(logits: &Array, k: i32) -> Result<Array, Exception> {
         .last()
         .ok_or_else(|| Exception::custom("top_k_mask needs logits with a vocabulary axis"))?;
     if k < 1 {
-        return Err(Exception::custom(format!("top_k must be at least 1, got {k}")));
+        return Err(Exception::custom(format!(
+            "top_k must be at least 1, got {k}"
+        )));
     }
     if k >= v {
         return Ok(logits.clone());
