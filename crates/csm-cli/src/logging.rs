@@ -13,6 +13,19 @@ pub enum Level {
     Critical,
 }
 
+impl Level {
+    /// The name as written on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Warning => "warning",
+            Level::Error => "error",
+            Level::Critical => "critical",
+        }
+    }
+}
+
 /// Parses `debug|info|warning|error|critical` (case-insensitive).
 pub fn parse_level(s: &str) -> Result<Level, String> {
     match s.to_ascii_lowercase().as_str() {

@@ -37,16 +37,47 @@ enum Command {
     /// real-time factor, Mimi decode, peak memory).
     #[command(hide = true)]
     BenchGenerate(commands::bench_generate::BenchGenerateArgs),
+    /// Build a small model and a spoken dataset locally (no download) and
+    /// fine-tune it: the whole pipeline in a couple of minutes.
+    Demo(commands::demo::DemoArgs),
+    /// LoRA-fine-tune CSM on a folder of recordings and transcripts.
+    ///
+    /// Example: csm finetune-lora --model-path csm-1b/ --audio-dir data/audio
+    /// --transcript-dir data/transcripts --output-dir runs/me
+    #[command(name = "finetune-lora")]
+    FinetuneLora(commands::finetune::FinetuneArgs),
+    /// Mimi-encode a dataset into the codes cache (so training starts at
+    /// once); takes the same flags as finetune-lora.
+    Prepare(commands::dataset_tools::PrepareArgs),
+    /// Print the loss components (JSON) of a model, optionally with an
+    /// adapter, on a dataset.
+    Evaluate(commands::dataset_tools::EvaluateArgs),
+    /// Fuse an adapter into the base weights, saved in the base's format.
+    Merge(commands::dataset_tools::MergeArgs),
+    /// Start N ranks of a csm command for data-parallel training, locally or
+    /// over ssh (`csm launch -n 2 -- finetune-lora ...`).
+    Launch(commands::launch::LaunchArgs),
+    /// Check a distributed set-up: rank, size, backend, all_sum correctness
+    /// and bandwidth (run it under `csm launch`).
+    DistCheck(commands::dist_check::DistCheckArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_level);
+    let level_name = cli.log_level.name().to_string();
     let result = match cli.command {
         Command::Info(args) => commands::info::run(args),
         Command::GpuCheck(args) => commands::gpu_check::run(args),
         Command::Generate(args) => commands::generate::run(*args),
         Command::BenchGenerate(args) => commands::bench_generate::run(args),
+        Command::Demo(args) => commands::demo::run(args, &level_name),
+        Command::FinetuneLora(args) => commands::finetune::run(args, &level_name),
+        Command::Prepare(args) => commands::dataset_tools::prepare(args, &level_name),
+        Command::Evaluate(args) => commands::dataset_tools::evaluate(args, &level_name),
+        Command::Merge(args) => commands::dataset_tools::merge(args),
+        Command::Launch(args) => commands::launch::run(args),
+        Command::DistCheck(args) => commands::dist_check::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

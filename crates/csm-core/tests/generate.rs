@@ -546,3 +546,68 @@ fn missing_tokenizer_and_codec_list_where_we_looked() {
     .unwrap_err();
     assert!(err.to_string().contains("tokenizer.json"), "{err}");
 }
+
+#[test]
+fn adapters_saved_by_the_trainer_load_for_generation() {
+    use csm_core::adapter::{adapter_tensors, attach, load_mlx, save_mlx, LoraSpec};
+    use csm_core::train::config::{LayerSet, TargetLayers};
+    use mlx_rs::module::ModuleParameters;
+
+    let spec = LoraSpec {
+        r: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        modules: vec!["q_proj".into(), "down_proj".into()],
+        layers: TargetLayers {
+            backbone: LayerSet::All,
+            decoder: LayerSet::Some(vec![1]),
+        },
+        bias: false,
+    };
+    let mut trained = tiny();
+    attach(&mut trained, &spec).unwrap();
+    random::seed(11).unwrap();
+    let update = adapter_tensors(&trained)
+        .into_iter()
+        .filter(|(k, _)| k.ends_with(".lora_b"))
+        .map(|(k, v)| {
+            let b = random::normal::<f32>(v.shape(), None, None, None).unwrap();
+            (std::rc::Rc::from(k.as_str()), b)
+        })
+        .collect();
+    trained.update_flattened(update);
+    let dir = tempfile::tempdir().unwrap();
+    save_mlx(dir.path(), &trained, &spec, None).unwrap();
+
+    let mut ours = tiny();
+    let info = apply_adapter(&mut ours, dir.path()).unwrap();
+    assert_eq!(info.projections.len(), 2 * 2 + 1 * 2);
+    assert_eq!((info.rank, info.scale), (4, 2.0));
+    let mut theirs = tiny();
+    load_mlx(&mut theirs, dir.path()).unwrap();
+    let a = c0_logits(&mut ours);
+    let b = c0_logits(&mut theirs);
+    let d = a
+        .subtract(&b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max(None)
+        .unwrap()
+        .item_cast::<f32>();
+    assert_eq!(d, 0.0);
+    assert_eq!(
+        run(&mut ours, &greedy(), 4, false).0,
+        run(&mut theirs, &greedy(), 4, false).0
+    );
+    let base = c0_logits(&mut tiny());
+    let moved = a
+        .subtract(&base)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max(None)
+        .unwrap()
+        .item_cast::<f32>();
+    assert!(moved > 1e-3, "{moved}");
+}

@@ -183,16 +183,37 @@ impl TrainArgs {
             ($($field:ident),*) => { $( if self.$field.is_some() { c.$field = self.$field.clone(); } )* };
         }
         set!(
-            model_path, output_dir, audio_dir, transcript_dir, speaker_id, max_seq_len,
-            context_turns, lora_r, lora_alpha, lora_dropout, target_modules, learning_rate,
-            semantic_weight, acoustic_weight, weight_decay, batch_size, grad_accum, epochs,
-            max_grad_norm, decoder_fraction, warmup_steps, seed, val_split, val_every,
-            save_every, sample_prompt
+            model_path,
+            output_dir,
+            audio_dir,
+            transcript_dir,
+            speaker_id,
+            max_seq_len,
+            context_turns,
+            lora_r,
+            lora_alpha,
+            lora_dropout,
+            target_modules,
+            learning_rate,
+            semantic_weight,
+            acoustic_weight,
+            weight_decay,
+            batch_size,
+            grad_accum,
+            epochs,
+            max_grad_norm,
+            decoder_fraction,
+            warmup_steps,
+            seed,
+            val_split,
+            val_every,
+            save_every,
+            sample_prompt
         );
         set_some!(mimi_path, tokenizer_path, alignment_dir, resume_from);
         if let Some(t) = &self.target_layers {
-            c.target_layers = TargetLayers::parse(t)
-                .map_err(|e| anyhow::anyhow!("--target-layers: {e}"))?;
+            c.target_layers =
+                TargetLayers::parse(t).map_err(|e| anyhow::anyhow!("--target-layers: {e}"))?;
         }
         if let Some(m) = self.save_mode {
             c.save_mode = match m {

@@ -88,8 +88,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    // Unique per process and call: two threads may write the same file.
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp: PathBuf = dir.join(format!(
-        ".{}.tmp-{}",
+        ".{}.tmp-{}-{call}",
         path.file_name()
             .map(|n| n.to_string_lossy())
             .unwrap_or_default(),
@@ -173,5 +176,28 @@ mod tests {
         let bad = dir.path().join("missing-dir").join("keep.bin");
         assert!(write_atomic(&bad, b"bad").is_err());
         assert_eq!(std::fs::read(&path).unwrap(), b"good");
+    }
+}
+
+#[cfg(test)]
+mod concurrency_tests {
+    use super::*;
+
+    #[test]
+    fn concurrent_writers_of_one_file_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join("same.bin");
+        std::thread::scope(|s| {
+            for t in 0..8u8 {
+                let path = path.clone();
+                s.spawn(move || {
+                    for _ in 0..50 {
+                        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                        write_atomic(&path, &[t; 1000]).unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(std::fs::read(&path).unwrap().len(), 1000);
     }
 }

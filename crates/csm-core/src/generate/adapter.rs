@@ -44,7 +44,8 @@ pub struct AdapterConfig {
     pub scale: f32,
     /// Dropout used in training (inactive at inference).
     pub dropout: f32,
-    /// Projection names (`q_proj`, ...) the adapter may touch, if listed.
+    /// Projection names (`q_proj`, or mlx_lm's `self_attn.q_proj`) the
+    /// adapter may touch, from `target_modules` or `lora_parameters.keys`.
     pub target_modules: Option<Vec<String>>,
 }
 
@@ -80,16 +81,31 @@ impl AdapterConfig {
                 .ok_or_else(|| bad("`lora_parameters.dropout` must be a number".into()))?
                 as f32,
         };
-        let target_modules = match json.get("target_modules") {
+        // `target_modules` (PEFT-style) or mlx_lm's `lora_parameters.keys`
+        // (what `crate::adapter::save_mlx` writes).
+        let modules = json
+            .get("target_modules")
+            .filter(|v| !v.is_null())
+            .or_else(|| params.get("keys"));
+        let target_modules = match modules {
             None | Some(Value::Null) => None,
             Some(Value::Array(items)) => Some(
                 items
                     .iter()
                     .map(|v| v.as_str().map(str::to_owned))
                     .collect::<Option<Vec<_>>>()
-                    .ok_or_else(|| bad("`target_modules` must be a list of strings".into()))?,
+                    .ok_or_else(|| {
+                        bad(
+                            "`target_modules` / `lora_parameters.keys` must be a list of strings"
+                                .into(),
+                        )
+                    })?,
             ),
-            Some(_) => return Err(bad("`target_modules` must be a list of strings".into())),
+            Some(_) => {
+                return Err(bad(
+                    "`target_modules` / `lora_parameters.keys` must be a list of strings".into(),
+                ))
+            }
         };
         Ok(AdapterConfig {
             rank,
@@ -207,7 +223,11 @@ pub fn apply_adapter(csm: &mut Csm, path: &Path) -> Result<AdapterInfo, Generate
         };
         if let Some(targets) = &config.target_modules {
             let short = name.rsplit('.').next().unwrap_or(name);
-            if !targets.iter().any(|t| t == short) {
+            // `q_proj` or mlx_lm's `self_attn.q_proj`.
+            if !targets
+                .iter()
+                .any(|t| name.ends_with(&format!(".{t}")) || t == name)
+            {
                 problems.push(format!(
                     "`{name}`: `{short}` is not in target_modules {targets:?}"
                 ));

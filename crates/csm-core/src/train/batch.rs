@@ -145,9 +145,9 @@ pub struct Batch {
     pub mask: Array,
     /// `[B, S]` f32: 1 where frame `t` is a codebook-0 target.
     pub c0_targets: Array,
-    /// `[N]` int32 flat indices `b * S + t` of the frames the depth decoder
-    /// trains on (a subset of the targets).
-    pub decoder_frames: Array,
+    /// Flat indices `b * S + t` of the frames the depth decoder trains on
+    /// (a subset of the targets), ascending.
+    pub decoder_frames: Vec<i32>,
     /// `[B, S]` f32: 1 on real frames, 0 on padding (attention key mask).
     pub valid: Array,
     /// Target frames in the batch (codebook-0 loss terms).
@@ -194,7 +194,7 @@ pub fn collate(
         frames: Array::from_slice(&frames, &[bi, si, ki]),
         mask: Array::from_slice(&mask, &[bi, si, ki]),
         c0_targets: Array::from_slice(&c0, &[bi, si]),
-        decoder_frames: Array::from_slice(&chosen, &[chosen.len() as i32]),
+        decoder_frames: chosen,
         valid: Array::from_slice(&valid, &[bi, si]),
         target_frames: target_idx.len(),
         real_frames: examples.iter().map(|e| e.len()).sum(),
@@ -277,13 +277,13 @@ mod tests {
         assert_eq!(batch.real_frames, 9);
         let valid = batch.valid.as_slice::<f32>().to_vec();
         assert_eq!(&valid[6..12], &[1.0, 1.0, 1.0, 0.0, 0.0, 0.0]);
-        let sel = batch.decoder_frames.as_slice::<i32>().to_vec();
+        let sel = batch.decoder_frames.clone();
         assert_eq!(sel.len(), 3);
         let c0 = batch.c0_targets.as_slice::<f32>().to_vec();
         assert!(sel.iter().all(|&i| c0[i as usize] == 1.0));
         // fraction 1.0 selects every target
         let all = collate(&[&a, &b], 1.0, &mut rng).unwrap();
-        assert_eq!(all.decoder_frames.shape(), &[6]);
+        assert_eq!(all.decoder_frames.len(), 6);
     }
 
     #[test]

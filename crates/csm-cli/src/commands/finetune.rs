@@ -1,0 +1,186 @@
+//! `csm finetune-lora`, `csm prepare`, `csm evaluate`: the CLI side of the
+//! training engine (progress bar, `metrics.jsonl`, Ctrl-C).
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use csm_core::train::metrics::JsonlObserver;
+use csm_core::train::{self, CancelToken, Phase, TrainEvent, TrainingObserver};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::train_args::TrainArgs;
+
+/// Flags of `csm finetune-lora`.
+#[derive(Debug, Args)]
+pub struct FinetuneArgs {
+    #[command(flatten)]
+    train: TrainArgs,
+}
+
+/// Shows the run on the terminal: a bar for encoding and one for steps.
+#[derive(Default)]
+pub struct TerminalObserver {
+    bar: Option<ProgressBar>,
+}
+
+impl TerminalObserver {
+    fn bar(&mut self, len: u64, template: &str) -> &ProgressBar {
+        if let Some(old) = self.bar.take() {
+            old.finish_and_clear();
+        }
+        let bar = ProgressBar::new(len).with_style(
+            ProgressStyle::with_template(template)
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        bar.enable_steady_tick(Duration::from_millis(250));
+        self.bar.insert(bar)
+    }
+
+    fn println(&self, line: String) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+}
+
+impl TrainingObserver for TerminalObserver {
+    fn on_event(&mut self, event: &TrainEvent) {
+        match event {
+            TrainEvent::Phase { phase, detail } => {
+                if *phase != Phase::Training {
+                    if let Some(bar) = self.bar.take() {
+                        bar.finish_and_clear();
+                    }
+                }
+                self.println(format!("[{phase:?}] {detail}"));
+            }
+            TrainEvent::Progress { done, total } => {
+                if self.bar.as_ref().map(|b| b.length()) != Some(Some(*total as u64)) {
+                    self.bar(
+                        *total as u64,
+                        "encoding audio {bar:30} {pos}/{len} [{elapsed_precise} < {eta}]",
+                    );
+                }
+                if let Some(bar) = &self.bar {
+                    bar.set_position(*done as u64);
+                }
+            }
+            TrainEvent::Started {
+                total_steps,
+                start_step,
+                train_examples,
+                val_examples,
+                trainable_params,
+            } => {
+                self.println(format!(
+                    "training {train_examples} examples ({val_examples} for validation), {trainable_params} trainable parameters"
+                ));
+                let bar = self.bar(
+                    *total_steps as u64,
+                    "{bar:30} step {pos}/{len} {msg} [{elapsed_precise} < {eta}]",
+                );
+                bar.set_position(*start_step as u64);
+            }
+            TrainEvent::Step(s) => {
+                if let Some(bar) = &self.bar {
+                    bar.set_position(s.step as u64);
+                    bar.set_message(format!(
+                        "loss {:.4} (c0 {:.4}, c1+ {:.4}) lr {:.2e} |g| {:.3} {:.0} frames/s",
+                        s.loss,
+                        s.semantic_loss,
+                        s.acoustic_loss,
+                        s.lr,
+                        s.grad_norm,
+                        s.frames_per_sec
+                    ));
+                }
+                tracing::debug!(?s, "step");
+            }
+            TrainEvent::Validation(v) => self.println(format!(
+                "step {}: validation loss {:.4} (c0 {:.4}, c1+ {:.4}) on {} examples",
+                v.step, v.loss, v.semantic_loss, v.acoustic_loss, v.examples
+            )),
+            TrainEvent::Checkpoint { step, path } => {
+                self.println(format!("step {step}: checkpoint {}", path.display()))
+            }
+            TrainEvent::Sample { step, path } => {
+                self.println(format!("step {step}: sample {}", path.display()))
+            }
+            TrainEvent::Warning { message } => self.println(format!("warning: {message}")),
+            TrainEvent::Finished {
+                step,
+                cancelled,
+                output_dir,
+            } => {
+                if let Some(bar) = self.bar.take() {
+                    bar.finish_and_clear();
+                }
+                let how = if *cancelled {
+                    "stopped on request"
+                } else {
+                    "finished"
+                };
+                eprintln!(
+                    "{how} after step {step}; outputs in {}",
+                    output_dir.display()
+                );
+            }
+        }
+    }
+}
+
+/// Ctrl-C sets the token; the loop saves a checkpoint and exits.
+pub fn cancel_on_ctrl_c() -> Result<CancelToken> {
+    let token = CancelToken::new();
+    let handler = token.clone();
+    ctrlc::set_handler(move || {
+        if handler.is_cancelled() {
+            eprintln!("\nsecond Ctrl-C: exiting without saving");
+            std::process::exit(130);
+        }
+        eprintln!("\nCtrl-C: saving a checkpoint, then stopping (press again to abort)");
+        handler.cancel();
+    })
+    .context("cannot install the Ctrl-C handler")?;
+    Ok(token)
+}
+
+/// Runs `csm finetune-lora`.
+pub fn run(args: FinetuneArgs, log_level: &str) -> Result<()> {
+    let config = args.train.to_config(log_level)?;
+    let cancel = cancel_on_ctrl_c()?;
+    let mut terminal = TerminalObserver::default();
+    let mut observer =
+        JsonlObserver::new(&config.output_dir, &mut terminal).with_context(|| {
+            format!(
+                "cannot write metrics.jsonl in --output-dir {}",
+                config.output_dir.display()
+            )
+        })?;
+    let summary = train::train(&config, &mut observer, &cancel)?;
+    if let Some(l) = summary.last_loss {
+        println!(
+            "last loss {:.4} (c0 {:.4}, c1+ {:.4}){}",
+            l.total,
+            l.semantic,
+            l.acoustic,
+            summary
+                .best_val
+                .map(|v| format!(", best validation {v:.4}"))
+                .unwrap_or_default()
+        );
+    }
+    if let Some(c) = summary.checkpoint {
+        println!("checkpoint: {}", c.display());
+    }
+    if !summary.cancelled {
+        println!(
+            "adapters: {}",
+            summary.output_dir.join("adapters.safetensors").display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,195 @@
+//! Training checkpoints: adapters + optimizer state + position in the data
+//! + config, in one safetensors file written atomically, with
+//! `checkpoint_latest.safetensors` always pointing at the newest.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use mlx_rs::Array;
+use serde::{Deserialize, Serialize};
+
+use super::config::TrainConfig;
+use super::optim::AdamW;
+use crate::checkpoint::write::{read_safetensors_metadata, save_safetensors};
+use crate::checkpoint::{CheckpointError, WeightMap};
+
+/// Name of the link to the newest checkpoint.
+pub const LATEST: &str = "checkpoint_latest.safetensors";
+/// Format tag stored in every checkpoint.
+pub const FORMAT: &str = "csm-train-checkpoint-v1";
+/// Checkpoints kept besides the newest (older ones are deleted).
+pub const KEEP: usize = 3;
+
+/// Where the run is, besides tensors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Optimizer steps done.
+    pub step: usize,
+    /// Epoch in progress (0-based).
+    pub epoch: usize,
+    /// Micro-batches of that epoch already consumed.
+    pub cursor: usize,
+    /// Best validation loss so far.
+    pub best_val: Option<f32>,
+    /// Fingerprint of the base model's weight files.
+    pub model_fingerprint: String,
+    /// Number of training examples (data must match on resume).
+    pub train_examples: usize,
+    /// Ranks of the run (the data order depends on it).
+    #[serde(default = "one")]
+    pub world_size: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// A checkpoint read back.
+#[derive(Debug)]
+pub struct Loaded {
+    /// Position.
+    pub progress: Progress,
+    /// The run's config when it was written.
+    pub config: TrainConfig,
+    /// Adapter tensors by canonical name.
+    pub adapters: BTreeMap<String, Array>,
+    /// Optimizer state.
+    pub optimizer: AdamW,
+}
+
+/// Writes `checkpoint_step_NNNNNNN.safetensors` in `dir`, then points
+/// [`LATEST`] at it and prunes old checkpoints. Returns the file.
+pub fn save(
+    dir: &Path,
+    progress: &Progress,
+    config: &TrainConfig,
+    adapters: &BTreeMap<String, Array>,
+    optimizer: &AdamW,
+) -> Result<PathBuf, CheckpointError> {
+    let mut tensors = BTreeMap::new();
+    for (k, v) in adapters {
+        tensors.insert(format!("adapter.{k}"), v.clone());
+    }
+    for (k, v) in &optimizer.m {
+        tensors.insert(format!("optim.m.{k}"), v.clone());
+    }
+    for (k, v) in &optimizer.v {
+        tensors.insert(format!("optim.v.{k}"), v.clone());
+    }
+    let meta = HashMap::from([
+        ("format".to_string(), FORMAT.to_string()),
+        (
+            "progress".to_string(),
+            serde_json::to_string(progress).expect("serialisable"),
+        ),
+        (
+            "config".to_string(),
+            serde_json::to_string(config).expect("serialisable"),
+        ),
+        (
+            "optimizer".to_string(),
+            serde_json::json!({
+                "step": optimizer.step,
+                "betas": [optimizer.betas.0, optimizer.betas.1],
+                "eps": optimizer.eps,
+                "weight_decay": optimizer.weight_decay,
+            })
+            .to_string(),
+        ),
+    ]);
+    let name = format!("checkpoint_step_{:07}.safetensors", progress.step);
+    let path = dir.join(&name);
+    save_safetensors(&path, &tensors, &meta)?;
+    point_latest(dir, &name)?;
+    prune(dir, &name);
+    Ok(path)
+}
+
+/// Atomically re-points the `checkpoint_latest` link at `name`.
+fn point_latest(dir: &Path, name: &str) -> Result<(), CheckpointError> {
+    let tmp = dir.join(format!(".{LATEST}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let io = |source| CheckpointError::Io {
+        path: dir.join(LATEST),
+        source,
+    };
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(name, &tmp).map_err(io)?;
+    #[cfg(not(unix))]
+    std::fs::copy(dir.join(name), &tmp).map_err(io)?;
+    std::fs::rename(&tmp, dir.join(LATEST)).map_err(io)
+}
+
+/// Deletes all but the newest [`KEEP`] step checkpoints (never `keep`).
+fn prune(dir: &Path, keep: &str) {
+    let mut steps: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("checkpoint_step_") && n.ends_with(".safetensors"))
+        })
+        .collect();
+    steps.sort();
+    let excess = steps.len().saturating_sub(KEEP);
+    for old in steps.into_iter().take(excess) {
+        if old.file_name().and_then(|n| n.to_str()) != Some(keep) {
+            let _ = std::fs::remove_file(old);
+        }
+    }
+}
+
+/// Reads a checkpoint written by [`save`] (or the link to one).
+pub fn load(path: &Path) -> Result<Loaded, CheckpointError> {
+    let bad = |message: String| CheckpointError::Safetensors {
+        path: path.to_path_buf(),
+        message,
+    };
+    let meta = read_safetensors_metadata(path)?;
+    if meta.get("format").map(String::as_str) != Some(FORMAT) {
+        return Err(bad(format!(
+            "not a csm training checkpoint (format {:?}); --resume-from takes OUTPUT/{LATEST} or a checkpoint_step_*.safetensors of a run",
+            meta.get("format")
+        )));
+    }
+    let progress: Progress =
+        serde_json::from_str(meta.get("progress").map(String::as_str).unwrap_or(""))
+            .map_err(|e| bad(format!("bad progress record: {e}")))?;
+    let config: TrainConfig =
+        serde_json::from_str(meta.get("config").map(String::as_str).unwrap_or(""))
+            .map_err(|e| bad(format!("bad config record: {e}")))?;
+    let opt: serde_json::Value =
+        serde_json::from_str(meta.get("optimizer").map(String::as_str).unwrap_or(""))
+            .map_err(|e| bad(format!("bad optimizer record: {e}")))?;
+    let mut optimizer = AdamW::new(opt["weight_decay"].as_f64().unwrap_or(0.0) as f32);
+    optimizer.step = opt["step"].as_u64().unwrap_or(0);
+    optimizer.eps = opt["eps"].as_f64().unwrap_or(1e-8) as f32;
+    if let Some(b) = opt["betas"].as_array() {
+        optimizer.betas = (
+            b.first().and_then(|x| x.as_f64()).unwrap_or(0.9) as f32,
+            b.get(1).and_then(|x| x.as_f64()).unwrap_or(0.999) as f32,
+        );
+    }
+    let weights = WeightMap::from_safetensors(&[path.to_path_buf()], None)?;
+    let mut adapters = BTreeMap::new();
+    for (k, v) in weights.tensors {
+        if let Some(name) = k.strip_prefix("adapter.") {
+            adapters.insert(name.to_string(), v);
+        } else if let Some(name) = k.strip_prefix("optim.m.") {
+            optimizer.m.insert(name.to_string(), v);
+        } else if let Some(name) = k.strip_prefix("optim.v.") {
+            optimizer.v.insert(name.to_string(), v);
+        } else {
+            return Err(bad(format!("unexpected tensor `{k}`")));
+        }
+    }
+    Ok(Loaded {
+        progress,
+        config,
+        adapters,
+        optimizer,
+    })
+}

@@ -1,0 +1,229 @@
+//! End-to-end training on the demo model (tiny CSM, random Mimi, espeak-ng
+//! dataset): real files through the real loaders.
+
+use std::path::Path;
+
+use csm_core::codec::Mimi;
+use csm_core::demo::{create_demo, DemoPaths};
+
+fn demo(root: &Path, n: usize) -> DemoPaths {
+    create_demo(root, n, 7).expect("demo builds (needs espeak-ng)")
+}
+
+#[test]
+fn demo_codec_loads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = demo(dir.path(), 2);
+    let t = std::time::Instant::now();
+    let mimi = Mimi::load(&paths.mimi, None).unwrap();
+    eprintln!("mimi loaded in {:?}", t.elapsed());
+    assert_eq!(mimi.hop_length(), 1920);
+}
+
+use csm_core::adapter;
+use csm_core::model::load::{load_csm, LoadOptions};
+use csm_core::model::LossWeights;
+use csm_core::train::{
+    self, trainer, CancelToken, RecordingObserver, SaveMode, TrainConfig, TrainEvent,
+    TrainingObserver,
+};
+
+/// One demo and one codes cache shared by the tests of this binary.
+fn shared_demo() -> DemoPaths {
+    static ONCE: std::sync::OnceLock<DemoPaths> = std::sync::OnceLock::new();
+    ONCE.get_or_init(|| {
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("train-e2e-demo");
+        let _ = std::fs::remove_dir_all(&root);
+        // SAFETY-free: set once, before any test reads it.
+        std::env::set_var("CSM_CACHE_DIR", root.join("cache"));
+        demo(&root, 6)
+    })
+    .clone()
+}
+
+fn config(paths: &DemoPaths, out: &Path) -> TrainConfig {
+    TrainConfig {
+        model_path: paths.model.clone(),
+        audio_dir: paths.audio_dir.clone(),
+        transcript_dir: paths.transcript_dir.clone(),
+        output_dir: out.to_path_buf(),
+        context_turns: 0,
+        batch_size: 2,
+        epochs: 4,
+        learning_rate: 3e-3,
+        warmup_steps: 2,
+        val_split: 0.0,
+        val_every: 0,
+        save_every: 4,
+        decoder_fraction: 0.5,
+        target_modules: vec!["q_proj".into(), "v_proj".into(), "o_proj".into()],
+        seed: 11,
+        ..TrainConfig::default()
+    }
+}
+
+fn step_losses(events: &[TrainEvent]) -> Vec<f32> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            TrainEvent::Step(s) => Some(s.loss),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Cancels the run after a given step.
+struct StopAt {
+    step: usize,
+    token: CancelToken,
+    inner: RecordingObserver,
+}
+
+impl TrainingObserver for StopAt {
+    fn on_event(&mut self, event: &TrainEvent) {
+        if let TrainEvent::Step(s) = event {
+            if s.step == self.step {
+                self.token.cancel();
+            }
+        }
+        self.inner.on_event(event);
+    }
+}
+
+#[test]
+fn loss_falls_and_outputs_reload_with_the_same_results() {
+    let paths = shared_demo();
+    let out = tempfile::tempdir().unwrap();
+    let mut cfg = config(&paths, out.path());
+    cfg.epochs = 8;
+    cfg.save_mode = SaveMode::Both;
+    let mut obs = RecordingObserver::default();
+    let summary = train::train(&cfg, &mut obs, &CancelToken::new()).unwrap();
+    let losses = step_losses(&obs.events);
+    assert_eq!(summary.steps, losses.len());
+    let first = losses[..3].iter().sum::<f32>() / 3.0;
+    let last = losses[losses.len() - 3..].iter().sum::<f32>() / 3.0;
+    assert!(last < 0.8 * first, "loss did not fall: {losses:?}");
+    for f in [
+        "adapters.safetensors",
+        "adapter_config.json",
+        "config.json",
+        "metrics.jsonl",
+        "peft/adapter_model.safetensors",
+        "peft/adapter_config.json",
+        "merged/model.safetensors",
+        "merged/config.json",
+        "checkpoint_latest.safetensors",
+    ] {
+        // metrics.jsonl is written by the CLI observer, not the library.
+        if f == "metrics.jsonl" {
+            continue;
+        }
+        assert!(out.path().join(f).exists(), "{f} missing");
+    }
+
+    // Base + adapter and the merged model give the same loss, different
+    // from the base model's.
+    let mut assets = train::load_assets(&paths.model, None, None, mlx_rs::Dtype::Float32).unwrap();
+    let prepared = train::prepare(
+        &mut assets,
+        &cfg,
+        &csm_core::train::codes::CodesCache::default_dir(),
+        &mut RecordingObserver::default(),
+    )
+    .unwrap();
+    let w = LossWeights::default();
+    let base = trainer::evaluate(&mut assets.loaded.model, &prepared.train, 2, w).unwrap();
+    adapter::load_mlx(&mut assets.loaded.model, out.path()).unwrap();
+    let adapted = trainer::evaluate(&mut assets.loaded.model, &prepared.train, 2, w).unwrap();
+    let mut merged = load_csm(&out.path().join("merged"), &LoadOptions::default()).unwrap();
+    let merged_loss = trainer::evaluate(&mut merged.model, &prepared.train, 2, w).unwrap();
+    assert!(
+        adapted.total < base.total - 0.05,
+        "adapter changed nothing: {base:?} vs {adapted:?}"
+    );
+    assert!(
+        (merged_loss.total - adapted.total).abs() < 1e-3 * adapted.total,
+        "{merged_loss:?} vs {adapted:?}"
+    );
+}
+
+#[test]
+fn fresh_adapter_equals_base_model() {
+    let paths = shared_demo();
+    let out = tempfile::tempdir().unwrap();
+    let cfg = config(&paths, out.path());
+    let mut assets = train::load_assets(&paths.model, None, None, mlx_rs::Dtype::Float32).unwrap();
+    let prepared = train::prepare(
+        &mut assets,
+        &cfg,
+        &csm_core::train::codes::CodesCache::default_dir(),
+        &mut RecordingObserver::default(),
+    )
+    .unwrap();
+    let w = LossWeights::default();
+    let base = trainer::evaluate(&mut assets.loaded.model, &prepared.train, 2, w).unwrap();
+    adapter::attach(&mut assets.loaded.model, &trainer::lora_spec(&cfg)).unwrap();
+    let fresh = trainer::evaluate(&mut assets.loaded.model, &prepared.train, 2, w).unwrap();
+    assert_eq!(base.total, fresh.total);
+    assert_eq!(base.acoustic, fresh.acoustic);
+}
+
+#[test]
+fn resume_after_a_stop_continues_the_same_run() {
+    let paths = shared_demo();
+    let straight_dir = tempfile::tempdir().unwrap();
+    let cfg = config(&paths, straight_dir.path());
+    let mut obs = RecordingObserver::default();
+    train::train(&cfg, &mut obs, &CancelToken::new()).unwrap();
+    let straight = step_losses(&obs.events);
+
+    let split_dir = tempfile::tempdir().unwrap();
+    let cfg = config(&paths, split_dir.path());
+    let token = CancelToken::new();
+    let mut stop = StopAt {
+        step: 5,
+        token: token.clone(),
+        inner: RecordingObserver::default(),
+    };
+    let first = train::train(&cfg, &mut stop, &token).unwrap();
+    assert!(first.cancelled);
+    let mut before = step_losses(&stop.inner.events);
+    assert_eq!(before.len(), 5);
+    let mut resumed_cfg = cfg.clone();
+    resumed_cfg.resume_from = Some(split_dir.path().join("checkpoint_latest.safetensors"));
+    let mut obs = RecordingObserver::default();
+    train::train(&resumed_cfg, &mut obs, &CancelToken::new()).unwrap();
+    before.extend(step_losses(&obs.events));
+    assert_eq!(before.len(), straight.len());
+    for (i, (a, b)) in before.iter().zip(&straight).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+            "step {}: {a} vs {b}",
+            i + 1
+        );
+    }
+
+    // A checkpoint of another LoRA setup is refused, naming the flags.
+    let mut other = cfg.clone();
+    other.lora_r = 4;
+    other.output_dir = tempfile::tempdir().unwrap().keep();
+    other.resume_from = resumed_cfg.resume_from.clone();
+    let err = train::train(
+        &other,
+        &mut RecordingObserver::default(),
+        &CancelToken::new(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("--lora-r"), "{err}");
+}
+
+#[test]
+fn unwritable_output_dir_is_a_clear_error() {
+    let paths = shared_demo();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let cfg = config(&paths, &file.path().join("sub"));
+    let err =
+        train::train(&cfg, &mut RecordingObserver::default(), &CancelToken::new()).unwrap_err();
+    assert!(err.to_string().contains("output directory"), "{err}");
+}

@@ -1,0 +1,33 @@
+//! Tauri codegen inputs, the command manifest for the ACL, and the rpath to
+//! MLX's shared library.
+
+/// The app's own commands; `capabilities/main.json` grants each one to the
+/// `main` window. Keep in sync with `generate_handler!` in `src/lib.rs`.
+const COMMANDS: &[&str] = &[
+    "app_info",
+    "read_config_file",
+    "write_config_file",
+    "reveal_path",
+];
+
+fn main() {
+    mlx_rpath();
+    // tauri.conf.json is read through the src-tauri/tauri.conf.json symlink to
+    // the repository root's file, so tauri-build, generate_context! and the
+    // Tauri CLI all resolve its relative paths from this directory.
+    let attributes = tauri_build::Attributes::new()
+        .app_manifest(tauri_build::AppManifest::new().commands(COMMANDS));
+    tauri_build::try_build(attributes).expect("tauri-build failed");
+}
+
+/// Same rpath as csm-core's build script: the binary finds the wheel's libmlx
+/// at run time (`DEP_MLX_LIB_DIR` comes from the mlx-sys dependency).
+fn mlx_rpath() {
+    let dir = std::env::var("DEP_MLX_LIB_DIR").expect("mlx-sys publishes DEP_MLX_LIB_DIR");
+    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
+        println!("cargo:rustc-link-arg=-Wl,--enable-new-dtags");
+    }
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
+    let version = std::env::var("DEP_MLX_VERSION").unwrap_or_else(|_| "unknown".into());
+    println!("cargo:rustc-env=CSM_MLX_VERSION={version}");
+}

@@ -1,0 +1,96 @@
+//! CSM Studio desktop app: Tauri wiring only. Commands live in [`commands`];
+//! the IPC contract they implement is `docs/ipc.md`.
+
+pub mod commands;
+pub mod contract;
+pub mod error;
+
+use tauri::{Builder, Runtime};
+
+/// Registers plugins and commands on any runtime, so tests can use
+/// `tauri::test::mock_builder()`.
+pub fn app_builder<R: Runtime>(builder: Builder<R>) -> Builder<R> {
+    builder
+        .plugin(tauri_plugin_dialog::init())
+        .invoke_handler(tauri::generate_handler![
+            commands::app::app_info,
+            commands::config::read_config_file,
+            commands::config::write_config_file,
+            commands::files::reveal_path,
+        ])
+}
+
+/// Starts the app (called by `main`).
+///
+/// # Panics
+/// When the window system cannot be initialised.
+pub fn run() {
+    app_builder(Builder::default())
+        .run(tauri::generate_context!())
+        .expect("error while running CSM Studio");
+}
+
+#[cfg(test)]
+mod tests {
+    use tauri::ipc::{CallbackFn, InvokeBody};
+    use tauri::test::{get_ipc_response, mock_builder, mock_context, noop_assets, INVOKE_KEY};
+    use tauri::webview::InvokeRequest;
+
+    fn invoke(cmd: &str, body: serde_json::Value) -> Result<serde_json::Value, serde_json::Value> {
+        let app = super::app_builder(mock_builder())
+            .build(mock_context(noop_assets()))
+            .unwrap();
+        let webview = tauri::WebviewWindowBuilder::new(&app, "main", Default::default())
+            .build()
+            .unwrap();
+        get_ipc_response(
+            &webview,
+            InvokeRequest {
+                cmd: cmd.into(),
+                callback: CallbackFn(0),
+                error: CallbackFn(1),
+                // tauri://localhost: http://tauri.localhost is Windows/Android only.
+                url: "tauri://localhost".parse().unwrap(),
+                body: InvokeBody::Json(body),
+                headers: Default::default(),
+                invoke_key: INVOKE_KEY.to_string(),
+            },
+        )
+        .map(|r| r.deserialize::<serde_json::Value>().unwrap())
+    }
+
+    #[test]
+    fn app_info_over_ipc() {
+        let info = invoke("app_info", serde_json::json!({})).unwrap();
+        assert_eq!(info["version"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(info["mlxVersion"], env!("CSM_MLX_VERSION"));
+        assert!(["cpu", "metal", "cuda"].contains(&info["backend"].as_str().unwrap()));
+    }
+
+    #[test]
+    fn config_file_errors_cross_ipc_as_kind_and_message() {
+        let err = invoke(
+            "read_config_file",
+            serde_json::json!({ "path": "/no/such/run.json" }),
+        )
+        .unwrap_err();
+        assert_eq!(err["kind"], "notFound");
+        assert_eq!(err["message"], "/no/such/run.json does not exist");
+    }
+
+    #[test]
+    fn config_file_round_trip_over_ipc() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cfg.json");
+        let config = serde_json::json!({ "lora_r": 4, "model_path": "/m" });
+        invoke(
+            "write_config_file",
+            serde_json::json!({ "path": path, "config": config }),
+        )
+        .unwrap();
+        assert_eq!(
+            invoke("read_config_file", serde_json::json!({ "path": path })).unwrap(),
+            config
+        );
+    }
+}

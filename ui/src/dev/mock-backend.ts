@@ -1,0 +1,175 @@
+// Browser-only preview backend: `VITE_MOCK_IPC=1 npm run dev` (or build) runs the UI
+// without Tauri, against this simulation of the docs/ipc.md contract. Never part
+// of the app build: main.ts imports it only when VITE_MOCK_IPC is set.
+import { mockIPC, mockWindows } from '@tauri-apps/api/mocks';
+import type { Channel } from '@tauri-apps/api/core';
+import type { DatasetItem, DatasetScan, RunSummary, TrainingEvent } from '../lib/api';
+import { defaultConfig } from '../lib/config';
+
+function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => ((s = (s * 1664525 + 1013904223) >>> 0) / 2 ** 32);
+}
+
+function scan(root: string): DatasetScan {
+  const r = rng(7);
+  const items: DatasetItem[] = Array.from({ length: 24 }, (_, i) => {
+    const file = `clip_${String(i + 1).padStart(3, '0')}.wav`;
+    const dur = 2 + r() * 9;
+    const missing = i === 5;
+    const problems: DatasetItem['problems'] = [];
+    if (missing) problems.push({ kind: 'missingTranscript', message: `no transcripts/clip_006.txt` });
+    if (i === 11) problems.push({ kind: 'clipping', message: '0.8% of samples at full scale' });
+    if (i === 17) problems.push({ kind: 'tooLong', message: '34.1 s > 30 s limit' });
+    return {
+      file,
+      path: `${root}/audio/${file}`,
+      durationSecs: i === 17 ? 34.1 : dur,
+      sampleRate: i % 7 === 3 ? 44100 : 24000,
+      channels: 1,
+      transcriptPath: missing ? null : `${root}/transcripts/${file.replace('.wav', '.txt')}`,
+      transcript: missing ? null : `Sample sentence number ${i + 1}, read in a calm and even voice for the fine-tuning set.`,
+      hasAlignment: false,
+      problems,
+    };
+  });
+  const seconds = items.reduce((a, b) => a + (b.durationSecs ?? 0), 0);
+  return {
+    root,
+    audioDir: `${root}/audio`,
+    transcriptDir: `${root}/transcripts`,
+    alignmentDir: null,
+    items,
+    totals: { files: items.length, seconds, withTranscript: 23, withProblems: 3, usable: 23 },
+  };
+}
+
+let timer: ReturnType<typeof setInterval> | undefined;
+let stopRequested = false;
+
+function simulate(ch: Channel<TrainingEvent>, total = 240): void {
+  const send = (e: TrainingEvent) => ch.onmessage(e);
+  const r = rng(3);
+  send({ event: 'started', data: { runId: 'demo-run', runDir: '/runs/demo-run', totalSteps: total, stepsPerEpoch: 48, trainExamples: 21, valExamples: 2 } });
+  send({ event: 'phase', data: { phase: 'loading', message: 'Loading CSM 1B (bfloat16)', done: null, total: null } });
+  let step = 0;
+  let enc = 0;
+  stopRequested = false;
+  timer = setInterval(() => {
+    if (enc < 23) {
+      enc += 4;
+      send({ event: 'phase', data: { phase: 'encoding', message: 'Encoding audio with Mimi', done: Math.min(enc, 23), total: 23 } });
+      if (enc >= 23) send({ event: 'phase', data: { phase: 'training', message: null, done: null, total: null } });
+      return;
+    }
+    for (let k = 0; k < 3 && step < total; k++) {
+      step++;
+      const base = 2.2 + 4 * Math.exp(-step / 45);
+      const loss = base + (r() - 0.5) * 0.6;
+      const lr = 2e-4 * (step < 20 ? step / 20 : 0.5 * (1 + Math.cos((Math.PI * (step - 20)) / (total - 20))));
+      send({ event: 'step', data: { step, totalSteps: total, epoch: step / 48, loss, semanticLoss: loss * 0.55, acousticLoss: loss * 0.45, lr, gradNorm: 0.6 + r() * 0.8, framesPerSec: 310 + r() * 30, memoryBytes: 5.4e9 + r() * 2e8, elapsedSecs: step * 1.9, etaSecs: (total - step) * 1.9 } });
+      if (step % 50 === 0) send({ event: 'validation', data: { step, loss: base + 0.15, semanticLoss: (base + 0.15) * 0.55, acousticLoss: (base + 0.15) * 0.45 } });
+      if (step % 100 === 0) {
+        send({ event: 'checkpoint', data: { step, path: `/runs/demo-run/checkpoints/step-${step}`, mode: 'lora' } });
+        send({ event: 'sample', data: { step, path: `/runs/demo-run/samples/step-${step}.wav`, text: 'Hello from the fine-tuned voice.', durationSecs: 2.4 } });
+      }
+    }
+    if (stopRequested || step >= total) {
+      clearInterval(timer);
+      send({ event: 'phase', data: { phase: 'saving', message: 'Saving adapter', done: null, total: null } });
+      send({ event: 'finished', data: { status: stopRequested ? 'stopped' : 'completed', step, elapsedSecs: step * 1.9, bestValLoss: 2.41, adapterPath: '/runs/demo-run/adapter.safetensors' } });
+    }
+  }, 120);
+}
+
+function runs(): RunSummary[] {
+  const config = { ...defaultConfig(), model_path: '/models/csm-1b', output_dir: '/runs', audio_dir: '/data/voice/audio', transcript_dir: '/data/voice/transcripts' };
+  return [
+    { id: 'r2', name: 'voice-r16', dir: '/runs/voice-r16', status: 'completed', startedAt: '2026-11-24T18:02:00Z', durationSecs: 2710, step: 240, totalSteps: 240, bestValLoss: 2.38, finalLoss: 2.3, config: { ...config, lora_r: 16, lora_alpha: 32 }, checkpoints: [{ step: 100, path: '/runs/voice-r16/checkpoints/step-100' }, { step: 240, path: '/runs/voice-r16/checkpoints/step-240' }] },
+    { id: 'r1', name: 'voice-r8', dir: '/runs/voice-r8', status: 'stopped', startedAt: '2026-11-24T15:40:00Z', durationSecs: 1302, step: 131, totalSteps: 240, bestValLoss: 2.61, finalLoss: 2.55, config, checkpoints: [{ step: 131, path: '/runs/voice-r8/checkpoints/step-131' }] },
+  ];
+}
+
+export function install(): void {
+  mockWindows('main');
+  mockIPC(
+    (cmd, raw) => {
+      const a = (raw ?? {}) as Record<string, unknown>;
+      switch (cmd) {
+        case 'app_info':
+          return { version: '0.1.0', mlxVersion: '0.32.2', backend: 'cpu', os: 'linux', arch: 'x86_64' };
+        case 'plugin:dialog|open':
+          return (a.options as { directory?: boolean } | undefined)?.directory ? ['/data/voice'] : '/models/csm-1b/model.safetensors';
+        case 'plugin:dialog|save':
+          return '/tmp/out.json';
+        case 'plugin:dialog|message':
+          return 'Quit';
+        case 'scan_dataset':
+          return scan('/data/voice');
+        case 'demo_assets':
+          return { modelPath: '/demo/csm-tiny', mimiPath: '/demo/mimi.safetensors', tokenizerPath: '/demo/tokenizer.json', audioDir: '/demo/voice/audio', transcriptDir: '/demo/voice/transcripts', alignmentDir: null };
+        case 'inspect_model':
+          return a.kind === 'tokenizer'
+            ? { path: a.path, kind: a.kind, format: 'tokenizer.json', sizeBytes: 9_085_698, dtype: null, parameters: null, details: { vocab: '128256' } }
+            : { path: a.path, kind: a.kind, format: 'safetensors', sizeBytes: a.kind === 'csm' ? 6.2e9 : 3.9e8, dtype: 'bfloat16', parameters: a.kind === 'csm' ? 1_550_000_000 : 96_000_000, details: a.kind === 'csm' ? { backbone: 'llama-1B', decoder: 'llama-100M', codebooks: '32' } : { codebooks: '32', 'frame rate': '12.5 Hz' } };
+        case 'estimate_run':
+          return { secsPerStep: 1.9, peakMemoryBytes: 6.1e9 };
+        case 'start_training':
+          simulate(a.onEvent as Channel<TrainingEvent>);
+          return 'demo-run';
+        case 'stop_training':
+          stopRequested = true;
+          return null;
+        case 'list_output_devices':
+          return [{ id: 'coreaudio:default', name: 'MacBook Pro Speakers', isDefault: true }];
+        case 'play_audio':
+          return { durationSecs: 2.4 };
+        case 'stop_audio':
+        case 'reveal_path':
+        case 'write_config_file':
+          return null;
+        case 'generate_sample': {
+          const req = a.request as { text: string; seed: number; checkpoint: string | null };
+          const r = rng(req.seed + (req.checkpoint ? 1 : 0));
+          const peaks = Array.from({ length: 400 }, (_, i) => Math.abs(Math.sin(i / 9)) * (0.3 + r() * 0.6));
+          return { id: `${Date.now()}-${req.checkpoint ?? 'base'}`, path: `/tmp/${Date.now()}.wav`, sampleRate: 24000, durationSecs: 2.6, peaks, checkpoint: req.checkpoint, seed: req.seed, text: req.text };
+        }
+        case 'list_runs':
+          return runs();
+        case 'run_metrics': {
+          const r = rng(a.runId === 'r1' ? 1 : 2);
+          const steps = Array.from({ length: 240 }, (_, i) => {
+            const loss = 2.2 + 4 * Math.exp(-(i + 1) / (a.runId === 'r1' ? 60 : 45)) + (r() - 0.5) * 0.5;
+            return { step: i + 1, totalSteps: 240, epoch: (i + 1) / 48, loss, semanticLoss: loss / 2, acousticLoss: loss / 2, lr: 2e-4, gradNorm: 1, framesPerSec: 300, memoryBytes: 5e9, elapsedSecs: i * 2, etaSecs: 0 };
+          });
+          return { steps, validation: [50, 100, 150, 200].map((s) => ({ step: s, loss: 2.4 + 3 * Math.exp(-s / 50), semanticLoss: 1.3, acousticLoss: 1.1 })), samples: [] };
+        }
+        default:
+          return Promise.reject({ kind: 'internal', message: `mock backend: no ${cmd}` });
+      }
+    },
+    { shouldMockEvents: true },
+  );
+}
+
+/** `#run`, `#parameters`, ... in the URL: open that screen with data loaded (for screenshots). */
+export async function preview(hash: string): Promise<void> {
+  const { app } = await import('../lib/store.svelte');
+  const tab = hash.replace('#', '');
+  if (!tab) return;
+  await app.scan(['/data/voice']);
+  await Promise.all([
+    app.setModel('csm', '/models/csm-1b/model.safetensors'),
+    app.setModel('mimi', '/models/csm-1b/mimi.safetensors'),
+    app.setModel('tokenizer', '/models/csm-1b/tokenizer.json'),
+  ]);
+  app.config.output_dir = '/runs';
+  if (tab === 'run' || tab === 'samples') {
+    await app.startRun();
+  }
+  if (tab === 'parameters-error') {
+    app.config.learning_rate = Number.NaN;
+    app.config.lora_r = 0;
+  }
+  app.tab = (tab === 'parameters-error' ? 'parameters' : tab) as typeof app.tab;
+}

@@ -1,0 +1,353 @@
+// The one place the UI talks to the Rust side. Every command and type here is
+// documented in docs/ipc.md; the Rust implementation follows that document.
+import { Channel, invoke } from '@tauri-apps/api/core';
+import type { RunConfig } from './config';
+
+// ---------------------------------------------------------------- errors
+
+/** Every command rejects with this shape (Rust: `#[serde(tag = "kind", content = "message")]`). */
+export type ErrorKind =
+  | 'io'
+  | 'notFound'
+  | 'invalidInput'
+  | 'unsupportedFormat'
+  | 'modelLoad'
+  | 'noAudioDevice'
+  | 'audio'
+  | 'alreadyRunning'
+  | 'notRunning'
+  | 'training'
+  | 'generation'
+  | 'internal';
+
+export interface IpcError {
+  kind: ErrorKind;
+  message: string;
+}
+
+export function isIpcError(e: unknown): e is IpcError {
+  return (
+    typeof e === 'object' &&
+    e !== null &&
+    typeof (e as IpcError).kind === 'string' &&
+    typeof (e as IpcError).message === 'string'
+  );
+}
+
+/** Turns anything a command rejected with into an `IpcError`. */
+export function toIpcError(e: unknown): IpcError {
+  if (isIpcError(e)) return e;
+  if (e instanceof Error) return { kind: 'internal', message: e.message };
+  return { kind: 'internal', message: String(e) };
+}
+
+async function call<T>(cmd: string, args?: Record<string, unknown>): Promise<T> {
+  try {
+    return await invoke<T>(cmd, args);
+  } catch (e) {
+    throw toIpcError(e);
+  }
+}
+
+// ---------------------------------------------------------------- app
+
+export interface AppInfo {
+  /** csm-app crate version. */
+  version: string;
+  /** Version of the MLX library the core was built against, e.g. "0.32.2". */
+  mlxVersion: string;
+  /** "metal" on Apple Silicon, "cpu" (or "cuda") elsewhere. */
+  backend: 'metal' | 'cpu' | 'cuda';
+  os: string;
+  arch: string;
+}
+
+export const appInfo = () => call<AppInfo>('app_info');
+
+// ---------------------------------------------------------------- dataset
+
+export type ProblemKind =
+  | 'missingTranscript'
+  | 'emptyTranscript'
+  | 'tooLong'
+  | 'clipping'
+  | 'silence'
+  | 'unreadable'
+  | 'resampled';
+
+export interface Problem {
+  kind: ProblemKind;
+  /** Human-readable detail, e.g. "42.3 s > 30 s limit". */
+  message: string;
+}
+
+export interface DatasetItem {
+  /** Path relative to the audio directory, e.g. "utt_001.wav". */
+  file: string;
+  /** Absolute path of the audio file. */
+  path: string;
+  /** null when the file could not be decoded. */
+  durationSecs: number | null;
+  sampleRate: number | null;
+  channels: number | null;
+  /** Absolute path of the matching transcript, null when missing. */
+  transcriptPath: string | null;
+  /** Transcript text (trimmed), null when missing. */
+  transcript: string | null;
+  /** True when an alignment file exists for this clip. */
+  hasAlignment: boolean;
+  problems: Problem[];
+}
+
+export interface DatasetScan {
+  /** Folder the user chose (or the common parent of dropped folders). */
+  root: string;
+  audioDir: string;
+  transcriptDir: string;
+  alignmentDir: string | null;
+  items: DatasetItem[];
+  totals: {
+    files: number;
+    /** Sum of readable durations. */
+    seconds: number;
+    withTranscript: number;
+    withProblems: number;
+    /** Clips the trainer can use (no missing/empty transcript, readable). */
+    usable: number;
+  };
+}
+
+/**
+ * Scans dropped or picked folders. Accepts `audio/` + `transcripts/` (+ `alignments/`)
+ * given separately, or one parent folder holding them.
+ */
+export const scanDataset = (paths: string[]) => call<DatasetScan>('scan_dataset', { paths });
+
+// ---------------------------------------------------------------- models
+
+export type ModelKind = 'csm' | 'mimi' | 'tokenizer';
+
+export interface ModelInfo {
+  path: string;
+  kind: ModelKind;
+  /** e.g. "safetensors", "safetensors (sharded)", "tokenizer.json". */
+  format: string;
+  sizeBytes: number;
+  /** e.g. "bfloat16", "float32", mixed: "bfloat16 + float32"; null for tokenizers. */
+  dtype: string | null;
+  /** Parameter count, null for tokenizers. */
+  parameters: number | null;
+  /** Extra key/value facts (backbone flavor, vocab size, codebooks, ...). */
+  details: Record<string, string>;
+}
+
+/** Inspects a checkpoint file or folder. Rejects with `modelLoad`/`unsupportedFormat` and the exact load error. */
+export const inspectModel = (path: string, kind: ModelKind) =>
+  call<ModelInfo>('inspect_model', { path, kind });
+
+export interface DemoAssets {
+  modelPath: string;
+  mimiPath: string;
+  tokenizerPath: string;
+  audioDir: string;
+  transcriptDir: string;
+  alignmentDir: string | null;
+}
+
+/** Locates (and if needed unpacks) the bundled tiny demo model and dataset. */
+export const demoAssets = () => call<DemoAssets>('demo_assets');
+
+// ---------------------------------------------------------------- config files
+
+/** Reads a run config JSON file; resolves to the raw parsed object (validated by the UI). */
+export const readConfigFile = (path: string) => call<unknown>('read_config_file', { path });
+
+/** Writes `config` as pretty JSON to `path`. */
+export const writeConfigFile = (path: string, config: RunConfig) =>
+  call<void>('write_config_file', { path, config });
+
+// ---------------------------------------------------------------- estimates
+
+export interface RunEstimate {
+  /** Measured or modeled seconds per optimizer step for this config on this machine. */
+  secsPerStep: number | null;
+  /** Expected peak memory in bytes. */
+  peakMemoryBytes: number | null;
+}
+
+export const estimateRun = (config: RunConfig) => call<RunEstimate>('estimate_run', { config });
+
+// ---------------------------------------------------------------- training
+
+export type Phase = 'loading' | 'encoding' | 'training' | 'validating' | 'saving';
+
+/** Loss and grad-norm fields are null on the wire when non-finite (serde_json writes NaN as null). */
+export interface StepData {
+  step: number;
+  totalSteps: number;
+  epoch: number;
+  loss: number | null;
+  semanticLoss: number | null;
+  acousticLoss: number | null;
+  lr: number;
+  gradNorm: number | null;
+  framesPerSec: number;
+  memoryBytes: number;
+  elapsedSecs: number;
+  etaSecs: number | null;
+}
+
+export interface ValidationData {
+  step: number;
+  loss: number | null;
+  semanticLoss: number | null;
+  acousticLoss: number | null;
+}
+
+export type WarningKind = 'nan' | 'divergence' | 'gradSpike' | 'other';
+
+/** Mirrors Rust `#[serde(rename_all = "camelCase", tag = "event", content = "data")] enum TrainingEvent`. */
+export type TrainingEvent =
+  | {
+      event: 'started';
+      data: {
+        runId: string;
+        runDir: string;
+        totalSteps: number;
+        stepsPerEpoch: number;
+        trainExamples: number;
+        valExamples: number;
+      };
+    }
+  | { event: 'phase'; data: { phase: Phase; message: string | null; done: number | null; total: number | null } }
+  | { event: 'step'; data: StepData }
+  | { event: 'validation'; data: ValidationData }
+  | { event: 'checkpoint'; data: { step: number; path: string; mode: 'lora' | 'full' } }
+  | { event: 'sample'; data: RunSample }
+  | { event: 'warning'; data: { step: number | null; kind: WarningKind; message: string } }
+  | {
+      event: 'finished';
+      data: {
+        status: 'completed' | 'stopped';
+        step: number;
+        elapsedSecs: number;
+        bestValLoss: number | null;
+        adapterPath: string | null;
+      };
+    }
+  | { event: 'failed'; data: { step: number | null; error: IpcError } };
+
+export interface RunSample {
+  step: number;
+  path: string;
+  text: string;
+  durationSecs: number;
+}
+
+/**
+ * Starts a run. Resolves with the run id as soon as the job is accepted; progress and the
+ * end of the run arrive on `onEvent`. Rejects with `alreadyRunning` or `invalidInput`.
+ */
+export function startTraining(
+  config: RunConfig,
+  onEvent: (ev: TrainingEvent) => void,
+): Promise<string> {
+  const channel = new Channel<TrainingEvent>();
+  channel.onmessage = onEvent;
+  return call<string>('start_training', { config, onEvent: channel });
+}
+
+/** Asks the run to stop; the backend saves a checkpoint, then sends `finished` with status "stopped". */
+export const stopTraining = (runId: string) => call<void>('stop_training', { runId });
+
+// ---------------------------------------------------------------- generation
+
+export interface GenerateRequest {
+  text: string;
+  speakerId: number;
+  /** Optional context clip (audio path) and its transcript. */
+  contextAudio: string | null;
+  contextText: string | null;
+  /** LoRA adapter/checkpoint path to apply; null = base model. */
+  checkpoint: string | null;
+  modelPath: string;
+  mimiPath: string | null;
+  tokenizerPath: string | null;
+  seed: number;
+  temperature: number;
+  topK: number;
+  maxAudioSecs: number;
+}
+
+export interface GeneratedSample {
+  id: string;
+  /** WAV file written by the backend. */
+  path: string;
+  sampleRate: number;
+  durationSecs: number;
+  /** Peak envelope for drawing: `peaks.length` absolute maxima in [0, 1], evenly spaced. */
+  peaks: number[];
+  checkpoint: string | null;
+  seed: number;
+  text: string;
+}
+
+export const generateSample = (request: GenerateRequest) =>
+  call<GeneratedSample>('generate_sample', { request });
+
+// ---------------------------------------------------------------- audio
+
+export interface AudioDevice {
+  id: string;
+  name: string;
+  isDefault: boolean;
+}
+
+export const listOutputDevices = () => call<AudioDevice[]>('list_output_devices');
+
+/** Plays a WAV/FLAC/MP3 file; stops whatever was playing. Rejects with `noAudioDevice` when none is usable. */
+export const playAudio = (path: string, deviceId: string | null) =>
+  call<{ durationSecs: number }>('play_audio', { path, deviceId });
+
+export const stopAudio = () => call<void>('stop_audio');
+
+/** Peak envelope of any audio file (for waveforms of dataset clips and run samples). */
+export const audioPeaks = (path: string, buckets: number) =>
+  call<number[]>('audio_peaks', { path, buckets });
+
+// ---------------------------------------------------------------- history
+
+export type RunStatus = 'running' | 'completed' | 'stopped' | 'failed';
+
+export interface RunSummary {
+  id: string;
+  name: string;
+  dir: string;
+  status: RunStatus;
+  /** RFC 3339. */
+  startedAt: string;
+  durationSecs: number;
+  step: number;
+  totalSteps: number;
+  bestValLoss: number | null;
+  finalLoss: number | null;
+  /** The resolved config the run was started with. */
+  config: RunConfig;
+  /** Checkpoint folders, oldest first. */
+  checkpoints: { step: number; path: string }[];
+}
+
+export interface RunMetrics {
+  steps: StepData[];
+  validation: ValidationData[];
+  samples: RunSample[];
+}
+
+/** Runs found under the runs folder (newest first). */
+export const listRuns = () => call<RunSummary[]>('list_runs');
+export const runMetrics = (runId: string) => call<RunMetrics>('run_metrics', { runId });
+/** Opens the system file manager at `path`. */
+export const revealPath = (path: string) => call<void>('reveal_path', { path });
+/** Copies a run's adapter (latest or given checkpoint) to `dest`; resolves with the written path. */
+export const exportAdapter = (runId: string, checkpoint: string | null, dest: string) =>
+  call<string>('export_adapter', { runId, checkpoint, dest });

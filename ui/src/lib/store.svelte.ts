@@ -1,0 +1,235 @@
+// Application state shared by the screens (Svelte 5 runes), and the actions
+// that call the backend. Screens stay thin; everything testable lives here
+// or in the pure modules next to it.
+import { open, save } from '@tauri-apps/plugin-dialog';
+import * as api from './api';
+import type { DatasetScan, GeneratedSample, IpcError, ModelInfo, ModelKind, RunEstimate, TrainingEvent } from './api';
+import { type RunConfig, defaultConfig, fromObject, validate } from './config';
+import { type RunState, applyEvent, initialRunState, isActive } from './run';
+
+export type Tab = 'dataset' | 'model' | 'parameters' | 'run' | 'samples' | 'history';
+
+export interface ModelSlot {
+  path: string | null;
+  info: ModelInfo | null;
+  error: IpcError | null;
+  loading: boolean;
+}
+
+const emptySlot = (): ModelSlot => ({ path: null, info: null, error: null, loading: false });
+
+export interface Notice {
+  id: number;
+  level: 'info' | 'error';
+  text: string;
+}
+
+export class AppStore {
+  tab = $state<Tab>('dataset');
+  dataset = $state<DatasetScan | null>(null);
+  datasetError = $state<IpcError | null>(null);
+  scanning = $state(false);
+  models = $state<Record<ModelKind, ModelSlot>>({ csm: emptySlot(), mimi: emptySlot(), tokenizer: emptySlot() });
+  config = $state<RunConfig>(defaultConfig());
+  estimate = $state<RunEstimate | null>(null);
+  run = $state.raw<RunState>(initialRunState());
+  generated = $state<GeneratedSample[]>([]);
+  outputDevice = $state<string | null>(null);
+  notices = $state<Notice[]>([]);
+  #noticeId = 0;
+  #raw: RunState = this.run;
+
+  get errors() {
+    return validate(this.config);
+  }
+
+  get running(): boolean {
+    return isActive(this.run.status);
+  }
+
+  notify(text: string, level: Notice['level'] = 'info'): void {
+    const id = ++this.#noticeId;
+    this.notices.push({ id, level, text });
+    setTimeout(() => this.dismiss(id), level === 'error' ? 8000 : 4000);
+  }
+
+  dismiss(id: number): void {
+    this.notices = this.notices.filter((n) => n.id !== id);
+  }
+
+  // ------------------------------------------------------------ dataset
+
+  async scan(paths: string[]): Promise<void> {
+    if (paths.length === 0) return;
+    this.scanning = true;
+    this.datasetError = null;
+    try {
+      const scan = await api.scanDataset(paths);
+      this.dataset = scan;
+      this.config.audio_dir = scan.audioDir;
+      this.config.transcript_dir = scan.transcriptDir;
+      this.config.alignment_dir = scan.alignmentDir;
+    } catch (e) {
+      this.datasetError = api.toIpcError(e);
+    } finally {
+      this.scanning = false;
+    }
+  }
+
+  async pickDatasetFolders(): Promise<void> {
+    const picked = await open({ directory: true, multiple: true, title: 'Choose dataset folder(s)' });
+    const paths = picked === null ? [] : Array.isArray(picked) ? picked : [picked];
+    await this.scan(paths);
+  }
+
+  // ------------------------------------------------------------ models
+
+  async setModel(kind: ModelKind, path: string): Promise<void> {
+    const slot = this.models[kind];
+    slot.path = path;
+    slot.loading = true;
+    slot.error = null;
+    slot.info = null;
+    if (kind === 'csm') this.config.model_path = path;
+    if (kind === 'mimi') this.config.mimi_path = path;
+    if (kind === 'tokenizer') this.config.tokenizer_path = path;
+    try {
+      const info = await api.inspectModel(path, kind);
+      if (slot.path === path) slot.info = info;
+    } catch (e) {
+      if (slot.path === path) slot.error = api.toIpcError(e);
+    } finally {
+      if (slot.path === path) slot.loading = false;
+    }
+  }
+
+  async pickModel(kind: ModelKind, directory: boolean): Promise<void> {
+    const filters =
+      directory ? undefined
+      : kind === 'tokenizer' ? [{ name: 'Tokenizer', extensions: ['json'] }]
+      : [{ name: 'Weights', extensions: ['safetensors'] }];
+    const picked = await open({ directory, multiple: false, filters });
+    if (typeof picked === 'string') await this.setModel(kind, picked);
+  }
+
+  async useDemo(): Promise<void> {
+    try {
+      const d = await api.demoAssets();
+      this.config.audio_dir = d.audioDir;
+      this.config.transcript_dir = d.transcriptDir;
+      this.config.alignment_dir = d.alignmentDir;
+      await Promise.all([
+        this.setModel('csm', d.modelPath),
+        this.setModel('mimi', d.mimiPath),
+        this.setModel('tokenizer', d.tokenizerPath),
+        this.scan([d.audioDir, d.transcriptDir, ...(d.alignmentDir ? [d.alignmentDir] : [])]),
+      ]);
+      this.notify('Demo model and dataset loaded');
+    } catch (e) {
+      this.notify(`Demo assets unavailable: ${api.toIpcError(e).message}`, 'error');
+    }
+  }
+
+  // ------------------------------------------------------------ config
+
+  /** Replaces the config (e.g. imported or duplicated); returns the unknown keys that were ignored. */
+  loadConfig(raw: unknown): string[] {
+    const { config, unknown } = fromObject(raw);
+    this.config = config;
+    return unknown;
+  }
+
+  async importConfig(): Promise<void> {
+    const path = await open({ multiple: false, directory: false, filters: [{ name: 'Run config', extensions: ['json'] }] });
+    if (typeof path !== 'string') return;
+    try {
+      const unknown = this.loadConfig(await api.readConfigFile(path));
+      this.notify(unknown.length ? `Config imported; ignored unknown keys: ${unknown.join(', ')}` : 'Config imported');
+    } catch (e) {
+      this.notify(`Could not import ${path}: ${api.toIpcError(e).message}`, 'error');
+    }
+  }
+
+  async exportConfig(): Promise<void> {
+    const path = await save({ defaultPath: 'run-config.json', filters: [{ name: 'Run config', extensions: ['json'] }] });
+    if (!path) return;
+    try {
+      await api.writeConfigFile(path, $state.snapshot(this.config) as RunConfig);
+      this.notify(`Config saved to ${path}`);
+    } catch (e) {
+      this.notify(`Could not save config: ${api.toIpcError(e).message}`, 'error');
+    }
+  }
+
+  async refreshEstimate(): Promise<void> {
+    try {
+      this.estimate = await api.estimateRun($state.snapshot(this.config) as RunConfig);
+    } catch {
+      this.estimate = null;
+    }
+  }
+
+  // ------------------------------------------------------------ training
+
+  onTrainingEvent = (ev: TrainingEvent): void => {
+    applyEvent(this.#raw, ev);
+    this.run = { ...this.#raw };
+    if (ev.event === 'finished') {
+      this.notify(ev.data.status === 'completed' ? 'Training finished' : 'Training stopped; checkpoint saved');
+    } else if (ev.event === 'failed') {
+      this.notify(`Training failed: ${ev.data.error.message}`, 'error');
+    }
+  };
+
+  async startRun(): Promise<boolean> {
+    if (this.running) return false;
+    if (Object.keys(this.errors).length > 0) {
+      this.notify('Fix the highlighted parameters first', 'error');
+      this.tab = 'parameters';
+      return false;
+    }
+    this.#raw = initialRunState();
+    this.#raw.status = 'starting';
+    this.run = { ...this.#raw };
+    try {
+      const runId = await api.startTraining($state.snapshot(this.config) as RunConfig, this.onTrainingEvent);
+      if (this.#raw.runId === null) this.#raw.runId = runId;
+      this.run = { ...this.#raw };
+      return true;
+    } catch (e) {
+      this.#raw.status = 'failed';
+      this.#raw.error = api.toIpcError(e);
+      this.run = { ...this.#raw };
+      return false;
+    }
+  }
+
+  async stopRun(): Promise<void> {
+    const id = this.run.runId;
+    if (!id || !this.running) return;
+    this.#raw.status = 'stopping';
+    this.run = { ...this.#raw };
+    try {
+      await api.stopTraining(id);
+    } catch (e) {
+      this.notify(`Could not stop: ${api.toIpcError(e).message}`, 'error');
+    }
+  }
+
+  reset(): void {
+    this.tab = 'dataset';
+    this.dataset = null;
+    this.datasetError = null;
+    this.scanning = false;
+    this.models = { csm: emptySlot(), mimi: emptySlot(), tokenizer: emptySlot() };
+    this.config = defaultConfig();
+    this.estimate = null;
+    this.#raw = initialRunState();
+    this.run = this.#raw;
+    this.generated = [];
+    this.outputDevice = null;
+    this.notices = [];
+  }
+}
+
+export const app = new AppStore();

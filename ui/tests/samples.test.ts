@@ -1,0 +1,84 @@
+import { describe, expect, it } from 'vitest';
+import { fireEvent, render, screen } from '@testing-library/svelte';
+import Samples from '../src/screens/Samples.svelte';
+import { app } from '../src/lib/store.svelte';
+import { applyEvent } from '../src/lib/run';
+import type { GenerateRequest } from '../src/lib/api';
+import { flush, ipc } from './helpers';
+
+const devices = [
+  { id: 'alsa:null', name: 'Null output', isDefault: false },
+  { id: 'alsa:default', name: 'Speakers', isDefault: true },
+];
+
+function gen(a: Record<string, unknown>) {
+  const r = a.request as GenerateRequest;
+  return { id: `g-${r.checkpoint ?? 'base'}`, path: `/tmp/${r.checkpoint ? 'ft' : 'base'}.wav`, sampleRate: 24000, durationSecs: 2.5, peaks: [0.1, 0.5, 0.3], checkpoint: r.checkpoint, seed: r.seed, text: r.text };
+}
+
+describe('Samples screen', () => {
+  it('lists output devices and picks the default', async () => {
+    ipc({ list_output_devices: () => devices });
+    render(Samples);
+    await flush();
+    expect(app.outputDevice).toBe('alsa:default');
+    expect((screen.getByLabelText('Output device') as HTMLSelectElement).value).toBe('alsa:default');
+  });
+
+  it('says clearly when there is no audio device', async () => {
+    ipc({ list_output_devices: () => Promise.reject({ kind: 'noAudioDevice', message: 'no output device' }) });
+    render(Samples);
+    await flush();
+    expect(screen.getByTestId('no-device').textContent).toMatch(/No audio output device found/);
+  });
+
+  it('generates with the base model and plays on the chosen device', async () => {
+    const log = ipc({ list_output_devices: () => devices, generate_sample: gen, play_audio: () => ({ durationSecs: 2.5 }) });
+    app.config.model_path = '/m';
+    render(Samples);
+    await flush();
+    await fireEvent.input(screen.getByLabelText('Prompt text'), { target: { value: 'Testing one two' } });
+    await fireEvent.click(screen.getByRole('button', { name: 'Generate' }));
+    await flush();
+    expect(log.of('generate_sample')[0]?.request).toMatchObject({ text: 'Testing one two', checkpoint: null, modelPath: '/m', seed: 42, speakerId: 0 });
+    expect(screen.getAllByTestId('sample')).toHaveLength(1);
+    expect(screen.getByLabelText('waveform')).toBeTruthy();
+    await fireEvent.click(screen.getByRole('button', { name: 'Play Base model' }));
+    await flush();
+    expect(log.of('play_audio')[0]).toEqual({ path: '/tmp/base.wav', deviceId: 'alsa:default' });
+  });
+
+  it('runs an A/B on the same text and seed against the latest checkpoint', async () => {
+    const log = ipc({ list_output_devices: () => devices, generate_sample: gen });
+    app.config.model_path = '/m';
+    applyEvent(app.run, { event: 'checkpoint', data: { step: 100, path: '/runs/r/ckpt-100', mode: 'lora' } });
+    applyEvent(app.run, { event: 'sample', data: { step: 100, path: '/runs/r/samples/100.wav', text: 'hi', durationSecs: 1 } });
+    app.run = { ...app.run };
+    render(Samples);
+    await flush();
+    await fireEvent.click(screen.getByRole('button', { name: 'A/B: base vs fine-tuned' }));
+    await flush(10);
+    const reqs = log.of('generate_sample').map((a) => a.request as GenerateRequest);
+    expect(reqs.map((r) => r.checkpoint)).toEqual([null, '/runs/r/ckpt-100']);
+    expect(reqs[0]?.seed).toBe(reqs[1]?.seed);
+    expect(reqs[0]?.text).toBe(reqs[1]?.text);
+    expect(screen.getByTestId('ab').textContent).toContain('A · base model');
+    expect(screen.getByTestId('run-samples').textContent).toContain('100');
+    // The checkpoint picker follows the latest checkpoint until the user picks one.
+    const picker = screen.getByLabelText('Checkpoint') as HTMLSelectElement;
+    expect(picker.value).toBe('/runs/r/ckpt-100');
+    await fireEvent.change(picker, { target: { value: '' } });
+    await fireEvent.click(screen.getByRole('button', { name: 'Generate' }));
+    await flush();
+    expect((log.of('generate_sample').at(-1)?.request as GenerateRequest).checkpoint).toBeNull();
+  });
+
+  it('shows generation errors', async () => {
+    ipc({ list_output_devices: () => devices, generate_sample: () => Promise.reject({ kind: 'generation', message: 'checkpoint rank 8 does not match' }) });
+    app.config.model_path = '/m';
+    render(Samples);
+    await fireEvent.click(screen.getByRole('button', { name: 'Generate' }));
+    await flush();
+    expect(screen.getByRole('alert').textContent).toContain('checkpoint rank 8 does not match');
+  });
+});
