@@ -36,6 +36,13 @@ enum Command {
     /// Write a random CSM-1B checkpoint once, then time a strict load of it
     /// and report resident memory.
     BenchLoad(commands::bench_train::BenchLoadArgs),
+    /// Speak a line of text (optionally after context recordings, with a
+    /// LoRA adapter) into a 24 kHz WAV file.
+    Generate(Box<commands::generate::GenerateArgs>),
+    /// Benchmark generation speed with random weights (frames/s, ms/frame,
+    /// real-time factor, Mimi decode, peak memory).
+    #[command(hide = true)]
+    BenchGenerate(commands::bench_generate::BenchGenerateArgs),
     /// Build a small model and a spoken dataset locally (no download) and
     /// fine-tune it: the whole pipeline in a couple of minutes.
     Demo(commands::demo::DemoArgs),
@@ -70,6 +77,8 @@ fn main() -> std::process::ExitCode {
         Command::GpuCheck(args) => commands::gpu_check::run(args),
         Command::BenchTrain(args) => commands::bench_train::run(args),
         Command::BenchLoad(args) => commands::bench_train::run_load(args),
+        Command::Generate(args) => commands::generate::run(*args),
+        Command::BenchGenerate(args) => commands::bench_generate::run(args),
         Command::Demo(args) => commands::demo::run(args, &level_name),
         Command::FinetuneLora(args) => commands::finetune::run(args, &level_name),
         Command::Prepare(args) => commands::dataset_tools::prepare(args, &level_name),
