@@ -255,7 +255,8 @@ def codec_hop(model):
     fr = c.config.frame_rate
     hop = int(round(sr / fr))
     for k in (1, 3, 130):
-        got = int(c.get_encoded_length(torch.tensor([k * hop])).item())
+        dev = next(c.parameters()).device
+        got = int(c.get_encoded_length(torch.tensor([k * hop], device=dev)).item())
         assert got == k, (hop, k, got)
     return hop
 
