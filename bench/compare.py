@@ -39,6 +39,15 @@ def main():
         if on:
             line += f" | {on[0]:10.2f} {pr[0] / on[0]:7.2f}x"
         print(line)
+    g_o, g_p = load(d, "ours_gen.json"), load(d, "peer_gen.json")
+    if g_o and g_p:
+        p = g_p["results"]
+        print(
+            f"generation (25 frames): peer {p['per_frame_steady_s_median'] * 1000:.0f} ms/frame "
+            f"({p['frames_per_s_median']:.2f} frames/s) | csm {g_o['ms_per_frame']:.0f} ms/frame "
+            f"({g_o['frames_per_s']:.2f} frames/s, real-time factor {g_o['rtf_generate']:.2f}) "
+            f"-> {p['per_frame_steady_s_median'] * 1000 / g_o['ms_per_frame']:.2f}x"
+        )
 
 
 main()
