@@ -20,7 +20,7 @@ use mlx_rs::Array;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::write::{save_safetensors, write_atomic};
-use crate::checkpoint::{CheckpointError, WeightMap};
+use crate::checkpoint::CheckpointError;
 use crate::lora::Proj;
 use crate::model::load::{format_name, permute_for_rope, rope_permuted_heads};
 use crate::model::{Csm, CsmConfig, ModelFormat};
@@ -74,6 +74,9 @@ pub enum AdapterError {
         /// Layers in the stack.
         count: usize,
     },
+    /// An adapter file could not be applied.
+    #[error(transparent)]
+    Load(Box<crate::generate::GenerateError>),
     /// An MLX operation failed.
     #[error("MLX error while {context}: {source}")]
     Mlx {
@@ -249,80 +252,14 @@ pub fn save_mlx(
 }
 
 /// Loads an mlx_lm-layout adapter (a directory, or the `.safetensors` with
-/// `adapter_config.json` beside it) onto `model`: attaches adapters where
-/// the file has tensors and loads them strictly. Returns the spec.
-pub fn load_mlx(model: &mut Csm, path: &Path) -> Result<LoraSpec, AdapterError> {
-    let (dir, file) = if path.is_dir() {
-        (path.to_path_buf(), path.join("adapters.safetensors"))
-    } else {
-        (
-            path.parent().unwrap_or(Path::new(".")).to_path_buf(),
-            path.to_path_buf(),
-        )
-    };
-    let config_path = dir.join("adapter_config.json");
-    let text = std::fs::read_to_string(&config_path).map_err(|e| AdapterError::Config {
-        path: config_path.clone(),
-        message: format!("cannot read the adapter config: {e}"),
-    })?;
-    let config: MlxAdapterConfig =
-        serde_json::from_str(&text).map_err(|e| AdapterError::Config {
-            path: config_path.clone(),
-            message: format!("not a csm adapter config: {e}"),
-        })?;
-    let weights = WeightMap::from_safetensors(std::slice::from_ref(&file), Some(model.dtype()))?;
-    let spec = config.spec;
-    // Attach exactly where the file has adapters (strictness comes next).
-    let prefixes: std::collections::BTreeSet<String> = weights
-        .tensors
-        .keys()
-        .filter_map(|k| k.strip_suffix(".lora_a").map(str::to_string))
-        .collect();
-    model.freeze_parameters(true);
-    for_each_proj(model, |prefix, _, proj| {
-        if prefixes.contains(prefix) {
-            proj.attach_lora(spec.r as i32, spec.alpha, 0.0, spec.bias)
-                .map_err(mlx(prefix))?;
-        }
-        Ok(())
-    })?;
-    let expected = adapter_tensors(model);
-    let missing: Vec<String> = expected
-        .keys()
-        .filter(|k| !weights.tensors.contains_key(*k))
-        .cloned()
-        .collect();
-    let unexpected: Vec<String> = weights
-        .tensors
-        .keys()
-        .filter(|k| !expected.contains_key(*k))
-        .cloned()
-        .collect();
-    let misshaped: Vec<(String, Vec<i32>, Vec<i32>)> = weights
-        .tensors
-        .iter()
-        .filter_map(|(k, v)| {
-            let e = expected.get(k)?;
-            (e.shape() != v.shape()).then(|| (k.clone(), e.shape().to_vec(), v.shape().to_vec()))
-        })
-        .collect();
-    if !missing.is_empty() || !unexpected.is_empty() || !misshaped.is_empty() {
-        return Err(CheckpointError::Mismatch {
-            source_name: file.display().to_string(),
-            missing,
-            unexpected,
-            misshaped,
-        }
-        .into());
-    }
-    model.update_flattened(
-        weights
-            .tensors
-            .into_iter()
-            .map(|(k, v)| (std::rc::Rc::from(k.as_str()), v))
-            .collect(),
-    );
-    Ok(spec)
+/// `adapter_config.json` beside it) onto `model`: attaches adapters exactly
+/// where the file has tensors and loads them strictly (one implementation,
+/// shared with generation: [`crate::generate::apply_adapter`]).
+pub fn load_mlx(
+    model: &mut Csm,
+    path: &Path,
+) -> Result<crate::generate::AdapterInfo, AdapterError> {
+    crate::generate::apply_adapter(model, path).map_err(|e| AdapterError::Load(Box::new(e)))
 }
 
 /// Writes the adapter in PEFT layout into `dir` (transformers names, q/k
