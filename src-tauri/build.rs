@@ -3,7 +3,26 @@
 
 /// The app's own commands; `capabilities/main.json` grants each one to the
 /// `main` window. Keep in sync with `generate_handler!` in `src/lib.rs`.
-const COMMANDS: &[&str] = &["app_info", "read_config_file", "write_config_file", "reveal_path"];
+const COMMANDS: &[&str] = &[
+    "app_info",
+    "read_config_file",
+    "write_config_file",
+    "reveal_path",
+    "scan_dataset",
+    "inspect_model",
+    "demo_assets",
+    "estimate_run",
+    "start_training",
+    "stop_training",
+    "generate_sample",
+    "list_output_devices",
+    "play_audio",
+    "stop_audio",
+    "audio_peaks",
+    "list_runs",
+    "run_metrics",
+    "export_adapter",
+];
 
 fn main() {
     mlx_rpath();

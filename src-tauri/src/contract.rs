@@ -97,7 +97,12 @@ pub struct EventError {
 
 /// Everything `start_training` sends on its `Channel<TrainingEvent>`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-#[serde(rename_all = "camelCase", rename_all_fields = "camelCase", tag = "event", content = "data")]
+#[serde(
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    tag = "event",
+    content = "data"
+)]
 pub enum TrainingEvent {
     /// The job was accepted and the data split is known.
     Started {
@@ -197,25 +202,110 @@ mod tests {
     fn events() -> Vec<TrainingEvent> {
         let run = PathBuf::from("/runs/20261125-141500");
         vec![
-            TrainingEvent::Started { run_id: "20261125-141500".into(), run_dir: run.clone(), total_steps: 250, steps_per_epoch: 50, train_examples: 100, val_examples: 11 },
-            TrainingEvent::Phase { phase: Phase::Loading, message: Some("Loading CSM checkpoint".into()), done: None, total: None },
-            TrainingEvent::Phase { phase: Phase::Encoding, message: Some("Encoding audio with Mimi".into()), done: Some(3), total: Some(111) },
-            TrainingEvent::Phase { phase: Phase::Training, message: None, done: None, total: None },
-            TrainingEvent::Step(StepData { step: 1, total_steps: 250, epoch: 0.02, loss: 6.5, semantic_loss: 3.25, acoustic_loss: 3.25, lr: 0.00001, grad_norm: 2.5, frames_per_sec: 310.5, memory_bytes: 5_400_000_000, elapsed_secs: 2.0, eta_secs: Some(498.0) }),
-            TrainingEvent::Step(StepData { step: 2, total_steps: 250, epoch: 0.04, loss: f32::NAN, semantic_loss: f32::INFINITY, acoustic_loss: 3.0, lr: 0.00002, grad_norm: f32::NAN, frames_per_sec: 305.0, memory_bytes: 5_400_000_000, elapsed_secs: 4.0, eta_secs: None }),
-            TrainingEvent::Warning { step: Some(2), kind: WarningKind::Nan, message: "loss is NaN at step 2; skipping the update".into() },
-            TrainingEvent::Validation { step: 50, loss: 4.5, semantic_loss: 2.5, acoustic_loss: 2.0 },
-            TrainingEvent::Checkpoint { step: 100, path: run.join("checkpoints/step-100"), mode: SaveMode::Lora },
-            TrainingEvent::Sample { step: 100, path: run.join("samples/step-100.wav"), text: "Hello there.".into(), duration_secs: 2.5 },
-            TrainingEvent::Phase { phase: Phase::Saving, message: None, done: None, total: None },
-            TrainingEvent::Finished { status: FinishStatus::Completed, step: 250, elapsed_secs: 500.0, best_val_loss: Some(4.5), adapter_path: Some(run.join("adapter.safetensors")) },
-            TrainingEvent::Failed { step: Some(7), error: EventError { kind: "training".into(), message: "MLX: out of memory allocating 2.1 GB".into() } },
+            TrainingEvent::Started {
+                run_id: "20261125-141500".into(),
+                run_dir: run.clone(),
+                total_steps: 250,
+                steps_per_epoch: 50,
+                train_examples: 100,
+                val_examples: 11,
+            },
+            TrainingEvent::Phase {
+                phase: Phase::Loading,
+                message: Some("Loading CSM checkpoint".into()),
+                done: None,
+                total: None,
+            },
+            TrainingEvent::Phase {
+                phase: Phase::Encoding,
+                message: Some("Encoding audio with Mimi".into()),
+                done: Some(3),
+                total: Some(111),
+            },
+            TrainingEvent::Phase {
+                phase: Phase::Training,
+                message: None,
+                done: None,
+                total: None,
+            },
+            TrainingEvent::Step(StepData {
+                step: 1,
+                total_steps: 250,
+                epoch: 0.02,
+                loss: 6.5,
+                semantic_loss: 3.25,
+                acoustic_loss: 3.25,
+                lr: 0.00001,
+                grad_norm: 2.5,
+                frames_per_sec: 310.5,
+                memory_bytes: 5_400_000_000,
+                elapsed_secs: 2.0,
+                eta_secs: Some(498.0),
+            }),
+            TrainingEvent::Step(StepData {
+                step: 2,
+                total_steps: 250,
+                epoch: 0.04,
+                loss: f32::NAN,
+                semantic_loss: f32::INFINITY,
+                acoustic_loss: 3.0,
+                lr: 0.00002,
+                grad_norm: f32::NAN,
+                frames_per_sec: 305.0,
+                memory_bytes: 5_400_000_000,
+                elapsed_secs: 4.0,
+                eta_secs: None,
+            }),
+            TrainingEvent::Warning {
+                step: Some(2),
+                kind: WarningKind::Nan,
+                message: "loss is NaN at step 2; skipping the update".into(),
+            },
+            TrainingEvent::Validation {
+                step: 50,
+                loss: 4.5,
+                semantic_loss: 2.5,
+                acoustic_loss: 2.0,
+            },
+            TrainingEvent::Checkpoint {
+                step: 100,
+                path: run.join("checkpoints/step-100"),
+                mode: SaveMode::Lora,
+            },
+            TrainingEvent::Sample {
+                step: 100,
+                path: run.join("samples/step-100.wav"),
+                text: "Hello there.".into(),
+                duration_secs: 2.5,
+            },
+            TrainingEvent::Phase {
+                phase: Phase::Saving,
+                message: None,
+                done: None,
+                total: None,
+            },
+            TrainingEvent::Finished {
+                status: FinishStatus::Completed,
+                step: 250,
+                elapsed_secs: 500.0,
+                best_val_loss: Some(4.5),
+                adapter_path: Some(run.join("adapter.safetensors")),
+            },
+            TrainingEvent::Failed {
+                step: Some(7),
+                error: EventError {
+                    kind: "training".into(),
+                    message: "MLX: out of memory allocating 2.1 GB".into(),
+                },
+            },
         ]
     }
 
     #[test]
     fn wire_format_matches_the_shared_fixture() {
-        let fixture: serde_json::Value = serde_json::from_str(include_str!("../../docs/ipc-fixtures/training-events.json")).unwrap();
+        let fixture: serde_json::Value =
+            serde_json::from_str(include_str!("../../docs/ipc-fixtures/training-events.json"))
+                .unwrap();
         let ours = serde_json::to_value(events()).unwrap();
         let (a, b) = (ours.as_array().unwrap(), fixture.as_array().unwrap());
         assert_eq!(a.len(), b.len());

@@ -4,19 +4,46 @@
 pub mod commands;
 pub mod contract;
 pub mod error;
+pub mod state;
 
-use tauri::{Builder, Runtime};
+use tauri::{Builder, DragDropEvent, Manager, Runtime, WindowEvent};
 
 /// Registers plugins and commands on any runtime, so tests can use
 /// `tauri::test::mock_builder()`.
 pub fn app_builder<R: Runtime>(builder: Builder<R>) -> Builder<R> {
     builder
         .plugin(tauri_plugin_dialog::init())
+        .setup(|app| {
+            state::manage(app.handle())?;
+            Ok(())
+        })
+        .on_window_event(|window, event| {
+            // Folders dropped on the window become readable by the commands.
+            if let WindowEvent::DragDrop(DragDropEvent::Drop { paths, .. }) = event {
+                let allowed = window.state::<state::AllowedPaths>();
+                for p in paths {
+                    allowed.allow(p);
+                }
+            }
+        })
         .invoke_handler(tauri::generate_handler![
             commands::app::app_info,
             commands::config::read_config_file,
             commands::config::write_config_file,
             commands::files::reveal_path,
+            commands::dataset::scan_dataset,
+            commands::models::inspect_model,
+            commands::models::demo_assets,
+            commands::training::estimate_run,
+            commands::training::start_training,
+            commands::training::stop_training,
+            commands::audio::list_output_devices,
+            commands::audio::play_audio,
+            commands::audio::stop_audio,
+            commands::audio::audio_peaks,
+            commands::history::list_runs,
+            commands::history::run_metrics,
+            commands::history::export_adapter,
         ])
 }
 
@@ -37,8 +64,12 @@ mod tests {
     use tauri::webview::InvokeRequest;
 
     fn invoke(cmd: &str, body: serde_json::Value) -> Result<serde_json::Value, serde_json::Value> {
-        let app = super::app_builder(mock_builder()).build(mock_context(noop_assets())).unwrap();
-        let webview = tauri::WebviewWindowBuilder::new(&app, "main", Default::default()).build().unwrap();
+        let app = super::app_builder(mock_builder())
+            .build(mock_context(noop_assets()))
+            .unwrap();
+        let webview = tauri::WebviewWindowBuilder::new(&app, "main", Default::default())
+            .build()
+            .unwrap();
         get_ipc_response(
             &webview,
             InvokeRequest {
@@ -65,7 +96,11 @@ mod tests {
 
     #[test]
     fn config_file_errors_cross_ipc_as_kind_and_message() {
-        let err = invoke("read_config_file", serde_json::json!({ "path": "/no/such/run.json" })).unwrap_err();
+        let err = invoke(
+            "read_config_file",
+            serde_json::json!({ "path": "/no/such/run.json" }),
+        )
+        .unwrap_err();
         assert_eq!(err["kind"], "notFound");
         assert_eq!(err["message"], "/no/such/run.json does not exist");
     }
@@ -75,7 +110,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cfg.json");
         let config = serde_json::json!({ "lora_r": 4, "model_path": "/m" });
-        invoke("write_config_file", serde_json::json!({ "path": path, "config": config })).unwrap();
-        assert_eq!(invoke("read_config_file", serde_json::json!({ "path": path })).unwrap(), config);
+        invoke(
+            "write_config_file",
+            serde_json::json!({ "path": path, "config": config }),
+        )
+        .unwrap();
+        assert_eq!(
+            invoke("read_config_file", serde_json::json!({ "path": path })).unwrap(),
+            config
+        );
     }
 }

@@ -31,7 +31,8 @@ pub async fn app_info() -> Result<AppInfo> {
 
 /// Synchronous body of [`app_info`] (MLX calls may block briefly).
 pub fn info() -> Result<AppInfo> {
-    let device = Device::try_default().map_err(|e| Error::Internal(format!("MLX default device: {e}")))?;
+    let device =
+        Device::try_default().map_err(|e| Error::Internal(format!("MLX default device: {e}")))?;
     let kind = device
         .get_type()
         .map_err(|e| Error::Internal(format!("MLX device type: {e}")))?;

@@ -36,7 +36,10 @@ pub async fn write_config_file(path: PathBuf, config: Value) -> Result<()> {
 pub fn read(path: &Path) -> Result<Value> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     if !meta.is_file() {
-        return Err(Error::InvalidInput(format!("{} is not a file", path.display())));
+        return Err(Error::InvalidInput(format!(
+            "{} is not a file",
+            path.display()
+        )));
     }
     if meta.len() > MAX_CONFIG_BYTES {
         return Err(Error::InvalidInput(format!(
@@ -49,7 +52,10 @@ pub fn read(path: &Path) -> Result<Value> {
     let value: Value = serde_json::from_str(&text)
         .map_err(|e| Error::InvalidInput(format!("{} is not valid JSON: {e}", path.display())))?;
     if !value.is_object() {
-        return Err(Error::InvalidInput(format!("{} does not hold a JSON object", path.display())));
+        return Err(Error::InvalidInput(format!(
+            "{} does not hold a JSON object",
+            path.display()
+        )));
     }
     Ok(value)
 }
@@ -59,7 +65,8 @@ pub fn write(path: &Path, config: &Value) -> Result<()> {
     if !config.is_object() {
         return Err(Error::InvalidInput("config must be a JSON object".into()));
     }
-    let mut text = serde_json::to_string_pretty(config).map_err(|e| Error::Internal(e.to_string()))?;
+    let mut text =
+        serde_json::to_string_pretty(config).map_err(|e| Error::Internal(e.to_string()))?;
     text.push('\n');
     let file_name = path
         .file_name()
@@ -93,7 +100,13 @@ mod tests {
         assert_eq!(read(&array).unwrap_err().kind(), "invalidInput");
         let broken = dir.path().join("b.json");
         std::fs::write(&broken, "{").unwrap();
-        assert!(read(&broken).unwrap_err().to_string().contains("not valid JSON"));
-        assert_eq!(write(&array, &serde_json::json!(3)).unwrap_err().kind(), "invalidInput");
+        assert!(read(&broken)
+            .unwrap_err()
+            .to_string()
+            .contains("not valid JSON"));
+        assert_eq!(
+            write(&array, &serde_json::json!(3)).unwrap_err().kind(),
+            "invalidInput"
+        );
     }
 }

@@ -21,7 +21,9 @@ pub fn reveal(path: &Path) -> Result<()> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     let mut cmd = reveal_command(path, meta.is_dir());
     // Spawn and forget: the file manager outlives this call.
-    cmd.spawn().map(drop).map_err(|e| Error::io(Path::new(cmd.get_program()), e))
+    cmd.spawn()
+        .map(drop)
+        .map_err(|e| Error::io(Path::new(cmd.get_program()), e))
 }
 
 fn reveal_command(path: &Path, is_dir: bool) -> Command {
@@ -43,7 +45,11 @@ fn reveal_command(path: &Path, is_dir: bool) -> Command {
     } else {
         // xdg-open cannot select a file: open its folder instead.
         let mut c = Command::new("xdg-open");
-        c.arg(if is_dir { path } else { path.parent().unwrap_or(path) });
+        c.arg(if is_dir {
+            path
+        } else {
+            path.parent().unwrap_or(path)
+        });
         c
     }
 }
@@ -54,7 +60,12 @@ mod tests {
 
     #[test]
     fn missing_path_is_not_found() {
-        assert_eq!(reveal(Path::new("/definitely/not/here")).unwrap_err().kind(), "notFound");
+        assert_eq!(
+            reveal(Path::new("/definitely/not/here"))
+                .unwrap_err()
+                .kind(),
+            "notFound"
+        );
     }
 
     #[cfg(target_os = "linux")]
