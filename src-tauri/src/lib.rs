@@ -11,12 +11,8 @@ use tauri::{Builder, DragDropEvent, Manager, Runtime, WindowEvent};
 /// Registers plugins and commands on any runtime, so tests can use
 /// `tauri::test::mock_builder()`.
 pub fn app_builder<R: Runtime>(builder: Builder<R>) -> Builder<R> {
-    builder
+    state::manage(builder)
         .plugin(tauri_plugin_dialog::init())
-        .setup(|app| {
-            state::manage(app.handle())?;
-            Ok(())
-        })
         .on_window_event(|window, event| {
             // Folders dropped on the window become readable by the commands.
             if let WindowEvent::DragDrop(DragDropEvent::Drop { paths, .. }) = event {

@@ -2,7 +2,7 @@
 //! where runs live, the active training job and the audio player.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tauri::{AppHandle, Manager, Runtime};
 
@@ -38,7 +38,15 @@ impl AllowedPaths {
 
     /// Refuses paths the user did not give the app (`invalidInput`).
     pub fn check<R: Runtime>(&self, app: &AppHandle<R>, path: &Path) -> Result<()> {
-        if self.contains(path) || picked_in_dialog(app, path) {
+        let norm = normalize(path);
+        let own = || -> bool {
+            let roots = app.state::<RunRoots>();
+            data_dir(app).is_ok_and(|d| norm.starts_with(normalize(&d)))
+                || roots
+                    .all(app)
+                    .is_ok_and(|r| r.iter().any(|r| norm.starts_with(normalize(r))))
+        };
+        if self.contains(path) || own() || picked_in_dialog(app, path) {
             return Ok(());
         }
         Err(Error::InvalidInput(format!(
@@ -67,60 +75,67 @@ pub fn normalize(path: &Path) -> PathBuf {
     }
 }
 
-/// Folders that hold run folders: the default one plus every `output_dir`
-/// the app has trained into (remembered in `runs-roots.json`).
+/// Folders that hold run folders: `<app data>/runs` plus every `output_dir`
+/// the app has trained into (remembered in `<app data>/runs-roots.json`).
+/// Read on first use (the app data dir needs an `AppHandle`).
+#[derive(Debug, Default)]
+pub struct RunRoots(OnceLock<RootsInner>);
+
 #[derive(Debug)]
-pub struct RunRoots {
+struct RootsInner {
     default: PathBuf,
     file: PathBuf,
     roots: Mutex<Vec<PathBuf>>,
 }
 
 impl RunRoots {
-    /// Loads the remembered roots from `data_dir`.
-    pub fn load(data_dir: &Path) -> Self {
-        let file = data_dir.join("runs-roots.json");
+    fn inner<R: Runtime>(&self, app: &AppHandle<R>) -> Result<&RootsInner> {
+        if let Some(i) = self.0.get() {
+            return Ok(i);
+        }
+        let dir = data_dir(app)?;
+        let file = dir.join("runs-roots.json");
         let roots = std::fs::read_to_string(&file)
             .ok()
             .and_then(|t| serde_json::from_str::<Vec<PathBuf>>(&t).ok())
             .unwrap_or_default();
-        RunRoots {
-            default: data_dir.join("runs"),
+        let _ = self.0.set(RootsInner {
+            default: dir.join("runs"),
             file,
             roots: Mutex::new(roots),
-        }
+        });
+        Ok(self.0.get().expect("just set"))
     }
 
     /// The app's default runs folder.
-    pub fn default_root(&self) -> &Path {
-        &self.default
+    pub fn default_root<R: Runtime>(&self, app: &AppHandle<R>) -> Result<PathBuf> {
+        Ok(self.inner(app)?.default.clone())
     }
 
     /// Default root first, then the remembered ones.
-    pub fn all(&self) -> Vec<PathBuf> {
-        let mut v = vec![self.default.clone()];
-        for r in self.roots.lock().expect("run roots lock").iter() {
+    pub fn all<R: Runtime>(&self, app: &AppHandle<R>) -> Result<Vec<PathBuf>> {
+        let inner = self.inner(app)?;
+        let mut v = vec![inner.default.clone()];
+        for r in inner.roots.lock().expect("run roots lock").iter() {
             if !v.contains(r) {
                 v.push(r.clone());
             }
         }
-        v
+        Ok(v)
     }
 
-    /// Remembers `root` (persisted best effort).
-    pub fn remember(&self, root: &Path) -> Result<()> {
+    /// Remembers `root` (persisted).
+    pub fn remember<R: Runtime>(&self, app: &AppHandle<R>, root: &Path) -> Result<()> {
+        let inner = self.inner(app)?;
         let root = normalize(root);
-        let mut roots = self.roots.lock().expect("run roots lock");
-        if root == normalize(&self.default) || roots.contains(&root) {
+        let mut roots = inner.roots.lock().expect("run roots lock");
+        if root == normalize(&inner.default) || roots.contains(&root) {
             return Ok(());
         }
         roots.push(root);
-        if let Some(dir) = self.file.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        }
         let text =
             serde_json::to_string_pretty(&*roots).map_err(|e| Error::Internal(e.to_string()))?;
-        std::fs::write(&self.file, text).map_err(|e| Error::io(&self.file, e))
+        std::fs::write(&inner.file, text).map_err(|e| Error::io(&inner.file, e))
     }
 }
 
@@ -156,18 +171,11 @@ pub fn data_dir<R: Runtime>(app: &AppHandle<R>) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// Registers the state above; called from the builder's `setup`.
-pub fn manage<R: Runtime>(app: &AppHandle<R>) -> Result<()> {
-    let dir = data_dir(app)?;
-    let allowed = AllowedPaths::default();
-    allowed.allow(&dir);
-    let roots = RunRoots::load(&dir);
-    for r in roots.all() {
-        allowed.allow(&r);
-    }
-    app.manage(allowed);
-    app.manage(roots);
-    app.manage(TrainingJobs::default());
-    app.manage(crate::commands::audio::Player::default());
-    Ok(())
+/// Registers the state above on a builder (any runtime, so tests get it too).
+pub fn manage<R: Runtime>(builder: tauri::Builder<R>) -> tauri::Builder<R> {
+    builder
+        .manage(AllowedPaths::default())
+        .manage(RunRoots::default())
+        .manage(TrainingJobs::default())
+        .manage(crate::commands::audio::Player::default())
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use csm_app_lib::commands::training::{self, RunConfig};
 use csm_app_lib::contract::TrainingEvent;
-use csm_app_lib::state::{AllowedPaths, TrainingJobs};
+use csm_app_lib::state::{AllowedPaths, RunRoots, TrainingJobs};
 use serde_json::{json, Value};
 use tauri::ipc::{CallbackFn, InvokeBody};
 use tauri::test::{
@@ -211,12 +211,11 @@ fn commands_on_the_demo_end_to_end() {
     );
 
     // No run yet: no estimate, and no runs.
-    let runs_root = data_home().join("dev.csmstudio.app").join("runs");
-    let runs_root = if runs_root.parent().unwrap().exists() {
-        runs_root
-    } else {
-        find_runs_root()
-    };
+    let runs_root = ui
+        .app
+        .state::<RunRoots>()
+        .default_root(ui.app.handle())
+        .unwrap();
     let cfg = config(&demo, &runs_root, 1);
     let est = ui.invoke("estimate_run", json!({ "config": cfg })).unwrap();
     assert_eq!(est, json!({ "secsPerStep": null, "peakMemoryBytes": null }));
@@ -268,7 +267,11 @@ fn commands_on_the_demo_end_to_end() {
         .map(|e| &e["data"])
         .collect();
     assert_eq!(metrics["steps"].as_array().unwrap().len(), steps.len());
-    assert_eq!(metrics["steps"][0]["loss"], steps[0]["loss"]);
+    let f32_of = |v: &Value| v.as_f64().unwrap() as f32;
+    assert_eq!(
+        f32_of(&metrics["steps"][0]["loss"]),
+        f32_of(&steps[0]["loss"])
+    );
     assert_eq!(metrics["steps"][0]["epoch"], steps[0]["epoch"]);
     assert!(!metrics["validation"].as_array().unwrap().is_empty());
     let err = ui
@@ -326,20 +329,6 @@ fn commands_on_the_demo_end_to_end() {
         .invoke("stop_training", json!({ "runId": id2 }))
         .unwrap_err();
     assert_eq!(err["kind"], "notRunning");
-}
-
-fn find_runs_root() -> PathBuf {
-    // The mock context's identifier decides the app data folder name.
-    let entries: Vec<PathBuf> = std::fs::read_dir(data_home())
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    entries
-        .iter()
-        .find(|p| p.join("demo").is_dir())
-        .expect("app data dir")
-        .join("runs")
 }
 
 #[test]

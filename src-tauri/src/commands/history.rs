@@ -101,11 +101,12 @@ pub struct RunRecord {
 /// # Errors
 /// `io` never in practice: unreadable folders are skipped.
 #[tauri::command]
-pub async fn list_runs(
+pub async fn list_runs<R: Runtime>(
+    app: AppHandle<R>,
     roots: State<'_, RunRoots>,
     jobs: State<'_, TrainingJobs>,
 ) -> Result<Vec<RunSummary>> {
-    let roots = roots.all();
+    let roots = roots.all(&app)?;
     let active = jobs.running().map(|j| j.run_dir);
     blocking("list_runs", move || {
         let mut runs: Vec<RunSummary> = scan_runs(&roots, active.as_deref())
@@ -123,8 +124,12 @@ pub async fn list_runs(
 /// # Errors
 /// `notFound` when no known runs folder has `run_id`, `io` for an unreadable file.
 #[tauri::command]
-pub async fn run_metrics(roots: State<'_, RunRoots>, run_id: String) -> Result<RunMetrics> {
-    let roots = roots.all();
+pub async fn run_metrics<R: Runtime>(
+    app: AppHandle<R>,
+    roots: State<'_, RunRoots>,
+    run_id: String,
+) -> Result<RunMetrics> {
+    let roots = roots.all(&app)?;
     blocking("run_metrics", move || metrics(&find_run(&roots, &run_id)?)).await
 }
 
@@ -142,7 +147,7 @@ pub async fn export_adapter<R: Runtime>(
     dest: PathBuf,
 ) -> Result<PathBuf> {
     allowed.check(&app, &dest)?;
-    let roots = roots.all();
+    let roots = roots.all(&app)?;
     blocking("export_adapter", move || {
         export(&find_run(&roots, &run_id)?, checkpoint.as_deref(), &dest)
     })
@@ -200,6 +205,16 @@ fn read_events(dir: &Path) -> Result<Vec<Value>> {
         .collect())
 }
 
+/// Struct variants of the core's `TrainEvent` keep snake_case field names
+/// (only variant names are renamed); accept both spellings.
+fn either<'a>(d: &'a Value, camel: &str, snake: &str) -> &'a Value {
+    if d[camel].is_null() {
+        &d[snake]
+    } else {
+        &d[camel]
+    }
+}
+
 fn f32_of(v: &Value) -> f32 {
     v.as_f64().map_or(f32::NAN, |x| x as f32)
 }
@@ -217,7 +232,11 @@ pub fn read_run(dir: &Path, active: bool) -> Result<RunRecord> {
     for e in &events {
         let d = &e["data"];
         match e["event"].as_str() {
-            Some("started") => total_steps = d["totalSteps"].as_u64().unwrap_or(total_steps),
+            Some("started") => {
+                total_steps = either(d, "totalSteps", "total_steps")
+                    .as_u64()
+                    .unwrap_or(total_steps)
+            }
             Some("step") => {
                 step = d["step"].as_u64().unwrap_or(step);
                 total_steps = d["totalSteps"].as_u64().unwrap_or(total_steps);
@@ -319,7 +338,9 @@ pub fn metrics(dir: &Path) -> Result<RunMetrics> {
         let d = e["data"].clone();
         match e["event"].as_str() {
             Some("started") => {
-                let train = d["trainExamples"].as_u64().unwrap_or(0);
+                let train = either(&d, "trainExamples", "train_examples")
+                    .as_u64()
+                    .unwrap_or(0);
                 spe = steps_per_epoch(train, cfg.batch_size as u64, cfg.grad_accum as u64);
             }
             Some("step") => {

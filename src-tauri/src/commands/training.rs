@@ -195,8 +195,12 @@ pub struct RunEstimate {
 /// # Errors
 /// `invalidInput` when `batch_size` or `grad_accum` is 0.
 #[tauri::command]
-pub async fn estimate_run(roots: State<'_, RunRoots>, config: RunConfig) -> Result<RunEstimate> {
-    let roots = roots.all();
+pub async fn estimate_run<R: Runtime>(
+    app: AppHandle<R>,
+    roots: State<'_, RunRoots>,
+    config: RunConfig,
+) -> Result<RunEstimate> {
+    let roots = roots.all(&app)?;
     blocking("estimate_run", move || estimate(&roots, &config)).await
 }
 
@@ -276,7 +280,7 @@ pub async fn start_training<R: Runtime>(
         let _ = on_event.send(ev);
     };
     let id = start(&jobs, &config, sink)?;
-    roots.remember(&config.output_dir)?;
+    roots.remember(&app, &config.output_dir)?;
     allowed.allow(&config.output_dir);
     Ok(id)
 }
