@@ -76,20 +76,11 @@ ctl.!default { type hw card 0 }
 ASOUND
 mkdir -p docs/images
 trap 'rm -rf "$WORK"' EXIT
-run_e2e() {
-  tauri-driver --port 4444 > "$WORK/tauri-driver.log" 2>&1 &
-  local driver=$! rc=0
-  for _ in $(seq 50); do (echo > /dev/tcp/127.0.0.1/4444) 2>/dev/null && break; sleep 0.2; done
-  node tests/e2e/e2e.mjs || rc=$?
-  kill "$driver" 2>/dev/null || true
-  return $rc
-}
-export -f run_e2e
 export HOME=$WORK/home XDG_DATA_HOME=$WORK/data XDG_CACHE_HOME=$WORK/cache LANG=en_US.UTF-8 \
   CSM_APP_BIN=$BIN CSM_E2E_RUNS=$WORK/data/dev.csmstudio.app/runs CSM_E2E_SINK=$WORK/sink.raw \
   CSM_E2E_SHOTS=$ROOT/docs/images WORK
 # -screen: a 1280x900 window fits (xvfb-run's default is 1280x1024x24).
-if ! xvfb-run -a -s "-screen 0 1280x1024x24" bash -c 'run_e2e'; then
+if ! xvfb-run -a -s "-screen 0 1280x1024x24" tests/e2e/run.sh; then
   echo "--- tauri-driver log" >&2; tail -50 "$WORK/tauri-driver.log" >&2
   exit 1
 fi
