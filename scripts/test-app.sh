@@ -60,9 +60,12 @@ if [ "$E2E" = 0 ]; then
   exit 0
 fi
 
-step "build the app binary (ui/dist embedded)"
-cargo build -p csm-app $FEATURES
+# The binary cargo test built for the integration tests (same features, ui/dist
+# embedded); a separate `cargo build` would compile tauri a second time, because
+# the dev-dependency's `test` feature is unified only into test builds.
+step "app binary (built by cargo test, ui/dist embedded)"
 BIN=$ROOT/target/debug/csm-app
+[ -x "$BIN" ] || { echo "missing $BIN" >&2; exit 1; }
 
 step "E2E: tauri-driver + WebKitWebDriver under Xvfb"
 npm --prefix tests/e2e ci --no-audit --no-fund
