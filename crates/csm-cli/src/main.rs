@@ -30,6 +30,16 @@ enum Command {
     /// Check that MLX runs on the GPU and agrees with the CPU (matmul,
     /// gradient), then measure bf16 matmul TFLOP/s.
     GpuCheck(commands::gpu_check::GpuCheckArgs),
+    /// Speak a line of text (optionally after context recordings, with a
+    /// LoRA adapter) into a 24 kHz WAV file.
+    Generate(Box<commands::generate::GenerateArgs>),
+    /// Benchmark generation speed with random weights (frames/s, ms/frame,
+    /// real-time factor, Mimi decode, peak memory).
+    #[command(hide = true)]
+    BenchGenerate(commands::bench_generate::BenchGenerateArgs),
+    /// Build a small model and a spoken dataset locally (no download) and
+    /// fine-tune it: the whole pipeline in a couple of minutes.
+    Demo(commands::demo::DemoArgs),
     /// LoRA-fine-tune CSM on a folder of recordings and transcripts.
     ///
     /// Example: csm finetune-lora --model-path csm-1b/ --audio-dir data/audio
@@ -59,6 +69,9 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Info(args) => commands::info::run(args),
         Command::GpuCheck(args) => commands::gpu_check::run(args),
+        Command::Generate(args) => commands::generate::run(*args),
+        Command::BenchGenerate(args) => commands::bench_generate::run(args),
+        Command::Demo(args) => commands::demo::run(args, &level_name),
         Command::FinetuneLora(args) => commands::finetune::run(args, &level_name),
         Command::Prepare(args) => commands::dataset_tools::prepare(args, &level_name),
         Command::Evaluate(args) => commands::dataset_tools::evaluate(args, &level_name),

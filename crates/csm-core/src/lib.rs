@@ -8,6 +8,7 @@ pub mod codec;
 pub mod data;
 pub mod demo;
 pub mod distributed;
+pub mod generate;
 pub mod lora;
 pub mod model;
 pub mod runtime;

@@ -1,8 +1,11 @@
 //! One module per subcommand.
 
+pub mod bench_generate;
 pub mod dataset_tools;
+pub mod demo;
 pub mod dist_check;
 pub mod finetune;
+pub mod generate;
 pub mod gpu_check;
 pub mod info;
 pub mod launch;

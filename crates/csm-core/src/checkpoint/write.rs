@@ -151,7 +151,8 @@ mod tests {
         t.insert("i".to_string(), Array::from_slice(&[5i32, 6], &[2]));
         let meta = HashMap::from([("k".to_string(), "v".to_string())]);
         save_safetensors(&path, &t, &meta).unwrap();
-        let back = super::super::WeightMap::from_safetensors(&[path.clone()], None).unwrap();
+        let back =
+            super::super::WeightMap::from_safetensors(std::slice::from_ref(&path), None).unwrap();
         // The transposed view was written in logical (row-major) order.
         assert_eq!(back.tensors["x"].as_slice::<f32>(), &[1.0, 3.0, 2.0, 4.0]);
         assert_eq!(back.tensors["i"].as_slice::<i32>(), &[5, 6]);

@@ -42,8 +42,12 @@ pub struct StepReport {
     pub lr: f32,
     /// Gradient norm before clipping.
     pub grad_norm: f32,
-    /// Audio frames processed per second in this step.
+    /// Frames (all ranks together) processed per second in this step.
     pub frames_per_sec: f32,
+    /// Bytes this rank sent in the gradient all-reduce (0 on one process).
+    pub comm_bytes: u64,
+    /// Seconds spent in the gradient all-reduce.
+    pub comm_secs: f64,
     /// MLX active memory after the step, bytes.
     pub memory_bytes: u64,
     /// Peak MLX memory so far, bytes.

@@ -35,6 +35,13 @@ pub struct Progress {
     pub model_fingerprint: String,
     /// Number of training examples (data must match on resume).
     pub train_examples: usize,
+    /// Ranks of the run (the data order depends on it).
+    #[serde(default = "one")]
+    pub world_size: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// A checkpoint read back.

@@ -105,6 +105,9 @@ pub enum TrainError {
         /// What does not match.
         reason: String,
     },
+    /// A distributed collective failed.
+    #[error(transparent)]
+    Distributed(#[from] crate::distributed::DistError),
     /// An MLX operation failed.
     #[error("MLX error while {context}: {source}")]
     Mlx {
@@ -406,13 +409,27 @@ pub fn train(
     cancel: &CancelToken,
 ) -> Result<RunSummary, TrainError> {
     cfg.validate().map_err(TrainError::Config)?;
-    ensure_output_dir(&cfg.output_dir)?;
+    // A single-process group unless launched as ranks (MLX_HOSTFILE/MLX_RANK
+    // or the NCCL variables, see `csm launch`).
+    let group = crate::distributed::Group::init(None, false)?;
+    let mut quiet = super::observer::NullObserver;
+    // Only rank 0 reports, writes metrics, checkpoints and outputs.
+    let observer: &mut dyn TrainingObserver = if group.is_main() {
+        observer
+    } else {
+        &mut quiet
+    };
+    if group.is_main() {
+        ensure_output_dir(&cfg.output_dir)?;
+    }
     let resume = match &cfg.resume_from {
         Some(path) => Some((path.clone(), state::load(path)?)),
         None => None,
     };
-    let config_json = serde_json::to_string_pretty(cfg).expect("config serialises");
-    write_atomic(&cfg.output_dir.join("config.json"), config_json.as_bytes())?;
+    if group.is_main() {
+        let config_json = serde_json::to_string_pretty(cfg).expect("config serialises");
+        write_atomic(&cfg.output_dir.join("config.json"), config_json.as_bytes())?;
+    }
 
     observer.on_event(&TrainEvent::Phase {
         phase: Phase::Loading,
@@ -436,7 +453,7 @@ pub fn train(
                 .into(),
         });
     }
-    let mut run = Run::new(cfg, assets, prepared)?;
+    let mut run = Run::new(cfg, assets, prepared, group)?;
     if let Some((path, loaded)) = resume {
         run.resume(&path, loaded)?;
     }
@@ -456,10 +473,17 @@ struct Run<'a> {
     micro_batches: usize,
     last_checkpoint: Option<PathBuf>,
     trainable_params: usize,
+    world_size: usize,
+    group: crate::distributed::Group,
 }
 
 impl<'a> Run<'a> {
-    fn new(cfg: &'a TrainConfig, mut assets: Assets, data: Prepared) -> Result<Self, TrainError> {
+    fn new(
+        cfg: &'a TrainConfig,
+        mut assets: Assets,
+        data: Prepared,
+        group: crate::distributed::Group,
+    ) -> Result<Self, TrainError> {
         let spec = lora_spec(cfg);
         random::seed(cfg.seed).map_err(mlx("seeding"))?;
         let adapted = adapter::attach(&mut assets.loaded.model, &spec)?;
@@ -474,7 +498,8 @@ impl<'a> Run<'a> {
             .values()
             .map(|a| a.size())
             .sum();
-        let micro_batches = data.train.len().div_ceil(cfg.batch_size);
+        // One micro-batch is `batch_size` examples on every rank.
+        let micro_batches = data.train.len().div_ceil(cfg.batch_size * group.size());
         let steps_per_epoch = micro_batches.div_ceil(cfg.grad_accum);
         let progress = Progress {
             step: 0,
@@ -483,6 +508,7 @@ impl<'a> Run<'a> {
             best_val: None,
             model_fingerprint: assets.model_fingerprint.clone(),
             train_examples: data.train.len(),
+            world_size: group.size(),
         };
         Ok(Run {
             cfg,
@@ -496,6 +522,8 @@ impl<'a> Run<'a> {
             data,
             last_checkpoint: None,
             trainable_params,
+            world_size: group.size(),
+            group,
         })
     }
 
@@ -511,6 +539,12 @@ impl<'a> Run<'a> {
                 "it was trained on other model weights ({} vs {} here); resume with the same --model-path",
                 loaded.config.model_path.display(),
                 self.cfg.model_path.display()
+            )));
+        }
+        if loaded.progress.world_size != self.world_size {
+            return Err(reject(format!(
+                "it was written by a run of {} rank(s), this one has {}; resume with the same number of ranks (the data order depends on it)",
+                loaded.progress.world_size, self.world_size
             )));
         }
         if lora_spec(&loaded.config) != self.spec {
@@ -555,7 +589,34 @@ impl<'a> Run<'a> {
     fn epoch_batches(&self, epoch: usize) -> Vec<Vec<usize>> {
         let lengths: Vec<usize> = self.data.train.iter().map(Example::len).collect();
         let mut rng = Rng::new(self.cfg.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        bucket_batches(&lengths, self.cfg.batch_size, &mut rng)
+        bucket_batches(&lengths, self.cfg.batch_size * self.world_size, &mut rng)
+    }
+
+    /// This rank's share of a global micro-batch (may be empty on the last
+    /// one), and every rank's (target frames, decoder frames) for exact
+    /// global normalisation.
+    fn shard<'b>(&self, global: &'b [usize]) -> (&'b [usize], Vec<(usize, usize)>) {
+        let per = global.len().div_ceil(self.world_size).max(1);
+        let chunks: Vec<&[usize]> = (0..self.world_size)
+            .map(|r| {
+                let lo = (r * per).min(global.len());
+                let hi = ((r + 1) * per).min(global.len());
+                &global[lo..hi]
+            })
+            .collect();
+        let counts = chunks
+            .iter()
+            .map(|c| {
+                let targets: usize = c.iter().map(|&i| self.data.train[i].target_frames()).sum();
+                let decoder = if targets == 0 {
+                    0
+                } else {
+                    ((self.cfg.decoder_fraction * targets as f32).round() as usize).max(1)
+                };
+                (targets, decoder)
+            })
+            .collect();
+        (chunks[self.group.rank()], counts)
     }
 
     fn execute(
@@ -586,9 +647,19 @@ impl<'a> Run<'a> {
             semantic: cfg.semantic_weight,
             acoustic: cfg.acoustic_weight,
         };
-        let loss_fn = |model: &mut Csm, batch: &Batch| -> Result<Vec<Array>, Exception> {
+        // `scales` turn this rank's per-batch means into its share of the
+        // global means (times the world size, because gradients are then
+        // averaged over ranks): exact whatever the ranks' frame counts.
+        let loss_fn = |model: &mut Csm,
+                       (batch, scales): (&Batch, (f32, f32))|
+         -> Result<Vec<Array>, Exception> {
             let l = model.loss(&loss_batch(batch), weights)?;
-            Ok(vec![l.total, l.semantic, l.acoustic])
+            let sem = l.semantic.multiply(Array::from_f32(scales.0))?;
+            let aco = l.acoustic.multiply(Array::from_f32(scales.1))?;
+            let total = sem
+                .multiply(Array::from_f32(weights.semantic))?
+                .add(aco.multiply(Array::from_f32(weights.acoustic))?)?;
+            Ok(vec![total, sem, aco])
         };
         let mut value_and_grad = nn::value_and_grad(loss_fn);
         self.assets.loaded.model.training_mode(true);
@@ -596,37 +667,61 @@ impl<'a> Run<'a> {
         let first_step = self.progress.step;
         let mut last_loss = None;
         let mut cancelled = false;
+        let distributed = self.group.is_distributed();
+        let world = self.world_size as f32;
 
         'epochs: while self.progress.epoch < cfg.epochs {
             let batches = self.epoch_batches(self.progress.epoch);
             while self.progress.cursor < batches.len() {
-                if cancel.is_cancelled() {
+                if !distributed && cancel.is_cancelled() {
                     cancelled = true;
                     break 'epochs;
                 }
                 let step_start = Instant::now();
                 let step = self.progress.step;
+                abort_if_asked(self.group.rank(), step + 1);
                 let group_end = (self.progress.cursor + cfg.grad_accum).min(batches.len());
                 let group = &batches[self.progress.cursor..group_end];
                 let mut grads: BTreeMap<String, Array> = BTreeMap::new();
                 let (mut losses, mut frames) = (Vec::new(), 0usize);
-                for (micro, indices) in group.iter().enumerate() {
+                for (micro, global) in group.iter().enumerate() {
+                    let (mine, counts) = self.shard(global);
+                    let n_sem: usize = counts.iter().map(|c| c.0).sum();
+                    let n_dec: usize = counts.iter().map(|c| c.1).sum();
+                    let (my_sem, my_dec) = counts[self.group.rank()];
+                    // A rank without examples in the last micro-batch still
+                    // joins the all-reduce, contributing zero.
+                    let (indices, scales) = if mine.is_empty() {
+                        (&global[..1], (0.0, 0.0))
+                    } else {
+                        (
+                            mine,
+                            (
+                                world * my_sem as f32 / n_sem.max(1) as f32,
+                                world * my_dec as f32 / n_dec.max(1) as f32,
+                            ),
+                        )
+                    };
                     let refs: Vec<&Example> =
                         indices.iter().map(|&i| &self.data.train[i]).collect();
                     let mut rng = Rng::new(
                         cfg.seed
-                            ^ ((step as u64) << 20 | micro as u64)
+                            ^ (((step as u64) << 20 | micro as u64) << 8
+                                | self.group.rank() as u64)
                                 .wrapping_mul(0xD1B5_4A32_D192_ED03),
                     );
                     let batch = collate(&refs, cfg.decoder_fraction, &mut rng)
                         .map_err(mlx("building a batch"))?;
-                    frames += batch.real_frames;
+                    if !mine.is_empty() {
+                        frames += batch.real_frames;
+                    }
                     if cfg.lora_dropout > 0.0 {
                         random::seed(cfg.seed.wrapping_add((step as u64) << 16 | micro as u64))
                             .map_err(mlx("seeding dropout"))?;
                     }
-                    let (values, g) = value_and_grad(&mut self.assets.loaded.model, &batch)
-                        .map_err(mlx("the forward/backward pass"))?;
+                    let (values, g) =
+                        value_and_grad(&mut self.assets.loaded.model, (&batch, scales))
+                            .map_err(mlx("the forward/backward pass"))?;
                     for (k, v) in g {
                         let k = k.to_string();
                         let sum = match grads.remove(&k) {
@@ -638,6 +733,42 @@ impl<'a> Run<'a> {
                     losses.push(values);
                 }
                 let n = group.len() as f32;
+                // Loss values (and the stop request) travel with the
+                // gradients: one all-reduce per step.
+                let mut reduced_values = Vec::new();
+                for i in 0..3 {
+                    let sum = losses
+                        .iter()
+                        .map(|l| l[i].clone())
+                        .reduce(|a, b| a.add(&b).expect("scalar add"))
+                        .expect("at least one micro-batch");
+                    reduced_values.push(sum);
+                }
+                let mut comm = (0u64, 0f64);
+                if distributed {
+                    for (i, v) in reduced_values.iter().enumerate() {
+                        grads.insert(
+                            format!("\u{0}loss{i}"),
+                            v.as_dtype(Dtype::Float32).map_err(mlx("loss"))?,
+                        );
+                    }
+                    let stop = if cancel.is_cancelled() { 1.0 } else { 0.0 };
+                    grads.insert("\u{0}stop".into(), Array::from_f32(stop));
+                    let stats = self.group.average_gradients(&mut grads)?;
+                    comm = (
+                        stats.bytes_sent_per_rank as u64,
+                        stats.elapsed.as_secs_f64(),
+                    );
+                    for (i, v) in reduced_values.iter_mut().enumerate() {
+                        *v = grads
+                            .remove(&format!("\u{0}loss{i}"))
+                            .expect("reduced loss");
+                    }
+                    let stop = grads.remove("\u{0}stop").expect("reduced stop flag");
+                    if stop.item_cast::<f32>() > 0.0 {
+                        cancelled = true;
+                    }
+                }
                 let mut sq = Array::from_f32(0.0);
                 for g in grads.values_mut() {
                     if n > 1.0 {
@@ -656,12 +787,11 @@ impl<'a> Run<'a> {
                 }
                 let norm = sq.sqrt().map_err(mlx("gradient norm"))?;
                 let mut to_eval: Vec<&Array> = vec![&norm];
-                for l in &losses {
-                    to_eval.extend(l.iter());
-                }
+                to_eval.extend(reduced_values.iter());
                 mlx_rs::transforms::eval(to_eval).map_err(mlx("the training step"))?;
-                let mean =
-                    |i: usize| losses.iter().map(|l| l[i].item_cast::<f32>()).sum::<f32>() / n;
+                // Each rank's value is its world-scaled share; their mean
+                // over ranks (the all-reduce) is the global loss.
+                let mean = |i: usize| reduced_values[i].item_cast::<f32>() / n;
                 let loss = LossValues {
                     total: mean(0),
                     semantic: mean(1),
@@ -723,20 +853,27 @@ impl<'a> Run<'a> {
                     acoustic_loss: loss.acoustic,
                     lr,
                     grad_norm,
-                    frames_per_sec: (frames as f64 / secs) as f32,
+                    frames_per_sec: (frames as f64 * world as f64 / secs) as f32,
+                    comm_bytes: comm.0,
+                    comm_secs: comm.1,
                     memory_bytes: runtime::active_memory() as u64,
                     peak_memory_bytes: runtime::peak_memory() as u64,
                     elapsed_secs: started.elapsed().as_secs_f64(),
                     eta_secs: per_step * (self.total_steps - self.progress.step) as f64,
                 }));
                 let last = self.progress.step == self.total_steps;
-                if !self.data.val.is_empty()
+                if self.group.is_main()
+                    && !self.data.val.is_empty()
                     && (last || (cfg.val_every > 0 && self.progress.step % cfg.val_every == 0))
                 {
                     self.validate(observer, weights)?;
                 }
                 if !last && cfg.save_every > 0 && self.progress.step % cfg.save_every == 0 {
                     self.checkpoint(observer)?;
+                }
+                if cancelled {
+                    // Every rank saw the same reduced stop flag.
+                    break 'epochs;
                 }
             }
             self.progress.epoch += 1;
@@ -787,6 +924,9 @@ impl<'a> Run<'a> {
     }
 
     fn checkpoint(&mut self, observer: &mut dyn TrainingObserver) -> Result<(), TrainError> {
+        if !self.group.is_main() {
+            return Ok(());
+        }
         let adapters = adapter::adapter_tensors(&self.assets.loaded.model);
         let path = state::save(
             &self.cfg.output_dir,
@@ -806,6 +946,9 @@ impl<'a> Run<'a> {
     /// Adapters (mlx_lm + PEFT layouts) and/or the merged model, per
     /// `--save-mode`.
     fn save_outputs(&mut self) -> Result<(), TrainError> {
+        if !self.group.is_main() {
+            return Ok(());
+        }
         use super::config::SaveMode;
         let cfg = self.cfg;
         let model = &self.assets.loaded.model;
@@ -853,4 +996,15 @@ pub fn save_merged(loaded: &LoadedCsm, dir: &Path) -> Result<PathBuf, TrainError
     };
     write_atomic(&dir.join("config.json"), &config_json)?;
     Ok(file)
+}
+
+/// Fault injection for the distributed tests: `CSM_DEBUG_ABORT_AT_STEP=R:S`
+/// makes rank `R` abort (like a crash) when it starts step `S`.
+fn abort_if_asked(rank: usize, step: usize) {
+    if let Ok(spec) = std::env::var("CSM_DEBUG_ABORT_AT_STEP") {
+        if spec == format!("{rank}:{step}") {
+            tracing::error!("CSM_DEBUG_ABORT_AT_STEP: rank {rank} aborting at step {step}");
+            std::process::abort();
+        }
+    }
 }

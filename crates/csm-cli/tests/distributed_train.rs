@@ -1,0 +1,200 @@
+//! Data-parallel fine-tuning over MLX's ring backend on 127.0.0.1: two
+//! ranks with batch b must follow the same run as one rank with batch 2b,
+//! and a rank that dies must stop the other with a clear message.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use csm_core::checkpoint::WeightMap;
+use csm_core::demo::{create_demo, DemoPaths};
+
+const CSM: &str = env!("CARGO_BIN_EXE_csm");
+
+fn demo() -> DemoPaths {
+    static ONCE: std::sync::OnceLock<DemoPaths> = std::sync::OnceLock::new();
+    ONCE.get_or_init(|| {
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dist-train-demo");
+        let _ = std::fs::remove_dir_all(&root);
+        create_demo(&root, 8, 3).expect("demo builds (needs espeak-ng)")
+    })
+    .clone()
+}
+
+fn run(args: &[String], cache: &Path, limit: Duration) -> (Output, Duration) {
+    let start = Instant::now();
+    let mut child = Command::new(CSM)
+        .args(args)
+        .env("CSM_CACHE_DIR", cache)
+        .env("CSM_DIST_TIMEOUT_SECS", "20")
+        .env_remove("MLX_HOSTFILE")
+        .env_remove("MLX_RANK")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("csm {args:?} ran past {limit:?}:\n{}", text(&out));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (child.wait_with_output().unwrap(), start.elapsed())
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn train_args(paths: &DemoPaths, out: &Path, batch: usize, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "finetune-lora",
+        "--model-path",
+        paths.model.to_str().unwrap(),
+        "--audio-dir",
+        paths.audio_dir.to_str().unwrap(),
+        "--transcript-dir",
+        paths.transcript_dir.to_str().unwrap(),
+        "--output-dir",
+        out.to_str().unwrap(),
+        "--context-turns",
+        "0",
+        "--epochs",
+        "3",
+        "--learning-rate",
+        "2e-3",
+        "--warmup-steps",
+        "1",
+        "--val-split",
+        "0",
+        "--decoder-fraction",
+        "1.0",
+        "--save-every",
+        "2",
+        "--seed",
+        "5",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    a.push("--batch-size".into());
+    a.push(batch.to_string());
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+fn step_losses(out: &Path) -> Vec<f64> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            (v["event"] == "step").then(|| v["data"]["loss"].as_f64().unwrap())
+        })
+        .collect()
+}
+
+fn launch(n: usize, args: Vec<String>) -> Vec<String> {
+    let mut v = vec![
+        "launch".to_string(),
+        "-n".into(),
+        n.to_string(),
+        "--".into(),
+    ];
+    v.extend(args);
+    v
+}
+
+#[test]
+fn two_ranks_match_one_rank_with_the_doubled_batch() {
+    let paths = demo();
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let one = tmp.path().join("one");
+    let two = tmp.path().join("two");
+    let (out, _) = run(
+        &train_args(&paths, &one, 4, &[]),
+        &cache,
+        Duration::from_secs(600),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let (out, _) = run(
+        &launch(2, train_args(&paths, &two, 2, &[])),
+        &cache,
+        Duration::from_secs(600),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+
+    let (a, b) = (step_losses(&one), step_losses(&two));
+    assert!(!a.is_empty());
+    assert_eq!(a.len(), b.len(), "step counts differ");
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert!(
+            (x - y).abs() <= 1e-4 * x.abs().max(1.0),
+            "step {}: {x} vs {y}",
+            i + 1
+        );
+    }
+    let wa = WeightMap::from_safetensors(&[one.join("adapters.safetensors")], None).unwrap();
+    let wb = WeightMap::from_safetensors(&[two.join("adapters.safetensors")], None).unwrap();
+    assert_eq!(
+        wa.tensors.keys().collect::<Vec<_>>(),
+        wb.tensors.keys().collect::<Vec<_>>()
+    );
+    for (k, x) in &wa.tensors {
+        let d = x
+            .subtract(&wb.tensors[k])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max(None)
+            .unwrap()
+            .item_cast::<f32>();
+        let s = x.abs().unwrap().max(None).unwrap().item_cast::<f32>();
+        assert!(d <= 1e-3 * s.max(1e-3), "{k}: max diff {d} (scale {s})");
+    }
+    // Only rank 0 wrote outputs; the metrics report the all-reduce.
+    let metrics = std::fs::read_to_string(two.join("metrics.jsonl")).unwrap();
+    assert!(metrics.contains("\"commBytes\""), "no communication stats");
+}
+
+#[test]
+fn a_dead_rank_stops_the_other_and_the_checkpoint_survives() {
+    let paths = demo();
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let outdir = tmp.path().join("run");
+    // Rank 1 aborts itself at step 3 (debug hook), after checkpoint 2.
+    let mut args = launch(2, train_args(&paths, &outdir, 2, &[]));
+    args.insert(1, "--env".into());
+    args.insert(2, "CSM_DEBUG_ABORT_AT_STEP=1:3".into());
+    let (out, took) = run(&args, &cache, Duration::from_secs(600));
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("rank 1"), "the dead rank is not named:\n{t}");
+    assert!(took < Duration::from_secs(300), "took {took:?}");
+    let latest = outdir.join("checkpoint_latest.safetensors");
+    csm_core::train::state::load(&latest).expect("checkpoint intact");
+    // Resuming completes.
+    let resumed: PathBuf = latest;
+    let (out, _) = run(
+        &launch(
+            2,
+            train_args(
+                &paths,
+                &outdir,
+                2,
+                &["--resume-from", resumed.to_str().unwrap()],
+            ),
+        ),
+        &cache,
+        Duration::from_secs(600),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+}

@@ -1,0 +1,771 @@
+//! Speech generation: prompt frames from context segments, the frame loop
+//! (backbone, codebook 0, depth decoder, EOS, feedback), sampling and Mimi
+//! decoding. Follows SesameAILabs/csm `generator.py` and
+//! `docs/csm-architecture.md` §1.3-1.4.
+//!
+//! ```ignore
+//! use csm_core::generate::{Generator, SamplingConfig, Segment};
+//! let mut gen = Generator::load(model_dir, None, None, Dtype::Float32)?;
+//! gen.apply_adapter(Path::new("runs/voice/adapters"))?; // optional
+//! let context = [Segment { speaker: 0, text: "Hi.".into(), audio: Some(wav_24k) }];
+//! let out = gen.generate(&context, "Hello there.", 0, &SamplingConfig::default())?;
+//! // out.audio: 24 kHz mono samples; out.codes: [frames][codebooks]
+//! ```
+//!
+//! [`generate_frames`] is the layer below: it takes prompt frames directly
+//! (tests build them from token ids, the benchmark from a fixed prompt).
+
+pub mod adapter;
+pub mod sampling;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use mlx_rs::error::Exception;
+use mlx_rs::{Array, Dtype};
+use serde_json::Value;
+
+pub use adapter::{apply_adapter, AdapterConfig, AdapterInfo, ADAPTER_CONFIG_FILE, ADAPTER_FILE};
+pub use sampling::{top_k_mask, Sampler};
+
+use crate::checkpoint::WeightMap;
+use crate::codec::{CodecError, Mimi, KYUTAI_MIMI_FILE};
+use crate::model::{load_csm, Csm, LoadOptions, ModelError};
+use crate::tokenizer::{TextTokenizer, TokenizerError};
+
+/// Milliseconds of audio per CSM frame (Mimi runs at 12.5 Hz).
+pub const FRAME_MS: u32 = 80;
+
+/// Everything that can go wrong while generating.
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    /// Loading the CSM checkpoint failed.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// Loading or running Mimi failed.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// Loading or running the text tokenizer failed.
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    /// An MLX operation failed.
+    #[error("MLX error during generation: {0}")]
+    Mlx(#[from] Exception),
+    /// A sampling setting is out of range.
+    #[error("invalid sampling setting `{field}`: {message}")]
+    Sampling {
+        /// The setting at fault.
+        field: &'static str,
+        /// What is wrong with its value.
+        message: String,
+    },
+    /// A file the generator needs was not found.
+    #[error("no {what} found; looked in: {}. {hint}", looked.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
+    NotFound {
+        /// What was looked for (`Mimi codec`, `tokenizer.json`).
+        what: &'static str,
+        /// Every path tried.
+        looked: Vec<PathBuf>,
+        /// How to fix it.
+        hint: &'static str,
+    },
+    /// The prompt leaves no room for the frames to generate.
+    #[error(
+        "prompt of {prompt_frames} frames is too long: with {max_frames} frames to generate \
+         (max_audio_ms / {FRAME_MS}) it must be shorter than max_seq_len {max_seq_len} - \
+         {max_frames} = {}; shorten the context or lower max_audio_ms",
+        max_seq_len.saturating_sub(*max_frames)
+    )]
+    PromptTooLong {
+        /// Frames in the prompt.
+        prompt_frames: usize,
+        /// Frames to generate at most.
+        max_frames: usize,
+        /// The backbone's context length.
+        max_seq_len: usize,
+    },
+    /// A text token id is outside the model's text vocabulary (e.g. the
+    /// Llama-3 tokenizer with a model that has a smaller table).
+    #[error(
+        "text of {segment} tokenizes to id {token}, outside this model's text vocabulary of \
+         {text_vocab} ids; the tokenizer does not belong to this model"
+    )]
+    TextTokenOutOfRange {
+        /// Which segment (`context segment 1`, `the target text`).
+        segment: String,
+        /// The offending id.
+        token: u32,
+        /// The model's `text_vocab_size`.
+        text_vocab: i32,
+    },
+    /// The input is unusable (names the item and value at fault).
+    #[error("{0}")]
+    Input(String),
+    /// The adapter files are missing or malformed.
+    #[error("adapter {path}: {message}")]
+    AdapterConfig {
+        /// File at fault.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The adapter's tensors do not fit the model.
+    #[error("adapter {path} does not fit the model:\n  {}", problems.join("\n  "))]
+    Adapter {
+        /// The weights file.
+        path: PathBuf,
+        /// Every mismatch found.
+        problems: Vec<String>,
+    },
+}
+
+/// One turn of the conversation: who speaks, what they say and, for
+/// context turns, the recording.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Segment {
+    /// Speaker id (`[speaker]` in the text prompt).
+    pub speaker: u32,
+    /// Transcript.
+    pub text: String,
+    /// 24 kHz mono samples; required for context segments.
+    pub audio: Option<Vec<f32>>,
+}
+
+/// Sampling settings; the defaults are Sesame's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingConfig {
+    /// Softmax temperature (0 = greedy).
+    pub temperature: f32,
+    /// Keep the `top_k` largest logits (ties kept); 1 is greedy.
+    pub top_k: usize,
+    /// Random seed; the same seed gives the same output.
+    pub seed: u64,
+    /// Longest audio to generate, in ms; frames are capped at
+    /// `max_audio_ms / 80`.
+    pub max_audio_ms: u32,
+}
+
+impl Default for SamplingConfig {
+    fn default() -> Self {
+        SamplingConfig {
+            temperature: 0.9,
+            top_k: 50,
+            seed: 42,
+            max_audio_ms: 90_000,
+        }
+    }
+}
+
+impl SamplingConfig {
+    /// Most frames to generate: `max_audio_ms / 80`.
+    pub fn max_frames(&self) -> usize {
+        (self.max_audio_ms / FRAME_MS) as usize
+    }
+
+    /// Checks every value.
+    ///
+    /// # Errors
+    /// [`GenerateError::Sampling`] naming the setting.
+    pub fn validate(&self) -> Result<(), GenerateError> {
+        if !self.temperature.is_finite() || self.temperature < 0.0 {
+            return Err(GenerateError::Sampling {
+                field: "temperature",
+                message: format!("must be a finite number >= 0, got {}", self.temperature),
+            });
+        }
+        if self.top_k < 1 {
+            return Err(GenerateError::Sampling {
+                field: "top_k",
+                message: "must be at least 1".into(),
+            });
+        }
+        if self.max_frames() < 1 {
+            return Err(GenerateError::Sampling {
+                field: "max_audio_ms",
+                message: format!(
+                    "must be at least {FRAME_MS} (one frame), got {}",
+                    self.max_audio_ms
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// How [`generate_frames`] runs, beyond sampling.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrameOptions {
+    /// Frames to generate at most.
+    pub max_frames: usize,
+    /// Stop at the first all-zero frame (not included in the output).
+    /// Off for parity tests and benchmarks.
+    pub stop_on_eos: bool,
+    /// Sample only codes `0..limit` (the codec's codebook size); `None`
+    /// samples over the model's whole audio vocabulary, as the reference.
+    pub code_limit: Option<i32>,
+}
+
+/// Progress after each generated frame.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FrameProgress {
+    /// Frames generated so far.
+    pub frames: usize,
+    /// The cap.
+    pub max_frames: usize,
+    /// Time since the frame loop started (after the prefill).
+    pub elapsed: Duration,
+}
+
+/// Output of [`generate_frames`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct GeneratedFrames {
+    /// Codes `[T][n_codebooks]` (the EOS frame is not included).
+    pub codes: Vec<Vec<i32>>,
+    /// Whether an all-zero frame ended generation.
+    pub stopped_on_eos: bool,
+    /// Backbone pass over the prompt.
+    pub prefill: Duration,
+    /// From the end of the prefill to the first frame's codes.
+    pub first_frame: Duration,
+    /// The whole frame loop (first frame included, prefill excluded).
+    pub frames_total: Duration,
+}
+
+/// Timings of [`Generator::generate`].
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Timings {
+    /// Mimi-encoding the context audio.
+    pub encode_context: Duration,
+    /// Backbone pass over the prompt.
+    pub prefill: Duration,
+    /// First frame after the prefill.
+    pub first_frame: Duration,
+    /// The frame loop (first frame included).
+    pub frames: Duration,
+    /// Mimi-decoding the generated frames.
+    pub decode: Duration,
+    /// Everything.
+    pub total: Duration,
+}
+
+/// Output of [`Generator::generate`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generated {
+    /// Codes `[T][n_codebooks]`.
+    pub codes: Vec<Vec<i32>>,
+    /// 24 kHz mono samples, `hop * T` of them.
+    pub audio: Vec<f32>,
+    /// `T`.
+    pub frames: usize,
+    /// Whether an all-zero frame ended generation (else the cap did).
+    pub stopped_on_eos: bool,
+    /// Where the time went.
+    pub timings: Timings,
+}
+
+impl Generated {
+    /// Seconds of audio generated (12.5 frames per second).
+    pub fn audio_seconds(&self) -> f64 {
+        self.frames as f64 * f64::from(FRAME_MS) / 1000.0
+    }
+}
+
+/// Prompt frames under construction, in the model's layout: `n_cb` code
+/// columns then the text column, with a column mask.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptFrames {
+    num_codebooks: usize,
+    tokens: Vec<i32>,
+    mask: Vec<bool>,
+}
+
+impl PromptFrames {
+    /// An empty prompt for a model with `num_codebooks` codebooks.
+    pub fn new(num_codebooks: usize) -> Self {
+        PromptFrames {
+            num_codebooks,
+            tokens: Vec::new(),
+            mask: Vec::new(),
+        }
+    }
+
+    /// Number of frames so far.
+    pub fn len(&self) -> usize {
+        self.tokens.len() / (self.num_codebooks + 1)
+    }
+
+    /// Whether no frame was added.
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// One text frame per id (codes 0, mask on the text column only).
+    pub fn push_text(&mut self, ids: &[u32]) {
+        let n = self.num_codebooks;
+        for &id in ids {
+            self.tokens.extend(std::iter::repeat_n(0, n));
+            self.tokens.push(id as i32);
+            self.mask.extend(std::iter::repeat_n(false, n));
+            self.mask.push(true);
+        }
+    }
+
+    /// One audio frame per row of `codes` (`[T][n_cb]`; text 0, mask on the
+    /// code columns).
+    ///
+    /// # Errors
+    /// A row with the wrong number of codes.
+    pub fn push_audio(&mut self, codes: &[Vec<i32>]) -> Result<(), GenerateError> {
+        let n = self.num_codebooks;
+        for (t, row) in codes.iter().enumerate() {
+            if row.len() != n {
+                return Err(GenerateError::Input(format!(
+                    "audio frame {t} has {} codes, the model uses {n} codebooks",
+                    row.len()
+                )));
+            }
+            self.tokens.extend_from_slice(row);
+            self.tokens.push(0);
+            self.mask.extend(std::iter::repeat_n(true, n));
+            self.mask.push(false);
+        }
+        Ok(())
+    }
+
+    /// The end-of-segment frame: all codes 0, mask on the code columns.
+    pub fn push_eos(&mut self) {
+        let n = self.num_codebooks;
+        self.tokens.extend(std::iter::repeat_n(0, n + 1));
+        self.mask.extend(std::iter::repeat_n(true, n));
+        self.mask.push(false);
+    }
+
+    /// The frames as arrays.
+    ///
+    /// # Shapes
+    /// -> `(tokens [1, L, n_cb + 1] int32, mask [1, L, n_cb + 1] bool)`
+    pub fn to_arrays(&self) -> (Array, Array) {
+        let shape = [1, self.len() as i32, self.num_codebooks as i32 + 1];
+        (
+            Array::from_slice(&self.tokens, &shape),
+            Array::from_slice(&self.mask, &shape),
+        )
+    }
+}
+
+/// Generates frames after a prompt: prefill the backbone, then per frame
+/// sample codebook 0 from `codebook0_head` and the other codebooks from the
+/// depth decoder (fresh cache each frame), stop on an all-zero frame when
+/// asked, and feed the frame back. Deterministic for a given seed.
+///
+/// # Shapes
+/// `prompt_tokens, prompt_mask: [1, L, n_cb + 1]` -> codes `[T][n_cb]`
+///
+/// # Errors
+/// A prompt of the wrong shape, one with
+/// `L >= max_seq_len - options.max_frames` ([`GenerateError::PromptTooLong`]),
+/// invalid sampling settings, or an MLX failure.
+pub fn generate_frames(
+    csm: &mut Csm,
+    prompt_tokens: &Array,
+    prompt_mask: &Array,
+    cfg: &SamplingConfig,
+    options: &FrameOptions,
+    mut progress: Option<&mut dyn FnMut(&FrameProgress)>,
+) -> Result<GeneratedFrames, GenerateError> {
+    let n_cb = csm.config.audio_num_codebooks;
+    let shape = prompt_tokens.shape();
+    if shape.len() != 3 || shape[0] != 1 || shape[1] < 1 || shape[2] != n_cb + 1 {
+        return Err(GenerateError::Input(format!(
+            "prompt frames must be [1, L >= 1, {}], got {shape:?}",
+            n_cb + 1
+        )));
+    }
+    if options.max_frames < 1 {
+        return Err(GenerateError::Input("max_frames must be at least 1".into()));
+    }
+    let prompt_frames = shape[1] as usize;
+    let max_seq_len = csm.config.backbone.max_seq_len as usize;
+    if prompt_frames + options.max_frames >= max_seq_len {
+        return Err(GenerateError::PromptTooLong {
+            prompt_frames,
+            max_frames: options.max_frames,
+            max_seq_len,
+        });
+    }
+    let mut sampler = Sampler::new(cfg)?;
+    let limit = options.code_limit;
+
+    let start = Instant::now();
+    let mut cache = csm.new_backbone_cache();
+    let mut h = csm.backbone_step(prompt_tokens, prompt_mask, &mut cache)?; // [1, D]
+    h.eval()?;
+    let prefill = start.elapsed();
+
+    let loop_start = Instant::now();
+    let mut first_frame = Duration::ZERO;
+    let mut codes = Vec::new();
+    let mut stopped_on_eos = false;
+    for i in 0..options.max_frames {
+        let frame = csm.generate_frame(&h, &mut |logits, _cb| sampler.sample(logits, limit))?; // [1, n_cb]
+                                                                                               // Queue the feedback step before reading the codes, so the device
+                                                                                               // runs it while the host checks for EOS and builds the next frame.
+        let next = if i + 1 < options.max_frames {
+            let (tokens, mask) = csm.audio_frame(&frame)?; // [1, 1, n_cb + 1]
+            Some(csm.backbone_step(&tokens, &mask, &mut cache)?) // [1, D]
+        } else {
+            None
+        };
+        let mut outputs = vec![&frame, sampler.key()];
+        outputs.extend(next.as_ref());
+        mlx_rs::transforms::async_eval(outputs)?;
+        let row = frame.as_dtype(Dtype::Int32)?;
+        row.eval()?;
+        let row = row.as_slice::<i32>().to_vec();
+        if i == 0 {
+            first_frame = loop_start.elapsed();
+        }
+        if options.stop_on_eos && row.iter().all(|&c| c == 0) {
+            stopped_on_eos = true;
+            break;
+        }
+        codes.push(row);
+        if let Some(report) = progress.as_deref_mut() {
+            report(&FrameProgress {
+                frames: codes.len(),
+                max_frames: options.max_frames,
+                elapsed: loop_start.elapsed(),
+            });
+        }
+        match next {
+            Some(n) => h = n,
+            None => break,
+        }
+    }
+    Ok(GeneratedFrames {
+        codes,
+        stopped_on_eos,
+        prefill,
+        first_frame,
+        frames_total: loop_start.elapsed(),
+    })
+}
+
+/// A CSM model with its codec and tokenizer, ready to speak.
+#[derive(Debug)]
+pub struct Generator {
+    /// The speech model (LoRA adapters, if any, attached).
+    pub csm: Csm,
+    /// The codec, producing as many codebooks as the model uses.
+    pub mimi: Mimi,
+    /// The Llama-3 text tokenizer.
+    pub tokenizer: TextTokenizer,
+}
+
+impl Generator {
+    /// Puts loaded parts together, setting Mimi to the model's number of
+    /// codebooks.
+    ///
+    /// # Errors
+    /// A codec with fewer codebooks than the model uses, or more codes per
+    /// codebook than the model's audio vocabulary.
+    pub fn new(csm: Csm, mut mimi: Mimi, tokenizer: TextTokenizer) -> Result<Self, GenerateError> {
+        let n_cb = csm.config.audio_num_codebooks as usize;
+        mimi.set_num_codebooks(n_cb).map_err(|e| {
+            GenerateError::Input(format!(
+                "the Mimi codec does not fit a model with {n_cb} codebooks: {e}"
+            ))
+        })?;
+        let bins = mimi.config.quantizer.bins;
+        if bins > csm.config.audio_vocab_size {
+            return Err(GenerateError::Input(format!(
+                "the Mimi codec has {bins} codes per codebook, more than the model's audio \
+                 vocabulary of {}",
+                csm.config.audio_vocab_size
+            )));
+        }
+        Ok(Generator {
+            csm,
+            mimi,
+            tokenizer,
+        })
+    }
+
+    /// Loads a model (any layout [`load_csm`] reads) with its codec and
+    /// tokenizer. Without `mimi_path`, the codec comes from a transformers
+    /// checkpoint itself, else from [`KYUTAI_MIMI_FILE`] or a `mimi/`
+    /// directory next to the model. Without `tokenizer_path`, a
+    /// `tokenizer.json` next to the model or in a `tokenizer/` directory is
+    /// used.
+    ///
+    /// # Errors
+    /// Loading failures, and [`GenerateError::NotFound`] listing the places
+    /// searched.
+    pub fn load(
+        model_path: &Path,
+        mimi_path: Option<&Path>,
+        tokenizer_path: Option<&Path>,
+        dtype: Dtype,
+    ) -> Result<Self, GenerateError> {
+        let loaded = load_csm(
+            model_path,
+            &LoadOptions {
+                dtype,
+                config: None,
+            },
+        )?;
+        let dir = if model_path.is_dir() {
+            model_path.to_path_buf()
+        } else {
+            model_path
+                .parent()
+                .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+        };
+        let mimi = match mimi_path {
+            Some(p) => Mimi::load(p, None)?,
+            None => match loaded.codec {
+                Some(codec) => hf_codec(&loaded.detected, codec)?,
+                None => {
+                    let candidates = [dir.join(KYUTAI_MIMI_FILE), dir.join("mimi")];
+                    let found = candidates.iter().find(|p| p.exists()).ok_or_else(|| {
+                        GenerateError::NotFound {
+                            what: "Mimi codec",
+                            looked: candidates.to_vec(),
+                            hint: "pass --mimi-path (the kyutai file or a transformers Mimi \
+                                   directory)",
+                        }
+                    })?;
+                    Mimi::load(found, None)?
+                }
+            },
+        };
+        let tokenizer_file = match tokenizer_path {
+            Some(p) if p.is_dir() => p.join("tokenizer.json"),
+            Some(p) => p.to_path_buf(),
+            None => {
+                let candidates = [
+                    dir.join("tokenizer.json"),
+                    dir.join("tokenizer").join("tokenizer.json"),
+                ];
+                candidates
+                    .iter()
+                    .find(|p| p.is_file())
+                    .cloned()
+                    .ok_or_else(|| GenerateError::NotFound {
+                        what: "tokenizer.json",
+                        looked: candidates.to_vec(),
+                        hint: "pass --tokenizer-path (the Llama-3.2 tokenizer.json)",
+                    })?
+            }
+        };
+        let tokenizer = TextTokenizer::from_file(&tokenizer_file)?;
+        Generator::new(loaded.model, mimi, tokenizer)
+    }
+
+    /// Attaches a trained LoRA adapter; see [`apply_adapter`].
+    ///
+    /// # Errors
+    /// As [`apply_adapter`].
+    pub fn apply_adapter(&mut self, path: &Path) -> Result<AdapterInfo, GenerateError> {
+        apply_adapter(&mut self.csm, path)
+    }
+
+    /// Text frames of one segment, checked against the text vocabulary.
+    fn text_ids(&self, speaker: u32, text: &str, what: &str) -> Result<Vec<u32>, GenerateError> {
+        let ids = self.tokenizer.encode_segment(speaker, text)?;
+        check_text_ids(&ids, self.csm.config.text_vocab_size, what)?;
+        Ok(ids)
+    }
+
+    /// Builds the prompt: per context segment its text frames, its
+    /// Mimi-encoded audio frames and an EOS frame; then the target's text
+    /// frames.
+    ///
+    /// # Errors
+    /// A context segment without audio, token ids outside the model's text
+    /// vocabulary, or a codec failure.
+    pub fn prompt(
+        &mut self,
+        context: &[Segment],
+        text: &str,
+        speaker: u32,
+    ) -> Result<PromptFrames, GenerateError> {
+        let n_cb = self.csm.config.audio_num_codebooks as usize;
+        let mut prompt = PromptFrames::new(n_cb);
+        for (i, seg) in context.iter().enumerate() {
+            let what = format!("context segment {}", i + 1);
+            let ids = self.text_ids(seg.speaker, &seg.text, &what)?;
+            let audio = match &seg.audio {
+                Some(a) if !a.is_empty() => a,
+                _ => {
+                    return Err(GenerateError::Input(format!(
+                        "{what} (\"{}\") has no audio; every context segment needs its recording",
+                        seg.text
+                    )))
+                }
+            };
+            prompt.push_text(&ids);
+            prompt.push_audio(&self.encode(audio)?)?;
+            prompt.push_eos();
+        }
+        let ids = self.text_ids(speaker, text, "the target text")?;
+        prompt.push_text(&ids);
+        Ok(prompt)
+    }
+
+    /// Mimi codes of 24 kHz mono audio, as `[T][n_cb]`.
+    ///
+    /// # Errors
+    /// A codec failure.
+    pub fn encode(&mut self, audio: &[f32]) -> Result<Vec<Vec<i32>>, GenerateError> {
+        let wav = Array::from_slice(audio, &[1, 1, audio.len() as i32]);
+        let codes = self.mimi.encode(&wav)?; // [1, K, T]
+        let k = codes.shape()[1] as usize;
+        let t = codes.shape()[2] as usize;
+        let codes = codes
+            .transpose_axes(&[0, 2, 1])?
+            .as_dtype(Dtype::Int32)?
+            .contiguous()?; // [1, T, K]
+        codes.eval()?;
+        let flat = codes.as_slice::<i32>();
+        Ok((0..t).map(|i| flat[i * k..(i + 1) * k].to_vec()).collect())
+    }
+
+    /// 24 kHz samples of codes `[T][n_cb]` (`hop * T` of them; empty for
+    /// no frames).
+    ///
+    /// # Errors
+    /// A codec failure (e.g. codes outside the codebook).
+    pub fn decode(&mut self, codes: &[Vec<i32>]) -> Result<Vec<f32>, GenerateError> {
+        decode_codes(&mut self.mimi, codes)
+    }
+
+    /// Speaks `text` as `speaker` after the `context` turns.
+    ///
+    /// # Errors
+    /// See [`Generator::generate_with_progress`].
+    pub fn generate(
+        &mut self,
+        context: &[Segment],
+        text: &str,
+        speaker: u32,
+        cfg: &SamplingConfig,
+    ) -> Result<Generated, GenerateError> {
+        self.generate_with_progress(context, text, speaker, cfg, None)
+    }
+
+    /// [`Generator::generate`], calling `progress` after every frame.
+    ///
+    /// # Errors
+    /// Invalid settings, a context segment without audio, token ids outside
+    /// the model's text vocabulary, a prompt too long for `max_audio_ms`,
+    /// codec or MLX failures.
+    pub fn generate_with_progress(
+        &mut self,
+        context: &[Segment],
+        text: &str,
+        speaker: u32,
+        cfg: &SamplingConfig,
+        progress: Option<&mut dyn FnMut(&FrameProgress)>,
+    ) -> Result<Generated, GenerateError> {
+        cfg.validate()?;
+        let start = Instant::now();
+        let prompt = self.prompt(context, text, speaker)?;
+        let encode_context = start.elapsed();
+        let (tokens, mask) = prompt.to_arrays();
+        let options = FrameOptions {
+            max_frames: cfg.max_frames(),
+            stop_on_eos: true,
+            code_limit: Some(self.mimi.config.quantizer.bins),
+        };
+        let out = generate_frames(&mut self.csm, &tokens, &mask, cfg, &options, progress)?;
+        let decode_start = Instant::now();
+        let audio = self.decode(&out.codes)?;
+        let decode = decode_start.elapsed();
+        Ok(Generated {
+            frames: out.codes.len(),
+            codes: out.codes,
+            audio,
+            stopped_on_eos: out.stopped_on_eos,
+            timings: Timings {
+                encode_context,
+                prefill: out.prefill,
+                first_frame: out.first_frame,
+                frames: out.frames_total,
+                decode,
+                total: start.elapsed(),
+            },
+        })
+    }
+}
+
+/// Decodes codes `[T][n_cb]` with `mimi` into mono samples (`hop * T`).
+///
+/// # Errors
+/// Ragged rows or a codec failure.
+pub fn decode_codes(mimi: &mut Mimi, codes: &[Vec<i32>]) -> Result<Vec<f32>, GenerateError> {
+    let Some(first) = codes.first() else {
+        return Ok(Vec::new());
+    };
+    let k = first.len();
+    if codes.iter().any(|r| r.len() != k) {
+        return Err(GenerateError::Input(
+            "frames have different numbers of codes".into(),
+        ));
+    }
+    let flat: Vec<i32> = codes.iter().flatten().copied().collect();
+    let t = codes.len() as i32;
+    let arr = Array::from_slice(&flat, &[1, t, k as i32]).transpose_axes(&[0, 2, 1])?; // [1, K, T]
+    let wav = mimi.decode(&arr)?; // [1, 1, hop * T]
+    let wav = wav.as_dtype(Dtype::Float32)?.contiguous()?;
+    wav.eval()?;
+    Ok(wav.as_slice::<f32>().to_vec())
+}
+
+/// Checks that every id fits a text vocabulary of `text_vocab` rows.
+///
+/// # Errors
+/// [`GenerateError::TextTokenOutOfRange`] with the first offending id.
+pub fn check_text_ids(ids: &[u32], text_vocab: i32, segment: &str) -> Result<(), GenerateError> {
+    match ids
+        .iter()
+        .find(|&&id| i64::from(id) >= i64::from(text_vocab))
+    {
+        Some(&token) => Err(GenerateError::TextTokenOutOfRange {
+            segment: segment.to_owned(),
+            token,
+            text_vocab,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Mimi from a transformers CSM checkpoint's `codec_model.*` tensors and the
+/// `codec_config` of its `config.json`.
+fn hf_codec(detected: &crate::model::Detected, codec: WeightMap) -> Result<Mimi, GenerateError> {
+    let Some((config_path, ..)) = &detected.config else {
+        return Err(GenerateError::Input(format!(
+            "{} carries Mimi weights but no config.json with a codec_config; pass --mimi-path",
+            detected.path.display()
+        )));
+    };
+    let text = std::fs::read_to_string(config_path).map_err(|source| {
+        GenerateError::Model(ModelError::Io {
+            path: config_path.clone(),
+            source,
+        })
+    })?;
+    let json: Value = serde_json::from_str(&text).map_err(|source| {
+        GenerateError::Model(ModelError::Json {
+            path: config_path.clone(),
+            source,
+        })
+    })?;
+    let codec_config = json.get("codec_config").ok_or_else(|| {
+        GenerateError::Input(format!(
+            "{} has no `codec_config`, but the checkpoint carries Mimi weights; pass --mimi-path",
+            config_path.display()
+        ))
+    })?;
+    Ok(Mimi::from_hf_weights(codec_config, codec)?)
+}
