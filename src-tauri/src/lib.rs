@@ -33,6 +33,7 @@ pub fn app_builder<R: Runtime>(builder: Builder<R>) -> Builder<R> {
             commands::training::estimate_run,
             commands::training::start_training,
             commands::training::stop_training,
+            commands::generate::generate_sample,
             commands::audio::list_output_devices,
             commands::audio::play_audio,
             commands::audio::stop_audio,

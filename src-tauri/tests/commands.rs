@@ -312,6 +312,31 @@ fn commands_on_the_demo_end_to_end() {
     assert!(est["secsPerStep"].as_f64().unwrap() > 0.0, "{est}");
     assert!(est["peakMemoryBytes"].as_u64().unwrap() > 0);
 
+    // Generation: base model and the run's newest training checkpoint; same seed, same audio.
+    let req = |ckpt: &Value| {
+        json!({ "request": {
+            "text": "Hello there.", "speakerId": 0, "contextAudio": null, "contextText": null,
+            "checkpoint": ckpt, "modelPath": demo["modelPath"], "mimiPath": demo["mimiPath"],
+            "tokenizerPath": demo["tokenizerPath"], "seed": 3, "temperature": 0.9, "topK": 20,
+            "maxAudioSecs": 0.8 } })
+    };
+    let t = Instant::now();
+    let base = ui.invoke("generate_sample", req(&Value::Null)).unwrap();
+    eprintln!("generate_sample: {:?}", t.elapsed());
+    assert!(Path::new(base["path"].as_str().unwrap()).is_file());
+    assert_eq!(base["sampleRate"], 24000);
+    assert_eq!(base["peaks"].as_array().unwrap().len(), 512);
+    assert!(base["durationSecs"].as_f64().unwrap() > 0.0);
+    let again = ui.invoke("generate_sample", req(&Value::Null)).unwrap();
+    assert_eq!(again["peaks"], base["peaks"], "same seed, same audio");
+    assert_ne!(again["path"], base["path"]);
+    let tuned = ui.invoke("generate_sample", req(ckpt)).unwrap();
+    assert_eq!(tuned["checkpoint"], *ckpt);
+    let err = ui
+        .invoke("generate_sample", req(&json!("/no/such/ckpt")))
+        .unwrap_err();
+    assert_eq!(err["kind"], "notFound");
+
     // Stop mid-run: a checkpoint, then finished/stopped.
     let long = config(&demo, &runs_root, 20);
     let (id2, events) = train(&ui, &long, Some(1));

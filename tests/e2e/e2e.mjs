@@ -148,9 +148,23 @@ try {
   });
   log('run stopped');
 
-  // 7. Samples screen (devices from cpal).
+  // 7. Samples: generate with the latest checkpoint, then play it into the sink.
   await tab('Samples');
-  await browser.pause(1500);
+  await (await browser.$('button.primary=Generate')).click();
+  await browser.waitUntil(async () => (await browser.$$('[data-testid="sample"]')).length > 0, {
+    timeout: 300_000,
+    interval: 1000,
+    timeoutMsg: `no sample was generated: ${await browser.$('main').getText().catch(() => '')}`,
+  });
+  log('sample generated');
+  const sinkBefore = statSync(sink).size;
+  await (await browser.$('[data-testid="sample"] button[aria-label^="Play"]')).click();
+  await browser.waitUntil(() => statSync(sink).size > sinkBefore + 4096, {
+    timeout: 30_000,
+    timeoutMsg: 'the generated sample was not played into the ALSA sink',
+  });
+  await (await browser.$('[data-testid="sample"] button[aria-label="Stop"]')).click().catch(() => {});
+  log('generated sample played');
   await shot('app-samples.png');
 
   // 8. History: the stopped run, read back from metrics.jsonl.

@@ -75,10 +75,14 @@ pub async fn generate_sample<R: Runtime>(
     allowed: State<'_, AllowedPaths>,
     request: GenerateRequest,
 ) -> Result<GeneratedSample> {
-    for p in [Some(&request.model_path), request.mimi_path.as_ref(), request.tokenizer_path.as_ref()]
-        .into_iter()
-        .chain([request.checkpoint.as_ref(), request.context_audio.as_ref()])
-        .flatten()
+    for p in [
+        Some(&request.model_path),
+        request.mimi_path.as_ref(),
+        request.tokenizer_path.as_ref(),
+    ]
+    .into_iter()
+    .chain([request.checkpoint.as_ref(), request.context_audio.as_ref()])
+    .flatten()
     {
         if !p.exists() {
             return Err(Error::NotFound(p.clone()));
@@ -105,7 +109,9 @@ pub fn generate(req: &GenerateRequest, out_dir: &Path) -> Result<GeneratedSample
     .map_err(|e| Error::ModelLoad(e.to_string()))?;
     if let Some(ckpt) = &req.checkpoint {
         let adapter = adapter_path(ckpt, out_dir)?;
-        generator.apply_adapter(&adapter).map_err(|e| Error::ModelLoad(e.to_string()))?;
+        generator
+            .apply_adapter(&adapter)
+            .map_err(|e| Error::ModelLoad(e.to_string()))?;
     }
     let mut context = Vec::new();
     if let Some(audio) = &req.context_audio {
@@ -137,10 +143,17 @@ pub fn generate(req: &GenerateRequest, out_dir: &Path) -> Result<GeneratedSample
         n += 1;
         path = out_dir.join(format!("{id}-{n}.wav"));
     }
-    write_wav(&path, &out.audio, TARGET_SAMPLE_RATE, WavEncoding::Float32)
-        .map_err(|e| Error::Io { path: path.clone(), source: std::io::Error::other(e.to_string()) })?;
+    write_wav(&path, &out.audio, TARGET_SAMPLE_RATE, WavEncoding::Float32).map_err(|e| {
+        Error::Io {
+            path: path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        }
+    })?;
     Ok(GeneratedSample {
-        id: path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or(id),
+        id: path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or(id),
         path,
         sample_rate: TARGET_SAMPLE_RATE,
         duration_secs: out.audio.len() as f64 / f64::from(TARGET_SAMPLE_RATE),
@@ -166,8 +179,14 @@ fn adapter_path(ckpt: &Path, out_dir: &Path) -> Result<PathBuf> {
     let resolved = ckpt.canonicalize().map_err(|e| Error::io(ckpt, e))?;
     let stem = format!(
         "{}-{}",
-        run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-        resolved.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        run_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        resolved
+            .file_stem()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
     );
     let dir = out_dir.join("adapters").join(stem);
     let file = dir.join("adapters.safetensors");

@@ -396,6 +396,10 @@ struct StepReportJson {
     memory_bytes: u64,
     #[serde(default)]
     peak_memory_bytes: u64,
+    #[serde(default)]
+    comm_bytes: u64,
+    #[serde(default)]
+    comm_secs: f64,
     elapsed_secs: f64,
     #[serde(default)]
     eta_secs: Option<f64>,
@@ -420,6 +424,8 @@ impl From<StepReportJson> for csm_core::train::StepReport {
             frames_per_sec: r.frames_per_sec,
             memory_bytes: r.memory_bytes,
             peak_memory_bytes: r.peak_memory_bytes,
+            comm_bytes: r.comm_bytes,
+            comm_secs: r.comm_secs,
             elapsed_secs: r.elapsed_secs,
             eta_secs: r.eta_secs.unwrap_or(f64::NAN),
         }

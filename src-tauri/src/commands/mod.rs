@@ -7,6 +7,7 @@ pub mod audio;
 pub mod config;
 pub mod dataset;
 pub mod files;
+pub mod generate;
 pub mod history;
 pub mod models;
 pub mod training;
