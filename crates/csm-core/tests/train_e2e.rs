@@ -32,7 +32,9 @@ use csm_core::train::{
 fn shared_demo() -> DemoPaths {
     static ONCE: std::sync::OnceLock<DemoPaths> = std::sync::OnceLock::new();
     ONCE.get_or_init(|| {
-        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("train-e2e-demo");
+        // One per process: nextest runs each test in its own process.
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("train-e2e-demo-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         // SAFETY-free: set once, before any test reads it.
         std::env::set_var("CSM_CACHE_DIR", root.join("cache"));

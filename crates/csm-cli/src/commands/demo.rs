@@ -65,8 +65,10 @@ pub fn run(args: DemoArgs, log_level: &str) -> Result<()> {
         decoder_fraction: 0.25,
         val_split: 0.1,
         val_every: 25,
-        save_every: 50,
+        save_every: 75,
         save_mode: SaveMode::Both,
+        generate_samples: true,
+        sample_prompt: "The quick brown fox jumps over the lazy dog.".into(),
         log_level: log_level.to_string(),
         ..TrainConfig::default()
     };
@@ -93,7 +95,7 @@ pub fn run(args: DemoArgs, log_level: &str) -> Result<()> {
         println!("best validation loss {v:.3}");
     }
     println!(
-        "outputs in {}: adapters.safetensors (+ peft/, merged/), checkpoints, metrics.jsonl",
+        "outputs in {}: adapters.safetensors (+ peft/, merged/), samples/, checkpoints, metrics.jsonl",
         summary.output_dir.display()
     );
     println!(

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod bench_generate;
+pub mod bench_train;
 pub mod dataset_tools;
 pub mod demo;
 pub mod dist_check;

@@ -5,7 +5,7 @@ use std::rc::Rc;
 
 use mlx_rs::module::ModuleParameters;
 use mlx_rs::{Array, Dtype};
-use safetensors::{Dtype as StDtype, SafeTensors};
+use safetensors::Dtype as StDtype;
 
 /// Errors while reading checkpoints or loading them into a module.
 #[derive(Debug, thiserror::Error)]
@@ -142,25 +142,84 @@ impl WeightMap {
         path: &Path,
         float_dtype: Option<Dtype>,
     ) -> Result<(), CheckpointError> {
-        let bytes = std::fs::read(path).map_err(|source| CheckpointError::Io {
+        use std::io::{Read, Seek, SeekFrom};
+        let io = |source| CheckpointError::Io {
             path: path.to_path_buf(),
             source,
-        })?;
-        let st = SafeTensors::deserialize(&bytes).map_err(|e| CheckpointError::Safetensors {
+        };
+        let bad = |message: String| CheckpointError::Safetensors {
             path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        for (key, view) in st.tensors() {
-            let shape: Vec<i32> = view.shape().iter().map(|&d| d as i32).collect();
-            let array =
-                array_from_le_bytes(view.dtype(), view.data(), &shape).ok_or_else(|| {
-                    CheckpointError::UnsupportedDtype {
-                        path: path.to_path_buf(),
-                        key: key.clone(),
-                        dtype: format!("{:?}", view.dtype()),
-                    }
-                })?;
+            message,
+        };
+        // Tensor by tensor, so loading never holds the file and its arrays
+        // at once (a 6 GB checkpoint would otherwise need 12 GB).
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let file_len = file.metadata().map_err(io)?.len();
+        let mut len8 = [0u8; 8];
+        file.read_exact(&mut len8)
+            .map_err(|e| bad(format!("too short for a header ({e})")))?;
+        let header_len = u64::from_le_bytes(len8);
+        if header_len > 100_000_000 || 8 + header_len > file_len {
+            return Err(bad(format!(
+                "header length {header_len} does not fit the file ({file_len} bytes)"
+            )));
+        }
+        let mut header = vec![0u8; header_len as usize];
+        file.read_exact(&mut header).map_err(io)?;
+        let header: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&header).map_err(|e| bad(format!("header is not JSON: {e}")))?;
+        let data_start = 8 + header_len;
+        for (key, info) in header {
+            if key == "__metadata__" {
+                continue;
+            }
+            let dtype = info["dtype"].as_str().unwrap_or_default();
+            let st_dtype: StDtype = serde_json::from_value(info["dtype"].clone())
+                .map_err(|_| bad(format!("tensor `{key}` has unknown dtype {dtype:?}")))?;
+            let shape: Vec<i32> = info["shape"]
+                .as_array()
+                .ok_or_else(|| bad(format!("tensor `{key}` has no shape")))?
+                .iter()
+                .map(|d| d.as_u64().map(|d| d as i32))
+                .collect::<Option<_>>()
+                .ok_or_else(|| bad(format!("tensor `{key}` has a bad shape")))?;
+            let offsets = info["data_offsets"].as_array();
+            let (begin, end) = match offsets.map(|o| {
+                (
+                    o.first().and_then(|v| v.as_u64()),
+                    o.get(1).and_then(|v| v.as_u64()),
+                )
+            }) {
+                Some((Some(b), Some(e))) if b <= e && data_start + e <= file_len => (b, e),
+                _ => {
+                    return Err(bad(format!(
+                        "tensor `{key}` has data offsets outside the file"
+                    )))
+                }
+            };
+            let numel: u64 = shape.iter().map(|&d| d as u64).product();
+            if numel * (st_dtype.bitsize() as u64 / 8) != end - begin {
+                return Err(bad(format!(
+                    "tensor `{key}`: shape {shape:?} does not match its {} bytes",
+                    end - begin
+                )));
+            }
+            let mut data = vec![0u8; (end - begin) as usize];
+            file.seek(SeekFrom::Start(data_start + begin)).map_err(io)?;
+            file.read_exact(&mut data).map_err(io)?;
+            let array = array_from_le_bytes(st_dtype, &data, &shape).ok_or_else(|| {
+                CheckpointError::UnsupportedDtype {
+                    path: path.to_path_buf(),
+                    key: key.clone(),
+                    dtype: format!("{st_dtype:?}"),
+                }
+            })?;
             let array = cast_float(array, float_dtype).map_err(|source| CheckpointError::Mlx {
+                context: format!("{}: {key}", path.display()),
+                source,
+            })?;
+            // Materialise now so the byte buffer is released tensor by tensor.
+            array.eval().map_err(|source| CheckpointError::Mlx {
                 context: format!("{}: {key}", path.display()),
                 source,
             })?;

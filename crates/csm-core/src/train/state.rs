@@ -1,5 +1,5 @@
-//! Training checkpoints: adapters + optimizer state + position in the data
-//! + config, in one safetensors file written atomically, with
+//! Training checkpoints: adapters, optimizer state, position in the data and
+//! config, in one safetensors file written atomically, with
 //! `checkpoint_latest.safetensors` always pointing at the newest.
 
 use std::collections::{BTreeMap, HashMap};

@@ -105,6 +105,9 @@ pub enum TrainError {
         /// What does not match.
         reason: String,
     },
+    /// Speaking a sample failed.
+    #[error(transparent)]
+    Generate(#[from] crate::generate::GenerateError),
     /// A distributed collective failed.
     #[error(transparent)]
     Distributed(#[from] crate::distributed::DistError),
@@ -179,6 +182,8 @@ pub struct Prepared {
     pub cache: EncodeStats,
     /// Seconds of audio in the dataset.
     pub audio_seconds: f64,
+    /// A training utterance used as context for `--generate-samples`.
+    pub sample_context: Option<crate::generate::Segment>,
 }
 
 /// Loads the dataset, Mimi-encodes every utterance through the codes cache
@@ -274,12 +279,22 @@ pub fn prepare(
     };
     let train = build(Split::Train)?;
     let val = build(Split::Validation)?;
+    let sample_context =
+        dataset
+            .examples(Split::Train, 0)
+            .first()
+            .map(|ex| crate::generate::Segment {
+                speaker: cfg.speaker_id,
+                text: ex.target.text.clone(),
+                audio: Some(ex.target.samples().to_vec()),
+            });
     Ok(Prepared {
         train,
         val,
         warnings,
         cache: stats,
         audio_seconds: dataset.duration_s(),
+        sample_context,
     })
 }
 
@@ -755,10 +770,7 @@ impl<'a> Run<'a> {
                     let stop = if cancel.is_cancelled() { 1.0 } else { 0.0 };
                     grads.insert("\u{0}stop".into(), Array::from_f32(stop));
                     let stats = self.group.average_gradients(&mut grads)?;
-                    comm = (
-                        stats.bytes_sent_per_rank as u64,
-                        stats.elapsed.as_secs_f64(),
-                    );
+                    comm = (stats.bytes_sent_per_rank, stats.elapsed.as_secs_f64());
                     for (i, v) in reduced_values.iter_mut().enumerate() {
                         *v = grads
                             .remove(&format!("\u{0}loss{i}"))
@@ -864,11 +876,13 @@ impl<'a> Run<'a> {
                 let last = self.progress.step == self.total_steps;
                 if self.group.is_main()
                     && !self.data.val.is_empty()
-                    && (last || (cfg.val_every > 0 && self.progress.step % cfg.val_every == 0))
+                    && (last
+                        || (cfg.val_every > 0 && self.progress.step.is_multiple_of(cfg.val_every)))
                 {
                     self.validate(observer, weights)?;
                 }
-                if !last && cfg.save_every > 0 && self.progress.step % cfg.save_every == 0 {
+                if !last && cfg.save_every > 0 && self.progress.step.is_multiple_of(cfg.save_every)
+                {
                     self.checkpoint(observer)?;
                 }
                 if cancelled {
@@ -940,6 +954,51 @@ impl<'a> Run<'a> {
             path: path.clone(),
         });
         self.last_checkpoint = Some(path);
+        if self.cfg.generate_samples {
+            self.sample(observer)?;
+        }
+        Ok(())
+    }
+
+    /// Speaks `--sample-prompt` with the current weights, after a training
+    /// utterance as context, into `OUTPUT/samples/step_NNNNNNN.wav`.
+    fn sample(&mut self, observer: &mut dyn TrainingObserver) -> Result<(), TrainError> {
+        use crate::generate::{Generator, SamplingConfig};
+        let context: Vec<_> = self.data.sample_context.iter().cloned().collect();
+        // Clones share the weight buffers; nothing is copied.
+        let mut generator = Generator::new(
+            self.assets.loaded.model.clone(),
+            self.assets.mimi.mimi.clone(),
+            self.assets.tokenizer.clone(),
+        )?;
+        generator.csm.training_mode(false);
+        let sampling = SamplingConfig {
+            seed: self.cfg.seed,
+            max_audio_ms: 6_000,
+            ..SamplingConfig::default()
+        };
+        let out = generator.generate(
+            &context,
+            &self.cfg.sample_prompt,
+            self.cfg.speaker_id,
+            &sampling,
+        )?;
+        let dir = self.cfg.output_dir.join("samples");
+        std::fs::create_dir_all(&dir).map_err(|source| TrainError::Output {
+            path: dir.clone(),
+            source,
+        })?;
+        let path = dir.join(format!("step_{:07}.wav", self.progress.step));
+        crate::data::audio::write_wav(
+            &path,
+            &out.audio,
+            crate::data::TARGET_SAMPLE_RATE,
+            crate::data::audio::WavEncoding::Int16,
+        )?;
+        observer.on_event(&TrainEvent::Sample {
+            step: self.progress.step,
+            path,
+        });
         Ok(())
     }
 
