@@ -8,6 +8,20 @@ const COMMANDS: &[&str] = &[
     "read_config_file",
     "write_config_file",
     "reveal_path",
+    "scan_dataset",
+    "inspect_model",
+    "demo_assets",
+    "estimate_run",
+    "start_training",
+    "stop_training",
+    "generate_sample",
+    "list_output_devices",
+    "play_audio",
+    "stop_audio",
+    "audio_peaks",
+    "list_runs",
+    "run_metrics",
+    "export_adapter",
 ];
 
 fn main() {

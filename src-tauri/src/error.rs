@@ -23,6 +23,30 @@ pub enum Error {
     /// Arguments that cannot be acted on.
     #[error("{0}")]
     InvalidInput(String),
+    /// A file type or checkpoint layout the app cannot read.
+    #[error("{0}")]
+    UnsupportedFormat(String),
+    /// A checkpoint exists but cannot be loaded.
+    #[error("{0}")]
+    ModelLoad(String),
+    /// No usable audio output device.
+    #[error("{0}")]
+    NoAudioDevice(String),
+    /// Any other playback failure.
+    #[error("{0}")]
+    Audio(String),
+    /// `start_training` while a run is active.
+    #[error("{0}")]
+    AlreadyRunning(String),
+    /// `stop_training` for a run that is not active.
+    #[error("{0}")]
+    NotRunning(String),
+    /// The trainer failed.
+    #[error("{0}")]
+    Training(String),
+    /// Sample generation failed.
+    #[error("{0}")]
+    Generation(String),
     /// Anything else (a bug or an environment problem).
     #[error("{0}")]
     Internal(String),
@@ -47,6 +71,14 @@ impl Error {
             Error::Io { .. } => "io",
             Error::NotFound(_) => "notFound",
             Error::InvalidInput(_) => "invalidInput",
+            Error::UnsupportedFormat(_) => "unsupportedFormat",
+            Error::ModelLoad(_) => "modelLoad",
+            Error::NoAudioDevice(_) => "noAudioDevice",
+            Error::Audio(_) => "audio",
+            Error::AlreadyRunning(_) => "alreadyRunning",
+            Error::NotRunning(_) => "notRunning",
+            Error::Training(_) => "training",
+            Error::Generation(_) => "generation",
             Error::Internal(_) => "internal",
         }
     }
@@ -62,6 +94,16 @@ impl serde::Serialize for Error {
         s.serialize_field("message", &self.to_string())?;
         s.end()
     }
+}
+
+/// Runs `f` on a blocking task (every command's work goes through here).
+pub(crate) async fn blocking<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tauri::async_runtime::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("{name} task failed: {e}")))?
 }
 
 /// Result of every command.

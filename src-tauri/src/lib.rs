@@ -4,19 +4,43 @@
 pub mod commands;
 pub mod contract;
 pub mod error;
+pub mod state;
 
-use tauri::{Builder, Runtime};
+use tauri::{Builder, DragDropEvent, Manager, Runtime, WindowEvent};
 
 /// Registers plugins and commands on any runtime, so tests can use
 /// `tauri::test::mock_builder()`.
 pub fn app_builder<R: Runtime>(builder: Builder<R>) -> Builder<R> {
-    builder
+    state::manage(builder)
         .plugin(tauri_plugin_dialog::init())
+        .on_window_event(|window, event| {
+            // Folders dropped on the window become readable by the commands.
+            if let WindowEvent::DragDrop(DragDropEvent::Drop { paths, .. }) = event {
+                let allowed = window.state::<state::AllowedPaths>();
+                for p in paths {
+                    allowed.allow(p);
+                }
+            }
+        })
         .invoke_handler(tauri::generate_handler![
             commands::app::app_info,
             commands::config::read_config_file,
             commands::config::write_config_file,
             commands::files::reveal_path,
+            commands::dataset::scan_dataset,
+            commands::models::inspect_model,
+            commands::models::demo_assets,
+            commands::training::estimate_run,
+            commands::training::start_training,
+            commands::training::stop_training,
+            commands::generate::generate_sample,
+            commands::audio::list_output_devices,
+            commands::audio::play_audio,
+            commands::audio::stop_audio,
+            commands::audio::audio_peaks,
+            commands::history::list_runs,
+            commands::history::run_metrics,
+            commands::history::export_adapter,
         ])
 }
 

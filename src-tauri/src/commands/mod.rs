@@ -1,7 +1,13 @@
-//! Thin command adapters: parse arguments, call real code, map errors.
-//! Only commands backed by working code are here; the rest of the contract
-//! (docs/ipc.md) lands as the engine does.
+//! Thin command adapters: parse arguments, check paths against
+//! [`crate::state::AllowedPaths`], run the work on a blocking task or the
+//! training thread, map errors to `{kind, message}`. The contract is docs/ipc.md.
 
 pub mod app;
+pub mod audio;
 pub mod config;
+pub mod dataset;
 pub mod files;
+pub mod generate;
+pub mod history;
+pub mod models;
+pub mod training;

@@ -73,7 +73,9 @@ export type ProblemKind =
   | 'clipping'
   | 'silence'
   | 'unreadable'
-  | 'resampled';
+  | 'resampled'
+  /** Alignment file missing (when an alignment folder is used) or unusable; not blocking. */
+  | 'alignment';
 
 export interface Problem {
   kind: ProblemKind;

@@ -1,0 +1,285 @@
+//! `scan_dataset`: the Dataset screen's table, from `csm_core::data::scan_dataset`.
+
+use std::path::{Path, PathBuf};
+
+use csm_core::data::dataset::{FileReport, ProblemKind as CoreKind};
+use csm_core::data::{scan_dataset as core_scan, DatasetLayout, ScanOptions, TARGET_SAMPLE_RATE};
+use serde::Serialize;
+use tauri::{AppHandle, Runtime, State};
+
+use crate::error::{blocking, Error, Result};
+use crate::state::AllowedPaths;
+
+/// Mirrors `DatasetScan` in `ui/src/lib/api.ts`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DatasetScan {
+    /// Folder the user chose, or the common parent of the dropped folders.
+    pub root: PathBuf,
+    /// Audio folder.
+    pub audio_dir: PathBuf,
+    /// Transcript folder.
+    pub transcript_dir: PathBuf,
+    /// Alignment folder, if any.
+    pub alignment_dir: Option<PathBuf>,
+    /// One row per audio file.
+    pub items: Vec<DatasetItem>,
+    /// Sums.
+    pub totals: Totals,
+}
+
+/// One audio file.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DatasetItem {
+    /// File name relative to the audio folder.
+    pub file: String,
+    /// Absolute path.
+    pub path: PathBuf,
+    /// Duration; `None` when unreadable.
+    pub duration_secs: Option<f64>,
+    /// Sample rate of the file.
+    pub sample_rate: Option<u32>,
+    /// Channels of the file.
+    pub channels: Option<u16>,
+    /// Matching transcript, if found.
+    pub transcript_path: Option<PathBuf>,
+    /// Trimmed transcript text.
+    pub transcript: Option<String>,
+    /// Whether an alignment file exists.
+    pub has_alignment: bool,
+    /// Everything wrong with the file.
+    pub problems: Vec<Problem>,
+}
+
+/// One problem of one file.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    /// `ProblemKind` of api.ts.
+    pub kind: &'static str,
+    /// Sentence for the user.
+    pub message: String,
+}
+
+/// Sums over the rows.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Totals {
+    /// Audio files.
+    pub files: usize,
+    /// Seconds of readable audio.
+    pub seconds: f64,
+    /// Files with a transcript.
+    pub with_transcript: usize,
+    /// Files with at least one problem.
+    pub with_problems: usize,
+    /// Files the trainer will use.
+    pub usable: usize,
+}
+
+/// Scans dropped or picked folders (see docs/ipc.md for the accepted layouts).
+///
+/// # Errors
+/// `notFound` for a missing folder, `invalidInput` when the folders do not
+/// form a dataset or were not chosen by the user.
+#[tauri::command]
+pub async fn scan_dataset<R: Runtime>(
+    app: AppHandle<R>,
+    allowed: State<'_, AllowedPaths>,
+    paths: Vec<PathBuf>,
+) -> Result<DatasetScan> {
+    for p in &paths {
+        allowed.check(&app, p)?;
+    }
+    blocking("scan_dataset", move || scan(&paths)).await
+}
+
+/// Synchronous body of [`scan_dataset`].
+pub fn scan(paths: &[PathBuf]) -> Result<DatasetScan> {
+    let (root, layout) = resolve_layout(paths)?;
+    let opts = ScanOptions {
+        preview_chars: usize::MAX,
+        ..ScanOptions::default()
+    };
+    let report = core_scan(&layout, &opts).map_err(|e| Error::InvalidInput(e.to_string()))?;
+    let items: Vec<DatasetItem> = report
+        .files
+        .iter()
+        .filter_map(|f| item(&layout, f))
+        .collect();
+    let totals = Totals {
+        files: items.len(),
+        seconds: items.iter().filter_map(|i| i.duration_secs).sum(),
+        with_transcript: items.iter().filter(|i| i.transcript_path.is_some()).count(),
+        with_problems: items.iter().filter(|i| !i.problems.is_empty()).count(),
+        usable: report
+            .files
+            .iter()
+            .filter(|f| f.audio_file.is_some() && f.usable)
+            .count(),
+    };
+    Ok(DatasetScan {
+        root,
+        audio_dir: layout.audio_dir.clone(),
+        transcript_dir: layout.transcript_dir.clone(),
+        alignment_dir: layout.alignment_dir.clone(),
+        items,
+        totals,
+    })
+}
+
+fn item(layout: &DatasetLayout, f: &FileReport) -> Option<DatasetItem> {
+    let file = f.audio_file.clone()?;
+    let mut problems: Vec<Problem> = f
+        .problems
+        .iter()
+        .map(|p| Problem {
+            kind: problem_kind(p.kind, p.blocking),
+            message: p.message.clone(),
+        })
+        .collect();
+    if let Some(sr) = f.sample_rate.filter(|&sr| sr != TARGET_SAMPLE_RATE) {
+        problems.push(Problem {
+            kind: "resampled",
+            message: format!("{sr} Hz; resampled to {TARGET_SAMPLE_RATE} Hz for training"),
+        });
+    }
+    Some(DatasetItem {
+        path: layout.audio_dir.join(&file),
+        file,
+        duration_secs: f.duration_s,
+        sample_rate: f.sample_rate,
+        channels: f.channels,
+        transcript_path: f
+            .transcript_file
+            .as_ref()
+            .map(|t| layout.transcript_dir.join(t)),
+        transcript: f.text_preview.as_ref().map(|t| t.trim().to_string()),
+        has_alignment: f.alignment_file.is_some(),
+        problems,
+    })
+}
+
+/// The UI's problem kinds; blocking file-level failures are all "unreadable".
+fn problem_kind(kind: CoreKind, blocking: bool) -> &'static str {
+    match kind {
+        CoreKind::MissingTranscript => "missingTranscript",
+        CoreKind::EmptyTranscript => "emptyTranscript",
+        CoreKind::TooLong => "tooLong",
+        CoreKind::Clipping => "clipping",
+        CoreKind::Silence => "silence",
+        CoreKind::MissingAlignment | CoreKind::BadAlignment if !blocking => "alignment",
+        _ => "unreadable",
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Role {
+    Audio,
+    Transcripts,
+    Alignments,
+}
+
+/// One parent holding `audio/` + `transcripts/`, or the folders themselves.
+fn resolve_layout(paths: &[PathBuf]) -> Result<(PathBuf, DatasetLayout)> {
+    if paths.is_empty() {
+        return Err(Error::InvalidInput("no folder given".into()));
+    }
+    for p in paths {
+        if !p.exists() {
+            return Err(Error::NotFound(p.clone()));
+        }
+        if !p.is_dir() {
+            return Err(Error::InvalidInput(format!(
+                "{} is not a folder",
+                p.display()
+            )));
+        }
+    }
+    if let [one] = paths {
+        if one.join("audio").is_dir() && one.join("transcripts").is_dir() {
+            return Ok((one.clone(), DatasetLayout::from_root(one)));
+        }
+    }
+    let (mut audio, mut text, mut align) = (None, None, None);
+    for p in paths {
+        let slot = match role(p) {
+            Some(Role::Audio) => &mut audio,
+            Some(Role::Transcripts) => &mut text,
+            Some(Role::Alignments) => &mut align,
+            None => {
+                return Err(Error::InvalidInput(format!(
+                    "{} holds neither audio (.wav) nor transcripts (.txt) nor alignments (.json); drop the audio and transcripts folders, or one folder holding audio/ and transcripts/",
+                    p.display()
+                )))
+            }
+        };
+        if slot.replace(p.clone()).is_some() {
+            return Err(Error::InvalidInput(format!(
+                "two folders of the same kind were given ({})",
+                p.display()
+            )));
+        }
+    }
+    let audio = audio
+        .ok_or_else(|| Error::InvalidInput("no audio folder among the folders given".into()))?;
+    let text = text.ok_or_else(|| {
+        Error::InvalidInput(format!(
+            "no transcripts folder given with {}",
+            audio.display()
+        ))
+    })?;
+    let root = common_parent(paths);
+    Ok((root, DatasetLayout::new(audio, text, align)))
+}
+
+fn role(dir: &Path) -> Option<Role> {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    if name.starts_with("align") {
+        return Some(Role::Alignments);
+    }
+    if name.starts_with("transcript") || name == "text" || name == "txt" {
+        return Some(Role::Transcripts);
+    }
+    if name.starts_with("audio") || name.starts_with("wav") {
+        return Some(Role::Audio);
+    }
+    let (mut wav, mut txt, mut json) = (0, 0, 0);
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        match e
+            .path()
+            .extension()
+            .map(|x| x.to_string_lossy().to_lowercase())
+            .as_deref()
+        {
+            Some("wav" | "flac" | "mp3") => wav += 1,
+            Some("txt") => txt += 1,
+            Some("json") => json += 1,
+            _ => {}
+        }
+    }
+    let max = wav.max(txt).max(json);
+    if max == 0 {
+        None
+    } else if max == wav {
+        Some(Role::Audio)
+    } else if max == txt {
+        Some(Role::Transcripts)
+    } else {
+        Some(Role::Alignments)
+    }
+}
+
+fn common_parent(paths: &[PathBuf]) -> PathBuf {
+    let mut root = paths[0].parent().unwrap_or(&paths[0]).to_path_buf();
+    while !paths.iter().all(|p| p.starts_with(&root)) {
+        match root.parent() {
+            Some(p) => root = p.to_path_buf(),
+            None => break,
+        }
+    }
+    root
+}
