@@ -16,6 +16,10 @@ cargo fmt --all -- --check
 echo "==> cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
+echo "==> desktop app: UI tests, Rust command tests, end-to-end (scripts/test-app.sh)"
+scripts/test-app.sh
+
+# Last, so CI's log ends with the test runner's summary.
 echo "==> tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --no-fail-fast
