@@ -483,14 +483,11 @@ impl Generator {
     }
 
     /// Loads a model (any layout [`load_csm`] reads) with its codec and
-    /// tokenizer. Without `mimi_path`, the codec comes from a transformers
-    /// checkpoint itself, else from [`KYUTAI_MIMI_FILE`] or a `mimi/`
-    /// directory next to the model. Without `tokenizer_path`, a
-    /// `tokenizer.json` next to the model or in a `tokenizer/` directory is
-    /// used.
+    /// tokenizer, found as training finds them when not given (see
+    /// [`crate::assets::load_mimi`] and [`crate::assets::find_tokenizer`]).
     ///
     /// # Errors
-    /// Loading failures, and [`GenerateError::NotFound`] listing the places
+    /// Loading failures, and [`GenerateError::Asset`] listing the places
     /// searched.
     pub fn load(
         model_path: &Path,
