@@ -2,105 +2,13 @@
 //! ranks with batch b must follow the same run as one rank with batch 2b,
 //! and a rank that dies must stop the other with a clear message.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::{demo, run, step_losses, text, train_args};
 use csm_core::checkpoint::WeightMap;
-use csm_core::demo::{create_demo, DemoPaths};
-
-const CSM: &str = env!("CARGO_BIN_EXE_csm");
-
-fn demo() -> DemoPaths {
-    static ONCE: std::sync::OnceLock<DemoPaths> = std::sync::OnceLock::new();
-    ONCE.get_or_init(|| {
-        // One per process: nextest runs each test in its own process.
-        let root = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("dist-train-demo-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        create_demo(&root, 8, 3).expect("demo builds (needs espeak-ng)")
-    })
-    .clone()
-}
-
-fn run(args: &[String], cache: &Path, limit: Duration) -> (Output, Duration) {
-    let start = Instant::now();
-    let mut child = Command::new(CSM)
-        .args(args)
-        .env("CSM_CACHE_DIR", cache)
-        .env("CSM_DIST_TIMEOUT_SECS", "20")
-        .env_remove("MLX_HOSTFILE")
-        .env_remove("MLX_RANK")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!("csm {args:?} ran past {limit:?}:\n{}", text(&out));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    (child.wait_with_output().unwrap(), start.elapsed())
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn train_args(paths: &DemoPaths, out: &Path, batch: usize, extra: &[&str]) -> Vec<String> {
-    let mut a: Vec<String> = [
-        "finetune-lora",
-        "--model-path",
-        paths.model.to_str().unwrap(),
-        "--audio-dir",
-        paths.audio_dir.to_str().unwrap(),
-        "--transcript-dir",
-        paths.transcript_dir.to_str().unwrap(),
-        "--output-dir",
-        out.to_str().unwrap(),
-        "--context-turns",
-        "0",
-        "--epochs",
-        "3",
-        "--learning-rate",
-        "2e-3",
-        "--warmup-steps",
-        "1",
-        "--val-split",
-        "0",
-        "--decoder-fraction",
-        "1.0",
-        "--save-every",
-        "2",
-        "--seed",
-        "5",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    a.push("--batch-size".into());
-    a.push(batch.to_string());
-    a.extend(extra.iter().map(|s| s.to_string()));
-    a
-}
-
-fn step_losses(out: &Path) -> Vec<f64> {
-    std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).ok()?;
-            (v["event"] == "step").then(|| v["data"]["loss"].as_f64().unwrap())
-        })
-        .collect()
-}
 
 fn launch(n: usize, args: Vec<String>) -> Vec<String> {
     let mut v = vec![

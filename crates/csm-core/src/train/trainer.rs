@@ -88,10 +88,12 @@ pub enum TrainError {
         vocab: i32,
     },
     /// The loss or gradients stopped being finite.
-    #[error("the loss became {value} at step {step}; training stopped before applying it. {}", match .last_checkpoint { Some(p) => format!("The last good checkpoint is {}.", p.display()), None => "No checkpoint had been written yet.".to_string() })]
+    #[error("the {what} became {value} at step {step}; training stopped before applying the update. {}", match .last_checkpoint { Some(p) => format!("The last good checkpoint is {} (resume with --resume-from, e.g. with a lower --learning-rate).", p.display()), None => "No checkpoint had been written yet.".to_string() })]
     NonFinite {
         /// Optimizer step.
         step: usize,
+        /// `loss` or `gradient norm`.
+        what: &'static str,
         /// The value seen.
         value: f32,
         /// Newest checkpoint on disk.
@@ -694,7 +696,7 @@ impl<'a> Run<'a> {
                 }
                 let step_start = Instant::now();
                 let step = self.progress.step;
-                abort_if_asked(self.group.rank(), step + 1);
+                let fault = debug_fault(self.group.rank(), step + 1);
                 let group_end = (self.progress.cursor + cfg.grad_accum).min(batches.len());
                 let group = &batches[self.progress.cursor..group_end];
                 let mut grads: BTreeMap<String, Array> = BTreeMap::new();
@@ -781,6 +783,13 @@ impl<'a> Run<'a> {
                         cancelled = true;
                     }
                 }
+                if fault == Some(Fault::Nan) {
+                    if let Some(g) = grads.values_mut().next() {
+                        *g = g
+                            .multiply(Array::from_f32(f32::NAN))
+                            .map_err(mlx("CSM_DEBUG_NAN_AT_STEP"))?;
+                    }
+                }
                 let mut sq = Array::from_f32(0.0);
                 for g in grads.values_mut() {
                     if n > 1.0 {
@@ -811,13 +820,14 @@ impl<'a> Run<'a> {
                 };
                 let grad_norm = norm.item_cast::<f32>();
                 if !loss.total.is_finite() || !grad_norm.is_finite() {
-                    let value = if loss.total.is_finite() {
-                        grad_norm
+                    let (what, value) = if loss.total.is_finite() {
+                        ("gradient norm", grad_norm)
                     } else {
-                        loss.total
+                        ("loss", loss.total)
                     };
                     return Err(TrainError::NonFinite {
                         step: step + 1,
+                        what,
                         value,
                         last_checkpoint: self.last_checkpoint.clone(),
                     });
@@ -1057,13 +1067,35 @@ pub fn save_merged(loaded: &LoadedCsm, dir: &Path) -> Result<PathBuf, TrainError
     Ok(file)
 }
 
-/// Fault injection for the distributed tests: `CSM_DEBUG_ABORT_AT_STEP=R:S`
-/// makes rank `R` abort (like a crash) when it starts step `S`.
-fn abort_if_asked(rank: usize, step: usize) {
-    if let Ok(spec) = std::env::var("CSM_DEBUG_ABORT_AT_STEP") {
-        if spec == format!("{rank}:{step}") {
-            tracing::error!("CSM_DEBUG_ABORT_AT_STEP: rank {rank} aborting at step {step}");
-            std::process::abort();
-        }
+/// Faults injected by the crash-recovery tests (see [`debug_fault`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// The step's gradients become NaN (the non-finite stop must catch it).
+    Nan,
+}
+
+/// Fault injection for the crash-recovery tests, read when rank `rank`
+/// starts optimizer step `step` (1-based):
+/// - `CSM_DEBUG_ABORT_AT_STEP=R:S`: rank `R` aborts (SIGABRT);
+/// - `CSM_DEBUG_KILL_AT_STEP=R:S`: rank `R` sends itself SIGKILL, so nothing
+///   at all runs after it (no destructor, no handler, no flush);
+/// - `CSM_DEBUG_NAN_AT_STEP=S`: returns [`Fault::Nan`] at step `S`.
+fn debug_fault(rank: usize, step: usize) -> Option<Fault> {
+    let here = format!("{rank}:{step}");
+    if std::env::var("CSM_DEBUG_ABORT_AT_STEP").is_ok_and(|v| v == here) {
+        tracing::error!("CSM_DEBUG_ABORT_AT_STEP: rank {rank} aborting at step {step}");
+        std::process::abort();
     }
+    if std::env::var("CSM_DEBUG_KILL_AT_STEP").is_ok_and(|v| v == here) {
+        tracing::error!("CSM_DEBUG_KILL_AT_STEP: rank {rank} killing itself at step {step}");
+        #[cfg(unix)]
+        // SAFETY: getpid and kill have no memory-safety preconditions.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+        std::process::abort();
+    }
+    std::env::var("CSM_DEBUG_NAN_AT_STEP")
+        .is_ok_and(|v| v == step.to_string())
+        .then_some(Fault::Nan)
 }

@@ -1,0 +1,131 @@
+//! Helpers shared by the CLI training tests: the demo dataset, running
+//! `csm` with a time limit, and reading `metrics.jsonl`.
+#![allow(dead_code)] // each test binary uses a subset
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use csm_core::demo::{create_demo, DemoPaths};
+
+pub const CSM: &str = env!("CARGO_BIN_EXE_csm");
+
+pub fn demo() -> DemoPaths {
+    static ONCE: std::sync::OnceLock<DemoPaths> = std::sync::OnceLock::new();
+    ONCE.get_or_init(|| {
+        // One per process: nextest runs each test in its own process.
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("cli-train-demo-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        create_demo(&root, 8, 3).expect("demo builds (needs espeak-ng)")
+    })
+    .clone()
+}
+
+pub fn run(args: &[String], cache: &Path, limit: Duration) -> (Output, Duration) {
+    run_with_env(args, cache, limit, &[])
+}
+
+/// [`run`] with extra environment variables.
+pub fn run_with_env(
+    args: &[String],
+    cache: &Path,
+    limit: Duration,
+    env: &[(&str, &str)],
+) -> (Output, Duration) {
+    let start = Instant::now();
+    let mut child = Command::new(CSM)
+        .args(args)
+        .envs(env.iter().copied())
+        .env("CSM_CACHE_DIR", cache)
+        .env("CSM_DIST_TIMEOUT_SECS", "20")
+        .env_remove("MLX_HOSTFILE")
+        .env_remove("MLX_RANK")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("csm {args:?} ran past {limit:?}:\n{}", text(&out));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (child.wait_with_output().unwrap(), start.elapsed())
+}
+
+pub fn text(out: &Output) -> String {
+    format!(
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+pub fn train_args(paths: &DemoPaths, out: &Path, batch: usize, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "finetune-lora",
+        "--model-path",
+        paths.model.to_str().unwrap(),
+        "--audio-dir",
+        paths.audio_dir.to_str().unwrap(),
+        "--transcript-dir",
+        paths.transcript_dir.to_str().unwrap(),
+        "--output-dir",
+        out.to_str().unwrap(),
+        "--context-turns",
+        "0",
+        "--epochs",
+        "3",
+        "--learning-rate",
+        "2e-3",
+        "--warmup-steps",
+        "1",
+        "--val-split",
+        "0",
+        "--decoder-fraction",
+        "1.0",
+        "--save-every",
+        "2",
+        "--seed",
+        "5",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    a.push("--batch-size".into());
+    a.push(batch.to_string());
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+/// `(step, loss)` of every step line of `out/metrics.jsonl`, in file order.
+pub fn step_records(out: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            (v["event"] == "step").then(|| {
+                (
+                    v["data"]["step"].as_u64().unwrap(),
+                    v["data"]["loss"].as_f64().unwrap(),
+                )
+            })
+        })
+        .collect()
+}
+
+/// The losses of the step lines of `out/metrics.jsonl`, in file order.
+pub fn step_losses(out: &Path) -> Vec<f64> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            (v["event"] == "step").then(|| v["data"]["loss"].as_f64().unwrap())
+        })
+        .collect()
+}
