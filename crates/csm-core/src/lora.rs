@@ -9,7 +9,7 @@
 use mlx_rs::error::Exception;
 use mlx_rs::macros::ModuleParameters;
 use mlx_rs::module::{Module, Param, Parameter};
-use mlx_rs::{ops, random, Array};
+use mlx_rs::{ops, random, Array, Dtype};
 
 /// A linear projection `[out, in]` with an optional LoRA adapter and bias.
 #[derive(Debug, Clone, ModuleParameters)]
@@ -81,8 +81,11 @@ impl Proj {
         let (out, input) = self.dims();
         let bound = (1.0 / input as f32).sqrt();
         let dtype = self.weight.value.dtype();
-        let a = random::uniform::<_, f32>(-bound, bound, &[input, r], None)?.as_dtype(dtype)?;
-        let b = ops::zeros_dtype(&[r, out], dtype)?;
+        // A and B stay f32 whatever the base dtype (as mlx_lm and PEFT do):
+        // bf16 would round small updates away; the forward casts their
+        // product back to the activation dtype.
+        let a = random::uniform::<_, f32>(-bound, bound, &[input, r], None)?;
+        let b = ops::zeros_dtype(&[r, out], Dtype::Float32)?;
         self.lora_a = Param::new(Some(a));
         self.lora_b = Param::new(Some(b));
         self.scale = alpha / r as f32;
@@ -144,13 +147,69 @@ impl Module<&Array> for Proj {
             } else {
                 x.clone()
             };
-            let update = ops::matmul(&ops::matmul(&input, a)?, b)?; // [..., out]
-            y = y.add(update.multiply(Array::from_f32(self.scale))?)?;
+            let update = ops::matmul(&ops::matmul(&input, a)?, b)?; // [..., out], f32
+                                                                    // Back to y's dtype: an f32 update would promote the residual
+                                                                    // stream, and with it every later matmul, to f32.
+            let update = update
+                .multiply(Array::from_f32(self.scale))?
+                .as_dtype(y.dtype())?;
+            y = y.add(update)?;
         }
         Ok(y)
     }
 
     fn training_mode(&mut self, mode: bool) {
         self.training = mode;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bf16 layer with an adapter stays bf16 (an f32 update would promote
+    /// the whole residual stream) while A and B are kept in f32, and the
+    /// output is `x W^T + scale x A B` up to bf16 rounding.
+    #[test]
+    fn bf16_layer_keeps_its_dtype_and_f32_adapter() {
+        random::seed(3).unwrap();
+        let mut p = Proj::random(16, 8).unwrap();
+        p.weight = Param::new(p.weight.value.as_dtype(Dtype::Bfloat16).unwrap());
+        p.attach_lora(4, 8.0, 0.0, false).unwrap();
+        let a = p.lora_a.value.clone().unwrap();
+        assert_eq!(a.dtype(), Dtype::Float32);
+        let b = random::normal::<f32>(&[4, 8], None, None, None).unwrap();
+        p.lora_b = Param::new(Some(b.clone()));
+
+        let x = random::normal::<f32>(&[3, 16], None, None, None)
+            .unwrap()
+            .as_dtype(Dtype::Bfloat16)
+            .unwrap();
+        let y = p.forward(&x).unwrap();
+        assert_eq!(y.dtype(), Dtype::Bfloat16);
+
+        let x32 = x.as_dtype(Dtype::Float32).unwrap();
+        let w32 = p.weight.value.as_dtype(Dtype::Float32).unwrap();
+        let want = ops::matmul(&x32, w32.t())
+            .unwrap()
+            .add(
+                ops::matmul(ops::matmul(&x32, &a).unwrap(), &b)
+                    .unwrap()
+                    .multiply(Array::from_f32(2.0))
+                    .unwrap(),
+            )
+            .unwrap();
+        let err = y
+            .as_dtype(Dtype::Float32)
+            .unwrap()
+            .subtract(&want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max(None)
+            .unwrap()
+            .item_cast::<f32>();
+        let scale = want.abs().unwrap().max(None).unwrap().item_cast::<f32>();
+        assert!(err <= 2e-2 * scale, "max error {err} (scale {scale})");
     }
 }

@@ -587,9 +587,12 @@ impl<'a> Run<'a> {
                 }
             }
         }
-        let dtype = self.assets.loaded.model.dtype();
+        // Each tensor keeps the dtype of the parameter it replaces (f32 LoRA
+        // matrices, the model's dtype for a trained bias).
+        let current = adapter::adapter_tensors(&self.assets.loaded.model);
         let mut update = std::collections::HashMap::new();
         for (k, v) in loaded.adapters {
+            let dtype = current.get(&k).map_or(v.dtype(), |p| p.dtype());
             update.insert(
                 std::rc::Rc::from(k.as_str()),
                 v.as_dtype(dtype).map_err(mlx("restoring adapters"))?,
