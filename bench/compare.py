@@ -39,6 +39,13 @@ def main():
         if on:
             line += f" | {on[0]:10.2f} {pr[0] / on[0]:7.2f}x"
         print(line)
+    for setting in ("haswell", "native"):
+        plain, comp = ours(d, f"ours_116_{setting}.json"), ours(d, f"ours_116_{setting}_compiled.json")
+        if plain and comp:
+            print(
+                f"compiled step, 1/16, {setting}: {comp[0]:.2f} s/step vs {plain[0]:.2f} "
+                f"uncompiled ({plain[0] / comp[0]:.2f}x), {comp[1]:.2f} vs {plain[1]:.2f} GB"
+            )
     g_o, g_p = load(d, "ours_gen.json"), load(d, "peer_gen.json")
     if g_o and g_p:
         p = g_p["results"]

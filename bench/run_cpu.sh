@@ -14,6 +14,7 @@ py=${2:-/root/venvs/csm-fixtures/bin/python}
 mkdir -p "$out"
 csm=target/release/csm
 cargo build --release -p csm-cli
+echo "# $(date -u +%FT%TZ) load average: $(cut -d' ' -f1-3 /proc/loadavg) (run this on a quiet machine)"
 threads=$(nproc)
 steps=${STEPS:-3}
 
@@ -21,10 +22,13 @@ steps=${STEPS:-3}
 export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-Haswell}
 $csm bench-train --size csm1b --decoder-fraction 0.0625 --steps "$steps" --json "$out/ours_116_haswell.json"
 $csm bench-train --size csm1b --decoder-fraction 1.0 --steps "$steps" --json "$out/ours_1_haswell.json"
+# The same step through mx.compile (fixed batch, one trace).
+$csm bench-train --size csm1b --decoder-fraction 0.0625 --steps "$steps" --compile --json "$out/ours_116_haswell_compiled.json"
 # OpenBLAS's own CPU detection (AVX-512 kernels on this EPYC): checked
 # against the Haswell results by the loss printed in the JSON.
 env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $csm bench-train --size csm1b --decoder-fraction 0.0625 --steps "$steps" --json "$out/ours_116_native.json"
 env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $csm bench-train --size csm1b --decoder-fraction 1.0 --steps "$steps" --json "$out/ours_1_native.json"
+env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $csm bench-train --size csm1b --decoder-fraction 0.0625 --steps "$steps" --compile --json "$out/ours_116_native_compiled.json"
 
 "$py" bench/peer/train_step.py --mode same-work --decoder-frames 8 --threads "$threads" --steps "$steps" --json "$out/peer_116.json"
 "$py" bench/peer/train_step.py --mode same-work --decoder-fraction 1.0 --threads "$threads" --steps "$steps" --json "$out/peer_1.json"

@@ -63,6 +63,10 @@ pub struct BenchTrainArgs {
     /// Write the results as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Run the loss-and-gradient function through `mx.compile` (the batch
+    /// is fixed here, so one trace serves every step).
+    #[arg(long)]
+    compile: bool,
 }
 
 /// Runs the benchmark.
@@ -111,9 +115,9 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
     let refs: Vec<_> = examples.iter().collect();
     let batch = collate(&refs, args.decoder_fraction, &mut rng)?;
     let weights = LossWeights::default();
-    let loss_fn = |m: &mut Csm,
-                   b: &csm_core::train::batch::Batch|
-     -> Result<Array, csm_core::mlx_rs::error::Exception> {
+    let loss_fn = move |m: &mut Csm,
+                        b: &csm_core::train::batch::Batch|
+          -> Result<Array, csm_core::mlx_rs::error::Exception> {
         let l = m.loss(
             &LossBatch {
                 tokens: &b.frames,
@@ -127,14 +131,36 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
         Ok(l.total)
     };
     let mut vg = nn::value_and_grad(loss_fn);
+    let fixed = batch.clone();
+    let traced = move |m: &mut Csm, _: &[Array]| -> Vec<Array> {
+        let mut vg_c = nn::value_and_grad(loss_fn);
+        let (loss, grads) = vg_c(m, &fixed).expect("loss and gradients trace");
+        let mut g: Vec<_> = grads.into_iter().collect();
+        g.sort_by(|a, b| a.0.cmp(&b.0));
+        std::iter::once(loss)
+            .chain(g.into_iter().map(|x| x.1))
+            .collect()
+    };
+    let mut compiled = transforms::compile::compile_with_state(traced, false);
+    let mut names: Vec<String> = adapter::adapter_tensors(&model).into_keys().collect();
+    names.sort();
     let mut opt = AdamW::new(0.0);
     let mut times = Vec::new();
     let mut last = f32::NAN;
     runtime::reset_peak_memory();
     for i in 0..args.warmup + args.steps {
         let t = Instant::now();
-        let (loss, grads) = vg(&mut model, &batch)?;
-        let grads = grads.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let (loss, grads) = if args.compile {
+            let mut out = compiled(&mut model, &[])?;
+            let loss = out.remove(0);
+            (loss, names.iter().cloned().zip(out).collect())
+        } else {
+            let (loss, grads) = vg(&mut model, &batch)?;
+            (
+                loss,
+                grads.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            )
+        };
         let params = adapter::adapter_tensors(&model);
         let updated = opt.update(1e-4, &params, &grads)?;
         let mut to_eval: Vec<&Array> = updated.values().collect();
@@ -178,6 +204,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
         "build_s": build_secs,
         "final_loss": last,
         "openblas_coretype": std::env::var("OPENBLAS_CORETYPE").ok(),
+        "compiled": args.compile,
     });
     println!(
         "csm bench-train: {:?} {dtype:?} on {}: {:.3} s/step (min {:.3}), {:.1} frames/s, {} decoder frames, peak MLX {:.2} GB, max RSS {:.2} GB",
