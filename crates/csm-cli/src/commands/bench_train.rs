@@ -97,15 +97,25 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
     let adapted = adapter::attach(&mut model, &spec)?;
     let build_secs = build.elapsed().as_secs_f64();
     let k = config.audio_num_codebooks as usize;
+    let (text_vocab, audio_vocab) = (
+        config.text_vocab_size as usize,
+        config.audio_vocab_size as usize,
+    );
     let mut rng = Rng::new(1);
     let examples: Vec<_> = (0..args.batch_size)
         .map(|_| {
             let turn = Turn {
+                // In range for the configuration: MLX's gather does not
+                // check indices.
                 text_tokens: (0..args.text_frames)
-                    .map(|_| rng.below(128_000) as u32)
+                    .map(|_| rng.below(text_vocab.min(128_000)) as u32)
                     .collect(),
                 codes: (0..args.audio_frames)
-                    .map(|_| (0..k).map(|_| 1 + rng.below(2047) as u32).collect())
+                    .map(|_| {
+                        (0..k)
+                            .map(|_| 1 + rng.below(audio_vocab - 4) as u32)
+                            .collect()
+                    })
                     .collect(),
                 has_loss: true,
             };
