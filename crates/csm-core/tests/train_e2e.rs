@@ -229,3 +229,36 @@ fn unwritable_output_dir_is_a_clear_error() {
         train::train(&cfg, &mut RecordingObserver::default(), &CancelToken::new()).unwrap_err();
     assert!(err.to_string().contains("output directory"), "{err}");
 }
+
+#[test]
+fn a_codec_with_more_codes_than_the_model_is_refused() {
+    use csm_core::checkpoint::write::{save_safetensors, write_atomic};
+    use csm_core::demo::{demo_config, transformers_config_json};
+    use csm_core::model::Csm;
+
+    let paths = shared_demo();
+    // The demo's Mimi has 2048 codes per codebook; this model embeds 1024.
+    let dir = tempfile::tempdir().unwrap();
+    let mut small = demo_config();
+    small.audio_vocab_size = 1024;
+    let csm = Csm::new(&small).unwrap();
+    let weights = csm_core::model::load::canonical_weights(&csm);
+    let model = dir.path().join("model.safetensors");
+    save_safetensors(&model, &weights.tensors, &Default::default()).unwrap();
+    let json = serde_json::to_string(&transformers_config_json(&small)).unwrap();
+    write_atomic(&dir.path().join("config.json"), json.as_bytes()).unwrap();
+
+    let out = tempfile::tempdir().unwrap();
+    let mut cfg = config(&paths, out.path());
+    cfg.model_path = model;
+    cfg.mimi_path = Some(paths.mimi.clone());
+    cfg.tokenizer_path = Some(paths.tokenizer.clone());
+    let err =
+        train::train(&cfg, &mut RecordingObserver::default(), &CancelToken::new()).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("2048 codes per codebook") && msg.contains("audio vocabulary of 1024"),
+        "{msg}"
+    );
+    assert!(msg.contains(paths.mimi.to_str().unwrap()), "{msg}");
+}

@@ -87,6 +87,16 @@ pub enum TrainError {
         /// Model's text vocabulary.
         vocab: i32,
     },
+    /// The codec emits codes the model has no embedding for.
+    #[error("the Mimi codec {origin} has {bins} codes per codebook, more than the model's audio vocabulary of {vocab}: codec and model do not belong together (check --mimi-path)")]
+    CodecOutOfRange {
+        /// Where the codec came from.
+        origin: String,
+        /// Codes per codebook.
+        bins: i32,
+        /// Model's audio vocabulary.
+        vocab: i32,
+    },
     /// The loss or gradients stopped being finite.
     #[error("the {what} became {value} at step {step}; training stopped before applying the update. {}", match .last_checkpoint { Some(p) => format!("The last good checkpoint is {} (resume with --resume-from, e.g. with a lower --learning-rate).", p.display()), None => "No checkpoint had been written yet.".to_string() })]
     NonFinite {
@@ -162,6 +172,19 @@ pub fn load_assets(
     let model_fingerprint = fingerprint_files(&loaded.detected.weight_files)?;
     let n = loaded.model.config.audio_num_codebooks as usize;
     let mimi = assets::load_mimi(model_path, mimi_path, n)?;
+    // MLX's gather does not check indices: a code past the embedding table
+    // would read other memory instead of failing.
+    let (bins, vocab) = (
+        mimi.mimi.config.quantizer.bins,
+        loaded.model.config.audio_vocab_size,
+    );
+    if bins > vocab {
+        return Err(TrainError::CodecOutOfRange {
+            origin: mimi.origin.clone(),
+            bins,
+            vocab,
+        });
+    }
     let tokenizer = TextTokenizer::from_file(&assets::find_tokenizer(model_path, tokenizer_path)?)?;
     Ok(Assets {
         loaded,
