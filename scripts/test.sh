@@ -22,6 +22,8 @@ scripts/test-app.sh
 # Last, so CI's log ends with the test runner's summary.
 echo "==> tests"
 if cargo nextest --version >/dev/null 2>&1; then
+  # nextest does not run doctests: the library's examples compile here.
+  cargo test --doc
   cargo nextest run --no-fail-fast
 else
   cargo test --no-fail-fast

@@ -7,6 +7,9 @@
 //! use csm_core::model::load::{load_csm, LoadOptions};
 //! use csm_core::train::{self, trainer, CancelToken, NullObserver, TrainConfig};
 //! use csm_core::adapter;
+//! use csm_core::data::audio::{write_wav, WavEncoding, TARGET_SAMPLE_RATE};
+//! use csm_core::generate::{Generator, SamplingConfig};
+//! use csm_core::mlx_rs::Dtype;
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! // Load a model (any supported checkpoint format, strict).
@@ -28,6 +31,13 @@
 //! // Load the trained adapter onto a fresh base model.
 //! let mut base = load_csm("csm-1b".as_ref(), &LoadOptions::default())?;
 //! adapter::load_mlx(&mut base.model, &summary.output_dir)?;
+//!
+//! // Speak a sample with the fine-tuned voice (Mimi and the tokenizer are
+//! // found next to the model, as training finds them).
+//! let mut generator = Generator::load("csm-1b".as_ref(), None, None, Dtype::Float32)?;
+//! generator.apply_adapter(&summary.output_dir)?;
+//! let sample = generator.generate(&[], "Hello from my voice.", 0, &SamplingConfig::default())?;
+//! write_wav("sample.wav".as_ref(), &sample.audio, TARGET_SAMPLE_RATE, WavEncoding::Int16)?;
 //! # Ok(()) }
 //! ```
 
