@@ -15,6 +15,7 @@ const COMMANDS: &[&str] = &[
     "start_training",
     "stop_training",
     "generate_sample",
+    "cancel_generation",
     "list_output_devices",
     "play_audio",
     "stop_audio",
@@ -34,12 +35,18 @@ fn main() {
     tauri_build::try_build(attributes).expect("tauri-build failed");
 }
 
-/// Same rpath as csm-core's build script: the binary finds the wheel's libmlx
-/// at run time (`DEP_MLX_LIB_DIR` comes from the mlx-sys dependency).
+/// Where the binary finds libmlx at run time. Bundles first: the `.deb` and
+/// AppImage ship it in `usr/lib/csm-studio/` beside `usr/bin/csm-app`
+/// (`tauri.linux.conf.json`, `scripts/stage-mlx-libs.sh`). Then, as
+/// csm-core's build script does, the wheel that mlx-sys unpacked
+/// (`DEP_MLX_LIB_DIR`), for `cargo run`, `tauri dev` and the tests.
 fn mlx_rpath() {
     let dir = std::env::var("DEP_MLX_LIB_DIR").expect("mlx-sys publishes DEP_MLX_LIB_DIR");
+    // macOS: tauri-build itself adds `@executable_path/../Frameworks` when
+    // `bundle.macOS.frameworks` is set (and copies them there at build time).
     if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
         println!("cargo:rustc-link-arg=-Wl,--enable-new-dtags");
+        println!("cargo:rustc-link-arg=-Wl,-rpath,$ORIGIN/../lib/csm-studio");
     }
     println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
     let version = std::env::var("DEP_MLX_VERSION").unwrap_or_else(|_| "unknown".into());
