@@ -134,8 +134,11 @@ export function install(): void {
       switch (cmd) {
         case 'app_info':
           return { version: '0.1.0', mlxVersion: '0.32.2', backend: 'cpu', os: 'linux', arch: 'x86_64' };
-        case 'plugin:dialog|open':
-          return (a.options as { directory?: boolean } | undefined)?.directory ? ['/data/voice'] : '/models/csm-1b/model.safetensors';
+        case 'plugin:dialog|open': {
+          const o = a.options as { directory?: boolean; multiple?: boolean } | undefined;
+          if (!o?.directory) return '/models/csm-1b/model.safetensors';
+          return o.multiple ? ['/data/voice'] : '/exports';
+        }
         case 'plugin:dialog|save':
           return '/tmp/out.json';
         case 'plugin:dialog|message':
