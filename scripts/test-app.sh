@@ -8,6 +8,10 @@
 #      WebKitWebDriver under Xvfb: demo assets, a real training run (step
 #      counter, loss chart pixels), stop, playback through cpal into an ALSA
 #      file sink, History; screenshots into docs/images/app-*.png
+#   5. the .deb around that same binary (`tauri bundle --debug`, no second
+#      build): extracted, libmlx must resolve inside it, and it must start
+#      under Xvfb with the MLX wheel cache hidden (scripts/bundle-app.sh;
+#      about 20 s). The release bundle is scripts/bundle-app.sh's job.
 # Usage: scripts/test-app.sh [--no-e2e] [--no-install]
 # Every step fails loudly (set -e); the last line is PASS or the failing step.
 set -euo pipefail
@@ -25,12 +29,14 @@ done
 step() { echo; echo "==> $* ($(date +%T))"; }
 trap 'echo "FAILED at line $LINENO: $BASH_COMMAND" >&2' ERR
 START=$(date +%s)
+ORIG_HOME=$HOME
 export PATH="$HOME/.cargo/bin:$PATH"
 
 if [ "$INSTALL" = 1 ]; then
   step "system packages"
   PKGS="libwebkit2gtk-4.1-dev libsoup-3.0-dev librsvg2-dev libayatana-appindicator3-dev libxdo-dev
-        libgtk-3-dev libasound2-dev webkit2gtk-driver xvfb espeak-ng build-essential pkg-config curl file"
+        libgtk-3-dev libasound2-dev webkit2gtk-driver xvfb espeak-ng build-essential pkg-config curl file
+        patchelf imagemagick"
   MISSING=$(for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
   if [ -n "$MISSING" ]; then
     SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
@@ -87,4 +93,12 @@ if ! xvfb-run -a -s "-screen 0 1280x1024x24" tests/e2e/run.sh; then
   echo "--- tauri-driver log" >&2; tail -50 "$WORK/tauri-driver.log" >&2
   exit 1
 fi
+
+step "debug .deb of the E2E binary: extract, ldd, launch with the MLX cache hidden"
+(
+  export HOME=$ORIG_HOME
+  unset XDG_DATA_HOME XDG_CACHE_HOME
+  scripts/bundle-app.sh --debug --bundle-only
+)
+rm -rf "$ROOT/target/debug/bundle"
 echo "PASS in $(( $(date +%s) - START )) s"

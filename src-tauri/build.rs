@@ -1,5 +1,5 @@
-//! Tauri codegen inputs, the command manifest for the ACL, and the rpath to
-//! MLX's shared library.
+//! Tauri codegen inputs, the command manifest for the ACL, the rpath to
+//! MLX's shared library and, on macOS, the MLX files the bundle ships.
 
 /// The app's own commands; `capabilities/main.json` grants each one to the
 /// `main` window. Keep in sync with `generate_handler!` in `src/lib.rs`.
@@ -15,6 +15,7 @@ const COMMANDS: &[&str] = &[
     "start_training",
     "stop_training",
     "generate_sample",
+    "cancel_generation",
     "list_output_devices",
     "play_audio",
     "stop_audio",
@@ -26,6 +27,7 @@ const COMMANDS: &[&str] = &[
 
 fn main() {
     mlx_rpath();
+    stage_macos_mlx();
     // tauri.conf.json is read through the src-tauri/tauri.conf.json symlink to
     // the repository root's file, so tauri-build, generate_context! and the
     // Tauri CLI all resolve its relative paths from this directory.
@@ -34,14 +36,46 @@ fn main() {
     tauri_build::try_build(attributes).expect("tauri-build failed");
 }
 
-/// Same rpath as csm-core's build script: the binary finds the wheel's libmlx
-/// at run time (`DEP_MLX_LIB_DIR` comes from the mlx-sys dependency).
+/// Where the binary finds libmlx at run time. Bundles first: the `.deb` and
+/// AppImage ship it in `usr/lib/csm-studio/` beside `usr/bin/csm-app`
+/// (`tauri.linux.conf.json`, `scripts/stage-mlx-libs.sh`). Then, as
+/// csm-core's build script does, the wheel that mlx-sys unpacked
+/// (`DEP_MLX_LIB_DIR`), for `cargo run`, `tauri dev` and the tests.
 fn mlx_rpath() {
     let dir = std::env::var("DEP_MLX_LIB_DIR").expect("mlx-sys publishes DEP_MLX_LIB_DIR");
+    // macOS: tauri-build itself adds `@executable_path/../Frameworks` when
+    // `bundle.macOS.frameworks` is set (and copies them there at build time).
     if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
         println!("cargo:rustc-link-arg=-Wl,--enable-new-dtags");
+        println!("cargo:rustc-link-arg=-Wl,-rpath,$ORIGIN/../lib/csm-studio");
     }
     println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
     let version = std::env::var("DEP_MLX_VERSION").unwrap_or_else(|_| "unknown".into());
     println!("cargo:rustc-env=CSM_MLX_VERSION={version}");
+}
+
+/// macOS (UNVERIFIED: no Mac was available): tauri-build copies
+/// `bundle.macOS.frameworks` (`mlx/libmlx.dylib`) into the target dir while it
+/// builds, and the bundler ships `mlx/mlx.metallib` next to it in
+/// `Contents/Frameworks` (`tauri.macos.conf.json`), where MLX looks first (it
+/// loads the metallib colocated with libmlx). Both come from the mlx-metal wheel
+/// that mlx-sys unpacked, which is ready before this script runs.
+fn stage_macos_mlx() {
+    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("macos") {
+        return;
+    }
+    let dir = std::env::var("DEP_MLX_LIB_DIR").expect("mlx-sys publishes DEP_MLX_LIB_DIR");
+    let dest = std::path::Path::new("mlx");
+    std::fs::create_dir_all(dest).expect("creating src-tauri/mlx");
+    for file in ["libmlx.dylib", "mlx.metallib"] {
+        let from = std::path::Path::new(&dir).join(file);
+        println!("cargo:rerun-if-changed={}", from.display());
+        if let Err(e) = std::fs::copy(&from, dest.join(file)) {
+            panic!(
+                "copying {} to src-tauri/mlx/{file}: {e}; the mlx-metal wheel unpacked by mlx-sys \
+                 should hold it (delete its cache folder to unpack it again)",
+                from.display()
+            );
+        }
+    }
 }

@@ -47,6 +47,12 @@ pub enum Error {
     /// Sample generation failed.
     #[error("{0}")]
     Generation(String),
+    /// The user stopped the operation (`cancel_generation`); nothing was written.
+    #[error("{0}")]
+    Cancelled(String),
+    /// A destination that must be new already exists (nothing was changed).
+    #[error("{} already exists; choose another folder or move it away first", .0.display())]
+    AlreadyExists(PathBuf),
     /// Anything else (a bug or an environment problem).
     #[error("{0}")]
     Internal(String),
@@ -79,6 +85,8 @@ impl Error {
             Error::NotRunning(_) => "notRunning",
             Error::Training(_) => "training",
             Error::Generation(_) => "generation",
+            Error::Cancelled(_) => "cancelled",
+            Error::AlreadyExists(_) => "alreadyExists",
             Error::Internal(_) => "internal",
         }
     }

@@ -34,6 +34,7 @@ pub fn app_builder<R: Runtime>(builder: Builder<R>) -> Builder<R> {
             commands::training::start_training,
             commands::training::stop_training,
             commands::generate::generate_sample,
+            commands::generate::cancel_generation,
             commands::audio::list_output_devices,
             commands::audio::play_audio,
             commands::audio::stop_audio,

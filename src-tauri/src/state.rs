@@ -2,6 +2,7 @@
 //! where runs live, the active training job and the audio player.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tauri::{AppHandle, Manager, Runtime};
@@ -161,6 +162,54 @@ impl TrainingJobs {
     }
 }
 
+/// Cancel flags of the `generate_sample` calls in progress (the Samples
+/// screen's stop button cancels all of them, e.g. both halves of an A/B).
+#[derive(Debug, Default)]
+pub struct GenerationJobs(Mutex<Vec<(u64, csm_core::train::CancelToken)>>, AtomicU64);
+
+impl GenerationJobs {
+    /// Registers a generation; the guard unregisters it when dropped.
+    pub fn start(&self) -> GenerationGuard<'_> {
+        let id = self.1.fetch_add(1, Ordering::Relaxed);
+        let cancel = csm_core::train::CancelToken::new();
+        self.0
+            .lock()
+            .expect("generation jobs lock")
+            .push((id, cancel.clone()));
+        GenerationGuard {
+            jobs: self,
+            id,
+            cancel,
+        }
+    }
+
+    /// Cancels every generation in progress; returns how many there were.
+    pub fn cancel_all(&self) -> usize {
+        let jobs = self.0.lock().expect("generation jobs lock");
+        for (_, cancel) in jobs.iter() {
+            cancel.cancel();
+        }
+        jobs.len()
+    }
+}
+
+/// One registered generation (see [`GenerationJobs::start`]).
+#[derive(Debug)]
+pub struct GenerationGuard<'a> {
+    jobs: &'a GenerationJobs,
+    id: u64,
+    /// Set by [`GenerationJobs::cancel_all`].
+    pub cancel: csm_core::train::CancelToken,
+}
+
+impl Drop for GenerationGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut jobs) = self.jobs.0.lock() {
+            jobs.retain(|(id, _)| *id != self.id);
+        }
+    }
+}
+
 /// The app data dir (`~/.local/share/<identifier>` on Linux), created.
 pub fn data_dir<R: Runtime>(app: &AppHandle<R>) -> Result<PathBuf> {
     let dir = app
@@ -177,5 +226,6 @@ pub fn manage<R: Runtime>(builder: tauri::Builder<R>) -> tauri::Builder<R> {
         .manage(AllowedPaths::default())
         .manage(RunRoots::default())
         .manage(TrainingJobs::default())
+        .manage(GenerationJobs::default())
         .manage(crate::commands::audio::Player::default())
 }

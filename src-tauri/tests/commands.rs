@@ -7,9 +7,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use csm_app_lib::commands::generate::{self, GenerateRequest, GenerationEvent};
 use csm_app_lib::commands::training::{self, RunConfig};
 use csm_app_lib::contract::TrainingEvent;
-use csm_app_lib::state::{AllowedPaths, RunRoots, TrainingJobs};
+use csm_app_lib::state::{AllowedPaths, GenerationJobs, RunRoots, TrainingJobs};
+use csm_core::train::CancelToken;
 use serde_json::{json, Value};
 use tauri::ipc::{CallbackFn, InvokeBody};
 use tauri::test::{
@@ -279,33 +281,75 @@ fn commands_on_the_demo_end_to_end() {
         .unwrap_err();
     assert_eq!(err["kind"], "notFound");
 
-    // Export: the final adapter, then a training checkpoint's adapter.
+    // Export: the final adapter, then a training checkpoint's adapter, each
+    // into a new folder inside the chosen one; nothing is ever overwritten.
     let out = tempfile::tempdir().unwrap();
     ui.allow(out.path());
-    let dest = out.path().join("voice-adapter.safetensors");
-    let written = ui
-        .invoke(
+    let export = |ckpt: &Value| {
+        ui.invoke(
             "export_adapter",
-            json!({ "runId": id, "checkpoint": null, "dest": dest }),
+            json!({ "runId": id, "checkpoint": ckpt, "dest": out.path() }),
         )
-        .unwrap();
-    assert_eq!(written, json!(dest));
-    assert!(dest.is_file() && out.path().join("adapter_config.json").is_file());
+    };
+    let written = export(&Value::Null).unwrap();
+    let folder = out.path().join(&id);
+    assert_eq!(written, json!(folder));
+    for f in [
+        "adapters.safetensors",
+        "adapter_config.json",
+        "peft/adapter_model.safetensors",
+        "peft/adapter_config.json",
+    ] {
+        assert!(folder.join(f).is_file(), "{f} exported");
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        leftovers,
+        [std::ffi::OsString::from(&id)],
+        "no temp files left"
+    );
+    // A second export of the same adapter is refused and touches nothing.
+    std::fs::write(folder.join("adapter_config.json"), "mine").unwrap();
+    let err = export(&Value::Null).unwrap_err();
+    assert_eq!(err["kind"], "alreadyExists", "{err}");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains(folder.to_str().unwrap()),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(folder.join("adapter_config.json")).unwrap(),
+        "mine"
+    );
     let ckpt = &run["checkpoints"][0]["path"];
-    let dest2 = out.path().join("ckpt").join("a.safetensors");
-    ui.invoke(
-        "export_adapter",
-        json!({ "runId": id, "checkpoint": ckpt, "dest": dest2 }),
-    )
-    .unwrap();
-    assert!(dest2.is_file());
+    let written = export(ckpt).unwrap();
+    let stem = Path::new(ckpt.as_str().unwrap()).file_stem().unwrap();
+    let folder2 = out.path().join(format!("{id}-{}", stem.to_string_lossy()));
+    assert_eq!(written, json!(folder2));
+    assert!(folder2.join("adapters.safetensors").is_file());
+    assert!(folder2.join("adapter_config.json").is_file());
+    let missing = export(&Value::Null);
+    assert_eq!(missing.unwrap_err()["kind"], "alreadyExists");
     let not_allowed = ui
         .invoke(
             "export_adapter",
-            json!({ "runId": id, "checkpoint": null, "dest": "/tmp/elsewhere.safetensors" }),
+            json!({ "runId": id, "checkpoint": null, "dest": "/tmp" }),
         )
         .unwrap_err();
     assert_eq!(not_allowed["kind"], "invalidInput");
+    let no_dest = out.path().join("not-there");
+    let err = ui
+        .invoke(
+            "export_adapter",
+            json!({ "runId": id, "checkpoint": null, "dest": no_dest }),
+        )
+        .unwrap_err();
+    assert_eq!(err["kind"], "notFound", "{err}");
 
     // The measured run now gives an estimate.
     let est = ui.invoke("estimate_run", json!({ "config": cfg })).unwrap();
@@ -318,7 +362,7 @@ fn commands_on_the_demo_end_to_end() {
             "text": "Hello there.", "speakerId": 0, "contextAudio": null, "contextText": null,
             "checkpoint": ckpt, "modelPath": demo["modelPath"], "mimiPath": demo["mimiPath"],
             "tokenizerPath": demo["tokenizerPath"], "seed": 3, "temperature": 0.9, "topK": 20,
-            "maxAudioSecs": 0.8 } })
+            "maxAudioSecs": 0.8 }, "onProgress": "__CHANNEL__:1" })
     };
     let t = Instant::now();
     let base = ui.invoke("generate_sample", req(&Value::Null)).unwrap();
@@ -336,6 +380,93 @@ fn commands_on_the_demo_end_to_end() {
         .invoke("generate_sample", req(&json!("/no/such/ckpt")))
         .unwrap_err();
     assert_eq!(err["kind"], "notFound");
+
+    // Progress: a loading and a generating phase, then one event per frame,
+    // counting up to the frames of the audio written.
+    let mut request: GenerateRequest =
+        serde_json::from_value(req(&Value::Null)["request"].clone()).unwrap();
+    request.max_audio_secs = 1.6;
+    let samples_dir = tempfile::tempdir().unwrap();
+    let events = Mutex::new(Vec::new());
+    let on_event = |e: GenerationEvent| events.lock().unwrap().push(e);
+    let sample =
+        generate::generate(&request, samples_dir.path(), &on_event, &CancelToken::new()).unwrap();
+    let events = events.into_inner().unwrap();
+    let wire: Vec<Value> = events
+        .iter()
+        .map(|e| serde_json::to_value(e).unwrap())
+        .collect();
+    assert_eq!(
+        wire[0],
+        json!({"event": "phase", "data": {"phase": "loading"}})
+    );
+    assert_eq!(
+        wire[1],
+        json!({"event": "phase", "data": {"phase": "generating"}})
+    );
+    let frames: Vec<u64> = wire[2..]
+        .iter()
+        .map(|e| {
+            assert_eq!(e["event"], "progress", "{e}");
+            assert_eq!(e["data"]["maxFrames"], 20, "{e}");
+            assert!(e["data"]["elapsedSecs"].as_f64().unwrap() > 0.0, "{e}");
+            e["data"]["frames"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        frames,
+        (1..=frames.len() as u64).collect::<Vec<_>>(),
+        "frames count up by one"
+    );
+    let last = wire.last().unwrap();
+    assert!(
+        (last["data"]["audioSecs"].as_f64().unwrap() - frames.len() as f64 * 0.08).abs() < 1e-9
+    );
+    assert!(
+        (sample.duration_secs - frames.len() as f64 * 0.08).abs() < 1e-6,
+        "{}",
+        sample.duration_secs
+    );
+
+    // Cancel after two frames: a `cancelled` error and no file written.
+    let cancel = CancelToken::new();
+    let stopper = cancel.clone();
+    let on_event = move |e: GenerationEvent| {
+        if let GenerationEvent::Progress { frames: 2, .. } = e {
+            stopper.cancel();
+        }
+    };
+    let before = std::fs::read_dir(samples_dir.path()).unwrap().count();
+    let err = generate::generate(&request, samples_dir.path(), &on_event, &cancel).unwrap_err();
+    let err = serde_json::to_value(&err).unwrap();
+    assert_eq!(err["kind"], "cancelled", "{err}");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("after 2 of 20 frames"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_dir(samples_dir.path()).unwrap().count(),
+        before,
+        "no file written"
+    );
+
+    // cancel_generation flips the flag of every generation in progress.
+    let jobs = ui.app.state::<GenerationJobs>();
+    let job = jobs.start();
+    assert_eq!(
+        ui.invoke("cancel_generation", json!({})).unwrap(),
+        Value::Null
+    );
+    assert!(job.cancel.is_cancelled());
+    drop(job);
+    assert_eq!(
+        jobs.cancel_all(),
+        0,
+        "finished generations are unregistered"
+    );
 
     // Stop mid-run: a checkpoint, then finished/stopped.
     let long = config(&demo, &runs_root, 20);

@@ -6,7 +6,8 @@
 //   CSM_E2E_SHOTS     where screenshots go (docs/images)
 // Flow: demo model + dataset (no native dialogs) -> parameters -> a REAL
 // training run (step counter advances, loss chart draws) -> stop -> play
-// audio through cpal into the ALSA file sink -> History.
+// audio through cpal into the ALSA file sink -> a generation's progress bar,
+// stopped -> a generated sample, played -> History.
 import { remote } from 'webdriverio';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
@@ -148,8 +149,25 @@ try {
   });
   log('run stopped');
 
-  // 7. Samples: generate with the latest checkpoint, then play it into the sink.
+  // 7. Samples: a generation streams its progress and can be stopped (no sample);
+  // then generate with the latest checkpoint and play it into the sink.
   await tab('Samples');
+  const framesDone = async () =>
+    Number((await browser.$('[aria-label="Generation progress"]').getAttribute('aria-valuenow').catch(() => '0')) ?? 0);
+  await (await browser.$('button.primary=Generate')).click();
+  await browser.waitUntil(async () => (await framesDone()) >= 3, {
+    timeout: 120_000,
+    interval: 200,
+    timeoutMsg: `no generation progress arrived: ${await browser.$('main').getText().catch(() => '')}`,
+  });
+  await shot('app-samples-progress.png');
+  await (await browser.$('button=Stop generating')).click();
+  await browser.waitUntil(async () => (await browser.$('main').getText()).includes('Stopped: generation cancelled'), {
+    timeout: 60_000,
+    timeoutMsg: `the generation did not stop: ${await browser.$('main').getText().catch(() => '')}`,
+  });
+  if ((await browser.$$('[data-testid="sample"]')).length > 0) fail('a cancelled generation produced a sample');
+  log('generation progress shown, generation cancelled');
   await (await browser.$('button.primary=Generate')).click();
   await browser.waitUntil(async () => (await browser.$$('[data-testid="sample"]')).length > 0, {
     timeout: 300_000,

@@ -85,12 +85,12 @@ describe('History screen', () => {
     expect(diff).not.toContain('learning_rate');
   });
 
-  it('reveals the folder and exports the adapter', async () => {
+  it('reveals the folder and exports the adapter into a new folder', async () => {
     const log = ipc({
       list_runs: () => [run('a')],
       reveal_path: () => null,
-      'plugin:dialog|save': () => '/exports/a.safetensors',
-      export_adapter: (a) => a.dest,
+      'plugin:dialog|open': () => '/exports',
+      export_adapter: (a) => `${a.dest}/a`,
     });
     render(History);
     await flush();
@@ -99,7 +99,34 @@ describe('History screen', () => {
     await fireEvent.click(within(row).getByRole('button', { name: 'Export adapter…' }));
     await flush();
     expect(log.of('reveal_path')[0]).toEqual({ path: '/runs/a' });
-    expect(log.of('export_adapter')[0]).toEqual({ runId: 'a', checkpoint: null, dest: '/exports/a.safetensors' });
-    expect(app.notices.at(-1)?.text).toBe('Adapter exported to /exports/a.safetensors');
+    expect((log.of('plugin:dialog|open')[0]?.options as { directory: boolean }).directory).toBe(true);
+    expect(log.of('export_adapter')[0]).toEqual({ runId: 'a', checkpoint: null, dest: '/exports' });
+    expect(app.notices.at(-1)?.text).toBe('Adapter exported to /exports/a/');
+  });
+
+  it('shows why an export was refused', async () => {
+    ipc({
+      list_runs: () => [run('a')],
+      'plugin:dialog|open': () => '/exports',
+      export_adapter: () => Promise.reject({ kind: 'alreadyExists', message: '/exports/a already exists; choose another folder or move it away first' }),
+    });
+    render(History);
+    await flush();
+    const row = screen.getByText('a', { selector: 'b' }).closest('tr') as HTMLElement;
+    await fireEvent.click(within(row).getByRole('button', { name: 'Export adapter…' }));
+    await flush();
+    const notice = app.notices.at(-1);
+    expect(notice?.text).toBe('Export failed: /exports/a already exists; choose another folder or move it away first');
+    expect(notice?.level).toBe('error');
+  });
+
+  it('does nothing when the folder dialog is cancelled', async () => {
+    const log = ipc({ list_runs: () => [run('a')], 'plugin:dialog|open': () => null, export_adapter: () => '/x' });
+    render(History);
+    await flush();
+    const row = screen.getByText('a', { selector: 'b' }).closest('tr') as HTMLElement;
+    await fireEvent.click(within(row).getByRole('button', { name: 'Export adapter…' }));
+    await flush();
+    expect(log.of('export_adapter')).toHaveLength(0);
   });
 });

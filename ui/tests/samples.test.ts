@@ -3,7 +3,8 @@ import { fireEvent, render, screen } from '@testing-library/svelte';
 import Samples from '../src/screens/Samples.svelte';
 import { app } from '../src/lib/store.svelte';
 import { applyEvent } from '../src/lib/run';
-import type { GenerateRequest } from '../src/lib/api';
+import type { Channel } from '@tauri-apps/api/core';
+import type { GenerateRequest, GeneratedSample, GenerationEvent } from '../src/lib/api';
 import { flush, ipc } from './helpers';
 
 const devices = [
@@ -80,5 +81,67 @@ describe('Samples screen', () => {
     await fireEvent.click(screen.getByRole('button', { name: 'Generate' }));
     await flush();
     expect(screen.getByRole('alert').textContent).toContain('checkpoint rank 8 does not match');
+  });
+
+  /** A generate_sample handler that stays pending until the test settles it. */
+  function pending() {
+    const calls: { channel: Channel<GenerationEvent>; resolve: (s: GeneratedSample) => void; reject: (e: unknown) => void; args: Record<string, unknown> }[] = [];
+    const handler = (a: Record<string, unknown>) =>
+      new Promise((resolve, reject) => calls.push({ channel: a.onProgress as Channel<GenerationEvent>, resolve, reject, args: a }));
+    return { calls, handler };
+  }
+
+  it('shows generation progress from the channel', async () => {
+    const gen2 = pending();
+    ipc({ list_output_devices: () => devices, generate_sample: gen2.handler });
+    app.config.model_path = '/m';
+    render(Samples);
+    await fireEvent.click(screen.getByRole('button', { name: 'Generate' }));
+    await flush();
+    const call = gen2.calls[0]!;
+    call.channel.onmessage({ event: 'phase', data: { phase: 'loading' } });
+    await flush();
+    expect(screen.getByTestId('gen-progress').textContent).toMatch(/loading the model/);
+    call.channel.onmessage({ event: 'phase', data: { phase: 'generating' } });
+    for (const frames of [1, 2, 3]) {
+      call.channel.onmessage({ event: 'progress', data: { frames, maxFrames: 250, audioSecs: frames * 0.08, elapsedSecs: 4 + frames } });
+    }
+    await flush();
+    const bar = screen.getByRole('progressbar', { name: 'Generation progress' });
+    expect(bar.getAttribute('aria-valuenow')).toBe('3');
+    expect(bar.getAttribute('aria-valuemax')).toBe('250');
+    const text = screen.getByTestId('gen-progress').textContent ?? '';
+    expect(text).toContain('frame 3 / 250');
+    expect(text).toContain('0.24 s of audio');
+    expect((screen.getByRole('button', { name: 'Generate' }) as HTMLButtonElement).disabled).toBe(true);
+    call.resolve(gen(call.args));
+    await flush(10);
+    expect(screen.queryByTestId('gen-progress')).toBeNull();
+    expect(screen.queryByRole('button', { name: 'Stop generating' })).toBeNull();
+    expect(screen.getAllByTestId('sample')).toHaveLength(1);
+  });
+
+  it('stops an A/B generation: cancel_generation, no error, no second half', async () => {
+    const gen2 = pending();
+    const log = ipc({ list_output_devices: () => devices, generate_sample: gen2.handler, cancel_generation: () => null });
+    app.config.model_path = '/m';
+    applyEvent(app.run, { event: 'checkpoint', data: { step: 100, path: '/runs/r/ckpt-100', mode: 'lora' } });
+    app.run = { ...app.run };
+    render(Samples);
+    await fireEvent.click(screen.getByRole('button', { name: 'A/B: base vs fine-tuned' }));
+    await flush();
+    gen2.calls[0]!.channel.onmessage({ event: 'progress', data: { frames: 4, maxFrames: 250, audioSecs: 0.32, elapsedSecs: 6 } });
+    await fireEvent.click(screen.getByRole('button', { name: 'Stop generating' }));
+    await flush();
+    expect(log.of('cancel_generation')).toHaveLength(1);
+    expect(screen.getByRole('button', { name: 'Stopping…' })).toBeTruthy();
+    gen2.calls[0]!.reject({ kind: 'cancelled', message: 'generation cancelled after 5 of 250 frames; no file was written' });
+    await flush(10);
+    expect(log.of('generate_sample')).toHaveLength(1);
+    expect(screen.queryByRole('alert')).toBeNull();
+    expect(screen.getByText(/Stopped: generation cancelled after 5 of 250 frames/)).toBeTruthy();
+    expect(screen.queryByTestId('gen-progress')).toBeNull();
+    expect((screen.getByRole('button', { name: 'Generate' }) as HTMLButtonElement).disabled).toBe(false);
+    expect(app.generated).toHaveLength(0);
   });
 });

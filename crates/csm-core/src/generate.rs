@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 use mlx_rs::error::Exception;
 use mlx_rs::{Array, Dtype};
 
+use crate::train::CancelToken;
+
 pub use adapter::{apply_adapter, AdapterConfig, AdapterInfo, ADAPTER_CONFIG_FILE, ADAPTER_FILE};
 pub use sampling::{top_k_mask, Sampler};
 
@@ -107,6 +109,14 @@ pub enum GenerateError {
         path: PathBuf,
         /// Every mismatch found.
         problems: Vec<String>,
+    },
+    /// The caller's [`CancelToken`] stopped the frame loop.
+    #[error("generation cancelled after {frames} of at most {max_frames} frames")]
+    Cancelled {
+        /// Frames generated before the stop.
+        frames: usize,
+        /// The cap.
+        max_frames: usize,
     },
 }
 
@@ -362,7 +372,28 @@ pub fn generate_frames(
     prompt_mask: &Array,
     cfg: &SamplingConfig,
     options: &FrameOptions,
+    progress: Option<&mut dyn FnMut(&FrameProgress)>,
+) -> Result<GeneratedFrames, GenerateError> {
+    frame_loop(
+        csm,
+        prompt_tokens,
+        prompt_mask,
+        cfg,
+        options,
+        progress,
+        None,
+    )
+}
+
+/// [`generate_frames`], checking `cancel` before every frame.
+fn frame_loop(
+    csm: &mut Csm,
+    prompt_tokens: &Array,
+    prompt_mask: &Array,
+    cfg: &SamplingConfig,
+    options: &FrameOptions,
     mut progress: Option<&mut dyn FnMut(&FrameProgress)>,
+    cancel: Option<&CancelToken>,
 ) -> Result<GeneratedFrames, GenerateError> {
     let n_cb = csm.config.audio_num_codebooks;
     let shape = prompt_tokens.shape();
@@ -398,6 +429,12 @@ pub fn generate_frames(
     let mut codes = Vec::new();
     let mut stopped_on_eos = false;
     for i in 0..options.max_frames {
+        if cancel.is_some_and(CancelToken::is_cancelled) {
+            return Err(GenerateError::Cancelled {
+                frames: codes.len(),
+                max_frames: options.max_frames,
+            });
+        }
         let frame = csm.generate_frame(&h, &mut |logits, _cb| sampler.sample(logits, limit))?; // [1, n_cb]
                                                                                                // Queue the feedback step before reading the codes, so the device
                                                                                                // runs it while the host checks for EOS and builds the next frame.
@@ -617,6 +654,25 @@ impl Generator {
         cfg: &SamplingConfig,
         progress: Option<&mut dyn FnMut(&FrameProgress)>,
     ) -> Result<Generated, GenerateError> {
+        self.generate_cancellable(context, text, speaker, cfg, progress, None)
+    }
+
+    /// [`Generator::generate_with_progress`] that stops before the next
+    /// frame once `cancel` is set (the app's stop button).
+    ///
+    /// # Errors
+    /// As [`Generator::generate_with_progress`], plus
+    /// [`GenerateError::Cancelled`] when `cancel` stopped it (nothing is
+    /// decoded then).
+    pub fn generate_cancellable(
+        &mut self,
+        context: &[Segment],
+        text: &str,
+        speaker: u32,
+        cfg: &SamplingConfig,
+        progress: Option<&mut dyn FnMut(&FrameProgress)>,
+        cancel: Option<&CancelToken>,
+    ) -> Result<Generated, GenerateError> {
         cfg.validate()?;
         let start = Instant::now();
         let prompt = self.prompt(context, text, speaker)?;
@@ -627,7 +683,15 @@ impl Generator {
             stop_on_eos: true,
             code_limit: Some(self.mimi.config.quantizer.bins),
         };
-        let out = generate_frames(&mut self.csm, &tokens, &mask, cfg, &options, progress)?;
+        let out = frame_loop(
+            &mut self.csm,
+            &tokens,
+            &mask,
+            cfg,
+            &options,
+            progress,
+            cancel,
+        )?;
         let decode_start = Instant::now();
         let audio = self.decode(&out.codes)?;
         let decode = decode_start.elapsed();

@@ -1,17 +1,62 @@
 //! `generate_sample`: speaks a text with the base model or a fine-tuned
-//! checkpoint (`csm_core::generate`), writes a 24 kHz WAV under the app
-//! data dir and returns its peaks for the waveform.
+//! checkpoint (`csm_core::generate`), streaming progress over a channel,
+//! writes a 24 kHz WAV under the app data dir and returns its peaks for the
+//! waveform. `cancel_generation` stops it before the next frame.
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use csm_core::data::audio::{load_mono_24k, write_wav, WavEncoding};
 use csm_core::data::TARGET_SAMPLE_RATE;
-use csm_core::generate::{Generator, SamplingConfig, Segment};
+use csm_core::generate::{
+    FrameProgress, GenerateError, Generator, SamplingConfig, Segment, FRAME_MS,
+};
+use csm_core::train::CancelToken;
 use serde::{Deserialize, Serialize};
+use tauri::ipc::Channel;
 use tauri::{AppHandle, Runtime, State};
 
 use crate::error::{blocking, Error, Result};
-use crate::state::{data_dir, AllowedPaths};
+use crate::state::{data_dir, AllowedPaths, GenerationJobs};
+
+/// What `generate_sample` is doing (mirrors `GenerationPhase` in `api.ts`).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum GenerationPhase {
+    /// Loading the model, codec, tokenizer and adapter.
+    Loading,
+    /// Encoding the prompt and generating frames (`progress` events follow;
+    /// Mimi decoding and writing the WAV come after the last one).
+    Generating,
+}
+
+/// Progress of one `generate_sample` call, sent on its channel
+/// (mirrors `GenerationEvent` in `api.ts`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    tag = "event",
+    content = "data"
+)]
+pub enum GenerationEvent {
+    /// A new phase started.
+    Phase {
+        /// The phase.
+        phase: GenerationPhase,
+    },
+    /// After every generated frame.
+    Progress {
+        /// Frames generated so far.
+        frames: usize,
+        /// Frames at most (`maxAudioSecs` at 12.5 frames per second).
+        max_frames: usize,
+        /// Seconds of audio the frames so far make.
+        audio_secs: f64,
+        /// Seconds since the command started (model loading included).
+        elapsed_secs: f64,
+    },
+}
 
 /// Mirrors `GenerateRequest` in `ui/src/lib/api.ts`.
 #[derive(Debug, Clone, Deserialize)]
@@ -65,15 +110,20 @@ pub struct GeneratedSample {
     pub text: String,
 }
 
-/// Generates one sample (deterministic for a seed).
+/// Generates one sample (deterministic for a seed), sending
+/// [`GenerationEvent`]s on `on_progress` (best effort: a closed window never
+/// fails the generation).
 ///
 /// # Errors
-/// `notFound`, `modelLoad` (model, codec, tokenizer or adapter), `generation`.
+/// `notFound`, `modelLoad` (model, codec, tokenizer or adapter), `generation`,
+/// `cancelled` when `cancel_generation` stopped it (no file is written).
 #[tauri::command]
 pub async fn generate_sample<R: Runtime>(
     app: AppHandle<R>,
     allowed: State<'_, AllowedPaths>,
+    jobs: State<'_, GenerationJobs>,
     request: GenerateRequest,
+    on_progress: Channel<GenerationEvent>,
 ) -> Result<GeneratedSample> {
     for p in [
         Some(&request.model_path),
@@ -90,14 +140,54 @@ pub async fn generate_sample<R: Runtime>(
         allowed.check(&app, p)?;
     }
     let out_dir = data_dir(&app)?.join("samples");
-    blocking("generate_sample", move || generate(&request, &out_dir)).await
+    let job = jobs.start();
+    let cancel = job.cancel.clone();
+    let send = move |event: GenerationEvent| {
+        let _ = on_progress.send(event);
+    };
+    let result = blocking("generate_sample", move || {
+        generate(&request, &out_dir, &send, &cancel)
+    })
+    .await;
+    drop(job);
+    result
 }
 
-/// Synchronous body of [`generate_sample`] (MLX runs on this thread only).
-pub fn generate(req: &GenerateRequest, out_dir: &Path) -> Result<GeneratedSample> {
+/// Stops every `generate_sample` in progress before its next frame; they
+/// then fail with `cancelled`. Does nothing when none is running.
+///
+/// # Errors
+/// None in practice (the signature is the commands' `Result`).
+#[tauri::command]
+pub async fn cancel_generation(jobs: State<'_, GenerationJobs>) -> Result<()> {
+    jobs.cancel_all();
+    Ok(())
+}
+
+fn cancelled(cancel: &CancelToken, what: &str) -> Result<()> {
+    if cancel.is_cancelled() {
+        return Err(Error::Cancelled(format!(
+            "generation cancelled {what}; no file was written"
+        )));
+    }
+    Ok(())
+}
+
+/// Synchronous body of [`generate_sample`] (MLX runs on this thread only):
+/// `on_event` gets the progress, `cancel` stops it before the next frame.
+pub fn generate(
+    req: &GenerateRequest,
+    out_dir: &Path,
+    on_event: &dyn Fn(GenerationEvent),
+    cancel: &CancelToken,
+) -> Result<GeneratedSample> {
     if req.text.trim().is_empty() {
         return Err(Error::InvalidInput("the text to speak is empty".into()));
     }
+    let start = Instant::now();
+    on_event(GenerationEvent::Phase {
+        phase: GenerationPhase::Loading,
+    });
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
     let backend = csm_core::runtime::use_best_device();
     let mut generator = Generator::load(
@@ -128,9 +218,33 @@ pub fn generate(req: &GenerateRequest, out_dir: &Path) -> Result<GeneratedSample
         seed: req.seed,
         max_audio_ms: (req.max_audio_secs.max(0.08) * 1000.0) as u32,
     };
+    cancelled(cancel, "while loading the model")?;
+    on_event(GenerationEvent::Phase {
+        phase: GenerationPhase::Generating,
+    });
+    let mut on_frame = |p: &FrameProgress| {
+        on_event(GenerationEvent::Progress {
+            frames: p.frames,
+            max_frames: p.max_frames,
+            audio_secs: p.frames as f64 * f64::from(FRAME_MS) / 1000.0,
+            elapsed_secs: start.elapsed().as_secs_f64(),
+        });
+    };
     let out = generator
-        .generate(&context, &req.text, req.speaker_id, &sampling)
-        .map_err(|e| Error::Generation(e.to_string()))?;
+        .generate_cancellable(
+            &context,
+            &req.text,
+            req.speaker_id,
+            &sampling,
+            Some(&mut on_frame),
+            Some(cancel),
+        )
+        .map_err(|e| match e {
+            GenerateError::Cancelled { frames, max_frames } => Error::Cancelled(format!(
+                "generation cancelled after {frames} of {max_frames} frames; no file was written"
+            )),
+            e => Error::Generation(e.to_string()),
+        })?;
     let id = format!(
         "{}-{}-seed{}",
         super::history::format_time(std::time::SystemTime::now(), true),
@@ -189,9 +303,7 @@ fn adapter_path(ckpt: &Path, out_dir: &Path) -> Result<PathBuf> {
             .unwrap_or_default()
     );
     let dir = out_dir.join("adapters").join(stem);
-    let file = dir.join("adapters.safetensors");
-    if !file.is_file() {
-        super::history::export(resolved.parent().unwrap_or(run_dir), Some(&resolved), &file)?;
-    }
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    super::history::extract_checkpoint_adapter(&resolved, &dir)?;
     Ok(dir)
 }

@@ -133,10 +133,13 @@ pub async fn run_metrics<R: Runtime>(
     blocking("run_metrics", move || metrics(&find_run(&roots, &run_id)?)).await
 }
 
-/// Copies a run's adapter (final, or from `checkpoint`) to `dest`.
+/// Exports a run's adapter (final, or from `checkpoint`) into a new folder
+/// inside `dest` (see [`export`]); returns that folder.
 ///
 /// # Errors
-/// `notFound` (run or adapter), `io`, `invalidInput` for a `dest` the user did not choose.
+/// `notFound` (run or adapter), `alreadyExists` when the export folder is
+/// there already (nothing is touched), `io`, `invalidInput` for a `dest` the
+/// user did not choose.
 #[tauri::command]
 pub async fn export_adapter<R: Runtime>(
     app: AppHandle<R>,
@@ -149,7 +152,12 @@ pub async fn export_adapter<R: Runtime>(
     allowed.check(&app, &dest)?;
     let roots = roots.all(&app)?;
     blocking("export_adapter", move || {
-        export(&find_run(&roots, &run_id)?, checkpoint.as_deref(), &dest)
+        export(
+            &find_run(&roots, &run_id)?,
+            &run_id,
+            checkpoint.as_deref(),
+            &dest,
+        )
     })
     .await
 }
@@ -432,23 +440,68 @@ impl From<StepReportJson> for csm_core::train::StepReport {
     }
 }
 
-/// Synchronous body of [`export_adapter`]: the final `adapters.safetensors`
-/// (when `checkpoint` is `None` and the run completed), else the adapter
-/// tensors of the given (or newest) training checkpoint. `adapter_config.json`
-/// is written beside `dest`, so `csm` and `load_mlx` can load it.
-pub fn export(run_dir: &Path, checkpoint: Option<&Path>, dest: &Path) -> Result<PathBuf> {
-    let dest_dir = dest
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dest_dir).map_err(|e| Error::io(dest_dir, e))?;
-    let final_adapter = run_dir.join("adapters.safetensors");
-    if checkpoint.is_none() && final_adapter.is_file() {
-        std::fs::copy(&final_adapter, dest).map_err(|e| Error::io(dest, e))?;
-        let cfg = run_dir.join("adapter_config.json");
-        let out = dest_dir.join("adapter_config.json");
-        std::fs::copy(&cfg, &out).map_err(|e| Error::io(&cfg, e))?;
-        return Ok(dest.to_path_buf());
+/// Synchronous body of [`export_adapter`]: writes the adapter into the new
+/// folder `<dest_dir>/<run id>` (final adapter) or
+/// `<dest_dir>/<run id>-<checkpoint stem>` and returns it. The folder holds
+/// `adapters.safetensors` + `adapter_config.json` (mlx_lm layout, loadable by
+/// `csm` and `adapter::load_mlx`) and, for a final adapter the run saved in
+/// PEFT layout too, `peft/`. Never overwrites: an existing folder of that
+/// name is an `alreadyExists` error. Everything is written into a hidden
+/// temporary folder beside it, which is renamed into place at the end, so a
+/// failed export leaves nothing behind.
+pub fn export(
+    run_dir: &Path,
+    run_id: &str,
+    checkpoint: Option<&Path>,
+    dest_dir: &Path,
+) -> Result<PathBuf> {
+    if !dest_dir.is_dir() {
+        return Err(Error::NotFound(dest_dir.to_path_buf()));
+    }
+    let source = adapter_source(run_dir, checkpoint)?;
+    let name = match &source {
+        AdapterSource::Final => run_id.to_string(),
+        AdapterSource::Checkpoint(c) => format!(
+            "{run_id}-{}",
+            c.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        ),
+    };
+    let target = dest_dir.join(&name);
+    if target.symlink_metadata().is_ok() {
+        return Err(Error::AlreadyExists(target));
+    }
+    let staging = dest_dir.join(format!(".{name}.export-{}", std::process::id()));
+    std::fs::create_dir(&staging).map_err(|e| Error::io(&staging, e))?;
+    let written = write_adapter(run_dir, &source, &staging).and_then(|()| {
+        // Checked again right before the rename: on Linux, renaming a folder
+        // onto an existing empty folder would replace it.
+        if target.symlink_metadata().is_ok() {
+            return Err(Error::AlreadyExists(target.clone()));
+        }
+        std::fs::rename(&staging, &target).map_err(|e| Error::io(&target, e))
+    });
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(e);
+    }
+    Ok(target)
+}
+
+/// Which adapter of a run to export.
+enum AdapterSource {
+    /// The run's final `adapters.safetensors` (+ `peft/` when saved).
+    Final,
+    /// The adapter tensors of this training checkpoint.
+    Checkpoint(PathBuf),
+}
+
+/// The final adapter when `checkpoint` is `None` and the run saved one, else
+/// the given (or newest) `checkpoint_step_*.safetensors` of `run_dir`.
+fn adapter_source(run_dir: &Path, checkpoint: Option<&Path>) -> Result<AdapterSource> {
+    if checkpoint.is_none() && run_dir.join("adapters.safetensors").is_file() {
+        return Ok(AdapterSource::Final);
     }
     let ckpt = match checkpoint {
         Some(c) => {
@@ -469,12 +522,39 @@ pub fn export(run_dir: &Path, checkpoint: Option<&Path>, dest: &Path) -> Result<
     if !ckpt.is_file() {
         return Err(Error::NotFound(ckpt));
     }
+    Ok(AdapterSource::Checkpoint(ckpt))
+}
+
+/// Writes `adapters.safetensors` + `adapter_config.json` (and `peft/` for a
+/// final adapter that has it) of `run_dir` into the existing folder `dir`.
+fn write_adapter(run_dir: &Path, source: &AdapterSource, dir: &Path) -> Result<()> {
+    let ckpt = match source {
+        AdapterSource::Final => {
+            for file in ["adapters.safetensors", "adapter_config.json"] {
+                copy_atomic(&run_dir.join(file), &dir.join(file))?;
+            }
+            let peft = run_dir.join("peft");
+            if peft.is_dir() {
+                let out = dir.join("peft");
+                std::fs::create_dir(&out).map_err(|e| Error::io(&out, e))?;
+                for entry in std::fs::read_dir(&peft).map_err(|e| Error::io(&peft, e))? {
+                    let entry = entry.map_err(|e| Error::io(&peft, e))?;
+                    if entry.path().is_file() {
+                        copy_atomic(&entry.path(), &out.join(entry.file_name()))?;
+                    }
+                }
+            }
+            return Ok(());
+        }
+        AdapterSource::Checkpoint(ckpt) => ckpt,
+    };
     let loaded =
-        csm_core::train::state::load(&ckpt).map_err(|e| Error::UnsupportedFormat(e.to_string()))?;
+        csm_core::train::state::load(ckpt).map_err(|e| Error::UnsupportedFormat(e.to_string()))?;
     let tensors: BTreeMap<String, _> = loaded.adapters.into_iter().collect();
-    csm_core::checkpoint::write::save_safetensors(dest, &tensors, &HashMap::new()).map_err(
+    let weights = dir.join("adapters.safetensors");
+    csm_core::checkpoint::write::save_safetensors(&weights, &tensors, &HashMap::new()).map_err(
         |e| Error::Io {
-            path: dest.to_path_buf(),
+            path: weights.clone(),
             source: std::io::Error::other(e.to_string()),
         },
     )?;
@@ -490,10 +570,47 @@ pub fn export(run_dir: &Path, checkpoint: Option<&Path>, dest: &Path) -> Result<
         spec,
         base_model: Some(loaded.config.model_path.clone()),
     };
-    let out = dest_dir.join("adapter_config.json");
     let text = serde_json::to_string_pretty(&config).map_err(|e| Error::Internal(e.to_string()))?;
-    std::fs::write(&out, text).map_err(|e| Error::io(&out, e))?;
-    Ok(dest.to_path_buf())
+    write_atomic(&dir.join("adapter_config.json"), text.as_bytes())
+}
+
+/// Extracts the adapter of `ckpt` (a file under `run_dir`) into the existing
+/// folder `dir` unless it is there already; generation uses this to load a
+/// training checkpoint as an mlx_lm adapter.
+pub fn extract_checkpoint_adapter(ckpt: &Path, dir: &Path) -> Result<()> {
+    if dir.join("adapters.safetensors").is_file() && dir.join("adapter_config.json").is_file() {
+        return Ok(());
+    }
+    let run_dir = ckpt.parent().unwrap_or(Path::new("."));
+    write_adapter(run_dir, &AdapterSource::Checkpoint(ckpt.to_path_buf()), dir)
+}
+
+/// Copies `from` to `to` through a temporary file renamed into place.
+fn copy_atomic(from: &Path, to: &Path) -> Result<()> {
+    let tmp = temp_beside(to);
+    std::fs::copy(from, &tmp).map_err(|e| Error::io(from, e))?;
+    std::fs::rename(&tmp, to).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(to, e)
+    })
+}
+
+/// Writes `bytes` to `to` through a temporary file renamed into place.
+fn write_atomic(to: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = temp_beside(to);
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, to).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(to, e)
+    })
+}
+
+fn temp_beside(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
 /// UTC time as RFC 3339 (`compact`: `YYYYMMDD-HHMMSS`, for run ids).

@@ -3,7 +3,7 @@
 // of the app build: main.ts imports it only when VITE_MOCK_IPC is set.
 import { mockIPC, mockWindows } from '@tauri-apps/api/mocks';
 import type { Channel } from '@tauri-apps/api/core';
-import type { DatasetItem, DatasetScan, RunSummary, TrainingEvent } from '../lib/api';
+import type { DatasetItem, DatasetScan, GeneratedSample, GenerateRequest, GenerationEvent, RunSummary, TrainingEvent } from '../lib/api';
 import { defaultConfig } from '../lib/config';
 
 function rng(seed: number): () => number {
@@ -90,6 +90,42 @@ function runs(): RunSummary[] {
   ];
 }
 
+const generationStops = new Set<() => void>();
+
+function cancelGenerations(): void {
+  for (const stop of generationStops) stop();
+}
+
+/** Like the backend: a loading phase, one progress event per frame (about 12 frames/s), then the sample. */
+function simulateGeneration(req: GenerateRequest, ch: Channel<GenerationEvent>): Promise<GeneratedSample> {
+  const r = rng(req.seed + (req.checkpoint ? 1 : 0));
+  const maxFrames = Math.round(req.maxAudioSecs * 12.5);
+  const frames = Math.min(maxFrames, 30 + Math.floor(r() * 10));
+  const t0 = Date.now();
+  ch.onmessage({ event: 'phase', data: { phase: 'loading' } });
+  return new Promise((resolve, reject) => {
+    let done = 0;
+    const timer = setInterval(() => {
+      if (done === 0) ch.onmessage({ event: 'phase', data: { phase: 'generating' } });
+      done += 1;
+      ch.onmessage({ event: 'progress', data: { frames: done, maxFrames, audioSecs: done * 0.08, elapsedSecs: (Date.now() - t0) / 1000 } });
+      if (done < frames) return;
+      finish();
+      const peaks = Array.from({ length: 400 }, (_, i) => Math.abs(Math.sin(i / 9)) * (0.3 + r() * 0.6));
+      resolve({ id: `${Date.now()}-${req.checkpoint ?? 'base'}`, path: `/tmp/${Date.now()}.wav`, sampleRate: 24000, durationSecs: frames * 0.08, peaks, checkpoint: req.checkpoint, seed: req.seed, text: req.text });
+    }, 80);
+    const stop = () => {
+      finish();
+      reject({ kind: 'cancelled', message: `generation cancelled after ${done} of ${maxFrames} frames; no file was written` });
+    };
+    const finish = () => {
+      clearInterval(timer);
+      generationStops.delete(stop);
+    };
+    generationStops.add(stop);
+  });
+}
+
 export function install(): void {
   mockWindows('main');
   mockIPC(
@@ -98,8 +134,11 @@ export function install(): void {
       switch (cmd) {
         case 'app_info':
           return { version: '0.1.0', mlxVersion: '0.32.2', backend: 'cpu', os: 'linux', arch: 'x86_64' };
-        case 'plugin:dialog|open':
-          return (a.options as { directory?: boolean } | undefined)?.directory ? ['/data/voice'] : '/models/csm-1b/model.safetensors';
+        case 'plugin:dialog|open': {
+          const o = a.options as { directory?: boolean; multiple?: boolean } | undefined;
+          if (!o?.directory) return '/models/csm-1b/model.safetensors';
+          return o.multiple ? ['/data/voice'] : '/exports';
+        }
         case 'plugin:dialog|save':
           return '/tmp/out.json';
         case 'plugin:dialog|message':
@@ -128,12 +167,13 @@ export function install(): void {
         case 'reveal_path':
         case 'write_config_file':
           return null;
-        case 'generate_sample': {
-          const req = a.request as { text: string; seed: number; checkpoint: string | null };
-          const r = rng(req.seed + (req.checkpoint ? 1 : 0));
-          const peaks = Array.from({ length: 400 }, (_, i) => Math.abs(Math.sin(i / 9)) * (0.3 + r() * 0.6));
-          return { id: `${Date.now()}-${req.checkpoint ?? 'base'}`, path: `/tmp/${Date.now()}.wav`, sampleRate: 24000, durationSecs: 2.6, peaks, checkpoint: req.checkpoint, seed: req.seed, text: req.text };
-        }
+        case 'generate_sample':
+          return simulateGeneration(a.request as GenerateRequest, a.onProgress as Channel<GenerationEvent>);
+        case 'cancel_generation':
+          cancelGenerations();
+          return null;
+        case 'export_adapter':
+          return `${a.dest as string}/${a.runId as string}`;
         case 'list_runs':
           return runs();
         case 'run_metrics': {

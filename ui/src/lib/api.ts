@@ -18,6 +18,8 @@ export type ErrorKind =
   | 'notRunning'
   | 'training'
   | 'generation'
+  | 'cancelled'
+  | 'alreadyExists'
   | 'internal';
 
 export interface IpcError {
@@ -294,8 +296,37 @@ export interface GeneratedSample {
   text: string;
 }
 
-export const generateSample = (request: GenerateRequest) =>
-  call<GeneratedSample>('generate_sample', { request });
+/** `loading`: model, codec, tokenizer, adapter; `generating`: frames (then decoding). */
+export type GenerationPhase = 'loading' | 'generating';
+
+/** Progress of one `generate_sample` call, on its channel. */
+export type GenerationEvent =
+  | { event: 'phase'; data: { phase: GenerationPhase } }
+  | {
+      event: 'progress';
+      data: {
+        /** Frames generated so far (12.5 per second of audio). */
+        frames: number;
+        /** At most this many (`maxAudioSecs` × 12.5); generation may end earlier. */
+        maxFrames: number;
+        audioSecs: number;
+        /** Since the call started, model loading included. */
+        elapsedSecs: number;
+      };
+    };
+
+/** Generates one sample; progress arrives on `onProgress`. Rejects with `cancelled` after `cancelGeneration`. */
+export function generateSample(
+  request: GenerateRequest,
+  onProgress: (ev: GenerationEvent) => void = () => {},
+): Promise<GeneratedSample> {
+  const channel = new Channel<GenerationEvent>();
+  channel.onmessage = onProgress;
+  return call<GeneratedSample>('generate_sample', { request, onProgress: channel });
+}
+
+/** Stops every generation in progress before its next frame (they reject with `cancelled`). */
+export const cancelGeneration = () => call<void>('cancel_generation');
 
 // ---------------------------------------------------------------- audio
 
@@ -351,5 +382,9 @@ export const runMetrics = (runId: string) => call<RunMetrics>('run_metrics', { r
 /** Opens the system file manager at `path`. */
 export const revealPath = (path: string) => call<void>('reveal_path', { path });
 /** Copies a run's adapter (latest or given checkpoint) to `dest`; resolves with the written path. */
-export const exportAdapter = (runId: string, checkpoint: string | null, dest: string) =>
-  call<string>('export_adapter', { runId, checkpoint, dest });
+/**
+ * Writes the adapter into a new folder inside `destDir` (`<runId>` or `<runId>-<checkpoint>`),
+ * returns that folder; rejects with `alreadyExists` rather than overwrite anything.
+ */
+export const exportAdapter = (runId: string, checkpoint: string | null, destDir: string) =>
+  call<string>('export_adapter', { runId, checkpoint, dest: destDir });
