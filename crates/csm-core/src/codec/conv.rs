@@ -191,14 +191,97 @@ impl CausalConvTranspose1d {
     /// `x: [B, L, in]` -> `[B, L * stride, out]`
     pub fn forward(&self, x: &Array) -> Result<Array, Exception> {
         let length = x.shape()[1];
-        // [B, L, in] -> [B, (L - 1) * stride + k, out]
-        let y = ops::conv_transpose1d(x, &self.weight.value, self.stride, 0, 1, 0, self.groups)?;
-        // [B, (L - 1) * stride + k, out] -> [B, L * stride, out]
-        let y = y.index((.., ..length * self.stride, ..));
+        let y = match self.taps(x)? {
+            Some(taps) => self.overlap_add(&taps, length)?,
+            None => {
+                // [B, L, in] -> [B, (L - 1) * stride + k, out]
+                let y = ops::conv_transpose1d(
+                    x,
+                    &self.weight.value,
+                    self.stride,
+                    0,
+                    1,
+                    0,
+                    self.groups,
+                )?;
+                // [B, (L - 1) * stride + k, out] -> [B, L * stride, out]
+                y.index((.., ..length * self.stride, ..))
+            }
+        };
         match &self.bias.value {
             Some(b) => y.add(b),
             None => Ok(y),
         }
+    }
+}
+
+impl CausalConvTranspose1d {
+    /// What each input frame adds at each kernel tap, `[B, L, k, out]`, as
+    /// one matmul (dense) or one broadcast product (depthwise); `None` for
+    /// other group counts. MLX's CPU conv-transpose takes a direct-loop path
+    /// (input dilation) that made Mimi's decoder ~50x slower than PyTorch.
+    ///
+    /// # Shapes
+    /// `x: [B, L, in]` -> `[B, L, k, out]`
+    fn taps(&self, x: &Array) -> Result<Option<Array>, Exception> {
+        let w = &self.weight.value; // [out, k, in / groups]
+        let (out, k, per_group) = (w.shape()[0], w.shape()[1], w.shape()[2]);
+        let (b, l, input) = (x.shape()[0], x.shape()[1], x.shape()[2]);
+        if self.groups == 1 {
+            let wt = w.transpose_axes(&[2, 1, 0])?.reshape(&[input, k * out])?; // [in, k * out]
+            Ok(Some(ops::matmul(x, &wt)?.reshape(&[b, l, k, out])?)) // [B, L, k, out]
+        } else if self.groups == input && out == input && per_group == 1 {
+            let wt = w.squeeze_axes(&[2])?.t(); // [out, k] -> [k, out]
+            Ok(Some(x.expand_dims(2)?.multiply(&wt)?)) // [B, L, 1, in] * [k, out] -> [B, L, k, out]
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Sums the taps into the output: frame `t`, tap `j` lands on sample
+    /// `t * stride + j`; samples from `L * stride` on are the causal trim.
+    ///
+    /// # Shapes
+    /// `taps: [B, L, k, out]` -> `[B, L * stride, out]`
+    fn overlap_add(&self, taps: &Array, length: i32) -> Result<Array, Exception> {
+        let (b, k, out) = (taps.shape()[0], taps.shape()[2], taps.shape()[3]);
+        let s = self.stride;
+        let blocks = (k + s - 1) / s;
+        // Pad the taps to whole blocks of `stride`: [B, L, blocks * s, out].
+        let taps = if blocks * s > k {
+            ops::pad(
+                taps,
+                &[(0, 0), (0, 0), (0, blocks * s - k), (0, 0)],
+                None,
+                PadMode::Constant,
+            )?
+        } else {
+            taps.clone()
+        };
+        let taps = taps.reshape(&[b, length, blocks, s, out])?; // [B, L, blocks, s, out]
+        let mut y: Option<Array> = None;
+        for j in 0..blocks.min(length) {
+            // Block j of frame t covers samples (t + j) * s ..; keep the
+            // frames that land before L * s and shift them by j * s.
+            let part = taps
+                .index((.., ..length - j, j, .., ..)) // [B, L - j, s, out]
+                .reshape(&[b, (length - j) * s, out])?; // [B, (L - j) * s, out]
+            let part = if j > 0 {
+                ops::pad(
+                    &part,
+                    &[(0, 0), (j * s, 0), (0, 0)],
+                    None,
+                    PadMode::Constant,
+                )?
+            } else {
+                part
+            }; // [B, L * s, out]
+            y = Some(match y {
+                Some(acc) => acc.add(&part)?,
+                None => part,
+            });
+        }
+        Ok(y.expect("at least one block: k >= 1 and L >= 1"))
     }
 }
 
@@ -331,6 +414,52 @@ mod tests {
                     "channel {ch} t {t}"
                 );
             }
+        }
+    }
+
+    /// The matmul + overlap-add path against MLX's own conv-transpose, for
+    /// dense and depthwise layers, kernels that are and are not multiples of
+    /// the stride, and inputs shorter than the kernel.
+    #[test]
+    fn overlap_add_matches_mlx_conv_transpose() {
+        random::seed(5).unwrap();
+        let cases = [
+            // (in, out, k, stride, groups, length)
+            (6, 4, 16, 8, 1, 7),
+            (5, 3, 10, 5, 1, 4),
+            (4, 4, 5, 2, 1, 3),
+            (3, 2, 7, 3, 1, 1),
+            (8, 8, 4, 2, 8, 9),
+            (6, 6, 5, 2, 6, 2),
+        ];
+        for (cin, cout, k, s, g, l) in cases {
+            let conv = CausalConvTranspose1d::new(cin, cout, k, s, g, true).unwrap();
+            let x = random::normal::<f32>(&[2, l, cin], None, None, None).unwrap();
+            let got = conv.forward(&x).unwrap();
+            let want = ops::conv_transpose1d(&x, &conv.weight.value, s, 0, 1, 0, g)
+                .unwrap()
+                .index((.., ..l * s, ..))
+                .add(conv.bias.value.as_ref().unwrap())
+                .unwrap();
+            assert_eq!(
+                got.shape(),
+                want.shape(),
+                "case {:?}",
+                (cin, cout, k, s, g, l)
+            );
+            let err = got
+                .subtract(&want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max(None)
+                .unwrap()
+                .item::<f32>();
+            assert!(
+                err < 1e-5,
+                "case {:?}: max error {err}",
+                (cin, cout, k, s, g, l)
+            );
         }
     }
 
