@@ -454,7 +454,7 @@ mod tests {
                 .unwrap()
                 .max(None)
                 .unwrap()
-                .item::<f32>();
+                .item_cast::<f32>();
             assert!(
                 err < 1e-5,
                 "case {:?}: max error {err}",
