@@ -262,3 +262,54 @@ fn a_codec_with_more_codes_than_the_model_is_refused() {
     );
     assert!(msg.contains(paths.mimi.to_str().unwrap()), "{msg}");
 }
+
+/// The compiled step (`mx.compile`, padded batch shapes, the path GPUs
+/// take) follows the plain step's loss sequence and ends at the same
+/// adapter, here forced on the CPU.
+#[test]
+fn compiled_step_follows_the_plain_step() {
+    let paths = shared_demo();
+    let mut runs = Vec::new();
+    for compile in ["0", "1"] {
+        // One process per test (nextest): the variable reaches no other test.
+        std::env::set_var("CSM_COMPILE", compile);
+        let out = tempfile::tempdir().unwrap();
+        let mut cfg = config(&paths, out.path());
+        // Two lengths per batch and a fraction that leaves odd decoder
+        // counts: both paddings of the compiled path are exercised.
+        cfg.decoder_fraction = 0.3;
+        let mut obs = RecordingObserver::default();
+        train::train(&cfg, &mut obs, &CancelToken::new()).unwrap();
+        let adapters = csm_core::checkpoint::WeightMap::from_safetensors(
+            &[out.path().join("adapters.safetensors")],
+            None,
+        )
+        .unwrap();
+        runs.push((step_losses(&obs.events), adapters));
+    }
+    std::env::remove_var("CSM_COMPILE");
+    let ((plain, a), (compiled, b)) = (&runs[0], &runs[1]);
+    assert_eq!(plain.len(), compiled.len());
+    for (i, (x, y)) in plain.iter().zip(compiled).enumerate() {
+        assert!(
+            (x - y).abs() <= 1e-4 * x.abs().max(1.0),
+            "step {}: plain {x} vs compiled {y}",
+            i + 1
+        );
+    }
+    for (k, x) in &a.tensors {
+        let d = x
+            .subtract(&b.tensors[k])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max(None)
+            .unwrap()
+            .item_cast::<f32>();
+        let scale = x.abs().unwrap().max(None).unwrap().item_cast::<f32>();
+        assert!(
+            d <= 1e-3 * scale.max(1e-3),
+            "{k}: max diff {d} (scale {scale})"
+        );
+    }
+}

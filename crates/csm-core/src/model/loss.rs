@@ -21,6 +21,25 @@ use mlx_rs::{ops, Array, Dtype};
 use super::csm::{Csm, FrameInput};
 use super::llama::AttentionMask;
 
+/// [`LossBatch`] with the depth-decoder frames as an array, for
+/// [`Csm::loss_arrays`].
+#[derive(Debug, Clone, Copy)]
+pub struct ArrayLossBatch<'a> {
+    /// Frames `[B, S, n_cb + 1]` (int); padding is all zeros.
+    pub tokens: &'a Array,
+    /// Column mask `[B, S, n_cb + 1]`; all false on padding.
+    pub mask: &'a Array,
+    /// `[B, S]` codebook-0 targets, as in [`LossBatch`].
+    pub loss_mask: &'a Array,
+    /// `[N]` int flat indices `b * S + t` of the depth-decoder frames, every
+    /// `t >= 1` (not checked here).
+    pub decoder_frames: &'a Array,
+    /// Optional `[N]` weights (1 = real, 0 = padding entry); `None` = all 1.
+    pub decoder_weights: Option<&'a Array>,
+    /// Attention pattern of the backbone.
+    pub attention: AttentionMask<'a>,
+}
+
 /// Weights of the two loss terms (1.0 / 1.0 = transformers' plain sum).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LossWeights {
@@ -98,7 +117,6 @@ impl Csm {
     ) -> Result<CsmLoss, Exception> {
         let shape = batch.tokens.shape();
         let (B, S) = (shape[0], shape[1]);
-        let n = self.config.audio_num_codebooks;
         if batch.loss_mask.shape() != [B, S] {
             return Err(Exception::custom(format!(
                 "loss_mask must be [B, S] = [{B}, {S}], got {:?}",
@@ -125,6 +143,39 @@ impl Csm {
                 "a training sequence needs at least 2 frames, got {S}"
             )));
         }
+        let nf = batch.decoder_frames.len() as i32;
+        let idx = Array::from_slice(batch.decoder_frames, &[nf]); // [N]
+        self.loss_arrays(
+            &ArrayLossBatch {
+                tokens: batch.tokens,
+                mask: batch.mask,
+                loss_mask: batch.loss_mask,
+                decoder_frames: &idx,
+                decoder_weights: None,
+                attention: batch.attention,
+            },
+            weights,
+        )
+    }
+
+    /// [`Csm::loss`] computed from arrays only, nothing read back on the
+    /// host and no checks, so that it can be traced by `mx.compile` (a
+    /// host value would be frozen into the trace).
+    ///
+    /// # Shapes
+    /// see [`ArrayLossBatch`]; the result holds scalars.
+    ///
+    /// # Errors
+    /// MLX failures (shapes that do not fit).
+    #[allow(non_snake_case)]
+    pub fn loss_arrays(
+        &mut self,
+        batch: &ArrayLossBatch<'_>,
+        weights: LossWeights,
+    ) -> Result<CsmLoss, Exception> {
+        let shape = batch.tokens.shape();
+        let (B, S) = (shape[0], shape[1]);
+        let n = self.config.audio_num_codebooks;
         let h = self.backbone_hidden(FrameInput {
             tokens: batch.tokens,
             mask: batch.mask,
@@ -146,14 +197,23 @@ impl Csm {
         let semantic = ce.multiply(&m)?.sum(None)?.divide(&count)?;
 
         // Acoustic: depth decoder on the gathered frames only.
-        let nf = batch.decoder_frames.len() as i32;
-        let idx = Array::from_slice(batch.decoder_frames, &[nf]); // [N]
+        let idx = batch.decoder_frames.as_dtype(Dtype::Int32)?; // [N]
         let h_flat = h.reshape(&[B * S, D])?; // [B*S, D]
         let h_sel = take_axis(&h_flat, idx.subtract(Array::from_int(1))?, 0)?; // [N, D]
         let codes = take_axis(tokens.reshape(&[B * S, n + 1])?, &idx, 0)? // [N, n_cb + 1]
             .try_index((.., ..n))?; // [N, n_cb]
         let depth = self.depth_logits(&h_sel, &codes)?; // [N, n_cb - 1, V]
-        let acoustic = cross_entropy(&depth, &codes.try_index((.., 1..))?)?.mean(None)?;
+        let ce = cross_entropy(&depth, &codes.try_index((.., 1..))?)?; // [N, n_cb - 1]
+        let acoustic = match batch.decoder_weights {
+            None => ce.mean(None)?,
+            Some(w) => {
+                // Weighted mean over frames (0 = padding), then codebooks.
+                let w = w.as_dtype(Dtype::Float32)?;
+                let per_frame = ce.mean_axis(-1, None)?; // [N]
+                let count = ops::maximum(w.sum(None)?, Array::from_f32(1.0))?;
+                per_frame.multiply(&w)?.sum(None)?.divide(&count)?
+            }
+        };
 
         let total = semantic
             .multiply(Array::from_f32(weights.semantic))?

@@ -36,5 +36,6 @@ pub use load::{
     detect, load_csm, to_canonical, to_format, Detected, LoadOptions, LoadedCsm, ModelFormat,
 };
 pub use loss::{
-    choose_decoder_frames, cross_entropy, loss_frame_indices, CsmLoss, LossBatch, LossWeights,
+    choose_decoder_frames, cross_entropy, loss_frame_indices, ArrayLossBatch, CsmLoss, LossBatch,
+    LossWeights,
 };
