@@ -50,7 +50,10 @@ enum Command {
     ///
     /// Example: csm finetune-lora --model-path csm-1b/ --audio-dir data/audio
     /// --transcript-dir data/transcripts --output-dir runs/me
-    #[command(name = "finetune-lora")]
+    #[command(
+        name = "finetune-lora",
+        after_long_help = "Environment:\n  CSM_CACHE_DIR   cache root; Mimi codes go to its codes/ (default ~/.cache/csm/codes)\n  CSM_COMPILE     1 or 0: compile the training step or not (default: on GPUs only)"
+    )]
     FinetuneLora(commands::finetune::FinetuneArgs),
     /// Mimi-encode a dataset into the codes cache (so training starts at
     /// once); takes the same flags as finetune-lora.
