@@ -4,5 +4,7 @@
 #![cfg_attr(not(debug_assertions), windows_subsystem = "windows")]
 
 fn main() {
+    // Before Tauri starts its threads: MLX's CUDA cache settings.
+    csm_core::runtime::set_process_defaults();
     csm_app_lib::run();
 }

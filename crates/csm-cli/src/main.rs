@@ -52,7 +52,7 @@ enum Command {
     /// --transcript-dir data/transcripts --output-dir runs/me
     #[command(
         name = "finetune-lora",
-        after_long_help = "Environment:\n  CSM_CACHE_DIR   cache root; Mimi codes go to its codes/ (default ~/.cache/csm/codes)\n  CSM_COMPILE     1 or 0: compile the training step or not (default: on GPUs only)"
+        after_long_help = "Environment:\n  CSM_CACHE_DIR   cache root; Mimi codes go to its codes/ (default ~/.cache/csm/codes)\n  CSM_COMPILE     1: run the training step through mx.compile (default off: measured no faster)"
     )]
     FinetuneLora(commands::finetune::FinetuneArgs),
     /// Mimi-encode a dataset into the codes cache (so training starts at
@@ -72,6 +72,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    csm_core::runtime::set_process_defaults();
     let cli = Cli::parse();
     logging::init(cli.log_level);
     let level_name = cli.log_level.name().to_string();

@@ -85,6 +85,31 @@ pub fn default_device() -> String {
     }
 }
 
+/// MLX settings this program needs, as `(variable, value)`: see
+/// [`set_process_defaults`].
+pub const MLX_ENV_DEFAULTS: [(&str, &str); 2] = [
+    // Mimi runs its ~30 convs on inputs of every utterance's length; MLX's
+    // CUDA backend keeps 128 conv plans by default and aborts the whole
+    // computation ("Cache thrashing is happening") once shapes start to
+    // cycle through that cache, e.g. while encoding a dataset.
+    ("MLX_CUDA_CONV_CACHE_SIZE", "2048"),
+    // Thrashing costs speed, never correctness: report nothing rather than
+    // fail a run with it.
+    ("MLX_ENABLE_CACHE_THRASHING_CHECK", "0"),
+];
+
+/// Sets [`MLX_ENV_DEFAULTS`] in this process's environment, leaving any
+/// the user already set. MLX reads them when a backend cache is first
+/// built, so call this first thing in `main`, before any MLX work and
+/// before other threads start (the `csm` tool and the app do).
+pub fn set_process_defaults() {
+    for (key, value) in MLX_ENV_DEFAULTS {
+        if std::env::var_os(key).is_none() {
+            std::env::set_var(key, value);
+        }
+    }
+}
+
 /// Makes the GPU the default device when the backend has one, otherwise the
 /// CPU. Returns the backend.
 pub fn use_best_device() -> Backend {

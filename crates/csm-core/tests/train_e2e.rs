@@ -263,9 +263,8 @@ fn a_codec_with_more_codes_than_the_model_is_refused() {
     assert!(msg.contains(paths.mimi.to_str().unwrap()), "{msg}");
 }
 
-/// The compiled step (`mx.compile`, padded batch shapes, the path GPUs
-/// take) follows the plain step's loss sequence and ends at the same
-/// adapter, here forced on the CPU.
+/// The compiled step (`CSM_COMPILE=1`: `mx.compile`, padded batch shapes)
+/// follows the plain step's loss sequence and ends at the same adapter.
 #[test]
 fn compiled_step_follows_the_plain_step() {
     let paths = shared_demo();
