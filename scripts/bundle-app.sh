@@ -110,7 +110,10 @@ export BIN TREE WORK CACHE OUT
 # Everything below runs in a private mount namespace in which $CACHE is an
 # empty folder, so nothing can be loaded from the build's wheel.
 hidden() {
-  unshare -m --propagation private bash -euo pipefail -c '
+  # Not root: a user namespace (-r) lets the bind mount happen anyway.
+  local ns=(-m --propagation private)
+  [ "$(id -u)" = 0 ] || ns+=(-r)
+  unshare "${ns[@]}" bash -euo pipefail -c '
     if [ -d "$CACHE" ]; then mount --bind "$WORK/empty" "$CACHE"; fi
     [ -z "$(ls -A "$CACHE" 2>/dev/null)" ] || { echo "could not hide $CACHE" >&2; exit 1; }
     '"$1"
