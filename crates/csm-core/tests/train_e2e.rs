@@ -38,9 +38,25 @@ fn shared_demo() -> DemoPaths {
         let _ = std::fs::remove_dir_all(&root);
         // SAFETY-free: set once, before any test reads it.
         std::env::set_var("CSM_CACHE_DIR", root.join("cache"));
+        remove_at_exit(&root);
         demo(&root, 6)
     })
     .clone()
+}
+
+/// Deletes `root` when this test process exits: the demo is ~400 MB and
+/// nextest runs every test in its own process, so the folders would pile up.
+fn remove_at_exit(root: &Path) {
+    static ROOT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    extern "C" fn cleanup() {
+        if let Some(p) = ROOT.get() {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+    if ROOT.set(root.to_path_buf()).is_ok() {
+        // SAFETY: registers a function without arguments or captured state.
+        unsafe { libc::atexit(cleanup) };
+    }
 }
 
 fn config(paths: &DemoPaths, out: &Path) -> TrainConfig {

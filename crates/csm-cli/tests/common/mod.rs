@@ -17,9 +17,25 @@ pub fn demo() -> DemoPaths {
         let root = Path::new(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("cli-train-demo-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
+        remove_at_exit(&root);
         create_demo(&root, 8, 3).expect("demo builds (needs espeak-ng)")
     })
     .clone()
+}
+
+/// Deletes `root` when this test process exits: the demo is ~400 MB and
+/// nextest runs every test in its own process, so the folders would pile up.
+fn remove_at_exit(root: &Path) {
+    static ROOT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    extern "C" fn cleanup() {
+        if let Some(p) = ROOT.get() {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+    if ROOT.set(root.to_path_buf()).is_ok() {
+        // SAFETY: registers a function without arguments or captured state.
+        unsafe { libc::atexit(cleanup) };
+    }
 }
 
 pub fn run(args: &[String], cache: &Path, limit: Duration) -> (Output, Duration) {
