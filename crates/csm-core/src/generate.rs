@@ -512,6 +512,10 @@ impl Generator {
                 csm.config.audio_vocab_size
             )));
         }
+        let mut csm = csm;
+        if !crate::runtime::Backend::detect().has_gpu() {
+            store_input_major(&mut csm)?;
+        }
         Ok(Generator {
             csm,
             mimi,
@@ -733,6 +737,30 @@ pub fn decode_codes(mimi: &mut Mimi, codes: &[Vec<i32>]) -> Result<Vec<f32>, Gen
     let wav = wav.as_dtype(Dtype::Float32)?.contiguous()?;
     wav.eval()?;
     Ok(wav.as_slice::<f32>().to_vec())
+}
+
+/// Stores every projection weight of `csm` `[in, out]` for faster one-row
+/// matmuls on the CPU ([`crate::lora::Proj::store_input_major`]); the
+/// generator does this on CPU-only backends. Inference only: such a model
+/// must not be saved.
+///
+/// # Errors
+/// MLX failures.
+pub fn store_input_major(csm: &mut Csm) -> Result<(), GenerateError> {
+    let mut failed = None;
+    crate::adapter::for_each_proj(csm, |_, _, proj| {
+        if failed.is_none() {
+            failed = proj.store_input_major().err();
+        }
+        Ok(())
+    })
+    .expect("the closure never fails");
+    if let Some(e) = failed {
+        return Err(GenerateError::Mlx(e));
+    }
+    csm.projection.store_input_major()?;
+    csm.codebook0_head.store_input_major()?;
+    Ok(())
 }
 
 /// Checks that every id fits a text vocabulary of `text_vocab` rows.
