@@ -654,7 +654,7 @@ fn input_major_weights_give_the_same_outputs() {
     csm_core::adapter::merge(&mut after).unwrap();
     csm_core::adapter::merge(&mut plain).unwrap();
     let d = c0_logits(&mut after)
-        .subtract(&c0_logits(&mut plain))
+        .subtract(c0_logits(&mut plain))
         .unwrap()
         .abs()
         .unwrap()
