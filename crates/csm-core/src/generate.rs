@@ -512,10 +512,6 @@ impl Generator {
                 csm.config.audio_vocab_size
             )));
         }
-        let mut csm = csm;
-        if !crate::runtime::Backend::detect().has_gpu() {
-            store_input_major(&mut csm)?;
-        }
         Ok(Generator {
             csm,
             mimi,
@@ -549,7 +545,14 @@ impl Generator {
         let mimi = crate::assets::load_mimi(model_path, mimi_path, n_cb)?.mimi;
         let tokenizer_file = crate::assets::find_tokenizer(model_path, tokenizer_path)?;
         let tokenizer = TextTokenizer::from_file(&tokenizer_file)?;
-        Generator::new(loaded.model, mimi, tokenizer)
+        let mut csm = loaded.model;
+        // The weights are this generator's own (unlike `new`'s callers,
+        // e.g. the trainer's samples, which share them): lay them out for
+        // one-row matmuls on the CPU.
+        if !crate::runtime::Backend::detect().has_gpu() {
+            store_input_major(&mut csm)?;
+        }
+        Generator::new(csm, mimi, tokenizer)
     }
 
     /// Attaches a trained LoRA adapter; see [`apply_adapter`].
@@ -741,8 +744,9 @@ pub fn decode_codes(mimi: &mut Mimi, codes: &[Vec<i32>]) -> Result<Vec<f32>, Gen
 
 /// Stores every projection weight of `csm` `[in, out]` for faster one-row
 /// matmuls on the CPU ([`crate::lora::Proj::store_input_major`]); the
-/// generator does this on CPU-only backends. Inference only: such a model
-/// must not be saved.
+/// generator does this on CPU-only backends when it loads its own weights
+/// ([`Generator::load`]). Inference only: such a model must not be saved,
+/// and a model whose weights are shared with another would be duplicated.
 ///
 /// # Errors
 /// MLX failures.
