@@ -23,6 +23,34 @@ pub enum AssetError {
     /// The codec was found but could not be loaded.
     #[error(transparent)]
     Codec(#[from] CodecError),
+    /// The codec emits codes the model has no embedding for.
+    #[error("the Mimi codec {origin} has {bins} codes per codebook, more than the model's audio vocabulary of {vocab}: codec and model do not belong together (check --mimi-path)")]
+    CodecTooLarge {
+        /// Where the codec came from.
+        origin: String,
+        /// Codes per codebook.
+        bins: i32,
+        /// Model's audio vocabulary.
+        vocab: i32,
+    },
+}
+
+/// Checks that every code `mimi` can emit has an embedding in a model with
+/// `audio_vocab` audio ids: MLX's gather does not check indices, so a code
+/// past the table would read other memory instead of failing.
+///
+/// # Errors
+/// [`AssetError::CodecTooLarge`], naming `origin`.
+pub fn check_codec_fits(mimi: &Mimi, origin: &str, audio_vocab: i32) -> Result<(), AssetError> {
+    let bins = mimi.config.quantizer.bins;
+    if bins > audio_vocab {
+        return Err(AssetError::CodecTooLarge {
+            origin: origin.to_string(),
+            bins,
+            vocab: audio_vocab,
+        });
+    }
+    Ok(())
 }
 
 /// The folder a model path lives in (the path itself for a directory).

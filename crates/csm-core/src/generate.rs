@@ -504,14 +504,7 @@ impl Generator {
                 "the Mimi codec does not fit a model with {n_cb} codebooks: {e}"
             ))
         })?;
-        let bins = mimi.config.quantizer.bins;
-        if bins > csm.config.audio_vocab_size {
-            return Err(GenerateError::Input(format!(
-                "the Mimi codec has {bins} codes per codebook, more than the model's audio \
-                 vocabulary of {}",
-                csm.config.audio_vocab_size
-            )));
-        }
+        crate::assets::check_codec_fits(&mimi, "given", csm.config.audio_vocab_size)?;
         Ok(Generator {
             csm,
             mimi,

@@ -55,4 +55,7 @@ pub mod runtime;
 pub mod tokenizer;
 pub mod train;
 
+#[cfg(test)]
+mod test_util;
+
 pub use mlx_rs;

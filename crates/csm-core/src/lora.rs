@@ -230,17 +230,8 @@ mod tests {
                     .unwrap(),
             )
             .unwrap();
-        let err = y
-            .as_dtype(Dtype::Float32)
-            .unwrap()
-            .subtract(&want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max(None)
-            .unwrap()
-            .item_cast::<f32>();
-        let scale = want.abs().unwrap().max(None).unwrap().item_cast::<f32>();
+        let err = crate::test_util::max_abs_diff(&y, &want);
+        let scale = crate::test_util::max_abs(&want);
         assert!(err <= 2e-2 * scale, "max error {err} (scale {scale})");
     }
 }

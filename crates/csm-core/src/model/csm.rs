@@ -384,17 +384,8 @@ pub(crate) fn tiny_config() -> CsmConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::max_abs_diff;
     use mlx_rs::ops::indexing::IndexOp;
-
-    fn max_abs_diff(a: &Array, b: &Array) -> f32 {
-        a.subtract(b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max(None)
-            .unwrap()
-            .item_cast::<f32>()
-    }
 
     #[test]
     fn canonical_keys() {

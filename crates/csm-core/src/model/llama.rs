@@ -453,6 +453,7 @@ impl Module<LlamaInput<'_>> for Llama {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::max_abs_diff;
     use mlx_rs::module::ModuleParameters;
     use mlx_rs::random;
 
@@ -474,16 +475,6 @@ mod tests {
             }),
             max_seq_len: 64,
         }
-    }
-
-    fn max_abs_diff(a: &Array, b: &Array) -> f32 {
-        a.subtract(b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max(None)
-            .unwrap()
-            .item_cast::<f32>()
     }
 
     #[test]

@@ -87,16 +87,6 @@ pub enum TrainError {
         /// Model's text vocabulary.
         vocab: i32,
     },
-    /// The codec emits codes the model has no embedding for.
-    #[error("the Mimi codec {origin} has {bins} codes per codebook, more than the model's audio vocabulary of {vocab}: codec and model do not belong together (check --mimi-path)")]
-    CodecOutOfRange {
-        /// Where the codec came from.
-        origin: String,
-        /// Codes per codebook.
-        bins: i32,
-        /// Model's audio vocabulary.
-        vocab: i32,
-    },
     /// The loss or gradients stopped being finite.
     #[error("the {what} became {value} at step {step}; training stopped before applying the update. {}", match .last_checkpoint { Some(p) => format!("The last good checkpoint is {} (resume with --resume-from, e.g. with a lower --learning-rate).", p.display()), None => "No checkpoint had been written yet.".to_string() })]
     NonFinite {
@@ -172,19 +162,11 @@ pub fn load_assets(
     let model_fingerprint = fingerprint_files(&loaded.detected.weight_files)?;
     let n = loaded.model.config.audio_num_codebooks as usize;
     let mimi = assets::load_mimi(model_path, mimi_path, n)?;
-    // MLX's gather does not check indices: a code past the embedding table
-    // would read other memory instead of failing.
-    let (bins, vocab) = (
-        mimi.mimi.config.quantizer.bins,
+    assets::check_codec_fits(
+        &mimi.mimi,
+        &mimi.origin,
         loaded.model.config.audio_vocab_size,
-    );
-    if bins > vocab {
-        return Err(TrainError::CodecOutOfRange {
-            origin: mimi.origin.clone(),
-            bins,
-            vocab,
-        });
-    }
+    )?;
     let tokenizer = TextTokenizer::from_file(&assets::find_tokenizer(model_path, tokenizer_path)?)?;
     Ok(Assets {
         loaded,
@@ -697,12 +679,12 @@ impl<'a> Run<'a> {
                        (batch, scales): (&Batch, (f32, f32))|
          -> Result<Vec<Array>, Exception> {
             let l = model.loss(&loss_batch(batch), weights)?;
-            let sem = l.semantic.multiply(Array::from_f32(scales.0))?;
-            let aco = l.acoustic.multiply(Array::from_f32(scales.1))?;
-            let total = sem
-                .multiply(Array::from_f32(weights.semantic))?
-                .add(aco.multiply(Array::from_f32(weights.acoustic))?)?;
-            Ok(vec![total, sem, aco])
+            scaled_terms(
+                l,
+                &Array::from_f32(scales.0),
+                &Array::from_f32(scales.1),
+                weights,
+            )
         };
         let mut value_and_grad = nn::value_and_grad(loss_fn);
         // The same step for `mx.compile`: every batch value is an input
@@ -726,12 +708,7 @@ impl<'a> Run<'a> {
                     },
                     weights,
                 )?;
-                let sem = l.semantic.multiply(&x[5])?;
-                let aco = l.acoustic.multiply(&x[6])?;
-                let total = sem
-                    .multiply(Array::from_f32(weights.semantic))?
-                    .add(aco.multiply(Array::from_f32(weights.acoustic))?)?;
-                Ok(vec![total, sem, aco])
+                scaled_terms(l, &x[5], &x[6], weights)
             };
             let (values, grads) = nn::value_and_grad(f)(model, x)?;
             let mut grads: Vec<(String, Array)> =
@@ -1156,6 +1133,23 @@ pub fn save_merged(loaded: &LoadedCsm, dir: &Path) -> Result<PathBuf, TrainError
     };
     write_atomic(&dir.join("config.json"), &config_json)?;
     Ok(file)
+}
+
+/// `[total, semantic, acoustic]` of one micro-batch, each term scaled to
+/// this rank's share of the global mean (see `Run::execute`), the total
+/// weighted by `--semantic-weight` / `--acoustic-weight`.
+fn scaled_terms(
+    l: crate::model::CsmLoss,
+    semantic_scale: &Array,
+    acoustic_scale: &Array,
+    weights: LossWeights,
+) -> Result<Vec<Array>, Exception> {
+    let sem = l.semantic.multiply(semantic_scale)?;
+    let aco = l.acoustic.multiply(acoustic_scale)?;
+    let total = sem
+        .multiply(Array::from_f32(weights.semantic))?
+        .add(aco.multiply(Array::from_f32(weights.acoustic))?)?;
+    Ok(vec![total, sem, aco])
 }
 
 /// Whether the training step goes through `mx.compile`, and why.
