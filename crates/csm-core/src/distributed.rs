@@ -54,19 +54,20 @@
 //! peer's socket closed) surfaces through mlx-rs's `eval` and is also turned
 //! into [`DistError::Collective`].
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::ffi::{c_char, c_void, CStr, CString};
+use std::ffi::CString;
 use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, Once};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use mlx_rs::error::Exception;
 use mlx_rs::{Array, Dtype, Stream};
+
+use crate::ffi::mlx_call;
 
 /// Default bound on one collective (and on group set-up), in seconds.
 pub const DEFAULT_TIMEOUT_SECS: u64 = 120;
@@ -184,80 +185,6 @@ pub enum DistError {
 fn mlx_err(what: impl Into<String>) -> impl FnOnce(Exception) -> DistError {
     let what = what.into();
     move |source| DistError::Mlx { what, source }
-}
-
-// ---------------------------------------------------------------------------
-// MLX error capture
-
-// mlx-rs 0.33 registers this handler (process-wide, via mlx_set_error_handler)
-// and keeps the message in a thread-local for its own wrappers. Its Rust path
-// is private but the symbol is `#[no_mangle] extern "C"`, so we can chain to it.
-extern "C" {
-    fn default_mlx_error_handler(msg: *const c_char, data: *mut c_void);
-}
-
-thread_local! {
-    /// `Some(..)` while this thread runs an mlx-c call through [`mlx_call`].
-    static CAPTURE: RefCell<Option<Option<String>>> = const { RefCell::new(None) };
-}
-
-extern "C" fn chained_error_handler(msg: *const c_char, data: *mut c_void) {
-    let captured = CAPTURE.with(|c| {
-        let mut c = c.borrow_mut();
-        match c.as_mut() {
-            Some(slot) => {
-                let text = if msg.is_null() {
-                    String::from("(no message)")
-                } else {
-                    // SAFETY: mlx-c passes a NUL-terminated string valid for
-                    // the duration of the call.
-                    unsafe { CStr::from_ptr(msg) }
-                        .to_string_lossy()
-                        .into_owned()
-                };
-                *slot = Some(text);
-                true
-            }
-            None => false,
-        }
-    });
-    if !captured {
-        // SAFETY: forwards the exact arguments mlx-c gave us to the handler
-        // mlx-rs registered, as if it had been called directly.
-        unsafe { default_mlx_error_handler(msg, data) };
-    }
-}
-
-static HANDLER: Once = Once::new();
-
-/// Installs [`chained_error_handler`] once, after mlx-rs has installed its
-/// own (so mlx-rs never overwrites ours). Without a handler mlx-c's default
-/// prints the error and calls `exit()`.
-fn install_error_handler() {
-    HANDLER.call_once(|| {
-        // Any fallible mlx-rs operation makes mlx-rs register its handler
-        // (a `Once` inside mlx-rs); cloning an array is one.
-        drop(Array::from_int(0).clone());
-        // SAFETY: the handler is a plain `extern "C"` function with no data
-        // pointer and no destructor; it lives for the whole program.
-        unsafe {
-            mlx_sys::mlx_set_error_handler(Some(chained_error_handler), std::ptr::null_mut(), None)
-        };
-    });
-}
-
-/// Runs one mlx-c call on this thread and turns a non-zero status into
-/// MLX's error message instead of letting it reach mlx-rs's stash.
-fn mlx_call(f: impl FnOnce() -> i32) -> Result<(), String> {
-    install_error_handler();
-    CAPTURE.with(|c| *c.borrow_mut() = Some(None));
-    let status = f();
-    let message = CAPTURE.with(|c| c.borrow_mut().take().flatten());
-    if status == 0 {
-        Ok(())
-    } else {
-        Err(message.unwrap_or_else(|| format!("mlx-c returned status {status}")))
-    }
 }
 
 // ---------------------------------------------------------------------------

@@ -48,6 +48,7 @@ pub mod codec;
 pub mod data;
 pub mod demo;
 pub mod distributed;
+mod ffi;
 pub mod generate;
 pub mod lora;
 pub mod model;

@@ -146,7 +146,10 @@ pub async fn generate_sample<R: Runtime>(
         let _ = on_progress.send(event);
     };
     let result = blocking("generate_sample", move || {
-        generate(&request, &out_dir, &send, &cancel)
+        let result = generate(&request, &out_dir, &send, &cancel);
+        // The generator's arrays are gone: give their memory back.
+        csm_core::runtime::release_free_memory();
+        result
     })
     .await;
     drop(job);

@@ -345,6 +345,8 @@ pub fn start(
         .name(format!("train-{run_id}"))
         .spawn(move || {
             run_thread(&id, &run_dir, &cfg, &cancel, &sink);
+            // The trainer's arrays are gone: give their memory back.
+            csm_core::runtime::release_free_memory();
             *slot.lock().expect("jobs lock") = None;
         });
     if let Err(e) = spawned {

@@ -14,7 +14,7 @@ use mlx_rs::error::Exception;
 use mlx_rs::fast::{self, ScaledDotProductAttentionMask};
 use mlx_rs::macros::ModuleParameters;
 use mlx_rs::module::{Module, Param};
-use mlx_rs::{nn, ops, Array};
+use mlx_rs::{ops, Array};
 
 use super::config::LlamaConfig;
 use crate::lora::Proj;
@@ -287,9 +287,9 @@ impl Module<&Array> for Mlp {
     /// # Shapes
     /// `x: [..., D]` -> `[..., D]`
     fn forward(&mut self, x: &Array) -> Result<Array, Exception> {
-        let gate = nn::silu(self.gate_proj.forward(x)?)?;
+        let gate = self.gate_proj.forward(x)?;
         let up = self.up_proj.forward(x)?;
-        self.down_proj.forward(&gate.multiply(&up)?)
+        self.down_proj.forward(&super::swiglu::swiglu(&gate, &up)?)
     }
 
     fn training_mode(&mut self, mode: bool) {

@@ -1,0 +1,133 @@
+//! Direct mlx-c calls for what mlx-rs 0.33 does not wrap (distributed
+//! collectives, custom gradients): error capture and array-vector helpers.
+
+use std::cell::RefCell;
+use std::ffi::{c_char, c_void, CStr};
+use std::sync::Once;
+
+use mlx_rs::Array;
+
+// mlx-rs 0.33 registers this handler (process-wide, via mlx_set_error_handler)
+// and keeps the message in a thread-local for its own wrappers. Its Rust path
+// is private but the symbol is `#[no_mangle] extern "C"`, so we can chain to it.
+extern "C" {
+    fn default_mlx_error_handler(msg: *const c_char, data: *mut c_void);
+}
+
+thread_local! {
+    /// `Some(..)` while this thread runs an mlx-c call through [`mlx_call`].
+    static CAPTURE: RefCell<Option<Option<String>>> = const { RefCell::new(None) };
+}
+
+extern "C" fn chained_error_handler(msg: *const c_char, data: *mut c_void) {
+    let captured = CAPTURE.with(|c| {
+        let mut c = c.borrow_mut();
+        match c.as_mut() {
+            Some(slot) => {
+                // Keep the first message: an error inside a callback is the
+                // cause, the wrapper's "closure returned non-zero" the effect.
+                if slot.is_none() {
+                    let text = if msg.is_null() {
+                        String::from("(no message)")
+                    } else {
+                        // SAFETY: mlx-c passes a NUL-terminated string valid
+                        // for the duration of the call.
+                        unsafe { CStr::from_ptr(msg) }
+                            .to_string_lossy()
+                            .into_owned()
+                    };
+                    *slot = Some(text);
+                }
+                true
+            }
+            None => false,
+        }
+    });
+    if !captured {
+        // SAFETY: forwards the exact arguments mlx-c gave us to the handler
+        // mlx-rs registered, as if it had been called directly.
+        unsafe { default_mlx_error_handler(msg, data) };
+    }
+}
+
+static HANDLER: Once = Once::new();
+
+/// Installs [`chained_error_handler`] once, after mlx-rs has installed its
+/// own (so mlx-rs never overwrites ours). Without a handler mlx-c's default
+/// prints the error and calls `exit()`.
+fn install_error_handler() {
+    HANDLER.call_once(|| {
+        // Any fallible mlx-rs operation makes mlx-rs register its handler
+        // (a `Once` inside mlx-rs); cloning an array is one.
+        drop(Array::from_int(0).clone());
+        // SAFETY: the handler is a plain `extern "C"` function with no data
+        // pointer and no destructor; it lives for the whole program.
+        unsafe {
+            mlx_sys::mlx_set_error_handler(Some(chained_error_handler), std::ptr::null_mut(), None)
+        };
+    });
+}
+
+/// Runs one mlx-c call on this thread and turns a non-zero status into
+/// MLX's error message instead of letting it reach mlx-rs's stash.
+pub(crate) fn mlx_call(f: impl FnOnce() -> i32) -> Result<(), String> {
+    install_error_handler();
+    // Nested calls (an mlx-c call made from a callback of another) share the
+    // outer slot, so the innermost message survives.
+    let outer = CAPTURE.with(|c| {
+        let mut c = c.borrow_mut();
+        let was_set = c.is_some();
+        if !was_set {
+            *c = Some(None);
+        }
+        was_set
+    });
+    let status = f();
+    let message = if outer {
+        CAPTURE.with(|c| c.borrow().clone().flatten())
+    } else {
+        CAPTURE.with(|c| c.borrow_mut().take().flatten())
+    };
+    if status == 0 {
+        Ok(())
+    } else {
+        Err(message.unwrap_or_else(|| format!("mlx-c returned status {status}")))
+    }
+}
+
+/// The arrays of an mlx-c vector, as owned [`Array`]s.
+///
+/// # Safety
+/// `vec` must be a live `mlx_vector_array` handle.
+pub(crate) unsafe fn vector_arrays(vec: mlx_sys::mlx_vector_array) -> Result<Vec<Array>, String> {
+    // SAFETY: the caller guarantees `vec` is live.
+    let n = unsafe { mlx_sys::mlx_vector_array_size(vec) };
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        // SAFETY: a fresh handle for mlx-c to fill.
+        let mut raw = unsafe { mlx_sys::mlx_array_new() };
+        // SAFETY: `i < n` and `raw` is a valid out-parameter.
+        if let Err(e) = mlx_call(|| unsafe { mlx_sys::mlx_vector_array_get(&mut raw, vec, i) }) {
+            // SAFETY: frees the handle created above, never handed out.
+            unsafe { mlx_sys::mlx_array_free(raw) };
+            return Err(e);
+        }
+        // SAFETY: `raw` now holds its own reference; the Array frees it.
+        out.push(unsafe { Array::from_ptr(raw) });
+    }
+    Ok(out)
+}
+
+/// Replaces the contents of the mlx-c vector `res` with `arrays`.
+///
+/// # Safety
+/// `res` must point to a live `mlx_vector_array` handle.
+pub(crate) unsafe fn set_vector_arrays(
+    res: *mut mlx_sys::mlx_vector_array,
+    arrays: &[Array],
+) -> Result<(), String> {
+    let raw: Vec<mlx_sys::mlx_array> = arrays.iter().map(|a| a.as_ptr()).collect();
+    // SAFETY: `res` is live (caller); `raw` holds live handles for the call,
+    // which the vector copies (taking its own references).
+    mlx_call(|| unsafe { mlx_sys::mlx_vector_array_set_data(res, raw.as_ptr(), raw.len()) })
+}
