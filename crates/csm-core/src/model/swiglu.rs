@@ -239,8 +239,8 @@ mod tests {
             .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
             .collect();
         (
-            Array::from_slice(&gate, &[1, n as i32]),
-            Array::from_slice(&up, &[1, n as i32]),
+            Array::from_slice(&gate, &[1, n]),
+            Array::from_slice(&up, &[1, n]),
         )
     }
 
