@@ -178,9 +178,10 @@ impl Module<&Array> for Proj {
             } else {
                 x.clone()
             };
-            let update = ops::matmul(&ops::matmul(&input, a)?, b)?; // [..., out], f32
-                                                                    // Back to y's dtype: an f32 update would promote the residual
-                                                                    // stream, and with it every later matmul, to f32.
+            // [..., out], f32
+            let update = ops::matmul(&ops::matmul(&input, a)?, b)?;
+            // Back to y's dtype: an f32 update would promote the residual
+            // stream, and with it every later matmul, to f32.
             let update = update
                 .multiply(Array::from_f32(self.scale))?
                 .as_dtype(y.dtype())?;

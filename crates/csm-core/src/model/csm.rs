@@ -188,8 +188,13 @@ impl Csm {
             .try_index((.., ..n - 1))?
             .add(&self.codebook_offsets(n - 1)?)?; // [N, n_cb - 1]
         let emb = self.audio_embeddings.forward(&prev_codes)?; // [N, n_cb - 1, D]
-        let x = ops::concatenate(&[h_prev.expand_dims(1)?, emb], 1)?; // [N, n_cb, D]
-        let x = self.projection.forward(&x)?; // [N, n_cb, D_dec]
+                                                               // Projected apart, so training's backward runs the projection's
+                                                               // input gradient for the N backbone states only: the embeddings are
+                                                               // frozen and need none (17.6 GFLOP less per CSM-1B step with the
+                                                               // decoder on all 131 frames).
+        let h_proj = self.projection.forward(&h_prev.expand_dims(1)?)?; // [N, 1, D_dec]
+        let emb_proj = self.projection.forward(&emb)?; // [N, n_cb - 1, D_dec]
+        let x = ops::concatenate(&[h_proj, emb_proj], 1)?; // [N, n_cb, D_dec]
         let d = self.decoder.forward(LlamaInput {
             x: &x,
             mask: AttentionMask::Causal,

@@ -94,7 +94,7 @@ pub struct CsmLoss {
 /// `logits: [..., V]`, `targets: [...]` (int) -> `[...]` f32
 pub fn cross_entropy(logits: &Array, targets: &Array) -> Result<Array, Exception> {
     let logits = logits.as_dtype(Dtype::Float32)?;
-    let lse = logits.logsumexp_axis(-1, false)?; // [...]
+    let lse = super::pow_exp::logsumexp(&logits)?; // [...]
     let idx = targets.as_dtype(Dtype::Int32)?.expand_dims(-1)?; // [..., 1]
     let picked = take_along_axis(&logits, &idx, -1)?.squeeze_axes(&[-1])?; // [...]
     lse.subtract(&picked)

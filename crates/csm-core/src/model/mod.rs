@@ -27,7 +27,7 @@ pub mod error;
 pub mod llama;
 pub mod load;
 pub mod loss;
-pub mod swiglu;
+pub mod pow_exp;
 
 pub use config::{ConfigKind, CsmConfig, Llama3RopeScaling, LlamaConfig};
 pub use csm::{Csm, FrameInput};

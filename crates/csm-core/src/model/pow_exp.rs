@@ -1,25 +1,26 @@
-//! The Llama feed-forward gate, `silu(gate) * up`, with a CPU path that
-//! avoids MLX's sigmoid.
+//! Exponentials through `powf` where MLX's own are slow: the Llama
+//! feed-forward gate `silu(gate) * up` ([`swiglu`]) and the loss's
+//! [`logsumexp`].
 //!
 //! MLX's Linux CPU build evaluates elementwise ops one element at a time
-//! (its SIMD layer is Apple-only), and its `sigmoid` costs about 14 ns per
-//! element through its own polynomial `exp`, on the one thread that runs
-//! all non-BLAS work. With the depth decoder on every frame that is about
-//! 2.3 s of a 14.4 s CSM-1B step on this project's 2-core machine
-//! (`perf`, docs/benchmarks.md). Here `sigmoid(x) = 1 / (1 + e^-x)` with
-//! `e^-x = power(1/e, x)`: MLX's `power` is libm's `powf`, about 4 ns per
-//! element. The base `1/e` rounded to f32 is off by at most 2^-24 relative,
-//! so `e^-x` is off by at most `|x| 2^-24` relative, within a few ulps for
-//! the activations a model produces; `powf` saturates to `inf` / `0` at the
-//! extremes, which gives the exact limits 0 and 1.
+//! (its SIMD layer is Apple-only), and its `exp` and `sigmoid` cost about 10
+//! and 14 ns per element through its own polynomial, on the one thread that
+//! runs all non-BLAS work. With the depth decoder on every frame the
+//! sigmoid alone was about 2.3 s of a 14.4 s CSM-1B step on this project's
+//! 2-core machine (`perf`, docs/benchmarks.md). MLX's `power` is libm's
+//! `powf`, about 3-4 ns per element, so here `e^x = power(e, x)` and
+//! `e^-x = power(1/e, x)`. The base `e` or `1/e` rounded to f32 is off by at
+//! most 2^-24 relative, so `e^x` is off by at most `|x| 2^-24` relative:
+//! within a few ulps for the values a model produces. `powf` saturates to
+//! `inf` / `0` at the extremes, which gives the exact limits.
 //!
-//! The gradient is written out (a custom VJP) instead of differentiated
-//! through the ops: the forward also returns `sigmoid(x)`, which the
-//! backward reuses, so `powf` runs once per element and autodiff keeps one
-//! activation-sized buffer for the backward instead of two.
+//! [`swiglu`]'s gradient is written out (a custom VJP) instead of
+//! differentiated through the ops: the forward also returns `sigmoid(x)`,
+//! which the backward reuses, so `powf` runs once per element and autodiff
+//! keeps one activation-sized buffer for the backward instead of two.
 //!
 //! GPUs, macOS (whose CPU build does vectorize) and non-f32 dtypes keep
-//! `nn::silu(gate) * up`.
+//! MLX's own `silu` and `logsumexp`.
 
 use std::ffi::{c_int, c_void};
 
@@ -40,19 +41,37 @@ pub fn swiglu(gate: &Array, up: &Array) -> Result<Array, Exception> {
     }
 }
 
-/// Whether [`swiglu`] takes the `powf` path for these operands.
-fn uses_power_path(gate: &Array, up: &Array) -> bool {
-    if cfg!(target_os = "macos") {
+/// Log-sum-exp over the last axis, differentiable.
+///
+/// # Shapes
+/// `x: [..., V]` -> `[...]`
+pub fn logsumexp(x: &Array) -> Result<Array, Exception> {
+    if !powf_is_faster(x) {
+        return x.logsumexp_axis(-1, false);
+    }
+    // The max only shifts the exponent; its gradient contributions cancel,
+    // so it is held constant.
+    let m = mlx_rs::stop_gradient(x.max_axis(-1, true)?)?; // [..., 1]
+    let e = Array::from_f32(std::f64::consts::E as f32);
+    let sum = e.power(x.subtract(&m)?)?.sum_axis(-1, false)?; // [...]
+    m.squeeze_axes(&[-1])?.add(sum.log()?)
+}
+
+/// Whether the `powf` forms beat MLX's own for an `x` of this dtype: on a
+/// CPU default device, f32, outside macOS.
+fn powf_is_faster(x: &Array) -> bool {
+    if cfg!(target_os = "macos") || x.dtype() != Dtype::Float32 {
         return false;
     }
-    let on_cpu = matches!(
+    matches!(
         Device::try_default().and_then(|d| d.get_type()),
         Ok(DeviceType::Cpu)
-    );
-    on_cpu
-        && gate.dtype() == Dtype::Float32
-        && up.dtype() == Dtype::Float32
-        && gate.shape() == up.shape()
+    )
+}
+
+/// Whether [`swiglu`] takes the `powf` path for these operands.
+fn uses_power_path(gate: &Array, up: &Array) -> bool {
+    powf_is_faster(gate) && up.dtype() == Dtype::Float32 && gate.shape() == up.shape()
 }
 
 /// `e^-x`, as `power(1/e, x)`.
@@ -306,6 +325,44 @@ mod tests {
         let d_up: Vec<f32> = ours[1].as_slice::<f32>().to_vec();
         assert!(d_up[0].abs() < 1e-30, "{}", d_up[0]);
         assert!((d_up[4000] - 100.0 * weights[4000]).abs() < 1e-3);
+    }
+
+    #[test]
+    fn logsumexp_and_its_gradient_match_mlx() {
+        // Rows of very different scales, a saturated row, and a row whose
+        // terms all underflow but the max.
+        let rows: Vec<f32> = (0..6 * 50)
+            .map(|i| {
+                let (r, j) = (i / 50, (i % 50) as f32);
+                match r {
+                    0 => j / 10.0 - 2.5,
+                    1 => (j * 0.37).sin() * 30.0,
+                    2 => -j * 5.0,
+                    3 => 80.0 + j,
+                    4 => -200.0 - j,
+                    _ => (j * 1.7).cos(),
+                }
+            })
+            .collect();
+        let x = Array::from_slice(&rows, &[2, 3, 50]);
+        let ours = logsumexp(&x).unwrap();
+        let want = x.logsumexp_axis(-1, false).unwrap();
+        assert_eq!(ours.shape(), &[2, 3]);
+        let diff = max_abs_diff(&ours, &want);
+        assert!(diff < 2e-5, "max |diff| {diff}");
+        let w = Array::from_slice(&[1.0f32, -2.0, 0.5, 3.0, 1.5, -1.0], &[2, 3]);
+        let grad = |f: fn(&Array) -> Result<Array, Exception>| {
+            let w = w.clone();
+            let loss = move |args: &[Array]| -> Result<Vec<Array>, Exception> {
+                Ok(vec![f(&args[0])?.multiply(&w)?.sum(None)?])
+            };
+            let mut vg = value_and_grad_with_argnums(loss, &[0][..]);
+            vg(&[x.clone()]).unwrap().1.remove(0)
+        };
+        let ours = grad(logsumexp);
+        let want = grad(|x| x.logsumexp_axis(-1, false));
+        let diff = max_abs_diff(&ours, &want);
+        assert!(diff < 1e-5, "gradient max |diff| {diff}");
     }
 
     #[test]
