@@ -357,7 +357,7 @@ mod tests {
                 Ok(vec![f(&args[0])?.multiply(&w)?.sum(None)?])
             };
             let mut vg = value_and_grad_with_argnums(loss, &[0][..]);
-            vg(&[x.clone()]).unwrap().1.remove(0)
+            vg(std::slice::from_ref(&x)).unwrap().1.remove(0)
         };
         let ours = grad(logsumexp);
         let want = grad(|x| x.logsumexp_axis(-1, false));
