@@ -32,7 +32,7 @@ demo=$(mktemp -d)
 if [ -n "$demo_data" ]; then
   mkdir -p "$demo/data" && cp -r "$demo_data"/. "$demo/data/"
 fi
-start=$(date +%s.%N)
+start=$(date +%s%N)
 g demo --dir "$demo" 2>&1 | tail -25
-echo "demo wall time: $(echo "$(date +%s.%N) - $start" | bc) s"
+echo "demo wall time: $(( ($(date +%s%N) - start) / 1000000 )) ms"
 ls "$demo"/run* "$demo"/runs 2>/dev/null | head -20 || true
