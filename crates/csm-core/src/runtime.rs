@@ -137,6 +137,11 @@ pub fn set_process_defaults() {
 /// (docs/benchmarks.md). Disabling `mmap` alone gave 14.03 s: the trim
 /// threshold matters too. The freed memory stays with the process until
 /// [`release_free_memory`].
+///
+/// One arena for all threads: glibc caps every other arena's heap at 64 MB
+/// and `mmap`s larger blocks there whatever the settings, so the app's
+/// training thread would not benefit. This must run before other threads
+/// allocate (first thing in `main`); [`malloc_probe`] checks the result.
 fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
@@ -145,11 +150,48 @@ fn keep_freed_memory() {
             // SAFETY: mallopt only changes allocator parameters; it is safe
             // to call at any time.
             unsafe {
+                libc::mallopt(libc::M_ARENA_MAX, 1);
                 libc::mallopt(libc::M_MMAP_MAX, 0);
                 libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
             }
         }
     }
+}
+
+/// Where glibc's `malloc` takes a 64 MB block from: [`malloc_probe`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct MallocProbe {
+    /// The block came from a fresh `mmap` on the calling thread.
+    pub this_thread_mmapped: bool,
+    /// The block came from a fresh `mmap` on a thread started for the probe.
+    pub new_thread_mmapped: bool,
+}
+
+/// Allocates a 64 MB block on this thread and on a new one and reports
+/// whether glibc `mmap`ed them (its default) or served them from the heap
+/// (after [`set_process_defaults`]). `None` where the C library is not
+/// glibc.
+pub fn malloc_probe() -> Option<MallocProbe> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        fn mmapped_64_mb() -> bool {
+            // SAFETY: mallinfo2 only reads allocator statistics.
+            let before = unsafe { libc::mallinfo2() }.hblkhd;
+            let block = std::hint::black_box(vec![1u8; 64 << 20]);
+            // SAFETY: as above.
+            let during = unsafe { libc::mallinfo2() }.hblkhd;
+            drop(block);
+            during.saturating_sub(before) >= 64 << 20
+        }
+        let this_thread_mmapped = mmapped_64_mb();
+        let new_thread_mmapped = std::thread::spawn(mmapped_64_mb).join().ok()?;
+        Some(MallocProbe {
+            this_thread_mmapped,
+            new_thread_mmapped,
+        })
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    None
 }
 
 /// Hands the free memory the allocator keeps (see [`set_process_defaults`])
@@ -300,4 +342,18 @@ pub fn matmul_gflops(
         iterations,
         gflops: flops / secs / 1e9,
     })
+}
+
+#[cfg(all(test, target_os = "linux", target_env = "gnu"))]
+mod tests {
+    /// The probe sees glibc's default (the test harness never calls
+    /// `set_process_defaults`; `csm info`'s test checks the tuned case).
+    #[test]
+    fn malloc_probe_sees_glibc_mmap_big_blocks_by_default() {
+        let probe = super::malloc_probe().unwrap();
+        assert!(
+            probe.this_thread_mmapped && probe.new_thread_mmapped,
+            "{probe:?}"
+        );
+    }
 }

@@ -46,6 +46,14 @@ pub fn run(args: InfoArgs) -> Result<()> {
         blas.path.map(|p| format!(" ({p})")).unwrap_or_default()
     );
     println!("libmlx          {}", libmlx_path());
+    if let Some(probe) = runtime::malloc_probe() {
+        let from = |mmapped: bool| if mmapped { "mmap" } else { "heap" };
+        println!(
+            "malloc          64 MB blocks from the {} (this thread), the {} (a new thread)",
+            from(probe.this_thread_mmapped),
+            from(probe.new_thread_mmapped)
+        );
+    }
     println!(
         "matmul f32      {:.1} GFLOP/s  (n={}, {} iterations in {:.1} s)",
         f32_bench.gflops, f32_bench.n, f32_bench.iterations, args.seconds
