@@ -190,7 +190,7 @@ impl Drop for Closures {
 fn power_swiglu(gate: &Array, up: &Array) -> Result<Array, Exception> {
     let fail = |what: &str, message: String| Exception::custom(format!("swiglu {what}: {message}"));
     // SAFETY: plain `extern "C"` functions without payload or destructor.
-    let closures = unsafe {
+    let mut closures = unsafe {
         Closures {
             fun: mlx_sys::mlx_closure_new_func_payload(
                 Some(forward_callback),
@@ -205,7 +205,6 @@ fn power_swiglu(gate: &Array, up: &Array) -> Result<Array, Exception> {
             custom: mlx_sys::mlx_closure_new(),
         }
     };
-    let mut closures = closures;
     // SAFETY: all three handles are live; `custom` is the out-parameter.
     mlx_call(|| unsafe {
         mlx_sys::mlx_custom_vjp(&mut closures.custom, closures.fun, closures.vjp)
