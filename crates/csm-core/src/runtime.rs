@@ -127,13 +127,14 @@ pub fn set_process_defaults() {
 /// back to the kernel, unless the user tuned malloc through
 /// `GLIBC_TUNABLES`.
 ///
-/// MLX's CPU backend has no buffer cache: every array is a `malloc`, and
-/// glibc serves blocks over 32 MB with a fresh `mmap` that it unmaps on
-/// `free`. A training step's activations are such blocks, so every step
-/// faulted in (and the kernel zeroed) about 5 GB of new pages. Serving them
-/// from the heap and trimming its top only past 2 GB: CSM-1B step with the
-/// depth decoder on every frame on this project's 2-core machine, 15.75 ->
-/// 14.40 s, 5.4 M fewer page faults per 4 steps, peak RSS 10.07 -> 10.40 GB
+/// MLX's CPU allocator hands every array to `malloc`, and glibc serves
+/// blocks over 32 MB with a fresh `mmap` that it unmaps on `free`. A
+/// training step's activations are such blocks, so every step faulted in
+/// (and the kernel zeroed) gigabytes of new pages. Serving them from the
+/// heap and trimming its top only past 2 GB: CSM-1B step with the depth
+/// decoder on every frame on this project's 2-core machine, 15.75 -> 14.40
+/// s, 6.98 M -> 2.57 M page faults over a 4-step run, peak RSS 10.07 ->
+/// 10.40 GB
 /// (docs/benchmarks.md). Disabling `mmap` alone gave 14.03 s: the trim
 /// threshold matters too. The freed memory stays with the process until
 /// [`release_free_memory`].
