@@ -58,15 +58,8 @@ fn two_ranks_match_one_rank_with_the_doubled_batch() {
         wb.tensors.keys().collect::<Vec<_>>()
     );
     for (k, x) in &wa.tensors {
-        let d = x
-            .subtract(&wb.tensors[k])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max(None)
-            .unwrap()
-            .item_cast::<f32>();
-        let s = x.abs().unwrap().max(None).unwrap().item_cast::<f32>();
+        let d = common::max_abs_diff(x, &wb.tensors[k]);
+        let s = common::max_abs(x);
         assert!(d <= 1e-3 * s.max(1e-3), "{k}: max diff {d} (scale {s})");
     }
     // Only rank 0 wrote outputs; the metrics report the all-reduce.

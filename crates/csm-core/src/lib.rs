@@ -56,7 +56,9 @@ pub mod runtime;
 pub mod tokenizer;
 pub mod train;
 
+// The unit tests share the integration tests' helpers.
 #[cfg(test)]
+#[path = "../tests/common/mod.rs"]
 mod test_util;
 
 pub use mlx_rs;

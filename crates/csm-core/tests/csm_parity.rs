@@ -6,6 +6,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+mod common;
+use common::max_abs_diff;
+
 use csm_core::checkpoint::WeightMap;
 use csm_core::model::llama::AttentionInput;
 use csm_core::model::load::{canonical_weights, read_config, to_format, ConfigOrigin};
@@ -48,19 +51,6 @@ fn load(path: &Path, config: Option<CsmConfig>) -> csm_core::model::LoadedCsm {
 
 fn hf_model() -> Csm {
     load(&fixtures().join("csm_tiny_hf"), None).model
-}
-
-fn max_abs_diff(a: &Array, b: &Array) -> f32 {
-    assert_eq!(a.shape(), b.shape());
-    a.as_dtype(Dtype::Float32)
-        .unwrap()
-        .subtract(b.as_dtype(Dtype::Float32).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max(None)
-        .unwrap()
-        .item_cast::<f32>()
 }
 
 fn scalar(a: &Array) -> f32 {
@@ -224,14 +214,7 @@ fn pt_checkpoint_loads_the_same_weights_as_safetensors() {
         b.tensors.keys().collect::<Vec<_>>()
     );
     for (k, v) in &a.tensors {
-        let diff = v
-            .subtract(&b.tensors[k])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max(None)
-            .unwrap()
-            .item_cast::<f32>();
+        let diff = max_abs_diff(v, &b.tensors[k]);
         assert_eq!(diff, 0.0, "{k}");
     }
 }

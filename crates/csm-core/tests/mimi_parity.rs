@@ -7,6 +7,9 @@
 
 use std::path::{Path, PathBuf};
 
+mod common;
+use common::max_abs_diff;
+
 use csm_core::checkpoint::WeightMap;
 use csm_core::codec::{detect_format, Mimi, MimiCheckpointFormat, MimiConfig};
 use csm_core::mlx_rs::{Array, Dtype};
@@ -27,19 +30,6 @@ fn get(map: &WeightMap, key: &str) -> Array {
         .get(key)
         .unwrap_or_else(|| panic!("{} has no `{key}`", map.source))
         .clone()
-}
-
-fn max_abs_diff(a: &Array, b: &Array) -> f32 {
-    assert_eq!(a.shape(), b.shape(), "shape mismatch");
-    a.as_dtype(Dtype::Float32)
-        .unwrap()
-        .subtract(b.as_dtype(Dtype::Float32).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max(None)
-        .unwrap()
-        .item_exact::<f32>()
 }
 
 /// `[B, C, T]` (PyTorch conv layout) of an intermediate `[B, T, C]`.

@@ -3,6 +3,9 @@
 
 use std::path::Path;
 
+mod common;
+use common::{max_abs, max_abs_diff, remove_at_exit};
+
 use csm_core::codec::Mimi;
 use csm_core::demo::{create_demo, DemoPaths};
 
@@ -42,21 +45,6 @@ fn shared_demo() -> DemoPaths {
         demo(&root, 6)
     })
     .clone()
-}
-
-/// Deletes `root` when this test process exits: the demo is ~400 MB and
-/// nextest runs every test in its own process, so the folders would pile up.
-fn remove_at_exit(root: &Path) {
-    static ROOT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    extern "C" fn cleanup() {
-        if let Some(p) = ROOT.get() {
-            let _ = std::fs::remove_dir_all(p);
-        }
-    }
-    if ROOT.set(root.to_path_buf()).is_ok() {
-        // SAFETY: registers a function without arguments or captured state.
-        unsafe { libc::atexit(cleanup) };
-    }
 }
 
 fn config(paths: &DemoPaths, out: &Path) -> TrainConfig {
@@ -313,15 +301,8 @@ fn compiled_step_follows_the_plain_step() {
         );
     }
     for (k, x) in &a.tensors {
-        let d = x
-            .subtract(&b.tensors[k])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max(None)
-            .unwrap()
-            .item_cast::<f32>();
-        let scale = x.abs().unwrap().max(None).unwrap().item_cast::<f32>();
+        let d = max_abs_diff(x, &b.tensors[k]);
+        let scale = max_abs(x);
         assert!(
             d <= 1e-3 * scale.max(1e-3),
             "{k}: max diff {d} (scale {scale})"

@@ -2,11 +2,18 @@
 //! `csm` with a time limit, and reading `metrics.jsonl`.
 #![allow(dead_code)] // each test binary uses a subset
 
+use std::ffi::OsStr;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use csm_core::demo::{create_demo, DemoPaths};
+
+// Shared with csm-core's integration tests.
+#[path = "../../../csm-core/tests/common/mod.rs"]
+mod shared;
+#[allow(unused_imports)] // each test binary uses a subset
+pub use shared::{max_abs, max_abs_diff, remove_at_exit};
 
 pub const CSM: &str = env!("CARGO_BIN_EXE_csm");
 
@@ -23,21 +30,6 @@ pub fn demo() -> DemoPaths {
     .clone()
 }
 
-/// Deletes `root` when this test process exits: the demo is ~400 MB and
-/// nextest runs every test in its own process, so the folders would pile up.
-fn remove_at_exit(root: &Path) {
-    static ROOT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    extern "C" fn cleanup() {
-        if let Some(p) = ROOT.get() {
-            let _ = std::fs::remove_dir_all(p);
-        }
-    }
-    if ROOT.set(root.to_path_buf()).is_ok() {
-        // SAFETY: registers a function without arguments or captured state.
-        unsafe { libc::atexit(cleanup) };
-    }
-}
-
 pub fn run(args: &[String], cache: &Path, limit: Duration) -> (Output, Duration) {
     run_with_env(args, cache, limit, &[])
 }
@@ -49,14 +41,26 @@ pub fn run_with_env(
     limit: Duration,
     env: &[(&str, &str)],
 ) -> (Output, Duration) {
+    let cache = cache.to_str().expect("UTF-8 cache path");
+    let mut all = vec![("CSM_CACHE_DIR", cache), ("CSM_DIST_TIMEOUT_SECS", "20")];
+    all.extend_from_slice(env);
+    run_csm(args, limit, &all)
+}
+
+/// Runs `csm args` with `env` (and without a distributed set-up inherited
+/// from the caller), killing it after `limit`; returns the output and the
+/// wall time.
+pub fn run_csm<S: AsRef<OsStr> + std::fmt::Debug>(
+    args: &[S],
+    limit: Duration,
+    env: &[(&str, &str)],
+) -> (Output, Duration) {
     let start = Instant::now();
     let mut child = Command::new(CSM)
         .args(args)
-        .envs(env.iter().copied())
-        .env("CSM_CACHE_DIR", cache)
-        .env("CSM_DIST_TIMEOUT_SECS", "20")
         .env_remove("MLX_HOSTFILE")
         .env_remove("MLX_RANK")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -67,7 +71,7 @@ pub fn run_with_env(
             let out = child.wait_with_output().unwrap();
             panic!("csm {args:?} ran past {limit:?}:\n{}", text(&out));
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(50));
     }
     (child.wait_with_output().unwrap(), start.elapsed())
 }

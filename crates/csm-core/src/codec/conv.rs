@@ -447,14 +447,7 @@ mod tests {
                 "case {:?}",
                 (cin, cout, k, s, g, l)
             );
-            let err = got
-                .subtract(&want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max(None)
-                .unwrap()
-                .item_cast::<f32>();
+            let err = crate::test_util::max_abs_diff(&got, &want);
             assert!(
                 err < 1e-5,
                 "case {:?}: max error {err}",
