@@ -217,6 +217,17 @@ pub struct FrameProgress {
     pub elapsed: Duration,
 }
 
+/// What a caller can attach to a generation: a progress callback, run
+/// after every frame, and a cancel token, checked before every frame (the
+/// app's stop button). `GenerateHooks::default()` attaches neither.
+#[derive(Default)]
+pub struct GenerateHooks<'a> {
+    /// Called after every frame.
+    pub progress: Option<&'a mut dyn FnMut(&FrameProgress)>,
+    /// Stops generation before the next frame once set.
+    pub cancel: Option<&'a CancelToken>,
+}
+
 /// Output of [`generate_frames`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct GeneratedFrames {
@@ -358,6 +369,7 @@ impl PromptFrames {
 /// sample codebook 0 from `codebook0_head` and the other codebooks from the
 /// depth decoder (fresh cache each frame), stop on an all-zero frame when
 /// asked, and feed the frame back. Deterministic for a given seed.
+/// `hooks` reports each frame and can stop before the next one.
 ///
 /// # Shapes
 /// `prompt_tokens, prompt_mask: [1, L, n_cb + 1]` -> codes `[T][n_cb]`
@@ -365,35 +377,15 @@ impl PromptFrames {
 /// # Errors
 /// A prompt of the wrong shape, one with
 /// `L >= max_seq_len - options.max_frames` ([`GenerateError::PromptTooLong`]),
-/// invalid sampling settings, or an MLX failure.
+/// invalid sampling settings, an MLX failure, or
+/// [`GenerateError::Cancelled`] when `hooks.cancel` was set.
 pub fn generate_frames(
     csm: &mut Csm,
     prompt_tokens: &Array,
     prompt_mask: &Array,
     cfg: &SamplingConfig,
     options: &FrameOptions,
-    progress: Option<&mut dyn FnMut(&FrameProgress)>,
-) -> Result<GeneratedFrames, GenerateError> {
-    frame_loop(
-        csm,
-        prompt_tokens,
-        prompt_mask,
-        cfg,
-        options,
-        progress,
-        None,
-    )
-}
-
-/// [`generate_frames`], checking `cancel` before every frame.
-fn frame_loop(
-    csm: &mut Csm,
-    prompt_tokens: &Array,
-    prompt_mask: &Array,
-    cfg: &SamplingConfig,
-    options: &FrameOptions,
-    mut progress: Option<&mut dyn FnMut(&FrameProgress)>,
-    cancel: Option<&CancelToken>,
+    hooks: GenerateHooks<'_>,
 ) -> Result<GeneratedFrames, GenerateError> {
     let n_cb = csm.config.audio_num_codebooks;
     let shape = prompt_tokens.shape();
@@ -415,6 +407,10 @@ fn frame_loop(
             max_seq_len,
         });
     }
+    let GenerateHooks {
+        mut progress,
+        cancel,
+    } = hooks;
     let mut sampler = Sampler::new(cfg)?;
     let limit = options.code_limit;
 
@@ -629,7 +625,7 @@ impl Generator {
     /// Speaks `text` as `speaker` after the `context` turns.
     ///
     /// # Errors
-    /// See [`Generator::generate_with_progress`].
+    /// See [`Generator::generate_with`].
     pub fn generate(
         &mut self,
         context: &[Segment],
@@ -637,41 +633,24 @@ impl Generator {
         speaker: u32,
         cfg: &SamplingConfig,
     ) -> Result<Generated, GenerateError> {
-        self.generate_with_progress(context, text, speaker, cfg, None)
+        self.generate_with(context, text, speaker, cfg, GenerateHooks::default())
     }
 
-    /// [`Generator::generate`], calling `progress` after every frame.
+    /// [`Generator::generate`] with a progress callback and/or a cancel
+    /// token attached.
     ///
     /// # Errors
     /// Invalid settings, a context segment without audio, token ids outside
     /// the model's text vocabulary, a prompt too long for `max_audio_ms`,
-    /// codec or MLX failures.
-    pub fn generate_with_progress(
+    /// codec or MLX failures, and [`GenerateError::Cancelled`] when
+    /// `hooks.cancel` stopped it (nothing is decoded then).
+    pub fn generate_with(
         &mut self,
         context: &[Segment],
         text: &str,
         speaker: u32,
         cfg: &SamplingConfig,
-        progress: Option<&mut dyn FnMut(&FrameProgress)>,
-    ) -> Result<Generated, GenerateError> {
-        self.generate_cancellable(context, text, speaker, cfg, progress, None)
-    }
-
-    /// [`Generator::generate_with_progress`] that stops before the next
-    /// frame once `cancel` is set (the app's stop button).
-    ///
-    /// # Errors
-    /// As [`Generator::generate_with_progress`], plus
-    /// [`GenerateError::Cancelled`] when `cancel` stopped it (nothing is
-    /// decoded then).
-    pub fn generate_cancellable(
-        &mut self,
-        context: &[Segment],
-        text: &str,
-        speaker: u32,
-        cfg: &SamplingConfig,
-        progress: Option<&mut dyn FnMut(&FrameProgress)>,
-        cancel: Option<&CancelToken>,
+        hooks: GenerateHooks<'_>,
     ) -> Result<Generated, GenerateError> {
         cfg.validate()?;
         let start = Instant::now();
@@ -683,15 +662,7 @@ impl Generator {
             stop_on_eos: true,
             code_limit: Some(self.mimi.config.quantizer.bins),
         };
-        let out = frame_loop(
-            &mut self.csm,
-            &tokens,
-            &mask,
-            cfg,
-            &options,
-            progress,
-            cancel,
-        )?;
+        let out = generate_frames(&mut self.csm, &tokens, &mask, cfg, &options, hooks)?;
         let decode_start = Instant::now();
         let audio = self.decode(&out.codes)?;
         let decode = decode_start.elapsed();

@@ -6,10 +6,13 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+mod common;
+use common::max_abs_diff;
+
 use csm_core::checkpoint::WeightMap;
 use csm_core::generate::{
     apply_adapter, check_text_ids, generate_frames, store_input_major, FrameOptions, GenerateError,
-    Generator, PromptFrames, SamplingConfig, Segment,
+    GenerateHooks, Generator, PromptFrames, SamplingConfig, Segment,
 };
 use csm_core::lora::Proj;
 use csm_core::model::{load_csm, Csm, LoadOptions};
@@ -59,7 +62,8 @@ fn run(csm: &mut Csm, cfg: &SamplingConfig, frames: usize, eos: bool) -> (Vec<Ve
         stop_on_eos: eos,
         code_limit: None,
     };
-    let out = generate_frames(csm, &tokens, &mask, cfg, &options, None).unwrap();
+    let out =
+        generate_frames(csm, &tokens, &mask, cfg, &options, GenerateHooks::default()).unwrap();
     (out.codes, out.stopped_on_eos)
 }
 
@@ -92,7 +96,10 @@ fn greedy_frames_match_transformers() {
         &mask,
         &greedy(),
         &options,
-        Some(&mut count),
+        GenerateHooks {
+            progress: Some(&mut count),
+            cancel: None,
+        },
     )
     .unwrap();
     assert_eq!(seen, 4);
@@ -183,7 +190,7 @@ fn prompt_longer_than_the_context_allows_is_refused() {
         &mask,
         &SamplingConfig::default(),
         &options,
-        None,
+        GenerateHooks::default(),
     )
     .unwrap_err();
     assert!(matches!(err, GenerateError::PromptTooLong { .. }), "{err}");
@@ -281,14 +288,7 @@ fn adapter_with_zero_b_changes_nothing_and_nonzero_b_changes_output() {
     assert!(m.backbone.layers[0].self_attn.q_proj.has_lora());
     assert!(!m.backbone.layers[0].self_attn.k_proj.has_lora());
     assert_eq!(run(&mut m, &greedy(), 4, false).0, base_codes);
-    let d = c0_logits(&mut m)
-        .subtract(&base_logits)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max(None)
-        .unwrap()
-        .item_cast::<f32>();
+    let d = max_abs_diff(&c0_logits(&mut m), &base_logits);
     assert_eq!(d, 0.0);
     // Applying a second adapter on top is refused.
     let err = apply_adapter(&mut m, &zero).unwrap_err();
@@ -306,14 +306,7 @@ fn adapter_with_zero_b_changes_nothing_and_nonzero_b_changes_output() {
     let mut m = tiny();
     // The weights file may be named directly.
     apply_adapter(&mut m, &nonzero.join("adapters.safetensors")).unwrap();
-    let d = c0_logits(&mut m)
-        .subtract(&base_logits)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max(None)
-        .unwrap()
-        .item_cast::<f32>();
+    let d = max_abs_diff(&c0_logits(&mut m), &base_logits);
     assert!(d > 1e-2, "logits moved by only {d}");
     assert_ne!(run(&mut m, &greedy(), 4, false).0, base_codes);
 }
@@ -450,7 +443,16 @@ fn generator_speaks_and_decodes_hop_times_frames() {
     let mut frames_seen = 0;
     let mut progress = |p: &csm_core::generate::FrameProgress| frames_seen = p.frames;
     let out = gen
-        .generate_with_progress(&context, "hello there.", 0, &cfg, Some(&mut progress))
+        .generate_with(
+            &context,
+            "hello there.",
+            0,
+            &cfg,
+            GenerateHooks {
+                progress: Some(&mut progress),
+                cancel: None,
+            },
+        )
         .unwrap();
     assert!(out.frames <= 8);
     assert_eq!(out.frames, out.codes.len());
@@ -588,28 +590,14 @@ fn adapters_saved_by_the_trainer_load_for_generation() {
     load_mlx(&mut theirs, dir.path()).unwrap();
     let a = c0_logits(&mut ours);
     let b = c0_logits(&mut theirs);
-    let d = a
-        .subtract(&b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max(None)
-        .unwrap()
-        .item_cast::<f32>();
+    let d = max_abs_diff(&a, &b);
     assert_eq!(d, 0.0);
     assert_eq!(
         run(&mut ours, &greedy(), 4, false).0,
         run(&mut theirs, &greedy(), 4, false).0
     );
     let base = c0_logits(&mut tiny());
-    let moved = a
-        .subtract(&base)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max(None)
-        .unwrap()
-        .item_cast::<f32>();
+    let moved = max_abs_diff(&a, &base);
     assert!(moved > 1e-3, "{moved}");
 }
 
@@ -640,26 +628,12 @@ fn input_major_weights_give_the_same_outputs() {
     apply_adapter(&mut after, &adapter).unwrap();
     for m in [&mut before, &mut after] {
         assert_eq!(run(m, &greedy(), 4, false).0, want_codes);
-        let d = c0_logits(m)
-            .subtract(&want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max(None)
-            .unwrap()
-            .item_cast::<f32>();
+        let d = max_abs_diff(&c0_logits(m), &want);
         assert!(d < 1e-5, "c0 logits differ by {d}");
     }
     // Merging into an input-major weight gives the merged plain model.
     csm_core::adapter::merge(&mut after).unwrap();
     csm_core::adapter::merge(&mut plain).unwrap();
-    let d = c0_logits(&mut after)
-        .subtract(c0_logits(&mut plain))
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max(None)
-        .unwrap()
-        .item_cast::<f32>();
+    let d = max_abs_diff(&c0_logits(&mut after), &c0_logits(&mut plain));
     assert!(d < 1e-5, "merged c0 logits differ by {d}");
 }

@@ -9,7 +9,7 @@ use std::time::Instant;
 use csm_core::data::audio::{load_mono_24k, write_wav, WavEncoding};
 use csm_core::data::TARGET_SAMPLE_RATE;
 use csm_core::generate::{
-    FrameProgress, GenerateError, Generator, SamplingConfig, Segment, FRAME_MS,
+    FrameProgress, GenerateError, GenerateHooks, Generator, SamplingConfig, Segment, FRAME_MS,
 };
 use csm_core::train::CancelToken;
 use serde::{Deserialize, Serialize};
@@ -234,13 +234,15 @@ pub fn generate(
         });
     };
     let out = generator
-        .generate_cancellable(
+        .generate_with(
             &context,
             &req.text,
             req.speaker_id,
             &sampling,
-            Some(&mut on_frame),
-            Some(cancel),
+            GenerateHooks {
+                progress: Some(&mut on_frame),
+                cancel: Some(cancel),
+            },
         )
         .map_err(|e| match e {
             GenerateError::Cancelled { frames, max_frames } => Error::Cancelled(format!(

@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use csm_core::codec::{Mimi, MimiConfig};
 use csm_core::generate::{
-    decode_codes, generate_frames, FrameOptions, PromptFrames, SamplingConfig,
+    decode_codes, generate_frames, FrameOptions, GenerateHooks, PromptFrames, SamplingConfig,
 };
 use csm_core::mlx_rs::module::ModuleParameters;
 use csm_core::mlx_rs::transforms::eval_params;
@@ -111,12 +111,26 @@ pub fn run(args: BenchGenerateArgs) -> Result<()> {
         code_limit: Some(bins),
     };
     if args.warmup > 0 {
-        let warm = generate_frames(&mut csm, &tokens, &mask, &cfg, &options(args.warmup), None)?;
+        let warm = generate_frames(
+            &mut csm,
+            &tokens,
+            &mask,
+            &cfg,
+            &options(args.warmup),
+            GenerateHooks::default(),
+        )?;
         decode_codes(&mut mimi, &warm.codes)?;
     }
 
     runtime::reset_peak_memory();
-    let out = generate_frames(&mut csm, &tokens, &mask, &cfg, &options(args.frames), None)?;
+    let out = generate_frames(
+        &mut csm,
+        &tokens,
+        &mask,
+        &cfg,
+        &options(args.frames),
+        GenerateHooks::default(),
+    )?;
     let gen_peak = runtime::peak_memory();
     let decode_start = Instant::now();
     let audio = decode_codes(&mut mimi, &out.codes)?;

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use csm_core::data::audio::{load_mono_24k, write_wav, WavEncoding};
-use csm_core::generate::{FrameProgress, Generator, SamplingConfig, Segment};
+use csm_core::generate::{FrameProgress, GenerateHooks, Generator, SamplingConfig, Segment};
 use csm_core::mlx_rs::Dtype;
 use csm_core::runtime;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -159,12 +159,15 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         let fps = p.frames as f64 / p.elapsed.as_secs_f64().max(1e-9);
         bar.set_message(format!("{fps:.1} frames/s"));
     };
-    let out = generator.generate_with_progress(
+    let out = generator.generate_with(
         &context,
         &args.text,
         args.speaker_id,
         &cfg,
-        Some(&mut on_frame),
+        GenerateHooks {
+            progress: Some(&mut on_frame),
+            cancel: None,
+        },
     );
     bar.finish_and_clear();
     let out = out?;
