@@ -1,7 +1,39 @@
-//! Lets this crate's tests and examples find MLX's shared library.
+//! Lets this crate's tests and examples find MLX's shared library, and
+//! compiles the CPU primitives in `cpp/` outside macOS.
 fn main() {
     csm_rpath();
     test_tokenizer();
+    cpu_primitives();
+}
+
+/// `cpp/swiglu.cpp` (see `model::fused`), compiled against MLX's and
+/// mlx-c's headers as mlx-sys compiled mlx-c. macOS keeps MLX's own ops: its
+/// CPU build vectorizes them, and Metal is the device there anyway.
+fn cpu_primitives() {
+    println!("cargo:rerun-if-changed=cpp");
+    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("macos") {
+        return;
+    }
+    let include = std::env::var("DEP_MLX_INCLUDE").expect("mlx-sys publishes DEP_MLX_INCLUDE");
+    let force =
+        std::env::var("DEP_MLX_FORCE_INCLUDE").expect("mlx-sys publishes DEP_MLX_FORCE_INCLUDE");
+    let mut build = cc::Build::new();
+    build
+        .cpp(true)
+        .std("c++20")
+        .opt_level(3)
+        .file("cpp/swiglu.cpp")
+        .flag("-include")
+        .flag(&force)
+        // Comparisons may not raise FP exceptions, so GCC can turn the
+        // selects in the kernels into vector blends.
+        .flag("-fno-trapping-math")
+        .flag_if_supported("-Wno-unused-parameter")
+        .flag_if_supported("-Wno-unused-variable");
+    for dir in include.split(':') {
+        build.include(dir);
+    }
+    build.compile("csm_cpu_primitives");
 }
 
 /// `CSM_TEST_TOKENIZER` (a Llama-3.2 `tokenizer.json`, relative paths taken

@@ -98,7 +98,7 @@ fn main() {
     build_platform_shims(platform);
     emit_link_directives(platform, &mlx_c_lib, &wheel);
     generate_bindings(&mlx_c, &wheel);
-    publish_metadata(&wheel);
+    publish_metadata(&wheel, &mlx_c);
 }
 
 /// Aborts the build with one clear message.
@@ -411,12 +411,26 @@ fn generate_bindings(mlx_c: &Path, wheel: &Wheel) {
 
 /// Exposes `DEP_MLX_LIB_DIR`, `DEP_MLX_REFERENCE_LIB_DIR` and
 /// `DEP_MLX_VERSION` to crates that depend on this one directly; their build
-/// scripts set the rpath of the binaries they produce.
-fn publish_metadata(wheel: &Wheel) {
+/// scripts set the rpath of the binaries they produce. `DEP_MLX_INCLUDE`
+/// (MLX's headers, mlx-c's sources for its private headers, and this crate's
+/// shims, `:`-separated) and `DEP_MLX_FORCE_INCLUDE` (the x86 half-type shim)
+/// let them compile C++ against MLX's primitives the way mlx-c was compiled.
+fn publish_metadata(wheel: &Wheel, mlx_c: &Path) {
+    let shim = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap()).join("shim");
     println!("cargo:lib_dir={}", wheel.lib_dir().display());
     println!(
         "cargo:reference_lib_dir={}",
         wheel.reference_root.join("mlx/lib").display()
     );
     println!("cargo:version={MLX_VERSION}");
+    println!(
+        "cargo:include={}:{}:{}",
+        wheel.include_dir().display(),
+        mlx_c.display(),
+        shim.display()
+    );
+    println!(
+        "cargo:force_include={}",
+        shim.join("half_types.h").display()
+    );
 }

@@ -289,7 +289,7 @@ impl Module<&Array> for Mlp {
     fn forward(&mut self, x: &Array) -> Result<Array, Exception> {
         let gate = self.gate_proj.forward(x)?;
         let up = self.up_proj.forward(x)?;
-        self.down_proj.forward(&super::pow_exp::swiglu(&gate, &up)?)
+        self.down_proj.forward(&super::fused::swiglu(&gate, &up)?)
     }
 
     fn training_mode(&mut self, mode: bool) {

@@ -24,6 +24,7 @@
 pub mod config;
 pub mod csm;
 pub mod error;
+pub mod fused;
 pub mod llama;
 pub mod load;
 pub mod loss;

@@ -1,0 +1,339 @@
+// SwiGLU as one MLX primitive for the CPU: `y = silu(gate) * up` in one pass
+// over memory, and its gradient in one more.
+//
+// Why: MLX's PyPI CPU wheel for Linux x86_64 runs every elementwise op as a
+// scalar loop on one thread, one pass over memory per op. A SwiGLU written
+// with MLX ops costs 5 such passes forward (one of them `powf`, 3-4 ns per
+// element) and 7 backward; with the depth decoder on every frame that was
+// about 1 s of a 12.6 s CSM-1B step on the project's 2-core machine, with
+// the second core idle (docs/benchmarks.md). Here each direction is a single
+// loop, vectorized for AVX2 + FMA where the CPU has them (checked at run
+// time) and split over the machine's cores.
+//
+// Being a primitive (not a kernel run on evaluated arrays) matters: it runs
+// when MLX evaluates the graph, so a traced training step keeps exactly the
+// buffers the backward needs (gate, up and s = sigmoid(gate)), as MLX's own
+// ops would.
+//
+// C entry point: `csm_swiglu`, taking and returning mlx-c arrays; errors go
+// through mlx-c's error handler (the Rust side captures them).
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "mlx/allocator.h"
+#include "mlx/backend/cpu/encoder.h"
+#include "mlx/c/array.h"
+#include "mlx/c/error.h"
+#include "mlx/c/private/array.h"
+#include "mlx/ops.h"
+#include "mlx/primitives.h"
+
+namespace {
+
+namespace mx = mlx::core;
+
+// e^x for f32, written so GCC vectorizes a loop around it: range reduction
+// x = n ln2 + r with n rounded by the 1.5 * 2^23 trick (no float-to-int
+// conversion, so NaN flows through; every branch is a select, which GCC
+// vectorizes under -fno-trapping-math), a degree-6 polynomial for e^r on
+// |r| <= ln2 / 2 (Cephes' expf coefficients, about 1 ulp), and 2^n built in
+// the exponent bits. Saturates to inf above ln(FLT_MAX) and to 0 below
+// ln(FLT_MIN) (where the exact value is a denormal under 1.2e-38).
+inline __attribute__((always_inline)) float exp_f32(float x) {
+  constexpr float hi = 88.3762626647949f; // keeps n <= 127
+  constexpr float lo = -87.3365447505531f; // keeps n >= -126
+  float xc = x < lo ? lo : x;
+  xc = xc > hi ? hi : xc;
+  constexpr float magic = 12582912.0f; // 1.5 * 2^23
+  const float shifted = xc * 1.44269504088896341f + magic;
+  const float n = shifted - magic;
+  float r = xc - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float er = p * (r * r) + r + 1.0f;
+  const auto bits = __builtin_bit_cast(int32_t, shifted);
+  // The low mantissa bits of `shifted` hold n (offset by 2^22); move n + 127
+  // into the exponent field.
+  const int32_t scale_bits = (bits - 0x4B400000 + 127) << 23;
+  float out = er * __builtin_bit_cast(float, scale_bits);
+  out = x > hi ? __builtin_inff() : out;
+  out = x < lo ? 0.0f : out;
+  return out;
+}
+
+// y = g s u and s = sigmoid(g) = 1 / (1 + e^-g).
+inline __attribute__((always_inline)) void forward_body(
+    const float* __restrict g,
+    const float* __restrict u,
+    float* __restrict y,
+    float* __restrict s,
+    size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    const float si = 1.0f / (1.0f + exp_f32(-g[i]));
+    s[i] = si;
+    y[i] = g[i] * si * u[i];
+  }
+}
+
+// d up = c g s, d gate = c u (s + g s (1 - s)), for the cotangent c of y.
+inline __attribute__((always_inline)) void backward_body(
+    const float* __restrict g,
+    const float* __restrict u,
+    const float* __restrict s,
+    const float* __restrict c,
+    float* __restrict dg,
+    float* __restrict du,
+    size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    const float si = s[i];
+    const float silu = g[i] * si;
+    du[i] = c[i] * silu;
+    dg[i] = c[i] * u[i] * (si + silu * (1.0f - si));
+  }
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma"))) void forward_avx2(
+    const float* __restrict g,
+    const float* __restrict u,
+    float* __restrict y,
+    float* __restrict s,
+    size_t n) {
+  forward_body(g, u, y, s, n);
+}
+__attribute__((target("avx2,fma"))) void backward_avx2(
+    const float* __restrict g,
+    const float* __restrict u,
+    const float* __restrict s,
+    const float* __restrict c,
+    float* __restrict dg,
+    float* __restrict du,
+    size_t n) {
+  backward_body(g, u, s, c, dg, du, n);
+}
+bool has_avx2() {
+  static const bool yes =
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return yes;
+}
+#endif
+
+void forward(const float* g, const float* u, float* y, float* s, size_t n) {
+#if defined(__x86_64__)
+  if (has_avx2()) {
+    forward_avx2(g, u, y, s, n);
+    return;
+  }
+#endif
+  forward_body(g, u, y, s, n);
+}
+
+void backward(
+    const float* __restrict g,
+    const float* __restrict u,
+    const float* __restrict s,
+    const float* __restrict c,
+    float* __restrict dg,
+    float* __restrict du,
+    size_t n) {
+#if defined(__x86_64__)
+  if (has_avx2()) {
+    backward_avx2(g, u, s, c, dg, du, n);
+    return;
+  }
+#endif
+  backward_body(g, u, s, c, dg, du, n);
+}
+
+// Runs `f(begin, end)` over [0, n) in one chunk per core, the calling thread
+// taking the first. Below 2^16 elements a thread costs more than it saves.
+template <class F>
+void parallel_for(size_t n, F f) {
+  constexpr size_t min_chunk = size_t{1} << 16;
+  const size_t cores = std::max(1u, std::thread::hardware_concurrency());
+  const size_t chunks = std::min(cores, std::max<size_t>(1, n / min_chunk));
+  // Chunk starts on 64-element (256-byte) boundaries.
+  const size_t step = ((n + chunks - 1) / chunks + 63) / 64 * 64;
+  std::vector<std::thread> workers;
+  for (size_t begin = step; begin < n; begin += step) {
+    workers.emplace_back(f, begin, std::min(n, begin + step));
+  }
+  f(size_t{0}, std::min(n, step));
+  for (auto& w : workers) {
+    w.join();
+  }
+}
+
+void require_row_contiguous(const mx::array& a, const char* what) {
+  if (!a.flags().row_contiguous) {
+    throw std::invalid_argument(
+        std::string("[csm swiglu] ") + what + " is not row-contiguous");
+  }
+}
+
+mx::Stream cpu_stream() {
+  return mx::default_stream(mx::Device(mx::Device::cpu));
+}
+
+// Inputs (g, u, s, cotangent of y) -> (d gate, d up).
+class SwigluVjp : public mx::Primitive {
+ public:
+  explicit SwigluVjp(mx::Stream stream) : mx::Primitive(stream) {}
+
+  void eval_cpu(
+      const std::vector<mx::array>& inputs,
+      std::vector<mx::array>& outputs) override {
+    for (int i = 0; i < 4; ++i) {
+      require_row_contiguous(inputs[i], "a backward input");
+    }
+    for (auto& out : outputs) {
+      out.set_data(mx::allocator::malloc(out.nbytes()));
+    }
+    auto& encoder = mx::cpu::get_command_encoder(stream());
+    for (auto& in : inputs) {
+      encoder.set_input_array(in);
+    }
+    for (auto& out : outputs) {
+      encoder.set_output_array(out);
+    }
+    encoder.dispatch([g = inputs[0].data<float>(),
+                      u = inputs[1].data<float>(),
+                      s = inputs[2].data<float>(),
+                      c = inputs[3].data<float>(),
+                      dg = outputs[0].data<float>(),
+                      du = outputs[1].data<float>(),
+                      n = inputs[0].size()]() {
+      parallel_for(n, [=](size_t b, size_t e) {
+        backward(g + b, u + b, s + b, c + b, dg + b, du + b, e - b);
+      });
+    });
+  }
+
+  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&)
+      override {
+    throw std::runtime_error("[csm swiglu] the fused SwiGLU is CPU-only");
+  }
+
+  std::vector<mx::Shape> output_shapes(
+      const std::vector<mx::array>& inputs) override {
+    return {inputs[0].shape(), inputs[1].shape()};
+  }
+
+  bool is_equivalent(const mx::Primitive&) const override {
+    return true;
+  }
+
+  const char* name() const override {
+    return "CsmSwigluVjp";
+  }
+};
+
+// Inputs (gate, up) -> (y, s): y = silu(gate) * up, s = sigmoid(gate) kept
+// for the backward. Only y is handed out; s's cotangent is never read.
+class Swiglu : public mx::Primitive {
+ public:
+  explicit Swiglu(mx::Stream stream) : mx::Primitive(stream) {}
+
+  void eval_cpu(
+      const std::vector<mx::array>& inputs,
+      std::vector<mx::array>& outputs) override {
+    require_row_contiguous(inputs[0], "gate");
+    require_row_contiguous(inputs[1], "up");
+    for (auto& out : outputs) {
+      out.set_data(mx::allocator::malloc(out.nbytes()));
+    }
+    auto& encoder = mx::cpu::get_command_encoder(stream());
+    encoder.set_input_array(inputs[0]);
+    encoder.set_input_array(inputs[1]);
+    encoder.set_output_array(outputs[0]);
+    encoder.set_output_array(outputs[1]);
+    encoder.dispatch([g = inputs[0].data<float>(),
+                      u = inputs[1].data<float>(),
+                      y = outputs[0].data<float>(),
+                      s = outputs[1].data<float>(),
+                      n = inputs[0].size()]() {
+      parallel_for(n, [=](size_t b, size_t e) {
+        forward(g + b, u + b, y + b, s + b, e - b);
+      });
+    });
+  }
+
+  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&)
+      override {
+    throw std::runtime_error("[csm swiglu] the fused SwiGLU is CPU-only");
+  }
+
+  std::vector<mx::array> vjp(
+      const std::vector<mx::array>& primals,
+      const std::vector<mx::array>& cotangents,
+      const std::vector<int>& argnums,
+      const std::vector<mx::array>& outputs) override {
+    auto s = stream();
+    // A cotangent can be a broadcast (e.g. of a sum's): make it dense.
+    auto cot = mx::contiguous(cotangents[0], false, s);
+    auto grads = mx::array::make_arrays(
+        {primals[0].shape(), primals[1].shape()},
+        {mx::float32, mx::float32},
+        std::make_shared<SwigluVjp>(s),
+        {primals[0], primals[1], outputs[1], cot});
+    std::vector<mx::array> out;
+    for (int a : argnums) {
+      out.push_back(grads[a]);
+    }
+    return out;
+  }
+
+  std::vector<mx::Shape> output_shapes(
+      const std::vector<mx::array>& inputs) override {
+    return {inputs[0].shape(), inputs[0].shape()};
+  }
+
+  bool is_equivalent(const mx::Primitive&) const override {
+    return true;
+  }
+
+  const char* name() const override {
+    return "CsmSwiglu";
+  }
+};
+
+} // namespace
+
+extern "C" int csm_swiglu(mlx_array* res, const mlx_array gate, const mlx_array up) {
+  try {
+    const auto& g = mlx_array_get_(gate);
+    const auto& u = mlx_array_get_(up);
+    if (g.dtype() != mx::float32 || u.dtype() != mx::float32) {
+      throw std::invalid_argument("[csm swiglu] gate and up must be float32");
+    }
+    if (g.shape() != u.shape()) {
+      throw std::invalid_argument(
+          "[csm swiglu] gate and up must have the same shape");
+    }
+    auto s = cpu_stream();
+    auto outs = mx::array::make_arrays(
+        {g.shape(), g.shape()},
+        {mx::float32, mx::float32},
+        std::make_shared<Swiglu>(s),
+        {mx::contiguous(g, false, s), mx::contiguous(u, false, s)});
+    // Dropping the handle to s keeps its buffer: it is y's sibling, and the
+    // backward holds it as an input.
+    mlx_array_set_(*res, outs[0]);
+  } catch (const std::exception& e) {
+    mlx_error("%s", e.what());
+    return 1;
+  }
+  return 0;
+}
