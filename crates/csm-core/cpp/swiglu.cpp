@@ -4,11 +4,11 @@
 // Why: MLX's PyPI CPU wheel for Linux x86_64 runs every elementwise op as a
 // scalar loop on one thread, one pass over memory per op. A SwiGLU written
 // with MLX ops costs 5 such passes forward (one of them `powf`, 3-4 ns per
-// element) and 7 backward; with the depth decoder on every frame that was
-// about 1 s of a 12.6 s CSM-1B step on the project's 2-core machine, with
-// the second core idle (docs/benchmarks.md). Here each direction is a single
-// loop, vectorized for AVX2 + FMA where the CPU has them (checked at run
-// time) and split over the machine's cores.
+// element) and 7 backward, with the second core idle. Here each direction
+// is a single loop, vectorized for AVX2 + FMA where the CPU has them
+// (checked at run time) and split over the machine's cores. With the depth decoder on every
+// frame that took a CSM-1B step on the project's 2-core machine from 12.62
+// to 12.00 s (docs/benchmarks.md).
 //
 // Being a primitive (not a kernel run on evaluated arrays) matters: it runs
 // when MLX evaluates the graph, so a traced training step keeps exactly the
@@ -26,6 +26,10 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#if defined(__linux__)
+#include <sched.h>
+#endif
 
 #include "mlx/allocator.h"
 #include "mlx/backend/cpu/encoder.h"
@@ -157,12 +161,29 @@ void backward(
   backward_body(g, u, s, c, dg, du, n);
 }
 
+// The cores this process may run on (its affinity mask, which container
+// CPU sets narrow; not every core of the host), at most 16: the loops are
+// bound by memory bandwidth well before that.
+size_t usable_cores() {
+  static const size_t cores = [] {
+    size_t n = std::max(1u, std::thread::hardware_concurrency());
+#if defined(__linux__)
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) {
+      n = std::max(1, CPU_COUNT(&set));
+    }
+#endif
+    return std::min<size_t>(n, 16);
+  }();
+  return cores;
+}
+
 // Runs `f(begin, end)` over [0, n) in one chunk per core, the calling thread
 // taking the first. Below 2^16 elements a thread costs more than it saves.
 template <class F>
 void parallel_for(size_t n, F f) {
   constexpr size_t min_chunk = size_t{1} << 16;
-  const size_t cores = std::max(1u, std::thread::hardware_concurrency());
+  const size_t cores = usable_cores();
   const size_t chunks = std::min(cores, std::max<size_t>(1, n / min_chunk));
   // Chunk starts on 64-element (256-byte) boundaries.
   const size_t step = ((n + chunks - 1) / chunks + 63) / 64 * 64;
