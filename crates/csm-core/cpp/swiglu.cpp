@@ -19,6 +19,7 @@
 // through mlx-c's error handler (the Rust side captures them).
 
 #include <algorithm>
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -197,48 +198,44 @@ void parallel_for(size_t n, F f) {
   }
 }
 
-void require_row_contiguous(const mx::array& a, const char* what) {
-  if (!a.flags().row_contiguous) {
-    throw std::invalid_argument(
-        std::string("[csm swiglu] ") + what + " is not row-contiguous");
-  }
-}
-
 mx::Stream cpu_stream() {
   return mx::default_stream(mx::Device(mx::Device::cpu));
 }
 
-// Inputs (g, u, s, cotangent of y) -> (d gate, d up).
-class SwigluVjp : public mx::Primitive {
+// Signature of a kernel over elements [b, e) of `In` inputs and `Out`
+// outputs.
+using RangeKernel = void (*)(const float* const*, float* const*, size_t, size_t);
+
+// An elementwise CPU primitive over f32 arrays of one shape: `In`
+// row-contiguous inputs, `Out` fresh outputs, `Kernel` run over the
+// elements on all cores.
+template <size_t In, size_t Out, RangeKernel Kernel>
+class ElementwiseF32 : public mx::Primitive {
  public:
-  explicit SwigluVjp(mx::Stream stream) : mx::Primitive(stream) {}
+  explicit ElementwiseF32(mx::Stream stream) : mx::Primitive(stream) {}
 
   void eval_cpu(
       const std::vector<mx::array>& inputs,
       std::vector<mx::array>& outputs) override {
-    for (int i = 0; i < 4; ++i) {
-      require_row_contiguous(inputs[i], "a backward input");
-    }
-    for (auto& out : outputs) {
-      out.set_data(mx::allocator::malloc(out.nbytes()));
-    }
     auto& encoder = mx::cpu::get_command_encoder(stream());
-    for (auto& in : inputs) {
-      encoder.set_input_array(in);
+    std::array<const float*, In> in{};
+    std::array<float*, Out> out{};
+    for (size_t i = 0; i < In; ++i) {
+      if (!inputs[i].flags().row_contiguous) {
+        throw std::invalid_argument(
+            std::string("[csm swiglu] ") + name() + ": input " +
+            std::to_string(i) + " is not row-contiguous");
+      }
+      encoder.set_input_array(inputs[i]);
+      in[i] = inputs[i].data<float>();
     }
-    for (auto& out : outputs) {
-      encoder.set_output_array(out);
+    for (size_t i = 0; i < Out; ++i) {
+      outputs[i].set_data(mx::allocator::malloc(outputs[i].nbytes()));
+      encoder.set_output_array(outputs[i]);
+      out[i] = outputs[i].data<float>();
     }
-    encoder.dispatch([g = inputs[0].data<float>(),
-                      u = inputs[1].data<float>(),
-                      s = inputs[2].data<float>(),
-                      c = inputs[3].data<float>(),
-                      dg = outputs[0].data<float>(),
-                      du = outputs[1].data<float>(),
-                      n = inputs[0].size()]() {
-      parallel_for(n, [=](size_t b, size_t e) {
-        backward(g + b, u + b, s + b, c + b, dg + b, du + b, e - b);
-      });
+    encoder.dispatch([in, out, n = inputs[0].size()]() {
+      parallel_for(n, [&](size_t b, size_t e) { Kernel(in.data(), out.data(), b, e); });
     });
   }
 
@@ -249,12 +246,27 @@ class SwigluVjp : public mx::Primitive {
 
   std::vector<mx::Shape> output_shapes(
       const std::vector<mx::array>& inputs) override {
-    return {inputs[0].shape(), inputs[1].shape()};
+    return std::vector<mx::Shape>(Out, inputs[0].shape());
   }
 
+  // No parameters: equal inputs give equal outputs.
   bool is_equivalent(const mx::Primitive&) const override {
     return true;
   }
+};
+
+void forward_range(const float* const* in, float* const* out, size_t b, size_t e) {
+  forward(in[0] + b, in[1] + b, out[0] + b, out[1] + b, e - b);
+}
+
+void backward_range(const float* const* in, float* const* out, size_t b, size_t e) {
+  backward(in[0] + b, in[1] + b, in[2] + b, in[3] + b, out[0] + b, out[1] + b, e - b);
+}
+
+// Inputs (g, u, s, cotangent of y) -> (d gate, d up).
+class SwigluVjp : public ElementwiseF32<4, 2, backward_range> {
+ public:
+  using ElementwiseF32::ElementwiseF32;
 
   const char* name() const override {
     return "CsmSwigluVjp";
@@ -263,38 +275,9 @@ class SwigluVjp : public mx::Primitive {
 
 // Inputs (gate, up) -> (y, s): y = silu(gate) * up, s = sigmoid(gate) kept
 // for the backward. Only y is handed out; s's cotangent is never read.
-class Swiglu : public mx::Primitive {
+class Swiglu : public ElementwiseF32<2, 2, forward_range> {
  public:
-  explicit Swiglu(mx::Stream stream) : mx::Primitive(stream) {}
-
-  void eval_cpu(
-      const std::vector<mx::array>& inputs,
-      std::vector<mx::array>& outputs) override {
-    require_row_contiguous(inputs[0], "gate");
-    require_row_contiguous(inputs[1], "up");
-    for (auto& out : outputs) {
-      out.set_data(mx::allocator::malloc(out.nbytes()));
-    }
-    auto& encoder = mx::cpu::get_command_encoder(stream());
-    encoder.set_input_array(inputs[0]);
-    encoder.set_input_array(inputs[1]);
-    encoder.set_output_array(outputs[0]);
-    encoder.set_output_array(outputs[1]);
-    encoder.dispatch([g = inputs[0].data<float>(),
-                      u = inputs[1].data<float>(),
-                      y = outputs[0].data<float>(),
-                      s = outputs[1].data<float>(),
-                      n = inputs[0].size()]() {
-      parallel_for(n, [=](size_t b, size_t e) {
-        forward(g + b, u + b, y + b, s + b, e - b);
-      });
-    });
-  }
-
-  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&)
-      override {
-    throw std::runtime_error("[csm swiglu] the fused SwiGLU is CPU-only");
-  }
+  using ElementwiseF32::ElementwiseF32;
 
   std::vector<mx::array> vjp(
       const std::vector<mx::array>& primals,
@@ -314,15 +297,6 @@ class Swiglu : public mx::Primitive {
       out.push_back(grads[a]);
     }
     return out;
-  }
-
-  std::vector<mx::Shape> output_shapes(
-      const std::vector<mx::array>& inputs) override {
-    return {inputs[0].shape(), inputs[0].shape()};
-  }
-
-  bool is_equivalent(const mx::Primitive&) const override {
-    return true;
   }
 
   const char* name() const override {
