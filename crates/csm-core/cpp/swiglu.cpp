@@ -78,30 +78,41 @@ inline __attribute__((always_inline)) float exp_f32(float x) {
   return out;
 }
 
-// y = g s u and s = sigmoid(g) = 1 / (1 + e^-g).
+// Signature of a kernel over elements [b, e) of its inputs and outputs.
+using RangeKernel = void (*)(const float* const*, float* const*, size_t, size_t);
+
+// Inputs (g, u), outputs (y, s): y = g s u and s = sigmoid(g) =
+// 1 / (1 + e^-g).
 inline __attribute__((always_inline)) void forward_body(
-    const float* __restrict g,
-    const float* __restrict u,
-    float* __restrict y,
-    float* __restrict s,
-    size_t n) {
-  for (size_t i = 0; i < n; ++i) {
+    const float* const* in,
+    float* const* out,
+    size_t b,
+    size_t e) {
+  const float* __restrict g = in[0];
+  const float* __restrict u = in[1];
+  float* __restrict y = out[0];
+  float* __restrict s = out[1];
+  for (size_t i = b; i < e; ++i) {
     const float si = 1.0f / (1.0f + exp_f32(-g[i]));
     s[i] = si;
     y[i] = g[i] * si * u[i];
   }
 }
 
-// d up = c g s, d gate = c u (s + g s (1 - s)), for the cotangent c of y.
+// Inputs (g, u, s, c), outputs (d gate, d up), for the cotangent c of y:
+// d up = c g s, d gate = c u (s + g s (1 - s)).
 inline __attribute__((always_inline)) void backward_body(
-    const float* __restrict g,
-    const float* __restrict u,
-    const float* __restrict s,
-    const float* __restrict c,
-    float* __restrict dg,
-    float* __restrict du,
-    size_t n) {
-  for (size_t i = 0; i < n; ++i) {
+    const float* const* in,
+    float* const* out,
+    size_t b,
+    size_t e) {
+  const float* __restrict g = in[0];
+  const float* __restrict u = in[1];
+  const float* __restrict s = in[2];
+  const float* __restrict c = in[3];
+  float* __restrict dg = out[0];
+  float* __restrict du = out[1];
+  for (size_t i = b; i < e; ++i) {
     const float si = s[i];
     const float silu = g[i] * si;
     du[i] = c[i] * silu;
@@ -110,24 +121,16 @@ inline __attribute__((always_inline)) void backward_body(
 }
 
 #if defined(__x86_64__)
-__attribute__((target("avx2,fma"))) void forward_avx2(
-    const float* __restrict g,
-    const float* __restrict u,
-    float* __restrict y,
-    float* __restrict s,
-    size_t n) {
-  forward_body(g, u, y, s, n);
+// `Body` compiled for AVX2 + FMA (8 lanes, fused multiply-adds).
+template <RangeKernel Body>
+__attribute__((target("avx2,fma"))) void avx2_clone(
+    const float* const* in,
+    float* const* out,
+    size_t b,
+    size_t e) {
+  Body(in, out, b, e);
 }
-__attribute__((target("avx2,fma"))) void backward_avx2(
-    const float* __restrict g,
-    const float* __restrict u,
-    const float* __restrict s,
-    const float* __restrict c,
-    float* __restrict dg,
-    float* __restrict du,
-    size_t n) {
-  backward_body(g, u, s, c, dg, du, n);
-}
+
 bool has_avx2() {
   static const bool yes =
       __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -135,31 +138,17 @@ bool has_avx2() {
 }
 #endif
 
-void forward(const float* g, const float* u, float* y, float* s, size_t n) {
+// `Body` in its AVX2 + FMA build when the CPU has them, else as compiled
+// for the baseline target.
+template <RangeKernel Body>
+void best_isa(const float* const* in, float* const* out, size_t b, size_t e) {
 #if defined(__x86_64__)
   if (has_avx2()) {
-    forward_avx2(g, u, y, s, n);
+    avx2_clone<Body>(in, out, b, e);
     return;
   }
 #endif
-  forward_body(g, u, y, s, n);
-}
-
-void backward(
-    const float* __restrict g,
-    const float* __restrict u,
-    const float* __restrict s,
-    const float* __restrict c,
-    float* __restrict dg,
-    float* __restrict du,
-    size_t n) {
-#if defined(__x86_64__)
-  if (has_avx2()) {
-    backward_avx2(g, u, s, c, dg, du, n);
-    return;
-  }
-#endif
-  backward_body(g, u, s, c, dg, du, n);
+  Body(in, out, b, e);
 }
 
 // The cores this process may run on (its affinity mask, which container
@@ -201,10 +190,6 @@ void parallel_for(size_t n, F f) {
 mx::Stream cpu_stream() {
   return mx::default_stream(mx::Device(mx::Device::cpu));
 }
-
-// Signature of a kernel over elements [b, e) of `In` inputs and `Out`
-// outputs.
-using RangeKernel = void (*)(const float* const*, float* const*, size_t, size_t);
 
 // An elementwise CPU primitive over f32 arrays of one shape: `In`
 // row-contiguous inputs, `Out` fresh outputs, `Kernel` run over the
@@ -255,16 +240,8 @@ class ElementwiseF32 : public mx::Primitive {
   }
 };
 
-void forward_range(const float* const* in, float* const* out, size_t b, size_t e) {
-  forward(in[0] + b, in[1] + b, out[0] + b, out[1] + b, e - b);
-}
-
-void backward_range(const float* const* in, float* const* out, size_t b, size_t e) {
-  backward(in[0] + b, in[1] + b, in[2] + b, in[3] + b, out[0] + b, out[1] + b, e - b);
-}
-
 // Inputs (g, u, s, cotangent of y) -> (d gate, d up).
-class SwigluVjp : public ElementwiseF32<4, 2, backward_range> {
+class SwigluVjp : public ElementwiseF32<4, 2, best_isa<backward_body>> {
  public:
   using ElementwiseF32::ElementwiseF32;
 
@@ -275,7 +252,7 @@ class SwigluVjp : public ElementwiseF32<4, 2, backward_range> {
 
 // Inputs (gate, up) -> (y, s): y = silu(gate) * up, s = sigmoid(gate) kept
 // for the backward. Only y is handed out; s's cotangent is never read.
-class Swiglu : public ElementwiseF32<2, 2, forward_range> {
+class Swiglu : public ElementwiseF32<2, 2, best_isa<forward_body>> {
  public:
   using ElementwiseF32::ElementwiseF32;
 
