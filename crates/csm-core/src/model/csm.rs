@@ -286,7 +286,8 @@ impl Csm {
                 cache: Some(&mut cache),
             })?; // [B, L, D_dec]
             let last = d.try_index((.., -1, ..))?; // [B, D_dec]
-            let head = self.audio_head.value.try_index(i - 1)?; // [D_dec, V]
+            let head = self.audio_head.value.try_index(i - 1..i)?; // [1, D_dec, V] view
+            let head = head.squeeze_axes(&[0])?; // [D_dec, V] (an int index would copy)
             let logits = ops::matmul(&last, &head)?; // [B, V]
             let ci = sample(&logits, i)?.as_dtype(Dtype::Int32)?; // [B]
             let row = ci.add(Array::from_int(i * v))?;
