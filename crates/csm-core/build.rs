@@ -6,7 +6,7 @@ fn main() {
     cpu_primitives();
 }
 
-/// `cpp/swiglu.cpp` (see `model::fused`), compiled against MLX's and
+/// `cpp/swiglu.cpp` and `cpp/small_matmul.cpp` (see `model::fused`), compiled against MLX's and
 /// mlx-c's headers as mlx-sys compiled mlx-c. macOS keeps MLX's own ops: its
 /// CPU build vectorizes them, and Metal is the device there anyway.
 fn cpu_primitives() {
@@ -23,6 +23,7 @@ fn cpu_primitives() {
         .std("c++20")
         .opt_level(3)
         .file("cpp/swiglu.cpp")
+        .file("cpp/small_matmul.cpp")
         .flag("-include")
         .flag(&force)
         // Comparisons may not raise FP exceptions, so GCC can turn the

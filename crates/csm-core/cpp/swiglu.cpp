@@ -18,31 +18,25 @@
 // C entry point: `csm_swiglu`, taking and returning mlx-c arrays; errors go
 // through mlx-c's error handler (the Rust side captures them).
 
-#include <algorithm>
 #include <array>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <stdexcept>
 #include <string>
-#include <thread>
 #include <vector>
 
-#if defined(__linux__)
-#include <sched.h>
-#endif
-
+#include "cpu_common.h"
 #include "mlx/allocator.h"
 #include "mlx/backend/cpu/encoder.h"
 #include "mlx/c/array.h"
-#include "mlx/c/error.h"
 #include "mlx/c/private/array.h"
 #include "mlx/ops.h"
 #include "mlx/primitives.h"
 
 namespace {
 
-namespace mx = mlx::core;
+using namespace csm_cpu;
 
 // e^x for f32, written so GCC vectorizes a loop around it: range reduction
 // x = n ln2 + r with n rounded by the 1.5 * 2^23 trick (no float-to-int
@@ -120,76 +114,10 @@ inline __attribute__((always_inline)) void backward_body(
   }
 }
 
-#if defined(__x86_64__)
-// `Body` compiled for AVX2 + FMA (8 lanes, fused multiply-adds).
+// `Body` in its best build for this CPU, as a RangeKernel.
 template <RangeKernel Body>
-__attribute__((target("avx2,fma"))) void avx2_clone(
-    const float* const* in,
-    float* const* out,
-    size_t b,
-    size_t e) {
-  Body(in, out, b, e);
-}
-
-bool has_avx2() {
-  static const bool yes =
-      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return yes;
-}
-#endif
-
-// `Body` in its AVX2 + FMA build when the CPU has them, else as compiled
-// for the baseline target.
-template <RangeKernel Body>
-void best_isa(const float* const* in, float* const* out, size_t b, size_t e) {
-#if defined(__x86_64__)
-  if (has_avx2()) {
-    avx2_clone<Body>(in, out, b, e);
-    return;
-  }
-#endif
-  Body(in, out, b, e);
-}
-
-// The cores this process may run on (its affinity mask, which container
-// CPU sets narrow; not every core of the host), at most 16: the loops are
-// bound by memory bandwidth well before that.
-size_t usable_cores() {
-  static const size_t cores = [] {
-    size_t n = std::max(1u, std::thread::hardware_concurrency());
-#if defined(__linux__)
-    cpu_set_t set;
-    if (sched_getaffinity(0, sizeof set, &set) == 0) {
-      n = std::max(1, CPU_COUNT(&set));
-    }
-#endif
-    return std::min<size_t>(n, 16);
-  }();
-  return cores;
-}
-
-// Runs `f(begin, end)` over [0, n) in one chunk per core, the calling thread
-// taking the first. Below 2^16 elements a thread costs more than it saves.
-template <class F>
-void parallel_for(size_t n, F f) {
-  constexpr size_t min_chunk = size_t{1} << 16;
-  const size_t cores = usable_cores();
-  const size_t chunks = std::min(cores, std::max<size_t>(1, n / min_chunk));
-  // Chunk starts on 64-element (256-byte) boundaries.
-  const size_t step = ((n + chunks - 1) / chunks + 63) / 64 * 64;
-  std::vector<std::thread> workers;
-  for (size_t begin = step; begin < n; begin += step) {
-    workers.emplace_back(f, begin, std::min(n, begin + step));
-  }
-  f(size_t{0}, std::min(n, step));
-  for (auto& w : workers) {
-    w.join();
-  }
-}
-
-mx::Stream cpu_stream() {
-  return mx::default_stream(mx::Device(mx::Device::cpu));
-}
+constexpr RangeKernel on_best_isa =
+    best_isa<Body, const float* const*, float* const*, size_t, size_t>;
 
 // An elementwise CPU primitive over f32 arrays of one shape: `In`
 // row-contiguous inputs, `Out` fresh outputs, `Kernel` run over the
@@ -219,8 +147,12 @@ class ElementwiseF32 : public mx::Primitive {
       encoder.set_output_array(outputs[i]);
       out[i] = outputs[i].data<float>();
     }
+    // Below 2^16 elements a thread costs more than it saves; chunks start
+    // on 64-element (256-byte) boundaries.
     encoder.dispatch([in, out, n = inputs[0].size()]() {
-      parallel_for(n, [&](size_t b, size_t e) { Kernel(in.data(), out.data(), b, e); });
+      parallel_for(n, size_t{1} << 16, 64, [&](size_t b, size_t e) {
+        Kernel(in.data(), out.data(), b, e);
+      });
     });
   }
 
@@ -241,7 +173,7 @@ class ElementwiseF32 : public mx::Primitive {
 };
 
 // Inputs (g, u, s, cotangent of y) -> (d gate, d up).
-class SwigluVjp : public ElementwiseF32<4, 2, best_isa<backward_body>> {
+class SwigluVjp : public ElementwiseF32<4, 2, on_best_isa<backward_body>> {
  public:
   using ElementwiseF32::ElementwiseF32;
 
@@ -252,7 +184,7 @@ class SwigluVjp : public ElementwiseF32<4, 2, best_isa<backward_body>> {
 
 // Inputs (gate, up) -> (y, s): y = silu(gate) * up, s = sigmoid(gate) kept
 // for the backward. Only y is handed out; s's cotangent is never read.
-class Swiglu : public ElementwiseF32<2, 2, best_isa<forward_body>> {
+class Swiglu : public ElementwiseF32<2, 2, on_best_isa<forward_body>> {
  public:
   using ElementwiseF32::ElementwiseF32;
 
@@ -284,7 +216,7 @@ class Swiglu : public ElementwiseF32<2, 2, best_isa<forward_body>> {
 } // namespace
 
 extern "C" int csm_swiglu(mlx_array* res, const mlx_array gate, const mlx_array up) {
-  try {
+  return c_entry([&] {
     const auto& g = mlx_array_get_(gate);
     const auto& u = mlx_array_get_(up);
     if (g.dtype() != mx::float32 || u.dtype() != mx::float32) {
@@ -303,9 +235,5 @@ extern "C" int csm_swiglu(mlx_array* res, const mlx_array gate, const mlx_array 
     // Dropping the handle to s keeps its buffer: it is y's sibling, and the
     // backward holds it as an input.
     mlx_array_set_(*res, outs[0]);
-  } catch (const std::exception& e) {
-    mlx_error("%s", e.what());
-    return 1;
-  }
-  return 0;
+  });
 }

@@ -534,14 +534,7 @@ impl Generator {
         let mimi = crate::assets::load_mimi(model_path, mimi_path, n_cb)?.mimi;
         let tokenizer_file = crate::assets::find_tokenizer(model_path, tokenizer_path)?;
         let tokenizer = TextTokenizer::from_file(&tokenizer_file)?;
-        let mut csm = loaded.model;
-        // The weights are this generator's own (unlike `new`'s callers,
-        // e.g. the trainer's samples, which share them): lay them out for
-        // one-row matmuls on the CPU.
-        if !crate::runtime::Backend::detect().has_gpu() {
-            store_input_major(&mut csm)?;
-        }
-        Generator::new(csm, mimi, tokenizer)
+        Generator::new(loaded.model, mimi, tokenizer)
     }
 
     /// Attaches a trained LoRA adapter; see [`apply_adapter`].
@@ -704,31 +697,6 @@ pub fn decode_codes(mimi: &mut Mimi, codes: &[Vec<i32>]) -> Result<Vec<f32>, Gen
     let wav = wav.as_dtype(Dtype::Float32)?.contiguous()?;
     wav.eval()?;
     Ok(wav.as_slice::<f32>().to_vec())
-}
-
-/// Stores every projection weight of `csm` `[in, out]` for faster one-row
-/// matmuls on the CPU ([`crate::lora::Proj::store_input_major`]); the
-/// generator does this on CPU-only backends when it loads its own weights
-/// ([`Generator::load`]). Inference only: such a model must not be saved,
-/// and a model whose weights are shared with another would be duplicated.
-///
-/// # Errors
-/// MLX failures.
-pub fn store_input_major(csm: &mut Csm) -> Result<(), GenerateError> {
-    let mut failed = None;
-    crate::adapter::for_each_proj(csm, |_, _, proj| {
-        if failed.is_none() {
-            failed = proj.store_input_major().err();
-        }
-        Ok(())
-    })
-    .expect("the closure never fails");
-    if let Some(e) = failed {
-        return Err(GenerateError::Mlx(e));
-    }
-    csm.projection.store_input_major()?;
-    csm.codebook0_head.store_input_major()?;
-    Ok(())
 }
 
 /// Checks that every id fits a text vocabulary of `text_vocab` rows.

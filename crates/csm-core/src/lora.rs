@@ -32,8 +32,6 @@ pub struct Proj {
     pub dropout: f32,
     /// Dropout is only active in training mode.
     pub training: bool,
-    /// `weight` is stored `[in, out]` (see [`Proj::store_input_major`]).
-    pub input_major: bool,
 }
 
 impl Proj {
@@ -47,28 +45,7 @@ impl Proj {
             scale: 0.0,
             dropout: 0.0,
             training: false,
-            input_major: false,
         }
-    }
-
-    /// Stores the base weight `[in, out]` (contiguous) instead of PyTorch's
-    /// `[out, in]`, for inference on the CPU: a one-row matmul then streams
-    /// the weight in order (OpenBLAS: 29.7 vs 23.7 GB/s for a 2048 x 8192
-    /// weight here). Adapters can still be attached and merged; weights
-    /// saved from such a model would be transposed, so training and saving
-    /// code never call this. A no-op when already done.
-    ///
-    /// # Errors
-    /// MLX failures.
-    pub fn store_input_major(&mut self) -> Result<(), Exception> {
-        if !self.input_major {
-            let w = self.weight.value.t().contiguous()?; // [out, in] -> [in, out]
-            w.eval()?;
-            self.weight = Param::new(w);
-            self.weight.freeze(false);
-            self.input_major = true;
-        }
-        Ok(())
     }
 
     /// A projection with uniform random weights (`±1/sqrt(in)`), used before
@@ -83,11 +60,7 @@ impl Proj {
     /// `(out, in)` of the base weight.
     pub fn dims(&self) -> (i32, i32) {
         let shape = self.weight.value.shape();
-        if self.input_major {
-            (shape[1], shape[0])
-        } else {
-            (shape[0], shape[1])
-        }
+        (shape[0], shape[1])
     }
 
     /// Whether an adapter is attached.
@@ -136,7 +109,7 @@ impl Proj {
     pub fn merge_lora(&mut self) -> Result<(), Exception> {
         if let (Some(a), Some(b)) = (&self.lora_a.value, &self.lora_b.value) {
             let delta = ops::matmul(a, b)?.multiply(Array::from_f32(self.scale))?; // [in, out]
-            let delta = if self.input_major { delta } else { delta.t() };
+            let delta = delta.t(); // [out, in]
             let merged = self
                 .weight
                 .value
@@ -156,15 +129,10 @@ impl Module<&Array> for Proj {
     /// # Shapes
     /// `x: [..., in]` -> `[..., out]`
     fn forward(&mut self, x: &Array) -> Result<Array, Exception> {
-        let w = if self.input_major {
-            self.weight.value.clone() // [in, out]
-        } else {
-            self.weight.value.t() // [out, in] -> [in, out] view
-        };
-        let mut y = match &self.bias.value {
-            Some(bias) => ops::addmm(bias, x, &w, None, None)?,
-            None => ops::matmul(x, &w)?,
-        };
+        let mut y = crate::model::fused::linear(x, &self.weight.value)?; // [..., out]
+        if let Some(bias) = &self.bias.value {
+            y = y.add(bias)?;
+        }
         if let (Some(a), Some(b)) = (&self.lora_a.value, &self.lora_b.value) {
             let input = if self.training && self.dropout > 0.0 {
                 let keep = 1.0 - self.dropout;

@@ -86,10 +86,6 @@ pub fn run(args: BenchGenerateArgs) -> Result<()> {
     let mut csm = Csm::new(&config).context("building the model")?;
     csm.cast(dtype)?;
     eval_params(csm.parameters())?;
-    if !backend.has_gpu() {
-        // What `Generator` does on the CPU.
-        csm_core::generate::store_input_major(&mut csm)?;
-    }
     let mut mimi = Mimi::new(MimiConfig::mimi_v0_1())?;
     eval_params(mimi.parameters())?;
     let bins = mimi.config.quantizer.bins;

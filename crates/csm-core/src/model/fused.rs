@@ -1,6 +1,9 @@
-//! The Llama feed-forward gate `silu(gate) * up` ([`swiglu`]).
+//! MLX CPU primitives of this crate, for where MLX's own ops leave a lot on
+//! the table on the Linux x86_64 CPU wheel (f32, outside macOS): the Llama
+//! feed-forward gate `silu(gate) * up` ([`swiglu`]) and weight matmuls of a
+//! few rows ([`linear`]).
 //!
-//! On MLX's scalar CPU kernels (the Linux x86_64 wheel: see
+//! **SwiGLU.** On MLX's scalar CPU kernels (the Linux x86_64 wheel: see
 //! [`super::pow_exp`]) it is one MLX primitive of this crate
 //! (`cpp/swiglu.cpp`): one pass over memory forward and one backward,
 //! vectorized (AVX2 + FMA when the CPU has them, checked at run time) and
@@ -17,9 +20,22 @@
 //! the exact limits; the result agrees with `silu(gate) * up` to a few f32
 //! ulps. GPUs, macOS (whose CPU build vectorizes MLX's own ops) and other
 //! dtypes use `silu(gate) * up`.
+//!
+//! **Few-row matmuls** (`cpp/small_matmul.cpp`). MLX hands every f32 matmul
+//! to `cblas_sgemm`, and Debian's OpenBLAS packs the whole weight into a
+//! scratch buffer even for one row: 23-28 GB/s of weights on the project's
+//! 2-core machine, where dot products over each weight row stream 60-82
+//! GB/s. Generation is bound by that (about 18 GB of f32 weights a frame),
+//! so up to [`SMALL_MATMUL_ROWS`] rows of `x` go through the primitive:
+//! each weight row streams once, vectorized and split over the cores. Its
+//! gradient is MLX's matmuls; training's many-row matmuls never take it.
 
 use mlx_rs::error::Exception;
-use mlx_rs::{nn, Array};
+use mlx_rs::{nn, ops, Array};
+
+/// Most rows of `x` (all leading axes together) that [`linear`] sends to
+/// the few-row primitive: a generated frame, or a small batch of them.
+pub const SMALL_MATMUL_ROWS: usize = 8;
 
 /// `silu(gate) * up`, differentiable.
 ///
@@ -31,6 +47,29 @@ pub fn swiglu(gate: &Array, up: &Array) -> Result<Array, Exception> {
         return primitive::swiglu(gate, up);
     }
     nn::silu(gate)?.multiply(up)
+}
+
+/// `x @ w^T` for a weight `w [N, K]` in PyTorch's layout (rows are
+/// outputs).
+///
+/// # Shapes
+/// `x: [..., K]`, `w: [N, K]` -> `[..., N]`
+pub fn linear(x: &Array, w: &Array) -> Result<Array, Exception> {
+    #[cfg(not(target_os = "macos"))]
+    if uses_small_matmul(x, w) {
+        return primitive::small_matmul(x, w);
+    }
+    ops::matmul(x, w.t())
+}
+
+/// Whether [`linear`] takes the few-row primitive for these operands.
+#[cfg(not(target_os = "macos"))]
+fn uses_small_matmul(x: &Array, w: &Array) -> bool {
+    let k = x.shape().last().copied().unwrap_or(1).max(1) as usize;
+    super::pow_exp::scalar_mlx_cpu(x)
+        && super::pow_exp::scalar_mlx_cpu(w)
+        && w.ndim() == 2
+        && x.size() / k <= SMALL_MATMUL_ROWS
 }
 
 /// Whether [`swiglu`] takes the fused primitive for these operands.
@@ -59,23 +98,49 @@ mod primitive {
         ) -> std::ffi::c_int;
     }
 
-    /// `silu(gate) * up` through the primitive (f32 operands of one shape).
-    ///
-    /// # Shapes
-    /// `gate: [..., H]`, `up: [..., H]` -> `[..., H]`
-    pub(super) fn swiglu(gate: &Array, up: &Array) -> Result<Array, Exception> {
+    extern "C" {
+        /// `cpp/small_matmul.cpp`: `res <- x @ w^T` as a lazy MLX array;
+        /// non-zero, with the message through mlx-c's error handler, for
+        /// operands that are not f32 or do not fit.
+        fn csm_small_matmul(
+            res: *mut mlx_sys::mlx_array,
+            x: mlx_sys::mlx_array,
+            w: mlx_sys::mlx_array,
+        ) -> std::ffi::c_int;
+    }
+
+    /// Runs one of the C entry points above into a new array.
+    fn build(
+        call: impl FnOnce(*mut mlx_sys::mlx_array) -> std::ffi::c_int,
+    ) -> Result<Array, Exception> {
         // SAFETY: a fresh empty array handle for the call to fill.
         let mut res = unsafe { mlx_sys::mlx_array_new() };
-        // SAFETY: `gate` and `up` are live handles; `res` is a valid
-        // out-parameter.
-        let built = mlx_call(|| unsafe { csm_swiglu(&mut res, gate.as_ptr(), up.as_ptr()) });
-        if let Err(message) = built {
+        if let Err(message) = mlx_call(|| call(&mut res)) {
             // SAFETY: frees the handle created above, never handed out.
             unsafe { mlx_sys::mlx_array_free(res) };
             return Err(Exception::custom(message));
         }
         // SAFETY: `res` was filled by the call and is owned by nobody else.
         Ok(unsafe { Array::from_ptr(res) })
+    }
+
+    /// `x @ w^T` through the few-row primitive (f32, `w` 2-D).
+    ///
+    /// # Shapes
+    /// `x: [..., K]`, `w: [N, K]` -> `[..., N]`
+    pub(super) fn small_matmul(x: &Array, w: &Array) -> Result<Array, Exception> {
+        // SAFETY: `x` and `w` are live handles; `res` is a valid out-parameter.
+        build(|res| unsafe { csm_small_matmul(res, x.as_ptr(), w.as_ptr()) })
+    }
+
+    /// `silu(gate) * up` through the primitive (f32 operands of one shape).
+    ///
+    /// # Shapes
+    /// `gate: [..., H]`, `up: [..., H]` -> `[..., H]`
+    pub(super) fn swiglu(gate: &Array, up: &Array) -> Result<Array, Exception> {
+        // SAFETY: `gate` and `up` are live handles; `res` is a valid
+        // out-parameter.
+        build(|res| unsafe { csm_swiglu(res, gate.as_ptr(), up.as_ptr()) })
     }
 }
 
@@ -232,6 +297,87 @@ mod tests {
         let want = want.as_slice::<f32>();
         assert_eq!(v[2], want[2]);
         assert_eq!(v[3].is_nan(), want[3].is_nan());
+    }
+
+    /// Deterministic values in [-1, 1) of the given shape.
+    fn filled(shape: &[i32], seed: usize) -> Array {
+        let n: i32 = shape.iter().product();
+        let v: Vec<f32> = (0..n as usize)
+            .map(|i| ((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.5 - 1.0)
+            .collect();
+        Array::from_slice(&v, shape)
+    }
+
+    #[test]
+    fn small_matmul_matches_mlx_matmul() {
+        // A tail past the last 16 columns, several rows in 3-D, and a
+        // weight big enough to be split over threads.
+        for (x_shape, n) in [
+            (vec![1, 100], 7),
+            (vec![1, 3, 1024], 3000),
+            (vec![2, 48], 64),
+        ] {
+            let k = *x_shape.last().unwrap();
+            let x = filled(&x_shape, 1);
+            let w = filled(&[n, k], 2);
+            assert!(uses_small_matmul(&x, &w));
+            let ours = primitive::small_matmul(&x, &w).unwrap();
+            let want = ops::matmul(&x, w.t()).unwrap();
+            assert_eq!(ours.shape(), want.shape());
+            let scale = crate::test_util::max_abs(&want).max(1.0);
+            let diff = max_abs_diff(&ours, &want);
+            assert!(
+                diff < 1e-6 * scale * k as f32,
+                "{x_shape:?} x {n}: max |diff| {diff}"
+            );
+        }
+        // A strided weight (a transposed view) is copied, then used.
+        let x = filled(&[1, 40], 3);
+        let w = filled(&[40, 24], 4).t();
+        let diff = max_abs_diff(
+            &primitive::small_matmul(&x, &w).unwrap(),
+            &ops::matmul(&x, w.t()).unwrap(),
+        );
+        assert!(diff < 1e-4, "max |diff| {diff}");
+    }
+
+    #[test]
+    fn small_matmul_gradients_match_mlx() {
+        let x = filled(&[2, 1, 70], 5);
+        let w = filled(&[33, 70], 6);
+        let c = filled(&[2, 1, 33], 7);
+        let grads = |f: fn(&Array, &Array) -> Result<Array, Exception>| {
+            let c = c.clone();
+            let loss = move |args: &[Array]| -> Result<Vec<Array>, Exception> {
+                Ok(vec![f(&args[0], &args[1])?.multiply(&c)?.sum(None)?])
+            };
+            let mut vg = value_and_grad_with_argnums(loss, &[0, 1][..]);
+            vg(&[x.clone(), w.clone()]).unwrap().1
+        };
+        let ours = grads(primitive::small_matmul);
+        let want = grads(|x, w| ops::matmul(x, w.t()));
+        assert_eq!(ours[0].shape(), &[2, 1, 70]);
+        assert_eq!(ours[1].shape(), &[33, 70]);
+        assert!(max_abs_diff(&ours[0], &want[0]) < 1e-4);
+        assert!(max_abs_diff(&ours[1], &want[1]) < 1e-4);
+    }
+
+    #[test]
+    fn many_rows_keep_mlx_matmul() {
+        let w = filled(&[16, 32], 8);
+        assert!(uses_small_matmul(
+            &filled(&[SMALL_MATMUL_ROWS as i32, 32], 9),
+            &w
+        ));
+        assert!(!uses_small_matmul(
+            &filled(&[SMALL_MATMUL_ROWS as i32 + 1, 32], 9),
+            &w
+        ));
+        let e = primitive::small_matmul(&filled(&[1, 31], 1), &w).unwrap_err();
+        assert!(e.what().contains("31 columns, w has 32"), "{}", e.what());
+        let bf = w.as_dtype(Dtype::Bfloat16).unwrap();
+        let e = primitive::small_matmul(&filled(&[1, 32], 1), &bf).unwrap_err();
+        assert!(e.what().contains("float32"), "{}", e.what());
     }
 
     #[test]
