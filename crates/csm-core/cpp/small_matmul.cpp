@@ -5,9 +5,9 @@
 // Why: MLX sends every f32 matmul to `cblas_sgemm`, and with one row the
 // Debian OpenBLAS (0.3.21, before its GEMV forwarding) still packs the
 // whole weight into a scratch buffer and runs its matrix kernel on the
-// copy. On the project's 2-core machine that streams a weight at 23-28
-// GB/s, where dot products over each weight row reach 60-82 GB/s from
-// memory (bench note in docs/benchmarks.md). Generation is bound by this:
+// copy. On the project's 2-core machine that streams a weight at 23-29
+// GB/s, where dot products over each weight row reach 57-87 GB/s from
+// memory (bench/one_row_matmul.cpp, docs/benchmarks.md). Generation is bound by this:
 // every frame reads the backbone once and the depth decoder 31 times,
 // about 18 GB in f32. Here each weight row streams once and meets every row
 // of `x`, vectorized for AVX2 + FMA where the CPU has them and split over

@@ -23,12 +23,14 @@
 //!
 //! **Few-row matmuls** (`cpp/small_matmul.cpp`). MLX hands every f32 matmul
 //! to `cblas_sgemm`, and Debian's OpenBLAS packs the whole weight into a
-//! scratch buffer even for one row: 23-28 GB/s of weights on the project's
-//! 2-core machine, where dot products over each weight row stream 60-82
-//! GB/s. Generation is bound by that (about 18 GB of f32 weights a frame),
-//! so up to [`SMALL_MATMUL_ROWS`] rows of `x` go through the primitive:
-//! each weight row streams once, vectorized and split over the cores. Its
-//! gradient is MLX's matmuls; training's many-row matmuls never take it.
+//! scratch buffer even for one row: 23-29 GB/s of weights on the project's
+//! 2-core machine, where dot products over each weight row stream 57-87
+//! GB/s (`bench/one_row_matmul.cpp`). Generation is bound by that (about
+//! 18 GB of f32 weights a frame), so up to [`SMALL_MATMUL_ROWS`] rows of
+//! `x` go through the primitive: each weight row streams once, vectorized
+//! and split over the cores. CSM-1B generation went from 728 to 456 ms a
+//! frame there. Its gradient is MLX's matmuls; training's many-row matmuls
+//! never take it.
 
 use mlx_rs::error::Exception;
 use mlx_rs::{nn, ops, Array};
