@@ -120,8 +120,14 @@ class SmallMatmul : public mx::UnaryPrimitive {
     encoder.set_output_array(out);
     const size_t k = x.shape(-1);
     const size_t n = out.shape(-1);
+    // k = 0 is an empty sum: every output is 0.
     Operands o{
-        x.data<float>(), w.data<float>(), out.data<float>(), x.size() / k, k, n};
+        x.data<float>(),
+        w.data<float>(),
+        out.data<float>(),
+        k == 0 ? out.size() / std::max<size_t>(1, n) : x.size() / k,
+        k,
+        n};
     // A thread is worth its start-up from about 1 M weights (4 MB, some
     // 60 microseconds of memory traffic) per chunk.
     const size_t min_rows = std::max<size_t>(1, (size_t{1} << 20) / std::max<size_t>(1, k));

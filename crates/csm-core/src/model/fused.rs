@@ -67,10 +67,11 @@ pub fn linear(x: &Array, w: &Array) -> Result<Array, Exception> {
 /// Whether [`linear`] takes the few-row primitive for these operands.
 #[cfg(not(target_os = "macos"))]
 fn uses_small_matmul(x: &Array, w: &Array) -> bool {
-    let k = x.shape().last().copied().unwrap_or(1).max(1) as usize;
+    let k = x.shape().last().copied().unwrap_or(0).max(0) as usize;
     super::pow_exp::scalar_mlx_cpu(x)
         && super::pow_exp::scalar_mlx_cpu(w)
         && w.ndim() == 2
+        && k > 0
         && x.size() / k <= SMALL_MATMUL_ROWS
 }
 
@@ -150,7 +151,7 @@ mod primitive {
 mod tests {
     use super::*;
     use crate::runtime::Backend;
-    use crate::test_util::max_abs_diff;
+    use crate::test_util::{max_abs, max_abs_diff};
     use mlx_rs::transforms::value_and_grad_with_argnums;
     use mlx_rs::Dtype;
 
@@ -326,7 +327,7 @@ mod tests {
             let ours = primitive::small_matmul(&x, &w).unwrap();
             let want = ops::matmul(&x, w.t()).unwrap();
             assert_eq!(ours.shape(), want.shape());
-            let scale = crate::test_util::max_abs(&want).max(1.0);
+            let scale = max_abs(&want).max(1.0);
             let diff = max_abs_diff(&ours, &want);
             assert!(
                 diff < 1e-6 * scale * k as f32,
@@ -377,6 +378,10 @@ mod tests {
         ));
         let e = primitive::small_matmul(&filled(&[1, 31], 1), &w).unwrap_err();
         assert!(e.what().contains("31 columns, w has 32"), "{}", e.what());
+        // An empty sum (k = 0) gives zeros, not a crash.
+        let empty = primitive::small_matmul(&filled(&[2, 0], 1), &filled(&[5, 0], 1)).unwrap();
+        assert_eq!(empty.shape(), &[2, 5]);
+        assert_eq!(max_abs(&empty), 0.0);
         let bf = w.as_dtype(Dtype::Bfloat16).unwrap();
         let e = primitive::small_matmul(&filled(&[1, 32], 1), &bf).unwrap_err();
         assert!(e.what().contains("float32"), "{}", e.what());
