@@ -6,7 +6,8 @@ fn main() {
     cpu_primitives();
 }
 
-/// `cpp/swiglu.cpp` and `cpp/small_matmul.cpp` (see `model::fused`), compiled against MLX's and
+/// `cpp/swiglu.cpp`, `cpp/small_matmul.cpp` and `cpp/elu.cpp` (see
+/// `model::fused`), compiled against MLX's and
 /// mlx-c's headers as mlx-sys compiled mlx-c. macOS keeps MLX's own ops: its
 /// CPU build vectorizes them, and Metal is the device there anyway.
 fn cpu_primitives() {
@@ -24,6 +25,7 @@ fn cpu_primitives() {
         .opt_level(3)
         .file("cpp/swiglu.cpp")
         .file("cpp/small_matmul.cpp")
+        .file("cpp/elu.cpp")
         .flag("-include")
         .flag(&force)
         // Comparisons may not raise FP exceptions, so GCC can turn the

@@ -285,13 +285,13 @@ impl CausalConvTranspose1d {
     }
 }
 
-/// ELU with `alpha = 1`, `expm1` on the negative side like PyTorch.
+/// ELU with `alpha = 1`, `expm1` on the negative side like PyTorch (one
+/// fused pass on the Linux CPU: [`crate::model::fused::elu`]).
 ///
 /// # Shapes
 /// any -> same
 pub fn elu(x: &Array) -> Result<Array, Exception> {
-    let neg = ops::expm1(ops::minimum(x, Array::from_f32(0.0))?)?;
-    ops::select(&x.gt(Array::from_f32(0.0))?, x, &neg)
+    crate::model::fused::elu(x)
 }
 
 #[cfg(test)]
