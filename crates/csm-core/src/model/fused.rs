@@ -439,7 +439,7 @@ mod tests {
         let x = Array::from_slice(&v, &[3, n as i32 / 3]);
         let ours = primitive::elu(&x).unwrap();
         let neg = ops::expm1(ops::minimum(&x, Array::from_f32(0.0)).unwrap()).unwrap();
-        let want = ops::select(&x.gt(Array::from_f32(0.0)).unwrap(), &x, &neg).unwrap();
+        let want = ops::select(x.gt(Array::from_f32(0.0)).unwrap(), &x, &neg).unwrap();
         assert!(max_abs_diff(&ours, &want) < 1e-6);
         // Relative accuracy near 0 (no cancellation): a few ulps.
         let rel = max_rel_diff(&ours, &want);
