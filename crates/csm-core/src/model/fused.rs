@@ -118,9 +118,7 @@ mod primitive {
             gate: mlx_sys::mlx_array,
             up: mlx_sys::mlx_array,
         ) -> std::ffi::c_int;
-    }
 
-    extern "C" {
         /// `cpp/small_matmul.cpp`: `res <- x @ w^T` as a lazy MLX array;
         /// non-zero, with the message through mlx-c's error handler, for
         /// operands that are not f32 or do not fit.
@@ -129,9 +127,7 @@ mod primitive {
             x: mlx_sys::mlx_array,
             w: mlx_sys::mlx_array,
         ) -> std::ffi::c_int;
-    }
 
-    extern "C" {
         /// `cpp/elu.cpp`: `res <- elu(x)` as a lazy MLX array; non-zero,
         /// with the message through mlx-c's error handler, unless f32.
         fn csm_elu(res: *mut mlx_sys::mlx_array, x: mlx_sys::mlx_array) -> std::ffi::c_int;
