@@ -10,7 +10,8 @@
 # cached in ~/.cache/csm-mlx.
 set -euo pipefail
 
-need_apt=(cmake libclang-19-dev libopenblas0-pthread espeak-ng python3-pip pkg-config)
+# g++: mlx-c and the crate's own CPU primitives (crates/csm-core/cpp) are C++.
+need_apt=(g++ cmake libclang-19-dev libopenblas0-pthread espeak-ng python3-pip pkg-config)
 if [ "${1:-}" = "--gui" ]; then
   need_apt+=(libwebkit2gtk-4.1-dev librsvg2-dev libxdo-dev libgtk-3-dev libasound2-dev
              webkit2gtk-driver xvfb imagemagick xdotool)
