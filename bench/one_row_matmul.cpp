@@ -14,7 +14,6 @@
 #include <cstdlib>
 #include <thread>
 #include <vector>
-#include <cstring>
 // Declared here: the runtime OpenBLAS package ships no cblas.h.
 enum {CblasRowMajor=101}; enum {CblasNoTrans=111, CblasTrans=112};
 extern "C" { void cblas_sgemm(int,int,int,int,int,int,float,const float*,int,const float*,int,float,float*,int); void cblas_sgemv(int,int,int,int,float,const float*,int,const float*,int,float,float*,int); }

@@ -1,5 +1,5 @@
 // Shared pieces of this crate's MLX CPU primitives (swiglu.cpp,
-// small_matmul.cpp): ISA dispatch, a fork-join over the cores, the CPU
+// small_matmul.cpp, elu.cpp): ISA dispatch, a fork-join over the cores, the CPU
 // stream, and the C entry points' error reporting.
 
 #pragma once

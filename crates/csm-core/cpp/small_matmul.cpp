@@ -7,11 +7,11 @@
 // whole weight into a scratch buffer and runs its matrix kernel on the
 // copy. On the project's 2-core machine that streams a weight at 23-29
 // GB/s, where dot products over each weight row reach 57-87 GB/s from
-// memory (bench/one_row_matmul.cpp, docs/benchmarks.md). Generation is bound by this:
-// every frame reads the backbone once and the depth decoder 31 times,
-// about 18 GB in f32. Here each weight row streams once and meets every row
-// of `x`, vectorized for AVX2 + FMA where the CPU has them and split over
-// the cores.
+// memory (bench/one_row_matmul.cpp, docs/benchmarks.md). Generation is
+// bound by this: every frame reads the backbone once and the depth decoder
+// 31 times, about 18 GB in f32 by the parameter count. Here each weight row
+// streams once and meets every row of `x`, vectorized for AVX2 + FMA where
+// the CPU has them and split over the cores.
 //
 // The gradient is MLX's own matmuls, so the primitive is differentiable,
 // but training's many-row matmuls never come here.

@@ -6,9 +6,9 @@
 // with MLX ops costs 5 such passes forward (one of them `powf`, 3-4 ns per
 // element) and 7 backward, with the second core idle. Here each direction
 // is a single loop, vectorized for AVX2 + FMA where the CPU has them
-// (checked at run time) and split over the machine's cores. With the depth decoder on every
-// frame that took a CSM-1B step on the project's 2-core machine from 12.62
-// to 12.00 s (docs/benchmarks.md).
+// (checked at run time) and split over the machine's cores. With the depth
+// decoder on every frame that took a CSM-1B step on the project's 2-core
+// machine from 12.62 to 12.00 s (docs/benchmarks.md).
 //
 // Being a primitive (not a kernel run on evaluated arrays) matters: it runs
 // when MLX evaluates the graph, so a traced training step keeps exactly the
@@ -18,22 +18,15 @@
 // C entry point: `csm_swiglu`, taking and returning mlx-c arrays; errors go
 // through mlx-c's error handler (the Rust side captures them).
 
-#include <array>
-#include <cstddef>
-#include <cstdint>
 #include <memory>
 #include <stdexcept>
-#include <string>
 #include <vector>
 
 #include "cpu_common.h"
 #include "elementwise.h"
-#include "mlx/allocator.h"
-#include "mlx/backend/cpu/encoder.h"
 #include "mlx/c/array.h"
 #include "mlx/c/private/array.h"
 #include "mlx/ops.h"
-#include "mlx/primitives.h"
 
 namespace {
 

@@ -1,5 +1,6 @@
 //! Direct mlx-c calls for what mlx-rs 0.33 does not wrap (distributed
-//! collectives, the fused CPU SwiGLU): error capture.
+//! collectives, this crate's CPU primitives in `model::fused`): error
+//! capture.
 
 use std::cell::RefCell;
 use std::ffi::{c_char, c_void, CStr};

@@ -111,7 +111,7 @@ pub const MLX_ENV_DEFAULTS: [(&str, &str); 0] = [];
 
 /// Sets [`MLX_ENV_DEFAULTS`] in this process's environment, leaving any
 /// the user already set, and tunes glibc's allocator for MLX's CPU backend
-/// (see [`keep_freed_memory`]). MLX reads the variables when a backend
+/// (the private `keep_freed_memory`). MLX reads the variables when a backend
 /// cache is first built, so call this first thing in `main`, before any MLX
 /// work and before other threads start (the `csm` tool and the app do).
 pub fn set_process_defaults() {

@@ -12,9 +12,9 @@
 //! backward. With the depth decoder on every frame, replacing those ops (in
 //! their faster `powf` form) took a CSM-1B step on the project's 2-core
 //! machine from 12.62 to 12.00 s, with 0.13 GB less peak memory
-//! (docs/benchmarks.md). As a primitive it runs when MLX
-//! evaluates the graph, so a traced training step keeps the same buffers
-//! for the backward (gate, up, `sigmoid(gate)`) as MLX's ops would.
+//! (docs/benchmarks.md). As a primitive it runs when MLX evaluates the
+//! graph, so a traced training step keeps the same buffers for the backward
+//! (gate, up, `sigmoid(gate)`) as MLX's ops would.
 //!
 //! Its exponential is a polynomial accurate to about 1 ulp that saturates to
 //! the exact limits; the result agrees with `silu(gate) * up` to a few f32
@@ -26,10 +26,10 @@
 //! scratch buffer even for one row: 23-29 GB/s of weights on the project's
 //! 2-core machine, where dot products over each weight row stream 57-87
 //! GB/s (`bench/one_row_matmul.cpp`). Generation is bound by that (about
-//! 18 GB of f32 weights a frame), so up to [`SMALL_MATMUL_ROWS`] rows of
-//! `x` go through the primitive: each weight row streams once, vectorized
-//! and split over the cores. CSM-1B generation went from 728 to 456 ms a
-//! frame there. Its gradient is MLX's matmuls; training's many-row matmuls
+//! 18 GB of f32 weights a frame, by the parameter count), so up to
+//! [`SMALL_MATMUL_ROWS`] rows of `x` go through the primitive: each weight
+//! row streams once, vectorized and split over the cores. CSM-1B generation
+//! went from 728 to 456 ms a frame there. Its gradient is MLX's matmuls; training's many-row matmuls
 //! never take it.
 //!
 //! **ELU** (`cpp/elu.cpp`), in Mimi's SEANet: one vectorized pass on all
@@ -37,7 +37,7 @@
 //! Mimi decode's profile). Inference only: it has no gradient.
 
 use mlx_rs::error::Exception;
-use mlx_rs::{nn, ops, Array};
+use mlx_rs::{nn, ops, Array, Device, DeviceType, Dtype};
 
 /// Most rows of `x` (all leading axes together) that [`linear`] sends to
 /// the few-row primitive: a generated frame, or a small batch of them.
@@ -72,8 +72,8 @@ pub fn linear(x: &Array, w: &Array) -> Result<Array, Exception> {
 #[cfg(not(target_os = "macos"))]
 fn uses_small_matmul(x: &Array, w: &Array) -> bool {
     let k = x.shape().last().copied().unwrap_or(0).max(0) as usize;
-    super::pow_exp::scalar_mlx_cpu(x)
-        && super::pow_exp::scalar_mlx_cpu(w)
+    scalar_mlx_cpu(x)
+        && scalar_mlx_cpu(w)
         && w.ndim() == 2
         && k > 0
         && x.size() / k <= SMALL_MATMUL_ROWS
@@ -87,19 +87,31 @@ fn uses_small_matmul(x: &Array, w: &Array) -> bool {
 /// any -> same
 pub fn elu(x: &Array) -> Result<Array, Exception> {
     #[cfg(not(target_os = "macos"))]
-    if super::pow_exp::scalar_mlx_cpu(x) {
+    if scalar_mlx_cpu(x) {
         return primitive::elu(x);
     }
     let neg = ops::expm1(ops::minimum(x, Array::from_f32(0.0))?)?;
     ops::select(&x.gt(Array::from_f32(0.0))?, x, &neg)
 }
 
+/// Whether an op on `x` would run on MLX's scalar CPU kernels (the Linux
+/// x86_64 wheel's, see [`super::pow_exp`]): a CPU default device, f32,
+/// outside macOS. The primitives here and the `powf` log-sum-exp apply
+/// exactly there.
+pub(super) fn scalar_mlx_cpu(x: &Array) -> bool {
+    if cfg!(target_os = "macos") || x.dtype() != Dtype::Float32 {
+        return false;
+    }
+    matches!(
+        Device::try_default().and_then(|d| d.get_type()),
+        Ok(DeviceType::Cpu)
+    )
+}
+
 /// Whether [`swiglu`] takes the fused primitive for these operands.
 #[cfg(not(target_os = "macos"))]
 fn uses_primitive(gate: &Array, up: &Array) -> bool {
-    super::pow_exp::scalar_mlx_cpu(gate)
-        && super::pow_exp::scalar_mlx_cpu(up)
-        && gate.shape() == up.shape()
+    scalar_mlx_cpu(gate) && scalar_mlx_cpu(up) && gate.shape() == up.shape()
 }
 
 #[cfg(not(target_os = "macos"))]

@@ -16,14 +16,14 @@
 //! exponential, has its own fused primitive ([`super::fused`]).
 
 use mlx_rs::error::Exception;
-use mlx_rs::{Array, Device, DeviceType, Dtype};
+use mlx_rs::Array;
 
 /// Log-sum-exp over the last axis, differentiable.
 ///
 /// # Shapes
 /// `x: [..., V]` -> `[...]`
 pub fn logsumexp(x: &Array) -> Result<Array, Exception> {
-    if !scalar_mlx_cpu(x) {
+    if !super::fused::scalar_mlx_cpu(x) {
         return x.logsumexp_axis(-1, false);
     }
     // The max only shifts the exponent; its gradient contributions cancel,
@@ -32,18 +32,6 @@ pub fn logsumexp(x: &Array) -> Result<Array, Exception> {
     let e = Array::from_f32(std::f64::consts::E as f32);
     let sum = e.power(x.subtract(&m)?)?.sum_axis(-1, false)?; // [...]
     m.squeeze_axes(&[-1])?.add(sum.log()?)
-}
-
-/// Whether an op on `x` would run on MLX's scalar CPU kernels: a CPU default
-/// device, f32, outside macOS.
-pub(super) fn scalar_mlx_cpu(x: &Array) -> bool {
-    if cfg!(target_os = "macos") || x.dtype() != Dtype::Float32 {
-        return false;
-    }
-    matches!(
-        Device::try_default().and_then(|d| d.get_type()),
-        Ok(DeviceType::Cpu)
-    )
 }
 
 #[cfg(test)]
