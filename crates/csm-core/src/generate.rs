@@ -419,6 +419,9 @@ pub fn generate_frames(
     let mut h = csm.backbone_step(prompt_tokens, prompt_mask, &mut cache)?; // [1, D]
     h.eval()?;
     let prefill = start.elapsed();
+    // Frame steps on the CPU: OpenBLAS's spinning workers only slow the
+    // few-row products down (see `SingleThreadBlas`).
+    let _blas = on_cpu().then(crate::runtime::SingleThreadBlas::new);
 
     let loop_start = Instant::now();
     let mut first_frame = Duration::ZERO;
@@ -432,8 +435,9 @@ pub fn generate_frames(
             });
         }
         let frame = csm.generate_frame(&h, &mut |logits, _cb| sampler.sample(logits, limit))?; // [1, n_cb]
-                                                                                               // Queue the feedback step before reading the codes, so the device
-                                                                                               // runs it while the host checks for EOS and builds the next frame.
+
+        // Queue the feedback step before reading the codes, so the device
+        // runs it while the host checks for EOS and builds the next frame.
         let next = if i + 1 < options.max_frames {
             let (tokens, mask) = csm.audio_frame(&frame)?; // [1, 1, n_cb + 1]
             Some(csm.backbone_step(&tokens, &mask, &mut cache)?) // [1, D]
@@ -473,6 +477,14 @@ pub fn generate_frames(
         first_frame,
         frames_total: loop_start.elapsed(),
     })
+}
+
+/// Whether MLX's default device is the CPU.
+fn on_cpu() -> bool {
+    matches!(
+        mlx_rs::Device::try_default().and_then(|d| d.get_type()),
+        Ok(mlx_rs::DeviceType::Cpu)
+    )
 }
 
 /// A CSM model with its codec and tokenizer, ready to speak.

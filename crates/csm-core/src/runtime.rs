@@ -298,6 +298,128 @@ pub fn blas_info() -> BlasInfo {
     }
 }
 
+/// OpenBLAS's entry points for its thread count, found at run time so
+/// that a process whose BLAS is something else (Accelerate, the wheel's
+/// reference BLAS) simply has none.
+#[cfg(target_os = "linux")]
+#[derive(Clone, Copy)]
+struct OpenblasThreads {
+    get: unsafe extern "C" fn() -> std::ffi::c_int,
+    set: unsafe extern "C" fn(std::ffi::c_int),
+}
+
+#[cfg(target_os = "linux")]
+impl OpenblasThreads {
+    fn find() -> Option<Self> {
+        // SAFETY: dlsym with RTLD_DEFAULT only looks symbols up in the
+        // libraries already loaded; the names are NUL-terminated.
+        let (get, set) = unsafe {
+            (
+                libc::dlsym(libc::RTLD_DEFAULT, c"openblas_get_num_threads".as_ptr()),
+                libc::dlsym(libc::RTLD_DEFAULT, c"openblas_set_num_threads".as_ptr()),
+            )
+        };
+        if get.is_null() || set.is_null() {
+            return None;
+        }
+        // SAFETY: OpenBLAS declares these as `int openblas_get_num_threads(void)`
+        // and `void openblas_set_num_threads(int)`.
+        unsafe {
+            Some(Self {
+                get: std::mem::transmute::<
+                    *mut libc::c_void,
+                    unsafe extern "C" fn() -> std::ffi::c_int,
+                >(get),
+                set: std::mem::transmute::<*mut libc::c_void, unsafe extern "C" fn(std::ffi::c_int)>(
+                    set,
+                ),
+            })
+        }
+    }
+}
+
+/// The thread count of OpenBLAS when it is the process's BLAS (Linux).
+pub fn openblas_threads() -> Option<usize> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: a plain getter.
+        OpenblasThreads::find().map(|t| unsafe { (t.get)() }.max(0) as usize)
+    }
+    #[cfg(not(target_os = "linux"))]
+    None
+}
+
+/// Runs OpenBLAS on one thread while alive, then gives it back the thread
+/// count it had. Nothing happens where OpenBLAS is not the BLAS.
+///
+/// For the CPU's frame-by-frame generation: its weight products go through
+/// this crate's few-row matmul, which has its own threads, and what is left
+/// for OpenBLAS is attention products of a few query rows. After a
+/// threaded call, OpenBLAS's idle workers spin in `sched_yield` for a
+/// while, on the cores the next product needs: 38% of a CSM-1B generation
+/// profile on 2 cores, and 523 -> 453 ms a frame without them
+/// (docs/benchmarks.md). One-row products keep their bits; products of
+/// many rows (none in a frame step) may round differently, as OpenBLAS
+/// blocks the sum over K differently on one thread (a test checks both).
+///
+/// The count is process-wide. Guards may overlap (the app can speak two
+/// samples at once, or while it trains): the first sets one thread, the
+/// last gives the count back. OpenBLAS reads the count when a call starts,
+/// so a call already running on another thread keeps its threads.
+#[must_use = "OpenBLAS gets its threads back when the guard drops"]
+pub struct SingleThreadBlas {
+    #[cfg(target_os = "linux")]
+    threads: Option<OpenblasThreads>,
+}
+
+/// Live [`SingleThreadBlas`] guards and the count to give back after the
+/// last one.
+#[cfg(target_os = "linux")]
+static SINGLE_THREAD_BLAS: std::sync::Mutex<(usize, std::ffi::c_int)> =
+    std::sync::Mutex::new((0, 0));
+
+impl SingleThreadBlas {
+    /// Sets OpenBLAS to one thread (if it is the BLAS and no guard already did).
+    pub fn new() -> Self {
+        #[cfg(target_os = "linux")]
+        {
+            let threads = OpenblasThreads::find();
+            if let Some(t) = threads {
+                let mut live = SINGLE_THREAD_BLAS.lock().unwrap_or_else(|e| e.into_inner());
+                if live.0 == 0 {
+                    // SAFETY: plain getter and setter of OpenBLAS's count.
+                    live.1 = unsafe { (t.get)() };
+                    unsafe { (t.set)(1) };
+                }
+                live.0 += 1;
+            }
+            Self { threads }
+        }
+        #[cfg(not(target_os = "linux"))]
+        Self {}
+    }
+}
+
+impl Default for SingleThreadBlas {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for SingleThreadBlas {
+    fn drop(&mut self) {
+        #[cfg(target_os = "linux")]
+        if let Some(t) = self.threads {
+            let mut live = SINGLE_THREAD_BLAS.lock().unwrap_or_else(|e| e.into_inner());
+            live.0 -= 1;
+            if live.0 == 0 {
+                // SAFETY: as in `new`.
+                unsafe { (t.set)(live.1) };
+            }
+        }
+    }
+}
+
 /// Result of [`matmul_gflops`].
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct MatmulBench {
@@ -347,6 +469,73 @@ pub fn matmul_gflops(
 
 #[cfg(all(test, target_os = "linux", target_env = "gnu"))]
 mod tests {
+    use mlx_rs::{random, Array};
+
+    /// The guard sets one thread and the last of overlapping guards gives
+    /// the count back; one-row products (a frame step's) keep their bits
+    /// and products of many rows differ in rounding only.
+    #[test]
+    fn single_thread_blas_restores_the_count_and_keeps_one_row_bits() {
+        let t = super::OpenblasThreads::find()
+            .expect("OpenBLAS is this project's BLAS on Linux, but its thread API was not found");
+        // Two threads to start with, so that giving the count back shows.
+        // SAFETY: OpenBLAS's setter.
+        unsafe { (t.set)(2) };
+        let before = super::openblas_threads();
+        assert_eq!(before, Some(2));
+        let shapes = [
+            (151, 2048, 512),
+            (33, 1024, 2051),
+            (1, 64, 151),
+            (1, 300, 64),
+        ];
+        let operands: Vec<(Array, Array)> = shapes
+            .iter()
+            .map(|&(m, k, n)| {
+                let x = random::normal::<f32>(&[m, k], None, None, None).unwrap();
+                let w = random::normal::<f32>(&[n, k], None, None, None).unwrap();
+                (x, w)
+            })
+            .collect();
+        let products = || -> Vec<Vec<f32>> {
+            operands
+                .iter()
+                .map(|(x, w)| {
+                    let y = x.matmul(w.t()).unwrap();
+                    y.eval().unwrap();
+                    y.as_slice::<f32>().to_vec()
+                })
+                .collect()
+        };
+        let many = products();
+        let one = {
+            let first = super::SingleThreadBlas::new();
+            assert_eq!(super::openblas_threads(), Some(1));
+            // Overlapping guards: the first one to end leaves one thread.
+            let second = super::SingleThreadBlas::new();
+            drop(first);
+            assert_eq!(super::openblas_threads(), Some(1));
+            let one = products();
+            drop(second);
+            one
+        };
+        for ((m, k, n), (a, b)) in shapes.iter().zip(many.iter().zip(&one)) {
+            let worst = a
+                .iter()
+                .zip(b)
+                .map(|(a, b)| ((a - b) / a.abs().max(1.0)).abs())
+                .fold(0f32, f32::max);
+            // One row (a frame step's attention) is bit-equal; more rows may
+            // round differently, since OpenBLAS blocks K differently.
+            let tolerance = if *m == 1 { 0.0 } else { 1e-4 };
+            assert!(
+                worst <= tolerance,
+                "[{m}, {k}] x [{k}, {n}]: one OpenBLAS thread differs by {worst:e} (relative)"
+            );
+        }
+        assert_eq!(super::openblas_threads(), before);
+    }
+
     /// The probe sees glibc's default (the test harness never calls
     /// `set_process_defaults`; `csm info`'s test checks the tuned case).
     #[test]
