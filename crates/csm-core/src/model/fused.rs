@@ -1,5 +1,5 @@
 //! MLX CPU primitives of this crate, for where MLX's own ops leave a lot on
-//! the table on the Linux x86_64 CPU wheel (f32, outside macOS): the Llama
+//! the table on the Linux x86_64 CPU wheel (outside macOS): the Llama
 //! feed-forward gate `silu(gate) * up` ([`swiglu`]), weight matmuls of a
 //! few rows ([`linear`]) and Mimi's ELU ([`elu`]).
 //!
@@ -29,8 +29,17 @@
 //! 18 GB of f32 weights a frame, by the parameter count), so up to
 //! [`SMALL_MATMUL_ROWS`] rows of `x` go through the primitive: each weight
 //! row streams once, vectorized and split over the cores. CSM-1B generation
-//! went from 728 to 456 ms a frame there. Its gradient is MLX's matmuls; training's many-row matmuls
-//! never take it.
+//! went from 728 to 456 ms a frame there. Its gradient is MLX's matmuls;
+//! training's many-row matmuls never take it.
+//!
+//! **bf16 on the CPU.** MLX's own bf16 matmul there is a generic
+//! single-threaded loop (97% of a bf16 generation profile: 3.5 s a frame,
+//! 6 s of prefill). The few-row primitive also takes bf16 operands (the sum
+//! in f32, the result rounded to bf16, as GPUs do it) and streams the
+//! weights at half the bytes; more rows are widened to f32 for
+//! `cblas_sgemm` and rounded back. bf16 CSM-1B generation on the 2-core
+//! machine: 350-360 ms a frame, 0.75 s prefill, 3.5 GB peak (f32: 440-465
+//! ms, 6.2 GB).
 //!
 //! **ELU** (`cpp/elu.cpp`), in Mimi's SEANet: one vectorized pass on all
 //! cores instead of 4 scalar ones (`expm1f` and the select were 13% of a
@@ -62,21 +71,52 @@ pub fn swiglu(gate: &Array, up: &Array) -> Result<Array, Exception> {
 /// `x: [..., K]`, `w: [N, K]` -> `[..., N]`
 pub fn linear(x: &Array, w: &Array) -> Result<Array, Exception> {
     #[cfg(not(target_os = "macos"))]
-    if uses_small_matmul(x, w) {
-        return primitive::small_matmul(x, w);
+    match linear_route(x, w) {
+        LinearRoute::FewRows => return primitive::small_matmul(x, w),
+        LinearRoute::WidenBf16 => {
+            let y = ops::matmul(
+                &x.as_dtype(Dtype::Float32)?,
+                w.as_dtype(Dtype::Float32)?.t(),
+            )?;
+            return y.as_dtype(Dtype::Bfloat16);
+        }
+        LinearRoute::Mlx => {}
     }
     ops::matmul(x, w.t())
 }
 
-/// Whether [`linear`] takes the few-row primitive for these operands.
+/// How [`linear`] computes a product.
 #[cfg(not(target_os = "macos"))]
-fn uses_small_matmul(x: &Array, w: &Array) -> bool {
+#[derive(Debug, PartialEq, Eq)]
+enum LinearRoute {
+    /// The few-row primitive (f32 or bf16 operands on the CPU).
+    FewRows,
+    /// bf16 on the CPU with more rows: widened to f32 for `cblas_sgemm`,
+    /// the result rounded back. MLX's own bf16 matmul there is a generic
+    /// single-threaded loop, about 11 GFLOP/s for a CSM-1B prefill.
+    WidenBf16,
+    /// MLX's matmul.
+    Mlx,
+}
+
+/// Which way [`linear`] goes for these operands.
+#[cfg(not(target_os = "macos"))]
+fn linear_route(x: &Array, w: &Array) -> LinearRoute {
     let k = x.shape().last().copied().unwrap_or(0).max(0) as usize;
-    scalar_mlx_cpu(x)
-        && scalar_mlx_cpu(w)
-        && w.ndim() == 2
-        && k > 0
-        && x.size() / k <= SMALL_MATMUL_ROWS
+    let dtype = x.dtype();
+    if !cpu_outside_macos()
+        || w.dtype() != dtype
+        || w.ndim() != 2
+        || !matches!(dtype, Dtype::Float32 | Dtype::Bfloat16)
+        || k == 0
+    {
+        return LinearRoute::Mlx;
+    }
+    match (x.size() / k <= SMALL_MATMUL_ROWS, dtype) {
+        (true, _) => LinearRoute::FewRows,
+        (false, Dtype::Bfloat16) => LinearRoute::WidenBf16,
+        (false, _) => LinearRoute::Mlx,
+    }
 }
 
 /// ELU with `alpha = 1`: `x` where `x > 0`, else `e^x - 1` (computed
@@ -99,13 +139,16 @@ pub fn elu(x: &Array) -> Result<Array, Exception> {
 /// outside macOS. The primitives here and the `powf` log-sum-exp apply
 /// exactly there.
 pub(super) fn scalar_mlx_cpu(x: &Array) -> bool {
-    if cfg!(target_os = "macos") || x.dtype() != Dtype::Float32 {
-        return false;
-    }
-    matches!(
-        Device::try_default().and_then(|d| d.get_type()),
-        Ok(DeviceType::Cpu)
-    )
+    x.dtype() == Dtype::Float32 && cpu_outside_macos()
+}
+
+/// Whether MLX's default device is the CPU, outside macOS.
+fn cpu_outside_macos() -> bool {
+    !cfg!(target_os = "macos")
+        && matches!(
+            Device::try_default().and_then(|d| d.get_type()),
+            Ok(DeviceType::Cpu)
+        )
 }
 
 /// Whether [`swiglu`] takes the fused primitive for these operands.
@@ -134,10 +177,13 @@ mod primitive {
         /// `cpp/small_matmul.cpp`: `res <- x @ w^T` as a lazy MLX array;
         /// non-zero, with the message through mlx-c's error handler, for
         /// operands that are not f32 or do not fit.
+        /// `baseline` non-zero runs the kernels compiled for the baseline
+        /// target whatever the CPU has (tests).
         fn csm_small_matmul(
             res: *mut mlx_sys::mlx_array,
             x: mlx_sys::mlx_array,
             w: mlx_sys::mlx_array,
+            baseline: std::ffi::c_int,
         ) -> std::ffi::c_int;
 
         /// `cpp/elu.cpp`: `res <- elu(x)` as a lazy MLX array; non-zero,
@@ -175,7 +221,15 @@ mod primitive {
     /// `x: [..., K]`, `w: [N, K]` -> `[..., N]`
     pub(super) fn small_matmul(x: &Array, w: &Array) -> Result<Array, Exception> {
         // SAFETY: `x` and `w` are live handles; `res` is a valid out-parameter.
-        build(|res| unsafe { csm_small_matmul(res, x.as_ptr(), w.as_ptr()) })
+        build(|res| unsafe { csm_small_matmul(res, x.as_ptr(), w.as_ptr(), 0) })
+    }
+
+    /// [`small_matmul`] on the kernels compiled for the baseline target
+    /// (what CPUs without AVX2 and non-x86 machines run).
+    #[cfg(test)]
+    pub(super) fn small_matmul_baseline(x: &Array, w: &Array) -> Result<Array, Exception> {
+        // SAFETY: as in `small_matmul`.
+        build(|res| unsafe { csm_small_matmul(res, x.as_ptr(), w.as_ptr(), 1) })
     }
 
     /// `silu(gate) * up` through the primitive (f32 operands of one shape).
@@ -365,20 +419,28 @@ mod tests {
             let k = *x_shape.last().unwrap();
             let x = filled(&x_shape, 1);
             let w = filled(&[n, k], 2);
-            assert!(uses_small_matmul(&x, &w));
-            let ours = primitive::small_matmul(&x, &w).unwrap();
+            assert_eq!(linear_route(&x, &w), LinearRoute::FewRows);
             let want = ops::matmul(&x, w.t()).unwrap();
-            assert_eq!(ours.shape(), want.shape());
             let scale = max_abs(&want).max(1.0);
-            let diff = max_abs_diff(&ours, &want);
-            assert!(
-                diff < 1e-6 * scale * k as f32,
-                "{x_shape:?} x {n}: max |diff| {diff}"
-            );
+            for ours in [
+                primitive::small_matmul(&x, &w).unwrap(),
+                primitive::small_matmul_baseline(&x, &w).unwrap(),
+            ] {
+                assert_eq!(ours.shape(), want.shape());
+                let diff = max_abs_diff(&ours, &want);
+                assert!(
+                    diff < 1e-6 * scale * k as f32,
+                    "{x_shape:?} x {n}: max |diff| {diff}"
+                );
+            }
         }
-        // A strided weight (a transposed view) is copied, then used.
+        // A strided weight (a transposed view) is copied, then used; here a
+        // lazy one, whose values exist only once MLX's queue has run.
         let x = filled(&[1, 40], 3);
-        let w = filled(&[40, 24], 4).t();
+        let w = filled(&[40, 24], 4)
+            .multiply(Array::from_f32(2.0))
+            .unwrap()
+            .t();
         let diff = max_abs_diff(
             &primitive::small_matmul(&x, &w).unwrap(),
             &ops::matmul(&x, w.t()).unwrap(),
@@ -407,26 +469,115 @@ mod tests {
         assert!(max_abs_diff(&ours[1], &want[1]) < 1e-4);
     }
 
+    /// `y` against `x @ w^T` summed in f32 from the same bf16 values and
+    /// rounded to bf16: at most one bf16 rounding step apart (the sums
+    /// differ in order only), for values of magnitude about `scale`.
+    fn assert_bf16_product(y: &Array, x: &Array, w: &Array, what: &str) {
+        assert_eq!(y.dtype(), Dtype::Bfloat16, "{what}");
+        let f32 = |a: &Array| a.as_dtype(Dtype::Float32).unwrap();
+        let want = f32(&ops::matmul(f32(x), f32(w).t())
+            .unwrap()
+            .as_dtype(Dtype::Bfloat16)
+            .unwrap());
+        let got = f32(y);
+        assert_eq!(got.shape(), want.shape(), "{what}");
+        let (g, wv) = (got.as_slice::<f32>(), want.as_slice::<f32>());
+        let scale = wv.iter().fold(1f32, |m, v| m.max(v.abs()));
+        for (i, (a, b)) in g.iter().zip(wv).enumerate() {
+            // One bf16 step of b, plus f32 summation-order noise.
+            let step = b.abs() / 128.0 + 1e-5 * scale;
+            assert!((a - b).abs() <= step, "{what}: element {i}: {a} vs {b}");
+        }
+    }
+
     #[test]
-    fn many_rows_keep_mlx_matmul() {
+    fn small_matmul_in_bf16_sums_in_f32() {
+        let bf = |a: Array| a.as_dtype(Dtype::Bfloat16).unwrap();
+        for (x_shape, n) in [
+            (vec![1, 100], 7),
+            (vec![1, 3, 1024], 3000),
+            (vec![8, 48], 64),
+        ] {
+            let k = *x_shape.last().unwrap();
+            let x = bf(filled(&x_shape, 1));
+            let w = bf(filled(&[n, k], 2));
+            assert_eq!(linear_route(&x, &w), LinearRoute::FewRows);
+            let y = primitive::small_matmul(&x, &w).unwrap();
+            assert_bf16_product(&y, &x, &w, &format!("{x_shape:?} x {n}"));
+            let y = primitive::small_matmul_baseline(&x, &w).unwrap();
+            assert_bf16_product(&y, &x, &w, &format!("{x_shape:?} x {n}, baseline"));
+        }
+        // A strided bf16 weight is copied, then used.
+        let x = bf(filled(&[2, 40], 3));
+        let w = bf(filled(&[40, 24], 4)).t();
+        assert_bf16_product(&primitive::small_matmul(&x, &w).unwrap(), &x, &w, "strided");
+        // More rows: widened to f32 for sgemm, rounded back.
+        let x = bf(filled(&[3, 7, 96], 5));
+        let w = bf(filled(&[50, 96], 6));
+        assert_eq!(linear_route(&x, &w), LinearRoute::WidenBf16);
+        assert_bf16_product(&linear(&x, &w).unwrap(), &x, &w, "21 rows");
+        // Gradients in bf16 follow f32's to bf16 precision.
+        let c = filled(&[2, 1, 33], 7);
+        let grad_x = |x: &Array, w: &Array| {
+            let (w, c) = (w.clone(), c.as_dtype(x.dtype()).unwrap());
+            let loss = move |args: &[Array]| -> Result<Vec<Array>, Exception> {
+                let y = linear(&args[0], &w)?.multiply(&c)?;
+                Ok(vec![y.as_dtype(Dtype::Float32)?.sum(None)?])
+            };
+            let mut vg = value_and_grad_with_argnums(loss, &[0][..]);
+            vg(std::slice::from_ref(x)).unwrap().1.remove(0)
+        };
+        let (x, w) = (filled(&[2, 1, 70], 5), filled(&[33, 70], 6));
+        let ours = grad_x(&bf(x.clone()), &bf(w.clone()))
+            .as_dtype(Dtype::Float32)
+            .unwrap();
+        let want = grad_x(&x, &w);
+        assert!(
+            max_abs_diff(&ours, &want) < 0.05 * max_abs(&want),
+            "bf16 gradient"
+        );
+    }
+
+    #[test]
+    fn routes_and_operand_errors() {
         let w = filled(&[16, 32], 8);
-        assert!(uses_small_matmul(
-            &filled(&[SMALL_MATMUL_ROWS as i32, 32], 9),
-            &w
-        ));
-        assert!(!uses_small_matmul(
-            &filled(&[SMALL_MATMUL_ROWS as i32 + 1, 32], 9),
-            &w
-        ));
+        let rows = |m: usize| filled(&[m as i32, 32], 9);
+        let bf = |a: &Array| a.as_dtype(Dtype::Bfloat16).unwrap();
+        assert_eq!(
+            linear_route(&rows(SMALL_MATMUL_ROWS), &w),
+            LinearRoute::FewRows
+        );
+        assert_eq!(
+            linear_route(&rows(SMALL_MATMUL_ROWS + 1), &w),
+            LinearRoute::Mlx
+        );
+        assert_eq!(linear_route(&bf(&rows(1)), &bf(&w)), LinearRoute::FewRows);
+        assert_eq!(
+            linear_route(&bf(&rows(SMALL_MATMUL_ROWS + 1)), &bf(&w)),
+            LinearRoute::WidenBf16
+        );
+        assert_eq!(linear_route(&rows(1), &bf(&w)), LinearRoute::Mlx);
+        assert_eq!(linear_route(&bf(&rows(1)), &w), LinearRoute::Mlx);
         let e = primitive::small_matmul(&filled(&[1, 31], 1), &w).unwrap_err();
         assert!(e.what().contains("31 columns, w has 32"), "{}", e.what());
         // An empty sum (k = 0) gives zeros, not a crash.
         let empty = primitive::small_matmul(&filled(&[2, 0], 1), &filled(&[5, 0], 1)).unwrap();
         assert_eq!(empty.shape(), &[2, 5]);
         assert_eq!(max_abs(&empty), 0.0);
-        let bf = w.as_dtype(Dtype::Bfloat16).unwrap();
-        let e = primitive::small_matmul(&filled(&[1, 32], 1), &bf).unwrap_err();
-        assert!(e.what().contains("float32"), "{}", e.what());
+        let e = primitive::small_matmul(&rows(1), &bf(&w)).unwrap_err();
+        assert!(
+            e.what().contains("must both be float32 or both bfloat16"),
+            "{}",
+            e.what()
+        );
+        let f16 = w.as_dtype(Dtype::Float16).unwrap();
+        let e =
+            primitive::small_matmul(&rows(1).as_dtype(Dtype::Float16).unwrap(), &f16).unwrap_err();
+        assert!(
+            e.what().contains("must both be float32 or both bfloat16"),
+            "{}",
+            e.what()
+        );
     }
 
     #[test]
