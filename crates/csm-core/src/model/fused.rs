@@ -93,7 +93,10 @@ enum LinearRoute {
     FewRows,
     /// bf16 on the CPU with more rows: widened to f32 for `cblas_sgemm`,
     /// the result rounded back. MLX's own bf16 matmul there is a generic
-    /// single-threaded loop, about 11 GFLOP/s for a CSM-1B prefill.
+    /// single-threaded loop, about 11 GFLOP/s for a CSM-1B prefill. Under
+    /// autodiff the widened weight is kept for the backward: bf16 training
+    /// on a CPU (which the trainer never picks: f32 is its CPU dtype) would
+    /// hold f32 copies of the weights it multiplies.
     WidenBf16,
     /// MLX's matmul.
     Mlx,
