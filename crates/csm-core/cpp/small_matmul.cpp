@@ -81,36 +81,14 @@ inline void store(mx::bfloat16_t* y, float v) {
   *y = mx::bfloat16_t(v);
 }
 
-// The dot product of an f32 row with a weight row of k elements. Sixteen
-// separate partial sums keep each lane's products in order, so GCC
-// vectorizes without reassociating; two AVX2 FMA chains keep up with
-// memory for f32.
+// The dot product of an f32 row with a weight row of k elements (f32, or
+// bf16 widened element by element where AVX2 is missing). Sixteen separate
+// partial sums keep each lane's products in order, so GCC vectorizes
+// without reassociating; two AVX2 FMA chains keep up with memory for f32.
+template <class W>
 inline __attribute__((always_inline)) float dot(
     const float* __restrict x,
-    const float* __restrict w,
-    size_t k) {
-  float acc[16] = {};
-  size_t i = 0;
-  for (; i + 16 <= k; i += 16) {
-    for (size_t l = 0; l < 16; ++l) {
-      acc[l] += x[i + l] * w[i + l];
-    }
-  }
-  float sum = 0.0f;
-  for (size_t l = 0; l < 16; ++l) {
-    sum += acc[l];
-  }
-  for (; i < k; ++i) {
-    sum += x[i] * w[i];
-  }
-  return sum;
-}
-
-// The same for a bf16 weight row, without AVX2: widened element by
-// element.
-inline __attribute__((always_inline)) float dot(
-    const float* __restrict x,
-    const uint16_t* __restrict w,
+    const W* __restrict w,
     size_t k) {
   float acc[16] = {};
   size_t i = 0;
@@ -166,23 +144,11 @@ __attribute__((target("avx2,fma"))) inline float dot_avx2(
   return sum;
 }
 
-// `rows_body` for bf16 weights with AVX2.
-template <class Y>
-__attribute__((target("avx2,fma"))) void rows_bf16_avx2(
-    const Operands<uint16_t, Y>& o,
-    size_t b,
-    size_t e) {
-  for (size_t j = b; j < e; ++j) {
-    const uint16_t* wr = o.w + j * o.k;
-    for (size_t r = 0; r < o.m; ++r) {
-      store(&o.y[r * o.n + j], dot_avx2(o.x + r * o.k, wr, o.k));
-    }
-  }
-}
 #endif
 
-// y[:, b..e): each W row streams once and meets every x row.
-template <class W, class Y>
+// y[:, b..e): each W row streams once and meets every x row (`Dot`: one of
+// the dot products above).
+template <auto Dot, class W, class Y>
 inline __attribute__((always_inline)) void rows_body(
     const Operands<W, Y>& o,
     size_t b,
@@ -190,10 +156,21 @@ inline __attribute__((always_inline)) void rows_body(
   for (size_t j = b; j < e; ++j) {
     const W* wr = o.w + j * o.k;
     for (size_t r = 0; r < o.m; ++r) {
-      store(&o.y[r * o.n + j], dot(o.x + r * o.k, wr, o.k));
+      store(&o.y[r * o.n + j], Dot(o.x + r * o.k, wr, o.k));
     }
   }
 }
+
+#if defined(__x86_64__)
+// `rows_body` for bf16 weights with AVX2.
+template <class Y>
+__attribute__((target("avx2,fma"))) void rows_bf16_avx2(
+    const Operands<uint16_t, Y>& o,
+    size_t b,
+    size_t e) {
+  rows_body<dot_avx2>(o, b, e);
+}
+#endif
 
 // Runs `rows_body` over the weight rows on all cores; `baseline` keeps to
 // the code compiled for the baseline target (what CPUs without AVX2 and
@@ -206,7 +183,7 @@ void run_rows(const Operands<W, Y>& o, bool baseline) {
       std::max<size_t>(1, (size_t{1} << 20) / std::max<size_t>(1, o.k));
   parallel_for(o.n, min_rows, 1, [&](size_t b, size_t e) {
     if (baseline) {
-      rows_body<W, Y>(o, b, e);
+      rows_body<dot<W>, W, Y>(o, b, e);
       return;
     }
 #if defined(__x86_64__)
@@ -217,7 +194,7 @@ void run_rows(const Operands<W, Y>& o, bool baseline) {
       }
     }
 #endif
-    best_isa<rows_body<W, Y>>(o, b, e);
+    best_isa<rows_body<dot<W>, W, Y>>(o, b, e);
   });
 }
 
