@@ -1,11 +1,14 @@
 // Shared pieces of this crate's MLX CPU primitives (swiglu.cpp,
-// small_matmul.cpp, elu.cpp): ISA dispatch, a fork-join over the cores, the CPU
-// stream, and the C entry points' error reporting.
+// small_matmul.cpp, elu.cpp): ISA dispatch, a fork-join over the cores,
+// bf16 loads and stores, the CPU stream, and the C entry points' error
+// reporting.
 
 #pragma once
 
 #include <algorithm>
+#include <bit>
 #include <cstddef>
+#include <cstdint>
 #include <exception>
 #include <system_error>
 #include <thread>
@@ -17,6 +20,7 @@
 
 #include "mlx/c/error.h"
 #include "mlx/stream.h"
+#include "mlx/types/half_types.h"
 
 namespace csm_cpu {
 
@@ -92,6 +96,25 @@ void parallel_for(size_t n, size_t min_chunk, size_t align, F f) {
   for (auto& w : workers) {
     w.join();
   }
+}
+
+// An element as f32: f32 as is, bf16 (its bits) as the top half of an f32.
+inline __attribute__((always_inline)) float widen(float v) {
+  return v;
+}
+
+inline __attribute__((always_inline)) float widen(uint16_t v) {
+  return std::bit_cast<float>(uint32_t{v} << 16);
+}
+
+// An f32 result stored as f32, or as bf16 rounded to nearest even with NaN
+// kept (MLX's conversion).
+inline void store(float* y, float v) {
+  *y = v;
+}
+
+inline void store(mx::bfloat16_t* y, float v) {
+  *y = mx::bfloat16_t(v);
 }
 
 inline mx::Stream cpu_stream() {

@@ -25,7 +25,6 @@
 // C entry point: `csm_small_matmul`; errors go through mlx-c's error
 // handler (the Rust side captures them).
 
-#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -62,24 +61,6 @@ struct Operands {
   size_t k;
   size_t n;
 };
-
-inline __attribute__((always_inline)) float widen(float v) {
-  return v;
-}
-
-// bf16 is the top half of an f32.
-inline __attribute__((always_inline)) float widen(uint16_t v) {
-  return std::bit_cast<float>(uint32_t{v} << 16);
-}
-
-inline void store(float* y, float v) {
-  *y = v;
-}
-
-// Rounded to nearest even, NaN kept (MLX's conversion).
-inline void store(mx::bfloat16_t* y, float v) {
-  *y = mx::bfloat16_t(v);
-}
 
 // The dot product of an f32 row with a weight row of k elements (f32, or
 // bf16 widened element by element where AVX2 is missing). Sixteen separate
