@@ -306,7 +306,7 @@ pub fn blas_info() -> BlasInfo {
 /// that a process whose BLAS is something else (Accelerate, the wheel's
 /// reference BLAS) simply has none.
 #[cfg(target_os = "linux")]
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 struct OpenblasThreads {
     get: unsafe extern "C" fn() -> std::ffi::c_int,
     set: unsafe extern "C" fn(std::ffi::c_int),
@@ -361,7 +361,7 @@ pub fn openblas_threads() -> Option<usize> {
 /// for OpenBLAS is attention products of a few query rows. After a
 /// threaded call, OpenBLAS's idle workers spin in `sched_yield` for a
 /// while, on the cores the next product needs: 38% of a CSM-1B generation
-/// profile on 2 cores, and 523 -> 453 ms a frame without them
+/// profile on 2 cores; without them 513-533 -> 444-469 ms a frame
 /// (docs/benchmarks.md). One-row products keep their bits; products of
 /// many rows (none in a frame step) may round differently, as OpenBLAS
 /// blocks the sum over K differently on one thread (a test checks both).
@@ -371,6 +371,7 @@ pub fn openblas_threads() -> Option<usize> {
 /// last gives the count back. OpenBLAS reads the count when a call starts,
 /// so a call already running on another thread keeps its threads.
 #[must_use = "OpenBLAS gets its threads back when the guard drops"]
+#[derive(Debug)]
 pub struct SingleThreadBlas {
     #[cfg(target_os = "linux")]
     threads: Option<OpenblasThreads>,
