@@ -19,7 +19,8 @@ def peer(d, name):
     if j is None:
         return None
     r = j["results"]
-    return (r["step_s_median"], r["maxrss_process_mb"] / 1024)
+    # The peer records MiB; ours are bytes: both in GB (10^9 bytes).
+    return (r["step_s_median"], r["maxrss_process_mb"] * 2**20 / 1e9)
 
 
 def main():

@@ -421,7 +421,7 @@ pub fn generate_frames(
     let prefill = start.elapsed();
     // Frame steps on the CPU: OpenBLAS's spinning workers only slow the
     // few-row products down (see `SingleThreadBlas`).
-    let _blas = on_cpu().then(crate::runtime::SingleThreadBlas::new);
+    let _blas = crate::runtime::default_device_is_cpu().then(crate::runtime::SingleThreadBlas::new);
 
     let loop_start = Instant::now();
     let mut first_frame = Duration::ZERO;
@@ -477,14 +477,6 @@ pub fn generate_frames(
         first_frame,
         frames_total: loop_start.elapsed(),
     })
-}
-
-/// Whether MLX's default device is the CPU.
-fn on_cpu() -> bool {
-    matches!(
-        mlx_rs::Device::try_default().and_then(|d| d.get_type()),
-        Ok(mlx_rs::DeviceType::Cpu)
-    )
 }
 
 /// A CSM model with its codec and tokenizer, ready to speak.

@@ -89,6 +89,14 @@ pub fn default_device() -> String {
     }
 }
 
+/// Whether MLX's default device is the CPU.
+pub fn default_device_is_cpu() -> bool {
+    matches!(
+        Device::try_default().and_then(|d| d.get_type()),
+        Ok(mlx_rs::DeviceType::Cpu)
+    )
+}
+
 /// MLX settings this program needs, as `(variable, value)`: see
 /// [`set_process_defaults`].
 #[cfg(not(target_os = "macos"))]

@@ -38,15 +38,15 @@
 //! in f32, the result rounded to bf16, as GPUs do it) and streams the
 //! weights at half the bytes; more rows are widened to f32 for
 //! `cblas_sgemm` and rounded back. bf16 CSM-1B generation on the 2-core
-//! machine: 350-360 ms a frame, 0.75 s prefill, 3.5 GB peak (f32: 440-465
-//! ms, 6.2 GB).
+//! machine: 350-360 ms a frame, 0.75 s prefill, 3.5 GiB peak (f32: 440-465
+//! ms, 6.2 GiB).
 //!
 //! **ELU** (`cpp/elu.cpp`), in Mimi's SEANet: one vectorized pass on all
 //! cores instead of 4 scalar ones (`expm1f` and the select were 13% of a
 //! Mimi decode's profile). Inference only: it has no gradient.
 
 use mlx_rs::error::Exception;
-use mlx_rs::{nn, ops, Array, Device, DeviceType, Dtype};
+use mlx_rs::{nn, ops, Array, Dtype};
 
 /// Most rows of `x` (all leading axes together) that [`linear`] sends to
 /// the few-row primitive: a generated frame, or a small batch of them.
@@ -107,11 +107,12 @@ enum LinearRoute {
 fn linear_route(x: &Array, w: &Array) -> LinearRoute {
     let k = x.shape().last().copied().unwrap_or(0).max(0) as usize;
     let dtype = x.dtype();
-    if !cpu_outside_macos()
-        || w.dtype() != dtype
+    // The cheap checks first, the device query (an FFI call) last.
+    if w.dtype() != dtype
         || w.ndim() != 2
         || !matches!(dtype, Dtype::Float32 | Dtype::Bfloat16)
         || k == 0
+        || !cpu_outside_macos()
     {
         return LinearRoute::Mlx;
     }
@@ -147,11 +148,7 @@ pub(super) fn scalar_mlx_cpu(x: &Array) -> bool {
 
 /// Whether MLX's default device is the CPU, outside macOS.
 fn cpu_outside_macos() -> bool {
-    !cfg!(target_os = "macos")
-        && matches!(
-            Device::try_default().and_then(|d| d.get_type()),
-            Ok(DeviceType::Cpu)
-        )
+    !cfg!(target_os = "macos") && crate::runtime::default_device_is_cpu()
 }
 
 /// Whether [`swiglu`] takes the fused primitive for these operands.
@@ -179,7 +176,7 @@ mod primitive {
 
         /// `cpp/small_matmul.cpp`: `res <- x @ w^T` as a lazy MLX array;
         /// non-zero, with the message through mlx-c's error handler, for
-        /// operands that are not f32 or do not fit.
+        /// operands that are not both f32 or both bf16, or do not fit.
         /// `baseline` non-zero runs the kernels compiled for the baseline
         /// target whatever the CPU has (tests).
         fn csm_small_matmul(
@@ -218,7 +215,7 @@ mod primitive {
         Ok(unsafe { Array::from_ptr(res) })
     }
 
-    /// `x @ w^T` through the few-row primitive (f32, `w` 2-D).
+    /// `x @ w^T` through the few-row primitive (f32 or bf16, `w` 2-D).
     ///
     /// # Shapes
     /// `x: [..., K]`, `w: [N, K]` -> `[..., N]`
