@@ -6,7 +6,7 @@ fn main() {
     cpu_primitives();
 }
 
-/// `cpp/swiglu.cpp`, `cpp/small_matmul.cpp` and `cpp/elu.cpp` (see
+/// `cpp/swiglu.cpp`, `cpp/small_matmul.cpp`, `cpp/elu.cpp` and `cpp/gemm.cpp` (see
 /// `model::fused`), compiled against MLX's and
 /// mlx-c's headers as mlx-sys compiled mlx-c. macOS keeps MLX's own ops: its
 /// CPU build vectorizes them, and Metal is the device there anyway.
@@ -26,6 +26,7 @@ fn cpu_primitives() {
         .file("cpp/swiglu.cpp")
         .file("cpp/small_matmul.cpp")
         .file("cpp/elu.cpp")
+        .file("cpp/gemm.cpp")
         .flag("-include")
         .flag(&force)
         // Comparisons may not raise FP exceptions, so GCC can turn the

@@ -178,29 +178,6 @@ void run_rows(const Operands<W, Y>& o, bool baseline) {
   });
 }
 
-// Copies a strided 2-D weight into a row-major buffer. Planned in
-// eval_cpu, run on the stream's thread: only there have the inputs' values
-// been computed.
-struct StridedCopy {
-  const void* src = nullptr;
-  void* dst = nullptr;
-  int64_t rows = 0;
-  int64_t cols = 0;
-  int64_t rs = 0;
-  int64_t cs = 0;
-
-  template <class T>
-  void run() const {
-    const T* from = static_cast<const T*>(src);
-    T* to = static_cast<T*>(dst);
-    for (int64_t i = 0; i < rows; ++i) {
-      for (int64_t j = 0; j < cols; ++j) {
-        to[i * cols + j] = from[i * rs + j * cs];
-      }
-    }
-  }
-};
-
 // Inputs (x [..., k], W [n, k]) -> x W^T [..., n].
 class SmallMatmul : public mx::UnaryPrimitive {
  public:
@@ -216,21 +193,7 @@ class SmallMatmul : public mx::UnaryPrimitive {
     }
     auto& encoder = mx::cpu::get_command_encoder(stream());
     const bool bf16 = x.dtype() == mx::bfloat16;
-    StridedCopy copy;
-    if (!w.flags().row_contiguous) {
-      // Weights are parameters, so this is rare: a dense copy, kept alive
-      // until the kernel has run.
-      mx::array dense(mx::allocator::malloc(w.nbytes()), w.shape(), w.dtype());
-      copy = {
-          w.data<void>(),
-          dense.data<void>(),
-          w.shape(0),
-          w.shape(1),
-          w.strides()[0],
-          w.strides()[1]};
-      encoder.add_temporary(dense);
-      w = dense;
-    }
+    const StridedCopy copy = dense_weight(w, encoder);
     out.set_data(mx::allocator::malloc(out.nbytes()));
     encoder.set_input_array(x);
     encoder.set_input_array(inputs[1]);

@@ -414,14 +414,14 @@ pub fn generate_frames(
     let mut sampler = Sampler::new(cfg)?;
     let limit = options.code_limit;
 
+    // On the CPU the weight products have their own threads, and OpenBLAS's
+    // spinning workers only slow them down (see `SingleThreadBlas`).
+    let _blas = crate::runtime::default_device_is_cpu().then(crate::runtime::SingleThreadBlas::new);
     let start = Instant::now();
     let mut cache = csm.new_backbone_cache();
     let mut h = csm.backbone_step(prompt_tokens, prompt_mask, &mut cache)?; // [1, D]
     h.eval()?;
     let prefill = start.elapsed();
-    // Frame steps on the CPU: OpenBLAS's spinning workers only slow the
-    // few-row products down (see `SingleThreadBlas`).
-    let _blas = crate::runtime::default_device_is_cpu().then(crate::runtime::SingleThreadBlas::new);
 
     let loop_start = Instant::now();
     let mut first_frame = Duration::ZERO;

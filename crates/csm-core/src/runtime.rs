@@ -364,15 +364,16 @@ pub fn openblas_threads() -> Option<usize> {
 /// Runs OpenBLAS on one thread while alive, then gives it back the thread
 /// count it had. Nothing happens where OpenBLAS is not the BLAS.
 ///
-/// For the CPU's frame-by-frame generation: its weight products go through
-/// this crate's few-row matmul, which has its own threads, and what is left
-/// for OpenBLAS is attention products of a few query rows. After a
-/// threaded call, OpenBLAS's idle workers spin in `sched_yield` for a
-/// while, on the cores the next product needs: 38% of a CSM-1B generation
-/// profile on 2 cores; without them 513-533 -> 444-469 ms a frame
-/// (docs/benchmarks.md). One-row products keep their bits; products of
-/// many rows (none in a frame step) may round differently, as OpenBLAS
-/// blocks the sum over K differently on one thread (a test checks both).
+/// For the CPU's frame-by-frame generation and training: their weight
+/// products go through this crate's matmul primitives (`model::fused`),
+/// which have their own threads, and what is left for OpenBLAS is small
+/// (attention, LoRA's rank-r factors). After a threaded call, OpenBLAS's
+/// idle workers spin in `sched_yield` for a while, on the cores the next
+/// product needs: 38% of a CSM-1B generation profile on 2 cores; without
+/// them 513-533 -> 444-469 ms a frame (docs/benchmarks.md). Next to the
+/// many-row primitive they took half its speed. One-row products keep their
+/// bits; products of many rows may round differently, as OpenBLAS blocks
+/// the sum over K differently on one thread (a test checks both).
 ///
 /// The count is process-wide. Guards may overlap (the app can speak two
 /// samples at once, or while it trains): the first sets one thread, the

@@ -479,6 +479,9 @@ pub fn train(
     if let Some((path, loaded)) = resume {
         run.resume(&path, loaded)?;
     }
+    // On a CPU the weight products have their own threads (`model::fused`);
+    // OpenBLAS's idle workers would spin on their cores.
+    let _blas = runtime::default_device_is_cpu().then(runtime::SingleThreadBlas::new);
     run.execute(observer, cancel)
 }
 
