@@ -44,10 +44,13 @@ namespace csm_gemm_kernels {
 inline constexpr size_t kPanelX = 16;
 // Rows of x per packed panel in `y = x W`, and W rows per forward tile.
 inline constexpr size_t kPanel6 = 6;
-// Forward: the reduction is cut into blocks of this many elements, so 6 W
-// rows of a block (24 KB) stay in L1 and the packed x of a block (160 rows:
-// 640 KB) in L2.
-inline constexpr size_t kForwardBlock = 1024;
+// Forward: the reduction is cut into blocks so that 6 W rows of a block
+// stay in L1 and the packed x of a block (all rows) in half of a 1 MB L2:
+// 768 for 150 rows, 512 for 256.
+inline size_t forward_block(size_t padded_rows) {
+  const size_t fit = (size_t{128} << 10) / std::max<size_t>(1, padded_rows);
+  return std::clamp<size_t>(fit / 64 * 64, 128, 1024);
+}
 // Backward: W is copied in blocks of this many rows and columns (128 KB,
 // in L2), each used by every panel of x before the next.
 inline constexpr size_t kBackwardRows = 512;
@@ -224,8 +227,9 @@ CSM_AVX2 inline void forward_range(
     size_t re) {
   const size_t panels = (m + kPanelX - 1) / kPanelX;
   const size_t ldyt = panels * kPanelX;
-  for (size_t k0 = 0; k0 < c; k0 += kForwardBlock) {
-    const size_t kc = std::min(kForwardBlock, c - k0);
+  const size_t block = forward_block(ldyt);
+  for (size_t k0 = 0; k0 < c; k0 += block) {
+    const size_t kc = std::min(block, c - k0);
     const bool add = k0 > 0;
     for (size_t j = rb; j < re; j += kPanel6) {
       const size_t nr = std::min(kPanel6, re - j);

@@ -414,14 +414,20 @@ pub fn generate_frames(
     let mut sampler = Sampler::new(cfg)?;
     let limit = options.code_limit;
 
-    // On the CPU the weight products have their own threads, and OpenBLAS's
-    // spinning workers only slow them down (see `SingleThreadBlas`).
-    let _blas = crate::runtime::default_device_is_cpu().then(crate::runtime::SingleThreadBlas::new);
+    // Where the weight products have their own threads (frame steps on the
+    // CPU always, the prefill where `model::fused` takes many rows),
+    // OpenBLAS's spinning workers only slow them down (see
+    // `SingleThreadBlas`).
+    use crate::runtime::SingleThreadBlas;
+    let mut _blas = crate::model::fused::many_row_products_are_ours().then(SingleThreadBlas::new);
     let start = Instant::now();
     let mut cache = csm.new_backbone_cache();
     let mut h = csm.backbone_step(prompt_tokens, prompt_mask, &mut cache)?; // [1, D]
     h.eval()?;
     let prefill = start.elapsed();
+    if _blas.is_none() && crate::runtime::default_device_is_cpu() {
+        _blas = Some(SingleThreadBlas::new());
+    }
 
     let loop_start = Instant::now();
     let mut first_frame = Duration::ZERO;

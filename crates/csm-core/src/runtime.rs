@@ -350,6 +350,49 @@ impl OpenblasThreads {
     }
 }
 
+/// The kernel set OpenBLAS picked for this CPU (`openblas_get_corename`:
+/// "Haswell", "Zen", "SkylakeX", "Cooperlake"...; `OPENBLAS_CORETYPE`
+/// overrides it) when it is the process's BLAS (Linux).
+pub fn openblas_core() -> Option<String> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: dlsym with RTLD_DEFAULT only looks symbols up in the
+        // libraries already loaded; the name is NUL-terminated.
+        let f = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"openblas_get_corename".as_ptr()) };
+        if f.is_null() {
+            return None;
+        }
+        // SAFETY: OpenBLAS declares `char *openblas_get_corename(void)`,
+        // returning a static NUL-terminated name.
+        let name = unsafe {
+            let f = std::mem::transmute::<
+                *mut libc::c_void,
+                unsafe extern "C" fn() -> *const std::ffi::c_char,
+            >(f);
+            let p = f();
+            if p.is_null() {
+                return None;
+            }
+            std::ffi::CStr::from_ptr(p)
+        };
+        Some(name.to_string_lossy().into_owned())
+    }
+    #[cfg(not(target_os = "linux"))]
+    None
+}
+
+/// Whether OpenBLAS runs AVX-512 kernels (its SkylakeX, Cooperlake and
+/// SapphireRapids kernel sets). Those are about 1.5x faster than AVX2 ones
+/// (377 against 220 GFLOP/s for a 1024 product on the project's EPYC).
+pub fn openblas_has_avx512_kernels() -> bool {
+    openblas_core().is_some_and(|core| {
+        let core = core.to_ascii_lowercase();
+        ["skylakex", "cooperlake", "sapphirerapids"]
+            .iter()
+            .any(|k| core.contains(k))
+    })
+}
+
 /// The thread count of OpenBLAS when it is the process's BLAS (Linux).
 pub fn openblas_threads() -> Option<usize> {
     #[cfg(target_os = "linux")]

@@ -158,7 +158,8 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
     let mut times = Vec::new();
     let mut last = f32::NAN;
     // As the trainer does on a CPU (see `csm_core::runtime::SingleThreadBlas`).
-    let _blas = runtime::default_device_is_cpu().then(runtime::SingleThreadBlas::new);
+    let _blas =
+        csm_core::model::fused::many_row_products_are_ours().then(runtime::SingleThreadBlas::new);
     runtime::reset_peak_memory();
     for i in 0..args.warmup + args.steps {
         let t = Instant::now();

@@ -145,10 +145,36 @@ fn linear_route(x: &Array, w: &Array) -> LinearRoute {
 }
 
 /// Whether the many-row primitive takes this (f32, 2-D) weight: its rows a
-/// multiple of 16 long, on a CPU that runs the kernels.
+/// multiple of 16 long, where [`gemm_is_preferred`].
 #[cfg(not(target_os = "macos"))]
 fn gemm_fits(w: &Array) -> bool {
-    w.shape()[1] % 16 == 0 && primitive::gemm_available()
+    w.shape()[1] % 16 == 0 && gemm_is_preferred()
+}
+
+/// Whether the many-row primitive is used (given a CPU device): the CPU
+/// runs its AVX2 kernels, and the BLAS has no AVX-512 kernels, which beat
+/// them (OpenBLAS's own choice on AVX-512 CPUs; `OPENBLAS_CORETYPE=Haswell`
+/// keeps it to AVX2). Asked once.
+#[cfg(not(target_os = "macos"))]
+fn gemm_is_preferred() -> bool {
+    static PREFERRED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PREFERRED.get_or_init(|| {
+        primitive::gemm_available() && !crate::runtime::openblas_has_avx512_kernels()
+    })
+}
+
+/// Whether f32 weight products of many rows run on this crate's own
+/// threads (the many-row primitive on a CPU device, see the module docs),
+/// so that OpenBLAS's spinning idle workers would only get in their way:
+/// the trainer and generation hold OpenBLAS to one thread then (see
+/// [`crate::runtime::SingleThreadBlas`]).
+pub fn many_row_products_are_ours() -> bool {
+    #[cfg(not(target_os = "macos"))]
+    {
+        gemm_is_preferred() && cpu_outside_macos()
+    }
+    #[cfg(target_os = "macos")]
+    false
 }
 
 /// ELU with `alpha = 1`: `x` where `x > 0`, else `e^x - 1` (computed
@@ -612,6 +638,7 @@ mod tests {
         if !primitive::gemm_available() {
             return;
         }
+        let routed = gemm_is_preferred();
         // Rows: one 16-row panel, a partial one of 1..8 rows (one vector),
         // of 9..15 (two), 3-D; weight rows: tails of the 6-row tiles and
         // of the 8-wide transposition, enough to split over threads; row
@@ -741,7 +768,7 @@ mod tests {
             linear_route(&rows(SMALL_MATMUL_ROWS), &w),
             LinearRoute::FewRows
         );
-        let many = if primitive::gemm_available() {
+        let many = if gemm_is_preferred() {
             LinearRoute::Gemm
         } else {
             LinearRoute::Mlx

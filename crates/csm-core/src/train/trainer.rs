@@ -479,9 +479,10 @@ pub fn train(
     if let Some((path, loaded)) = resume {
         run.resume(&path, loaded)?;
     }
-    // On a CPU the weight products have their own threads (`model::fused`);
+    // Where the weight products have their own threads (`model::fused`),
     // OpenBLAS's idle workers would spin on their cores.
-    let _blas = runtime::default_device_is_cpu().then(runtime::SingleThreadBlas::new);
+    let _blas =
+        crate::model::fused::many_row_products_are_ours().then(runtime::SingleThreadBlas::new);
     run.execute(observer, cancel)
 }
 
