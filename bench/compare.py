@@ -47,11 +47,13 @@ def main():
                 f"compiled step, 1/16, {setting}: {comp[0]:.2f} s/step vs {plain[0]:.2f} "
                 f"uncompiled ({plain[0] / comp[0]:.2f}x), {comp[1]:.2f} vs {plain[1]:.2f} GB"
             )
-    g_o, g_p = load(d, "ours_gen.json"), load(d, "peer_gen.json")
-    if g_o and g_p:
+    for dtype, suffix in (("f32", ""), ("bf16", "_bf16")):
+        g_o, g_p = load(d, f"ours_gen{suffix}.json"), load(d, f"peer_gen{suffix}.json")
+        if not (g_o and g_p):
+            continue
         p = g_p["results"]
         print(
-            f"generation (25 frames): peer {p['per_frame_steady_s_median'] * 1000:.0f} ms/frame "
+            f"generation {dtype} (25 frames): peer {p['per_frame_steady_s_median'] * 1000:.0f} ms/frame "
             f"({p['frames_per_s_median']:.2f} frames/s) | csm {g_o['ms_per_frame']:.0f} ms/frame "
             f"({g_o['frames_per_s']:.2f} frames/s, real-time factor {g_o['rtf_generate']:.2f}) "
             f"-> {p['per_frame_steady_s_median'] * 1000 / g_o['ms_per_frame']:.2f}x"

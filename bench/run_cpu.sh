@@ -34,8 +34,16 @@ env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $csm bench-train --size csm1b --dec
 "$py" bench/peer/train_step.py --mode same-work --decoder-fraction 1.0 --threads "$threads" --steps "$steps" --json "$out/peer_1.json"
 "$py" bench/peer/train_step.py --mode defaults --threads "$threads" --steps "$steps" --json "$out/peer_defaults.json"
 
+# The many-row kernels csm trains with on AVX2 CPUs, beside sgemm.
+g++ -O3 -std=c++20 -fno-trapping-math -o "$out/gemm" bench/gemm.cpp \
+  /usr/lib/x86_64-linux-gnu/libopenblas.so.0 -lpthread
+"$out/gemm" | tee "$out/gemm.txt"
+rm "$out/gemm"
+
 # Generation: 25 frames (2 s of audio), sampling, EOS ignored on both sides.
 $csm bench-generate --size csm-1b --frames 25 --dtype f32 --json > "$out/ours_gen.json"
 "$py" bench/peer/generate.py --frames 25 --threads "$threads" --json "$out/peer_gen.json"
+$csm bench-generate --size csm-1b --frames 25 --dtype bf16 --json > "$out/ours_gen_bf16.json"
+"$py" bench/peer/generate.py --frames 25 --threads "$threads" --dtype bfloat16 --json "$out/peer_gen_bf16.json"
 
 python3 bench/compare.py "$out"

