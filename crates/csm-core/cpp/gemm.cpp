@@ -10,13 +10,21 @@
 // plain row segments of it (backward), and pack only the activations.
 // See there for the scheme and the figures.
 //
+// Products of more than `kKernelRows` rows (the depth decoder on every
+// frame) go to the BLAS, whose kernel gains with the rows where these do
+// not.
+//
 // Threads: the work is split over the cores with `parallel_for`. OpenBLAS's
 // idle workers spin for a while after each of its calls and took half of a
 // core from these kernels when they ran next to them, so the trainer holds
-// OpenBLAS to one thread while it runs (`runtime::SingleThreadBlas`).
+// OpenBLAS to one thread while it runs (`runtime::SingleThreadBlas`), and
+// the products this primitive hands to the BLAS get the cores back for
+// their call.
 //
 // C entry points: `csm_gemm`, `csm_gemm_available`; errors go through
 // mlx-c's error handler (the Rust side captures them).
+
+#include <dlfcn.h>
 
 #include <cstddef>
 #include <cstring>
@@ -64,6 +72,65 @@ struct Product {
 // multiply-adds per chunk.
 constexpr size_t kChunkFlops = size_t{1} << 21;
 
+// Most rows the kernels take; more go to the BLAS. OpenBLAS's kernel gains
+// with the rows (its packing spreads over more of them) and these kernels
+// do not (their packed rows leave L2): on the 2-core machine it was
+// 0.9-1.0x of these at 150 rows, about even at 600 (bench/gemm.cpp), and
+// with the depth decoder on every frame (4192 rows) a step through these
+// kernels took 12.5 s against 12.0 s through OpenBLAS.
+constexpr size_t kKernelRows = 384;
+
+// The process's CBLAS (MLX's, found at run time so that this library links
+// no BLAS of its own) and, where it is OpenBLAS, its thread count.
+struct Blas {
+  using Sgemm = void (*)(int, int, int, int, int, int, float, const float*,
+                         int, const float*, int, float, float*, int);
+  Sgemm sgemm = nullptr;
+  int (*get_threads)() = nullptr;
+  void (*set_threads)(int) = nullptr;
+
+  static const Blas& get() {
+    static const Blas blas = [] {
+      Blas b;
+      b.sgemm = reinterpret_cast<Sgemm>(dlsym(RTLD_DEFAULT, "cblas_sgemm"));
+      b.get_threads = reinterpret_cast<int (*)()>(
+          dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+      b.set_threads = reinterpret_cast<void (*)(int)>(
+          dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+      return b;
+    }();
+    return blas;
+  }
+};
+
+// The product through the BLAS on all cores. The trainer holds OpenBLAS to
+// one thread (its idle workers would spin next to the kernels above); a
+// product of this size gets the cores back for its call. Its workers then
+// spin for a while after it, which costs the kernels only where the two
+// kinds of product alternate.
+void run_blas(const Product& p, bool transpose_w) {
+  enum { kRowMajor = 101, kNoTrans = 111, kTrans = 112 };
+  const Blas& blas = Blas::get();
+  const int before = blas.get_threads ? blas.get_threads() : 0;
+  const bool widen = before == 1 && blas.set_threads;
+  if (widen) {
+    blas.set_threads(static_cast<int>(usable_cores()));
+  }
+  const int m = static_cast<int>(p.m);
+  const int r = static_cast<int>(p.r);
+  const int c = static_cast<int>(p.c);
+  if (transpose_w) {
+    // y [m, r] = x [m, c] W^T
+    blas.sgemm(kRowMajor, kNoTrans, kTrans, m, r, c, 1.0f, p.x, c, p.w, c, 0.0f, p.y, r);
+  } else {
+    // y [m, c] = x [m, r] W
+    blas.sgemm(kRowMajor, kNoTrans, kNoTrans, m, c, r, 1.0f, p.x, r, p.w, c, 0.0f, p.y, c);
+  }
+  if (widen) {
+    blas.set_threads(before);
+  }
+}
+
 void run_forward(const Product& p) {
   const size_t panels = (p.m + kPanelX - 1) / kPanelX;
   parallel_for(panels, 1, 1, [&](size_t b, size_t e) {
@@ -92,7 +159,7 @@ void run_backward(const Product& p) {
 
 bool available() {
 #if defined(__x86_64__)
-  return has_avx2();
+  return has_avx2() && Blas::get().sgemm != nullptr;
 #else
   return false;
 #endif
@@ -127,6 +194,15 @@ class Gemm : public mx::UnaryPrimitive {
       return;
     }
 #if defined(__x86_64__)
+    if (m > kKernelRows) {
+      const Product p{x.data<float>(), w.data<float>(), y, m, r, c, nullptr, nullptr};
+      const bool transpose_w = form_ == Form::XWt;
+      encoder.dispatch([p, copy, transpose_w]() {
+        copy.run<float>();
+        run_blas(p, transpose_w);
+      });
+      return;
+    }
     // Packed x: panels of 16 rows (forward) or 6 (backward), zero-padded.
     const size_t padded = form_ == Form::XWt
         ? (m + kPanelX - 1) / kPanelX * kPanelX

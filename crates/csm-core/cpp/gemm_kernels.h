@@ -23,8 +23,10 @@
 // broadcasts and 2 vector loads per 12 FMAs from L1 or L2. OpenBLAS's
 // Haswell kernel packs both operands of every call, the weight included
 // (the step's weights twice: forward and backward). Measured on the
-// project's 2-core machine for CSM-1B's shapes with 150 rows: 205-235
-// GFLOP/s against OpenBLAS's 185-207 (bench/gemm.cpp, docs/benchmarks.md).
+// project's 2-core machine for the backbone's shapes with 150 rows:
+// 215-235 GFLOP/s against OpenBLAS's 200-210 (bench/gemm.cpp,
+// docs/benchmarks.md); for the depth decoder's (1024 wide) OpenBLAS is
+// 0-6% faster, and it gains with more rows where these do not.
 
 #pragma once
 

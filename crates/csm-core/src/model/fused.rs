@@ -39,9 +39,13 @@
 //! crate on x86_64 CPUs with AVX2 (weight rows a multiple of 16 long):
 //! `x @ W^T` forward and `g @ W` for the input gradient, each the other's
 //! gradient, reading the weight in its stored layout and packing only the
-//! activations. 205-235 GFLOP/s against OpenBLAS's 185-207 for CSM-1B's
-//! shapes on the 2-core machine (`bench/gemm.cpp`); a 1/16 step went from
-//! 3.95 to 3.57 s, f32 prefill from 511 to 276 ms (docs/benchmarks.md).
+//! activations. On the 2-core machine, for the backbone's shapes with 150
+//! rows, 215-235 GFLOP/s against OpenBLAS's 200-210 (`bench/gemm.cpp`); a
+//! 1/16 step went from 3.95 to 3.57 s, f32 prefill from 511 to 276 ms
+//! (docs/benchmarks.md). Products of more than 384 rows (the depth decoder
+//! on every frame) go to the BLAS from inside the primitive: its kernel
+//! gains with the rows, these do not. Where OpenBLAS has AVX-512 kernels
+//! (its own choice on such CPUs) it keeps every product: they are faster.
 //! The weight's own gradient, where asked for, is MLX's matmul. Elsewhere
 //! (macOS, GPUs, other CPUs, other shapes) it is MLX's matmul.
 //!
@@ -642,14 +646,16 @@ mod tests {
         // Rows: one 16-row panel, a partial one of 1..8 rows (one vector),
         // of 9..15 (two), 3-D; weight rows: tails of the 6-row tiles and
         // of the 8-wide transposition, enough to split over threads; row
-        // length past one 1024 block of the forward and across the 64-wide
-        // blocks of the backward.
+        // length past one block of the forward and across the 64-wide
+        // blocks of the backward; more rows than one pass takes.
         for (x_lead, r, c) in [
             (vec![16], 6, 16),
             (vec![9], 7, 48),
             (vec![3, 5], 13, 80),
             (vec![150], 64, 1040),
             (vec![2, 23], 530, 32),
+            // Two passes over the weight (195 rows each).
+            (vec![3, 130], 20, 64),
         ] {
             let what = format!("x {x_lead:?}, w [{r}, {c}]");
             let w = filled(&[r, c], 2);
@@ -690,6 +696,27 @@ mod tests {
         let empty = primitive::gemm(&filled(&[20, 0], 1), &filled(&[0, 16], 1), false).unwrap();
         assert_eq!(empty.shape(), &[20, 16]);
         assert_eq!(max_abs(&empty), 0.0);
+    }
+
+    #[test]
+    fn gemm_of_many_rows_borrows_the_cores_and_gives_them_back() {
+        if !primitive::gemm_available() {
+            return;
+        }
+        let Some(before) = crate::runtime::openblas_threads() else {
+            return;
+        };
+        // 400 rows: past the kernels' limit, through OpenBLAS on all cores
+        // even while a guard holds it to one thread.
+        let x = filled(&[400, 32], 1);
+        let w = filled(&[24, 32], 2);
+        {
+            let _one = crate::runtime::SingleThreadBlas::new();
+            let y = primitive::gemm(&x, &w, true).unwrap();
+            assert_close_product(&y, &ops::matmul(&x, w.t()).unwrap(), 32, "400 rows");
+            assert_eq!(crate::runtime::openblas_threads(), Some(1));
+        }
+        assert_eq!(crate::runtime::openblas_threads(), Some(before));
     }
 
     #[test]
