@@ -54,9 +54,9 @@
 //! 6 s of prefill). The few-row primitive also takes bf16 operands (the sum
 //! in f32, the result rounded to bf16, as GPUs do it) and streams the
 //! weights at half the bytes; more rows are widened to f32 for the
-//! many-row primitive (or `cblas_sgemm`) and rounded back. bf16 CSM-1B generation on the 2-core
-//! machine: 350-360 ms a frame, 0.75 s prefill, 3.5 GiB peak (f32: 440-465
-//! ms, 6.2 GiB).
+//! many-row primitive (or `cblas_sgemm`) and rounded back. bf16 CSM-1B
+//! generation on the 2-core machine: 325-350 ms a frame, 0.5 s prefill,
+//! 3.5 GiB peak (f32: 370-415 ms, 0.28 s, 6.2 GiB).
 //!
 //! **ELU** (`cpp/elu.cpp`), in Mimi's SEANet: one vectorized pass on all
 //! cores instead of 4 scalar ones (`expm1f` and the select were 13% of a
