@@ -538,19 +538,28 @@ mod tests {
         assert!(diff < 1e-4, "max |diff| {diff}");
     }
 
+    /// Gradients (d x, d w) of `sum(f(x, w) * c)`.
+    fn product_grads(
+        f: fn(&Array, &Array) -> Result<Array, Exception>,
+        x: &Array,
+        w: &Array,
+        c: &Array,
+    ) -> Vec<Array> {
+        let c = c.clone();
+        let loss = move |args: &[Array]| -> Result<Vec<Array>, Exception> {
+            Ok(vec![f(&args[0], &args[1])?.multiply(&c)?.sum(None)?])
+        };
+        let mut vg = value_and_grad_with_argnums(loss, &[0, 1][..]);
+        vg(&[x.clone(), w.clone()]).unwrap().1
+    }
+
     #[test]
     fn small_matmul_gradients_match_mlx() {
         let x = filled(&[2, 1, 70], 5);
         let w = filled(&[33, 70], 6);
         let c = filled(&[2, 1, 33], 7);
-        let grads = |f: fn(&Array, &Array) -> Result<Array, Exception>| {
-            let c = c.clone();
-            let loss = move |args: &[Array]| -> Result<Vec<Array>, Exception> {
-                Ok(vec![f(&args[0], &args[1])?.multiply(&c)?.sum(None)?])
-            };
-            let mut vg = value_and_grad_with_argnums(loss, &[0, 1][..]);
-            vg(&[x.clone(), w.clone()]).unwrap().1
-        };
+        let grads =
+            |f: fn(&Array, &Array) -> Result<Array, Exception>| product_grads(f, &x, &w, &c);
         let ours = grads(primitive::small_matmul);
         let want = grads(|x, w| ops::matmul(x, w.t()));
         assert_eq!(ours[0].shape(), &[2, 1, 70]);
@@ -727,14 +736,8 @@ mod tests {
         let x = filled(&[2, 11, 64], 5);
         let w = filled(&[40, 64], 6);
         let c = filled(&[2, 11, 40], 7);
-        let grads = |f: fn(&Array, &Array) -> Result<Array, Exception>| {
-            let c = c.clone();
-            let loss = move |args: &[Array]| -> Result<Vec<Array>, Exception> {
-                Ok(vec![f(&args[0], &args[1])?.multiply(&c)?.sum(None)?])
-            };
-            let mut vg = value_and_grad_with_argnums(loss, &[0, 1][..]);
-            vg(&[x.clone(), w.clone()]).unwrap().1
-        };
+        let grads =
+            |f: fn(&Array, &Array) -> Result<Array, Exception>| product_grads(f, &x, &w, &c);
         let ours = grads(|x, w| primitive::gemm(x, w, true));
         let want = grads(|x, w| ops::matmul(x, w.t()));
         assert_close_product(&ours[0], &want[0], 40, "d x of x W^T");
@@ -742,14 +745,8 @@ mod tests {
         // The other form, through its own gradient.
         let x = filled(&[2, 11, 40], 8);
         let c = filled(&[2, 11, 64], 9);
-        let grads = |f: fn(&Array, &Array) -> Result<Array, Exception>| {
-            let c = c.clone();
-            let loss = move |args: &[Array]| -> Result<Vec<Array>, Exception> {
-                Ok(vec![f(&args[0], &args[1])?.multiply(&c)?.sum(None)?])
-            };
-            let mut vg = value_and_grad_with_argnums(loss, &[0, 1][..]);
-            vg(&[x.clone(), w.clone()]).unwrap().1
-        };
+        let grads =
+            |f: fn(&Array, &Array) -> Result<Array, Exception>| product_grads(f, &x, &w, &c);
         let ours = grads(|x, w| primitive::gemm(x, w, false));
         let want = grads(|x, w| ops::matmul(x, w));
         assert_close_product(&ours[0], &want[0], 64, "d x of x W");
