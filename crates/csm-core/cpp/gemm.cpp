@@ -3,7 +3,7 @@
 // input gradient), each the other's gradient. Training's frozen weights go
 // through it on x86_64 CPUs with AVX2.
 //
-// Why: a CSM-1B training step on the CPU is 82% OpenBLAS `sgemm` kernel,
+// Why: a CSM-1B training step on the CPU was 82% OpenBLAS `sgemm` kernel,
 // and OpenBLAS packs both operands of every call, the weight included, and
 // zeroes the output in a pass of its own before the kernel. The kernels
 // of `gemm_kernels.h` read the weight where it lies (forward) or copy
@@ -27,6 +27,7 @@
 #include <dlfcn.h>
 
 #include <cstddef>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <stdexcept>
@@ -74,10 +75,11 @@ constexpr size_t kChunkFlops = size_t{1} << 21;
 
 // Most rows the kernels take; more go to the BLAS. OpenBLAS's kernel gains
 // with the rows (its packing spreads over more of them) and these kernels
-// do not (their packed rows leave L2): on the 2-core machine it was
-// 0.9-1.0x of these at 150 rows, about even at 600 (bench/gemm.cpp), and
-// with the depth decoder on every frame (4192 rows) a step through these
-// kernels took 12.5 s against 12.0 s through OpenBLAS.
+// do not (their packed rows leave L2): on the 2-core machine, for the
+// backbone's shapes, it ran at 0.85-0.93x of these with 150 rows and even
+// with 600 (bench/gemm.cpp), and with the depth decoder on every frame
+// (4192 rows) a step through these kernels took 12.5 s against 12.0 s
+// through OpenBLAS.
 constexpr size_t kKernelRows = 384;
 
 // The process's CBLAS (MLX's, found at run time so that this library links
@@ -103,18 +105,29 @@ struct Blas {
   }
 };
 
-// The product through the BLAS on all cores. The trainer holds OpenBLAS to
-// one thread (its idle workers would spin next to the kernels above); a
-// product of this size gets the cores back for its call. Its workers then
-// spin for a while after it, which costs the kernels only where the two
-// kinds of product alternate.
+// OpenBLAS's threads when nothing holds it to one: `OPENBLAS_NUM_THREADS`
+// where the user set it, else the usable cores.
+int blas_threads() {
+  static const int threads = [] {
+    const char* env = std::getenv("OPENBLAS_NUM_THREADS");
+    const int set = env ? std::atoi(env) : 0;
+    return set > 0 ? set : static_cast<int>(usable_cores());
+  }();
+  return threads;
+}
+
+// The product through the BLAS on all its threads. The trainer holds
+// OpenBLAS to one thread (its idle workers would spin next to the kernels
+// above); a product of this size gets the threads back for its call. Its
+// workers then spin for a while after it, which costs the kernels only
+// where the two kinds of product alternate.
 void run_blas(const Product& p, bool transpose_w) {
   enum { kRowMajor = 101, kNoTrans = 111, kTrans = 112 };
   const Blas& blas = Blas::get();
   const int before = blas.get_threads ? blas.get_threads() : 0;
-  const bool widen = before == 1 && blas.set_threads;
+  const bool widen = before == 1 && blas.set_threads && blas_threads() > 1;
   if (widen) {
-    blas.set_threads(static_cast<int>(usable_cores()));
+    blas.set_threads(blas_threads());
   }
   const int m = static_cast<int>(p.m);
   const int r = static_cast<int>(p.r);
