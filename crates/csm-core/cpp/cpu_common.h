@@ -1,7 +1,7 @@
 // Shared pieces of this crate's MLX CPU primitives (swiglu.cpp,
-// small_matmul.cpp, elu.cpp): ISA dispatch, a fork-join over the cores,
-// bf16 loads and stores, the CPU stream, and the C entry points' error
-// reporting.
+// small_matmul.cpp, elu.cpp, gemm.cpp): ISA dispatch, a fork-join over the
+// cores, bf16 loads and stores, dense copies of strided weights, the CPU
+// stream, and the C entry points' error reporting.
 
 #pragma once
 

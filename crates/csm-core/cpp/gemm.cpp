@@ -360,7 +360,8 @@ extern "C" int csm_gemm(
   });
 }
 
-// Whether this CPU runs `csm_gemm` (x86_64 with AVX2 and FMA).
+// Whether this process runs `csm_gemm`: x86_64 with AVX2 and FMA, and a
+// CBLAS loaded (for products of more than `kKernelRows` rows).
 extern "C" int csm_gemm_available() {
   return available() ? 1 : 0;
 }

@@ -24,9 +24,9 @@
 // Haswell kernel packs both operands of every call, the weight included
 // (the step's weights twice: forward and backward). Measured on the
 // project's 2-core machine for the backbone's shapes with 150 rows:
-// 215-235 GFLOP/s against OpenBLAS's 200-210 (bench/gemm.cpp,
-// docs/benchmarks.md); for the depth decoder's (1024 wide) OpenBLAS is
-// 0-6% faster, and it gains with more rows where these do not.
+// 201-232 GFLOP/s against OpenBLAS's 183-206 (bench/gemm.cpp,
+// docs/benchmarks.md); for the depth decoder's with 256 rows, 0.96-1.08x
+// OpenBLAS, which gains with more rows where these do not.
 
 #pragma once
 

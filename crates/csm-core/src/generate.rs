@@ -419,15 +419,15 @@ pub fn generate_frames(
     // OpenBLAS's spinning workers only slow them down (see
     // `SingleThreadBlas`).
     use crate::runtime::SingleThreadBlas;
-    let mut _blas = crate::model::fused::many_row_products_are_ours().then(SingleThreadBlas::new);
+    let prefill_ours = crate::model::fused::many_row_products_are_ours();
+    let _prefill_blas = prefill_ours.then(SingleThreadBlas::new);
     let start = Instant::now();
     let mut cache = csm.new_backbone_cache();
     let mut h = csm.backbone_step(prompt_tokens, prompt_mask, &mut cache)?; // [1, D]
     h.eval()?;
     let prefill = start.elapsed();
-    if _blas.is_none() && crate::runtime::default_device_is_cpu() {
-        _blas = Some(SingleThreadBlas::new());
-    }
+    let _frames_blas =
+        (!prefill_ours && crate::runtime::default_device_is_cpu()).then(SingleThreadBlas::new);
 
     let loop_start = Instant::now();
     let mut first_frame = Duration::ZERO;

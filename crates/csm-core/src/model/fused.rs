@@ -1,7 +1,7 @@
 //! MLX CPU primitives of this crate, for where MLX's own ops leave a lot on
 //! the table on the Linux x86_64 CPU wheel (outside macOS): the Llama
-//! feed-forward gate `silu(gate) * up` ([`swiglu`]), weight matmuls of a
-//! few rows ([`linear`]) and Mimi's ELU ([`elu`]).
+//! feed-forward gate `silu(gate) * up` ([`swiglu`]), weight matmuls
+//! ([`linear`]: a few rows, and many rows) and Mimi's ELU ([`elu`]).
 //!
 //! **SwiGLU.** On MLX's scalar CPU kernels (the Linux x86_64 wheel: see
 //! [`super::pow_exp`]) it is one MLX primitive of this crate
@@ -40,7 +40,7 @@
 //! `x @ W^T` forward and `g @ W` for the input gradient, each the other's
 //! gradient, reading the weight in its stored layout and packing only the
 //! activations. On the 2-core machine, for the backbone's shapes with 150
-//! rows, 215-235 GFLOP/s against OpenBLAS's 200-210 (`bench/gemm.cpp`); a
+//! rows, 201-232 GFLOP/s against OpenBLAS's 183-206 (`bench/gemm.cpp`); a
 //! 1/16 step went from 3.95 to 3.57 s, f32 prefill from 511 to 276 ms
 //! (docs/benchmarks.md). Products of more than 384 rows (the depth decoder
 //! on every frame) go to the BLAS from inside the primitive: its kernel
@@ -56,7 +56,7 @@
 //! weights at half the bytes; more rows are widened to f32 for the
 //! many-row primitive (or `cblas_sgemm`) and rounded back. bf16 CSM-1B
 //! generation on the 2-core machine: 325-350 ms a frame, 0.5 s prefill,
-//! 3.5 GiB peak (f32: 370-415 ms, 0.28 s, 6.2 GiB).
+//! 3.5 GiB peak (f32: 370-422 ms, 0.28 s, 6.2 GiB).
 //!
 //! **ELU** (`cpp/elu.cpp`), in Mimi's SEANet: one vectorized pass on all
 //! cores instead of 4 scalar ones (`expm1f` and the select were 13% of a
@@ -255,7 +255,8 @@ mod primitive {
             transpose_w: std::ffi::c_int,
         ) -> std::ffi::c_int;
 
-        /// `cpp/gemm.cpp`: 1 where this CPU runs `csm_gemm`.
+        /// `cpp/gemm.cpp`: 1 where this CPU runs `csm_gemm` (AVX2 and FMA,
+        /// and `cblas_sgemm` for the many-row case).
         fn csm_gemm_available() -> std::ffi::c_int;
 
         /// `cpp/elu.cpp`: `res <- elu(x)` as a lazy MLX array; non-zero,
@@ -307,11 +308,11 @@ mod primitive {
         build(|res| unsafe { csm_gemm(res, x.as_ptr(), w.as_ptr(), transpose_w.into()) })
     }
 
-    /// Whether this CPU runs [`gemm`] (x86_64 with AVX2 and FMA), asked once.
+    /// Whether this CPU runs [`gemm`] (x86_64 with AVX2 and FMA, and a
+    /// CBLAS in the process).
     pub(super) fn gemm_available() -> bool {
-        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         // SAFETY: a query without arguments or side effects.
-        *AVAILABLE.get_or_init(|| unsafe { csm_gemm_available() } == 1)
+        unsafe { csm_gemm_available() == 1 }
     }
 
     /// [`small_matmul`] on the kernels compiled for the baseline target
