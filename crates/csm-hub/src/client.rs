@@ -764,18 +764,11 @@ impl Hub {
         cancel: &Cancel,
     ) -> Result<(), Attempt> {
         let io = |action: &str, e| Attempt::Fatal(HubError::io(action, partial, e));
-        let mut out = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(partial)
-            .map_err(|e| io("create", e))?;
-        let mut start = out.metadata().map_err(|e| io("read", e))?.len();
-        if meta.size.is_some_and(|total| start > total) {
-            out.set_len(0).map_err(|e| io("truncate", e))?;
-            start = 0;
-        }
+        let on_disk = std::fs::metadata(partial).map_or(0, |m| m.len());
+        // Checked before the partial file is created, so a full disk leaves
+        // nothing behind.
         if let Some(total) = meta.size {
-            let needed = total - start;
+            let needed = total.saturating_sub(on_disk);
             let dir = partial.parent().expect("partial has a parent");
             let available =
                 fs4::available_space(dir).map_err(|e| io("measure free space at", e))?;
@@ -788,6 +781,16 @@ impl Hub {
                     dir: dir.to_path_buf(),
                 }));
             }
+        }
+        let mut out = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(partial)
+            .map_err(|e| io("create", e))?;
+        let mut start = out.metadata().map_err(|e| io("read", e))?.len();
+        if meta.size.is_some_and(|total| start > total) {
+            out.set_len(0).map_err(|e| io("truncate", e))?;
+            start = 0;
         }
         if !hashing.catch_up(partial, start, cancel)? {
             return Err(Attempt::Fatal(HubError::Cancelled {
