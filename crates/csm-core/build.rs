@@ -7,7 +7,7 @@ fn main() {
 }
 
 /// `cpp/swiglu.cpp`, `cpp/small_matmul.cpp`, `cpp/elu.cpp` and `cpp/gemm.cpp` (see
-/// `model::fused`), compiled against MLX's and
+/// `kernels`), compiled against MLX's and
 /// mlx-c's headers as mlx-sys compiled mlx-c. macOS keeps MLX's own ops: its
 /// CPU build vectorizes them, and Metal is the device there anyway.
 fn cpu_primitives() {

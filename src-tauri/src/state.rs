@@ -1,5 +1,6 @@
 //! Managed state shared by the commands: which paths the user gave the app,
-//! where runs live, the active training job and the audio player.
+//! where runs live, the active training and generation jobs (the audio
+//! player is [`crate::player::Player`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -152,7 +153,7 @@ pub struct ActiveJob {
     /// Run folder.
     pub run_dir: PathBuf,
     /// Flips the trainer's stop flag.
-    pub cancel: csm_core::train::CancelToken,
+    pub cancel: csm_core::cancel::CancelToken,
 }
 
 impl TrainingJobs {
@@ -165,13 +166,13 @@ impl TrainingJobs {
 /// Cancel flags of the `generate_sample` calls in progress (the Samples
 /// screen's stop button cancels all of them, e.g. both halves of an A/B).
 #[derive(Debug, Default)]
-pub struct GenerationJobs(Mutex<Vec<(u64, csm_core::train::CancelToken)>>, AtomicU64);
+pub struct GenerationJobs(Mutex<Vec<(u64, csm_core::cancel::CancelToken)>>, AtomicU64);
 
 impl GenerationJobs {
     /// Registers a generation; the guard unregisters it when dropped.
     pub fn start(&self) -> GenerationGuard<'_> {
         let id = self.1.fetch_add(1, Ordering::Relaxed);
-        let cancel = csm_core::train::CancelToken::new();
+        let cancel = csm_core::cancel::CancelToken::new();
         self.0
             .lock()
             .expect("generation jobs lock")
@@ -199,7 +200,7 @@ pub struct GenerationGuard<'a> {
     jobs: &'a GenerationJobs,
     id: u64,
     /// Set by [`GenerationJobs::cancel_all`].
-    pub cancel: csm_core::train::CancelToken,
+    pub cancel: csm_core::cancel::CancelToken,
 }
 
 impl Drop for GenerationGuard<'_> {
@@ -227,5 +228,5 @@ pub fn manage<R: Runtime>(builder: tauri::Builder<R>) -> tauri::Builder<R> {
         .manage(RunRoots::default())
         .manage(TrainingJobs::default())
         .manage(GenerationJobs::default())
-        .manage(crate::commands::audio::Player::default())
+        .manage(crate::player::Player::default())
 }

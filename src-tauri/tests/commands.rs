@@ -11,7 +11,7 @@ use csm_app_lib::commands::generate::{self, GenerateRequest, GenerationEvent};
 use csm_app_lib::commands::training::{self, RunConfig};
 use csm_app_lib::contract::TrainingEvent;
 use csm_app_lib::state::{AllowedPaths, GenerationJobs, RunRoots, TrainingJobs};
-use csm_core::train::CancelToken;
+use csm_core::cancel::CancelToken;
 use serde_json::{json, Value};
 use tauri::ipc::{CallbackFn, InvokeBody};
 use tauri::test::{

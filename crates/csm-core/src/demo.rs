@@ -22,7 +22,7 @@ use serde_json::json;
 use crate::checkpoint::write::{save_safetensors, write_atomic};
 use crate::checkpoint::CheckpointError;
 use crate::codec::{CodecError, Mimi, MimiConfig};
-use crate::data::demo::{generate_demo_dataset, DemoOptions};
+use crate::data::espeak::{generate_demo_dataset, DemoOptions};
 use crate::data::DataError;
 use crate::model::load::canonical_weights;
 use crate::model::{Csm, CsmConfig, Llama3RopeScaling, LlamaConfig};

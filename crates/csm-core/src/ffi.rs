@@ -1,5 +1,5 @@
 //! Direct mlx-c calls for what mlx-rs 0.33 does not wrap (distributed
-//! collectives, this crate's CPU primitives in `model::fused`): error
+//! collectives, this crate's CPU primitives in `kernels`): error
 //! capture.
 
 use std::cell::RefCell;

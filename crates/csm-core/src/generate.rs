@@ -15,20 +15,19 @@
 //! [`generate_frames`] is the layer below: it takes prompt frames directly
 //! (tests build them from token ids, the benchmark from a fixed prompt).
 
-pub mod adapter;
 pub mod sampling;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use mlx_rs::error::Exception;
 use mlx_rs::{Array, Dtype};
 
-use crate::train::CancelToken;
+use crate::cancel::CancelToken;
 
-pub use adapter::{apply_adapter, AdapterConfig, AdapterInfo, ADAPTER_CONFIG_FILE, ADAPTER_FILE};
 pub use sampling::{top_k_mask, Sampler};
 
+use crate::adapter::{Adapter, AdapterError, AdapterInfo};
 use crate::codec::{CodecError, Mimi};
 use crate::model::{load_csm, Csm, LoadOptions, ModelError};
 use crate::tokenizer::{TextTokenizer, TokenizerError};
@@ -94,22 +93,9 @@ pub enum GenerateError {
     /// The input is unusable (names the item and value at fault).
     #[error("{0}")]
     Input(String),
-    /// The adapter files are missing or malformed.
-    #[error("adapter {path}: {message}")]
-    AdapterConfig {
-        /// File at fault.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
-    /// The adapter's tensors do not fit the model.
-    #[error("adapter {path} does not fit the model:\n  {}", problems.join("\n  "))]
-    Adapter {
-        /// The weights file.
-        path: PathBuf,
-        /// Every mismatch found.
-        problems: Vec<String>,
-    },
+    /// The adapter is missing, malformed or does not fit the model.
+    #[error(transparent)]
+    Adapter(#[from] AdapterError),
     /// The caller's [`CancelToken`] stopped the frame loop.
     #[error("generation cancelled after {frames} of at most {max_frames} frames")]
     Cancelled {
@@ -415,11 +401,11 @@ pub fn generate_frames(
     let limit = options.code_limit;
 
     // Where the weight products have their own threads (frame steps on the
-    // CPU always, the prefill where `model::fused` takes many rows),
+    // CPU always, the prefill where `kernels` takes many rows),
     // OpenBLAS's spinning workers only slow them down (see
     // `SingleThreadBlas`).
     use crate::runtime::SingleThreadBlas;
-    let prefill_ours = crate::model::fused::many_row_products_are_ours();
+    let prefill_ours = crate::kernels::many_row_products_are_ours();
     let _prefill_blas = prefill_ours.then(SingleThreadBlas::new);
     let start = Instant::now();
     let mut cache = csm.new_backbone_cache();
@@ -547,12 +533,25 @@ impl Generator {
         Generator::new(loaded.model, mimi, tokenizer)
     }
 
-    /// Attaches a trained LoRA adapter; see [`apply_adapter`].
+    /// Attaches a trained LoRA adapter in mlx_lm layout; see
+    /// [`crate::adapter::load_mlx`].
     ///
     /// # Errors
-    /// As [`apply_adapter`].
+    /// As [`crate::adapter::load_mlx`].
     pub fn apply_adapter(&mut self, path: &Path) -> Result<AdapterInfo, GenerateError> {
-        apply_adapter(&mut self.csm, path)
+        Ok(crate::adapter::load_mlx(&mut self.csm, path)?)
+    }
+
+    /// Attaches an adapter held in memory (e.g. a training checkpoint's,
+    /// from `train::state::read_adapter`); see [`Adapter::apply`].
+    ///
+    /// # Errors
+    /// As [`Adapter::apply`].
+    pub fn apply_loaded_adapter(
+        &mut self,
+        adapter: &Adapter,
+    ) -> Result<AdapterInfo, GenerateError> {
+        Ok(adapter.apply(&mut self.csm)?)
     }
 
     /// Text frames of one segment, checked against the text vocabulary.

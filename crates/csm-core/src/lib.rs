@@ -5,7 +5,8 @@
 //!
 //! ```no_run
 //! use csm_core::model::load::{load_csm, LoadOptions};
-//! use csm_core::train::{self, trainer, CancelToken, NullObserver, TrainConfig};
+//! use csm_core::cancel::CancelToken;
+//! use csm_core::train::{self, trainer, NullObserver, TrainConfig};
 //! use csm_core::adapter;
 //! use csm_core::data::audio::{write_wav, WavEncoding, TARGET_SAMPLE_RATE};
 //! use csm_core::generate::{Generator, SamplingConfig};
@@ -23,7 +24,7 @@
 //!     output_dir: "runs/me".into(),
 //!     ..TrainConfig::default()
 //! };
-//! adapter::attach(&mut loaded.model, &trainer::lora_spec(&config))?;
+//! adapter::attach(&mut loaded.model, &config.lora_spec())?;
 //!
 //! // ...or run the whole trainer (data, caching, steps, checkpoints).
 //! let summary = train::train(&config, &mut NullObserver, &CancelToken::new())?;
@@ -43,6 +44,7 @@
 
 pub mod adapter;
 pub mod assets;
+pub mod cancel;
 pub mod checkpoint;
 pub mod codec;
 pub mod data;
@@ -50,8 +52,9 @@ pub mod demo;
 pub mod distributed;
 mod ffi;
 pub mod generate;
-pub mod lora;
+pub mod kernels;
 pub mod model;
+pub mod rng;
 pub mod runtime;
 pub mod tokenizer;
 pub mod train;

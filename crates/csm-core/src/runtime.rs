@@ -126,6 +126,15 @@ pub const MLX_ENV_DEFAULTS: [(&str, &str); 0] = [];
 /// (the private `keep_freed_memory`). MLX reads the variables when a backend
 /// cache is first built, so call this first thing in `main`, before any MLX
 /// work and before other threads start (the `csm` tool and the app do).
+///
+/// This is the one function of csm-core that touches the environment, on
+/// purpose: it is process set-up that only a binary's `main` calls, not
+/// something a job does. MLX takes these settings from environment
+/// variables only (mlx-c has no API for them), so the library that knows
+/// the values writes them for its dependency, once, before MLX starts; it
+/// reads `GLIBC_TUNABLES` only to leave a user's own malloc tuning alone.
+/// Jobs (training, preparing, evaluating, generating) read no variables:
+/// their settings are passed in (see `train::RunSettings`).
 pub fn set_process_defaults() {
     for (key, value) in MLX_ENV_DEFAULTS {
         if std::env::var_os(key).is_none() {
@@ -221,7 +230,28 @@ pub fn release_free_memory() {
 /// Makes the GPU the default device when the backend has one, otherwise the
 /// CPU. Returns the backend.
 pub fn use_best_device() -> Backend {
-    let backend = Backend::detect();
+    use_device(DeviceChoice::Best)
+}
+
+/// Which device a job runs on; the caller chooses (the library never
+/// guesses from the environment).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DeviceChoice {
+    /// The GPU when libmlx has one, otherwise the CPU.
+    #[default]
+    Best,
+    /// The CPU, even where a GPU is available.
+    Cpu,
+}
+
+/// Makes `choice` MLX's default device. Returns the backend the job runs
+/// on ([`Backend::Cpu`] for [`DeviceChoice::Cpu`]), whose
+/// [`Backend::default_dtype`] is the one to compute in.
+pub fn use_device(choice: DeviceChoice) -> Backend {
+    let backend = match choice {
+        DeviceChoice::Best => Backend::detect(),
+        DeviceChoice::Cpu => Backend::Cpu,
+    };
     if backend.has_gpu() {
         Device::set_default(&Device::gpu());
     } else {
@@ -408,7 +438,7 @@ pub fn openblas_threads() -> Option<usize> {
 /// count it had. Nothing happens where OpenBLAS is not the BLAS.
 ///
 /// For the CPU's frame-by-frame generation and training: their weight
-/// products go through this crate's matmul primitives (`model::fused`),
+/// products go through this crate's matmul primitives (`kernels`),
 /// which have their own threads, and what is left for OpenBLAS is small
 /// (attention, LoRA's rank-r factors). After a threaded call, OpenBLAS's
 /// idle workers spin in `sched_yield` for a while, on the cores the next

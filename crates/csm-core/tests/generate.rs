@@ -9,12 +9,13 @@ use std::path::{Path, PathBuf};
 mod common;
 use common::max_abs_diff;
 
+use csm_core::adapter::load_mlx;
 use csm_core::checkpoint::WeightMap;
 use csm_core::generate::{
-    apply_adapter, check_text_ids, generate_frames, FrameOptions, GenerateError, GenerateHooks,
-    Generator, PromptFrames, SamplingConfig, Segment,
+    check_text_ids, generate_frames, FrameOptions, GenerateError, GenerateHooks, Generator,
+    PromptFrames, SamplingConfig, Segment,
 };
-use csm_core::lora::Proj;
+use csm_core::model::proj::Proj;
 use csm_core::model::{load_csm, Csm, LoadOptions};
 use csm_core::tokenizer::TextTokenizer;
 use mlx_rs::module::Param;
@@ -282,7 +283,7 @@ fn adapter_with_zero_b_changes_nothing_and_nonzero_b_changes_output() {
         &targets,
     );
     let mut m = tiny();
-    let info = apply_adapter(&mut m, &zero).unwrap();
+    let info = load_mlx(&mut m, &zero).unwrap();
     assert_eq!(info.projections.len(), 3);
     assert_eq!((info.rank, info.scale), (4, 4.0));
     assert!(m.backbone.layers[0].self_attn.q_proj.has_lora());
@@ -291,7 +292,7 @@ fn adapter_with_zero_b_changes_nothing_and_nonzero_b_changes_output() {
     let d = max_abs_diff(&c0_logits(&mut m), &base_logits);
     assert_eq!(d, 0.0);
     // Applying a second adapter on top is refused.
-    let err = apply_adapter(&mut m, &zero).unwrap_err();
+    let err = load_mlx(&mut m, &zero).unwrap_err();
     assert!(
         err.to_string().contains("already carries an adapter"),
         "{err}"
@@ -305,7 +306,7 @@ fn adapter_with_zero_b_changes_nothing_and_nonzero_b_changes_output() {
     );
     let mut m = tiny();
     // The weights file may be named directly.
-    apply_adapter(&mut m, &nonzero.join("adapters.safetensors")).unwrap();
+    load_mlx(&mut m, &nonzero.join("adapters.safetensors")).unwrap();
     let d = max_abs_diff(&c0_logits(&mut m), &base_logits);
     assert!(d > 1e-2, "logits moved by only {d}");
     assert_ne!(run(&mut m, &greedy(), 4, false).0, base_codes);
@@ -332,7 +333,7 @@ fn malformed_adapter_is_refused_with_a_listing() {
     );
     let path = write_adapter(&dir.path().join("bad"), t, 4, &["q_proj"]);
     let mut m = tiny();
-    let err = apply_adapter(&mut m, &path).unwrap_err();
+    let err = load_mlx(&mut m, &path).unwrap_err();
     let msg = err.to_string();
     eprintln!("{msg}");
     for needle in [
@@ -350,7 +351,7 @@ fn malformed_adapter_is_refused_with_a_listing() {
     // Config problems name the file.
     let no_config = dir.path().join("no_config");
     std::fs::create_dir_all(&no_config).unwrap();
-    let err = apply_adapter(&mut m, &no_config).unwrap_err();
+    let err = load_mlx(&mut m, &no_config).unwrap_err();
     assert!(err.to_string().contains("adapter_config.json"), "{err}");
     let bad_config = write_adapter(
         &dir.path().join("bad_config"),
@@ -363,7 +364,7 @@ fn malformed_adapter_is_refused_with_a_listing() {
         r#"{"lora_parameters": {"rank": 4}}"#,
     )
     .unwrap();
-    let err = apply_adapter(&mut m, &bad_config).unwrap_err();
+    let err = load_mlx(&mut m, &bad_config).unwrap_err();
     assert!(err.to_string().contains("lora_parameters.scale"), "{err}");
 }
 
@@ -551,8 +552,8 @@ fn missing_tokenizer_and_codec_list_where_we_looked() {
 
 #[test]
 fn adapters_saved_by_the_trainer_load_for_generation() {
-    use csm_core::adapter::{adapter_tensors, attach, load_mlx, save_mlx, LoraSpec};
-    use csm_core::train::config::{LayerSet, TargetLayers};
+    use csm_core::adapter::{adapter_tensors, attach, save_mlx, LoraSpec};
+    use csm_core::adapter::{LayerSet, TargetLayers};
     use mlx_rs::module::ModuleParameters;
 
     let spec = LoraSpec {
@@ -582,7 +583,7 @@ fn adapters_saved_by_the_trainer_load_for_generation() {
     save_mlx(dir.path(), &trained, &spec, None).unwrap();
 
     let mut ours = tiny();
-    let info = apply_adapter(&mut ours, dir.path()).unwrap();
+    let info = load_mlx(&mut ours, dir.path()).unwrap();
     // q_proj + down_proj in both backbone layers and decoder layer 1.
     assert_eq!(info.projections.len(), 6);
     assert_eq!((info.rank, info.scale), (4, 2.0));

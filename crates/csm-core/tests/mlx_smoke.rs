@@ -2,11 +2,11 @@
 //! an independent reference (naive loops, calculus, exact bit patterns).
 
 use csm_core::checkpoint::{load_strict, CheckpointError, WeightMap};
-use csm_core::lora::Proj;
 use csm_core::mlx_rs::error::Exception;
 use csm_core::mlx_rs::module::{Module, ModuleParameters};
 use csm_core::mlx_rs::transforms::{self, compile::compile};
 use csm_core::mlx_rs::{random, Array, Dtype};
+use csm_core::model::proj::Proj;
 
 fn to_vec(a: &Array) -> Vec<f32> {
     let a = a.as_dtype(Dtype::Float32).unwrap();

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use csm_core::adapter::TargetLayers;
 use csm_core::adapter::{self, LoraSpec};
 use csm_core::checkpoint::write::save_safetensors;
 use csm_core::checkpoint::WeightMap;
@@ -14,7 +15,6 @@ use csm_core::mlx_rs::module::ModuleParameters;
 use csm_core::mlx_rs::{random, Array, Dtype};
 use csm_core::model::load::{load_csm, LoadOptions};
 use csm_core::model::{AttentionMask, FrameInput};
-use csm_core::train::TargetLayers;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")

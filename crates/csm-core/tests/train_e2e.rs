@@ -1,7 +1,7 @@
 //! End-to-end training on the demo model (tiny CSM, random Mimi, espeak-ng
 //! dataset): real files through the real loaders.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 mod common;
 use common::{max_abs, max_abs_diff, remove_at_exit};
@@ -24,27 +24,36 @@ fn demo_codec_loads_back() {
 }
 
 use csm_core::adapter;
+use csm_core::cancel::CancelToken;
 use csm_core::model::load::{load_csm, LoadOptions};
 use csm_core::model::LossWeights;
 use csm_core::train::{
-    self, trainer, CancelToken, RecordingObserver, SaveMode, TrainConfig, TrainEvent,
+    self, trainer, RecordingObserver, RunSettings, SaveMode, TrainConfig, TrainEvent,
     TrainingObserver,
 };
+
+/// The folder of this process's demo and codes cache (one per process:
+/// nextest runs each test in its own process).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("train-e2e-demo-{}", std::process::id()))
+}
 
 /// One demo and one codes cache shared by the tests of this binary.
 fn shared_demo() -> DemoPaths {
     static ONCE: std::sync::OnceLock<DemoPaths> = std::sync::OnceLock::new();
     ONCE.get_or_init(|| {
-        // One per process: nextest runs each test in its own process.
-        let root = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("train-e2e-demo-{}", std::process::id()));
+        let root = root();
         let _ = std::fs::remove_dir_all(&root);
-        // SAFETY-free: set once, before any test reads it.
-        std::env::set_var("CSM_CACHE_DIR", root.join("cache"));
         remove_at_exit(&root);
         demo(&root, 6)
     })
     .clone()
+}
+
+/// The settings of every run here: the shared codes cache, not compiled,
+/// one process, the best device. No environment variable is involved.
+fn settings() -> RunSettings {
+    RunSettings::new(root().join("cache").join("codes"))
 }
 
 fn config(paths: &DemoPaths, out: &Path) -> TrainConfig {
@@ -104,7 +113,7 @@ fn loss_falls_and_outputs_reload_with_the_same_results() {
     cfg.epochs = 8;
     cfg.save_mode = SaveMode::Both;
     let mut obs = RecordingObserver::default();
-    let summary = train::train(&cfg, &mut obs, &CancelToken::new()).unwrap();
+    let summary = train::train(&cfg, &settings(), &mut obs, &CancelToken::new()).unwrap();
     let losses = step_losses(&obs.events);
     assert_eq!(summary.steps, losses.len());
     let first = losses[..3].iter().sum::<f32>() / 3.0;
@@ -134,7 +143,7 @@ fn loss_falls_and_outputs_reload_with_the_same_results() {
     let prepared = train::prepare(
         &mut assets,
         &cfg,
-        &csm_core::train::codes::CodesCache::default_dir(),
+        &settings().codes_cache,
         &mut RecordingObserver::default(),
     )
     .unwrap();
@@ -163,13 +172,13 @@ fn fresh_adapter_equals_base_model() {
     let prepared = train::prepare(
         &mut assets,
         &cfg,
-        &csm_core::train::codes::CodesCache::default_dir(),
+        &settings().codes_cache,
         &mut RecordingObserver::default(),
     )
     .unwrap();
     let w = LossWeights::default();
     let base = trainer::evaluate(&mut assets.loaded.model, &prepared.train, 2, w).unwrap();
-    adapter::attach(&mut assets.loaded.model, &trainer::lora_spec(&cfg)).unwrap();
+    adapter::attach(&mut assets.loaded.model, &cfg.lora_spec()).unwrap();
     let fresh = trainer::evaluate(&mut assets.loaded.model, &prepared.train, 2, w).unwrap();
     assert_eq!(base.total, fresh.total);
     assert_eq!(base.acoustic, fresh.acoustic);
@@ -181,7 +190,7 @@ fn resume_after_a_stop_continues_the_same_run() {
     let straight_dir = tempfile::tempdir().unwrap();
     let cfg = config(&paths, straight_dir.path());
     let mut obs = RecordingObserver::default();
-    train::train(&cfg, &mut obs, &CancelToken::new()).unwrap();
+    train::train(&cfg, &settings(), &mut obs, &CancelToken::new()).unwrap();
     let straight = step_losses(&obs.events);
 
     let split_dir = tempfile::tempdir().unwrap();
@@ -192,14 +201,14 @@ fn resume_after_a_stop_continues_the_same_run() {
         token: token.clone(),
         inner: RecordingObserver::default(),
     };
-    let first = train::train(&cfg, &mut stop, &token).unwrap();
+    let first = train::train(&cfg, &settings(), &mut stop, &token).unwrap();
     assert!(first.cancelled);
     let mut before = step_losses(&stop.inner.events);
     assert_eq!(before.len(), 5);
     let mut resumed_cfg = cfg.clone();
     resumed_cfg.resume_from = Some(split_dir.path().join("checkpoint_latest.safetensors"));
     let mut obs = RecordingObserver::default();
-    train::train(&resumed_cfg, &mut obs, &CancelToken::new()).unwrap();
+    train::train(&resumed_cfg, &settings(), &mut obs, &CancelToken::new()).unwrap();
     before.extend(step_losses(&obs.events));
     assert_eq!(before.len(), straight.len());
     for (i, (a, b)) in before.iter().zip(&straight).enumerate() {
@@ -217,6 +226,7 @@ fn resume_after_a_stop_continues_the_same_run() {
     other.resume_from = resumed_cfg.resume_from.clone();
     let err = train::train(
         &other,
+        &settings(),
         &mut RecordingObserver::default(),
         &CancelToken::new(),
     )
@@ -229,8 +239,13 @@ fn unwritable_output_dir_is_a_clear_error() {
     let paths = shared_demo();
     let file = tempfile::NamedTempFile::new().unwrap();
     let cfg = config(&paths, &file.path().join("sub"));
-    let err =
-        train::train(&cfg, &mut RecordingObserver::default(), &CancelToken::new()).unwrap_err();
+    let err = train::train(
+        &cfg,
+        &settings(),
+        &mut RecordingObserver::default(),
+        &CancelToken::new(),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("output directory"), "{err}");
 }
 
@@ -257,8 +272,13 @@ fn a_codec_with_more_codes_than_the_model_is_refused() {
     cfg.model_path = model;
     cfg.mimi_path = Some(paths.mimi.clone());
     cfg.tokenizer_path = Some(paths.tokenizer.clone());
-    let err =
-        train::train(&cfg, &mut RecordingObserver::default(), &CancelToken::new()).unwrap_err();
+    let err = train::train(
+        &cfg,
+        &settings(),
+        &mut RecordingObserver::default(),
+        &CancelToken::new(),
+    )
+    .unwrap_err();
     let msg = err.to_string();
     assert!(
         msg.contains("2048 codes per codebook") && msg.contains("audio vocabulary of 1024"),
@@ -267,22 +287,23 @@ fn a_codec_with_more_codes_than_the_model_is_refused() {
     assert!(msg.contains(paths.mimi.to_str().unwrap()), "{msg}");
 }
 
-/// The compiled step (`CSM_COMPILE=1`: `mx.compile`, padded batch shapes)
-/// follows the plain step's loss sequence and ends at the same adapter.
+/// The compiled step (`RunSettings::compile`, `CSM_COMPILE=1` in the CLI:
+/// `mx.compile`, padded batch shapes) follows the plain step's loss
+/// sequence and ends at the same adapter.
 #[test]
 fn compiled_step_follows_the_plain_step() {
     let paths = shared_demo();
     let mut runs = Vec::new();
-    for compile in ["0", "1"] {
-        // One process per test (nextest): the variable reaches no other test.
-        std::env::set_var("CSM_COMPILE", compile);
+    for compile in [false, true] {
+        let mut settings = settings();
+        settings.compile = compile;
         let out = tempfile::tempdir().unwrap();
         let mut cfg = config(&paths, out.path());
         // Two lengths per batch and a fraction that leaves odd decoder
         // counts: both paddings of the compiled path are exercised.
         cfg.decoder_fraction = 0.3;
         let mut obs = RecordingObserver::default();
-        train::train(&cfg, &mut obs, &CancelToken::new()).unwrap();
+        train::train(&cfg, &settings, &mut obs, &CancelToken::new()).unwrap();
         let adapters = csm_core::checkpoint::WeightMap::from_safetensors(
             &[out.path().join("adapters.safetensors")],
             None,
@@ -290,7 +311,6 @@ fn compiled_step_follows_the_plain_step() {
         .unwrap();
         runs.push((step_losses(&obs.events), adapters));
     }
-    std::env::remove_var("CSM_COMPILE");
     let ((plain, a), (compiled, b)) = (&runs[0], &runs[1]);
     assert_eq!(plain.len(), compiled.len());
     for (i, (x, y)) in plain.iter().zip(compiled).enumerate() {

@@ -11,7 +11,7 @@ use csm_core::data::TARGET_SAMPLE_RATE;
 use csm_core::generate::{
     FrameProgress, GenerateError, GenerateHooks, Generator, SamplingConfig, Segment, FRAME_MS,
 };
-use csm_core::train::CancelToken;
+use csm_core::cancel::CancelToken;
 use serde::{Deserialize, Serialize};
 use tauri::ipc::Channel;
 use tauri::{AppHandle, Runtime, State};

@@ -558,7 +558,7 @@ fn write_adapter(run_dir: &Path, source: &AdapterSource, dir: &Path) -> Result<(
             source: std::io::Error::other(e.to_string()),
         },
     )?;
-    let spec = csm_core::train::trainer::lora_spec(&loaded.config);
+    let spec = loaded.config.lora_spec();
     let config = csm_core::adapter::MlxAdapterConfig {
         fine_tune_type: "lora".into(),
         lora_parameters: csm_core::adapter::MlxLoraParameters {

@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use csm_core::train::metrics::JsonlObserver;
+use csm_core::adapter::TargetLayers;
+use csm_core::cancel::CancelToken;
 use csm_core::train::{
-    CancelToken, LrSchedule, Phase as CorePhase, SaveMode as CoreSaveMode, TargetLayers,
+    LrSchedule, Phase as CorePhase, SaveMode as CoreSaveMode,
     TrainConfig, TrainError, TrainEvent, TrainingObserver,
 };
 use serde::{Deserialize, Serialize};
@@ -389,10 +391,13 @@ fn run_thread(
     sink: &dyn Fn(TrainingEvent),
 ) {
     let mut mapper = EventMapper::new(run_id, run_dir, cfg, sink);
-    let result = match JsonlObserver::new(run_dir, &mut mapper) {
-        Ok(mut jsonl) => csm_core::train::train(cfg, &mut jsonl, cancel)
+    // The app's edge, like the `csm` tool's: CSM_CACHE_DIR, CSM_COMPILE.
+    let settings = csm_core::train::RunSettings::from_env(|k| std::env::var_os(k));
+    let result = match (settings, JsonlObserver::new(run_dir, &mut mapper)) {
+        (Err(message), _) => Err(("invalidInput", message)),
+        (Ok(settings), Ok(mut jsonl)) => csm_core::train::train(cfg, &settings, &mut jsonl, cancel)
             .map_err(|e| (train_error_kind(&e), e.to_string())),
-        Err(e) => Err((
+        (Ok(_), Err(e)) => Err((
             "io",
             format!("{}: {e}", run_dir.join("metrics.jsonl").display()),
         )),

@@ -5,15 +5,15 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
+use csm_core::adapter::TargetLayers;
 use csm_core::adapter::{self, LoraSpec};
 use csm_core::mlx_rs::module::ModuleParameters;
 use csm_core::mlx_rs::{nn, random, transforms, Array, Dtype};
 use csm_core::model::{AttentionMask, Csm, CsmConfig, LossBatch, LossWeights};
+use csm_core::rng::Rng;
 use csm_core::runtime;
 use csm_core::train::batch::{build_example, collate, Turn};
 use csm_core::train::optim::AdamW;
-use csm_core::train::rng::Rng;
-use csm_core::train::TargetLayers;
 
 /// Model size.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -159,7 +159,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
     let mut last = f32::NAN;
     // As the trainer does on a CPU (see `csm_core::runtime::SingleThreadBlas`).
     let _blas =
-        csm_core::model::fused::many_row_products_are_ours().then(runtime::SingleThreadBlas::new);
+        csm_core::kernels::many_row_products_are_ours().then(runtime::SingleThreadBlas::new);
     runtime::reset_peak_memory();
     for i in 0..args.warmup + args.steps {
         let t = Instant::now();

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use csm_core::cancel::CancelToken;
 use csm_core::train::metrics::JsonlObserver;
-use csm_core::train::{self, CancelToken, Phase, TrainEvent, TrainingObserver};
+use csm_core::train::{self, Phase, TrainEvent, TrainingObserver};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::train_args::TrainArgs;
@@ -151,6 +152,7 @@ pub fn cancel_on_ctrl_c() -> Result<CancelToken> {
 /// Runs `csm finetune-lora`.
 pub fn run(args: FinetuneArgs, log_level: &str) -> Result<()> {
     let config = args.train.to_config(log_level)?;
+    let settings = crate::env::run_settings()?;
     let cancel = cancel_on_ctrl_c()?;
     let mut terminal = TerminalObserver::default();
     let mut observer =
@@ -160,7 +162,7 @@ pub fn run(args: FinetuneArgs, log_level: &str) -> Result<()> {
                 config.output_dir.display()
             )
         })?;
-    let summary = train::train(&config, &mut observer, &cancel)?;
+    let summary = train::train(&config, &settings, &mut observer, &cancel)?;
     if let Some(l) = summary.last_loss {
         println!(
             "last loss {:.4} (c0 {:.4}, c1+ {:.4}){}",

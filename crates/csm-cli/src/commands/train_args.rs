@@ -7,7 +7,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use csm_core::train::{LrSchedule, SaveMode, TargetLayers, TrainConfig};
+use csm_core::adapter::TargetLayers;
+use csm_core::data::LongUnaligned;
+use csm_core::train::{LrSchedule, SaveMode, TrainConfig};
 
 /// `--save-mode` values.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -18,6 +20,15 @@ pub enum SaveModeArg {
     Full,
     /// Both.
     Both,
+}
+
+/// `--long-unaligned` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LongUnalignedArg {
+    /// Stop with an error naming the recording.
+    Refuse,
+    /// Leave the recording out, with a warning.
+    Skip,
 }
 
 /// `--lr-schedule` values.
@@ -74,6 +85,40 @@ pub struct TrainArgs {
     /// Let context turns carry loss too (by default they only condition).
     #[arg(long)]
     pub context_loss: bool,
+
+    /// Use recordings without a word alignment as they are, silence
+    /// included. By default their leading and trailing silence is trimmed
+    /// to --edge-pad-secs, so the model does not learn to open and close
+    /// turns with long pauses. Turn trimming off to compare `csm evaluate`
+    /// with a tool that reads the file as is (e.g. transformers).
+    #[arg(long, help_heading = "Segmenting")]
+    pub no_trim_silence: bool,
+    /// Silence kept before the first and after the last sound of a trimmed
+    /// recording, or the first and last word of a cut one [default: 0.2].
+    #[arg(long, value_name = "SECS", help_heading = "Segmenting")]
+    pub edge_pad_secs: Option<f64>,
+    /// Recordings with a word alignment are cut at pauses into utterances
+    /// of about --target-utterance-secs; none shorter than this unless the
+    /// speech between two usable pauses is [default: 3].
+    #[arg(long, value_name = "SECS", help_heading = "Segmenting")]
+    pub min_utterance_secs: Option<f64>,
+    /// Preferred utterance length when cutting aligned recordings; CSM
+    /// trains best on clips of about 10 s [default: 10].
+    #[arg(long, value_name = "SECS", help_heading = "Segmenting")]
+    pub target_utterance_secs: Option<f64>,
+    /// Longest utterance wanted when cutting aligned recordings; exceeded
+    /// (with a warning) only where speech has no pause [default: 12].
+    #[arg(long, value_name = "SECS", help_heading = "Segmenting")]
+    pub max_utterance_secs: Option<f64>,
+    /// Longest recording used whole when it has no word alignment: without
+    /// word times it cannot be cut safely [default: 12].
+    #[arg(long, value_name = "SECS", help_heading = "Segmenting")]
+    pub max_unaligned_secs: Option<f64>,
+    /// What to do with a longer recording that has no alignment: refuse
+    /// (stop with an error naming it) or skip it with a warning
+    /// [default: refuse].
+    #[arg(long, value_enum, help_heading = "Segmenting")]
+    pub long_unaligned: Option<LongUnalignedArg>,
 
     /// LoRA rank [default: 8].
     #[arg(long, help_heading = "LoRA")]
@@ -190,6 +235,11 @@ impl TrainArgs {
             speaker_id,
             max_seq_len,
             context_turns,
+            edge_pad_secs,
+            min_utterance_secs,
+            target_utterance_secs,
+            max_utterance_secs,
+            max_unaligned_secs,
             lora_r,
             lora_alpha,
             lora_dropout,
@@ -222,6 +272,15 @@ impl TrainArgs {
                 SaveModeArg::Both => SaveMode::Both,
             };
         }
+        if let Some(l) = self.long_unaligned {
+            c.long_unaligned = match l {
+                LongUnalignedArg::Refuse => LongUnaligned::Refuse,
+                LongUnalignedArg::Skip => LongUnaligned::Skip,
+            };
+        }
+        if self.no_trim_silence {
+            c.trim_silence = false;
+        }
         if let Some(s) = self.lr_schedule {
             c.lr_schedule = match s {
                 ScheduleArg::Constant => LrSchedule::Constant,
@@ -236,6 +295,92 @@ impl TrainArgs {
         c.log_level = log_level.to_string();
         c.validate()
             .map_err(|errors| anyhow::anyhow!("invalid settings:\n  {}", errors.join("\n  ")))?;
+        super::hub_paths::resolve(&mut c.model_path, &mut c.mimi_path, &mut c.tokenizer_path)?;
         Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        train: TrainArgs,
+    }
+
+    fn config(extra: &[&str]) -> Result<TrainConfig> {
+        let mut args = vec![
+            "csm",
+            "--model-path",
+            "m",
+            "--audio-dir",
+            "a",
+            "--transcript-dir",
+            "t",
+        ];
+        args.extend_from_slice(extra);
+        Cli::try_parse_from(args)?.train.to_config("info")
+    }
+
+    #[test]
+    fn segmenting_flags_reach_the_config() {
+        let default = config(&[]).unwrap();
+        assert_eq!(
+            default.segment_config(),
+            csm_core::data::SegmentConfig::default()
+        );
+        let c = config(&[
+            "--no-trim-silence",
+            "--edge-pad-secs",
+            "0.05",
+            "--min-utterance-secs",
+            "2",
+            "--target-utterance-secs",
+            "8",
+            "--max-utterance-secs",
+            "15",
+            "--max-unaligned-secs",
+            "20",
+            "--long-unaligned",
+            "skip",
+        ])
+        .unwrap();
+        let s = c.segment_config();
+        assert!(!s.trim_silence);
+        assert_eq!(
+            (
+                s.edge_pad_s,
+                s.min_s,
+                s.target_s,
+                s.max_s,
+                s.max_unaligned_s
+            ),
+            (0.05, 2.0, 8.0, 15.0, 20.0)
+        );
+        assert_eq!(s.long_unaligned, LongUnaligned::Skip);
+    }
+
+    #[test]
+    fn segmenting_flags_override_a_config_file_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.json");
+        std::fs::write(
+            &file,
+            r#"{"trim_silence": false, "max_utterance_secs": 14}"#,
+        )
+        .unwrap();
+        let path = file.to_str().unwrap();
+        let c = config(&["--config", path]).unwrap();
+        assert!(!c.trim_silence);
+        assert_eq!(c.max_utterance_secs, 14.0);
+        let c = config(&["--config", path, "--max-utterance-secs", "11"]).unwrap();
+        assert_eq!(c.max_utterance_secs, 11.0);
+
+        let err = config(&["--min-utterance-secs", "13"]).unwrap_err();
+        assert!(err.to_string().contains("--min-utterance-secs"), "{err}");
     }
 }

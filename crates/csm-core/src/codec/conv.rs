@@ -286,12 +286,12 @@ impl CausalConvTranspose1d {
 }
 
 /// ELU with `alpha = 1`, `expm1` on the negative side like PyTorch (one
-/// fused pass on the Linux CPU: [`crate::model::fused::elu`]).
+/// fused pass on the Linux CPU: [`crate::kernels::elu`]).
 ///
 /// # Shapes
 /// any -> same
 pub fn elu(x: &Array) -> Result<Array, Exception> {
-    crate::model::fused::elu(x)
+    crate::kernels::elu(x)
 }
 
 #[cfg(test)]

@@ -144,7 +144,9 @@ fn file_name(p: &Path) -> String {
 /// # Errors
 /// [`DataError::MissingDir`] for a missing folder,
 /// [`DataError::NotWav`] for audio in another format,
-/// [`DataError::EmptyDir`] if there is no `.wav` (or no `.txt`) at all, and
+/// [`DataError::EmptyDir`] if there is no `.wav` at all,
+/// [`DataError::NoTranscripts`] (naming the audio files) if there is no
+/// `.txt`, and
 /// [`DataError::Unpaired`] listing every file without a partner.
 pub fn pair_files(layout: &DatasetLayout) -> Result<Vec<PairedFile>> {
     let l = list(layout)?;
@@ -163,9 +165,9 @@ pub fn pair_files(layout: &DatasetLayout) -> Result<Vec<PairedFile>> {
         });
     }
     if l.txt.is_empty() {
-        return Err(DataError::EmptyDir {
+        return Err(DataError::NoTranscripts {
             path: layout.transcript_dir.clone(),
-            what: ".txt",
+            audio_without_transcript: l.wav.values().map(|p| file_name(p)).collect(),
         });
     }
     let audio_without_transcript: Vec<String> = l
@@ -259,7 +261,7 @@ pub fn split_train_val(ids: &[String], val_split: f64, seed: u64) -> Result<Vec<
         ((n as f64 * val_split).round() as usize).clamp(1, n - 1)
     };
     let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by_key(|&i| (super::mix64(seed ^ super::hash_str(&ids[i])), &ids[i]));
+    order.sort_by_key(|&i| (crate::rng::mix64(seed ^ super::hash_str(&ids[i])), &ids[i]));
     let mut out = vec![Split::Train; n];
     for &i in &order[..n_val] {
         out[i] = Split::Validation;
@@ -748,6 +750,9 @@ pub struct Dataset {
     pub split_unit: SplitUnit,
     /// Things the user should know (skipped files, long utterances...).
     pub warnings: Vec<String>,
+    /// Every recording read, in name order, with its whole duration in
+    /// seconds, skipped ones included (see [`Dataset::usage`]).
+    pub recordings_read: Vec<(String, f64)>,
 }
 
 impl Dataset {
@@ -828,6 +833,94 @@ impl Dataset {
             .map(Conversation::duration_s)
             .sum()
     }
+
+    /// How much of the recordings read this dataset uses, after silence
+    /// trimming, cutting and skipping.
+    pub fn usage(&self) -> AudioUsage {
+        let seconds = |ids: &[UtteranceId]| -> f64 {
+            ids.iter().map(|&id| self.utterance(id).duration_s()).sum()
+        };
+        let recordings: Vec<RecordingUsage> = self
+            .recordings_read
+            .iter()
+            .map(|(id, seconds_in)| {
+                let conv = self.conversations.iter().find(|c| &c.recording_id == id);
+                RecordingUsage {
+                    recording_id: id.clone(),
+                    seconds_in: *seconds_in,
+                    seconds_used: conv.map_or(0.0, Conversation::duration_s),
+                    utterances: conv.map_or(0, |c| c.utterances.len()),
+                }
+            })
+            .collect();
+        AudioUsage {
+            recordings_used: recordings.iter().filter(|r| r.utterances > 0).count(),
+            seconds_in: recordings.iter().map(|r| r.seconds_in).sum(),
+            seconds_used: self.duration_s(),
+            utterances: self.len(),
+            train_utterances: self.train.len(),
+            validation_utterances: self.validation.len(),
+            train_seconds: seconds(&self.train),
+            validation_seconds: seconds(&self.validation),
+            warnings: self.warnings.clone(),
+            recordings,
+        }
+    }
+}
+
+/// The audio of one recording that training uses.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RecordingUsage {
+    /// The recording id (file stem).
+    pub recording_id: String,
+    /// Its whole duration, in seconds.
+    pub seconds_in: f64,
+    /// Seconds in its utterances, after trimming and cutting (0 if skipped).
+    pub seconds_used: f64,
+    /// Utterances cut from it (0 if skipped).
+    pub utterances: usize,
+}
+
+/// The audio a run actually trains and validates on: durations after
+/// silence trimming and cutting ([`SegmentConfig`]), per recording and in
+/// total. `csm prepare` prints it; the app's Dataset screen shows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct AudioUsage {
+    /// One row per recording read, in name order.
+    pub recordings: Vec<RecordingUsage>,
+    /// Recordings that gave at least one utterance.
+    pub recordings_used: usize,
+    /// Seconds of audio read.
+    pub seconds_in: f64,
+    /// Seconds in the utterances (what is Mimi-encoded and trained on).
+    pub seconds_used: f64,
+    /// Utterances in total.
+    pub utterances: usize,
+    /// Utterances in the training split.
+    pub train_utterances: usize,
+    /// Utterances in the validation split.
+    pub validation_utterances: usize,
+    /// Seconds in the training split.
+    pub train_seconds: f64,
+    /// Seconds in the validation split.
+    pub validation_seconds: f64,
+    /// Skipped recordings, over-long utterances and other notes.
+    pub warnings: Vec<String>,
+}
+
+/// Loads the dataset as training would (reading, resampling, trimming,
+/// cutting, splitting) and reports the audio it uses. `on_progress` is
+/// called after each recording, as in [`load_dataset_with_progress`].
+///
+/// # Errors
+/// As [`load_dataset`]: the first bad file is an error naming it (a
+/// [`scan_dataset`] lists every problem without failing).
+pub fn audio_usage(
+    layout: &DatasetLayout,
+    opts: &LoadOptions,
+    on_progress: &mut dyn FnMut(LoadProgress),
+) -> Result<AudioUsage> {
+    Ok(load_dataset_with_progress(layout, opts, on_progress)?.usage())
 }
 
 /// Loads, resamples and segments the whole dataset, then splits it.
@@ -905,11 +998,13 @@ pub fn load_dataset_with_progress(
     });
     let mut warnings = Vec::new();
     let mut conversations = Vec::new();
+    let mut recordings_read = Vec::with_capacity(total);
     for (pair, result) in pairs.iter().zip(results) {
         // A worker that hit an error stops, leaving later slots empty; the
         // error itself sits in an earlier slot, so it is returned first.
         let Some(result) = result else { continue };
         let loaded = result?;
+        recordings_read.push((pair.id.clone(), loaded.seconds));
         warnings.extend(loaded.warnings);
         if let Some(conv) = loaded.conversation {
             if let Some(format) = conv.alignment_format {
@@ -984,6 +1079,7 @@ pub fn load_dataset_with_progress(
         validation,
         split_unit,
         warnings,
+        recordings_read,
     })
 }
 
@@ -991,6 +1087,8 @@ pub fn load_dataset_with_progress(
 struct LoadedRecording {
     conversation: Option<Conversation>,
     warnings: Vec<String>,
+    /// Whole duration at 24 kHz.
+    seconds: f64,
 }
 
 fn load_recording(
@@ -1008,6 +1106,7 @@ fn load_recording(
         ));
     }
     let samples: Arc<[f32]> = audio::load_mono_24k(&pair.audio)?.into();
+    let seconds = samples.len() as f64 / f64::from(audio::TARGET_SAMPLE_RATE);
     let aligned = pair.alignment.as_deref().zip(alignment.as_ref());
     let conversation = segment_recording(
         &pair.id,
@@ -1021,6 +1120,7 @@ fn load_recording(
     Ok(LoadedRecording {
         conversation,
         warnings,
+        seconds,
     })
 }
 

@@ -17,7 +17,7 @@
 //! - [`segment`]: cutting a recording at word boundaries into utterances of
 //!   about 3-12 s, the [`Utterance`]/[`Conversation`] types, context turns
 //!   and length bucketing.
-//! - [`demo`]: a small spoken dataset synthesised with `espeak-ng`, so the
+//! - [`espeak`]: a small spoken dataset synthesised with `espeak-ng`, so the
 //!   product can be tried without downloads.
 //!
 //! Everything here is plain Rust; nothing needs MLX. Every failure is a
@@ -43,7 +43,7 @@
 pub mod alignment;
 pub mod audio;
 pub mod dataset;
-pub mod demo;
+pub mod espeak;
 pub mod segment;
 
 use std::path::PathBuf;
@@ -51,11 +51,12 @@ use std::path::PathBuf;
 pub use alignment::{Alignment, AlignmentFormat, Word};
 pub use audio::TARGET_SAMPLE_RATE;
 pub use dataset::{
-    load_dataset, load_dataset_with_progress, pair_files, scan_dataset, split_train_val, Dataset,
-    DatasetLayout, FileReport, LoadOptions, LoadProgress, PairedFile, Problem, ProblemKind,
-    ScanOptions, ScanReport, ScanTotals, Split, SplitUnit, UtteranceId,
+    audio_usage, load_dataset, load_dataset_with_progress, pair_files, scan_dataset,
+    split_train_val, AudioUsage, Dataset, DatasetLayout, FileReport, LoadOptions, LoadProgress,
+    PairedFile, Problem, ProblemKind, RecordingUsage, ScanOptions, ScanReport, ScanTotals, Split,
+    SplitUnit, UtteranceId,
 };
-pub use demo::{generate_demo_dataset, DemoOptions, DemoSummary};
+pub use espeak::{generate_demo_dataset, DemoOptions, DemoSummary};
 pub use segment::{Conversation, Example, LongUnaligned, SegmentConfig, Utterance};
 
 /// Errors of the data module. Every variant that concerns a file names it.
@@ -84,6 +85,18 @@ pub enum DataError {
         path: PathBuf,
         /// What was looked for, e.g. `.wav`.
         what: &'static str,
+    },
+    /// The transcript folder holds no `.txt` file at all.
+    #[error(
+        "no .txt transcripts in {path}; each recording NAME.wav needs a NAME.txt there. \
+         Without a transcript: {}",
+        name_list(audio_without_transcript)
+    )]
+    NoTranscripts {
+        /// The transcript folder.
+        path: PathBuf,
+        /// The audio files (names) that have no transcript: all of them.
+        audio_without_transcript: Vec<String>,
     },
     /// Some audio files have no transcript, or some transcripts no audio.
     #[error(
@@ -250,17 +263,18 @@ impl DataError {
     }
 }
 
+/// `a.wav, b.wav, ... and N more`: names for a message, at most ten.
+fn name_list(names: &[String]) -> String {
+    const SHOWN: usize = 10;
+    let mut out = names[..names.len().min(SHOWN)].join(", ");
+    if names.len() > SHOWN {
+        out.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
+    out
+}
+
 /// Result type of the data module.
 pub type Result<T, E = DataError> = std::result::Result<T, E>;
-
-/// SplitMix64's finaliser: a fast, well-mixed 64-bit hash. Our own, so that
-/// splits and batch orders never change with a dependency's version.
-pub(crate) fn mix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
 
 /// A 64-bit FNV-1a hash of a string, stable across platforms and releases.
 pub(crate) fn hash_str(s: &str) -> u64 {
@@ -269,11 +283,11 @@ pub(crate) fn hash_str(s: &str) -> u64 {
     })
 }
 
-/// Fisher-Yates shuffle driven by [`mix64`] of `seed`.
+/// Fisher-Yates shuffle driven by [`crate::rng::mix64`] of `seed`.
 pub(crate) fn shuffle<T>(items: &mut [T], seed: u64) {
     let mut state = seed;
     for i in (1..items.len()).rev() {
-        state = mix64(state);
+        state = crate::rng::mix64(state);
         let j = (state % (i as u64 + 1)) as usize;
         items.swap(i, j);
     }

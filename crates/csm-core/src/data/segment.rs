@@ -583,7 +583,7 @@ pub fn bucket_by_length(
         });
     }
     let mut order: Vec<usize> = (0..lengths.len()).collect();
-    order.sort_by_key(|&i| (lengths[i], super::mix64(seed ^ i as u64)));
+    order.sort_by_key(|&i| (lengths[i], crate::rng::mix64(seed ^ i as u64)));
     let mut batches: Vec<Vec<usize>> = order.chunks(batch_size).map(<[usize]>::to_vec).collect();
     super::shuffle(&mut batches, seed);
     Ok(batches)

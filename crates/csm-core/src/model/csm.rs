@@ -15,7 +15,7 @@ use mlx_rs::{nn, ops, random, Array, Dtype};
 
 use super::config::CsmConfig;
 use super::llama::{AttentionMask, KvCache, Llama, LlamaInput};
-use crate::lora::Proj;
+use super::proj::Proj;
 
 /// The CSM model. Field names are the canonical checkpoint names
 /// (`backbone.layers.N...`, `decoder.layers.N...`, `text_embeddings.weight`,

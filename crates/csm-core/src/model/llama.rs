@@ -17,7 +17,7 @@ use mlx_rs::module::{Module, Param};
 use mlx_rs::{ops, Array};
 
 use super::config::LlamaConfig;
-use crate::lora::Proj;
+use super::proj::Proj;
 
 /// RMSNorm over the last axis with a learned scale.
 #[derive(Debug, Clone, ModuleParameters)]
@@ -289,7 +289,7 @@ impl Module<&Array> for Mlp {
     fn forward(&mut self, x: &Array) -> Result<Array, Exception> {
         let gate = self.gate_proj.forward(x)?;
         let up = self.up_proj.forward(x)?;
-        self.down_proj.forward(&super::fused::swiglu(&gate, &up)?)
+        self.down_proj.forward(&crate::kernels::swiglu(&gate, &up)?)
     }
 
     fn training_mode(&mut self, mode: bool) {

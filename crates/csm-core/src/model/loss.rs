@@ -94,7 +94,7 @@ pub struct CsmLoss {
 /// `logits: [..., V]`, `targets: [...]` (int) -> `[...]` f32
 pub fn cross_entropy(logits: &Array, targets: &Array) -> Result<Array, Exception> {
     let logits = logits.as_dtype(Dtype::Float32)?;
-    let lse = super::pow_exp::logsumexp(&logits)?; // [...]
+    let lse = crate::kernels::pow_exp::logsumexp(&logits)?; // [...]
     let idx = targets.as_dtype(Dtype::Int32)?.expand_dims(-1)?; // [..., 1]
     let picked = take_along_axis(&logits, &idx, -1)?.squeeze_axes(&[-1])?; // [...]
     lse.subtract(&picked)
@@ -257,14 +257,9 @@ pub fn choose_decoder_frames(candidates: &[i32], fraction: f64, seed: u64) -> Ve
     }
     let k = ((candidates.len() as f64 * fraction).ceil() as usize).max(1);
     let mut pool = candidates.to_vec();
-    let mut state = seed;
-    let mut next = || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
+    // The plain SplitMix64 stream from `seed` (not `Rng::new`'s mixed seed).
+    let mut rng = crate::rng::Rng { state: seed };
+    let mut next = || rng.next_u64();
     // Partial Fisher-Yates: the first k entries are a uniform sample.
     for i in 0..k {
         let j = i + (next() % (pool.len() - i) as u64) as usize;

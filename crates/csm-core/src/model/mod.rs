@@ -24,11 +24,10 @@
 pub mod config;
 pub mod csm;
 pub mod error;
-pub mod fused;
 pub mod llama;
 pub mod load;
 pub mod loss;
-pub mod pow_exp;
+pub mod proj;
 
 pub use config::{ConfigKind, CsmConfig, Llama3RopeScaling, LlamaConfig};
 pub use csm::{Csm, FrameInput};
@@ -41,3 +40,4 @@ pub use loss::{
     choose_decoder_frames, cross_entropy, loss_frame_indices, ArrayLossBatch, CsmLoss, LossBatch,
     LossWeights,
 };
+pub use proj::Proj;

@@ -10,7 +10,7 @@
 use mlx_rs::error::Exception;
 use mlx_rs::Array;
 
-use super::rng::Rng;
+use crate::rng::Rng;
 
 /// One turn of a conversation.
 #[derive(Debug, Clone)]

@@ -6,6 +6,7 @@
 //! `[T, K]` int32 in a safetensors file written atomically.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
@@ -48,16 +49,20 @@ impl CodesCache {
         }
     }
 
-    /// The default cache directory: `$CSM_CACHE_DIR`, else
-    /// `$XDG_CACHE_HOME/csm/codes`, else `~/.cache/csm/codes`.
-    pub fn default_dir() -> PathBuf {
-        if let Some(d) = std::env::var_os("CSM_CACHE_DIR") {
+    /// The default cache directory, from the variables `lookup` gives (the
+    /// `csm` tool and the app pass `|k| std::env::var_os(k)`):
+    /// `$CSM_CACHE_DIR/codes`, else `$XDG_CACHE_HOME/csm/codes`, else
+    /// `$HOME/.cache/csm/codes`, else `csm/codes` in the temporary
+    /// directory (`$TMPDIR`, else `/tmp`).
+    pub fn default_dir(lookup: impl Fn(&str) -> Option<OsString>) -> PathBuf {
+        if let Some(d) = lookup("CSM_CACHE_DIR") {
             return PathBuf::from(d).join("codes");
         }
-        let base = std::env::var_os("XDG_CACHE_HOME")
+        let base = lookup("XDG_CACHE_HOME")
             .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-            .unwrap_or_else(std::env::temp_dir);
+            .or_else(|| lookup("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .or_else(|| lookup("TMPDIR").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("/tmp"));
         base.join("csm").join("codes")
     }
 

@@ -6,16 +6,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-/// The seven projections LoRA can adapt.
-pub const ALL_MODULES: [&str; 7] = [
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-];
+use crate::adapter::{LayerSet, LoraSpec, TargetLayers, ALL_MODULES};
+use crate::data::{LoadOptions, LongUnaligned, SegmentConfig};
 
 /// How checkpoints of the run are written at the end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,140 +31,6 @@ pub enum LrSchedule {
     Linear,
     /// Cosine decay to 10% of the peak at the last step.
     Cosine,
-}
-
-/// Which layers of each stack get adapters.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TargetLayers {
-    /// Backbone layer indices (`None` = all).
-    pub backbone: LayerSet,
-    /// Depth-decoder layer indices (`None` = all).
-    pub decoder: LayerSet,
-}
-
-/// A set of layer indices of one stack.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LayerSet {
-    /// Every layer of the stack.
-    All,
-    /// No layer of the stack.
-    None,
-    /// These indices.
-    Some(Vec<usize>),
-}
-
-impl LayerSet {
-    /// Whether layer `i` (of a stack with `n` layers) is selected.
-    pub fn contains(&self, i: usize) -> bool {
-        match self {
-            LayerSet::All => true,
-            LayerSet::None => false,
-            LayerSet::Some(v) => v.contains(&i),
-        }
-    }
-
-    /// The highest index named, if any (checked against the model's depth).
-    pub fn max_index(&self) -> Option<usize> {
-        match self {
-            LayerSet::Some(v) => v.iter().copied().max(),
-            _ => None,
-        }
-    }
-}
-
-impl TargetLayers {
-    /// Every layer of both stacks.
-    pub fn all() -> Self {
-        TargetLayers {
-            backbone: LayerSet::All,
-            decoder: LayerSet::All,
-        }
-    }
-
-    /// Parses `--target-layers`: `all`, or a comma list of `STACK:SPEC`
-    /// where STACK is `backbone` or `decoder` and SPEC is `all`, `none`, an
-    /// index `3`, a range `8-15`, or several joined by `+` (`0-3+12-15`).
-    /// A stack not named gets no adapters. Bare indices are refused, because
-    /// they would be ambiguous between the two stacks.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        if s.eq_ignore_ascii_case("all") {
-            return Ok(TargetLayers::all());
-        }
-        let mut out = TargetLayers {
-            backbone: LayerSet::None,
-            decoder: LayerSet::None,
-        };
-        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (stack, spec) = part.split_once(':').ok_or_else(|| {
-                format!(
-                    "`{part}`: name the stack, e.g. `backbone:{part}` or `decoder:{part}` (backbone layers 0-15 and decoder layers 0-3 are different layers)"
-                )
-            })?;
-            let set = parse_layer_spec(spec.trim()).map_err(|e| format!("`{part}`: {e}"))?;
-            match stack.trim().to_ascii_lowercase().as_str() {
-                "backbone" => out.backbone = set,
-                "decoder" => out.decoder = set,
-                other => {
-                    return Err(format!(
-                        "`{other}` is not a stack; use `backbone` or `decoder`"
-                    ))
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Inverse of [`TargetLayers::parse`].
-    pub fn to_arg(&self) -> String {
-        if *self == TargetLayers::all() {
-            return "all".into();
-        }
-        let spec = |set: &LayerSet| match set {
-            LayerSet::All => "all".to_string(),
-            LayerSet::None => "none".to_string(),
-            LayerSet::Some(v) => v
-                .iter()
-                .map(|i| i.to_string())
-                .collect::<Vec<_>>()
-                .join("+"),
-        };
-        format!(
-            "backbone:{},decoder:{}",
-            spec(&self.backbone),
-            spec(&self.decoder)
-        )
-    }
-}
-
-fn parse_layer_spec(spec: &str) -> Result<LayerSet, String> {
-    match spec.to_ascii_lowercase().as_str() {
-        "all" => return Ok(LayerSet::All),
-        "none" => return Ok(LayerSet::None),
-        _ => {}
-    }
-    let mut v = Vec::new();
-    for item in spec.split('+') {
-        let item = item.trim();
-        let num = |t: &str| {
-            t.trim()
-                .parse::<usize>()
-                .map_err(|_| format!("`{t}` is not a layer index"))
-        };
-        if let Some((a, b)) = item.split_once('-') {
-            let (a, b) = (num(a)?, num(b)?);
-            if a > b {
-                return Err(format!("range `{item}` is empty"));
-            }
-            v.extend(a..=b);
-        } else {
-            v.push(num(item)?);
-        }
-    }
-    v.sort_unstable();
-    v.dedup();
-    Ok(LayerSet::Some(v))
 }
 
 /// Everything a fine-tuning run needs. Field names are the CLI flags in
@@ -203,6 +61,22 @@ pub struct TrainConfig {
     pub context_turns: usize,
     /// Whether context turns carry loss too (default: they only condition).
     pub context_loss: bool,
+    // -- segmenting (see `data::SegmentConfig`, which these fill) --
+    /// Trim leading and trailing silence of unaligned recordings down to
+    /// `edge_pad_secs` (aligned ones are cut at their word times).
+    pub trim_silence: bool,
+    /// Silence kept before the first and after the last sound (or word).
+    pub edge_pad_secs: f64,
+    /// Shortest utterance wanted when cutting aligned recordings.
+    pub min_utterance_secs: f64,
+    /// Preferred utterance length when cutting aligned recordings.
+    pub target_utterance_secs: f64,
+    /// Longest utterance wanted when cutting aligned recordings.
+    pub max_utterance_secs: f64,
+    /// Longest recording used whole when it has no alignment.
+    pub max_unaligned_secs: f64,
+    /// What to do with a longer recording that has no alignment.
+    pub long_unaligned: LongUnaligned,
     // -- LoRA --
     /// Adapter rank.
     pub lora_r: usize,
@@ -265,6 +139,8 @@ pub struct TrainConfig {
 
 impl Default for TrainConfig {
     fn default() -> Self {
+        // The data module owns the segmenting defaults.
+        let segment = SegmentConfig::default();
         TrainConfig {
             model_path: PathBuf::new(),
             mimi_path: None,
@@ -277,6 +153,13 @@ impl Default for TrainConfig {
             max_seq_len: 2048,
             context_turns: 2,
             context_loss: false,
+            trim_silence: segment.trim_silence,
+            edge_pad_secs: segment.edge_pad_s,
+            min_utterance_secs: segment.min_s,
+            target_utterance_secs: segment.target_s,
+            max_utterance_secs: segment.max_s,
+            max_unaligned_secs: segment.max_unaligned_s,
+            long_unaligned: segment.long_unaligned,
             lora_r: 8,
             lora_alpha: 16.0,
             lora_dropout: 0.0,
@@ -421,6 +304,41 @@ impl TrainConfig {
                 self.max_seq_len
             ),
         );
+        let secs = |v: f64| v.is_finite() && v >= 0.0;
+        check(
+            secs(self.edge_pad_secs),
+            format!(
+                "--edge-pad-secs must be 0 or more seconds (got {})",
+                self.edge_pad_secs
+            ),
+        );
+        check(
+            secs(self.min_utterance_secs)
+                && secs(self.max_utterance_secs)
+                && self.max_utterance_secs > 0.0
+                && self.min_utterance_secs <= self.max_utterance_secs,
+            format!(
+                "--min-utterance-secs ({}) and --max-utterance-secs ({}) must be seconds with min <= max and max > 0",
+                self.min_utterance_secs, self.max_utterance_secs
+            ),
+        );
+        check(
+            secs(self.target_utterance_secs)
+                && self.min_utterance_secs <= self.target_utterance_secs
+                && self.target_utterance_secs <= self.max_utterance_secs,
+            format!(
+                "--target-utterance-secs ({}) must lie between --min-utterance-secs ({}) and --max-utterance-secs ({})",
+                self.target_utterance_secs, self.min_utterance_secs, self.max_utterance_secs
+            ),
+        );
+        // 0 is allowed: with `--long-unaligned skip` only aligned recordings are used.
+        check(
+            secs(self.max_unaligned_secs),
+            format!(
+                "--max-unaligned-secs must be 0 or more seconds (got {})",
+                self.max_unaligned_secs
+            ),
+        );
         check(
             ["debug", "info", "warning", "error", "critical"].contains(&self.log_level.as_str()),
             format!(
@@ -443,28 +361,61 @@ impl TrainConfig {
     pub fn lora_scale(&self) -> f32 {
         self.lora_alpha / self.lora_r as f32
     }
+
+    /// Micro-batches in one epoch of `train_examples` on each of
+    /// `world_size` ranks: every rank takes `batch_size` examples a
+    /// micro-batch, the last one may be short.
+    pub fn micro_batches_per_epoch(&self, train_examples: usize, world_size: usize) -> usize {
+        train_examples.div_ceil(self.batch_size.max(1) * world_size.max(1))
+    }
+
+    /// Optimizer steps in one epoch (`grad_accum` micro-batches a step, the
+    /// last one may be short). The trainer plans with this, and the app
+    /// turns steps into epochs with it.
+    pub fn steps_per_epoch(&self, train_examples: usize, world_size: usize) -> usize {
+        self.micro_batches_per_epoch(train_examples, world_size)
+            .div_ceil(self.grad_accum.max(1))
+    }
+
+    /// How the data module loads the dataset of this run: split and
+    /// segmenting settings.
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            segment: self.segment_config(),
+            val_split: f64::from(self.val_split),
+            seed: self.seed,
+        }
+    }
+
+    /// The segmenting settings, in the form the data module takes.
+    pub fn segment_config(&self) -> SegmentConfig {
+        SegmentConfig {
+            min_s: self.min_utterance_secs,
+            max_s: self.max_utterance_secs,
+            target_s: self.target_utterance_secs,
+            edge_pad_s: self.edge_pad_secs,
+            max_unaligned_s: self.max_unaligned_secs,
+            long_unaligned: self.long_unaligned,
+            trim_silence: self.trim_silence,
+        }
+    }
+
+    /// What the run adapts: the LoRA part of the config.
+    pub fn lora_spec(&self) -> LoraSpec {
+        LoraSpec {
+            r: self.lora_r,
+            alpha: self.lora_alpha,
+            dropout: self.lora_dropout,
+            modules: self.target_modules.clone(),
+            layers: self.target_layers.clone(),
+            bias: self.lora_bias,
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn target_layers_parse_and_print() {
-        assert_eq!(TargetLayers::parse("all").unwrap(), TargetLayers::all());
-        let t = TargetLayers::parse("backbone:8-10+15, decoder:none").unwrap();
-        assert_eq!(t.backbone, LayerSet::Some(vec![8, 9, 10, 15]));
-        assert_eq!(t.decoder, LayerSet::None);
-        assert_eq!(TargetLayers::parse(&t.to_arg()).unwrap(), t);
-        // A stack that is not named gets nothing.
-        let d = TargetLayers::parse("decoder:all").unwrap();
-        assert_eq!(d.backbone, LayerSet::None);
-        assert!(TargetLayers::parse("0-3")
-            .unwrap_err()
-            .contains("name the stack"));
-        assert!(TargetLayers::parse("backbone:3-1").is_err());
-        assert!(TargetLayers::parse("head:1").is_err());
-    }
 
     #[test]
     fn defaults_are_valid_once_paths_are_given() {
@@ -504,6 +455,24 @@ mod tests {
     }
 
     #[test]
+    fn steps_per_epoch_round_up_at_each_level() {
+        let c = TrainConfig {
+            batch_size: 4,
+            grad_accum: 3,
+            ..Default::default()
+        };
+        // 10 examples: 3 micro-batches (4+4+2), one step of 3.
+        assert_eq!(c.micro_batches_per_epoch(10, 1), 3);
+        assert_eq!(c.steps_per_epoch(10, 1), 1);
+        // 26 examples: 7 micro-batches, 3 steps (3+3+1).
+        assert_eq!(c.steps_per_epoch(26, 1), 3);
+        // Two ranks take 8 examples a micro-batch together.
+        assert_eq!(c.micro_batches_per_epoch(26, 2), 4);
+        assert_eq!(c.steps_per_epoch(26, 2), 2);
+        assert_eq!(c.steps_per_epoch(0, 1), 0);
+    }
+
+    #[test]
     fn config_json_round_trips_and_rejects_unknown_keys() {
         let c = TrainConfig {
             model_path: "m".into(),
@@ -518,5 +487,68 @@ mod tests {
         assert_eq!(partial.lora_r, 4);
         assert_eq!(partial.batch_size, 2);
         assert!(serde_json::from_str::<TrainConfig>(r#"{"lora_rank": 4}"#).is_err());
+    }
+
+    #[test]
+    fn segmenting_settings_default_to_the_data_modules_and_are_written() {
+        let c = TrainConfig::default();
+        assert_eq!(c.segment_config(), SegmentConfig::default());
+        let json = serde_json::to_value(&c).unwrap();
+        for key in [
+            "trim_silence",
+            "edge_pad_secs",
+            "min_utterance_secs",
+            "target_utterance_secs",
+            "max_utterance_secs",
+            "max_unaligned_secs",
+            "long_unaligned",
+        ] {
+            assert!(json.get(key).is_some(), "config.json lacks {key}");
+        }
+        assert_eq!(json["long_unaligned"], "refuse");
+        // A config.json written before these settings existed loads with
+        // the old behaviour (trimming on).
+        let old: TrainConfig = serde_json::from_str(r#"{"model_path": "m", "lora_r": 4}"#).unwrap();
+        assert_eq!(old.segment_config(), SegmentConfig::default());
+        let off: TrainConfig =
+            serde_json::from_str(r#"{"trim_silence": false, "long_unaligned": "skip"}"#).unwrap();
+        assert!(!off.segment_config().trim_silence);
+        assert_eq!(off.long_unaligned, LongUnaligned::Skip);
+    }
+
+    #[test]
+    fn bad_segmenting_settings_are_named() {
+        let valid = TrainConfig {
+            model_path: "m".into(),
+            audio_dir: "a".into(),
+            transcript_dir: "t".into(),
+            ..Default::default()
+        };
+        let cases: [(fn(&mut TrainConfig), &str); 5] = [
+            (|c| c.edge_pad_secs = -0.1, "--edge-pad-secs"),
+            (|c| c.min_utterance_secs = 20.0, "--min-utterance-secs"),
+            (
+                |c| c.target_utterance_secs = 30.0,
+                "--target-utterance-secs",
+            ),
+            (|c| c.max_utterance_secs = f64::NAN, "--max-utterance-secs"),
+            (|c| c.max_unaligned_secs = -1.0, "--max-unaligned-secs"),
+        ];
+        for (spoil, flag) in cases {
+            let mut c = valid.clone();
+            spoil(&mut c);
+            let errors = c.validate().unwrap_err().join("\n");
+            assert!(errors.contains(flag), "{flag} missing in:\n{errors}");
+            assert!(c.segment_config().validate().is_err(), "{flag}");
+        }
+        // What TrainConfig accepts, the data module accepts.
+        let mut c = valid;
+        c.trim_silence = false;
+        c.edge_pad_secs = 0.0;
+        c.min_utterance_secs = 1.0;
+        c.target_utterance_secs = 1.0;
+        c.max_utterance_secs = 1.0;
+        c.validate().unwrap();
+        c.segment_config().validate().unwrap();
     }
 }

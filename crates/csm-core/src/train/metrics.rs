@@ -1,29 +1,24 @@
 //! `metrics.jsonl`: one JSON object per event, appended as the run goes,
-//! so the app's history view and plotting scripts can read any run.
+//! so the app's history view and plotting scripts can read any run (the
+//! format and the reader are [`super::run_dir`]'s).
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::observer::{TrainEvent, TrainingObserver};
+use super::run_dir::{MetricsLog, RunDir};
 
 /// Appends every event to `OUTPUT/metrics.jsonl` (with a wall-clock
 /// timestamp), then forwards it to an inner observer.
 pub struct JsonlObserver<'a> {
-    file: Option<File>,
-    path: PathBuf,
+    log: Option<MetricsLog>,
     inner: &'a mut dyn TrainingObserver,
 }
 
 impl<'a> JsonlObserver<'a> {
     /// Opens (appending) `dir/metrics.jsonl`.
     pub fn new(dir: &Path, inner: &'a mut dyn TrainingObserver) -> std::io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
-        let path = dir.join("metrics.jsonl");
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
         Ok(JsonlObserver {
-            file: Some(file),
-            path,
+            log: Some(RunDir::new(dir).open_metrics()?),
             inner,
         })
     }
@@ -31,19 +26,12 @@ impl<'a> JsonlObserver<'a> {
 
 impl TrainingObserver for JsonlObserver<'_> {
     fn on_event(&mut self, event: &TrainEvent) {
-        if let Some(file) = &mut self.file {
-            let mut value = serde_json::to_value(event).expect("events serialise");
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or_default();
-            value["time"] = serde_json::json!(now);
-            if let Err(e) = writeln!(file, "{value}") {
+        if let Some(log) = &mut self.log {
+            if let Err(e) = log.append(event) {
                 // Report once, then keep training without the file.
-                self.file = None;
-                self.inner.on_event(&TrainEvent::Warning {
-                    message: format!("stopped writing {}: {e}", self.path.display()),
-                });
+                let message = format!("stopped writing {}: {e}", log.path().display());
+                self.log = None;
+                self.inner.on_event(&TrainEvent::Warning { message });
             }
         }
         self.inner.on_event(event);

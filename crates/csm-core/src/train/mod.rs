@@ -1,5 +1,5 @@
-//! LoRA fine-tuning: configuration, optimizer, schedule, reporting and the
-//! training loop.
+//! LoRA fine-tuning: configuration, optimizer, schedule, reporting, the
+//! training loop and the run folder it writes ([`run_dir`]).
 
 pub mod batch;
 pub mod codes;
@@ -7,16 +7,21 @@ pub mod config;
 pub mod metrics;
 pub mod observer;
 pub mod optim;
-pub mod rng;
+mod run;
+pub mod run_dir;
 pub mod schedule;
+pub mod settings;
 pub mod state;
+mod step;
 pub mod trainer;
 
-pub use config::{LayerSet, LrSchedule, SaveMode, TargetLayers, TrainConfig};
+pub use config::{LrSchedule, SaveMode, TrainConfig};
 pub use observer::{
-    CancelToken, NullObserver, Phase, RecordingObserver, StepReport, TrainEvent, TrainingObserver,
-    ValReport,
+    NullObserver, Phase, RecordingObserver, StepReport, TrainEvent, TrainingObserver, ValReport,
 };
+#[cfg(feature = "fault-injection")]
+pub use settings::FaultPlan;
+pub use settings::RunSettings;
 pub use trainer::{
     evaluate, load_assets, prepare, train, Assets, LossValues, Prepared, RunSummary, TrainError,
 };

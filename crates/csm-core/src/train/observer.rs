@@ -1,15 +1,13 @@
 //! How a run reports progress and how it is stopped: the loop never prints;
 //! the CLI (progress bar, `metrics.jsonl`) and the app (IPC channel)
-//! implement [`TrainingObserver`] and hold a [`CancelToken`].
+//! implement [`TrainingObserver`] and hold a [`crate::cancel::CancelToken`].
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// What the run is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Phase {
     /// Reading the model, codec and tokenizer.
@@ -22,8 +20,9 @@ pub enum Phase {
     Saving,
 }
 
-/// One optimizer step's numbers.
-#[derive(Debug, Clone, Serialize)]
+/// One optimizer step's numbers. `metrics.jsonl` holds them in this serde
+/// form; a non-finite number is written as `null` and reads back as NaN.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StepReport {
     /// Optimizer step, 1-based.
@@ -33,49 +32,66 @@ pub struct StepReport {
     /// Epoch, 1-based.
     pub epoch: usize,
     /// Weighted total loss.
+    #[serde(deserialize_with = "f32_or_nan")]
     pub loss: f32,
     /// Codebook-0 cross-entropy.
+    #[serde(deserialize_with = "f32_or_nan")]
     pub semantic_loss: f32,
     /// Mean cross-entropy of codebooks 1..N-1 on the selected frames.
+    #[serde(deserialize_with = "f32_or_nan")]
     pub acoustic_loss: f32,
     /// Learning rate used for this step.
+    #[serde(deserialize_with = "f32_or_nan")]
     pub lr: f32,
     /// Gradient norm before clipping.
+    #[serde(deserialize_with = "f32_or_nan")]
     pub grad_norm: f32,
     /// Frames (all ranks together) processed per second in this step.
+    #[serde(deserialize_with = "f32_or_nan")]
     pub frames_per_sec: f32,
     /// Bytes this rank sent in the gradient all-reduce (0 on one process).
+    #[serde(default)]
     pub comm_bytes: u64,
     /// Seconds spent in the gradient all-reduce.
+    #[serde(default)]
     pub comm_secs: f64,
     /// MLX active memory after the step, bytes.
     pub memory_bytes: u64,
     /// Peak MLX memory so far, bytes.
+    #[serde(default)]
     pub peak_memory_bytes: u64,
     /// Seconds since training started.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub elapsed_secs: f64,
-    /// Estimated seconds left.
+    /// Estimated seconds left (NaN while unknown).
+    #[serde(default = "nan", deserialize_with = "f64_or_nan")]
     pub eta_secs: f64,
 }
 
-/// Validation result.
-#[derive(Debug, Clone, Serialize)]
+/// Validation result (NaN as in [`StepReport`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ValReport {
     /// Step after which validation ran.
     pub step: usize,
     /// Weighted total loss over the validation set.
+    #[serde(deserialize_with = "f32_or_nan")]
     pub loss: f32,
     /// Codebook-0 part.
+    #[serde(deserialize_with = "f32_or_nan")]
     pub semantic_loss: f32,
     /// Codebooks 1..N-1 part.
+    #[serde(deserialize_with = "f32_or_nan")]
     pub acoustic_loss: f32,
     /// Validation examples.
+    #[serde(default)]
     pub examples: usize,
 }
 
-/// Everything the run reports, in order.
-#[derive(Debug, Clone, Serialize)]
+/// Everything the run reports, in order. This serde form is the record of
+/// `metrics.jsonl` (see `train::run_dir`): variant names in camelCase,
+/// fields of the struct variants in snake_case.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "event", content = "data")]
 pub enum TrainEvent {
     /// The run started (or resumed) with this many steps in total.
@@ -139,6 +155,20 @@ pub enum TrainEvent {
     },
 }
 
+fn nan() -> f64 {
+    f64::NAN
+}
+
+/// A number, or `null` (how serde_json writes NaN and infinities) as NaN.
+fn f32_or_nan<'de, D: Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
+    Ok(Option::<f32>::deserialize(d)?.unwrap_or(f32::NAN))
+}
+
+/// As [`f32_or_nan`], for `f64`.
+fn f64_or_nan<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
 /// Receives the run's events. Implementations must be cheap: they run on
 /// the training thread between steps.
 pub trait TrainingObserver {
@@ -164,27 +194,5 @@ pub struct RecordingObserver {
 impl TrainingObserver for RecordingObserver {
     fn on_event(&mut self, event: &TrainEvent) {
         self.events.push(event.clone());
-    }
-}
-
-/// Asks a running job to stop at the next step boundary (it saves a
-/// checkpoint first). Cheap to clone; all clones share one flag.
-#[derive(Debug, Clone, Default)]
-pub struct CancelToken(Arc<AtomicBool>);
-
-impl CancelToken {
-    /// A token that is not cancelled.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Requests the stop.
-    pub fn cancel(&self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-
-    /// Whether a stop was requested.
-    pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
     }
 }

@@ -10,11 +10,11 @@ use serde::{Deserialize, Serialize};
 
 use super::config::TrainConfig;
 use super::optim::AdamW;
+use super::run_dir::{RunDir, LATEST_CHECKPOINT};
+use crate::adapter::Adapter;
 use crate::checkpoint::write::{read_safetensors_metadata, save_safetensors};
 use crate::checkpoint::{CheckpointError, WeightMap};
 
-/// Name of the link to the newest checkpoint.
-pub const LATEST: &str = "checkpoint_latest.safetensors";
 /// Format tag stored in every checkpoint.
 pub const FORMAT: &str = "csm-train-checkpoint-v1";
 /// Checkpoints kept besides the newest (older ones are deleted).
@@ -57,8 +57,26 @@ pub struct Loaded {
     pub optimizer: AdamW,
 }
 
+/// The adapter of the checkpoint at `path`, in memory: its tensors and the
+/// spec of the run that wrote it (apply it with
+/// [`Adapter::apply`](crate::adapter::Adapter::apply), or save it in mlx_lm
+/// layout with [`Adapter::save_mlx`](crate::adapter::Adapter::save_mlx)).
+///
+/// # Errors
+/// As [`load`].
+pub fn read_adapter(path: &Path) -> Result<Adapter, CheckpointError> {
+    let loaded = load(path)?;
+    Ok(Adapter {
+        spec: loaded.config.lora_spec(),
+        tensors: loaded.adapters,
+        base_model: Some(loaded.config.model_path.clone()),
+        source: path.to_path_buf(),
+    })
+}
+
 /// Writes `checkpoint_step_NNNNNNN.safetensors` in `dir`, then points
-/// [`LATEST`] at it and prunes old checkpoints. Returns the file.
+/// `checkpoint_latest.safetensors` at it and prunes old checkpoints (the
+/// names are [`RunDir`]'s). Returns the file.
 pub fn save(
     dir: &Path,
     progress: &Progress,
@@ -97,49 +115,12 @@ pub fn save(
             .to_string(),
         ),
     ]);
-    let name = format!("checkpoint_step_{:07}.safetensors", progress.step);
-    let path = dir.join(&name);
+    let run = RunDir::new(dir);
+    let path = run.checkpoint_path(progress.step);
     save_safetensors(&path, &tensors, &meta)?;
-    point_latest(dir, &name)?;
-    prune(dir, &name);
+    run.point_latest(&path)?;
+    run.prune_checkpoints(KEEP, &path);
     Ok(path)
-}
-
-/// Atomically re-points the `checkpoint_latest` link at `name`.
-fn point_latest(dir: &Path, name: &str) -> Result<(), CheckpointError> {
-    let tmp = dir.join(format!(".{LATEST}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let io = |source| CheckpointError::Io {
-        path: dir.join(LATEST),
-        source,
-    };
-    #[cfg(unix)]
-    std::os::unix::fs::symlink(name, &tmp).map_err(io)?;
-    #[cfg(not(unix))]
-    std::fs::copy(dir.join(name), &tmp).map_err(io)?;
-    std::fs::rename(&tmp, dir.join(LATEST)).map_err(io)
-}
-
-/// Deletes all but the newest [`KEEP`] step checkpoints (never `keep`).
-fn prune(dir: &Path, keep: &str) {
-    let mut steps: Vec<PathBuf> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("checkpoint_step_") && n.ends_with(".safetensors"))
-        })
-        .collect();
-    steps.sort();
-    let excess = steps.len().saturating_sub(KEEP);
-    for old in steps.into_iter().take(excess) {
-        if old.file_name().and_then(|n| n.to_str()) != Some(keep) {
-            let _ = std::fs::remove_file(old);
-        }
-    }
 }
 
 /// Reads a checkpoint written by [`save`] (or the link to one).
@@ -151,7 +132,7 @@ pub fn load(path: &Path) -> Result<Loaded, CheckpointError> {
     let meta = read_safetensors_metadata(path)?;
     if meta.get("format").map(String::as_str) != Some(FORMAT) {
         return Err(bad(format!(
-            "not a csm training checkpoint (format {:?}); --resume-from takes OUTPUT/{LATEST} or a checkpoint_step_*.safetensors of a run",
+            "not a csm training checkpoint (format {:?}); --resume-from takes OUTPUT/{LATEST_CHECKPOINT} or a checkpoint_step_*.safetensors of a run",
             meta.get("format")
         )));
     }

@@ -1,20 +1,21 @@
-//! Loading a trained LoRA adapter for generation: the mlx_lm layout
-//! (`adapters.safetensors` + `adapter_config.json`) with our canonical names,
+//! The mlx_lm adapter layout: `adapters.safetensors` (our canonical names,
 //! e.g. `backbone.layers.0.self_attn.q_proj.lora_a` `[in, r]` and `.lora_b`
-//! `[r, out]`. Strict: every key must name a projection of the model, both
-//! halves must be present with the configured rank, and any problem is an
-//! error listing all of them.
+//! `[r, out]`) + `adapter_config.json`. Loading is strict: every key must
+//! name a projection of the model, both halves must be present with the
+//! configured rank, and any problem is an error listing all of them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use mlx_rs::module::Param;
 use mlx_rs::Array;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::GenerateError;
-use crate::checkpoint::WeightMap;
-use crate::lora::Proj;
+use super::spec::{adapter_tensors, proj_mut, LoraSpec};
+use super::{Adapter, AdapterError};
+use crate::checkpoint::write::{save_safetensors, write_atomic};
+use crate::checkpoint::{CheckpointError, WeightMap};
 use crate::model::Csm;
 
 /// File name of the adapter weights (mlx_lm layout).
@@ -22,7 +23,7 @@ pub const ADAPTER_FILE: &str = "adapters.safetensors";
 /// File name of the adapter config (mlx_lm layout).
 pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
 
-/// What [`apply_adapter`] attached.
+/// What [`load_mlx`] attached.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdapterInfo {
     /// The weights file read.
@@ -53,9 +54,9 @@ impl AdapterConfig {
     /// Parses `adapter_config.json`.
     ///
     /// # Errors
-    /// [`GenerateError::AdapterConfig`] naming the missing or invalid field.
-    pub fn from_file(path: &Path) -> Result<Self, GenerateError> {
-        let bad = |message: String| GenerateError::AdapterConfig {
+    /// [`AdapterError::Config`] naming the missing or invalid field.
+    pub fn from_file(path: &Path) -> Result<Self, AdapterError> {
+        let bad = |message: String| AdapterError::Config {
             path: path.to_path_buf(),
             message,
         };
@@ -82,7 +83,7 @@ impl AdapterConfig {
                 as f32,
         };
         // `target_modules` (PEFT-style) or mlx_lm's `lora_parameters.keys`
-        // (what `crate::adapter::save_mlx` writes).
+        // (what [`save_mlx`] writes).
         let modules = json
             .get("target_modules")
             .filter(|v| !v.is_null())
@@ -127,32 +128,100 @@ pub fn adapter_files(path: &Path) -> (PathBuf, PathBuf) {
     }
 }
 
-/// The projection of `csm` called `name` (canonical name without the
-/// parameter suffix), e.g. `decoder.layers.1.mlp.down_proj`.
-pub fn proj_mut<'a>(csm: &'a mut Csm, name: &str) -> Option<&'a mut Proj> {
-    let parts: Vec<&str> = name.split('.').collect();
-    match parts.as_slice() {
-        ["projection"] => Some(&mut csm.projection),
-        ["codebook0_head"] => Some(&mut csm.codebook0_head),
-        [stack, "layers", index, group, proj] => {
-            let llama = match *stack {
-                "backbone" => &mut csm.backbone,
-                "decoder" => &mut csm.decoder,
-                _ => return None,
-            };
-            let layer = llama.layers.get_mut(index.parse::<usize>().ok()?)?;
-            match (*group, *proj) {
-                ("self_attn", "q_proj") => Some(&mut layer.self_attn.q_proj),
-                ("self_attn", "k_proj") => Some(&mut layer.self_attn.k_proj),
-                ("self_attn", "v_proj") => Some(&mut layer.self_attn.v_proj),
-                ("self_attn", "o_proj") => Some(&mut layer.self_attn.o_proj),
-                ("mlp", "gate_proj") => Some(&mut layer.mlp.gate_proj),
-                ("mlp", "up_proj") => Some(&mut layer.mlp.up_proj),
-                ("mlp", "down_proj") => Some(&mut layer.mlp.down_proj),
-                _ => None,
-            }
+/// `adapter_config.json` of the mlx_lm layout (plus what we need to rebuild
+/// the spec exactly).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MlxAdapterConfig {
+    /// Always `lora`.
+    pub fine_tune_type: String,
+    /// mlx_lm's LoRA parameters.
+    pub lora_parameters: MlxLoraParameters,
+    /// Our full spec.
+    pub spec: LoraSpec,
+    /// The base checkpoint the adapter was trained on.
+    pub base_model: Option<PathBuf>,
+}
+
+/// mlx_lm's `lora_parameters` block.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MlxLoraParameters {
+    /// Rank.
+    pub rank: usize,
+    /// `alpha / r`.
+    pub scale: f32,
+    /// Dropout.
+    pub dropout: f32,
+    /// Adapted projection names.
+    pub keys: Vec<String>,
+}
+
+/// Writes the adapters of `model` as `adapters.safetensors` +
+/// `adapter_config.json` into `dir`.
+pub fn save_mlx(
+    dir: &Path,
+    model: &Csm,
+    spec: &LoraSpec,
+    base_model: Option<&Path>,
+) -> Result<(), AdapterError> {
+    write_mlx(dir, &adapter_tensors(model), spec, base_model)
+}
+
+/// Writes `tensors` (canonical names) and the config of `spec` in mlx_lm
+/// layout into `dir`, each file atomically.
+fn write_mlx(
+    dir: &Path,
+    tensors: &BTreeMap<String, Array>,
+    spec: &LoraSpec,
+    base_model: Option<&Path>,
+) -> Result<(), AdapterError> {
+    create_dir(dir)?;
+    save_safetensors(&dir.join(ADAPTER_FILE), tensors, &HashMap::new())?;
+    let config = MlxAdapterConfig {
+        fine_tune_type: "lora".into(),
+        lora_parameters: MlxLoraParameters {
+            rank: spec.r,
+            scale: spec.scale(),
+            dropout: spec.dropout,
+            keys: spec.modules.clone(),
+        },
+        spec: spec.clone(),
+        base_model: base_model.map(Path::to_path_buf),
+    };
+    write_json(&dir.join(ADAPTER_CONFIG_FILE), &config)
+}
+
+impl Adapter {
+    /// Writes this adapter in mlx_lm layout into `dir` (the same bytes
+    /// [`save_mlx`] writes for a model carrying these tensors).
+    ///
+    /// # Errors
+    /// The directory or a file cannot be written.
+    pub fn save_mlx(&self, dir: &Path) -> Result<(), AdapterError> {
+        write_mlx(dir, &self.tensors, &self.spec, self.base_model.as_deref())
+    }
+
+    /// Attaches this adapter to `csm`, strictly, as [`load_mlx`] does with
+    /// the files [`Adapter::save_mlx`] would write (tensors cast to the
+    /// model's dtype). Errors name [`Adapter::source`].
+    ///
+    /// # Errors
+    /// As [`load_mlx`]; on error the model is unchanged.
+    pub fn apply(&self, csm: &mut Csm) -> Result<AdapterInfo, AdapterError> {
+        let dtype = csm.dtype();
+        let mut tensors = BTreeMap::new();
+        for (k, v) in &self.tensors {
+            let v = v
+                .as_dtype(dtype)
+                .map_err(super::mlx_err("casting the adapter to the model's dtype"))?;
+            tensors.insert(k.clone(), v);
         }
-        _ => None,
+        let config = AdapterConfig {
+            rank: self.spec.r as i32,
+            scale: self.spec.scale(),
+            dropout: self.spec.dropout,
+            target_modules: Some(self.spec.modules.clone()),
+        };
+        attach_tensors(csm, &self.source, tensors, &config)
     }
 }
 
@@ -168,16 +237,16 @@ struct ProjTensors {
 /// values, `scale` and rank from the config.
 ///
 /// # Errors
-/// Missing or malformed files ([`GenerateError::AdapterConfig`]), or any key
+/// Missing or malformed files ([`AdapterError::Config`]), or any key
 /// that names no projection, a missing `lora_a`/`lora_b` half, a wrong
 /// shape or rank, a projection outside `target_modules`, or a projection
-/// that already carries an adapter ([`GenerateError::Adapter`], listing every
+/// that already carries an adapter ([`AdapterError::Mismatch`], listing every
 /// problem). On error the model is unchanged.
-pub fn apply_adapter(csm: &mut Csm, path: &Path) -> Result<AdapterInfo, GenerateError> {
+pub fn load_mlx(csm: &mut Csm, path: &Path) -> Result<AdapterInfo, AdapterError> {
     let (weights_path, config_path) = adapter_files(path);
     for (file, what) in [(&weights_path, "weights"), (&config_path, "config")] {
         if !file.is_file() {
-            return Err(GenerateError::AdapterConfig {
+            return Err(AdapterError::Config {
                 path: file.clone(),
                 message: format!(
                     "adapter {what} file not found (an adapter is a directory with \
@@ -190,14 +259,25 @@ pub fn apply_adapter(csm: &mut Csm, path: &Path) -> Result<AdapterInfo, Generate
     let config = AdapterConfig::from_file(&config_path)?;
     let dtype = csm.dtype();
     let weights = WeightMap::from_safetensors(std::slice::from_ref(&weights_path), Some(dtype))
-        .map_err(|e| GenerateError::AdapterConfig {
+        .map_err(|e| AdapterError::Config {
             path: weights_path.clone(),
             message: e.to_string(),
         })?;
+    attach_tensors(csm, &weights_path, weights.tensors, &config)
+}
 
+/// Checks `tensors` against `csm` and `config`, listing every problem, then
+/// attaches them. `source` names them in errors and in the returned info.
+fn attach_tensors(
+    csm: &mut Csm,
+    source: &Path,
+    tensors: impl IntoIterator<Item = (String, Array)>,
+    config: &AdapterConfig,
+) -> Result<AdapterInfo, AdapterError> {
+    let weights_path = source.to_path_buf();
     let mut problems = Vec::new();
     let mut by_proj: BTreeMap<String, ProjTensors> = BTreeMap::new();
-    for (key, value) in weights.tensors {
+    for (key, value) in tensors {
         let Some((proj, param)) = key.rsplit_once('.') else {
             problems.push(format!("`{key}`: not a projection parameter"));
             continue;
@@ -265,7 +345,7 @@ pub fn apply_adapter(csm: &mut Csm, path: &Path) -> Result<AdapterInfo, Generate
         }
     }
     if !problems.is_empty() {
-        return Err(GenerateError::Adapter {
+        return Err(AdapterError::Mismatch {
             path: weights_path,
             problems,
         });
@@ -290,4 +370,18 @@ pub fn apply_adapter(csm: &mut Csm, path: &Path) -> Result<AdapterInfo, Generate
         scale: config.scale,
         projections: names,
     })
+}
+
+pub(super) fn create_dir(dir: &Path) -> Result<(), AdapterError> {
+    std::fs::create_dir_all(dir).map_err(|source| {
+        AdapterError::Checkpoint(CheckpointError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })
+    })
+}
+
+pub(super) fn write_json(path: &Path, value: &impl Serialize) -> Result<(), AdapterError> {
+    let text = serde_json::to_string_pretty(value).expect("adapter configs serialise");
+    Ok(write_atomic(path, text.as_bytes())?)
 }

@@ -1,4 +1,4 @@
-//! Linear projections that can carry a LoRA adapter.
+//! The model's linear layer: a projection that can carry a LoRA adapter.
 //!
 //! Every attention and MLP projection of the CSM backbone and depth decoder
 //! is a [`Proj`]. Without an adapter it is a plain bias-free linear layer;
@@ -129,7 +129,7 @@ impl Module<&Array> for Proj {
     /// # Shapes
     /// `x: [..., in]` -> `[..., out]`
     fn forward(&mut self, x: &Array) -> Result<Array, Exception> {
-        let mut y = crate::model::fused::linear(x, &self.weight.value)?; // [..., out]
+        let mut y = crate::kernels::linear(x, &self.weight.value)?; // [..., out]
         if let Some(bias) = &self.bias.value {
             y = y.add(bias)?;
         }

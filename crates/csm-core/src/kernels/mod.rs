@@ -1,10 +1,12 @@
-//! MLX CPU primitives of this crate, for where MLX's own ops leave a lot on
+//! The numeric kernels under the model and the codec: MLX CPU primitives of
+//! this crate (C++ in `crates/csm-core/cpp`, compiled by `build.rs`) and the
+//! exp/log forms of [`pow_exp`], for where MLX's own ops leave a lot on
 //! the table on the Linux x86_64 CPU wheel (outside macOS): the Llama
 //! feed-forward gate `silu(gate) * up` ([`swiglu`]), weight matmuls
 //! ([`linear`]: a few rows, and many rows) and Mimi's ELU ([`elu`]).
 //!
 //! **SwiGLU.** On MLX's scalar CPU kernels (the Linux x86_64 wheel: see
-//! [`super::pow_exp`]) it is one MLX primitive of this crate
+//! [`pow_exp`]) it is one MLX primitive of this crate
 //! (`cpp/swiglu.cpp`): one pass over memory forward and one backward,
 //! vectorized (AVX2 + FMA when the CPU has them, checked at run time) and
 //! split over the cores. MLX's own ops would make 5 single-threaded scalar
@@ -61,6 +63,8 @@
 //! **ELU** (`cpp/elu.cpp`), in Mimi's SEANet: one vectorized pass on all
 //! cores instead of 4 scalar ones (`expm1f` and the select were 13% of a
 //! Mimi decode's profile). Inference only: it has no gradient.
+
+pub mod pow_exp;
 
 use mlx_rs::error::Exception;
 use mlx_rs::{nn, ops, Array, Dtype};
@@ -197,7 +201,7 @@ pub fn elu(x: &Array) -> Result<Array, Exception> {
 }
 
 /// Whether an op on `x` would run on MLX's scalar CPU kernels (the Linux
-/// x86_64 wheel's, see [`super::pow_exp`]): a CPU default device, f32,
+/// x86_64 wheel's, see [`pow_exp`]): a CPU default device, f32,
 /// outside macOS. The primitives here and the `powf` log-sum-exp apply
 /// exactly there.
 pub(super) fn scalar_mlx_cpu(x: &Array) -> bool {

@@ -13,7 +13,7 @@
 //!
 //! GPUs, macOS (whose CPU build does vectorize) and non-f32 dtypes keep
 //! MLX's own `logsumexp`. The feed-forward's sigmoid, the other large
-//! exponential, has its own fused primitive ([`super::fused`]).
+//! exponential, has its own fused primitive ([`super`]).
 
 use mlx_rs::error::Exception;
 use mlx_rs::Array;
@@ -23,7 +23,7 @@ use mlx_rs::Array;
 /// # Shapes
 /// `x: [..., V]` -> `[...]`
 pub fn logsumexp(x: &Array) -> Result<Array, Exception> {
-    if !super::fused::scalar_mlx_cpu(x) {
+    if !super::scalar_mlx_cpu(x) {
         return x.logsumexp_axis(-1, false);
     }
     // The max only shifts the exponent; its gradient contributions cancel,

@@ -1,7 +1,7 @@
 //! The espeak-ng demo dataset (needs `espeak-ng`, which CI installs).
 
 use csm_core::data::audio;
-use csm_core::data::demo::{generate_demo_dataset, DemoOptions, DEMO_SENTENCES};
+use csm_core::data::espeak::{generate_demo_dataset, DemoOptions, DEMO_SENTENCES};
 use csm_core::data::{
     load_dataset, scan_dataset, DataError, DatasetLayout, LoadOptions, ScanOptions,
 };

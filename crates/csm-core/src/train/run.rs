@@ -1,0 +1,769 @@
+//! A training run between its set-up and its outputs: the optimizer steps,
+//! validation, checkpoints and samples. [`train`](super::train) builds a
+//! [`Run`] and calls [`Run::execute`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use mlx_rs::error::Exception;
+use mlx_rs::module::{Module, ModuleParameters};
+use mlx_rs::{random, Array, Dtype};
+
+use super::batch::{bucket_batches, collate, Batch, Example};
+use super::config::TrainConfig;
+use super::observer::{Phase, StepReport, TrainEvent, TrainingObserver, ValReport};
+use super::optim::AdamW;
+use super::schedule::learning_rate;
+use super::settings::RunSettings;
+use super::state::{self, Progress};
+use super::step::{compile_step, ForwardBackward};
+use super::trainer::{
+    evaluate, mlx, save_merged, Assets, LossValues, Prepared, RunSummary, TrainError,
+};
+use crate::adapter::{self, LoraSpec};
+use crate::cancel::CancelToken;
+use crate::distributed::Group;
+use crate::model::LossWeights;
+use crate::rng::Rng;
+use crate::runtime;
+
+/// The state of a run between steps.
+pub(super) struct Run<'a> {
+    cfg: &'a TrainConfig,
+    settings: &'a RunSettings,
+    assets: Assets,
+    data: Prepared,
+    optimizer: AdamW,
+    spec: LoraSpec,
+    progress: Progress,
+    steps_per_epoch: usize,
+    total_steps: usize,
+    micro_batches: usize,
+    last_checkpoint: Option<PathBuf>,
+    trainable_params: usize,
+    world_size: usize,
+    group: Group,
+}
+
+/// What the micro-batches of one optimizer step add up to on this rank.
+struct Accumulated {
+    /// Gradients summed over the micro-batches, by name.
+    grads: BTreeMap<String, Array>,
+    /// `[total, semantic, acoustic]` summed over the micro-batches.
+    losses: Vec<Array>,
+    /// Micro-batches summed.
+    micro_batches: usize,
+    /// Real frames this rank trained on.
+    frames: usize,
+}
+
+/// How one optimizer step went.
+struct StepOutcome {
+    loss: LossValues,
+    grad_norm: f32,
+    lr: f32,
+    /// Real frames this rank trained on.
+    frames: usize,
+    /// Estimated bytes sent and seconds spent in the all-reduce.
+    comm: (u64, f64),
+    /// Some rank was asked to stop (distributed runs: every rank agrees).
+    stop: bool,
+}
+
+/// Keys under which the loss sums and the stop request ride along with the
+/// gradients in the all-reduce; the NUL sorts them before every name.
+fn loss_key(i: usize) -> String {
+    format!("\u{0}loss{i}")
+}
+const STOP_KEY: &str = "\u{0}stop";
+
+fn missing(what: &str) -> TrainError {
+    TrainError::Mlx {
+        context: "the all-reduce".into(),
+        source: Exception::custom(format!("{what} did not come back")),
+    }
+}
+
+impl<'a> Run<'a> {
+    /// Attaches the adapters and lays out the steps.
+    pub(super) fn new(
+        cfg: &'a TrainConfig,
+        settings: &'a RunSettings,
+        mut assets: Assets,
+        data: Prepared,
+        group: Group,
+    ) -> Result<Self, TrainError> {
+        let spec = cfg.lora_spec();
+        random::seed(cfg.seed).map_err(mlx("seeding"))?;
+        let adapted = adapter::attach(&mut assets.loaded.model, &spec)?;
+        if adapted == 0 {
+            return Err(TrainError::Config(vec![format!(
+                "--target-modules {} with --target-layers {} selects no projection of this model",
+                cfg.target_modules.join(","),
+                cfg.target_layers.to_arg()
+            )]));
+        }
+        let trainable_params = adapter::adapter_tensors(&assets.loaded.model)
+            .values()
+            .map(|a| a.size())
+            .sum();
+        // One micro-batch is `batch_size` examples on every rank.
+        let micro_batches = cfg.micro_batches_per_epoch(data.train.len(), group.size());
+        let steps_per_epoch = cfg.steps_per_epoch(data.train.len(), group.size());
+        let progress = Progress {
+            step: 0,
+            epoch: 0,
+            cursor: 0,
+            best_val: None,
+            model_fingerprint: assets.model_fingerprint.clone(),
+            train_examples: data.train.len(),
+            world_size: group.size(),
+        };
+        Ok(Run {
+            cfg,
+            settings,
+            assets,
+            optimizer: AdamW::new(cfg.weight_decay),
+            spec,
+            progress,
+            steps_per_epoch,
+            total_steps: steps_per_epoch * cfg.epochs,
+            micro_batches,
+            data,
+            last_checkpoint: None,
+            trainable_params,
+            world_size: group.size(),
+            group,
+        })
+    }
+
+    /// Restores adapters, optimizer and position from a checkpoint, after
+    /// checking that it belongs to this model, data and LoRA setup.
+    pub(super) fn resume(&mut self, path: &Path, loaded: state::Loaded) -> Result<(), TrainError> {
+        let reject = |reason: String| TrainError::Resume {
+            path: path.to_path_buf(),
+            reason,
+        };
+        if loaded.progress.model_fingerprint != self.progress.model_fingerprint {
+            return Err(reject(format!(
+                "it was trained on other model weights ({} vs {} here); resume with the same --model-path",
+                loaded.config.model_path.display(),
+                self.cfg.model_path.display()
+            )));
+        }
+        if loaded.progress.world_size != self.world_size {
+            return Err(reject(format!(
+                "it was written by a run of {} rank(s), this one has {}; resume with the same number of ranks (the data order depends on it)",
+                loaded.progress.world_size, self.world_size
+            )));
+        }
+        if loaded.config.lora_spec() != self.spec {
+            return Err(reject(
+                "its LoRA settings (--lora-r/--lora-alpha/--target-modules/--target-layers/--lora-bias) differ from this run's".into(),
+            ));
+        }
+        if loaded.progress.train_examples != self.data.train.len() {
+            return Err(reject(format!(
+                "it saw {} training examples, this dataset gives {}; resume with the same data and --val-split/--seed",
+                loaded.progress.train_examples,
+                self.data.train.len()
+            )));
+        }
+        let expected = adapter::adapter_tensors(&self.assets.loaded.model);
+        for (k, v) in &expected {
+            match loaded.adapters.get(k) {
+                Some(a) if a.shape() == v.shape() => {}
+                _ => {
+                    return Err(reject(format!(
+                        "adapter tensor `{k}` is missing or has another shape"
+                    )))
+                }
+            }
+        }
+        // Each tensor keeps the dtype of the parameter it replaces (f32 LoRA
+        // matrices, the model's dtype for a trained bias).
+        let current = adapter::adapter_tensors(&self.assets.loaded.model);
+        let mut update = std::collections::HashMap::new();
+        for (k, v) in loaded.adapters {
+            let dtype = current.get(&k).map_or(v.dtype(), |p| p.dtype());
+            update.insert(
+                std::rc::Rc::from(k.as_str()),
+                v.as_dtype(dtype).map_err(mlx("restoring adapters"))?,
+            );
+        }
+        self.assets.loaded.model.update_flattened(update);
+        self.optimizer = loaded.optimizer;
+        self.progress = loaded.progress;
+        self.last_checkpoint = Some(path.to_path_buf());
+        Ok(())
+    }
+
+    /// Micro-batches of `epoch`, in a fixed order derived from the seed.
+    fn epoch_batches(&self, epoch: usize) -> Vec<Vec<usize>> {
+        let lengths: Vec<usize> = self.data.train.iter().map(Example::len).collect();
+        let mut rng = Rng::new(self.cfg.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        bucket_batches(&lengths, self.cfg.batch_size * self.world_size, &mut rng)
+    }
+
+    /// This rank's share of a global micro-batch (may be empty on the last
+    /// one), and every rank's (target frames, decoder frames) for exact
+    /// global normalisation.
+    fn shard<'b>(&self, global: &'b [usize]) -> (&'b [usize], Vec<(usize, usize)>) {
+        let per = global.len().div_ceil(self.world_size).max(1);
+        let chunks: Vec<&[usize]> = (0..self.world_size)
+            .map(|r| {
+                let lo = (r * per).min(global.len());
+                let hi = ((r + 1) * per).min(global.len());
+                &global[lo..hi]
+            })
+            .collect();
+        let counts = chunks
+            .iter()
+            .map(|c| {
+                let targets: usize = c.iter().map(|&i| self.data.train[i].target_frames()).sum();
+                let decoder = if targets == 0 {
+                    0
+                } else {
+                    ((self.cfg.decoder_fraction * targets as f32).round() as usize).max(1)
+                };
+                (targets, decoder)
+            })
+            .collect();
+        (chunks[self.group.rank()], counts)
+    }
+
+    /// The training loop: optimizer steps over the epochs' micro-batches,
+    /// each followed by its report and, when due, validation and a
+    /// checkpoint; then the final checkpoint and outputs.
+    pub(super) fn execute(
+        mut self,
+        observer: &mut dyn TrainingObserver,
+        cancel: &CancelToken,
+    ) -> Result<RunSummary, TrainError> {
+        self.announce(observer);
+        let (compile, why) = compile_step(self.settings.compile, self.cfg.lora_dropout);
+        tracing::info!("training step: {why}");
+        let grad_keys = adapter::adapter_tensors(&self.assets.loaded.model)
+            .into_keys()
+            .collect();
+        let mut step_fn = ForwardBackward::new(grad_keys, self.loss_weights(), compile);
+        self.assets.loaded.model.training_mode(true);
+        let started = Instant::now();
+        let first_step = self.progress.step;
+        let mut last_loss = None;
+        let mut cancelled = false;
+
+        'epochs: while self.progress.epoch < self.cfg.epochs {
+            let batches = self.epoch_batches(self.progress.epoch);
+            while self.progress.cursor < batches.len() {
+                // Distributed runs stop together, through the all-reduce.
+                if !self.group.is_distributed() && cancel.is_cancelled() {
+                    cancelled = true;
+                    break 'epochs;
+                }
+                let step_start = Instant::now();
+                let group_end = (self.progress.cursor + self.cfg.grad_accum).min(batches.len());
+                let outcome = self.step(
+                    &mut step_fn,
+                    &batches[self.progress.cursor..group_end],
+                    cancel,
+                )?;
+                self.progress.step += 1;
+                self.progress.cursor = group_end;
+                last_loss = Some(outcome.loss);
+                self.report(observer, &outcome, step_start, started, first_step);
+                self.maybe_validate(observer)?;
+                self.maybe_checkpoint(observer)?;
+                if outcome.stop {
+                    cancelled = true;
+                    break 'epochs;
+                }
+            }
+            self.progress.epoch += 1;
+            self.progress.cursor = 0;
+        }
+        self.finish(observer, cancelled, last_loss)
+    }
+
+    /// One optimizer step over the micro-batches `micro`: forward/backward
+    /// on each, the all-reduce, the mean and its norm, the non-finite
+    /// check, clipping and the update.
+    fn step(
+        &mut self,
+        step_fn: &mut ForwardBackward,
+        micro: &[Vec<usize>],
+        cancel: &CancelToken,
+    ) -> Result<StepOutcome, TrainError> {
+        let nan = self.planned_fault(self.progress.step + 1);
+        let mut acc = self.forward_backward(step_fn, micro)?;
+        let (stop, comm) = self.all_reduce_grads(&mut acc, cancel)?;
+        if nan {
+            poison(&mut acc.grads)?;
+        }
+        let (loss, grad_norm) = average(&mut acc)?;
+        self.check_finite(loss, grad_norm)?;
+        clip(&mut acc.grads, self.cfg.max_grad_norm, grad_norm)?;
+        let lr = learning_rate(
+            self.cfg.lr_schedule,
+            self.cfg.learning_rate,
+            self.cfg.warmup_steps,
+            self.progress.step,
+            self.total_steps,
+        );
+        self.apply_update(lr, &acc.grads)?;
+        Ok(StepOutcome {
+            loss,
+            grad_norm,
+            lr,
+            frames: acc.frames,
+            comm,
+            stop,
+        })
+    }
+
+    /// Loss terms and gradients of this rank's share of each micro-batch,
+    /// summed. Each term is scaled so that the sum over ranks of the
+    /// scaled per-batch means is the global mean times the world size
+    /// (gradients are then averaged over ranks): exact whatever the ranks'
+    /// frame counts.
+    fn forward_backward(
+        &mut self,
+        step_fn: &mut ForwardBackward,
+        micro: &[Vec<usize>],
+    ) -> Result<Accumulated, TrainError> {
+        let cfg = self.cfg;
+        let step = self.progress.step;
+        let rank = self.group.rank();
+        let world = self.world_size as f32;
+        let mut acc = Accumulated {
+            grads: BTreeMap::new(),
+            losses: Vec::new(),
+            micro_batches: micro.len(),
+            frames: 0,
+        };
+        for (i, global) in micro.iter().enumerate() {
+            let (mine, counts) = self.shard(global);
+            let n_sem: usize = counts.iter().map(|c| c.0).sum();
+            let n_dec: usize = counts.iter().map(|c| c.1).sum();
+            let (my_sem, my_dec) = counts[rank];
+            // A rank without examples in the last micro-batch still joins
+            // the all-reduce, contributing zero.
+            let (indices, scales) = if mine.is_empty() {
+                (&global[..1], (0.0, 0.0))
+            } else {
+                (
+                    mine,
+                    (
+                        world * my_sem as f32 / n_sem.max(1) as f32,
+                        world * my_dec as f32 / n_dec.max(1) as f32,
+                    ),
+                )
+            };
+            let refs: Vec<&Example> = indices.iter().map(|&j| &self.data.train[j]).collect();
+            let mut rng = Rng::new(
+                cfg.seed
+                    ^ (((step as u64) << 20 | i as u64) << 8 | rank as u64)
+                        .wrapping_mul(0xD1B5_4A32_D192_ED03),
+            );
+            let batch: Batch =
+                collate(&refs, cfg.decoder_fraction, &mut rng).map_err(mlx("building a batch"))?;
+            if !mine.is_empty() {
+                acc.frames += batch.real_frames;
+            }
+            if cfg.lora_dropout > 0.0 {
+                random::seed(cfg.seed.wrapping_add((step as u64) << 16 | i as u64))
+                    .map_err(mlx("seeding dropout"))?;
+            }
+            let out = step_fn.run(&mut self.assets.loaded.model, &batch, scales)?;
+            for (k, v) in out.grads {
+                let sum = match acc.grads.remove(&k) {
+                    Some(prev) => prev.add(&v).map_err(mlx("accumulating gradients"))?,
+                    None => v,
+                };
+                acc.grads.insert(k, sum);
+            }
+            acc.losses = if acc.losses.is_empty() {
+                out.losses
+            } else {
+                acc.losses
+                    .iter()
+                    .zip(&out.losses)
+                    .map(|(a, b)| a.add(b))
+                    .collect::<Result<_, _>>()
+                    .map_err(mlx("summing the losses"))?
+            };
+        }
+        Ok(acc)
+    }
+
+    /// Averages the gradients over ranks, in place, with one all-reduce per
+    /// step: the loss sums and this rank's stop request travel with them
+    /// (under [`loss_key`] and [`STOP_KEY`]). Returns whether any rank asked
+    /// to stop, and the bytes sent and seconds spent. Nothing on one
+    /// process.
+    fn all_reduce_grads(
+        &self,
+        acc: &mut Accumulated,
+        cancel: &CancelToken,
+    ) -> Result<(bool, (u64, f64)), TrainError> {
+        if !self.group.is_distributed() {
+            return Ok((false, (0, 0.0)));
+        }
+        for (i, v) in acc.losses.iter().enumerate() {
+            acc.grads.insert(
+                loss_key(i),
+                v.as_dtype(Dtype::Float32).map_err(mlx("loss"))?,
+            );
+        }
+        let stop = if cancel.is_cancelled() { 1.0 } else { 0.0 };
+        acc.grads.insert(STOP_KEY.into(), Array::from_f32(stop));
+        let stats = self.group.average_gradients(&mut acc.grads)?;
+        for (i, v) in acc.losses.iter_mut().enumerate() {
+            *v = acc
+                .grads
+                .remove(&loss_key(i))
+                .ok_or_else(|| missing("a reduced loss"))?;
+        }
+        let stop = acc
+            .grads
+            .remove(STOP_KEY)
+            .ok_or_else(|| missing("the reduced stop flag"))?;
+        Ok((
+            stop.item_cast::<f32>() > 0.0,
+            (stats.bytes_sent_per_rank, stats.elapsed.as_secs_f64()),
+        ))
+    }
+
+    /// Stops the run, before the update, when the loss or the gradient norm
+    /// is not finite.
+    fn check_finite(&self, loss: LossValues, grad_norm: f32) -> Result<(), TrainError> {
+        if loss.total.is_finite() && grad_norm.is_finite() {
+            return Ok(());
+        }
+        let (what, value) = if loss.total.is_finite() {
+            ("gradient norm", grad_norm)
+        } else {
+            ("loss", loss.total)
+        };
+        Err(TrainError::NonFinite {
+            step: self.progress.step + 1,
+            what,
+            value,
+            last_checkpoint: self.last_checkpoint.clone(),
+        })
+    }
+
+    /// One AdamW step of the adapters with `grads`, evaluated.
+    fn apply_update(&mut self, lr: f32, grads: &BTreeMap<String, Array>) -> Result<(), TrainError> {
+        let params = adapter::adapter_tensors(&self.assets.loaded.model);
+        let updated = self
+            .optimizer
+            .update(lr, &params, grads)
+            .map_err(mlx("the optimizer step"))?;
+        let mut to_eval: Vec<&Array> = updated.values().collect();
+        to_eval.extend(self.optimizer.state_arrays());
+        mlx_rs::transforms::eval(to_eval).map_err(mlx("the optimizer step"))?;
+        self.assets.loaded.model.update_flattened(
+            updated
+                .into_iter()
+                .map(|(k, v)| (std::rc::Rc::from(k.as_str()), v))
+                .collect(),
+        );
+        Ok(())
+    }
+
+    /// Sends the step's [`StepReport`].
+    fn report(
+        &self,
+        observer: &mut dyn TrainingObserver,
+        outcome: &StepOutcome,
+        step_start: Instant,
+        started: Instant,
+        first_step: usize,
+    ) {
+        let secs = step_start.elapsed().as_secs_f64();
+        let done_here = self.progress.step - first_step;
+        let per_step = started.elapsed().as_secs_f64() / done_here as f64;
+        observer.on_event(&TrainEvent::Step(StepReport {
+            step: self.progress.step,
+            total_steps: self.total_steps,
+            epoch: self.progress.epoch + 1,
+            loss: outcome.loss.total,
+            semantic_loss: outcome.loss.semantic,
+            acoustic_loss: outcome.loss.acoustic,
+            lr: outcome.lr,
+            grad_norm: outcome.grad_norm,
+            frames_per_sec: (outcome.frames as f64 * self.world_size as f64 / secs) as f32,
+            comm_bytes: outcome.comm.0,
+            comm_secs: outcome.comm.1,
+            memory_bytes: runtime::active_memory() as u64,
+            peak_memory_bytes: runtime::peak_memory() as u64,
+            elapsed_secs: started.elapsed().as_secs_f64(),
+            eta_secs: per_step * (self.total_steps - self.progress.step) as f64,
+        }));
+    }
+
+    /// Validates on rank 0 after the last step and every `--val-every`.
+    fn maybe_validate(&mut self, observer: &mut dyn TrainingObserver) -> Result<(), TrainError> {
+        let step = self.progress.step;
+        let due = step == self.total_steps
+            || (self.cfg.val_every > 0 && step.is_multiple_of(self.cfg.val_every));
+        if self.group.is_main() && !self.data.val.is_empty() && due {
+            self.validate(observer)?;
+        }
+        Ok(())
+    }
+
+    /// Checkpoints every `--save-every` steps (the last step's checkpoint
+    /// is [`Run::finish`]'s).
+    fn maybe_checkpoint(&mut self, observer: &mut dyn TrainingObserver) -> Result<(), TrainError> {
+        let step = self.progress.step;
+        let due = step != self.total_steps
+            && self.cfg.save_every > 0
+            && step.is_multiple_of(self.cfg.save_every);
+        if due {
+            self.checkpoint(observer)?;
+        }
+        Ok(())
+    }
+
+    /// The run's start: its size and shape.
+    fn announce(&self, observer: &mut dyn TrainingObserver) {
+        observer.on_event(&TrainEvent::Started {
+            total_steps: self.total_steps,
+            start_step: self.progress.step,
+            train_examples: self.data.train.len(),
+            val_examples: self.data.val.len(),
+            trainable_params: self.trainable_params,
+        });
+        observer.on_event(&TrainEvent::Phase {
+            phase: Phase::Training,
+            detail: format!(
+                "{} steps ({} per epoch, {} micro-batches of {} per epoch, {} per step)",
+                self.total_steps,
+                self.steps_per_epoch,
+                self.micro_batches,
+                self.cfg.batch_size,
+                self.cfg.grad_accum
+            ),
+        });
+    }
+
+    /// The last checkpoint, then (unless cancelled) the outputs.
+    fn finish(
+        mut self,
+        observer: &mut dyn TrainingObserver,
+        cancelled: bool,
+        last_loss: Option<LossValues>,
+    ) -> Result<RunSummary, TrainError> {
+        let cfg = self.cfg;
+        self.assets.loaded.model.training_mode(false);
+        observer.on_event(&TrainEvent::Phase {
+            phase: Phase::Saving,
+            detail: format!("writing outputs to {}", cfg.output_dir.display()),
+        });
+        self.checkpoint(observer)?;
+        if !cancelled {
+            self.save_outputs()?;
+        }
+        observer.on_event(&TrainEvent::Finished {
+            step: self.progress.step,
+            cancelled,
+            output_dir: cfg.output_dir.clone(),
+        });
+        Ok(RunSummary {
+            steps: self.progress.step,
+            last_loss,
+            best_val: self.progress.best_val,
+            cancelled,
+            output_dir: cfg.output_dir.clone(),
+            checkpoint: self.last_checkpoint,
+        })
+    }
+
+    fn loss_weights(&self) -> LossWeights {
+        LossWeights {
+            semantic: self.cfg.semantic_weight,
+            acoustic: self.cfg.acoustic_weight,
+        }
+    }
+
+    /// Runs the faults planned for optimizer step `step` (1-based): an
+    /// abort or a kill happen here; returns whether the step's gradients
+    /// become NaN. Never anything without the `fault-injection` feature.
+    fn planned_fault(&self, step: usize) -> bool {
+        #[cfg(feature = "fault-injection")]
+        return self.settings.faults.at_step_start(self.group.rank(), step);
+        #[cfg(not(feature = "fault-injection"))]
+        {
+            let _ = step;
+            false
+        }
+    }
+
+    fn validate(&mut self, observer: &mut dyn TrainingObserver) -> Result<(), TrainError> {
+        let weights = self.loss_weights();
+        let model = &mut self.assets.loaded.model;
+        model.training_mode(false);
+        let v = evaluate(model, &self.data.val, self.cfg.batch_size, weights)?;
+        model.training_mode(true);
+        self.progress.best_val = Some(self.progress.best_val.map_or(v.total, |b| b.min(v.total)));
+        observer.on_event(&TrainEvent::Validation(ValReport {
+            step: self.progress.step,
+            loss: v.total,
+            semantic_loss: v.semantic,
+            acoustic_loss: v.acoustic,
+            examples: self.data.val.len(),
+        }));
+        Ok(())
+    }
+
+    fn checkpoint(&mut self, observer: &mut dyn TrainingObserver) -> Result<(), TrainError> {
+        if !self.group.is_main() {
+            return Ok(());
+        }
+        let adapters = adapter::adapter_tensors(&self.assets.loaded.model);
+        let path = state::save(
+            &self.cfg.output_dir,
+            &self.progress,
+            self.cfg,
+            &adapters,
+            &self.optimizer,
+        )?;
+        observer.on_event(&TrainEvent::Checkpoint {
+            step: self.progress.step,
+            path: path.clone(),
+        });
+        self.last_checkpoint = Some(path);
+        if self.cfg.generate_samples {
+            self.sample(observer)?;
+        }
+        Ok(())
+    }
+
+    /// Speaks `--sample-prompt` with the current weights, after a training
+    /// utterance as context, into `OUTPUT/samples/step_NNNNNNN.wav`.
+    fn sample(&mut self, observer: &mut dyn TrainingObserver) -> Result<(), TrainError> {
+        use crate::generate::{Generator, SamplingConfig};
+        let context: Vec<_> = self.data.sample_context.iter().cloned().collect();
+        // Clones share the weight buffers; nothing is copied.
+        let mut generator = Generator::new(
+            self.assets.loaded.model.clone(),
+            self.assets.mimi.mimi.clone(),
+            self.assets.tokenizer.clone(),
+        )?;
+        generator.csm.training_mode(false);
+        let sampling = SamplingConfig {
+            seed: self.cfg.seed,
+            max_audio_ms: 6_000,
+            ..SamplingConfig::default()
+        };
+        let out = generator.generate(
+            &context,
+            &self.cfg.sample_prompt,
+            self.cfg.speaker_id,
+            &sampling,
+        )?;
+        let dir = self.cfg.output_dir.join("samples");
+        std::fs::create_dir_all(&dir).map_err(|source| TrainError::Output {
+            path: dir.clone(),
+            source,
+        })?;
+        let path = dir.join(format!("step_{:07}.wav", self.progress.step));
+        crate::data::audio::write_wav(
+            &path,
+            &out.audio,
+            crate::data::TARGET_SAMPLE_RATE,
+            crate::data::audio::WavEncoding::Int16,
+        )?;
+        observer.on_event(&TrainEvent::Sample {
+            step: self.progress.step,
+            path,
+        });
+        Ok(())
+    }
+
+    /// Adapters (mlx_lm + PEFT layouts) and/or the merged model, per
+    /// `--save-mode`.
+    fn save_outputs(&mut self) -> Result<(), TrainError> {
+        if !self.group.is_main() {
+            return Ok(());
+        }
+        use super::config::SaveMode;
+        let cfg = self.cfg;
+        let model = &self.assets.loaded.model;
+        if matches!(cfg.save_mode, SaveMode::Lora | SaveMode::Both) {
+            adapter::save_mlx(&cfg.output_dir, model, &self.spec, Some(&cfg.model_path))?;
+            adapter::save_peft(
+                &cfg.output_dir.join("peft"),
+                model,
+                &self.spec,
+                &model.config,
+                Some(&cfg.model_path),
+            )?;
+        }
+        if matches!(cfg.save_mode, SaveMode::Full | SaveMode::Both) {
+            save_merged(&self.assets.loaded, &cfg.output_dir.join("merged"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Makes the step's gradients NaN (an injected fault: the non-finite stop
+/// must catch it).
+fn poison(grads: &mut BTreeMap<String, Array>) -> Result<(), TrainError> {
+    if let Some(g) = grads.values_mut().next() {
+        *g = g
+            .multiply(Array::from_f32(f32::NAN))
+            .map_err(mlx("injecting a NaN gradient"))?;
+    }
+    Ok(())
+}
+
+/// Divides the summed gradients and losses by the number of micro-batches
+/// and measures the gradients' global norm. Returns the loss (the mean over
+/// ranks of their world-scaled shares, i.e. the global loss) and the norm,
+/// both evaluated.
+fn average(acc: &mut Accumulated) -> Result<(LossValues, f32), TrainError> {
+    let n = acc.micro_batches as f32;
+    let mut sq = Array::from_f32(0.0);
+    for g in acc.grads.values_mut() {
+        if n > 1.0 {
+            *g = g
+                .divide(Array::from_f32(n))
+                .map_err(mlx("averaging gradients"))?;
+        }
+        sq = sq
+            .add(
+                g.as_dtype(Dtype::Float32)
+                    .and_then(|x| x.square())
+                    .and_then(|x| x.sum(None))
+                    .map_err(mlx("gradient norm"))?,
+            )
+            .map_err(mlx("gradient norm"))?;
+    }
+    let norm = sq.sqrt().map_err(mlx("gradient norm"))?;
+    let mut to_eval: Vec<&Array> = vec![&norm];
+    to_eval.extend(acc.losses.iter());
+    mlx_rs::transforms::eval(to_eval).map_err(mlx("the training step"))?;
+    let mean = |i: usize| acc.losses[i].item_cast::<f32>() / n;
+    let loss = LossValues {
+        total: mean(0),
+        semantic: mean(1),
+        acoustic: mean(2),
+    };
+    Ok((loss, norm.item_cast::<f32>()))
+}
+
+/// Scales the gradients down to a global norm of `max_norm` when `norm` is
+/// above it (`max_norm` 0: never).
+fn clip(grads: &mut BTreeMap<String, Array>, max_norm: f32, norm: f32) -> Result<(), TrainError> {
+    if max_norm > 0.0 && norm > max_norm {
+        let scale = Array::from_f32(max_norm / (norm + 1e-6));
+        for g in grads.values_mut() {
+            *g = g.multiply(&scale).map_err(mlx("clipping gradients"))?;
+        }
+    }
+    Ok(())
+}
