@@ -1,7 +1,7 @@
 //! Speech generation: prompt frames from context segments, the frame loop
 //! (backbone, codebook 0, depth decoder, EOS, feedback), sampling and Mimi
 //! decoding. Follows SesameAILabs/csm `generator.py` and
-//! `docs/csm-architecture.md` §1.3-1.4.
+//! `docs/architecture.md`, "The model".
 //!
 //! ```ignore
 //! use csm_core::generate::{Generator, SamplingConfig, Segment};

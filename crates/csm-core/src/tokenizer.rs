@@ -1,6 +1,6 @@
 //! The Llama-3 text tokenizer with CSM's segment template
-//! `<|begin_of_text|>[speaker]text<|end_of_text|>` (`docs/csm-architecture.md`
-//! §1.3; SesameAILabs/csm `generator.py` `load_llama3_tokenizer`).
+//! `<|begin_of_text|>[speaker]text<|end_of_text|>` (`docs/architecture.md`,
+//! "The model"; SesameAILabs/csm `generator.py` `load_llama3_tokenizer`).
 //!
 //! The stock Llama-3.2 `tokenizer.json` post-processor adds only
 //! `<|begin_of_text|>`, while Sesame's replaces it with one that adds both.

@@ -1,5 +1,5 @@
 //! Top-k + temperature sampling as in SesameAILabs/csm `sample_topk`
-//! (`docs/csm-architecture.md` §1.4): divide by the temperature, mask every
+//! (`docs/architecture.md`, "The model"): divide by the temperature, mask every
 //! logit strictly below the k-th largest (ties at the threshold are kept),
 //! then draw from the softmax with a seeded key.
 

@@ -5,7 +5,7 @@
 //! Ported from SesameAILabs/csm `models.py` (commit 836f886): `_embed_tokens`,
 //! `_embed_audio`, `generate_frame`; training layout as in transformers
 //! `models/csm/modeling_csm.py` (`CsmForConditionalGeneration.forward`).
-//! Shapes and conventions: `docs/csm-architecture.md` §1.
+//! Shapes and conventions: `docs/architecture.md`, "The model".
 
 use mlx_rs::error::Exception;
 use mlx_rs::macros::ModuleParameters;

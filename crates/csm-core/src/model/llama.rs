@@ -4,7 +4,7 @@
 //!
 //! Ported from the torchtune `llama3_2` builder that SesameAILabs/csm
 //! `models.py` instantiates (commit 836f886), using the numerics described in
-//! `docs/csm-architecture.md` §1.2. Field names give the csm-mlx key names
+//! `docs/architecture.md`, "The model". Field names give the csm-mlx key names
 //! (`layers.N.self_attn.q_proj.weight`, `layers.N.input_layernorm.weight`,
 //! ...), our canonical layout. q/k rows are in the ORIGINAL (interleaved)
 //! order, so RoPE runs with `traditional = true`; transformers checkpoints

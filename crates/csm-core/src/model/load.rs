@@ -1,8 +1,8 @@
 //! Finding, recognising and loading CSM checkpoints in every layout we
 //! support, and converting our canonical names back for export.
 //!
-//! The canonical names are the csm-mlx ones (`docs/csm-architecture.md`
-//! §2.2), with q/k rows in the original interleaved order. Loading is:
+//! The canonical names are the csm-mlx ones (`docs/architecture.md`,
+//! "The model"), with q/k rows in the original interleaved order. Loading is:
 //! [`detect`] (what is at the path: files, layout, config) -> read a
 //! [`WeightMap`] -> [`to_canonical`] (renames, transformers q/k
 //! un-permutation, codec split-off) -> [`load_strict`]. [`to_format`] is the
