@@ -63,6 +63,11 @@ enum Command {
     Evaluate(commands::dataset_tools::EvaluateArgs),
     /// Fuse an adapter into the base weights, saved in the base's format.
     Merge(commands::dataset_tools::MergeArgs),
+    /// Download files or a bundle (`csm-1b`) from the Hugging Face hub into
+    /// the shared cache (resumable, verified) and print their paths.
+    Download(commands::download::DownloadArgs),
+    /// List the models in the hub cache; `csm models rm REPO_ID` deletes one.
+    Models(commands::models::ModelsArgs),
     /// Start N ranks of a csm command for data-parallel training, locally or
     /// over ssh (`csm launch -n 2 -- finetune-lora ...`).
     Launch(commands::launch::LaunchArgs),
@@ -88,6 +93,8 @@ fn main() -> std::process::ExitCode {
         Command::Prepare(args) => commands::dataset_tools::prepare(args, &level_name),
         Command::Evaluate(args) => commands::dataset_tools::evaluate(args, &level_name),
         Command::Merge(args) => commands::dataset_tools::merge(args),
+        Command::Download(args) => commands::download::run(args),
+        Command::Models(args) => commands::models::run(args),
         Command::Launch(args) => commands::launch::run(args),
         Command::DistCheck(args) => commands::dist_check::run(args),
     };

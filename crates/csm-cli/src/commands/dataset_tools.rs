@@ -123,6 +123,8 @@ pub struct MergeArgs {
 
 /// Fuses an adapter into the base weights and saves them.
 pub fn merge(args: MergeArgs) -> Result<()> {
+    let mut args = args;
+    super::hub_paths::resolve(&mut args.model_path, &mut None, &mut None)?;
     let backend = runtime::use_best_device();
     let mut loaded = load_csm(
         &args.model_path,

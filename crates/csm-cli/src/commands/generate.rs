@@ -126,6 +126,12 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let dtype = args
         .dtype
         .map_or_else(|| backend.default_dtype(), DtypeArg::dtype);
+    let mut args = args;
+    super::hub_paths::resolve(
+        &mut args.model_path,
+        &mut args.mimi_path,
+        &mut args.tokenizer_path,
+    )?;
     let load_start = Instant::now();
     let mut generator = Generator::load(
         &args.model_path,
