@@ -314,8 +314,8 @@ impl Hub {
         })
     }
 
-    /// Follows redirects; the token is dropped as soon as one leaves the
-    /// hub's origin (see [`Hub::send`]).
+    /// Follows redirects; each request carries the token only if it goes to
+    /// the hub's own origin (see [`Hub::send`]).
     fn get_following(
         &self,
         url: &str,
@@ -468,8 +468,8 @@ impl Hub {
     /// Puts `file` of `repo` at `revision` (a branch, tag or commit) in the
     /// cache, downloading what is missing, and returns its snapshot path.
     ///
-    /// Offline, or when the hub cannot be reached, a cached copy is used
-    /// (as huggingface_hub does).
+    /// Offline, or when the hub cannot be reached or refuses access (5xx,
+    /// 401/403), a cached copy is used, as huggingface_hub does.
     ///
     /// # Errors
     /// Bad names; the hub's refusals (access, not found); a broken transfer
@@ -516,7 +516,9 @@ impl Hub {
         }
         let meta = match self.file_metadata(repo, revision, file) {
             Ok(m) => m,
-            Err(e @ HubError::Network { .. }) => {
+            // As huggingface_hub: an unreachable or refusing hub still
+            // serves what is cached; a missing revision or file does not.
+            Err(e) if e.falls_back_to_cache() => {
                 return match in_cache {
                     Some(path) => cached(observer, path),
                     None => Err(e),

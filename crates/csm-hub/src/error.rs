@@ -305,6 +305,20 @@ pub enum HubError {
 }
 
 impl HubError {
+    /// Whether a cached copy may stand in: the hub is unreachable, refuses
+    /// access or fails; not when it says the revision or file does not
+    /// exist.
+    pub fn falls_back_to_cache(&self) -> bool {
+        match self {
+            HubError::Network { .. }
+            | HubError::AccessDenied { .. }
+            | HubError::RepoNotFound { .. }
+            | HubError::NotAHub { .. } => true,
+            HubError::Http { status, .. } => *status >= 500,
+            _ => false,
+        }
+    }
+
     /// A file-system error; permission and read-only errors become
     /// [`HubError::CacheNotWritable`], which says how to move the cache.
     pub fn io(action: &str, path: &Path, source: std::io::Error) -> Self {

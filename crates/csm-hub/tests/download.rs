@@ -326,6 +326,16 @@ fn gated_repo_names_the_licence_page_and_how_to_give_a_token() {
     with("hf_good")
         .download(REPO, "main", CONFIG, &mut NullObserver, &Cancel::new())
         .unwrap();
+    // Once cached, a refusing hub still lets the cached copy serve (as
+    // huggingface_hub does); a file never downloaded stays refused.
+    let cached = client(&hub, dir.path())
+        .download(REPO, "main", CONFIG, &mut NullObserver, &Cancel::new())
+        .unwrap();
+    assert_eq!(std::fs::read(cached.path).unwrap(), CONFIG_JSON);
+    let err = client(&hub, dir.path())
+        .download(REPO, "main", WEIGHTS, &mut NullObserver, &Cancel::new())
+        .unwrap_err();
+    assert!(matches!(err, HubError::AccessDenied { .. }), "{err}");
 }
 
 #[test]
