@@ -163,9 +163,9 @@ pub enum HubError {
     /// The transfer broke and retries did not finish it; the partial file is
     /// kept for the next call to resume.
     #[error(
-        "download of {repo}/{file} stopped at {done} of {} bytes: {reason}; run the same \
-         command again to resume from {}",
-        total.map_or("?".to_string(), |t| t.to_string()), partial.display()
+        "download of {repo}/{file} stopped at {} of {}: {reason}; run the same command again \
+         to resume from {}",
+        human_bytes(*done), total.map_or("?".to_string(), human_bytes), partial.display()
     )]
     Interrupted {
         /// `org/name`.
@@ -247,7 +247,7 @@ pub enum HubError {
 
     /// Cancelled through the [`crate::Cancel`] flag; a partial file is kept
     /// for resuming.
-    #[error("download of {repo}/{file} cancelled at {done} bytes (kept for resuming)")]
+    #[error("download of {repo}/{file} cancelled at {} (kept for resuming)", human_bytes(*done))]
     Cancelled {
         /// `org/name`.
         repo: String,

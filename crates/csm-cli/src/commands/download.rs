@@ -83,7 +83,7 @@ impl DownloadObserver for TerminalProgress {
                 self.finish();
                 let bar = ProgressBar::new(total.unwrap_or(0)).with_style(
                     ProgressStyle::with_template(
-                        "{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+                        "{msg} {bar:30} {decimal_bytes}/{decimal_total_bytes} {decimal_bytes_per_sec} ETA {eta}",
                     )
                     .expect("valid template")
                     .progress_chars("=> "),
