@@ -15,6 +15,8 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
+echo "==> macOS check lane (scripts/check-macos.sh)"
+scripts/check-macos.sh
 
 echo "==> desktop app: UI tests, Rust command tests, end-to-end (scripts/test-app.sh)"
 scripts/test-app.sh

@@ -61,7 +61,10 @@ fn mlx_rpath() {
 /// loads the metallib colocated with libmlx). Both come from the mlx-metal wheel
 /// that mlx-sys unpacked, which is ready before this script runs.
 fn stage_macos_mlx() {
-    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("macos") {
+    // mlx-sys's bindings-only mode (scripts/check-macos.sh) has no wheel.
+    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("macos")
+        || std::env::var_os("DEP_MLX_BINDINGS_ONLY").is_some()
+    {
         return;
     }
     let dir = std::env::var("DEP_MLX_LIB_DIR").expect("mlx-sys publishes DEP_MLX_LIB_DIR");

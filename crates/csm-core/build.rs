@@ -12,7 +12,11 @@ fn main() {
 /// CPU build vectorizes them, and Metal is the device there anyway.
 fn cpu_primitives() {
     println!("cargo:rerun-if-changed=cpp");
-    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("macos") {
+    // mlx-sys's bindings-only mode (scripts/check-macos.sh) has no MLX
+    // headers to compile against, and a type-check needs no objects.
+    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("macos")
+        || std::env::var_os("DEP_MLX_BINDINGS_ONLY").is_some()
+    {
         return;
     }
     let include = std::env::var("DEP_MLX_INCLUDE").expect("mlx-sys publishes DEP_MLX_INCLUDE");

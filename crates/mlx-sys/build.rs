@@ -16,6 +16,11 @@
 //!
 //! Everything fetched comes from ordinary clients (cargo, pip) and is cached,
 //! so a rebuild works offline. Nothing is fetched at run time.
+//!
+//! [`bindings_only`] mode (a macOS target on a non-macOS host, or
+//! `MLX_SYS_BINDINGS_ONLY=1`) runs steps 2 and 5 only, so `cargo check` and
+//! clippy work for a target this host cannot build MLX for
+//! (`scripts/check-macos.sh`); nothing is linked.
 
 use std::env;
 use std::fs;
@@ -84,6 +89,7 @@ fn main() {
         "XDG_CACHE_HOME",
         "LIBCLANG_PATH",
         "MLX_WHEEL_FILE",
+        "MLX_SYS_BINDINGS_ONLY",
     ] {
         println!("cargo:rerun-if-env-changed={var}");
     }
@@ -91,14 +97,68 @@ fn main() {
     println!("cargo:rerun-if-changed=shim");
 
     let platform = Platform::detect();
+    if bindings_only() {
+        let mlx_c = locate_mlx_c_source();
+        generate_bindings(&mlx_c, &bindings_only_includes());
+        publish_bindings_only_metadata();
+        return;
+    }
     check_prerequisites(platform);
     let mlx_c = locate_mlx_c_source();
     let wheel = prepare_wheel(platform);
     let mlx_c_lib = build_mlx_c(&mlx_c, &wheel);
     build_platform_shims(platform);
     emit_link_directives(platform, &mlx_c_lib, &wheel);
-    generate_bindings(&mlx_c, &wheel);
+    generate_bindings(&mlx_c, &Includes::Host(Some(wheel.include_dir())));
     publish_metadata(&wheel, &mlx_c);
+}
+
+/// Whether to generate the bindings alone: no wheel, no CMake, no link lines.
+/// Automatic for a macOS target on a non-macOS host (the macOS type-check
+/// from Linux); `MLX_SYS_BINDINGS_ONLY=1` forces it for any target.
+fn bindings_only() -> bool {
+    if env::var("MLX_SYS_BINDINGS_ONLY").as_deref() == Ok("1") {
+        return true;
+    }
+    let host = env::var("HOST").unwrap_or_default();
+    env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("macos") && !host.contains("-apple-")
+}
+
+/// Where the headers that mlx-c includes from outside itself come from.
+enum Includes {
+    /// This host's C library, and the wheel's MLX headers (the C++ side of
+    /// the half-type shim) when there is a wheel.
+    Host(Option<PathBuf>),
+    /// The target's C library is not on this host (macOS from Linux): clang's
+    /// own headers, and small stand-ins in this folder for the rest.
+    Stubs(PathBuf),
+}
+
+/// For [`bindings_only`]: clang's own headers give `stdint.h`, `stdbool.h`,
+/// `stddef.h`, `float.h` and `arm_fp16.h`. Of `stdio.h`, `stdlib.h` and
+/// `complex.h` mlx-c's declarations use only `FILE` (opaque, as macOS names
+/// it), so small stand-ins replace them and no glibc declaration leaks into
+/// macOS bindings.
+fn bindings_only_includes() -> Includes {
+    let host = env::var("HOST").unwrap_or_default();
+    let target = env::var("TARGET").unwrap_or_default();
+    let same_os = ["-linux", "-apple-"]
+        .iter()
+        .any(|os| host.contains(os) && target.contains(os));
+    if same_os {
+        return Includes::Host(None);
+    }
+    let stubs = PathBuf::from(env::var("OUT_DIR").unwrap()).join("stub-libc");
+    fs::create_dir_all(&stubs).unwrap();
+    let stdio = "#pragma once\n#include <stddef.h>\ntypedef struct __sFILE FILE;\n";
+    for (header, text) in [
+        ("stdio.h", stdio),
+        ("stdlib.h", "#pragma once\n#include <stddef.h>\n"),
+        ("complex.h", "#pragma once\n"),
+    ] {
+        fs::write(stubs.join(header), text).unwrap();
+    }
+    Includes::Stubs(stubs)
 }
 
 /// Aborts the build with one clear message.
@@ -156,6 +216,22 @@ fn libclang_dir() -> Option<PathBuf> {
         }
     }
     None
+}
+
+/// clang's own headers (`stdint.h`, `float.h`, `arm_fp16.h`...), in
+/// `<libclang dir>/clang/<version>/include`. libclang finds them by itself
+/// only beside a clang executable, which `libclang-19-dev` does not install.
+fn clang_builtin_headers() -> PathBuf {
+    let found = libclang_dir().and_then(|lib| {
+        fs::read_dir(lib.join("clang"))
+            .ok()?
+            .flatten()
+            .map(|e| e.path().join("include"))
+            .find(|dir| dir.join("stdint.h").exists())
+    });
+    found.unwrap_or_else(|| {
+        fail("clang's builtin headers (clang/<version>/include beside libclang) not found. Install `libclang-19-dev`, or set LIBCLANG_PATH to the lib directory of a full LLVM install.")
+    })
 }
 
 /// Finds mlx-c's sources inside the crates.io `mlx-sys` package.
@@ -379,7 +455,7 @@ fn emit_link_directives(platform: Platform, mlx_c_lib: &Path, wheel: &Wheel) {
 }
 
 /// Runs bindgen over `mlx/c/*.h`, with the x86 half-type shim for C.
-fn generate_bindings(mlx_c: &Path, wheel: &Wheel) {
+fn generate_bindings(mlx_c: &Path, includes: &Includes) {
     if let Some(dir) = libclang_dir() {
         // SAFETY: build scripts are single-threaded at this point.
         unsafe { env::set_var("LIBCLANG_PATH", dir) };
@@ -394,8 +470,19 @@ fn generate_bindings(mlx_c: &Path, wheel: &Wheel) {
     headers.sort();
     let mut builder = bindgen::Builder::default()
         .rust_target("1.73.0".parse().expect("rust target"))
-        .clang_arg(format!("-I{}", mlx_c.display()))
-        .clang_arg(format!("-I{}", wheel.include_dir().display()))
+        .clang_arg(format!("-I{}", mlx_c.display()));
+    builder = match includes {
+        Includes::Host(wheel) => {
+            builder.clang_args(wheel.iter().map(|d| format!("-I{}", d.display())))
+        }
+        // bindgen would otherwise add the host clang's search paths back.
+        Includes::Stubs(dir) => builder
+            .detect_include_paths(false)
+            .clang_arg("-nostdlibinc")
+            .clang_arg(format!("-isystem{}", clang_builtin_headers().display()))
+            .clang_arg(format!("-I{}", dir.display())),
+    };
+    builder = builder
         .clang_arg(format!("-include{}", shim.join("half_types.h").display()))
         .blocklist_function("malloc")
         .blocklist_function("realloc");
@@ -433,4 +520,15 @@ fn publish_metadata(wheel: &Wheel, mlx_c: &Path) {
         "cargo:force_include={}",
         shim.join("half_types.h").display()
     );
+}
+
+/// [`bindings_only`]'s metadata: `DEP_MLX_BINDINGS_ONLY` tells dependents
+/// there is no MLX to compile against or ship, and `DEP_MLX_LIB_DIR` is an
+/// empty folder so their rpath lines (unused: nothing links) stay as they are.
+fn publish_bindings_only_metadata() {
+    let empty = PathBuf::from(env::var("OUT_DIR").unwrap()).join("no-mlx-bindings-only");
+    fs::create_dir_all(&empty).unwrap();
+    println!("cargo:bindings_only=1");
+    println!("cargo:lib_dir={}", empty.display());
+    println!("cargo:version={MLX_VERSION}");
 }
