@@ -73,6 +73,13 @@
 //!   and derives the token file from the cache folder, which is wrong when
 //!   `HF_HUB_CACHE` moves the cache away from `HF_HOME`;
 //! - its default features pull a TLS stack and tokio the CLI does not need.
+//!
+//! hf-hub 1.0.0 (a rewrite on tokio, reqwest 0.13 and hf-xet) takes `.locks/`
+//! and `.incomplete` files like Python, but, as read in its 1.0.0 source,
+//! still downloads each file from byte 0 (no `Range` resume), checks no
+//! digest and no free space, and reads `HF_HOME`, `HF_ENDPOINT` and the
+//! like from the environment itself; it would also bring an async runtime
+//! into a blocking CLI. So we stay on 0.5 for the layout.
 
 // Errors carry the repo, file, URL and path they name; they come back
 // after network round-trips, where their size does not matter.
