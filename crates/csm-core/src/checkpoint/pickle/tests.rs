@@ -447,9 +447,12 @@ fn archive_level_errors() {
     assert!(matches!(err, PickleError::Zip { .. }), "{err}");
     assert_eq!(err.file(), "test.pt");
     assert!(err.to_string().contains("test.pt"));
-    // legacy format starts with a pickle PROTO
-    let err = read_bytes(b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.".to_vec()).unwrap_err();
+    // a bare pickle without the legacy magic number
+    let err = read_bytes(b"\x80\x02}q\x00.".to_vec()).unwrap_err();
     assert!(matches!(err, PickleError::LegacyFormat { .. }), "{err}");
+    // the legacy magic number and nothing after it
+    let err = read_bytes(b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.".to_vec()).unwrap_err();
+    assert!(matches!(err, PickleError::Truncated { .. }), "{err}");
     // zip without data.pkl
     let err = read_bytes(make_zip(&[("archive/version", b"3\n")])).unwrap_err();
     assert!(matches!(err, PickleError::MissingRecord { .. }), "{err}");
@@ -745,11 +748,62 @@ fn reads_real_torch_training_checkpoint() {
 }
 
 #[test]
-fn real_legacy_format_is_reported() {
-    let err = load("real_legacy.pt").unwrap_err();
-    assert!(matches!(err, PickleError::LegacyFormat { .. }), "{err:?}");
-    assert!(err.to_string().contains("real_legacy.pt"), "{err}");
-    assert!(err.file().ends_with("real_legacy.pt"));
+fn reads_real_legacy_format() {
+    // torch.save(..., _use_new_zipfile_serialization=False): a stream of pickles
+    let ck = load("real_legacy.pt").unwrap();
+    let names: Vec<&str> = ck.names().collect();
+    assert_eq!(names, ["w"]);
+    let w = ck.get("w").unwrap();
+    assert_eq!((w.dtype, w.to_f32_vec()), (DType::F32, vec![1.0, 1.0]));
+}
+
+/// The pickles of a legacy file up to the object: magic, version, sys_info.
+const LEGACY_HEADER: &[u8] = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.\
+    \x80\x02M\xe9\x03.\
+    \x80\x02}X\r\x00\x00\x00little_endianq\x00\x88s.";
+
+#[test]
+fn legacy_format_errors() {
+    let real = std::fs::read(fixture("real_legacy.pt")).unwrap();
+    // Every cut of the real file is an error, never a panic or a short tensor.
+    for len in 0..real.len() {
+        assert!(
+            read_bytes(real[..len].to_vec()).is_err(),
+            "prefix {len} parsed"
+        );
+    }
+    // The storage's size header (before its 8 bytes of data) disagrees.
+    let mut bad = real.clone();
+    let at = bad.len() - 16;
+    bad[at] = 3;
+    let err = read_bytes(bad).unwrap_err();
+    assert!(matches!(err, PickleError::BadStorage { .. }), "{err}");
+    // The same allow-list guards the object pickle.
+    let mut evil = LEGACY_HEADER.to_vec();
+    evil.extend_from_slice(b"\x80\x02cposix\nsystem\nX\x02\x00\x00\x00ls\x85R.");
+    let err = read_bytes(evil).unwrap_err();
+    assert_forbidden(err, "posix", "system");
+    // A view into a storage (PyTorch < 1.0) is refused.
+    let mut view = LEGACY_HEADER.to_vec();
+    view.extend_from_slice(
+        b"\x80\x02}X\x01\x00\x00\x00wctorch._utils\n_rebuild_tensor_v2\n(\
+          (X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x02\
+          (X\x01\x00\x00\x001K\x00K\x01ttQK\x00K\x01\x85K\x01\x85\x89)tRs.",
+    );
+    let err = read_bytes(view).unwrap_err();
+    assert!(
+        matches!(&err, PickleError::Malformed { reason, .. } if reason.contains("views")),
+        "{err}"
+    );
+    // A big-endian sys_info is refused.
+    let big = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.\x80\x02M\xe9\x03.\
+        \x80\x02}X\r\x00\x00\x00little_endianq\x00\x89s.\x80\x02}.\x80\x02].";
+    let err = read_bytes(big.to_vec()).unwrap_err();
+    assert!(matches!(err, PickleError::Malformed { .. }), "{err}");
+    // The smallest well-formed file: an empty dict and no storages.
+    let mut empty = LEGACY_HEADER.to_vec();
+    empty.extend_from_slice(b"\x80\x02}.\x80\x02].");
+    assert!(read_bytes(empty).unwrap().is_empty());
 }
 
 #[test]
