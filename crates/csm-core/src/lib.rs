@@ -56,6 +56,7 @@ pub mod kernels;
 pub mod model;
 pub mod rng;
 pub mod runtime;
+pub mod score;
 pub mod speaker;
 pub mod tokenizer;
 pub mod train;
