@@ -4,6 +4,7 @@
 //! progress output, and turns library errors into messages and exit codes.
 
 mod commands;
+mod env;
 mod logging;
 
 use clap::{Parser, Subcommand};

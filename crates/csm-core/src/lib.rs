@@ -6,7 +6,7 @@
 //! ```no_run
 //! use csm_core::model::load::{load_csm, LoadOptions};
 //! use csm_core::cancel::CancelToken;
-//! use csm_core::train::{self, trainer, NullObserver, TrainConfig};
+//! use csm_core::train::{self, trainer, NullObserver, RunSettings, TrainConfig};
 //! use csm_core::adapter;
 //! use csm_core::data::audio::{write_wav, WavEncoding, TARGET_SAMPLE_RATE};
 //! use csm_core::generate::{Generator, SamplingConfig};
@@ -26,8 +26,10 @@
 //! };
 //! adapter::attach(&mut loaded.model, &config.lora_spec())?;
 //!
-//! // ...or run the whole trainer (data, caching, steps, checkpoints).
-//! let summary = train::train(&config, &mut NullObserver, &CancelToken::new())?;
+//! // ...or run the whole trainer (data, caching, steps, checkpoints), with
+//! // the machine's settings read from the environment as `csm` reads them.
+//! let settings = RunSettings::from_env(|k| std::env::var_os(k))?;
+//! let summary = train::train(&config, &settings, &mut NullObserver, &CancelToken::new())?;
 //!
 //! // Load the trained adapter onto a fresh base model.
 //! let mut base = load_csm("csm-1b".as_ref(), &LoadOptions::default())?;

@@ -4,6 +4,8 @@
 //! writes a hostfile with free localhost ports and starts one child per rank
 //! with `MLX_HOSTFILE`/`MLX_RANK` and `CSM_DIST_TEST_CHILD` naming the role;
 //! the child runs only `distributed_child` (`--exact`), which does the work.
+//! Children capture their launch variables into a `DistEnv` as the `csm`
+//! tool does; the error checks build one by hand, in this process.
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -11,7 +13,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use csm_core::distributed::{DistError, Group};
+use csm_core::distributed::{DistEnv, DistError, Group};
 use csm_core::mlx_rs::{Array, Dtype};
 
 const ROLE: &str = "CSM_DIST_TEST_CHILD";
@@ -96,10 +98,14 @@ fn distributed_child() {
     };
     match role.as_str() {
         "collectives" => child_collectives(),
-        "bad-env" => child_bad_env(),
         "mismatch" => child_mismatch(),
         other => panic!("unknown role {other}"),
     }
+}
+
+/// This process's launch variables, as the `csm` tool captures them.
+fn launch_env() -> DistEnv {
+    DistEnv::capture(|k| std::env::var(k).ok())
 }
 
 fn values(a: &Array) -> Vec<f32> {
@@ -109,7 +115,7 @@ fn values(a: &Array) -> Vec<f32> {
 }
 
 fn child_collectives() {
-    let g = Group::init(None, true).expect("init ring");
+    let g = Group::init(&launch_env(), None, true).expect("init ring");
     let n = std::env::var("CSM_DIST_TEST_SIZE")
         .unwrap()
         .parse::<usize>()
@@ -200,7 +206,7 @@ fn child_collectives() {
 }
 
 fn child_mismatch() {
-    let g = Group::init(None, true).expect("init ring");
+    let g = Group::init(&launch_env(), None, true).expect("init ring");
     // Rank 1's gradient has a different shape: caught before any averaging.
     let len = 3 + g.rank();
     let mut grads = BTreeMap::from([(
@@ -213,54 +219,6 @@ fn child_mismatch() {
     let x = Array::from_slice(&[1.0f32], &[1]);
     assert_eq!(values(&g.all_sum(&x).unwrap()), vec![2.0]);
     println!("rank {} mismatch ok", g.rank());
-}
-
-fn child_bad_env() {
-    // Runs alone in its process (--exact, one thread), so changing the
-    // environment here is safe.
-    let hostfile = std::env::var("MLX_HOSTFILE").unwrap();
-    std::env::set_var("MLX_RANK", "one");
-    let e = Group::init(None, false).unwrap_err();
-    assert!(
-        matches!(
-            e,
-            DistError::BadEnv {
-                var: "MLX_RANK",
-                ..
-            }
-        ),
-        "{e}"
-    );
-    assert!(e.to_string().contains("MLX_RANK=\"one\""), "{e}");
-
-    std::env::set_var("MLX_RANK", "7");
-    let e = Group::init(None, false).unwrap_err().to_string();
-    assert!(e.contains("MLX_RANK=7") && e.contains(&hostfile), "{e}");
-
-    std::env::set_var("MLX_RANK", "0");
-    std::env::set_var("MLX_HOSTFILE", "/nonexistent/hosts.json");
-    let e = Group::init(None, false).unwrap_err().to_string();
-    assert!(
-        e.contains("/nonexistent/hosts.json") && e.contains("MLX_HOSTFILE"),
-        "{e}"
-    );
-
-    std::env::remove_var("MLX_HOSTFILE");
-    let e = Group::init(Some("ring"), false).unwrap_err().to_string();
-    assert!(e.contains("MLX_HOSTFILE"), "{e}");
-    // MLX_RANK alone configures nothing: strict init refuses.
-    let e = Group::init(None, true).unwrap_err();
-    assert!(matches!(e, DistError::NotConfigured), "{e}");
-
-    std::env::set_var("CSM_DIST_TIMEOUT_SECS", "soon");
-    std::env::remove_var("MLX_RANK");
-    let e = Group::init(None, false).unwrap_err().to_string();
-    assert!(e.contains("CSM_DIST_TIMEOUT_SECS"), "{e}");
-    std::env::remove_var("CSM_DIST_TIMEOUT_SECS");
-
-    let e = Group::init(Some("carrier-pigeon"), false).unwrap_err();
-    assert!(matches!(e, DistError::UnknownBackend(_)), "{e}");
-    println!("bad-env ok");
 }
 
 #[test]
@@ -295,16 +253,57 @@ fn distributed_gradient_layout_mismatch_is_an_error() {
 
 #[test]
 fn distributed_errors_name_the_variable() {
-    let results = run_ranks(1, "bad-env", &[]);
-    assert!(results[0].0, "{}", results[0].1);
+    let dir = tempfile::tempdir().unwrap();
+    let hostfile = write_hostfile(dir.path(), 2);
+    let hostfile = hostfile.to_str().unwrap();
+    let mut env = DistEnv::default();
+    env.set("MLX_HOSTFILE", hostfile).set("MLX_RANK", "one");
+    let e = Group::init(&env, None, false).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            DistError::BadEnv {
+                var: "MLX_RANK",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("MLX_RANK=\"one\""), "{e}");
+
+    env.set("MLX_RANK", "7");
+    let e = Group::init(&env, None, false).unwrap_err().to_string();
+    assert!(e.contains("MLX_RANK=7") && e.contains(hostfile), "{e}");
+
+    env.set("MLX_RANK", "0")
+        .set("MLX_HOSTFILE", "/nonexistent/hosts.json");
+    let e = Group::init(&env, None, false).unwrap_err().to_string();
+    assert!(
+        e.contains("/nonexistent/hosts.json") && e.contains("MLX_HOSTFILE"),
+        "{e}"
+    );
+
+    env.remove("MLX_HOSTFILE");
+    let e = Group::init(&env, Some("ring"), false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("MLX_HOSTFILE"), "{e}");
+    // MLX_RANK alone configures nothing: strict init refuses.
+    let e = Group::init(&env, None, true).unwrap_err();
+    assert!(matches!(e, DistError::NotConfigured), "{e}");
+
+    env.set("CSM_DIST_TIMEOUT_SECS", "soon").remove("MLX_RANK");
+    let e = Group::init(&env, None, false).unwrap_err().to_string();
+    assert!(e.contains("CSM_DIST_TIMEOUT_SECS"), "{e}");
+    env.remove("CSM_DIST_TIMEOUT_SECS");
+
+    let e = Group::init(&env, Some("carrier-pigeon"), false).unwrap_err();
+    assert!(matches!(e, DistError::UnknownBackend(_)), "{e}");
 }
 
 #[test]
 fn distributed_single_process_fallback() {
-    if std::env::var_os("MLX_HOSTFILE").is_some() || std::env::var_os("MLX_RANK").is_some() {
-        return; // launched distributed: not this test's subject
-    }
-    let g = Group::init(None, false).unwrap();
+    let g = Group::init(&DistEnv::default(), None, false).unwrap();
     assert_eq!((g.rank(), g.size(), g.backend()), (0, 1, "none"));
     assert!(!g.is_distributed());
     assert!(g.timeout().is_none());
@@ -317,7 +316,7 @@ fn distributed_single_process_fallback() {
     assert_eq!(values(&grads["w"]), vec![1.0, 2.0, 3.0]);
     // Strict init must refuse to fall back.
     assert!(matches!(
-        Group::init(None, true),
+        Group::init(&DistEnv::default(), None, true),
         Err(DistError::NotConfigured)
     ));
 }

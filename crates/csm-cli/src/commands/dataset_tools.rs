@@ -6,7 +6,6 @@ use anyhow::{Context, Result};
 use clap::Args;
 use csm_core::model::load::{load_csm, LoadOptions};
 use csm_core::model::LossWeights;
-use csm_core::train::codes::CodesCache;
 use csm_core::train::{self, trainer};
 use csm_core::{adapter, runtime};
 
@@ -30,7 +29,7 @@ pub fn prepare(args: PrepareArgs, log_level: &str) -> Result<()> {
         config.tokenizer_path.as_deref(),
         backend.default_dtype(),
     )?;
-    let cache = CodesCache::default_dir();
+    let cache = crate::env::codes_cache();
     let mut terminal = TerminalObserver::default();
     let prepared = train::prepare(&mut assets, &config, &cache, &mut terminal)?;
     for w in &prepared.warnings {
@@ -77,7 +76,7 @@ pub fn evaluate(args: EvaluateArgs, log_level: &str) -> Result<()> {
     let prepared = train::prepare(
         &mut assets,
         &config,
-        &CodesCache::default_dir(),
+        &crate::env::codes_cache(),
         &mut terminal,
     )?;
     let examples: Vec<_> = prepared.train.into_iter().chain(prepared.val).collect();

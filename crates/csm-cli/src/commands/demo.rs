@@ -72,6 +72,7 @@ pub fn run(args: DemoArgs, log_level: &str) -> Result<()> {
         log_level: log_level.to_string(),
         ..TrainConfig::default()
     };
+    let settings = crate::env::run_settings()?;
     let cancel = cancel_on_ctrl_c()?;
     let mut terminal = TerminalObserver::default();
     let mut trace = LossTrace {
@@ -79,7 +80,7 @@ pub fn run(args: DemoArgs, log_level: &str) -> Result<()> {
         losses: Vec::new(),
     };
     let mut observer = JsonlObserver::new(&config.output_dir, &mut trace)?;
-    let summary = train::train(&config, &mut observer, &cancel)?;
+    let summary = train::train(&config, &settings, &mut observer, &cancel)?;
     drop(observer);
     let l = &trace.losses;
     if l.len() >= 10 {

@@ -65,7 +65,11 @@ pub struct DistCheckArgs {
 
 /// Runs the check on this rank.
 pub fn run(args: DistCheckArgs) -> Result<()> {
-    let group = Group::init(args.backend.as_deref(), args.strict)?;
+    let group = Group::init(
+        &crate::env::dist_env(),
+        args.backend.as_deref(),
+        args.strict,
+    )?;
     let (rank, size) = (group.rank(), group.size());
     println!(
         "rank {rank} of {size}, backend {}, watchdog {}",

@@ -1,0 +1,28 @@
+//! The environment, read here at the edge: csm-core reads no variables, so
+//! `csm` reads them and passes settings in.
+//!
+//! - `CSM_COMPILE=1`, `CSM_CACHE_DIR` (and `XDG_CACHE_HOME`/`HOME` for the
+//!   default cache) and the distributed launch variables that `csm launch`
+//!   sets for each rank: [`run_settings`];
+//! - with the `fault-injection` feature (test builds only), the
+//!   `CSM_DEBUG_*_AT_STEP` faults of the crash tests.
+
+use anyhow::{anyhow, Result};
+use csm_core::distributed::DistEnv;
+use csm_core::train::codes::CodesCache;
+use csm_core::train::RunSettings;
+
+/// The settings of a training run in this process.
+pub fn run_settings() -> Result<RunSettings> {
+    RunSettings::from_env(|k| std::env::var_os(k)).map_err(|e| anyhow!(e))
+}
+
+/// The Mimi codes cache directory.
+pub fn codes_cache() -> std::path::PathBuf {
+    CodesCache::default_dir(|k| std::env::var_os(k))
+}
+
+/// This process's distributed launch variables.
+pub fn dist_env() -> DistEnv {
+    DistEnv::capture(|k| std::env::var(k).ok())
+}
