@@ -75,6 +75,10 @@ enum Command {
     /// Check a distributed set-up: rank, size, backend, all_sum correctness
     /// and bandwidth (run it under `csm launch`).
     DistCheck(commands::dist_check::DistCheckArgs),
+    /// Score generated samples (JSON lines): similarity to a speaker's
+    /// recordings, WER/CER against their text, health (silences, pauses,
+    /// clipping, speaking rate).
+    Score(commands::score::ScoreArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -98,6 +102,7 @@ fn main() -> std::process::ExitCode {
         Command::Models(args) => commands::models::run(args),
         Command::Launch(args) => commands::launch::run(args),
         Command::DistCheck(args) => commands::dist_check::run(args),
+        Command::Score(args) => commands::score::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

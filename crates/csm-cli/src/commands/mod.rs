@@ -13,4 +13,5 @@ pub mod hub_paths;
 pub mod info;
 pub mod launch;
 pub mod models;
+pub mod score;
 pub mod train_args;
