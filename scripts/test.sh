@@ -24,6 +24,15 @@ scripts/test-app.sh
 
 # Last, so CI's log ends with the test runner's summary.
 echo "==> tests"
+# OpenBLAS picks its kernels when it loads; on a CPU newer than Debian's
+# OpenBLAS it picks generic ones. `csm` restarts itself with the right
+# OPENBLAS_CORETYPE; the test binaries get the same choice from here.
+cargo build -q -p csm-cli
+blas_core=$(target/debug/csm info --print-blas-coretype)
+if [ -n "$blas_core" ] && [ -z "${OPENBLAS_CORETYPE:-}" ]; then
+  echo "    OpenBLAS does not know this CPU: tests run with OPENBLAS_CORETYPE=$blas_core"
+  export OPENBLAS_CORETYPE=$blas_core
+fi
 if cargo nextest --version >/dev/null 2>&1; then
   # nextest does not run doctests: the library's examples compile here.
   cargo test --doc

@@ -75,6 +75,9 @@ enum Command {
     /// Check a distributed set-up: rank, size, backend, all_sum correctness
     /// and bandwidth (run it under `csm launch`).
     DistCheck(commands::dist_check::DistCheckArgs),
+    /// Transcribe a folder of recordings with Whisper into a dataset
+    /// (24 kHz WAVs, transcripts, word alignments) for finetune-lora.
+    Transcribe(commands::transcribe::TranscribeArgs),
     /// Score generated samples (JSON lines): similarity to a speaker's
     /// recordings, WER/CER against their text, health (silences, pauses,
     /// clipping, speaking rate).
@@ -82,9 +85,16 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // Before anything else: OpenBLAS picks its kernels when it loads, so a
+    // CPU it does not know gets generic ones unless we start again with
+    // OPENBLAS_CORETYPE set. On failure the run goes on; `csm info` warns.
+    let blas_restart = csm_core::runtime::blas::reexec_with_better_kernels(|k| std::env::var_os(k));
     csm_core::runtime::set_process_defaults();
     let cli = Cli::parse();
     logging::init(cli.log_level);
+    if let Err(e) = blas_restart {
+        tracing::warn!("could not restart with faster BLAS kernels ({e}); see `csm info`");
+    }
     let level_name = cli.log_level.name().to_string();
     let result = match cli.command {
         Command::Info(args) => commands::info::run(args),
@@ -102,6 +112,7 @@ fn main() -> std::process::ExitCode {
         Command::Models(args) => commands::models::run(args),
         Command::Launch(args) => commands::launch::run(args),
         Command::DistCheck(args) => commands::dist_check::run(args),
+        Command::Transcribe(args) => commands::transcribe::run(args),
         Command::Score(args) => commands::score::run(args),
     };
     match result {

@@ -130,6 +130,8 @@ pub struct SamplingConfig {
     /// Longest audio to generate, in ms; frames are capped at
     /// `max_audio_ms / 80`.
     pub max_audio_ms: u32,
+    /// Stops for samples that do not end by themselves (see [`Guards`]).
+    pub guards: Guards,
 }
 
 impl Default for SamplingConfig {
@@ -139,7 +141,119 @@ impl Default for SamplingConfig {
             top_k: 50,
             seed: 42,
             max_audio_ms: 90_000,
+            guards: Guards::default(),
         }
+    }
+}
+
+/// Guards against the known failures of CSM generation: a sample that
+/// never emits the end frame and runs to the cap, or ends in a long silent
+/// tail. Each can be turned off; with all off, generation runs exactly as
+/// the reference (to EOS or `max_audio_ms`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Guards {
+    /// Caps the audio at `base + per_char × characters of the text`
+    /// seconds (and never above `max_audio_ms`). The default, 2 s + 0.2 s a
+    /// character, is 5 characters a second, a third of ordinary English
+    /// speech (13-16): only a sample that has lost its way reaches it.
+    pub length_from_text: Option<LengthRule>,
+    /// Ends the sample once its last `stop_after_silence_s` seconds are
+    /// silent (every 10 ms frame 40 dB below the loudest so far, or under
+    /// -60 dBFS); the silence is then trimmed. Default 2 s.
+    pub stop_after_silence_s: Option<f32>,
+    /// Trims trailing silence from the output, keeping this many seconds
+    /// after the last sound. Default 0.25 s.
+    pub trim_trailing_silence_s: Option<f32>,
+}
+
+/// The length cap of [`Guards::length_from_text`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LengthRule {
+    /// Seconds allowed whatever the text.
+    pub base_s: f32,
+    /// Seconds allowed per character of the text.
+    pub per_char_s: f32,
+}
+
+impl Default for Guards {
+    fn default() -> Self {
+        Guards {
+            length_from_text: Some(LengthRule {
+                base_s: 2.0,
+                per_char_s: 0.2,
+            }),
+            stop_after_silence_s: Some(2.0),
+            trim_trailing_silence_s: Some(0.25),
+        }
+    }
+}
+
+impl Guards {
+    /// No guard: generation as the reference runs it.
+    pub fn off() -> Self {
+        Guards {
+            length_from_text: None,
+            stop_after_silence_s: None,
+            trim_trailing_silence_s: None,
+        }
+    }
+
+    /// Frames allowed for `text` by the length rule (`None`: no rule).
+    pub fn max_frames_for(&self, text: &str) -> Option<usize> {
+        let rule = self.length_from_text?;
+        let secs = rule.base_s + rule.per_char_s * text.chars().count() as f32;
+        Some(((secs * 1000.0 / FRAME_MS as f32).ceil() as usize).max(1))
+    }
+
+    /// Checks every value.
+    ///
+    /// # Errors
+    /// [`GenerateError::Sampling`] naming the guard.
+    pub fn validate(&self) -> Result<(), GenerateError> {
+        let bad = |field: &'static str, v: f32| GenerateError::Sampling {
+            field,
+            message: format!("must be a finite number > 0, got {v}"),
+        };
+        if let Some(r) = self.length_from_text {
+            if !(r.base_s.is_finite() && r.base_s >= 0.0) {
+                return Err(bad("guards.length_from_text.base_s", r.base_s));
+            }
+            if !(r.per_char_s.is_finite() && r.per_char_s >= 0.0 && r.base_s + r.per_char_s > 0.0)
+            {
+                return Err(bad("guards.length_from_text.per_char_s", r.per_char_s));
+            }
+        }
+        if let Some(v) = self.stop_after_silence_s {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(bad("guards.stop_after_silence_s", v));
+            }
+        }
+        if let Some(v) = self.trim_trailing_silence_s {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(bad("guards.trim_trailing_silence_s", v));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The model emitted the end frame: the healthy ending.
+    Eos,
+    /// The length cap from the text ([`Guards::length_from_text`]).
+    LengthLimit,
+    /// [`Guards::stop_after_silence_s`] of silence.
+    Silence,
+    /// `max_audio_ms`.
+    MaxAudio,
+}
+
+impl StopReason {
+    /// Whether the model ended the sample itself.
+    pub fn is_healthy(self) -> bool {
+        self == StopReason::Eos
     }
 }
 
@@ -154,6 +268,7 @@ impl SamplingConfig {
     /// # Errors
     /// [`GenerateError::Sampling`] naming the setting.
     pub fn validate(&self) -> Result<(), GenerateError> {
+        self.guards.validate()?;
         if !self.temperature.is_finite() || self.temperature < 0.0 {
             return Err(GenerateError::Sampling {
                 field: "temperature",
@@ -204,14 +319,18 @@ pub struct FrameProgress {
 }
 
 /// What a caller can attach to a generation: a progress callback, run
-/// after every frame, and a cancel token, checked before every frame (the
-/// app's stop button). `GenerateHooks::default()` attaches neither.
+/// after every frame, a cancel token, checked before every frame (the
+/// app's stop button), and a stop rule. `GenerateHooks::default()`
+/// attaches none.
 #[derive(Default)]
 pub struct GenerateHooks<'a> {
     /// Called after every frame.
     pub progress: Option<&'a mut dyn FnMut(&FrameProgress)>,
     /// Stops generation before the next frame once set.
     pub cancel: Option<&'a CancelToken>,
+    /// Called after every frame with the codes so far; `Ok(true)` ends
+    /// generation there (a normal end, not an error).
+    pub stop: Option<&'a mut dyn FnMut(&[Vec<i32>]) -> Result<bool, GenerateError>>,
 }
 
 /// Output of [`generate_frames`].
@@ -221,6 +340,8 @@ pub struct GeneratedFrames {
     pub codes: Vec<Vec<i32>>,
     /// Whether an all-zero frame ended generation.
     pub stopped_on_eos: bool,
+    /// Whether [`GenerateHooks::stop`] ended generation.
+    pub stopped_by_hook: bool,
     /// Backbone pass over the prompt.
     pub prefill: Duration,
     /// From the end of the prefill to the first frame's codes.
@@ -257,6 +378,11 @@ pub struct Generated {
     pub frames: usize,
     /// Whether an all-zero frame ended generation (else the cap did).
     pub stopped_on_eos: bool,
+    /// Why generation ended.
+    pub stop_reason: StopReason,
+    /// Seconds of trailing silence trimmed from `audio` (and the frames
+    /// wholly inside it from `codes`).
+    pub trimmed_s: f64,
     /// Where the time went.
     pub timings: Timings,
 }
@@ -396,6 +522,7 @@ pub fn generate_frames(
     let GenerateHooks {
         mut progress,
         cancel,
+        mut stop,
     } = hooks;
     let mut sampler = Sampler::new(cfg)?;
     let limit = options.code_limit;
@@ -419,6 +546,7 @@ pub fn generate_frames(
     let mut first_frame = Duration::ZERO;
     let mut codes = Vec::new();
     let mut stopped_on_eos = false;
+    let mut stopped_by_hook = false;
     for i in 0..options.max_frames {
         if cancel.is_some_and(CancelToken::is_cancelled) {
             return Err(GenerateError::Cancelled {
@@ -457,6 +585,12 @@ pub fn generate_frames(
                 elapsed: loop_start.elapsed(),
             });
         }
+        if let Some(rule) = stop.as_deref_mut() {
+            if rule(&codes)? {
+                stopped_by_hook = true;
+                break;
+            }
+        }
         match next {
             Some(n) => h = n,
             None => break,
@@ -465,6 +599,7 @@ pub fn generate_frames(
     Ok(GeneratedFrames {
         codes,
         stopped_on_eos,
+        stopped_by_hook,
         prefill,
         first_frame,
         frames_total: loop_start.elapsed(),
@@ -659,20 +794,78 @@ impl Generator {
         let prompt = self.prompt(context, text, speaker)?;
         let encode_context = start.elapsed();
         let (tokens, mask) = prompt.to_arrays();
+        let text_cap = cfg.guards.max_frames_for(text);
+        let max_frames = text_cap.map_or(cfg.max_frames(), |c| c.min(cfg.max_frames()));
         let options = FrameOptions {
-            max_frames: cfg.max_frames(),
+            max_frames,
             stop_on_eos: true,
             code_limit: Some(self.mimi.config.quantizer.bins),
         };
-        let out = generate_frames(&mut self.csm, &tokens, &mask, cfg, &options, hooks)?;
+        let GenerateHooks {
+            mut progress,
+            cancel,
+            stop: mut caller_stop,
+        } = hooks;
+        let mut silence = cfg.guards.stop_after_silence_s.map(SilenceWatch::new);
+        let mimi = &mut self.mimi;
+        let mut stop_rule = |codes: &[Vec<i32>]| -> Result<bool, GenerateError> {
+            if let Some(rule) = caller_stop.as_deref_mut() {
+                if rule(codes)? {
+                    return Ok(true);
+                }
+            }
+            match silence.as_mut() {
+                Some(watch) => {
+                    let rate = mimi.config.sample_rate;
+                    watch.is_silent(codes, rate, &mut |c| decode_codes(mimi, c))
+                }
+                None => Ok(false),
+            }
+        };
+        // Reborrowed for this call only, so the stop rule's borrow of the
+        // codec ends with it.
+        let hooks = GenerateHooks {
+            progress: progress
+                .as_deref_mut()
+                .map(|p| p as &mut dyn FnMut(&FrameProgress)),
+            cancel,
+            stop: Some(&mut stop_rule),
+        };
+        let out = generate_frames(&mut self.csm, &tokens, &mask, cfg, &options, hooks);
+        drop(stop_rule);
+        let out = out?;
+        let stop_reason = if out.stopped_on_eos {
+            StopReason::Eos
+        } else if out.stopped_by_hook {
+            StopReason::Silence
+        } else if text_cap.is_some_and(|c| c < cfg.max_frames()) {
+            StopReason::LengthLimit
+        } else {
+            StopReason::MaxAudio
+        };
         let decode_start = Instant::now();
-        let audio = self.decode(&out.codes)?;
+        let mut codes = out.codes;
+        let mut audio = self.decode(&codes)?;
         let decode = decode_start.elapsed();
+        let mut trimmed_s = 0.0;
+        if let Some(keep_s) = cfg.guards.trim_trailing_silence_s {
+            let rate = self.mimi.config.sample_rate;
+            let end = trailing_silence_start(&audio, rate, keep_s);
+            if end < audio.len() {
+                let hop = self.mimi.hop_length();
+                trimmed_s = (audio.len() - end) as f64 / f64::from(rate);
+                audio.truncate(end);
+                // Frames wholly inside the trimmed tail go too.
+                codes.truncate(end.div_ceil(hop));
+            }
+        }
         Ok(Generated {
-            frames: out.codes.len(),
-            codes: out.codes,
+            frames: codes.len(),
+            codes,
             audio,
             stopped_on_eos: out.stopped_on_eos,
+            stop_reason,
+            trimmed_s,
             timings: Timings {
                 encode_context,
                 prefill: out.prefill,
@@ -682,6 +875,90 @@ impl Generator {
                 total: start.elapsed(),
             },
         })
+    }
+}
+
+/// Level of each 10 ms stretch of `audio` (RMS).
+fn levels(audio: &[f32], sample_rate: u32) -> Vec<f32> {
+    audio
+        .chunks((sample_rate as usize / 100).max(1))
+        .map(crate::data::audio::rms)
+        .collect()
+}
+
+/// Silence threshold: 40 dB under `loudest`, and never under -60 dBFS.
+fn silence_threshold(loudest: f32) -> f32 {
+    (loudest * 10f32.powf(-40.0 / 20.0)).max(10f32.powf(-60.0 / 20.0))
+}
+
+/// Where the trailing silence of `audio` starts, `keep_s` seconds after its
+/// last sound (`audio.len()` when it ends in sound; `keep_s` seconds in
+/// when it is all silence).
+fn trailing_silence_start(audio: &[f32], sample_rate: u32, keep_s: f32) -> usize {
+    let levels = levels(audio, sample_rate);
+    let loudest = levels.iter().copied().fold(0.0, f32::max);
+    let threshold = silence_threshold(loudest);
+    let stretch = (sample_rate as usize / 100).max(1);
+    match levels.iter().rposition(|&l| l > threshold) {
+        Some(last) => {
+            let keep = (f64::from(keep_s) * f64::from(sample_rate)).round() as usize;
+            ((last + 1) * stretch + keep).min(audio.len())
+        }
+        None => ((f64::from(keep_s) * f64::from(sample_rate)).round() as usize).min(audio.len()),
+    }
+}
+
+/// Watches generated frames for a silent stretch: every few frames it
+/// decodes the latest ones and checks their tail.
+struct SilenceWatch {
+    /// Frames the silent stretch must span.
+    frames: usize,
+    /// The loudest 10 ms level heard so far.
+    loudest: f32,
+    /// Frames generated at the last check.
+    checked_at: usize,
+}
+
+/// Frames between silence checks (0.48 s at 12.5 Hz).
+const SILENCE_CHECK_EVERY: usize = 6;
+/// Frames of left context decoded before the checked stretch, so the
+/// decoder's convolutions have settled.
+const SILENCE_CONTEXT: usize = 12;
+
+impl SilenceWatch {
+    fn new(seconds: f32) -> Self {
+        SilenceWatch {
+            frames: ((seconds * 1000.0 / FRAME_MS as f32).ceil() as usize).max(1),
+            loudest: 0.0,
+            checked_at: 0,
+        }
+    }
+
+    /// Whether the last `frames` frames of `codes` decode to silence;
+    /// `decode` turns frames into samples at `rate`.
+    fn is_silent(
+        &mut self,
+        codes: &[Vec<i32>],
+        rate: u32,
+        decode: &mut dyn FnMut(&[Vec<i32>]) -> Result<Vec<f32>, GenerateError>,
+    ) -> Result<bool, GenerateError> {
+        if codes.len() < self.frames || codes.len() < self.checked_at + SILENCE_CHECK_EVERY {
+            return Ok(false);
+        }
+        // Frames not seen at the last check count towards the loudest level
+        // heard, so speech that went silent is measured against itself.
+        let fresh = codes.len() - self.checked_at;
+        self.checked_at = codes.len();
+        let window = (self.frames.max(fresh) + SILENCE_CONTEXT).min(codes.len());
+        let audio = decode(&codes[codes.len() - window..])?;
+        let hop = audio.len() / window;
+        let fresh_audio = &audio[audio.len() - fresh.min(window) * hop..];
+        self.loudest = levels(fresh_audio, rate)
+            .into_iter()
+            .fold(self.loudest, f32::max);
+        let threshold = silence_threshold(self.loudest);
+        let tail = &audio[audio.len() - self.frames * hop..];
+        Ok(levels(tail, rate).iter().all(|&l| l <= threshold))
     }
 }
 
@@ -723,5 +1000,84 @@ pub fn check_text_ids(ids: &[u32], text_vocab: i32, segment: &str) -> Result<(),
             text_vocab,
         }),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 12.5 Hz frames of 1920 samples at 24 kHz: a "loud" frame code 1
+    /// decodes to a 0.3 sine, a "quiet" one (code 0) to silence.
+    fn fake_decode(codes: &[Vec<i32>]) -> Result<Vec<f32>, GenerateError> {
+        Ok(codes
+            .iter()
+            .flat_map(|f| {
+                (0..1920).map(move |i| {
+                    if f[0] == 1 {
+                        0.3 * (i as f32 * 0.1).sin()
+                    } else {
+                        0.0
+                    }
+                })
+            })
+            .collect())
+    }
+
+    fn frames(loud: usize, quiet: usize) -> Vec<Vec<i32>> {
+        let mut v = vec![vec![1]; loud];
+        v.extend(vec![vec![0]; quiet]);
+        v
+    }
+
+    #[test]
+    fn the_silence_rule_ends_a_sample_that_goes_silent() {
+        // 2 s = 25 frames of silence after 1 s of sound.
+        let mut watch = SilenceWatch::new(2.0);
+        let mut decode = fake_decode;
+        let mut stopped_at = None;
+        let all = frames(12, 60);
+        for n in 1..=all.len() {
+            if watch.is_silent(&all[..n], 24_000, &mut decode).unwrap() {
+                stopped_at = Some(n);
+                break;
+            }
+        }
+        // Checked every 6 frames: the first check with 25 quiet frames.
+        let n = stopped_at.expect("the silence rule fired");
+        assert!((12 + 25..12 + 25 + SILENCE_CHECK_EVERY).contains(&n), "{n}");
+
+        // Sound throughout never trips it; nor does a short pause.
+        let mut watch = SilenceWatch::new(2.0);
+        let mut pauses = frames(12, 20);
+        pauses.extend(frames(40, 0));
+        for n in 1..=pauses.len() {
+            assert!(!watch.is_silent(&pauses[..n], 24_000, &mut decode).unwrap());
+        }
+    }
+
+    #[test]
+    fn trailing_silence_is_trimmed_to_the_kept_tail() {
+        let audio = fake_decode(&frames(10, 30)).unwrap();
+        let end = trailing_silence_start(&audio, 24_000, 0.25);
+        // The sound ends at 10 * 1920 samples; 0.25 s = 6000 samples kept.
+        assert_eq!(end, 10 * 1920 + 6000);
+        let sound = fake_decode(&frames(10, 0)).unwrap();
+        assert_eq!(trailing_silence_start(&sound, 24_000, 0.25), sound.len());
+        let silent = fake_decode(&frames(0, 10)).unwrap();
+        assert_eq!(trailing_silence_start(&silent, 24_000, 0.25), 6000);
+    }
+
+    #[test]
+    fn the_length_rule_follows_the_text() {
+        let g = Guards::default();
+        // 2 s + 0.2 s x 12 characters = 4.4 s = 55 frames of 80 ms.
+        assert_eq!(g.max_frames_for("hello there."), Some(55));
+        assert_eq!(Guards::off().max_frames_for("hello there."), None);
+        let bad = Guards {
+            stop_after_silence_s: Some(0.0),
+            ..Guards::default()
+        };
+        assert!(bad.validate().unwrap_err().to_string().contains("stop_after_silence"));
     }
 }

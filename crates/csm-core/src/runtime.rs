@@ -1,6 +1,8 @@
 //! What MLX runs on: version, backend, device, BLAS, memory, and a matmul
 //! micro-benchmark. `csm info` prints these for bug reports.
 
+pub mod blas;
+
 use std::ffi::CStr;
 use std::time::{Duration, Instant};
 
@@ -415,12 +417,7 @@ pub fn openblas_core() -> Option<String> {
 /// SapphireRapids kernel sets). Those are about 1.5x faster than AVX2 ones
 /// (377 against 220 GFLOP/s for a 1024 product on the project's EPYC).
 pub fn openblas_has_avx512_kernels() -> bool {
-    openblas_core().is_some_and(|core| {
-        let core = core.to_ascii_lowercase();
-        ["skylakex", "cooperlake", "sapphirerapids"]
-            .iter()
-            .any(|k| core.contains(k))
-    })
+    openblas_core().is_some_and(|core| blas::tier_of(&core) == blas::Tier::Avx512)
 }
 
 /// The thread count of OpenBLAS when it is the process's BLAS (Linux).

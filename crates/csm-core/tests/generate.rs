@@ -12,7 +12,7 @@ use common::max_abs_diff;
 use csm_core::adapter::load_mlx;
 use csm_core::checkpoint::WeightMap;
 use csm_core::generate::{
-    check_text_ids, generate_frames, FrameOptions, GenerateError, GenerateHooks, Generator,
+    check_text_ids, Guards, LengthRule, StopReason, generate_frames, FrameOptions, GenerateError, GenerateHooks, Generator,
     PromptFrames, SamplingConfig, Segment,
 };
 use csm_core::model::proj::Proj;
@@ -100,6 +100,7 @@ fn greedy_frames_match_transformers() {
         GenerateHooks {
             progress: Some(&mut count),
             cancel: None,
+            stop: None,
         },
     )
     .unwrap();
@@ -436,9 +437,12 @@ fn generator_speaks_and_decodes_hop_times_frames() {
     // 13 frames of audio (ceil(200 / 16)) + text frames.
     let prompt = gen.prompt(&context, "hello there.", 0).unwrap();
     assert_eq!(prompt.len(), 9 + 13 + 1 + 8);
+    // The reference's behaviour (no guards): to EOS or the cap, every
+    // frame decoded.
     let cfg = SamplingConfig {
         seed: 5,
         max_audio_ms: 8 * 80,
+        guards: Guards::off(),
         ..SamplingConfig::default()
     };
     let mut frames_seen = 0;
@@ -452,6 +456,7 @@ fn generator_speaks_and_decodes_hop_times_frames() {
             GenerateHooks {
                 progress: Some(&mut progress),
                 cancel: None,
+                stop: None,
             },
         )
         .unwrap();
@@ -482,6 +487,33 @@ fn generator_speaks_and_decodes_hop_times_frames() {
         )
         .unwrap_err();
     assert!(err.to_string().contains("has no audio"), "{err}");
+
+    // The length rule caps a sample that does not end by itself, and says
+    // so; max_audio_ms below it is named instead.
+    let capped = SamplingConfig {
+        guards: Guards {
+            length_from_text: Some(LengthRule {
+                base_s: 0.16,
+                per_char_s: 0.0,
+            }),
+            ..Guards::off()
+        },
+        ..cfg.clone()
+    };
+    let out = gen.generate(&context, "hello there.", 0, &capped).unwrap();
+    if out.stopped_on_eos {
+        assert_eq!(out.stop_reason, StopReason::Eos);
+        assert!(out.frames < 2);
+    } else {
+        assert_eq!((out.frames, out.stop_reason), (2, StopReason::LengthLimit));
+        assert!(!out.stop_reason.is_healthy());
+    }
+    let short = SamplingConfig {
+        max_audio_ms: 80,
+        ..capped
+    };
+    let out = gen.generate(&context, "hello there.", 0, &short).unwrap();
+    assert!(out.stopped_on_eos || out.stop_reason == StopReason::MaxAudio);
 }
 
 #[test]

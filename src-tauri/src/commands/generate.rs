@@ -6,12 +6,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use csm_core::cancel::CancelToken;
 use csm_core::data::audio::{load_mono_24k, write_wav, WavEncoding};
 use csm_core::data::TARGET_SAMPLE_RATE;
 use csm_core::generate::{
-    FrameProgress, GenerateError, GenerateHooks, Generator, SamplingConfig, Segment, FRAME_MS,
+    FrameProgress, GenerateError, GenerateHooks, Generator, Guards, SamplingConfig, Segment,
+    FRAME_MS,
 };
-use csm_core::cancel::CancelToken;
 use serde::{Deserialize, Serialize};
 use tauri::ipc::Channel;
 use tauri::{AppHandle, Runtime, State};
@@ -220,6 +221,7 @@ pub fn generate(
         top_k: req.top_k,
         seed: req.seed,
         max_audio_ms: (req.max_audio_secs.max(0.08) * 1000.0) as u32,
+        guards: Guards::default(),
     };
     cancelled(cancel, "while loading the model")?;
     on_event(GenerationEvent::Phase {
@@ -242,6 +244,7 @@ pub fn generate(
             GenerateHooks {
                 progress: Some(&mut on_frame),
                 cancel: Some(cancel),
+                stop: None,
             },
         )
         .map_err(|e| match e {
@@ -252,7 +255,7 @@ pub fn generate(
         })?;
     let id = format!(
         "{}-{}-seed{}",
-        super::history::format_time(std::time::SystemTime::now(), true),
+        crate::time::format_time(std::time::SystemTime::now(), true),
         std::process::id() ^ (out.audio.len() as u32),
         req.seed
     );

@@ -7,7 +7,10 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use csm_core::data::audio::{load_mono_24k, write_wav, WavEncoding};
-use csm_core::generate::{FrameProgress, GenerateHooks, Generator, SamplingConfig, Segment};
+use csm_core::generate::{
+    FrameProgress, GenerateHooks, Generator, Guards, SamplingConfig, Segment,
+    StopReason,
+};
 use csm_core::mlx_rs::Dtype;
 use csm_core::runtime;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -77,6 +80,19 @@ pub struct GenerateArgs {
     /// Longest audio to generate, in milliseconds (80 ms per frame).
     #[arg(long, default_value_t = 10_000, help_heading = "Sampling")]
     max_audio_ms: u32,
+    /// Cap the audio at 2 s + 0.2 s per character of the text (a third of
+    /// ordinary speaking rate) unless this flag is given. A sample that
+    /// reaches the cap never said "I'm done": you are told.
+    #[arg(long, help_heading = "Guards")]
+    no_length_limit: bool,
+    /// End the sample after this many seconds of silence (0: never). Runaway
+    /// samples often end in a long silent tail.
+    #[arg(long, default_value_t = 2.0, value_name = "SECS", help_heading = "Guards")]
+    stop_after_silence: f32,
+    /// Keep trailing silence (by default it is trimmed to 0.25 s after the
+    /// last sound).
+    #[arg(long, help_heading = "Guards")]
+    keep_trailing_silence: bool,
     /// Compute dtype [default: f32 on CPU, bf16 on GPU]. On a CPU, bf16
     /// generates faster with about half the memory (products still sum in
     /// f32); f32 is the precision the parity tests check.
@@ -85,6 +101,24 @@ pub struct GenerateArgs {
     /// Output WAV file (24 kHz mono, 16-bit).
     #[arg(long, value_name = "WAV")]
     output: PathBuf,
+}
+
+/// The generation guards the flags ask for.
+fn guards(args: &GenerateArgs) -> Guards {
+    let default = Guards::default();
+    Guards {
+        length_from_text: if args.no_length_limit {
+            None
+        } else {
+            default.length_from_text
+        },
+        stop_after_silence_s: (args.stop_after_silence > 0.0).then_some(args.stop_after_silence),
+        trim_trailing_silence_s: if args.keep_trailing_silence {
+            None
+        } else {
+            default.trim_trailing_silence_s
+        },
+    }
 }
 
 /// Runs `csm generate`.
@@ -104,6 +138,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         top_k: args.topk,
         seed: args.seed,
         max_audio_ms: args.max_audio_ms,
+        guards: guards(&args),
     };
     cfg.validate()?;
     let mut context = Vec::with_capacity(n);
@@ -180,6 +215,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         GenerateHooks {
             progress: Some(&mut on_frame),
             cancel: None,
+            stop: None,
         },
     );
     bar.finish_and_clear();
@@ -194,13 +230,23 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     println!(
         "{} frames ({}), {seconds:.2} s of audio -> {}",
         out.frames,
-        if out.stopped_on_eos {
-            "stopped on end-of-speech"
-        } else {
-            "hit --max-audio-ms"
+        match out.stop_reason {
+            StopReason::Eos => "stopped on end-of-speech",
+            StopReason::Silence => "ended by --stop-after-silence",
+            StopReason::LengthLimit => "hit the length limit from the text",
+            StopReason::MaxAudio => "hit --max-audio-ms",
         },
         args.output.display()
     );
+    if out.trimmed_s > 0.0 {
+        println!("trimmed {:.2} s of trailing silence", out.trimmed_s);
+    }
+    if !out.stop_reason.is_healthy() {
+        tracing::warn!(
+            "the model never emitted its end-of-speech frame (a runaway sample); \
+             listen before using it, or try another --seed"
+        );
+    }
     let rtf = if seconds > 0.0 {
         gen_s / seconds
     } else {

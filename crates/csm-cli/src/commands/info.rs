@@ -23,10 +23,22 @@ pub struct InfoArgs {
     /// Print only the f32 benchmark as JSON (used for the comparison run).
     #[arg(long, hide = true)]
     bench_json: bool,
+    /// Print only the OPENBLAS_CORETYPE csm chose for this CPU (empty when
+    /// OpenBLAS's own choice fits): scripts/test.sh gives it to the test
+    /// binaries, which do not restart themselves as `csm` does.
+    #[arg(long, hide = true)]
+    print_blas_coretype: bool,
 }
 
 /// Runs `csm info`.
 pub fn run(args: InfoArgs) -> Result<()> {
+    if args.print_blas_coretype {
+        use csm_core::runtime::blas::{kernel_origin, KernelOrigin};
+        if let KernelOrigin::SetByUs { .. } = kernel_origin(|k| std::env::var_os(k)) {
+            println!("{}", runtime::openblas_core().unwrap_or_default());
+        }
+        return Ok(());
+    }
     let backend = runtime::use_best_device();
     let budget = Duration::from_secs_f64(args.seconds.max(0.1));
     let f32_bench = runtime::matmul_gflops(args.size, Dtype::Float32, budget)
@@ -45,6 +57,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
         blas.name,
         blas.path.map(|p| format!(" ({p})")).unwrap_or_default()
     );
+    print_blas_kernels();
     println!("libmlx          {}", libmlx_path());
     if let Some(probe) = runtime::malloc_probe() {
         let from = |mmapped: bool| if mmapped { "mmap" } else { "heap" };
@@ -77,6 +90,40 @@ pub fn run(args: InfoArgs) -> Result<()> {
         compare_reference_blas(&args, f32_bench.gflops)?;
     }
     Ok(())
+}
+
+/// Which OpenBLAS kernels run, and a warning where they are narrower than
+/// the CPU allows.
+fn print_blas_kernels() {
+    use csm_core::runtime::blas::{self, KernelOrigin};
+    let Some(core) = runtime::openblas_core() else {
+        return;
+    };
+    let cpu = cpu_model().unwrap_or_else(|| "this CPU".into());
+    match blas::kernel_origin(|k| std::env::var_os(k)) {
+        KernelOrigin::Fits => println!("BLAS kernels    {core} (OpenBLAS's choice for {cpu})"),
+        KernelOrigin::SetByUs { chosen } => println!(
+            "BLAS kernels    {core} (set by csm: OpenBLAS chose its {chosen} kernels for {cpu})"
+        ),
+        KernelOrigin::Narrow(a) => {
+            println!("BLAS kernels    {core} on {cpu}");
+            tracing::warn!(
+                "OpenBLAS runs its {} kernels, but {cpu} supports the faster {} set: unset \
+                 OPENBLAS_CORETYPE to let csm choose, or set OPENBLAS_CORETYPE={}",
+                a.chosen,
+                a.recommended,
+                a.recommended
+            );
+        }
+    }
+}
+
+/// The CPU's model name (Linux `/proc/cpuinfo`).
+fn cpu_model() -> Option<String> {
+    std::fs::read_to_string("/proc/cpuinfo").ok()?.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k.trim() == "model name").then(|| v.trim().to_string())
+    })
 }
 
 /// Path of the libmlx this process loaded.

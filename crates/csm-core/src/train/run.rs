@@ -677,6 +677,18 @@ impl<'a> Run<'a> {
             crate::data::TARGET_SAMPLE_RATE,
             crate::data::audio::WavEncoding::Int16,
         )?;
+        if !out.stop_reason.is_healthy() {
+            observer.on_event(&TrainEvent::Warning {
+                message: format!(
+                    "sample at step {}: the model did not end the sample itself ({:?} stopped it \
+                     after {:.1} s); {}",
+                    self.progress.step,
+                    out.stop_reason,
+                    out.audio_seconds(),
+                    path.display()
+                ),
+            });
+        }
         observer.on_event(&TrainEvent::Sample {
             step: self.progress.step,
             path,
