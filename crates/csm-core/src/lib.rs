@@ -62,6 +62,7 @@ pub mod score;
 pub mod speaker;
 pub mod tokenizer;
 pub mod train;
+pub mod whisper;
 
 // The unit tests share the integration tests' helpers.
 #[cfg(test)]

@@ -1,0 +1,136 @@
+//! Loading Whisper from a transformers directory (`config.json`,
+//! `generation_config.json`, `model.safetensors` or shards, and
+//! `tokenizer.json` or openai-whisper's `multilingual.tiktoken`).
+//!
+//! The one rename ([`sanitize`]): drop the `model.` prefix, drop the tied
+//! `proj_out.weight` (it must equal `decoder.embed_tokens.weight`'s shape),
+//! and turn the convs from torch `[out, in, k]` into MLX `[out, k, in]`.
+//! Loading is then strict: any missing, unexpected or mis-shaped tensor
+//! fails with the full list.
+
+use std::path::{Path, PathBuf};
+
+use mlx_rs::Dtype;
+
+use super::config::WhisperConfig;
+use super::error::WhisperError;
+use super::model::WhisperModel;
+use super::tokenizer::WhisperTokenizer;
+use crate::checkpoint::{load_strict, CheckpointError, WeightMap};
+
+/// A loaded model with its tokenizer.
+#[derive(Debug, Clone)]
+pub struct Whisper {
+    /// Weights.
+    pub model: WhisperModel,
+    /// Tokenizer matching the model's vocabulary.
+    pub tokenizer: WhisperTokenizer,
+}
+
+impl Whisper {
+    /// Loads a transformers Whisper directory.
+    ///
+    /// # Errors
+    /// Missing files, a bad config, a checkpoint that does not match the
+    /// config, or a tokenizer whose special tokens do not fit the vocabulary.
+    pub fn load(dir: &Path) -> Result<Self, WhisperError> {
+        let config = WhisperConfig::from_dir(dir)?;
+        let model = WhisperModel::load_dir(dir, &config)?;
+        let tokenizer = load_tokenizer(dir, &config)?;
+        Ok(Whisper { model, tokenizer })
+    }
+}
+
+/// `tokenizer.json`, else `multilingual.tiktoken` beside the weights.
+pub fn load_tokenizer(dir: &Path, config: &WhisperConfig) -> Result<WhisperTokenizer, WhisperError> {
+    let vocab = config.vocab_size as usize;
+    let json = dir.join("tokenizer.json");
+    let tok = if json.is_file() {
+        WhisperTokenizer::from_tokenizer_json(&json, vocab)?
+    } else {
+        let tiktoken = dir.join("multilingual.tiktoken");
+        let text = std::fs::read_to_string(&tiktoken).map_err(|source| WhisperError::Io {
+            path: tiktoken.clone(),
+            source,
+        })?;
+        WhisperTokenizer::from_tiktoken(&text, config.num_languages())?
+    };
+    let last = tok.special.timestamp_begin as usize + super::tokenizer::N_TIMESTAMPS as usize;
+    if last != vocab {
+        return Err(WhisperError::Tokenizer(format!(
+            "{}: its timestamp tokens end at id {last}, the model has {vocab} ids",
+            dir.display()
+        )));
+    }
+    Ok(tok)
+}
+
+impl WhisperModel {
+    /// Builds the model from transformers-named tensors.
+    pub fn from_weights(config: &WhisperConfig, weights: WeightMap) -> Result<Self, WhisperError> {
+        let mut model = WhisperModel::new(config)?;
+        load_strict(&mut model, sanitize(weights)?)?;
+        Ok(model)
+    }
+
+    /// Reads `model.safetensors` (or every `*.safetensors`) in `dir`, in f32.
+    pub fn load_dir(dir: &Path, config: &WhisperConfig) -> Result<Self, WhisperError> {
+        let files = safetensors_files(dir)?;
+        let weights = WeightMap::from_safetensors(&files, Some(Dtype::Float32))?;
+        Self::from_weights(config, weights)
+    }
+}
+
+/// transformers names -> this module's names (see the module docs).
+pub fn sanitize(mut weights: WeightMap) -> Result<WeightMap, WhisperError> {
+    let mlx = |source| CheckpointError::Mlx {
+        context: "transposing a Whisper conv".into(),
+        source,
+    };
+    if let Some(proj) = weights.remove("proj_out.weight") {
+        let emb = weights.tensors.get("model.decoder.embed_tokens.weight");
+        if emb.map(|e| e.shape()) != Some(proj.shape()) {
+            return Err(WhisperError::Checkpoint(CheckpointError::Mismatch {
+                source_name: weights.source.clone(),
+                missing: vec![],
+                unexpected: vec!["proj_out.weight (not tied to decoder.embed_tokens.weight)".into()],
+                misshaped: vec![],
+            }));
+        }
+    }
+    weights.rename(|k| Some(k.strip_prefix("model.").unwrap_or(k).to_string()));
+    for key in ["encoder.conv1.weight", "encoder.conv2.weight"] {
+        if let Some(w) = weights.remove(key) {
+            if w.ndim() == 3 {
+                weights.insert(key, w.transpose_axes(&[0, 2, 1]).map_err(mlx)?);
+            } else {
+                weights.insert(key, w);
+            }
+        }
+    }
+    Ok(weights)
+}
+
+fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>, WhisperError> {
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let io = |source| WhisperError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(io(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no .safetensors file in the Whisper directory",
+        )));
+    }
+    Ok(files)
+}
