@@ -15,3 +15,4 @@ pub mod launch;
 pub mod models;
 pub mod score;
 pub mod train_args;
+pub mod transcribe;

@@ -1,0 +1,146 @@
+//! `csm transcribe`: raw recordings -> a dataset folder (24 kHz WAVs,
+//! transcripts, word alignments) with Whisper; the work is
+//! `csm_core::whisper::dataset::transcribe_folder`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use csm_core::whisper::dataset::{transcribe_folder, FolderEvent, FolderOptions};
+use csm_core::whisper::{TranscribeOptions, Whisper};
+use csm_hub::{Cancel, MAIN};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::download::{hub, TerminalProgress};
+use super::finetune::cancel_on_ctrl_c;
+
+/// Flags of `csm transcribe`.
+#[derive(Debug, Args)]
+pub struct TranscribeArgs {
+    /// Folder of recordings to transcribe.
+    #[arg(long)]
+    pub audio_dir: PathBuf,
+    /// Dataset folder to fill (`audio/`, `transcripts/`, `alignments/`).
+    #[arg(long)]
+    pub output_dir: PathBuf,
+    /// A transformers Whisper folder, or a hub id (downloaded once).
+    #[arg(long, default_value = "openai/whisper-large-v3-turbo")]
+    pub whisper_model: PathBuf,
+    /// Language code (`en`, `fr`, ...); detected per recording when absent.
+    #[arg(long)]
+    pub language: Option<String>,
+    /// Decoding temperature; 0 is greedy with no fallback. Without the
+    /// flag: 0, then 0.2 ... 1.0 when a window looks wrong (openai-whisper).
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Replace outputs that already exist (by default they are kept and
+    /// recordings with a transcript are skipped).
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+/// A local Whisper folder for `model`: itself, or the hub snapshot.
+fn whisper_dir(model: &Path) -> Result<PathBuf> {
+    if model.exists() {
+        return Ok(model.to_path_buf());
+    }
+    let Some(repo) = model.to_str().filter(|s| s.contains('/') && csm_hub::validate_repo_id(s).is_ok()) else {
+        bail!("{} is neither a folder nor a hub id like openai/whisper-tiny", model.display());
+    };
+    let hub = hub()?;
+    let listing = hub.repo_files(repo, MAIN)?;
+    let wanted: Vec<&str> = listing
+        .files
+        .iter()
+        .map(String::as_str)
+        .filter(|f| {
+            !f.contains('/')
+                && (f.ends_with(".safetensors")
+                    || ["config.json", "generation_config.json", "tokenizer.json"].contains(f)
+                    || f.ends_with(".safetensors.index.json"))
+        })
+        .collect();
+    if !wanted.iter().any(|f| f.ends_with(".safetensors")) {
+        bail!("{repo} has no .safetensors weights");
+    }
+    let paths = hub.download_files(repo, MAIN, &wanted, &mut TerminalProgress::default(), &Cancel::new())?;
+    let dir = paths[0].path.parent().context("snapshot folder")?.to_path_buf();
+    Ok(dir)
+}
+
+/// Runs `csm transcribe`.
+pub fn run(args: TranscribeArgs) -> Result<()> {
+    let dir = whisper_dir(&args.whisper_model)?;
+    let whisper = Whisper::load(&dir).with_context(|| format!("loading Whisper from {}", dir.display()))?;
+    let cancel = cancel_on_ctrl_c()?;
+    let mut transcribe = TranscribeOptions {
+        language: args.language.clone(),
+        ..TranscribeOptions::default()
+    };
+    if let Some(t) = args.temperature {
+        transcribe.temperatures = vec![t];
+    }
+    let options = FolderOptions {
+        audio_dir: args.audio_dir.clone(),
+        output_dir: args.output_dir.clone(),
+        overwrite: args.overwrite,
+        transcribe,
+    };
+    let bar = ProgressBar::hidden();
+    let mut done_before = 0.0; // audio seconds of finished files
+    let mut current = 0.0;
+    let mut total_min = 0.0;
+    let mut on_event = |e: FolderEvent| match e {
+        FolderEvent::Start { files, total_s, skipped } => {
+            if skipped > 0 {
+                eprintln!("{skipped} recording(s) already transcribed, skipped");
+            }
+            total_min = total_s / 60.0;
+            bar.set_length((total_s * 1000.0) as u64);
+            bar.set_style(
+                ProgressStyle::with_template("{bar:30} {msg} [{elapsed_precise}, ETA {eta}]")
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            );
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            bar.enable_steady_tick(Duration::from_millis(250));
+            bar.println(format!("transcribing {files} recording(s), {total_min:.1} audio minutes"));
+        }
+        FolderEvent::FileStart { name, duration_s } => {
+            current = duration_s;
+            bar.println(format!("{name} ({:.1} min)", duration_s / 60.0));
+        }
+        FolderEvent::Progress { done_s } => {
+            let pos = done_before + done_s.min(current);
+            bar.set_position((pos * 1000.0) as u64);
+            bar.set_message(format!("{:.1}/{total_min:.1} audio min", pos / 60.0));
+        }
+        FolderEvent::FileDone { name, text } => {
+            done_before += current;
+            let preview: String = text.chars().take(70).collect();
+            bar.println(format!("  {name}: {preview}"));
+        }
+        FolderEvent::FileFailed { name, error } => {
+            done_before += current;
+            bar.println(format!("  {name}: FAILED: {error}"));
+        }
+    };
+    let summary = transcribe_folder(&whisper, &options, &mut on_event, &cancel)?;
+    bar.finish_and_clear();
+    println!(
+        "transcribed {} recording(s) ({:.1} audio min), skipped {}, failed {} -> {}",
+        summary.transcribed.len(),
+        summary.audio_s / 60.0,
+        summary.skipped.len(),
+        summary.failed.len(),
+        args.output_dir.display()
+    );
+    if !summary.failed.is_empty() {
+        for (file, why) in &summary.failed {
+            eprintln!("  {file}: {why}");
+        }
+        bail!("{} recording(s) failed", summary.failed.len());
+    }
+    Ok(())
+}
