@@ -7,8 +7,8 @@ use csm_core::data::audio::{self, WavEncoding};
 use csm_core::data::dataset::{pair_files, ProblemKind, SplitUnit};
 use csm_core::data::segment::LongUnaligned;
 use csm_core::data::{
-    load_dataset, scan_dataset, AlignmentFormat, DataError, DatasetLayout, LoadOptions,
-    ScanOptions, SegmentConfig, Split,
+    audio_usage, load_dataset, scan_dataset, AlignmentFormat, DataError, DatasetLayout,
+    LoadOptions, ScanOptions, SegmentConfig, Split,
 };
 
 /// A dataset folder with `audio/` and `transcripts/` (and `alignments/` once
@@ -156,8 +156,21 @@ fn folder_errors_name_the_folder() {
     assert!(err.to_string().contains("nope"));
 
     f.wav("a.wav", &tone(24_000, 1.0, 0.3), 24_000);
+    f.wav("b.wav", &tone(24_000, 1.0, 0.3), 24_000);
+    // A transcript folder with no .txt at all names the folder and every
+    // audio file left without a transcript.
+    f.file("transcripts/a.text", "not a .txt");
     let err = pair_files(&f.layout()).unwrap_err();
-    assert!(matches!(&err, DataError::EmptyDir { path, .. } if *path == f.path("transcripts")));
+    assert!(
+        matches!(&err, DataError::NoTranscripts { path, audio_without_transcript }
+            if *path == f.path("transcripts") && *audio_without_transcript == ["a.wav", "b.wav"]),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("transcripts") && msg.contains("a.wav, b.wav"),
+        "{msg}"
+    );
 }
 
 /// Every bad single file stops a strict load with the right variant naming it.
@@ -553,6 +566,60 @@ fn long_unaligned_can_be_skipped_instead_of_refused() {
         .warnings
         .iter()
         .any(|w| w.contains("long.wav") && w.contains("skipped")));
+}
+
+#[test]
+fn usage_reports_the_audio_left_after_trimming_and_skipping() {
+    let f = Fixture::new();
+    // 0.5 s silence, 1 s tone, 0.5 s silence.
+    let mut padded = vec![0.0f32; 12_000];
+    padded.extend(tone(24_000, 1.0, 0.3));
+    padded.extend(vec![0.0f32; 12_000]);
+    f.wav("padded.wav", &padded, 24_000);
+    f.file("transcripts/padded.txt", "padded");
+    f.wav("long.wav", &tone(24_000, 20.0, 0.3), 24_000);
+    f.file("transcripts/long.txt", "long");
+    let skip = SegmentConfig {
+        long_unaligned: LongUnaligned::Skip,
+        ..SegmentConfig::default()
+    };
+    let opts = LoadOptions {
+        segment: skip.clone(),
+        val_split: 0.0,
+        ..LoadOptions::default()
+    };
+    let usage = audio_usage(&f.layout(), &opts, &mut |_| {}).unwrap();
+    let close = |a: f64, b: f64| (a - b).abs() < 0.011;
+    assert!(close(usage.seconds_in, 22.0), "{usage:?}");
+    // Trimmed to the tone plus the default 0.2 s of edge padding.
+    assert!(close(usage.seconds_used, 1.4), "{usage:?}");
+    assert_eq!((usage.utterances, usage.recordings_used), (1, 1));
+    assert_eq!(
+        (usage.train_utterances, usage.validation_utterances),
+        (1, 0)
+    );
+    assert!(close(usage.train_seconds, usage.seconds_used));
+    let names: Vec<&str> = usage
+        .recordings
+        .iter()
+        .map(|r| r.recording_id.as_str())
+        .collect();
+    assert_eq!(names, ["long", "padded"]);
+    assert_eq!(usage.recordings[0].utterances, 0);
+    assert_eq!(usage.recordings[0].seconds_used, 0.0);
+    assert!(usage.warnings.iter().any(|w| w.contains("long.wav")));
+
+    // Trimming off: the whole file is used.
+    let untrimmed = LoadOptions {
+        segment: SegmentConfig {
+            trim_silence: false,
+            ..skip
+        },
+        ..opts
+    };
+    let ds = load_dataset(&f.layout(), &untrimmed).unwrap();
+    assert_eq!(ds.usage().seconds_used, 2.0);
+    assert_eq!(ds.usage().recordings[1].seconds_in, 2.0);
 }
 
 #[test]

@@ -228,15 +228,15 @@ fn wrong_config_is_a_strict_load_error() {
     assert!(err.contains("mimi_tiny_kyutai.safetensors"), "{err}");
 }
 
-/// The released checkpoint, when `CSM_MIMI_CHECKPOINT` points at it (the
+/// The released checkpoint, which `CSM_MIMI_CHECKPOINT` points at (the
 /// kyutai `tokenizer-e351c8d8-checkpoint125.safetensors`, a `kyutai/mimi`
-/// directory or a transformers CSM directory). Skipped otherwise.
+/// directory or a transformers CSM directory). Run it with
+/// `CSM_MIMI_CHECKPOINT=PATH cargo nextest run -p csm-core --run-ignored all released_checkpoint`.
 #[test]
-fn released_checkpoint_if_available() {
-    let Some(path) = std::env::var_os("CSM_MIMI_CHECKPOINT") else {
-        println!("CSM_MIMI_CHECKPOINT not set: skipping the released-checkpoint check");
-        return;
-    };
+#[ignore = "needs CSM_MIMI_CHECKPOINT: the released Mimi weights, which are not in the repository"]
+fn released_checkpoint() {
+    let path = std::env::var_os("CSM_MIMI_CHECKPOINT")
+        .expect("set CSM_MIMI_CHECKPOINT to the released Mimi checkpoint to run this test");
     let mut mimi = Mimi::load(Path::new(&path), None).expect("load released Mimi");
     assert_eq!(mimi.config.hop_length(), 1920);
     mimi.set_num_codebooks(32).unwrap();

@@ -9,14 +9,17 @@
 //! - [`dataset`]: the folder layout ([`DatasetLayout`]), pairing
 //!   `audio/*.wav` with `transcripts/*.txt` by stem, the per-file
 //!   [`ScanReport`] shown in the GUI table, the deterministic
-//!   train/validation split, and [`load_dataset`], which returns ready
-//!   [`Conversation`]s.
+//!   train/validation split, [`load_dataset`], which returns ready
+//!   [`Conversation`]s, and [`audio_usage`] / [`Dataset::usage`]: the
+//!   seconds read and the seconds used after trimming and cutting.
 //! - [`alignment`]: word timings from JSON (`{"words": [...]}`, a bare list,
 //!   whisper-style `{"segments": [{"words": [...]}]}`, MFA tiers), with the
 //!   variant that was found.
-//! - [`segment`]: cutting a recording at word boundaries into utterances of
-//!   about 3-12 s, the [`Utterance`]/[`Conversation`] types, context turns
-//!   and length bucketing.
+//! - [`segment`]: trimming edge silence and cutting a recording at word
+//!   boundaries into utterances of about 3-12 s, as [`SegmentConfig`] says
+//!   (a run's `TrainConfig` fills it from its settings), the
+//!   [`Utterance`]/[`Conversation`] types, context turns and length
+//!   bucketing.
 //! - [`espeak`]: a small spoken dataset synthesised with `espeak-ng`, so the
 //!   product can be tried without downloads.
 //!
