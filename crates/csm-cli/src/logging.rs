@@ -1,5 +1,8 @@
 //! `--log-level` parsing and the tracing subscriber.
 
+use std::ffi::OsStr;
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// Log levels accepted on the command line (Python-style names, as in the
@@ -40,6 +43,13 @@ pub fn parse_level(s: &str) -> Result<Level, String> {
     }
 }
 
+/// Whether log lines get ANSI colours: only on a terminal, and never when
+/// `NO_COLOR` is set to anything but the empty string (no-color.org), so
+/// `csm demo > log 2>&1` writes plain text.
+fn colour(stderr_is_terminal: bool, no_color: Option<&OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(OsStr::is_empty)
+}
+
 /// Installs a stderr subscriber; `RUST_LOG` overrides the level when set.
 pub fn init(level: Level) {
     let directive = match level {
@@ -53,6 +63,25 @@ pub fn init(level: Level) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .with_target(false)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(!colour(false, None));
+        assert!(!colour(true, Some(OsStr::new("1"))));
+        assert!(!colour(false, Some(OsStr::new("1"))));
+        // An empty NO_COLOR is unset, as no-color.org says.
+        assert!(colour(true, Some(OsStr::new(""))));
+    }
 }

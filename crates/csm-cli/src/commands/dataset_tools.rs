@@ -35,9 +35,25 @@ pub fn prepare(args: PrepareArgs, log_level: &str) -> Result<()> {
     for w in &prepared.warnings {
         eprintln!("warning: {w}");
     }
+    let u = &prepared.usage;
     println!(
-        "{:.1} min of audio: {} codes from the cache, {} encoded now ({}); {} training and {} validation examples",
-        prepared.audio_seconds / 60.0,
+        "audio read: {} in {} recording(s); used: {} in {} utterance(s) from {} recording(s), {}",
+        duration(u.seconds_in),
+        u.recordings.len(),
+        duration(u.seconds_used),
+        u.utterances,
+        u.recordings_used,
+        segmenting(&config)
+    );
+    println!(
+        "split: {} utterance(s) ({}) for training, {} ({}) for validation",
+        u.train_utterances,
+        duration(u.train_seconds),
+        u.validation_utterances,
+        duration(u.validation_seconds)
+    );
+    println!(
+        "{} codes from the cache, {} encoded now ({}); {} training and {} validation examples",
         prepared.cache.hits,
         prepared.cache.encoded,
         cache.display(),
@@ -45,6 +61,31 @@ pub fn prepare(args: PrepareArgs, log_level: &str) -> Result<()> {
         prepared.val.len()
     );
     Ok(())
+}
+
+/// `41.3 s` or `12.5 min`.
+fn duration(seconds: f64) -> String {
+    if seconds < 60.0 {
+        format!("{seconds:.1} s")
+    } else {
+        format!("{:.1} min", seconds / 60.0)
+    }
+}
+
+/// How the audio was cut, in the flags' words.
+fn segmenting(c: &csm_core::train::TrainConfig) -> String {
+    let trim = if c.trim_silence {
+        format!(
+            "edge silence trimmed to {:.2} s (--no-trim-silence keeps it)",
+            c.edge_pad_secs
+        )
+    } else {
+        "edge silence kept (--no-trim-silence)".to_string()
+    };
+    format!(
+        "{trim}; aligned recordings cut into {}-{} s utterances",
+        c.min_utterance_secs, c.max_utterance_secs
+    )
 }
 
 /// Flags of `csm evaluate`.
@@ -97,6 +138,9 @@ pub fn evaluate(args: EvaluateArgs, log_level: &str) -> Result<()> {
             "semantic_loss": loss.semantic,
             "acoustic_loss": loss.acoustic,
             "examples": examples.len(),
+            "seconds_in": prepared.usage.seconds_in,
+            "seconds_used": prepared.usage.seconds_used,
+            "trim_silence": config.trim_silence,
             "semantic_weight": config.semantic_weight,
             "acoustic_weight": config.acoustic_weight,
             "adapter": args.adapter,
