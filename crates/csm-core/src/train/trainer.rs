@@ -410,6 +410,26 @@ fn ensure_output_dir(dir: &Path) -> Result<(), TrainError> {
     std::fs::remove_file(&probe).map_err(err)
 }
 
+/// `--resume-from FILE: why`: a file that cannot be resumed from.
+fn unusable_checkpoint(path: &Path, e: CheckpointError) -> TrainError {
+    let reason = match e {
+        CheckpointError::Io { source, .. } => format!("cannot read it: {source}"),
+        CheckpointError::Safetensors { message, .. }
+            if message.starts_with("not a csm training checkpoint") =>
+        {
+            message
+        }
+        CheckpointError::Safetensors { message, .. } => {
+            format!("not a csm training checkpoint (not even safetensors: {message})")
+        }
+        other => other.to_string(),
+    };
+    TrainError::Resume {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
 /// Runs a whole fine-tuning job (see the module docs) as `settings` say:
 /// device, codes cache, compiled step, distributed group.
 pub fn train(
@@ -433,7 +453,10 @@ pub fn train(
         ensure_output_dir(&cfg.output_dir)?;
     }
     let resume = match &cfg.resume_from {
-        Some(path) => Some((path.clone(), state::load(path)?)),
+        Some(path) => Some((
+            path.clone(),
+            state::load(path).map_err(|e| unusable_checkpoint(path, e))?,
+        )),
         None => None,
     };
     if group.is_main() {
