@@ -228,9 +228,9 @@ impl WeightMap {
         Ok(())
     }
 
-    /// Reads the tensors of a PyTorch `.pt`/`.bin` checkpoint (zip format)
-    /// through the restricted pickle reader, which executes nothing and
-    /// refuses any pickle that asks for more than tensor data.
+    /// Reads the tensors of a PyTorch `.pt`/`.bin` checkpoint (zip or
+    /// legacy format) through the restricted pickle reader, which executes
+    /// nothing and refuses any pickle that asks for more than tensor data.
     pub fn from_torch_checkpoint(
         path: &Path,
         float_dtype: Option<Dtype>,
