@@ -53,6 +53,10 @@ pub enum Error {
     /// A destination that must be new already exists (nothing was changed).
     #[error("{} already exists; choose another folder or move it away first", .0.display())]
     AlreadyExists(PathBuf),
+    /// A hub download failed (refused, not found, broken, corrupt, no
+    /// space); the message names the repo or file and what to do.
+    #[error("{0}")]
+    Download(String),
     /// Anything else (a bug or an environment problem).
     #[error("{0}")]
     Internal(String),
@@ -87,6 +91,7 @@ impl Error {
             Error::Generation(_) => "generation",
             Error::Cancelled(_) => "cancelled",
             Error::AlreadyExists(_) => "alreadyExists",
+            Error::Download(_) => "download",
             Error::Internal(_) => "internal",
         }
     }

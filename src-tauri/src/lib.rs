@@ -12,6 +12,7 @@ use tauri::{Builder, DragDropEvent, Manager, Runtime, WindowEvent};
 /// `tauri::test::mock_builder()`.
 pub fn app_builder<R: Runtime>(builder: Builder<R>) -> Builder<R> {
     state::manage(builder)
+        .manage(commands::hub::HubDownloads::default())
         .plugin(tauri_plugin_dialog::init())
         .on_window_event(|window, event| {
             // Folders dropped on the window become readable by the commands.
@@ -30,6 +31,13 @@ pub fn app_builder<R: Runtime>(builder: Builder<R>) -> Builder<R> {
             commands::dataset::scan_dataset,
             commands::models::inspect_model,
             commands::models::demo_assets,
+            commands::hub::hub_status,
+            commands::hub::list_bundles,
+            commands::hub::download_bundle,
+            commands::hub::cancel_download,
+            commands::hub::list_cached_models,
+            commands::hub::delete_cached_model,
+            commands::hub::save_hub_token,
             commands::training::estimate_run,
             commands::training::start_training,
             commands::training::stop_training,

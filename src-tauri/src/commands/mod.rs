@@ -9,5 +9,6 @@ pub mod dataset;
 pub mod files;
 pub mod generate;
 pub mod history;
+pub mod hub;
 pub mod models;
 pub mod training;

@@ -184,6 +184,18 @@ export function install(): void {
           });
           return { steps, validation: [50, 100, 150, 200].map((s) => ({ step: s, loss: 2.4 + 3 * Math.exp(-s / 50), semanticLoss: 1.3, acousticLoss: 1.1 })), samples: [] };
         }
+        case 'hub_status':
+          return { endpoint: 'https://huggingface.co', cacheDir: '/home/me/.cache/huggingface/hub', tokenSource: null, tokenPath: '/home/me/.cache/huggingface/token', offline: false };
+        case 'list_bundles':
+          return [{ name: 'csm-1b', description: 'Sesame CSM-1B (gated), the Mimi codec and the Llama 3.2 tokenizer', files: [] }];
+        case 'list_cached_models':
+          return [{ repo: 'unsloth/Llama-3.2-1B', kind: 'model', sizeBytes: 9_085_698, partialBytes: 0, refs: ['main'], files: ['tokenizer.json'] }];
+        case 'download_bundle':
+          return Promise.reject({ kind: 'download', message: 'mock backend: downloads need the app' });
+        case 'cancel_download':
+        case 'save_hub_token':
+        case 'delete_cached_model':
+          return null;
         default:
           return Promise.reject({ kind: 'internal', message: `mock backend: no ${cmd}` });
       }

@@ -20,6 +20,7 @@ export type ErrorKind =
   | 'generation'
   | 'cancelled'
   | 'alreadyExists'
+  | 'download'
   | 'internal';
 
 export interface IpcError {
@@ -160,6 +161,77 @@ export interface DemoAssets {
 
 /** Locates (and if needed unpacks) the bundled tiny demo model and dataset. */
 export const demoAssets = () => call<DemoAssets>('demo_assets');
+
+// ---------------------------------------------------------------- hub downloads
+
+/** Where the Hugging Face hub and its shared cache are (`HF_*` variables, as Python's huggingface_hub reads them). */
+export interface HubStatus {
+  endpoint: string;
+  cacheDir: string;
+  /** Where the token comes from (`$HF_TOKEN`, the token file), or null when none is set. */
+  tokenSource: string | null;
+  /** Where `saveHubToken` writes (`$HF_HOME/token`, as `huggingface-cli login`). */
+  tokenPath: string;
+  offline: boolean;
+}
+
+export type BundleRole = 'model' | 'codec' | 'tokenizer' | 'other';
+
+export interface BundleFileInfo {
+  role: BundleRole;
+  repo: string;
+  file: string;
+  /** Local path when already in the cache. */
+  cached: string | null;
+}
+
+export interface BundleInfo {
+  /** e.g. `csm-1b`. */
+  name: string;
+  description: string;
+  files: BundleFileInfo[];
+}
+
+/** A downloaded bundle, ready for the model slots. */
+export interface DownloadedBundle {
+  modelPath: string;
+  mimiPath: string | null;
+  tokenizerPath: string | null;
+}
+
+/** Per-file progress of `downloadBundle` (Rust: `#[serde(tag = "event", content = "data")]`). */
+export type DownloadEvent =
+  | { event: 'cached'; data: { repo: string; file: string; size: number } }
+  | { event: 'waiting'; data: { repo: string; file: string } }
+  | { event: 'progress'; data: { repo: string; file: string; done: number; total: number | null } }
+  | { event: 'retrying'; data: { repo: string; file: string; reason: string } }
+  | { event: 'verifying'; data: { repo: string; file: string } }
+  | { event: 'finished'; data: { repo: string; file: string; size: number } };
+
+export interface CachedModel {
+  repo: string;
+  kind: 'model' | 'dataset' | 'space';
+  sizeBytes: number;
+  /** Bytes of interrupted downloads (the next download resumes them). */
+  partialBytes: number;
+  refs: string[];
+  files: string[];
+}
+
+export const hubStatus = () => call<HubStatus>('hub_status');
+export const listBundles = () => call<BundleInfo[]>('list_bundles');
+/** Downloads (or resumes) a bundle into the hub cache; rejects with `cancelled` after `cancelDownload`. */
+export function downloadBundle(name: string, onEvent: (e: DownloadEvent) => void): Promise<DownloadedBundle> {
+  const channel = new Channel<DownloadEvent>();
+  channel.onmessage = onEvent;
+  return call<DownloadedBundle>('download_bundle', { name, onEvent: channel });
+}
+export const cancelDownload = () => call<void>('cancel_download');
+export const listCachedModels = () => call<CachedModel[]>('list_cached_models');
+/** Resolves to the bytes freed. */
+export const deleteCachedModel = (repo: string) => call<number>('delete_cached_model', { repo });
+/** Saves the token where `huggingface-cli login` does; call only with the user's consent. */
+export const saveHubToken = (token: string) => call<string>('save_hub_token', { token });
 
 // ---------------------------------------------------------------- config files
 
