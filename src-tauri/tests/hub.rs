@@ -66,7 +66,10 @@ fn a_bundle_download_fills_the_model_slots_and_resumes_after_cancel() {
     )
     .unwrap();
     let snapshot = got.model_path.display().to_string();
-    assert!(snapshot.contains("models--sesame--csm-1b/snapshots/"), "{snapshot}");
+    assert!(
+        snapshot.contains("models--sesame--csm-1b/snapshots/"),
+        "{snapshot}"
+    );
     assert!(got.model_path.join("model.safetensors").is_file());
     assert!(got.model_path.join("config.json").is_file());
     assert!(got.mimi_path.unwrap().is_file());
@@ -86,7 +89,8 @@ fn a_bundle_download_fills_the_model_slots_and_resumes_after_cancel() {
     assert_eq!(json["event"], "finished");
     assert_eq!(json["data"]["repo"], "unsloth/Llama-3.2-1B");
 
-    let err = hub::download(settings(&hub, dir.path()), "nope", |_| {}, &Cancel::new()).unwrap_err();
+    let err =
+        hub::download(settings(&hub, dir.path()), "nope", |_| {}, &Cancel::new()).unwrap_err();
     assert_eq!(serde_json::to_value(&err).unwrap()["kind"], "invalidInput");
 }
 
@@ -95,8 +99,8 @@ fn gated_repo_is_a_download_error_naming_the_licence_page() {
     let hub = mock();
     hub.gate("sesame/csm-1b", "hf_ok");
     let dir = tempfile::tempdir().unwrap();
-    let err = hub::download(settings(&hub, dir.path()), "csm-1b", |_| {}, &Cancel::new())
-        .unwrap_err();
+    let err =
+        hub::download(settings(&hub, dir.path()), "csm-1b", |_| {}, &Cancel::new()).unwrap_err();
     let v = serde_json::to_value(&err).unwrap();
     assert_eq!(v["kind"], "download");
     let msg = v["message"].as_str().unwrap();

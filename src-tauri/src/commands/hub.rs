@@ -399,7 +399,11 @@ pub async fn list_cached_models() -> Result<Vec<CachedModel>> {
                 files.sort();
                 files.dedup();
                 CachedModel {
-                    refs: r.revisions.iter().flat_map(|rev| rev.refs.clone()).collect(),
+                    refs: r
+                        .revisions
+                        .iter()
+                        .flat_map(|rev| rev.refs.clone())
+                        .collect(),
                     kind: match r.kind {
                         RepoKind::Model => "model",
                         RepoKind::Dataset => "dataset",
