@@ -517,7 +517,9 @@ pub fn save_merged(loaded: &LoadedCsm, dir: &Path) -> Result<PathBuf, TrainError
                 source,
             })
         })?,
-        None => serde_json::to_vec_pretty(&merged.config.to_sesame_json()).expect("serialisable"),
+        // The trainer's one `expect`: a `serde_json::Value` always serialises.
+        None => serde_json::to_vec_pretty(&merged.config.to_sesame_json())
+            .expect("a JSON value serialises"),
     };
     write_atomic(&dir.join("config.json"), &config_json)?;
     Ok(file)
