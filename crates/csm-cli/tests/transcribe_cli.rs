@@ -18,7 +18,11 @@ fn csm(args: &[&str]) -> Output {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// The tiny80 model folder with its tokenizer unpacked beside it.
@@ -48,17 +52,28 @@ fn transcribes_a_folder_into_the_dataset_layout() {
     let raw = tmp.path().join("raw");
     std::fs::create_dir_all(&raw).unwrap();
     for c in ["clip0", "clip1"] {
-        std::fs::copy(fixtures().join(format!("{c}.wav")), raw.join(format!("{c}.wav"))).unwrap();
+        std::fs::copy(
+            fixtures().join(format!("{c}.wav")),
+            raw.join(format!("{c}.wav")),
+        )
+        .unwrap();
     }
     std::fs::write(raw.join("broken.wav"), b"RIFF not really a wav").unwrap();
     std::fs::write(raw.join("notes.txt"), b"ignored").unwrap();
     let data = tmp.path().join("data");
     let args = |extra: &[&str]| -> Vec<String> {
-        let mut a: Vec<String> = ["transcribe", "--audio-dir"].iter().map(|s| s.to_string()).collect();
+        let mut a: Vec<String> = ["transcribe", "--audio-dir"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         a.push(raw.display().to_string());
         a.extend(["--output-dir".to_string(), data.display().to_string()]);
         a.extend(["--whisper-model".to_string(), model.display().to_string()]);
-        a.extend(["--language", "en", "--temperature", "0"].iter().map(|s| s.to_string()));
+        a.extend(
+            ["--language", "en", "--temperature", "0"]
+                .iter()
+                .map(|s| s.to_string()),
+        );
         a.extend(extra.iter().map(|s| s.to_string()));
         a
     };
@@ -78,7 +93,9 @@ fn transcribes_a_folder_into_the_dataset_layout() {
         assert_eq!(wav.frames(), (src.frames() as f64 * 1.5).round() as usize);
         let txt = std::fs::read_to_string(data.join(format!("transcripts/{c}.txt"))).unwrap();
         assert!(!txt.trim().is_empty());
-        let al = csm_core::data::alignment::read_alignment(&data.join(format!("alignments/{c}.json"))).unwrap();
+        let al =
+            csm_core::data::alignment::read_alignment(&data.join(format!("alignments/{c}.json")))
+                .unwrap();
         assert_eq!(al.format, csm_core::data::AlignmentFormat::SegmentWords);
         assert!(!al.words.is_empty() && al.words.iter().all(|w| w.span.is_some()));
     }
@@ -91,7 +108,10 @@ fn transcribes_a_folder_into_the_dataset_layout() {
     let out = run(&[]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("skipped 2"), "{}", text(&out));
-    assert_eq!(std::fs::read_to_string(data.join("transcripts/clip0.txt")).unwrap(), "my proofread text\n");
+    assert_eq!(
+        std::fs::read_to_string(data.join("transcripts/clip0.txt")).unwrap(),
+        "my proofread text\n"
+    );
 
     // A recording whose transcript is missing is done again; the files that
     // exist (the user's alignment) stay.
@@ -101,14 +121,26 @@ fn transcribes_a_folder_into_the_dataset_layout() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("transcribed 1"), "{}", text(&out));
     assert!(data.join("transcripts/clip1.txt").exists());
-    assert_eq!(std::fs::read_to_string(data.join("alignments/clip1.json")).unwrap(), "{\"words\": []}\n");
+    assert_eq!(
+        std::fs::read_to_string(data.join("alignments/clip1.json")).unwrap(),
+        "{\"words\": []}\n"
+    );
 
     // --overwrite replaces everything.
     let out = run(&["--overwrite"]);
     assert!(out.status.success(), "{}", text(&out));
-    assert_ne!(std::fs::read_to_string(data.join("transcripts/clip0.txt")).unwrap(), "my proofread text\n");
-    assert_ne!(std::fs::read_to_string(data.join("alignments/clip1.json")).unwrap(), "{\"words\": []}\n");
-    let leftovers: Vec<_> = walk(&data).into_iter().filter(|p| p.to_string_lossy().ends_with(".partial")).collect();
+    assert_ne!(
+        std::fs::read_to_string(data.join("transcripts/clip0.txt")).unwrap(),
+        "my proofread text\n"
+    );
+    assert_ne!(
+        std::fs::read_to_string(data.join("alignments/clip1.json")).unwrap(),
+        "{\"words\": []}\n"
+    );
+    let leftovers: Vec<_> = walk(&data)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".partial"))
+        .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 

@@ -27,20 +27,49 @@ fn tokenizer_matches_openai_whisper() {
         let w = load(name);
         let sp = &w.tokenizer.special;
         let s = &r["special"];
-        let got = [sp.eot, sp.sot, sp.sot_prev, sp.transcribe, sp.translate, sp.no_speech, sp.no_timestamps, sp.timestamp_begin];
-        let want: Vec<u32> = ["eot", "sot", "sot_prev", "transcribe", "translate", "no_speech", "no_timestamps", "timestamp_begin"]
-            .iter()
-            .map(|k| s[k].as_u64().unwrap() as u32)
-            .collect();
+        let got = [
+            sp.eot,
+            sp.sot,
+            sp.sot_prev,
+            sp.transcribe,
+            sp.translate,
+            sp.no_speech,
+            sp.no_timestamps,
+            sp.timestamp_begin,
+        ];
+        let want: Vec<u32> = [
+            "eot",
+            "sot",
+            "sot_prev",
+            "transcribe",
+            "translate",
+            "no_speech",
+            "no_timestamps",
+            "timestamp_begin",
+        ]
+        .iter()
+        .map(|k| s[k].as_u64().unwrap() as u32)
+        .collect();
         assert_eq!(got.to_vec(), want, "{name}: special ids");
-        assert_eq!(w.tokenizer.language_token("en"), Some(s["en"].as_u64().unwrap() as u32));
-        assert_eq!(w.tokenizer.non_speech_tokens().unwrap(), ids(&r["non_speech_tokens"]), "{name}");
+        assert_eq!(
+            w.tokenizer.language_token("en"),
+            Some(s["en"].as_u64().unwrap() as u32)
+        );
+        assert_eq!(
+            w.tokenizer.non_speech_tokens().unwrap(),
+            ids(&r["non_speech_tokens"]),
+            "{name}"
+        );
         for (text, want) in r["tokenizer_checks"].as_object().unwrap() {
             let got = w.tokenizer.encode(text).unwrap();
             assert_eq!(got, ids(want), "{name}: encode {text:?}");
             assert_eq!(&w.tokenizer.decode(&got), text);
         }
-        assert_eq!(w.tokenizer.decode_with_timestamps(&[sp.timestamp_begin + 50]), "<|1.00|>");
+        assert_eq!(
+            w.tokenizer
+                .decode_with_timestamps(&[sp.timestamp_begin + 50]),
+            "<|1.00|>"
+        );
     }
 }
 
@@ -87,17 +116,30 @@ fn encoder_and_logits_match_transformers() {
         eprintln!("{name}: encoder {d_enc:.2e}, logits {d_logits:.2e}, logsumexp {d_lse:.2e}");
         assert!(d_enc < 1e-4 && d_logits < 1e-4 && d_lse < 1e-4);
         assert_eq!(
-            argmax.as_dtype(mlx_rs::Dtype::Int32).unwrap().as_slice::<i32>(),
+            argmax
+                .as_dtype(mlx_rs::Dtype::Int32)
+                .unwrap()
+                .as_slice::<i32>(),
             r.tensors["logits_argmax"].as_slice::<i32>()
         );
 
         // Step-by-step decoding over the KV cache equals the full forward.
         let mut cache = w.model.decoder.new_cache(&enc).unwrap();
         let t = ids.shape()[1];
-        let (first, _) = w.model.decoder.forward(&ids.index((.., ..2)), &mut cache, false).unwrap();
+        let (first, _) = w
+            .model
+            .decoder
+            .forward(&ids.index((.., ..2)), &mut cache, false)
+            .unwrap();
         let mut outs = vec![first];
         for i in 2..t {
-            outs.push(w.model.decoder.forward(&ids.index((.., i..i + 1)), &mut cache, false).unwrap().0);
+            outs.push(
+                w.model
+                    .decoder
+                    .forward(&ids.index((.., i..i + 1)), &mut cache, false)
+                    .unwrap()
+                    .0,
+            );
         }
         let stepped = ops::concatenate(&outs, 1).unwrap();
         assert!(max_abs_diff(&stepped, &h) < 1e-5);
@@ -110,10 +152,21 @@ fn loading_is_strict() {
     let config = WhisperConfig::from_dir(&dir).unwrap();
     let mut weights = WeightMap::from_safetensors(&[dir.join("model.safetensors")], None).unwrap();
     weights.remove("model.decoder.layers.1.fc2.bias");
-    weights.insert("model.decoder.extra.weight", Array::from_slice(&[1f32], &[1]));
-    let w = weights.tensors.remove("model.encoder.layer_norm.weight").unwrap();
-    weights.insert("model.encoder.layer_norm.weight", ops::concatenate(&[&w, &w], 0).unwrap());
-    let err = WhisperModel::from_weights(&config, weights).unwrap_err().to_string();
+    weights.insert(
+        "model.decoder.extra.weight",
+        Array::from_slice(&[1f32], &[1]),
+    );
+    let w = weights
+        .tensors
+        .remove("model.encoder.layer_norm.weight")
+        .unwrap();
+    weights.insert(
+        "model.encoder.layer_norm.weight",
+        ops::concatenate(&[&w, &w], 0).unwrap(),
+    );
+    let err = WhisperModel::from_weights(&config, weights)
+        .unwrap_err()
+        .to_string();
     eprintln!("{err}");
     assert!(err.contains("decoder.layers.1.fc2.bias"));
     assert!(err.contains("decoder.extra.weight"));
@@ -128,7 +181,12 @@ fn greedy_tokens_match_transformers_generate() {
         let greedy = &reference["models"][name]["greedy_transformers"];
         for clip_name in ["clip0", "clip1", "clip2"] {
             let audio = clip(clip_name);
-            let mel = log_mel_spectrogram(&audio, w.model.config.num_mel_bins as usize, N_SAMPLES - audio.len()).unwrap();
+            let mel = log_mel_spectrogram(
+                &audio,
+                w.model.config.num_mel_bins as usize,
+                N_SAMPLES - audio.len(),
+            )
+            .unwrap();
             let features = w.model.encoder.forward(&mel.window(0, N_FRAMES)).unwrap();
             let options = DecodeOptions {
                 language: Some("en".into()),
@@ -141,7 +199,11 @@ fn greedy_tokens_match_transformers_generate() {
             let want = ids(&greedy[clip_name]);
             // transformers 5 returns the new tokens only (without the
             // SOT/language/task/notimestamps prompt).
-            let want: Vec<u32> = want.iter().copied().take_while(|&t| t != w.tokenizer.special.eot).collect();
+            let want: Vec<u32> = want
+                .iter()
+                .copied()
+                .take_while(|&t| t != w.tokenizer.special.eot)
+                .collect();
             assert_eq!(result.tokens, want, "{name} {clip_name}");
         }
     }
@@ -159,9 +221,18 @@ fn transcribe_short_clips_matches_openai_whisper() {
                 ..TranscribeOptions::default()
             };
             let got = w
-                .transcribe(&clip(clip_name), &options, &mut |_| {}, &csm_core::cancel::CancelToken::new())
+                .transcribe(
+                    &clip(clip_name),
+                    &options,
+                    &mut |_| {},
+                    &csm_core::cancel::CancelToken::new(),
+                )
                 .unwrap();
-            assert_transcript_matches(&got, &reference["models"][name]["openai_transcribe"][clip_name], &format!("{name} {clip_name}"));
+            assert_transcript_matches(
+                &got,
+                &reference["models"][name]["openai_transcribe"][clip_name],
+                &format!("{name} {clip_name}"),
+            );
         }
     }
 }

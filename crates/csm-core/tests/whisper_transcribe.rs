@@ -17,12 +17,20 @@ use sha2::{Digest, Sha256};
 use whisper_support::*;
 
 fn espeak_22k(text: &str) -> Vec<i16> {
-    let out = Command::new("espeak-ng").arg("--stdout").arg(text).output().expect("espeak-ng runs");
+    let out = Command::new("espeak-ng")
+        .arg("--stdout")
+        .arg(text)
+        .output()
+        .expect("espeak-ng runs");
     assert!(out.status.success());
     // espeak-ng streams its WAV with a placeholder length; data::audio repairs it.
     let audio = csm_core::data::audio::read_wav_bytes("espeak.wav".as_ref(), &out.stdout).unwrap();
     assert_eq!(audio.sample_rate, 22050);
-    audio.to_mono().iter().map(|&v| (v * 32768.0).round() as i16).collect()
+    audio
+        .to_mono()
+        .iter()
+        .map(|&v| (v * 32768.0).round() as i16)
+        .collect()
 }
 
 /// The recording, or `None` (with a note) when this espeak-ng speaks
@@ -41,7 +49,10 @@ fn long_recording(reference: &Value) -> Option<Vec<f32>> {
     let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
     let hash = format!("{:x}", Sha256::digest(&bytes));
     if hash != long["sha256_22k_i16"].as_str().unwrap() {
-        eprintln!("SKIP: espeak-ng output differs from the reference's ({})", reference["versions"]["espeak-ng"]);
+        eprintln!(
+            "SKIP: espeak-ng output differs from the reference's ({})",
+            reference["versions"]["espeak-ng"]
+        );
         return None;
     }
     // Linear interpolation 22050 -> 16000 Hz, as the fixture script.
@@ -64,7 +75,9 @@ fn long_recording(reference: &Value) -> Option<Vec<f32>> {
 #[test]
 fn two_minute_recording_matches_openai_whisper() {
     let reference = reference();
-    let Some(audio) = long_recording(&reference) else { return };
+    let Some(audio) = long_recording(&reference) else {
+        return;
+    };
     assert_eq!(audio.len(), 120 * 16000);
     for name in MODELS {
         let w = load(name);
@@ -75,7 +88,14 @@ fn two_minute_recording_matches_openai_whisper() {
             word_timestamps: true,
             ..TranscribeOptions::default()
         };
-        let got = w.transcribe(&audio, &options, &mut |e| events.push(e), &CancelToken::new()).unwrap();
+        let got = w
+            .transcribe(
+                &audio,
+                &options,
+                &mut |e| events.push(e),
+                &CancelToken::new(),
+            )
+            .unwrap();
         assert_transcript_matches(&got, &want["long"], &format!("{name} long"));
         assert_eq!(got.text, want["long"]["text"].as_str().unwrap());
         // Progress: a detected language, then windows ending at 120 s.
@@ -98,8 +118,14 @@ fn two_minute_recording_matches_openai_whisper() {
             condition_on_previous_text: false,
             ..options
         };
-        let got = w.transcribe(&audio, &options, &mut |_| {}, &CancelToken::new()).unwrap();
-        assert_transcript_matches(&got, &want["long_en_no_condition"], &format!("{name} long, en, unconditioned"));
+        let got = w
+            .transcribe(&audio, &options, &mut |_| {}, &CancelToken::new())
+            .unwrap();
+        assert_transcript_matches(
+            &got,
+            &want["long_en_no_condition"],
+            &format!("{name} long, en, unconditioned"),
+        );
     }
 }
 

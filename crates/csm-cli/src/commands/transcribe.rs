@@ -45,8 +45,14 @@ fn whisper_dir(model: &Path) -> Result<PathBuf> {
     if model.exists() {
         return Ok(model.to_path_buf());
     }
-    let Some(repo) = model.to_str().filter(|s| s.contains('/') && csm_hub::validate_repo_id(s).is_ok()) else {
-        bail!("{} is neither a folder nor a hub id like openai/whisper-tiny", model.display());
+    let Some(repo) = model
+        .to_str()
+        .filter(|s| s.contains('/') && csm_hub::validate_repo_id(s).is_ok())
+    else {
+        bail!(
+            "{} is neither a folder nor a hub id like openai/whisper-tiny",
+            model.display()
+        );
     };
     let hub = hub()?;
     let listing = hub.repo_files(repo, MAIN)?;
@@ -64,15 +70,26 @@ fn whisper_dir(model: &Path) -> Result<PathBuf> {
     if !wanted.iter().any(|f| f.ends_with(".safetensors")) {
         bail!("{repo} has no .safetensors weights");
     }
-    let paths = hub.download_files(repo, MAIN, &wanted, &mut TerminalProgress::default(), &Cancel::new())?;
-    let dir = paths[0].path.parent().context("snapshot folder")?.to_path_buf();
+    let paths = hub.download_files(
+        repo,
+        MAIN,
+        &wanted,
+        &mut TerminalProgress::default(),
+        &Cancel::new(),
+    )?;
+    let dir = paths[0]
+        .path
+        .parent()
+        .context("snapshot folder")?
+        .to_path_buf();
     Ok(dir)
 }
 
 /// Runs `csm transcribe`.
 pub fn run(args: TranscribeArgs) -> Result<()> {
     let dir = whisper_dir(&args.whisper_model)?;
-    let whisper = Whisper::load(&dir).with_context(|| format!("loading Whisper from {}", dir.display()))?;
+    let whisper =
+        Whisper::load(&dir).with_context(|| format!("loading Whisper from {}", dir.display()))?;
     let cancel = cancel_on_ctrl_c()?;
     let mut transcribe = TranscribeOptions {
         language: args.language.clone(),
@@ -92,7 +109,11 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
     let mut current = 0.0;
     let mut total_min = 0.0;
     let mut on_event = |e: FolderEvent| match e {
-        FolderEvent::Start { files, total_s, skipped } => {
+        FolderEvent::Start {
+            files,
+            total_s,
+            skipped,
+        } => {
             if skipped > 0 {
                 eprintln!("{skipped} recording(s) already transcribed, skipped");
             }
@@ -105,7 +126,9 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
             );
             bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
             bar.enable_steady_tick(Duration::from_millis(250));
-            bar.println(format!("transcribing {files} recording(s), {total_min:.1} audio minutes"));
+            bar.println(format!(
+                "transcribing {files} recording(s), {total_min:.1} audio minutes"
+            ));
         }
         FolderEvent::FileStart { name, duration_s } => {
             current = duration_s;

@@ -169,7 +169,11 @@ pub fn log_mel_spectrogram(
 /// Reads an audio file and returns it mono at 16 kHz.
 pub fn load_16k(path: &Path) -> Result<Vec<f32>, WhisperError> {
     let audio = crate::data::audio::read_wav(path)?;
-    Ok(crate::data::audio::resample(&audio.to_mono(), audio.sample_rate, SAMPLE_RATE)?)
+    Ok(crate::data::audio::resample(
+        &audio.to_mono(),
+        audio.sample_rate,
+        SAMPLE_RATE,
+    )?)
 }
 
 #[cfg(test)]
@@ -185,7 +189,10 @@ mod tests {
         assert_eq!(f.len(), 80 * 201);
         // Every filter has some weight; the area of each is ~2/width * width/2 = 1 per Hz step.
         for m in 0..80 {
-            assert!(f[m * 201..(m + 1) * 201].iter().any(|&v| v > 0.0), "filter {m} empty");
+            assert!(
+                f[m * 201..(m + 1) * 201].iter().any(|&v| v > 0.0),
+                "filter {m} empty"
+            );
         }
     }
 
@@ -200,7 +207,10 @@ mod tests {
         assert_eq!(&v[..800], &mel.data[90 * 80..]);
         assert!(v[800..].iter().all(|&x| x == 0.0));
         // Floor at max - 8 (after the (x + 4) / 4 scaling: 2 below the max).
-        let (lo, hi) = mel.data.iter().fold((f32::MAX, f32::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+        let (lo, hi) = mel
+            .data
+            .iter()
+            .fold((f32::MAX, f32::MIN), |(a, b), &x| (a.min(x), b.max(x)));
         assert!(hi - lo <= 2.0 + 1e-6);
     }
 }

@@ -63,7 +63,9 @@ impl WhisperConfig {
             json.get(key)
                 .and_then(Value::as_i64)
                 .map(|v| v as i32)
-                .ok_or_else(|| WhisperError::config(format!("`{key}` is missing or not an integer")))
+                .ok_or_else(|| {
+                    WhisperError::config(format!("`{key}` is missing or not an integer"))
+                })
         };
         let int_or = |key: &str, default: i32| -> Result<i32, WhisperError> {
             match json.get(key) {
@@ -73,17 +75,24 @@ impl WhisperConfig {
         };
         if let Some(t) = json.get("model_type").and_then(Value::as_str) {
             if t != "whisper" {
-                return Err(WhisperError::config(format!("model_type is {t:?}, not \"whisper\"")));
+                return Err(WhisperError::config(format!(
+                    "model_type is {t:?}, not \"whisper\""
+                )));
             }
         }
-        let act = json.get("activation_function").and_then(Value::as_str).unwrap_or("gelu");
+        let act = json
+            .get("activation_function")
+            .and_then(Value::as_str)
+            .unwrap_or("gelu");
         if act != "gelu" {
             return Err(WhisperError::config(format!(
                 "activation_function {act:?} is not supported (only exact \"gelu\")"
             )));
         }
         if json.get("scale_embedding").and_then(Value::as_bool) == Some(true) {
-            return Err(WhisperError::config("scale_embedding = true is not supported"));
+            return Err(WhisperError::config(
+                "scale_embedding = true is not supported",
+            ));
         }
         let decoder_layers = int("decoder_layers")?;
         let decoder_heads = int("decoder_attention_heads")?;
@@ -133,7 +142,11 @@ impl WhisperConfig {
             let p = pair.as_array().filter(|p| p.len() == 2);
             let (l, h) = match p.map(|p| (p[0].as_u64(), p[1].as_u64())) {
                 Some((Some(l), Some(h))) => (l as usize, h as usize),
-                _ => return Err(WhisperError::config(format!("alignment head {pair} is not [layer, head]"))),
+                _ => {
+                    return Err(WhisperError::config(format!(
+                        "alignment head {pair} is not [layer, head]"
+                    )))
+                }
             };
             if l >= self.decoder_layers as usize || h >= self.decoder_attention_heads as usize {
                 return Err(WhisperError::config(format!(
@@ -194,7 +207,10 @@ fn default_alignment_heads(layers: i32, heads: i32) -> Vec<(usize, usize)> {
 
 fn in_file(e: WhisperError, path: &Path) -> WhisperError {
     match e {
-        WhisperError::Config { path: None, message } => WhisperError::Config {
+        WhisperError::Config {
+            path: None,
+            message,
+        } => WhisperError::Config {
             path: Some(path.to_path_buf()),
             message,
         },
@@ -232,7 +248,8 @@ mod tests {
         assert_eq!(c.alignment_heads, vec![(2, 0), (2, 1), (3, 0), (3, 1)]);
         assert_eq!((c.num_languages(), c.is_multilingual()), (100, true));
         let mut c = c;
-        c.set_alignment_heads(&serde_json::json!([[1, 1], [3, 0]])).unwrap();
+        c.set_alignment_heads(&serde_json::json!([[1, 1], [3, 0]]))
+            .unwrap();
         assert_eq!(c.alignment_heads, vec![(1, 1), (3, 0)]);
         assert!(c.set_alignment_heads(&serde_json::json!([[4, 0]])).is_err());
     }
@@ -241,12 +258,18 @@ mod tests {
     fn rejects_unsupported() {
         let mut j = tiny();
         j["num_mel_bins"] = 64.into();
-        assert!(WhisperConfig::from_hf_json(&j).unwrap_err().to_string().contains("num_mel_bins"));
+        assert!(WhisperConfig::from_hf_json(&j)
+            .unwrap_err()
+            .to_string()
+            .contains("num_mel_bins"));
         let mut j = tiny();
         j["activation_function"] = "relu".into();
         assert!(WhisperConfig::from_hf_json(&j).is_err());
         let mut j = tiny();
         j.as_object_mut().unwrap().remove("d_model");
-        assert!(WhisperConfig::from_hf_json(&j).unwrap_err().to_string().contains("d_model"));
+        assert!(WhisperConfig::from_hf_json(&j)
+            .unwrap_err()
+            .to_string()
+            .contains("d_model"));
     }
 }

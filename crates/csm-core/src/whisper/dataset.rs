@@ -119,7 +119,11 @@ pub fn list_audio(dir: &Path) -> Result<Vec<PathBuf>, WhisperError> {
 
 /// Writes `bytes` to `path` unless it exists (or `overwrite`), through a
 /// temporary file in the same folder.
-fn write_new(path: &Path, overwrite: bool, write: impl FnOnce(&Path) -> Result<(), WhisperError>) -> Result<(), WhisperError> {
+fn write_new(
+    path: &Path,
+    overwrite: bool,
+    write: impl FnOnce(&Path) -> Result<(), WhisperError>,
+) -> Result<(), WhisperError> {
     if path.exists() && !overwrite {
         return Ok(());
     }
@@ -162,7 +166,11 @@ pub fn transcribe_folder(
 ) -> Result<FolderSummary, WhisperError> {
     let files = list_audio(&options.audio_dir)?;
     let out = &options.output_dir;
-    let (audio_out, text_out, align_out) = (out.join("audio"), out.join("transcripts"), out.join("alignments"));
+    let (audio_out, text_out, align_out) = (
+        out.join("audio"),
+        out.join("transcripts"),
+        out.join("alignments"),
+    );
     for d in [&audio_out, &text_out, &align_out] {
         std::fs::create_dir_all(d).map_err(io(d))?;
     }
@@ -170,17 +178,29 @@ pub fn transcribe_folder(
     let mut todo = Vec::new();
     let mut total_s = 0.0;
     for f in files {
-        let name = f.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = f
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         if text_out.join(format!("{name}.txt")).exists() && !options.overwrite {
             summary.skipped.push(name);
             continue;
         }
         // A header that cannot be read fails later with the full reason.
-        total_s += audio::read_wav_info(&f).map(|i| i.duration_s()).unwrap_or(0.0);
+        total_s += audio::read_wav_info(&f)
+            .map(|i| i.duration_s())
+            .unwrap_or(0.0);
         todo.push((name, f));
     }
-    observer(FolderEvent::Start { files: todo.len(), total_s, skipped: summary.skipped.len() });
-    let transcribe = TranscribeOptions { word_timestamps: true, ..options.transcribe.clone() };
+    observer(FolderEvent::Start {
+        files: todo.len(),
+        total_s,
+        skipped: summary.skipped.len(),
+    });
+    let transcribe = TranscribeOptions {
+        word_timestamps: true,
+        ..options.transcribe.clone()
+    };
     for (name, path) in todo {
         if cancel.is_cancelled() {
             return Err(WhisperError::Cancelled);
@@ -188,7 +208,10 @@ pub fn transcribe_folder(
         let result = (|| -> Result<(String, f64), WhisperError> {
             let audio16 = load_16k(&path)?;
             let duration_s = audio16.len() as f64 / 16_000.0;
-            observer(FolderEvent::FileStart { name: name.clone(), duration_s });
+            observer(FolderEvent::FileStart {
+                name: name.clone(),
+                duration_s,
+            });
             let t = whisper.transcribe(
                 &audio16,
                 &transcribe,
@@ -199,18 +222,34 @@ pub fn transcribe_folder(
                 },
                 cancel,
             )?;
-            write_new(&audio_out.join(format!("{name}.wav")), options.overwrite, |tmp| {
-                let samples = audio::load_mono_24k(&path)?;
-                Ok(audio::write_wav(tmp, &samples, TARGET_SAMPLE_RATE, WavEncoding::Int16)?)
-            })?;
-            write_new(&align_out.join(format!("{name}.json")), options.overwrite, |tmp| {
-                let text = serde_json::to_string_pretty(&alignment_json(&t)).expect("JSON values serialize");
-                std::fs::write(tmp, text + "\n").map_err(io(tmp))
-            })?;
+            write_new(
+                &audio_out.join(format!("{name}.wav")),
+                options.overwrite,
+                |tmp| {
+                    let samples = audio::load_mono_24k(&path)?;
+                    Ok(audio::write_wav(
+                        tmp,
+                        &samples,
+                        TARGET_SAMPLE_RATE,
+                        WavEncoding::Int16,
+                    )?)
+                },
+            )?;
+            write_new(
+                &align_out.join(format!("{name}.json")),
+                options.overwrite,
+                |tmp| {
+                    let text = serde_json::to_string_pretty(&alignment_json(&t))
+                        .expect("JSON values serialize");
+                    std::fs::write(tmp, text + "\n").map_err(io(tmp))
+                },
+            )?;
             let text = t.text.trim().to_string();
-            write_new(&text_out.join(format!("{name}.txt")), options.overwrite, |tmp| {
-                std::fs::write(tmp, format!("{text}\n")).map_err(io(tmp))
-            })?;
+            write_new(
+                &text_out.join(format!("{name}.txt")),
+                options.overwrite,
+                |tmp| std::fs::write(tmp, format!("{text}\n")).map_err(io(tmp)),
+            )?;
             Ok((text, duration_s))
         })();
         match result {
@@ -221,8 +260,14 @@ pub fn transcribe_folder(
             }
             Err(WhisperError::Cancelled) => return Err(WhisperError::Cancelled),
             Err(e) => {
-                let file = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or(name.clone());
-                observer(FolderEvent::FileFailed { name, error: e.to_string() });
+                let file = path
+                    .file_name()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or(name.clone());
+                observer(FolderEvent::FileFailed {
+                    name,
+                    error: e.to_string(),
+                });
                 summary.failed.push((file, e.to_string()));
             }
         }

@@ -149,7 +149,11 @@ fn argmax(x: &[f32]) -> usize {
 
 /// Row `row` of `[1, L, V]` logits as a host vector.
 fn logits_row(logits: &Array, row: i32) -> Result<Vec<f32>, WhisperError> {
-    Ok(logits.index((0, row, ..)).contiguous()?.as_slice::<f32>().to_vec())
+    Ok(logits
+        .index((0, row, ..))
+        .contiguous()?
+        .as_slice::<f32>()
+        .to_vec())
 }
 
 /// Detects the language: the most likely language token after
@@ -168,7 +172,9 @@ pub fn detect_language(
     let logits = logits_row(&model.decoder.logits(&h)?, 0)?;
     let langs = &tok.special.languages;
     if langs.is_empty() {
-        return Err(WhisperError::Input("this model has no language tokens".into()));
+        return Err(WhisperError::Input(
+            "this model has no language tokens".into(),
+        ));
     }
     let values: Vec<f32> = langs.iter().map(|(_, id)| logits[*id as usize]).collect();
     let lp = log_softmax(&values);
@@ -205,7 +211,9 @@ impl Filters {
         for &t in &self.suppress {
             logits[t as usize] = ninf;
         }
-        let Some(max_initial) = self.timestamps else { return };
+        let Some(max_initial) = self.timestamps else {
+            return;
+        };
         let (eot, tb) = (self.eot as usize, self.ts_begin as usize);
         logits[self.no_timestamps as usize] = ninf;
         let seq = &tokens[self.sample_begin..];
@@ -221,7 +229,11 @@ impl Filters {
         }
         if let Some(&last) = seq.iter().rev().find(|&&t| is_ts(t)) {
             // Timestamps never decrease, and a segment is never empty.
-            let upto = if last_ts && !penult_ts { last } else { last + 1 } as usize;
+            let upto = if last_ts && !penult_ts {
+                last
+            } else {
+                last + 1
+            } as usize;
             logits[tb..upto.max(tb)].fill(ninf);
         }
         if tokens.len() == self.sample_begin {
@@ -295,23 +307,35 @@ pub fn decode(
             SuppressTokens::NonSpeech => tok.non_speech_tokens()?,
             SuppressTokens::List(l) => l.clone(),
         };
-        s.extend([sp.transcribe, sp.translate, sp.sot, sp.sot_prev, sp.sot_lm, sp.no_speech]);
+        s.extend([
+            sp.transcribe,
+            sp.translate,
+            sp.sot,
+            sp.sot_prev,
+            sp.sot_lm,
+            sp.no_speech,
+        ]);
         s.sort_unstable();
         s.dedup();
         s
     };
     let filters = Filters {
         sample_begin,
-        blank: options.suppress_blank.then(|| -> Result<Vec<u32>, WhisperError> {
-            let mut b = tok.encode(" ")?;
-            b.push(sp.eot);
-            Ok(b)
-        }).transpose()?,
+        blank: options
+            .suppress_blank
+            .then(|| -> Result<Vec<u32>, WhisperError> {
+                let mut b = tok.encode(" ")?;
+                b.push(sp.eot);
+                Ok(b)
+            })
+            .transpose()?,
         suppress,
         timestamps: (!options.without_timestamps).then(|| {
             // Timestamp steps are 30 s / 1500 encoder positions.
             let precision = 30.0 / model.config.max_source_positions as f32;
-            options.max_initial_timestamp.map(|t| (t / precision).round() as u32)
+            options
+                .max_initial_timestamp
+                .map(|t| (t / precision).round() as u32)
         }),
         eot: sp.eot,
         ts_begin: sp.timestamp_begin,
@@ -332,7 +356,11 @@ pub fn decode(
         let input = Array::from_slice(&input, &[1, input.len() as i32]);
         let (hidden, _) = model.decoder.forward(&input, &mut cache, false)?;
         if step == 0 {
-            let at_sot = model.decoder.logits(&hidden.index((.., sot_index as i32..sot_index as i32 + 1, ..)))?;
+            let at_sot = model.decoder.logits(&hidden.index((
+                ..,
+                sot_index as i32..sot_index as i32 + 1,
+                ..,
+            )))?;
             no_speech_prob = log_softmax(&logits_row(&at_sot, 0)?)[sp.no_speech as usize].exp();
         }
         let l = hidden.shape()[1];
@@ -391,7 +419,11 @@ mod tests {
     fn compression_ratio_flags_repetition() {
         let plain = "The quick brown fox jumps over the lazy dog near the river bank.";
         let rep = "la la la la la la la la la la la la la la la la la la la la la la la la";
-        assert!(compression_ratio(plain) < 1.5, "{}", compression_ratio(plain));
+        assert!(
+            compression_ratio(plain) < 1.5,
+            "{}",
+            compression_ratio(plain)
+        );
         assert!(compression_ratio(rep) > 2.4, "{}", compression_ratio(rep));
         assert_eq!(compression_ratio(""), 0.0);
     }

@@ -42,7 +42,10 @@ impl Whisper {
 }
 
 /// `tokenizer.json`, else `multilingual.tiktoken` beside the weights.
-pub fn load_tokenizer(dir: &Path, config: &WhisperConfig) -> Result<WhisperTokenizer, WhisperError> {
+pub fn load_tokenizer(
+    dir: &Path,
+    config: &WhisperConfig,
+) -> Result<WhisperTokenizer, WhisperError> {
     let vocab = config.vocab_size as usize;
     let json = dir.join("tokenizer.json");
     let tok = if json.is_file() {

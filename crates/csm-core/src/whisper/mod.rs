@@ -33,10 +33,9 @@ pub mod transcribe;
 
 pub use config::WhisperConfig;
 
+pub use decode::{DecodeOptions, DecodeResult};
 pub use error::WhisperError;
 pub use load::Whisper;
 pub use model::WhisperModel;
 pub use tokenizer::WhisperTokenizer;
-pub use decode::{DecodeOptions, DecodeResult};
 pub use transcribe::{Segment, TranscribeEvent, TranscribeOptions, Transcript, WordTiming};
-

@@ -44,7 +44,11 @@ impl Linear {
     fn new(d_in: i32, d_out: i32, bias: bool) -> Result<Self, Exception> {
         Ok(Linear {
             weight: Param::new(rand(&[d_out, d_in], d_in)?),
-            bias: Param::new(if bias { Some(rand(&[d_out], d_in)?) } else { None }),
+            bias: Param::new(if bias {
+                Some(rand(&[d_out], d_in)?)
+            } else {
+                None
+            }),
         })
     }
 
@@ -138,7 +142,10 @@ impl KvCache {
     /// `k, v: [B, H, L, hd]` -> `([B, H, offset + L, hd], same)`
     fn update(&mut self, k: Array, v: Array) -> Result<(Array, Array), Exception> {
         let (k, v) = match (&self.keys, &self.values) {
-            (Some(pk), Some(pv)) => (ops::concatenate(&[pk, &k], 2)?, ops::concatenate(&[pv, &v], 2)?),
+            (Some(pk), Some(pv)) => (
+                ops::concatenate(&[pk, &k], 2)?,
+                ops::concatenate(&[pv, &v], 2)?,
+            ),
             _ => (k, v),
         };
         self.keys = Some(k.clone());
@@ -191,7 +198,10 @@ impl Attention {
     /// # Shapes
     /// `x: [B, S, D]` -> `([B, H, S, hd], [B, H, S, hd])`
     pub fn key_values(&self, x: &Array) -> Result<(Array, Array), Exception> {
-        Ok((self.heads(self.k_proj.forward(x)?)?, self.heads(self.v_proj.forward(x)?)?))
+        Ok((
+            self.heads(self.k_proj.forward(x)?)?,
+            self.heads(self.v_proj.forward(x)?)?,
+        ))
     }
 
     /// Attention of the queries of `x` over `k`, `v`. With `want_scores`,
@@ -221,7 +231,8 @@ impl Attention {
             } else {
                 s
             };
-            let p = ops::softmax_axis(&s.as_dtype(Dtype::Float32)?, -1, None)?.as_dtype(q.dtype())?;
+            let p =
+                ops::softmax_axis(&s.as_dtype(Dtype::Float32)?, -1, None)?.as_dtype(q.dtype())?;
             (ops::matmul(&p, v)?, Some(s))
         } else if causal && l > 1 {
             let o = fast::scaled_dot_product_attention(
@@ -234,7 +245,10 @@ impl Attention {
             )?;
             (o, None)
         } else {
-            (fast::scaled_dot_product_attention(&q, k, v, scale, None, None::<&Array>)?, None)
+            (
+                fast::scaled_dot_product_attention(&q, k, v, scale, None, None::<&Array>)?,
+                None,
+            )
         }; // [B, H, L, hd]
         let o = o.transpose_axes(&[0, 2, 1, 3])?.reshape(&[b, l, d])?;
         Ok((self.out_proj.forward(&o)?, scores))
@@ -273,7 +287,11 @@ impl EncoderLayer {
         let h = self.self_attn_layer_norm.forward(x)?;
         let (k, v) = self.self_attn.key_values(&h)?;
         let x = x.add(&self.self_attn.attend(&h, &k, &v, false, false)?.0)?;
-        x.add(&mlp(&self.fc1, &self.fc2, &self.final_layer_norm.forward(&x)?)?)
+        x.add(&mlp(
+            &self.fc1,
+            &self.fc2,
+            &self.final_layer_norm.forward(&x)?,
+        )?)
     }
 }
 
@@ -433,10 +451,16 @@ impl Decoder {
             x = x.add(&layer.self_attn.attend(&h, &k, &v, true, false)?.0)?;
             let h = layer.encoder_attn_layer_norm.forward(&x)?;
             let (ck, cv) = &cache.cross_kv[i];
-            let (o, s) = layer.encoder_attn.attend(&h, ck, cv, false, want_cross_scores)?;
+            let (o, s) = layer
+                .encoder_attn
+                .attend(&h, ck, cv, false, want_cross_scores)?;
             scores.extend(s);
             x = x.add(&o)?;
-            x = x.add(&mlp(&layer.fc1, &layer.fc2, &layer.final_layer_norm.forward(&x)?)?)?;
+            x = x.add(&mlp(
+                &layer.fc1,
+                &layer.fc2,
+                &layer.final_layer_norm.forward(&x)?,
+            )?)?;
         }
         Ok((self.layer_norm.forward(&x)?, scores))
     }
@@ -499,13 +523,17 @@ impl WhisperModel {
                 embed_positions: Embedding {
                     weight: Param::new(sinusoids(config.max_source_positions, d)),
                 },
-                layers: (0..config.encoder_layers).map(|_| enc_layer()).collect::<Result<_, _>>()?,
+                layers: (0..config.encoder_layers)
+                    .map(|_| enc_layer())
+                    .collect::<Result<_, _>>()?,
                 layer_norm: LayerNorm::new(d)?,
             },
             decoder: Decoder {
                 embed_tokens: embedding(config.vocab_size)?,
                 embed_positions: embedding(config.max_target_positions)?,
-                layers: (0..config.decoder_layers).map(|_| dec_layer()).collect::<Result<_, _>>()?,
+                layers: (0..config.decoder_layers)
+                    .map(|_| dec_layer())
+                    .collect::<Result<_, _>>()?,
                 layer_norm: LayerNorm::new(d)?,
             },
             config: config.clone(),
@@ -522,7 +550,9 @@ pub fn sinusoids(length: i32, channels: i32) -> Array {
     let inc = 10_000f64.ln() / (half as f64 - 1.0).max(1.0);
     let mut out = Vec::with_capacity((length * channels) as usize);
     for t in 0..length {
-        let row: Vec<f64> = (0..half).map(|i| t as f64 * (-inc * i as f64).exp()).collect();
+        let row: Vec<f64> = (0..half)
+            .map(|i| t as f64 * (-inc * i as f64).exp())
+            .collect();
         out.extend(row.iter().map(|a| a.sin() as f32));
         out.extend(row.iter().map(|a| a.cos() as f32));
     }

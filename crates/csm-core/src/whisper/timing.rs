@@ -163,7 +163,9 @@ pub fn find_alignment(
     let logits = model.decoder.logits(&hidden)?; // [1, L, V]
     let mut text_probs = Vec::with_capacity(text_tokens.len());
     for (i, &t) in text_tokens.iter().enumerate() {
-        let row = logits.index((0, (n_sot + i) as i32, ..sp.eot as i32)).contiguous()?;
+        let row = logits
+            .index((0, (n_sot + i) as i32, ..sp.eot as i32))
+            .contiguous()?;
         let lp = log_softmax(row.as_slice::<f32>());
         text_probs.push(lp[t as usize].exp());
     }
@@ -191,7 +193,10 @@ pub fn find_alignment(
         // Standardise each time column over tokens (population std).
         for c in 0..t {
             let mean = (0..l).map(|r| w[r * t + c] as f64).sum::<f64>() / l as f64;
-            let var = (0..l).map(|r| (w[r * t + c] as f64 - mean).powi(2)).sum::<f64>() / l as f64;
+            let var = (0..l)
+                .map(|r| (w[r * t + c] as f64 - mean).powi(2))
+                .sum::<f64>()
+                / l as f64;
             let std = var.sqrt();
             for r in 0..l {
                 w[r * t + c] = ((w[r * t + c] as f64 - mean) / std) as f32;
@@ -336,10 +341,27 @@ pub fn add_word_timestamps<S: TimedSegment>(
         .map(|s| s.tokens().iter().copied().filter(|&t| t < eot).collect())
         .collect();
     let text_tokens: Vec<u32> = per_segment.iter().flatten().copied().collect();
-    let mut alignment = find_alignment(model, tok, sot_sequence, &text_tokens, audio_features, num_frames, language)?;
+    let mut alignment = find_alignment(
+        model,
+        tok,
+        sot_sequence,
+        &text_tokens,
+        audio_features,
+        num_frames,
+        language,
+    )?;
 
-    let mut durations: Vec<f64> = alignment.iter().map(|w| w.end - w.start).filter(|&d| d != 0.0).collect();
-    let median_duration = if durations.is_empty() { 0.0 } else { median(&mut durations) }.min(0.7);
+    let mut durations: Vec<f64> = alignment
+        .iter()
+        .map(|w| w.end - w.start)
+        .filter(|&d| d != 0.0)
+        .collect();
+    let median_duration = if durations.is_empty() {
+        0.0
+    } else {
+        median(&mut durations)
+    }
+    .min(0.7);
     let max_duration = median_duration * 2.0;
     if !durations.is_empty() {
         const SENTENCE_END: &str = ".。!！?？";
@@ -432,7 +454,13 @@ mod tests {
     }
 
     fn w(word: &str) -> AlignedWord {
-        AlignedWord { word: word.into(), tokens: vec![1], start: 0.0, end: 0.0, probability: 1.0 }
+        AlignedWord {
+            word: word.into(),
+            tokens: vec![1],
+            start: 0.0,
+            end: 0.0,
+            probability: 1.0,
+        }
     }
 
     #[test]

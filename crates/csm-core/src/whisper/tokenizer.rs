@@ -22,8 +22,8 @@ pub const LANGUAGE_CODES: [&str; 100] = [
     "hr", "bg", "lt", "la", "mi", "ml", "cy", "sk", "te", "fa", "lv", "bn", "sr", "az", "sl", "kn",
     "et", "mk", "br", "eu", "is", "hy", "ne", "mn", "bs", "kk", "sq", "sw", "gl", "mr", "pa", "si",
     "km", "sn", "yo", "so", "af", "oc", "ka", "be", "tg", "sd", "gu", "am", "yi", "lo", "uz", "fo",
-    "ht", "ps", "tk", "nn", "mt", "sa", "lb", "my", "bo", "tl", "mg", "as", "tt", "haw", "ln", "ha",
-    "ba", "jw", "su", "yue",
+    "ht", "ps", "tk", "nn", "mt", "sa", "lb", "my", "bo", "tl", "mg", "as", "tt", "haw", "ln",
+    "ha", "ba", "jw", "su", "yue",
 ];
 
 /// Python's `string.punctuation`.
@@ -104,10 +104,14 @@ impl WhisperTokenizer {
         for line in ranks_text.lines().filter(|l| !l.trim().is_empty()) {
             let mut it = line.split_whitespace();
             let (Some(b64), Some(rank)) = (it.next(), it.next()) else {
-                return Err(WhisperError::Tokenizer(format!("bad tiktoken line {line:?}")));
+                return Err(WhisperError::Tokenizer(format!(
+                    "bad tiktoken line {line:?}"
+                )));
             };
             let bytes = base64_decode(b64).ok_or_else(|| tok_err(format!("bad base64 {b64:?}")))?;
-            let rank: u32 = rank.parse().map_err(|_| tok_err(format!("bad rank {rank:?}")))?;
+            let rank: u32 = rank
+                .parse()
+                .map_err(|_| tok_err(format!("bad rank {rank:?}")))?;
             ranks.push((bytes, rank));
         }
         ranks.sort_by_key(|r| r.1);
@@ -128,7 +132,10 @@ impl WhisperTokenizer {
                 let best = (0..parts.len() - 1)
                     .filter_map(|i| {
                         let joined = [parts[i], parts[i + 1]].concat();
-                        rank_of.get(joined.as_slice()).filter(|&&r| r < *rank).map(|&r| (r, i))
+                        rank_of
+                            .get(joined.as_slice())
+                            .filter(|&&r| r < *rank)
+                            .map(|&r| (r, i))
                     })
                     .min();
                 let Some((_, i)) = best else { break };
@@ -142,9 +149,21 @@ impl WhisperTokenizer {
             }
         }
         let n_vocab = ranks.len() as u32;
-        let mut specials: Vec<String> = vec!["<|endoftext|>".into(), "<|startoftranscript|>".into()];
-        specials.extend(LANGUAGE_CODES[..num_languages.min(100)].iter().map(|c| format!("<|{c}|>")));
-        for s in ["translate", "transcribe", "startoflm", "startofprev", "nospeech", "notimestamps"] {
+        let mut specials: Vec<String> =
+            vec!["<|endoftext|>".into(), "<|startoftranscript|>".into()];
+        specials.extend(
+            LANGUAGE_CODES[..num_languages.min(100)]
+                .iter()
+                .map(|c| format!("<|{c}|>")),
+        );
+        for s in [
+            "translate",
+            "transcribe",
+            "startoflm",
+            "startofprev",
+            "nospeech",
+            "notimestamps",
+        ] {
             specials.push(format!("<|{s}|>"));
         }
         specials.extend((0..N_TIMESTAMPS).map(|i| format!("<|{:.2}|>", i as f64 * 0.02)));
@@ -170,9 +189,16 @@ impl WhisperTokenizer {
         Self::from_tokenizer(inner, (n_vocab as usize) + specials.len())
     }
 
-    fn from_tokenizer(inner: tokenizers::Tokenizer, vocab_size: usize) -> Result<Self, WhisperError> {
+    fn from_tokenizer(
+        inner: tokenizers::Tokenizer,
+        vocab_size: usize,
+    ) -> Result<Self, WhisperError> {
         let chars = byte_chars();
-        let unchar: HashMap<char, u8> = chars.iter().enumerate().map(|(b, &c)| (c, b as u8)).collect();
+        let unchar: HashMap<char, u8> = chars
+            .iter()
+            .enumerate()
+            .map(|(b, &c)| (c, b as u8))
+            .collect();
         let added = inner.get_added_tokens_decoder();
         let find = |names: &[&str]| -> Result<u32, WhisperError> {
             names
@@ -211,10 +237,17 @@ impl WhisperTokenizer {
             } else if let Some(tok) = added.get(&id) {
                 *slot = tok.content.clone().into_bytes();
             } else if let Some(tok) = inner.id_to_token(id) {
-                *slot = tok.chars().map(|c| unchar.get(&c).copied().unwrap_or(b'?')).collect();
+                *slot = tok
+                    .chars()
+                    .map(|c| unchar.get(&c).copied().unwrap_or(b'?'))
+                    .collect();
             }
         }
-        Ok(WhisperTokenizer { inner, bytes, special })
+        Ok(WhisperTokenizer {
+            inner,
+            bytes,
+            special,
+        })
     }
 
     /// Encodes plain text (special-token strings are not parsed as such).
@@ -230,38 +263,60 @@ impl WhisperTokenizer {
 
     /// Decodes tokens, timestamps included as `<|1.23|>` text.
     pub fn decode_with_timestamps(&self, ids: &[u32]) -> String {
-        let bytes: Vec<u8> = ids.iter().flat_map(|&i| self.token_bytes(i).iter().copied()).collect();
+        let bytes: Vec<u8> = ids
+            .iter()
+            .flat_map(|&i| self.token_bytes(i).iter().copied())
+            .collect();
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
     /// Decodes tokens, dropping timestamp tokens (openai-whisper `decode`).
     pub fn decode(&self, ids: &[u32]) -> String {
-        let kept: Vec<u32> = ids.iter().copied().filter(|&i| i < self.special.timestamp_begin).collect();
+        let kept: Vec<u32> = ids
+            .iter()
+            .copied()
+            .filter(|&i| i < self.special.timestamp_begin)
+            .collect();
         self.decode_with_timestamps(&kept)
     }
 
     /// The id of a language code (`"en"`), if the model has it.
     pub fn language_token(&self, code: &str) -> Option<u32> {
-        self.special.languages.iter().find(|(c, _)| c == code).map(|(_, id)| *id)
+        self.special
+            .languages
+            .iter()
+            .find(|(c, _)| c == code)
+            .map(|(_, id)| *id)
     }
 
     /// The code of a language token id.
     pub fn language_code(&self, id: u32) -> Option<&str> {
-        self.special.languages.iter().find(|(_, i)| *i == id).map(|(c, _)| c.as_str())
+        self.special
+            .languages
+            .iter()
+            .find(|(_, i)| *i == id)
+            .map(|(c, _)| c.as_str())
     }
 
     /// `<|startoftranscript|>`, the language (if any), the task token.
     pub fn sot_sequence(&self, language: Option<u32>, translate: bool) -> Vec<u32> {
         let mut seq = vec![self.special.sot];
         seq.extend(language);
-        seq.push(if translate { self.special.translate } else { self.special.transcribe });
+        seq.push(if translate {
+            self.special.translate
+        } else {
+            self.special.transcribe
+        });
         seq
     }
 
     /// Tokens that spell speaker tags and annotations (`(`, `[`, `♪`, ...),
     /// suppressed by default (openai-whisper `non_speech_tokens`).
     pub fn non_speech_tokens(&self) -> Result<Vec<u32>, WhisperError> {
-        let mut symbols: Vec<String> = "\"#()*+/:;<=>@[\\]^_`{|}~「」『』".chars().map(String::from).collect();
+        let mut symbols: Vec<String> = "\"#()*+/:;<=>@[\\]^_`{|}~「」『』"
+            .chars()
+            .map(String::from)
+            .collect();
         symbols.extend(
             "<< >> <<< >>> -- --- -( -[ (' (\" (( )) ((( ))) [[ ]] {{ }} ♪♪ ♪♪♪"
                 .split(' ')
@@ -272,7 +327,11 @@ impl WhisperTokenizer {
         for s in [" -", " '"] {
             out.extend(self.encode(s)?.first().copied());
         }
-        for (symbol, is_misc) in symbols.iter().map(|s| (s, false)).chain(misc.iter().map(|s| (s, true))) {
+        for (symbol, is_misc) in symbols
+            .iter()
+            .map(|s| (s, false))
+            .chain(misc.iter().map(|s| (s, true)))
+        {
             for text in [symbol.clone(), format!(" {symbol}")] {
                 let ids = self.encode(&text)?;
                 if ids.len() == 1 || (is_misc && !ids.is_empty()) {
@@ -286,7 +345,11 @@ impl WhisperTokenizer {
     /// Splits tokens into words as openai-whisper does for space-delimited
     /// languages: pieces that decode to whole code points, joined unless a
     /// piece starts with a space, is punctuation or is special.
-    pub fn split_to_word_tokens(&self, tokens: &[u32], language: Option<&str>) -> (Vec<String>, Vec<Vec<u32>>) {
+    pub fn split_to_word_tokens(
+        &self,
+        tokens: &[u32],
+        language: Option<&str>,
+    ) -> (Vec<String>, Vec<Vec<u32>>) {
         let (subwords, pieces) = self.split_on_unicode(tokens);
         if matches!(language, Some("zh" | "ja" | "th" | "lo" | "my" | "yue")) {
             return (subwords, pieces);

@@ -201,7 +201,10 @@ impl Whisper {
                 let (id, probs) = detect_language(model, tok, &features)?;
                 let code = tok.language_code(id).unwrap_or("en").to_string();
                 let probability = probs.iter().find(|(c, _)| *c == code).map_or(0.0, |p| p.1);
-                observer(TranscribeEvent::Language { code: code.clone(), probability });
+                observer(TranscribeEvent::Language {
+                    code: code.clone(),
+                    probability,
+                });
                 code
             }
         };
@@ -247,7 +250,10 @@ impl Whisper {
 
             if let Some(threshold) = options.no_speech_threshold {
                 let mut skip = result.no_speech_prob > threshold;
-                if options.logprob_threshold.is_some_and(|lp| result.avg_logprob > lp) {
+                if options
+                    .logprob_threshold
+                    .is_some_and(|lp| result.avg_logprob > lp)
+                {
                     skip = false;
                 }
                 if skip {
@@ -272,7 +278,13 @@ impl Whisper {
                 seek,
                 start,
                 end,
-                text: tok.decode(&toks.iter().copied().filter(|&t| t < eot).collect::<Vec<_>>()),
+                text: tok.decode(
+                    &toks
+                        .iter()
+                        .copied()
+                        .filter(|&t| t < eot)
+                        .collect::<Vec<_>>(),
+                ),
                 tokens: toks.to_vec(),
                 temperature: result.temperature,
                 avg_logprob: result.avg_logprob,
@@ -384,14 +396,24 @@ impl Whisper {
             };
             let result = decode(&self.model, &self.tokenizer, features, &opts)?;
             let mut fallback = false;
-            if options.compression_ratio_threshold.is_some_and(|c| result.compression_ratio > c) {
+            if options
+                .compression_ratio_threshold
+                .is_some_and(|c| result.compression_ratio > c)
+            {
                 fallback = true; // too repetitive
             }
-            if options.logprob_threshold.is_some_and(|l| result.avg_logprob < l) {
+            if options
+                .logprob_threshold
+                .is_some_and(|l| result.avg_logprob < l)
+            {
                 fallback = true; // too unlikely
             }
-            if options.no_speech_threshold.is_some_and(|n| result.no_speech_prob > n)
-                && options.logprob_threshold.is_some_and(|l| result.avg_logprob < l)
+            if options
+                .no_speech_threshold
+                .is_some_and(|n| result.no_speech_prob > n)
+                && options
+                    .logprob_threshold
+                    .is_some_and(|l| result.avg_logprob < l)
             {
                 fallback = false; // silence: nothing better to find
             }
