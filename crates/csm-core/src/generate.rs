@@ -218,8 +218,7 @@ impl Guards {
             if !(r.base_s.is_finite() && r.base_s >= 0.0) {
                 return Err(bad("guards.length_from_text.base_s", r.base_s));
             }
-            if !(r.per_char_s.is_finite() && r.per_char_s >= 0.0 && r.base_s + r.per_char_s > 0.0)
-            {
+            if !(r.per_char_s.is_finite() && r.per_char_s >= 0.0 && r.base_s + r.per_char_s > 0.0) {
                 return Err(bad("guards.length_from_text.per_char_s", r.per_char_s));
             }
         }
@@ -330,8 +329,14 @@ pub struct GenerateHooks<'a> {
     pub cancel: Option<&'a CancelToken>,
     /// Called after every frame with the codes so far; `Ok(true)` ends
     /// generation there (a normal end, not an error).
-    pub stop: Option<&'a mut dyn FnMut(&[Vec<i32>]) -> Result<bool, GenerateError>>,
+    pub stop: Option<&'a mut StopRule<'a>>,
 }
+
+/// A rule that ends generation: given the codes so far, `Ok(true)` stops.
+pub type StopRule<'a> = dyn FnMut(&[Vec<i32>]) -> Result<bool, GenerateError> + 'a;
+
+/// Frames to samples, for the silence guard.
+type Decode<'a> = dyn FnMut(&[Vec<i32>]) -> Result<Vec<f32>, GenerateError> + 'a;
 
 /// Output of [`generate_frames`].
 #[derive(Debug, Clone, PartialEq)]
@@ -807,36 +812,38 @@ impl Generator {
             stop: mut caller_stop,
         } = hooks;
         let mut silence = cfg.guards.stop_after_silence_s.map(SilenceWatch::new);
-        let mimi = &mut self.mimi;
-        let mut stop_rule = |codes: &[Vec<i32>]| -> Result<bool, GenerateError> {
-            if let Some(rule) = caller_stop.as_deref_mut() {
-                if rule(codes)? {
-                    return Ok(true);
+        let mut by_silence = false;
+        let out = {
+            let mimi = &mut self.mimi;
+            let by_silence = &mut by_silence;
+            let mut stop_rule = |codes: &[Vec<i32>]| -> Result<bool, GenerateError> {
+                if let Some(rule) = caller_stop.as_deref_mut() {
+                    if rule(codes)? {
+                        return Ok(true);
+                    }
                 }
-            }
-            match silence.as_mut() {
-                Some(watch) => {
+                if let Some(watch) = silence.as_mut() {
                     let rate = mimi.config.sample_rate;
-                    watch.is_silent(codes, rate, &mut |c| decode_codes(mimi, c))
+                    *by_silence = watch.is_silent(codes, rate, &mut |c| decode_codes(mimi, c))?;
                 }
-                None => Ok(false),
-            }
+                Ok(*by_silence)
+            };
+            // Reborrowed for this call only, so the stop rule's borrow of
+            // the codec ends with this block.
+            let progress: Option<&mut dyn FnMut(&FrameProgress)> = match progress {
+                Some(ref mut p) => Some(&mut **p),
+                None => None,
+            };
+            let hooks = GenerateHooks {
+                progress,
+                cancel,
+                stop: Some(&mut stop_rule),
+            };
+            generate_frames(&mut self.csm, &tokens, &mask, cfg, &options, hooks)?
         };
-        // Reborrowed for this call only, so the stop rule's borrow of the
-        // codec ends with it.
-        let hooks = GenerateHooks {
-            progress: progress
-                .as_deref_mut()
-                .map(|p| p as &mut dyn FnMut(&FrameProgress)),
-            cancel,
-            stop: Some(&mut stop_rule),
-        };
-        let out = generate_frames(&mut self.csm, &tokens, &mask, cfg, &options, hooks);
-        drop(stop_rule);
-        let out = out?;
         let stop_reason = if out.stopped_on_eos {
             StopReason::Eos
-        } else if out.stopped_by_hook {
+        } else if by_silence {
             StopReason::Silence
         } else if text_cap.is_some_and(|c| c < cfg.max_frames()) {
             StopReason::LengthLimit
@@ -940,7 +947,7 @@ impl SilenceWatch {
         &mut self,
         codes: &[Vec<i32>],
         rate: u32,
-        decode: &mut dyn FnMut(&[Vec<i32>]) -> Result<Vec<f32>, GenerateError>,
+        decode: &mut Decode<'_>,
     ) -> Result<bool, GenerateError> {
         if codes.len() < self.frames || codes.len() < self.checked_at + SILENCE_CHECK_EVERY {
             return Ok(false);
@@ -1078,6 +1085,10 @@ mod tests {
             stop_after_silence_s: Some(0.0),
             ..Guards::default()
         };
-        assert!(bad.validate().unwrap_err().to_string().contains("stop_after_silence"));
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("stop_after_silence"));
     }
 }

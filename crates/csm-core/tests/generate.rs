@@ -12,8 +12,8 @@ use common::max_abs_diff;
 use csm_core::adapter::load_mlx;
 use csm_core::checkpoint::WeightMap;
 use csm_core::generate::{
-    check_text_ids, Guards, LengthRule, StopReason, generate_frames, FrameOptions, GenerateError, GenerateHooks, Generator,
-    PromptFrames, SamplingConfig, Segment,
+    check_text_ids, generate_frames, FrameOptions, GenerateError, GenerateHooks, Generator, Guards,
+    LengthRule, PromptFrames, SamplingConfig, Segment, StopReason,
 };
 use csm_core::model::proj::Proj;
 use csm_core::model::{load_csm, Csm, LoadOptions};

@@ -8,8 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use csm_core::data::audio::{load_mono_24k, write_wav, WavEncoding};
 use csm_core::generate::{
-    FrameProgress, GenerateHooks, Generator, Guards, SamplingConfig, Segment,
-    StopReason,
+    FrameProgress, GenerateHooks, Generator, Guards, SamplingConfig, Segment, StopReason,
 };
 use csm_core::mlx_rs::Dtype;
 use csm_core::runtime;
@@ -87,7 +86,12 @@ pub struct GenerateArgs {
     no_length_limit: bool,
     /// End the sample after this many seconds of silence (0: never). Runaway
     /// samples often end in a long silent tail.
-    #[arg(long, default_value_t = 2.0, value_name = "SECS", help_heading = "Guards")]
+    #[arg(
+        long,
+        default_value_t = 2.0,
+        value_name = "SECS",
+        help_heading = "Guards"
+    )]
     stop_after_silence: f32,
     /// Keep trailing silence (by default it is trimmed to 0.25 s after the
     /// last sound).

@@ -120,10 +120,13 @@ fn print_blas_kernels() {
 
 /// The CPU's model name (Linux `/proc/cpuinfo`).
 fn cpu_model() -> Option<String> {
-    std::fs::read_to_string("/proc/cpuinfo").ok()?.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        (k.trim() == "model name").then(|| v.trim().to_string())
-    })
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == "model name").then(|| v.trim().to_string())
+        })
 }
 
 /// Path of the libmlx this process loaded.

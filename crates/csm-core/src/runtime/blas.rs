@@ -220,7 +220,10 @@ mod tests {
     #[test]
     fn generic_kernels_on_an_avx512_cpu_get_the_avx512_set() {
         let a = advice_for("Prescott", SAPPHIRE_RAPIDS).unwrap();
-        assert_eq!((a.chosen.as_str(), a.recommended), ("Prescott", "Cooperlake"));
+        assert_eq!(
+            (a.chosen.as_str(), a.recommended),
+            ("Prescott", "Cooperlake")
+        );
         assert_eq!(
             advice_for("Prescott", SKYLAKE_SP).unwrap().recommended,
             "SkylakeX"

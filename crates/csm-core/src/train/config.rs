@@ -524,7 +524,8 @@ mod tests {
             transcript_dir: "t".into(),
             ..Default::default()
         };
-        let cases: [(fn(&mut TrainConfig), &str); 5] = [
+        type Spoil = fn(&mut TrainConfig);
+        let cases: [(Spoil, &str); 5] = [
             (|c| c.edge_pad_secs = -0.1, "--edge-pad-secs"),
             (|c| c.min_utterance_secs = 20.0, "--min-utterance-secs"),
             (

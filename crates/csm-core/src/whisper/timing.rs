@@ -106,8 +106,8 @@ pub fn dtw(x: &[f64], n: usize, m: usize) -> (Vec<isize>, Vec<isize>) {
             trace[i * w + j] = t;
         }
     }
-    for j in 0..w {
-        trace[j] = 2;
+    for t in trace.iter_mut().take(w) {
+        *t = 2;
     }
     for i in 0..=n {
         trace[i * w] = 1;
