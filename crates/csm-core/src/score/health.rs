@@ -104,10 +104,10 @@ pub fn count_syllables(text: &str) -> usize {
                 previous = v;
             }
             let n = letters.len();
-            let silent_e = n > 2
-                && letters[n - 1] == 'e'
-                && !vowel(letters[n - 2])
-                && !(letters[n - 2] == 'l' && !vowel(letters[n - 3]));
+            // A final "e" after a consonant is silent, except in "-ble"/"-ple".
+            let consonant_le = n > 2 && letters[n - 2] == 'l' && !vowel(letters[n - 3]);
+            let silent_e =
+                n > 2 && letters[n - 1] == 'e' && !vowel(letters[n - 2]) && !consonant_le;
             (groups - usize::from(silent_e && groups > 1)).max(1)
         })
         .sum()

@@ -173,22 +173,19 @@ fn clean_symbols(s: &str) -> String {
         let next = chars.get(i + 1);
         if let Some(plain) = strip_diacritic(c) {
             out.push_str(plain);
-        } else if c.is_alphanumeric() {
+            continue;
+        }
+        let between_digits = digit(prev) && digit(next);
+        let inside_word =
+            prev.is_some_and(|p| p.is_alphanumeric()) && next.is_some_and(|n| n.is_alphanumeric());
+        let keep = c.is_alphanumeric()
+            || (c == '.' && between_digits)
+            || (matches!(c, '$' | '£' | '€') && digit(next))
+            || (c == '%' && digit(prev))
+            || (c == '\'' && inside_word);
+        if keep {
             out.push(c);
-        } else if (c == ',' || c == '.') && digit(prev) && digit(next) {
-            if c == '.' {
-                out.push(c);
-            }
-        } else if matches!(c, '$' | '£' | '€') && digit(next) {
-            out.push(c);
-        } else if c == '%' && digit(prev) {
-            out.push(c);
-        } else if c == '\''
-            && prev.is_some_and(|p| p.is_alphanumeric())
-            && next.is_some_and(|n| n.is_alphanumeric())
-        {
-            out.push(c);
-        } else {
+        } else if !(c == ',' && between_digits) {
             out.push(' ');
         }
     }
@@ -334,8 +331,8 @@ pub fn edit_counts<T: PartialEq>(reference: &[T], hypothesis: &[T]) -> ErrorRate
     for (i, row) in cost.iter_mut().enumerate() {
         row[0] = i;
     }
-    for j in 0..=m {
-        cost[0][j] = j;
+    for (j, c) in cost[0].iter_mut().enumerate() {
+        *c = j;
     }
     for i in 1..=n {
         for j in 1..=m {
