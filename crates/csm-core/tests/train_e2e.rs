@@ -27,6 +27,7 @@ use csm_core::adapter;
 use csm_core::cancel::CancelToken;
 use csm_core::model::load::{load_csm, LoadOptions};
 use csm_core::model::LossWeights;
+use csm_core::train::metrics::JsonlObserver;
 use csm_core::train::{
     self, trainer, RecordingObserver, RunSettings, SaveMode, TrainConfig, TrainEvent,
     TrainingObserver,
@@ -105,6 +106,95 @@ impl TrainingObserver for StopAt {
     }
 }
 
+/// JSON equality with numbers compared as the `f32`s they were.
+fn same_as_f32(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            x.as_f64().map(|v| v as f32) == y.as_f64().map(|v| v as f32)
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_as_f32(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| same_as_f32(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+/// `metrics.jsonl` holds one JSON record per event the observer saw, in
+/// order, with the same numbers, and a wall-clock time on each.
+fn check_metrics_jsonl(path: &Path, events: &[TrainEvent]) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("line {}: {e}: {l}", i + 1))
+        })
+        .collect();
+    assert_eq!(lines.len(), events.len(), "one line per event");
+    let mut last_time = 0.0;
+    for (i, (line, event)) in lines.iter().zip(events).enumerate() {
+        let time = line["time"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("line {i}: no time"));
+        assert!(time >= last_time, "line {i}: time goes back");
+        last_time = time;
+        let want = serde_json::to_value(event).unwrap();
+        assert_eq!(line["event"], want["event"], "line {i}");
+        assert!(
+            same_as_f32(&line["data"], &want["data"]),
+            "line {i}: {} vs {}",
+            line["data"],
+            want["data"]
+        );
+    }
+    let of = |kind: &str| -> Vec<&serde_json::Value> {
+        lines
+            .iter()
+            .filter(|l| l["event"] == kind)
+            .map(|l| &l["data"])
+            .collect()
+    };
+    let steps = of("step");
+    let losses = step_losses(events);
+    assert_eq!(steps.len(), losses.len());
+    for (i, (s, loss)) in steps.iter().zip(&losses).enumerate() {
+        assert_eq!(s["step"], i + 1);
+        assert_eq!(s["loss"].as_f64().unwrap() as f32, *loss, "step {}", i + 1);
+        for key in ["semanticLoss", "acousticLoss", "lr", "gradNorm"] {
+            assert!(
+                s[key].as_f64().is_some_and(f64::is_finite),
+                "step {}: {key}",
+                i + 1
+            );
+        }
+    }
+    let validations = of("validation");
+    let val_steps: Vec<u64> = validations
+        .iter()
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect();
+    assert!(
+        val_steps.len() >= 2 && val_steps[..2] == [8, 16],
+        "validations at {val_steps:?}"
+    );
+    for v in &validations {
+        assert!(v["loss"].as_f64().is_some_and(|l| l.is_finite() && l > 0.0));
+        assert!(v["examples"].as_u64().is_some_and(|n| n >= 1), "{v}");
+    }
+    assert_eq!(of("started").len(), 1);
+    assert!(!of("checkpoint").is_empty());
+    let finished = of("finished");
+    assert_eq!(finished.len(), 1);
+    assert_eq!(finished[0]["step"], losses.len());
+    assert_eq!(lines.last().unwrap()["event"], "finished");
+}
+
 #[test]
 fn loss_falls_and_outputs_reload_with_the_same_results() {
     let paths = shared_demo();
@@ -112,10 +202,17 @@ fn loss_falls_and_outputs_reload_with_the_same_results() {
     let mut cfg = config(&paths, out.path());
     cfg.epochs = 8;
     cfg.save_mode = SaveMode::Both;
+    // One recording of six held out, validated every 8 steps.
+    cfg.val_split = 0.2;
+    cfg.val_every = 8;
     let mut obs = RecordingObserver::default();
-    let summary = train::train(&cfg, &settings(), &mut obs, &CancelToken::new()).unwrap();
+    // metrics.jsonl as the CLI and the app write it.
+    let mut jsonl = JsonlObserver::new(out.path(), &mut obs).unwrap();
+    let summary = train::train(&cfg, &settings(), &mut jsonl, &CancelToken::new()).unwrap();
+    drop(jsonl);
     let losses = step_losses(&obs.events);
     assert_eq!(summary.steps, losses.len());
+    check_metrics_jsonl(&out.path().join("metrics.jsonl"), &obs.events);
     let first = losses[..3].iter().sum::<f32>() / 3.0;
     let last = losses[losses.len() - 3..].iter().sum::<f32>() / 3.0;
     assert!(last < 0.8 * first, "loss did not fall: {losses:?}");
@@ -130,10 +227,6 @@ fn loss_falls_and_outputs_reload_with_the_same_results() {
         "merged/config.json",
         "checkpoint_latest.safetensors",
     ] {
-        // metrics.jsonl is written by the CLI observer, not the library.
-        if f == "metrics.jsonl" {
-            continue;
-        }
         assert!(out.path().join(f).exists(), "{f} missing");
     }
 
