@@ -9,6 +9,7 @@ const COMMANDS: &[&str] = &[
     "write_config_file",
     "reveal_path",
     "scan_dataset",
+    "dataset_usage",
     "inspect_model",
     "demo_assets",
     "hub_status",

@@ -86,6 +86,27 @@ pub struct StepData {
     pub eta_secs: Option<f64>,
 }
 
+impl StepData {
+    /// The UI's record of a core step report; `steps_per_epoch` turns the
+    /// step into a fractional epoch.
+    pub fn from_report(r: &csm_core::train::StepReport, steps_per_epoch: u64) -> Self {
+        StepData {
+            step: r.step as u64,
+            total_steps: r.total_steps as u64,
+            epoch: r.step as f64 / steps_per_epoch.max(1) as f64,
+            loss: r.loss,
+            semantic_loss: r.semantic_loss,
+            acoustic_loss: r.acoustic_loss,
+            lr: f64::from(r.lr),
+            grad_norm: r.grad_norm,
+            frames_per_sec: f64::from(r.frames_per_sec),
+            memory_bytes: r.memory_bytes,
+            elapsed_secs: r.elapsed_secs,
+            eta_secs: r.eta_secs.is_finite().then_some(r.eta_secs),
+        }
+    }
+}
+
 /// The error payload of a `failed` event: the same `{kind, message}` as command errors.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct EventError {

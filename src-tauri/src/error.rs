@@ -97,6 +97,30 @@ impl Error {
     }
 }
 
+/// A run folder the core could not read: "not found" keeps its kind, a
+/// config that is not one is `invalidInput`.
+impl From<csm_core::train::run_dir::RunDirError> for Error {
+    fn from(e: csm_core::train::run_dir::RunDirError) -> Self {
+        use csm_core::train::run_dir::RunDirError;
+        match e {
+            RunDirError::Read { path, source } => Error::io(&path, source),
+            e @ RunDirError::Config { .. } => Error::InvalidInput(e.to_string()),
+        }
+    }
+}
+
+/// A file the core failed to write (its `CheckpointError`); "not found"
+/// keeps its kind.
+impl From<csm_core::checkpoint::CheckpointError> for Error {
+    fn from(e: csm_core::checkpoint::CheckpointError) -> Self {
+        use csm_core::checkpoint::CheckpointError;
+        match e {
+            CheckpointError::Io { path, source } => Error::io(&path, source),
+            e => Error::Internal(e.to_string()),
+        }
+    }
+}
+
 impl serde::Serialize for Error {
     fn serialize<S: serde::Serializer>(
         &self,

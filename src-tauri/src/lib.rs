@@ -4,7 +4,9 @@
 pub mod commands;
 pub mod contract;
 pub mod error;
+pub mod player;
 pub mod state;
+pub mod time;
 
 use tauri::{Builder, DragDropEvent, Manager, Runtime, WindowEvent};
 
@@ -29,6 +31,7 @@ pub fn app_builder<R: Runtime>(builder: Builder<R>) -> Builder<R> {
             commands::config::write_config_file,
             commands::files::reveal_path,
             commands::dataset::scan_dataset,
+            commands::dataset::dataset_usage,
             commands::models::inspect_model,
             commands::models::demo_assets,
             commands::hub::hub_status,
@@ -115,15 +118,27 @@ mod tests {
     fn config_file_round_trip_over_ipc() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cfg.json");
+        // The UI sends TrainConfig's JSON; keys it leaves out take the defaults.
         let config = serde_json::json!({ "lora_r": 4, "model_path": "/m" });
         invoke(
             "write_config_file",
             serde_json::json!({ "path": path, "config": config }),
         )
         .unwrap();
+        let back = invoke("read_config_file", serde_json::json!({ "path": path })).unwrap();
         assert_eq!(
-            invoke("read_config_file", serde_json::json!({ "path": path })).unwrap(),
-            config
+            (&back["lora_r"], &back["model_path"]),
+            (&config["lora_r"], &config["model_path"])
+        );
+        assert_eq!(back["batch_size"], 2, "defaults filled in: {back}");
+        let err = invoke(
+            "write_config_file",
+            serde_json::json!({ "path": path, "config": { "lora_rank": 4 } }),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("lora_rank"),
+            "unknown keys are refused: {err}"
         );
     }
 }

@@ -9,13 +9,16 @@ import {
   defaultConfig,
   derive,
   fromJson,
+  layersToArg,
   matchingPreset,
+  parseTargetLayers,
   toCommand,
   toJson,
   valCount,
-  validTargetLayers,
   validate,
+  validateDrafts,
 } from '../src/lib/config';
+import trainConfigDefault from '../../docs/ipc-fixtures/train-config-default.json';
 
 function filled(over: Partial<RunConfig> = {}): RunConfig {
   return { ...defaultConfig(), model_path: '/m/csm', output_dir: '/runs/a', audio_dir: '/d/audio', transcript_dir: '/d/transcripts', ...over };
@@ -29,17 +32,12 @@ describe('flag table', () => {
   });
 
   it('names flags after the snake_case keys', () => {
-    for (const f of FIELDS) expect(f.flag).toBe(`--${f.key.replace(/_/g, '-')}`);
+    for (const f of FIELDS) expect(f.flag).toBe(`--${f.negated ? 'no-' : ''}${f.key.replace(/_/g, '-')}`);
   });
 
-  it('has the CLI defaults', () => {
-    expect(DEFAULT_CONFIG).toMatchObject({
-      speaker_id: 0, max_seq_len: 2048, context_turns: 2, lora_r: 8, lora_alpha: 16, lora_dropout: 0,
-      target_modules: ['q_proj', 'v_proj'], target_layers: 'all', learning_rate: 2e-4, semantic_weight: 1,
-      acoustic_weight: 1, weight_decay: 0.01, batch_size: 2, epochs: 5, max_grad_norm: 1, val_split: 0.1,
-      val_every: 50, save_every: 100, save_mode: 'lora', log_level: 'info', decoder_fraction: 0.0625,
-      grad_accum: 1, lr_schedule: 'cosine', warmup_steps: 20, seed: 42, context_loss: false,
-    });
+  it("is TrainConfig's JSON with its defaults (docs/ipc-fixtures, checked against the Rust type too)", () => {
+    // The form starts with no output folder; the core's default names one.
+    expect({ ...DEFAULT_CONFIG, output_dir: trainConfigDefault.output_dir }).toEqual(trainConfigDefault);
   });
 });
 
@@ -68,13 +66,27 @@ describe('validate', () => {
     expect(e.sample_prompt).toBeDefined();
   });
 
-  it('parses target layers', () => {
-    expect(validTargetLayers('all')).toBe(true);
-    expect(validTargetLayers('backbone:0-15,decoder:0-3')).toBe(true);
-    expect(validTargetLayers('backbone:3')).toBe(true);
-    expect(validTargetLayers('backbone:5-2')).toBe(false);
-    expect(validTargetLayers('encoder:1')).toBe(false);
-    expect(validate(filled({ target_layers: '0-3' })).target_layers).toBeDefined();
+  it('parses target layers as the CLI does, and prints them back', () => {
+    expect(parseTargetLayers('all')).toEqual({ backbone: 'all', decoder: 'all' });
+    const t = parseTargetLayers('backbone:8-10+15, decoder:none');
+    expect(t).toEqual({ backbone: { some: [8, 9, 10, 15] }, decoder: 'none' });
+    expect(layersToArg(t!)).toBe('backbone:8-10+15,decoder:none');
+    expect(parseTargetLayers(layersToArg(t!))).toEqual(t);
+    // A stack that is not named gets nothing.
+    expect(parseTargetLayers('decoder:all')).toEqual({ backbone: 'none', decoder: 'all' });
+    for (const bad of ['0-3', 'backbone:5-2', 'encoder:1', 'backbone:x', '']) {
+      expect(parseTargetLayers(bad), bad).toBeNull();
+    }
+  });
+
+  it('checks target layers and the utterance lengths', () => {
+    expect(validate(filled({ target_layers: { backbone: 'none', decoder: 'none' } })).target_layers).toMatch(/no layer/);
+    expect(validateDrafts({ target_layers: 'backbone:' }).target_layers).toBeDefined();
+    expect(validateDrafts({ target_layers: 'backbone:0-3' })).toEqual({});
+    const e = validate(filled({ min_utterance_secs: 8, target_utterance_secs: 5, max_utterance_secs: 12 }));
+    expect(e.target_utterance_secs).toMatch(/between/);
+    expect(validate(filled({ min_utterance_secs: 13 })).min_utterance_secs).toMatch(/max/);
+    expect(validate(filled({ edge_pad_secs: -1 })).edge_pad_secs).toMatch(/≥ 0/);
   });
 });
 
@@ -101,6 +113,15 @@ describe('toCommand', () => {
     expect(cmd).toContain(`--model-path '/Users/me/My Models/csm'\\''s'`);
     expect(cmd).toContain(`--sample-prompt 'Hello there'`);
     expect(cmd).toContain('--generate-samples');
+  });
+
+  it('turns trimming off with --no-trim-silence and prints target layers', () => {
+    expect(toCommand(filled())).not.toContain('trim-silence');
+    const cmd = toCommand(filled({ trim_silence: false, long_unaligned: 'skip', max_utterance_secs: 15, target_layers: { backbone: { some: [0, 1, 2, 3] }, decoder: 'all' } }));
+    expect(cmd).toContain('--no-trim-silence');
+    expect(cmd).toContain('--long-unaligned skip');
+    expect(cmd).toContain('--max-utterance-secs 15');
+    expect(cmd).toContain('--target-layers backbone:0-3,decoder:all');
   });
 
   it('quotes empty required paths so the line stays well-formed', () => {
@@ -144,6 +165,13 @@ describe('JSON import/export', () => {
     expect(config.target_modules).toEqual(['q_proj', 'k_proj']);
     expect(config.learning_rate).toBe(2e-4);
     expect(unknown).toEqual(['wandb']);
+  });
+
+  it('reads older exports: target layers as text, no sample prompt', () => {
+    const { config } = fromJson('{"target_layers": "backbone:0-3", "sample_prompt": null}');
+    expect(config.target_layers).toEqual({ backbone: { some: [0, 1, 2, 3] }, decoder: 'none' });
+    expect(config.sample_prompt).toBe(DEFAULT_CONFIG.sample_prompt);
+    expect(() => fromJson('{"target_layers": "layers 1-3"}')).toThrow(/target_layers/);
   });
 
   it('rejects bad values with the key in the message', () => {

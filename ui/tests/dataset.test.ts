@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { fireEvent, render, screen, within } from '@testing-library/svelte';
 import { emit } from '@tauri-apps/api/event';
 import App from '../src/App.svelte';
@@ -61,6 +61,65 @@ describe('Dataset screen', () => {
     // Problem filter.
     await fireEvent.click(screen.getByLabelText('Only files with problems'));
     expect(screen.getByTestId('dataset-table').querySelectorAll('tbody tr')).toHaveLength(2);
+  });
+
+  it('measures the audio used with the segmenting settings, again when they change', async () => {
+    vi.useFakeTimers();
+    const usage = (trim: boolean) => ({
+      recordings: [
+        { recording_id: 'a', seconds_in: 4.2, seconds_used: trim ? 3.0 : 4.2, utterances: 1 },
+        { recording_id: 'd', seconds_in: 42, seconds_used: 0, utterances: 0 },
+      ],
+      recordings_used: 1,
+      seconds_in: 46.2,
+      seconds_used: trim ? 3.0 : 4.2,
+      utterances: 1,
+      train_utterances: 1,
+      validation_utterances: 0,
+      train_seconds: trim ? 3.0 : 4.2,
+      validation_seconds: 0,
+      warnings: ['d: 42.0 s without alignment, skipped'],
+    });
+    const log = ipc({
+      scan_dataset: () => scanFixture(),
+      dataset_usage: (a) => usage((a.config as { trim_silence: boolean }).trim_silence),
+    });
+    render(Dataset);
+    await app.scan(['/data/voice']);
+    await vi.advanceTimersByTimeAsync(400);
+    await flush();
+    expect(log.of('dataset_usage')).toHaveLength(1);
+    expect(log.of('dataset_usage')[0]).toMatchObject({ config: { audio_dir: '/data/voice/audio', trim_silence: true } });
+    const box = () => (screen.getByTestId('dataset-usage').textContent ?? '').replace(/\s+/g, ' ');
+    expect(box()).toContain('0.1 min of 0.8 min read (6%), in 1 utterance from 1 of 2 recordings');
+    expect(box()).toContain('Edge silence is trimmed to 0.2 s');
+    expect(box()).toContain('1 note');
+    const row = (file: string) => within(screen.getByTestId('dataset-table')).getByText(file).closest('tr')!;
+    expect(row('a.wav').textContent).toContain('0:03.0');
+    expect(row('d.wav').textContent).toContain('0:00.0');
+    app.config.trim_silence = false;
+    await vi.advanceTimersByTimeAsync(400);
+    await flush();
+    expect(log.of('dataset_usage')).toHaveLength(2);
+    expect(row('a.wav').textContent).toContain('0:04.2');
+    expect(box()).toContain('Edge silence is kept');
+    vi.useRealTimers();
+  });
+
+  it('says why training would refuse the dataset', async () => {
+    vi.useFakeTimers();
+    ipc({
+      scan_dataset: () => scanFixture(),
+      dataset_usage: () => Promise.reject({ kind: 'invalidInput', message: 'd.wav is 42.0 s long and has no alignment' }),
+    });
+    render(Dataset);
+    await app.scan(['/data/voice']);
+    await vi.advanceTimersByTimeAsync(400);
+    await flush();
+    expect(screen.getByTestId('dataset-usage').textContent).toContain(
+      'Training would refuse this dataset: d.wav is 42.0 s long and has no alignment',
+    );
+    vi.useRealTimers();
   });
 
   it('does nothing when the dialog is cancelled', async () => {

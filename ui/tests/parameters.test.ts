@@ -88,6 +88,47 @@ describe('Parameters screen', () => {
     expect(screen.getByRole('button', { name: 'Copied' })).toBeTruthy();
   });
 
+  it('takes target layers as text and keeps what is typed until it parses', async () => {
+    ipc({});
+    fill();
+    render(Parameters);
+    await fireEvent.click(screen.getByLabelText('Show advanced'));
+    const layers = input(/^Target layers/);
+    expect(layers.value).toBe('all');
+    await fireEvent.input(layers, { target: { value: 'backbone:' } });
+    expect(layers.getAttribute('aria-invalid')).toBe('true');
+    expect(app.config.target_layers).toEqual({ backbone: 'all', decoder: 'all' });
+    const start = screen.getByRole('button', { name: 'Start training' }) as HTMLButtonElement;
+    expect(start.disabled).toBe(true);
+    await fireEvent.input(layers, { target: { value: 'backbone:0-3' } });
+    expect(app.config.target_layers).toEqual({ backbone: { some: [0, 1, 2, 3] }, decoder: 'none' });
+    expect(layers.value).toBe('backbone:0-3');
+    expect(start.disabled).toBe(false);
+    await fireEvent.blur(layers);
+    expect(layers.value).toBe('backbone:0-3,decoder:none');
+    expect(screen.getByTestId('command').textContent).toContain('--target-layers backbone:0-3,decoder:none');
+  });
+
+  it('has the segmenting settings under Advanced, with their flags', async () => {
+    ipc({});
+    fill();
+    render(Parameters);
+    expect(screen.queryByLabelText(/^Trim silence/, { selector: 'input' })).toBeNull();
+    await fireEvent.click(screen.getByLabelText('Show advanced'));
+    const trim = input(/^Trim silence/);
+    expect(trim.checked).toBe(true);
+    expect(screen.getByRole('button', { name: /--no-trim-silence: Trim the leading and trailing silence/ })).toBeTruthy();
+    await fireEvent.click(trim);
+    expect(app.config.trim_silence).toBe(false);
+    await fireEvent.input(input(/^Target utterance/), { target: { value: '14' } });
+    expect(screen.getByRole('alert').textContent).toMatch(/between the min and max/);
+    await fireEvent.input(input(/^Max utterance/), { target: { value: '15' } });
+    expect(screen.queryByRole('alert')).toBeNull();
+    const cmd = screen.getByTestId('command').textContent ?? '';
+    expect(cmd).toContain('--no-trim-silence');
+    expect(cmd).toContain('--target-utterance-secs 14 --max-utterance-secs 15');
+  });
+
   it('toggles target modules in canonical order', async () => {
     ipc({});
     render(Parameters);

@@ -44,6 +44,21 @@ pub struct DemoPaths {
     pub transcript_dir: PathBuf,
 }
 
+impl DemoPaths {
+    /// Where [`create_demo`] puts each piece under `root`.
+    pub fn under(root: &Path) -> Self {
+        let model = root.join("model");
+        DemoPaths {
+            root: root.to_path_buf(),
+            mimi: model.join("mimi.safetensors"),
+            tokenizer: model.join("tokenizer.json"),
+            audio_dir: root.join("data").join("audio"),
+            transcript_dir: root.join("data").join("transcripts"),
+            model,
+        }
+    }
+}
+
 /// Demo errors.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -174,19 +189,11 @@ pub fn byte_tokenizer_json() -> serde_json::Value {
 /// spoken utterances). Existing pieces are rebuilt; the dataset folder must
 /// be empty or absent.
 pub fn create_demo(root: &Path, sentences: usize, seed: u64) -> Result<DemoPaths, DemoError> {
-    let model = root.join("model");
-    std::fs::create_dir_all(&model).map_err(|source| CheckpointError::Io {
-        path: model.clone(),
+    let paths = DemoPaths::under(root);
+    std::fs::create_dir_all(&paths.model).map_err(|source| CheckpointError::Io {
+        path: paths.model.clone(),
         source,
     })?;
-    let paths = DemoPaths {
-        root: root.to_path_buf(),
-        mimi: model.join("mimi.safetensors"),
-        tokenizer: model.join("tokenizer.json"),
-        audio_dir: root.join("data").join("audio"),
-        transcript_dir: root.join("data").join("transcripts"),
-        model,
-    };
     let tok = serde_json::to_string(&byte_tokenizer_json()).expect("serialisable");
     write_atomic(&paths.tokenizer, tok.as_bytes())?;
 

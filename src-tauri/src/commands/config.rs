@@ -1,8 +1,12 @@
-//! Run config files: the UI validates the fields (same names as the CLI
-//! flags, snake_case); this side only reads and writes JSON objects.
+//! Run config files. Export writes a `TrainConfig` exactly as a run's
+//! `config.json` is written (what `csm finetune-lora --config` reads);
+//! import hands the UI the raw JSON object, so it can take older or
+//! hand-written files, report unknown keys and validate field by field.
 
 use std::path::{Path, PathBuf};
 
+use csm_core::train::run_dir;
+use csm_core::train::TrainConfig;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
@@ -21,12 +25,13 @@ pub async fn read_config_file(path: PathBuf) -> Result<Value> {
         .map_err(|e| Error::Internal(format!("read_config_file task failed: {e}")))?
 }
 
-/// Writes `config` (a JSON object) as pretty JSON to `path`, replacing it atomically.
+/// Writes `config` to `path` in `config.json`'s format, replacing it
+/// atomically.
 ///
 /// # Errors
-/// `invalidInput` when `config` is not an object, `io` when the file cannot be written.
+/// `io` when the file cannot be written.
 #[tauri::command]
-pub async fn write_config_file(path: PathBuf, config: Value) -> Result<()> {
+pub async fn write_config_file(path: PathBuf, config: TrainConfig) -> Result<()> {
     tauri::async_runtime::spawn_blocking(move || write(&path, &config))
         .await
         .map_err(|e| Error::Internal(format!("write_config_file task failed: {e}")))?
@@ -61,19 +66,14 @@ pub fn read(path: &Path) -> Result<Value> {
 }
 
 /// Synchronous body of [`write_config_file`].
-pub fn write(path: &Path, config: &Value) -> Result<()> {
-    if !config.is_object() {
-        return Err(Error::InvalidInput("config must be a JSON object".into()));
+pub fn write(path: &Path, config: &TrainConfig) -> Result<()> {
+    if path.file_name().is_none() {
+        return Err(Error::InvalidInput(format!(
+            "{} is not a file path",
+            path.display()
+        )));
     }
-    let mut text =
-        serde_json::to_string_pretty(config).map_err(|e| Error::Internal(e.to_string()))?;
-    text.push('\n');
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| Error::InvalidInput(format!("{} is not a file path", path.display())))?;
-    let tmp = path.with_file_name(format!(".{}.tmp", file_name.to_string_lossy()));
-    std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    Ok(run_dir::write_config_file(path, config)?)
 }
 
 #[cfg(test)]
@@ -81,13 +81,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn round_trip() {
+    fn exported_configs_are_config_json_files() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("run config.json");
-        let config = serde_json::json!({ "lora_r": 16, "learning_rate": 2e-4, "target_modules": ["q_proj"] });
+        let config = TrainConfig {
+            lora_r: 16,
+            target_modules: vec!["q_proj".into()],
+            ..TrainConfig::default()
+        };
         write(&path, &config).unwrap();
-        assert!(std::fs::read_to_string(&path).unwrap().ends_with("}\n"));
-        assert_eq!(read(&path).unwrap(), config);
+        let run = run_dir::RunDir::new(dir.path());
+        run.write_config(&config).unwrap();
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            std::fs::read(run.config_path()).unwrap(),
+            "an export is byte for byte a run's config.json"
+        );
+        assert_eq!(
+            read(&path).unwrap(),
+            // Through text, as f32 values are written (to_value widens them).
+            serde_json::from_str::<Value>(&serde_json::to_string(&config).unwrap()).unwrap(),
+            "import hands back the same object"
+        );
     }
 
     #[test]
@@ -105,7 +120,9 @@ mod tests {
             .to_string()
             .contains("not valid JSON"));
         assert_eq!(
-            write(&array, &serde_json::json!(3)).unwrap_err().kind(),
+            write(Path::new("/"), &TrainConfig::default())
+                .unwrap_err()
+                .kind(),
             "invalidInput"
         );
     }

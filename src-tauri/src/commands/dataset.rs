@@ -1,9 +1,16 @@
-//! `scan_dataset`: the Dataset screen's table, from `csm_core::data::scan_dataset`.
+//! The Dataset screen: `scan_dataset` (the table, from
+//! `csm_core::data::scan_dataset`: headers and transcripts only) and
+//! `dataset_usage` (the audio a run would train on, after trimming and
+//! cutting, from `csm_core::data::audio_usage`).
 
 use std::path::{Path, PathBuf};
 
 use csm_core::data::dataset::{FileReport, ProblemKind as CoreKind};
-use csm_core::data::{scan_dataset as core_scan, DatasetLayout, ScanOptions, TARGET_SAMPLE_RATE};
+use csm_core::data::{
+    audio_usage, scan_dataset as core_scan, AudioUsage, DatasetLayout, ScanOptions,
+    TARGET_SAMPLE_RATE,
+};
+use csm_core::train::TrainConfig;
 use serde::Serialize;
 use tauri::{AppHandle, Runtime, State};
 
@@ -92,6 +99,46 @@ pub async fn scan_dataset<R: Runtime>(
         allowed.check(&app, p)?;
     }
     blocking("scan_dataset", move || scan(&paths)).await
+}
+
+/// The audio a run with `config` would use: its dataset (`audio_dir`,
+/// `transcript_dir`, `alignment_dir`) read, trimmed, cut and split as
+/// training does with `config`'s segmenting settings, `val_split` and
+/// `seed`. Reads every recording, so it takes a while on a large dataset.
+/// `AudioUsage` crosses IPC in the core's serde (snake_case).
+///
+/// # Errors
+/// `invalidInput` for a dataset training would refuse (the message names
+/// the file, e.g. a long recording without alignment), or folders the user
+/// did not choose; `notFound` for a missing folder.
+#[tauri::command]
+pub async fn dataset_usage<R: Runtime>(
+    app: AppHandle<R>,
+    allowed: State<'_, AllowedPaths>,
+    config: TrainConfig,
+) -> Result<AudioUsage> {
+    for p in [Some(&config.audio_dir), Some(&config.transcript_dir)]
+        .into_iter()
+        .chain([config.alignment_dir.as_ref()])
+        .flatten()
+    {
+        if !p.is_dir() {
+            return Err(Error::NotFound(p.clone()));
+        }
+        allowed.check(&app, p)?;
+    }
+    blocking("dataset_usage", move || usage(&config)).await
+}
+
+/// Synchronous body of [`dataset_usage`].
+pub fn usage(config: &TrainConfig) -> Result<AudioUsage> {
+    let layout = DatasetLayout::new(
+        &config.audio_dir,
+        &config.transcript_dir,
+        config.alignment_dir.clone(),
+    );
+    audio_usage(&layout, &config.load_options(), &mut |_| {})
+        .map_err(|e| Error::InvalidInput(e.to_string()))
 }
 
 /// Synchronous body of [`scan_dataset`].
@@ -255,7 +302,7 @@ fn role(dir: &Path) -> Option<Role> {
             .map(|x| x.to_string_lossy().to_lowercase())
             .as_deref()
         {
-            Some("wav" | "flac" | "mp3") => wav += 1,
+            Some(x) if csm_core::data::decode::is_audio_extension(x) => wav += 1,
             Some("txt") => txt += 1,
             Some("json") => json += 1,
             _ => {}

@@ -1,19 +1,20 @@
-//! History: `list_runs`, `run_metrics`, `export_adapter`, from the run
-//! folders' `config.json` + `metrics.jsonl` + checkpoints.
+//! History: `list_runs`, `run_metrics`, `export_adapter`, over the run
+//! folders as `csm_core::train::run_dir` reads them.
 
-use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
-use csm_core::train::TrainConfig;
+use csm_core::adapter::{AdapterError, ADAPTER_CONFIG_FILE, ADAPTER_FILE};
+use csm_core::train::run_dir::{CheckpointFile, RunDir, RunEvent};
+use csm_core::train::{TrainConfig, TrainEvent, ValReport};
 use serde::Serialize;
-use serde_json::Value;
 use tauri::{AppHandle, Runtime, State};
 
-use super::training::{step_data, steps_per_epoch, wav_secs, RunConfig};
+use super::audio::wav_secs;
 use crate::contract::StepData;
 use crate::error::{blocking, Error, Result};
 use crate::state::{AllowedPaths, RunRoots, TrainingJobs};
+use crate::time::format_time;
 
 /// Mirrors `RunSummary` in `ui/src/lib/api.ts`.
 #[derive(Debug, Clone, Serialize)]
@@ -39,29 +40,11 @@ pub struct RunSummary {
     pub best_val_loss: Option<f32>,
     /// Loss of the last step.
     pub final_loss: Option<f32>,
-    /// The config as started.
-    pub config: RunConfig,
+    /// The config as started, with `output_dir` the folder that holds the
+    /// run folder (as the Parameters form has it).
+    pub config: TrainConfig,
     /// Checkpoint files, oldest first.
-    pub checkpoints: Vec<Checkpoint>,
-}
-
-/// A checkpoint of a run.
-#[derive(Debug, Clone, Serialize)]
-pub struct Checkpoint {
-    /// Step it holds.
-    pub step: u64,
-    /// The file.
-    pub path: PathBuf,
-}
-
-/// Mirrors `ValidationData`.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ValidationData {
-    step: u64,
-    loss: f32,
-    semantic_loss: f32,
-    acoustic_loss: f32,
+    pub checkpoints: Vec<CheckpointFile>,
 }
 
 /// Mirrors `RunSample`.
@@ -75,12 +58,12 @@ pub struct RunSample {
 }
 
 /// Mirrors `RunMetrics`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct RunMetrics {
     /// Every step.
     pub steps: Vec<StepData>,
-    /// Every validation pass.
-    pub validation: Vec<ValidationData>,
+    /// Every validation pass (the core's records).
+    pub validation: Vec<ValReport>,
     /// Samples spoken during the run.
     pub samples: Vec<RunSample>,
 }
@@ -170,7 +153,7 @@ pub fn find_run(roots: &[PathBuf], run_id: &str) -> Result<PathBuf> {
     roots
         .iter()
         .map(|r| r.join(run_id))
-        .find(|d| d.join("metrics.jsonl").is_file())
+        .find(|d| RunDir::new(d).is_run())
         .ok_or_else(|| {
             Error::NotFound(
                 roots
@@ -180,13 +163,13 @@ pub fn find_run(roots: &[PathBuf], run_id: &str) -> Result<PathBuf> {
         })
 }
 
-/// Reads every run folder (with `config.json` + `metrics.jsonl`) under `roots`.
+/// Reads every run folder under `roots` (unreadable ones are skipped).
 pub fn scan_runs(roots: &[PathBuf], active: Option<&Path>) -> Vec<RunRecord> {
     let mut out = Vec::new();
     for root in roots {
         for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
             let dir = entry.path();
-            if dir.join("config.json").is_file() && dir.join("metrics.jsonl").is_file() {
+            if RunDir::new(&dir).is_run() {
                 let is_active = active.is_some_and(|a| a == dir);
                 if let Ok(rec) = read_run(&dir, is_active) {
                     out.push(rec);
@@ -197,78 +180,38 @@ pub fn scan_runs(roots: &[PathBuf], active: Option<&Path>) -> Vec<RunRecord> {
     out
 }
 
-fn read_config(dir: &Path) -> Result<TrainConfig> {
-    let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::InvalidInput(format!("{}: {e}", path.display())))
-}
-
-fn read_events(dir: &Path) -> Result<Vec<Value>> {
-    let path = dir.join("metrics.jsonl");
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    // A line cut by a crash is skipped.
-    Ok(text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect())
-}
-
-/// Struct variants of the core's `TrainEvent` keep snake_case field names
-/// (only variant names are renamed); accept both spellings.
-fn either<'a>(d: &'a Value, camel: &str, snake: &str) -> &'a Value {
-    if d[camel].is_null() {
-        &d[snake]
-    } else {
-        &d[camel]
-    }
-}
-
-fn f32_of(v: &Value) -> f32 {
-    v.as_f64().map_or(f32::NAN, |x| x as f32)
-}
-
 /// Reads one run folder.
 pub fn read_run(dir: &Path, active: bool) -> Result<RunRecord> {
-    let cfg = read_config(dir)?;
-    let events = read_events(dir)?;
-    let times: Vec<f64> = events.iter().filter_map(|e| e["time"].as_f64()).collect();
+    let run = RunDir::new(dir);
+    let mut config = run.read_config()?;
+    let records = run.read_metrics()?;
+    let times: Vec<f64> = records.iter().filter_map(|r| r.time).collect();
     let first = times.first().copied().unwrap_or(0.0);
     let last = times.last().copied().unwrap_or(first);
     let (mut step, mut total_steps, mut final_loss, mut best_val) = (0u64, 0u64, None, None::<f32>);
     let (mut peak, mut status) = (None, None);
     let mut step_times = Vec::new();
-    for e in &events {
-        let d = &e["data"];
-        match e["event"].as_str() {
-            Some("started") => {
-                total_steps = either(d, "totalSteps", "total_steps")
-                    .as_u64()
-                    .unwrap_or(total_steps)
-            }
-            Some("step") => {
-                step = d["step"].as_u64().unwrap_or(step);
-                total_steps = d["totalSteps"].as_u64().unwrap_or(total_steps);
-                final_loss = Some(f32_of(&d["loss"]));
-                peak = d["peakMemoryBytes"].as_u64().or(peak);
-                if let Some(t) = d["elapsedSecs"].as_f64() {
-                    step_times.push(t);
+    for record in &records {
+        match &record.event {
+            RunEvent::Train(TrainEvent::Started { total_steps: t, .. }) => total_steps = *t as u64,
+            RunEvent::Train(TrainEvent::Step(r)) => {
+                step = r.step as u64;
+                total_steps = r.total_steps as u64;
+                final_loss = Some(r.loss);
+                // 0: a file written before peak memory was reported.
+                peak = Some(r.peak_memory_bytes).filter(|&b| b > 0).or(peak);
+                if r.elapsed_secs.is_finite() {
+                    step_times.push(r.elapsed_secs);
                 }
             }
-            Some("validation") => {
-                let l = f32_of(&d["loss"]);
-                if l.is_finite() {
-                    best_val = Some(best_val.map_or(l, |b| b.min(l)));
-                }
+            RunEvent::Train(TrainEvent::Validation(v)) if v.loss.is_finite() => {
+                best_val = Some(best_val.map_or(v.loss, |b| b.min(v.loss)));
             }
-            Some("finished") => {
-                status = Some(if d["cancelled"].as_bool() == Some(true) {
-                    "stopped"
-                } else {
-                    "completed"
-                })
+            RunEvent::Train(TrainEvent::Finished { cancelled, .. }) => {
+                status = Some(if *cancelled { "stopped" } else { "completed" });
             }
-            Some("failed") => status = Some("failed"),
-            _ => {}
+            RunEvent::Failed { .. } => status = Some("failed"),
+            RunEvent::Train(_) => {}
         }
     }
     let status = status.unwrap_or(if active { "running" } else { "failed" });
@@ -286,10 +229,14 @@ pub fn read_run(dir: &Path, active: bool) -> Result<RunRecord> {
     let started = if first > 0.0 {
         UNIX_EPOCH + Duration::from_secs_f64(first)
     } else {
-        std::fs::metadata(dir.join("config.json"))
+        std::fs::metadata(run.config_path())
             .and_then(|m| m.modified())
             .unwrap_or(UNIX_EPOCH)
     };
+    // `config.json` names the run folder itself; the form names its parent.
+    if let Some(parent) = config.output_dir.parent() {
+        config.output_dir = parent.to_path_buf();
+    }
     Ok(RunRecord {
         summary: RunSummary {
             name: id.clone(),
@@ -302,142 +249,41 @@ pub fn read_run(dir: &Path, active: bool) -> Result<RunRecord> {
             total_steps,
             best_val_loss: best_val,
             final_loss,
-            config: RunConfig::from_train_config(&cfg),
-            checkpoints: checkpoints(dir),
+            config,
+            checkpoints: run.checkpoints(),
         },
         secs_per_step,
         peak_memory_bytes: peak,
     })
 }
 
-/// `checkpoint_step_NNNNNNN.safetensors` files, oldest first.
-pub fn checkpoints(dir: &Path) -> Vec<Checkpoint> {
-    let mut v: Vec<Checkpoint> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let step = name
-                .strip_prefix("checkpoint_step_")?
-                .strip_suffix(".safetensors")?
-                .parse()
-                .ok()?;
-            Some(Checkpoint {
-                step,
-                path: e.path(),
-            })
-        })
-        .collect();
-    v.sort_by_key(|c| c.step);
-    v
-}
-
 /// Synchronous body of [`run_metrics`].
 pub fn metrics(dir: &Path) -> Result<RunMetrics> {
-    let cfg = read_config(dir)?;
-    let mut spe = 1;
-    let mut out = RunMetrics {
-        steps: Vec::new(),
-        validation: Vec::new(),
-        samples: Vec::new(),
-    };
-    for e in read_events(dir)? {
-        let d = e["data"].clone();
-        match e["event"].as_str() {
-            Some("started") => {
-                let train = either(&d, "trainExamples", "train_examples")
-                    .as_u64()
-                    .unwrap_or(0);
-                spe = steps_per_epoch(train, cfg.batch_size as u64, cfg.grad_accum as u64);
+    let run = RunDir::new(dir);
+    let config = run.read_config()?;
+    let mut steps_per_epoch = 1;
+    let mut out = RunMetrics::default();
+    for record in run.read_metrics()? {
+        let RunEvent::Train(event) = record.event else {
+            continue;
+        };
+        match event {
+            TrainEvent::Started { train_examples, .. } => {
+                // The app trains on one process.
+                steps_per_epoch = config.steps_per_epoch(train_examples, 1) as u64;
             }
-            Some("step") => {
-                // Non-finite losses were written as null; they come back as NaN.
-                let mut d = d;
-                for k in ["loss", "semanticLoss", "acousticLoss", "gradNorm"] {
-                    if d[k].is_null() {
-                        d[k] = Value::from(f64::NAN);
-                    }
-                }
-                if let Ok(r) = serde_json::from_value::<StepReportJson>(d) {
-                    out.steps.push(step_data(&r.into(), spe));
-                }
-            }
-            Some("validation") => out.validation.push(ValidationData {
-                step: d["step"].as_u64().unwrap_or(0),
-                loss: f32_of(&d["loss"]),
-                semantic_loss: f32_of(&d["semanticLoss"]),
-                acoustic_loss: f32_of(&d["acousticLoss"]),
+            TrainEvent::Step(r) => out.steps.push(StepData::from_report(&r, steps_per_epoch)),
+            TrainEvent::Validation(v) => out.validation.push(v),
+            TrainEvent::Sample { step, path } => out.samples.push(RunSample {
+                step: step as u64,
+                duration_secs: wav_secs(&path),
+                path,
+                text: config.sample_prompt.clone(),
             }),
-            Some("sample") => {
-                let path = PathBuf::from(d["path"].as_str().unwrap_or_default());
-                out.samples.push(RunSample {
-                    step: d["step"].as_u64().unwrap_or(0),
-                    duration_secs: wav_secs(&path),
-                    path,
-                    text: cfg.sample_prompt.clone(),
-                });
-            }
             _ => {}
         }
     }
     Ok(out)
-}
-
-/// The step record as `metrics.jsonl` holds it (core `StepReport`, camelCase).
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct StepReportJson {
-    step: usize,
-    total_steps: usize,
-    epoch: usize,
-    #[serde(deserialize_with = "nan_f32")]
-    loss: f32,
-    #[serde(deserialize_with = "nan_f32")]
-    semantic_loss: f32,
-    #[serde(deserialize_with = "nan_f32")]
-    acoustic_loss: f32,
-    lr: f32,
-    #[serde(deserialize_with = "nan_f32")]
-    grad_norm: f32,
-    frames_per_sec: f32,
-    memory_bytes: u64,
-    #[serde(default)]
-    peak_memory_bytes: u64,
-    #[serde(default)]
-    comm_bytes: u64,
-    #[serde(default)]
-    comm_secs: f64,
-    elapsed_secs: f64,
-    #[serde(default)]
-    eta_secs: Option<f64>,
-}
-
-fn nan_f32<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f32, D::Error> {
-    let v: Option<f64> = serde::Deserialize::deserialize(d)?;
-    Ok(v.map_or(f32::NAN, |x| x as f32))
-}
-
-impl From<StepReportJson> for csm_core::train::StepReport {
-    fn from(r: StepReportJson) -> Self {
-        csm_core::train::StepReport {
-            step: r.step,
-            total_steps: r.total_steps,
-            epoch: r.epoch,
-            loss: r.loss,
-            semantic_loss: r.semantic_loss,
-            acoustic_loss: r.acoustic_loss,
-            lr: r.lr,
-            grad_norm: r.grad_norm,
-            frames_per_sec: r.frames_per_sec,
-            memory_bytes: r.memory_bytes,
-            peak_memory_bytes: r.peak_memory_bytes,
-            comm_bytes: r.comm_bytes,
-            comm_secs: r.comm_secs,
-            elapsed_secs: r.elapsed_secs,
-            eta_secs: r.eta_secs.unwrap_or(f64::NAN),
-        }
-    }
 }
 
 /// Synchronous body of [`export_adapter`]: writes the adapter into the new
@@ -500,7 +346,8 @@ enum AdapterSource {
 /// The final adapter when `checkpoint` is `None` and the run saved one, else
 /// the given (or newest) `checkpoint_step_*.safetensors` of `run_dir`.
 fn adapter_source(run_dir: &Path, checkpoint: Option<&Path>) -> Result<AdapterSource> {
-    if checkpoint.is_none() && run_dir.join("adapters.safetensors").is_file() {
+    let run = RunDir::new(run_dir);
+    if checkpoint.is_none() && run.final_adapter().is_some() {
         return Ok(AdapterSource::Final);
     }
     let ckpt = match checkpoint {
@@ -514,10 +361,11 @@ fn adapter_source(run_dir: &Path, checkpoint: Option<&Path>) -> Result<AdapterSo
             }
             c.to_path_buf()
         }
-        None => checkpoints(run_dir)
+        None => run
+            .checkpoints()
             .pop()
             .map(|c| c.path)
-            .ok_or_else(|| Error::NotFound(run_dir.join("checkpoint_latest.safetensors")))?,
+            .ok_or_else(|| Error::NotFound(run.latest_checkpoint_path()))?,
     };
     if !ckpt.is_file() {
         return Err(Error::NotFound(ckpt));
@@ -526,12 +374,13 @@ fn adapter_source(run_dir: &Path, checkpoint: Option<&Path>) -> Result<AdapterSo
 }
 
 /// Writes `adapters.safetensors` + `adapter_config.json` (and `peft/` for a
-/// final adapter that has it) of `run_dir` into the existing folder `dir`.
+/// final adapter that has it) of `run_dir` into the new, empty folder `dir`.
+/// Plain copies are enough: [`export`] renames the whole folder into place.
 fn write_adapter(run_dir: &Path, source: &AdapterSource, dir: &Path) -> Result<()> {
     let ckpt = match source {
         AdapterSource::Final => {
-            for file in ["adapters.safetensors", "adapter_config.json"] {
-                copy_atomic(&run_dir.join(file), &dir.join(file))?;
+            for file in [ADAPTER_FILE, ADAPTER_CONFIG_FILE] {
+                copy(&run_dir.join(file), &dir.join(file))?;
             }
             let peft = run_dir.join("peft");
             if peft.is_dir() {
@@ -540,7 +389,7 @@ fn write_adapter(run_dir: &Path, source: &AdapterSource, dir: &Path) -> Result<(
                 for entry in std::fs::read_dir(&peft).map_err(|e| Error::io(&peft, e))? {
                     let entry = entry.map_err(|e| Error::io(&peft, e))?;
                     if entry.path().is_file() {
-                        copy_atomic(&entry.path(), &out.join(entry.file_name()))?;
+                        copy(&entry.path(), &out.join(entry.file_name()))?;
                     }
                 }
             }
@@ -548,101 +397,31 @@ fn write_adapter(run_dir: &Path, source: &AdapterSource, dir: &Path) -> Result<(
         }
         AdapterSource::Checkpoint(ckpt) => ckpt,
     };
-    let loaded =
-        csm_core::train::state::load(ckpt).map_err(|e| Error::UnsupportedFormat(e.to_string()))?;
-    let tensors: BTreeMap<String, _> = loaded.adapters.into_iter().collect();
-    let weights = dir.join("adapters.safetensors");
-    csm_core::checkpoint::write::save_safetensors(&weights, &tensors, &HashMap::new()).map_err(
-        |e| Error::Io {
-            path: weights.clone(),
-            source: std::io::Error::other(e.to_string()),
-        },
-    )?;
-    let spec = loaded.config.lora_spec();
-    let config = csm_core::adapter::MlxAdapterConfig {
-        fine_tune_type: "lora".into(),
-        lora_parameters: csm_core::adapter::MlxLoraParameters {
-            rank: spec.r,
-            scale: spec.scale(),
-            dropout: spec.dropout,
-            keys: spec.modules.clone(),
-        },
-        spec,
-        base_model: Some(loaded.config.model_path.clone()),
-    };
-    let text = serde_json::to_string_pretty(&config).map_err(|e| Error::Internal(e.to_string()))?;
-    write_atomic(&dir.join("adapter_config.json"), text.as_bytes())
+    extract(ckpt, dir)
 }
 
 /// Extracts the adapter of `ckpt` (a file under `run_dir`) into the existing
 /// folder `dir` unless it is there already; generation uses this to load a
 /// training checkpoint as an mlx_lm adapter.
 pub fn extract_checkpoint_adapter(ckpt: &Path, dir: &Path) -> Result<()> {
-    if dir.join("adapters.safetensors").is_file() && dir.join("adapter_config.json").is_file() {
+    if dir.join(ADAPTER_FILE).is_file() && dir.join(ADAPTER_CONFIG_FILE).is_file() {
         return Ok(());
     }
-    let run_dir = ckpt.parent().unwrap_or(Path::new("."));
-    write_adapter(run_dir, &AdapterSource::Checkpoint(ckpt.to_path_buf()), dir)
+    extract(ckpt, dir)
 }
 
-/// Copies `from` to `to` through a temporary file renamed into place.
-fn copy_atomic(from: &Path, to: &Path) -> Result<()> {
-    let tmp = temp_beside(to);
-    std::fs::copy(from, &tmp).map_err(|e| Error::io(from, e))?;
-    std::fs::rename(&tmp, to).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(to, e)
+/// Writes the adapter of the training checkpoint `ckpt` in mlx_lm layout
+/// into `dir` (each file atomically).
+fn extract(ckpt: &Path, dir: &Path) -> Result<()> {
+    let adapter = csm_core::train::state::read_adapter(ckpt)
+        .map_err(|e| Error::UnsupportedFormat(e.to_string()))?;
+    adapter.save_mlx(dir).map_err(|e| match e {
+        AdapterError::Checkpoint(e) => e.into(),
+        e => Error::Internal(e.to_string()),
     })
 }
 
-/// Writes `bytes` to `to` through a temporary file renamed into place.
-fn write_atomic(to: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = temp_beside(to);
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, to).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(to, e)
-    })
-}
-
-fn temp_beside(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
-}
-
-/// UTC time as RFC 3339 (`compact`: `YYYYMMDD-HHMMSS`, for run ids).
-pub fn format_time(t: SystemTime, compact: bool) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    let (h, mi, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    if compact {
-        format!("{y:04}{m:02}{d:02}-{h:02}{mi:02}{s:02}")
-    } else {
-        format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn formats_utc_times() {
-        let t = UNIX_EPOCH + Duration::from_secs(1_795_619_503);
-        assert_eq!(format_time(t, false), "2026-11-25T15:11:43Z");
-        assert_eq!(format_time(t, true), "20261125-151143");
-    }
+fn copy(from: &Path, to: &Path) -> Result<()> {
+    std::fs::copy(from, to).map_err(|e| Error::io(from, e))?;
+    Ok(())
 }

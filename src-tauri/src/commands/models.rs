@@ -6,6 +6,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use csm_core::codec::Mimi;
+use csm_core::demo::{create_demo, DemoPaths};
 use csm_core::mlx_rs::module::ModuleParameters;
 use csm_core::model::load::detect;
 use csm_core::tokenizer::TextTokenizer;
@@ -65,8 +66,10 @@ pub struct DemoAssets {
     pub alignment_dir: Option<PathBuf>,
 }
 
-/// Sentences the demo dataset speaks (espeak-ng).
-pub const DEMO_SENTENCES: usize = 12;
+/// Clips of the app's demo dataset: the first third of the core's sentence
+/// list (`csm_core::data::espeak::DEMO_SENTENCES`), so the one-click demo
+/// builds and trains in seconds.
+pub const DEMO_CLIPS: usize = csm_core::data::espeak::DEMO_SENTENCES.len() / 3;
 
 /// Inspects a checkpoint file or folder.
 ///
@@ -96,13 +99,13 @@ pub async fn demo_assets<R: Runtime>(app: AppHandle<R>) -> Result<DemoAssets> {
 
 /// Synchronous body of [`demo_assets`]: reuses a complete demo, else builds it.
 pub fn demo(root: &Path) -> Result<DemoAssets> {
-    let model = root.join("model");
+    let paths = DemoPaths::under(root);
     let assets = DemoAssets {
-        model_path: model.clone(),
-        mimi_path: model.join("mimi.safetensors"),
-        tokenizer_path: model.join("tokenizer.json"),
-        audio_dir: root.join("data").join("audio"),
-        transcript_dir: root.join("data").join("transcripts"),
+        model_path: paths.model,
+        mimi_path: paths.mimi,
+        tokenizer_path: paths.tokenizer,
+        audio_dir: paths.audio_dir,
+        transcript_dir: paths.transcript_dir,
         alignment_dir: None,
     };
     let marker = root.join(".complete");
@@ -113,11 +116,10 @@ pub fn demo(root: &Path) -> Result<DemoAssets> {
     if root.exists() {
         std::fs::remove_dir_all(root).map_err(|e| Error::io(root, e))?;
     }
-    let paths = csm_core::demo::create_demo(root, DEMO_SENTENCES, 7).map_err(|e| Error::Io {
+    create_demo(root, DEMO_CLIPS, 7).map_err(|e| Error::Io {
         path: root.to_path_buf(),
         source: std::io::Error::other(e.to_string()),
     })?;
-    debug_assert_eq!(paths.model, assets.model_path);
     std::fs::write(&marker, b"").map_err(|e| Error::io(&marker, e))?;
     Ok(assets)
 }

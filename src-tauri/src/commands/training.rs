@@ -1,182 +1,41 @@
 //! `start_training`, `stop_training`, `estimate_run`: the Run screen over
-//! `csm_core::train`. Each run trains on its own OS thread (MLX arrays are
-//! created and used there only) and streams `TrainingEvent`s on the
-//! channel the UI passed, while `JsonlObserver` writes `metrics.jsonl` for
-//! History.
+//! `csm_core::train`. The run config crosses IPC as `TrainConfig`'s own
+//! serde, the JSON of a run's `config.json` and of `csm finetune-lora
+//! --config` (docs/ipc.md, "RunConfig"); its `output_dir` is the folder that
+//! receives the run folders. Each run trains on its own OS thread (MLX
+//! arrays are created and used there only) and streams `TrainingEvent`s on
+//! the channel the UI passed, while `JsonlObserver` writes `metrics.jsonl`
+//! for History.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use csm_core::train::metrics::JsonlObserver;
-use csm_core::adapter::TargetLayers;
 use csm_core::cancel::CancelToken;
-use csm_core::train::{
-    LrSchedule, Phase as CorePhase, SaveMode as CoreSaveMode,
-    TrainConfig, TrainError, TrainEvent, TrainingObserver,
-};
-use serde::{Deserialize, Serialize};
+use csm_core::train::metrics::JsonlObserver;
+use csm_core::train::run_dir::RunDir;
+use csm_core::train::{Phase as CorePhase, TrainConfig, TrainError, TrainEvent, TrainingObserver};
+use serde::Serialize;
 use tauri::ipc::Channel;
 use tauri::{AppHandle, Runtime, State};
 
+use super::audio::wav_secs;
+use super::history::{scan_runs, RunRecord};
 use crate::contract::{
     EventError, FinishStatus, Phase, SaveMode, StepData, TrainingEvent, WarningKind,
 };
 use crate::error::{blocking, Error, Result};
 use crate::state::{ActiveJob, AllowedPaths, RunRoots, TrainingJobs};
+use crate::time::format_time;
 
-/// The run config as the UI and `config.json` files hold it (docs/ipc.md,
-/// "RunConfig"): the `csm finetune-lora` flag names, snake_case. Field
-/// meanings, defaults and limits: `FIELDS` in `ui/src/lib/config.ts` and
-/// `csm_core::train::TrainConfig`.
-#[allow(missing_docs)]
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RunConfig {
-    pub model_path: PathBuf,
-    pub output_dir: PathBuf,
-    pub audio_dir: PathBuf,
-    pub transcript_dir: PathBuf,
-    pub alignment_dir: Option<PathBuf>,
-    pub mimi_path: Option<PathBuf>,
-    pub tokenizer_path: Option<PathBuf>,
-    pub speaker_id: u32,
-    pub max_seq_len: usize,
-    pub context_turns: usize,
-    pub context_loss: bool,
-    pub lora_r: usize,
-    pub lora_alpha: f32,
-    pub lora_dropout: f32,
-    pub target_modules: Vec<String>,
-    pub target_layers: String,
-    pub lora_bias: bool,
-    pub learning_rate: f32,
-    pub lr_schedule: LrSchedule,
-    pub warmup_steps: usize,
-    pub semantic_weight: f32,
-    pub acoustic_weight: f32,
-    pub decoder_fraction: f32,
-    pub weight_decay: f32,
-    pub batch_size: usize,
-    pub grad_accum: usize,
-    pub epochs: usize,
-    pub max_grad_norm: f32,
-    pub val_split: f32,
-    pub val_every: usize,
-    pub save_every: usize,
-    pub save_mode: CoreSaveMode,
-    pub resume_from: Option<PathBuf>,
-    pub generate_samples: bool,
-    pub sample_prompt: Option<String>,
-    pub seed: u64,
-    pub log_level: String,
-    pub debug: bool,
-}
-
-impl RunConfig {
-    /// The trainer's config, writing into `run_dir`.
-    pub fn to_train_config(&self, run_dir: &Path) -> Result<TrainConfig> {
-        let target_layers = TargetLayers::parse(&self.target_layers)
-            .map_err(|e| Error::InvalidInput(format!("target_layers: {e}")))?;
-        let defaults = TrainConfig::default();
-        let cfg = TrainConfig {
-            model_path: self.model_path.clone(),
-            mimi_path: self.mimi_path.clone(),
-            tokenizer_path: self.tokenizer_path.clone(),
-            output_dir: run_dir.to_path_buf(),
-            audio_dir: self.audio_dir.clone(),
-            transcript_dir: self.transcript_dir.clone(),
-            alignment_dir: self.alignment_dir.clone(),
-            speaker_id: self.speaker_id,
-            max_seq_len: self.max_seq_len,
-            context_turns: self.context_turns,
-            context_loss: self.context_loss,
-            lora_r: self.lora_r,
-            lora_alpha: self.lora_alpha,
-            lora_dropout: self.lora_dropout,
-            target_modules: self.target_modules.clone(),
-            target_layers,
-            lora_bias: self.lora_bias,
-            learning_rate: self.learning_rate,
-            semantic_weight: self.semantic_weight,
-            acoustic_weight: self.acoustic_weight,
-            weight_decay: self.weight_decay,
-            batch_size: self.batch_size,
-            grad_accum: self.grad_accum,
-            epochs: self.epochs,
-            max_grad_norm: self.max_grad_norm,
-            decoder_fraction: self.decoder_fraction,
-            lr_schedule: self.lr_schedule,
-            warmup_steps: self.warmup_steps,
-            seed: self.seed,
-            val_split: self.val_split,
-            val_every: self.val_every,
-            save_every: self.save_every,
-            save_mode: self.save_mode,
-            resume_from: self.resume_from.clone(),
-            generate_samples: self.generate_samples,
-            sample_prompt: self.sample_prompt.clone().unwrap_or(defaults.sample_prompt),
-            log_level: self.log_level.clone(),
-            debug: self.debug,
-        };
-        cfg.validate()
-            .map_err(|errors| Error::InvalidInput(errors.join("\n")))?;
-        Ok(cfg)
-    }
-
-    /// The UI's config of a run folder's `config.json` (whose `output_dir`
-    /// is the run folder itself; the UI's is its parent).
-    pub fn from_train_config(cfg: &TrainConfig) -> Self {
-        RunConfig {
-            model_path: cfg.model_path.clone(),
-            output_dir: cfg
-                .output_dir
-                .parent()
-                .map_or_else(|| cfg.output_dir.clone(), Path::to_path_buf),
-            audio_dir: cfg.audio_dir.clone(),
-            transcript_dir: cfg.transcript_dir.clone(),
-            alignment_dir: cfg.alignment_dir.clone(),
-            mimi_path: cfg.mimi_path.clone(),
-            tokenizer_path: cfg.tokenizer_path.clone(),
-            speaker_id: cfg.speaker_id,
-            max_seq_len: cfg.max_seq_len,
-            context_turns: cfg.context_turns,
-            context_loss: cfg.context_loss,
-            lora_r: cfg.lora_r,
-            lora_alpha: cfg.lora_alpha,
-            lora_dropout: cfg.lora_dropout,
-            target_modules: cfg.target_modules.clone(),
-            target_layers: cfg.target_layers.to_arg(),
-            lora_bias: cfg.lora_bias,
-            learning_rate: cfg.learning_rate,
-            lr_schedule: cfg.lr_schedule,
-            warmup_steps: cfg.warmup_steps,
-            semantic_weight: cfg.semantic_weight,
-            acoustic_weight: cfg.acoustic_weight,
-            decoder_fraction: cfg.decoder_fraction,
-            weight_decay: cfg.weight_decay,
-            batch_size: cfg.batch_size,
-            grad_accum: cfg.grad_accum,
-            epochs: cfg.epochs,
-            max_grad_norm: cfg.max_grad_norm,
-            val_split: cfg.val_split,
-            val_every: cfg.val_every,
-            save_every: cfg.save_every,
-            save_mode: cfg.save_mode,
-            resume_from: cfg.resume_from.clone(),
-            generate_samples: cfg.generate_samples,
-            sample_prompt: Some(cfg.sample_prompt.clone()),
-            seed: cfg.seed,
-            log_level: cfg.log_level.clone(),
-            debug: cfg.debug,
-        }
-    }
-}
-
-/// Optimizer steps per epoch, the UI's rule (docs/ipc.md, `estimate_run`).
-pub fn steps_per_epoch(train_examples: u64, batch_size: u64, grad_accum: u64) -> u64 {
-    train_examples
-        .div_ceil(batch_size.max(1))
-        .div_ceil(grad_accum.max(1))
-        .max(1)
+/// The trainer's config: `config` writing into `run_dir`, checked.
+fn run_config(config: &TrainConfig, run_dir: &Path) -> Result<TrainConfig> {
+    let cfg = TrainConfig {
+        output_dir: run_dir.to_path_buf(),
+        ..config.clone()
+    };
+    cfg.validate()
+        .map_err(|errors| Error::InvalidInput(errors.join("\n")))?;
+    Ok(cfg)
 }
 
 /// Mirrors `RunEstimate` in `ui/src/lib/api.ts`.
@@ -200,22 +59,22 @@ pub struct RunEstimate {
 pub async fn estimate_run<R: Runtime>(
     app: AppHandle<R>,
     roots: State<'_, RunRoots>,
-    config: RunConfig,
+    config: TrainConfig,
 ) -> Result<RunEstimate> {
     let roots = roots.all(&app)?;
     blocking("estimate_run", move || estimate(&roots, &config)).await
 }
 
 /// Synchronous body of [`estimate_run`].
-pub fn estimate(roots: &[PathBuf], config: &RunConfig) -> Result<RunEstimate> {
+pub fn estimate(roots: &[PathBuf], config: &TrainConfig) -> Result<RunEstimate> {
     if config.batch_size == 0 || config.grad_accum == 0 {
         return Err(Error::InvalidInput(
             "batch_size and grad_accum must be at least 1".into(),
         ));
     }
-    let mut runs = super::history::scan_runs(roots, None);
+    let mut runs = scan_runs(roots, None);
     runs.sort_by(|a, b| b.summary.started_at.cmp(&a.summary.started_at));
-    let same_model = |r: &&super::history::RunRecord| {
+    let same_model = |r: &&RunRecord| {
         crate::state::normalize(&r.summary.config.model_path)
             == crate::state::normalize(&config.model_path)
     };
@@ -251,7 +110,7 @@ pub async fn start_training<R: Runtime>(
     allowed: State<'_, AllowedPaths>,
     roots: State<'_, RunRoots>,
     jobs: State<'_, TrainingJobs>,
-    config: RunConfig,
+    config: TrainConfig,
     on_event: Channel<TrainingEvent>,
 ) -> Result<String> {
     for p in [
@@ -315,7 +174,7 @@ pub fn stop(jobs: &TrainingJobs, run_id: &str) -> Result<()> {
 /// Returns the run id; the thread sends every event to `sink`.
 pub fn start(
     jobs: &TrainingJobs,
-    config: &RunConfig,
+    config: &TrainConfig,
     sink: impl Fn(TrainingEvent) + Send + 'static,
 ) -> Result<String> {
     let mut active = jobs.0.lock().expect("jobs lock");
@@ -327,7 +186,7 @@ pub fn start(
     }
     std::fs::create_dir_all(&config.output_dir).map_err(|e| Error::io(&config.output_dir, e))?;
     let (run_id, run_dir) = new_run_dir(&config.output_dir)?;
-    let cfg = match config.to_train_config(&run_dir) {
+    let cfg = match run_config(config, &run_dir) {
         Ok(cfg) => cfg,
         Err(e) => {
             let _ = std::fs::remove_dir(&run_dir);
@@ -362,7 +221,7 @@ pub fn start(
 
 /// `YYYYMMDD-HHMMSS` (UTC), with `-2`, `-3`... when taken.
 fn new_run_dir(root: &Path) -> Result<(String, PathBuf)> {
-    let base = super::history::format_time(std::time::SystemTime::now(), true);
+    let base = format_time(std::time::SystemTime::now(), true);
     for n in 1..1000 {
         let id = if n == 1 {
             base.clone()
@@ -399,7 +258,7 @@ fn run_thread(
             .map_err(|e| (train_error_kind(&e), e.to_string())),
         (Ok(_), Err(e)) => Err((
             "io",
-            format!("{}: {e}", run_dir.join("metrics.jsonl").display()),
+            format!("{}: {e}", RunDir::new(run_dir).metrics_path().display()),
         )),
     };
     if let Err((kind, message)) = result {
@@ -427,20 +286,11 @@ fn train_error_kind(e: &TrainError) -> &'static str {
     }
 }
 
-/// `metrics.jsonl` gets a `failed` line, so History knows how the run ended.
+/// `metrics.jsonl` gets a `failed` record, so History knows how the run
+/// ended (best effort: the run has failed already).
 fn append_failure(run_dir: &Path, kind: &str, message: &str) {
-    use std::io::Write;
-    let time = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or_default();
-    let line = serde_json::json!({ "event": "failed", "data": { "kind": kind, "message": message }, "time": time });
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(run_dir.join("metrics.jsonl"))
-    {
-        let _ = writeln!(f, "{line}");
+    if let Ok(mut log) = RunDir::new(run_dir).open_metrics() {
+        let _ = log.append_failure(kind, message);
     }
 }
 
@@ -448,9 +298,7 @@ fn append_failure(run_dir: &Path, kind: &str, message: &str) {
 struct EventMapper<'a> {
     run_id: String,
     run_dir: PathBuf,
-    batch_size: u64,
-    grad_accum: u64,
-    sample_prompt: String,
+    cfg: &'a TrainConfig,
     sink: &'a dyn Fn(TrainingEvent),
     started: Instant,
     phase: Phase,
@@ -464,15 +312,13 @@ impl<'a> EventMapper<'a> {
     fn new(
         run_id: &str,
         run_dir: &Path,
-        cfg: &TrainConfig,
+        cfg: &'a TrainConfig,
         sink: &'a dyn Fn(TrainingEvent),
     ) -> Self {
         EventMapper {
             run_id: run_id.into(),
             run_dir: run_dir.into(),
-            batch_size: cfg.batch_size as u64,
-            grad_accum: cfg.grad_accum as u64,
-            sample_prompt: cfg.sample_prompt.clone(),
+            cfg,
             sink,
             started: Instant::now(),
             phase: Phase::Loading,
@@ -494,29 +340,6 @@ pub fn phase(p: CorePhase) -> Phase {
     }
 }
 
-/// The UI's step record of a core step report.
-pub fn step_data(r: &csm_core::train::StepReport, steps_per_epoch: u64) -> StepData {
-    StepData {
-        step: r.step as u64,
-        total_steps: r.total_steps as u64,
-        epoch: r.step as f64 / steps_per_epoch.max(1) as f64,
-        loss: r.loss,
-        semantic_loss: r.semantic_loss,
-        acoustic_loss: r.acoustic_loss,
-        lr: f64::from(r.lr),
-        grad_norm: r.grad_norm,
-        frames_per_sec: f64::from(r.frames_per_sec),
-        memory_bytes: r.memory_bytes,
-        elapsed_secs: r.elapsed_secs,
-        eta_secs: r.eta_secs.is_finite().then_some(r.eta_secs),
-    }
-}
-
-/// Seconds of a WAV file, 0 when unreadable.
-pub fn wav_secs(path: &Path) -> f32 {
-    csm_core::data::audio::read_wav_info(path).map_or(0.0, |i| i.duration_s() as f32)
-}
-
 impl TrainingObserver for EventMapper<'_> {
     fn on_event(&mut self, event: &TrainEvent) {
         let out = match event {
@@ -526,8 +349,8 @@ impl TrainingObserver for EventMapper<'_> {
                 val_examples,
                 ..
             } => {
-                self.steps_per_epoch =
-                    steps_per_epoch(*train_examples as u64, self.batch_size, self.grad_accum);
+                // The app trains on one process.
+                self.steps_per_epoch = self.cfg.steps_per_epoch(*train_examples, 1) as u64;
                 TrainingEvent::Started {
                     run_id: self.run_id.clone(),
                     run_dir: self.run_dir.clone(),
@@ -555,7 +378,7 @@ impl TrainingObserver for EventMapper<'_> {
             },
             TrainEvent::Step(r) => {
                 self.last_step = Some(r.step as u64);
-                TrainingEvent::Step(step_data(r, self.steps_per_epoch))
+                TrainingEvent::Step(StepData::from_report(r, self.steps_per_epoch))
             }
             TrainEvent::Validation(v) => {
                 if v.loss.is_finite() {
@@ -576,7 +399,7 @@ impl TrainingObserver for EventMapper<'_> {
             TrainEvent::Sample { step, path } => TrainingEvent::Sample {
                 step: *step as u64,
                 path: path.clone(),
-                text: self.sample_prompt.clone(),
+                text: self.cfg.sample_prompt.clone(),
                 duration_secs: wav_secs(path),
             },
             TrainEvent::Warning { message } => TrainingEvent::Warning {
@@ -593,7 +416,7 @@ impl TrainingObserver for EventMapper<'_> {
                 cancelled,
                 output_dir,
             } => {
-                let adapter = output_dir.join("adapters.safetensors");
+                let adapter = RunDir::new(output_dir).final_adapter();
                 TrainingEvent::Finished {
                     status: if *cancelled {
                         FinishStatus::Stopped
@@ -603,10 +426,53 @@ impl TrainingObserver for EventMapper<'_> {
                     step: *step as u64,
                     elapsed_secs: self.started.elapsed().as_secs_f64(),
                     best_val_loss: self.best_val,
-                    adapter_path: (!cancelled && adapter.is_file()).then_some(adapter),
+                    adapter_path: adapter.filter(|_| !cancelled),
                 }
             }
         };
         (self.sink)(out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ui_default_config_is_train_config_default() {
+        // ui/tests/config.test.ts checks DEFAULT_CONFIG against the same file.
+        let fixture = include_str!("../../../docs/ipc-fixtures/train-config-default.json");
+        let ours = serde_json::to_string_pretty(&TrainConfig::default()).unwrap() + "\n";
+        assert_eq!(
+            fixture, ours,
+            "docs/ipc-fixtures/train-config-default.json must be TrainConfig::default() as \
+             config.json writes it; update it (and DEFAULT_CONFIG and FIELDS in \
+             ui/src/lib/config.ts) to:\n{ours}"
+        );
+    }
+
+    #[test]
+    fn the_run_config_writes_into_the_run_folder_and_is_checked() {
+        let form = TrainConfig {
+            model_path: "/m".into(),
+            audio_dir: "/a".into(),
+            transcript_dir: "/t".into(),
+            output_dir: "/runs".into(),
+            ..TrainConfig::default()
+        };
+        let cfg = run_config(&form, Path::new("/runs/20260101-000000")).unwrap();
+        assert_eq!(cfg.output_dir, Path::new("/runs/20260101-000000"));
+        assert_eq!(
+            TrainConfig {
+                output_dir: form.output_dir.clone(),
+                ..cfg
+            },
+            form,
+            "nothing else changes"
+        );
+        let bad = TrainConfig { lora_r: 0, ..form };
+        let err = run_config(&bad, Path::new("/runs/x")).unwrap_err();
+        assert_eq!(err.kind(), "invalidInput");
+        assert!(err.to_string().contains("--lora-r"), "{err}");
     }
 }

@@ -128,6 +128,39 @@ export interface DatasetScan {
  */
 export const scanDataset = (paths: string[]) => call<DatasetScan>('scan_dataset', { paths });
 
+/** The audio of one recording that training uses (the core's `RecordingUsage`, snake_case). */
+export interface RecordingUsage {
+  /** File stem. */
+  recording_id: string;
+  /** Whole duration. */
+  seconds_in: number;
+  /** Seconds in its utterances after trimming and cutting (0 when skipped). */
+  seconds_used: number;
+  utterances: number;
+}
+
+/** The audio a run trains and validates on (the core's `AudioUsage`, snake_case). */
+export interface AudioUsage {
+  /** One row per recording read, in name order. */
+  recordings: RecordingUsage[];
+  recordings_used: number;
+  seconds_in: number;
+  seconds_used: number;
+  utterances: number;
+  train_utterances: number;
+  validation_utterances: number;
+  train_seconds: number;
+  validation_seconds: number;
+  /** Skipped recordings, over-long utterances and other notes. */
+  warnings: string[];
+}
+
+/**
+ * Loads the config's dataset as training would (segmenting settings, split, seed) and
+ * reports the audio used. Reads every clip: slower than `scanDataset`.
+ */
+export const datasetUsage = (config: RunConfig) => call<AudioUsage>('dataset_usage', { config });
+
 // ---------------------------------------------------------------- models
 
 export type ModelKind = 'csm' | 'mimi' | 'tokenizer';

@@ -1,5 +1,7 @@
 // `csm finetune-lora` flags as data: defaults, help, presets, validation,
-// the equivalent command line, and the run config JSON (snake_case keys).
+// the equivalent command line, and the run config JSON. `RunConfig` is the
+// JSON of the core's `TrainConfig` (serde, snake_case): what the backend
+// takes, what a run's config.json holds and what `--config` reads.
 
 export const TARGET_MODULES = [
   'q_proj',
@@ -15,6 +17,15 @@ export type TargetModule = (typeof TARGET_MODULES)[number];
 export const SAVE_MODES = ['lora', 'full', 'both'] as const;
 export const LOG_LEVELS = ['debug', 'info', 'warning', 'error', 'critical'] as const;
 export const LR_SCHEDULES = ['constant', 'cosine', 'linear'] as const;
+export const LONG_UNALIGNED = ['refuse', 'skip'] as const;
+
+/** Layers of one stack: every one, none, or these indices. */
+export type LayerSet = 'all' | 'none' | { some: number[] };
+/** Which layers get adapters, per stack (`--target-layers`). */
+export interface TargetLayers {
+  backbone: LayerSet;
+  decoder: LayerSet;
+}
 
 export interface RunConfig {
   model_path: string;
@@ -28,12 +39,19 @@ export interface RunConfig {
   max_seq_len: number;
   context_turns: number;
   context_loss: boolean;
+  trim_silence: boolean;
+  edge_pad_secs: number;
+  min_utterance_secs: number;
+  target_utterance_secs: number;
+  max_utterance_secs: number;
+  max_unaligned_secs: number;
+  long_unaligned: (typeof LONG_UNALIGNED)[number];
   lora_r: number;
   lora_alpha: number;
   lora_dropout: number;
   target_modules: TargetModule[];
-  /** "all" or e.g. "backbone:0-15,decoder:0-3". */
-  target_layers: string;
+  /** Shown and typed as "all" or e.g. "backbone:0-15,decoder:0-3" (see `layersToArg`). */
+  target_layers: TargetLayers;
   lora_bias: boolean;
   learning_rate: number;
   lr_schedule: (typeof LR_SCHEDULES)[number];
@@ -52,7 +70,7 @@ export interface RunConfig {
   save_mode: (typeof SAVE_MODES)[number];
   resume_from: string | null;
   generate_samples: boolean;
-  sample_prompt: string | null;
+  sample_prompt: string;
   seed: number;
   log_level: (typeof LOG_LEVELS)[number];
   debug: boolean;
@@ -72,11 +90,18 @@ export const DEFAULT_CONFIG: RunConfig = {
   max_seq_len: 2048,
   context_turns: 2,
   context_loss: false,
+  trim_silence: true,
+  edge_pad_secs: 0.2,
+  min_utterance_secs: 3,
+  target_utterance_secs: 10,
+  max_utterance_secs: 12,
+  max_unaligned_secs: 12,
+  long_unaligned: 'refuse',
   lora_r: 8,
   lora_alpha: 16,
   lora_dropout: 0.0,
   target_modules: ['q_proj', 'v_proj'],
-  target_layers: 'all',
+  target_layers: { backbone: 'all', decoder: 'all' },
   lora_bias: false,
   learning_rate: 2e-4,
   lr_schedule: 'cosine',
@@ -95,17 +120,17 @@ export const DEFAULT_CONFIG: RunConfig = {
   save_mode: 'lora',
   resume_from: null,
   generate_samples: false,
-  sample_prompt: null,
+  sample_prompt: 'Hello! This is my fine-tuned voice speaking.',
   seed: 42,
   log_level: 'info',
   debug: false,
 };
 
 export function defaultConfig(): RunConfig {
-  return { ...DEFAULT_CONFIG, target_modules: [...DEFAULT_CONFIG.target_modules] };
+  return structuredClone(DEFAULT_CONFIG);
 }
 
-export type FieldType = 'path' | 'dir' | 'int' | 'float' | 'bool' | 'enum' | 'modules' | 'text';
+export type FieldType = 'path' | 'dir' | 'int' | 'float' | 'bool' | 'enum' | 'modules' | 'layers' | 'text';
 
 export interface FieldSpec {
   key: ConfigKey;
@@ -113,8 +138,10 @@ export interface FieldSpec {
   label: string;
   type: FieldType;
   group: 'basic' | 'advanced';
-  section: 'Data' | 'Model' | 'LoRA' | 'Optimization' | 'Schedule' | 'Checkpoints & samples' | 'Logging';
+  section: 'Data' | 'Segmenting' | 'Model' | 'LoRA' | 'Optimization' | 'Schedule' | 'Checkpoints & samples' | 'Logging';
   help: string;
+  /** A bool whose flag turns it off (`--no-trim-silence`). */
+  negated?: boolean;
   required?: boolean;
   min?: number;
   max?: number;
@@ -133,6 +160,14 @@ export const FIELDS: FieldSpec[] = [
   { key: 'context_turns', flag: '--context-turns', label: 'Context turns', type: 'int', group: 'advanced', section: 'Data', min: 0, max: 16, help: 'Previous clips fed as conversational context before each target clip.' },
   { key: 'context_loss', flag: '--context-loss', label: 'Loss on context turns', type: 'bool', group: 'advanced', section: 'Data', help: 'Context turns carry loss too (by default only the target turn does).' },
   { key: 'val_split', flag: '--val-split', label: 'Validation split', type: 'float', group: 'basic', section: 'Data', min: 0, max: 0.5, step: 0.01, help: 'Fraction of clips held out for validation loss.' },
+  // Segmenting
+  { key: 'trim_silence', flag: '--no-trim-silence', negated: true, label: 'Trim silence', type: 'bool', group: 'advanced', section: 'Segmenting', help: 'Trim the leading and trailing silence of clips without word alignments down to the edge padding, so the model does not learn to open and close turns with long pauses. Off: clips are used as they are (e.g. to compare losses with a tool that reads the file as is).' },
+  { key: 'edge_pad_secs', flag: '--edge-pad-secs', label: 'Edge padding', type: 'float', group: 'advanced', section: 'Segmenting', min: 0, max: 5, step: 0.05, unit: 's', help: 'Silence kept before the first and after the last sound of a trimmed clip, or the first and last word of a cut one.' },
+  { key: 'min_utterance_secs', flag: '--min-utterance-secs', label: 'Min utterance', type: 'float', group: 'advanced', section: 'Segmenting', min: 0, max: 120, unit: 's', help: 'Clips with word alignments are cut at pauses into utterances; none shorter than this unless the speech between two usable pauses is.' },
+  { key: 'target_utterance_secs', flag: '--target-utterance-secs', label: 'Target utterance', type: 'float', group: 'advanced', section: 'Segmenting', min: 0, max: 120, unit: 's', help: 'Preferred utterance length when cutting aligned clips; CSM trains best on clips of about 10 s. Between min and max.' },
+  { key: 'max_utterance_secs', flag: '--max-utterance-secs', label: 'Max utterance', type: 'float', group: 'advanced', section: 'Segmenting', min: 0.1, max: 300, unit: 's', help: 'Longest utterance wanted when cutting aligned clips; exceeded (with a warning) only where speech has no pause.' },
+  { key: 'max_unaligned_secs', flag: '--max-unaligned-secs', label: 'Max unaligned clip', type: 'float', group: 'advanced', section: 'Segmenting', min: 0, max: 3600, unit: 's', help: 'Longest clip used whole when it has no word alignment: without word times it cannot be cut safely.' },
+  { key: 'long_unaligned', flag: '--long-unaligned', label: 'Longer unaligned clips', type: 'enum', group: 'advanced', section: 'Segmenting', options: LONG_UNALIGNED, help: 'What to do with a longer clip that has no alignment: refuse (stop with an error naming it) or skip it with a warning.' },
   // Model
   { key: 'model_path', flag: '--model-path', label: 'CSM checkpoint', type: 'path', group: 'basic', section: 'Model', required: true, help: 'CSM model weights (a .safetensors file or a folder).' },
   { key: 'mimi_path', flag: '--mimi-path', label: 'Mimi weights', type: 'path', group: 'advanced', section: 'Model', help: 'Mimi audio codec weights; default: looked up next to the model.' },
@@ -142,7 +177,7 @@ export const FIELDS: FieldSpec[] = [
   { key: 'lora_alpha', flag: '--lora-alpha', label: 'LoRA alpha', type: 'float', group: 'basic', section: 'LoRA', min: 0, max: 4096, help: 'Scale of the update is alpha / r.' },
   { key: 'lora_dropout', flag: '--lora-dropout', label: 'LoRA dropout', type: 'float', group: 'advanced', section: 'LoRA', min: 0, max: 0.9, step: 0.01, help: 'Dropout on the LoRA input during training.' },
   { key: 'target_modules', flag: '--target-modules', label: 'Target modules', type: 'modules', group: 'basic', section: 'LoRA', options: TARGET_MODULES, help: 'Linear layers that get LoRA adapters.' },
-  { key: 'target_layers', flag: '--target-layers', label: 'Target layers', type: 'text', group: 'advanced', section: 'LoRA', help: 'Which transformer layers get adapters: "all", or per model e.g. backbone:0-15,decoder:0-3.' },
+  { key: 'target_layers', flag: '--target-layers', label: 'Target layers', type: 'layers', group: 'advanced', section: 'LoRA', help: 'Which transformer layers get adapters: "all", or per stack e.g. backbone:0-15,decoder:0-3 (a stack not named gets none; "none", single indices and ranges joined by + work too, e.g. backbone:0-3+12-15).' },
   { key: 'lora_bias', flag: '--lora-bias', label: 'Train biases', type: 'bool', group: 'advanced', section: 'LoRA', help: 'Also train the bias terms of the adapted layers.' },
   // Optimization
   { key: 'learning_rate', flag: '--learning-rate', label: 'Learning rate', type: 'float', group: 'basic', section: 'Optimization', min: 0, max: 1, help: 'Peak AdamW learning rate.' },
@@ -205,13 +240,11 @@ export const PRESETS: Preset[] = [
   },
 ];
 
-export const DEFAULT_SAMPLE_PROMPT = 'Hello! This is a short sample of my fine-tuned voice.';
-
 /** Applies a preset's values; presets that turn samples on also fill an empty prompt. */
 export function applyPreset(config: RunConfig, preset: Preset): RunConfig {
   const v = preset.values;
   const next = { ...config, ...v, target_modules: [...(v.target_modules ?? config.target_modules)] };
-  if (next.generate_samples && !(next.sample_prompt ?? '').trim()) next.sample_prompt = DEFAULT_SAMPLE_PROMPT;
+  if (next.generate_samples && !next.sample_prompt.trim()) next.sample_prompt = DEFAULT_CONFIG.sample_prompt;
   return next;
 }
 
@@ -228,22 +261,84 @@ function sameValue(a: unknown, b: unknown): boolean {
   if (Array.isArray(a) && Array.isArray(b)) {
     return a.length === b.length && [...a].sort().join() === [...b].sort().join();
   }
+  if (typeof a === 'object' && a !== null) return JSON.stringify(a) === JSON.stringify(b);
   return a === b;
 }
 
-// ---------------------------------------------------------------- validation
+// ---------------------------------------------------------------- target layers
 
-const LAYERS_RE = /^(all|(backbone|decoder):\d+(-\d+)?(,(backbone|decoder):\d+(-\d+)?)*)$/;
+const STACKS = ['backbone', 'decoder'] as const;
 
-export function validTargetLayers(s: string): boolean {
-  const v = s.replace(/\s+/g, '');
-  if (!LAYERS_RE.test(v)) return false;
-  return v === 'all' || v.split(',').every((part) => {
-    const range = part.split(':')[1] ?? '';
-    const [a, b] = range.split('-').map(Number);
-    return b === undefined || (a !== undefined && a <= b);
-  });
+function layerSetToArg(set: LayerSet): string {
+  if (typeof set === 'string') return set;
+  // Consecutive indices as ranges: [0,1,2,3,8] -> "0-3+8".
+  const parts: string[] = [];
+  const v = [...set.some].sort((x, y) => x - y);
+  for (let i = 0; i < v.length; ) {
+    let j = i;
+    while (j + 1 < v.length && v[j + 1] === v[j]! + 1) j++;
+    parts.push(j > i ? `${v[i]}-${v[j]}` : `${v[i]}`);
+    i = j + 1;
+  }
+  return parts.join('+');
 }
+
+/** `--target-layers` text of a layer selection ("all", or "backbone:0-3,decoder:none"). */
+export function layersToArg(t: TargetLayers): string {
+  if (t.backbone === 'all' && t.decoder === 'all') return 'all';
+  return STACKS.map((stack) => `${stack}:${layerSetToArg(t[stack])}`).join(',');
+}
+
+function parseLayerSet(spec: string): LayerSet | null {
+  const s = spec.trim().toLowerCase();
+  if (s === 'all' || s === 'none') return s;
+  const out = new Set<number>();
+  for (const item of s.split('+')) {
+    const m = /^(\d+)(?:-(\d+))?$/.exec(item.trim());
+    if (!m) return null;
+    const a = Number(m[1]);
+    const b = m[2] === undefined ? a : Number(m[2]);
+    if (a > b) return null;
+    for (let i = a; i <= b; i++) out.add(i);
+  }
+  return { some: [...out].sort((x, y) => x - y) };
+}
+
+/**
+ * Parses `--target-layers` as the CLI does: "all", or a comma list of
+ * STACK:SPEC (SPEC: all, none, an index, a range, several joined by +);
+ * a stack not named gets no adapters. `null` when it does not parse.
+ */
+export function parseTargetLayers(text: string): TargetLayers | null {
+  const s = text.trim();
+  if (s.toLowerCase() === 'all') return { backbone: 'all', decoder: 'all' };
+  const out: TargetLayers = { backbone: 'none', decoder: 'none' };
+  const parts = s.split(',').map((p) => p.trim()).filter(Boolean);
+  if (parts.length === 0) return null;
+  for (const part of parts) {
+    const [stack, spec, ...rest] = part.split(':');
+    const name = stack?.trim().toLowerCase();
+    if (spec === undefined || rest.length > 0 || (name !== 'backbone' && name !== 'decoder')) return null;
+    const set = parseLayerSet(spec);
+    if (set === null) return null;
+    out[name] = set;
+  }
+  return out;
+}
+
+export const LAYERS_HINT = 'Use "all" or e.g. backbone:0-15,decoder:0-3';
+
+/** Whether `v` is a layer selection in TrainConfig's JSON form. */
+function isTargetLayers(v: unknown): v is TargetLayers {
+  const isSet = (s: unknown) =>
+    s === 'all' ||
+    s === 'none' ||
+    (typeof s === 'object' && s !== null && Array.isArray((s as { some?: unknown }).some) &&
+      (s as { some: unknown[] }).some.every((i) => Number.isInteger(i) && (i as number) >= 0));
+  return typeof v === 'object' && v !== null && isSet((v as TargetLayers).backbone) && isSet((v as TargetLayers).decoder);
+}
+
+// ---------------------------------------------------------------- validation
 
 /** Field errors (key -> message); empty when the config can be run. */
 export function validate(c: RunConfig): Partial<Record<ConfigKey, string>> {
@@ -269,14 +364,36 @@ export function validate(c: RunConfig): Partial<Record<ConfigKey, string>> {
   if (!errors.learning_rate && c.learning_rate <= 0) errors.learning_rate = 'Must be > 0';
   if (!errors.decoder_fraction && c.decoder_fraction <= 0) errors.decoder_fraction = 'Must be > 0';
   if (c.target_modules.length === 0) errors.target_modules = 'Pick at least one module';
-  if (!validTargetLayers(c.target_layers)) {
-    errors.target_layers = 'Use "all" or e.g. backbone:0-15,decoder:0-3';
+  if (!isTargetLayers(c.target_layers)) {
+    errors.target_layers = LAYERS_HINT;
+  } else if (c.target_layers.backbone === 'none' && c.target_layers.decoder === 'none') {
+    errors.target_layers = 'Selects no layer at all';
   }
-  if (c.generate_samples && !(c.sample_prompt ?? '').trim()) {
+  const secs = (k: ConfigKey) => errors[k] === undefined;
+  if (secs('min_utterance_secs') && secs('max_utterance_secs') && c.min_utterance_secs > c.max_utterance_secs) {
+    errors.min_utterance_secs = 'Must be ≤ the max utterance';
+  }
+  if (
+    secs('target_utterance_secs') && secs('min_utterance_secs') && secs('max_utterance_secs') &&
+    (c.target_utterance_secs < c.min_utterance_secs || c.target_utterance_secs > c.max_utterance_secs)
+  ) {
+    errors.target_utterance_secs = 'Must lie between the min and max utterance';
+  }
+  if (c.generate_samples && !c.sample_prompt.trim()) {
     errors.sample_prompt = 'Needed when samples are generated';
   }
   if (!errors.warmup_steps && c.lr_schedule === 'constant' && c.warmup_steps > 0) {
     // Allowed, and meaningful: warm-up then flat.
+  }
+  return errors;
+}
+
+/** Errors of text typed into fields that the config cannot hold yet (target layers that do not parse). */
+export function validateDrafts(drafts: Partial<Record<ConfigKey, string>>): Partial<Record<ConfigKey, string>> {
+  const errors: Partial<Record<ConfigKey, string>> = {};
+  for (const f of FIELDS) {
+    const d = drafts[f.key];
+    if (f.type === 'layers' && d !== undefined && parseTargetLayers(d) === null) errors[f.key] = LAYERS_HINT;
   }
   return errors;
 }
@@ -337,10 +454,13 @@ export function toCommand(c: RunConfig): string {
     }
     switch (f.type) {
       case 'bool':
-        if (v === true) parts.push(f.flag);
+        if (v === !f.negated) parts.push(f.flag);
         break;
       case 'modules':
         parts.push(f.flag, ...(v as string[]));
+        break;
+      case 'layers':
+        parts.push(f.flag, shellQuote(layersToArg(v as TargetLayers)));
         break;
       case 'int':
       case 'float':
@@ -373,8 +493,9 @@ export class ConfigParseError extends Error {
 }
 
 /**
- * Reads a run config object (snake_case keys, as written by `toJson` or the CLI).
- * Missing keys take defaults; unknown keys are reported; kebab-case keys are accepted.
+ * Reads a run config object (snake_case keys: a run's config.json, an export,
+ * or an older export). Missing keys take defaults; unknown keys are reported;
+ * kebab-case keys, `target_layers` as text and a `null` sample prompt are accepted.
  */
 export function fromObject(raw: unknown): ParsedConfig {
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
@@ -421,6 +542,13 @@ function coerce(f: FieldSpec, v: unknown): unknown {
     case 'enum':
       if (typeof v !== 'string' || !f.options?.includes(v)) throw bad(`one of ${f.options?.join(', ')}`);
       return v;
+    case 'layers': {
+      // A copy: `v` may be another run's (reactive) config.
+      if (isTargetLayers(v)) return JSON.parse(JSON.stringify(v)) as TargetLayers;
+      const parsed = typeof v === 'string' ? parseTargetLayers(v) : null;
+      if (parsed === null) throw bad('"all", e.g. "backbone:0-15,decoder:0-3", or {"backbone": …, "decoder": …}');
+      return parsed;
+    }
     case 'modules': {
       const list = typeof v === 'string' ? v.split(/[\s,]+/).filter(Boolean) : v;
       if (!Array.isArray(list) || !list.every((m) => (TARGET_MODULES as readonly unknown[]).includes(m))) {
@@ -431,7 +559,8 @@ function coerce(f: FieldSpec, v: unknown): unknown {
     case 'path':
     case 'dir':
     case 'text':
-      if (v === null) return f.required ? '' : null;
+      // Older exports wrote an unset sample prompt as null.
+      if (v === null) return f.required ? '' : f.key === 'sample_prompt' ? DEFAULT_CONFIG.sample_prompt : null;
       if (typeof v !== 'string') throw bad('a string');
       return v;
   }

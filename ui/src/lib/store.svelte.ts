@@ -3,8 +3,8 @@
 // or in the pure modules next to it.
 import { open, save } from '@tauri-apps/plugin-dialog';
 import * as api from './api';
-import type { DatasetScan, GeneratedSample, IpcError, ModelInfo, ModelKind, RunEstimate, TrainingEvent } from './api';
-import { type RunConfig, defaultConfig, fromObject, validate } from './config';
+import type { AudioUsage, DatasetScan, GeneratedSample, IpcError, ModelInfo, ModelKind, RunEstimate, TrainingEvent } from './api';
+import { type ConfigKey, type RunConfig, defaultConfig, fromObject, validate, validateDrafts } from './config';
 import { type RunState, applyEvent, initialRunState, isActive } from './run';
 
 export type Tab = 'dataset' | 'model' | 'parameters' | 'run' | 'samples' | 'history';
@@ -29,8 +29,16 @@ export class AppStore {
   dataset = $state<DatasetScan | null>(null);
   datasetError = $state<IpcError | null>(null);
   scanning = $state(false);
+  /** The audio the config would train on (after trimming and cutting), once measured. */
+  usage = $state<AudioUsage | null>(null);
+  /** Why training would refuse the dataset with this config. */
+  usageError = $state<IpcError | null>(null);
+  measuring = $state(false);
+  #usageRequest = 0;
   models = $state<Record<ModelKind, ModelSlot>>({ csm: emptySlot(), mimi: emptySlot(), tokenizer: emptySlot() });
   config = $state<RunConfig>(defaultConfig());
+  /** Text typed into Parameters fields and not taken yet (kept across tabs). */
+  drafts = $state<Partial<Record<ConfigKey, string>>>({});
   estimate = $state<RunEstimate | null>(null);
   run = $state.raw<RunState>(initialRunState());
   generated = $state<GeneratedSample[]>([]);
@@ -40,7 +48,7 @@ export class AppStore {
   #raw: RunState = this.run;
 
   get errors() {
-    return validate(this.config);
+    return { ...validate(this.config), ...validateDrafts(this.drafts) };
   }
 
   get running(): boolean {
@@ -63,6 +71,8 @@ export class AppStore {
     if (paths.length === 0) return;
     this.scanning = true;
     this.datasetError = null;
+    this.usage = null;
+    this.usageError = null;
     try {
       const scan = await api.scanDataset(paths);
       this.dataset = scan;
@@ -73,6 +83,25 @@ export class AppStore {
       this.datasetError = api.toIpcError(e);
     } finally {
       this.scanning = false;
+    }
+  }
+
+  /** Measures the audio the current config would train on; a newer call wins. */
+  async refreshUsage(): Promise<void> {
+    if (!this.dataset) return;
+    const request = ++this.#usageRequest;
+    this.measuring = true;
+    try {
+      const usage = await api.datasetUsage($state.snapshot(this.config) as RunConfig);
+      if (request !== this.#usageRequest) return;
+      this.usage = usage;
+      this.usageError = null;
+    } catch (e) {
+      if (request !== this.#usageRequest) return;
+      this.usage = null;
+      this.usageError = api.toIpcError(e);
+    } finally {
+      if (request === this.#usageRequest) this.measuring = false;
     }
   }
 
@@ -136,6 +165,7 @@ export class AppStore {
   loadConfig(raw: unknown): string[] {
     const { config, unknown } = fromObject(raw);
     this.config = config;
+    this.drafts = {};
     return unknown;
   }
 
@@ -221,8 +251,12 @@ export class AppStore {
     this.dataset = null;
     this.datasetError = null;
     this.scanning = false;
+    this.usage = null;
+    this.usageError = null;
+    this.measuring = false;
     this.models = { csm: emptySlot(), mimi: emptySlot(), tokenizer: emptySlot() };
     this.config = defaultConfig();
+    this.drafts = {};
     this.estimate = null;
     this.#raw = initialRunState();
     this.run = this.#raw;

@@ -213,12 +213,8 @@ impl TrainArgs {
     /// Builds the run config: defaults, then `--config`, then flags.
     pub fn to_config(&self, log_level: &str) -> Result<TrainConfig> {
         let mut c = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read --config {}", path.display()))?;
-                serde_json::from_str::<TrainConfig>(&text)
-                    .with_context(|| format!("{} is not a valid run config", path.display()))?
-            }
+            // The run folder's reader: a run's config.json or an app export.
+            Some(path) => csm_core::train::run_dir::read_config_file(path).context("--config")?,
             None => TrainConfig::default(),
         };
         macro_rules! set {

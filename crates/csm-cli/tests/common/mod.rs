@@ -121,31 +121,26 @@ pub fn train_args(paths: &DemoPaths, out: &Path, batch: usize, extra: &[&str]) -
     a
 }
 
-/// `(step, loss)` of every step line of `out/metrics.jsonl`, in file order.
+/// `(step, loss)` of every step record of `out/metrics.jsonl`, in file order
+/// (read as the app's History reads it, through `run_dir`).
 pub fn step_records(out: &Path) -> Vec<(u64, f64)> {
-    std::fs::read_to_string(out.join("metrics.jsonl"))
+    use csm_core::train::run_dir::{RunDir, RunEvent};
+    use csm_core::train::TrainEvent;
+    RunDir::new(out)
+        .read_metrics()
         .unwrap()
-        .lines()
-        .filter_map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).ok()?;
-            (v["event"] == "step").then(|| {
-                (
-                    v["data"]["step"].as_u64().unwrap(),
-                    v["data"]["loss"].as_f64().unwrap(),
-                )
-            })
+        .into_iter()
+        .filter_map(|r| match r.event {
+            RunEvent::Train(TrainEvent::Step(s)) => Some((s.step as u64, f64::from(s.loss))),
+            _ => None,
         })
         .collect()
 }
 
-/// The losses of the step lines of `out/metrics.jsonl`, in file order.
+/// The losses of the step records of `out/metrics.jsonl`, in file order.
 pub fn step_losses(out: &Path) -> Vec<f64> {
-    std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).ok()?;
-            (v["event"] == "step").then(|| v["data"]["loss"].as_f64().unwrap())
-        })
+    step_records(out)
+        .into_iter()
+        .map(|(_, loss)| loss)
         .collect()
 }
