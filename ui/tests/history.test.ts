@@ -62,7 +62,7 @@ describe('History screen', () => {
   });
 
   it('compares the loss curves of two runs', async () => {
-    const log = ipc({ list_runs: () => [run('a'), run('b', { config: { ...run('b').config, lora_r: 32, epochs: 9 } }), run('c')], run_metrics: (a) => metrics(a.runId === 'a' ? 1 : 2) });
+    const log = ipc({ list_runs: () => [run('a'), run('b', { config: { ...run('b').config, lora_r: 32, epochs: 9, target_layers: { backbone: { some: [0, 1, 2, 3] }, decoder: 'none' } } }), run('c')], run_metrics: (a) => metrics(a.runId === 'a' ? 1 : 2) });
     render(History);
     await flush();
     const compare = screen.getByRole('button', { name: /Compare selected/ }) as HTMLButtonElement;
@@ -83,6 +83,7 @@ describe('History screen', () => {
     expect(diff).toContain('32');
     expect(diff).toContain('epochs');
     expect(diff).not.toContain('learning_rate');
+    expect(diff).toContain('target_layersallbackbone:0-3,decoder:none');
   });
 
   it('reveals the folder and exports the adapter into a new folder', async () => {
