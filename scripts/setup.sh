@@ -5,13 +5,14 @@
 #   scripts/setup.sh [--gui]
 #
 # System packages: cmake, libclang 19 (bindgen), Debian's OpenBLAS (replaces
-# the reference BLAS of MLX's CPU wheel), espeak-ng (the demo dataset), pip.
+# the reference BLAS of MLX's CPU wheel), espeak-ng (the demo dataset), sox and
+# ffmpeg (reference audio for the format tests), pip.
 # The MLX wheel itself is fetched by crates/mlx-sys/build.rs with pip and
 # cached in ~/.cache/csm-mlx.
 set -euo pipefail
 
 # g++: mlx-c and the crate's own CPU primitives (crates/csm-core/cpp) are C++.
-need_apt=(g++ cmake libclang-19-dev libopenblas0-pthread espeak-ng python3-pip pkg-config)
+need_apt=(g++ cmake libclang-19-dev libopenblas0-pthread espeak-ng python3-pip pkg-config sox ffmpeg)
 if [ "${1:-}" = "--gui" ]; then
   need_apt+=(libwebkit2gtk-4.1-dev librsvg2-dev libxdo-dev libgtk-3-dev libasound2-dev
              webkit2gtk-driver xvfb imagemagick xdotool)

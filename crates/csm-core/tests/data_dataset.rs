@@ -180,12 +180,20 @@ fn bad_inputs_give_typed_errors_naming_the_file() {
     type Make = Box<dyn Fn(&Fixture) -> PathBuf>;
     let cases: Vec<(&str, Make, Check)> = vec![
         (
-            "non-WAV audio",
+            "undecodable audio format",
             Box::new(|f| {
                 f.file("transcripts/song.txt", "la la");
-                f.file("audio/song.mp3", b"ID3\x03\x00")
+                f.file("audio/song.wma", b"0&\xb2u")
             }),
-            |e, p| matches!(e, DataError::NotWav { path } if path == p),
+            |e, p| matches!(e, DataError::UnsupportedAudio { path, .. } if path == p),
+        ),
+        (
+            "an .mp3 that is not audio",
+            Box::new(|f| {
+                f.file("transcripts/fake.txt", "la la");
+                f.file("audio/fake.mp3", b"ID3\x03\x00")
+            }),
+            |e, p| matches!(e, DataError::Decode { path, .. } if path == p),
         ),
         (
             "corrupt WAV",
@@ -285,7 +293,7 @@ fn scan_report_flags_problems_per_file() {
     f.file("transcripts/long.txt", "long");
     f.file("audio/corrupt.wav", "not a wav");
     f.file("transcripts/corrupt.txt", "text");
-    f.file("audio/song.mp3", "ID3");
+    f.file("audio/song.wma", "0&");
     f.file("transcripts/song.txt", "la");
     let empty = f.path("audio/zero.wav");
     audio::write_wav(&empty, &[], 24_000, WavEncoding::Int16).unwrap();

@@ -155,6 +155,108 @@ pub fn read_wav_bytes(name: &Path, bytes: &[u8]) -> Result<Audio> {
     decode(name, reader)
 }
 
+/// A WAV file read a chunk at a time (what [`super::decode`] uses for
+/// `.wav`); the samples are those [`read_wav`] gives.
+pub struct WavStream {
+    path: std::path::PathBuf,
+    reader: hound::WavReader<Box<dyn Read + Send>>,
+    info: WavInfo,
+}
+
+impl std::fmt::Debug for WavStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WavStream")
+            .field("path", &self.path)
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WavStream {
+    /// Opens `path` and reads its header.
+    ///
+    /// # Errors
+    /// As [`read_wav_info`].
+    pub fn open(path: &Path) -> Result<Self> {
+        check_wav_extension(path)?;
+        let mut file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+        let file_len = file.metadata().map_err(|e| DataError::io(path, e))?.len();
+        let mut header = Vec::new();
+        (&mut file)
+            .take(1 << 16)
+            .read_to_end(&mut header)
+            .map_err(|e| DataError::io(path, e))?;
+        repair_streamed_header(&mut header, file_len);
+        let source: Box<dyn Read + Send> =
+            Box::new(std::io::Cursor::new(header).chain(std::io::BufReader::new(file)));
+        let reader = hound::WavReader::new(source).map_err(|source| DataError::InvalidWav {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let spec = reader.spec();
+        validate_spec(path, spec)?;
+        let info = WavInfo {
+            sample_rate: spec.sample_rate,
+            channels: spec.channels,
+            bits_per_sample: spec.bits_per_sample,
+            float: spec.sample_format == hound::SampleFormat::Float,
+            frames: u64::from(reader.duration()),
+        };
+        Ok(Self {
+            path: path.to_path_buf(),
+            reader,
+            info,
+        })
+    }
+
+    /// What the header says.
+    pub fn info(&self) -> &WavInfo {
+        &self.info
+    }
+
+    /// The next `max_frames` frames or fewer; `None` at the end.
+    ///
+    /// # Errors
+    /// [`DataError::InvalidWav`] for truncated data.
+    pub fn next_chunk(&mut self, max_frames: usize) -> Result<Option<Audio>> {
+        let n_channels = usize::from(self.info.channels);
+        let want = max_frames.max(1) * n_channels;
+        let invalid = |source| DataError::InvalidWav {
+            path: self.path.clone(),
+            source,
+        };
+        let interleaved: Vec<f32> = if self.info.float {
+            self.reader
+                .samples::<f32>()
+                .take(want)
+                .collect::<std::result::Result<_, _>>()
+                .map_err(invalid)?
+        } else {
+            let scale = 1.0 / (1u64 << (self.info.bits_per_sample - 1)) as f64;
+            self.reader
+                .samples::<i32>()
+                .take(want)
+                .map(|s| s.map(|v| (f64::from(v) * scale) as f32))
+                .collect::<std::result::Result<_, _>>()
+                .map_err(invalid)?
+        };
+        if interleaved.len() < n_channels {
+            return Ok(None);
+        }
+        let frames = interleaved.len() / n_channels;
+        let mut channels = vec![Vec::with_capacity(frames); n_channels];
+        for frame in interleaved.chunks_exact(n_channels) {
+            for (channel, &s) in channels.iter_mut().zip(frame) {
+                channel.push(s);
+            }
+        }
+        Ok(Some(Audio {
+            sample_rate: self.info.sample_rate,
+            channels,
+        }))
+    }
+}
+
 /// Reads a WAV file and converts it to mono at [`TARGET_SAMPLE_RATE`].
 ///
 /// # Errors
@@ -168,65 +270,173 @@ pub fn load_mono_24k(path: &Path) -> Result<Vec<f32>> {
 /// windowed sinc filter (256 taps, Blackman-Harris, cubic interpolation).
 ///
 /// The output has `round(len * to_hz / from_hz)` samples and is aligned with
-/// the input (the filter delay is removed). Equal rates return a copy.
+/// the input (the filter delay is removed). Equal rates return a copy. This
+/// is [`StreamResampler`] fed the whole input at once.
 ///
 /// # Errors
 /// [`DataError::Resample`] if a rate is zero or rubato fails.
 pub fn resample(samples: &[f32], from_hz: u32, to_hz: u32) -> Result<Vec<f32>> {
-    let fail = |message: String| DataError::Resample {
-        from_hz,
-        to_hz,
-        message,
-    };
-    if from_hz == 0 || to_hz == 0 {
-        return Err(fail("sample rate must be positive".into()));
-    }
-    if from_hz == to_hz || samples.is_empty() {
-        return Ok(samples.to_vec());
-    }
-    let ratio = f64::from(to_hz) / f64::from(from_hz);
-    let expected = (samples.len() as f64 * ratio).round() as usize;
-    let params = SincInterpolationParameters {
-        sinc_len: 256,
-        f_cutoff: 0.95,
-        oversampling_factor: 256,
-        interpolation: SincInterpolationType::Cubic,
-        window: WindowFunction::BlackmanHarris2,
-    };
-    const CHUNK: usize = 4096;
-    let mut resampler =
-        SincFixedIn::<f32>::new(ratio, 1.0, params, CHUNK, 1).map_err(|e| fail(e.to_string()))?;
-    // rubato 0.16's sinc resamplers start their read position half a filter
-    // back, so output sample 0 is centred on input sample 0: no delay to
-    // trim (its `output_delay()` is not what this output shows; the timing
-    // test pins this down).
-    let mut out = Vec::with_capacity(expected + CHUNK);
-    let mut pos = 0;
-    while pos + CHUNK <= samples.len() {
-        let block = resampler
-            .process(&[&samples[pos..pos + CHUNK]], None)
-            .map_err(|e| fail(e.to_string()))?;
-        out.extend_from_slice(&block[0]);
-        pos += CHUNK;
-    }
-    if pos < samples.len() {
-        let block = resampler
-            .process_partial(Some(&[&samples[pos..]]), None)
-            .map_err(|e| fail(e.to_string()))?;
-        out.extend_from_slice(&block[0]);
-    }
-    // Flush the filter's tail: zeros in until every expected sample is out.
-    while out.len() < expected {
-        let block = resampler
-            .process_partial::<&[f32]>(None, None)
-            .map_err(|e| fail(e.to_string()))?;
-        if block[0].is_empty() {
-            break;
-        }
-        out.extend_from_slice(&block[0]);
-    }
-    out.resize(expected, 0.0);
+    let mut resampler = StreamResampler::new(from_hz, to_hz)?;
+    let mut out = Vec::new();
+    resampler.push(samples, &mut out)?;
+    resampler.finish(&mut out)?;
     Ok(out)
+}
+
+/// [`resample`] for input that arrives in pieces: one channel in, any piece
+/// sizes, and the concatenated output is bit-identical to [`resample`] of
+/// the concatenated input (the filter sees the same 4096-sample blocks).
+pub struct StreamResampler {
+    from_hz: u32,
+    to_hz: u32,
+    /// `None` when the rates are equal (a copy).
+    sinc: Option<SincFixedIn<f32>>,
+    /// Input not yet a whole block.
+    pending: Vec<f32>,
+    /// Output held back: the last few samples may be cut by `finish`.
+    held: Vec<f32>,
+    samples_in: u64,
+    samples_out: u64,
+}
+
+impl std::fmt::Debug for StreamResampler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamResampler")
+            .field("from_hz", &self.from_hz)
+            .field("to_hz", &self.to_hz)
+            .field("samples_in", &self.samples_in)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StreamResampler {
+    /// Input block of the sinc filter.
+    const CHUNK: usize = 4096;
+    /// Output samples kept back until [`Self::finish`] knows the length.
+    const HOLD: usize = 16;
+
+    /// A resampler from `from_hz` to `to_hz`.
+    ///
+    /// # Errors
+    /// [`DataError::Resample`] if a rate is zero or rubato fails.
+    pub fn new(from_hz: u32, to_hz: u32) -> Result<Self> {
+        if from_hz == 0 || to_hz == 0 {
+            return Err(Self::fail(
+                from_hz,
+                to_hz,
+                "sample rate must be positive".into(),
+            ));
+        }
+        let sinc = if from_hz == to_hz {
+            None
+        } else {
+            let params = SincInterpolationParameters {
+                sinc_len: 256,
+                f_cutoff: 0.95,
+                oversampling_factor: 256,
+                interpolation: SincInterpolationType::Cubic,
+                window: WindowFunction::BlackmanHarris2,
+            };
+            let ratio = f64::from(to_hz) / f64::from(from_hz);
+            // rubato 0.16's sinc resamplers start their read position half a
+            // filter back, so output sample 0 is centred on input sample 0:
+            // no delay to trim (its `output_delay()` is not what this output
+            // shows; the timing test pins this down).
+            Some(
+                SincFixedIn::<f32>::new(ratio, 1.0, params, Self::CHUNK, 1)
+                    .map_err(|e| Self::fail(from_hz, to_hz, e.to_string()))?,
+            )
+        };
+        Ok(Self {
+            from_hz,
+            to_hz,
+            sinc,
+            pending: Vec::new(),
+            held: Vec::new(),
+            samples_in: 0,
+            samples_out: 0,
+        })
+    }
+
+    fn fail(from_hz: u32, to_hz: u32, message: String) -> DataError {
+        DataError::Resample {
+            from_hz,
+            to_hz,
+            message,
+        }
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> DataError {
+        Self::fail(self.from_hz, self.to_hz, e.to_string())
+    }
+
+    /// Feeds `samples`; appends the output that is final to `out`.
+    ///
+    /// # Errors
+    /// [`DataError::Resample`] if rubato fails.
+    pub fn push(&mut self, samples: &[f32], out: &mut Vec<f32>) -> Result<()> {
+        self.samples_in += samples.len() as u64;
+        let Some(sinc) = self.sinc.as_mut() else {
+            out.extend_from_slice(samples);
+            self.samples_out += samples.len() as u64;
+            return Ok(());
+        };
+        let mut rest = samples;
+        let mut produced = Vec::new();
+        while !rest.is_empty() {
+            let take = (Self::CHUNK - self.pending.len()).min(rest.len());
+            self.pending.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if self.pending.len() == Self::CHUNK {
+                let block = sinc
+                    .process(&[&self.pending], None)
+                    .map_err(|e| Self::fail(self.from_hz, self.to_hz, e.to_string()))?;
+                produced.extend_from_slice(&block[0]);
+                self.pending.clear();
+            }
+        }
+        self.held.extend_from_slice(&produced);
+        if self.held.len() > Self::HOLD {
+            let ready = self.held.len() - Self::HOLD;
+            out.extend(self.held.drain(..ready));
+            self.samples_out += ready as u64;
+        }
+        Ok(())
+    }
+
+    /// Flushes the filter; appends the rest of the output to `out`, so that
+    /// the whole output has `round(samples_in * to_hz / from_hz)` samples.
+    ///
+    /// # Errors
+    /// [`DataError::Resample`] if rubato fails.
+    pub fn finish(mut self, out: &mut Vec<f32>) -> Result<()> {
+        let Some(mut sinc) = self.sinc.take() else {
+            return Ok(());
+        };
+        let ratio = f64::from(self.to_hz) / f64::from(self.from_hz);
+        let expected = (self.samples_in as f64 * ratio).round() as u64;
+        let mut tail = std::mem::take(&mut self.held);
+        if !self.pending.is_empty() {
+            let block = sinc
+                .process_partial(Some(&[&self.pending]), None)
+                .map_err(|e| self.err(e))?;
+            tail.extend_from_slice(&block[0]);
+        }
+        // Flush the filter's tail: zeros in until every expected sample is out.
+        while self.samples_out + (tail.len() as u64) < expected {
+            let block = sinc
+                .process_partial::<&[f32]>(None, None)
+                .map_err(|e| self.err(e))?;
+            if block[0].is_empty() {
+                break;
+            }
+            tail.extend_from_slice(&block[0]);
+        }
+        let keep = expected.saturating_sub(self.samples_out) as usize;
+        tail.resize(keep, 0.0);
+        out.extend_from_slice(&tail);
+        Ok(())
+    }
 }
 
 /// Writes mono samples to a WAV file.
@@ -309,6 +519,62 @@ pub fn clipped_fraction(samples: &[f32]) -> f64 {
         clipped += run;
     }
     clipped as f64 / samples.len() as f64
+}
+
+/// [`peak`], [`rms`] and [`clipped_fraction`] of all channels, measured a
+/// chunk at a time (clipping runs are followed per channel across chunks).
+#[derive(Debug, Clone, Default)]
+pub struct LevelMeter {
+    peak: f32,
+    sum_sq: f64,
+    samples: u64,
+    clipped: u64,
+    runs: Vec<u64>,
+}
+
+impl LevelMeter {
+    /// Adds one chunk; its channel count must not change between chunks.
+    pub fn add(&mut self, chunk: &Audio) {
+        self.runs.resize(chunk.channels.len(), 0);
+        for (channel, run) in chunk.channels.iter().zip(&mut self.runs) {
+            for &s in channel {
+                let a = s.abs();
+                self.peak = self.peak.max(a);
+                self.sum_sq += f64::from(s) * f64::from(s);
+                if a >= CLIP_LEVEL {
+                    *run += 1;
+                } else {
+                    if *run >= 3 {
+                        self.clipped += *run;
+                    }
+                    *run = 0;
+                }
+            }
+            self.samples += channel.len() as u64;
+        }
+    }
+
+    /// Largest absolute sample value.
+    pub fn peak(&self) -> f32 {
+        self.peak
+    }
+
+    /// Root mean square over all samples.
+    pub fn rms(&self) -> f32 {
+        if self.samples == 0 {
+            return 0.0;
+        }
+        (self.sum_sq / self.samples as f64).sqrt() as f32
+    }
+
+    /// As [`clipped_fraction`].
+    pub fn clipped_fraction(&self) -> f64 {
+        if self.samples == 0 {
+            return 0.0;
+        }
+        let open: u64 = self.runs.iter().filter(|&&r| r >= 3).sum();
+        (self.clipped + open) as f64 / self.samples as f64
+    }
 }
 
 /// The sample range from the first to the last 10 ms frame that is louder

@@ -1,8 +1,10 @@
 //! The dataset folder: pairing audio with transcripts, the scan report, the
 //! train/validation split and loading ready conversations.
 //!
-//! Layout: `audio/*.wav` and `transcripts/*.txt` with the same stems, and
-//! optionally `alignments/*.json` (see [`super::alignment`]).
+//! Layout: `audio/NAME.wav` (or any format in
+//! [`super::decode::AUDIO_EXTENSIONS`]: FLAC, MP3, M4A, Ogg...) and
+//! `transcripts/NAME.txt` with the same stems, and optionally
+//! `alignments/NAME.json` (see [`super::alignment`]).
 //!
 //! [`scan_dataset`] looks at every file and reports problems per file
 //! without failing on them (for the GUI table and `csm` preflight);
@@ -16,20 +18,16 @@ use serde::Serialize;
 
 use super::alignment::{read_alignment, Alignment, AlignmentFormat};
 use super::audio;
+use super::decode;
 use super::segment::{
     bucket_by_length, segment_recording, Conversation, Example, SegmentConfig, Utterance,
 };
 use super::{DataError, Result};
 
-/// Audio extensions we recognise but cannot decode: reported, not ignored.
-const OTHER_AUDIO: &[&str] = &[
-    "mp3", "flac", "ogg", "oga", "opus", "m4a", "aac", "aif", "aiff", "wma", "webm",
-];
-
 /// Where the dataset's files are.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DatasetLayout {
-    /// Folder of `.wav` files.
+    /// Folder of audio files (WAV, FLAC, MP3, M4A, Ogg...).
     pub audio_dir: PathBuf,
     /// Folder of `.txt` transcripts named like the audio files.
     pub transcript_dir: PathBuf,
@@ -68,7 +66,7 @@ impl DatasetLayout {
 pub struct PairedFile {
     /// The shared file stem, used as the recording id.
     pub id: String,
-    /// The `.wav` file.
+    /// The audio file (`.wav`, `.flac`, `.mp3`...).
     pub audio: PathBuf,
     /// The `.txt` file.
     pub transcript: PathBuf,
@@ -79,7 +77,10 @@ pub struct PairedFile {
 /// Files found in the layout's folders, by stem.
 #[derive(Debug, Default)]
 struct Listing {
+    /// Audio we decode ([`decode::AUDIO_EXTENSIONS`]), by stem; where a
+    /// stem has several, the preferred extension (`a.wav` over `a.mp3`).
     wav: BTreeMap<String, PathBuf>,
+    /// Audio we recognise but cannot decode (Opus, WMA...).
     other_audio: BTreeMap<String, PathBuf>,
     txt: BTreeMap<String, PathBuf>,
     json: BTreeMap<String, PathBuf>,
@@ -111,9 +112,15 @@ fn list_dir(dir: &Path, mut keep: impl FnMut(String, &str, PathBuf)) -> Result<(
 fn list(layout: &DatasetLayout) -> Result<Listing> {
     let mut l = Listing::default();
     list_dir(&layout.audio_dir, |stem, ext, path| {
-        if ext == "wav" || ext == "wave" {
-            l.wav.insert(stem, path);
-        } else if OTHER_AUDIO.contains(&ext) {
+        if decode::is_audio_extension(ext) {
+            let preferred = l
+                .wav
+                .get(&stem)
+                .is_none_or(|old| decode::preference(&path) < decode::preference(old));
+            if preferred {
+                l.wav.insert(stem, path);
+            }
+        } else if decode::is_unsupported_audio_extension(ext) {
             l.other_audio.insert(stem, path);
         }
     })?;
@@ -132,6 +139,9 @@ fn list(layout: &DatasetLayout) -> Result<Listing> {
     Ok(l)
 }
 
+/// What the audio folder should hold, for [`DataError::EmptyDir`].
+const AUDIO_WHAT: &str = "audio (.wav, .flac, .mp3, .m4a, .ogg)";
+
 fn file_name(p: &Path) -> String {
     p.file_name().map_or_else(
         || p.display().to_string(),
@@ -139,29 +149,29 @@ fn file_name(p: &Path) -> String {
     )
 }
 
-/// Pairs `audio/*.wav` with `transcripts/*.txt` by stem.
+/// Pairs the audio files with `transcripts/*.txt` by stem.
 ///
 /// # Errors
 /// [`DataError::MissingDir`] for a missing folder,
-/// [`DataError::NotWav`] for audio in another format,
-/// [`DataError::EmptyDir`] if there is no `.wav` at all,
+/// [`DataError::UnsupportedAudio`] for audio in a format we cannot decode,
+/// [`DataError::EmptyDir`] if there is no audio at all,
 /// [`DataError::NoTranscripts`] (naming the audio files) if there is no
 /// `.txt`, and
 /// [`DataError::Unpaired`] listing every file without a partner.
 pub fn pair_files(layout: &DatasetLayout) -> Result<Vec<PairedFile>> {
     let l = list(layout)?;
-    // An mp3 next to its converted .wav is fine; an mp3 alone is not.
+    // An .opus next to its converted .wav is fine; an .opus alone is not.
     if let Some((_, path)) = l
         .other_audio
         .iter()
         .find(|(stem, _)| !l.wav.contains_key(*stem))
     {
-        return Err(DataError::NotWav { path: path.clone() });
+        return Err(decode::unsupported(path));
     }
     if l.wav.is_empty() {
         return Err(DataError::EmptyDir {
             path: layout.audio_dir.clone(),
-            what: ".wav",
+            what: AUDIO_WHAT,
         });
     }
     if l.txt.is_empty() {
@@ -312,7 +322,7 @@ pub enum ProblemKind {
     EmptyTranscript,
     /// Transcript is not UTF-8.
     TranscriptNotUtf8,
-    /// Audio in a format other than WAV.
+    /// Audio in a format that cannot be decoded (Opus, WMA...).
     NotWav,
     /// The WAV cannot be read.
     Unreadable,
@@ -457,7 +467,7 @@ pub fn scan_dataset(layout: &DatasetLayout, opts: &ScanOptions) -> Result<ScanRe
     if l.wav.is_empty() && l.other_audio.is_empty() {
         return Err(DataError::EmptyDir {
             path: layout.audio_dir.clone(),
-            what: ".wav",
+            what: AUDIO_WHAT,
         });
     }
     let stems: BTreeSet<&String> = l
@@ -610,23 +620,20 @@ fn scan_one(stem: &str, l: &Listing, layout: &DatasetLayout, opts: &ScanOptions)
         (None, Some(other)) => p.push(Problem::new(
             K::NotWav,
             true,
-            format!("{} is not WAV; convert it to .wav", file_name(other)),
+            decode::unsupported(other).to_string(),
         )),
-        (Some(path), _) => match audio::read_wav(path) {
+        // One streaming pass per file: long recordings are never held whole.
+        (Some(path), _) => match decode::summarize(path) {
             Ok(a) => {
-                let duration = a.duration_s();
+                let duration = a.duration_s;
                 r.duration_s = Some(duration);
-                r.sample_rate = Some(a.sample_rate);
-                r.channels = Some(a.channels.len() as u16);
-                if let Ok(info) = audio::read_wav_info(path) {
-                    r.bits_per_sample = Some(info.bits_per_sample);
-                }
-                let all: Vec<f32> = a.channels.concat();
-                let peak = audio::peak(&all);
-                let rms = audio::rms(&all);
+                r.sample_rate = Some(a.info.sample_rate);
+                r.channels = Some(a.info.channels);
+                r.bits_per_sample = a.info.bits_per_sample;
+                let (peak, rms) = (a.peak, a.rms);
                 r.peak_dbfs = Some(audio::to_dbfs(peak));
                 r.rms_dbfs = Some(audio::to_dbfs(rms));
-                let clipped = audio::clipped_fraction(&all);
+                let clipped = a.clipped_fraction;
                 if clipped > opts.clip_fraction {
                     p.push(Problem::new(
                         K::Clipping,
@@ -1105,7 +1112,7 @@ fn load_recording(
             file_name(&pair.audio)
         ));
     }
-    let samples: Arc<[f32]> = audio::load_mono_24k(&pair.audio)?.into();
+    let samples: Arc<[f32]> = decode::load_mono_24k(&pair.audio)?.into();
     let seconds = samples.len() as f64 / f64::from(audio::TARGET_SAMPLE_RATE);
     let aligned = pair.alignment.as_deref().zip(alignment.as_ref());
     let conversation = segment_recording(

@@ -6,6 +6,10 @@
 //! - [`audio`]: read any PCM/float WAV ([`audio::read_wav`]) and turn it into
 //!   24 kHz mono `f32` ([`audio::load_mono_24k`]), write WAV files, level
 //!   helpers ([`audio::peak`], [`audio::rms`]).
+//! - [`decode`]: every other format (FLAC, MP3, AAC and ALAC in M4A, Ogg
+//!   Vorbis) through symphonia, streamed chunk by chunk into 24 kHz mono
+//!   ([`decode::Mono24k`], [`decode::load_mono_24k`]); which file
+//!   extensions count as audio ([`decode::AUDIO_EXTENSIONS`]).
 //! - [`dataset`]: the folder layout ([`DatasetLayout`]), pairing
 //!   `audio/*.wav` with `transcripts/*.txt` by stem, the per-file
 //!   [`ScanReport`] shown in the GUI table, the deterministic
@@ -46,6 +50,7 @@
 pub mod alignment;
 pub mod audio;
 pub mod dataset;
+pub mod decode;
 pub mod espeak;
 pub mod segment;
 
@@ -116,11 +121,31 @@ pub enum DataError {
         /// File names in the transcript folder with no `.wav` of the same stem.
         transcripts_without_audio: Vec<String>,
     },
-    /// An audio file in a format other than WAV (convert it first).
-    #[error("{path}: only WAV audio is supported; convert it first (e.g. `ffmpeg -i in out.wav`)")]
+    /// A file given to the WAV reader ([`audio::read_wav`]) that is not a
+    /// `.wav`; [`decode`] reads the other formats.
+    #[error("{path}: not a .wav file")]
     NotWav {
         /// The file.
         path: PathBuf,
+    },
+    /// An audio format or codec that cannot be decoded (Opus, WMA, ...).
+    #[error(
+        "{path}: {reason}; convert it to WAV or FLAC first (e.g. `ffmpeg -i in out.flac`)"
+    )]
+    UnsupportedAudio {
+        /// The file.
+        path: PathBuf,
+        /// Which format or codec, and why.
+        reason: String,
+    },
+    /// An audio file that could not be decoded: not audio, truncated, zero
+    /// bytes, or a stream the decoder rejects.
+    #[error("{path}: cannot decode audio: {reason}")]
+    Decode {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
     },
     /// A `.wav` file that is not a readable WAV (corrupt, truncated, not RIFF).
     #[error("{path}: not a readable WAV file")]
