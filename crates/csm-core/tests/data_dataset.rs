@@ -607,6 +607,8 @@ fn usage_reports_the_audio_left_after_trimming_and_skipping() {
         (1, 0)
     );
     assert!(close(usage.train_seconds, usage.seconds_used));
+    // +0.0, not the -0.0 of an empty float sum (shown as "-0.0 s").
+    assert_eq!(usage.validation_seconds.to_bits(), 0.0f64.to_bits());
     let names: Vec<&str> = usage
         .recordings
         .iter()

@@ -845,7 +845,10 @@ impl Dataset {
     /// trimming, cutting and skipping.
     pub fn usage(&self) -> AudioUsage {
         let seconds = |ids: &[UtteranceId]| -> f64 {
-            ids.iter().map(|&id| self.utterance(id).duration_s()).sum()
+            // A fold from +0.0: an empty `sum()` of floats is -0.0 ("-0.0 s").
+            ids.iter()
+                .map(|&id| self.utterance(id).duration_s())
+                .fold(0.0, |a, b| a + b)
         };
         let recordings: Vec<RecordingUsage> = self
             .recordings_read
@@ -862,7 +865,10 @@ impl Dataset {
             .collect();
         AudioUsage {
             recordings_used: recordings.iter().filter(|r| r.utterances > 0).count(),
-            seconds_in: recordings.iter().map(|r| r.seconds_in).sum(),
+            seconds_in: recordings
+                .iter()
+                .map(|r| r.seconds_in)
+                .fold(0.0, |a, b| a + b),
             seconds_used: self.duration_s(),
             utterances: self.len(),
             train_utterances: self.train.len(),
