@@ -19,9 +19,10 @@ pub use config::{LrSchedule, SaveMode, TrainConfig};
 pub use observer::{
     NullObserver, Phase, RecordingObserver, StepReport, TrainEvent, TrainingObserver, ValReport,
 };
+pub use run::train;
 #[cfg(feature = "fault-injection")]
 pub use settings::FaultPlan;
 pub use settings::RunSettings;
 pub use trainer::{
-    evaluate, load_assets, prepare, train, Assets, LossValues, Prepared, RunSummary, TrainError,
+    evaluate, load_assets, prepare, Assets, LossValues, Prepared, RunSummary, TrainError,
 };

@@ -19,14 +19,111 @@ use super::settings::RunSettings;
 use super::state::{self, Progress};
 use super::step::{compile_step, ForwardBackward};
 use super::trainer::{
-    evaluate, mlx, save_merged, Assets, LossValues, Prepared, RunSummary, TrainError,
+    evaluate, load_assets, mlx, prepare, save_merged, Assets, LossValues, Prepared, RunSummary,
+    TrainError,
 };
 use crate::adapter::{self, LoraSpec};
 use crate::cancel::CancelToken;
+use crate::checkpoint::CheckpointError;
 use crate::distributed::Group;
 use crate::model::LossWeights;
 use crate::rng::Rng;
 use crate::runtime;
+
+fn ensure_output_dir(dir: &Path) -> Result<(), TrainError> {
+    let err = |source| TrainError::Output {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let probe = dir.join(".csm-write-test");
+    std::fs::write(&probe, b"ok").map_err(err)?;
+    std::fs::remove_file(&probe).map_err(err)
+}
+
+/// `--resume-from FILE: why`: a file that cannot be resumed from.
+fn unusable_checkpoint(path: &Path, e: CheckpointError) -> TrainError {
+    let reason = match e {
+        CheckpointError::Io { source, .. } => format!("cannot read it: {source}"),
+        CheckpointError::Safetensors { message, .. }
+            if message.starts_with("not a csm training checkpoint") =>
+        {
+            message
+        }
+        CheckpointError::Safetensors { message, .. } => {
+            format!("not a csm training checkpoint (not even safetensors: {message})")
+        }
+        other => other.to_string(),
+    };
+    TrainError::Resume {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+/// Runs a whole fine-tuning job (see the module docs) as `settings` say:
+/// device, codes cache, compiled step, distributed group.
+pub fn train(
+    cfg: &TrainConfig,
+    settings: &RunSettings,
+    observer: &mut dyn TrainingObserver,
+    cancel: &CancelToken,
+) -> Result<RunSummary, TrainError> {
+    cfg.validate().map_err(TrainError::Config)?;
+    // A single-process group unless launched as ranks (MLX_HOSTFILE/MLX_RANK
+    // or the NCCL variables, see `csm launch`).
+    let group = Group::init(&settings.distributed, None, false)?;
+    let mut quiet = super::observer::NullObserver;
+    // Only rank 0 reports, writes metrics, checkpoints and outputs.
+    let observer: &mut dyn TrainingObserver = if group.is_main() {
+        observer
+    } else {
+        &mut quiet
+    };
+    if group.is_main() {
+        ensure_output_dir(&cfg.output_dir)?;
+    }
+    let resume = match &cfg.resume_from {
+        Some(path) => Some((
+            path.clone(),
+            state::load(path).map_err(|e| unusable_checkpoint(path, e))?,
+        )),
+        None => None,
+    };
+    if group.is_main() {
+        super::run_dir::RunDir::new(&cfg.output_dir).write_config(cfg)?;
+    }
+
+    observer.on_event(&TrainEvent::Phase {
+        phase: Phase::Loading,
+        detail: format!("model {}", cfg.model_path.display()),
+    });
+    let backend = runtime::use_device(settings.device);
+    let mut assets = load_assets(
+        &cfg.model_path,
+        cfg.mimi_path.as_deref(),
+        cfg.tokenizer_path.as_deref(),
+        backend.default_dtype(),
+    )?;
+    let prepared = prepare(&mut assets, cfg, &settings.codes_cache, observer)?;
+    for w in &prepared.warnings {
+        observer.on_event(&TrainEvent::Warning { message: w.clone() });
+    }
+    if prepared.train.is_empty() {
+        return Err(TrainError::NoExamples {
+            reason: "every example was skipped or the dataset is empty; see the warnings above"
+                .into(),
+        });
+    }
+    let mut run = Run::new(cfg, settings, assets, prepared, group)?;
+    if let Some((path, loaded)) = resume {
+        run.resume(&path, loaded)?;
+    }
+    // Where the weight products have their own threads (`kernels`),
+    // OpenBLAS's idle workers would spin on their cores.
+    let _blas = crate::kernels::many_row_products_are_ours().then(runtime::SingleThreadBlas::new);
+    run.execute(observer, cancel)
+}
 
 /// The state of a run between steps.
 pub(super) struct Run<'a> {

@@ -1,16 +1,16 @@
-//! The LoRA training loop.
+//! Setting up a fine-tuning job: loading the model, codec and tokenizer
+//! ([`load_assets`]), loading the dataset and Mimi-encoding it through the
+//! codes cache ([`prepare`]), the loss of a dataset ([`evaluate`]), the
+//! merged model ([`save_merged`]) and the errors of training
+//! ([`TrainError`]). It never prints.
 //!
-//! [`train`] runs a whole job from a [`TrainConfig`] and the machine's
-//! [`RunSettings`]: load model, codec and tokenizer ([`load_assets`]); load
-//! the dataset and Mimi-encode it through the codes cache ([`prepare`]);
-//! attach adapters; then optimizer steps with gradient accumulation,
-//! clipping, the LR schedule, validation and atomic checkpoints, reporting
-//! through a [`TrainingObserver`] and stopping at a [`CancelToken`]. It
-//! never prints.
-//!
-//! The loop itself is `run.rs` (`Run::execute`, one named step after the
-//! other); the forward/backward pass of a micro-batch, plain or compiled,
-//! is `step.rs`.
+//! [`train`](super::train) (in `run.rs`) runs a whole job on top of these:
+//! attach adapters, then optimizer steps (`Run::execute`, one named step
+//! after the other) with gradient accumulation, clipping, the LR schedule,
+//! validation and atomic checkpoints, reporting through a
+//! [`TrainingObserver`](super::TrainingObserver) and stopping at a
+//! [`CancelToken`](crate::cancel::CancelToken); the forward/backward pass
+//! of a micro-batch, plain or compiled, is `step.rs`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,21 +22,15 @@ use super::batch::{build_example, collate, Batch, BatchError, Example, Turn};
 use super::codes::{fingerprint_files, CodesCache, EncodeStats};
 use super::config::TrainConfig;
 use super::observer::{Phase, TrainEvent, TrainingObserver};
-use super::run::Run;
-use super::settings::RunSettings;
-use super::state;
 use crate::adapter::{self, AdapterError};
 use crate::assets::{self, AssetError, LoadedMimi};
-use crate::cancel::CancelToken;
 use crate::checkpoint::write::write_atomic;
 use crate::checkpoint::CheckpointError;
 use crate::codec::CodecError;
 use crate::data::{self, DataError, DatasetLayout, Split};
-use crate::distributed::Group;
 use crate::model::load::{canonical_weights, load_csm, to_format, LoadOptions, LoadedCsm};
 use crate::model::{AttentionMask, Csm, LossBatch, LossWeights, ModelError};
 use crate::rng::Rng;
-use crate::runtime;
 use crate::tokenizer::{TextTokenizer, TokenizerError};
 
 /// Everything that can stop a run; each message names the file, flag or
@@ -397,101 +391,6 @@ pub struct RunSummary {
     pub output_dir: PathBuf,
     /// Newest checkpoint.
     pub checkpoint: Option<PathBuf>,
-}
-
-fn ensure_output_dir(dir: &Path) -> Result<(), TrainError> {
-    let err = |source| TrainError::Output {
-        path: dir.to_path_buf(),
-        source,
-    };
-    std::fs::create_dir_all(dir).map_err(err)?;
-    let probe = dir.join(".csm-write-test");
-    std::fs::write(&probe, b"ok").map_err(err)?;
-    std::fs::remove_file(&probe).map_err(err)
-}
-
-/// `--resume-from FILE: why`: a file that cannot be resumed from.
-fn unusable_checkpoint(path: &Path, e: CheckpointError) -> TrainError {
-    let reason = match e {
-        CheckpointError::Io { source, .. } => format!("cannot read it: {source}"),
-        CheckpointError::Safetensors { message, .. }
-            if message.starts_with("not a csm training checkpoint") =>
-        {
-            message
-        }
-        CheckpointError::Safetensors { message, .. } => {
-            format!("not a csm training checkpoint (not even safetensors: {message})")
-        }
-        other => other.to_string(),
-    };
-    TrainError::Resume {
-        path: path.to_path_buf(),
-        reason,
-    }
-}
-
-/// Runs a whole fine-tuning job (see the module docs) as `settings` say:
-/// device, codes cache, compiled step, distributed group.
-pub fn train(
-    cfg: &TrainConfig,
-    settings: &RunSettings,
-    observer: &mut dyn TrainingObserver,
-    cancel: &CancelToken,
-) -> Result<RunSummary, TrainError> {
-    cfg.validate().map_err(TrainError::Config)?;
-    // A single-process group unless launched as ranks (MLX_HOSTFILE/MLX_RANK
-    // or the NCCL variables, see `csm launch`).
-    let group = Group::init(&settings.distributed, None, false)?;
-    let mut quiet = super::observer::NullObserver;
-    // Only rank 0 reports, writes metrics, checkpoints and outputs.
-    let observer: &mut dyn TrainingObserver = if group.is_main() {
-        observer
-    } else {
-        &mut quiet
-    };
-    if group.is_main() {
-        ensure_output_dir(&cfg.output_dir)?;
-    }
-    let resume = match &cfg.resume_from {
-        Some(path) => Some((
-            path.clone(),
-            state::load(path).map_err(|e| unusable_checkpoint(path, e))?,
-        )),
-        None => None,
-    };
-    if group.is_main() {
-        super::run_dir::RunDir::new(&cfg.output_dir).write_config(cfg)?;
-    }
-
-    observer.on_event(&TrainEvent::Phase {
-        phase: Phase::Loading,
-        detail: format!("model {}", cfg.model_path.display()),
-    });
-    let backend = runtime::use_device(settings.device);
-    let mut assets = load_assets(
-        &cfg.model_path,
-        cfg.mimi_path.as_deref(),
-        cfg.tokenizer_path.as_deref(),
-        backend.default_dtype(),
-    )?;
-    let prepared = prepare(&mut assets, cfg, &settings.codes_cache, observer)?;
-    for w in &prepared.warnings {
-        observer.on_event(&TrainEvent::Warning { message: w.clone() });
-    }
-    if prepared.train.is_empty() {
-        return Err(TrainError::NoExamples {
-            reason: "every example was skipped or the dataset is empty; see the warnings above"
-                .into(),
-        });
-    }
-    let mut run = Run::new(cfg, settings, assets, prepared, group)?;
-    if let Some((path, loaded)) = resume {
-        run.resume(&path, loaded)?;
-    }
-    // Where the weight products have their own threads (`kernels`),
-    // OpenBLAS's idle workers would spin on their cores.
-    let _blas = crate::kernels::many_row_products_are_ours().then(runtime::SingleThreadBlas::new);
-    run.execute(observer, cancel)
 }
 
 /// Writes the base model with its adapters merged, in the format it was
