@@ -155,10 +155,10 @@ fn best_lag(ours: &[f32], reference: &[f32], max_lag: usize) -> isize {
     let mut best = (f64::MIN, 0isize);
     for lag in -(max_lag as isize)..=max_lag as isize {
         let mut acc = 0.0f64;
-        for i in start..start + win {
+        for (i, &r) in reference.iter().enumerate().skip(start).take(win) {
             let j = i as isize + lag;
             if j >= 0 && (j as usize) < ours.len() {
-                acc += f64::from(reference[i]) * f64::from(ours[j as usize]);
+                acc += f64::from(r) * f64::from(ours[j as usize]);
             }
         }
         if acc > best.0 {
@@ -306,8 +306,7 @@ fn stream_info_names_rate_channels_and_codec() {
     assert_eq!(i.codec, "flac");
     let mono: Vec<f32> = decode::stream_mono_24k(&file("stereo48.mp3"))
         .unwrap()
-        .map(Result::unwrap)
-        .flatten()
+        .flat_map(Result::unwrap)
         .collect();
     let secs = mono.len() as f64 / 24_000.0;
     let wav_secs = audio::read_wav_info(&file("stereo48.wav"))

@@ -129,9 +129,7 @@ pub enum DataError {
         path: PathBuf,
     },
     /// An audio format or codec that cannot be decoded (Opus, WMA, ...).
-    #[error(
-        "{path}: {reason}; convert it to WAV or FLAC first (e.g. `ffmpeg -i in out.flac`)"
-    )]
+    #[error("{path}: {reason}; convert it to WAV or FLAC first (e.g. `ffmpeg -i in out.flac`)")]
     UnsupportedAudio {
         /// The file.
         path: PathBuf,
