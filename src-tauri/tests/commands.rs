@@ -800,6 +800,11 @@ fn generate_sample_loads_a_training_checkpoint() {
     );
     let tuned = ui.ok("generate_sample", request(&run.demo, &ckpt));
     assert_eq!(tuned["checkpoint"], ckpt, "{tuned}");
+    let samples = Path::new(tuned["path"].as_str().unwrap()).parent().unwrap();
+    assert!(
+        !samples.join("adapters").exists(),
+        "the checkpoint's adapter is applied from memory, not extracted to a file"
+    );
     let err = ui.err(
         "generate_sample",
         request(&run.demo, &json!("/no/such/ckpt")),

@@ -13,6 +13,8 @@ use csm_core::generate::{
     FrameProgress, GenerateError, GenerateHooks, Generator, Guards, SamplingConfig, Segment,
     FRAME_MS,
 };
+use csm_core::train::run_dir::is_checkpoint_file;
+use csm_core::train::state::read_adapter;
 use serde::{Deserialize, Serialize};
 use tauri::ipc::Channel;
 use tauri::{AppHandle, Runtime, State};
@@ -202,10 +204,15 @@ pub fn generate(
     )
     .map_err(|e| Error::ModelLoad(e.to_string()))?;
     if let Some(ckpt) = &req.checkpoint {
-        let adapter = adapter_path(ckpt, out_dir)?;
-        generator
-            .apply_adapter(&adapter)
-            .map_err(|e| Error::ModelLoad(e.to_string()))?;
+        // A training checkpoint's adapter is applied from memory; anything
+        // else is an adapter in mlx_lm layout (folder or weights file).
+        if is_checkpoint_file(ckpt) {
+            let adapter = read_adapter(ckpt).map_err(|e| Error::ModelLoad(e.to_string()))?;
+            generator.apply_loaded_adapter(&adapter)
+        } else {
+            generator.apply_adapter(ckpt)
+        }
+        .map_err(|e| Error::ModelLoad(e.to_string()))?;
     }
     let mut context = Vec::new();
     if let Some(audio) = &req.context_audio {
@@ -284,34 +291,4 @@ pub fn generate(
         seed: req.seed,
         text: req.text.clone(),
     })
-}
-
-/// An mlx_lm adapter for `ckpt`: adapter folders and files are used as they
-/// are; a training checkpoint (`checkpoint_step_*.safetensors`) has its
-/// adapter tensors extracted once into `<out_dir>/adapters/<stem>/`.
-fn adapter_path(ckpt: &Path, out_dir: &Path) -> Result<PathBuf> {
-    let is_training_ckpt = ckpt.is_file()
-        && ckpt
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("checkpoint_"));
-    if !is_training_ckpt {
-        return Ok(ckpt.to_path_buf());
-    }
-    let run_dir = ckpt.parent().unwrap_or(Path::new("."));
-    let resolved = ckpt.canonicalize().map_err(|e| Error::io(ckpt, e))?;
-    let stem = format!(
-        "{}-{}",
-        run_dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        resolved
-            .file_stem()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    );
-    let dir = out_dir.join("adapters").join(stem);
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    super::history::extract_checkpoint_adapter(&resolved, &dir)?;
-    Ok(dir)
 }

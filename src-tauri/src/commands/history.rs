@@ -400,16 +400,6 @@ fn write_adapter(run_dir: &Path, source: &AdapterSource, dir: &Path) -> Result<(
     extract(ckpt, dir)
 }
 
-/// Extracts the adapter of `ckpt` (a file under `run_dir`) into the existing
-/// folder `dir` unless it is there already; generation uses this to load a
-/// training checkpoint as an mlx_lm adapter.
-pub fn extract_checkpoint_adapter(ckpt: &Path, dir: &Path) -> Result<()> {
-    if dir.join(ADAPTER_FILE).is_file() && dir.join(ADAPTER_CONFIG_FILE).is_file() {
-        return Ok(());
-    }
-    extract(ckpt, dir)
-}
-
 /// Writes the adapter of the training checkpoint `ckpt` in mlx_lm layout
 /// into `dir` (each file atomically).
 fn extract(ckpt: &Path, dir: &Path) -> Result<()> {

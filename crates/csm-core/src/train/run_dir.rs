@@ -242,6 +242,15 @@ pub fn write_config_file(path: &Path, config: &TrainConfig) -> Result<(), Checkp
     write_atomic(path, json.as_bytes())
 }
 
+/// Whether `path` names a training checkpoint of a run folder
+/// (`checkpoint_step_*.safetensors` or `checkpoint_latest.safetensors`),
+/// as opposed to an adapter in mlx_lm layout.
+pub fn is_checkpoint_file(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n == LATEST_CHECKPOINT || checkpoint_step(n).is_some())
+}
+
 /// The step of a `checkpoint_step_NNNNNNN.safetensors` file name.
 pub fn checkpoint_step(file_name: &str) -> Option<usize> {
     file_name
@@ -507,6 +516,12 @@ mod tests {
         );
         let steps: Vec<usize> = run.checkpoints().iter().map(|c| c.step).collect();
         assert_eq!(steps, [3, 7, 12, 100]);
+        assert!(is_checkpoint_file(&run.checkpoint_path(7)));
+        assert!(is_checkpoint_file(&run.latest_checkpoint_path()));
+        assert!(!is_checkpoint_file(&dir.path().join(ADAPTER_FILE)));
+        assert!(!is_checkpoint_file(
+            &dir.path().join("checkpoint_step_x.safetensors")
+        ));
 
         run.point_latest(&run.checkpoint_path(100)).unwrap();
         assert_eq!(
