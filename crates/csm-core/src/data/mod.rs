@@ -24,6 +24,9 @@
 //!   (a run's `TrainConfig` fills it from its settings), the
 //!   [`Utterance`]/[`Conversation`] types, context turns and length
 //!   bucketing.
+//! - [`proofread`]: editing a dataset in place: saving a corrected
+//!   transcript atomically (an alignment that no longer matches becomes
+//!   stale), moving a recording to `excluded/` and back.
 //! - [`espeak`]: a small spoken dataset synthesised with `espeak-ng`, so the
 //!   product can be tried without downloads.
 //!
@@ -52,6 +55,7 @@ pub mod audio;
 pub mod dataset;
 pub mod decode;
 pub mod espeak;
+pub mod proofread;
 pub mod segment;
 
 use std::path::PathBuf;
