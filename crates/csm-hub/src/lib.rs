@@ -90,17 +90,23 @@ mod cache;
 mod client;
 mod error;
 mod progress;
+mod pypi;
 mod repo;
 mod settings;
 
-pub use bundle::{find_bundle, Bundle, BundleFile, Role, BUNDLES, CSM_1B};
+pub use bundle::{
+    find_bundle, Bundle, BundleFile, Role, Source, BUNDLES, CSM_1B, SPEAKER_ENCODER, WHISPER_BASE,
+    WHISPER_LARGE_V3_TURBO, WHISPER_SMALL, WHISPER_TINY,
+};
 pub use cache::{CachedFile, CachedRepo, CachedRevision, DeletedRepo, HubCache, RepoKind};
 pub use client::{same_origin, FileMetadata, Hub, RepoFiles, Resolved};
 pub use error::{human_bytes, HubError};
 pub use progress::{Cancel, DownloadEvent, DownloadObserver, NullObserver};
+pub use pypi::{CachedPackage, PackageCache, WheelFile, RESEMBLYZER_PRETRAINED};
 pub use repo::{
     is_commit_hash, resolve_url, validate_file_name, validate_repo_id, validate_revision, MAIN,
 };
 pub use settings::{
     read_token_file, save_token, HubSettings, Token, TokenSource, DEFAULT_ENDPOINT,
+    DEFAULT_PYPI_URL,
 };

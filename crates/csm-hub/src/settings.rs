@@ -9,6 +9,10 @@ use std::time::Duration;
 /// The public Hugging Face hub.
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 
+/// The public Python package index, whose JSON API
+/// (`{url}/pypi/{project}/{version}/json`) names a release's wheels.
+pub const DEFAULT_PYPI_URL: &str = "https://pypi.org";
+
 /// Where a token came from, so that error messages can say which one the
 /// hub refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +89,15 @@ pub struct HubSettings {
     /// Where `huggingface-cli login` keeps the token (`$HF_HOME/token`);
     /// where [`crate::save_token`] writes one.
     pub token_path: PathBuf,
+    /// The assets cache of huggingface_hub (`$HF_HOME/assets`), where
+    /// libraries keep files that are not hub repos; ours go under its `csm/`
+    /// folder (see [`crate::PackageCache`]). Never inside `cache_dir`, whose
+    /// every folder huggingface_hub takes for a repo.
+    pub assets_dir: PathBuf,
+    /// Base URL of a PyPI-compatible JSON API, without a trailing slash
+    /// (`https://pypi.org`): where wheels such as resemblyzer's are looked
+    /// up. The token is never sent there.
+    pub pypi_url: String,
     /// No network at all: only what is cached resolves.
     pub offline: bool,
     /// An HTTP(S) proxy URL for every request, if any.
@@ -100,16 +113,19 @@ pub struct HubSettings {
 }
 
 impl HubSettings {
-    /// Settings for the public hub with the cache in `cache_dir`, no token,
-    /// online.
+    /// Settings for the public hub and PyPI with the cache in `cache_dir`,
+    /// the token path and assets beside it (`../token`, `../assets`), no
+    /// token, online.
     pub fn new(cache_dir: impl Into<PathBuf>) -> Self {
         let cache_dir = cache_dir.into();
-        let token_path = cache_dir.parent().unwrap_or(Path::new(".")).join("token");
+        let parent = cache_dir.parent().unwrap_or(Path::new(".")).to_path_buf();
         Self {
             endpoint: DEFAULT_ENDPOINT.to_string(),
             cache_dir,
             token: None,
-            token_path,
+            token_path: parent.join("token"),
+            assets_dir: parent.join("assets"),
+            pypi_url: DEFAULT_PYPI_URL.to_string(),
             offline: false,
             proxy: None,
             retries: 3,
@@ -125,6 +141,8 @@ impl HubSettings {
     /// - cache: `HF_HUB_CACHE`, else the legacy `HUGGINGFACE_HUB_CACHE`, else
     ///   `$HF_HOME/hub`; `HF_HOME` defaults to
     ///   `$XDG_CACHE_HOME/huggingface`, else `~/.cache/huggingface`;
+    /// - assets: `HF_ASSETS_CACHE`, else the legacy
+    ///   `HUGGINGFACE_ASSETS_CACHE`, else `$HF_HOME/assets`;
     /// - endpoint: `HF_ENDPOINT`, else `https://huggingface.co`;
     /// - token: `HF_TOKEN` (or the legacy `HUGGING_FACE_HUB_TOKEN`), else
     ///   the file at `HF_TOKEN_PATH`, else `$HF_HOME/token` (what
@@ -132,6 +150,10 @@ impl HubSettings {
     /// - offline: `HF_HUB_OFFLINE` (or `TRANSFORMERS_OFFLINE`) set to 1, ON,
     ///   YES or TRUE;
     /// - proxy: `HTTPS_PROXY`, `https_proxy`, `ALL_PROXY` or `all_proxy`.
+    ///
+    /// and one of ours: `CSM_PYPI_URL`, the package index's JSON API
+    /// [default: `https://pypi.org`]. (pip's `PIP_INDEX_URL` names a
+    /// "simple" index, another API, so it is not read.)
     ///
     /// Reads the token file if it is used; fails only when no home folder is
     /// known and neither `HF_HOME` nor `HF_HUB_CACHE` is set.
@@ -163,6 +185,13 @@ impl HubSettings {
                 .map(|h| h.join("hub"))
                 .ok_or(crate::HubError::NoCacheDir)?,
         };
+        let assets_dir = match get("HF_ASSETS_CACHE").or_else(|| get("HUGGINGFACE_ASSETS_CACHE")) {
+            Some(v) => expand(v),
+            None => match &hf_home {
+                Some(h) => h.join("assets"),
+                None => cache_dir.parent().unwrap_or(Path::new(".")).join("assets"),
+            },
+        };
         let token_path = match get("HF_TOKEN_PATH") {
             Some(v) => expand(v),
             None => match &hf_home {
@@ -188,10 +217,15 @@ impl HubSettings {
         let proxy = ["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"]
             .iter()
             .find_map(|k| get(k));
+        let pypi_url = get("CSM_PYPI_URL")
+            .map(|e| e.trim().trim_end_matches('/').to_string())
+            .unwrap_or_else(|| DEFAULT_PYPI_URL.to_string());
         Ok(Self {
             endpoint,
             token,
             token_path,
+            assets_dir,
+            pypi_url,
             offline: truthy("HF_HUB_OFFLINE") || truthy("TRANSFORMERS_OFFLINE"),
             proxy,
             ..Self::new(cache_dir)
@@ -251,6 +285,11 @@ mod tests {
             PathBuf::from("/home/u/.cache/huggingface/token")
         );
         assert_eq!(s.endpoint, DEFAULT_ENDPOINT);
+        assert_eq!(
+            s.assets_dir,
+            PathBuf::from("/home/u/.cache/huggingface/assets")
+        );
+        assert_eq!(s.pypi_url, DEFAULT_PYPI_URL);
         assert!(!s.offline);
         assert!(s.token.is_none());
     }
@@ -264,8 +303,16 @@ mod tests {
         assert_eq!(s.token_path, PathBuf::from("/h/hf/token"));
         let s = settings(&[("HOME", "/h"), ("HF_HOME", "/a"), ("HF_HUB_CACHE", "/b")]);
         assert_eq!(s.cache_dir, PathBuf::from("/b"));
-        // The token stays in HF_HOME when only the hub cache moves.
+        // The token and assets stay in HF_HOME when only the hub cache moves.
         assert_eq!(s.token_path, PathBuf::from("/a/token"));
+        assert_eq!(s.assets_dir, PathBuf::from("/a/assets"));
+        let s = settings(&[
+            ("HOME", "/h"),
+            ("HF_ASSETS_CACHE", "~/as"),
+            ("CSM_PYPI_URL", "http://127.0.0.1:9/"),
+        ]);
+        assert_eq!(s.assets_dir, PathBuf::from("/h/as"));
+        assert_eq!(s.pypi_url, "http://127.0.0.1:9");
     }
 
     #[test]
