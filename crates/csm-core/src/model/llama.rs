@@ -379,6 +379,10 @@ pub struct Llama {
     pub norm: RmsNorm,
     /// Hyperparameters.
     pub config: LlamaConfig,
+    /// Recompute each block's activations in the backward pass instead of
+    /// keeping them (`--grad-checkpoint`, [`super::checkpointing`]); only
+    /// cache-free forwards (training, evaluation) are affected.
+    pub grad_checkpoint: bool,
 }
 
 impl Llama {
@@ -393,6 +397,7 @@ impl Llama {
             layers,
             norm: RmsNorm::new(cfg.embed_dim, cfg.norm_eps)?,
             config: cfg.clone(),
+            grad_checkpoint: false,
         })
     }
 
@@ -428,6 +433,11 @@ impl Module<LlamaInput<'_>> for Llama {
                         mask,
                         cache: Some(c),
                     })?;
+                }
+            }
+            None if self.grad_checkpoint => {
+                for layer in &self.layers {
+                    h = super::checkpointing::block_forward(layer, &h, mask)?;
                 }
             }
             None => {

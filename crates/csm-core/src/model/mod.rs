@@ -21,6 +21,7 @@
 //!   [`ModelFormat`] (plus [`load::add_codec`] for a complete transformers
 //!   checkpoint).
 
+pub mod checkpointing;
 pub mod config;
 pub mod csm;
 pub mod error;
@@ -28,6 +29,7 @@ pub mod llama;
 pub mod load;
 pub mod loss;
 pub mod proj;
+pub mod quant;
 
 pub use config::{ConfigKind, CsmConfig, Llama3RopeScaling, LlamaConfig};
 pub use csm::{Csm, FrameInput};
@@ -41,3 +43,4 @@ pub use loss::{
     LossWeights,
 };
 pub use proj::Proj;
+pub use quant::{quantize_stacks, QuantReport, QuantSpec};

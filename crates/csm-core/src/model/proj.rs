@@ -4,7 +4,10 @@
 //! is a [`Proj`]. Without an adapter it is a plain bias-free linear layer;
 //! [`Proj::attach_lora`] adds `lora_a`/`lora_b` (mlx_lm layout) so that
 //! `y = x W^T + b + scale * dropout(x) A B`, with `B = 0` at start so the
-//! adapted model equals the base model exactly.
+//! adapted model equals the base model exactly. A frozen projection can
+//! also be quantized ([`super::quant`], QLoRA): its weight is then MLX's
+//! packed affine form and the adapter trains on top of the quantized
+//! matmul.
 
 use mlx_rs::error::Exception;
 use mlx_rs::macros::ModuleParameters;
@@ -15,8 +18,17 @@ use mlx_rs::{ops, random, Array, Dtype};
 #[derive(Debug, Clone, ModuleParameters)]
 pub struct Proj {
     /// Base weight, PyTorch layout `[out, in]`; frozen during LoRA training.
+    /// Quantized ([`Proj::quant`] set): MLX's packed `uint32`
+    /// `[out, in * bits / 32]`.
     #[param]
     pub weight: Param<Array>,
+    /// Per-group scales `[out, in / group_size]` of a quantized weight.
+    #[param]
+    pub scales: Param<Option<Array>>,
+    /// Per-group offsets `[out, in / group_size]` of a quantized weight
+    /// (MLX's affine `biases`; not the layer's `bias`).
+    #[param]
+    pub biases: Param<Option<Array>>,
     /// Optional bias `[out]` (trained when `--lora-bias` is set).
     #[param]
     pub bias: Param<Option<Array>>,
@@ -32,6 +44,8 @@ pub struct Proj {
     pub dropout: f32,
     /// Dropout is only active in training mode.
     pub training: bool,
+    /// How the weight is quantized, if it is.
+    pub quant: Option<super::quant::QuantSpec>,
 }
 
 impl Proj {
@@ -39,12 +53,15 @@ impl Proj {
     pub fn new(weight: Array) -> Self {
         Proj {
             weight: Param::new(weight),
+            scales: Param::new(None),
+            biases: Param::new(None),
             bias: Param::new(None),
             lora_a: Param::new(None),
             lora_b: Param::new(None),
             scale: 0.0,
             dropout: 0.0,
             training: false,
+            quant: None,
         }
     }
 
@@ -57,10 +74,22 @@ impl Proj {
         Ok(Proj::new(weight))
     }
 
-    /// `(out, in)` of the base weight.
+    /// `(out, in)` of the base weight (unpacked, when quantized).
     pub fn dims(&self) -> (i32, i32) {
         let shape = self.weight.value.shape();
-        (shape[0], shape[1])
+        match self.quant {
+            Some(q) => (shape[0], shape[1] * 32 / q.bits),
+            None => (shape[0], shape[1]),
+        }
+    }
+
+    /// Dtype of the layer's activations: the weight's, or the scales' of a
+    /// quantized weight.
+    pub fn compute_dtype(&self) -> Dtype {
+        match &self.scales.value {
+            Some(s) if self.quant.is_some() => s.dtype(),
+            _ => self.weight.value.dtype(),
+        }
     }
 
     /// Whether an adapter is attached.
@@ -80,7 +109,7 @@ impl Proj {
     ) -> Result<(), Exception> {
         let (out, input) = self.dims();
         let bound = (1.0 / input as f32).sqrt();
-        let dtype = self.weight.value.dtype();
+        let dtype = self.compute_dtype();
         // A and B stay f32 whatever the base dtype (as mlx_lm and PEFT do):
         // bf16 would round small updates away; the forward casts their
         // product back to the activation dtype.
@@ -106,8 +135,18 @@ impl Proj {
 
     /// Folds the adapter into the base weight (`W += scale * (A B)^T`) and
     /// removes it. A no-op without an adapter.
+    ///
+    /// # Errors
+    /// A quantized weight: merge into the full-precision model instead (the
+    /// adapter of a quantized run applies to it unchanged).
     pub fn merge_lora(&mut self) -> Result<(), Exception> {
         if let (Some(a), Some(b)) = (&self.lora_a.value, &self.lora_b.value) {
+            if self.quant.is_some() {
+                return Err(Exception::custom(
+                    "cannot merge an adapter into quantized weights: load the full-precision \
+                     model, apply the adapter to it and merge there (`csm merge`)",
+                ));
+            }
             let delta = ops::matmul(a, b)?.multiply(Array::from_f32(self.scale))?; // [in, out]
             let delta = delta.t(); // [out, in]
             let merged = self
@@ -129,7 +168,10 @@ impl Module<&Array> for Proj {
     /// # Shapes
     /// `x: [..., in]` -> `[..., out]`
     fn forward(&mut self, x: &Array) -> Result<Array, Exception> {
-        let mut y = crate::kernels::linear(x, &self.weight.value)?; // [..., out]
+        let mut y = match self.quant {
+            Some(q) => super::quant::quantized_linear(x, self, q)?, // [..., out]
+            None => crate::kernels::linear(x, &self.weight.value)?, // [..., out]
+        };
         if let Some(bias) = &self.bias.value {
             y = y.add(bias)?;
         }
