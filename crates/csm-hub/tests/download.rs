@@ -2,9 +2,10 @@
 
 #[path = "support/mock_hub.rs"]
 mod mock_hub;
+#[path = "support/tmpfs.rs"]
+mod tmpfs;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -588,102 +589,81 @@ fn repo_listing_cache_listing_and_delete() {
     assert!(client.cache().list().unwrap().is_empty());
 }
 
-/// A tmpfs mounted for one test (root only); unmounted on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, options: &str) -> Result<Self, String> {
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
-            .arg(at)
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if out.status.success() {
-            Ok(Tmpfs(at.to_path_buf()))
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(&self.0)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
 #[test]
+#[cfg_attr(
+    not(target_os = "linux"),
+    ignore = "mounts a 1 MiB tmpfs in a private mount namespace (Linux only)"
+)]
 fn a_full_disk_is_refused_before_anything_is_written() {
-    let hub = MockHub::start(vec![MockFile::lfs(REPO, WEIGHTS, pattern(3_000_000, 3))]);
-    let dir = tempfile::tempdir().unwrap();
-    let small = match Tmpfs::mount(dir.path(), "size=1m") {
-        Ok(m) => m,
-        Err(why) => {
-            // Needs root (CI runs as root); the check itself is covered by
-            // the NoSpace message test below on any machine.
-            eprintln!("skipped: cannot mount a 1 MiB tmpfs here ({why})");
-            return;
-        }
-    };
-    let err = client(&hub, &small.0.join("hub"))
-        .download(REPO, "main", WEIGHTS, &mut NullObserver, &Cancel::new())
-        .unwrap_err();
-    let msg = err.to_string();
-    assert!(
-        matches!(
-            err,
-            HubError::NoSpace {
-                needed: 3_000_000,
-                ..
-            }
-        ),
-        "{msg}"
+    tmpfs::run_in_tmpfs(
+        "a_full_disk_is_refused_before_anything_is_written",
+        "size=1m",
+        |small| {
+            let hub = MockHub::start(vec![MockFile::lfs(REPO, WEIGHTS, pattern(3_000_000, 3))]);
+            let cache = small.join("hub");
+            let err = client(&hub, &cache)
+                .download(REPO, "main", WEIGHTS, &mut NullObserver, &Cancel::new())
+                .unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                matches!(
+                    err,
+                    HubError::NoSpace {
+                        needed: 3_000_000,
+                        ..
+                    }
+                ),
+                "{msg}"
+            );
+            assert!(
+                msg.contains("3.0 MB more needed")
+                    && msg.contains(&cache.display().to_string())
+                    && msg.contains("HF_HUB_CACHE"),
+                "{msg}"
+            );
+            assert!(
+                hub.served(WEIGHTS).is_empty(),
+                "transferred despite the full disk"
+            );
+            assert!(blobs(&cache).is_empty());
+            assert!(!cache
+                .join("models--org--model/snapshots")
+                .join(commit_of(REPO))
+                .exists());
+        },
     );
-    assert!(
-        msg.contains("3.0 MB more needed") && msg.contains("HF_HUB_CACHE"),
-        "{msg}"
-    );
-    assert!(
-        hub.served(WEIGHTS).is_empty(),
-        "transferred despite the full disk"
-    );
-    assert!(blobs(&small.0.join("hub")).is_empty());
 }
 
 #[test]
+#[cfg_attr(
+    not(target_os = "linux"),
+    ignore = "mounts a read-only tmpfs in a private mount namespace (Linux only)"
+)]
 fn a_read_only_cache_is_a_clear_error() {
+    tmpfs::run_in_tmpfs("a_read_only_cache_is_a_clear_error", "ro,size=1m", |ro| {
+        let hub = mock();
+        let cache = ro.join("hub");
+        let err = client(&hub, &cache)
+            .download(REPO, "main", CONFIG, &mut NullObserver, &Cancel::new())
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, HubError::CacheNotWritable { .. }), "{msg}");
+        assert!(
+            msg.contains(&cache.display().to_string()) && msg.contains("HF_HUB_CACHE"),
+            "{msg}"
+        );
+        assert!(hub.served(CONFIG).is_empty());
+    });
+}
+
+#[test]
+fn a_cache_path_under_a_file_is_a_clear_error() {
+    // Unwritable for root too: a folder cannot be made under a file.
     let hub = mock();
     let dir = tempfile::tempdir().unwrap();
-    let ro = dir.path().join("ro");
-    std::fs::create_dir(&ro).unwrap();
-    let _mount = if is_root() {
-        // Root writes through permission bits: a read-only mount is needed.
-        match Tmpfs::mount(&ro, "ro,size=1m") {
-            Ok(m) => Some(m),
-            Err(why) => {
-                eprintln!("skipped: root cannot mount a read-only tmpfs here ({why})");
-                return;
-            }
-        }
-    } else {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
-        None
-    };
-    let cache = ro.join("hub");
+    let file = dir.path().join("not-a-folder");
+    std::fs::write(&file, b"x").unwrap();
+    let cache = file.join("hub");
     let err = client(&hub, &cache)
         .download(REPO, "main", CONFIG, &mut NullObserver, &Cancel::new())
         .unwrap_err();
@@ -693,4 +673,6 @@ fn a_read_only_cache_is_a_clear_error() {
         msg.contains(&cache.display().to_string()) && msg.contains("HF_HUB_CACHE"),
         "{msg}"
     );
+    assert_eq!(std::fs::read(&file).unwrap(), b"x");
+    assert!(hub.served(CONFIG).is_empty());
 }

@@ -1,10 +1,14 @@
 //! An in-process mock of a Hugging Face hub on 127.0.0.1, with a second
-//! server on another port acting as the CDN that LFS files redirect to.
+//! server on another port acting as the CDN that LFS files redirect to, and
+//! a third acting as PyPI's JSON API (its wheels are on the CDN too).
 //! It speaks what the clients use: `HEAD`/`GET /{repo}/resolve/{rev}/{file}`
-//! (302 to the CDN for LFS files, 200 for git files) with `X-Repo-Commit`,
-//! `ETag`, `X-Linked-Etag`, `X-Linked-Size`, `X-Error-Code`; `Range`; and
-//! `GET /api/models/{repo}/revision/{rev}`. Faults are injected per file:
-//! a cut connection, a corrupted body, a slow body. Every request is logged.
+//! (302 to the CDN for LFS files; for git files, as the live hub does, a
+//! relative 307 to `/api/resolve-cache/models/{repo}/{commit}/{file}`,
+//! which answers 200) with `X-Repo-Commit`, `ETag`, `X-Linked-Etag`,
+//! `X-Linked-Size`, `X-Error-Code`; `Range`;
+//! `GET /api/models/{repo}/revision/{rev}`; and on the index
+//! `GET /pypi/{project}/{version}/json`. Faults are injected per file (a
+//! cut connection, a corrupted body, a slow body). Every request is logged.
 //!
 //! Shared with csm-cli's tests through `#[path]`.
 #![allow(dead_code)]
@@ -84,9 +88,23 @@ impl Request {
     }
 }
 
+/// A release on the mock index: its wheel (and an sdist the client must
+/// pass over).
+#[derive(Debug, Clone)]
+pub struct MockPackage {
+    /// Project name.
+    pub project: String,
+    /// Release.
+    pub version: String,
+    /// The wheel, served from the CDN at `/packages/{file}` (its `file` is
+    /// the wheel's name, the key for faults and served counts).
+    pub wheel: Option<MockFile>,
+}
+
 #[derive(Default)]
 struct State {
     files: Vec<MockFile>,
+    packages: Vec<MockPackage>,
     gated: HashMap<String, String>,
     cut_next: HashMap<String, usize>,
     corrupt: HashSet<String>,
@@ -101,6 +119,8 @@ pub struct MockHub {
     pub url: String,
     /// The CDN's base URL.
     pub cdn_url: String,
+    /// The package index's base URL (`CSM_PYPI_URL`).
+    pub pypi_url: String,
     state: Arc<Mutex<State>>,
     stop: Arc<AtomicBool>,
 }
@@ -150,9 +170,11 @@ impl MockHub {
         let stop = Arc::new(AtomicBool::new(false));
         let hub = TcpListener::bind("127.0.0.1:0").unwrap();
         let cdn = TcpListener::bind("127.0.0.1:0").unwrap();
+        let pypi = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", hub.local_addr().unwrap());
         let cdn_url = format!("http://{}", cdn.local_addr().unwrap());
-        for (listener, server) in [(hub, "hub"), (cdn, "cdn")] {
+        let pypi_url = format!("http://{}", pypi.local_addr().unwrap());
+        for (listener, server) in [(hub, "hub"), (cdn, "cdn"), (pypi, "pypi")] {
             let state = state.clone();
             let stop = stop.clone();
             let cdn_url = cdn_url.clone();
@@ -173,9 +195,20 @@ impl MockHub {
         Self {
             url,
             cdn_url,
+            pypi_url,
             state,
             stop,
         }
+    }
+
+    /// Publishes a release on the mock index; `wheel` is the wheel's name
+    /// and bytes (`None`: a release with an sdist only).
+    pub fn publish(&self, project: &str, version: &str, wheel: Option<(&str, Vec<u8>)>) {
+        self.state.lock().unwrap().packages.push(MockPackage {
+            project: project.into(),
+            version: version.into(),
+            wheel: wheel.map(|(name, content)| MockFile::lfs("pypi", name, content)),
+        });
     }
 
     /// `repo` answers 401 without a token and 403 with another one than
@@ -240,7 +273,7 @@ impl MockHub {
 impl Drop for MockHub {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        for url in [&self.url, &self.cdn_url] {
+        for url in [&self.url, &self.cdn_url, &self.pypi_url] {
             let _ = TcpStream::connect(url.trim_start_matches("http://"));
         }
     }
@@ -319,7 +352,23 @@ fn route(req: &Request, state: &Mutex<State>, cdn_url: &str) -> Reply {
         .header("authorization")
         .and_then(|a| a.strip_prefix("Bearer "))
         .map(str::to_string);
+    // The hub answers the index's requests too, so a test can put the index
+    // on the hub's origin and check that the token still stays away.
+    if req.server == "pypi" || path.starts_with("/pypi/") {
+        return pypi_route(path, &s, cdn_url);
+    }
     if req.server == "cdn" {
+        if let Some(name) = path.strip_prefix("/packages/") {
+            return match s
+                .packages
+                .iter()
+                .filter_map(|p| p.wheel.as_ref())
+                .find(|w| w.file == percent_decode(name))
+            {
+                Some(w) => content_reply(w, req, &s),
+                None => Reply::status(404),
+            };
+        }
         let Some(sha) = path.strip_prefix("/lfs/") else {
             return Reply::status(404);
         };
@@ -336,6 +385,22 @@ fn route(req: &Request, state: &Mutex<State>, cdn_url: &str) -> Reply {
         .split('/')
         .map(percent_decode)
         .collect();
+    if segments.len() > 5 && segments[0] == "api" && segments[1] == "resolve-cache" {
+        // /api/resolve-cache/models/{org}/{name}/{commit}/{file}: where the
+        // live hub sends git files.
+        let repo = format!("{}/{}", segments[3], segments[4]);
+        let file = segments[6..].join("/");
+        return match s
+            .files
+            .iter()
+            .find(|f| !f.lfs && f.repo == repo && f.file == file && segments[5] == commit_of(&repo))
+        {
+            Some(f) => content_reply(f, req, &s)
+                .header("X-Repo-Commit", commit_of(&repo))
+                .header("ETag", format!("\"{}\"", f.etag())),
+            None => Reply::status(404),
+        };
+    }
     let (api, rest) = match segments.first().map(String::as_str) {
         Some("api") if segments.get(1).map(String::as_str) == Some("models") => {
             (true, &segments[2..])
@@ -393,10 +458,78 @@ fn route(req: &Request, state: &Mutex<State>, cdn_url: &str) -> Reply {
             .header("X-Linked-Size", f.content.len().to_string())
             .header("ETag", format!("\"{}\"", git_sha1_hex(b"pointer")))
     } else {
-        content_reply(f, req, &s)
+        let cached = format!(
+            "/api/resolve-cache/models/{repo}/{commit}/{}?etag=%22{}%22",
+            f.file,
+            f.etag()
+        );
+        Reply::status(307)
+            .header("Location", cached)
             .header("X-Repo-Commit", commit)
-            .header("ETag", format!("\"{}\"", f.etag()))
+            .header("X-Linked-Etag", format!("\"{}\"", f.etag()))
     }
+}
+
+/// `GET /pypi/{project}/{version}/json`, shaped as PyPI's JSON API.
+fn pypi_route(path: &str, s: &State, cdn_url: &str) -> Reply {
+    let parts: Vec<String> = path
+        .trim_start_matches('/')
+        .split('/')
+        .map(percent_decode)
+        .collect();
+    let [pypi, project, version, json] = parts.as_slice() else {
+        return Reply::status(404);
+    };
+    let found = s
+        .packages
+        .iter()
+        .find(|p| p.project == *project && p.version == *version);
+    let (Some(package), "pypi", "json") = (found, pypi.as_str(), json.as_str()) else {
+        let mut r = Reply::status(404).header("Content-Type", "application/json");
+        r.body = b"{\"message\": \"Not Found\"}".to_vec();
+        return r;
+    };
+    let sdist = format!(
+        "{{\"filename\":\"{project}-{version}.tar.gz\",\"packagetype\":\"sdist\",\
+         \"url\":\"{cdn_url}/packages/{project}-{version}.tar.gz\",\
+         \"digests\":{{\"sha256\":\"{}\"}},\"size\":3}}",
+        sha256_hex(b"tar")
+    );
+    let mut urls = vec![sdist];
+    if let Some(w) = &package.wheel {
+        urls.push(format!(
+            "{{\"filename\":\"{}\",\"packagetype\":\"bdist_wheel\",\
+             \"url\":\"{cdn_url}/packages/{}\",\
+             \"digests\":{{\"md5\":\"0\",\"sha256\":\"{}\"}},\"size\":{},\"yanked\":false}}",
+            w.file,
+            w.file,
+            w.etag(),
+            w.content.len()
+        ));
+    }
+    let mut r = Reply::status(200).header("Content-Type", "application/json");
+    r.body = format!(
+        "{{\"info\":{{\"name\":\"{project}\",\"version\":\"{version}\"}},\"urls\":[{}]}}",
+        urls.join(",")
+    )
+    .into_bytes();
+    r
+}
+
+/// A wheel (a zip archive) holding `members`, deflated.
+pub fn wheel(members: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    {
+        let mut zip = zip::ZipWriter::new(&mut out);
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
+        for (name, data) in members {
+            zip.start_file(*name, options).unwrap();
+            zip.write_all(data).unwrap();
+        }
+        zip.finish().unwrap();
+    }
+    out.into_inner()
 }
 
 fn content_reply(f: &MockFile, req: &Request, s: &State) -> Reply {
@@ -440,6 +573,7 @@ fn send(
         200 => "OK",
         206 => "Partial Content",
         302 => "Found",
+        307 => "Temporary Redirect",
         401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
