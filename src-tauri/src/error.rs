@@ -1,5 +1,5 @@
 //! The error every command returns; it crosses IPC as `{ kind, message }`
-//! (docs/ipc.md, "Errors").
+//! (plus `url` for `accessDenied`; docs/ipc.md, "Errors").
 
 use std::path::{Path, PathBuf};
 
@@ -57,6 +57,15 @@ pub enum Error {
     /// space); the message names the repo or file and what to do.
     #[error("{0}")]
     Download(String),
+    /// The hub refused a gated or private repo (HTTP 401/403): the message
+    /// says to accept its licence at `url` and give a token.
+    #[error("{message}")]
+    AccessDenied {
+        /// What happened and what to do.
+        message: String,
+        /// The repo's page on the hub, where its licence is accepted.
+        url: String,
+    },
     /// Anything else (a bug or an environment problem).
     #[error("{0}")]
     Internal(String),
@@ -92,6 +101,7 @@ impl Error {
             Error::Cancelled(_) => "cancelled",
             Error::AlreadyExists(_) => "alreadyExists",
             Error::Download(_) => "download",
+            Error::AccessDenied { .. } => "accessDenied",
             Error::Internal(_) => "internal",
         }
     }
@@ -126,9 +136,16 @@ impl serde::Serialize for Error {
         &self,
         serializer: S,
     ) -> std::result::Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("Error", 2)?;
+        let url = match self {
+            Error::AccessDenied { url, .. } => Some(url),
+            _ => None,
+        };
+        let mut s = serializer.serialize_struct("Error", 2 + usize::from(url.is_some()))?;
         s.serialize_field("kind", self.kind())?;
         s.serialize_field("message", &self.to_string())?;
+        if let Some(url) = url {
+            s.serialize_field("url", url)?;
+        }
         s.end()
     }
 }

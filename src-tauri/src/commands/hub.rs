@@ -4,14 +4,17 @@
 //! and saving a token where `huggingface-cli login` keeps it.
 //!
 //! Settings come from the environment as the CLI's do (`HF_HOME`,
-//! `HF_HUB_CACHE`, `HF_ENDPOINT`, `HF_TOKEN`, `HF_HUB_OFFLINE`): the app and
-//! Python tools share one cache.
+//! `HF_HUB_CACHE`, `HF_ASSETS_CACHE`, `HF_ENDPOINT`, `HF_TOKEN`,
+//! `HF_HUB_OFFLINE`, `CSM_PYPI_URL`), read here at each command (the
+//! library reads none): the app and Python tools share one cache, and a test
+//! points `HF_ENDPOINT` at a mock hub.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
 
 use csm_hub::{
-    find_bundle, Cancel, DownloadObserver, Hub, HubError, HubSettings, RepoKind, Role, BUNDLES,
+    find_bundle, Cancel, DownloadObserver, Hub, HubError, HubSettings, PackageCache, RepoKind,
+    Role, BUNDLES,
 };
 use serde::Serialize;
 use tauri::ipc::Channel;
@@ -109,8 +112,9 @@ pub struct HubStatus {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BundleFileInfo {
-    /// `model`, `codec` or `tokenizer`.
-    pub role: &'static str,
+    /// `model`, `codec`, `tokenizer`, or the camelCase name of a role
+    /// csm-hub added later (see [`role_name`]).
+    pub role: String,
     /// `org/name`.
     pub repo: &'static str,
     /// File in the repo.
@@ -131,26 +135,43 @@ pub struct BundleInfo {
     pub files: Vec<BundleFileInfo>,
 }
 
-/// A downloaded bundle, ready for the model slots (mirrors
-/// `DownloadedBundle` in `api.ts`).
+/// One downloaded file (mirrors `DownloadedFile` in `api.ts`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DownloadedFile {
+    /// As in [`BundleFileInfo::role`].
+    pub role: String,
+    /// `org/name`.
+    pub repo: String,
+    /// File in the repo.
+    pub file: String,
+    /// Its snapshot path in the cache.
+    pub path: PathBuf,
+}
+
+/// A downloaded bundle: the paths for the model slots when it has them, and
+/// every file (mirrors `DownloadedBundle` in `api.ts`).
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DownloadedBundle {
-    /// The model's snapshot folder (`--model-path`).
-    pub model_path: PathBuf,
-    /// The codec file (`--mimi-path`).
+    /// The snapshot folder of its `model` files (`--model-path`), if any.
+    pub model_path: Option<PathBuf>,
+    /// Its `codec` file (`--mimi-path`), if any.
     pub mimi_path: Option<PathBuf>,
-    /// The tokenizer file (`--tokenizer-path`).
+    /// Its `tokenizer` file (`--tokenizer-path`), if any.
     pub tokenizer_path: Option<PathBuf>,
+    /// Every file of the bundle, in its order.
+    pub files: Vec<DownloadedFile>,
 }
 
-/// One repo of the cache (mirrors `CachedModel` in `api.ts`).
+/// One repo of the hub cache, or one release of the package cache (mirrors
+/// `CachedModel` in `api.ts`).
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CachedModel {
-    /// `org/name`.
+    /// `org/name`, or `pypi:project==version` for a package.
     pub repo: String,
-    /// `model`, `dataset` or `space`.
+    /// `model`, `dataset`, `space` or `package`.
     pub kind: &'static str,
     /// Bytes of complete files.
     pub size_bytes: u64,
@@ -162,12 +183,15 @@ pub struct CachedModel {
     pub files: Vec<String>,
 }
 
-fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Model => "model",
-        Role::Codec => "codec",
-        Role::Tokenizer => "tokenizer",
-        _ => "other",
+/// The wire name of a bundle role: its variant name in camelCase
+/// (`Model` -> `model`, a later `SpeakerEncoder` -> `speakerEncoder`), so
+/// roles csm-hub adds reach the UI without a change here.
+pub fn role_name(role: Role) -> String {
+    let name = format!("{role:?}");
+    let mut chars = name.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => name,
     }
 }
 
@@ -176,9 +200,48 @@ pub fn settings_from_env() -> Result<HubSettings> {
     HubSettings::from_environment(&|k| std::env::var(k).ok()).map_err(Error::from)
 }
 
+/// The app's words for a refused repo: the licence page and the token field
+/// on this screen, instead of the CLI's `HF_TOKEN` / `huggingface-cli login`.
+fn access_denied(
+    repo: &str,
+    repo_url: &str,
+    status: u16,
+    code: &str,
+    token: Option<&str>,
+) -> Error {
+    let tokens_url = repo_url
+        .strip_suffix(repo)
+        .map(|endpoint| format!("{endpoint}settings/tokens"))
+        .unwrap_or_else(|| "the hub's settings page".into());
+    let message = match token {
+        None => format!(
+            "{repo} is gated or private (HTTP {status}{code}) and no token was sent. Sign in on \
+             the hub, accept its licence at {repo_url}, create a read token at {tokens_url}, \
+             save it in the token field below, then download again."
+        ),
+        Some(source) => format!(
+            "{repo} refused the token from {source} (HTTP {status}{code}). Accept its licence \
+             at {repo_url} with the account that token belongs to (approval can take a \
+             moment), or save another token below, then download again."
+        ),
+    };
+    Error::AccessDenied {
+        message,
+        url: repo_url.to_string(),
+    }
+}
+
 impl From<HubError> for Error {
     fn from(e: HubError) -> Self {
         match e {
+            HubError::AccessDenied {
+                repo,
+                repo_url,
+                status,
+                code,
+                token,
+                ..
+            } => access_denied(&repo, &repo_url, status, &code, token.as_deref()),
             e @ HubError::Cancelled { .. } => Error::Cancelled(e.to_string()),
             e @ (HubError::InvalidRepoId { .. }
             | HubError::InvalidFileName { .. }
@@ -271,12 +334,20 @@ pub fn download(
             .find(|(f, _)| f.role == role)
             .map(|(_, r)| r.path.clone())
     };
-    let model = first(Role::Model)
-        .ok_or_else(|| Error::Internal(format!("bundle {name} has no model file")))?;
     Ok(DownloadedBundle {
-        model_path: model.parent().map(PathBuf::from).unwrap_or(model),
+        // The snapshot folder holds the weights and config.json side by side.
+        model_path: first(Role::Model).and_then(|p| p.parent().map(PathBuf::from)),
         mimi_path: first(Role::Codec),
         tokenizer_path: first(Role::Tokenizer),
+        files: got
+            .iter()
+            .map(|(f, r)| DownloadedFile {
+                role: role_name(f.role),
+                repo: f.repo.to_string(),
+                file: f.file.to_string(),
+                path: r.path.clone(),
+            })
+            .collect(),
     })
 }
 
@@ -315,7 +386,7 @@ pub async fn list_bundles() -> Result<Vec<BundleInfo>> {
                     role: role_name(f.role),
                     repo: f.repo,
                     file: f.file,
-                    cached: hub.cache().cached_file(f.repo, csm_hub::MAIN, f.file),
+                    cached: f.cached(&hub),
                 })
                 .collect(),
         })
@@ -329,10 +400,10 @@ pub async fn list_bundles() -> Result<Vec<BundleInfo>> {
 ///
 /// # Errors
 /// `alreadyRunning` while another download runs; `cancelled` after
-/// `cancel_download` (partial files are kept); `download` for the hub's
-/// refusals (gated repo, no token, not found), a broken connection, a
-/// checksum mismatch, a full disk or an unwritable cache, each naming what
-/// to do.
+/// `cancel_download` (partial files are kept); `accessDenied` (with the
+/// repo page as `url`) when the hub refuses a gated or private repo;
+/// `download` for a missing repo or file, a broken connection, a checksum
+/// mismatch, a full disk or an unwritable cache, each naming what to do.
 #[tauri::command]
 pub async fn download_bundle(
     allowed: State<'_, AllowedPaths>,
@@ -353,6 +424,7 @@ pub async fn download_bundle(
         cancel
     };
     allowed.allow(&settings.cache_dir);
+    allowed.allow(&settings.assets_dir);
     let send = move |e: DownloadEvent| {
         let _ = on_event.send(e);
     };
@@ -378,16 +450,19 @@ pub async fn cancel_download(jobs: State<'_, HubDownloads>) -> Result<()> {
     Ok(())
 }
 
-/// The repos in the shared hub cache, with sizes.
+/// The repos in the shared hub cache, then the releases whose files came
+/// from package-index wheels (`pypi:project==version`, kind `package`), with
+/// sizes.
 ///
 /// # Errors
-/// `download` when the cache folder cannot be read.
+/// `download` when a cache folder cannot be read.
 #[tauri::command]
 pub async fn list_cached_models() -> Result<Vec<CachedModel>> {
     let settings = settings_from_env()?;
     blocking("list_cached_models", move || {
+        let packages = PackageCache::new(&settings.assets_dir).list()?;
         let cache = csm_hub::HubCache::new(settings.cache_dir);
-        Ok(cache
+        let mut out: Vec<CachedModel> = cache
             .list()?
             .into_iter()
             .map(|r| {
@@ -415,12 +490,23 @@ pub async fn list_cached_models() -> Result<Vec<CachedModel>> {
                     files,
                 }
             })
-            .collect())
+            .collect();
+        out.extend(packages.into_iter().map(|p| CachedModel {
+            repo: p.label(),
+            kind: "package",
+            size_bytes: p.size_on_disk,
+            partial_bytes: p.incomplete_bytes,
+            refs: Vec::new(),
+            files: p.files.into_iter().map(|f| f.name).collect(),
+        }));
+        Ok(out)
     })
     .await
 }
 
-/// Deletes a model repo from the hub cache; returns the bytes freed.
+/// Deletes a model repo from the hub cache, or a `pypi:project==version`
+/// release from the package cache (as `list_cached_models` names them);
+/// returns the bytes freed.
 ///
 /// # Errors
 /// `download` when it is not cached or cannot be removed; `alreadyRunning`
@@ -434,9 +520,13 @@ pub async fn delete_cached_model(jobs: State<'_, HubDownloads>, repo: String) ->
     }
     let settings = settings_from_env()?;
     blocking("delete_cached_model", move || {
-        Ok(csm_hub::HubCache::new(settings.cache_dir)
-            .delete_repo(&repo)?
-            .freed)
+        let deleted = match repo.strip_prefix("pypi:").and_then(|r| r.split_once("==")) {
+            Some((project, version)) => {
+                PackageCache::new(&settings.assets_dir).delete(project, version)?
+            }
+            None => csm_hub::HubCache::new(settings.cache_dir).delete_repo(&repo)?,
+        };
+        Ok(deleted.freed)
     })
     .await
 }

@@ -187,7 +187,18 @@ export function install(): void {
         case 'hub_status':
           return { endpoint: 'https://huggingface.co', cacheDir: '/home/me/.cache/huggingface/hub', tokenSource: null, tokenPath: '/home/me/.cache/huggingface/token', offline: false };
         case 'list_bundles':
-          return [{ name: 'csm-1b', description: 'Sesame CSM-1B (gated), the Mimi codec and the Llama 3.2 tokenizer', files: [] }];
+          return [
+            {
+              name: 'csm-1b',
+              description: 'Sesame CSM-1B (gated), the Mimi codec and the Llama 3.2 tokenizer',
+              files: [
+                { role: 'model', repo: 'sesame/csm-1b', file: 'model.safetensors', cached: null },
+                { role: 'model', repo: 'sesame/csm-1b', file: 'config.json', cached: null },
+                { role: 'codec', repo: 'kyutai/moshiko-pytorch-bf16', file: 'tokenizer-e351c8d8-checkpoint125.safetensors', cached: null },
+                { role: 'tokenizer', repo: 'unsloth/Llama-3.2-1B', file: 'tokenizer.json', cached: '/home/me/.cache/huggingface/hub/models--unsloth--Llama-3.2-1B/snapshots/a1b2/tokenizer.json' },
+              ],
+            },
+          ];
         case 'list_cached_models':
           return [{ repo: 'unsloth/Llama-3.2-1B', kind: 'model', sizeBytes: 9_085_698, partialBytes: 0, refs: ['main'], files: ['tokenizer.json'] }];
         case 'download_bundle':

@@ -21,11 +21,14 @@ export type ErrorKind =
   | 'cancelled'
   | 'alreadyExists'
   | 'download'
+  | 'accessDenied'
   | 'internal';
 
 export interface IpcError {
   kind: ErrorKind;
   message: string;
+  /** `accessDenied` only: the repo's page on the hub, where its licence is accepted. */
+  url?: string;
 }
 
 export function isIpcError(e: unknown): e is IpcError {
@@ -208,7 +211,8 @@ export interface HubStatus {
   offline: boolean;
 }
 
-export type BundleRole = 'model' | 'codec' | 'tokenizer' | 'other';
+/** What a bundle file is for; roles csm-hub adds later arrive as their camelCase names. */
+export type BundleRole = 'model' | 'codec' | 'tokenizer' | (string & {});
 
 export interface BundleFileInfo {
   role: BundleRole;
@@ -225,11 +229,21 @@ export interface BundleInfo {
   files: BundleFileInfo[];
 }
 
-/** A downloaded bundle, ready for the model slots. */
+export interface DownloadedFile {
+  role: BundleRole;
+  repo: string;
+  file: string;
+  /** Its snapshot path in the cache. */
+  path: string;
+}
+
+/** A downloaded bundle: paths for the model slots (null when it has no file of that role) and every file. */
 export interface DownloadedBundle {
-  modelPath: string;
+  /** Snapshot folder of its `model` files. */
+  modelPath: string | null;
   mimiPath: string | null;
   tokenizerPath: string | null;
+  files: DownloadedFile[];
 }
 
 /** Per-file progress of `downloadBundle` (Rust: `#[serde(tag = "event", content = "data")]`). */
@@ -241,9 +255,10 @@ export type DownloadEvent =
   | { event: 'verifying'; data: { repo: string; file: string } }
   | { event: 'finished'; data: { repo: string; file: string; size: number } };
 
+/** A repo of the hub cache, or (`kind: 'package'`, `repo: 'pypi:project==version'`) a release whose file came from a wheel. */
 export interface CachedModel {
   repo: string;
-  kind: 'model' | 'dataset' | 'space';
+  kind: 'model' | 'dataset' | 'space' | 'package';
   sizeBytes: number;
   /** Bytes of interrupted downloads (the next download resumes them). */
   partialBytes: number;
