@@ -119,6 +119,12 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
+            if err
+                .downcast_ref::<commands::transcribe::SomeFailed>()
+                .is_some()
+            {
+                return std::process::ExitCode::from(commands::transcribe::EXIT_SOME_FAILED);
+            }
             std::process::ExitCode::FAILURE
         }
     }

@@ -1,7 +1,8 @@
 //! `csm transcribe` on the tiny random Whisper of `tests/fixtures/whisper`
 //! (its transcripts are random tokens; the folder handling is under test):
 //! the dataset layout, a bad file reported while the others are written,
-//! no overwriting, resuming, `--overwrite`.
+//! no overwriting, resuming, `--overwrite`; every format and issue 17's
+//! bad inputs in one folder.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -137,6 +138,187 @@ fn transcribes_a_folder_into_the_dataset_layout() {
         std::fs::read_to_string(data.join("alignments/clip1.json")).unwrap(),
         "{\"words\": []}\n"
     );
+    let leftovers: Vec<_> = walk(&data)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// Runs a tool that makes test input; a missing one fails with the way to
+/// install it.
+fn tool(program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("`{program}` is needed ({e}); scripts/setup.sh installs it"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn ffmpeg(input: &Path, codec_args: &[&str], output: &Path) {
+    let mut args = vec!["-hide_banner", "-loglevel", "error", "-y", "-i"];
+    args.push(input.to_str().unwrap());
+    args.extend_from_slice(codec_args);
+    args.push(output.to_str().unwrap());
+    tool("ffmpeg", &args);
+}
+
+/// Issue 17's bad inputs beside good recordings in four formats, made at
+/// test time with espeak-ng, sox and ffmpeg: the good ones are transcribed
+/// from their own format, each bad one is named with its reason, the exit
+/// status is 3, and files written before (by the user or an earlier run)
+/// are left exactly as they were.
+#[test]
+fn a_folder_mixing_formats_and_bad_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = model_dir(tmp.path());
+    let (raw, data) = (tmp.path().join("raw"), tmp.path().join("data"));
+    std::fs::create_dir_all(&raw).unwrap();
+    let speech = tmp.path().join("speech.wav");
+    tool(
+        "espeak-ng",
+        &[
+            "-w",
+            speech.to_str().unwrap(),
+            "The quick brown fox jumps over the lazy dog near the river bank.",
+        ],
+    );
+    // Stereo at 44.1 kHz, as recordings come.
+    let stereo = tmp.path().join("stereo.wav");
+    tool(
+        "sox",
+        &[
+            speech.to_str().unwrap(),
+            stereo.to_str().unwrap(),
+            "remix",
+            "1",
+            "1v0.5",
+            "rate",
+            "44100",
+        ],
+    );
+    let good = ["podcast.mp3", "memo.m4a", "chapter.flac", "voice.ogg"];
+    ffmpeg(
+        &stereo,
+        &["-c:a", "libmp3lame", "-b:a", "96k"],
+        &raw.join(good[0]),
+    );
+    ffmpeg(&stereo, &["-c:a", "aac", "-b:a", "96k"], &raw.join(good[1]));
+    ffmpeg(&stereo, &["-c:a", "flac"], &raw.join(good[2]));
+    ffmpeg(&stereo, &["-c:a", "libvorbis"], &raw.join(good[3]));
+    // Bad: Opus in an .ogg (no decoder), a cut MP3, an empty file, text
+    // named .mp3, two seconds of digital silence.
+    ffmpeg(&stereo, &["-c:a", "libopus"], &raw.join("opus_call.ogg"));
+    let mp3 = std::fs::read(raw.join(good[0])).unwrap();
+    std::fs::write(raw.join("cut.mp3"), &mp3[..mp3.len() * 2 / 5 + 7]).unwrap();
+    std::fs::write(raw.join("empty.m4a"), b"").unwrap();
+    std::fs::write(
+        raw.join("notes.mp3"),
+        b"Meeting notes: buy milk.\n".repeat(40),
+    )
+    .unwrap();
+    tool(
+        "sox",
+        &[
+            "-n",
+            "-r",
+            "16000",
+            "-c",
+            "1",
+            raw.join("quiet.flac").to_str().unwrap(),
+            "trim",
+            "0",
+            "2",
+        ],
+    );
+    std::fs::write(raw.join("readme.txt"), b"not audio, not listed").unwrap();
+    let bad = [
+        ("opus_call.ogg", "Opus audio is not supported"),
+        ("cut.mp3", "truncated"),
+        ("empty.m4a", "empty (0 bytes)"),
+        ("notes.mp3", "not a recognised audio file"),
+        ("quiet.flac", "silent"),
+    ];
+    // Written before this run: a user's audio for a name whose recording
+    // now fails, and a finished recording (skipped).
+    for d in ["audio", "transcripts", "alignments"] {
+        std::fs::create_dir_all(data.join(d)).unwrap();
+    }
+    std::fs::write(data.join("audio/cut.wav"), b"the user's own cut.wav").unwrap();
+    std::fs::copy(&speech, raw.join("done.wav")).unwrap();
+    std::fs::write(data.join("transcripts/done.txt"), "proofread\n").unwrap();
+    let before: Vec<(PathBuf, Vec<u8>)> = walk(&data)
+        .into_iter()
+        .map(|p| (p.clone(), std::fs::read(&p).unwrap()))
+        .collect();
+
+    let out = csm(&[
+        "transcribe",
+        "--audio-dir",
+        raw.to_str().unwrap(),
+        "--output-dir",
+        data.to_str().unwrap(),
+        "--whisper-model",
+        model.to_str().unwrap(),
+        "--language",
+        "en",
+        "--temperature",
+        "0",
+    ]);
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{log}");
+    assert!(
+        log.contains("transcribed 4 recording(s)") && log.contains("skipped 1, failed 5"),
+        "{log}"
+    );
+    for (file, reason) in bad {
+        assert!(
+            log.lines().any(|l| l.contains(file) && l.contains(reason)),
+            "{file}: {reason}\n{log}"
+        );
+        let stem = file.split('.').next().unwrap();
+        assert!(!data.join(format!("transcripts/{stem}.txt")).exists());
+        assert!(!data.join(format!("alignments/{stem}.json")).exists());
+    }
+    for (path, bytes) in &before {
+        assert_eq!(&std::fs::read(path).unwrap(), bytes, "{}", path.display());
+    }
+    assert!(!data.join("audio/quiet.wav").exists());
+    assert!(
+        !data.join("audio/done.wav").exists(),
+        "skipped, not rewritten"
+    );
+    for file in good {
+        let stem = file.split('.').next().unwrap();
+        // The 24 kHz copy is the decoder's output, as 16-bit samples.
+        let want = csm_core::data::decode::load_mono_24k(&raw.join(file)).unwrap();
+        let wav = csm_core::data::audio::read_wav(&data.join(format!("audio/{stem}.wav"))).unwrap();
+        assert_eq!((wav.sample_rate, wav.channels.len()), (24_000, 1), "{file}");
+        assert_eq!(wav.frames(), want.len(), "{file}");
+        // Written as round(x * 32767), read back as i / 32768.
+        let mismatched = wav.channels[0]
+            .iter()
+            .zip(&want)
+            .filter(|(a, b)| (*a * 32768.0).round() != (b.clamp(-1.0, 1.0) * 32767.0).round())
+            .count();
+        assert_eq!(mismatched, 0, "{file}");
+        assert!(
+            (wav.duration_s() - 3.67).abs() < 0.1,
+            "{file}: {}",
+            wav.duration_s()
+        );
+        let txt = std::fs::read_to_string(data.join(format!("transcripts/{stem}.txt"))).unwrap();
+        assert!(!txt.trim().is_empty(), "{file}");
+        let al = csm_core::data::alignment::read_alignment(
+            &data.join(format!("alignments/{stem}.json")),
+        )
+        .unwrap();
+        assert!(!al.words.is_empty(), "{file}");
+    }
     let leftovers: Vec<_> = walk(&data)
         .into_iter()
         .filter(|p| p.to_string_lossy().ends_with(".partial"))

@@ -129,6 +129,60 @@ fn two_minute_recording_matches_openai_whisper() {
     }
 }
 
+/// The same recording read from a file in two streamed passes (the path
+/// of `csm transcribe`): the same features bit for bit, window by window
+/// across the STFT's batch boundaries, and the same transcript as
+/// openai-whisper.
+#[test]
+fn a_streamed_recording_gives_the_same_windows_and_transcript() {
+    use csm_core::whisper::audio::{log_mel_spectrogram, scan_recording, MelWindows, RecordingMel};
+    let reference = reference();
+    let Some(audio) = long_recording(&reference) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("long.wav");
+    csm_core::data::audio::write_wav(
+        &path,
+        &audio,
+        16_000,
+        csm_core::data::audio::WavEncoding::Float32,
+    )
+    .unwrap();
+    let name = "tiny128";
+    let w = load(name);
+    let cancel = CancelToken::new();
+    let whole = log_mel_spectrogram(&audio, 128, 480_000).unwrap();
+    let scan = scan_recording(&path, 128, None, &cancel).unwrap();
+    assert_eq!(scan.samples_16k, audio.len());
+    let mut streamed = RecordingMel::open(&path, 128, &scan).unwrap();
+    assert_eq!(streamed.total_frames(), whole.frames());
+    // Starts on both sides of the 6000-frame batches, one step back, the
+    // padded end.
+    for start in [0, 2990, 5999, 6000, 9100, 8000, 11_999, 12_001, 14_500] {
+        let a = whole.window(start, 3000);
+        let b = streamed.read_window(start, 3000).unwrap();
+        assert_eq!(
+            a.as_slice::<f32>(),
+            b.as_slice::<f32>(),
+            "window at {start}"
+        );
+    }
+    assert!(streamed.read_window(100, 3000).is_err(), "too far back");
+
+    let options = TranscribeOptions {
+        temperatures: vec![0.0],
+        word_timestamps: true,
+        ..TranscribeOptions::default()
+    };
+    let mut streamed = RecordingMel::open(&path, 128, &scan).unwrap();
+    let got = w
+        .transcribe_windows(&mut streamed, &options, &mut |_| {}, &cancel)
+        .unwrap();
+    let want = &reference["models"][name]["openai_transcribe"]["long"];
+    assert_transcript_matches(&got, want, "tiny128 long, streamed");
+}
+
 #[test]
 fn cancel_stops_before_the_next_window() {
     let w = load("tiny80");

@@ -15,10 +15,44 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::download::{hub, TerminalProgress};
 use super::finetune::cancel_on_ctrl_c;
 
+/// Exit status when the run finished but some recordings were not
+/// transcribed (0: all were; 1: the run itself failed).
+pub const EXIT_SOME_FAILED: u8 = 3;
+
+/// The run finished, but these recordings failed (each already reported
+/// with its reason); `main` exits with [`EXIT_SOME_FAILED`].
+#[derive(Debug)]
+pub struct SomeFailed(pub usize);
+
+impl std::fmt::Display for SomeFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} recording(s) could not be transcribed (reasons above); the others are done",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for SomeFailed {}
+
 /// Flags of `csm transcribe`.
 #[derive(Debug, Args)]
+#[command(after_long_help = "\
+Formats: WAV, FLAC, MP3, M4A (AAC, ALAC), Ogg Vorbis, AIFF, at any rate and
+channel count, decoded in pieces: a three-hour recording is never held in
+memory whole. Opus, WMA and other formats are reported; convert them first
+(ffmpeg -i in.opus out.flac).
+
+A recording that cannot be read (truncated, empty, not audio, unsupported
+codec), is silent, or in which Whisper hears no speech is named with the
+reason; the others are still transcribed and nothing of it is written.
+
+Exit status: 0 every recording is transcribed (or was already); 3 the run
+finished but some recordings failed (listed at the end); 1 the run could
+not start or was stopped (bad folder, model, Ctrl-C).")]
 pub struct TranscribeArgs {
-    /// Folder of recordings to transcribe.
+    /// Folder of recordings to transcribe (not searched recursively).
     #[arg(long)]
     pub audio_dir: PathBuf,
     /// Dataset folder to fill (`audio/`, `transcripts/`, `alignments/`).
@@ -140,12 +174,13 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
             bar.set_message(format!("{:.1}/{total_min:.1} audio min", pos / 60.0));
         }
         FolderEvent::FileDone { name, text } => {
-            done_before += current;
+            done_before += std::mem::take(&mut current);
             let preview: String = text.chars().take(70).collect();
             bar.println(format!("  {name}: {preview}"));
         }
         FolderEvent::FileFailed { name, error } => {
-            done_before += current;
+            // A file that fails before it starts has no length here.
+            done_before += std::mem::take(&mut current);
             bar.println(format!("  {name}: FAILED: {error}"));
         }
     };
@@ -160,10 +195,11 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
         args.output_dir.display()
     );
     if !summary.failed.is_empty() {
+        eprintln!("not transcribed:");
         for (file, why) in &summary.failed {
             eprintln!("  {file}: {why}");
         }
-        bail!("{} recording(s) failed", summary.failed.len());
+        return Err(SomeFailed(summary.failed.len()).into());
     }
     Ok(())
 }

@@ -449,31 +449,87 @@ pub fn write_wav(
     sample_rate: u32,
     encoding: WavEncoding,
 ) -> Result<()> {
-    let (bits_per_sample, sample_format) = match encoding {
-        WavEncoding::Int16 => (16, hound::SampleFormat::Int),
-        WavEncoding::Float32 => (32, hound::SampleFormat::Float),
-    };
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate,
-        bits_per_sample,
-        sample_format,
-    };
-    let err = |source| DataError::WavWrite {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut writer = hound::WavWriter::create(path, spec).map_err(err)?;
-    for &s in samples {
-        match encoding {
-            WavEncoding::Int16 => {
-                let v = (s.clamp(-1.0, 1.0) * f32::from(i16::MAX)).round() as i16;
-                writer.write_sample(v).map_err(err)?;
-            }
-            WavEncoding::Float32 => writer.write_sample(s).map_err(err)?,
-        }
+    let mut sink = WavSink::create(path, sample_rate, encoding)?;
+    sink.write(samples)?;
+    sink.finish()
+}
+
+/// A mono WAV file written a piece at a time: [`write_wav`] without
+/// holding the samples (the dataset writer streams hours of audio).
+pub struct WavSink {
+    path: std::path::PathBuf,
+    encoding: WavEncoding,
+    writer: hound::WavWriter<std::io::BufWriter<std::fs::File>>,
+}
+
+impl std::fmt::Debug for WavSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WavSink")
+            .field("path", &self.path)
+            .field("encoding", &self.encoding)
+            .finish_non_exhaustive()
     }
-    writer.finalize().map_err(err)
+}
+
+impl WavSink {
+    /// Creates (or truncates) `path`.
+    ///
+    /// # Errors
+    /// [`DataError::WavWrite`] if the file cannot be created.
+    pub fn create(path: &Path, sample_rate: u32, encoding: WavEncoding) -> Result<Self> {
+        let (bits_per_sample, sample_format) = match encoding {
+            WavEncoding::Int16 => (16, hound::SampleFormat::Int),
+            WavEncoding::Float32 => (32, hound::SampleFormat::Float),
+        };
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate,
+            bits_per_sample,
+            sample_format,
+        };
+        let writer =
+            hound::WavWriter::create(path, spec).map_err(|source| DataError::WavWrite {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            encoding,
+            writer,
+        })
+    }
+
+    /// Appends samples (clamped to `[-1, 1]` for 16-bit files).
+    ///
+    /// # Errors
+    /// [`DataError::WavWrite`] if the file cannot be written.
+    pub fn write(&mut self, samples: &[f32]) -> Result<()> {
+        for &s in samples {
+            let written = match self.encoding {
+                WavEncoding::Int16 => {
+                    let v = (s.clamp(-1.0, 1.0) * f32::from(i16::MAX)).round() as i16;
+                    self.writer.write_sample(v)
+                }
+                WavEncoding::Float32 => self.writer.write_sample(s),
+            };
+            written.map_err(|source| DataError::WavWrite {
+                path: self.path.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Writes the header's lengths and closes the file.
+    ///
+    /// # Errors
+    /// [`DataError::WavWrite`] if the file cannot be written.
+    pub fn finish(self) -> Result<()> {
+        let path = self.path;
+        self.writer
+            .finalize()
+            .map_err(|source| DataError::WavWrite { path, source })
+    }
 }
 
 /// Largest absolute sample value (0 for empty input).

@@ -10,23 +10,36 @@
 //!   transcript exists is done, so a second run continues where the first
 //!   stopped.
 //!
+//! Recordings may be in any format `data::decode` reads (WAV, FLAC, MP3,
+//! M4A, Ogg...). Each is decoded twice and never held whole (see
+//! [`super::audio`]): a first pass writes the 24 kHz copy and measures the
+//! features' maximum, the second feeds Whisper its 30 s windows.
+//!
 //! Existing files are never replaced unless `overwrite` is set; every file
-//! is written to a temporary name and renamed. A file that fails is
-//! reported and the others go on.
+//! is written to a temporary name and renamed once the recording is
+//! transcribed, so a recording that fails leaves nothing behind. A file
+//! that fails (cannot be decoded, unsupported codec, silent, no speech
+//! heard, a second file with the same name) is reported with its reason
+//! and the others go on.
 
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use super::audio::load_16k;
+use super::audio::{scan_recording, RecordingMel};
 use super::error::WhisperError;
 use super::load::Whisper;
 use super::transcribe::{TranscribeEvent, TranscribeOptions, Transcript};
 use crate::cancel::CancelToken;
-use crate::data::audio::{self, WavEncoding, TARGET_SAMPLE_RATE};
+use crate::data::audio::{self, WavEncoding, WavSink, TARGET_SAMPLE_RATE};
+use crate::data::decode::{self, AudioStream};
 
-/// Extensions read as audio (what `data::audio` decodes).
-pub const AUDIO_EXTENSIONS: &[&str] = &["wav"];
+/// Extensions read as audio (those `data::decode` reads).
+pub use crate::data::decode::AUDIO_EXTENSIONS;
+
+/// A recording whose loudest sample is below this (dBFS) is silent: it is
+/// reported, not transcribed (Whisper would make words up).
+pub const SILENCE_PEAK_DBFS: f32 = -60.0;
 
 /// What [`transcribe_folder`] does.
 #[derive(Debug, Clone)]
@@ -101,24 +114,65 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> WhisperError + '_ {
     }
 }
 
-/// The recordings of `dir`, sorted by name.
+/// The recordings of `dir`, sorted by name: files with an extension of
+/// [`AUDIO_EXTENSIONS`], and audio we recognise but cannot decode (Opus,
+/// WMA...: listed so that they are reported). Hidden files are skipped.
 pub fn list_audio(dir: &Path) -> Result<Vec<PathBuf>, WhisperError> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(io(dir))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
-            p.is_file()
-                && p.extension()
-                    .and_then(|e| e.to_str())
-                    .is_some_and(|e| AUDIO_EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
+            let hidden = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_none_or(|n| n.starts_with('.'));
+            let ext = p.extension().and_then(|e| e.to_str()).unwrap_or_default();
+            !hidden
+                && p.is_file()
+                && (decode::is_audio_extension(ext) || decode::is_unsupported_audio_extension(ext))
         })
         .collect();
     files.sort();
     Ok(files)
 }
 
-/// Writes `bytes` to `path` unless it exists (or `overwrite`), through a
-/// temporary file in the same folder.
+/// A file written under a temporary name beside its final one: renamed
+/// into place by [`Pending::commit`], removed if dropped before.
+struct Pending {
+    tmp: PathBuf,
+    path: PathBuf,
+    committed: bool,
+}
+
+impl Pending {
+    fn new(path: &Path) -> Self {
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".partial");
+        Self {
+            tmp: PathBuf::from(tmp),
+            path: path.to_path_buf(),
+            committed: false,
+        }
+    }
+
+    fn commit(mut self) -> Result<(), WhisperError> {
+        std::fs::rename(&self.tmp, &self.path).map_err(io(&self.path))?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.committed {
+            // It may not exist yet; nothing else to do either way.
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Writes `path` through a temporary file unless it exists (or
+/// `overwrite`).
 fn write_new(
     path: &Path,
     overwrite: bool,
@@ -127,11 +181,9 @@ fn write_new(
     if path.exists() && !overwrite {
         return Ok(());
     }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".partial");
-    let tmp = PathBuf::from(tmp);
-    write(&tmp)?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    let pending = Pending::new(path);
+    write(&pending.tmp)?;
+    pending.commit()
 }
 
 /// The alignment JSON of a transcript.
@@ -175,83 +227,80 @@ pub fn transcribe_folder(
         std::fs::create_dir_all(d).map_err(io(d))?;
     }
     let mut summary = FolderSummary::default();
-    let mut todo = Vec::new();
-    let mut total_s = 0.0;
+    // One recording per name: `a.wav` beside `a.mp3` would both become
+    // `audio/a.wav`; the preferred format is used, the other reported.
+    let mut by_name: std::collections::BTreeMap<String, Vec<PathBuf>> = Default::default();
     for f in files {
         let name = f
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
+        by_name.entry(name).or_default().push(f);
+    }
+    let mut todo = Vec::new();
+    let mut duplicates = Vec::new();
+    let mut total_s = 0.0;
+    for (name, mut paths) in by_name {
+        paths.sort_by_key(|p| (decode::preference(p), p.clone()));
+        let path = paths.remove(0);
+        for other in paths {
+            duplicates.push((name.clone(), other, path.clone()));
+        }
         if text_out.join(format!("{name}.txt")).exists() && !options.overwrite {
             summary.skipped.push(name);
             continue;
         }
-        // A header that cannot be read fails later with the full reason.
-        total_s += audio::read_wav_info(&f)
-            .map(|i| i.duration_s())
+        // From the header; a file that cannot be opened fails later with
+        // the full reason.
+        total_s += AudioStream::open(&path)
+            .ok()
+            .and_then(|s| {
+                let i = s.info();
+                i.frames.map(|n| n as f64 / f64::from(i.sample_rate))
+            })
             .unwrap_or(0.0);
-        todo.push((name, f));
+        todo.push((name, path));
     }
     observer(FolderEvent::Start {
         files: todo.len(),
         total_s,
         skipped: summary.skipped.len(),
     });
+    for (name, other, used) in duplicates {
+        let error = format!(
+            "{}: not transcribed: {} has the same name and is used for {name}; rename one to keep both",
+            other.display(),
+            file_name(&used),
+        );
+        observer(FolderEvent::FileFailed {
+            name,
+            error: error.clone(),
+        });
+        summary.failed.push((file_name(&other), error));
+    }
     let transcribe = TranscribeOptions {
         word_timestamps: true,
         ..options.transcribe.clone()
+    };
+    let targets = Targets {
+        audio: &audio_out,
+        text: &text_out,
+        alignment: &align_out,
+        overwrite: options.overwrite,
     };
     for (name, path) in todo {
         if cancel.is_cancelled() {
             return Err(WhisperError::Cancelled);
         }
-        let result = (|| -> Result<(String, f64), WhisperError> {
-            let audio16 = load_16k(&path)?;
-            let duration_s = audio16.len() as f64 / 16_000.0;
-            observer(FolderEvent::FileStart {
-                name: name.clone(),
-                duration_s,
-            });
-            let t = whisper.transcribe(
-                &audio16,
-                &transcribe,
-                &mut |e| {
-                    if let TranscribeEvent::Window { done_s, .. } = e {
-                        observer(FolderEvent::Progress { done_s });
-                    }
-                },
-                cancel,
-            )?;
-            write_new(
-                &audio_out.join(format!("{name}.wav")),
-                options.overwrite,
-                |tmp| {
-                    let samples = audio::load_mono_24k(&path)?;
-                    Ok(audio::write_wav(
-                        tmp,
-                        &samples,
-                        TARGET_SAMPLE_RATE,
-                        WavEncoding::Int16,
-                    )?)
-                },
-            )?;
-            write_new(
-                &align_out.join(format!("{name}.json")),
-                options.overwrite,
-                |tmp| {
-                    let text = serde_json::to_string_pretty(&alignment_json(&t))
-                        .expect("JSON values serialize");
-                    std::fs::write(tmp, text + "\n").map_err(io(tmp))
-                },
-            )?;
-            let text = t.text.trim().to_string();
-            write_new(
-                &text_out.join(format!("{name}.txt")),
-                options.overwrite,
-                |tmp| std::fs::write(tmp, format!("{text}\n")).map_err(io(tmp)),
-            )?;
-            Ok((text, duration_s))
-        })();
+        let result = transcribe_one(
+            whisper,
+            &name,
+            &path,
+            &targets,
+            &transcribe,
+            observer,
+            cancel,
+        );
         match result {
             Ok((text, duration_s)) => {
                 summary.audio_s += duration_s;
@@ -260,17 +309,109 @@ pub fn transcribe_folder(
             }
             Err(WhisperError::Cancelled) => return Err(WhisperError::Cancelled),
             Err(e) => {
-                let file = path
-                    .file_name()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or(name.clone());
                 observer(FolderEvent::FileFailed {
                     name,
                     error: e.to_string(),
                 });
-                summary.failed.push((file, e.to_string()));
+                summary.failed.push((file_name(&path), e.to_string()));
             }
         }
     }
     Ok(summary)
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+/// The dataset folders and whether their files may be replaced.
+struct Targets<'a> {
+    audio: &'a Path,
+    text: &'a Path,
+    alignment: &'a Path,
+    overwrite: bool,
+}
+
+/// One recording: the 24 kHz copy (to a temporary file), the transcript,
+/// then every output renamed into place. Returns the text and seconds.
+fn transcribe_one(
+    whisper: &Whisper,
+    name: &str,
+    path: &Path,
+    to: &Targets<'_>,
+    options: &TranscribeOptions,
+    observer: &mut dyn FnMut(FolderEvent),
+    cancel: &CancelToken,
+) -> Result<(String, f64), WhisperError> {
+    let n_mels = whisper.model.config.num_mel_bins as usize;
+    let wav_path = to.audio.join(format!("{name}.wav"));
+    let wav = (to.overwrite || !wav_path.exists()).then(|| Pending::new(&wav_path));
+    let mut sink = match &wav {
+        Some(p) => Some(WavSink::create(
+            &p.tmp,
+            TARGET_SAMPLE_RATE,
+            WavEncoding::Int16,
+        )?),
+        None => None,
+    };
+    let mut write_24k = |chunk: &[f32]| -> Result<(), WhisperError> {
+        match sink.as_mut() {
+            Some(s) => Ok(s.write(chunk)?),
+            None => Ok(()),
+        }
+    };
+    let scan = scan_recording(path, n_mels, Some(&mut write_24k), cancel)?;
+    if let Some(s) = sink {
+        s.finish()?;
+    }
+    let peak_dbfs = audio::to_dbfs(scan.peak);
+    if peak_dbfs < SILENCE_PEAK_DBFS {
+        return Err(WhisperError::NoSpeech {
+            path: path.to_path_buf(),
+            reason: format!(
+                "silent (loudest sample {peak_dbfs:.1} dBFS, below {SILENCE_PEAK_DBFS} dBFS); nothing to transcribe"
+            ),
+        });
+    }
+    let duration_s = scan.duration_s();
+    observer(FolderEvent::FileStart {
+        name: name.to_string(),
+        duration_s,
+    });
+    let mut mel = RecordingMel::open(path, n_mels, &scan)?;
+    let t = whisper.transcribe_windows(
+        &mut mel,
+        options,
+        &mut |e| {
+            if let TranscribeEvent::Window { done_s, .. } = e {
+                observer(FolderEvent::Progress { done_s });
+            }
+        },
+        cancel,
+    )?;
+    let text = t.text.trim().to_string();
+    if text.is_empty() {
+        return Err(WhisperError::NoSpeech {
+            path: path.to_path_buf(),
+            reason: "Whisper heard no speech in it (every window was judged silent)".into(),
+        });
+    }
+    if let Some(w) = wav {
+        w.commit()?;
+    }
+    write_new(
+        &to.alignment.join(format!("{name}.json")),
+        to.overwrite,
+        |tmp| {
+            let json =
+                serde_json::to_string_pretty(&alignment_json(&t)).expect("JSON values serialize");
+            std::fs::write(tmp, json + "\n").map_err(io(tmp))
+        },
+    )?;
+    write_new(&to.text.join(format!("{name}.txt")), to.overwrite, |tmp| {
+        std::fs::write(tmp, format!("{text}\n")).map_err(io(tmp))
+    })?;
+    Ok((text, duration_s))
 }

@@ -45,6 +45,15 @@ pub enum WhisperError {
     /// Reading or resampling audio failed.
     #[error(transparent)]
     Audio(#[from] crate::data::DataError),
+    /// A recording holds nothing to transcribe (silent, or no window was
+    /// heard as speech).
+    #[error("{path}: {reason}")]
+    NoSpeech {
+        /// The recording.
+        path: PathBuf,
+        /// What was found instead.
+        reason: String,
+    },
     /// The caller's [`crate::cancel::CancelToken`] was triggered.
     #[error("transcription cancelled")]
     Cancelled,

@@ -17,7 +17,7 @@
 //! Not ported: beam search, `clip_timestamps`, `carry_initial_prompt` and
 //! `hallucination_silence_threshold`.
 
-use super::audio::{log_mel_spectrogram, LogMel};
+use super::audio::{log_mel_spectrogram, LogMel, MelWindows};
 use super::config::{FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE};
 use super::decode::{decode, detect_language, DecodeOptions, DecodeResult, SuppressTokens};
 use super::error::WhisperError;
@@ -179,8 +179,25 @@ impl Whisper {
         observer: &mut dyn FnMut(TranscribeEvent),
         cancel: &CancelToken,
     ) -> Result<Transcript, WhisperError> {
+        self.transcribe_windows(&mut &*mel, options, observer, cancel)
+    }
+
+    /// [`Whisper::transcribe`] from a source of feature windows: whole
+    /// features in memory, or a recording streamed from its file
+    /// ([`super::audio::RecordingMel`]) so that its length does not bound
+    /// memory.
+    ///
+    /// # Errors
+    /// As [`Whisper::transcribe`], plus the source's decoding errors.
+    pub fn transcribe_windows(
+        &self,
+        mel: &mut dyn MelWindows,
+        options: &TranscribeOptions,
+        observer: &mut dyn FnMut(TranscribeEvent),
+        cancel: &CancelToken,
+    ) -> Result<Transcript, WhisperError> {
         let (model, tok) = (&self.model, &self.tokenizer);
-        let content_frames = mel.frames().saturating_sub(N_FRAMES);
+        let content_frames = mel.total_frames().saturating_sub(N_FRAMES);
         let total_s = frames_to_s(content_frames);
         if options.temperatures.is_empty() {
             return Err(WhisperError::Input("no temperature to decode with".into()));
@@ -197,7 +214,7 @@ impl Whisper {
                 if cancel.is_cancelled() {
                     return Err(WhisperError::Cancelled);
                 }
-                let features = model.encoder.forward(&mel.window(0, N_FRAMES))?;
+                let features = model.encoder.forward(&mel.read_window(0, N_FRAMES)?)?;
                 let (id, probs) = detect_language(model, tok, &features)?;
                 let code = tok.language_code(id).unwrap_or("en").to_string();
                 let probability = probs.iter().find(|(c, _)| *c == code).map_or(0.0, |p| p.1);
@@ -236,7 +253,9 @@ impl Whisper {
             let time_offset = frames_to_s(seek);
             let segment_size = N_FRAMES.min(content_frames - seek);
             let segment_duration = frames_to_s(segment_size);
-            let features = model.encoder.forward(&mel.window(seek, segment_size))?;
+            let features = model
+                .encoder
+                .forward(&mel.read_window(seek, segment_size)?)?;
             let base = DecodeOptions {
                 translate: options.translate,
                 language: Some(language.clone()),
