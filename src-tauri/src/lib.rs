@@ -15,6 +15,7 @@ use tauri::{Builder, DragDropEvent, Manager, Runtime, WindowEvent};
 pub fn app_builder<R: Runtime>(builder: Builder<R>) -> Builder<R> {
     state::manage(builder)
         .manage(commands::hub::HubDownloads::default())
+        .manage(commands::transcribe::TranscriptionJobs::default())
         .plugin(tauri_plugin_dialog::init())
         .on_window_event(|window, event| {
             // Folders dropped on the window become readable by the commands.
@@ -27,11 +28,20 @@ pub fn app_builder<R: Runtime>(builder: Builder<R>) -> Builder<R> {
         })
         .invoke_handler(tauri::generate_handler![
             commands::app::app_info,
+            commands::app::blas_status,
             commands::config::read_config_file,
             commands::config::write_config_file,
             commands::files::reveal_path,
             commands::dataset::scan_dataset,
             commands::dataset::dataset_usage,
+            commands::transcribe::scan_recordings,
+            commands::transcribe::whisper_models,
+            commands::transcribe::transcribe_recordings,
+            commands::transcribe::cancel_transcription,
+            commands::proofread::save_transcript,
+            commands::proofread::exclude_recording,
+            commands::proofread::restore_recording,
+            commands::proofread::list_excluded,
             commands::models::inspect_model,
             commands::models::demo_assets,
             commands::hub::hub_status,

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
-use csm_core::data::audio::read_wav;
+use csm_core::data::decode::{read_audio, AudioStream};
 use tauri::{AppHandle, Runtime, State};
 
 use crate::error::{blocking, Error, Result};
@@ -76,19 +76,25 @@ pub async fn audio_peaks<R: Runtime>(
     .await
 }
 
-/// Mono samples and rate of a WAV file.
+/// Mono samples and rate of an audio file of any format
+/// `csm_core::data::decode` reads (WAV, FLAC, MP3, M4A, Ogg...).
 pub fn load(path: &Path) -> Result<(Vec<f32>, u32)> {
     if !path.exists() {
         return Err(Error::NotFound(path.to_path_buf()));
     }
-    let audio = read_wav(path).map_err(|e| Error::UnsupportedFormat(e.to_string()))?;
+    let audio = read_audio(path).map_err(|e| Error::UnsupportedFormat(e.to_string()))?;
     Ok((audio.to_mono(), audio.sample_rate))
 }
 
-/// Seconds of a WAV file from its header, 0 when unreadable (samples the
-/// trainer spoke, listed by the Run and History screens).
-pub fn wav_secs(path: &Path) -> f32 {
-    csm_core::data::audio::read_wav_info(path).map_or(0.0, |i| i.duration_s() as f32)
+/// Seconds of an audio file from its header, 0 when unreadable or not
+/// stated there (samples the trainer spoke, listed by the Run and History
+/// screens).
+pub fn audio_secs(path: &Path) -> f32 {
+    AudioStream::open(path).map_or(0.0, |s| {
+        let info = s.info();
+        info.frames
+            .map_or(0.0, |f| f as f32 / info.sample_rate.max(1) as f32)
+    })
 }
 
 /// Max |sample| per bucket, clamped to [0, 1].

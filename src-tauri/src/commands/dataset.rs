@@ -55,6 +55,9 @@ pub struct DatasetItem {
     pub transcript: Option<String>,
     /// Whether an alignment file exists.
     pub has_alignment: bool,
+    /// Its alignment was made stale by a transcript edit (moved to
+    /// `alignments/stale/`): the recording is used without word timings.
+    pub alignment_stale: bool,
     /// Everything wrong with the file.
     pub problems: Vec<Problem>,
 }
@@ -191,6 +194,7 @@ fn item(layout: &DatasetLayout, f: &FileReport) -> Option<DatasetItem> {
             message: format!("{sr} Hz; resampled to {TARGET_SAMPLE_RATE} Hz for training"),
         });
     }
+    let alignment_stale = super::proofread::alignment_stale(layout, &file);
     Some(DatasetItem {
         path: layout.audio_dir.join(&file),
         file,
@@ -203,6 +207,7 @@ fn item(layout: &DatasetLayout, f: &FileReport) -> Option<DatasetItem> {
             .map(|t| layout.transcript_dir.join(t)),
         transcript: f.text_preview.as_ref().map(|t| t.trim().to_string()),
         has_alignment: f.alignment_file.is_some(),
+        alignment_stale,
         problems,
     })
 }
@@ -256,7 +261,7 @@ fn resolve_layout(paths: &[PathBuf]) -> Result<(PathBuf, DatasetLayout)> {
             Some(Role::Alignments) => &mut align,
             None => {
                 return Err(Error::InvalidInput(format!(
-                    "{} holds neither audio (.wav) nor transcripts (.txt) nor alignments (.json); drop the audio and transcripts folders, or one folder holding audio/ and transcripts/",
+                    "{} holds neither audio (.wav, .flac, .mp3, .m4a, .ogg) nor transcripts (.txt) nor alignments (.json); drop the audio and transcripts folders, or one folder holding audio/ and transcripts/",
                     p.display()
                 )))
             }

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use csm_core::cancel::CancelToken;
-use csm_core::data::audio::{load_mono_24k, write_wav, WavEncoding};
+use csm_core::data::audio::{write_wav, WavEncoding};
+use csm_core::data::decode::load_mono_24k;
 use csm_core::data::TARGET_SAMPLE_RATE;
 use csm_core::generate::{
     FrameProgress, GenerateError, GenerateHooks, Generator, Guards, SamplingConfig, Segment,

@@ -10,7 +10,7 @@ use csm_core::train::{TrainConfig, TrainEvent, ValReport};
 use serde::Serialize;
 use tauri::{AppHandle, Runtime, State};
 
-use super::audio::wav_secs;
+use super::audio::audio_secs;
 use crate::contract::StepData;
 use crate::error::{blocking, Error, Result};
 use crate::state::{AllowedPaths, RunRoots, TrainingJobs};
@@ -276,7 +276,7 @@ pub fn metrics(dir: &Path) -> Result<RunMetrics> {
             TrainEvent::Validation(v) => out.validation.push(v),
             TrainEvent::Sample { step, path } => out.samples.push(RunSample {
                 step: step as u64,
-                duration_secs: wav_secs(&path),
+                duration_secs: audio_secs(&path),
                 path,
                 text: config.sample_prompt.clone(),
             }),

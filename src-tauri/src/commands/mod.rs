@@ -11,4 +11,6 @@ pub mod generate;
 pub mod history;
 pub mod hub;
 pub mod models;
+pub mod proofread;
 pub mod training;
+pub mod transcribe;

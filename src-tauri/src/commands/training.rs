@@ -18,7 +18,7 @@ use serde::Serialize;
 use tauri::ipc::Channel;
 use tauri::{AppHandle, Runtime, State};
 
-use super::audio::wav_secs;
+use super::audio::audio_secs;
 use super::history::{scan_runs, RunRecord};
 use crate::contract::{
     EventError, FinishStatus, Phase, SaveMode, StepData, TrainingEvent, WarningKind,
@@ -400,7 +400,7 @@ impl TrainingObserver for EventMapper<'_> {
                 step: *step as u64,
                 path: path.clone(),
                 text: self.cfg.sample_prompt.clone(),
-                duration_secs: wav_secs(path),
+                duration_secs: audio_secs(path),
             },
             TrainEvent::Warning { message } => TrainingEvent::Warning {
                 step: self.last_step,

@@ -99,7 +99,7 @@ fn print_blas_kernels() {
     let Some(core) = runtime::openblas_core() else {
         return;
     };
-    let cpu = cpu_model().unwrap_or_else(|| "this CPU".into());
+    let cpu = blas::cpu_model().unwrap_or_else(|| "this CPU".into());
     match blas::kernel_origin(|k| std::env::var_os(k)) {
         KernelOrigin::Fits => println!("BLAS kernels    {core} (OpenBLAS's choice for {cpu})"),
         KernelOrigin::SetByUs { chosen } => println!(
@@ -118,16 +118,6 @@ fn print_blas_kernels() {
     }
 }
 
-/// The CPU's model name (Linux `/proc/cpuinfo`).
-fn cpu_model() -> Option<String> {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()?
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            (k.trim() == "model name").then(|| v.trim().to_string())
-        })
-}
 
 /// Path of the libmlx this process loaded.
 fn libmlx_path() -> String {

@@ -118,6 +118,18 @@ pub fn advice() -> Option<BlasAdvice> {
     advice_for(&super::openblas_core()?, CpuFeatures::detect())
 }
 
+/// The CPU's model name, for messages next to kernel choices (Linux:
+/// `model name` in `/proc/cpuinfo`; `None` elsewhere or when absent).
+pub fn cpu_model() -> Option<String> {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == "model name").then(|| v.trim().to_string())
+        })
+}
+
 /// Set on the restarted process, so it never restarts twice; its value is
 /// the core OpenBLAS had chosen.
 pub const REEXEC_MARKER: &str = "CSM_BLAS_CHOSE";

@@ -41,6 +41,30 @@ impl Whisper {
     }
 }
 
+/// The files of a hub repo that [`Whisper::load`] reads, picked from the
+/// repo's listing (paths relative to the repo): the top-level
+/// `.safetensors` weights and their index, `config.json`,
+/// `generation_config.json` and `tokenizer.json`. `None` when the listing
+/// has no top-level `.safetensors` weights (a repo with only `.bin` or
+/// `.pt` files cannot be loaded). The `csm` tool and the app download
+/// exactly these.
+pub fn files_to_fetch(listing: &[String]) -> Option<Vec<&str>> {
+    let wanted: Vec<&str> = listing
+        .iter()
+        .map(String::as_str)
+        .filter(|f| {
+            !f.contains('/')
+                && (f.ends_with(".safetensors")
+                    || f.ends_with(".safetensors.index.json")
+                    || ["config.json", "generation_config.json", "tokenizer.json"].contains(f))
+        })
+        .collect();
+    wanted
+        .iter()
+        .any(|f| f.ends_with(".safetensors"))
+        .then_some(wanted)
+}
+
 /// `tokenizer.json`, else `multilingual.tiktoken` beside the weights.
 pub fn load_tokenizer(
     dir: &Path,
@@ -136,4 +160,38 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>, WhisperError> {
         )));
     }
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repo_listing_gives_the_files_load_reads() {
+        let listing: Vec<String> = [
+            ".gitattributes",
+            "README.md",
+            "config.json",
+            "generation_config.json",
+            "model.safetensors",
+            "pytorch_model.bin",
+            "tokenizer.json",
+            "vocab.json",
+            "flax/model.safetensors",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(
+            files_to_fetch(&listing).unwrap(),
+            [
+                "config.json",
+                "generation_config.json",
+                "model.safetensors",
+                "tokenizer.json"
+            ]
+        );
+        let no_weights: Vec<String> = vec!["config.json".into(), "pytorch_model.bin".into()];
+        assert_eq!(files_to_fetch(&no_weights), None);
+    }
 }
