@@ -57,6 +57,7 @@ export function scanFixture(): DatasetScan {
     transcriptPath: `/data/voice/transcripts/${file.replace('.wav', '.txt')}`,
     transcript: `Transcript of ${file}`,
     hasAlignment: false,
+    alignmentStale: false,
     problems: [],
     ...over,
   });

@@ -3,7 +3,7 @@
 // of the app build: main.ts imports it only when VITE_MOCK_IPC is set.
 import { mockIPC, mockWindows } from '@tauri-apps/api/mocks';
 import type { Channel } from '@tauri-apps/api/core';
-import type { DatasetItem, DatasetScan, GeneratedSample, GenerateRequest, GenerationEvent, RunSummary, TrainingEvent } from '../lib/api';
+import type { DatasetItem, DatasetScan, GeneratedSample, GenerateRequest, GenerationEvent, RecordingsScan, RunSummary, TrainingEvent, TranscribeRequest, TranscriptionEvent } from '../lib/api';
 import { defaultConfig } from '../lib/config';
 
 function rng(seed: number): () => number {
@@ -30,6 +30,7 @@ function scan(root: string): DatasetScan {
       transcriptPath: missing ? null : `${root}/transcripts/${file.replace('.wav', '.txt')}`,
       transcript: missing ? null : `Sample sentence number ${i + 1}, read in a calm and even voice for the fine-tuning set.`,
       hasAlignment: false,
+      alignmentStale: false,
       problems,
     };
   });
@@ -42,6 +43,61 @@ function scan(root: string): DatasetScan {
     items,
     totals: { files: items.length, seconds, withTranscript: 23, withProblems: 3, usable: 23 },
   };
+}
+
+function recordings(dir: string): RecordingsScan {
+  const items = ['interview-part1.mp3', 'interview-part2.mp3', 'voice-memo.m4a'].map((file, i) => ({
+    file,
+    path: `${dir}/${file}`,
+    durationSecs: [754.2, 612.9, 48.3][i] ?? null,
+    sampleRate: 44100,
+    channels: 2,
+    codec: file.endsWith('.m4a') ? 'aac' : 'mp3',
+    error: null,
+    transcribed: false,
+  }));
+  return { dir, outputDir: `${dir}/dataset`, items, seconds: 1415.4, transcribed: 0 };
+}
+
+let transcriptionStop: (() => void) | null = null;
+
+/** Like the backend: loading, then one progress event per 30 s window of each file. */
+function simulateTranscription(req: TranscribeRequest, ch: Channel<TranscriptionEvent>): Promise<unknown> {
+  const rec = recordings(req.audioDir).items;
+  const total = rec.reduce((a, r) => a + (r.durationSecs ?? 0), 0);
+  ch.onmessage({ event: 'loading', data: { model: req.whisperModel } });
+  ch.onmessage({ event: 'started', data: { files: rec.length, totalSecs: total, skipped: 0 } });
+  return new Promise((resolve, reject) => {
+    let file = 0;
+    let inFile = 0;
+    let before = 0;
+    const t0 = Date.now();
+    const timer = setInterval(() => {
+      const r = rec[file];
+      if (!r) {
+        clearInterval(timer);
+        resolve({ outputDir: req.outputDir, transcribed: rec.map((x) => x.file.replace(/\.[^.]+$/, '')), skipped: [], failed: [], audioSecs: total });
+        return;
+      }
+      const secs = r.durationSecs ?? 0;
+      const name = r.file.replace(/\.[^.]+$/, '');
+      if (inFile === 0) ch.onmessage({ event: 'fileStarted', data: { name, index: file, durationSecs: secs } });
+      inFile = Math.min(secs, inFile + 30);
+      const done = before + inFile;
+      const elapsed = (Date.now() - t0) / 1000;
+      ch.onmessage({ event: 'progress', data: { name, fileDoneSecs: inFile, fileSecs: secs, doneSecs: done, totalSecs: total, elapsedSecs: elapsed, etaSecs: (elapsed * (total - done)) / done } });
+      if (inFile >= secs) {
+        ch.onmessage({ event: 'fileDone', data: { name, text: 'So the first thing we did was record everything in one long take.' } });
+        before += secs;
+        inFile = 0;
+        file++;
+      }
+    }, 150);
+    transcriptionStop = () => {
+      clearInterval(timer);
+      reject({ kind: 'cancelled', message: `transcription cancelled after ${file} of ${rec.length} recordings were written` });
+    };
+  });
 }
 
 let timer: ReturnType<typeof setInterval> | undefined;
@@ -144,7 +200,32 @@ export function install(): void {
         case 'plugin:dialog|message':
           return 'Quit';
         case 'scan_dataset':
+          if ((a.paths as string[] | undefined)?.[0]?.includes('memos')) return Promise.reject({ kind: 'invalidInput', message: 'no transcripts folder' });
           return scan('/data/voice');
+        case 'blas_status':
+          return { kernels: 'Haswell', cpu: 'AMD EPYC', origin: 'fits', recommended: null, warning: null };
+        case 'scan_recordings':
+          return recordings(a.dir as string);
+        case 'whisper_models':
+          return [
+            { repo: 'openai/whisper-large-v3-turbo', path: null, sizeBytes: 0 },
+            { repo: 'openai/whisper-small', path: '/home/me/.cache/huggingface/hub/models--openai--whisper-small/snapshots/a1', sizeBytes: 967_000_000 },
+          ];
+        case 'transcribe_recordings':
+          return simulateTranscription(a.request as TranscribeRequest, a.onEvent as Channel<TranscriptionEvent>);
+        case 'cancel_transcription':
+          transcriptionStop?.();
+          return null;
+        case 'list_excluded':
+          return [];
+        case 'audio_peaks':
+          return Array.from({ length: Number(a.buckets) || 200 }, (_, i) => Math.abs(Math.sin(i / 7)) * 0.7);
+        case 'save_transcript':
+          return { path: '/data/voice/transcripts/x.txt', text: a.text, alignment: 'kept' };
+        case 'exclude_recording':
+          return { id: a.id, files: [`/data/voice/audio/excluded/${a.id as string}.wav`] };
+        case 'restore_recording':
+          return [];
         case 'demo_assets':
           return { modelPath: '/demo/csm-tiny', mimiPath: '/demo/mimi.safetensors', tokenizerPath: '/demo/tokenizer.json', audioDir: '/demo/voice/audio', transcriptDir: '/demo/voice/transcripts', alignmentDir: null };
         case 'inspect_model':

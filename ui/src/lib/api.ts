@@ -70,6 +70,21 @@ export interface AppInfo {
 
 export const appInfo = () => call<AppInfo>('app_info');
 
+/** The BLAS kernels of the app's process (OpenBLAS on Linux), checked at start-up. */
+export interface BlasStatus {
+  /** OpenBLAS kernel set (`Haswell`, `SkylakeX`, `Prescott`...); null when the BLAS is not OpenBLAS. */
+  kernels: string | null;
+  /** CPU model name, where the OS says. */
+  cpu: string | null;
+  /** `narrow`: narrower kernels than the CPU supports run (the banner shows `warning`). */
+  origin: 'fits' | 'setByApp' | 'narrow' | 'notOpenblas';
+  /** `narrow`: the kernel set that fits the CPU (an `OPENBLAS_CORETYPE` value). */
+  recommended: string | null;
+  warning: string | null;
+}
+
+export const blasStatus = () => call<BlasStatus>('blas_status');
+
 // ---------------------------------------------------------------- dataset
 
 export type ProblemKind =
@@ -104,6 +119,11 @@ export interface DatasetItem {
   transcript: string | null;
   /** True when an alignment file exists for this clip. */
   hasAlignment: boolean;
+  /**
+   * Its alignment no longer matched an edited transcript and was moved to
+   * `alignments/stale/`: the clip is used without word timings.
+   */
+  alignmentStale: boolean;
   problems: Problem[];
 }
 
@@ -163,6 +183,140 @@ export interface AudioUsage {
  * reports the audio used. Reads every clip: slower than `scanDataset`.
  */
 export const datasetUsage = (config: RunConfig) => call<AudioUsage>('dataset_usage', { config });
+
+// ---------------------------------------------------------------- raw recordings, transcription
+
+/** One audio file of a folder of raw recordings. */
+export interface Recording {
+  file: string;
+  path: string;
+  /** From the file's header; null when it does not say (some MP3s) or the file is unreadable. */
+  durationSecs: number | null;
+  sampleRate: number | null;
+  channels: number | null;
+  /** `pcm`, `flac`, `mp3`, `aac`, ... */
+  codec: string | null;
+  /** Why it cannot be read, or null. */
+  error: string | null;
+  /** `outputDir/transcripts/NAME.txt` exists (a new run skips it). */
+  transcribed: boolean;
+}
+
+export interface RecordingsScan {
+  dir: string;
+  /** Where the dataset goes: `dir/dataset` unless another folder was given. */
+  outputDir: string;
+  items: Recording[];
+  /** Seconds of the files whose length is known. */
+  seconds: number;
+  transcribed: number;
+}
+
+/** Lists the audio files (any format the app decodes) directly in `dir`. */
+export const scanRecordings = (dir: string, outputDir: string | null = null) =>
+  call<RecordingsScan>('scan_recordings', { dir, outputDir });
+
+/** A Whisper model: the suggested hub ids and every Whisper repo in the Hugging Face cache. */
+export interface WhisperModel {
+  repo: string;
+  /** Snapshot folder when all files are cached (no download needed). */
+  path: string | null;
+  sizeBytes: number;
+}
+
+export const whisperModels = () => call<WhisperModel[]>('whisper_models');
+
+export interface TranscribeRequest {
+  audioDir: string;
+  /** Dataset folder: `audio/` (24 kHz mono WAV), `transcripts/`, `alignments/` are written in it. */
+  outputDir: string;
+  /** A Whisper folder (transformers layout) or a hub id such as `openai/whisper-large-v3-turbo`. */
+  whisperModel: string;
+  /** Language code, or null to detect it per recording. */
+  language: string | null;
+  /** 0 is greedy with no fallback; null = 0 with openai-whisper's fallback up to 1.0. */
+  temperature: number | null;
+  /** Replace existing outputs (by default recordings with a transcript are skipped). */
+  overwrite: boolean;
+}
+
+/** Progress of `transcribeRecordings` (Rust: `#[serde(tag = "event", content = "data")]`). */
+export type TranscriptionEvent =
+  | { event: 'loading'; data: { model: string } }
+  | { event: 'downloading'; data: { repo: string; file: string; done: number; total: number | null } }
+  | { event: 'started'; data: { files: number; totalSecs: number; skipped: number } }
+  | { event: 'fileStarted'; data: { name: string; index: number; durationSecs: number } }
+  | {
+      event: 'progress';
+      data: {
+        name: string;
+        fileDoneSecs: number;
+        fileSecs: number;
+        doneSecs: number;
+        totalSecs: number;
+        elapsedSecs: number;
+        etaSecs: number | null;
+      };
+    }
+  | { event: 'fileDone'; data: { name: string; text: string } }
+  | { event: 'fileFailed'; data: { name: string; error: string } };
+
+export interface TranscriptionSummary {
+  outputDir: string;
+  transcribed: string[];
+  skipped: string[];
+  failed: { file: string; reason: string }[];
+  audioSecs: number;
+}
+
+/**
+ * Transcribes a folder into the dataset layout `csm transcribe` writes. Rejects with
+ * `cancelled` after `cancelTranscription` (finished recordings stay; a new run continues).
+ */
+export function transcribeRecordings(
+  request: TranscribeRequest,
+  onEvent: (e: TranscriptionEvent) => void,
+): Promise<TranscriptionSummary> {
+  const channel = new Channel<TranscriptionEvent>();
+  channel.onmessage = onEvent;
+  return call<TranscriptionSummary>('transcribe_recordings', { request, onEvent: channel });
+}
+
+export const cancelTranscription = () => call<void>('cancel_transcription');
+
+// ---------------------------------------------------------------- proofreading
+
+/** The folders of a scanned dataset (as `scanDataset` returned them). */
+export interface DatasetFolders {
+  audioDir: string;
+  transcriptDir: string;
+  alignmentDir: string | null;
+}
+
+/** What saving did to the word alignment of the recording. */
+export type AlignmentState = 'none' | 'kept' | 'madeStale' | 'restored' | 'stale' | 'unreadable';
+
+export interface SavedTranscript {
+  path: string;
+  text: string;
+  alignment: AlignmentState;
+}
+
+/** A recording moved to the `excluded/` folders (never deleted). */
+export interface ExcludedRecording {
+  id: string;
+  /** Where its files are now. */
+  files: string[];
+}
+
+/** Saves a transcript (atomically); `id` is the audio file's stem. */
+export const saveTranscript = (folders: DatasetFolders, id: string, text: string) =>
+  call<SavedTranscript>('save_transcript', { folders, id, text });
+export const excludeRecording = (folders: DatasetFolders, id: string) =>
+  call<ExcludedRecording>('exclude_recording', { folders, id });
+export const restoreRecording = (folders: DatasetFolders, id: string) =>
+  call<string[]>('restore_recording', { folders, id });
+export const listExcluded = (folders: DatasetFolders) => call<ExcludedRecording[]>('list_excluded', { folders });
 
 // ---------------------------------------------------------------- models
 

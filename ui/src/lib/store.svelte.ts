@@ -3,7 +3,8 @@
 // or in the pure modules next to it.
 import { open, save } from '@tauri-apps/plugin-dialog';
 import * as api from './api';
-import type { AudioUsage, DatasetScan, GeneratedSample, IpcError, ModelInfo, ModelKind, RunEstimate, TrainingEvent } from './api';
+import type { AudioUsage, DatasetScan, GeneratedSample, IpcError, ModelInfo, ModelKind, RecordingsScan, RunEstimate, TrainingEvent } from './api';
+import { type Transcription, applyTranscriptionEvent, idleTranscription } from './transcription';
 import { type ConfigKey, type RunConfig, defaultConfig, fromObject, validate, validateDrafts } from './config';
 import { type RunState, applyEvent, initialRunState, isActive } from './run';
 
@@ -35,6 +36,10 @@ export class AppStore {
   usageError = $state<IpcError | null>(null);
   measuring = $state(false);
   #usageRequest = 0;
+  /** A folder of raw recordings (no transcripts yet), when one was dropped or chosen. */
+  recordings = $state<RecordingsScan | null>(null);
+  /** The Whisper transcription of `recordings` (or of a dataset's untranscribed clips). */
+  transcription = $state<Transcription>(idleTranscription());
   models = $state<Record<ModelKind, ModelSlot>>({ csm: emptySlot(), mimi: emptySlot(), tokenizer: emptySlot() });
   config = $state<RunConfig>(defaultConfig());
   /** Text typed into Parameters fields and not taken yet (kept across tabs). */
@@ -67,22 +72,121 @@ export class AppStore {
 
   // ------------------------------------------------------------ dataset
 
+  /**
+   * Scans dropped or chosen folders: a dataset (audio + transcripts), or else one folder
+   * of raw recordings, which the Dataset screen offers to transcribe.
+   */
   async scan(paths: string[]): Promise<void> {
     if (paths.length === 0) return;
     this.scanning = true;
     this.datasetError = null;
     this.usage = null;
     this.usageError = null;
+    this.recordings = null;
+    if (this.transcription.status !== 'running') this.transcription = idleTranscription();
     try {
-      const scan = await api.scanDataset(paths);
-      this.dataset = scan;
-      this.config.audio_dir = scan.audioDir;
-      this.config.transcript_dir = scan.transcriptDir;
-      this.config.alignment_dir = scan.alignmentDir;
+      await this.#scanDataset(paths);
     } catch (e) {
-      this.datasetError = api.toIpcError(e);
+      const error = api.toIpcError(e);
+      this.dataset = null;
+      // One folder that is no dataset: raw recordings?
+      const [one] = paths;
+      const raw = paths.length === 1 && one !== undefined && error.kind === 'invalidInput' ? await this.#scanRaw(one) : false;
+      if (!raw) this.datasetError = error;
     } finally {
       this.scanning = false;
+    }
+  }
+
+  async #scanDataset(paths: string[]): Promise<void> {
+    const scan = await api.scanDataset(paths);
+    this.dataset = scan;
+    this.config.audio_dir = scan.audioDir;
+    this.config.transcript_dir = scan.transcriptDir;
+    this.config.alignment_dir = scan.alignmentDir;
+  }
+
+  /** Lists a raw folder (and the dataset made from it so far); false when it holds no recordings. */
+  async #scanRaw(dir: string, outputDir: string | null = null): Promise<boolean> {
+    let rec: RecordingsScan;
+    try {
+      rec = await api.scanRecordings(dir, outputDir);
+    } catch {
+      return false;
+    }
+    this.recordings = rec;
+    if (rec.transcribed > 0) {
+      try {
+        await this.#scanDataset([rec.outputDir]);
+      } catch (e) {
+        this.datasetError = api.toIpcError(e);
+      }
+    }
+    return true;
+  }
+
+  /** Sends the raw recordings' transcripts to another dataset folder (picked in a dialog). */
+  async pickTranscriptionOutput(): Promise<void> {
+    const rec = this.recordings;
+    if (!rec) return;
+    const picked = await open({ directory: true, multiple: false, title: 'Choose the dataset folder' });
+    if (typeof picked !== 'string') return;
+    this.dataset = null;
+    await this.#scanRaw(rec.dir, picked);
+  }
+
+  /** Scans the current dataset again (after transcribing or proofreading). */
+  async rescanDataset(): Promise<void> {
+    const d = this.dataset;
+    const paths = d ? [d.audioDir, d.transcriptDir, ...(d.alignmentDir ? [d.alignmentDir] : [])] : [];
+    try {
+      if (this.recordings) {
+        await this.#scanRaw(this.recordings.dir, this.recordings.outputDir);
+      } else if (d) {
+        await this.#scanDataset(d.root && d.audioDir === `${d.root}/audio` ? [d.root] : paths);
+      }
+      this.datasetError = null;
+    } catch (e) {
+      this.datasetError = api.toIpcError(e);
+    }
+    void this.refreshUsage();
+  }
+
+  /**
+   * Transcribes with Whisper into the dataset layout; progress arrives in `transcription`.
+   * Afterwards the dataset is scanned again, so the new transcripts can be proofread.
+   */
+  async transcribe(request: api.TranscribeRequest): Promise<void> {
+    if (this.transcription.status === 'running') return;
+    this.transcription = { ...idleTranscription(), status: 'running', model: request.whisperModel };
+    const onEvent = (e: api.TranscriptionEvent) => {
+      this.transcription = applyTranscriptionEvent(this.transcription, e);
+    };
+    try {
+      const summary = await api.transcribeRecordings(request, onEvent);
+      this.transcription = { ...this.transcription, status: 'done', summary };
+      const failed = summary.failed.length;
+      this.notify(
+        `Transcribed ${summary.transcribed.length} recording(s)` + (failed ? `; ${failed} failed` : ''),
+        failed ? 'error' : 'info',
+      );
+    } catch (e) {
+      const error = api.toIpcError(e);
+      this.transcription = { ...this.transcription, status: error.kind === 'cancelled' ? 'cancelled' : 'failed', error };
+    }
+    if (!this.recordings && this.dataset) {
+      await this.rescanDataset();
+    } else if (this.recordings) {
+      this.dataset = null;
+      await this.#scanRaw(this.recordings.dir, request.outputDir);
+    }
+  }
+
+  async cancelTranscription(): Promise<void> {
+    try {
+      await api.cancelTranscription();
+    } catch (e) {
+      this.notify(`Could not stop the transcription: ${api.toIpcError(e).message}`, 'error');
     }
   }
 
@@ -254,6 +358,8 @@ export class AppStore {
     this.usage = null;
     this.usageError = null;
     this.measuring = false;
+    this.recordings = null;
+    this.transcription = idleTranscription();
     this.models = { csm: emptySlot(), mimi: emptySlot(), tokenizer: emptySlot() };
     this.config = defaultConfig();
     this.drafts = {};
