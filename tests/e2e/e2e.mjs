@@ -4,27 +4,54 @@
 //   CSM_E2E_RUNS      the app's default runs folder (under XDG_DATA_HOME)
 //   CSM_E2E_SINK      the raw f32 file the ALSA `default` PCM writes (~/.asoundrc)
 //   CSM_E2E_SHOTS     where screenshots go (docs/images)
-// Flow: demo model + dataset (no native dialogs) -> parameters -> a REAL
-// training run (step counter advances, loss chart draws) -> stop -> play
-// audio through cpal into the ALSA file sink -> a generation's progress bar,
-// stopped -> a generated sample, played -> History.
+// and tests/e2e/run.sh:
+//   CSM_E2E_HUB_PORT  the port of the mock hub (mock-hub.mjs, started here)
+//   HF_ENDPOINT       http://127.0.0.1:$CSM_E2E_HUB_PORT, read by the app
+//   HF_HOME           the app's private hub cache ($HF_HOME/hub) and token file
+// Flow: demo model + dataset (no native dialogs) -> the mock hub serves the
+// demo model's files as the csm-1b bundle's repos (sesame/csm-1b gated) ->
+// Model screen: download refused (licence page + token field), token saved
+// with consent, download with per-file progress, cancel mid-file, resume
+// (only the rest is fetched) -> the downloaded model fills the slots ->
+// parameters -> a REAL training run from the hub cache (step counter
+// advances, loss chart draws) -> stop -> play audio through cpal into the
+// ALSA file sink -> a generation's progress bar, stopped -> a generated
+// sample, played -> History -> a cached repo deleted after confirmation.
 import { remote } from 'webdriverio';
-import { existsSync, readFileSync, statSync } from 'node:fs';
-import { join } from 'node:path';
+import { createHash } from 'node:crypto';
+import { createReadStream, existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { MockHub } from './mock-hub.mjs';
 
 const bin = process.env.CSM_APP_BIN;
 const runsDir = process.env.CSM_E2E_RUNS;
 const sink = process.env.CSM_E2E_SINK;
 const shots = process.env.CSM_E2E_SHOTS;
-for (const [k, v] of Object.entries({ CSM_APP_BIN: bin, CSM_E2E_RUNS: runsDir, CSM_E2E_SINK: sink, CSM_E2E_SHOTS: shots })) {
+const hubPort = process.env.CSM_E2E_HUB_PORT;
+const endpoint = process.env.HF_ENDPOINT;
+const hfHome = process.env.HF_HOME;
+for (const [k, v] of Object.entries({
+  CSM_APP_BIN: bin,
+  CSM_E2E_RUNS: runsDir,
+  CSM_E2E_SINK: sink,
+  CSM_E2E_SHOTS: shots,
+  CSM_E2E_HUB_PORT: hubPort,
+  HF_ENDPOINT: endpoint,
+  HF_HOME: hfHome,
+})) {
   if (!v) throw new Error(`${k} is not set`);
 }
+const hubCache = join(hfHome, 'hub');
+const TOKEN = 'hf_e2e_mock_token';
 
 const t0 = Date.now();
 const log = (m) => console.log(`[e2e ${((Date.now() - t0) / 1000).toFixed(1)}s] ${m}`);
 const fail = (m) => {
   throw new Error(m);
 };
+
+const hub = await MockHub.start(Number(hubPort));
+if (hub.url !== endpoint) throw new Error(`the mock hub is at ${hub.url}, HF_ENDPOINT is ${endpoint}`);
 
 const browser = await remote({
   hostname: '127.0.0.1',
@@ -63,6 +90,20 @@ async function inkedPixels(testid) {
   }, testid);
 }
 
+async function sha256File(path) {
+  const h = createHash('sha256');
+  for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) h.update(chunk);
+  return h.digest('hex');
+}
+
+/** The one snapshot folder of `repo` in the app's hub cache. */
+function snapshotOf(repo) {
+  const dir = join(hubCache, `models--${repo.replace('/', '--')}`, 'snapshots');
+  const commits = existsSync(dir) ? readdirSync(dir) : [];
+  if (commits.length !== 1) fail(`expected one snapshot in ${dir}, found ${commits.join(', ') || 'none'}`);
+  return join(dir, commits[0]);
+}
+
 async function setField(key, value) {
   const input = await browser.$(`#f-${key}`);
   await input.waitForExist({ timeout: 10_000 });
@@ -84,6 +125,94 @@ try {
   });
   await browser.waitUntil(async () => (await text('model-mimi')).match(/param/i) !== null, { timeout: 120_000 });
   log('demo model loaded');
+
+  // 1b. The hub: the demo model's files as the csm-1b bundle's repos, the
+  // model repo gated as sesame/csm-1b is. The app downloads them into its
+  // hub cache and trains from there (step 5).
+  const demoModel = join(dirname(runsDir), 'demo', 'model');
+  const weights = join(demoModel, 'model.safetensors');
+  await hub.serve('sesame/csm-1b', 'model.safetensors', weights);
+  await hub.serve('sesame/csm-1b', 'config.json', join(demoModel, 'config.json'), { lfs: false });
+  await hub.serve('kyutai/moshiko-pytorch-bf16', 'tokenizer-e351c8d8-checkpoint125.safetensors', join(demoModel, 'mimi.safetensors'));
+  await hub.serve('unsloth/Llama-3.2-1B', 'tokenizer.json', join(demoModel, 'tokenizer.json'));
+  hub.gate('sesame/csm-1b', TOKEN);
+  const weightsSize = statSync(weights).size;
+  const bundleRow = await browser.$('[data-testid="bundle-csm-1b"]');
+  const hubText = () => browser.$('[data-testid="hub"]').getText();
+
+  // Refused without a token: the message names the licence page, and the token field takes the focus.
+  await (await bundleRow.$('button=Download CSM-1B')).click();
+  const access = await browser.$('[data-testid="hub-access"]');
+  await access.waitForDisplayed({ timeout: 30_000, timeoutMsg: `no access-denied message: ${await hubText()}` });
+  const accessText = await access.getText();
+  if (!accessText.includes(`${endpoint}/sesame/csm-1b`)) fail(`the gated message does not name the licence page: ${accessText}`);
+  const tokenField = await browser.$('input[aria-label="Hugging Face token"]');
+  if (!(await tokenField.isFocused())) fail('the token field is not focused after the refusal');
+  if (existsSync(join(hubCache, 'models--sesame--csm-1b', 'snapshots'))) fail('the refused repo left files in the cache');
+  log(`gated: ${accessText.replace(/\s+/g, ' ').slice(0, 160)}`);
+
+  // The token, saved only with consent, where huggingface-cli login keeps it.
+  await tokenField.setValue(TOKEN);
+  const saveToken = await browser.$('button=Save token');
+  if (await saveToken.isEnabled()) fail('"Save token" is enabled before the consent box is ticked');
+  await (await browser.$('[data-testid="hub"] form input[type="checkbox"]')).click();
+  await saveToken.click();
+  const tokenFile = join(hfHome, 'token');
+  await browser.waitUntil(() => existsSync(tokenFile), { timeout: 10_000, timeoutMsg: `no token file at ${tokenFile}` });
+  const mode = statSync(tokenFile).mode & 0o777;
+  if (readFileSync(tokenFile, 'utf8') !== TOKEN || mode !== 0o600) fail(`${tokenFile}: mode ${mode.toString(8)}, content ${readFileSync(tokenFile, 'utf8')}`);
+  log(`token saved to ${tokenFile} (mode 600)`);
+
+  // Download (throttled by the mock) with per-file progress and speed; cancel mid-file.
+  hub.throttle(20);
+  await (await bundleRow.$('button=Download CSM-1B')).click();
+  const weightsBar = await browser.$('[aria-label="sesame/csm-1b/model.safetensors"]');
+  const barValue = async () => Number((await weightsBar.getAttribute('aria-valuenow').catch(() => '0')) ?? 0);
+  await browser.waitUntil(async () => (await barValue()) >= 1 << 20 && /B\/s, .* left/.test(await hubText()), {
+    timeout: 60_000,
+    interval: 200,
+    timeoutMsg: `no download progress with speed and ETA: ${await hubText()}`,
+  });
+  await shot('app-model-download.png');
+  await (await bundleRow.$('button=Cancel')).click();
+  const note = await browser.$('[data-testid="hub-note"]');
+  await browser.waitUntil(async () => (await note.isExisting()) && (await note.getText()).includes('Download cancelled'), {
+    timeout: 30_000,
+    timeoutMsg: `the download did not stop: ${await hubText()}`,
+  });
+  await browser.waitUntil(() => (hub.served.get('model.safetensors') ?? []).length === 1, { timeout: 10_000, timeoutMsg: 'the mock did not see the cancelled transfer end' });
+  const blobs = join(hubCache, 'models--sesame--csm-1b', 'blobs');
+  const partials = readdirSync(blobs).filter((f) => f.endsWith('.incomplete'));
+  if (partials.length !== 1) fail(`expected one partial blob in ${blobs}, found ${readdirSync(blobs).join(', ')}`);
+  const kept = statSync(join(blobs, partials[0])).size;
+  const firstServed = hub.served.get('model.safetensors')[0];
+  if (!(kept >= 1 << 20 && kept < weightsSize && firstServed >= kept)) fail(`partial ${kept} of ${weightsSize} bytes, ${firstServed} served`);
+  if (existsSync(join(hubCache, 'models--sesame--csm-1b', 'snapshots')) && readdirSync(snapshotOf('sesame/csm-1b')).includes('model.safetensors'))
+    fail('a cancelled file reached its snapshot path');
+  log(`cancelled: ${kept} of ${weightsSize} bytes kept in blobs/${partials[0]}`);
+
+  // Resume at full speed: only the rest is fetched; the bundle fills the model slots.
+  hub.throttle(0);
+  const resume = await bundleRow.$('button=Resume CSM-1B download');
+  await resume.waitForClickable({ timeout: 10_000, timeoutMsg: `no resume button: ${await hubText()}` });
+  await resume.click();
+  await browser.waitUntil(
+    async () => {
+      const csm = await text('model-csm');
+      const mimi = await text('model-mimi');
+      return csm.includes('models--sesame--csm-1b/snapshots/') && csm.includes('Format') && mimi.includes('models--kyutai--moshiko-pytorch-bf16/snapshots/') && /param/i.test(mimi);
+    },
+    { timeout: 300_000, interval: 1000, timeoutMsg: `the downloaded bundle was not selected: ${await hubText()}` },
+  );
+  const served = hub.served.get('model.safetensors');
+  if (served.length !== 2 || served[1] !== weightsSize - kept) fail(`resume served ${served.join(' + ')} bytes; expected ${kept} kept + ${weightsSize - kept}`);
+  if (!hub.requests.some((r) => r.server === 'cdn' && r.range === `bytes=${kept}-`)) fail(`no Range: bytes=${kept}- request`);
+  if (hub.requests.some((r) => r.server === 'cdn' && r.authorization)) fail('the token was sent to the CDN');
+  if (!hub.requests.some((r) => r.server === 'hub' && r.authorization === `Bearer ${TOKEN}`)) fail('the saved token was not sent to the hub');
+  if (readdirSync(blobs).some((f) => f.endsWith('.incomplete'))) fail(`a partial file is left in ${blobs}`);
+  const got = join(snapshotOf('sesame/csm-1b'), 'model.safetensors');
+  if ((await sha256File(got)) !== (await sha256File(weights))) fail(`${got} differs from the served file`);
+  log(`resumed from byte ${kept}: ${served[1]} more bytes fetched; ${got} matches (sha256)`);
   await shot('app-model.png');
 
   // 2. Dataset: the demo clips, scanned by the backend.
@@ -148,6 +277,18 @@ try {
     timeoutMsg: `the run did not stop: ${await text('run-status')}`,
   });
   log('run stopped');
+  // It trained from the hub cache.
+  const runDirs = readdirSync(runsDir).filter((d) => existsSync(join(runsDir, d, 'config.json')));
+  if (runDirs.length !== 1) fail(`expected one run in ${runsDir}, found ${runDirs.join(', ')}`);
+  const runConfig = JSON.parse(readFileSync(join(runsDir, runDirs[0], 'config.json'), 'utf8'));
+  for (const [key, repo] of [
+    ['model_path', 'sesame/csm-1b'],
+    ['mimi_path', 'kyutai/moshiko-pytorch-bf16'],
+    ['tokenizer_path', 'unsloth/Llama-3.2-1B'],
+  ]) {
+    if (!String(runConfig[key]).startsWith(snapshotOf(repo))) fail(`the run's ${key} is ${runConfig[key]}, not in ${snapshotOf(repo)}`);
+  }
+  log(`the run trained from the hub cache (${runConfig.model_path})`);
 
   // 7. Samples: a generation streams its progress and can be stopped (no sample);
   // then generate with the latest checkpoint and play it into the sink.
@@ -192,7 +333,22 @@ try {
     timeoutMsg: 'the run is not in History',
   });
   await shot('app-history.png');
+
+  // 9. Model: delete a cached repo after confirmation (the dialog warns that a slot points into it).
+  await tab('Model');
+  await (await browser.$('button[aria-label="Delete unsloth/Llama-3.2-1B"]')).click();
+  const dialog = await browser.$('[role="alertdialog"]');
+  await dialog.waitForDisplayed({ timeout: 10_000 });
+  if (!(await dialog.getText()).includes('The model slots point into it')) fail(`the delete confirmation does not warn: ${await dialog.getText()}`);
+  await (await browser.$('[role="alertdialog"] .actions button:last-child')).click();
+  const tokRepo = join(hubCache, 'models--unsloth--Llama-3.2-1B');
+  await browser.waitUntil(async () => !existsSync(tokRepo) && !(await browser.$('[aria-label="Cached models"]').getText()).includes('unsloth/Llama-3.2-1B'), {
+    timeout: 30_000,
+    timeoutMsg: `unsloth/Llama-3.2-1B was not deleted: ${await hubText()}`,
+  });
+  log(`cached repo deleted (${tokRepo})`);
   log('PASS');
 } finally {
   await browser.deleteSession().catch(() => {});
+  await hub.close();
 }
