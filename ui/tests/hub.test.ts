@@ -182,6 +182,9 @@ describe('Model screen: hub downloads', () => {
     await flush();
     const card = screen.getByTestId('hub');
     expect(within(card).getByTestId('bundle-whisper-tiny').textContent).toContain('Whisper tiny · 0 of 1 files in the cache');
+    // Bundles that fill no model slot are folded under "Other models".
+    expect(within(card).getByTestId('bundle-whisper-tiny').closest('details')?.querySelector('summary')?.textContent).toBe('Other models (1): whisper-tiny');
+    expect(within(card).getByTestId('bundle-csm-1b').closest('details')).toBeNull();
     await fireEvent.click(within(card).getByRole('button', { name: 'Download whisper-tiny' }));
     await flush(10);
     expect(log.of('download_bundle')).toEqual([expect.objectContaining({ name: 'whisper-tiny' })]);
