@@ -33,6 +33,71 @@ pub enum LrSchedule {
     Cosine,
 }
 
+/// What a run trains.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// LoRA adapters on frozen weights (`--lora-*`, `--target-*`).
+    #[default]
+    Lora,
+    /// The weights themselves, of the parts in `train`.
+    Full,
+}
+
+impl Method {
+    /// Whether this is LoRA (the default, left out of `config.json`).
+    pub fn is_lora(&self) -> bool {
+        *self == Method::Lora
+    }
+}
+
+/// A part of the model that `--method full` can train.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelPart {
+    /// The backbone stack and its codebook-0 head.
+    Backbone,
+    /// The depth decoder stack, its input projection and its heads.
+    Decoder,
+    /// The text and audio embeddings (shared by both stacks).
+    Embeddings,
+}
+
+impl ModelPart {
+    /// Every part, in `--train` order.
+    pub const ALL: [ModelPart; 3] = [ModelPart::Backbone, ModelPart::Decoder, ModelPart::Embeddings];
+
+    /// The name `--train` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelPart::Backbone => "backbone",
+            ModelPart::Decoder => "decoder",
+            ModelPart::Embeddings => "embeddings",
+        }
+    }
+
+    /// Parses one `--train` name.
+    ///
+    /// # Errors
+    /// An unknown name, with the choices.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        ModelPart::ALL
+            .into_iter()
+            .find(|p| p.name().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| {
+                format!("--train: unknown part `{s}`; choose from backbone, decoder, embeddings")
+            })
+    }
+}
+
+fn default_train_parts() -> Vec<ModelPart> {
+    vec![ModelPart::Backbone, ModelPart::Decoder]
+}
+
+fn is_default_train_parts(parts: &[ModelPart]) -> bool {
+    parts == default_train_parts().as_slice()
+}
+
 /// Everything a fine-tuning run needs. Field names are the CLI flags in
 /// snake_case; `config.json` in the output directory holds exactly this.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -90,6 +155,21 @@ pub struct TrainConfig {
     pub target_layers: TargetLayers,
     /// Train a bias on adapted projections.
     pub lora_bias: bool,
+    // -- method and memory (left out of `config.json` at their defaults) --
+    /// LoRA (default) or full fine-tuning.
+    #[serde(skip_serializing_if = "Method::is_lora")]
+    pub method: Method,
+    /// What `--method full` trains (default: backbone and decoder).
+    #[serde(skip_serializing_if = "is_default_train_parts")]
+    pub train: Vec<ModelPart>,
+    /// Quantize the frozen projections of both stacks to this many bits
+    /// (4 or 8) and train LoRA on top (QLoRA); `None`: full precision.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quantize: Option<u8>,
+    /// Recompute each block's activations in the backward pass instead of
+    /// keeping them: less memory, one more forward pass per step.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub grad_checkpoint: bool,
     // -- optimisation --
     /// Peak learning rate (AdamW).
     pub learning_rate: f32,
@@ -166,6 +246,10 @@ impl Default for TrainConfig {
             target_modules: vec!["q_proj".into(), "v_proj".into()],
             target_layers: TargetLayers::all(),
             lora_bias: false,
+            method: Method::Lora,
+            train: default_train_parts(),
+            quantize: None,
+            grad_checkpoint: false,
             learning_rate: 2e-4,
             semantic_weight: 1.0,
             acoustic_weight: 1.0,
@@ -350,6 +434,25 @@ impl TrainConfig {
             !self.generate_samples || !self.sample_prompt.trim().is_empty(),
             "--generate-samples needs a non-empty --sample-prompt".into(),
         );
+        if let Some(bits) = self.quantize {
+            if let Err(e) = crate::model::QuantSpec::new(bits) {
+                errors.push(e);
+            }
+        }
+        if self.method == Method::Full {
+            if self.quantize.is_some() {
+                errors.push(
+                    "--quantize quantizes the frozen base under LoRA adapters (QLoRA); --method full \
+                     trains the weights themselves, which must stay in full precision"
+                        .into(),
+                );
+            }
+            if self.train.is_empty() {
+                errors.push(
+                    "--train names no part: choose from backbone, decoder, embeddings".into(),
+                );
+            }
+        }
         if errors.is_empty() {
             Ok(())
         } else {

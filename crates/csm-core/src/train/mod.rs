@@ -4,7 +4,9 @@
 pub mod batch;
 pub mod codes;
 pub mod config;
+pub mod full;
 pub mod metrics;
+pub mod modes;
 pub mod observer;
 pub mod optim;
 mod run;
@@ -15,7 +17,7 @@ pub mod state;
 mod step;
 pub mod trainer;
 
-pub use config::{LrSchedule, SaveMode, TrainConfig};
+pub use config::{LrSchedule, Method, ModelPart, SaveMode, TrainConfig};
 pub use observer::{
     NullObserver, Phase, RecordingObserver, StepReport, TrainEvent, TrainingObserver, ValReport,
 };
@@ -26,3 +28,4 @@ pub use settings::RunSettings;
 pub use trainer::{
     evaluate, load_assets, prepare, Assets, LossValues, Prepared, RunSummary, TrainError,
 };
+pub use trainer::{CheckSplit, FullPrecisionCheck};

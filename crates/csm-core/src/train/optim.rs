@@ -3,7 +3,10 @@
 //!
 //! mlx-rs ships an AdamW without bias correction; ours matches the optimizer
 //! PEFT users know, and keeps `m`, `v` and the step count explicit so a
-//! resumed run continues bit-for-bit.
+//! resumed run continues bit-for-bit. A parameter stored in less than f32
+//! (bf16 weights of a full fine-tune on a GPU) is updated through an f32
+//! master copy kept here: bf16 keeps 8 bits of mantissa, so an update
+//! smaller than 1/256 of a weight would round away.
 
 use std::collections::BTreeMap;
 
@@ -25,6 +28,9 @@ pub struct AdamW {
     pub m: BTreeMap<String, Array>,
     /// Second moments by parameter name (f32).
     pub v: BTreeMap<String, Array>,
+    /// f32 master copies of the parameters that are stored in another
+    /// dtype, by name.
+    pub master: BTreeMap<String, Array>,
 }
 
 impl AdamW {
@@ -37,12 +43,14 @@ impl AdamW {
             step: 0,
             m: BTreeMap::new(),
             v: BTreeMap::new(),
+            master: BTreeMap::new(),
         }
     }
 
     /// Applies one step with learning rate `lr` and returns the new values
     /// of the given parameters. Moments are kept in f32 whatever the
-    /// parameter dtype.
+    /// parameter dtype, and so is the parameter itself (its master copy)
+    /// when it is stored in another dtype.
     pub fn update(
         &mut self,
         lr: f32,
@@ -76,9 +84,15 @@ impl AdamW {
             let m_hat = m.divide(Array::from_f32(bc1))?;
             let v_hat = v.divide(Array::from_f32(bc2))?;
             let step = m_hat.divide(v_hat.sqrt()?.add(Array::from_f32(self.eps))?)?;
-            let p32 = p.as_dtype(Dtype::Float32)?;
+            let p32 = match self.master.get(name) {
+                Some(master) => master.clone(),
+                None => p.as_dtype(Dtype::Float32)?,
+            };
             let decayed = p32.multiply(Array::from_f32(1.0 - lr * self.weight_decay))?;
             let new_p = decayed.subtract(step.multiply(Array::from_f32(lr))?)?;
+            if p.dtype() != Dtype::Float32 {
+                self.master.insert(name.clone(), new_p.clone());
+            }
             out.insert(name.clone(), new_p.as_dtype(p.dtype())?);
             self.m.insert(name.clone(), m);
             self.v.insert(name.clone(), v);
@@ -88,7 +102,10 @@ impl AdamW {
 
     /// Arrays to evaluate together with the parameters after a step.
     pub fn state_arrays(&self) -> impl Iterator<Item = &Array> {
-        self.m.values().chain(self.v.values())
+        self.m
+            .values()
+            .chain(self.v.values())
+            .chain(self.master.values())
     }
 }
 
@@ -118,5 +135,36 @@ mod tests {
             assert!((got - p).abs() < 1e-6, "step {t}: {got} vs {p}");
         }
         assert_eq!(opt.step, 3);
+    }
+
+    /// A bf16 parameter follows the f32 trajectory through its master copy
+    /// (rounded once per step for the model), where updating the bf16
+    /// value itself would lose every step smaller than its rounding.
+    #[test]
+    fn bf16_parameters_keep_an_f32_master_copy() {
+        let start = [1.0f32, -0.5, 0.25, 2.0];
+        let w32 = Array::from_slice(&start, &[4]);
+        let mut p32 = BTreeMap::from([("w".to_string(), w32.clone())]);
+        let mut p16 = BTreeMap::from([("w".to_string(), w32.as_dtype(Dtype::Bfloat16).unwrap())]);
+        let (mut a, mut b) = (AdamW::new(0.0), AdamW::new(0.0));
+        let g = Array::from_slice(&[0.1f32, -0.2, 0.3, 1.0], &[4]);
+        let grads = BTreeMap::from([("w".to_string(), g)]);
+        for _ in 0..200 {
+            p32 = a.update(1e-4, &p32, &grads).unwrap();
+            p16 = b.update(1e-4, &p16, &grads).unwrap();
+        }
+        assert!(a.master.is_empty());
+        assert_eq!(p16["w"].dtype(), Dtype::Bfloat16);
+        let master = b.master["w"].as_slice::<f32>().to_vec();
+        let exact = p32["w"].as_slice::<f32>().to_vec();
+        for (m, e) in master.iter().zip(&exact) {
+            assert!((m - e).abs() < 1e-6, "master {m} vs f32 run {e}");
+        }
+        // Each step moves the weight at 2.0 by 1e-4, far below half a bf16
+        // step there (7.8e-3): updated in bf16 it would round back to 2.0
+        // every time; through the master copy it has moved by 0.02.
+        let rounded = p16["w"].as_dtype(Dtype::Float32).unwrap();
+        let rounded = rounded.as_slice::<f32>().to_vec();
+        assert_ne!(rounded[3], start[3], "the bf16 weight never moved");
     }
 }

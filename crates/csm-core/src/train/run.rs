@@ -17,6 +17,8 @@ use super::optim::AdamW;
 use super::schedule::learning_rate;
 use super::settings::RunSettings;
 use super::state::{self, Progress};
+use super::modes;
+use super::trainer::{CheckSplit, FullPrecisionCheck};
 use super::step::{compile_step, ForwardBackward};
 use super::trainer::{
     evaluate, load_assets, mlx, prepare, save_merged, Assets, LossValues, Prepared, RunSummary,
@@ -141,6 +143,8 @@ pub(super) struct Run<'a> {
     trainable_params: usize,
     world_size: usize,
     group: Group,
+    /// A QLoRA run's adapter on the full-precision model, once checked.
+    full_precision: Option<FullPrecisionCheck>,
 }
 
 /// What the micro-batches of one optimizer step add up to on this rank.
@@ -193,18 +197,8 @@ impl<'a> Run<'a> {
     ) -> Result<Self, TrainError> {
         let spec = cfg.lora_spec();
         random::seed(cfg.seed).map_err(mlx("seeding"))?;
-        let adapted = adapter::attach(&mut assets.loaded.model, &spec)?;
-        if adapted == 0 {
-            return Err(TrainError::Config(vec![format!(
-                "--target-modules {} with --target-layers {} selects no projection of this model",
-                cfg.target_modules.join(","),
-                cfg.target_layers.to_arg()
-            )]));
-        }
-        let trainable_params = adapter::adapter_tensors(&assets.loaded.model)
-            .values()
-            .map(|a| a.size())
-            .sum();
+        // Quantize (QLoRA), attach adapters or unfreeze the parts to train.
+        let trainable_params = modes::prepare_model(&mut assets.loaded.model, cfg)?.trainable_params;
         // One micro-batch is `batch_size` examples on every rank.
         let micro_batches = cfg.micro_batches_per_epoch(data.train.len(), group.size());
         let steps_per_epoch = cfg.steps_per_epoch(data.train.len(), group.size());
@@ -232,6 +226,7 @@ impl<'a> Run<'a> {
             trainable_params,
             world_size: group.size(),
             group,
+            full_precision: None,
         })
     }
 
@@ -255,10 +250,8 @@ impl<'a> Run<'a> {
                 loaded.progress.world_size, self.world_size
             )));
         }
-        if loaded.config.lora_spec() != self.spec {
-            return Err(reject(
-                "its LoRA settings (--lora-r/--lora-alpha/--target-modules/--target-layers/--lora-bias) differ from this run's".into(),
-            ));
+        if let Some(reason) = modes::resume_mismatch(&loaded.config, self.cfg) {
+            return Err(reject(reason));
         }
         if loaded.progress.train_examples != self.data.train.len() {
             return Err(reject(format!(
@@ -662,7 +655,7 @@ impl<'a> Run<'a> {
         });
         self.checkpoint(observer)?;
         if !cancelled {
-            self.save_outputs()?;
+            self.save_outputs(observer)?;
         }
         observer.on_event(&TrainEvent::Finished {
             step: self.progress.step,
@@ -676,6 +669,7 @@ impl<'a> Run<'a> {
             cancelled,
             output_dir: cfg.output_dir.clone(),
             checkpoint: self.last_checkpoint,
+            full_precision: self.full_precision,
         })
     }
 
@@ -793,14 +787,20 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// Adapters (mlx_lm + PEFT layouts) and/or the merged model, per
-    /// `--save-mode`.
-    fn save_outputs(&mut self) -> Result<(), TrainError> {
+    /// A full fine-tune's model in the input's format (`model/`); else the
+    /// adapters (mlx_lm + PEFT layouts) and/or the merged model, per
+    /// `--save-mode`. A QLoRA run then evaluates its adapter on the
+    /// full-precision model and merges into that.
+    fn save_outputs(&mut self, observer: &mut dyn TrainingObserver) -> Result<(), TrainError> {
         if !self.group.is_main() {
             return Ok(());
         }
-        use super::config::SaveMode;
+        use super::config::{Method, SaveMode};
         let cfg = self.cfg;
+        if cfg.method == Method::Full {
+            super::full::save_model(&self.assets.loaded, &cfg.output_dir)?;
+            return Ok(());
+        }
         let model = &self.assets.loaded.model;
         if matches!(cfg.save_mode, SaveMode::Lora | SaveMode::Both) {
             adapter::save_mlx(&cfg.output_dir, model, &self.spec, Some(&cfg.model_path))?;
@@ -812,9 +812,49 @@ impl<'a> Run<'a> {
                 Some(&cfg.model_path),
             )?;
         }
-        if matches!(cfg.save_mode, SaveMode::Full | SaveMode::Both) {
-            save_merged(&self.assets.loaded, &cfg.output_dir.join("merged"))?;
+        let merged = matches!(cfg.save_mode, SaveMode::Full | SaveMode::Both)
+            .then(|| cfg.output_dir.join("merged"));
+        if cfg.quantize.is_none() {
+            if let Some(dir) = merged {
+                save_merged(&self.assets.loaded, &dir)?;
+            }
+            return Ok(());
         }
+        let examples = if self.data.val.is_empty() {
+            (&self.data.train[..], CheckSplit::Training)
+        } else {
+            (&self.data.val[..], CheckSplit::Validation)
+        };
+        observer.on_event(&TrainEvent::Phase {
+            phase: Phase::Saving,
+            detail: "evaluating the adapter on the full-precision model".into(),
+        });
+        let check = modes::full_precision_check(
+            &mut self.assets,
+            cfg,
+            &self.spec,
+            examples,
+            merged.as_deref(),
+        )?;
+        if let Some(c) = &check {
+            let detail = format!(
+                "adapter on the full-precision model: {:?} loss {:.4} (c0 {:.4}, c1+ {:.4}) on {} \
+                 examples; on the {}-bit model it was trained on: {:.4}",
+                c.split,
+                c.full_precision.total,
+                c.full_precision.semantic,
+                c.full_precision.acoustic,
+                c.examples,
+                c.bits,
+                c.quantized.total
+            );
+            tracing::info!("{detail}");
+            observer.on_event(&TrainEvent::Phase {
+                phase: Phase::Saving,
+                detail,
+            });
+        }
+        self.full_precision = check;
         Ok(())
     }
 }

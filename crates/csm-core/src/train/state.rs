@@ -1,5 +1,6 @@
-//! Training checkpoints: adapters, optimizer state, position in the data and
-//! config, in one safetensors file written atomically, with
+//! Training checkpoints: the trained tensors (`adapter.*` for LoRA,
+//! `weights.*` for `--method full`), optimizer state, position in the data
+//! and config, in one safetensors file written atomically, with
 //! `checkpoint_latest.safetensors` always pointing at the newest.
 
 use std::collections::{BTreeMap, HashMap};
@@ -8,7 +9,7 @@ use std::path::{Path, PathBuf};
 use mlx_rs::Array;
 use serde::{Deserialize, Serialize};
 
-use super::config::TrainConfig;
+use super::config::{Method, TrainConfig};
 use super::optim::AdamW;
 use super::run_dir::{RunDir, LATEST_CHECKPOINT};
 use crate::adapter::Adapter;
@@ -51,7 +52,8 @@ pub struct Loaded {
     pub progress: Progress,
     /// The run's config when it was written.
     pub config: TrainConfig,
-    /// Adapter tensors by canonical name.
+    /// The trained tensors by canonical name: adapter tensors, or the
+    /// weights of a full fine-tune.
     pub adapters: BTreeMap<String, Array>,
     /// Optimizer state.
     pub optimizer: AdamW,
@@ -66,6 +68,14 @@ pub struct Loaded {
 /// As [`load`].
 pub fn read_adapter(path: &Path) -> Result<Adapter, CheckpointError> {
     let loaded = load(path)?;
+    if loaded.config.method == Method::Full {
+        return Err(CheckpointError::Safetensors {
+            path: path.to_path_buf(),
+            message: "a checkpoint of a full fine-tune (--method full) holds model weights, not \
+                      an adapter; use the run's model/ folder"
+                .into(),
+        });
+    }
     Ok(Adapter {
         spec: loaded.config.lora_spec(),
         tensors: loaded.adapters,
@@ -85,8 +95,15 @@ pub fn save(
     optimizer: &AdamW,
 ) -> Result<PathBuf, CheckpointError> {
     let mut tensors = BTreeMap::new();
+    let prefix = match config.method {
+        Method::Lora => "adapter",
+        Method::Full => "weights",
+    };
     for (k, v) in adapters {
-        tensors.insert(format!("adapter.{k}"), v.clone());
+        tensors.insert(format!("{prefix}.{k}"), v.clone());
+    }
+    for (k, v) in &optimizer.master {
+        tensors.insert(format!("optim.w.{k}"), v.clone());
     }
     for (k, v) in &optimizer.m {
         tensors.insert(format!("optim.m.{k}"), v.clone());
@@ -157,8 +174,13 @@ pub fn load(path: &Path) -> Result<Loaded, CheckpointError> {
     let weights = WeightMap::from_safetensors(&[path.to_path_buf()], None)?;
     let mut adapters = BTreeMap::new();
     for (k, v) in weights.tensors {
-        if let Some(name) = k.strip_prefix("adapter.") {
+        if let Some(name) = k
+            .strip_prefix("adapter.")
+            .or_else(|| k.strip_prefix("weights."))
+        {
             adapters.insert(name.to_string(), v);
+        } else if let Some(name) = k.strip_prefix("optim.w.") {
+            optimizer.master.insert(name.to_string(), v);
         } else if let Some(name) = k.strip_prefix("optim.m.") {
             optimizer.m.insert(name.to_string(), v);
         } else if let Some(name) = k.strip_prefix("optim.v.") {

@@ -391,6 +391,35 @@ pub struct RunSummary {
     pub output_dir: PathBuf,
     /// Newest checkpoint.
     pub checkpoint: Option<PathBuf>,
+    /// A QLoRA run's adapter on the full-precision model (finished runs).
+    pub full_precision: Option<FullPrecisionCheck>,
+}
+
+/// Which examples a [`FullPrecisionCheck`] was computed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckSplit {
+    /// The validation examples.
+    Validation,
+    /// The training examples (the run had no validation split).
+    Training,
+}
+
+/// The loss of a QLoRA run's adapter on the full-precision base model,
+/// next to the same adapter on the quantized base it was trained on (see
+/// `modes::full_precision_check`).
+#[derive(Debug, Clone, Copy)]
+pub struct FullPrecisionCheck {
+    /// Bits the base was quantized to.
+    pub bits: u8,
+    /// On the full-precision model.
+    pub full_precision: LossValues,
+    /// On the quantized model (the run's own weights).
+    pub quantized: LossValues,
+    /// Which examples.
+    pub split: CheckSplit,
+    /// How many.
+    pub examples: usize,
 }
 
 /// Writes the base model with its adapters merged, in the format it was
