@@ -53,7 +53,7 @@ enum Command {
     /// --transcript-dir data/transcripts --output-dir runs/me
     #[command(
         name = "finetune-lora",
-        after_long_help = "Environment:\n  CSM_CACHE_DIR   cache root; Mimi codes go to its codes/ (default ~/.cache/csm/codes)\n  CSM_COMPILE     1: run the training step through mx.compile (default off: measured no faster)"
+        after_long_help = "Environment:\n  CSM_CACHE_DIR   cache root; Mimi codes go to its codes/ (default ~/.cache/csm/codes)\n  CSM_COMPILE     1 / 0: run the training step through mx.compile or not (default: on GPUs, off on the CPU)"
     )]
     FinetuneLora(commands::finetune::FinetuneArgs),
     /// Mimi-encode a dataset into the codes cache (so training starts at

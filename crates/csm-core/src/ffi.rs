@@ -1,6 +1,6 @@
 //! Direct mlx-c calls for what mlx-rs 0.33 does not wrap (distributed
-//! collectives, this crate's CPU primitives in `kernels`): error
-//! capture.
+//! collectives, this crate's CPU primitives in `kernels`, the loss's custom
+//! gradient): error capture and array-vector helpers.
 
 use std::cell::RefCell;
 use std::ffi::{c_char, c_void, CStr};
@@ -94,4 +94,42 @@ pub(crate) fn mlx_call(f: impl FnOnce() -> i32) -> Result<(), String> {
     } else {
         Err(message.unwrap_or_else(|| format!("mlx-c returned status {status}")))
     }
+}
+
+/// Fills an mlx-c result vector with `arrays` (the vector takes its own
+/// references).
+///
+/// # Safety
+/// `res` must point to a live `mlx_vector_array` handle.
+pub(crate) unsafe fn set_vector_arrays(
+    res: *mut mlx_sys::mlx_vector_array,
+    arrays: &[Array],
+) -> Result<(), String> {
+    let raw: Vec<mlx_sys::mlx_array> = arrays.iter().map(Array::as_ptr).collect();
+    // SAFETY: `res` is live (caller); `raw` holds live handles for the call,
+    // which the vector copies.
+    mlx_call(|| unsafe { mlx_sys::mlx_vector_array_set_data(res, raw.as_ptr(), raw.len()) })
+}
+
+/// The arrays of an mlx-c vector, as owned [`Array`]s.
+///
+/// # Safety
+/// `vec` must be a live `mlx_vector_array` handle.
+pub(crate) unsafe fn vector_arrays(vec: mlx_sys::mlx_vector_array) -> Result<Vec<Array>, String> {
+    // SAFETY: the caller guarantees `vec` is live.
+    let n = unsafe { mlx_sys::mlx_vector_array_size(vec) };
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        // SAFETY: a fresh handle for mlx-c to fill.
+        let mut raw = unsafe { mlx_sys::mlx_array_new() };
+        // SAFETY: `i < n` and `raw` is a valid out-parameter.
+        if let Err(e) = mlx_call(|| unsafe { mlx_sys::mlx_vector_array_get(&mut raw, vec, i) }) {
+            // SAFETY: frees the handle created above, never handed out.
+            unsafe { mlx_sys::mlx_array_free(raw) };
+            return Err(e);
+        }
+        // SAFETY: `raw` now holds its own reference; the Array frees it.
+        out.push(unsafe { Array::from_ptr(raw) });
+    }
+    Ok(out)
 }

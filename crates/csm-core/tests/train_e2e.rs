@@ -389,7 +389,7 @@ fn compiled_step_follows_the_plain_step() {
     let mut runs = Vec::new();
     for compile in [false, true] {
         let mut settings = settings();
-        settings.compile = compile;
+        settings.compile = Some(compile);
         let out = tempfile::tempdir().unwrap();
         let mut cfg = config(&paths, out.path());
         // Two lengths per batch and a fraction that leaves odd decoder

@@ -34,6 +34,19 @@ pub fn logsumexp(x: &Array) -> Result<Array, Exception> {
     m.squeeze_axes(&[-1])?.add(sum.log()?)
 }
 
+/// `e^x` elementwise: `power(e, x)` on MLX's scalar CPU kernels (see the
+/// module docs), MLX's own `exp` elsewhere. Not for the gradient of `x`:
+/// the loss's backward uses it on values that need none.
+///
+/// # Shapes
+/// `x: [...]` -> `[...]`
+pub fn exp(x: &Array) -> Result<Array, Exception> {
+    if !super::scalar_mlx_cpu(x) {
+        return x.exp();
+    }
+    Array::from_f32(std::f64::consts::E as f32).power(x)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

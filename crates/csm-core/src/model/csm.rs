@@ -48,6 +48,58 @@ pub struct Csm {
     pub audio_head: Param<Array>,
     /// Hyperparameters.
     pub config: CsmConfig,
+    /// Which forms the training loss and attention take
+    /// ([`Csm::set_train_kernels`]).
+    pub kernels: TrainKernels,
+}
+
+/// Forms of the training computation that give the same loss as the plain
+/// ones (to rounding; tested) but cost less time or memory on some
+/// devices. The trainer and `csm bench-train` choose them
+/// ([`TrainKernels::for_device`]); each can be turned off for comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrainKernels {
+    /// Cross-entropy with its own gradient, over codebook-major depth
+    /// logits: no f32 copy of the logits is kept for the backward and no
+    /// transposed copy is made ([`super::cross_entropy`]).
+    pub fused_cross_entropy: bool,
+    /// Pad the backbone's causal attention, inside the attention only, to a
+    /// multiple of this many positions (0: never). MLX's CUDA backend has a
+    /// fused (cuDNN) attention backward only for query lengths that are a
+    /// multiple of 128; other lengths recompute the attention unfused in
+    /// the backward. The padded keys come after every real query, so the
+    /// causal mask hides them and the real rows are unchanged.
+    pub attention_tile: i32,
+}
+
+impl TrainKernels {
+    /// The plain forms: MLX's autodiff of the cross-entropy, no padding.
+    pub const PLAIN: TrainKernels = TrainKernels {
+        fused_cross_entropy: false,
+        attention_tile: 0,
+    };
+
+    /// The forms expected to pay on a device: the fused cross-entropy
+    /// everywhere; the attention tile on GPUs outside macOS (CUDA), where
+    /// the fused backward exists (Metal trains with the unfused attention
+    /// whatever the length, so padding would only add work there).
+    pub fn for_device(gpu: bool) -> TrainKernels {
+        TrainKernels {
+            fused_cross_entropy: true,
+            attention_tile: if gpu && !cfg!(target_os = "macos") {
+                128
+            } else {
+                0
+            },
+        }
+    }
+}
+
+impl Default for TrainKernels {
+    /// The fused cross-entropy, no attention padding.
+    fn default() -> Self {
+        TrainKernels::for_device(false)
+    }
 }
 
 /// Input of the backbone forward ([`Module`] impl of [`Csm`]).
@@ -88,7 +140,17 @@ impl Csm {
                 None,
             )?),
             config: config.clone(),
+            kernels: TrainKernels::default(),
         })
+    }
+
+    /// Chooses the forms of the training computation (see
+    /// [`TrainKernels`]); the attention tile applies to the backbone.
+    pub fn set_train_kernels(&mut self, kernels: TrainKernels) {
+        self.kernels = kernels;
+        for layer in &mut self.backbone.layers {
+            layer.self_attn.tile = kernels.attention_tile;
+        }
     }
 
     /// Casts every floating parameter to `dtype` (lazily).
@@ -181,6 +243,20 @@ impl Csm {
     /// `h_prev: [N, D]` (backbone state of the previous frame), `codes:
     /// [N, n_cb]` (the frame's codes) -> `[N, n_cb - 1, audio_vocab]`
     pub fn depth_logits(&mut self, h_prev: &Array, codes: &Array) -> Result<Array, Exception> {
+        self.depth_logits_by_codebook(h_prev, codes)?
+            .transpose_axes(&[1, 0, 2]) // [N, n_cb - 1, V]
+    }
+
+    /// [`Csm::depth_logits`] codebook-major, as the heads compute them (no
+    /// transposed copy).
+    ///
+    /// # Shapes
+    /// `h_prev: [N, D]`, `codes: [N, n_cb]` -> `[n_cb - 1, N, audio_vocab]`
+    pub fn depth_logits_by_codebook(
+        &mut self,
+        h_prev: &Array,
+        codes: &Array,
+    ) -> Result<Array, Exception> {
         let n = self.num_codebooks();
         let nf = codes.shape()[0];
         let prev_codes = codes
@@ -203,7 +279,7 @@ impl Csm {
         let d = d.try_index((.., 1.., ..))?.transpose_axes(&[1, 0, 2])?; // [n_cb - 1, N, D_dec]
         let logits = ops::matmul(&d, &self.audio_head.value)?; // [n_cb - 1, N, V]
         debug_assert_eq!(logits.shape()[1], nf);
-        logits.transpose_axes(&[1, 0, 2]) // [N, n_cb - 1, V]
+        Ok(logits)
     }
 
     /// One empty KV cache per backbone layer, for [`Csm::backbone_step`].

@@ -14,6 +14,7 @@ use mlx_rs::error::Exception;
 use mlx_rs::fast::{self, ScaledDotProductAttentionMask};
 use mlx_rs::macros::ModuleParameters;
 use mlx_rs::module::{Module, Param};
+use mlx_rs::ops::indexing::TryIndexOp;
 use mlx_rs::{ops, Array};
 
 use super::config::LlamaConfig;
@@ -149,6 +150,10 @@ pub struct Attention {
     pub head_dim: i32,
     /// RoPE periods `[hd/2]` (f32), see [`LlamaConfig::rope_periods`].
     pub rope_periods: Array,
+    /// Causal attention without a cache runs on `q`, `k`, `v` padded to a
+    /// multiple of this many positions, then cut back (0: never); see
+    /// [`super::csm::TrainKernels::attention_tile`].
+    pub tile: i32,
 }
 
 /// Input of [`Attention`], [`Block`] and [`Llama`] forwards.
@@ -175,6 +180,7 @@ impl Attention {
             num_kv_heads: cfg.num_kv_heads,
             head_dim: hd,
             rope_periods,
+            tile: 0,
         })
     }
 
@@ -220,12 +226,30 @@ impl Module<AttentionInput<'_>> for Attention {
         let offset = cache.as_ref().map_or(0, |c| c.offset());
         let q = self.rope(&q, offset)?;
         let k = self.rope(&k, offset)?;
+        let cached = cache.is_some();
         let (k, v) = match cache {
             Some(cache) => cache.update(k, v)?,
             None => (k, v),
         };
         let scale = 1.0 / (hd as f32).sqrt();
         let o = match mask {
+            AttentionMask::Causal if !cached && self.tile > 0 && L % self.tile != 0 => {
+                // Padded positions come after every real one: the causal
+                // mask hides them from the real queries, whose rows are
+                // unchanged; the padded rows are cut off.
+                let extra = self.tile - L % self.tile;
+                let widths = [(0, 0), (0, 0), (0, extra), (0, 0)];
+                let pad = |a: &Array| ops::pad(a, &widths[..], None, None); // [B, h, L', hd]
+                fast::scaled_dot_product_attention(
+                    pad(&q)?,
+                    pad(&k)?,
+                    pad(&v)?,
+                    scale,
+                    ScaledDotProductAttentionMask::Causal,
+                    None::<&Array>,
+                )? // [B, H, L', hd]
+                .try_index((.., .., ..L, ..))? // [B, H, L, hd]
+            }
             AttentionMask::None => {
                 fast::scaled_dot_product_attention(&q, &k, &v, scale, None, None::<&Array>)?
             }

@@ -18,6 +18,7 @@ use mlx_rs::error::Exception;
 use mlx_rs::ops::indexing::{take_along_axis, take_axis, TryIndexOp};
 use mlx_rs::{ops, Array, Dtype};
 
+use super::cross_entropy::cross_entropy_fused;
 use super::csm::{Csm, FrameInput};
 use super::llama::AttentionMask;
 
@@ -192,7 +193,12 @@ impl Csm {
             .loss_mask
             .try_index((.., 1..))?
             .as_dtype(Dtype::Float32)?; // [B, S-1]
-        let ce = cross_entropy(&c0_logits, &c0_targets)?; // [B, S-1]
+        let fused = self.kernels.fused_cross_entropy;
+        let ce = if fused {
+            cross_entropy_fused(&c0_logits, &c0_targets)?
+        } else {
+            cross_entropy(&c0_logits, &c0_targets)?
+        }; // [B, S-1]
         let count = ops::maximum(m.sum(None)?, Array::from_f32(1.0))?;
         let semantic = ce.multiply(&m)?.sum(None)?.divide(&count)?;
 
@@ -202,14 +208,23 @@ impl Csm {
         let h_sel = take_axis(&h_flat, idx.subtract(Array::from_int(1))?, 0)?; // [N, D]
         let codes = take_axis(tokens.reshape(&[B * S, n + 1])?, &idx, 0)? // [N, n_cb + 1]
             .try_index((.., ..n))?; // [N, n_cb]
-        let depth = self.depth_logits(&h_sel, &codes)?; // [N, n_cb - 1, V]
-        let ce = cross_entropy(&depth, &codes.try_index((.., 1..))?)?; // [N, n_cb - 1]
+                                    // Per (frame, codebook) cross-entropy and the axis of frames in it.
+        let (ce, frame_axis) = if fused {
+            // Codebook-major, as the heads compute it: no transposed copy.
+            let depth = self.depth_logits_by_codebook(&h_sel, &codes)?; // [n_cb - 1, N, V]
+            let targets = codes.try_index((.., 1..))?.transpose_axes(&[1, 0])?; // [n_cb - 1, N]
+            (cross_entropy_fused(&depth, &targets)?, 1) // [n_cb - 1, N]
+        } else {
+            let depth = self.depth_logits(&h_sel, &codes)?; // [N, n_cb - 1, V]
+            let targets = codes.try_index((.., 1..))?; // [N, n_cb - 1]
+            (cross_entropy(&depth, &targets)?, 0) // [N, n_cb - 1]
+        };
         let acoustic = match batch.decoder_weights {
             None => ce.mean(None)?,
             Some(w) => {
                 // Weighted mean over frames (0 = padding), then codebooks.
                 let w = w.as_dtype(Dtype::Float32)?;
-                let per_frame = ce.mean_axis(-1, None)?; // [N]
+                let per_frame = ce.mean_axis(1 - frame_axis, None)?; // [N]
                 let count = ops::maximum(w.sum(None)?, Array::from_f32(1.0))?;
                 per_frame.multiply(&w)?.sum(None)?.divide(&count)?
             }

@@ -23,8 +23,10 @@
 
 pub mod checkpointing;
 pub mod config;
+pub mod cross_entropy;
 pub mod csm;
 pub mod error;
+pub mod flops;
 pub mod llama;
 pub mod load;
 pub mod loss;
@@ -32,7 +34,7 @@ pub mod proj;
 pub mod quant;
 
 pub use config::{ConfigKind, CsmConfig, Llama3RopeScaling, LlamaConfig};
-pub use csm::{Csm, FrameInput};
+pub use csm::{Csm, FrameInput, TrainKernels};
 pub use error::ModelError;
 pub use llama::{padded_causal_mask, AttentionMask, KvCache};
 pub use load::{

@@ -14,7 +14,7 @@ pub mod run_dir;
 pub mod schedule;
 pub mod settings;
 pub mod state;
-mod step;
+pub mod step;
 pub mod trainer;
 
 pub use config::{LrSchedule, Method, ModelPart, SaveMode, TrainConfig};

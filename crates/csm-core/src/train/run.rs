@@ -19,7 +19,7 @@ use super::settings::RunSettings;
 use super::state::{self, Progress};
 use super::modes;
 use super::trainer::{CheckSplit, FullPrecisionCheck};
-use super::step::{compile_step, ForwardBackward};
+use super::step::{compile_step, ForwardBackward, StepOptions};
 use super::trainer::{
     evaluate, load_assets, mlx, prepare, save_merged, Assets, LossValues, Prepared, RunSummary,
     TrainError,
@@ -28,7 +28,7 @@ use crate::adapter::{self, LoraSpec};
 use crate::cancel::CancelToken;
 use crate::checkpoint::CheckpointError;
 use crate::distributed::Group;
-use crate::model::LossWeights;
+use crate::model::{LossWeights, TrainKernels};
 use crate::rng::Rng;
 use crate::runtime;
 
@@ -332,12 +332,23 @@ impl<'a> Run<'a> {
         cancel: &CancelToken,
     ) -> Result<RunSummary, TrainError> {
         self.announce(observer);
-        let (compile, why) = compile_step(self.settings.compile, self.cfg.lora_dropout);
+        let gpu = !runtime::default_device_is_cpu();
+        let (compile, why) = compile_step(self.settings.compile, gpu, self.cfg.lora_dropout);
         tracing::info!("training step: {why}");
+        let kernels = self
+            .settings
+            .kernels
+            .unwrap_or_else(|| TrainKernels::for_device(gpu));
+        tracing::info!("training kernels: {kernels:?}");
+        self.assets.loaded.model.set_train_kernels(kernels);
         let grad_keys = adapter::adapter_tensors(&self.assets.loaded.model)
             .into_keys()
             .collect();
-        let mut step_fn = ForwardBackward::new(grad_keys, self.loss_weights(), compile);
+        let options = StepOptions {
+            compile,
+            buckets: true,
+        };
+        let mut step_fn = ForwardBackward::new(grad_keys, self.loss_weights(), options);
         self.assets.loaded.model.training_mode(true);
         let started = Instant::now();
         let first_step = self.progress.step;

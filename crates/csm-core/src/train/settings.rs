@@ -16,6 +16,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use super::codes::CodesCache;
+use crate::model::TrainKernels;
 use crate::distributed::DistEnv;
 use crate::runtime::DeviceChoice;
 
@@ -23,10 +24,14 @@ use crate::runtime::DeviceChoice;
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct RunSettings {
-    /// Run the training step through `mx.compile` (`CSM_COMPILE=1`). Off by
-    /// default: measured, it did not pay (docs/benchmarks.md); ignored with
-    /// LoRA dropout, whose random mask would be frozen into the trace.
-    pub compile: bool,
+    /// Run the training step through `mx.compile` (`CSM_COMPILE=1`) or not
+    /// (`CSM_COMPILE=0`); `None`: compiled on GPUs, not on the CPU
+    /// ([`super::step::compile_step`]). Never with LoRA dropout, whose
+    /// random mask would be frozen into the trace.
+    pub compile: Option<bool>,
+    /// Forms of the loss and attention ([`TrainKernels`]); `None`: the ones
+    /// expected to pay on the device ([`TrainKernels::for_device`]).
+    pub kernels: Option<TrainKernels>,
     /// Root of the Mimi codes cache (see [`CodesCache::default_dir`]).
     pub codes_cache: PathBuf,
     /// The device MLX runs on.
@@ -39,11 +44,12 @@ pub struct RunSettings {
 }
 
 impl RunSettings {
-    /// One process on the best device, not compiled, with the codes cache
-    /// under `codes_cache`.
+    /// One process on the best device, compiled on GPUs, with the codes
+    /// cache under `codes_cache`.
     pub fn new(codes_cache: impl Into<PathBuf>) -> RunSettings {
         RunSettings {
-            compile: false,
+            compile: None,
+            kernels: None,
             codes_cache: codes_cache.into(),
             device: DeviceChoice::Best,
             distributed: DistEnv::default(),
@@ -53,17 +59,27 @@ impl RunSettings {
     }
 
     /// The settings the variables given by `lookup` describe:
-    /// `CSM_COMPILE=1`, the codes cache of [`CodesCache::default_dir`], the
+    /// `CSM_COMPILE=1` or `0`, the codes cache of [`CodesCache::default_dir`], the
     /// distributed launch variables ([`DistEnv::VARS`]) and, with the
     /// `fault-injection` feature, [`FaultPlan::from_env`]. The `csm` tool
     /// and the app pass `|k| std::env::var_os(k)`.
     ///
     /// # Errors
-    /// A `CSM_DEBUG_*` value that cannot be parsed (with `fault-injection`).
+    /// A `CSM_COMPILE` other than `1` or `0`, or a `CSM_DEBUG_*` value that
+    /// cannot be parsed (with `fault-injection`).
     pub fn from_env(lookup: impl Fn(&str) -> Option<OsString>) -> Result<RunSettings, String> {
         let text = |k: &str| lookup(k).and_then(|v| v.into_string().ok());
         let mut s = RunSettings::new(CodesCache::default_dir(&lookup));
-        s.compile = text(COMPILE_ENV).as_deref() == Some("1");
+        s.compile = match text(COMPILE_ENV).as_deref() {
+            None | Some("") => None,
+            Some("1") => Some(true),
+            Some("0") => Some(false),
+            Some(other) => {
+                return Err(format!(
+                    "{COMPILE_ENV}={other:?}: expected 1 (compile the training step) or 0 (do not)"
+                ))
+            }
+        };
         s.distributed = DistEnv::capture(text);
         #[cfg(feature = "fault-injection")]
         {
@@ -73,7 +89,8 @@ impl RunSettings {
     }
 }
 
-/// The variable that turns on the compiled training step (`1`).
+/// The variable that turns the compiled training step on (`1`) or off
+/// (`0`).
 pub const COMPILE_ENV: &str = "CSM_COMPILE";
 
 /// Faults the crash-recovery tests inject into a run, each at the start of
@@ -172,12 +189,16 @@ mod tests {
             ("MLX_RANK", "1"),
         ]))
         .unwrap();
-        assert!(s.compile);
+        assert_eq!(s.compile, Some(true));
         assert_eq!(s.codes_cache, PathBuf::from("/c/codes"));
         assert_eq!(s.distributed.get("MLX_RANK"), Some("1"));
-        // Only "1" compiles.
-        let s = RunSettings::from_env(vars(&[("CSM_COMPILE", "yes"), ("HOME", "/h")])).unwrap();
-        assert!(!s.compile);
+        // "0" forces it off; unset leaves it to the device; others are errors.
+        let off = RunSettings::from_env(vars(&[("CSM_COMPILE", "0")])).unwrap();
+        assert_eq!(off.compile, Some(false));
+        let e = RunSettings::from_env(vars(&[("CSM_COMPILE", "yes")])).unwrap_err();
+        assert!(e.contains("CSM_COMPILE=\"yes\""), "{e}");
+        let s = RunSettings::from_env(vars(&[("HOME", "/h")])).unwrap();
+        assert_eq!(s.compile, None);
         assert_eq!(s.codes_cache, PathBuf::from("/h/.cache/csm/codes"));
         assert_eq!(s.distributed, DistEnv::default());
     }

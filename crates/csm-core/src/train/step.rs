@@ -1,5 +1,6 @@
 //! Forward and backward pass of one micro-batch: one loss function, run
-//! as is or through `mx.compile`.
+//! as is or through `mx.compile` with shape buckets. `csm bench-train`
+//! times this same step.
 
 use mlx_rs::error::Exception;
 use mlx_rs::{nn, ops, Array};
@@ -8,48 +9,81 @@ use super::batch::Batch;
 use super::trainer::TrainError;
 use crate::model::{ArrayLossBatch, AttentionMask, Csm, LossWeights};
 
-/// Frames per shape step of the compiled path: batch lengths and decoder
-/// frame counts are rounded up to a multiple of this, so a run traces a few
-/// shapes instead of one per batch.
-const COMPILE_PAD: usize = 8;
+/// The length a batch's frames (or its depth-decoder frames) are padded to
+/// in the compiled step, so that a run traces a few shapes instead of one
+/// per batch: a multiple of 8 up to 128, then 16 sizes per doubling (a
+/// multiple of 8 up to 256, of 16 up to 512, of 32 up to 1024, ...). At
+/// most 1/16 of the frames (7 below 128) are padding.
+pub fn bucket_len(n: usize) -> usize {
+    if n <= 128 {
+        return n.div_ceil(8) * 8;
+    }
+    let octave = usize::BITS - 1 - n.leading_zeros(); // floor(log2 n) >= 7
+    let step = 1usize << (octave - 4);
+    n.div_ceil(step) * step
+}
 
-/// Whether the training step goes through `mx.compile` when the caller
-/// `asked` for it, and why (for the log).
+/// How the forward/backward pass of a micro-batch runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepOptions {
+    /// Through `mx.compile`.
+    pub compile: bool,
+    /// When compiled: pad frames and depth-decoder frames to
+    /// [`bucket_len`] (masked out, so the loss is the unpadded one), so
+    /// that batches of nearby lengths share a trace. Off: every new shape
+    /// is traced as it comes.
+    pub buckets: bool,
+}
+
+/// Whether the training step goes through `mx.compile`, and why (for the
+/// log): as `asked` (`CSM_COMPILE=1` / `0`), else on GPUs and not on the
+/// CPU.
 ///
-/// Off by default: measured, it did not pay. On this CPU the compiled
-/// CSM-1B step took 4.39 s against 4.26 s; on an H100 (bf16) it was within
-/// run-to-run noise with 12% less peak memory at every frame, while the
-/// demo run spent 5.1 s instead of 1.2 s on its first 30 steps tracing and
-/// JIT-compiling a kernel set per new batch shape, and the same 0.015 s per
-/// step afterwards (docs/benchmarks.md). Never with LoRA dropout: the
-/// random mask would be frozen into the trace.
-pub(super) fn compile_step(asked: bool, lora_dropout: f32) -> (bool, &'static str) {
-    match (asked, lora_dropout > 0.0) {
-        (true, true) => (
+/// On the CPU it did not pay: the compiled CSM-1B step took 4.39 s against
+/// 4.26 s on the project's machine (docs/benchmarks.md). On GPUs it fuses
+/// the elementwise work between the matmuls into fewer kernels and saved
+/// 12% of the peak memory on an H100 at every frame; shape buckets
+/// ([`bucket_len`]) keep the number of traces small (each new shape costs
+/// a trace and MLX's kernel compilation once). Never with LoRA dropout:
+/// the random mask would be frozen into the trace.
+pub fn compile_step(asked: Option<bool>, gpu: bool, lora_dropout: f32) -> (bool, &'static str) {
+    let want = asked.unwrap_or(gpu);
+    match (want, lora_dropout > 0.0, asked.is_some()) {
+        (true, true, true) => (
             false,
             "not compiled: CSM_COMPILE=1 ignored, LoRA dropout draws a new mask every step",
         ),
-        (true, false) => (true, "compiled (CSM_COMPILE=1)"),
-        (false, _) => (false, "not compiled (CSM_COMPILE=1 compiles it)"),
+        (true, true, false) => (
+            false,
+            "not compiled: LoRA dropout draws a new mask every step",
+        ),
+        (true, false, true) => (true, "compiled (CSM_COMPILE=1), shape buckets"),
+        (true, false, false) => (true, "compiled on the GPU, shape buckets (CSM_COMPILE=0 turns it off)"),
+        (false, _, true) => (false, "not compiled (CSM_COMPILE=0)"),
+        (false, _, false) => (false, "not compiled on the CPU (CSM_COMPILE=1 compiles it)"),
     }
 }
 
 /// The inputs of [`scaled_loss`] for one micro-batch: `[frames, mask, c0,
-/// idx, scale_sem, scale_dec]`, plus `decoder_weights` when `padded`.
+/// idx, scale_sem, scale_dec]`, plus `decoder_weights` when padded.
 ///
-/// Padded (the compiled step): frames, mask and codebook-0 targets are
-/// padded to a multiple of [`COMPILE_PAD`] frames (padding is masked and,
-/// with causal attention at the end, invisible to real frames); the
-/// depth-decoder indices are re-based on the padded length and padded to a
-/// multiple of [`COMPILE_PAD`] with weight 0. Not padded (the plain step):
-/// the batch as it is, every decoder frame of weight 1.
+/// Padded (`pad_to = Some(max_len)`, the bucketed compiled step): frames,
+/// mask and codebook-0 targets are padded to [`bucket_len`] frames (at most
+/// `max_len`; padding is masked and, with causal attention at the end,
+/// invisible to real frames); the depth-decoder indices are re-based on
+/// the padded length and padded to [`bucket_len`] entries of weight 0. Not
+/// padded: the batch as it is, every decoder frame of weight 1.
 ///
 /// # Shapes
 /// -> `[frames [B, S', K+1], mask [B, S', K+1], c0 [B, S'], idx [N'],
 /// scale_sem [], scale_dec [], (weights [N'])]`, `S' = S`, `N' = N` unpadded
-fn step_inputs(batch: &Batch, scales: (f32, f32), padded: bool) -> Result<Vec<Array>, Exception> {
+fn step_inputs(
+    batch: &Batch,
+    scales: (f32, f32),
+    pad_to: Option<usize>,
+) -> Result<Vec<Array>, Exception> {
     let scales = [Array::from_f32(scales.0), Array::from_f32(scales.1)];
-    if !padded {
+    let Some(max_len) = pad_to else {
         let n = batch.decoder_frames.len() as i32;
         let idx = Array::from_slice(&batch.decoder_frames, &[n]); // [N]
         let [sem, dec] = scales;
@@ -61,10 +95,10 @@ fn step_inputs(batch: &Batch, scales: (f32, f32), padded: bool) -> Result<Vec<Ar
             sem,
             dec,
         ]);
-    }
+    };
     let shape = batch.frames.shape();
     let s = shape[1] as usize;
-    let s_pad = s.div_ceil(COMPILE_PAD) * COMPILE_PAD;
+    let s_pad = bucket_len(s).min(max_len.max(s));
     let extra = (s_pad - s) as i32;
     let pad3 = [(0, 0), (0, extra), (0, 0)];
     let frames = ops::pad(&batch.frames, &pad3[..], None, None)?; // [B, S', K+1]
@@ -76,7 +110,7 @@ fn step_inputs(batch: &Batch, scales: (f32, f32), padded: bool) -> Result<Vec<Ar
         .map(|&f| (f as usize / s * s_pad + f as usize % s) as i32)
         .collect();
     let n = idx.len();
-    let n_pad = n.div_ceil(COMPILE_PAD) * COMPILE_PAD;
+    let n_pad = bucket_len(n);
     let mut w = vec![1f32; n];
     idx.resize(n_pad, idx[0]);
     w.resize(n_pad, 0.0);
@@ -144,8 +178,9 @@ type StepFn = Box<dyn for<'x> FnMut(&mut Csm, &'x [Array]) -> Result<Vec<Array>,
 
 /// Loss and gradients of a micro-batch, the same function run plain or
 /// compiled.
-pub(super) struct ForwardBackward {
+pub struct ForwardBackward {
     weights: LossWeights,
+    options: StepOptions,
     /// Names of the trainable tensors, in the order of the gradients.
     grad_keys: Vec<String>,
     /// `mx.compile` of [`loss_and_grads`], when compiling.
@@ -153,31 +188,36 @@ pub(super) struct ForwardBackward {
 }
 
 /// One micro-batch's result, not yet evaluated.
-pub(super) struct MicroStep {
+pub struct MicroStep {
     /// `[total, semantic, acoustic]`, scaled as in [`scaled_loss`].
-    pub(super) losses: Vec<Array>,
+    pub losses: Vec<Array>,
     /// Gradient of each trainable tensor, by name.
-    pub(super) grads: Vec<(String, Array)>,
+    pub grads: Vec<(String, Array)>,
 }
 
 impl ForwardBackward {
-    /// The step for the trainable tensors `grad_keys` (sorted), compiled
-    /// when `compile`.
-    pub(super) fn new(grad_keys: Vec<String>, weights: LossWeights, compile: bool) -> Self {
-        let compiled = compile.then(|| {
+    /// The step for the trainable tensors `grad_keys` (sorted), run as
+    /// `options` say.
+    pub fn new(grad_keys: Vec<String>, weights: LossWeights, options: StepOptions) -> Self {
+        let compiled = options.compile.then(|| {
             let step = move |model: &mut Csm, x: &[Array]| loss_and_grads(model, x, weights);
             Box::new(mlx_rs::transforms::compile::compile_with_state(step, false)) as StepFn
         });
         ForwardBackward {
             weights,
+            options,
             grad_keys,
             compiled,
         }
     }
 
     /// Loss terms and gradients of `batch`, its terms scaled by `scales`
-    /// (semantic, acoustic).
-    pub(super) fn run(
+    /// (semantic, acoustic): each term's share of the global mean (1, 1 for
+    /// a batch on its own).
+    ///
+    /// # Errors
+    /// MLX failures, or a gradient count that does not match `grad_keys`.
+    pub fn run(
         &mut self,
         model: &mut Csm,
         batch: &Batch,
@@ -192,7 +232,9 @@ impl ForwardBackward {
             context: what.into(),
             source,
         };
-        let inputs = step_inputs(batch, scales, self.compiled.is_some()).map_err(fail)?;
+        let pad_to = (self.compiled.is_some() && self.options.buckets)
+            .then_some(model.config.backbone.max_seq_len as usize);
+        let inputs = step_inputs(batch, scales, pad_to).map_err(fail)?;
         let mut out = match self.compiled.as_mut() {
             Some(step) => step(model, &inputs),
             None => loss_and_grads(model, &inputs, self.weights),
@@ -210,5 +252,171 @@ impl ForwardBackward {
             losses: out,
             grads: self.grad_keys.iter().cloned().zip(grads).collect(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    use mlx_rs::module::ModuleParameters;
+    use mlx_rs::random;
+
+    use super::*;
+    use crate::adapter::{self, LoraSpec, TargetLayers};
+    use crate::model::{load_csm, LoadOptions, TrainKernels};
+    use crate::rng::Rng;
+    use crate::test_util::{max_abs, max_abs_diff};
+    use crate::train::batch::{build_example, collate, Turn};
+
+    /// The tiny fixture model (transformers layout) with LoRA on q/v/down
+    /// of both stacks, every `lora_b` random so that every adapter tensor
+    /// has a gradient.
+    fn tiny_model() -> Csm {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/csm_tiny_hf");
+        let mut model = load_csm(&dir, &LoadOptions::default()).unwrap().model;
+        random::seed(11).unwrap();
+        let spec = LoraSpec {
+            r: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            modules: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()],
+            layers: TargetLayers::all(),
+            bias: false,
+        };
+        adapter::attach(&mut model, &spec).unwrap();
+        let b: std::collections::HashMap<_, _> = adapter::adapter_tensors(&model)
+            .into_iter()
+            .filter(|(k, _)| k.ends_with("lora_b"))
+            .map(|(k, v)| {
+                let r = random::normal::<f32>(v.shape(), None, None, None).unwrap();
+                (std::rc::Rc::from(k.as_str()), r.multiply(Array::from_f32(0.1)).unwrap())
+            })
+            .collect();
+        model.update_flattened(b);
+        model
+    }
+
+    /// Three rows of 37, 29 and 21 frames (right padding), half the target
+    /// frames through the depth decoder: 37 frames pad to a bucket of 40,
+    /// and cross the attention tile of 16 used below.
+    fn tiny_batch(model: &Csm) -> Batch {
+        let k = model.config.audio_num_codebooks as usize;
+        let vocab = model.config.audio_vocab_size as usize;
+        let mut rng = Rng::new(4);
+        let examples: Vec<_> = [(6, 30), (5, 23), (4, 16)]
+            .iter()
+            .map(|&(text, audio)| {
+                let turn = Turn {
+                    text_tokens: (0..text).map(|_| 5 + rng.below(290) as u32).collect(),
+                    codes: (0..audio)
+                        .map(|_| (0..k).map(|_| 1 + rng.below(vocab - 4) as u32).collect())
+                        .collect(),
+                    has_loss: true,
+                };
+                build_example(&[], &turn, k, 2048).unwrap()
+            })
+            .collect();
+        let refs: Vec<_> = examples.iter().collect();
+        collate(&refs, 0.5, &mut rng).unwrap()
+    }
+
+    type Result3 = (Vec<f32>, BTreeMap<String, Array>);
+
+    fn run_step(model: &mut Csm, batch: &Batch, kernels: TrainKernels, options: StepOptions) -> Result3 {
+        model.set_train_kernels(kernels);
+        let keys: Vec<String> = adapter::adapter_tensors(model).into_keys().collect();
+        let mut step = ForwardBackward::new(keys, LossWeights::default(), options);
+        // Twice: a compiled step runs its trace once, then the compiled
+        // graph; both must agree with the plain step.
+        let mut last = None;
+        for _ in 0..2 {
+            let out = step.run(model, batch, (1.0, 1.0)).unwrap();
+            let losses = out.losses.iter().map(|l| l.item_cast::<f32>()).collect();
+            last = Some((losses, out.grads.into_iter().collect()));
+        }
+        last.unwrap()
+    }
+
+    fn assert_same(what: &str, a: &Result3, b: &Result3) {
+        for (x, y) in a.0.iter().zip(&b.0) {
+            assert!((x - y).abs() <= 2e-6 * x.abs(), "{what}: loss {x} vs {y}");
+        }
+        assert_eq!(a.1.len(), b.1.len(), "{what}");
+        for (k, g) in &a.1 {
+            let (d, scale) = (max_abs_diff(g, &b.1[k]), max_abs(g));
+            assert!(scale > 0.0, "{what}: {k} has no gradient");
+            assert!(d <= 1e-4 * scale, "{what}: {k}: max diff {d} (scale {scale})");
+        }
+    }
+
+    /// Every lever (fused cross-entropy, attention padded to a tile, the
+    /// compiled step with and without shape buckets, all together) gives
+    /// the plain step's loss terms and gradients on the tiny fixture model.
+    #[test]
+    fn every_lever_keeps_the_plain_loss_and_gradients() {
+        let mut model = tiny_model();
+        let batch = tiny_batch(&model);
+        let plain = StepOptions {
+            compile: false,
+            buckets: false,
+        };
+        let reference = run_step(&mut model, &batch, TrainKernels::PLAIN, plain);
+        let fused = TrainKernels {
+            fused_cross_entropy: true,
+            attention_tile: 0,
+        };
+        let tiled = TrainKernels {
+            fused_cross_entropy: false,
+            attention_tile: 16,
+        };
+        let all = TrainKernels {
+            fused_cross_entropy: true,
+            attention_tile: 16,
+        };
+        let compiled = |buckets| StepOptions {
+            compile: true,
+            buckets,
+        };
+        let cases = [
+            ("fused cross-entropy", fused, plain),
+            ("attention tile 16", tiled, plain),
+            ("compiled, exact shapes", TrainKernels::PLAIN, compiled(false)),
+            ("compiled, shape buckets", TrainKernels::PLAIN, compiled(true)),
+            ("all levers", all, compiled(true)),
+        ];
+        for (what, kernels, options) in cases {
+            let got = run_step(&mut model, &batch, kernels, options);
+            assert_same(what, &reference, &got);
+        }
+    }
+
+    #[test]
+    fn buckets_are_few_and_pad_little() {
+        assert_eq!(bucket_len(1), 8);
+        assert_eq!(bucket_len(121), 128);
+        assert_eq!(bucket_len(129), 136);
+        assert_eq!(bucket_len(151), 152);
+        assert_eq!(bucket_len(257), 272);
+        assert_eq!(bucket_len(271), 272);
+        assert_eq!(bucket_len(1025), 1088);
+        let mut sizes: Vec<usize> = (100..=2048).map(bucket_len).collect();
+        for (n, b) in (100..=2048).zip(&sizes) {
+            assert!(*b >= n && (*b - n) * 16 <= n.max(112), "{n} -> {b}");
+        }
+        sizes.dedup();
+        // 100..2048: 4 multiples of 8 to 128, then 16 a doubling.
+        assert_eq!(sizes.len(), 4 + 16 * 4);
+    }
+
+    #[test]
+    fn compile_by_default_on_gpus_only() {
+        assert!(compile_step(None, true, 0.0).0);
+        assert!(!compile_step(None, false, 0.0).0);
+        assert!(compile_step(Some(true), false, 0.0).0);
+        assert!(!compile_step(Some(false), true, 0.0).0);
+        assert!(!compile_step(None, true, 0.1).0);
+        assert!(!compile_step(Some(true), true, 0.1).0);
     }
 }
