@@ -21,6 +21,7 @@ use mlx_rs::module::Param;
 use mlx_rs::{ops, random, Array, Dtype};
 
 use super::config::WhisperConfig;
+use crate::kernels;
 
 const LN_EPS: f32 = 1e-5;
 
@@ -55,9 +56,12 @@ impl Linear {
     /// # Shapes
     /// `x: [..., in]` -> `[..., out]`
     pub fn forward(&self, x: &Array) -> Result<Array, Exception> {
+        // The crate's CPU kernels: a decoder step is one row, which the
+        // BLAS would pack the whole weight for.
+        let y = kernels::linear(x, &self.weight.value)?;
         match &self.bias.value {
-            Some(b) => ops::addmm(b, x, self.weight.value.t(), None, None),
-            None => ops::matmul(x, self.weight.value.t()),
+            Some(b) => y.add(b),
+            None => Ok(y),
         }
     }
 }
@@ -404,11 +408,16 @@ impl Decoder {
     /// # Shapes
     /// `audio_features: [B, 1500, D]`
     pub fn new_cache(&self, audio_features: &Array) -> Result<DecoderCache, Exception> {
+        // Made contiguous once: every step reads them, and a transposed
+        // view would be copied again each time (18 MB a token for tiny).
         let cross_kv = self
             .layers
             .iter()
-            .map(|l| l.encoder_attn.key_values(audio_features))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|l| {
+                let (k, v) = l.encoder_attn.key_values(audio_features)?;
+                Ok((k.contiguous()?, v.contiguous()?))
+            })
+            .collect::<Result<Vec<_>, Exception>>()?;
         Ok(DecoderCache {
             self_kv: vec![KvCache::default(); self.layers.len()],
             cross_kv,
@@ -470,7 +479,9 @@ impl Decoder {
     /// # Shapes
     /// `hidden: [B, L, D]` -> `[B, L, V]`
     pub fn logits(&self, hidden: &Array) -> Result<Array, Exception> {
-        ops::matmul(hidden, self.embed_tokens.weight.value.t())?.as_dtype(Dtype::Float32)
+        // `[V, D]` is the layout `kernels::linear` reads in place (one
+        // row a step: the BLAS would repack all 51k rows every token).
+        kernels::linear(hidden, &self.embed_tokens.weight.value)?.as_dtype(Dtype::Float32)
     }
 }
 
