@@ -44,6 +44,10 @@ enum Command {
     /// real-time factor, Mimi decode, peak memory).
     #[command(hide = true)]
     BenchGenerate(commands::bench_generate::BenchGenerateArgs),
+    /// Benchmark transcription speed (real-time factor) of a Whisper shape
+    /// with random weights (see bench/whisper/README.md).
+    #[command(hide = true)]
+    BenchTranscribe(commands::bench_transcribe::BenchTranscribeArgs),
     /// Build a small model and a spoken dataset locally (no download) and
     /// fine-tune it: the whole pipeline in a couple of minutes.
     Demo(commands::demo::DemoArgs),
@@ -103,6 +107,7 @@ fn main() -> std::process::ExitCode {
         Command::BenchLoad(args) => commands::bench_train::run_load(args),
         Command::Generate(args) => commands::generate::run(*args),
         Command::BenchGenerate(args) => commands::bench_generate::run(args),
+        Command::BenchTranscribe(args) => commands::bench_transcribe::run(args),
         Command::Demo(args) => commands::demo::run(args, &level_name),
         Command::FinetuneLora(args) => commands::finetune::run(args, &level_name),
         Command::Prepare(args) => commands::dataset_tools::prepare(args, &level_name),
