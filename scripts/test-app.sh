@@ -36,7 +36,7 @@ if [ "$INSTALL" = 1 ]; then
   step "system packages"
   PKGS="libwebkit2gtk-4.1-dev libsoup-3.0-dev librsvg2-dev libayatana-appindicator3-dev libxdo-dev
         libgtk-3-dev libasound2-dev webkit2gtk-driver xvfb espeak-ng build-essential pkg-config curl file
-        patchelf imagemagick"
+        patchelf imagemagick ffmpeg xdotool python3-gi gir1.2-gtk-3.0"
   MISSING=$(for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
   if [ -n "$MISSING" ]; then
     SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo

@@ -456,13 +456,21 @@ fn a_cached_whisper_is_listed_and_used_without_the_network() {
         ..csm_hub::HubSettings::new(&cache)
     };
     let hub = || Ok(csm_hub::Hub::new(settings.clone()).unwrap());
+    // csm-hub's Whisper bundles, the default first; the cached one has its
+    // snapshot, the others none.
     let models = transcribe::list_whisper_models(&hub().unwrap()).unwrap();
     let repos: Vec<&str> = models.iter().map(|m| m.repo.as_str()).collect();
     assert_eq!(repos[0], transcribe::DEFAULT_WHISPER, "{repos:?}");
+    assert_eq!(
+        models[0].bundle,
+        Some("whisper-large-v3-turbo"),
+        "{models:?}"
+    );
     let tiny = models
         .iter()
         .find(|m| m.repo == "openai/whisper-tiny")
         .unwrap();
+    assert_eq!(tiny.bundle, Some("whisper-tiny"), "{models:?}");
     let snapshot = cache
         .join("models--openai--whisper-tiny/snapshots/0123456789abcdef0123456789abcdef01234567");
     assert_eq!(tiny.path.as_deref(), Some(snapshot.as_path()), "{models:?}");
@@ -483,13 +491,22 @@ fn a_cached_whisper_is_listed_and_used_without_the_network() {
     )
     .unwrap();
     assert_eq!(dir, snapshot);
+    // The bundle's name gives the same snapshot.
+    let by_bundle = transcribe::whisper_dir(
+        "whisper-tiny",
+        hub,
+        &|e| events.lock().unwrap().push(e),
+        &csm_hub::Cancel::new(),
+    )
+    .unwrap();
+    assert_eq!(by_bundle, snapshot);
     assert!(events.lock().unwrap().is_empty(), "nothing downloaded");
     {
         let _mlx = mlx();
         csm_core::whisper::Whisper::load(&dir).unwrap();
     }
 
-    for bad in ["not a model", "/no/such/folder"] {
+    for bad in ["not a model", "/no/such/folder", "csm-1b"] {
         let err = transcribe::whisper_dir(bad, hub, &|_| {}, &csm_hub::Cancel::new()).unwrap_err();
         assert_eq!(err.kind(), "invalidInput", "{err}");
         assert!(err.to_string().contains(bad), "{err}");

@@ -92,8 +92,8 @@ describe('raw recordings on the Dataset screen', () => {
           : Promise.reject({ kind: 'invalidInput', message: `no transcripts folder given with ${RAW}` }),
       scan_recordings: () => recordings(done ? ['memo1', 'memo2'] : []),
       whisper_models: () => [
-        { repo: 'openai/whisper-large-v3-turbo', path: null, sizeBytes: 0 },
-        { repo: 'openai/whisper-tiny', path: '/cache/whisper-tiny', sizeBytes: 151_000_000 },
+        { repo: 'openai/whisper-large-v3-turbo', bundle: 'whisper-large-v3-turbo', description: 'Whisper large-v3-turbo', path: null, sizeBytes: 0 },
+        { repo: 'openai/whisper-tiny', bundle: 'whisper-tiny', description: 'Whisper tiny', path: '/cache/whisper-tiny', sizeBytes: 151_000_000 },
       ],
       transcribe_recordings: (a) => {
         channel = a.onEvent as Channel<TranscriptionEvent>;

@@ -16,7 +16,7 @@ use csm_core::cancel::CancelToken;
 use csm_core::data::decode::{is_audio_file, is_unsupported_audio_extension, AudioStream};
 use csm_core::whisper::dataset::{transcribe_folder, FolderEvent, FolderOptions};
 use csm_core::whisper::{TranscribeOptions, Whisper, WhisperError};
-use csm_hub::{Cancel, DownloadObserver, Hub, MAIN};
+use csm_hub::{find_bundle, Bundle, Cancel, DownloadObserver, Hub, Role, BUNDLES, MAIN};
 use serde::{Deserialize, Serialize};
 use tauri::ipc::Channel;
 use tauri::{AppHandle, Runtime, State};
@@ -28,13 +28,17 @@ use crate::state::AllowedPaths;
 /// The Whisper model proposed when none is chosen (`csm transcribe`'s default).
 pub const DEFAULT_WHISPER: &str = "openai/whisper-large-v3-turbo";
 
-/// Smaller models offered beside the default (hub ids).
-pub const SUGGESTED_WHISPER: &[&str] = &[
-    DEFAULT_WHISPER,
-    "openai/whisper-small",
-    "openai/whisper-base",
-    "openai/whisper-tiny",
-];
+/// csm-hub's Whisper bundles (`whisper-large-v3-turbo` ... `whisper-tiny`).
+fn whisper_bundles() -> impl Iterator<Item = &'static Bundle> {
+    BUNDLES
+        .iter()
+        .filter(|b| b.files_for(Role::Whisper).next().is_some())
+}
+
+/// The Whisper repo of a bundle.
+fn bundle_repo(b: &Bundle) -> &'static str {
+    b.files_for(Role::Whisper).next().map_or("", |f| f.repo)
+}
 
 /// The dataset folder a raw folder is transcribed into unless the user
 /// picks another: inside the raw folder (so it is covered by the drop that
@@ -219,20 +223,24 @@ pub fn scan_recordings_in(dir: &Path, output_dir: Option<&Path>) -> Result<Recor
     })
 }
 
-/// A Whisper model in the Hugging Face cache (mirrors `WhisperModel` in `api.ts`).
+/// A Whisper model the app offers (mirrors `WhisperModel` in `api.ts`).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct WhisperModelInfo {
     /// `org/name` (what the model field takes).
     pub repo: String,
+    /// The csm-hub bundle of it (`whisper-tiny`), if one.
+    pub bundle: Option<&'static str>,
+    /// One line about it (the bundle's), if known.
+    pub description: Option<&'static str>,
     /// Its snapshot folder, when the files Whisper needs are all cached.
     pub path: Option<PathBuf>,
     /// Bytes in the cache (0 when not cached).
     pub size_bytes: u64,
 }
 
-/// The suggested Whisper models and every Whisper repo in the cache,
-/// suggested first (`path` tells which can run without a download).
+/// csm-hub's Whisper bundles (the default first) and every other Whisper
+/// repo in the cache (`path` tells which can run without a download).
 ///
 /// # Errors
 /// `download` when the hub settings or the cache cannot be read.
@@ -248,20 +256,27 @@ pub async fn whisper_models() -> Result<Vec<WhisperModelInfo>> {
 /// Synchronous body of [`whisper_models`].
 pub fn list_whisper_models(hub: &Hub) -> Result<Vec<WhisperModelInfo>> {
     let cached = hub.cache().list()?;
-    let mut repos: Vec<String> = SUGGESTED_WHISPER.iter().map(|s| s.to_string()).collect();
+    let mut bundles: Vec<&Bundle> = whisper_bundles().collect();
+    bundles.sort_by_key(|b| bundle_repo(b) != DEFAULT_WHISPER);
+    let mut repos: Vec<(String, Option<&'static Bundle>)> = bundles
+        .into_iter()
+        .map(|b| (bundle_repo(b).to_string(), Some(b)))
+        .collect();
     for r in &cached {
-        if r.repo.to_lowercase().contains("whisper") && !repos.contains(&r.repo) {
-            repos.push(r.repo.clone());
+        if r.repo.to_lowercase().contains("whisper") && !repos.iter().any(|(x, _)| *x == r.repo) {
+            repos.push((r.repo.clone(), None));
         }
     }
     Ok(repos
         .into_iter()
-        .map(|repo| WhisperModelInfo {
+        .map(|(repo, bundle)| WhisperModelInfo {
             path: cached_whisper(hub, &repo),
             size_bytes: cached
                 .iter()
                 .find(|r| r.repo == repo)
                 .map_or(0, |r| r.size_on_disk),
+            bundle: bundle.map(|b| b.name),
+            description: bundle.map(|b| b.description),
             repo,
         })
         .collect())
@@ -271,10 +286,8 @@ pub fn list_whisper_models(hub: &Hub) -> Result<Vec<WhisperModelInfo>> {
 fn cached_whisper(hub: &Hub, repo: &str) -> Option<PathBuf> {
     let (commit, files) = hub.cache().snapshot_files(repo, MAIN)?;
     let names: Vec<String> = files.iter().map(|f| f.name.clone()).collect();
-    let needed = csm_core::whisper::load::files_to_fetch(&names)?;
-    needed
-        .contains(&"config.json")
-        .then(|| hub.cache().snapshot_dir(repo, &commit))
+    csm_core::whisper::load::files_to_fetch(&names).ok()?;
+    Some(hub.cache().snapshot_dir(repo, &commit))
 }
 
 /// Mirrors `TranscribeRequest` in `api.ts`.
@@ -285,7 +298,8 @@ pub struct TranscribeRequest {
     pub audio_dir: PathBuf,
     /// Dataset folder (`audio/`, `transcripts/`, `alignments/` go in it).
     pub output_dir: PathBuf,
-    /// A Whisper folder (transformers layout) or a hub id.
+    /// A Whisper folder (transformers layout), a bundle (`whisper-tiny`)
+    /// or a hub id (`openai/whisper-small`).
     pub whisper_model: String,
     /// Language code; `None` detects it per recording.
     pub language: Option<String>,
@@ -487,9 +501,11 @@ impl DownloadObserver for DownloadEvents<'_> {
     }
 }
 
-/// The Whisper folder for `model`: an absolute folder as it is, or a hub
-/// id's cached snapshot (downloaded first, with `downloading` events, when
-/// the cache lacks it). `hub` is called only for a hub id.
+/// The Whisper folder for `model`: an absolute folder as it is; a bundle
+/// name (`whisper-tiny`) or a hub id: its cached snapshot, downloaded first
+/// (with `downloading` events) when the cache lacks it: a bundle's files, or
+/// for a repo no bundle names what `whisper::load::files_to_fetch` picks
+/// from its listing. `hub` is called only for a bundle or a hub id.
 pub fn whisper_dir(
     model: &str,
     hub: impl FnOnce() -> Result<Hub>,
@@ -500,22 +516,36 @@ pub fn whisper_dir(
     if as_path.is_absolute() && as_path.is_dir() {
         return Ok(as_path.to_path_buf());
     }
-    if as_path.is_absolute() || csm_hub::validate_repo_id(model).is_err() || !model.contains('/') {
+    let bundle = find_bundle(model)
+        .filter(|b| b.files_for(Role::Whisper).next().is_some())
+        .or_else(|| whisper_bundles().find(|b| bundle_repo(b) == model));
+    let is_repo =
+        !as_path.is_absolute() && model.contains('/') && csm_hub::validate_repo_id(model).is_ok();
+    if bundle.is_none() && !is_repo {
+        let names: Vec<&str> = whisper_bundles().map(|b| b.name).collect();
         return Err(Error::InvalidInput(format!(
-            "{model} is neither a Whisper folder nor a hub id like openai/whisper-tiny"
+            "{model} is neither a Whisper folder, nor a bundle ({}), nor a hub id like openai/whisper-medium",
+            names.join(", ")
         )));
     }
     let hub = hub()?;
-    if let Some(dir) = cached_whisper(&hub, model) {
+    let repo: &str = match bundle {
+        Some(b) => bundle_repo(b),
+        None => model,
+    };
+    if let Some(dir) = cached_whisper(&hub, repo) {
         return Ok(dir);
     }
-    let listing = hub.repo_files(model, MAIN)?;
-    let wanted = csm_core::whisper::load::files_to_fetch(&listing.files).ok_or_else(|| {
-        Error::UnsupportedFormat(format!(
-            "{model} has no .safetensors weights; choose a Whisper model in the transformers layout"
-        ))
-    })?;
-    let paths = hub.download_files(model, MAIN, &wanted, &mut DownloadEvents(on_event), cancel)?;
+    let listing;
+    let wanted: Vec<&str> = match bundle {
+        Some(b) => b.files_for(Role::Whisper).map(|f| f.file).collect(),
+        None => {
+            listing = hub.repo_files(repo, MAIN)?;
+            csm_core::whisper::load::files_to_fetch(&listing.files)
+                .map_err(|e| Error::UnsupportedFormat(format!("{repo}: {e}")))?
+        }
+    };
+    let paths = hub.download_files(repo, MAIN, &wanted, &mut DownloadEvents(on_event), cancel)?;
     paths[0]
         .path
         .parent()

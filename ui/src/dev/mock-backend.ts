@@ -208,8 +208,8 @@ export function install(): void {
           return recordings(a.dir as string);
         case 'whisper_models':
           return [
-            { repo: 'openai/whisper-large-v3-turbo', path: null, sizeBytes: 0 },
-            { repo: 'openai/whisper-small', path: '/home/me/.cache/huggingface/hub/models--openai--whisper-small/snapshots/a1', sizeBytes: 967_000_000 },
+            { repo: 'openai/whisper-large-v3-turbo', bundle: 'whisper-large-v3-turbo', description: 'Whisper large-v3-turbo, multilingual speech recognition (about 1.6 GB)', path: null, sizeBytes: 0 },
+            { repo: 'openai/whisper-small', bundle: 'whisper-small', description: 'Whisper small, multilingual speech recognition (about 970 MB)', path: '/home/me/.cache/huggingface/hub/models--openai--whisper-small/snapshots/a1', sizeBytes: 967_000_000 },
           ];
         case 'transcribe_recordings':
           return simulateTranscription(a.request as TranscribeRequest, a.onEvent as Channel<TranscriptionEvent>);

@@ -216,9 +216,12 @@ export interface RecordingsScan {
 export const scanRecordings = (dir: string, outputDir: string | null = null) =>
   call<RecordingsScan>('scan_recordings', { dir, outputDir });
 
-/** A Whisper model: the suggested hub ids and every Whisper repo in the Hugging Face cache. */
+/** A Whisper model: csm-hub's Whisper bundles (default first) and every other Whisper repo in the Hugging Face cache. */
 export interface WhisperModel {
   repo: string;
+  /** Its csm-hub bundle (`whisper-tiny`), also accepted as the model name. */
+  bundle: string | null;
+  description: string | null;
   /** Snapshot folder when all files are cached (no download needed). */
   path: string | null;
   sizeBytes: number;
@@ -230,7 +233,7 @@ export interface TranscribeRequest {
   audioDir: string;
   /** Dataset folder: `audio/` (24 kHz mono WAV), `transcripts/`, `alignments/` are written in it. */
   outputDir: string;
-  /** A Whisper folder (transformers layout) or a hub id such as `openai/whisper-large-v3-turbo`. */
+  /** A Whisper folder (transformers layout), a bundle (`whisper-tiny`) or a hub id (`openai/whisper-small`). */
   whisperModel: string;
   /** Language code, or null to detect it per recording. */
   language: string | null;

@@ -42,27 +42,56 @@ impl Whisper {
 }
 
 /// The files of a hub repo that [`Whisper::load`] reads, picked from the
-/// repo's listing (paths relative to the repo): the top-level
-/// `.safetensors` weights and their index, `config.json`,
-/// `generation_config.json` and `tokenizer.json`. `None` when the listing
-/// has no top-level `.safetensors` weights (a repo with only `.bin` or
-/// `.pt` files cannot be loaded). The `csm` tool and the app download
-/// exactly these.
-pub fn files_to_fetch(listing: &[String]) -> Option<Vec<&str>> {
-    let wanted: Vec<&str> = listing
+/// repo's listing (paths relative to the repo): `config.json`,
+/// `generation_config.json` (the alignment heads of word timings) when
+/// there, `tokenizer.json` (else `multilingual.tiktoken`), and the weights:
+/// `model.safetensors`, or the top-level shards with their
+/// `model.safetensors.index.json`. Nothing else of the repo is needed. The
+/// app downloads exactly these for a Whisper repo no bundle names.
+///
+/// # Errors
+/// [`WhisperError::Config`] saying what the listing lacks (no config, no
+/// tokenizer, no safetensors weights: a repo with only `.bin` files).
+pub fn files_to_fetch(listing: &[String]) -> Result<Vec<&str>, WhisperError> {
+    let has = |name: &str| listing.iter().any(|f| f == name);
+    if !has("config.json") {
+        return Err(WhisperError::config(
+            "the repo has no config.json, so it is not a transformers Whisper model",
+        ));
+    }
+    let mut wanted = vec!["config.json"];
+    if has("generation_config.json") {
+        wanted.push("generation_config.json");
+    }
+    match ["tokenizer.json", "multilingual.tiktoken"]
+        .into_iter()
+        .find(|f| has(f))
+    {
+        Some(f) => wanted.push(f),
+        None => {
+            return Err(WhisperError::config(
+                "the repo has no tokenizer.json (nor multilingual.tiktoken)",
+            ))
+        }
+    }
+    if has("model.safetensors") {
+        wanted.push("model.safetensors");
+        return Ok(wanted);
+    }
+    let shards: Vec<&str> = listing
         .iter()
         .map(String::as_str)
-        .filter(|f| {
-            !f.contains('/')
-                && (f.ends_with(".safetensors")
-                    || f.ends_with(".safetensors.index.json")
-                    || ["config.json", "generation_config.json", "tokenizer.json"].contains(f))
-        })
+        .filter(|f| !f.contains('/') && f.ends_with(".safetensors"))
         .collect();
-    wanted
-        .iter()
-        .any(|f| f.ends_with(".safetensors"))
-        .then_some(wanted)
+    if shards.is_empty() || !has("model.safetensors.index.json") {
+        return Err(WhisperError::config(
+            "the repo has no safetensors weights (model.safetensors, or shards with \
+             model.safetensors.index.json); .bin/.pt checkpoints are not read",
+        ));
+    }
+    wanted.push("model.safetensors.index.json");
+    wanted.extend(shards);
+    Ok(wanted)
 }
 
 /// `tokenizer.json`, else `multilingual.tiktoken` beside the weights.
@@ -166,9 +195,13 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>, WhisperError> {
 mod tests {
     use super::*;
 
+    fn listing(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
     #[test]
     fn a_repo_listing_gives_the_files_load_reads() {
-        let listing: Vec<String> = [
+        let repo = listing(&[
             ".gitattributes",
             "README.md",
             "config.json",
@@ -178,20 +211,49 @@ mod tests {
             "tokenizer.json",
             "vocab.json",
             "flax/model.safetensors",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        ]);
         assert_eq!(
-            files_to_fetch(&listing).unwrap(),
+            files_to_fetch(&repo).unwrap(),
             [
                 "config.json",
                 "generation_config.json",
-                "model.safetensors",
-                "tokenizer.json"
+                "tokenizer.json",
+                "model.safetensors"
             ]
         );
-        let no_weights: Vec<String> = vec!["config.json".into(), "pytorch_model.bin".into()];
-        assert_eq!(files_to_fetch(&no_weights), None);
+        let sharded = listing(&[
+            "config.json",
+            "multilingual.tiktoken",
+            "model-00001-of-00002.safetensors",
+            "model-00002-of-00002.safetensors",
+            "model.safetensors.index.json",
+        ]);
+        assert_eq!(
+            files_to_fetch(&sharded).unwrap(),
+            [
+                "config.json",
+                "multilingual.tiktoken",
+                "model.safetensors.index.json",
+                "model-00001-of-00002.safetensors",
+                "model-00002-of-00002.safetensors"
+            ]
+        );
+        for (names, says) in [
+            (
+                &["config.json", "tokenizer.json", "pytorch_model.bin"][..],
+                "no safetensors",
+            ),
+            (
+                &["config.json", "model.safetensors"][..],
+                "no tokenizer.json",
+            ),
+            (
+                &["model.safetensors", "tokenizer.json"][..],
+                "no config.json",
+            ),
+        ] {
+            let err = files_to_fetch(&listing(names)).unwrap_err().to_string();
+            assert!(err.contains(says), "{names:?}: {err}");
+        }
     }
 }
