@@ -14,6 +14,16 @@
 //! times under `start`/`end`, `start_time`/`end_time` or `begin`/`end`
 //! (seconds). A word with no times (Gentle's "not-found-in-audio") is kept
 //! as untimed: its text stays in the transcript, and no cut is made next to it.
+//!
+//! # Who speaks
+//!
+//! A word object or a segment may name its speaker with a `speaker` key,
+//! as WhisperX's diarization writes it: a name (`"SPEAKER_00"`, `"alice"`)
+//! or a whole number (a CSM speaker id). A word without one takes its
+//! segment's. The key is optional, so every file written before it existed
+//! reads as before; [`Word::speaker`] keeps the label and the JSON key it
+//! came from (`segments[2].speaker`), and [`super::speakers`] turns labels
+//! into speaker ids (a recording with several speakers is a conversation).
 
 use std::path::Path;
 
@@ -58,6 +68,18 @@ pub struct Word {
     pub text: String,
     /// Start and end in seconds, or `None` if the aligner could not place it.
     pub span: Option<(f64, f64)>,
+    /// Who speaks it, when the file says (`"speaker"` on the word or its
+    /// segment).
+    pub speaker: Option<SpeakerLabel>,
+}
+
+/// A `speaker` value of an alignment file and where it stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SpeakerLabel {
+    /// The label: a name, or a whole number written as digits.
+    pub name: String,
+    /// The JSON key it was read from, e.g. `segments[2].words[0].speaker`.
+    pub key: String,
 }
 
 /// The word timings of one recording.
@@ -82,6 +104,18 @@ impl Alignment {
     /// Number of words without times.
     pub fn untimed(&self) -> usize {
         self.words.iter().filter(|w| w.span.is_none()).count()
+    }
+
+    /// The distinct speaker labels, in order of first appearance (empty
+    /// when the file names no speaker).
+    pub fn speaker_labels(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for label in self.words.iter().filter_map(|w| w.speaker.as_ref()) {
+            if !out.contains(&label.name.as_str()) {
+                out.push(&label.name);
+            }
+        }
+        out
     }
 }
 
@@ -166,7 +200,16 @@ fn segment_words(segments: &[Value], at: &str) -> std::result::Result<Vec<Word>,
             .get("words")
             .and_then(Value::as_array)
             .ok_or(format!("{at}[{i}] has no `words` list"))?;
-        out.extend(word_list(words, &format!("{at}[{i}].words"))?);
+        let seg_at = format!("{at}[{i}]");
+        // A word without a speaker of its own is its segment's.
+        let seg_speaker = speaker_label(seg, &seg_at)?;
+        let mut words = word_list(words, &format!("{seg_at}.words"))?;
+        for w in &mut words {
+            if w.speaker.is_none() {
+                w.speaker.clone_from(&seg_speaker);
+            }
+        }
+        out.extend(words);
     }
     Ok(out)
 }
@@ -175,13 +218,40 @@ fn word_list(items: &[Value], at: &str) -> std::result::Result<Vec<Word>, String
     items
         .iter()
         .enumerate()
-        .map(|(i, item)| word(item).map_err(|e| format!("{at}[{i}]: {e}")))
+        .map(|(i, item)| {
+            let here = format!("{at}[{i}]");
+            word(item, &here).map_err(|e| format!("{here}: {e}"))
+        })
         .collect::<std::result::Result<Vec<_>, _>>()
         .map(|words| words.into_iter().flatten().collect())
 }
 
-/// One word object; `Ok(None)` for entries that carry no text (pauses).
-fn word(item: &Value) -> std::result::Result<Option<Word>, String> {
+/// The `speaker` of the object at `at`: a non-empty name or a whole number;
+/// absent or `null`: none.
+fn speaker_label(item: &Value, at: &str) -> std::result::Result<Option<SpeakerLabel>, String> {
+    let key = if at.is_empty() {
+        "speaker".to_string()
+    } else {
+        format!("{at}.speaker")
+    };
+    let name = match item.get("speaker") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
+        Some(Value::Number(n)) if n.as_u64().is_some_and(|v| v <= u64::from(u32::MAX)) => {
+            n.to_string()
+        }
+        Some(v) => {
+            return Err(format!(
+                "`{key}` is {v}; a speaker is a name (\"alice\") or a whole number (a CSM speaker id)"
+            ))
+        }
+    };
+    Ok(Some(SpeakerLabel { name, key }))
+}
+
+/// One word object at JSON key `at`; `Ok(None)` for entries that carry no
+/// text (pauses).
+fn word(item: &Value, at: &str) -> std::result::Result<Option<Word>, String> {
     let obj = item.as_object().ok_or("not an object")?;
     let text = ["word", "text", "token"]
         .iter()
@@ -212,6 +282,7 @@ fn word(item: &Value) -> std::result::Result<Option<Word>, String> {
     Ok(Some(Word {
         text: text.to_string(),
         span,
+        speaker: speaker_label(item, at)?,
     }))
 }
 
@@ -232,6 +303,7 @@ fn mfa_entries(entries: &Value) -> std::result::Result<Vec<Word>, String> {
             out.push(Word {
                 text: w.trim().to_string(),
                 span: Some((s, t)),
+                speaker: None,
             });
         }
     }
@@ -352,6 +424,47 @@ mod tests {
         .unwrap();
         assert_eq!(a.untimed(), 1);
         assert_eq!(a.words[1].span, None);
+    }
+
+    #[test]
+    fn speakers_of_words_and_segments() {
+        // WhisperX after diarization: speakers on segments and words; a word
+        // without one takes its segment's.
+        let a = parse(
+            r#"{"segments": [
+            {"start": 0.0, "end": 1.0, "text": "Hi Bob.", "speaker": "SPEAKER_00",
+             "words": [{"word": "Hi", "start": 0.0, "end": 0.3, "speaker": "SPEAKER_00"},
+                       {"word": "Bob.", "start": 0.4, "end": 1.0}]},
+            {"start": 1.5, "end": 2.0, "text": "Hey.",
+             "words": [{"word": "Hey.", "start": 1.5, "end": 2.0, "speaker": 1}]}]}"#,
+        )
+        .unwrap();
+        let labels: Vec<_> = a
+            .words
+            .iter()
+            .map(|w| w.speaker.as_ref().map(|l| (l.name.as_str(), l.key.as_str())))
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                Some(("SPEAKER_00", "segments[0].words[0].speaker")),
+                Some(("SPEAKER_00", "segments[0].speaker")),
+                Some(("1", "segments[1].words[0].speaker")),
+            ]
+        );
+        assert_eq!(a.speaker_labels(), ["SPEAKER_00", "1"]);
+        // Segments without words carry their own; files without speakers
+        // read as before.
+        let s = parse(r#"{"segments": [{"text": "a", "start": 0, "end": 1, "speaker": "x"}]}"#)
+            .unwrap();
+        assert_eq!(s.words[0].speaker.as_ref().unwrap().key, "segments[0].speaker");
+        let plain = parse(r#"[{"word": "a", "start": 0, "end": 1, "speaker": null}]"#).unwrap();
+        assert!(plain.speaker_labels().is_empty());
+        for bad in [r#""  ""#, "-1", "1.5", "[1]"] {
+            let json = format!(r#"{{"words": [{{"word": "a", "start": 0, "end": 1, "speaker": {bad}}}]}}"#);
+            let err = parse(&json).unwrap_err().to_string();
+            assert!(err.contains("a.json") && err.contains("words[0].speaker"), "{err}");
+        }
     }
 
     #[test]

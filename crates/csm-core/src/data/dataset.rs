@@ -20,7 +20,8 @@ use super::alignment::{read_alignment, Alignment, AlignmentFormat};
 use super::audio;
 use super::decode;
 use super::segment::{
-    bucket_by_length, segment_recording, Conversation, Example, SegmentConfig, Utterance,
+    bucket_by_length, segment_spoken, Conversation, Example, Recording, RecordingSpeakers,
+    SegmentConfig, Speaker, Utterance,
 };
 use super::{DataError, Result};
 
@@ -760,6 +761,10 @@ pub struct Dataset {
     /// Every recording read, in name order, with its whole duration in
     /// seconds, skipped ones included (see [`Dataset::usage`]).
     pub recordings_read: Vec<(String, f64)>,
+    /// The speakers, by id, when the dataset has several (see
+    /// [`super::speakers`]); each utterance names its own
+    /// ([`Utterance::speaker`]). Empty: one speaker, the run's.
+    pub speakers: Vec<Speaker>,
 }
 
 impl Dataset {
@@ -876,9 +881,81 @@ impl Dataset {
             train_seconds: seconds(&self.train),
             validation_seconds: seconds(&self.validation),
             warnings: self.warnings.clone(),
+            speakers: self.speaker_usage(),
             recordings,
         }
     }
+
+    /// Per speaker (datasets with several): what each one contributes.
+    fn speaker_usage(&self) -> Vec<SpeakerUsage> {
+        let mut rows: Vec<SpeakerUsage> = self
+            .speakers
+            .iter()
+            .map(|s| SpeakerUsage {
+                speaker: s.clone(),
+                ..SpeakerUsage::default()
+            })
+            .collect();
+        let row = |rows: &[SpeakerUsage], id: Option<u32>| {
+            rows.iter().position(|r| Some(r.speaker.id) == id)
+        };
+        for conv in &self.conversations {
+            let mut heard: Vec<usize> = Vec::new();
+            for u in &conv.utterances {
+                if let Some(i) = row(&rows, u.speaker) {
+                    rows[i].utterances += 1;
+                    rows[i].seconds += u.duration_s();
+                    if !heard.contains(&i) {
+                        heard.push(i);
+                    }
+                }
+            }
+            for &i in &heard {
+                rows[i].recordings += 1;
+                rows[i].conversations += usize::from(heard.len() > 1);
+            }
+        }
+        for (ids, train) in [(&self.train, true), (&self.validation, false)] {
+            for &id in ids {
+                let u = self.utterance(id);
+                if let Some(i) = row(&rows, u.speaker) {
+                    let r = &mut rows[i];
+                    if train {
+                        r.train_utterances += 1;
+                        r.train_seconds += u.duration_s();
+                    } else {
+                        r.validation_utterances += 1;
+                        r.validation_seconds += u.duration_s();
+                    }
+                }
+            }
+        }
+        rows
+    }
+}
+
+/// What one speaker of a dataset with several contributes (see
+/// [`AudioUsage::speakers`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SpeakerUsage {
+    /// The speaker: name and CSM id.
+    pub speaker: Speaker,
+    /// Recordings with at least one of its utterances.
+    pub recordings: usize,
+    /// Of those, conversations (recordings with several speakers).
+    pub conversations: usize,
+    /// Its utterances.
+    pub utterances: usize,
+    /// Seconds in them.
+    pub seconds: f64,
+    /// Its utterances in the training split.
+    pub train_utterances: usize,
+    /// Its utterances held out for validation.
+    pub validation_utterances: usize,
+    /// Seconds in the training split.
+    pub train_seconds: f64,
+    /// Seconds in the validation split.
+    pub validation_seconds: f64,
 }
 
 /// The audio of one recording that training uses.
@@ -919,6 +996,9 @@ pub struct AudioUsage {
     pub validation_seconds: f64,
     /// Skipped recordings, over-long utterances and other notes.
     pub warnings: Vec<String>,
+    /// Per speaker, by id, when the dataset has several (empty otherwise).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub speakers: Vec<SpeakerUsage>,
 }
 
 /// Loads the dataset as training would (reading, resampling, trimming,
@@ -977,41 +1057,13 @@ pub fn load_dataset_with_progress(
     check_val_split(opts.val_split)?;
     opts.segment.validate()?;
     let pairs = pair_files(layout)?;
-    let total = pairs.len();
-    let workers = std::thread::available_parallelism()
-        .map_or(1, std::num::NonZeroUsize::get)
-        .min(total);
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let mut results: Vec<Option<Result<LoadedRecording>>> = (0..total).map(|_| None).collect();
-    std::thread::scope(|scope| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        for _ in 0..workers {
-            let tx = tx.clone();
-            let (next, pairs) = (&next, &pairs);
-            scope.spawn(move || loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(pair) = pairs.get(i) else { break };
-                let result = load_recording(pair, layout, &opts.segment);
-                // Stop early on an error; the receiver still gets it.
-                let failed = result.is_err();
-                if tx.send((i, result)).is_err() || failed {
-                    break;
-                }
-            });
-        }
-        drop(tx);
-        for (done, (i, result)) in rx.into_iter().enumerate() {
-            on_progress(LoadProgress {
-                done: done + 1,
-                total,
-                recording_id: pairs[i].id.clone(),
-            });
-            results[i] = Some(result);
-        }
+    let ids: Vec<String> = pairs.iter().map(|p| p.id.clone()).collect();
+    let results = load_parallel(&ids, on_progress, |i| {
+        load_recording(&pairs[i], layout, &opts.segment)
     });
     let mut warnings = Vec::new();
     let mut conversations = Vec::new();
-    let mut recordings_read = Vec::with_capacity(total);
+    let mut recordings_read = Vec::with_capacity(pairs.len());
     for (pair, result) in pairs.iter().zip(results) {
         // A worker that hit an error stops, leaving later slots empty; the
         // error itself sits in an earlier slot, so it is returned first.
@@ -1020,13 +1072,7 @@ pub fn load_dataset_with_progress(
         recordings_read.push((pair.id.clone(), loaded.seconds));
         warnings.extend(loaded.warnings);
         if let Some(conv) = loaded.conversation {
-            if let Some(format) = conv.alignment_format {
-                tracing::info!(
-                    recording = %pair.id,
-                    utterances = conv.utterances.len(),
-                    "alignment layout found: {format}"
-                );
-            }
+            log_alignment(&conv);
             conversations.push(conv);
         }
     }
@@ -1039,7 +1085,92 @@ pub fn load_dataset_with_progress(
             what: "usable .wav",
         });
     }
+    let names: Vec<String> = conversations
+        .iter()
+        .map(|c| c.recording_id.clone())
+        .collect();
+    let (train, validation, split_unit) = split_conversations(&conversations, &names, opts)?;
+    Ok(Dataset {
+        conversations,
+        train,
+        validation,
+        split_unit,
+        warnings,
+        recordings_read,
+        speakers: Vec::new(),
+    })
+}
 
+/// Logs the alignment layout a conversation was cut with.
+pub(super) fn log_alignment(conv: &Conversation) {
+    if let Some(format) = conv.alignment_format {
+        tracing::info!(
+            recording = %conv.recording_id,
+            utterances = conv.utterances.len(),
+            "alignment layout found: {format}"
+        );
+    }
+}
+
+/// Runs `load(i)` for every recording `ids[i]` on all cores, calling
+/// `on_progress` (on the calling thread) after each. A worker stops at its
+/// first error, so slots after it may stay `None`; the error is in an
+/// earlier slot.
+pub(super) fn load_parallel<T: Send>(
+    ids: &[String],
+    on_progress: &mut dyn FnMut(LoadProgress),
+    load: impl Fn(usize) -> Result<T> + Sync,
+) -> Vec<Option<Result<T>>> {
+    let total = ids.len();
+    let workers = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(total);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut results: Vec<Option<Result<T>>> = (0..total).map(|_| None).collect();
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        for _ in 0..workers {
+            let tx = tx.clone();
+            let (next, load) = (&next, &load);
+            scope.spawn(move || loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= total {
+                    break;
+                }
+                let result = load(i);
+                // Stop early on an error; the receiver still gets it.
+                let failed = result.is_err();
+                if tx.send((i, result)).is_err() || failed {
+                    break;
+                }
+            });
+        }
+        drop(tx);
+        for (done, (i, result)) in rx.into_iter().enumerate() {
+            on_progress(LoadProgress {
+                done: done + 1,
+                total,
+                recording_id: ids[i].clone(),
+            });
+            results[i] = Some(result);
+        }
+    });
+    results
+}
+
+/// Splits conversations into training and validation utterances:
+/// with at least two, whole recordings are held out (chosen by `names`,
+/// one per conversation, with [`split_train_val`]); with one, its
+/// utterances are split (named `NAME#INDEX`). Returned ids index
+/// `conversations`.
+///
+/// # Errors
+/// [`DataError::InvalidOption`] for a bad `val_split`.
+pub(super) fn split_conversations(
+    conversations: &[Conversation],
+    names: &[String],
+    opts: &LoadOptions,
+) -> Result<(Vec<UtteranceId>, Vec<UtteranceId>, SplitUnit)> {
     let (mut train, mut validation) = (Vec::new(), Vec::new());
     let split_unit = if conversations.len() >= 2 {
         SplitUnit::Recording
@@ -1048,11 +1179,7 @@ pub fn load_dataset_with_progress(
     };
     match split_unit {
         SplitUnit::Recording => {
-            let ids: Vec<String> = conversations
-                .iter()
-                .map(|c| c.recording_id.clone())
-                .collect();
-            let splits = split_train_val(&ids, opts.val_split, opts.seed)?;
+            let splits = split_train_val(names, opts.val_split, opts.seed)?;
             for (ci, (conv, split)) in conversations.iter().zip(splits).enumerate() {
                 let side = if split == Split::Train {
                     &mut train
@@ -1066,11 +1193,13 @@ pub fn load_dataset_with_progress(
             }
         }
         SplitUnit::Utterance => {
-            let conv = &conversations[0];
+            let Some(conv) = conversations.first() else {
+                return Ok((train, validation, split_unit));
+            };
             let ids: Vec<String> = conv
                 .utterances
                 .iter()
-                .map(|u| format!("{}#{}", conv.recording_id, u.index))
+                .map(|u| format!("{}#{}", names[0], u.index))
                 .collect();
             let splits = split_train_val(&ids, opts.val_split, opts.seed)?;
             for (u, split) in splits.into_iter().enumerate() {
@@ -1086,28 +1215,53 @@ pub fn load_dataset_with_progress(
             }
         }
     }
-    Ok(Dataset {
-        conversations,
-        train,
-        validation,
-        split_unit,
-        warnings,
-        recordings_read,
-    })
+    Ok((train, validation, split_unit))
 }
 
 /// One recording read, resampled and segmented.
-struct LoadedRecording {
-    conversation: Option<Conversation>,
-    warnings: Vec<String>,
+pub(super) struct LoadedRecording {
+    pub(super) conversation: Option<Conversation>,
+    pub(super) warnings: Vec<String>,
     /// Whole duration at 24 kHz.
-    seconds: f64,
+    pub(super) seconds: f64,
 }
 
+/// One recording of the run's one speaker. Speaker labels in its
+/// alignment are not used, and a warning says so.
 fn load_recording(
     pair: &PairedFile,
     layout: &DatasetLayout,
     cfg: &SegmentConfig,
+) -> Result<LoadedRecording> {
+    load_spoken(pair, &pair.id, layout, cfg, RecordingSpeakers::Run, &|path, alignment| {
+        let labels = alignment.speaker_labels();
+        let note = (!labels.is_empty()).then(|| {
+            format!(
+                "{}: names speakers ({}) but the dataset has one speaker (--speaker-id); \
+                 the labels are not used (a speakers.json beside audio/ trains each voice \
+                 under its own id)",
+                path.display(),
+                labels.join(", ")
+            )
+        });
+        Ok((RecordingSpeakers::Run, note))
+    })
+}
+
+/// Who speaks in a recording, told from its alignment file and contents:
+/// the speakers, and a warning if there is one.
+pub(super) type WhoSpeaks<'a> =
+    dyn Fn(&Path, &Alignment) -> Result<(RecordingSpeakers, Option<String>)> + 'a;
+
+/// Reads, resamples and segments one recording under the id `id`: `who`
+/// says who speaks when it has an alignment, `unaligned` when it has none.
+pub(super) fn load_spoken(
+    pair: &PairedFile,
+    id: &str,
+    layout: &DatasetLayout,
+    cfg: &SegmentConfig,
+    unaligned: RecordingSpeakers,
+    who: &WhoSpeaks<'_>,
 ) -> Result<LoadedRecording> {
     let mut warnings = Vec::new();
     let text = read_transcript(&pair.transcript)?;
@@ -1118,15 +1272,26 @@ fn load_recording(
             file_name(&pair.audio)
         ));
     }
+    let aligned = pair.alignment.as_deref().zip(alignment.as_ref());
+    let speakers = match aligned {
+        Some((path, a)) => {
+            let (speakers, note) = who(path, a)?;
+            warnings.extend(note);
+            speakers
+        }
+        None => unaligned,
+    };
     let samples: Arc<[f32]> = decode::load_mono_24k(&pair.audio)?.into();
     let seconds = samples.len() as f64 / f64::from(audio::TARGET_SAMPLE_RATE);
-    let aligned = pair.alignment.as_deref().zip(alignment.as_ref());
-    let conversation = segment_recording(
-        &pair.id,
-        samples,
-        &text,
-        aligned,
-        &pair.audio,
+    let conversation = segment_spoken(
+        Recording {
+            id,
+            audio: samples,
+            transcript: &text,
+            alignment: aligned,
+            audio_path: &pair.audio,
+            speakers,
+        },
         cfg,
         &mut warnings,
     )?;

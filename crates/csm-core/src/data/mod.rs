@@ -24,6 +24,10 @@
 //!   (a run's `TrainConfig` fills it from its settings), the
 //!   [`Utterance`]/[`Conversation`] types, context turns and length
 //!   bucketing.
+//! - [`speakers`]: datasets with several speakers: one folder per speaker
+//!   or a `speakers.json`, conversations whose alignments name who speaks,
+//!   the names-to-ids table ([`speakers::speaker_table`]) and the split
+//!   per speaker ([`speakers::load_source`]).
 //! - [`proofread`]: editing a dataset in place: saving a corrected
 //!   transcript atomically (an alignment that no longer matches becomes
 //!   stale), moving a recording to `excluded/` and back.
@@ -57,19 +61,21 @@ pub mod decode;
 pub mod espeak;
 pub mod proofread;
 pub mod segment;
+pub mod speakers;
 
 use std::path::PathBuf;
 
-pub use alignment::{Alignment, AlignmentFormat, Word};
+pub use alignment::{Alignment, AlignmentFormat, SpeakerLabel, Word};
 pub use audio::TARGET_SAMPLE_RATE;
 pub use dataset::{
     audio_usage, load_dataset, load_dataset_with_progress, pair_files, scan_dataset,
     split_train_val, AudioUsage, Dataset, DatasetLayout, FileReport, LoadOptions, LoadProgress,
-    PairedFile, Problem, ProblemKind, RecordingUsage, ScanOptions, ScanReport, ScanTotals, Split,
-    SplitUnit, UtteranceId,
+    PairedFile, Problem, ProblemKind, RecordingUsage, ScanOptions, ScanReport, ScanTotals,
+    SpeakerUsage, Split, SplitUnit, UtteranceId,
 };
 pub use espeak::{generate_demo_dataset, DemoOptions, DemoSummary};
-pub use segment::{Conversation, Example, LongUnaligned, SegmentConfig, Utterance};
+pub use segment::{Conversation, Example, LongUnaligned, SegmentConfig, Speaker, Utterance};
+pub use speakers::{DataSource, SpeakerPlan, SpeakersFile, SPEAKERS_FILE};
 
 /// Errors of the data module. Every variant that concerns a file names it.
 #[derive(Debug, thiserror::Error)]
@@ -274,6 +280,38 @@ pub enum DataError {
         status: String,
         /// What it printed on stderr.
         stderr: String,
+    },
+    /// `speakers.json` is not JSON, or not its layout.
+    #[error(
+        "{path}: not a valid speakers file; expected \
+         {{\"speakers\": {{\"alice\": 0}}, \"recordings\": {{\"NAME\": \"alice\"}}}}"
+    )]
+    SpeakersJson {
+        /// The file.
+        path: PathBuf,
+        /// The parser's error (with line and column).
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Who speaks is wrong or missing: a `speakers.json` key naming no
+    /// recording, a recording no one speaks, an alignment label that is no
+    /// speaker of the dataset, two speakers with one id.
+    #[error("{path}: `{key}`: {reason}")]
+    Speaker {
+        /// The file (`speakers.json`, an alignment, an audio file).
+        path: PathBuf,
+        /// The key at fault, e.g. `recordings.007` or `segments[3].speaker`.
+        key: String,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+    /// A dataset folder in no layout, or in two at once.
+    #[error("{path}: {reason}")]
+    Layout {
+        /// The folder.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        reason: String,
     },
     /// The demo output folder already holds files.
     #[error("{path} is not empty; choose an empty folder or allow overwriting")]

@@ -7,6 +7,12 @@
 //! a cut never falls inside a word, nor next to a word the aligner could not
 //! place. Without timings a recording is only used whole, because splitting
 //! the transcript by guesswork could pair text with the wrong audio.
+//!
+//! A recording whose words name several speakers (a conversation, see
+//! [`RecordingSpeakers::PerWord`]) is first cut at every change of speaker,
+//! halfway between the two voices' words, and each turn is then cut as
+//! above: an utterance never holds two voices' words, and each carries its
+//! speaker ([`Utterance::speaker`]).
 
 use std::ops::Range;
 use std::path::Path;
@@ -102,6 +108,19 @@ impl SegmentConfig {
     }
 }
 
+/// A speaker of a dataset with several: the name the dataset gives it (a
+/// folder, a `speakers.json` key, an alignment label) and the CSM speaker
+/// id it trains under (`[id]text` in the prompt).
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
+pub struct Speaker {
+    /// Its name.
+    pub name: String,
+    /// Its CSM speaker id.
+    pub id: u32,
+}
+
 /// One training turn: a stretch of a recording and the words spoken in it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Utterance {
@@ -111,6 +130,9 @@ pub struct Utterance {
     pub index: usize,
     /// What is said.
     pub text: String,
+    /// Who says it (a CSM speaker id), when the dataset has several
+    /// speakers; `None`: the run's one speaker (`--speaker-id`).
+    pub speaker: Option<u32>,
     /// Sample range in the recording at [`TARGET_SAMPLE_RATE`]; private so
     /// it always lies within `audio`.
     range: Range<usize>,
@@ -135,9 +157,16 @@ impl Utterance {
             recording_id: recording_id.into(),
             index,
             text: text.into(),
+            speaker: None,
             range: start..end,
             audio,
         }
+    }
+
+    /// The same utterance, said by speaker `id`.
+    pub fn with_speaker(mut self, id: Option<u32>) -> Self {
+        self.speaker = id;
+        self
     }
 
     /// The utterance's samples, 24 kHz mono.
@@ -427,20 +456,11 @@ fn normalize(token: &str) -> String {
         .collect()
 }
 
-/// Turns one recording (24 kHz mono) into a [`Conversation`].
-///
-/// With an alignment, cuts with [`plan_cuts`]; the text of each utterance
-/// comes from the transcript when its words match the alignment's, else from
-/// the alignment. Without one, the whole recording is one utterance if it is
-/// at most [`SegmentConfig::max_unaligned_s`] long; a longer one is refused
-/// or skipped as [`SegmentConfig::long_unaligned`] says. Returns `None` for a
-/// skipped recording. Warnings (skips, over-long utterances, text taken from
-/// the aligner) are pushed to `warnings`.
+/// Turns one recording (24 kHz mono) of the run's one speaker into a
+/// [`Conversation`]: [`segment_spoken`] with [`RecordingSpeakers::Run`].
 ///
 /// # Errors
-/// [`DataError::NeedsAlignment`] (refused long recording) and
-/// [`DataError::MalformedAlignment`] when the words run past the audio, both
-/// naming `audio_path` / `alignment_path`.
+/// As [`segment_spoken`].
 pub fn segment_recording(
     recording_id: &str,
     audio: Arc<[f32]>,
@@ -450,9 +470,91 @@ pub fn segment_recording(
     cfg: &SegmentConfig,
     warnings: &mut Vec<String>,
 ) -> Result<Option<Conversation>> {
+    segment_spoken(
+        Recording {
+            id: recording_id,
+            audio,
+            transcript,
+            alignment,
+            audio_path,
+            speakers: RecordingSpeakers::Run,
+        },
+        cfg,
+        warnings,
+    )
+}
+
+/// Who speaks in a recording.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordingSpeakers {
+    /// The run's one speaker (`--speaker-id`): utterances name none.
+    Run,
+    /// One speaker throughout, this CSM speaker id.
+    One(u32),
+    /// A CSM speaker id per word of the alignment, in its order: a
+    /// conversation (needs the alignment).
+    PerWord(Vec<u32>),
+}
+
+/// A recording to cut into utterances ([`segment_spoken`]).
+#[derive(Debug, Clone)]
+pub struct Recording<'a> {
+    /// Its id (file stem, or `speaker/stem` in a per-speaker dataset).
+    pub id: &'a str,
+    /// Its samples, 24 kHz mono.
+    pub audio: Arc<[f32]>,
+    /// Its transcript.
+    pub transcript: &'a str,
+    /// Its alignment file and what it holds, if any.
+    pub alignment: Option<(&'a Path, &'a Alignment)>,
+    /// The audio file (for messages).
+    pub audio_path: &'a Path,
+    /// Who speaks.
+    pub speakers: RecordingSpeakers,
+}
+
+/// Turns one recording into a [`Conversation`].
+///
+/// With an alignment, cuts with [`plan_cuts`] (a conversation: first at
+/// each change of speaker, see [`plan_turns`]); the text of each utterance
+/// comes from the transcript when its words match the alignment's, else from
+/// the alignment. Without one, the whole recording is one utterance if it is
+/// at most [`SegmentConfig::max_unaligned_s`] long; a longer one is refused
+/// or skipped as [`SegmentConfig::long_unaligned`] says. Returns `None` for a
+/// skipped recording. Warnings (skips, over-long utterances, text taken from
+/// the aligner, voices that overlap) are pushed to `warnings`.
+///
+/// # Errors
+/// [`DataError::NeedsAlignment`] (refused long recording) and
+/// [`DataError::MalformedAlignment`] when the words run past the audio (or
+/// per-word speakers come without an alignment or with another word
+/// count), naming the audio or alignment file.
+pub fn segment_spoken(
+    recording: Recording<'_>,
+    cfg: &SegmentConfig,
+    warnings: &mut Vec<String>,
+) -> Result<Option<Conversation>> {
+    let Recording {
+        id: recording_id,
+        audio,
+        transcript,
+        alignment,
+        audio_path,
+        speakers,
+    } = recording;
+    let whole_speaker = match speakers {
+        RecordingSpeakers::One(id) => Some(id),
+        _ => None,
+    };
     let rate = f64::from(TARGET_SAMPLE_RATE);
     let duration_s = audio.len() as f64 / rate;
     let Some((alignment_path, alignment)) = alignment else {
+        if let RecordingSpeakers::PerWord(_) = &speakers {
+            return Err(DataError::MalformedAlignment {
+                path: audio_path.to_path_buf(),
+                reason: "speakers per word need the recording's alignment".into(),
+            });
+        }
         if duration_s > cfg.max_unaligned_s {
             return match cfg.long_unaligned {
                 LongUnaligned::Refuse => Err(DataError::NeedsAlignment {
@@ -478,13 +580,10 @@ pub fn segment_recording(
         };
         return Ok(Some(Conversation {
             recording_id: recording_id.to_string(),
-            utterances: vec![Utterance::new(
-                recording_id,
-                0,
-                transcript.trim(),
-                audio,
-                range,
-            )],
+            utterances: vec![
+                Utterance::new(recording_id, 0, transcript.trim(), audio, range)
+                    .with_speaker(whole_speaker),
+            ],
             alignment_format: None,
         }));
     };
@@ -516,7 +615,11 @@ pub fn segment_recording(
                 .words
                 .iter()
                 .zip(texts)
-                .map(|(w, text)| Word { text, span: w.span })
+                .map(|(w, text)| Word {
+                    text,
+                    span: w.span,
+                    speaker: w.speaker.clone(),
+                })
                 .collect(),
         },
         None => {
@@ -528,9 +631,31 @@ pub fn segment_recording(
             alignment.clone()
         }
     };
-    let cuts = plan_cuts(&words, duration_s, cfg);
+    let cuts: Vec<(Cut, Option<u32>)> = match &speakers {
+        RecordingSpeakers::PerWord(ids) => {
+            if ids.len() != words.words.len() {
+                return Err(DataError::MalformedAlignment {
+                    path: alignment_path.to_path_buf(),
+                    reason: format!(
+                        "{} speakers for {} words",
+                        ids.len(),
+                        words.words.len()
+                    ),
+                });
+            }
+            warn_overlaps(&words, ids, audio_path, warnings);
+            plan_turns(&words, ids, duration_s, cfg)
+                .into_iter()
+                .map(|(cut, id)| (cut, Some(id)))
+                .collect()
+        }
+        _ => plan_cuts(&words, duration_s, cfg)
+            .into_iter()
+            .map(|cut| (cut, whole_speaker))
+            .collect(),
+    };
     let mut utterances = Vec::with_capacity(cuts.len());
-    for cut in cuts {
+    for (cut, speaker) in cuts {
         let text = words.words[cut.words.clone()]
             .iter()
             .map(|w| w.text.as_str())
@@ -547,19 +672,100 @@ pub fn segment_recording(
             ));
         }
         let range = (cut.start_s * rate).floor() as usize..(cut.end_s * rate).ceil() as usize;
-        utterances.push(Utterance::new(
-            recording_id,
-            utterances.len(),
-            text,
-            audio.clone(),
-            range,
-        ));
+        utterances.push(
+            Utterance::new(recording_id, utterances.len(), text, audio.clone(), range)
+                .with_speaker(speaker),
+        );
     }
     Ok(Some(Conversation {
         recording_id: recording_id.to_string(),
         utterances,
         alignment_format: Some(alignment.format),
     }))
+}
+
+/// Plans the cuts of a conversation: `speakers[i]` says who speaks word
+/// `i`. Each turn (a run of words of one speaker) is cut with
+/// [`plan_cuts`], and no piece reaches past the boundary between two
+/// turns, halfway between the last timed word of one and the first of the
+/// next. Returns each piece with its speaker, in spoken order.
+pub fn plan_turns(
+    alignment: &Alignment,
+    speakers: &[u32],
+    duration_s: f64,
+    cfg: &SegmentConfig,
+) -> Vec<(Cut, u32)> {
+    let words = &alignment.words;
+    let n = words.len().min(speakers.len());
+    let mut out = Vec::new();
+    let mut a = 0;
+    while a < n {
+        let who = speakers[a];
+        let b = (a..n).find(|&i| speakers[i] != who).unwrap_or(n);
+        let lower = if a == 0 {
+            0.0
+        } else {
+            turn_boundary(words, a, duration_s)
+        };
+        let upper = if b == n {
+            duration_s
+        } else {
+            turn_boundary(words, b, duration_s)
+        };
+        let turn = Alignment {
+            format: alignment.format,
+            words: words[a..b].to_vec(),
+        };
+        for cut in plan_cuts(&turn, duration_s, cfg) {
+            let start_s = cut.start_s.clamp(lower, upper);
+            let piece = Cut {
+                start_s,
+                end_s: cut.end_s.clamp(start_s, upper),
+                words: cut.words.start + a..cut.words.end + a,
+            };
+            out.push((piece, who));
+        }
+        a = b;
+    }
+    out
+}
+
+/// Where the turn that starts at word `b` begins: halfway between the end
+/// of the last timed word before `b` and the start of the first timed word
+/// from `b` on (at the one that exists, when the other does not).
+fn turn_boundary(words: &[Word], b: usize, duration_s: f64) -> f64 {
+    let prev_end = words[..b].iter().rev().find_map(|w| w.span).map(|s| s.1);
+    let next_start = words[b..].iter().find_map(|w| w.span).map(|s| s.0);
+    let t = match (prev_end, next_start) {
+        (Some(e), Some(s)) => (e + s) / 2.0,
+        (Some(t), None) | (None, Some(t)) => t,
+        (None, None) => 0.0,
+    };
+    t.clamp(0.0, duration_s)
+}
+
+/// Warns where one voice starts before the other has finished: the cut
+/// between their turns then clips a word of one of them.
+fn warn_overlaps(words: &Alignment, speakers: &[u32], audio_path: &Path, warnings: &mut Vec<String>) {
+    for b in 1..words.words.len().min(speakers.len()) {
+        if speakers[b] == speakers[b - 1] {
+            continue;
+        }
+        let prev = words.words[..b].iter().rev().find_map(|w| w.span);
+        let next = words.words[b..].iter().find_map(|w| w.span);
+        if let (Some((_, e)), Some((s, _))) = (prev, next) {
+            if s < e {
+                warnings.push(format!(
+                    "{}: speaker {} starts at {s:.2} s, before speaker {} stops at {e:.2} s; \
+                     the turns are cut at {:.2} s, clipping both voices",
+                    audio_path.display(),
+                    speakers[b],
+                    speakers[b - 1],
+                    (s + e) / 2.0
+                ));
+            }
+        }
+    }
 }
 
 /// Groups item indices into batches of similar length, to minimise padding.
@@ -601,6 +807,7 @@ mod tests {
                 .map(|&(t, s, e)| Word {
                     text: t.into(),
                     span: Some((s, e)),
+                    speaker: None,
                 })
                 .collect(),
         }
@@ -630,6 +837,7 @@ mod tests {
                 .map(|(text, s, e)| Word {
                     text,
                     span: Some((s, e)),
+                    speaker: None,
                 })
                 .collect(),
         };
@@ -767,6 +975,118 @@ mod tests {
         }
         assert!(conv.examples(0).all(|e| e.context.is_empty()));
         assert_eq!(conv.context(3, 10).len(), 3);
+    }
+
+    #[test]
+    fn conversations_are_cut_at_every_change_of_speaker() {
+        // Speaker 7 says two short sentences, speaker 3 one long stretch
+        // (about 25 s, cut further at its sentence ends), then 7 again.
+        // (word, speaker, pause after it)
+        let mut plan: Vec<(&str, u32, f64)> = Vec::new();
+        for w in ["Hi", "there.", "How", "are", "you?"] {
+            plan.push((w, 7, 0.1));
+        }
+        plan.last_mut().unwrap().2 = 0.6;
+        for i in 0..63 {
+            let end = i % 7 == 6;
+            plan.push((if end { "fine." } else { "well" }, 3, if end { 0.5 } else { 0.1 }));
+        }
+        plan.last_mut().unwrap().2 = 0.3;
+        for w in ["Good", "to", "hear."] {
+            plan.push((w, 7, 0.1));
+        }
+        let (mut spec, mut who) = (Vec::new(), Vec::new());
+        let mut t = 0.3;
+        for (w, id, gap) in plan {
+            spec.push((w.to_string(), t, t + 0.3));
+            who.push(id);
+            t += 0.3 + gap;
+        }
+        let duration = t + 0.5;
+        let a = Alignment {
+            format: AlignmentFormat::WordsObject,
+            words: spec
+                .iter()
+                .map(|(text, s, e)| Word {
+                    text: text.clone(),
+                    span: Some((*s, *e)),
+                    speaker: None,
+                })
+                .collect(),
+        };
+        let cfg = SegmentConfig::default();
+        let turns = plan_turns(&a, &who, duration, &cfg);
+        let speakers: Vec<u32> = turns.iter().map(|(_, id)| *id).collect();
+        assert_eq!(speakers.first(), Some(&7));
+        assert_eq!(speakers.last(), Some(&7));
+        assert!(speakers.iter().filter(|&&id| id == 3).count() >= 2, "{speakers:?}");
+        for (cut, id) in &turns {
+            assert!(who[cut.words.clone()].iter().all(|w| w == id), "{cut:?}");
+        }
+        // Pieces cover the words in order and never overlap.
+        assert_eq!(turns[0].0.words.start, 0);
+        assert_eq!(turns.last().unwrap().0.words.end, a.words.len());
+        for p in turns.windows(2) {
+            assert_eq!(p[0].0.words.end, p[1].0.words.start);
+            assert!(p[0].0.end_s <= p[1].0.start_s + 1e-9, "{p:?}");
+        }
+        // Between two voices 0.8 s apart, both pieces keep edge_pad_s.
+        let (first, second) = (&turns[0].0, &turns[1].0);
+        let (last_word, next_word) = (a.words[4].span.unwrap(), a.words[5].span.unwrap());
+        assert!((first.end_s - (last_word.1 + cfg.edge_pad_s)).abs() < 1e-9);
+        assert!((second.start_s - (next_word.0 - cfg.edge_pad_s)).abs() < 1e-9);
+
+        // Through segment_spoken: each utterance carries its speaker.
+        let n = (duration * 24_000.0) as usize;
+        let audio: Arc<[f32]> = vec![0.1; n].into();
+        let transcript: Vec<&str> = spec.iter().map(|(w, _, _)| w.as_str()).collect();
+        let mut warnings = Vec::new();
+        let conv = segment_spoken(
+            Recording {
+                id: "talk",
+                audio,
+                transcript: &transcript.join(" "),
+                alignment: Some((Path::new("talk.json"), &a)),
+                audio_path: Path::new("talk.wav"),
+                speakers: RecordingSpeakers::PerWord(who.clone()),
+            },
+            &cfg,
+            &mut warnings,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let got: Vec<Option<u32>> = conv.utterances.iter().map(|u| u.speaker).collect();
+        let want: Vec<Option<u32>> = speakers.iter().map(|&id| Some(id)).collect();
+        assert_eq!(got, want);
+        assert_eq!(conv.utterances[0].text, "Hi there. How are you?");
+        // The previous turns, the other voice's among them, are the context.
+        let ex: Vec<Example<'_>> = conv.examples(1).collect();
+        assert_eq!(ex[1].context[0].speaker, Some(7));
+        assert_eq!(ex[1].target.speaker, Some(3));
+
+        // Overlapping voices are cut halfway and reported.
+        let mut overlap = a.clone();
+        overlap.words[5].span = Some((a.words[4].span.unwrap().1 - 0.1, 2.5));
+        let mut warnings = Vec::new();
+        warn_overlaps(&overlap, &who, Path::new("talk.wav"), &mut warnings);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("talk.wav") && warnings[0].contains("speaker 3"));
+        // Per-word speakers must match the words.
+        let err = segment_spoken(
+            Recording {
+                id: "talk",
+                audio: vec![0.0; n].into(),
+                transcript: "x",
+                alignment: Some((Path::new("talk.json"), &a)),
+                audio_path: Path::new("talk.wav"),
+                speakers: RecordingSpeakers::PerWord(who[1..].to_vec()),
+            },
+            &cfg,
+            &mut Vec::new(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("talk.json"), "{err}");
     }
 
     #[test]
