@@ -8,6 +8,7 @@ import { app } from '../src/lib/store.svelte';
 import type { DatasetScan, RecordingsScan, TranscriptionEvent, TranscriptionSummary } from '../src/lib/api';
 import { type Transcription, applyTranscriptionEvent, idleTranscription } from '../src/lib/transcription';
 import { flush, ipc, scanFixture } from './helpers';
+import fixture from '../../docs/ipc-fixtures/transcription-events.json';
 
 const RAW = '/home/me/voice-memos';
 const OUT = `${RAW}/dataset`;
@@ -54,6 +55,16 @@ function madeDataset(): DatasetScan {
 }
 
 describe('transcription state', () => {
+  it('reduces the shared wire-format fixture (docs/ipc-fixtures/transcription-events.json)', () => {
+    let t: Transcription = { ...idleTranscription(), status: 'running' };
+    for (const e of fixture as TranscriptionEvent[]) t = applyTranscriptionEvent(t, e);
+    expect(t).toMatchObject({ model: 'whisper-tiny', phase: 'transcribing', files: 2, skipped: 1, totalSecs: 90.5, etaSecs: 12.1 });
+    expect(t.results.map((r) => [r.name, r.ok])).toEqual([
+      ['memo1', true],
+      ['memo2', false],
+    ]);
+  });
+
   it('follows the events: model, files, overall and per-file seconds, results', () => {
     const events: TranscriptionEvent[] = [
       { event: 'loading', data: { model: 'openai/whisper-tiny' } },

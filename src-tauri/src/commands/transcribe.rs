@@ -716,6 +716,58 @@ mod tests {
     use super::*;
 
     #[test]
+    fn wire_format_matches_the_shared_fixture() {
+        // ui/tests/transcribe.test.ts feeds the same file through its reducer.
+        let fixture: serde_json::Value = serde_json::from_str(include_str!(
+            "../../../docs/ipc-fixtures/transcription-events.json"
+        ))
+        .unwrap();
+        let ours = serde_json::to_value(vec![
+            TranscriptionEvent::Loading {
+                model: "whisper-tiny".into(),
+            },
+            TranscriptionEvent::Downloading {
+                repo: "openai/whisper-tiny".into(),
+                file: "model.safetensors".into(),
+                done: 1_048_576,
+                total: Some(151_061_672),
+            },
+            TranscriptionEvent::Started {
+                files: 2,
+                total_secs: 90.5,
+                skipped: 1,
+            },
+            TranscriptionEvent::FileStarted {
+                name: "memo1".into(),
+                index: 0,
+                duration_secs: 60.5,
+            },
+            TranscriptionEvent::Progress {
+                name: "memo1".into(),
+                file_done_secs: 30.0,
+                file_secs: 60.5,
+                done_secs: 30.0,
+                total_secs: 90.5,
+                elapsed_secs: 6.0,
+                eta_secs: Some(12.1),
+            },
+            TranscriptionEvent::FileDone {
+                name: "memo1".into(),
+                text: "Hello there.".into(),
+            },
+            TranscriptionEvent::FileFailed {
+                name: "memo2".into(),
+                error: "memo2.mp3: cannot decode audio: not audio".into(),
+            },
+        ])
+        .unwrap();
+        assert_eq!(
+            ours, fixture,
+            "docs/ipc-fixtures/transcription-events.json must be the wire format"
+        );
+    }
+
+    #[test]
     fn progress_counts_finished_files_and_estimates_the_rest() {
         let mut p = Progress::default();
         p.map(FolderEvent::Start {
