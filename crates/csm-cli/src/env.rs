@@ -4,6 +4,10 @@
 //! - `CSM_COMPILE=1`, `CSM_CACHE_DIR` (and `XDG_CACHE_HOME`/`HOME` for the
 //!   default cache) and the distributed launch variables that `csm launch`
 //!   sets for each rank: [`run_settings`];
+//! - the hub and package-index settings of `csm download`, `csm models` and
+//!   every flag that takes a hub id or bundle name: huggingface_hub's
+//!   `HF_HOME`, `HF_HUB_CACHE`, `HF_ASSETS_CACHE`, `HF_ENDPOINT`, `HF_TOKEN`,
+//!   `HF_HUB_OFFLINE`, proxies, and `CSM_PYPI_URL` ([`hub_settings`]);
 //! - with the `fault-injection` feature (test builds only), the
 //!   `CSM_DEBUG_*_AT_STEP` faults of the crash tests.
 
@@ -20,6 +24,14 @@ pub fn run_settings() -> Result<RunSettings> {
 /// The Mimi codes cache directory.
 pub fn codes_cache() -> std::path::PathBuf {
     CodesCache::default_dir(|k| std::env::var_os(k))
+}
+
+/// The hub client's settings from this process's environment (the same
+/// variables, read the same way, as the app's).
+pub fn hub_settings() -> Result<csm_hub::HubSettings> {
+    Ok(csm_hub::HubSettings::from_environment(&|k| {
+        std::env::var(k).ok()
+    })?)
 }
 
 /// This process's distributed launch variables.

@@ -82,16 +82,26 @@ fn health_and_error_rates_per_sample() {
 fn flag_errors() {
     let dir = tempfile::tempdir().unwrap();
     let a = wav(dir.path(), "a.wav", &tone(1.0, 200.0));
-    let out = csm(&[
-        "score",
-        "--reference-dir",
-        dir.path().to_str().unwrap(),
-        a.to_str().unwrap(),
-    ]);
+    // Without --speaker-encoder the cached bundle is used, or fetched: here
+    // offline with an empty cache, so the error says what is missing.
+    let out = Command::new(CSM)
+        .args([
+            "score",
+            "--reference-dir",
+            dir.path().to_str().unwrap(),
+            a.to_str().unwrap(),
+        ])
+        .env("HF_HOME", dir.path().join("hf"))
+        .env_remove("HF_ASSETS_CACHE")
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .expect("csm runs");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("--speaker-encoder") && err.contains("resemblyzer==0.1.4"),
+        err.contains("--speaker-encoder speaker-encoder")
+            && err.contains("resemblyzer==0.1.4")
+            && err.contains("HF_HUB_OFFLINE"),
         "{err}"
     );
     let out = csm(&["score"]);

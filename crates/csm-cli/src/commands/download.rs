@@ -6,17 +6,17 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use csm_hub::{
-    find_bundle, human_bytes, Cancel, DownloadEvent, DownloadObserver, Hub, HubSettings, BUNDLES,
-    MAIN,
+    find_bundle, human_bytes, Cancel, DownloadEvent, DownloadObserver, Hub, Role, BUNDLES, MAIN,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Flags of `csm download`.
 #[derive(Debug, Args)]
-#[command(after_long_help = ENV_HELP)]
+#[command(after_long_help = bundles_help())]
 pub struct DownloadArgs {
-    /// A repo id (`sesame/csm-1b`) or a bundle name (`csm-1b`: CSM-1B, the
-    /// Mimi codec and the Llama 3.2 tokenizer).
+    /// A repo id (`sesame/csm-1b`) or a bundle name: `csm-1b`,
+    /// `whisper-large-v3-turbo`, `whisper-small`, `whisper-base`,
+    /// `whisper-tiny`, `speaker-encoder` (listed below).
     #[arg(value_name = "REPO_ID_OR_BUNDLE")]
     pub target: String,
     /// Files to fetch from the repo [default: the files csm uses from a
@@ -30,16 +30,33 @@ pub struct DownloadArgs {
 
 /// The environment variables the hub commands read (shown in `--help`).
 pub const ENV_HELP: &str = "Environment (the same as Python's huggingface_hub):\n  \
-    HF_HOME          folder of the cache and token [default: ~/.cache/huggingface]\n  \
+    HF_HOME          folder of the caches and token [default: ~/.cache/huggingface]\n  \
     HF_HUB_CACHE     the hub cache itself [default: $HF_HOME/hub]\n  \
+    HF_ASSETS_CACHE  files that are not hub repos; the speaker encoder goes to its\n                   csm/pypi--resemblyzer/0.1.4/ [default: $HF_HOME/assets]\n  \
     HF_ENDPOINT      the hub [default: https://huggingface.co]\n  \
     HF_TOKEN         access token for gated or private repos [default: the file\n                   `huggingface-cli login` writes, $HF_HOME/token]\n  \
-    HF_HUB_OFFLINE   1: no network, cached files only";
+    HF_HUB_OFFLINE   1: no network, cached files only\n\
+and ours:\n  \
+    CSM_PYPI_URL     PyPI's JSON API, where the speaker encoder's wheel is found\n                   [default: https://pypi.org]";
+
+/// The bundles with what they are for, then [`ENV_HELP`].
+pub fn bundles_help() -> String {
+    let width = BUNDLES.iter().map(|b| b.name.len()).max().unwrap_or(0);
+    let mut out = String::from("Bundles:\n");
+    for b in BUNDLES {
+        out.push_str(&format!("  {:width$}  {}\n", b.name, b.description));
+    }
+    out.push_str(
+        "Use them by name: --model-path csm-1b, --whisper-model whisper-tiny,\n\
+         --speaker-encoder speaker-encoder (downloaded on first use).\n\n",
+    );
+    out.push_str(ENV_HELP);
+    out
+}
 
 /// The hub client with the settings of this process's environment.
 pub fn hub() -> Result<Hub> {
-    let settings = HubSettings::from_environment(&|k| std::env::var(k).ok())?;
-    Ok(Hub::new(settings)?)
+    Ok(Hub::new(crate::env::hub_settings()?)?)
 }
 
 /// A terminal progress bar per file on stderr (bytes, rate, ETA).
@@ -159,16 +176,28 @@ pub fn run(args: DownloadArgs) -> Result<()> {
         for (_, resolved) in &got {
             println!("{}", resolved.path.display());
         }
-        let dir_of = |role| {
+        let path_of = |role| {
             got.iter()
                 .find(|(f, _)| f.role == role)
                 .map(|(_, r)| r.path.clone())
         };
-        if let Some(model) = dir_of(csm_hub::Role::Model) {
+        let name = bundle.name;
+        if let Some(model) = path_of(Role::Model) {
             eprintln!(
-                "use it with --model-path {} (or --model-path {}: codec and tokenizer follow)",
+                "use it with --model-path {} (or --model-path {name}: codec and tokenizer follow)",
                 model.parent().unwrap_or(&model).display(),
-                bundle.name
+            );
+        }
+        if let Some(file) = path_of(Role::Whisper) {
+            eprintln!(
+                "use it with --whisper-model {name} (or the folder {})",
+                file.parent().unwrap_or(&file).display()
+            );
+        }
+        if let Some(file) = path_of(Role::SpeakerEncoder) {
+            eprintln!(
+                "use it with --speaker-encoder {name} (or the file {}); csm score uses it by default",
+                file.display()
             );
         }
         return Ok(());

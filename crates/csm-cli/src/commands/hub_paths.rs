@@ -1,9 +1,21 @@
-//! Hub ids where paths are accepted: `--model-path sesame/csm-1b` (or the
-//! bundle name `csm-1b`), `--mimi-path kyutai/moshiko-pytorch-bf16`,
-//! `--tokenizer-path unsloth/Llama-3.2-1B`. A value that is an existing
-//! path is left alone; one that looks like `org/name` is resolved from the
-//! hub cache, downloading what is missing (with progress) unless
-//! `HF_HUB_OFFLINE` is set.
+//! Hub ids and bundle names where paths are accepted, resolved in one
+//! place for every command:
+//!
+//! - `--model-path sesame/csm-1b` (or the bundle `csm-1b`), `--mimi-path
+//!   kyutai/moshiko-pytorch-bf16`, `--tokenizer-path unsloth/Llama-3.2-1B`:
+//!   [`resolve`];
+//! - `--whisper-model`: a transformers Whisper folder, a bundle
+//!   (`whisper-large-v3-turbo`, `whisper-small`, `whisper-base`,
+//!   `whisper-tiny`) or a hub id (`openai/whisper-medium`):
+//!   [`resolve_whisper`];
+//! - `--speaker-encoder`: a `pretrained.pt` or the bundle `speaker-encoder`
+//!   (resemblyzer's weights from PyPI): [`resolve_speaker_encoder`]; what
+//!   is cached without asking the network: [`default_speaker_encoder`].
+//!
+//! A value that is an existing path is left alone; a bundle name or
+//! `org/name` is resolved from the caches, downloading what is missing
+//! (with progress) unless `HF_HUB_OFFLINE` is set, in which case a missing
+//! file is an error naming the flag, the file and the cache.
 //!
 //! When the model comes from a bundle's repo and no codec or tokenizer was
 //! given, the bundle's codec and tokenizer are used: they live in other
@@ -12,7 +24,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use csm_hub::{find_bundle, Bundle, Cancel, Hub, Role, BUNDLES, MAIN};
+use csm_hub::{find_bundle, Bundle, Cancel, Hub, Role, BUNDLES, MAIN, SPEAKER_ENCODER};
 
 use super::download::{hub, TerminalProgress};
 
@@ -23,15 +35,15 @@ enum HubRef {
     Repo(String),
 }
 
-/// `Some` when `path` is not an existing path and reads as a bundle name
-/// (model only) or `org/name`.
-fn hub_ref(path: &Path, bundles: bool) -> Option<HubRef> {
+/// `Some` when `path` is not an existing path and reads as the name of a
+/// bundle with `role` files (when a role is given) or as `org/name`.
+fn hub_ref(path: &Path, bundle_role: Option<Role>) -> Option<HubRef> {
     if path.exists() {
         return None;
     }
     let s = path.to_str()?;
-    if bundles {
-        if let Some(b) = find_bundle(s) {
+    if let Some(role) = bundle_role {
+        if let Some(b) = find_bundle(s).filter(|b| b.files_for(role).next().is_some()) {
             return Some(HubRef::Bundle(b));
         }
     }
@@ -39,11 +51,21 @@ fn hub_ref(path: &Path, bundles: bool) -> Option<HubRef> {
         .then(|| HubRef::Repo(s.to_string()))
 }
 
-/// The bundle whose model comes from `repo`.
-fn bundle_with_model(repo: &str) -> Option<&'static Bundle> {
+/// The bundle whose `role` files come from `repo`.
+fn bundle_with(repo: &str, role: Role) -> Option<&'static Bundle> {
     BUNDLES
         .iter()
-        .find(|b| b.files_for(Role::Model).any(|f| f.repo == repo))
+        .find(|b| b.files_for(role).any(|f| f.repo == repo))
+}
+
+/// Bundle names with `role` files, for messages.
+fn bundle_names(role: Role) -> String {
+    BUNDLES
+        .iter()
+        .filter(|b| b.files_for(role).next().is_some())
+        .map(|b| b.name)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The file a bundle uses from `repo` for `role`.
@@ -62,6 +84,14 @@ struct Resolver {
 }
 
 impl Resolver {
+    fn new() -> Result<Self> {
+        Ok(Self {
+            hub: hub()?,
+            progress: TerminalProgress::default(),
+            cancel: Cancel::new(),
+        })
+    }
+
     fn file(&mut self, repo: &str, file: &str) -> Result<PathBuf> {
         Ok(self
             .hub
@@ -99,6 +129,60 @@ impl Resolver {
         let paths = self.files(repo, &wanted)?;
         Ok(snapshot_dir(&paths[0], wanted[0]))
     }
+
+    /// The snapshot folder of a bundle's Whisper files, downloaded.
+    fn whisper_bundle(&mut self, b: &Bundle) -> Result<PathBuf> {
+        let files: Vec<_> = b.files_for(Role::Whisper).collect();
+        let names: Vec<&str> = files.iter().map(|f| f.file).collect();
+        let paths = self.files(files[0].repo, &names)?;
+        Ok(snapshot_dir(&paths[0], names[0]))
+    }
+
+    /// A Whisper repo no bundle knows: its config, generation config,
+    /// tokenizer (`tokenizer.json`, else `multilingual.tiktoken`) and
+    /// safetensors weights (one file, or the shards of
+    /// `model.safetensors.index.json`): what `Whisper::load` reads, and
+    /// nothing else of the repo.
+    fn whisper_repo(&mut self, repo: &str) -> Result<PathBuf> {
+        let listing = self.hub.repo_files(repo, MAIN)?;
+        let has = |name: &str| listing.files.iter().any(|f| f == name);
+        let mut wanted: Vec<&str> = Vec::new();
+        if !has("config.json") {
+            bail!("{repo} has no config.json, so it is not a transformers Whisper repo");
+        }
+        wanted.push("config.json");
+        if has("generation_config.json") {
+            wanted.push("generation_config.json");
+        }
+        // The loader reads tokenizer.json, else openai-whisper's vocabulary.
+        match ["tokenizer.json", "multilingual.tiktoken"]
+            .into_iter()
+            .find(|f| has(f))
+        {
+            Some(f) => wanted.push(f),
+            None => bail!("{repo} has no tokenizer.json (nor multilingual.tiktoken)"),
+        }
+        if has("model.safetensors") {
+            wanted.push("model.safetensors");
+        } else {
+            let shards: Vec<&str> = listing
+                .files
+                .iter()
+                .map(String::as_str)
+                .filter(|f| f.starts_with("model-") && f.ends_with(".safetensors"))
+                .collect();
+            if shards.is_empty() || !has("model.safetensors.index.json") {
+                bail!(
+                    "{repo} has no model.safetensors (nor its shards): csm reads Whisper weights \
+                     in safetensors only"
+                );
+            }
+            wanted.push("model.safetensors.index.json");
+            wanted.extend(shards);
+        }
+        let paths = self.files(repo, &wanted)?;
+        Ok(snapshot_dir(&paths[0], wanted[0]))
+    }
 }
 
 /// The snapshot folder of a file resolved as `name` inside it.
@@ -117,21 +201,17 @@ pub fn resolve(
     mimi: &mut Option<PathBuf>,
     tokenizer: &mut Option<PathBuf>,
 ) -> Result<()> {
-    let model_ref = hub_ref(model, true);
-    let mimi_ref = mimi.as_deref().and_then(|p| hub_ref(p, false));
-    let tokenizer_ref = tokenizer.as_deref().and_then(|p| hub_ref(p, false));
+    let model_ref = hub_ref(model, Some(Role::Model));
+    let mimi_ref = mimi.as_deref().and_then(|p| hub_ref(p, None));
+    let tokenizer_ref = tokenizer.as_deref().and_then(|p| hub_ref(p, None));
     if model_ref.is_none() && mimi_ref.is_none() && tokenizer_ref.is_none() {
         return Ok(());
     }
-    let mut r = Resolver {
-        hub: hub()?,
-        progress: TerminalProgress::default(),
-        cancel: Cancel::new(),
-    };
+    let mut r = Resolver::new()?;
     let given = model.display().to_string();
     let bundle = match &model_ref {
         Some(HubRef::Bundle(b)) => Some(*b),
-        Some(HubRef::Repo(repo)) => bundle_with_model(repo),
+        Some(HubRef::Repo(repo)) => bundle_with(repo, Role::Model),
         None => None,
     };
     match (&model_ref, bundle) {
@@ -192,6 +272,88 @@ pub fn resolve(
     Ok(())
 }
 
+/// `--whisper-model`: the folder `Whisper::load` reads. An existing path
+/// is returned as it is; a bundle name or a hub id is resolved from the hub
+/// cache, downloading what is missing unless `HF_HUB_OFFLINE` is set.
+///
+/// # Errors
+/// A value that is neither a path, a Whisper bundle nor a hub id; the hub's
+/// refusals; offline with files missing; a repo that is not a transformers
+/// Whisper repo with safetensors weights. Each message starts with
+/// `--whisper-model VALUE`.
+pub fn resolve_whisper(given: &Path) -> Result<PathBuf> {
+    let flag = || format!("--whisper-model {}", given.display());
+    let Some(target) = hub_ref(given, Some(Role::Whisper)) else {
+        if given.exists() {
+            return Ok(given.to_path_buf());
+        }
+        bail!(
+            "{}: no such folder, and not a Whisper bundle ({}) or a hub id like \
+             openai/whisper-tiny",
+            flag(),
+            bundle_names(Role::Whisper)
+        );
+    };
+    let mut r = Resolver::new()?;
+    match target {
+        HubRef::Bundle(b) => r.whisper_bundle(b),
+        HubRef::Repo(repo) => match bundle_with(&repo, Role::Whisper) {
+            Some(b) => r.whisper_bundle(b),
+            None => r.whisper_repo(&repo),
+        },
+    }
+    .with_context(flag)
+}
+
+/// `--speaker-encoder`: resemblyzer's `pretrained.pt`. An existing path is
+/// returned as it is; the bundle name `speaker-encoder` is resolved from the
+/// package cache, downloading the wheel from PyPI when missing unless
+/// `HF_HUB_OFFLINE` is set.
+///
+/// # Errors
+/// Anything else than a path or that name; the index's refusals; offline
+/// with the file missing; a wheel that does not hold the expected file.
+/// Each message starts with `--speaker-encoder VALUE`.
+pub fn resolve_speaker_encoder(given: &Path) -> Result<PathBuf> {
+    let flag = || format!("--speaker-encoder {}", given.display());
+    match hub_ref(given, Some(Role::SpeakerEncoder)) {
+        Some(HubRef::Bundle(b)) => {
+            let mut r = Resolver::new()?;
+            let got = b
+                .download(&r.hub, &mut r.progress, &r.cancel)
+                .with_context(flag)?;
+            let path = got
+                .into_iter()
+                .find(|(f, _)| f.role == Role::SpeakerEncoder)
+                .map(|(_, resolved)| resolved.path)
+                .context("the bundle has no speaker-encoder file")?;
+            Ok(path)
+        }
+        _ if given.is_file() => Ok(given.to_path_buf()),
+        _ => bail!(
+            "{}: no such file, and not the bundle name {} (resemblyzer's weights, downloaded \
+             from PyPI on first use)",
+            flag(),
+            SPEAKER_ENCODER.name
+        ),
+    }
+}
+
+/// The speaker encoder of the `speaker-encoder` bundle if it is in the
+/// cache (no network, nothing downloaded): for commands that score voices
+/// only when the weights are at hand. `Ok(None)` when it is not cached
+/// (`csm download speaker-encoder` fetches it).
+///
+/// # Errors
+/// Only when the cache settings cannot be made (no home folder, a bad
+/// `CSM_PYPI_URL` or `HF_ENDPOINT`).
+pub fn default_speaker_encoder() -> Result<Option<PathBuf>> {
+    let hub = hub()?;
+    Ok(SPEAKER_ENCODER
+        .files_for(Role::SpeakerEncoder)
+        .find_map(|f| f.cached(&hub)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,23 +361,54 @@ mod tests {
     #[test]
     fn hub_refs_only_for_what_is_not_a_path() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(hub_ref(dir.path(), true), None);
+        assert_eq!(hub_ref(dir.path(), Some(Role::Model)), None);
         assert!(matches!(
-            hub_ref(Path::new("csm-1b"), true),
+            hub_ref(Path::new("csm-1b"), Some(Role::Model)),
             Some(HubRef::Bundle(b)) if b.name == "csm-1b"
         ));
-        assert_eq!(hub_ref(Path::new("csm-1b"), false), None);
+        assert_eq!(hub_ref(Path::new("csm-1b"), None), None);
+        // A bundle of another kind is not taken for a model (or the reverse).
+        assert_eq!(hub_ref(Path::new("whisper-tiny"), Some(Role::Model)), None);
+        assert_eq!(hub_ref(Path::new("csm-1b"), Some(Role::Whisper)), None);
+        assert!(matches!(
+            hub_ref(Path::new("speaker-encoder"), Some(Role::SpeakerEncoder)),
+            Some(HubRef::Bundle(b)) if b.name == "speaker-encoder"
+        ));
         assert_eq!(
-            hub_ref(Path::new("sesame/csm-1b"), false),
+            hub_ref(Path::new("sesame/csm-1b"), None),
             Some(HubRef::Repo("sesame/csm-1b".into()))
         );
         for not_ids in ["./a/b", "/abs/path", "a/b/c", "model.safetensors", "../x/y"] {
-            assert_eq!(hub_ref(Path::new(not_ids), true), None, "{not_ids}");
+            assert_eq!(
+                hub_ref(Path::new(not_ids), Some(Role::Model)),
+                None,
+                "{not_ids}"
+            );
         }
-        assert_eq!(bundle_with_model("sesame/csm-1b").unwrap().name, "csm-1b");
+        assert_eq!(
+            bundle_with("sesame/csm-1b", Role::Model).unwrap().name,
+            "csm-1b"
+        );
+        assert_eq!(
+            bundle_with("openai/whisper-tiny", Role::Whisper)
+                .unwrap()
+                .name,
+            "whisper-tiny"
+        );
+        assert_eq!(
+            bundle_names(Role::Whisper),
+            "whisper-large-v3-turbo, whisper-small, whisper-base, whisper-tiny"
+        );
         assert_eq!(
             bundle_file("kyutai/moshiko-pytorch-bf16", Role::Codec),
             Some("tokenizer-e351c8d8-checkpoint125.safetensors")
+        );
+        // csm-hub fetches the file csm-core's speaker encoder reads.
+        let w = csm_hub::RESEMBLYZER_PRETRAINED;
+        assert_eq!(w.member, csm_core::speaker::RESEMBLYZER_WEIGHTS_FILE);
+        assert_eq!(
+            format!("{}=={}", w.project, w.version),
+            csm_core::speaker::RESEMBLYZER_WHEEL
         );
         assert_eq!(
             snapshot_dir(Path::new("/c/snapshots/abc/sub/x.json"), "sub/x.json"),

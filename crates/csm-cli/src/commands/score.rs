@@ -14,16 +14,20 @@ use csm_core::speaker::{SpeakerEncoder, RESEMBLYZER_WEIGHTS_FILE, RESEMBLYZER_WH
 use csm_core::whisper::{TranscribeOptions, Whisper};
 use serde_json::json;
 
+use super::hub_paths::{default_speaker_encoder, resolve_speaker_encoder, resolve_whisper};
+
 /// Flags of `csm score`.
 #[derive(Debug, Args)]
 pub struct ScoreArgs {
     /// The speaker's recordings (a dataset's `audio/` folder); transcripts
     /// in the sibling `transcripts/` folder give their speaking rate.
-    /// Similarity needs it and `--speaker-encoder`.
+    /// Similarity needs it.
     #[arg(long)]
     pub reference_dir: Option<PathBuf>,
-    /// resemblyzer's speaker-encoder weights, `pretrained.pt` from the
-    /// PyPI wheel resemblyzer==0.1.4.
+    /// resemblyzer's speaker-encoder weights: a `pretrained.pt` (from the
+    /// PyPI wheel resemblyzer==0.1.4), or `speaker-encoder`, the bundle,
+    /// taken from the cache or downloaded from PyPI once (`csm download
+    /// speaker-encoder`) [default with --reference-dir: speaker-encoder].
     #[arg(long)]
     pub speaker_encoder: Option<PathBuf>,
     /// The text the samples should say (WER/CER, speaking rate).
@@ -33,8 +37,10 @@ pub struct ScoreArgs {
     /// (used for every sample).
     #[arg(long, conflicts_with = "whisper_model")]
     pub transcript: Option<String>,
-    /// A local transformers Whisper folder: transcribe each sample (in
-    /// English) for WER/CER.
+    /// Transcribe each sample (in English) for WER/CER with this Whisper: a
+    /// transformers folder, a bundle (whisper-large-v3-turbo, whisper-small,
+    /// whisper-base, whisper-tiny) or a hub id (openai/whisper-tiny);
+    /// bundles and hub ids are downloaded once into the hub cache.
     #[arg(long)]
     pub whisper_model: Option<PathBuf>,
     /// Samples to score (WAV).
@@ -45,8 +51,30 @@ pub struct ScoreArgs {
 /// Runs `csm score`.
 pub fn run(args: ScoreArgs) -> Result<()> {
     let speaker = match (&args.reference_dir, &args.speaker_encoder) {
-        (Some(dir), Some(weights)) => {
-            let encoder = SpeakerEncoder::load(weights)
+        (Some(dir), given) => {
+            let cached = match given {
+                Some(_) => None,
+                None => default_speaker_encoder()?,
+            };
+            let weights = match (given, cached) {
+                (_, Some(path)) => path,
+                (given, None) => {
+                    let given = given.clone().unwrap_or_else(|| {
+                        tracing::info!(
+                            "similarity: fetching the speaker encoder ({RESEMBLYZER_WHEEL} from \
+                             PyPI, 17 MB, once); --speaker-encoder PATH uses another copy"
+                        );
+                        PathBuf::from(csm_hub::SPEAKER_ENCODER.name)
+                    });
+                    resolve_speaker_encoder(&given).with_context(|| {
+                        format!(
+                            "similarity needs the speaker encoder, {RESEMBLYZER_WEIGHTS_FILE} of \
+                             the PyPI wheel {RESEMBLYZER_WHEEL}"
+                        )
+                    })?
+                }
+            };
+            let encoder = SpeakerEncoder::load(&weights)
                 .with_context(|| format!("loading the speaker encoder {}", weights.display()))?;
             let recordings = dataset_recordings(dir)?;
             let reference =
@@ -63,20 +91,19 @@ pub fn run(args: ScoreArgs) -> Result<()> {
             );
             Some((encoder, reference))
         }
-        (Some(_), None) => bail!(
-            "similarity needs --speaker-encoder PATH: {RESEMBLYZER_WEIGHTS_FILE} from the PyPI \
-             wheel {RESEMBLYZER_WHEEL} (pip download --no-deps {RESEMBLYZER_WHEEL}, then unzip it)"
-        ),
         (None, Some(_)) => {
             bail!("--speaker-encoder needs --reference-dir (the speaker's recordings)")
         }
         (None, None) => None,
     };
     let whisper = match &args.whisper_model {
-        Some(dir) => Some(
-            Whisper::load(dir)
-                .with_context(|| format!("loading Whisper from {}", dir.display()))?,
-        ),
+        Some(given) => {
+            let dir = resolve_whisper(given)?;
+            Some(
+                Whisper::load(&dir)
+                    .with_context(|| format!("loading Whisper from {}", dir.display()))?,
+            )
+        }
         None => None,
     };
     let cancel = CancelToken::new();
