@@ -2,17 +2,15 @@
 //! transcripts, word alignments) with Whisper; the work is
 //! `csm_core::whisper::dataset::transcribe_folder`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use csm_core::whisper::dataset::{transcribe_folder, FolderEvent, FolderOptions};
 use csm_core::whisper::{TranscribeOptions, Whisper};
-use csm_hub::{Cancel, MAIN};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::download::{hub, TerminalProgress};
 use super::finetune::cancel_on_ctrl_c;
 
 /// Exit status when the run finished but some recordings were not
@@ -58,7 +56,10 @@ pub struct TranscribeArgs {
     /// Dataset folder to fill (`audio/`, `transcripts/`, `alignments/`).
     #[arg(long)]
     pub output_dir: PathBuf,
-    /// A transformers Whisper folder, or a hub id (downloaded once).
+    /// A transformers Whisper folder, a bundle (whisper-large-v3-turbo,
+    /// whisper-small, whisper-base, whisper-tiny) or a hub id
+    /// (openai/whisper-tiny); bundles and hub ids are taken from the hub
+    /// cache, or downloaded once (`csm download whisper-tiny`).
     #[arg(long, default_value = "openai/whisper-large-v3-turbo")]
     pub whisper_model: PathBuf,
     /// Language code (`en`, `fr`, ...); detected per recording when absent.
@@ -74,54 +75,9 @@ pub struct TranscribeArgs {
     pub overwrite: bool,
 }
 
-/// A local Whisper folder for `model`: itself, or the hub snapshot.
-fn whisper_dir(model: &Path) -> Result<PathBuf> {
-    if model.exists() {
-        return Ok(model.to_path_buf());
-    }
-    let Some(repo) = model
-        .to_str()
-        .filter(|s| s.contains('/') && csm_hub::validate_repo_id(s).is_ok())
-    else {
-        bail!(
-            "{} is neither a folder nor a hub id like openai/whisper-tiny",
-            model.display()
-        );
-    };
-    let hub = hub()?;
-    let listing = hub.repo_files(repo, MAIN)?;
-    let wanted: Vec<&str> = listing
-        .files
-        .iter()
-        .map(String::as_str)
-        .filter(|f| {
-            !f.contains('/')
-                && (f.ends_with(".safetensors")
-                    || ["config.json", "generation_config.json", "tokenizer.json"].contains(f)
-                    || f.ends_with(".safetensors.index.json"))
-        })
-        .collect();
-    if !wanted.iter().any(|f| f.ends_with(".safetensors")) {
-        bail!("{repo} has no .safetensors weights");
-    }
-    let paths = hub.download_files(
-        repo,
-        MAIN,
-        &wanted,
-        &mut TerminalProgress::default(),
-        &Cancel::new(),
-    )?;
-    let dir = paths[0]
-        .path
-        .parent()
-        .context("snapshot folder")?
-        .to_path_buf();
-    Ok(dir)
-}
-
 /// Runs `csm transcribe`.
 pub fn run(args: TranscribeArgs) -> Result<()> {
-    let dir = whisper_dir(&args.whisper_model)?;
+    let dir = super::hub_paths::resolve_whisper(&args.whisper_model)?;
     let whisper =
         Whisper::load(&dir).with_context(|| format!("loading Whisper from {}", dir.display()))?;
     let cancel = cancel_on_ctrl_c()?;
