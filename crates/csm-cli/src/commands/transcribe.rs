@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use csm_core::whisper::dataset::{transcribe_folder, FolderEvent, FolderOptions};
 use csm_core::whisper::{TranscribeOptions, Whisper};
