@@ -68,10 +68,12 @@ enum Command {
     Evaluate(commands::dataset_tools::EvaluateArgs),
     /// Fuse an adapter into the base weights, saved in the base's format.
     Merge(commands::dataset_tools::MergeArgs),
-    /// Download files or a bundle (`csm-1b`) from the Hugging Face hub into
-    /// the shared cache (resumable, verified) and print their paths.
+    /// Download files of a hub repo, or a bundle (csm-1b, whisper-large-v3-turbo,
+    /// whisper-tiny, speaker-encoder, ...), into the shared caches
+    /// (resumable, verified) and print their paths.
     Download(commands::download::DownloadArgs),
-    /// List the models in the hub cache; `csm models rm REPO_ID` deletes one.
+    /// List the bundles and what the caches hold; `csm models rm NAME`
+    /// deletes a repo, a bundle or a release from PyPI.
     Models(commands::models::ModelsArgs),
     /// Start N ranks of a csm command for data-parallel training, locally or
     /// over ssh (`csm launch -n 2 -- finetune-lora ...`).
