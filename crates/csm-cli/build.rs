@@ -1,6 +1,23 @@
-//! Lets this crate's tests and examples find MLX's shared library.
+//! Lets this crate's tests and examples find MLX's shared library, and
+//! turns on the tests that need resemblyzer's weights when they are there.
 fn main() {
     csm_rpath();
+    test_speaker_encoder();
+}
+
+/// resemblyzer's `pretrained.pt` at `target/test-data/` (fetched by
+/// `scripts/fetch-test-speaker-encoder.sh`) turns on the tests that need
+/// the real weights, as in csm-core's build script. Only a file that
+/// exists is watched (`touch crates/csm-cli/build.rs` after a fetch).
+fn test_speaker_encoder() {
+    println!("cargo::rustc-check-cfg=cfg(csm_test_speaker_encoder)");
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo");
+    let path =
+        std::path::Path::new(&manifest).join("../../target/test-data/resemblyzer-pretrained.pt");
+    if path.is_file() {
+        println!("cargo:rerun-if-changed={}", path.display());
+        println!("cargo:rustc-cfg=csm_test_speaker_encoder");
+    }
 }
 
 /// rpath to the wheel's libmlx (published by mlx-sys as `DEP_MLX_LIB_DIR`).

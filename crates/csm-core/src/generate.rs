@@ -236,8 +236,10 @@ impl Guards {
     }
 }
 
-/// Why a generation ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a generation ended (serialised in camelCase: `eos`, `lengthLimit`,
+/// `silence`, `maxAudio`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub enum StopReason {
     /// The model emitted the end frame: the healthy ending.
     Eos,

@@ -2,7 +2,8 @@
 //! and rate.
 
 use csm_core::score::health::{
-    count_chars, count_syllables, reference_rate, sample_health, HealthOptions,
+    count_chars, count_syllables, health_warnings, reference_rate, sample_health, HealthLimits,
+    HealthOptions,
 };
 use csm_core::score::{score_sample, ScoreInputs};
 
@@ -135,4 +136,56 @@ fn end_to_end_with_a_supplied_transcript() {
     close(score.health.leading_silence_s, 0.4, 0.01);
     let json = serde_json::to_value(&score).unwrap();
     assert_eq!(json["wer"]["substitutions"], 1);
+}
+
+#[test]
+fn warnings_name_what_passes_the_limits() {
+    let limits = HealthLimits::default();
+    let options = HealthOptions::default();
+    // 0.5 s lead, a 0.7 s pause, 0.3 s tail, at the speaker's pace: healthy.
+    let fine = concat(&[
+        silence(0.5),
+        tone(1.0, 0.3),
+        silence(0.7),
+        tone(1.0, 0.3),
+        silence(0.3),
+    ]);
+    let h = sample_health(&fine, SR, None, &options);
+    assert!(health_warnings(&h, Some(1.0), &limits).is_empty());
+    // 1.2 s lead, a 2 s pause, 1.5 s tail, clipped, too fast.
+    let bad = concat(&[
+        silence(1.2),
+        tone(0.5, 0.3),
+        vec![1.0; SR as usize / 10],
+        silence(2.0),
+        tone(0.5, 0.3),
+        silence(1.5),
+    ]);
+    let h = sample_health(&bad, SR, None, &options);
+    let w = health_warnings(&h, Some(1.8), &limits);
+    assert_eq!(w.len(), 5, "{w:?}");
+    for (i, part) in [
+        "1.2 s of silence before",
+        "pause of 2.0 s",
+        "1.5 s of silence after",
+        "clipping",
+        "fast: 180%",
+    ]
+    .iter()
+    .enumerate()
+    {
+        assert!(
+            w.iter().any(|m| m.contains(part)),
+            "{i}: {part} not in {w:?}"
+        );
+    }
+    assert!(health_warnings(&h, Some(0.5), &limits)
+        .iter()
+        .any(|m| m.contains("slow: 50%")));
+    // Nothing voiced: one warning, whatever else.
+    let h = sample_health(&silence(2.0), SR, Some("hi"), &options);
+    assert_eq!(
+        health_warnings(&h, None, &limits),
+        ["no speech: nothing voiced in 2.0 s"]
+    );
 }

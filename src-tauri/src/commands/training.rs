@@ -402,6 +402,9 @@ impl TrainingObserver for EventMapper<'_> {
                 text: self.cfg.sample_prompt.clone(),
                 duration_secs: audio_secs(path),
             },
+            // Not forwarded to the UI yet (metrics.jsonl has them); the
+            // Voice chart will read them.
+            TrainEvent::VoiceSetup(_) | TrainEvent::VoiceScores(_) => return,
             TrainEvent::Warning { message } => TrainingEvent::Warning {
                 step: self.last_step,
                 kind: if message.to_lowercase().contains("nan") {

@@ -52,6 +52,15 @@ pub fn prepare(args: PrepareArgs, log_level: &str) -> Result<()> {
         u.validation_utterances,
         duration(u.validation_seconds)
     );
+    if let Some(voice) = &prepared.voice {
+        println!(
+            "voice scores: utterance {} of {} ({}) held out of training as the context of the \
+             voice samples",
+            voice.clip.index,
+            voice.clip.recording_id,
+            duration(voice.clip.duration_s())
+        );
+    }
     println!(
         "{} codes from the cache, {} encoded now ({}); {} training and {} validation examples",
         prepared.cache.hits,

@@ -1,5 +1,6 @@
 //! `csm finetune-lora`, `csm prepare`, `csm evaluate`: the CLI side of the
-//! training engine (progress bar, `metrics.jsonl`, Ctrl-C).
+//! training engine (progress bar, `metrics.jsonl`, Ctrl-C, the voice-score
+//! table).
 
 use std::time::Duration;
 
@@ -7,16 +8,19 @@ use anyhow::{Context, Result};
 use clap::Args;
 use csm_core::cancel::CancelToken;
 use csm_core::train::metrics::JsonlObserver;
-use csm_core::train::{self, Phase, TrainEvent, TrainingObserver};
+use csm_core::train::voice::VoiceOutcome;
+use csm_core::train::{self, Phase, TrainEvent, TrainingObserver, VoiceSummary};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::train_args::TrainArgs;
+use super::train_args::{TrainArgs, VoiceArgs};
 
 /// Flags of `csm finetune-lora`.
 #[derive(Debug, Args)]
 pub struct FinetuneArgs {
     #[command(flatten)]
     train: TrainArgs,
+    #[command(flatten)]
+    voice: VoiceArgs,
 }
 
 /// Shows the run on the terminal: a bar for encoding and one for steps.
@@ -110,6 +114,33 @@ impl TrainingObserver for TerminalObserver {
             TrainEvent::Sample { step, path } => {
                 self.println(format!("step {step}: sample {}", path.display()))
             }
+            TrainEvent::VoiceSetup(v) => self.println(format!(
+                "voice scores: {} prompt(s) after {} ({:.1} s, held out of training); the speaker \
+                 from {} training recording(s){}{}",
+                v.prompts.len(),
+                v.held_out_recording,
+                v.held_out_secs,
+                v.reference_recordings,
+                v.reference_chars_per_sec
+                    .map(|r| format!(", {r:.1} characters/s"))
+                    .unwrap_or_default(),
+                if v.transcribed {
+                    "; samples transcribed by Whisper"
+                } else {
+                    ""
+                }
+            )),
+            TrainEvent::VoiceScores(r) => {
+                let s = &r.summary;
+                self.println(format!(
+                    "step {}: voice similarity {}, WER {}, {} health warning(s){}",
+                    r.step,
+                    number(s.similarity, |v| format!("{v:.3}")),
+                    number(s.wer, percent),
+                    s.health_warnings,
+                    if r.new_best { " (best so far)" } else { "" }
+                ))
+            }
             TrainEvent::Warning { message } => self.println(format!("warning: {message}")),
             TrainEvent::Finished {
                 step,
@@ -149,9 +180,47 @@ pub fn cancel_on_ctrl_c() -> Result<CancelToken> {
     Ok(token)
 }
 
+/// `v` formatted, or `-`.
+fn number(v: Option<f32>, format: impl Fn(f32) -> String) -> String {
+    v.map_or_else(|| "-".into(), format)
+}
+
+fn percent(v: f32) -> String {
+    format!("{:.1}%", 100.0 * v)
+}
+
+/// The end-of-run table: base model, best and last checkpoint.
+pub fn voice_table(outcome: &VoiceOutcome) -> String {
+    let mut out = format!(
+        "voice scores   {:>6}  {:>10}  {:>7}  {:>7}  {:>15}\n",
+        "step", "similarity", "WER", "CER", "health warnings"
+    );
+    let rows: [(&str, Option<(usize, &VoiceSummary)>); 3] = [
+        ("base", outcome.base.as_ref().map(|s| (0, s))),
+        ("best", outcome.best.as_ref().map(|(n, s)| (*n, s))),
+        ("last", outcome.last.as_ref().map(|(n, s)| (*n, s))),
+    ];
+    for (name, row) in rows {
+        let line = match row {
+            Some((step, s)) => format!(
+                "{name:<14} {step:>6}  {:>10}  {:>7}  {:>7}  {:>15}",
+                number(s.similarity, |v| format!("{v:.3}")),
+                number(s.wer, percent),
+                number(s.cer, percent),
+                s.health_warnings
+            ),
+            None => format!("{name:<14} {:>6}  (no checkpoint scored)", "-"),
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
 /// Runs `csm finetune-lora`.
 pub fn run(args: FinetuneArgs, log_level: &str) -> Result<()> {
-    let config = args.train.to_config(log_level)?;
+    let mut config = args.train.to_config(log_level)?;
+    args.voice.apply(&mut config)?;
     let settings = crate::env::run_settings()?;
     let cancel = cancel_on_ctrl_c()?;
     let mut terminal = TerminalObserver::default();
@@ -183,6 +252,17 @@ pub fn run(args: FinetuneArgs, log_level: &str) -> Result<()> {
             "adapters: {}",
             summary.output_dir.join("adapters.safetensors").display()
         );
+    }
+    if let Some(voice) = &summary.voice {
+        print!("{}", voice_table(voice));
+        if let Some((step, _)) = voice.best {
+            println!(
+                "best adapter (step {step}): {}",
+                train::run_dir::RunDir::new(&summary.output_dir)
+                    .best_adapter_path()
+                    .display()
+            );
+        }
     }
     Ok(())
 }

@@ -2,14 +2,18 @@
 //!
 //! Precedence: built-in defaults, then `--config FILE` (the `config.json`
 //! format the app exports and every run writes), then flags given here.
+//! The voice-score flags ([`VoiceArgs`]) are `finetune-lora`'s alone; where
+//! the speaker encoder comes from is decided in one place,
+//! [`default_speaker_encoder`].
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use csm_core::adapter::TargetLayers;
 use csm_core::data::LongUnaligned;
-use csm_core::train::{LrSchedule, SaveMode, TrainConfig};
+use csm_core::speaker::{RESEMBLYZER_WEIGHTS_FILE, RESEMBLYZER_WHEEL};
+use csm_core::train::{LrSchedule, SaveMode, TrainConfig, VoiceConfig, VOICE_PROMPTS};
 
 /// `--save-mode` values.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -296,6 +300,121 @@ impl TrainArgs {
     }
 }
 
+/// The voice-score flags of `csm finetune-lora`.
+#[derive(Debug, Args, Default)]
+#[command(next_help_heading = "Voice scores")]
+pub struct VoiceArgs {
+    /// resemblyzer's speaker encoder, `pretrained.pt` from the PyPI wheel
+    /// resemblyzer==0.1.4; giving it turns voice scores on.
+    ///
+    /// At step 0 (the base model) and at every checkpoint the model speaks
+    /// the voice prompts after a clip of the speaker held out of training
+    /// (the last utterance of one recording, said at the start), with
+    /// generation's guards on. Each sample is written to
+    /// OUTPUT/samples/step_NNNNNNN/prompt_K.wav and scored: similarity to
+    /// the speaker (their training recordings), WER/CER with
+    /// --whisper-model, health (did it end by itself, silences, pauses,
+    /// clipping, pace against the speaker's). Scores go to metrics.jsonl;
+    /// a table of base, best and last closes the run.
+    ///
+    /// The best checkpoint, kept as OUTPUT/adapters_best.safetensors (mlx_lm
+    /// layout, beside adapters.safetensors): a checkpoint passes the WER gate
+    /// when its WER is at most max(20%, base model's WER + 10 points), and
+    /// every checkpoint passes without --whisper-model; one that passes beats
+    /// one that does not; among those that pass the higher mean similarity
+    /// wins; among those that fail the lower WER; ties go to the earlier
+    /// step. The base model is the reference, never the best.
+    #[arg(long, value_name = "FILE")]
+    pub speaker_encoder: Option<PathBuf>,
+    /// A Whisper model folder (transformers layout) that transcribes the
+    /// samples: adds WER/CER and the WER gate of the best checkpoint.
+    #[arg(long, value_name = "DIR")]
+    pub whisper_model: Option<PathBuf>,
+    /// Built-in prompts to speak at each scoring, 1 to 8 [default: 3].
+    #[arg(long, value_name = "K")]
+    pub voice_prompts: Option<usize>,
+    /// A prompt of your own; repeat for several. Replaces the built-in ones.
+    #[arg(long, value_name = "TEXT", conflicts_with = "voice_prompts")]
+    pub voice_prompt: Vec<String>,
+    /// Voice scores must run: an error when there is no speaker encoder.
+    #[arg(long, conflicts_with = "no_voice_scores")]
+    pub voice_scores: bool,
+    /// No voice scores, even with a speaker encoder: the held-out clip
+    /// stays in training and no samples are spoken.
+    #[arg(long, conflicts_with_all = ["voice_prompts", "voice_prompt", "whisper_model"])]
+    pub no_voice_scores: bool,
+}
+
+/// The speaker encoder voice scores use when `--speaker-encoder` is not
+/// given (and the `--config` file names none): none yet, so voice scores
+/// are off by default.
+pub fn default_speaker_encoder() -> Option<PathBuf> {
+    None
+}
+
+impl VoiceArgs {
+    /// Sets `config.voice` from these flags over what `--config` gave: on
+    /// with a speaker encoder, off otherwise (said in one info line). Asking
+    /// for voice scores without an encoder is an error naming the flag.
+    pub fn apply(&self, config: &mut TrainConfig) -> Result<()> {
+        if self.no_voice_scores {
+            config.voice = None;
+            return Ok(());
+        }
+        let encoder = self
+            .speaker_encoder
+            .clone()
+            .or_else(|| config.voice.as_ref().map(|v| v.speaker_encoder.clone()))
+            .or_else(default_speaker_encoder);
+        let Some(encoder) = encoder else {
+            let asked = [
+                (self.voice_scores, "--voice-scores"),
+                (self.whisper_model.is_some(), "--whisper-model"),
+                (self.voice_prompts.is_some(), "--voice-prompts"),
+                (!self.voice_prompt.is_empty(), "--voice-prompt"),
+            ];
+            if let Some((_, flag)) = asked.iter().find(|(given, _)| *given) {
+                bail!(
+                    "{flag} needs --speaker-encoder PATH: {RESEMBLYZER_WEIGHTS_FILE} from the PyPI \
+                     wheel {RESEMBLYZER_WHEEL} (pip download --no-deps {RESEMBLYZER_WHEEL}, then \
+                     unzip it)"
+                );
+            }
+            tracing::info!(
+                "voice scores are off: give --speaker-encoder PATH ({RESEMBLYZER_WEIGHTS_FILE} of \
+                 {RESEMBLYZER_WHEEL}) to score the voice at every checkpoint and keep the best \
+                 one as adapters_best.safetensors"
+            );
+            return Ok(());
+        };
+        let mut voice = config
+            .voice
+            .take()
+            .unwrap_or_else(|| VoiceConfig::new(&encoder));
+        voice.speaker_encoder = encoder;
+        if let Some(dir) = &self.whisper_model {
+            voice.whisper_model = Some(dir.clone());
+        }
+        if let Some(k) = self.voice_prompts {
+            if !(1..=VOICE_PROMPTS.len()).contains(&k) {
+                bail!(
+                    "--voice-prompts {k}: choose 1 to {} (--voice-prompt TEXT gives your own, \
+                     --no-voice-scores none)",
+                    VOICE_PROMPTS.len()
+                );
+            }
+            voice.prompts = VoiceConfig::builtin_prompts(k);
+        }
+        if !self.voice_prompt.is_empty() {
+            voice.prompts = self.voice_prompt.clone();
+        }
+        config.voice = Some(voice);
+        config
+            .validate()
+            .map_err(|errors| anyhow::anyhow!("invalid settings:\n  {}", errors.join("\n  ")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;
@@ -306,6 +425,8 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         train: TrainArgs,
+        #[command(flatten)]
+        voice: VoiceArgs,
     }
 
     fn config(extra: &[&str]) -> Result<TrainConfig> {
@@ -319,7 +440,89 @@ mod tests {
             "t",
         ];
         args.extend_from_slice(extra);
-        Cli::try_parse_from(args)?.train.to_config("info")
+        let cli = Cli::try_parse_from(args)?;
+        let mut config = cli.train.to_config("info")?;
+        cli.voice.apply(&mut config)?;
+        Ok(config)
+    }
+
+    #[test]
+    fn voice_scores_are_on_with_an_encoder_and_off_without() {
+        assert_eq!(config(&[]).unwrap().voice, None, "off by default");
+        let c = config(&["--speaker-encoder", "enc.pt"]).unwrap();
+        assert_eq!(c.voice, Some(VoiceConfig::new("enc.pt")));
+        let c = config(&[
+            "--speaker-encoder",
+            "enc.pt",
+            "--voice-prompts",
+            "5",
+            "--whisper-model",
+            "w",
+        ])
+        .unwrap();
+        let v = c.voice.unwrap();
+        assert_eq!(v.prompts, VOICE_PROMPTS[..5]);
+        assert_eq!(v.whisper_model, Some("w".into()));
+        let c = config(&[
+            "--speaker-encoder",
+            "enc.pt",
+            "--voice-prompt",
+            "Hi.",
+            "--voice-prompt",
+            "Bye.",
+        ])
+        .unwrap();
+        assert_eq!(c.voice.unwrap().prompts, ["Hi.", "Bye."]);
+        let c = config(&["--speaker-encoder", "enc.pt", "--no-voice-scores"]).unwrap();
+        assert_eq!(c.voice, None);
+    }
+
+    #[test]
+    fn asking_for_voice_scores_without_an_encoder_names_the_flag() {
+        for (flags, named) in [
+            (&["--voice-scores"][..], "--voice-scores"),
+            (&["--voice-prompts", "2"][..], "--voice-prompts"),
+            (&["--whisper-model", "w"][..], "--whisper-model"),
+            (&["--voice-prompt", "Hi."][..], "--voice-prompt"),
+        ] {
+            let err = config(flags).unwrap_err().to_string();
+            assert!(
+                err.starts_with(named) && err.contains("needs --speaker-encoder PATH"),
+                "{err}"
+            );
+        }
+        let err = config(&["--speaker-encoder", "e.pt", "--voice-prompts", "9"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--voice-prompts 9: choose 1 to 8"), "{err}");
+    }
+
+    #[test]
+    fn a_config_file_with_voice_scores_keeps_them_and_flags_adjust_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.json");
+        std::fs::write(
+            &file,
+            r#"{"voice": {"speaker_encoder": "from-config.pt", "prompts": ["One."]}}"#,
+        )
+        .unwrap();
+        let path = file.to_str().unwrap();
+        let v = config(&["--config", path]).unwrap().voice.unwrap();
+        assert_eq!(
+            (v.speaker_encoder.to_str(), &v.prompts[..]),
+            (Some("from-config.pt"), &["One.".to_string()][..])
+        );
+        let v = config(&["--config", path, "--voice-prompts", "2"])
+            .unwrap()
+            .voice
+            .unwrap();
+        assert_eq!(v.prompts, VOICE_PROMPTS[..2]);
+        assert_eq!(
+            config(&["--config", path, "--no-voice-scores"])
+                .unwrap()
+                .voice,
+            None
+        );
     }
 
     #[test]

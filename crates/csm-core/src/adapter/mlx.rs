@@ -163,19 +163,29 @@ pub fn save_mlx(
     spec: &LoraSpec,
     base_model: Option<&Path>,
 ) -> Result<(), AdapterError> {
-    write_mlx(dir, &adapter_tensors(model), spec, base_model)
+    write_mlx(
+        dir,
+        ADAPTER_FILE,
+        &adapter_tensors(model),
+        spec,
+        base_model,
+        &HashMap::new(),
+    )
 }
 
-/// Writes `tensors` (canonical names) and the config of `spec` in mlx_lm
-/// layout into `dir`, each file atomically.
+/// Writes `tensors` (canonical names) as `dir/weights_file` with
+/// `metadata`, and the config of `spec` as `dir/adapter_config.json`, in
+/// mlx_lm layout, each file atomically.
 fn write_mlx(
     dir: &Path,
+    weights_file: &str,
     tensors: &BTreeMap<String, Array>,
     spec: &LoraSpec,
     base_model: Option<&Path>,
+    metadata: &HashMap<String, String>,
 ) -> Result<(), AdapterError> {
     create_dir(dir)?;
-    save_safetensors(&dir.join(ADAPTER_FILE), tensors, &HashMap::new())?;
+    save_safetensors(&dir.join(weights_file), tensors, metadata)?;
     let config = MlxAdapterConfig {
         fine_tune_type: "lora".into(),
         lora_parameters: MlxLoraParameters {
@@ -197,7 +207,30 @@ impl Adapter {
     /// # Errors
     /// The directory or a file cannot be written.
     pub fn save_mlx(&self, dir: &Path) -> Result<(), AdapterError> {
-        write_mlx(dir, &self.tensors, &self.spec, self.base_model.as_deref())
+        self.save_mlx_as(dir, ADAPTER_FILE, &HashMap::new())
+    }
+
+    /// [`Adapter::save_mlx`] with the weights under another file name
+    /// (e.g. a run's `adapters_best.safetensors`) and `metadata` in its
+    /// safetensors header; `adapter_config.json` is the same. Load it with
+    /// [`load_mlx`] on the weights file.
+    ///
+    /// # Errors
+    /// The directory or a file cannot be written.
+    pub fn save_mlx_as(
+        &self,
+        dir: &Path,
+        weights_file: &str,
+        metadata: &HashMap<String, String>,
+    ) -> Result<(), AdapterError> {
+        write_mlx(
+            dir,
+            weights_file,
+            &self.tensors,
+            &self.spec,
+            self.base_model.as_deref(),
+            metadata,
+        )
     }
 
     /// Attaches this adapter to `csm`, strictly, as [`load_mlx`] does with

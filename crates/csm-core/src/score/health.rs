@@ -10,7 +10,8 @@
 //! scale). The speaking rate counts the characters (letters and digits of
 //! the [`super::text::normalize_english`] text) and the syllables (vowel
 //! groups per word, a final silent `e` dropped, at least one a word) per
-//! second of speech.
+//! second of speech. [`health_warnings`] turns the measures into sentences
+//! where they pass [`HealthLimits`].
 
 use serde::Serialize;
 
@@ -189,6 +190,90 @@ pub fn reference_rate<'a>(
         chars_per_s: chars as f64 / seconds,
         syllables_per_s: syllables as f64 / seconds,
     })
+}
+
+/// When [`health_warnings`] speaks up. The defaults flag what a listener
+/// would notice: more than 1 s of silence before or after the speech, a
+/// pause of more than 1.5 s inside it, any clipping (0.1% of the samples),
+/// a pace under 2/3 or over 3/2 of the speaker's own.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HealthLimits {
+    /// Longest silence before the speech, seconds.
+    pub leading_silence_s: f64,
+    /// Longest silence after the speech, seconds.
+    pub trailing_silence_s: f64,
+    /// Longest pause inside the speech, seconds.
+    pub pause_s: f64,
+    /// Largest fraction of clipped samples.
+    pub clipped_fraction: f64,
+    /// Slowest pace, as a fraction of the speaker's.
+    pub min_rate_ratio: f64,
+    /// Fastest pace, as a multiple of the speaker's.
+    pub max_rate_ratio: f64,
+}
+
+impl Default for HealthLimits {
+    fn default() -> Self {
+        HealthLimits {
+            leading_silence_s: 1.0,
+            trailing_silence_s: 1.0,
+            pause_s: 1.5,
+            clipped_fraction: 0.001,
+            min_rate_ratio: 2.0 / 3.0,
+            max_rate_ratio: 1.5,
+        }
+    }
+}
+
+/// What in `health` (and the pace `rate_ratio`, the sample's over the
+/// speaker's) goes past `limits`, one sentence each; empty for a healthy
+/// sample. A sample with no voiced frame gets that one warning alone.
+pub fn health_warnings(
+    health: &SampleHealth,
+    rate_ratio: Option<f64>,
+    limits: &HealthLimits,
+) -> Vec<String> {
+    if health.speech_s == 0.0 {
+        return vec![format!(
+            "no speech: nothing voiced in {:.1} s",
+            health.duration_s
+        )];
+    }
+    let mut out = Vec::new();
+    if health.leading_silence_s > limits.leading_silence_s {
+        out.push(format!(
+            "{:.1} s of silence before the speech",
+            health.leading_silence_s
+        ));
+    }
+    if health.trailing_silence_s > limits.trailing_silence_s {
+        out.push(format!(
+            "{:.1} s of silence after the speech",
+            health.trailing_silence_s
+        ));
+    }
+    if health.longest_pause_s > limits.pause_s {
+        out.push(format!(
+            "a pause of {:.1} s inside the speech",
+            health.longest_pause_s
+        ));
+    }
+    if health.clipped_fraction > limits.clipped_fraction {
+        out.push(format!(
+            "clipping: {:.2}% of the samples at full scale",
+            100.0 * health.clipped_fraction
+        ));
+    }
+    match rate_ratio {
+        Some(r) if r < limits.min_rate_ratio => {
+            out.push(format!("slow: {:.0}% of the speaker's pace", 100.0 * r))
+        }
+        Some(r) if r > limits.max_rate_ratio => {
+            out.push(format!("fast: {:.0}% of the speaker's pace", 100.0 * r))
+        }
+        _ => {}
+    }
+    out
 }
 
 impl SpeakingRate {

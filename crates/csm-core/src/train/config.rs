@@ -98,6 +98,65 @@ fn is_default_train_parts(parts: &[ModelPart]) -> bool {
     parts == default_train_parts().as_slice()
 }
 
+/// The prompts voice scores speak by default, in order: `--voice-prompts K`
+/// takes the first K. Sentences of everyday English with varied sounds,
+/// a question among them, each short enough to say in 3-5 s.
+pub const VOICE_PROMPTS: [&str; 8] = [
+    "The morning train was late, so we walked along the river instead.",
+    "Could you bring me the blue folder from the kitchen table?",
+    "Six thousand people gathered in the square to hear the news.",
+    "I honestly did not expect the weather to change so quickly.",
+    "Please remember to water the plants before you leave on Friday.",
+    "Her brother fixed the old bicycle with a bit of wire and patience.",
+    "Why would anyone paint a lighthouse bright purple?",
+    "We measured the room twice, and the sofa still did not fit.",
+];
+
+/// Prompts spoken at each scoring when not told otherwise.
+pub const DEFAULT_VOICE_PROMPTS: usize = 3;
+
+/// Voice scores of a run (see `train::voice`): at step 0 and at every
+/// checkpoint the model speaks `prompts` after a clip held out of
+/// training, and each sample is scored against the speaker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VoiceConfig {
+    /// resemblyzer's speaker encoder, `pretrained.pt` (PyPI wheel
+    /// resemblyzer==0.1.4).
+    pub speaker_encoder: PathBuf,
+    /// A Whisper model folder (transformers layout) to transcribe the
+    /// samples for WER/CER; none: no WER/CER, and no WER gate.
+    #[serde(default)]
+    pub whisper_model: Option<PathBuf>,
+    /// What the samples say.
+    #[serde(default = "default_voice_prompts")]
+    pub prompts: Vec<String>,
+}
+
+fn default_voice_prompts() -> Vec<String> {
+    VoiceConfig::builtin_prompts(DEFAULT_VOICE_PROMPTS)
+}
+
+impl VoiceConfig {
+    /// Scores with `speaker_encoder`, the default prompts and no Whisper.
+    pub fn new(speaker_encoder: impl Into<PathBuf>) -> Self {
+        VoiceConfig {
+            speaker_encoder: speaker_encoder.into(),
+            whisper_model: None,
+            prompts: default_voice_prompts(),
+        }
+    }
+
+    /// The first `k` of [`VOICE_PROMPTS`] (all of them when `k` is larger).
+    pub fn builtin_prompts(k: usize) -> Vec<String> {
+        VOICE_PROMPTS
+            .iter()
+            .take(k)
+            .map(|p| p.to_string())
+            .collect()
+    }
+}
+
 /// Everything a fine-tuning run needs. Field names are the CLI flags in
 /// snake_case; `config.json` in the output directory holds exactly this.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -215,6 +274,12 @@ pub struct TrainConfig {
     pub log_level: String,
     /// Extra checks and logs (per-step loss components, shapes).
     pub debug: bool,
+    // -- voice scores --
+    /// Speak and score prompts at step 0 and every checkpoint, and keep
+    /// the best checkpoint's adapter; `None` (the default): off. Absent
+    /// from `config.json` when off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub voice: Option<VoiceConfig>,
 }
 
 impl Default for TrainConfig {
@@ -271,6 +336,7 @@ impl Default for TrainConfig {
             sample_prompt: "Hello! This is my fine-tuned voice speaking.".into(),
             log_level: "info".into(),
             debug: false,
+            voice: None,
         }
     }
 }
@@ -434,6 +500,20 @@ impl TrainConfig {
             !self.generate_samples || !self.sample_prompt.trim().is_empty(),
             "--generate-samples needs a non-empty --sample-prompt".into(),
         );
+        if let Some(v) = &self.voice {
+            check(
+                !v.speaker_encoder.as_os_str().is_empty(),
+                "voice scores need --speaker-encoder PATH".into(),
+            );
+            check(
+                !v.prompts.is_empty(),
+                "voice scores need at least one prompt (--voice-prompts 1 or more)".into(),
+            );
+            check(
+                v.prompts.iter().all(|p| !p.trim().is_empty()),
+                "--voice-prompt: a prompt is empty".into(),
+            );
+        }
         if let Some(bits) = self.quantize {
             if let Err(e) = crate::model::QuantSpec::new(bits) {
                 errors.push(e);
@@ -590,6 +670,39 @@ mod tests {
         assert_eq!(partial.lora_r, 4);
         assert_eq!(partial.batch_size, 2);
         assert!(serde_json::from_str::<TrainConfig>(r#"{"lora_rank": 4}"#).is_err());
+    }
+
+    #[test]
+    fn voice_settings_are_written_only_when_on_and_checked() {
+        let off = serde_json::to_value(TrainConfig::default()).unwrap();
+        assert!(off.get("voice").is_none(), "off: no key in config.json");
+        let on = TrainConfig {
+            model_path: "m".into(),
+            audio_dir: "a".into(),
+            transcript_dir: "t".into(),
+            voice: Some(VoiceConfig::new("enc.pt")),
+            ..Default::default()
+        };
+        on.validate().unwrap();
+        let json = serde_json::to_string(&on).unwrap();
+        let back: TrainConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, on);
+        assert_eq!(
+            back.voice.unwrap().prompts,
+            VOICE_PROMPTS[..DEFAULT_VOICE_PROMPTS]
+        );
+        // Prompts and Whisper take their defaults when absent.
+        let short: TrainConfig =
+            serde_json::from_str(r#"{"voice": {"speaker_encoder": "e.pt"}}"#).unwrap();
+        assert_eq!(short.voice, Some(VoiceConfig::new("e.pt")));
+        let mut bad = on.clone();
+        bad.voice = Some(VoiceConfig {
+            prompts: vec![],
+            ..VoiceConfig::new("")
+        });
+        let errors = bad.validate().unwrap_err().join("\n");
+        assert!(errors.contains("--speaker-encoder"), "{errors}");
+        assert!(errors.contains("--voice-prompts"), "{errors}");
     }
 
     #[test]

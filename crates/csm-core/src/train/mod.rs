@@ -1,5 +1,6 @@
 //! LoRA fine-tuning: configuration, optimizer, schedule, reporting, the
-//! training loop and the run folder it writes ([`run_dir`]).
+//! training loop, the voice scores at its checkpoints ([`voice`]) and the
+//! run folder it writes ([`run_dir`]).
 
 pub mod batch;
 pub mod codes;
@@ -16,11 +17,14 @@ pub mod settings;
 pub mod state;
 pub mod step;
 pub mod trainer;
+pub mod voice;
 
 pub use config::{LrSchedule, Method, ModelPart, SaveMode, TrainConfig};
+pub use config::{VoiceConfig, VOICE_PROMPTS};
 pub use observer::{
     NullObserver, Phase, RecordingObserver, StepReport, TrainEvent, TrainingObserver, ValReport,
 };
+pub use observer::{VoiceReport, VoiceSample, VoiceSetupReport, VoiceSummary};
 pub use run::train;
 #[cfg(feature = "fault-injection")]
 pub use settings::FaultPlan;

@@ -88,6 +88,109 @@ pub struct ValReport {
     pub examples: usize,
 }
 
+/// The set-up of a run's voice scores, reported once before the base
+/// model is scored (camelCase, as the reports).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VoiceSetupReport {
+    /// Recording whose utterance is held out of training as the samples'
+    /// context.
+    pub held_out_recording: String,
+    /// That utterance's index in its recording (0 for a recording used
+    /// whole).
+    pub held_out_utterance: usize,
+    /// Its length, seconds.
+    pub held_out_secs: f64,
+    /// What it says.
+    pub context_text: String,
+    /// The prompts each scoring speaks, in order (`prompt` 1, 2, ...).
+    pub prompts: Vec<String>,
+    /// Training recordings whose embeddings make the speaker's.
+    pub reference_recordings: usize,
+    /// The speaker's pace on them, characters per second.
+    pub reference_chars_per_sec: Option<f64>,
+    /// Whether samples are transcribed (WER/CER and the WER gate).
+    pub transcribed: bool,
+}
+
+/// The scores of one model state, over its samples. The numbers the best
+/// checkpoint is chosen by (`train::voice::best_index`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VoiceSummary {
+    /// Mean cosine similarity to the speaker over the samples; a sample
+    /// with nothing to embed counts as 0. `None` only without samples.
+    pub similarity: Option<f32>,
+    /// Word error rate over all samples (edits / reference words), when
+    /// transcribed.
+    pub wer: Option<f32>,
+    /// Character error rate over all samples, when transcribed.
+    pub cer: Option<f32>,
+    /// Health warnings over all samples.
+    pub health_warnings: usize,
+    /// Samples scored.
+    pub samples: usize,
+}
+
+/// One spoken prompt and its scores.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VoiceSample {
+    /// Which prompt, 1-based (the order of [`VoiceSetupReport::prompts`]).
+    pub prompt: usize,
+    /// What it should say.
+    pub text: String,
+    /// The WAV file (24 kHz mono).
+    pub path: PathBuf,
+    /// What Whisper heard, when transcribed.
+    pub transcript: Option<String>,
+    /// Cosine similarity to the speaker; `None` when nothing in the sample
+    /// could be embedded.
+    pub similarity: Option<f32>,
+    /// Word error rate against `text`, when transcribed.
+    pub wer: Option<f32>,
+    /// Character error rate against `text`, when transcribed.
+    pub cer: Option<f32>,
+    /// Why generation stopped (`eos` is the healthy end).
+    pub stop_reason: crate::generate::StopReason,
+    /// Length, seconds.
+    pub duration_secs: f64,
+    /// Silence before the speech, seconds.
+    pub leading_silence_secs: f64,
+    /// Silence after the speech, seconds.
+    pub trailing_silence_secs: f64,
+    /// Longest pause inside the speech, seconds.
+    pub longest_pause_secs: f64,
+    /// Fraction of samples clipped.
+    pub clipped_fraction: f64,
+    /// Pace, characters of `text` per second of speech.
+    pub chars_per_sec: Option<f64>,
+    /// Pace over the speaker's own (1: the same).
+    pub rate_ratio: Option<f64>,
+    /// Health warnings, one sentence each (generation that did not end by
+    /// itself, silences, pauses, clipping, pace).
+    pub warnings: Vec<String>,
+}
+
+/// Voice scores of the base model (step 0) or of a checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VoiceReport {
+    /// Optimizer steps of the weights scored; 0 is the base model.
+    pub step: usize,
+    /// The checkpoint scored (`None` for the base model).
+    pub checkpoint: Option<PathBuf>,
+    /// Over the samples.
+    pub summary: VoiceSummary,
+    /// Per prompt, in order.
+    pub samples: Vec<VoiceSample>,
+    /// The best checkpoint so far, this one included (`None` at step 0).
+    pub best_step: Option<usize>,
+    /// Whether this checkpoint became the best: `adapters_best.safetensors`
+    /// now holds its adapter.
+    pub new_best: bool,
+}
+
 /// Everything the run reports, in order. This serde form is the record of
 /// `metrics.jsonl` (see `train::run_dir`): variant names in camelCase,
 /// fields of the struct variants in snake_case.
@@ -139,6 +242,12 @@ pub enum TrainEvent {
         /// The WAV file.
         path: PathBuf,
     },
+    /// Voice scores are on: what they are scored against (once, before
+    /// the base model's scores).
+    VoiceSetup(VoiceSetupReport),
+    /// The base model (step 0) or a checkpoint spoke the prompts and was
+    /// scored.
+    VoiceScores(VoiceReport),
     /// Something worth the user's attention that does not stop the run.
     Warning {
         /// What happened.

@@ -1,5 +1,6 @@
 //! A training run between its set-up and its outputs: the optimizer steps,
-//! validation, checkpoints and samples. [`train`](super::train) builds a
+//! validation, checkpoints, samples and voice scores (`super::voice`, at
+//! step 0 and after each checkpoint). [`train`](super::train) builds a
 //! [`Run`] and calls [`Run::execute`].
 
 use std::collections::BTreeMap;
@@ -14,6 +15,7 @@ use super::batch::{bucket_batches, collate, Batch, Example};
 use super::config::TrainConfig;
 use super::observer::{Phase, StepReport, TrainEvent, TrainingObserver, ValReport};
 use super::optim::AdamW;
+use super::run_dir::RunDir;
 use super::schedule::learning_rate;
 use super::settings::RunSettings;
 use super::state::{self, Progress};
@@ -24,6 +26,7 @@ use super::trainer::{
     evaluate, load_assets, mlx, prepare, save_merged, Assets, LossValues, Prepared, RunSummary,
     TrainError,
 };
+use super::voice::{VoiceModel, VoiceScorer};
 use crate::adapter::{self, LoraSpec};
 use crate::cancel::CancelToken;
 use crate::checkpoint::CheckpointError;
@@ -121,6 +124,18 @@ pub fn train(
     if let Some((path, loaded)) = resume {
         run.resume(&path, loaded)?;
     }
+    // Rank 0 alone speaks and scores; every rank held the same clip out.
+    if let (Some(voice), Some(data)) = (&cfg.voice, run.data.voice.take()) {
+        if run.group.is_main() {
+            run.voice = Some(VoiceScorer::new(
+                voice,
+                data,
+                cfg.speaker_id,
+                cfg.seed,
+                observer,
+            )?);
+        }
+    }
     // Where the weight products have their own threads (`kernels`),
     // OpenBLAS's idle workers would spin on their cores.
     let _blas = crate::kernels::many_row_products_are_ours().then(runtime::SingleThreadBlas::new);
@@ -145,6 +160,8 @@ pub(super) struct Run<'a> {
     group: Group,
     /// A QLoRA run's adapter on the full-precision model, once checked.
     full_precision: Option<FullPrecisionCheck>,
+    /// Voice scores (rank 0 of a run with `cfg.voice`).
+    voice: Option<VoiceScorer>,
 }
 
 /// What the micro-batches of one optimizer step add up to on this rank.
@@ -227,6 +244,7 @@ impl<'a> Run<'a> {
             world_size: group.size(),
             group,
             full_precision: None,
+            voice: None,
         })
     }
 
@@ -252,6 +270,17 @@ impl<'a> Run<'a> {
         }
         if let Some(reason) = modes::resume_mismatch(&loaded.config, self.cfg) {
             return Err(reject(reason));
+        }
+        if loaded.config.voice.is_some() != self.cfg.voice.is_some() {
+            let (then, now) = if self.cfg.voice.is_some() {
+                ("off", "on")
+            } else {
+                ("on", "off")
+            };
+            return Err(reject(format!(
+                "voice scores were {then} in that run and are {now} in this one; they hold one \
+                 utterance out of training, so the data differ: resume with voice scores {then}"
+            )));
         }
         if loaded.progress.train_examples != self.data.train.len() {
             return Err(reject(format!(
@@ -331,6 +360,7 @@ impl<'a> Run<'a> {
         observer: &mut dyn TrainingObserver,
         cancel: &CancelToken,
     ) -> Result<RunSummary, TrainError> {
+        self.voice_start(observer, cancel)?;
         self.announce(observer);
         let gpu = !runtime::default_device_is_cpu();
         let (compile, why) = compile_step(self.settings.compile, gpu, self.cfg.lora_dropout);
@@ -375,7 +405,7 @@ impl<'a> Run<'a> {
                 last_loss = Some(outcome.loss);
                 self.report(observer, &outcome, step_start, started, first_step);
                 self.maybe_validate(observer)?;
-                self.maybe_checkpoint(observer)?;
+                self.maybe_checkpoint(observer, cancel)?;
                 if outcome.stop {
                     cancelled = true;
                     break 'epochs;
@@ -384,7 +414,7 @@ impl<'a> Run<'a> {
             self.progress.epoch += 1;
             self.progress.cursor = 0;
         }
-        self.finish(observer, cancelled, last_loss)
+        self.finish(observer, cancel, cancelled, last_loss)
     }
 
     /// One optimizer step over the micro-batches `micro`: forward/backward
@@ -616,16 +646,79 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// Checkpoints every `--save-every` steps (the last step's checkpoint
-    /// is [`Run::finish`]'s).
-    fn maybe_checkpoint(&mut self, observer: &mut dyn TrainingObserver) -> Result<(), TrainError> {
+    /// Checkpoints every `--save-every` steps, then scores the voice (the
+    /// last step's checkpoint is [`Run::finish`]'s).
+    fn maybe_checkpoint(
+        &mut self,
+        observer: &mut dyn TrainingObserver,
+        cancel: &CancelToken,
+    ) -> Result<(), TrainError> {
         let step = self.progress.step;
         let due = step != self.total_steps
             && self.cfg.save_every > 0
             && step.is_multiple_of(self.cfg.save_every);
         if due {
             self.checkpoint(observer)?;
+            self.score_voice(observer, cancel)?;
         }
+        Ok(())
+    }
+
+    /// Before step 1: the base model's voice scores on a fresh run; on a
+    /// resumed one, the scores so far read back from `metrics.jsonl`.
+    fn voice_start(
+        &mut self,
+        observer: &mut dyn TrainingObserver,
+        cancel: &CancelToken,
+    ) -> Result<(), TrainError> {
+        let step = self.progress.step;
+        let Some(voice) = self.voice.as_mut() else {
+            return Ok(());
+        };
+        if step == 0 {
+            observer.on_event(&TrainEvent::Phase {
+                phase: Phase::Loading,
+                detail: format!(
+                    "voice scores: the base model speaks {} prompt(s)",
+                    voice.setup().prompts.len()
+                ),
+            });
+            return self.score_voice(observer, cancel);
+        }
+        let run = RunDir::new(&self.cfg.output_dir);
+        for message in voice.restore(&run, step)? {
+            observer.on_event(&TrainEvent::Warning { message });
+        }
+        Ok(())
+    }
+
+    /// Speaks and scores the prompts with the weights as they are (the
+    /// base model at step 0, else the newest checkpoint's).
+    fn score_voice(
+        &mut self,
+        observer: &mut dyn TrainingObserver,
+        cancel: &CancelToken,
+    ) -> Result<(), TrainError> {
+        let Some(voice) = self.voice.as_mut() else {
+            return Ok(());
+        };
+        // The scorer speaks with a copy in inference mode (shared weights).
+        voice.score(
+            &VoiceModel {
+                csm: &self.assets.loaded.model,
+                mimi: &self.assets.mimi.mimi,
+                tokenizer: &self.assets.tokenizer,
+                spec: &self.spec,
+                base_model: &self.cfg.model_path,
+            },
+            self.progress.step,
+            self.last_checkpoint
+                .as_deref()
+                .filter(|_| self.progress.step > 0),
+            &RunDir::new(&self.cfg.output_dir),
+            observer,
+            cancel,
+        )?;
         Ok(())
     }
 
@@ -655,6 +748,7 @@ impl<'a> Run<'a> {
     fn finish(
         mut self,
         observer: &mut dyn TrainingObserver,
+        cancel: &CancelToken,
         cancelled: bool,
         last_loss: Option<LossValues>,
     ) -> Result<RunSummary, TrainError> {
@@ -666,6 +760,7 @@ impl<'a> Run<'a> {
         });
         self.checkpoint(observer)?;
         if !cancelled {
+            self.score_voice(observer, cancel)?;
             self.save_outputs(observer)?;
         }
         observer.on_event(&TrainEvent::Finished {
@@ -681,6 +776,7 @@ impl<'a> Run<'a> {
             output_dir: cfg.output_dir.clone(),
             checkpoint: self.last_checkpoint,
             full_precision: self.full_precision,
+            voice: self.voice.as_ref().map(VoiceScorer::outcome),
         })
     }
 

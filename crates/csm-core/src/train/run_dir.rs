@@ -10,8 +10,16 @@
 //!   checkpoint_latest.safetensors        link to (on Windows: copy of) the newest
 //!   adapters.safetensors                 the final adapter, mlx_lm layout,
 //!   adapter_config.json                    with its config (crate::adapter)
+//!   adapters_best.safetensors            with voice scores: the best checkpoint's
+//!                                          adapter, mlx_lm layout (same config;
+//!                                          its step in the header's `step`)
+//!   samples/step_NNNNNNN/prompt_K.wav    with voice scores: what each scoring spoke
 //!   peft/  merged/  samples/             other outputs, as the run was asked
 //! ```
+//!
+//! `metrics.jsonl` records are [`TrainEvent`]s in their serde form; voice
+//! scores are `voiceSetup` and `voiceScores` records
+//! ([`RunDir::voice_reports`] reads the latter back).
 //!
 //! Writes are atomic (a temporary file renamed into place), except
 //! `metrics.jsonl`, which is appended to a line at a time; a reader skips a
@@ -25,8 +33,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::config::TrainConfig;
-use super::observer::TrainEvent;
-use crate::adapter::ADAPTER_FILE;
+use super::observer::{TrainEvent, VoiceReport};
+use crate::adapter::{Adapter, AdapterError, ADAPTER_FILE};
 use crate::checkpoint::write::write_atomic;
 use crate::checkpoint::CheckpointError;
 
@@ -36,6 +44,13 @@ pub const CONFIG_FILE: &str = "config.json";
 pub const METRICS_FILE: &str = "metrics.jsonl";
 /// Link to the newest training checkpoint.
 pub const LATEST_CHECKPOINT: &str = "checkpoint_latest.safetensors";
+/// The adapter of the best checkpoint by the voice scores (mlx_lm layout,
+/// beside `adapters.safetensors` and sharing its `adapter_config.json`).
+pub const BEST_ADAPTER_FILE: &str = "adapters_best.safetensors";
+/// Key of the step in [`BEST_ADAPTER_FILE`]'s safetensors header.
+const BEST_STEP_KEY: &str = "step";
+/// Folder of the spoken samples.
+pub const SAMPLES_DIR: &str = "samples";
 const CHECKPOINT_PREFIX: &str = "checkpoint_step_";
 const CHECKPOINT_SUFFIX: &str = ".safetensors";
 
@@ -111,6 +126,68 @@ impl RunDir {
     /// has written them.
     pub fn final_adapter(&self) -> Option<PathBuf> {
         Some(self.0.join(ADAPTER_FILE)).filter(|p| p.is_file())
+    }
+
+    /// `adapters_best.safetensors` (see [`BEST_ADAPTER_FILE`]).
+    pub fn best_adapter_path(&self) -> PathBuf {
+        self.0.join(BEST_ADAPTER_FILE)
+    }
+
+    /// The step whose adapter `adapters_best.safetensors` holds, read from
+    /// its header; `None` when the file is missing or has no step.
+    pub fn best_adapter_step(&self) -> Option<usize> {
+        crate::checkpoint::write::read_safetensors_metadata(&self.best_adapter_path())
+            .ok()?
+            .get(BEST_STEP_KEY)?
+            .parse()
+            .ok()
+    }
+
+    /// Writes `adapter` as `adapters_best.safetensors` (+
+    /// `adapter_config.json`), atomically, noting `step` in its header.
+    ///
+    /// # Errors
+    /// A file cannot be written.
+    pub fn write_best_adapter(&self, adapter: &Adapter, step: usize) -> Result<(), AdapterError> {
+        let meta = std::collections::HashMap::from([(BEST_STEP_KEY.to_string(), step.to_string())]);
+        adapter.save_mlx_as(&self.0, BEST_ADAPTER_FILE, &meta)
+    }
+
+    /// The `--generate-samples` sample of `step`: `samples/step_NNNNNNN.wav`,
+    /// or `samples/step_NNNNNNN_speakerID.wav` for speaker `ID` of a run
+    /// with several speakers.
+    pub fn sample_path(&self, step: usize, speaker: Option<u32>) -> PathBuf {
+        let name = match speaker {
+            None => format!("step_{step:07}.wav"),
+            Some(id) => format!("step_{step:07}_speaker{id}.wav"),
+        };
+        self.0.join(SAMPLES_DIR).join(name)
+    }
+
+    /// `samples/step_NNNNNNN/prompt_K.wav`: what prompt `prompt` (1-based)
+    /// sounded like at `step` (0: the base model).
+    pub fn voice_sample_path(&self, step: usize, prompt: usize) -> PathBuf {
+        self.0
+            .join(SAMPLES_DIR)
+            .join(format!("step_{step:07}"))
+            .join(format!("prompt_{prompt}.wav"))
+    }
+
+    /// The `voiceScores` records of `metrics.jsonl`, in file order (a run
+    /// resumed from an earlier checkpoint may have scored a step twice;
+    /// the later record is the one that counts).
+    ///
+    /// # Errors
+    /// The file is missing or unreadable.
+    pub fn voice_reports(&self) -> Result<Vec<VoiceReport>, RunDirError> {
+        Ok(self
+            .read_metrics()?
+            .into_iter()
+            .filter_map(|r| match r.event {
+                RunEvent::Train(TrainEvent::VoiceScores(v)) => Some(v),
+                _ => None,
+            })
+            .collect())
     }
 
     /// Whether the folder holds a run: `config.json` and `metrics.jsonl`.
@@ -461,6 +538,72 @@ mod tests {
             &records[4].event,
             RunEvent::Failed { kind, message } if kind == "training" && message == "boom"
         ));
+    }
+
+    fn voice_report(step: usize, similarity: f32) -> VoiceReport {
+        use crate::train::{VoiceSample, VoiceSummary};
+        VoiceReport {
+            step,
+            checkpoint: (step > 0).then(|| format!("checkpoint_step_{step:07}.safetensors").into()),
+            summary: VoiceSummary {
+                similarity: Some(similarity),
+                wer: None,
+                cer: None,
+                health_warnings: 1,
+                samples: 1,
+            },
+            samples: vec![VoiceSample {
+                prompt: 1,
+                text: "Hi.".into(),
+                path: format!("samples/step_{step:07}/prompt_1.wav").into(),
+                transcript: None,
+                similarity: Some(similarity),
+                wer: None,
+                cer: None,
+                stop_reason: crate::generate::StopReason::LengthLimit,
+                duration_secs: 2.5,
+                leading_silence_secs: 0.1,
+                trailing_silence_secs: 0.2,
+                longest_pause_secs: 0.0,
+                clipped_fraction: 0.0,
+                chars_per_sec: Some(12.0),
+                rate_ratio: Some(1.1),
+                warnings: vec!["did not end by itself".into()],
+            }],
+            best_step: (step > 0).then_some(step),
+            new_best: step > 0,
+        }
+    }
+
+    #[test]
+    fn voice_records_keep_their_format_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        let mut log = run.open_metrics().unwrap();
+        log.append(&TrainEvent::VoiceScores(voice_report(0, 0.5)))
+            .unwrap();
+        log.append(&step(1, 2.0)).unwrap();
+        log.append(&TrainEvent::VoiceScores(voice_report(4, 0.75)))
+            .unwrap();
+        drop(log);
+        let text = std::fs::read_to_string(run.metrics_path()).unwrap();
+        let first = text.lines().next().unwrap();
+        // The record the app reads: camelCase report, stop reasons in camelCase.
+        assert!(
+            first.starts_with(
+                r#"{"data":{"bestStep":null,"checkpoint":null,"newBest":false,"samples":[{"charsPerSec":12.0,"cer":null,"clippedFraction":0.0,"durationSecs":2.5,"leadingSilenceSecs":0.1,"longestPauseSecs":0.0,"path":"samples/step_0000000/prompt_1.wav","prompt":1,"rateRatio":1.1,"similarity":0.5,"stopReason":"lengthLimit","text":"Hi.","trailingSilenceSecs":0.2,"transcript":null,"warnings":["did not end by itself"],"wer":null}],"step":0,"summary":{"cer":null,"healthWarnings":1,"samples":1,"similarity":0.5,"wer":null}},"event":"voiceScores","time":"#
+            ),
+            "{first}"
+        );
+        let reports = run.voice_reports().unwrap();
+        assert_eq!(reports, [voice_report(0, 0.5), voice_report(4, 0.75)]);
+        assert_eq!(
+            run.voice_sample_path(200, 2),
+            dir.path().join("samples/step_0000200/prompt_2.wav")
+        );
+        assert!(RunDir::new(dir.path().join("none"))
+            .voice_reports()
+            .is_err());
     }
 
     #[test]

@@ -22,6 +22,7 @@ use super::batch::{build_example, collate, Batch, BatchError, Example, Turn};
 use super::codes::{fingerprint_files, CodesCache, EncodeStats};
 use super::config::TrainConfig;
 use super::observer::{Phase, TrainEvent, TrainingObserver};
+use super::voice::{self, VoiceData, VoiceError, VoiceOutcome};
 use crate::adapter::{self, AdapterError};
 use crate::assets::{self, AssetError, LoadedMimi};
 use crate::checkpoint::write::write_atomic;
@@ -109,6 +110,9 @@ pub enum TrainError {
     /// Speaking a sample failed.
     #[error(transparent)]
     Generate(#[from] crate::generate::GenerateError),
+    /// The voice scores failed (a model, the held-out clip, a sample).
+    #[error(transparent)]
+    Voice(#[from] VoiceError),
     /// A distributed collective failed.
     #[error(transparent)]
     Distributed(#[from] crate::distributed::DistError),
@@ -190,10 +194,15 @@ pub struct Prepared {
     pub usage: data::AudioUsage,
     /// A training utterance used as context for `--generate-samples`.
     pub sample_context: Option<crate::generate::Segment>,
+    /// With voice scores: the clip held out of training (not in `train`,
+    /// `val` or the training figures of `usage`) and the speaker's
+    /// training utterances.
+    pub voice: Option<VoiceData>,
 }
 
-/// Loads the dataset, Mimi-encodes every utterance through the codes cache
-/// (`cache_root`), and lays out the examples.
+/// Loads the dataset, holds the voice scores' clip out of training (when
+/// `cfg.voice` is set), Mimi-encodes every utterance through the codes
+/// cache (`cache_root`), and lays out the examples.
 pub fn prepare(
     assets: &mut Assets,
     cfg: &TrainConfig,
@@ -205,7 +214,11 @@ pub fn prepare(
         cfg.transcript_dir.clone(),
         cfg.alignment_dir.clone(),
     );
-    let dataset = data::load_dataset(&layout, &cfg.load_options())?;
+    let mut dataset = data::load_dataset(&layout, &cfg.load_options())?;
+    let voice = match &cfg.voice {
+        Some(_) => Some(voice::hold_out(&mut dataset, cfg.seed)?),
+        None => None,
+    };
     let utterances: Vec<&data::Utterance> = dataset
         .conversations
         .iter()
@@ -294,6 +307,7 @@ pub fn prepare(
         cache: stats,
         usage: dataset.usage(),
         sample_context,
+        voice,
     })
 }
 
@@ -393,6 +407,9 @@ pub struct RunSummary {
     pub checkpoint: Option<PathBuf>,
     /// A QLoRA run's adapter on the full-precision model (finished runs).
     pub full_precision: Option<FullPrecisionCheck>,
+    /// With voice scores: the base model's, the best and the last
+    /// checkpoint's (resumed runs included).
+    pub voice: Option<VoiceOutcome>,
 }
 
 /// Which examples a [`FullPrecisionCheck`] was computed on.
