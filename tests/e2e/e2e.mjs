@@ -16,12 +16,17 @@
 // parameters -> a REAL training run from the hub cache (step counter
 // advances, loss chart draws) -> stop -> play audio through cpal into the
 // ALSA file sink -> a generation's progress bar, stopped -> a generated
-// sample, played -> History -> a cached repo deleted after confirmation.
+// sample, played -> History -> a cached repo deleted after confirmation ->
+// Dataset: a folder of raw MP3/M4A recordings dropped on the window (a real
+// XDND drag from drag-source.py), transcribed with the tiny Whisper fixture
+// from the hub cache, one text edited, one recording dropped, files checked
+// on disk (raw-recordings.mjs).
 import { remote } from 'webdriverio';
 import { createHash } from 'node:crypto';
 import { createReadStream, existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { MockHub } from './mock-hub.mjs';
+import { rawRecordingsStep } from './raw-recordings.mjs';
 
 const bin = process.env.CSM_APP_BIN;
 const runsDir = process.env.CSM_E2E_RUNS;
@@ -347,6 +352,11 @@ try {
     timeoutMsg: `unsloth/Llama-3.2-1B was not deleted: ${await hubText()}`,
   });
   log(`cached repo deleted (${tokRepo})`);
+
+  // 10. Dataset: a folder of raw recordings dropped on the window (a real
+  // XDND drag), transcribed with the cached tiny Whisper, one text edited,
+  // one recording dropped; files checked on disk (raw-recordings.mjs).
+  await rawRecordingsStep({ browser, tab, shot, log, fail, hfHome, work: process.env.WORK ?? dirname(runsDir) });
   log('PASS');
 } finally {
   await browser.deleteSession().catch(() => {});
