@@ -568,3 +568,112 @@ fn a_full_disk_or_read_only_cache_stops_with_nothing_half_written() {
     assert!(stdout.trim().is_empty(), "{stdout}");
     assert!(hub.served("config.json").is_empty());
 }
+
+#[test]
+#[cfg_attr(
+    not(csm_test_speaker_encoder),
+    ignore = "needs target/test-data/resemblyzer-pretrained.pt: run scripts/fetch-test-speaker-encoder.sh"
+)]
+fn the_speaker_encoder_bundle_from_a_mock_index_scores_offline() {
+    // A wheel holding the real weights (the bundle pins their sha256),
+    // published on the mock index.
+    let real = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../target/test-data/resemblyzer-pretrained.pt"),
+    )
+    .unwrap();
+    let hub = MockHub::start(vec![]);
+    hub.publish(
+        "resemblyzer",
+        "0.1.4",
+        Some((
+            "Resemblyzer-0.1.4-py3-none-any.whl",
+            wheel(&[
+                ("resemblyzer/__init__.py", b""),
+                ("resemblyzer/pretrained.pt", &real),
+            ]),
+        )),
+    );
+    let home = tempfile::tempdir().unwrap();
+    let stdout = ok(csm(
+        &hub,
+        home.path(),
+        &["download", "speaker-encoder"],
+        &[],
+    ));
+    let path = PathBuf::from(stdout.trim());
+    assert_eq!(
+        path,
+        home.path()
+            .join("hf/assets/csm/pypi--resemblyzer/0.1.4/pretrained.pt")
+    );
+    assert!(
+        std::fs::read(&path).unwrap() == real,
+        "extracted bytes differ"
+    );
+    assert!(!home.path().join("hf/hub").exists());
+
+    let listed = ok(csm(&hub, home.path(), &["models"], &[]));
+    let row = listed
+        .lines()
+        .find(|l| l.starts_with("speaker-encoder "))
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert!(row.contains(" yes ") && row.contains("17.1 MB"), "{row}");
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("pypi:resemblyzer") && l.contains("0.1.4")),
+        "{listed}"
+    );
+
+    // csm score finds it without the flag, with no network.
+    let reference = home.path().join("ref/audio");
+    std::fs::create_dir_all(&reference).unwrap();
+    let voice: Vec<f32> = (0..48_000)
+        .map(|i| {
+            let t = i as f32 / 24_000.0;
+            0.2 * (2.0 * std::f32::consts::PI * 180.0 * t).sin()
+                + 0.1 * (2.0 * std::f32::consts::PI * 360.0 * t).sin()
+        })
+        .collect();
+    let sample = home.path().join("sample.wav");
+    for p in [reference.join("a.wav"), sample.clone()] {
+        csm_core::data::audio::write_wav(
+            &p,
+            &voice,
+            24_000,
+            csm_core::data::audio::WavEncoding::Int16,
+        )
+        .unwrap();
+    }
+    hub.clear_log();
+    let out = ok(csm(
+        &hub,
+        home.path(),
+        &[
+            "score",
+            "--reference-dir",
+            reference.to_str().unwrap(),
+            sample.to_str().unwrap(),
+        ],
+        &[("HF_HUB_OFFLINE", "1")],
+    ));
+    let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let similarity = line["similarity"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(similarity > 0.99, "{line}");
+    assert!(hub.requests().is_empty());
+
+    let removed = ok(csm(
+        &hub,
+        home.path(),
+        &["models", "rm", "speaker-encoder"],
+        &[],
+    ));
+    assert!(
+        removed.contains("removed bundle speaker-encoder"),
+        "{removed}"
+    );
+    assert!(!path.exists());
+}
