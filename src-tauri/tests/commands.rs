@@ -609,6 +609,7 @@ fn history_reads_a_run_folder_as_run_dir_writes_it() {
         semantic_loss: 1.0,
         acoustic_loss: 1.5,
         examples: 2,
+        speakers: Vec::new(),
     }))
     .unwrap();
     log.append_failure("training", "the loss became NaN")

@@ -52,6 +52,23 @@ pub fn prepare(args: PrepareArgs, log_level: &str) -> Result<()> {
         u.validation_utterances,
         duration(u.validation_seconds)
     );
+    for sp in &u.speakers {
+        let conversations = match sp.conversations {
+            0 => String::new(),
+            n => format!(", {n} of them conversation(s)"),
+        };
+        println!(
+            "speaker {} (id {}): {} in {} utterance(s) from {} recording(s){conversations}; \
+             {} training, {} validation",
+            sp.speaker.name,
+            sp.speaker.id,
+            duration(sp.seconds),
+            sp.utterances,
+            sp.recordings,
+            sp.train_utterances,
+            sp.validation_utterances
+        );
+    }
     if let Some(voice) = &prepared.voice {
         println!(
             "voice scores: utterance {} of {} ({}) held out of training as the context of the \
@@ -129,17 +146,48 @@ pub fn evaluate(args: EvaluateArgs, log_level: &str) -> Result<()> {
         &crate::env::codes_cache(),
         &mut terminal,
     )?;
+    let speakers: Vec<u32> = (prepared.train_speakers.iter())
+        .chain(&prepared.val_speakers)
+        .copied()
+        .collect();
     let examples: Vec<_> = prepared.train.into_iter().chain(prepared.val).collect();
     let weights = LossWeights {
         semantic: config.semantic_weight,
         acoustic: config.acoustic_weight,
     };
-    let loss = trainer::evaluate(
-        &mut assets.loaded.model,
-        &examples,
-        config.batch_size,
-        weights,
-    )?;
+    // With several speakers, each one's loss too (its examples batched
+    // together); the total pools them.
+    let (loss, per_speaker) = if prepared.speakers.is_empty() {
+        let loss = trainer::evaluate(
+            &mut assets.loaded.model,
+            &examples,
+            config.batch_size,
+            weights,
+        )?;
+        (loss, Vec::new())
+    } else {
+        trainer::evaluate_by_speaker(
+            &mut assets.loaded.model,
+            &examples,
+            &speakers,
+            config.batch_size,
+            weights,
+        )?
+    };
+    let per_speaker: Vec<serde_json::Value> = per_speaker
+        .iter()
+        .map(|l| {
+            let name = prepared.speakers.iter().find(|s| s.id == l.speaker);
+            serde_json::json!({
+                "speaker": name.map(|s| s.name.clone()),
+                "id": l.speaker,
+                "loss": l.loss.total,
+                "semantic_loss": l.loss.semantic,
+                "acoustic_loss": l.loss.acoustic,
+                "examples": l.examples,
+            })
+        })
+        .collect();
     println!(
         "{}",
         serde_json::json!({
@@ -153,6 +201,7 @@ pub fn evaluate(args: EvaluateArgs, log_level: &str) -> Result<()> {
             "semantic_weight": config.semantic_weight,
             "acoustic_weight": config.acoustic_weight,
             "adapter": args.adapter,
+            "speakers": per_speaker,
         })
     );
     Ok(())

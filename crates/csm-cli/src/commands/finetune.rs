@@ -104,10 +104,18 @@ impl TrainingObserver for TerminalObserver {
                 }
                 tracing::debug!(?s, "step");
             }
-            TrainEvent::Validation(v) => self.println(format!(
-                "step {}: validation loss {:.4} (c0 {:.4}, c1+ {:.4}) on {} examples",
-                v.step, v.loss, v.semantic_loss, v.acoustic_loss, v.examples
-            )),
+            TrainEvent::Validation(v) => {
+                self.println(format!(
+                    "step {}: validation loss {:.4} (c0 {:.4}, c1+ {:.4}) on {} examples",
+                    v.step, v.loss, v.semantic_loss, v.acoustic_loss, v.examples
+                ));
+                for s in &v.speakers {
+                    self.println(format!(
+                        "  speaker {} (id {}): {:.4} (c0 {:.4}, c1+ {:.4}) on {} examples",
+                        s.speaker, s.id, s.loss, s.semantic_loss, s.acoustic_loss, s.examples
+                    ));
+                }
+            }
             TrainEvent::Checkpoint { step, path } => {
                 self.println(format!("step {step}: checkpoint {}", path.display()))
             }

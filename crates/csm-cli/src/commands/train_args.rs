@@ -67,6 +67,44 @@ pub struct TrainArgs {
     /// Where checkpoints, adapters, metrics.jsonl and samples are written.
     #[arg(long, value_name = "DIR")]
     pub output_dir: Option<PathBuf>,
+    /// A dataset folder, in one of three layouts, told apart by what is in
+    /// it (instead of --audio-dir, --transcript-dir, --alignment-dir):
+    ///
+    ///   DATA/audio, DATA/transcripts [, DATA/alignments]
+    ///       one speaker, trained as --speaker-id;
+    ///   the same with DATA/speakers.json
+    ///       several speakers: the file says who speaks each recording,
+    ///       {"recordings": {"001": "alice", "002": "bob"}};
+    ///   DATA/alice/audio, DATA/alice/transcripts, DATA/bob/audio, ...
+    ///       one folder per speaker, named after it.
+    ///
+    /// With several speakers each utterance trains under its own speaker
+    /// id ([ID]text), validation loss is reported per speaker, each speaker
+    /// keeps its share of held-out recordings, and --generate-samples
+    /// speaks once per speaker. A recording whose alignment names a
+    /// speaker per word or segment ("speaker": "alice", as WhisperX writes
+    /// it) is a conversation: each turn trains as its speaker, with the
+    /// turns before it, the other voice's among them, as context. Mixing
+    /// DATA/audio with speaker folders is an error.
+    #[arg(long, value_name = "DIR", verbatim_doc_comment)]
+    pub data_dir: Option<PathBuf>,
+    /// Who speaks each recording of one audio folder, as JSON:
+    /// {"speakers": {"alice": 0, "bob": 1}, "recordings": {"001": "alice",
+    /// "002": 1}}. "recordings" names each recording's speaker (by name or
+    /// id; every key must be a recording); "speakers" fixes ids and
+    /// declares the names alignments use. [default: DATA/speakers.json when
+    /// it exists]
+    #[arg(long, value_name = "FILE")]
+    pub speakers: Option<PathBuf>,
+    /// Speaker ids of names, e.g. alice=0,bob=1. CSM knows speakers by
+    /// number; names get ids in this order: ids given here (or by a
+    /// --config's "speakers"), then speakers.json's, then a name that is a
+    /// number has that id, then the other names take the smallest free ids
+    /// in byte order of their names. The whole table is written to
+    /// OUTPUT/config.json, so `--config OUTPUT/config.json` keeps the ids
+    /// when speakers are added.
+    #[arg(long, value_name = "NAME=ID,...", value_delimiter = ',')]
+    pub speaker_map: Option<Vec<String>>,
     /// Folder of WAV recordings.
     #[arg(long, value_name = "DIR")]
     pub audio_dir: Option<PathBuf>,
@@ -77,7 +115,8 @@ pub struct TrainArgs {
     /// recordings into utterances at word boundaries.
     #[arg(long, value_name = "DIR")]
     pub alignment_dir: Option<PathBuf>,
-    /// Speaker id in the prompt (`[0]text`) [default: 0].
+    /// Speaker id in the prompt (`[0]text`) of a one-speaker dataset
+    /// [default: 0]. Datasets with several speakers use --speaker-map.
     #[arg(long)]
     pub speaker_id: Option<u32>,
     /// Longest training sequence in frames (text + audio + EOS) [default: 2048].
@@ -293,11 +332,62 @@ impl TrainArgs {
         c.generate_samples |= self.generate_samples;
         c.debug |= self.debug;
         c.log_level = log_level.to_string();
+        self.set_data(&mut c)?;
         c.validate()
             .map_err(|errors| anyhow::anyhow!("invalid settings:\n  {}", errors.join("\n  ")))?;
+        // Who speaks is checked (and the ids settled) before any model loads.
+        let source = c.resolve_speakers().context("the dataset")?;
+        if source.has_speakers() && self.speaker_id.is_some() {
+            bail!(
+                "--speaker-id is for a one-speaker dataset; this one has several speakers \
+                 ({}): give their ids with --speaker-map NAME=ID,...",
+                speaker_list(&c)
+            );
+        }
         super::hub_paths::resolve(&mut c.model_path, &mut c.mimi_path, &mut c.tokenizer_path)?;
         Ok(c)
     }
+
+    /// `--data-dir` replaces the folders of a `--config` and the folders
+    /// replace its `--data-dir`; `--speakers` and `--speaker-map` are added.
+    fn set_data(&self, c: &mut TrainConfig) -> Result<()> {
+        if self.data_dir.is_some() {
+            c.data_dir.clone_from(&self.data_dir);
+            if self.audio_dir.is_none() && self.transcript_dir.is_none() {
+                c.audio_dir = PathBuf::new();
+                c.transcript_dir = PathBuf::new();
+            }
+            if self.alignment_dir.is_none() {
+                c.alignment_dir = None;
+            }
+        } else if self.audio_dir.is_some() || self.transcript_dir.is_some() {
+            c.data_dir = None;
+        }
+        if self.speakers.is_some() {
+            c.speakers_file.clone_from(&self.speakers);
+        }
+        for pair in self.speaker_map.iter().flatten() {
+            let (name, id) = pair
+                .split_once('=')
+                .map(|(n, id)| (n.trim(), id.trim()))
+                .filter(|(n, _)| !n.is_empty())
+                .with_context(|| format!("--speaker-map `{pair}`: write NAME=ID, e.g. alice=0"))?;
+            let id: u32 = id.parse().with_context(|| {
+                format!("--speaker-map `{pair}`: the id `{id}` is not a whole number")
+            })?;
+            c.speakers.insert(name.to_string(), id);
+        }
+        Ok(())
+    }
+}
+
+/// `alice=0, bob=1`: the run's speaker table.
+pub fn speaker_list(c: &TrainConfig) -> String {
+    c.speakers
+        .iter()
+        .map(|(name, id)| format!("{name}={id}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The voice-score flags of `csm finetune-lora`.
@@ -561,6 +651,45 @@ mod tests {
             (0.05, 2.0, 8.0, 15.0, 20.0)
         );
         assert_eq!(s.long_unaligned, LongUnaligned::Skip);
+    }
+
+    #[test]
+    fn data_dir_replaces_a_configs_folders_and_speaker_map_adds_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        for d in ["audio", "transcripts"] {
+            std::fs::create_dir_all(dir.path().join("data").join(d)).unwrap();
+        }
+        let file = dir.path().join("config.json");
+        std::fs::write(
+            &file,
+            r#"{"audio_dir": "old/audio", "transcript_dir": "old/t", "speakers": {"bob": 4}}"#,
+        )
+        .unwrap();
+        let data = dir.path().join("data");
+        let args = [
+            "csm",
+            "--model-path",
+            "m",
+            "--config",
+            file.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--speaker-map",
+            "alice=1, carol = 2",
+        ];
+        let c = Cli::try_parse_from(args)
+            .unwrap()
+            .train
+            .to_config("info")
+            .unwrap();
+        assert_eq!(c.data_dir.as_deref(), Some(data.as_path()));
+        assert!(c.audio_dir.as_os_str().is_empty() && c.transcript_dir.as_os_str().is_empty());
+        let ids: Vec<(&str, u32)> = c.speakers.iter().map(|(n, i)| (n.as_str(), *i)).collect();
+        assert_eq!(ids, [("alice", 1), ("bob", 4), ("carol", 2)]);
+        for bad in ["alice", "=3", "alice=-1"] {
+            let err = config(&["--speaker-map", bad]).unwrap_err().to_string();
+            assert!(err.contains("--speaker-map"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -242,7 +242,8 @@ fn speaker_label(item: &Value, at: &str) -> std::result::Result<Option<SpeakerLa
         }
         Some(v) => {
             return Err(format!(
-                "`{key}` is {v}; a speaker is a name (\"alice\") or a whole number (a CSM speaker id)"
+                "`{key}` is {v}; a speaker is a name (\"alice\") or a whole number \
+                 (a CSM speaker id)"
             ))
         }
     };
@@ -442,7 +443,11 @@ mod tests {
         let labels: Vec<_> = a
             .words
             .iter()
-            .map(|w| w.speaker.as_ref().map(|l| (l.name.as_str(), l.key.as_str())))
+            .map(|w| {
+                w.speaker
+                    .as_ref()
+                    .map(|l| (l.name.as_str(), l.key.as_str()))
+            })
             .collect();
         assert_eq!(
             labels,
@@ -457,13 +462,21 @@ mod tests {
         // read as before.
         let s = parse(r#"{"segments": [{"text": "a", "start": 0, "end": 1, "speaker": "x"}]}"#)
             .unwrap();
-        assert_eq!(s.words[0].speaker.as_ref().unwrap().key, "segments[0].speaker");
+        assert_eq!(
+            s.words[0].speaker.as_ref().unwrap().key,
+            "segments[0].speaker"
+        );
         let plain = parse(r#"[{"word": "a", "start": 0, "end": 1, "speaker": null}]"#).unwrap();
         assert!(plain.speaker_labels().is_empty());
         for bad in [r#""  ""#, "-1", "1.5", "[1]"] {
-            let json = format!(r#"{{"words": [{{"word": "a", "start": 0, "end": 1, "speaker": {bad}}}]}}"#);
+            let json = format!(
+                r#"{{"words": [{{"word": "a", "start": 0, "end": 1, "speaker": {bad}}}]}}"#
+            );
             let err = parse(&json).unwrap_err().to_string();
-            assert!(err.contains("a.json") && err.contains("words[0].speaker"), "{err}");
+            assert!(
+                err.contains("a.json") && err.contains("words[0].speaker"),
+                "{err}"
+            );
         }
     }
 

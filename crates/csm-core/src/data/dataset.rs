@@ -1233,19 +1233,26 @@ fn load_recording(
     layout: &DatasetLayout,
     cfg: &SegmentConfig,
 ) -> Result<LoadedRecording> {
-    load_spoken(pair, &pair.id, layout, cfg, RecordingSpeakers::Run, &|path, alignment| {
-        let labels = alignment.speaker_labels();
-        let note = (!labels.is_empty()).then(|| {
-            format!(
-                "{}: names speakers ({}) but the dataset has one speaker (--speaker-id); \
+    load_spoken(
+        pair,
+        &pair.id,
+        layout,
+        cfg,
+        RecordingSpeakers::Run,
+        &|path, alignment| {
+            let labels = alignment.speaker_labels();
+            let note = (!labels.is_empty()).then(|| {
+                format!(
+                    "{}: names speakers ({}) but the dataset has one speaker (--speaker-id); \
                  the labels are not used (a speakers.json beside audio/ trains each voice \
                  under its own id)",
-                path.display(),
-                labels.join(", ")
-            )
-        });
-        Ok((RecordingSpeakers::Run, note))
-    })
+                    path.display(),
+                    labels.join(", ")
+                )
+            });
+            Ok((RecordingSpeakers::Run, note))
+        },
+    )
 }
 
 /// Who speaks in a recording, told from its alignment file and contents:

@@ -636,11 +636,7 @@ pub fn segment_spoken(
             if ids.len() != words.words.len() {
                 return Err(DataError::MalformedAlignment {
                     path: alignment_path.to_path_buf(),
-                    reason: format!(
-                        "{} speakers for {} words",
-                        ids.len(),
-                        words.words.len()
-                    ),
+                    reason: format!("{} speakers for {} words", ids.len(), words.words.len()),
                 });
             }
             warn_overlaps(&words, ids, audio_path, warnings);
@@ -746,7 +742,12 @@ fn turn_boundary(words: &[Word], b: usize, duration_s: f64) -> f64 {
 
 /// Warns where one voice starts before the other has finished: the cut
 /// between their turns then clips a word of one of them.
-fn warn_overlaps(words: &Alignment, speakers: &[u32], audio_path: &Path, warnings: &mut Vec<String>) {
+fn warn_overlaps(
+    words: &Alignment,
+    speakers: &[u32],
+    audio_path: &Path,
+    warnings: &mut Vec<String>,
+) {
     for b in 1..words.words.len().min(speakers.len()) {
         if speakers[b] == speakers[b - 1] {
             continue;
@@ -989,7 +990,11 @@ mod tests {
         plan.last_mut().unwrap().2 = 0.6;
         for i in 0..63 {
             let end = i % 7 == 6;
-            plan.push((if end { "fine." } else { "well" }, 3, if end { 0.5 } else { 0.1 }));
+            plan.push((
+                if end { "fine." } else { "well" },
+                3,
+                if end { 0.5 } else { 0.1 },
+            ));
         }
         plan.last_mut().unwrap().2 = 0.3;
         for w in ["Good", "to", "hear."] {
@@ -1019,7 +1024,10 @@ mod tests {
         let speakers: Vec<u32> = turns.iter().map(|(_, id)| *id).collect();
         assert_eq!(speakers.first(), Some(&7));
         assert_eq!(speakers.last(), Some(&7));
-        assert!(speakers.iter().filter(|&&id| id == 3).count() >= 2, "{speakers:?}");
+        assert!(
+            speakers.iter().filter(|&&id| id == 3).count() >= 2,
+            "{speakers:?}"
+        );
         for (cut, id) in &turns {
             assert!(who[cut.words.clone()].iter().all(|w| w == id), "{cut:?}");
         }

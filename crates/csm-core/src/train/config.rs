@@ -2,12 +2,14 @@
 //! struct that the CLI fills from flags, the app from its forms, and both
 //! read from / write to `config.json`.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
 use crate::adapter::{LayerSet, LoraSpec, TargetLayers, ALL_MODULES};
-use crate::data::{LoadOptions, LongUnaligned, SegmentConfig};
+use crate::data::speakers::{self, DataSource};
+use crate::data::{DataError, DatasetLayout, LoadOptions, LongUnaligned, SegmentConfig};
 
 /// How checkpoints of the run are written at the end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,7 +179,24 @@ pub struct TrainConfig {
     pub transcript_dir: PathBuf,
     /// Optional folder of word-timing JSON files (same stems).
     pub alignment_dir: Option<PathBuf>,
-    /// Speaker id written into the prompt (`[0]text`).
+    /// A dataset folder instead of the three above: `DATA/audio` +
+    /// `DATA/transcripts` (+ `alignments`, + `speakers.json`), or one
+    /// folder per speaker (`DATA/SPEAKER/audio`...); see
+    /// [`crate::data::speakers`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// `speakers.json` saying who speaks each recording (default:
+    /// `DATA/speakers.json` when there is one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speakers_file: Option<PathBuf>,
+    /// Speaker names and the CSM ids they train under, for datasets with
+    /// several speakers. Ids given here are kept; a run fills in the rest
+    /// ([`TrainConfig::resolve_speakers`]) and writes the whole table to
+    /// `config.json`. Empty (and absent from the file) for one speaker.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub speakers: BTreeMap<String, u32>,
+    /// Speaker id written into the prompt (`[0]text`) when the dataset has
+    /// one speaker.
     pub speaker_id: u32,
     /// Longest training sequence in frames (text + audio + EOS frames).
     pub max_seq_len: usize,
@@ -294,6 +313,9 @@ impl Default for TrainConfig {
             audio_dir: PathBuf::new(),
             transcript_dir: PathBuf::new(),
             alignment_dir: None,
+            data_dir: None,
+            speakers_file: None,
+            speakers: BTreeMap::new(),
             speaker_id: 0,
             max_seq_len: 2048,
             context_turns: 2,
@@ -356,14 +378,25 @@ impl TrainConfig {
             !self.model_path.as_os_str().is_empty(),
             "--model-path is required".into(),
         );
-        check(
-            !self.audio_dir.as_os_str().is_empty(),
-            "--audio-dir is required".into(),
-        );
-        check(
-            !self.transcript_dir.as_os_str().is_empty(),
-            "--transcript-dir is required".into(),
-        );
+        if self.data_dir.is_some() {
+            check(
+                self.audio_dir.as_os_str().is_empty()
+                    && self.transcript_dir.as_os_str().is_empty()
+                    && self.alignment_dir.is_none(),
+                "--data-dir replaces --audio-dir, --transcript-dir and --alignment-dir: give \
+                 one or the others"
+                    .into(),
+            );
+        } else {
+            check(
+                !self.audio_dir.as_os_str().is_empty(),
+                "--audio-dir is required (or --data-dir)".into(),
+            );
+            check(
+                !self.transcript_dir.as_os_str().is_empty(),
+                "--transcript-dir is required (or --data-dir)".into(),
+            );
+        }
         check(
             !self.output_dir.as_os_str().is_empty(),
             "--output-dir is required".into(),
@@ -560,6 +593,43 @@ impl TrainConfig {
             .div_ceil(self.grad_accum.max(1))
     }
 
+    /// Where the recordings are and how they say who speaks: `data_dir`'s
+    /// layout, or the explicit folders (with `speakers_file`).
+    ///
+    /// # Errors
+    /// What [`DataSource::detect`] finds wrong with the folder.
+    pub fn data_source(&self) -> Result<DataSource, DataError> {
+        match &self.data_dir {
+            Some(dir) => DataSource::detect(dir, self.speakers_file.as_deref()),
+            None => DataSource::from_layout(
+                DatasetLayout::new(
+                    self.audio_dir.clone(),
+                    self.transcript_dir.clone(),
+                    self.alignment_dir.clone(),
+                ),
+                self.speakers_file.as_deref(),
+            ),
+        }
+    }
+
+    /// Fills [`TrainConfig::speakers`] with the dataset's whole table (ids
+    /// already in it are kept; see [`crate::data::speakers`] for the rules)
+    /// after checking who speaks every recording, without reading audio.
+    /// A one-speaker dataset leaves it as it is. Returns the source.
+    ///
+    /// # Errors
+    /// Those of [`TrainConfig::data_source`] and [`speakers::plan`]: a
+    /// mixed layout, a `speakers.json` key naming no recording, an unknown
+    /// speaker in an alignment, clashing ids.
+    pub fn resolve_speakers(&mut self) -> Result<DataSource, DataError> {
+        let source = self.data_source()?;
+        if source.has_speakers() {
+            let plan = speakers::plan(&source, &self.speakers)?;
+            self.speakers = plan.speakers.into_iter().map(|s| (s.name, s.id)).collect();
+        }
+        Ok(source)
+    }
+
     /// How the data module loads the dataset of this run: split and
     /// segmenting settings.
     pub fn load_options(&self) -> LoadOptions {
@@ -703,6 +773,33 @@ mod tests {
         let errors = bad.validate().unwrap_err().join("\n");
         assert!(errors.contains("--speaker-encoder"), "{errors}");
         assert!(errors.contains("--voice-prompts"), "{errors}");
+    }
+
+    #[test]
+    fn data_dir_and_speakers_are_written_only_when_used() {
+        let json = serde_json::to_value(TrainConfig::default()).unwrap();
+        for key in ["data_dir", "speakers_file", "speakers"] {
+            assert!(json.get(key).is_none(), "{key} in a default config.json");
+        }
+        let c = TrainConfig {
+            model_path: "m".into(),
+            data_dir: Some("d".into()),
+            ..Default::default()
+        };
+        c.validate().unwrap();
+        let both = TrainConfig {
+            audio_dir: "a".into(),
+            ..c.clone()
+        };
+        let errors = both.validate().unwrap_err().join("\n");
+        assert!(errors.contains("--data-dir replaces"), "{errors}");
+        let named = TrainConfig {
+            speakers: [("alice".to_string(), 0), ("bob".to_string(), 1)].into(),
+            ..c
+        };
+        let json = serde_json::to_string(&named).unwrap();
+        assert!(json.contains(r#""speakers":{"alice":0,"bob":1}"#), "{json}");
+        assert_eq!(serde_json::from_str::<TrainConfig>(&json).unwrap(), named);
     }
 
     #[test]

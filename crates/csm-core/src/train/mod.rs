@@ -22,7 +22,8 @@ pub mod voice;
 pub use config::{LrSchedule, Method, ModelPart, SaveMode, TrainConfig};
 pub use config::{VoiceConfig, VOICE_PROMPTS};
 pub use observer::{
-    NullObserver, Phase, RecordingObserver, StepReport, TrainEvent, TrainingObserver, ValReport,
+    NullObserver, Phase, RecordingObserver, SpeakerValReport, StepReport, TrainEvent,
+    TrainingObserver, ValReport,
 };
 pub use observer::{VoiceReport, VoiceSample, VoiceSetupReport, VoiceSummary};
 pub use run::train;
@@ -30,6 +31,7 @@ pub use run::train;
 pub use settings::FaultPlan;
 pub use settings::RunSettings;
 pub use trainer::{
-    evaluate, load_assets, prepare, Assets, LossValues, Prepared, RunSummary, TrainError,
+    evaluate, evaluate_by_speaker, load_assets, prepare, Assets, LossValues, Prepared, RunSummary,
+    SpeakerLoss, TrainError,
 };
 pub use trainer::{CheckSplit, FullPrecisionCheck};

@@ -86,6 +86,31 @@ pub struct ValReport {
     /// Validation examples.
     #[serde(default)]
     pub examples: usize,
+    /// Per speaker, by id, when the dataset has several (absent
+    /// otherwise): `loss` is theirs pooled by target counts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub speakers: Vec<SpeakerValReport>,
+}
+
+/// One speaker's part of a validation ([`ValReport::speakers`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SpeakerValReport {
+    /// The speaker's name (a folder, a `speakers.json` name).
+    pub speaker: String,
+    /// Its CSM speaker id.
+    pub id: u32,
+    /// Weighted total loss over its validation examples.
+    #[serde(deserialize_with = "f32_or_nan")]
+    pub loss: f32,
+    /// Codebook-0 part.
+    #[serde(deserialize_with = "f32_or_nan")]
+    pub semantic_loss: f32,
+    /// Codebooks 1..N-1 part.
+    #[serde(deserialize_with = "f32_or_nan")]
+    pub acoustic_loss: f32,
+    /// Its validation examples (their target turn is its).
+    pub examples: usize,
 }
 
 /// The set-up of a run's voice scores, reported once before the base

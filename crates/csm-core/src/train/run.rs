@@ -13,19 +13,21 @@ use mlx_rs::{random, Array, Dtype};
 
 use super::batch::{bucket_batches, collate, Batch, Example};
 use super::config::TrainConfig;
-use super::observer::{Phase, StepReport, TrainEvent, TrainingObserver, ValReport};
+use super::modes;
+use super::observer::{
+    Phase, SpeakerValReport, StepReport, TrainEvent, TrainingObserver, ValReport,
+};
 use super::optim::AdamW;
 use super::run_dir::RunDir;
 use super::schedule::learning_rate;
 use super::settings::RunSettings;
 use super::state::{self, Progress};
-use super::modes;
-use super::trainer::{CheckSplit, FullPrecisionCheck};
 use super::step::{compile_step, ForwardBackward, StepOptions};
 use super::trainer::{
-    evaluate, load_assets, mlx, prepare, save_merged, Assets, LossValues, Prepared, RunSummary,
-    TrainError,
+    evaluate, evaluate_by_speaker, load_assets, mlx, prepare, save_merged, Assets, LossValues,
+    Prepared, RunSummary, TrainError,
 };
+use super::trainer::{CheckSplit, FullPrecisionCheck};
 use super::voice::{VoiceModel, VoiceScorer};
 use crate::adapter::{self, LoraSpec};
 use crate::cancel::CancelToken;
@@ -75,6 +77,11 @@ pub fn train(
     cancel: &CancelToken,
 ) -> Result<RunSummary, TrainError> {
     cfg.validate().map_err(TrainError::Config)?;
+    // The speakers' ids go to config.json (and checkpoints), so a later run
+    // of the same data keeps them; who speaks is checked before any loading.
+    let mut resolved = cfg.clone();
+    resolved.resolve_speakers()?;
+    let cfg = &resolved;
     // A single-process group unless launched as ranks (MLX_HOSTFILE/MLX_RANK
     // or the NCCL variables, see `csm launch`).
     let group = Group::init(&settings.distributed, None, false)?;
@@ -280,6 +287,23 @@ impl<'a> Run<'a> {
             return Err(reject(format!(
                 "voice scores were {then} in that run and are {now} in this one; they hold one \
                  utterance out of training, so the data differ: resume with voice scores {then}"
+            )));
+        }
+        if loaded.config.speakers != self.cfg.speakers {
+            let list = |m: &BTreeMap<String, u32>| -> String {
+                let pairs: Vec<String> = m.iter().map(|(n, id)| format!("{n}={id}")).collect();
+                if pairs.is_empty() {
+                    "one speaker".into()
+                } else {
+                    pairs.join(",")
+                }
+            };
+            return Err(reject(format!(
+                "it trained speakers {}, this run has {}; resume with the same data, or give \
+                 its table with --speaker-map {}",
+                list(&loaded.config.speakers),
+                list(&self.cfg.speakers),
+                list(&loaded.config.speakers)
             )));
         }
         if loaded.progress.train_examples != self.data.train.len() {
@@ -804,7 +828,34 @@ impl<'a> Run<'a> {
         let weights = self.loss_weights();
         let model = &mut self.assets.loaded.model;
         model.training_mode(false);
-        let v = evaluate(model, &self.data.val, self.cfg.batch_size, weights)?;
+        let (v, speakers) = if self.data.speakers.is_empty() {
+            let v = evaluate(model, &self.data.val, self.cfg.batch_size, weights)?;
+            (v, Vec::new())
+        } else {
+            let (v, each) = evaluate_by_speaker(
+                model,
+                &self.data.val,
+                &self.data.val_speakers,
+                self.cfg.batch_size,
+                weights,
+            )?;
+            let name = |id: u32| {
+                let s = self.data.speakers.iter().find(|s| s.id == id);
+                s.map_or_else(|| id.to_string(), |s| s.name.clone())
+            };
+            let each = each
+                .into_iter()
+                .map(|l| SpeakerValReport {
+                    speaker: name(l.speaker),
+                    id: l.speaker,
+                    loss: l.loss.total,
+                    semantic_loss: l.loss.semantic,
+                    acoustic_loss: l.loss.acoustic,
+                    examples: l.examples,
+                })
+                .collect();
+            (v, each)
+        };
         model.training_mode(true);
         self.progress.best_val = Some(self.progress.best_val.map_or(v.total, |b| b.min(v.total)));
         observer.on_event(&TrainEvent::Validation(ValReport {
@@ -813,6 +864,7 @@ impl<'a> Run<'a> {
             semantic_loss: v.semantic,
             acoustic_loss: v.acoustic,
             examples: self.data.val.len(),
+            speakers,
         }));
         Ok(())
     }
@@ -841,10 +893,34 @@ impl<'a> Run<'a> {
     }
 
     /// Speaks `--sample-prompt` with the current weights, after a training
-    /// utterance as context, into `OUTPUT/samples/step_NNNNNNN.wav`.
+    /// utterance as context, into `OUTPUT/samples/step_NNNNNNN.wav`; with
+    /// several speakers, once for each, after one of its utterances, into
+    /// `step_NNNNNNN_speakerID.wav` ([`RunDir::sample_path`]).
     fn sample(&mut self, observer: &mut dyn TrainingObserver) -> Result<(), TrainError> {
+        if self.data.speakers.is_empty() {
+            let context: Vec<_> = self.data.sample_context.iter().cloned().collect();
+            return self.sample_as(observer, context, self.cfg.speaker_id, None);
+        }
+        for id in self.data.speakers.iter().map(|s| s.id).collect::<Vec<_>>() {
+            let context: Vec<_> = (self.data.speaker_contexts.iter())
+                .filter(|c| c.speaker == id)
+                .cloned()
+                .collect();
+            self.sample_as(observer, context, id, Some(id))?;
+        }
+        Ok(())
+    }
+
+    /// One sample of speaker `speaker_id` after `context`, named for
+    /// `speaker` in a run with several.
+    fn sample_as(
+        &mut self,
+        observer: &mut dyn TrainingObserver,
+        context: Vec<crate::generate::Segment>,
+        speaker_id: u32,
+        speaker: Option<u32>,
+    ) -> Result<(), TrainError> {
         use crate::generate::{Generator, SamplingConfig};
-        let context: Vec<_> = self.data.sample_context.iter().cloned().collect();
         // Clones share the weight buffers; nothing is copied.
         let mut generator = Generator::new(
             self.assets.loaded.model.clone(),
@@ -857,18 +933,13 @@ impl<'a> Run<'a> {
             max_audio_ms: 6_000,
             ..SamplingConfig::default()
         };
-        let out = generator.generate(
-            &context,
-            &self.cfg.sample_prompt,
-            self.cfg.speaker_id,
-            &sampling,
-        )?;
-        let dir = self.cfg.output_dir.join("samples");
+        let out = generator.generate(&context, &self.cfg.sample_prompt, speaker_id, &sampling)?;
+        let path = RunDir::new(&self.cfg.output_dir).sample_path(self.progress.step, speaker);
+        let dir = path.parent().unwrap_or(&self.cfg.output_dir).to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|source| TrainError::Output {
             path: dir.clone(),
             source,
         })?;
-        let path = dir.join(format!("step_{:07}.wav", self.progress.step));
         crate::data::audio::write_wav(
             &path,
             &out.audio,

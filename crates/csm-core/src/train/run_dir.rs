@@ -14,6 +14,8 @@
 //!                                          adapter, mlx_lm layout (same config;
 //!                                          its step in the header's `step`)
 //!   samples/step_NNNNNNN/prompt_K.wav    with voice scores: what each scoring spoke
+//!   samples/step_NNNNNNN.wav             --generate-samples (several speakers:
+//!                                          step_NNNNNNN_speakerID.wav, one each)
 //!   peft/  merged/  samples/             other outputs, as the run was asked
 //! ```
 //!
@@ -478,6 +480,7 @@ mod tests {
             semantic_loss: 1.0,
             acoustic_loss: 2.0,
             examples: 2,
+            speakers: Vec::new(),
         }))
         .unwrap();
         log.append_failure("training", "boom").unwrap();

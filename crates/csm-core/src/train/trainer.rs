@@ -28,7 +28,7 @@ use crate::assets::{self, AssetError, LoadedMimi};
 use crate::checkpoint::write::write_atomic;
 use crate::checkpoint::CheckpointError;
 use crate::codec::CodecError;
-use crate::data::{self, DataError, DatasetLayout, Split};
+use crate::data::{self, DataError, Split};
 use crate::model::load::{canonical_weights, load_csm, to_format, LoadOptions, LoadedCsm};
 use crate::model::{AttentionMask, Csm, LossBatch, LossWeights, ModelError};
 use crate::rng::Rng;
@@ -194,27 +194,51 @@ pub struct Prepared {
     pub usage: data::AudioUsage,
     /// A training utterance used as context for `--generate-samples`.
     pub sample_context: Option<crate::generate::Segment>,
+    /// The speakers, by id, when the dataset has several (empty: one, the
+    /// run's `--speaker-id`).
+    pub speakers: Vec<data::Speaker>,
+    /// The speaker id of each training example's target turn.
+    pub train_speakers: Vec<u32>,
+    /// The speaker id of each validation example's target turn.
+    pub val_speakers: Vec<u32>,
+    /// With several speakers: one training utterance of each (in
+    /// [`Prepared::speakers`]' order, where it has one) as the context of
+    /// its `--generate-samples` sample.
+    pub speaker_contexts: Vec<crate::generate::Segment>,
     /// With voice scores: the clip held out of training (not in `train`,
     /// `val` or the training figures of `usage`) and the speaker's
     /// training utterances.
     pub voice: Option<VoiceData>,
 }
 
-/// Loads the dataset, holds the voice scores' clip out of training (when
-/// `cfg.voice` is set), Mimi-encodes every utterance through the codes
-/// cache (`cache_root`), and lays out the examples.
+/// Loads the dataset (one speaker, or several: see
+/// [`crate::data::speakers`]), holds the voice scores' clip out of
+/// training (when `cfg.voice` is set), Mimi-encodes every utterance through
+/// the codes cache (`cache_root`), and lays out the examples: each turn's
+/// prompt is `[id]text` with its own speaker's id (`cfg.speaker_id` for a
+/// one-speaker dataset).
 pub fn prepare(
     assets: &mut Assets,
     cfg: &TrainConfig,
     cache_root: &Path,
     observer: &mut dyn TrainingObserver,
 ) -> Result<Prepared, TrainError> {
-    let layout = DatasetLayout::new(
-        cfg.audio_dir.clone(),
-        cfg.transcript_dir.clone(),
-        cfg.alignment_dir.clone(),
-    );
-    let mut dataset = data::load_dataset(&layout, &cfg.load_options())?;
+    let source = cfg.data_source()?;
+    let mut dataset =
+        data::speakers::load_source(&source, &cfg.speakers, &cfg.load_options(), &mut |_| {})?;
+    if dataset.speakers.len() > 1 && cfg.voice.is_some() {
+        return Err(TrainError::Config(vec![format!(
+            "voice scores compare samples with one speaker's voice; this dataset has {} \
+             speakers ({}): train without voice scores, or score one speaker's folder alone",
+            dataset.speakers.len(),
+            dataset
+                .speakers
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )]));
+    }
     let voice = match &cfg.voice {
         Some(_) => Some(voice::hold_out(&mut dataset, cfg.seed)?),
         None => None,
@@ -250,11 +274,13 @@ pub fn prepare(
 
     let vocab = assets.loaded.model.config.text_vocab_size;
     let mut warnings = dataset.warnings.clone();
-    let mut build = |split: Split| -> Result<Vec<Example>, TrainError> {
+    let speaker_of = |u: &data::Utterance| u.speaker.unwrap_or(cfg.speaker_id);
+    let mut build = |split: Split| -> Result<(Vec<Example>, Vec<u32>), TrainError> {
         let mut out = Vec::new();
+        let mut speakers = Vec::new();
         for ex in dataset.examples(split, cfg.context_turns) {
             let turn = |u: &data::Utterance, has_loss: bool| -> Result<Turn, TrainError> {
-                let text_tokens = assets.tokenizer.encode_segment(cfg.speaker_id, &u.text)?;
+                let text_tokens = assets.tokenizer.encode_segment(speaker_of(u), &u.text)?;
                 if let Some(&id) = text_tokens.iter().find(|&&id| id as i64 >= vocab as i64) {
                     return Err(TrainError::TokenOutOfRange {
                         id,
@@ -275,7 +301,10 @@ pub fn prepare(
                 .collect::<Result<Vec<_>, _>>()?;
             let target = turn(ex.target, true)?;
             match build_example(&context, &target, n_cb, cfg.max_seq_len) {
-                Ok(e) => out.push(e),
+                Ok(e) => {
+                    out.push(e);
+                    speakers.push(speaker_of(ex.target));
+                }
                 Err(BatchError::TooLong { needed, max }) => warnings.push(format!(
                     "skipped {} #{}: it needs {needed} frames, --max-seq-len is {max}",
                     ex.target.recording_id, ex.target.index
@@ -287,19 +316,27 @@ pub fn prepare(
                 }
             }
         }
-        Ok(out)
+        Ok((out, speakers))
     };
-    let train = build(Split::Train)?;
-    let val = build(Split::Validation)?;
-    let sample_context =
-        dataset
-            .examples(Split::Train, 0)
-            .first()
-            .map(|ex| crate::generate::Segment {
-                speaker: cfg.speaker_id,
-                text: ex.target.text.clone(),
-                audio: Some(ex.target.samples().to_vec()),
-            });
+    let (train, train_speakers) = build(Split::Train)?;
+    let (val, val_speakers) = build(Split::Validation)?;
+    let segment = |u: &data::Utterance| crate::generate::Segment {
+        speaker: speaker_of(u),
+        text: u.text.clone(),
+        audio: Some(u.samples().to_vec()),
+    };
+    let train_examples = dataset.examples(Split::Train, 0);
+    let sample_context = train_examples.first().map(|ex| segment(ex.target));
+    let speaker_contexts = dataset
+        .speakers
+        .iter()
+        .filter_map(|s| {
+            train_examples
+                .iter()
+                .find(|ex| ex.target.speaker == Some(s.id))
+                .map(|ex| segment(ex.target))
+        })
+        .collect();
     Ok(Prepared {
         train,
         val,
@@ -307,6 +344,10 @@ pub fn prepare(
         cache: stats,
         usage: dataset.usage(),
         sample_context,
+        speakers: dataset.speakers.clone(),
+        train_speakers,
+        val_speakers,
+        speaker_contexts,
         voice,
     })
 }
@@ -363,12 +404,96 @@ pub fn evaluate(
     batch_size: usize,
     weights: LossWeights,
 ) -> Result<LossValues, TrainError> {
+    let all: Vec<&Example> = examples.iter().collect();
+    Ok(loss_sums(model, &all, batch_size, weights)?.values(weights))
+}
+
+/// One speaker's validation loss ([`evaluate_by_speaker`]).
+#[derive(Debug, Clone, Copy)]
+pub struct SpeakerLoss {
+    /// The speaker id of the examples' target turns.
+    pub speaker: u32,
+    /// Their mean loss.
+    pub loss: LossValues,
+    /// How many examples.
+    pub examples: usize,
+}
+
+/// [`evaluate`] over each speaker's examples (`speakers[i]` is the speaker
+/// of `examples[i]`'s target turn), batched within each speaker; returns
+/// the loss of all of them (the speakers' terms pooled by their target
+/// counts) and each speaker's, by id.
+pub fn evaluate_by_speaker(
+    model: &mut Csm,
+    examples: &[Example],
+    speakers: &[u32],
+    batch_size: usize,
+    weights: LossWeights,
+) -> Result<(LossValues, Vec<SpeakerLoss>), TrainError> {
+    let mut ids: Vec<u32> = speakers.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut total = LossSums::default();
+    let mut each = Vec::with_capacity(ids.len());
+    for id in ids {
+        let mine: Vec<&Example> = examples
+            .iter()
+            .zip(speakers)
+            .filter(|(_, &s)| s == id)
+            .map(|(e, _)| e)
+            .collect();
+        let sums = loss_sums(model, &mine, batch_size, weights)?;
+        total.add(&sums);
+        each.push(SpeakerLoss {
+            speaker: id,
+            loss: sums.values(weights),
+            examples: mine.len(),
+        });
+    }
+    Ok((total.values(weights), each))
+}
+
+/// Loss sums weighted by target counts, so subsets pool exactly.
+#[derive(Debug, Clone, Copy, Default)]
+struct LossSums {
+    semantic: f64,
+    acoustic: f64,
+    semantic_targets: f64,
+    acoustic_targets: f64,
+}
+
+impl LossSums {
+    fn add(&mut self, other: &LossSums) {
+        self.semantic += other.semantic;
+        self.acoustic += other.acoustic;
+        self.semantic_targets += other.semantic_targets;
+        self.acoustic_targets += other.acoustic_targets;
+    }
+
+    fn values(&self, weights: LossWeights) -> LossValues {
+        let semantic = (self.semantic / self.semantic_targets.max(1.0)) as f32;
+        let acoustic = (self.acoustic / self.acoustic_targets.max(1.0)) as f32;
+        LossValues {
+            total: weights.semantic * semantic + weights.acoustic * acoustic,
+            semantic,
+            acoustic,
+        }
+    }
+}
+
+/// The loss sums of `examples`, shortest first in batches of `batch_size`.
+fn loss_sums(
+    model: &mut Csm,
+    examples: &[&Example],
+    batch_size: usize,
+    weights: LossWeights,
+) -> Result<LossSums, TrainError> {
     let mut rng = Rng::new(0);
-    let (mut sem, mut aco, mut n_sem, mut n_aco) = (0f64, 0f64, 0f64, 0f64);
+    let mut sums = LossSums::default();
     let mut order: Vec<usize> = (0..examples.len()).collect();
     order.sort_by_key(|&i| examples[i].len());
     for chunk in order.chunks(batch_size.max(1)) {
-        let refs: Vec<&Example> = chunk.iter().map(|&i| &examples[i]).collect();
+        let refs: Vec<&Example> = chunk.iter().map(|&i| examples[i]).collect();
         let batch = collate(&refs, 1.0, &mut rng).map_err(mlx("building a validation batch"))?;
         let loss = model
             .loss(&loss_batch(&batch), weights)
@@ -376,18 +501,12 @@ pub fn evaluate(
         mlx_rs::transforms::eval([&loss.semantic, &loss.acoustic]).map_err(mlx("validation"))?;
         let t = batch.target_frames as f64;
         let d = batch.decoder_frames.len() as f64;
-        sem += loss.semantic.item_cast::<f32>() as f64 * t;
-        aco += loss.acoustic.item_cast::<f32>() as f64 * d;
-        n_sem += t;
-        n_aco += d;
+        sums.semantic += loss.semantic.item_cast::<f32>() as f64 * t;
+        sums.acoustic += loss.acoustic.item_cast::<f32>() as f64 * d;
+        sums.semantic_targets += t;
+        sums.acoustic_targets += d;
     }
-    let semantic = (sem / n_sem.max(1.0)) as f32;
-    let acoustic = (aco / n_aco.max(1.0)) as f32;
-    Ok(LossValues {
-        total: weights.semantic * semantic + weights.acoustic * acoustic,
-        semantic,
-        acoustic,
-    })
+    Ok(sums)
 }
 
 /// How a finished run went.
