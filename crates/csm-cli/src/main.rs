@@ -66,6 +66,11 @@ enum Command {
     /// Print the loss components (JSON) of a model, optionally with an
     /// adapter, on a dataset.
     Evaluate(commands::dataset_tools::EvaluateArgs),
+    /// Find a learning rate: a range test from the run's starting point
+    /// with an exponentially growing LR, printed as a table with the
+    /// steepest descent suggested; JSON report in OUTPUT/lr_find.json.
+    /// Takes the flags of finetune-lora; writes nothing else.
+    LrFind(commands::lr_find::LrFindArgs),
     /// Fuse an adapter into the base weights, saved in the base's format.
     Merge(commands::dataset_tools::MergeArgs),
     /// Download files of a hub repo, or a bundle (csm-1b, whisper-large-v3-turbo,
@@ -114,6 +119,7 @@ fn main() -> std::process::ExitCode {
         Command::FinetuneLora(args) => commands::finetune::run(args, &level_name),
         Command::Prepare(args) => commands::dataset_tools::prepare(args, &level_name),
         Command::Evaluate(args) => commands::dataset_tools::evaluate(args, &level_name),
+        Command::LrFind(args) => commands::lr_find::run(args, &level_name),
         Command::Merge(args) => commands::dataset_tools::merge(args),
         Command::Download(args) => commands::download::run(args),
         Command::Models(args) => commands::models::run(args),

@@ -172,6 +172,33 @@ impl TrainingObserver for TerminalObserver {
     }
 }
 
+/// What a finished run wrote, and for QLoRA what its adapter gives on the
+/// full-precision model.
+fn print_outputs(config: &csm_core::train::TrainConfig, summary: &train::RunSummary) {
+    use csm_core::train::{full::MODEL_DIR, Method};
+    if config.method == Method::Full {
+        println!("model: {}", summary.output_dir.join(MODEL_DIR).display());
+        return;
+    }
+    println!(
+        "adapters: {}",
+        summary.output_dir.join("adapters.safetensors").display()
+    );
+    if let Some(c) = &summary.full_precision {
+        println!(
+            "adapter on the full-precision model: {:?} loss {:.4} (c0 {:.4}, c1+ {:.4}) on {} \
+             examples; {:.4} on the {}-bit model it was trained on",
+            c.split,
+            c.full_precision.total,
+            c.full_precision.semantic,
+            c.full_precision.acoustic,
+            c.examples,
+            c.quantized.total,
+            c.bits
+        );
+    }
+}
+
 /// Ctrl-C sets the token; the loop saves a checkpoint and exits.
 pub fn cancel_on_ctrl_c() -> Result<CancelToken> {
     let token = CancelToken::new();
@@ -252,14 +279,11 @@ pub fn run(args: FinetuneArgs, log_level: &str) -> Result<()> {
                 .unwrap_or_default()
         );
     }
-    if let Some(c) = summary.checkpoint {
+    if let Some(c) = &summary.checkpoint {
         println!("checkpoint: {}", c.display());
     }
     if !summary.cancelled {
-        println!(
-            "adapters: {}",
-            summary.output_dir.join("adapters.safetensors").display()
-        );
+        print_outputs(&config, &summary);
     }
     if let Some(voice) = &summary.voice {
         print!("{}", voice_table(voice));

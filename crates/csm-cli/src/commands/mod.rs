@@ -13,6 +13,7 @@ pub mod gpu_check;
 pub mod hub_paths;
 pub mod info;
 pub mod launch;
+pub mod lr_find;
 pub mod models;
 pub mod score;
 pub mod train_args;

@@ -46,6 +46,15 @@ pub enum ScheduleArg {
     Cosine,
 }
 
+/// `--method` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum MethodArg {
+    /// LoRA adapters on the frozen model.
+    Lora,
+    /// The weights of the --train parts themselves.
+    Full,
+}
+
 /// Every flag of the user guide plus the engine's extras.
 #[derive(Debug, Args, Default)]
 #[command(next_help_heading = "Model and data")]
@@ -184,6 +193,35 @@ pub struct TrainArgs {
     /// Also train a bias on each adapted projection.
     #[arg(long, help_heading = "LoRA")]
     pub lora_bias: bool,
+
+    /// What to train: lora (adapters on the frozen model, small outputs)
+    /// or full (the weights of the --train parts: more memory, a whole
+    /// model written to OUTPUT/model in the input's format; for new
+    /// languages or large changes) [default: lora].
+    #[arg(long, value_enum, help_heading = "Method and memory")]
+    pub method: Option<MethodArg>,
+    /// With --method full: the parts to train, any of backbone (the
+    /// backbone stack and its codebook-0 head), decoder (the depth
+    /// decoder, its input projection and heads) and embeddings (text and
+    /// audio, shared by both) [default: backbone,decoder].
+    #[arg(
+        long,
+        value_name = "PARTS",
+        value_delimiter = ',',
+        help_heading = "Method and memory"
+    )]
+    pub train: Option<Vec<String>>,
+    /// QLoRA: quantize the frozen projections of both stacks to 4 or 8
+    /// bits (MLX affine, groups of 64) and train the adapters on top. Less
+    /// memory; the adapter applies to the full-precision model, where it is
+    /// evaluated at the end (the README has the measured cost in loss).
+    #[arg(long, value_name = "BITS", help_heading = "Method and memory")]
+    pub quantize: Option<u8>,
+    /// Recompute each transformer block's activations in the backward
+    /// pass instead of keeping them: less memory on long sequences and
+    /// large batches, about one more forward pass of time per step.
+    #[arg(long, help_heading = "Method and memory")]
+    pub grad_checkpoint: bool,
 
     /// Peak learning rate of AdamW [default: 2e-4].
     #[arg(long, help_heading = "Optimisation")]
@@ -331,6 +369,7 @@ impl TrainArgs {
         c.lora_bias |= self.lora_bias;
         c.generate_samples |= self.generate_samples;
         c.debug |= self.debug;
+        self.set_method(&mut c)?;
         c.log_level = log_level.to_string();
         self.set_data(&mut c)?;
         c.validate()
@@ -502,6 +541,69 @@ impl VoiceArgs {
         config
             .validate()
             .map_err(|errors| anyhow::anyhow!("invalid settings:\n  {}", errors.join("\n  ")))
+    }
+}
+
+impl TrainArgs {
+    /// `--method`, `--train`, `--quantize`, `--grad-checkpoint`; LoRA's own
+    /// flags given with `--method full`, or `--train` with LoRA, are errors
+    /// (they would be silently ignored).
+    fn set_method(&self, c: &mut TrainConfig) -> Result<()> {
+        use csm_core::train::{Method, ModelPart};
+        if let Some(m) = self.method {
+            c.method = match m {
+                MethodArg::Lora => Method::Lora,
+                MethodArg::Full => Method::Full,
+            };
+        }
+        if let Some(parts) = &self.train {
+            c.train = parts
+                .iter()
+                .map(|p| ModelPart::parse(p))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(anyhow::Error::msg)?;
+        }
+        if self.quantize.is_some() {
+            c.quantize = self.quantize;
+        }
+        c.grad_checkpoint |= self.grad_checkpoint;
+        let lora_only: Vec<&str> = [
+            (self.lora_r.is_some(), "--lora-r"),
+            (self.lora_alpha.is_some(), "--lora-alpha"),
+            (self.lora_dropout.is_some(), "--lora-dropout"),
+            (self.target_modules.is_some(), "--target-modules"),
+            (self.target_layers.is_some(), "--target-layers"),
+            (self.lora_bias, "--lora-bias"),
+            (self.save_mode.is_some(), "--save-mode"),
+        ]
+        .into_iter()
+        .filter_map(|(given, flag)| given.then_some(flag))
+        .collect();
+        if c.method == Method::Full && !lora_only.is_empty() {
+            anyhow::bail!(
+                "{} {}; --method full trains the weights of --train ({}) and writes the whole \
+                 model to OUTPUT/model: leave {} out",
+                lora_only.join(", "),
+                if lora_only.len() == 1 {
+                    "is a LoRA setting"
+                } else {
+                    "are LoRA settings"
+                },
+                c.train
+                    .iter()
+                    .map(|p| p.name())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                if lora_only.len() == 1 { "it" } else { "them" }
+            );
+        }
+        if c.method == Method::Lora && self.train.is_some() {
+            anyhow::bail!(
+                "--train chooses what --method full trains; LoRA adapts what --target-modules \
+                 and --target-layers choose (add --method full to train weights)"
+            );
+        }
+        Ok(())
     }
 }
 

@@ -6,6 +6,7 @@ pub mod batch;
 pub mod codes;
 pub mod config;
 pub mod full;
+pub mod lr_find;
 pub mod metrics;
 pub mod modes;
 pub mod observer;
