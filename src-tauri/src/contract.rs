@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use csm_core::train::{VoiceReport, VoiceSetupReport};
 use serde::Serialize;
 
 /// Run phase shown in the UI's phase stepper.
@@ -184,6 +185,14 @@ pub enum TrainingEvent {
         /// Length in seconds.
         duration_secs: f32,
     },
+    /// Voice scores are on: the held-out context clip, the prompts and
+    /// what the speaker is measured on (the core's report as it is, once,
+    /// before the base model's scores).
+    VoiceSetup(VoiceSetupReport),
+    /// The base model (step 0) or a checkpoint spoke the prompts and was
+    /// scored (the core's report as it is: similarity, WER/CER and health
+    /// per sample and over them, the best step so far).
+    VoiceScores(VoiceReport),
     /// Something the user should know; the run continues.
     Warning {
         /// Step it refers to, if any.
@@ -217,6 +226,9 @@ pub enum TrainingEvent {
 
 #[cfg(test)]
 mod tests {
+    use csm_core::generate::StopReason;
+    use csm_core::train::{VoiceSample, VoiceSummary};
+
     use super::*;
 
     /// The same events the fixture file holds, built from the Rust types.
@@ -299,6 +311,25 @@ mod tests {
                 text: "Hello there.".into(),
                 duration_secs: 2.5,
             },
+            TrainingEvent::VoiceSetup(VoiceSetupReport {
+                held_out_recording: "clip_007".into(),
+                held_out_utterance: 2,
+                held_out_secs: 4.25,
+                context_text: "It was a bright cold day.".into(),
+                prompts: vec!["Hello there.".into(), "Why not?".into()],
+                reference_recordings: 12,
+                reference_chars_per_sec: Some(14.5),
+                transcribed: true,
+            }),
+            TrainingEvent::VoiceScores(voice_report(0, None, 0.5, 0.25, None, false)),
+            TrainingEvent::VoiceScores(voice_report(
+                100,
+                Some(run.join("checkpoints/checkpoint_step_0000100.safetensors")),
+                0.75,
+                0.125,
+                Some(100),
+                true,
+            )),
             TrainingEvent::Phase {
                 phase: Phase::Saving,
                 message: None,
@@ -320,6 +351,60 @@ mod tests {
                 },
             },
         ]
+    }
+
+    /// A scoring of two prompts: the first healthy, the second cut by the
+    /// length cap and not embeddable.
+    fn voice_report(
+        step: usize,
+        checkpoint: Option<PathBuf>,
+        similarity: f32,
+        wer: f32,
+        best_step: Option<usize>,
+        new_best: bool,
+    ) -> VoiceReport {
+        let dir = PathBuf::from(format!("/runs/20261125-141500/samples/step_{step:07}"));
+        let sample = |prompt: usize, text: &str| VoiceSample {
+            prompt,
+            text: text.into(),
+            path: dir.join(format!("prompt_{prompt}.wav")),
+            transcript: Some(text.to_lowercase()),
+            similarity: Some(similarity),
+            wer: Some(wer),
+            cer: Some(wer / 2.0),
+            stop_reason: StopReason::Eos,
+            duration_secs: 1.5,
+            leading_silence_secs: 0.125,
+            trailing_silence_secs: 0.25,
+            longest_pause_secs: 0.0,
+            clipped_fraction: 0.0,
+            chars_per_sec: Some(12.0),
+            rate_ratio: Some(0.75),
+            warnings: Vec::new(),
+        };
+        let cut = VoiceSample {
+            similarity: None,
+            wer: Some(1.0),
+            cer: Some(1.0),
+            transcript: Some(String::new()),
+            stop_reason: StopReason::LengthLimit,
+            warnings: vec!["generation hit the length limit without ending".into()],
+            ..sample(2, "Why not?")
+        };
+        VoiceReport {
+            step,
+            checkpoint,
+            summary: VoiceSummary {
+                similarity: Some(similarity / 2.0),
+                wer: Some(wer),
+                cer: Some(wer / 2.0),
+                health_warnings: 1,
+                samples: 2,
+            },
+            samples: vec![sample(1, "Hello there."), cut],
+            best_step,
+            new_best,
+        }
     }
 
     #[test]

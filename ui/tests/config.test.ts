@@ -19,6 +19,8 @@ import {
   validateDrafts,
 } from '../src/lib/config';
 import trainConfigDefault from '../../docs/ipc-fixtures/train-config-default.json';
+import voicePrompts from '../../docs/ipc-fixtures/voice-prompts.json';
+import { VOICE_PROMPTS, fromObject, voiceSettings } from '../src/lib/config';
 
 function filled(over: Partial<RunConfig> = {}): RunConfig {
   return { ...defaultConfig(), model_path: '/m/csm', output_dir: '/runs/a', audio_dir: '/d/audio', transcript_dir: '/d/transcripts', ...over };
@@ -192,5 +194,33 @@ describe('derive', () => {
     const d = derive(filled({ batch_size: 4, grad_accum: 2, epochs: 3 }), 100, 1.5);
     expect(d).toEqual({ trainExamples: 90, valExamples: 10, stepsPerEpoch: 12, totalSteps: 36, estimatedSecs: 54 });
     expect(derive(filled(), 10, null).estimatedSecs).toBeNull();
+  });
+});
+
+describe('voice scores', () => {
+  it("has the core's prompts (docs/ipc-fixtures, checked against the Rust constant too)", () => {
+    expect(VOICE_PROMPTS).toEqual(voicePrompts);
+  });
+
+  it('are off by default and need an encoder when on', () => {
+    expect(DEFAULT_CONFIG.voice).toBeUndefined();
+    expect(validate(filled({ voice: voiceSettings('') })).voice).toMatch(/speaker encoder/);
+    expect(validate(filled({ voice: voiceSettings('speaker-encoder') }))).toEqual({});
+  });
+
+  it('give the CLI flags', () => {
+    expect(toCommand(filled({ voice: voiceSettings('speaker-encoder') }))).toContain('--speaker-encoder speaker-encoder');
+    const five = toCommand(filled({ voice: { ...voiceSettings('/e/pretrained.pt', 5), whisper_model: '/w/tiny' } }));
+    expect(five).toContain('--whisper-model /w/tiny --voice-prompts 5');
+    const own = toCommand(filled({ voice: { ...voiceSettings('/e.pt'), prompts: ['Hi there.'] } }));
+    expect(own).toContain("--voice-prompt 'Hi there.'");
+  });
+
+  it('read back from a run config (missing prompts are the default three)', () => {
+    const { config, unknown } = fromObject({ voice: { speaker_encoder: '/e.pt' } });
+    expect(unknown).toEqual([]);
+    expect(config.voice).toEqual(voiceSettings('/e.pt'));
+    expect(fromObject({ voice: null }).config.voice).toBeNull();
+    expect(() => fromObject({ voice: { speaker_encoder: 3 } })).toThrow(/voice/);
   });
 });

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { applyEvent, initialRunState, isActive, progress } from '../src/lib/run';
+import { applyEvent, initialRunState, isActive, progress, voiceSeries } from '../src/lib/run';
 import { step } from './helpers';
 import type { TrainingEvent } from '../src/lib/api';
 import fixture from '../../docs/ipc-fixtures/training-events.json';
@@ -76,8 +76,49 @@ describe('shared wire fixture (docs/ipc-fixtures, also checked by the Rust contr
     expect(s.series.loss).toEqual([6.5, null]);
     expect(s.warnings.map((w) => w.kind)).toEqual(['nan']);
     expect(s.checkpoints[0]?.mode).toBe('lora');
+    expect(s.voiceSetup?.prompts).toEqual(['Hello there.', 'Why not?']);
+    expect(s.voice.map((r) => r.step)).toEqual([0, 100]);
+    expect(s.voice[1]?.samples[1]?.stopReason).toBe('lengthLimit');
     const last = events.at(-1);
     if (last) applyEvent(s, last);
     expect(s.error).toEqual({ kind: 'training', message: 'MLX: out of memory allocating 2.1 GB' });
+  });
+});
+
+describe('Voice chart data', () => {
+  const report = (step: number, similarity: number | null, wer: number | null, bestStep: number | null = null) => ({
+    event: 'voiceScores' as const,
+    data: {
+      step,
+      checkpoint: step === 0 ? null : `/r/checkpoints/checkpoint_step_${step}.safetensors`,
+      summary: { similarity, wer, cer: wer, healthWarnings: 0, samples: 1 },
+      samples: [],
+      bestStep,
+      newBest: bestStep === step,
+    },
+  });
+
+  it('puts the base model line under every scored step, in step order', () => {
+    const s = initialRunState();
+    for (const ev of [report(0, 0.5, 0.3), report(20, 0.7, 0.1, 20), report(10, 0.6, null, 10)]) applyEvent(s, ev);
+    const v = voiceSeries(s.voice);
+    expect(v.step).toEqual([0, 10, 20]);
+    expect(v.similarity).toEqual([0.5, 0.6, 0.7]);
+    expect(v.wer).toEqual([0.3, null, 0.1]);
+    expect(v.baseSimilarity).toEqual([0.5, 0.5, 0.5]);
+    expect(v.baseWer).toEqual([0.3, 0.3, 0.3]);
+    expect(v.bestStep).toBe(20);
+  });
+
+  it('keeps the later report of a step scored twice (resumed run) and has no base line without step 0', () => {
+    const s = initialRunState();
+    applyEvent(s, report(10, 0.6, null));
+    applyEvent(s, report(10, 0.65, null));
+    const v = voiceSeries(s.voice);
+    expect(v.step).toEqual([10]);
+    expect(v.similarity).toEqual([0.65]);
+    expect(v.baseSimilarity).toEqual([null]);
+    expect(v.wer).toEqual([null]);
+    expect(voiceSeries([]).step).toEqual([]);
   });
 });

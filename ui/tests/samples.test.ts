@@ -6,6 +6,8 @@ import { applyEvent } from '../src/lib/run';
 import type { Channel } from '@tauri-apps/api/core';
 import type { GenerateRequest, GeneratedSample, GenerationEvent } from '../src/lib/api';
 import { flush, ipc } from './helpers';
+import fixture from '../../docs/ipc-fixtures/training-events.json';
+import type { TrainingEvent } from '../src/lib/api';
 
 const devices = [
   { id: 'alsa:null', name: 'Null output', isDefault: false },
@@ -143,5 +145,27 @@ describe('Samples screen', () => {
     expect(screen.queryByTestId('gen-progress')).toBeNull();
     expect((screen.getByRole('button', { name: 'Generate' }) as HTMLButtonElement).disabled).toBe(false);
     expect(app.generated).toHaveLength(0);
+  });
+
+  it('lists the voice-score samples with their scores and health, and pairs base and best', async () => {
+    const log = ipc({ list_output_devices: () => devices, play_audio: () => ({ durationSecs: 1.5 }) });
+    for (const ev of (fixture as TrainingEvent[]).filter((e) => e.event.startsWith('voice'))) applyEvent(app.run, ev);
+    app.run = { ...app.run };
+    render(Samples);
+    await flush();
+    const rows = screen.getByTestId('voice-samples').querySelectorAll('tbody tr');
+    expect(rows).toHaveLength(4);
+    expect(rows[2]?.textContent).toMatch(/100 ★.*Hello there\..*0\.750.*12\.5%.*6\.3%/);
+    expect(rows[3]?.textContent).toMatch(/—.*100\.0%.*length limit/);
+    const pairs = screen.getAllByTestId('voice-ab');
+    expect(pairs).toHaveLength(2);
+    const scores = pairs[0]?.querySelectorAll('[data-testid="voice-scores"]') ?? [];
+    expect([...scores].map((x) => x.textContent)).toEqual([
+      'similarity 0.500 · WER 25.0% · CER 12.5%',
+      'similarity 0.750 · WER 12.5% · CER 6.3%',
+    ]);
+    await fireEvent.click(screen.getByRole('button', { name: 'Play step 100 prompt 2' }));
+    await flush();
+    expect(log.of('play_audio')[0]).toEqual({ path: '/runs/20261125-141500/samples/step_0000100/prompt_2.wav', deviceId: 'alsa:default' });
   });
 });

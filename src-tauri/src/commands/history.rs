@@ -6,7 +6,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use csm_core::adapter::{AdapterError, ADAPTER_CONFIG_FILE, ADAPTER_FILE};
 use csm_core::train::run_dir::{CheckpointFile, RunDir, RunEvent};
-use csm_core::train::{TrainConfig, TrainEvent, ValReport};
+use csm_core::train::{TrainConfig, TrainEvent, ValReport, VoiceReport, VoiceSetupReport};
 use serde::Serialize;
 use tauri::{AppHandle, Runtime, State};
 
@@ -59,6 +59,7 @@ pub struct RunSample {
 
 /// Mirrors `RunMetrics`.
 #[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RunMetrics {
     /// Every step.
     pub steps: Vec<StepData>,
@@ -66,6 +67,12 @@ pub struct RunMetrics {
     pub validation: Vec<ValReport>,
     /// Samples spoken during the run.
     pub samples: Vec<RunSample>,
+    /// What voice scores were measured against (the last `voiceSetup`
+    /// record), when the run had them on.
+    pub voice_setup: Option<VoiceSetupReport>,
+    /// Voice scores, one per step, by step: a step scored twice (a run
+    /// resumed from an earlier checkpoint) keeps its later record.
+    pub voice: Vec<VoiceReport>,
 }
 
 /// A run folder read back, plus what `estimate_run` needs.
@@ -274,6 +281,11 @@ pub fn metrics(dir: &Path) -> Result<RunMetrics> {
             }
             TrainEvent::Step(r) => out.steps.push(StepData::from_report(&r, steps_per_epoch)),
             TrainEvent::Validation(v) => out.validation.push(v),
+            TrainEvent::VoiceSetup(v) => out.voice_setup = Some(v),
+            TrainEvent::VoiceScores(v) => {
+                out.voice.retain(|r| r.step != v.step);
+                out.voice.push(v);
+            }
             TrainEvent::Sample { step, path } => out.samples.push(RunSample {
                 step: step as u64,
                 duration_secs: audio_secs(&path),
@@ -283,6 +295,7 @@ pub fn metrics(dir: &Path) -> Result<RunMetrics> {
             _ => {}
         }
     }
+    out.voice.sort_by_key(|r| r.step);
     Ok(out)
 }
 
@@ -414,4 +427,92 @@ fn extract(ckpt: &Path, dir: &Path) -> Result<()> {
 fn copy(from: &Path, to: &Path) -> Result<()> {
     std::fs::copy(from, to).map_err(|e| Error::io(from, e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use csm_core::generate::StopReason;
+    use csm_core::train::{VoiceSample, VoiceSummary};
+
+    use super::*;
+
+    fn report(step: usize, similarity: f32) -> VoiceReport {
+        VoiceReport {
+            step,
+            checkpoint: None,
+            summary: VoiceSummary {
+                similarity: Some(similarity),
+                wer: None,
+                cer: None,
+                health_warnings: 0,
+                samples: 1,
+            },
+            samples: vec![VoiceSample {
+                prompt: 1,
+                text: "Hi.".into(),
+                path: format!("/r/samples/step_{step:07}/prompt_1.wav").into(),
+                transcript: None,
+                similarity: Some(similarity),
+                wer: None,
+                cer: None,
+                stop_reason: StopReason::Eos,
+                duration_secs: 1.0,
+                leading_silence_secs: 0.0,
+                trailing_silence_secs: 0.0,
+                longest_pause_secs: 0.0,
+                clipped_fraction: 0.0,
+                chars_per_sec: None,
+                rate_ratio: None,
+                warnings: Vec::new(),
+            }],
+            best_step: None,
+            new_best: false,
+        }
+    }
+
+    #[test]
+    fn run_metrics_has_one_voice_report_per_step_the_later_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path().join("run"));
+        std::fs::create_dir_all(run.path()).unwrap();
+        run.write_config(&TrainConfig {
+            output_dir: run.path().to_path_buf(),
+            ..TrainConfig::default()
+        })
+        .unwrap();
+        let setup = VoiceSetupReport {
+            held_out_recording: "a".into(),
+            held_out_utterance: 0,
+            held_out_secs: 3.0,
+            context_text: "Hello.".into(),
+            prompts: vec!["Hi.".into()],
+            reference_recordings: 2,
+            reference_chars_per_sec: None,
+            transcribed: false,
+        };
+        let mut log = run.open_metrics().unwrap();
+        // A run scored 0, 10, 20, then resumed from step 10 and scored 20 again.
+        for event in [
+            TrainEvent::VoiceSetup(setup.clone()),
+            TrainEvent::VoiceScores(report(0, 0.5)),
+            TrainEvent::VoiceScores(report(10, 0.6)),
+            TrainEvent::VoiceScores(report(20, 0.7)),
+            TrainEvent::VoiceSetup(setup.clone()),
+            TrainEvent::VoiceScores(report(20, 0.8)),
+        ] {
+            log.append(&event).unwrap();
+        }
+        drop(log);
+        let m = metrics(run.path()).unwrap();
+        assert_eq!(m.voice_setup, Some(setup));
+        let got: Vec<_> = m
+            .voice
+            .iter()
+            .map(|r| (r.step, r.summary.similarity))
+            .collect();
+        assert_eq!(got, [(0, Some(0.5)), (10, Some(0.6)), (20, Some(0.8))]);
+        let json = serde_json::to_value(&m).unwrap();
+        assert_eq!(json["voice"][2]["samples"][0]["stopReason"], "eos");
+        assert_eq!(json["voiceSetup"]["heldOutRecording"], "a");
+    }
 }

@@ -18,8 +18,11 @@ use serde::Serialize;
 use tauri::ipc::Channel;
 use tauri::{AppHandle, Runtime, State};
 
+use csm_hub::{find_bundle, BundleFile, Hub, Role};
+
 use super::audio::audio_secs;
 use super::history::{scan_runs, RunRecord};
+use super::hub::settings_from_env;
 use crate::contract::{
     EventError, FinishStatus, Phase, SaveMode, StepData, TrainingEvent, WarningKind,
 };
@@ -113,6 +116,18 @@ pub async fn start_training<R: Runtime>(
     config: TrainConfig,
     on_event: Channel<TrainingEvent>,
 ) -> Result<String> {
+    let config = match config.voice.is_some() {
+        true => {
+            let settings = settings_from_env()?;
+            let caches = [settings.cache_dir.clone(), settings.assets_dir.clone()];
+            let bundle = || -> Result<Option<PathBuf>> {
+                let hub = Hub::new(settings)?;
+                Ok(speaker_encoder_bundle().and_then(|f| f.cached(&hub)))
+            };
+            voice_config(config, &caches, bundle, |p| allowed.check(&app, p))?
+        }
+        false => config,
+    };
     for p in [
         Some(&config.model_path),
         Some(&config.audio_dir),
@@ -144,6 +159,80 @@ pub async fn start_training<R: Runtime>(
     roots.remember(&app, &config.output_dir)?;
     allowed.allow(&config.output_dir);
     Ok(id)
+}
+
+/// The hub bundle the Parameters form names by [`SPEAKER_ENCODER_BUNDLE`].
+fn speaker_encoder_bundle() -> Option<&'static BundleFile> {
+    find_bundle(SPEAKER_ENCODER_BUNDLE)?
+        .files_for(Role::SpeakerEncoder)
+        .next()
+}
+
+/// The name that stands for the cached `speaker-encoder` bundle in
+/// `voice.speaker_encoder` (the Parameters form's choice); the run gets
+/// the cached file's path.
+pub const SPEAKER_ENCODER_BUNDLE: &str = "speaker-encoder";
+
+/// `config` with its voice-score paths checked and the bundle name
+/// resolved: the speaker encoder is [`SPEAKER_ENCODER_BUNDLE`] (its cached
+/// file, from `bundle`) or a file; the Whisper model, when given, a folder.
+/// Paths inside the hub's caches (`caches`) are the app's own; others must
+/// pass `check` (chosen in a dialog). Voice scores off: `config` as it is.
+///
+/// # Errors
+/// `invalidInput` when scores are on without an encoder, or the bundle is
+/// not downloaded (each says what to do); `notFound` for a missing file or
+/// folder; what `check` or `bundle` return.
+pub fn voice_config(
+    mut config: TrainConfig,
+    caches: &[PathBuf],
+    bundle: impl FnOnce() -> Result<Option<PathBuf>>,
+    check: impl Fn(&Path) -> Result<()>,
+) -> Result<TrainConfig> {
+    let Some(voice) = config.voice.as_mut() else {
+        return Ok(config);
+    };
+    let ours = |p: &Path| {
+        let p = crate::state::normalize(p);
+        caches
+            .iter()
+            .any(|c| p.starts_with(crate::state::normalize(c)))
+    };
+    let encoder = voice.speaker_encoder.clone();
+    if encoder.as_os_str().is_empty() {
+        return Err(Error::InvalidInput(
+            "voice scores need a speaker encoder: download the speaker-encoder bundle on the \
+             Model screen (Other models) or choose resemblyzer's pretrained.pt, or turn voice \
+             scores off"
+                .into(),
+        ));
+    }
+    if encoder == Path::new(SPEAKER_ENCODER_BUNDLE) {
+        voice.speaker_encoder = bundle()?.ok_or_else(|| {
+            Error::InvalidInput(
+                "voice scores use the speaker-encoder bundle, which is not downloaded: download \
+                 it on the Model screen (Other models), choose resemblyzer's pretrained.pt, or \
+                 turn voice scores off"
+                    .into(),
+            )
+        })?;
+    } else {
+        if !encoder.is_file() {
+            return Err(Error::NotFound(encoder));
+        }
+        if !ours(&encoder) {
+            check(&encoder)?;
+        }
+    }
+    if let Some(dir) = &voice.whisper_model {
+        if !dir.is_dir() {
+            return Err(Error::NotFound(dir.clone()));
+        }
+        if !ours(dir) {
+            check(dir)?;
+        }
+    }
+    Ok(config)
 }
 
 /// Asks the run to stop after the current step (it saves a checkpoint).
@@ -402,9 +491,8 @@ impl TrainingObserver for EventMapper<'_> {
                 text: self.cfg.sample_prompt.clone(),
                 duration_secs: audio_secs(path),
             },
-            // Not forwarded to the UI yet (metrics.jsonl has them); the
-            // Voice chart will read them.
-            TrainEvent::VoiceSetup(_) | TrainEvent::VoiceScores(_) => return,
+            TrainEvent::VoiceSetup(v) => TrainingEvent::VoiceSetup(v.clone()),
+            TrainEvent::VoiceScores(v) => TrainingEvent::VoiceScores(v.clone()),
             TrainEvent::Warning { message } => TrainingEvent::Warning {
                 step: self.last_step,
                 kind: if message.to_lowercase().contains("nan") {
@@ -455,6 +543,16 @@ mod tests {
     }
 
     #[test]
+    fn the_ui_voice_prompts_are_the_cores() {
+        // ui/tests/config.test.ts checks VOICE_PROMPTS against the same file.
+        let fixture: Vec<String> = serde_json::from_str(include_str!(
+            "../../../docs/ipc-fixtures/voice-prompts.json"
+        ))
+        .unwrap();
+        assert_eq!(fixture, csm_core::train::VOICE_PROMPTS);
+    }
+
+    #[test]
     fn the_run_config_writes_into_the_run_folder_and_is_checked() {
         let form = TrainConfig {
             model_path: "/m".into(),
@@ -477,5 +575,92 @@ mod tests {
         let err = run_config(&bad, Path::new("/runs/x")).unwrap_err();
         assert_eq!(err.kind(), "invalidInput");
         assert!(err.to_string().contains("--lora-r"), "{err}");
+    }
+
+    fn voice_on(encoder: &str, whisper: Option<&Path>) -> TrainConfig {
+        TrainConfig {
+            voice: Some(csm_core::train::VoiceConfig {
+                whisper_model: whisper.map(Path::to_path_buf),
+                ..csm_core::train::VoiceConfig::new(encoder)
+            }),
+            ..TrainConfig::default()
+        }
+    }
+
+    fn refuse(p: &Path) -> Result<()> {
+        Err(Error::InvalidInput(format!("{} not chosen", p.display())))
+    }
+
+    #[test]
+    fn voice_scores_without_an_encoder_fail_saying_what_to_do() {
+        let no_bundle = || Ok(None);
+        let err = voice_config(voice_on("", None), &[], no_bundle, refuse).unwrap_err();
+        assert_eq!(err.kind(), "invalidInput");
+        assert!(err.to_string().contains("speaker-encoder bundle"), "{err}");
+        let err = voice_config(
+            voice_on(SPEAKER_ENCODER_BUNDLE, None),
+            &[],
+            no_bundle,
+            refuse,
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), "invalidInput");
+        assert!(err.to_string().contains("not downloaded"), "{err}");
+        let err = voice_config(
+            voice_on("/nowhere/pretrained.pt", None),
+            &[],
+            no_bundle,
+            refuse,
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), "notFound");
+        assert!(err.to_string().contains("/nowhere/pretrained.pt"), "{err}");
+    }
+
+    #[test]
+    fn voice_paths_resolve_the_bundle_and_are_checked_outside_the_caches() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cache, mine) = (dir.path().join("cache"), dir.path().join("mine"));
+        std::fs::create_dir_all(cache.join("whisper")).unwrap();
+        std::fs::create_dir_all(&mine).unwrap();
+        let cached = cache.join("pretrained.pt");
+        let chosen = mine.join("pretrained.pt");
+        std::fs::write(&cached, b"w").unwrap();
+        std::fs::write(&chosen, b"w").unwrap();
+        let caches = [cache.clone()];
+        // The bundle name becomes the cached file; the cached Whisper folder
+        // needs no dialog.
+        let cfg = voice_config(
+            voice_on(SPEAKER_ENCODER_BUNDLE, Some(&cache.join("whisper"))),
+            &caches,
+            || Ok(Some(cached.clone())),
+            refuse,
+        )
+        .unwrap();
+        let voice = cfg.voice.unwrap();
+        assert_eq!(voice.speaker_encoder, cached);
+        assert_eq!(voice.whisper_model, Some(cache.join("whisper")));
+        // A file of the user's own must have been chosen in a dialog.
+        let err = voice_config(
+            voice_on(chosen.to_str().unwrap(), None),
+            &caches,
+            || Ok(None),
+            refuse,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("not chosen"), "{err}");
+        let ok = voice_config(
+            voice_on(chosen.to_str().unwrap(), None),
+            &caches,
+            || Ok(None),
+            |_| Ok(()),
+        )
+        .unwrap();
+        assert_eq!(ok.voice.unwrap().speaker_encoder, chosen);
+        // Off: untouched, and the hub is never asked.
+        let off = TrainConfig::default();
+        let same =
+            voice_config(off.clone(), &caches, || panic!("no hub when off"), refuse).unwrap();
+        assert_eq!(same, off);
     }
 }

@@ -505,6 +505,8 @@ export type TrainingEvent =
   | { event: 'validation'; data: ValidationData }
   | { event: 'checkpoint'; data: { step: number; path: string; mode: 'lora' | 'full' } }
   | { event: 'sample'; data: RunSample }
+  | { event: 'voiceSetup'; data: VoiceSetup }
+  | { event: 'voiceScores'; data: VoiceReport }
   | { event: 'warning'; data: { step: number | null; kind: WarningKind; message: string } }
   | {
       event: 'finished';
@@ -517,6 +519,62 @@ export type TrainingEvent =
       };
     }
   | { event: 'failed'; data: { step: number | null; error: IpcError } };
+
+/** The core's `VoiceSetupReport`: what voice scores are measured against (docs/voice-scores.md). */
+export interface VoiceSetup {
+  heldOutRecording: string;
+  heldOutUtterance: number;
+  heldOutSecs: number;
+  contextText: string;
+  /** What each scoring speaks, in order (`prompt` 1, 2, ...). */
+  prompts: string[];
+  referenceRecordings: number;
+  referenceCharsPerSec: number | null;
+  /** Whether samples are transcribed (WER/CER). */
+  transcribed: boolean;
+}
+
+/** Why a generation ended; `eos` is the healthy end. */
+export type StopReason = 'eos' | 'lengthLimit' | 'silence' | 'maxAudio';
+
+/** The core's `VoiceSample`: one spoken prompt and its scores. */
+export interface VoiceSample {
+  prompt: number;
+  text: string;
+  /** 24 kHz WAV. */
+  path: string;
+  transcript: string | null;
+  /** Cosine similarity to the speaker; null when nothing could be embedded. */
+  similarity: number | null;
+  wer: number | null;
+  cer: number | null;
+  stopReason: StopReason;
+  durationSecs: number;
+  leadingSilenceSecs: number;
+  trailingSilenceSecs: number;
+  longestPauseSecs: number;
+  clippedFraction: number;
+  charsPerSec: number | null;
+  rateRatio: number | null;
+  /** Health warnings, one sentence each. */
+  warnings: string[];
+}
+
+/** The core's `VoiceReport`: the base model (step 0) or a checkpoint, scored. */
+export interface VoiceReport {
+  step: number;
+  checkpoint: string | null;
+  summary: {
+    similarity: number | null;
+    wer: number | null;
+    cer: number | null;
+    healthWarnings: number;
+    samples: number;
+  };
+  samples: VoiceSample[];
+  bestStep: number | null;
+  newBest: boolean;
+}
 
 export interface RunSample {
   step: number;
@@ -651,6 +709,10 @@ export interface RunMetrics {
   steps: StepData[];
   validation: ValidationData[];
   samples: RunSample[];
+  /** The run's voice-score set-up (null when scores were off). */
+  voiceSetup: VoiceSetup | null;
+  /** Voice scores, one per scored step, by step. */
+  voice: VoiceReport[];
 }
 
 /** Runs found under the runs folder (newest first). */

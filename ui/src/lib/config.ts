@@ -74,6 +74,57 @@ export interface RunConfig {
   seed: number;
   log_level: (typeof LOG_LEVELS)[number];
   debug: boolean;
+  /** Voice scores (`TrainConfig::voice`); absent or null: off. */
+  voice?: VoiceSettings | null;
+}
+
+/** The core's `VoiceConfig` (docs/voice-scores.md). */
+export interface VoiceSettings {
+  /** `speaker-encoder` (the cached hub bundle) or resemblyzer's `pretrained.pt`. */
+  speaker_encoder: string;
+  /** A Whisper model folder for WER/CER; null: no transcription. */
+  whisper_model: string | null;
+  /** What each scoring speaks. */
+  prompts: string[];
+}
+
+/**
+ * The core's `VOICE_PROMPTS`, in order: docs/ipc-fixtures/voice-prompts.json, which a Rust test
+ * and a UI test both compare with their lists.
+ */
+export const VOICE_PROMPTS: readonly string[] = [
+  "The morning train was late, so we walked along the river instead.",
+  "Could you bring me the blue folder from the kitchen table?",
+  "Six thousand people gathered in the square to hear the news.",
+  "I honestly did not expect the weather to change so quickly.",
+  "Please remember to water the plants before you leave on Friday.",
+  "Her brother fixed the old bicycle with a bit of wire and patience.",
+  "Why would anyone paint a lighthouse bright purple?",
+  "We measured the room twice, and the sofa still did not fit.",
+];
+/** The speaker-encoder value that stands for the cached `speaker-encoder` bundle. */
+export const SPEAKER_ENCODER_BUNDLE = 'speaker-encoder';
+/** Prompts spoken per scoring unless told otherwise (`DEFAULT_VOICE_PROMPTS`). */
+export const DEFAULT_VOICE_PROMPTS = 3;
+
+/** Voice scores on with `speaker_encoder`, no Whisper and the first `k` built-in prompts. */
+export function voiceSettings(speakerEncoder: string, k = DEFAULT_VOICE_PROMPTS): VoiceSettings {
+  return { speaker_encoder: speakerEncoder, whisper_model: null, prompts: VOICE_PROMPTS.slice(0, k) };
+}
+
+function parseVoice(v: unknown): VoiceSettings | null {
+  if (v === null) return null;
+  const bad = () => new ConfigParseError(`voice: expected {speaker_encoder, whisper_model, prompts} or null, got ${JSON.stringify(v)}`);
+  if (typeof v !== 'object' || Array.isArray(v)) throw bad();
+  const o = v as Record<string, unknown>;
+  const known = ['speaker_encoder', 'whisper_model', 'prompts'];
+  if (Object.keys(o).some((k) => !known.includes(k))) throw bad();
+  if (typeof o.speaker_encoder !== 'string') throw bad();
+  const whisper = o.whisper_model ?? null;
+  if (whisper !== null && typeof whisper !== 'string') throw bad();
+  const prompts = o.prompts ?? VOICE_PROMPTS.slice(0, DEFAULT_VOICE_PROMPTS);
+  if (!Array.isArray(prompts) || !prompts.every((p) => typeof p === 'string')) throw bad();
+  return { speaker_encoder: o.speaker_encoder, whisper_model: whisper, prompts: prompts as string[] };
 }
 
 export type ConfigKey = keyof RunConfig;
@@ -364,6 +415,13 @@ export function validate(c: RunConfig): Partial<Record<ConfigKey, string>> {
   if (!errors.learning_rate && c.learning_rate <= 0) errors.learning_rate = 'Must be > 0';
   if (!errors.decoder_fraction && c.decoder_fraction <= 0) errors.decoder_fraction = 'Must be > 0';
   if (c.target_modules.length === 0) errors.target_modules = 'Pick at least one module';
+  if (c.voice) {
+    if (c.voice.speaker_encoder.trim() === '') {
+      errors.voice = 'Voice scores need a speaker encoder: the downloaded speaker-encoder bundle or a pretrained.pt file';
+    } else if (c.voice.prompts.length === 0 || c.voice.prompts.some((p) => p.trim() === '')) {
+      errors.voice = 'Voice scores need at least one non-empty prompt';
+    }
+  }
   if (!isTargetLayers(c.target_layers)) {
     errors.target_layers = LAYERS_HINT;
   } else if (c.target_layers.backbone === 'none' && c.target_layers.decoder === 'none') {
@@ -470,6 +528,15 @@ export function toCommand(c: RunConfig): string {
         parts.push(f.flag, shellQuote(String(v ?? '')));
     }
   }
+  const voice = c.voice;
+  if (voice) {
+    parts.push('--speaker-encoder', shellQuote(voice.speaker_encoder));
+    if (voice.whisper_model) parts.push('--whisper-model', shellQuote(voice.whisper_model));
+    const k = voice.prompts.length;
+    const builtin = voice.prompts.every((p, i) => p === VOICE_PROMPTS[i]);
+    if (builtin && k !== DEFAULT_VOICE_PROMPTS) parts.push('--voice-prompts', String(k));
+    if (!builtin) for (const p of voice.prompts) parts.push('--voice-prompt', shellQuote(p));
+  }
   return parts.join(' ');
 }
 
@@ -506,6 +573,10 @@ export function fromObject(raw: unknown): ParsedConfig {
   const out = config as unknown as Record<string, unknown>;
   for (const [rawKey, value] of Object.entries(raw as Record<string, unknown>)) {
     const key = rawKey.replace(/-/g, '_') as ConfigKey;
+    if (key === 'voice') {
+      config.voice = parseVoice(value);
+      continue;
+    }
     const f = FIELD_BY_KEY[key];
     if (!f) {
       unknown.push(rawKey);

@@ -1,6 +1,16 @@
 // Live run state, built from TrainingEvents by a pure reducer so it can be
 // tested without a backend or a DOM.
-import type { IpcError, Phase, RunSample, StepData, TrainingEvent, ValidationData, WarningKind } from './api';
+import type {
+  IpcError,
+  Phase,
+  RunSample,
+  StepData,
+  TrainingEvent,
+  ValidationData,
+  VoiceReport,
+  VoiceSetup,
+  WarningKind,
+} from './api';
 
 export type RunStatus = 'idle' | 'starting' | 'running' | 'stopping' | 'completed' | 'stopped' | 'failed';
 
@@ -37,6 +47,10 @@ export interface RunState {
   evalsSinceBest: number;
   checkpoints: { step: number; path: string; mode: 'lora' | 'full' }[];
   samples: RunSample[];
+  /** Voice-score set-up, when scores are on. */
+  voiceSetup: VoiceSetup | null;
+  /** Voice scores by step (the base model is step 0). */
+  voice: VoiceReport[];
   warnings: RunWarning[];
   error: IpcError | null;
   adapterPath: string | null;
@@ -64,6 +78,8 @@ export function initialRunState(): RunState {
     evalsSinceBest: 0,
     checkpoints: [],
     samples: [],
+    voiceSetup: null,
+    voice: [],
     warnings: [],
     error: null,
     adapterPath: null,
@@ -124,6 +140,12 @@ export function applyEvent(s: RunState, ev: TrainingEvent): RunState {
     case 'sample':
       s.samples.push(ev.data);
       break;
+    case 'voiceSetup':
+      s.voiceSetup = ev.data;
+      break;
+    case 'voiceScores':
+      s.voice = addVoiceReport(s.voice, ev.data);
+      break;
     case 'warning': {
       // The backend's message replaces the UI's own guess for the same step and kind.
       const w = ev.data;
@@ -183,4 +205,44 @@ export function isActive(status: RunStatus): boolean {
 export function progress(s: RunState): number {
   if (!s.last || s.totalSteps <= 0) return 0;
   return Math.min(1, s.last.step / s.totalSteps);
+}
+
+/**
+ * `reports` with `r` in its place by step: a step scored again (a resumed run) replaces the
+ * earlier report, as `metrics.jsonl` is read back.
+ */
+export function addVoiceReport(reports: VoiceReport[], r: VoiceReport): VoiceReport[] {
+  const out = reports.filter((x) => x.step !== r.step);
+  out.push(r);
+  out.sort((a, b) => a.step - b.step);
+  return out;
+}
+
+/** Columns of the Voice chart: one point per scored step. */
+export interface VoiceSeries {
+  step: number[];
+  similarity: (number | null)[];
+  /** Word error rate; all null when samples were not transcribed. */
+  wer: (number | null)[];
+  /** The base model's (step 0) value repeated over every step, as a reference line. */
+  baseSimilarity: (number | null)[];
+  baseWer: (number | null)[];
+  /** Best checkpoint so far (the last report's), if any. */
+  bestStep: number | null;
+}
+
+/** The Voice chart's data from the reports (live or from `run_metrics`), in step order. */
+export function voiceSeries(reports: readonly VoiceReport[]): VoiceSeries {
+  const sorted = [...reports].sort((a, b) => a.step - b.step);
+  const base = sorted.find((r) => r.step === 0) ?? null;
+  const num = (v: number | null | undefined) => (v !== null && v !== undefined && Number.isFinite(v) ? v : null);
+  const last = sorted.length > 0 ? sorted[sorted.length - 1] : null;
+  return {
+    step: sorted.map((r) => r.step),
+    similarity: sorted.map((r) => num(r.summary.similarity)),
+    wer: sorted.map((r) => num(r.summary.wer)),
+    baseSimilarity: sorted.map(() => num(base?.summary.similarity)),
+    baseWer: sorted.map(() => num(base?.summary.wer)),
+    bestStep: last?.bestStep ?? null,
+  };
 }
