@@ -22,9 +22,23 @@ Modes
              every step (under no_grad, as HF does), and every audio frame
              trains the depth decoder (ratio 1.0).
 
+Batches and cases
+  --batch B  runs B identical rows (same text, codes and -101 frames).
+  --cases "BxA:F,..." runs several cases in one process (one model build):
+             B rows of A audio frames, decoder fraction F (HF's -101 rule);
+             one JSON per case into --json-dir. --deadline-epoch T skips the
+             cases that would start after Unix time T (and any whose start
+             plus the previous case's duration passes it).
+  --compile  wraps the model in torch.compile (--compile-mode, default
+             "default"); each case compiles afresh (torch._dynamo.reset(),
+             static shapes), and the first warm-up step's time, which holds
+             the compilation, is reported as first_step_s.
+
 Prints an environment block and a result table; --json OUT writes everything.
 Example:
   python bench/peer/train_step.py --mode same-work --decoder-fraction 0.0625 --threads 8 --json out.json
+  python bench/peer/train_step.py --mode same-work --cases 8x130:0.0625,16x250:1.0 --device cuda \
+      --dtype bfloat16 --compile --json-dir OUT
 """
 
 import argparse
@@ -64,7 +78,30 @@ def parse_args():
                     help="torch.set_flush_denormal(True) (off by default, as torch's default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="write results here")
+    ap.add_argument("--batch", type=int, default=1, help="identical rows per step (default 1)")
+    ap.add_argument("--compile", action="store_true", help="run the model through torch.compile")
+    ap.add_argument("--compile-mode", default="default",
+                    help="torch.compile mode (default, reduce-overhead, max-autotune, ...)")
+    ap.add_argument("--cases", default=None,
+                    help="same-work: comma list of BxA:F cases run in one process (B rows, A audio frames, "
+                         "decoder fraction F); overrides --batch/--audio-frames/--decoder-fraction")
+    ap.add_argument("--json-dir", default=None, help="with --cases: one JSON per case in this folder")
+    ap.add_argument("--deadline-epoch", type=float, default=None,
+                    help="with --cases: skip cases that would start (or, by the previous case's duration, "
+                         "end) after this Unix time")
+    ap.add_argument("--tag", default="", help="label stored in the JSON (e.g. eager / compiled)")
     a = ap.parse_args()
+    if a.cases is not None:
+        if a.mode != "same-work":
+            ap.error("--cases is for --mode same-work")
+        try:
+            a.case_list = [parse_case(c) for c in a.cases.split(",") if c.strip()]
+        except ValueError as e:
+            ap.error(f"--cases: {e}")
+        a.decoder_fraction = a.case_list[0][2]
+        a.decoder_frames = None
+    if a.batch < 1:
+        ap.error("--batch must be at least 1")
     if a.mode == "defaults":
         if a.decoder_frames is not None or (a.decoder_fraction is not None and a.decoder_fraction != 1.0):
             ap.error("--mode defaults always trains the depth decoder on all frames (ratio 1.0)")
@@ -78,6 +115,19 @@ def parse_args():
     if a.text_frames < 2 or a.audio_frames < 1 or a.steps < 1:
         ap.error("need --text-frames >= 2, --audio-frames >= 1, --steps >= 1")
     return a
+
+
+def parse_case(text):
+    """'8x130:0.0625' -> (8, 130, 0.0625)."""
+    try:
+        shape, frac = text.strip().split(":")
+        b, a = shape.lower().split("x")
+        case = (int(b), int(a), float(frac))
+    except ValueError:
+        raise ValueError(f"{text!r} is not BxA:F (e.g. 8x130:0.0625)") from None
+    if case[0] < 1 or case[1] < 1 or not (0.0 <= case[2] <= 1.0):
+        raise ValueError(f"{text!r}: need B >= 1, A >= 1 and F in [0, 1]")
+    return case
 
 
 class StubEncode:
@@ -152,7 +202,6 @@ def main():
     codec = "real" if args.mode == "defaults" else "tiny"
     cfg = common.csm_config(args.size, codec=codec)
     t0 = time.perf_counter()
-    rss0 = common.rss_mb()
     model = common.build_model(cfg, args.device, dtype, attn=args.attn, seed=args.seed)
     build_s = time.perf_counter() - t0
     hop = common.codec_hop(model)
@@ -170,12 +219,74 @@ def main():
     assert not any(n.startswith("codec_model") and hasattr(m, "lora_A") for n, m in inner.named_modules())
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in trainable)
-    opt = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay)
+    # Every case starts from the same adapters (B = 0: the base model's loss).
+    initial = [p.detach().clone() for p in trainable]
+    real_encode = inner.codec_model.encode
+    model_info = {
+        "params": n_params,
+        "codec_params": n_codec,
+        "codec": "real MimiConfig() defaults" if codec == "real" else "tiny fixture Mimi (not run)",
+        "codec_hop_samples": hop,
+        "lora_modules": n_lora_modules,
+        "trainable_params": n_trainable,
+        "lora_target_regex": common.lora_target_regex(targets),
+        "build_s": build_s,
+    }
+    print(f"== model built in {build_s:.1f} s: {n_params/1e6:.1f} M params ({n_codec/1e6:.1f} M codec), "
+          f"LoRA on {n_lora_modules} modules, {n_trainable} trainable")
+    sys.stdout.flush()
 
+    if args.cases is None:
+        fraction = args.decoder_fraction
+        cases = [(args.batch, args.audio_frames, fraction)]
+    else:
+        cases = args.case_list
+    last_case_s = 0.0
+    for batch, audio_frames, fraction in cases:
+        name = f"{batch}x{audio_frames}:{fraction:g}"
+        now = time.time()
+        if args.deadline_epoch is not None and now + last_case_s > args.deadline_epoch:
+            print(f"== case {name}: skipped (time budget: {args.deadline_epoch - now:.0f} s left, "
+                  f"the previous case took {last_case_s:.0f} s)")
+            sys.stdout.flush()
+            continue
+        case_args = argparse.Namespace(**vars(args))
+        case_args.batch, case_args.audio_frames = batch, audio_frames
+        if args.cases is not None:
+            case_args.decoder_fraction, case_args.decoder_frames = fraction, None
+        with torch.no_grad():
+            for p, v in zip(trainable, initial):
+                p.copy_(v)
+        opt = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay)
+        inner.codec_model.encode = real_encode
+        start = time.time()
+        out = run_case(case_args, model, inner, opt, cfg, hop, torch, dtype)
+        last_case_s = time.time() - start
+        out.update({
+            "tool": "peer:transformers+peft",
+            "script": "bench/peer/train_step.py",
+            "time_utc": common.now_utc(),
+            "args": vars(case_args) | {"case_list": None},
+            "env": env,
+            "model": model_info,
+            "threads": threads,
+            "tag": args.tag,
+        })
+        if args.json_dir is not None:
+            mode = "compiled" if args.compile else "eager"
+            frac = "1" if fraction == 1.0 else f"{fraction:g}"
+            common.write_json(Path(args.json_dir) / f"peer_{mode}_{batch}x{audio_frames}_{frac}.json", out)
+        else:
+            common.write_json(args.json, out)
+
+
+def run_case(args, model, inner, opt, cfg, hop, torch, dtype):
+    """Warm-up and timed steps of one case; returns its JSON fields."""
     gen = torch.Generator().manual_seed(args.seed + 1)
     ids, labels, n_dec, n_skip = build_sequence(cfg, args, gen, torch)
     S = ids.shape[1]
     nq = cfg.num_codebooks
+    B = args.batch
     n_samples = args.audio_frames * hop
     if args.mode == "same-work":
         codes = torch.randint(0, cfg.vocab_size - 3, (1, nq, args.audio_frames), generator=gen)
@@ -184,27 +295,38 @@ def main():
     else:
         t = torch.arange(n_samples) / cfg.codec_config.sampling_rate
         input_values = (0.3 * torch.sin(2 * math.pi * 220 * t) + 0.05 * torch.randn(n_samples, generator=gen))[None, None]
+    # Under torch.compile the timing wrapper's growing list would fail
+    # dynamo's guards and recompile every step: the codec is not timed there
+    # (same-work does not run it).
     timed_encode = TimedEncode(inner.codec_model.encode, args.device)
-    inner.codec_model.encode = timed_encode
-    input_values = input_values.to(args.device, dtype)
-    cutoffs = torch.tensor([[n_samples]])
+    if not args.compile:
+        inner.codec_model.encode = timed_encode
+    # B identical rows: the same text, codes and -101 frames in each.
+    ids, labels = ids.repeat(B, 1), labels.repeat(B, 1)
+    input_values = input_values.repeat(B, 1, 1).to(args.device, dtype)
+    cutoffs = torch.tensor([[n_samples]] * B)
     ids, labels, cutoffs = ids.to(args.device), labels.to(args.device), cutoffs.to(args.device)
 
     # check once that HF's merge gives the frames we intended
     with torch.no_grad():
         merged = inner._merge_input_ids_with_input_values(ids, input_values, cutoffs, labels)
     lab3 = merged["labels"]
-    assert tuple(lab3.shape) == (1, S, nq), lab3.shape
+    assert tuple(lab3.shape) == (B, S, nq), lab3.shape
     dec_frames_hf = int((~(lab3[:, :, 1:] == -100).all(-1)).sum())
-    assert dec_frames_hf == n_dec, (dec_frames_hf, n_dec)
-    bb_targets = int((lab3[0, 1:, 0] != -100).sum())
+    assert dec_frames_hf == n_dec * B, (dec_frames_hf, n_dec, B)
+    bb_targets = int((lab3[:, 1:, 0] != -100).sum())
     timed_encode.times.clear()
+
+    run = model
+    if args.compile:
+        torch._dynamo.reset()
+        run = torch.compile(model, mode=args.compile_mode, dynamic=False)
 
     def step():
         common.sync(args.device)
         t_a = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        out = model(input_ids=ids, input_values=input_values, input_values_cutoffs=cutoffs, labels=labels)
+        out = run(input_ids=ids, input_values=input_values, input_values_cutoffs=cutoffs, labels=labels)
         loss = out.loss
         common.sync(args.device)
         t_b = time.perf_counter()
@@ -217,18 +339,20 @@ def main():
         vals = (loss.item(), out.backbone_loss.item(), out.depth_decoder_loss.item())
         return t_d - t_a, t_b - t_a, t_c - t_b, t_d - t_c, vals
 
-    print(f"== model built in {build_s:.1f} s: {n_params/1e6:.1f} M params ({n_codec/1e6:.1f} M codec), "
-          f"LoRA on {n_lora_modules} modules, {n_trainable} trainable; sequence {S} frames "
-          f"({args.text_frames} text + {args.audio_frames} audio + 1 EOS), {n_dec} depth-decoder frames")
+    print(f"== case {B}x{args.audio_frames}: {B} x {S} frames ({args.text_frames} text + {args.audio_frames} audio "
+          f"+ 1 EOS), {n_dec} depth-decoder frames a row, {'torch.compile' if args.compile else 'eager'}")
     sys.stdout.flush()
 
     if args.device == "cuda":
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     rss_before = common.rss_mb()
     losses = []
+    warm_times = []
     for i in range(args.warmup):
         r = step()
         losses.append(r[4])
+        warm_times.append(r[0])
         print(f"  warm-up {i}: {r[0]:.3f} s  loss {r[4][0]:.4f}")
         sys.stdout.flush()
     n_enc_warm = len(timed_encode.times)
@@ -250,12 +374,13 @@ def main():
         "step_s_mean": st["mean"],
         "step_s_min": st["min"],
         "step_s_max": st["max"],
+        "first_step_s": warm_times[0] if warm_times else None,
         "forward_s_median": common.stats([t[1] for t in times])["median"],
         "backward_s_median": common.stats([t[2] for t in times])["median"],
         "optimizer_s_median": common.stats([t[3] for t in times])["median"],
         "codec_encode_s_median": common.stats(enc_times)["median"] if enc_times else 0.0,
-        "frames_per_s": S / med,
-        "audio_frames_per_s": args.audio_frames / med,
+        "frames_per_s": B * S / med,
+        "audio_frames_per_s": B * args.audio_frames / med,
         "rss_after_build_mb": rss_before,
         "peak_rss_during_steps_mb": sampler.peak / 2**20,
         "maxrss_process_mb": common.maxrss_mb(),
@@ -267,61 +392,47 @@ def main():
         res["cuda_max_memory_reserved_mb"] = torch.cuda.max_memory_reserved() / 2**20
 
     rows = [
-        ("mode", args.mode),
+        ("mode", args.mode + (f", torch.compile ({args.compile_mode})" if args.compile else ", eager")),
         ("size / device / dtype", f"{args.size} / {args.device} / {args.dtype}"),
-        ("threads (intra-op)", threads),
-        ("frames (text+audio+EOS)", f"{S} ({args.text_frames}+{args.audio_frames}+1)"),
+        ("rows x frames (text+audio+EOS)", f"{B} x {S} ({args.text_frames}+{args.audio_frames}+1)"),
         ("backbone c0 targets", bb_targets),
-        ("depth-decoder frames", f"{n_dec} ({n_skip} audio frames labelled -101)"),
-        ("LoRA", f"r={args.lora_r} alpha={args.lora_alpha} on {','.join(targets)}: {n_lora_modules} modules, {n_trainable} params"),
+        ("depth-decoder frames", f"{n_dec * B} ({n_dec} a row; {n_skip} audio frames a row labelled -101)"),
         ("codec", "real Mimi, encodes every step" if args.mode == "defaults" else "stubbed (codes given)"),
         ("steps timed (warm-up)", f"{args.steps} ({args.warmup})"),
         ("step s median [min, max]", f"{med:.4f} [{st['min']:.4f}, {st['max']:.4f}]"),
+        ("  first warm-up step s", res["first_step_s"]),
         ("  forward s", res["forward_s_median"]),
         ("    of which codec encode s", res["codec_encode_s_median"]),
         ("  backward s", res["backward_s_median"]),
         ("  optimizer s", res["optimizer_s_median"]),
         ("frames/s", res["frames_per_s"]),
-        ("RSS after build MiB", res["rss_after_build_mb"]),
         ("peak RSS during steps MiB", res["peak_rss_during_steps_mb"]),
-        ("process maxrss MiB", res["maxrss_process_mb"]),
         ("loss first -> last", f"{losses[0][0]:.4f} -> {losses[-1][0]:.4f}"),
     ]
     if args.device == "cuda":
         rows.append(("cuda max allocated MiB", res["cuda_max_memory_allocated_mb"]))
         rows.append(("cuda max reserved MiB", res["cuda_max_memory_reserved_mb"]))
     common.print_table(rows, "result")
-
-    common.write_json(args.json, {
-        "tool": "peer:transformers+peft",
-        "script": "bench/peer/train_step.py",
-        "time_utc": common.now_utc(),
-        "args": vars(args),
-        "env": env,
-        "model": {
-            "params": n_params,
-            "codec_params": n_codec,
-            "codec": "real MimiConfig() defaults" if codec == "real" else "tiny fixture Mimi (not run)",
-            "codec_hop_samples": hop,
-            "lora_modules": n_lora_modules,
-            "trainable_params": n_trainable,
-            "lora_target_regex": common.lora_target_regex(targets),
-            "build_s": build_s,
-        },
+    return {
         "sequence": {
+            "rows": B,
             "frames": S,
             "text_frames": args.text_frames,
             "audio_frames": args.audio_frames,
             "eos_frames": 1,
             "backbone_targets": bb_targets,
-            "depth_decoder_frames": n_dec,
+            "depth_decoder_frames": n_dec * B,
+            "depth_decoder_frames_per_row": n_dec,
             "audio_frames_labelled_minus101": n_skip,
         },
+        "compiled": bool(args.compile),
+        "compile_mode": args.compile_mode if args.compile else None,
         "results": res,
         "step_times_s": [t[0] for t in times],
+        "warmup_times_s": warm_times,
         "phase_times_s": [list(t[1:]) for t in times],
         "codec_encode_times_s": enc_times,
-    })
+    }
 
 
 if __name__ == "__main__":

@@ -284,6 +284,69 @@ pub fn reset_peak_memory() {
     unsafe { mlx_sys::mlx_reset_peak_memory() };
 }
 
+/// Frees the buffers MLX's allocator keeps for reuse (not the arrays in
+/// use): between jobs, or before measuring what one needs.
+pub fn clear_mlx_cache() {
+    // SAFETY: no arguments.
+    unsafe { mlx_sys::mlx_clear_cache() };
+}
+
+/// Memory of the device MLX computes on, in bytes, and where the figure
+/// comes from: a GPU's own memory as MLX reports it (`total_memory` on
+/// CUDA; on Metal the recommended working set, the most a process should
+/// use of the shared memory), or the machine's RAM for the CPU.
+pub fn device_memory() -> Option<(u64, &'static str)> {
+    if default_device_is_cpu() {
+        return system_memory().map(|b| (b, "system RAM"));
+    }
+    let keys: [(&str, &'static str); 3] = [
+        (
+            "max_recommended_working_set_size",
+            "Metal recommended working set",
+        ),
+        ("total_memory", "GPU memory"),
+        ("memory_size", "GPU memory"),
+    ];
+    // SAFETY: fresh device and info handles, filled by mlx-c for the
+    // default device, read and freed here.
+    unsafe {
+        let mut dev = mlx_sys::mlx_device_new();
+        let mut info = mlx_sys::mlx_device_info_new();
+        let found = if mlx_sys::mlx_get_default_device(&mut dev) == 0
+            && mlx_sys::mlx_device_info_get(&mut info, dev) == 0
+        {
+            keys.iter().find_map(|(key, what)| {
+                let name = std::ffi::CString::new(*key).ok()?;
+                let mut has = false;
+                mlx_sys::mlx_device_info_has_key(&mut has, info, name.as_ptr());
+                if !has {
+                    return None;
+                }
+                let mut size = 0usize;
+                (mlx_sys::mlx_device_info_get_size(&mut size, info, name.as_ptr()) == 0 && size > 0)
+                    .then_some((size as u64, *what))
+            })
+        } else {
+            None
+        };
+        mlx_sys::mlx_device_info_free(info);
+        mlx_sys::mlx_device_free(dev);
+        found
+    }
+}
+
+/// Physical memory of the machine, in bytes.
+fn system_memory() -> Option<u64> {
+    // SAFETY: sysconf only reads system parameters.
+    let (pages, size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    (pages > 0 && size > 0).then(|| pages as u64 * size as u64)
+}
+
 /// The BLAS library the process actually has mapped, resolved through
 /// symlinks (Linux: from `/proc/self/maps`), with a short human label.
 #[derive(Debug, Clone, serde::Serialize)]

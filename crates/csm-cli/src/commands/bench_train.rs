@@ -1,19 +1,32 @@
-//! `csm bench-train`: seconds per LoRA training step of a CSM-1B-shaped
-//! model with random weights (the same work as `bench/peer/train_step.py`).
+//! `csm bench-train`: seconds per training step of a CSM-1B-shaped model
+//! with random weights (the same work as `bench/peer/train_step.py`), the
+//! memory it takes, its model FLOPs and, given the device's matmul rate,
+//! the model FLOPs utilisation. LoRA by default; with a quantized base
+//! (`--quantize`, QLoRA), gradient checkpointing (`--grad-checkpoint`) or
+//! full fine-tuning (`--full`). One process can run several cases
+//! (`--cases`, `--decoder-fraction`, `--modes`) on one model, each from the
+//! same adapters, with the training step's levers switchable
+//! (`--cross-entropy`, `--attention-tile`, `--no-buckets`).
 
+use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use csm_core::adapter::TargetLayers;
 use csm_core::adapter::{self, LoraSpec};
 use csm_core::mlx_rs::module::ModuleParameters;
-use csm_core::mlx_rs::{nn, random, transforms, Array, Dtype};
-use csm_core::model::{AttentionMask, Csm, CsmConfig, LossBatch, LossWeights};
+use csm_core::mlx_rs::{random, transforms, Array, Dtype};
+use csm_core::model::flops::train_step_flops;
+use csm_core::model::{quantize_stacks, Csm, CsmConfig, LossWeights, QuantSpec, TrainKernels};
 use csm_core::rng::Rng;
 use csm_core::runtime;
-use csm_core::train::batch::{build_example, collate, Turn};
+use csm_core::train::batch::{build_example, collate, Batch, Turn};
 use csm_core::train::optim::AdamW;
+use csm_core::train::step::{ForwardBackward, StepOptions};
+
+/// The tiny fixture model's config (transformers layout), for quick checks.
+const TINY_CONFIG: &str = include_str!("../../../../tests/fixtures/csm_tiny_hf/config.json");
 
 /// Model size.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -22,6 +35,9 @@ pub enum BenchSize {
     Csm1b,
     /// The demo model (seconds).
     Demo,
+    /// The tiny test fixture (tests/fixtures/csm_tiny_hf; 8 codebooks):
+    /// plumbing checks only.
+    Tiny,
 }
 
 /// Compute dtype.
@@ -33,6 +49,36 @@ pub enum BenchDtype {
     Bf16,
 }
 
+/// How the depth-decoder frames of a case are counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DecoderRule {
+    /// The trainer's: `max(1, round(fraction x target frames))` over the
+    /// batch.
+    Csm,
+    /// transformers' `-101` rule, per row: `A - floor(A (1 - fraction))`
+    /// audio frames plus the EOS frame (what `bench/peer/train_step.py`
+    /// trains, so both do the same work).
+    Hf,
+}
+
+/// How the step runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StepMode {
+    /// Plain MLX.
+    Plain,
+    /// Through `mx.compile` (with shape buckets unless `--no-buckets`).
+    Compiled,
+}
+
+/// Which cross-entropy the loss uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CrossEntropyArg {
+    /// Autodiff of `logsumexp - picked` over an f32 copy of the logits.
+    Plain,
+    /// With its own gradient: no f32 copy of the logits kept.
+    Fused,
+}
+
 /// Flags of `csm bench-train`.
 #[derive(Debug, Args)]
 pub struct BenchTrainArgs {
@@ -42,48 +88,222 @@ pub struct BenchTrainArgs {
     /// Compute dtype.
     #[arg(long, value_enum, default_value = "f32")]
     dtype: BenchDtype,
-    /// Text frames of the example.
+    /// Text frames of each row.
     #[arg(long, default_value_t = 20)]
     text_frames: usize,
-    /// Audio frames of the example (an EOS frame is added).
+    /// Audio frames of each row (an EOS frame is added).
     #[arg(long, default_value_t = 130)]
     audio_frames: usize,
-    /// Fraction of audio frames through the depth decoder.
-    #[arg(long, default_value_t = 0.0625)]
-    decoder_fraction: f32,
-    /// Examples per step.
+    /// Rows per step (identical rows).
     #[arg(long, default_value_t = 1)]
     batch_size: usize,
+    /// Cases to run, as ROWSxAUDIO_FRAMES, comma-separated (e.g.
+    /// `1x130,8x130,4x500,16x250`); default: --batch-size x --audio-frames.
+    #[arg(long, value_delimiter = ',')]
+    cases: Vec<String>,
+    /// Fraction(s) of the audio frames through the depth decoder,
+    /// comma-separated; every case runs at each.
+    #[arg(long, value_delimiter = ',', default_value = "0.0625")]
+    decoder_fraction: Vec<f32>,
+    /// How the depth-decoder frames are counted: csm (the trainer's rule)
+    /// or hf (transformers' -101 rule, per row: the peer's work).
+    #[arg(long, value_enum, default_value = "csm")]
+    decoder_rule: DecoderRule,
+    /// Step modes to run, comma-separated (plain, compiled).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "plain")]
+    modes: Vec<StepMode>,
+    /// Shorthand for `--modes compiled`.
+    #[arg(long, conflicts_with = "modes")]
+    compile: bool,
+    /// Compiled mode without shape buckets: the exact batch shape is
+    /// traced (the benchmark's batch never changes).
+    #[arg(long)]
+    no_buckets: bool,
+    /// Cross-entropy of the loss [default: fused].
+    #[arg(long, value_enum)]
+    cross_entropy: Option<CrossEntropyArg>,
+    /// Pad the backbone's causal attention to a multiple of this many
+    /// positions inside the attention; 0 = never [default: 128 on a GPU
+    /// outside macOS, else 0].
+    #[arg(long)]
+    attention_tile: Option<i32>,
+    /// Quantize the frozen projections of both stacks to 4 or 8 bits
+    /// before attaching the adapters (QLoRA, as `finetune-lora
+    /// --quantize`).
+    #[arg(long, value_name = "BITS")]
+    quantize: Option<u8>,
+    /// Recompute each block's activations in the backward pass.
+    #[arg(long)]
+    grad_checkpoint: bool,
+    /// Train every weight of the backbone and decoder instead of LoRA
+    /// adapters (`finetune-lora --method full`; CSM-1B in f32 needs about
+    /// 25 GB for weights, gradients and optimizer state).
+    #[arg(long)]
+    full: bool,
     /// Timed steps (after warm-up).
     #[arg(long, default_value_t = 5)]
     steps: usize,
-    /// Warm-up steps (not timed).
+    /// Warm-up steps (not timed; the first one holds any tracing).
     #[arg(long, default_value_t = 2)]
     warmup: usize,
-    /// Write the results as JSON to this file.
+    /// Measure MLX's own N x N matmul rate in the compute dtype first and
+    /// give the model FLOPs utilisation against it (e.g. 8192 on a GPU).
+    #[arg(long, value_name = "N")]
+    matmul_probe: Option<i32>,
+    /// The device's matmul rate in TFLOP/s (e.g. PyTorch's, measured
+    /// beside): the model FLOPs utilisation is given against it.
+    #[arg(long, value_name = "TFLOPS")]
+    peak_tflops: Option<f64>,
+    /// Write the results as JSON to this file (one case, one mode).
     #[arg(long)]
-    json: Option<std::path::PathBuf>,
-    /// Run the loss-and-gradient function through `mx.compile` (the batch
-    /// is fixed here, so one trace serves every step).
+    json: Option<PathBuf>,
+    /// Write one JSON per case and mode into this folder
+    /// (`csm_<mode>_<rows>x<audio>_<fraction>[_<tag>].json`).
     #[arg(long)]
-    compile: bool,
+    json_dir: Option<PathBuf>,
+    /// A label for this run's variant, in the JSON and its file name.
+    #[arg(long, default_value = "")]
+    tag: String,
+}
+
+/// One case: rows, audio frames a row, decoder fraction.
+#[derive(Debug, Clone, Copy)]
+struct Case {
+    rows: usize,
+    audio_frames: usize,
+    fraction: f32,
+}
+
+impl Case {
+    fn name(&self) -> String {
+        format!("{}x{}", self.rows, self.audio_frames)
+    }
+
+    fn fraction_name(&self) -> String {
+        if self.fraction == 1.0 {
+            "1".into()
+        } else {
+            format!("{}", self.fraction)
+        }
+    }
+}
+
+/// Parses `ROWSxAUDIO`.
+fn parse_case(text: &str) -> Result<(usize, usize)> {
+    let (b, a) = text
+        .trim()
+        .to_lowercase()
+        .split_once('x')
+        .map(|(b, a)| (b.to_string(), a.to_string()))
+        .with_context(|| format!("--cases: {text:?} is not ROWSxAUDIO_FRAMES (e.g. 8x130)"))?;
+    let parse = |v: &str| -> Result<usize> {
+        v.parse::<usize>()
+            .ok()
+            .filter(|&n| n > 0)
+            .with_context(|| format!("--cases: {text:?}: {v:?} is not a positive number"))
+    };
+    Ok((parse(&b)?, parse(&a)?))
 }
 
 /// Runs the benchmark.
 pub fn run(args: BenchTrainArgs) -> Result<()> {
     let backend = runtime::use_best_device();
+    let gpu = !runtime::default_device_is_cpu();
     let config = match args.size {
         BenchSize::Csm1b => CsmConfig::csm_1b(),
         BenchSize::Demo => csm_core::demo::demo_config(),
+        BenchSize::Tiny => {
+            let json: serde_json::Value = serde_json::from_str(TINY_CONFIG)?;
+            CsmConfig::from_json(&json).map_err(anyhow::Error::msg)?.0
+        }
     };
     let dtype = match args.dtype {
         BenchDtype::F32 => Dtype::Float32,
         BenchDtype::Bf16 => Dtype::Bfloat16,
     };
+    if args.full && args.quantize.is_some() {
+        bail!("--quantize is for LoRA (QLoRA); --full trains the weights, which stay in full precision");
+    }
+    if let Some(&f) = args
+        .decoder_fraction
+        .iter()
+        .find(|&&f| !(f > 0.0 && f <= 1.0))
+    {
+        bail!("--decoder-fraction {f}: each fraction must be in (0, 1]");
+    }
+    if args.steps == 0 {
+        bail!("--steps must be at least 1");
+    }
+    let shapes: Vec<(usize, usize)> = if args.cases.is_empty() {
+        vec![(args.batch_size.max(1), args.audio_frames.max(1))]
+    } else {
+        args.cases
+            .iter()
+            .map(|c| parse_case(c))
+            .collect::<Result<_>>()?
+    };
+    let cases: Vec<Case> = shapes
+        .iter()
+        .flat_map(|&(rows, audio_frames)| {
+            args.decoder_fraction.iter().map(move |&fraction| Case {
+                rows,
+                audio_frames,
+                fraction,
+            })
+        })
+        .collect();
+    let modes = if args.compile {
+        vec![StepMode::Compiled]
+    } else {
+        args.modes.clone()
+    };
+    if args.json.is_some() && cases.len() * modes.len() > 1 {
+        bail!("--json takes one case in one mode; use --json-dir for several");
+    }
+    let quant = args
+        .quantize
+        .map(QuantSpec::new)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let mut kernels = TrainKernels::for_device(gpu);
+    if let Some(ce) = args.cross_entropy {
+        kernels.fused_cross_entropy = ce == CrossEntropyArg::Fused;
+    }
+    if let Some(tile) = args.attention_tile {
+        if tile < 0 {
+            bail!("--attention-tile {tile}: give 0 (never) or a positive tile");
+        }
+        kernels.attention_tile = tile;
+    }
+
+    // The device's rate first, on an idle device.
+    let probe = match args.matmul_probe {
+        Some(n) => Some(
+            runtime::matmul_gflops(n, dtype, std::time::Duration::from_secs(3))
+                .context("the matmul probe failed")?,
+        ),
+        None => None,
+    };
+    if let Some(p) = &probe {
+        println!(
+            "csm bench-train: MLX matmul {}^3 {:?} on {}: {:.1} GFLOP/s",
+            p.n,
+            dtype,
+            backend.name(),
+            p.gflops
+        );
+    }
+    let rate_tflops = args.peak_tflops.or(probe.as_ref().map(|p| p.gflops / 1e3));
+
     random::seed(0)?;
     let build = Instant::now();
     let mut model = Csm::new(&config)?;
     model.cast(dtype)?;
+    if let Some(q) = quant {
+        // Layer by layer, before anything is materialised: the
+        // full-precision weights never all exist at once.
+        quantize_stacks(&mut model, q)?;
+    }
     // Materialise the random weights before timing.
     transforms::eval(model.parameters().flatten().values().copied())?;
     let spec = LoraSpec {
@@ -94,90 +314,259 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
         layers: TargetLayers::all(),
         bias: false,
     };
-    let adapted = adapter::attach(&mut model, &spec)?;
+    let adapted = if args.full {
+        csm_core::train::full::set_trainable(
+            &mut model,
+            &[
+                csm_core::train::ModelPart::Backbone,
+                csm_core::train::ModelPart::Decoder,
+            ],
+        );
+        0
+    } else {
+        adapter::attach(&mut model, &spec)?
+    };
+    model.backbone.grad_checkpoint = args.grad_checkpoint;
+    model.decoder.grad_checkpoint = args.grad_checkpoint;
+    model.set_train_kernels(kernels);
+    let initial = adapter::adapter_tensors(&model);
+    transforms::eval(initial.values())?;
+    let weights_bytes = runtime::active_memory();
     let build_secs = build.elapsed().as_secs_f64();
+    let method = format!(
+        "{}{}{}",
+        if args.full { "full" } else { "LoRA" },
+        args.quantize
+            .map(|b| format!(", {b}-bit base"))
+            .unwrap_or_default(),
+        if args.grad_checkpoint {
+            ", grad checkpoint"
+        } else {
+            ""
+        }
+    );
+    // As the trainer does on a CPU (see `csm_core::runtime::SingleThreadBlas`).
+    let _blas =
+        csm_core::kernels::many_row_products_are_ours().then(runtime::SingleThreadBlas::new);
+
+    for case in &cases {
+        let batch = case_batch(&config, case, args.text_frames, args.decoder_rule)?;
+        for &mode in &modes {
+            // Every case and mode starts from the same adapters, so their
+            // step-0 losses must agree.
+            model.update_flattened(
+                initial
+                    .iter()
+                    .map(|(k, v)| (std::rc::Rc::from(k.as_str()), v.clone()))
+                    .collect(),
+            );
+            let options = StepOptions {
+                compile: mode == StepMode::Compiled,
+                buckets: !args.no_buckets,
+            };
+            let r = time_case(&mut model, &batch, options, args.warmup, args.steps)?;
+            let rows: Vec<usize> = vec![args.text_frames + case.audio_frames + 1; case.rows];
+            let flops = train_step_flops(&model, &rows, batch.decoder_frames.len());
+            let tflops = flops.total / r.median / 1e12;
+            let mfu = rate_tflops.map(|rate| tflops / rate);
+            let frames = batch.real_frames as f64;
+            let rss = max_rss_bytes();
+            let result = serde_json::json!({
+                "tool": "csm (mlx-rs)",
+                "backend": backend.name(),
+                "device": runtime::default_device(),
+                "size": format!("{:?}", args.size),
+                "dtype": format!("{dtype:?}"),
+                "case": case.name(),
+                "rows": case.rows,
+                "text_frames": args.text_frames,
+                "audio_frames": case.audio_frames,
+                "frames": frames,
+                "decoder_frames": batch.decoder_frames.len(),
+                "decoder_fraction": case.fraction,
+                "decoder_rule": format!("{:?}", args.decoder_rule).to_lowercase(),
+                "mode": format!("{mode:?}").to_lowercase(),
+                "compiled": options.compile,
+                "buckets": options.compile && options.buckets,
+                "kernels": {
+                    "fused_cross_entropy": kernels.fused_cross_entropy,
+                    "attention_tile": kernels.attention_tile,
+                },
+                "tag": args.tag,
+                "adapted_projections": adapted,
+                "trainable_params": adapter::adapter_tensors(&model).values().map(|a| a.size()).sum::<usize>(),
+            });
+            // In two parts: one `json!` of all keys exceeds its macro
+            // recursion limit.
+            let timing = serde_json::json!({
+                "median_s_per_step": r.median,
+                "min_s_per_step": r.min,
+                "first_step_s": r.first,
+                "step_times_s": r.times,
+                "frames_per_s": frames / r.median,
+                "model_flops": flops,
+                "model_tflops_per_s": tflops,
+                "matmul_rate_tflops": rate_tflops,
+                "matmul_rate_source": if args.peak_tflops.is_some() { "--peak-tflops" } else if probe.is_some() { "MLX matmul probe" } else { "none" },
+                "mlx_matmul_probe": probe,
+                "mfu": mfu,
+                "peak_mlx_bytes": r.peak,
+                "max_rss_bytes": rss,
+                "weights_mlx_bytes": weights_bytes,
+                "build_s": build_secs,
+                "first_loss": r.first_loss,
+                "final_loss": r.last_loss,
+                "openblas_coretype": std::env::var("OPENBLAS_CORETYPE").ok(),
+                "batch_size": case.rows,
+                "quantize_bits": args.quantize,
+                "grad_checkpoint": args.grad_checkpoint,
+                "method": if args.full { "full" } else { "lora" },
+            });
+            let mut result = result;
+            if let (Some(a), serde_json::Value::Object(b)) = (result.as_object_mut(), timing) {
+                a.extend(b);
+            }
+            println!(
+                "csm bench-train: {:?} {dtype:?} {method}, {} (fraction {}, {} decoder frames), {mode:?} on {}: \
+                 {:.3} s/step (min {:.3}, first {:.2}), {:.1} frames/s, {:.1} model GFLOP, {:.1} GFLOP/s{}, \
+                 step-0 loss {:.4}, weights {:.2} GB, peak MLX {:.2} GB, max RSS {:.2} GB",
+                args.size,
+                case.name(),
+                case.fraction,
+                batch.decoder_frames.len(),
+                backend.name(),
+                r.median,
+                r.min,
+                r.first,
+                frames / r.median,
+                flops.total / 1e9,
+                tflops * 1e3,
+                mfu.map(|m| format!(" ({:.1}% MFU)", 100.0 * m))
+                    .unwrap_or_default(),
+                r.first_loss,
+                weights_bytes as f64 / 1e9,
+                r.peak as f64 / 1e9,
+                rss as f64 / 1e9
+            );
+            let text = serde_json::to_string_pretty(&result)?;
+            if let Some(path) = &args.json {
+                std::fs::write(path, &text)
+                    .with_context(|| format!("--json {}", path.display()))?;
+            }
+            if let Some(dir) = &args.json_dir {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("--json-dir {}", dir.display()))?;
+                let tag = if args.tag.is_empty() {
+                    String::new()
+                } else {
+                    format!("_{}", args.tag)
+                };
+                let name = format!(
+                    "csm_{}_{}_{}{tag}.json",
+                    format!("{mode:?}").to_lowercase(),
+                    case.name(),
+                    case.fraction_name()
+                );
+                let path = dir.join(name);
+                std::fs::write(&path, &text)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The batch of a case: `rows` identical rows of `text` text frames,
+/// `audio_frames` audio frames and EOS, with the depth-decoder frames
+/// chosen by `rule`.
+fn case_batch(config: &CsmConfig, case: &Case, text: usize, rule: DecoderRule) -> Result<Batch> {
     let k = config.audio_num_codebooks as usize;
     let (text_vocab, audio_vocab) = (
         config.text_vocab_size as usize,
         config.audio_vocab_size as usize,
     );
     let mut rng = Rng::new(1);
-    let examples: Vec<_> = (0..args.batch_size)
-        .map(|_| {
-            let turn = Turn {
-                // In range for the configuration: MLX's gather does not
-                // check indices.
-                text_tokens: (0..args.text_frames)
-                    .map(|_| rng.below(text_vocab.min(128_000)) as u32)
-                    .collect(),
-                codes: (0..args.audio_frames)
-                    .map(|_| {
-                        (0..k)
-                            .map(|_| 1 + rng.below(audio_vocab - 4) as u32)
-                            .collect()
-                    })
-                    .collect(),
-                has_loss: true,
-            };
-            build_example(&[], &turn, k, 4096)
-        })
-        .collect::<Result<_, _>>()?;
-    let refs: Vec<_> = examples.iter().collect();
-    let batch = collate(&refs, args.decoder_fraction, &mut rng)?;
-    let weights = LossWeights::default();
-    let loss_fn = move |m: &mut Csm,
-                        b: &csm_core::train::batch::Batch|
-          -> Result<Array, csm_core::mlx_rs::error::Exception> {
-        let l = m.loss(
-            &LossBatch {
-                tokens: &b.frames,
-                mask: &b.mask,
-                loss_mask: &b.c0_targets,
-                decoder_frames: &b.decoder_frames,
-                attention: AttentionMask::Causal,
-            },
-            weights,
-        )?;
-        Ok(l.total)
+    let turn = Turn {
+        // In range for the configuration: MLX's gather does not check
+        // indices.
+        text_tokens: (0..text)
+            .map(|_| rng.below(text_vocab.min(128_000)) as u32)
+            .collect(),
+        codes: (0..case.audio_frames)
+            .map(|_| {
+                (0..k)
+                    .map(|_| 1 + rng.below(audio_vocab - 4) as u32)
+                    .collect()
+            })
+            .collect(),
+        has_loss: true,
     };
-    let mut vg = nn::value_and_grad(loss_fn);
-    let fixed = batch.clone();
-    let traced = move |m: &mut Csm, _: &[Array]| -> Vec<Array> {
-        let mut vg_c = nn::value_and_grad(loss_fn);
-        let (loss, grads) = vg_c(m, &fixed).expect("loss and gradients trace");
-        let mut g: Vec<_> = grads.into_iter().collect();
-        g.sort_by(|a, b| a.0.cmp(&b.0));
-        std::iter::once(loss)
-            .chain(g.into_iter().map(|x| x.1))
-            .collect()
-    };
-    let mut compiled = transforms::compile::compile_with_state(traced, false);
-    let mut names: Vec<String> = adapter::adapter_tensors(&model).into_keys().collect();
-    names.sort();
+    let example = build_example(&[], &turn, k, 1 << 20)?;
+    let refs = vec![&example; case.rows];
+    Ok(match rule {
+        DecoderRule::Csm => collate(&refs, case.fraction, &mut rng)?,
+        DecoderRule::Hf => {
+            let mut batch = collate(&refs, 1.0, &mut rng)?;
+            // Per row: the EOS frame (the row's last target) and
+            // `A - floor(A (1 - f))` of its audio frames.
+            let per_row = case.audio_frames + 1;
+            let skip = (case.audio_frames as f64 * (1.0 - case.fraction as f64)).floor() as usize;
+            let audio_kept = case.audio_frames - skip;
+            let mut chosen = Vec::new();
+            for row in batch.decoder_frames.chunks(per_row) {
+                let (audio, eos) = row.split_at(per_row - 1);
+                chosen.extend(
+                    rng.choose(audio.len(), audio_kept)
+                        .into_iter()
+                        .map(|j| audio[j]),
+                );
+                chosen.extend_from_slice(eos);
+            }
+            chosen.sort_unstable();
+            batch.decoder_frames = chosen;
+            batch
+        }
+    })
+}
+
+/// What [`time_case`] measured.
+struct CaseTimes {
+    median: f64,
+    min: f64,
+    /// The first warm-up step (tracing and kernel compilation included).
+    first: f64,
+    times: Vec<f64>,
+    first_loss: f32,
+    last_loss: f32,
+    peak: usize,
+}
+
+/// Warm-up and timed optimizer steps of `batch` (AdamW on the trainable
+/// tensors), with a fresh optimizer and the peak memory of these steps.
+fn time_case(
+    model: &mut Csm,
+    batch: &Batch,
+    options: StepOptions,
+    warmup: usize,
+    steps: usize,
+) -> Result<CaseTimes> {
+    let names: Vec<String> = adapter::adapter_tensors(model).into_keys().collect();
+    let mut step = ForwardBackward::new(names, LossWeights::default(), options);
     let mut opt = AdamW::new(0.0);
-    let mut times = Vec::new();
-    let mut last = f32::NAN;
-    // As the trainer does on a CPU (see `csm_core::runtime::SingleThreadBlas`).
-    let _blas =
-        csm_core::kernels::many_row_products_are_ours().then(runtime::SingleThreadBlas::new);
+    transforms::compile::clear_cache();
+    runtime::clear_mlx_cache();
     runtime::reset_peak_memory();
-    for i in 0..args.warmup + args.steps {
+    let mut times = Vec::new();
+    let (mut first, mut first_loss, mut last_loss) = (0.0, f32::NAN, f32::NAN);
+    for i in 0..warmup + steps {
         let t = Instant::now();
-        let (loss, grads) = if args.compile {
-            let mut out = compiled(&mut model, &[])?;
-            let loss = out.remove(0);
-            (loss, names.iter().cloned().zip(out).collect())
-        } else {
-            let (loss, grads) = vg(&mut model, &batch)?;
-            (
-                loss,
-                grads.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
-            )
-        };
-        let params = adapter::adapter_tensors(&model);
+        let out = step.run(model, batch, (1.0, 1.0))?;
+        let grads = out.grads.into_iter().collect();
+        let params = adapter::adapter_tensors(model);
         let updated = opt.update(1e-4, &params, &grads)?;
+        let loss = &out.losses[0];
         let mut to_eval: Vec<&Array> = updated.values().collect();
-        to_eval.push(&loss);
+        to_eval.push(loss);
         to_eval.extend(opt.state_arrays());
         transforms::eval(to_eval)?;
         model.update_flattened(
@@ -186,54 +575,31 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
                 .map(|(k, v)| (std::rc::Rc::from(k.as_str()), v))
                 .collect(),
         );
-        last = loss.item_cast::<f32>();
-        if i >= args.warmup {
-            times.push(t.elapsed().as_secs_f64());
+        last_loss = loss.item_cast::<f32>();
+        let secs = t.elapsed().as_secs_f64();
+        if i == 0 {
+            first = secs;
+            first_loss = last_loss;
+        }
+        if i >= warmup {
+            times.push(secs);
         }
     }
-    if !last.is_finite() {
-        bail!("the benchmark loss is {last}");
+    if !last_loss.is_finite() {
+        bail!("the benchmark loss is {last_loss}");
     }
-    times.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
-    let median = times[times.len() / 2];
-    let frames = batch.real_frames as f64;
-    let rss = max_rss_bytes();
-    let result = serde_json::json!({
-        "tool": "csm (mlx-rs)",
-        "backend": backend.name(),
-        "device": runtime::default_device(),
-        "size": format!("{:?}", args.size),
-        "dtype": format!("{dtype:?}"),
-        "frames": frames,
-        "decoder_frames": batch.decoder_frames.len(),
-        "decoder_fraction": args.decoder_fraction,
-        "adapted_projections": adapted,
-        "trainable_params": adapter::adapter_tensors(&model).values().map(|a| a.size()).sum::<usize>(),
-        "median_s_per_step": median,
-        "min_s_per_step": times[0],
-        "frames_per_s": frames / median,
-        "peak_mlx_bytes": runtime::peak_memory(),
-        "max_rss_bytes": rss,
-        "build_s": build_secs,
-        "final_loss": last,
-        "openblas_coretype": std::env::var("OPENBLAS_CORETYPE").ok(),
-        "compiled": args.compile,
-    });
-    println!(
-        "csm bench-train: {:?} {dtype:?} on {}: {:.3} s/step (min {:.3}), {:.1} frames/s, {} decoder frames, peak MLX {:.2} GB, max RSS {:.2} GB",
-        args.size,
-        backend.name(),
-        median,
-        times[0],
-        frames / median,
-        batch.decoder_frames.len(),
-        runtime::peak_memory() as f64 / 1e9,
-        rss as f64 / 1e9
-    );
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&result)?)?;
-    }
-    Ok(())
+    let peak = runtime::peak_memory();
+    let mut sorted = times.clone();
+    sorted.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+    Ok(CaseTimes {
+        median: sorted[sorted.len() / 2],
+        min: sorted[0],
+        first,
+        times,
+        first_loss,
+        last_loss,
+        peak,
+    })
 }
 
 /// Peak resident set size of this process.

@@ -63,10 +63,7 @@ pub fn train_step_flops(model: &Csm, row_frames: &[usize], decoder_frames: usize
         .map(|k| k.to_string())
         .collect();
     let frames: f64 = row_frames.iter().map(|&s| s as f64).sum();
-    let predicting: f64 = row_frames
-        .iter()
-        .map(|&s| s.saturating_sub(1) as f64)
-        .sum();
+    let predicting: f64 = row_frames.iter().map(|&s| s.saturating_sub(1) as f64).sum();
     let n_cb = model.config.audio_num_codebooks as f64;
     let nd = decoder_frames as f64;
     let backbone = stack_weights(&model.backbone, "backbone", &trainable) * frames;
@@ -80,9 +77,12 @@ pub fn train_step_flops(model: &Csm, row_frames: &[usize], decoder_frames: usize
     let decoder = stack_weights(&model.decoder, "decoder", &trainable) * n_cb * nd;
     let decoder_attention = attention(&model.decoder, n_cb) * nd;
     let head = model.audio_head.value.shape();
-    let head_factor = if trainable.contains("audio_head") { 6.0 } else { 4.0 };
-    let depth_heads =
-        head_factor * head.iter().map(|&d| d as f64).product::<f64>() * nd;
+    let head_factor = if trainable.contains("audio_head") {
+        6.0
+    } else {
+        4.0
+    };
+    let depth_heads = head_factor * head.iter().map(|&d| d as f64).product::<f64>() * nd;
     let total = backbone
         + backbone_attention
         + c0_head

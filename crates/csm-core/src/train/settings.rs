@@ -16,8 +16,8 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use super::codes::CodesCache;
-use crate::model::TrainKernels;
 use crate::distributed::DistEnv;
+use crate::model::TrainKernels;
 use crate::runtime::DeviceChoice;
 
 /// How and where this process runs a training job (see the module docs).

@@ -58,7 +58,10 @@ pub fn compile_step(asked: Option<bool>, gpu: bool, lora_dropout: f32) -> (bool,
             "not compiled: LoRA dropout draws a new mask every step",
         ),
         (true, false, true) => (true, "compiled (CSM_COMPILE=1), shape buckets"),
-        (true, false, false) => (true, "compiled on the GPU, shape buckets (CSM_COMPILE=0 turns it off)"),
+        (true, false, false) => (
+            true,
+            "compiled on the GPU, shape buckets (CSM_COMPILE=0 turns it off)",
+        ),
         (false, _, true) => (false, "not compiled (CSM_COMPILE=0)"),
         (false, _, false) => (false, "not compiled on the CPU (CSM_COMPILE=1 compiles it)"),
     }
@@ -291,7 +294,10 @@ mod tests {
             .filter(|(k, _)| k.ends_with("lora_b"))
             .map(|(k, v)| {
                 let r = random::normal::<f32>(v.shape(), None, None, None).unwrap();
-                (std::rc::Rc::from(k.as_str()), r.multiply(Array::from_f32(0.1)).unwrap())
+                (
+                    std::rc::Rc::from(k.as_str()),
+                    r.multiply(Array::from_f32(0.1)).unwrap(),
+                )
             })
             .collect();
         model.update_flattened(b);
@@ -324,7 +330,12 @@ mod tests {
 
     type Result3 = (Vec<f32>, BTreeMap<String, Array>);
 
-    fn run_step(model: &mut Csm, batch: &Batch, kernels: TrainKernels, options: StepOptions) -> Result3 {
+    fn run_step(
+        model: &mut Csm,
+        batch: &Batch,
+        kernels: TrainKernels,
+        options: StepOptions,
+    ) -> Result3 {
         model.set_train_kernels(kernels);
         let keys: Vec<String> = adapter::adapter_tensors(model).into_keys().collect();
         let mut step = ForwardBackward::new(keys, LossWeights::default(), options);
@@ -347,7 +358,10 @@ mod tests {
         for (k, g) in &a.1 {
             let (d, scale) = (max_abs_diff(g, &b.1[k]), max_abs(g));
             assert!(scale > 0.0, "{what}: {k} has no gradient");
-            assert!(d <= 1e-4 * scale, "{what}: {k}: max diff {d} (scale {scale})");
+            assert!(
+                d <= 1e-4 * scale,
+                "{what}: {k}: max diff {d} (scale {scale})"
+            );
         }
     }
 
@@ -382,8 +396,16 @@ mod tests {
         let cases = [
             ("fused cross-entropy", fused, plain),
             ("attention tile 16", tiled, plain),
-            ("compiled, exact shapes", TrainKernels::PLAIN, compiled(false)),
-            ("compiled, shape buckets", TrainKernels::PLAIN, compiled(true)),
+            (
+                "compiled, exact shapes",
+                TrainKernels::PLAIN,
+                compiled(false),
+            ),
+            (
+                "compiled, shape buckets",
+                TrainKernels::PLAIN,
+                compiled(true),
+            ),
             ("all levers", all, compiled(true)),
         ];
         for (what, kernels, options) in cases {

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Training at realistic batch sizes on an NVIDIA GPU (issue 19): csm (the
+# mlx-cuda-13 wheel's libmlx) beside transformers + peft, eager and under
+# torch.compile, on the same card in one run; then the comparison table.
+#
+#   bench/run_gpu.sh OUTDIR CUDA_DIR CSM_BINARY      about 8 minutes on an H100
+#   bench/run_gpu.sh --quick OUTDIR [CSM_BINARY]    CPU smoke run, --size tiny
+#
+# CUDA_DIR is the unpacked mlx-cuda-13 wheel (scripts/gpu-check.sh finds the
+# NVIDIA libraries). python3 (or $PY) needs torch, transformers, peft and
+# psutil. Cases: B identical rows of 20 text + A audio + 1 EOS frames,
+# B x A in {1x130, 8x130, 4x500, 16x250}, the depth decoder on 1/16 and on
+# every frame (transformers' -101 rule for both tools, so both do the same
+# work), CSM-1B shape, random weights, bf16, LoRA r8 on q_proj/v_proj of both
+# stacks, 3 warm-up steps and 5 timed (median). In OUTDIR: one JSON per run,
+# the log of every command (*.log) and table.md.
+#
+# Order: the matmul rate (PyTorch, 8192^3 bf16), csm's cases (plain and
+# compiled, one process), csm's levers one at a time, the peer eager (one
+# process), the peer under torch.compile with what is left of BUDGET_S
+# (default 450 s; cases in order of interest, each compiled afresh; a case
+# cut off by the budget is reported as not measured), the table.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=0
+if [ "${1:-}" = "--quick" ]; then
+  quick=1
+  shift
+fi
+out=${1:?usage: bench/run_gpu.sh OUTDIR CUDA_DIR CSM_BINARY | bench/run_gpu.sh --quick OUTDIR [CSM_BINARY]}
+if [ $quick = 1 ]; then
+  csm=${2:-target/debug/csm}
+  cuda=
+else
+  cuda=${2:?CUDA_DIR (the unpacked mlx-cuda-13 wheel)}
+  csm=${3:?CSM_BINARY}
+fi
+PY=${PY:-python3}
+budget=${BUDGET_S:-450}
+start=$(date +%s)
+mkdir -p "$out"
+
+if [ $quick = 1 ]; then
+  g() { "$csm" "$@"; }
+  size=tiny; dtype=f32; pdev=(--device cpu --dtype float32 --size tiny); mm=1024; pdtype=float32
+  peer_compile_cases=1x130:0.0625
+else
+  g() { scripts/gpu-check.sh "$cuda" "$csm" "$@"; }
+  size=csm1b; dtype=bf16; pdev=(--device cuda --dtype bfloat16); mm=8192; pdtype=bfloat16
+  peer_compile_cases=16x250:0.0625,8x130:0.0625,8x130:1.0,4x500:0.0625,16x250:1.0,1x130:0.0625,4x500:1.0,1x130:1.0
+fi
+cases=1x130,8x130,4x500,16x250
+steps=(--warmup 3 --steps 5)
+elapsed() { echo $(( $(date +%s) - start )); }
+log() { echo "== [$(elapsed) s] $*"; }
+
+log "device"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | tee "$out/device.txt" \
+  || (grep -m1 "model name" /proc/cpuinfo | tee "$out/device.txt")
+
+log "PyTorch matmul rate"
+device=cuda; [ $quick = 1 ] && device=cpu
+$PY bench/peer/matmul.py --device $device --dtype $pdtype --n $mm --json "$out/torch_matmul.json" 2>&1 | tee "$out/torch_matmul.log" | tail -1
+rate=$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))['tflops'])" "$out/torch_matmul.json")
+
+log "csm: every case, plain and compiled"
+g bench-train --size $size --dtype $dtype --cases $cases --decoder-fraction 0.0625,1.0 --decoder-rule hf \
+  --modes plain,compiled "${steps[@]}" --matmul-probe $mm --peak-tflops "$rate" --json-dir "$out" \
+  2>&1 | tee "$out/csm.log" | grep "csm bench-train" || true
+
+log "csm: the levers one at a time (compiled; 16 x 250 at 1/16, and the loss's at 8 x 130 on every frame)"
+lever() {
+  local tag=$1 shape=$2 frac=$3
+  shift 3
+  g bench-train --size $size --dtype $dtype --cases "$shape" --decoder-fraction "$frac" --decoder-rule hf \
+    --modes compiled "${steps[@]}" --peak-tflops "$rate" --json-dir "$out" --tag "$tag" "$@" \
+    2>&1 | tee -a "$out/csm_levers.log" | grep "csm bench-train" || true
+}
+lever ce-plain 16x250 0.0625 --cross-entropy plain
+if [ $quick = 1 ]; then
+  lever tile-128 16x250 0.0625 --attention-tile 128   # off by default on the CPU
+else
+  lever tile-0 16x250 0.0625 --attention-tile 0       # on by default on CUDA
+fi
+lever exact-shapes 16x250 0.0625 --no-buckets
+lever no-levers 16x250 0.0625 --cross-entropy plain --attention-tile 0 --no-buckets
+lever ce-plain 8x130 1.0 --cross-entropy plain
+
+log "peer: every case, eager"
+peer_cases=1x130:0.0625,8x130:0.0625,4x500:0.0625,16x250:0.0625,1x130:1.0,8x130:1.0,4x500:1.0,16x250:1.0
+$PY bench/peer/train_step.py --mode same-work "${pdev[@]}" --cases $peer_cases "${steps[@]}" \
+  --json-dir "$out" --tag eager > "$out/peer_eager.log" 2>&1 || echo "peer eager failed: see $out/peer_eager.log"
+grep -E "^== case|step s median" "$out/peer_eager.log" || true
+
+left=$(( budget - $(elapsed) ))
+if [ $left -gt 30 ]; then
+  log "peer: torch.compile, $left s left"
+  # The deadline makes the script skip a case it cannot finish by the
+  # previous case's duration; timeout cuts the last one off.
+  deadline=$(( start + budget ))
+  timeout --kill-after=15 $left $PY bench/peer/train_step.py --mode same-work "${pdev[@]}" \
+    --cases $peer_compile_cases "${steps[@]}" --compile --deadline-epoch $deadline --json-dir "$out" --tag compiled \
+    > "$out/peer_compiled.log" 2>&1 || echo "peer torch.compile stopped (exit $?): see $out/peer_compiled.log"
+  grep -E "^== case|step s median|first warm-up" "$out/peer_compiled.log" || true
+else
+  log "peer: torch.compile skipped, no time left ($left s)"
+fi
+
+log "table"
+$PY bench/gpu_table.py "$out" | tee "$out/table.md"
+log "done"
