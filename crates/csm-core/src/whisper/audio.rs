@@ -428,6 +428,9 @@ impl MelScan {
     }
 }
 
+/// Where [`scan_recording`] hands each 24 kHz piece.
+pub type ChunkSink<'a> = &'a mut dyn FnMut(&[f32]) -> Result<(), WhisperError>;
+
 /// First pass: decodes `path` once, computing the log-mel maximum (with
 /// openai-whisper's 30 s of padding) and handing each 24 kHz piece to
 /// `on_24k` when given. Holds one batch of frames at a time.
@@ -437,7 +440,7 @@ impl MelScan {
 pub fn scan_recording(
     path: &Path,
     n_mels: usize,
-    mut on_24k: Option<&mut dyn FnMut(&[f32]) -> Result<(), WhisperError>>,
+    mut on_24k: Option<ChunkSink<'_>>,
     cancel: &CancelToken,
 ) -> Result<MelScan, WhisperError> {
     let mut reader = Recording16k::open(path, on_24k.is_some())?;
