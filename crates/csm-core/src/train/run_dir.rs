@@ -594,7 +594,7 @@ mod tests {
         // The record the app reads: camelCase report, stop reasons in camelCase.
         assert!(
             first.starts_with(
-                r#"{"data":{"bestStep":null,"checkpoint":null,"newBest":false,"samples":[{"charsPerSec":12.0,"cer":null,"clippedFraction":0.0,"durationSecs":2.5,"leadingSilenceSecs":0.1,"longestPauseSecs":0.0,"path":"samples/step_0000000/prompt_1.wav","prompt":1,"rateRatio":1.1,"similarity":0.5,"stopReason":"lengthLimit","text":"Hi.","trailingSilenceSecs":0.2,"transcript":null,"warnings":["did not end by itself"],"wer":null}],"step":0,"summary":{"cer":null,"healthWarnings":1,"samples":1,"similarity":0.5,"wer":null}},"event":"voiceScores","time":"#
+                r#"{"data":{"bestStep":null,"checkpoint":null,"newBest":false,"samples":[{"cer":null,"charsPerSec":12.0,"clippedFraction":0.0,"durationSecs":2.5,"leadingSilenceSecs":0.1,"longestPauseSecs":0.0,"path":"samples/step_0000000/prompt_1.wav","prompt":1,"rateRatio":1.1,"similarity":0.5,"stopReason":"lengthLimit","text":"Hi.","trailingSilenceSecs":0.2,"transcript":null,"warnings":["did not end by itself"],"wer":null}],"step":0,"summary":{"cer":null,"healthWarnings":1,"samples":1,"similarity":0.5,"wer":null}},"event":"voiceScores","time":"#
             ),
             "{first}"
         );
