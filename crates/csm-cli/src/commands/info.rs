@@ -118,7 +118,6 @@ fn print_blas_kernels() {
     }
 }
 
-
 /// Path of the libmlx this process loaded.
 fn libmlx_path() -> String {
     std::fs::read_to_string("/proc/self/maps")
