@@ -10,6 +10,10 @@ use csm_core::train::run_dir::RunDir;
 
 #[test]
 fn asking_for_voice_scores_without_an_encoder_names_the_flag() {
+    // The run folder goes to a temporary directory: the default
+    // (`runs/latest`) would land in the crate's source tree.
+    let work = tempfile::tempdir().unwrap();
+    let out_dir = work.path().join("run");
     let base = [
         "finetune-lora",
         "--model-path",
@@ -18,6 +22,8 @@ fn asking_for_voice_scores_without_an_encoder_names_the_flag() {
         "a",
         "--transcript-dir",
         "t",
+        "--output-dir",
+        out_dir.to_str().unwrap(),
     ];
     let (out, _) = run_csm(
         &[&base[..], &["--voice-scores"]].concat(),
