@@ -109,8 +109,7 @@ const fn whisper_files(repo: &'static str) -> [BundleFile; 4] {
 /// Whisper large-v3-turbo, the default of `csm transcribe`.
 pub const WHISPER_LARGE_V3_TURBO: Bundle = Bundle {
     name: "whisper-large-v3-turbo",
-    description: "Whisper large-v3-turbo, multilingual speech recognition (about 1.6 GB; the \
-                  default of csm transcribe)",
+    description: "Whisper large-v3-turbo, the default of csm transcribe (about 1.6 GB)",
     files: &whisper_files("openai/whisper-large-v3-turbo"),
 };
 
@@ -118,29 +117,28 @@ pub const WHISPER_LARGE_V3_TURBO: Bundle = Bundle {
 /// a CPU.
 pub const WHISPER_SMALL: Bundle = Bundle {
     name: "whisper-small",
-    description: "Whisper small, multilingual speech recognition (about 970 MB)",
+    description: "Whisper small, speech recognition (about 970 MB)",
     files: &whisper_files("openai/whisper-small"),
 };
 
 /// Whisper base.
 pub const WHISPER_BASE: Bundle = Bundle {
     name: "whisper-base",
-    description: "Whisper base, multilingual speech recognition (about 290 MB)",
+    description: "Whisper base, speech recognition (about 290 MB)",
     files: &whisper_files("openai/whisper-base"),
 };
 
 /// Whisper tiny: the smallest, for quick tries and slow machines.
 pub const WHISPER_TINY: Bundle = Bundle {
     name: "whisper-tiny",
-    description: "Whisper tiny, multilingual speech recognition (about 150 MB; quick but rough)",
+    description: "Whisper tiny, quick but rough speech recognition (about 150 MB)",
     files: &whisper_files("openai/whisper-tiny"),
 };
 
 /// resemblyzer's speaker encoder (voice similarity), from its PyPI wheel.
 pub const SPEAKER_ENCODER: Bundle = Bundle {
     name: "speaker-encoder",
-    description: "resemblyzer's GE2E speaker encoder for voice similarity (17 MB, from the PyPI \
-                  wheel resemblyzer 0.1.4)",
+    description: "resemblyzer's speaker encoder, for voice similarity (17 MB, from PyPI)",
     files: &[BundleFile {
         role: Role::SpeakerEncoder,
         repo: "pypi:resemblyzer==0.1.4",
@@ -309,6 +307,8 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), BUNDLES.len());
         for b in BUNDLES {
+            // One line in `csm download --help` and `csm models`.
+            assert!(b.description.len() <= 72, "{}", b.name);
             for f in b.files {
                 match f.source {
                     Source::Hub => {
