@@ -223,6 +223,17 @@ fn raw_recordings_are_transcribed_into_the_dataset_layout_and_proofread() {
         "{speech}"
     );
     assert!(item(&scan, "notes.mp3")["error"].is_string(), "{scan}");
+    // The app's audio readers take the MP3 (the waveform of its rows).
+    let peaks = ui.ok(
+        "audio_peaks",
+        json!({ "path": raw.join("speech.mp3"), "buckets": 16 }),
+    );
+    let peaks: Vec<f64> = serde_json::from_value(peaks).unwrap();
+    assert_eq!(peaks.len(), 16);
+    assert!(
+        peaks.iter().cloned().fold(0.0, f64::max) > 0.05,
+        "{peaks:?}"
+    );
     assert!(item(&scan, "clip0.wav")["error"].is_null(), "{scan}");
 
     // Transcribe: the bad file is named, the others are written.
