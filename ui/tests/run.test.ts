@@ -46,6 +46,15 @@ describe('run reducer', () => {
     expect(s.warnings.map((w) => w.kind)).toEqual(['divergence']);
   });
 
+  it('lists a checkpoint saved twice (stop right after a periodic save) once', () => {
+    const s = initialRunState();
+    const ckpt = { event: 'checkpoint' as const, data: { step: 6, path: '/r/checkpoint_step_0000006.safetensors', mode: 'lora' as const } };
+    applyEvent(s, { ...ckpt, data: { ...ckpt.data, step: 3, path: '/r/checkpoint_step_0000003.safetensors' } });
+    applyEvent(s, ckpt);
+    applyEvent(s, ckpt);
+    expect(s.checkpoints.map((c) => c.step)).toEqual([3, 6]);
+  });
+
   it('records backend warnings and failures', () => {
     const s = initialRunState();
     applyEvent(s, { event: 'warning', data: { step: 7, kind: 'gradSpike', message: 'grad norm 80' } });

@@ -135,6 +135,8 @@ export function applyEvent(s: RunState, ev: TrainingEvent): RunState {
       }
       break;
     case 'checkpoint':
+      // A run stopped right after a periodic checkpoint saves that step again: one entry per file.
+      s.checkpoints = s.checkpoints.filter((c) => c.path !== ev.data.path);
       s.checkpoints.push(ev.data);
       break;
     case 'sample':
