@@ -75,6 +75,8 @@ BIN=$ROOT/target/debug/csm-app
 
 step "E2E: tauri-driver + WebKitWebDriver under Xvfb"
 npm --prefix tests/e2e ci --no-audit --no-fund
+# resemblyzer's weights for the run's voice scores (the E2E puts them in its hub cache).
+scripts/fetch-test-speaker-encoder.sh
 WORK=$(mktemp -d)
 # A private HOME/XDG_DATA_HOME: fresh app data (the demo is built on first use)
 # and an ~/.asoundrc whose default PCM writes raw f32 samples to a file (no sound card needed).

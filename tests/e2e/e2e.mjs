@@ -23,7 +23,7 @@
 // on disk (raw-recordings.mjs).
 import { remote } from 'webdriverio';
 import { createHash } from 'node:crypto';
-import { createReadStream, existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { copyFileSync, createReadStream, existsSync, mkdirSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { MockHub } from './mock-hub.mjs';
 import { rawRecordingsStep } from './raw-recordings.mjs';
@@ -250,6 +250,24 @@ try {
   await tab('Parameters');
   await setField('output_dir', runsDir);
   await setField('epochs', 40);
+  // Voice scores (issue 18) with resemblyzer's real weights as the cached
+  // speaker-encoder bundle (scripts/fetch-test-speaker-encoder.sh fetched them;
+  // placed where csm-hub keeps the file it extracts from the PyPI wheel), one
+  // prompt, a checkpoint (and so a scoring) every 3 steps.
+  const encoderSrc = join(dirname(dirname(process.env.CSM_APP_BIN)), 'test-data', 'resemblyzer-pretrained.pt');
+  if (!existsSync(encoderSrc)) fail(`${encoderSrc} is missing: run scripts/fetch-test-speaker-encoder.sh`);
+  const encoderDir = join(hfHome, 'assets', 'csm', 'pypi--resemblyzer', '0.1.4');
+  mkdirSync(encoderDir, { recursive: true });
+  copyFileSync(encoderSrc, join(encoderDir, 'pretrained.pt'));
+  const search = await browser.$('input[aria-label="Search parameters"]');
+  await search.setValue('--save-every');
+  await setField('save_every', 3);
+  await search.clearValue();
+  await (await browser.$('#f-voice')).click();
+  await setField('voice-prompts', 1);
+  if (!(await text('command')).includes('--speaker-encoder speaker-encoder --voice-prompts 1')) {
+    fail(`the command line lacks the voice flags: ${await text('command')}`);
+  }
   await shot('app-parameters.png');
 
   // 5. Run: a real training run; the step counter advances and the loss chart draws.
@@ -270,6 +288,18 @@ try {
   const ink = await inkedPixels('chart-loss');
   log(`training: ${await text('stat-step')}, loss ${await text('stat-loss')}, chart ink ${emptyInk} -> ${ink}`);
   if (!(ink > emptyInk + 50)) fail(`the loss chart did not draw (inked pixels ${emptyInk} -> ${ink})`);
+  // The Voice chart: the base model (step 0) and a checkpoint scored.
+  await browser.waitUntil(
+    async () => {
+      if ((await text('run-status')).toLowerCase() === 'failed') fail(`the run failed: ${await text('run-error')}`);
+      const m = (await text('voice-summary').catch(() => '')).match(/Voice at step (\d+)/);
+      return m !== null && Number(m[1]) > 0;
+    },
+    { timeout: 600_000, interval: 1000, timeoutMsg: 'no checkpoint was voice-scored' },
+  );
+  const voiceInk = await inkedPixels('chart-voice');
+  log(`voice scores: ${await text('voice-summary')} (chart ink ${voiceInk})`);
+  if (!(voiceInk > 50)) fail(`the Voice chart did not draw (inked pixels ${voiceInk})`);
   await shot('app-run.png');
 
   // 6. Stop (with confirmation): checkpoint, then "stopped".
@@ -294,6 +324,9 @@ try {
     if (!String(runConfig[key]).startsWith(snapshotOf(repo))) fail(`the run's ${key} is ${runConfig[key]}, not in ${snapshotOf(repo)}`);
   }
   log(`the run trained from the hub cache (${runConfig.model_path})`);
+  if (runConfig.voice?.speaker_encoder !== join(encoderDir, 'pretrained.pt')) {
+    fail(`the run's voice.speaker_encoder is ${runConfig.voice?.speaker_encoder}, not the cached bundle's file`);
+  }
 
   // 7. Samples: a generation streams its progress and can be stopped (no sample);
   // then generate with the latest checkpoint and play it into the sink.
@@ -337,6 +370,9 @@ try {
     timeout: 30_000,
     timeoutMsg: 'the run is not in History',
   });
+  await (await browser.$('button=Voice')).click();
+  await (await browser.$('[data-testid="history-voice"]')).waitForExist({ timeout: 30_000 });
+  log(`History rebuilt the Voice chart (ink ${await inkedPixels('history-voice')})`);
   await shot('app-history.png');
 
   // 9. Model: delete a cached repo after confirmation (the dialog warns that a slot points into it).
