@@ -110,9 +110,10 @@ pub enum TrainError {
     /// Speaking a sample failed.
     #[error(transparent)]
     Generate(#[from] crate::generate::GenerateError),
-    /// The voice scores failed (a model, the held-out clip, a sample).
+    /// The voice scores failed (a model, the held-out clip, a sample);
+    /// boxed, as its sources are large.
     #[error(transparent)]
-    Voice(#[from] VoiceError),
+    Voice(Box<VoiceError>),
     /// A distributed collective failed.
     #[error(transparent)]
     Distributed(#[from] crate::distributed::DistError),
@@ -125,6 +126,12 @@ pub enum TrainError {
         #[source]
         source: Exception,
     },
+}
+
+impl From<VoiceError> for TrainError {
+    fn from(e: VoiceError) -> Self {
+        TrainError::Voice(Box::new(e))
+    }
 }
 
 pub(super) fn mlx(context: &str) -> impl FnOnce(Exception) -> TrainError + '_ {

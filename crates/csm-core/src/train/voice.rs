@@ -453,7 +453,7 @@ impl VoiceScorer {
         )?;
         generator.csm.training_mode(false);
         let mut samples = Vec::new();
-        let mut edits: Vec<(ErrorRate, ErrorRate)> = Vec::new();
+        let mut edits: Vec<Edits> = Vec::new();
         for (i, text) in self.setup.prompts.iter().enumerate() {
             // The same draws at every step: only the weights differ.
             let sampling = SamplingConfig {
@@ -527,7 +527,7 @@ impl VoiceScorer {
         out: &Generated,
         path: PathBuf,
         cancel: &CancelToken,
-    ) -> Result<Option<(VoiceSample, Option<(ErrorRate, ErrorRate)>)>, VoiceError> {
+    ) -> Result<Option<(VoiceSample, Option<Edits>)>, VoiceError> {
         let audio = &out.audio;
         let rate_hz = TARGET_SAMPLE_RATE;
         let similarity = if audio.is_empty() {
@@ -609,8 +609,11 @@ impl VoiceScorer {
     }
 }
 
-/// A checkpoint's summary of its samples and their (WER, CER) edits.
-fn summarize(samples: &[VoiceSample], edits: &[(ErrorRate, ErrorRate)]) -> VoiceSummary {
+/// A sample's word and character edits (WER, CER).
+type Edits = (ErrorRate, ErrorRate);
+
+/// A checkpoint's summary of its samples and their edits.
+fn summarize(samples: &[VoiceSample], edits: &[Edits]) -> VoiceSummary {
     let similarity = (!samples.is_empty()).then(|| {
         samples
             .iter()
@@ -619,7 +622,7 @@ fn summarize(samples: &[VoiceSample], edits: &[(ErrorRate, ErrorRate)]) -> Voice
             / samples.len() as f32
     });
     // Edits over reference tokens, over all samples.
-    let pooled = |pick: fn(&(ErrorRate, ErrorRate)) -> &ErrorRate| -> Option<f32> {
+    let pooled = |pick: fn(&Edits) -> &ErrorRate| -> Option<f32> {
         let reference: usize = edits.iter().map(|e| pick(e).reference_len).sum();
         let wrong: usize = edits
             .iter()
