@@ -349,6 +349,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
     let _blas =
         csm_core::kernels::many_row_products_are_ours().then(runtime::SingleThreadBlas::new);
 
+    let mut failed = Vec::new();
     for case in &cases {
         let batch = case_batch(&config, case, args.text_frames, args.decoder_rule)?;
         for &mode in &modes {
@@ -364,7 +365,20 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
                 compile: mode == StepMode::Compiled,
                 buckets: !args.no_buckets,
             };
-            let r = time_case(&mut model, &batch, options, args.warmup, args.steps)?;
+            let r = match time_case(&mut model, &batch, options, args.warmup, args.steps) {
+                Ok(r) => r,
+                Err(e) => {
+                    // The other cases still run (one long GPU session should
+                    // not lose them all); the command fails at the end.
+                    eprintln!(
+                        "csm bench-train: {} (fraction {}), {mode:?}: failed: {e:#}",
+                        case.name(),
+                        case.fraction
+                    );
+                    failed.push(format!("{} {} {mode:?}", case.name(), case.fraction));
+                    continue;
+                }
+            };
             let rows: Vec<usize> = vec![args.text_frames + case.audio_frames + 1; case.rows];
             let flops = train_step_flops(&model, &rows, batch.decoder_frames.len());
             let tflops = flops.total / r.median / 1e12;
@@ -472,6 +486,9 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
                     .with_context(|| format!("writing {}", path.display()))?;
             }
         }
+    }
+    if !failed.is_empty() {
+        bail!("{} run(s) failed: {}", failed.len(), failed.join(", "));
     }
     Ok(())
 }

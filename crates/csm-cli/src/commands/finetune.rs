@@ -254,9 +254,10 @@ pub fn voice_table(outcome: &VoiceOutcome) -> String {
 
 /// Runs `csm finetune-lora`.
 pub fn run(args: FinetuneArgs, log_level: &str) -> Result<()> {
-    let mut config = args.train.to_config(log_level)?;
+    let (mut config, auto_batch) = args.train.to_config_and_auto_batch(log_level)?;
     args.voice.apply(&mut config)?;
-    let settings = crate::env::run_settings()?;
+    let mut settings = crate::env::run_settings()?;
+    settings.auto_batch = auto_batch;
     let cancel = cancel_on_ctrl_c()?;
     let mut terminal = TerminalObserver::default();
     let mut observer =

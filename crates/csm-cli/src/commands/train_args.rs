@@ -13,7 +13,74 @@ use clap::{Args, ValueEnum};
 use csm_core::adapter::TargetLayers;
 use csm_core::data::LongUnaligned;
 use csm_core::speaker::{RESEMBLYZER_WEIGHTS_FILE, RESEMBLYZER_WHEEL};
+use csm_core::train::auto_batch::{AutoBatch, MemoryBudget};
 use csm_core::train::{LrSchedule, SaveMode, TrainConfig, VoiceConfig, VOICE_PROMPTS};
+
+/// `--batch-size`: a number of examples, or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchSizeArg {
+    /// This many examples.
+    Fixed(usize),
+    /// Chosen by memory ([`csm_core::train::auto_batch`]).
+    Auto,
+}
+
+impl std::str::FromStr for BatchSizeArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.eq_ignore_ascii_case("auto") {
+            return Ok(BatchSizeArg::Auto);
+        }
+        match s.parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(BatchSizeArg::Fixed(n)),
+            _ => Err(format!(
+                "{s:?} is neither a batch size of at least 1 nor `auto`"
+            )),
+        }
+    }
+}
+
+/// `--memory-budget`: bytes with a unit, or a percentage of the device.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MemoryBudgetArg(pub MemoryBudget);
+
+impl std::str::FromStr for MemoryBudgetArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let bad =
+            || format!("{s:?}: give a size such as 40GB, 36GiB or 900MB, or a share such as 70%");
+        if let Some(p) = t.strip_suffix('%') {
+            let p: f64 = p.trim().parse().map_err(|_| bad())?;
+            if !(p > 0.0 && p <= 100.0) {
+                return Err(format!(
+                    "{s:?}: a share of the device's memory must be in (0, 100]%"
+                ));
+            }
+            return Ok(MemoryBudgetArg(MemoryBudget::Fraction(p / 100.0)));
+        }
+        let split = t.find(|c: char| c.is_ascii_alphabetic()).ok_or_else(bad)?;
+        let (number, unit) = t.split_at(split);
+        let number: f64 = number.trim().parse().map_err(|_| bad())?;
+        let scale = match unit.to_ascii_lowercase().as_str() {
+            "gb" | "g" => 1e9,
+            "gib" => (1u64 << 30) as f64,
+            "mb" | "m" => 1e6,
+            "mib" => (1u64 << 20) as f64,
+            "tb" => 1e12,
+            _ => return Err(bad()),
+        };
+        let bytes = number * scale;
+        if !(bytes >= 1e6) {
+            return Err(format!(
+                "{s:?}: a memory budget under 1 MB cannot hold a model"
+            ));
+        }
+        Ok(MemoryBudgetArg(MemoryBudget::Bytes(bytes as u64)))
+    }
+}
 
 /// `--save-mode` values.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -235,9 +302,18 @@ pub struct TrainArgs {
     /// Decoupled AdamW weight decay [default: 0.01].
     #[arg(long, help_heading = "Optimisation")]
     pub weight_decay: Option<f32>,
-    /// Examples per micro-batch [default: 2].
-    #[arg(long, help_heading = "Optimisation")]
-    pub batch_size: Option<usize>,
+    /// Examples per micro-batch, or `auto`: the largest batch whose step
+    /// fits --memory-budget, found by a few probe steps before training
+    /// and written to config.json [default: 2].
+    #[arg(long, help_heading = "Optimisation", value_name = "N|auto")]
+    pub batch_size: Option<BatchSizeArg>,
+    /// With --batch-size auto: the most memory the training step may use
+    /// at its peak, weights included: a size (40GB, 36GiB, 900MB) or a
+    /// share of the device's memory (70%) [default: 80% of the device's
+    /// memory: a GPU's own, the recommended working set on Apple silicon,
+    /// the machine's RAM on the CPU].
+    #[arg(long, help_heading = "Optimisation", value_name = "SIZE|PERCENT")]
+    pub memory_budget: Option<MemoryBudgetArg>,
     /// Micro-batches accumulated per optimizer step [default: 1].
     #[arg(long, help_heading = "Optimisation")]
     pub grad_accum: Option<usize>,
@@ -293,6 +369,33 @@ pub struct TrainArgs {
 impl TrainArgs {
     /// Builds the run config: defaults, then `--config`, then flags.
     pub fn to_config(&self, log_level: &str) -> Result<TrainConfig> {
+        let (config, auto) = self.to_config_and_auto_batch(log_level)?;
+        if auto.is_some() {
+            bail!("--batch-size auto is for finetune-lora; give a number of examples here");
+        }
+        Ok(config)
+    }
+
+    /// [`TrainArgs::to_config`] for `finetune-lora`, which also takes
+    /// `--batch-size auto` (and `--memory-budget`): the config (its
+    /// `batch_size` then stays the default or `--config`'s, replaced at
+    /// the start of training) and how to choose the batch.
+    pub fn to_config_and_auto_batch(
+        &self,
+        log_level: &str,
+    ) -> Result<(TrainConfig, Option<AutoBatch>)> {
+        let auto = match (self.batch_size, self.memory_budget) {
+            (Some(BatchSizeArg::Auto), budget) => Some(AutoBatch {
+                budget: budget.map_or(MemoryBudget::Default, |b| b.0),
+            }),
+            (_, Some(_)) => bail!("--memory-budget is for --batch-size auto"),
+            _ => None,
+        };
+        let c = self.build_config(log_level)?;
+        Ok((c, auto))
+    }
+
+    fn build_config(&self, log_level: &str) -> Result<TrainConfig> {
         let mut c = match &self.config {
             // The run folder's reader: a run's config.json or an app export.
             Some(path) => csm_core::train::run_dir::read_config_file(path).context("--config")?,
@@ -325,7 +428,6 @@ impl TrainArgs {
             semantic_weight,
             acoustic_weight,
             weight_decay,
-            batch_size,
             grad_accum,
             epochs,
             max_grad_norm,
@@ -338,6 +440,9 @@ impl TrainArgs {
             sample_prompt
         );
         set_some!(mimi_path, tokenizer_path, alignment_dir, resume_from);
+        if let Some(BatchSizeArg::Fixed(n)) = self.batch_size {
+            c.batch_size = n;
+        }
         if let Some(t) = &self.target_layers {
             c.target_layers =
                 TargetLayers::parse(t).map_err(|e| anyhow::anyhow!("--target-layers: {e}"))?;

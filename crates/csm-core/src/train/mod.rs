@@ -2,6 +2,7 @@
 //! training loop, the voice scores at its checkpoints ([`voice`]) and the
 //! run folder it writes ([`run_dir`]).
 
+pub mod auto_batch;
 pub mod batch;
 pub mod codes;
 pub mod config;

@@ -127,6 +127,39 @@ pub fn train(
                 .into(),
         });
     }
+    // `--batch-size auto`: chosen on a prepared copy of the model and
+    // written to config.json; a resumed run keeps its checkpoint's.
+    let chosen;
+    let cfg = match &settings.auto_batch {
+        None => cfg,
+        Some(auto) => {
+            let batch_size = match &resume {
+                Some((_, loaded)) => {
+                    tracing::info!(
+                        "batch size {} (auto: the checkpoint's)",
+                        loaded.config.batch_size
+                    );
+                    loaded.config.batch_size
+                }
+                None => super::auto_batch::resolve(
+                    &assets.loaded.model,
+                    cfg,
+                    &prepared.train,
+                    auto,
+                    &group,
+                    observer,
+                )?,
+            };
+            chosen = TrainConfig {
+                batch_size,
+                ..cfg.clone()
+            };
+            if group.is_main() {
+                super::run_dir::RunDir::new(&chosen.output_dir).write_config(&chosen)?;
+            }
+            &chosen
+        }
+    };
     let mut run = Run::new(cfg, settings, assets, prepared, group)?;
     if let Some((path, loaded)) = resume {
         run.resume(&path, loaded)?;
@@ -222,7 +255,8 @@ impl<'a> Run<'a> {
         let spec = cfg.lora_spec();
         random::seed(cfg.seed).map_err(mlx("seeding"))?;
         // Quantize (QLoRA), attach adapters or unfreeze the parts to train.
-        let trainable_params = modes::prepare_model(&mut assets.loaded.model, cfg)?.trainable_params;
+        let trainable_params =
+            modes::prepare_model(&mut assets.loaded.model, cfg)?.trainable_params;
         // One micro-batch is `batch_size` examples on every rank.
         let micro_batches = cfg.micro_batches_per_epoch(data.train.len(), group.size());
         let steps_per_epoch = cfg.steps_per_epoch(data.train.len(), group.size());

@@ -15,6 +15,7 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+use super::auto_batch::AutoBatch;
 use super::codes::CodesCache;
 use crate::distributed::DistEnv;
 use crate::model::TrainKernels;
@@ -32,6 +33,10 @@ pub struct RunSettings {
     /// Forms of the loss and attention ([`TrainKernels`]); `None`: the ones
     /// expected to pay on the device ([`TrainKernels::for_device`]).
     pub kernels: Option<TrainKernels>,
+    /// Choose the batch size by memory (`--batch-size auto`,
+    /// [`super::auto_batch`]); the choice replaces the config's
+    /// `batch_size` and is written to `config.json`.
+    pub auto_batch: Option<AutoBatch>,
     /// Root of the Mimi codes cache (see [`CodesCache::default_dir`]).
     pub codes_cache: PathBuf,
     /// The device MLX runs on.
@@ -50,6 +55,7 @@ impl RunSettings {
         RunSettings {
             compile: None,
             kernels: None,
+            auto_batch: None,
             codes_cache: codes_cache.into(),
             device: DeviceChoice::Best,
             distributed: DistEnv::default(),
