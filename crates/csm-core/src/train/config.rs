@@ -67,7 +67,11 @@ pub enum ModelPart {
 
 impl ModelPart {
     /// Every part, in `--train` order.
-    pub const ALL: [ModelPart; 3] = [ModelPart::Backbone, ModelPart::Decoder, ModelPart::Embeddings];
+    pub const ALL: [ModelPart; 3] = [
+        ModelPart::Backbone,
+        ModelPart::Decoder,
+        ModelPart::Embeddings,
+    ];
 
     /// The name `--train` takes.
     pub fn name(self) -> &'static str {
