@@ -743,6 +743,45 @@ mod tests {
         Ok(config)
     }
 
+    /// `--batch-size auto` and `--memory-budget` reach finetune-lora's
+    /// settings; other commands and a budget without auto are refused.
+    #[test]
+    fn batch_size_auto_and_memory_budget() {
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["csm", "--model-path", "m", "--audio-dir", "a"];
+            args.extend_from_slice(&["--transcript-dir", "t"]);
+            args.extend_from_slice(extra);
+            Cli::try_parse_from(args)
+        };
+        let cli = parse(&["--batch-size", "auto", "--memory-budget", "40GB"]).unwrap();
+        let (c, auto) = cli.train.to_config_and_auto_batch("info").unwrap();
+        assert_eq!(c.batch_size, TrainConfig::default().batch_size);
+        assert_eq!(
+            auto,
+            Some(AutoBatch {
+                budget: MemoryBudget::Bytes(40_000_000_000)
+            })
+        );
+        let err = cli.train.to_config("info").unwrap_err();
+        assert!(err.to_string().contains("finetune-lora"), "{err}");
+        let cli = parse(&["--batch-size", "AUTO", "--memory-budget", "70%"]).unwrap();
+        let (_, auto) = cli.train.to_config_and_auto_batch("info").unwrap();
+        assert_eq!(auto.unwrap().budget, MemoryBudget::Fraction(0.7));
+        let cli = parse(&["--batch-size", "auto", "--memory-budget", "2GiB"]).unwrap();
+        let (_, auto) = cli.train.to_config_and_auto_batch("info").unwrap();
+        assert_eq!(auto.unwrap().budget, MemoryBudget::Bytes(2 << 30));
+        let cli = parse(&["--batch-size", "6"]).unwrap();
+        let (c, auto) = cli.train.to_config_and_auto_batch("info").unwrap();
+        assert_eq!((c.batch_size, auto), (6, None));
+        let cli = parse(&["--memory-budget", "40GB"]).unwrap();
+        let err = cli.train.to_config_and_auto_batch("info").unwrap_err();
+        assert!(err.to_string().contains("--batch-size auto"), "{err}");
+        for bad in [["--batch-size", "0"], ["--memory-budget", "40 parsecs"]] {
+            assert!(parse(&bad).is_err(), "{bad:?}");
+        }
+        assert!(parse(&["--batch-size", "auto", "--memory-budget", "150%"]).is_err());
+    }
+
     #[test]
     fn voice_scores_are_on_with_an_encoder_and_off_without() {
         assert_eq!(config(&[]).unwrap().voice, None, "off by default");
