@@ -138,48 +138,13 @@ impl Resolver {
         Ok(snapshot_dir(&paths[0], names[0]))
     }
 
-    /// A Whisper repo no bundle knows: its config, generation config,
-    /// tokenizer (`tokenizer.json`, else `multilingual.tiktoken`) and
-    /// safetensors weights (one file, or the shards of
-    /// `model.safetensors.index.json`): what `Whisper::load` reads, and
-    /// nothing else of the repo.
+    /// A Whisper repo no bundle knows: the files `Whisper::load` reads
+    /// (`csm_core::whisper::load::files_to_fetch` picks them from the
+    /// repo's listing), and nothing else of the repo.
     fn whisper_repo(&mut self, repo: &str) -> Result<PathBuf> {
         let listing = self.hub.repo_files(repo, MAIN)?;
-        let has = |name: &str| listing.files.iter().any(|f| f == name);
-        let mut wanted: Vec<&str> = Vec::new();
-        if !has("config.json") {
-            bail!("{repo} has no config.json, so it is not a transformers Whisper repo");
-        }
-        wanted.push("config.json");
-        if has("generation_config.json") {
-            wanted.push("generation_config.json");
-        }
-        // The loader reads tokenizer.json, else openai-whisper's vocabulary.
-        match ["tokenizer.json", "multilingual.tiktoken"]
-            .into_iter()
-            .find(|f| has(f))
-        {
-            Some(f) => wanted.push(f),
-            None => bail!("{repo} has no tokenizer.json (nor multilingual.tiktoken)"),
-        }
-        if has("model.safetensors") {
-            wanted.push("model.safetensors");
-        } else {
-            let shards: Vec<&str> = listing
-                .files
-                .iter()
-                .map(String::as_str)
-                .filter(|f| f.starts_with("model-") && f.ends_with(".safetensors"))
-                .collect();
-            if shards.is_empty() || !has("model.safetensors.index.json") {
-                bail!(
-                    "{repo} has no model.safetensors (nor its shards): csm reads Whisper weights \
-                     in safetensors only"
-                );
-            }
-            wanted.push("model.safetensors.index.json");
-            wanted.extend(shards);
-        }
+        let wanted = csm_core::whisper::load::files_to_fetch(&listing.files)
+            .with_context(|| format!("{repo} cannot be loaded as Whisper"))?;
         let paths = self.files(repo, &wanted)?;
         Ok(snapshot_dir(&paths[0], wanted[0]))
     }
