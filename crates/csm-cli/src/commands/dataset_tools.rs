@@ -135,6 +135,11 @@ pub fn evaluate(args: EvaluateArgs, log_level: &str) -> Result<()> {
         config.tokenizer_path.as_deref(),
         backend.default_dtype(),
     )?;
+    if let Some(bits) = config.quantize {
+        // The base a QLoRA run trained on, to compare with full precision.
+        let spec = csm_core::model::QuantSpec::new(bits).map_err(anyhow::Error::msg)?;
+        csm_core::model::quantize_stacks(&mut assets.loaded.model, spec)?;
+    }
     if let Some(a) = &args.adapter {
         adapter::load_mlx(&mut assets.loaded.model, a)
             .with_context(|| format!("cannot apply --adapter {}", a.display()))?;
@@ -201,6 +206,7 @@ pub fn evaluate(args: EvaluateArgs, log_level: &str) -> Result<()> {
             "semantic_weight": config.semantic_weight,
             "acoustic_weight": config.acoustic_weight,
             "adapter": args.adapter,
+            "quantize": config.quantize,
             "speakers": per_speaker,
         })
     );

@@ -569,6 +569,13 @@ impl TrainConfig {
                     "--train names no part: choose from backbone, decoder, embeddings".into(),
                 );
             }
+            if self.voice.is_some() {
+                errors.push(
+                    "voice scores keep the best checkpoint's adapter, and --method full has \
+                     none: leave --speaker-encoder out (a full run's checkpoints hold the weights)"
+                        .into(),
+                );
+            }
         }
         if errors.is_empty() {
             Ok(())
