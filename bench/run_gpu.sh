@@ -69,7 +69,7 @@ g bench-train --size $size --dtype $dtype --cases $cases --decoder-fraction 0.06
   --modes plain,compiled "${steps[@]}" --matmul-probe $mm --peak-tflops "$rate" --json-dir "$out" \
   2>&1 | tee "$out/csm.log" | grep "csm bench-train" || true
 
-log "csm: the levers one at a time (compiled; 16 x 250 at 1/16, and the loss's at 8 x 130 on every frame)"
+log "csm: the levers one at a time (compiled; 16 x 250 at 1/16, and the memory levers at 8 x 130 on every frame)"
 lever() {
   local tag=$1 shape=$2 frac=$3
   shift 3
@@ -77,15 +77,22 @@ lever() {
     --modes compiled "${steps[@]}" --peak-tflops "$rate" --json-dir "$out" --tag "$tag" "$@" \
     2>&1 | tee -a "$out/csm_levers.log" | grep "csm bench-train" || true
 }
-lever ce-plain 16x250 0.0625 --cross-entropy plain
 if [ $quick = 1 ]; then
-  lever tile-128 16x250 0.0625 --attention-tile 128   # off by default on the CPU
+  # Off by default on the CPU: switched on.
+  lever tile-128 16x250 0.0625 --attention-tile 128
+  lever lean 16x250 0.0625 --lean-swiglu true --lean-lora true
+  lever lean 8x130 1.0 --lean-swiglu true --lean-lora true
 else
-  lever tile-0 16x250 0.0625 --attention-tile 0       # on by default on CUDA
+  # On by default on CUDA: switched off.
+  lever tile-0 16x250 0.0625 --attention-tile 0
+  lever lean-off 16x250 0.0625 --lean-swiglu false --lean-lora false
+  lever lean-off 8x130 1.0 --lean-swiglu false --lean-lora false
 fi
+lever ce-fused 16x250 0.0625 --cross-entropy fused
+lever ce-fused 8x130 1.0 --cross-entropy fused
 lever exact-shapes 16x250 0.0625 --no-buckets
-lever no-levers 16x250 0.0625 --cross-entropy plain --attention-tile 0 --no-buckets
-lever ce-plain 8x130 1.0 --cross-entropy plain
+lever no-levers 16x250 0.0625 --cross-entropy plain --attention-tile 0 --lean-swiglu false \
+  --lean-lora false --no-buckets
 
 log "peer: every case, eager"
 peer_cases=1x130:0.0625,8x130:0.0625,4x500:0.0625,16x250:0.0625,1x130:1.0,8x130:1.0,4x500:1.0,16x250:1.0

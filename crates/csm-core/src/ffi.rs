@@ -133,3 +133,155 @@ pub(crate) unsafe fn vector_arrays(vec: mlx_sys::mlx_vector_array) -> Result<Vec
     }
     Ok(out)
 }
+
+/// The forward of a function with a custom gradient: inputs to outputs.
+pub(crate) type ForwardFn = fn(&[Array]) -> Result<Vec<Array>, mlx_rs::error::Exception>;
+/// Its vector-Jacobian product: `(primals, cotangents, outputs)` to one
+/// cotangent per primal.
+pub(crate) type VjpFn =
+    fn(&[Array], &[Array], &[Array]) -> Result<Vec<Array>, mlx_rs::error::Exception>;
+
+/// The pair of functions a custom-gradient closure calls (its payload).
+struct CustomFns {
+    name: &'static str,
+    forward: ForwardFn,
+    vjp: VjpFn,
+}
+
+/// Runs `body` for an mlx-c callback, turning errors and panics into a
+/// non-zero status (a panic must not unwind into C++).
+fn callback(name: &str, what: &str, body: impl FnOnce() -> Result<(), String>) -> i32 {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+        Ok(Ok(())) => 0,
+        Ok(Err(message)) => {
+            tracing::error!("{name} {what}: {message}");
+            1
+        }
+        Err(_) => {
+            tracing::error!("{name} {what}: panicked");
+            1
+        }
+    }
+}
+
+unsafe extern "C" fn custom_forward(
+    res: *mut mlx_sys::mlx_vector_array,
+    inputs: mlx_sys::mlx_vector_array,
+    payload: *mut c_void,
+) -> i32 {
+    // SAFETY: `payload` is the `CustomFns` boxed in `apply_custom_vjp`, alive
+    // until mlx-c calls `drop_custom_fns`.
+    let fns = unsafe { &*payload.cast::<CustomFns>() };
+    callback(fns.name, "forward", || {
+        // SAFETY: mlx-c passes a live vector for the duration of the call.
+        let inputs = unsafe { vector_arrays(inputs) }?;
+        let outs = (fns.forward)(&inputs).map_err(|e| e.what().to_string())?;
+        // SAFETY: `res` is the live result vector mlx-c created for us.
+        unsafe { set_vector_arrays(res, &outs) }
+    })
+}
+
+unsafe extern "C" fn custom_vjp(
+    res: *mut mlx_sys::mlx_vector_array,
+    primals: mlx_sys::mlx_vector_array,
+    cotangents: mlx_sys::mlx_vector_array,
+    outputs: mlx_sys::mlx_vector_array,
+    payload: *mut c_void,
+) -> i32 {
+    // SAFETY: as in `custom_forward`.
+    let fns = unsafe { &*payload.cast::<CustomFns>() };
+    callback(fns.name, "vjp", || {
+        // SAFETY: mlx-c passes live vectors for the duration of the call.
+        let (p, c, o) = unsafe {
+            (
+                vector_arrays(primals)?,
+                vector_arrays(cotangents)?,
+                vector_arrays(outputs)?,
+            )
+        };
+        let grads = (fns.vjp)(&p, &c, &o).map_err(|e| e.what().to_string())?;
+        // SAFETY: `res` is the live result vector mlx-c created for us.
+        unsafe { set_vector_arrays(res, &grads) }
+    })
+}
+
+/// Frees a closure's `CustomFns` when mlx-c drops its last copy.
+unsafe extern "C" fn drop_custom_fns(payload: *mut c_void) {
+    // SAFETY: `payload` came from `Box::into_raw` in `apply_custom_vjp`, and
+    // mlx-c calls this once per payload.
+    drop(unsafe { Box::from_raw(payload.cast::<CustomFns>()) });
+}
+
+/// Owns mlx-c closure handles and frees them on drop (the graph keeps its
+/// own references).
+struct Closures {
+    fun: mlx_sys::mlx_closure,
+    vjp: mlx_sys::mlx_closure_custom,
+    custom: mlx_sys::mlx_closure,
+}
+
+impl Drop for Closures {
+    fn drop(&mut self) {
+        // SAFETY: each handle was created by mlx-c in `apply_custom_vjp` and
+        // is freed once.
+        unsafe {
+            mlx_sys::mlx_closure_free(self.custom);
+            mlx_sys::mlx_closure_custom_free(self.vjp);
+            mlx_sys::mlx_closure_free(self.fun);
+        }
+    }
+}
+
+/// Applies `forward` to `inputs` through MLX's `custom_vjp`, with `vjp` as
+/// its gradient: the graph keeps what `vjp` reads (the primals and the
+/// outputs), not `forward`'s intermediates. `name` labels errors.
+pub(crate) fn apply_custom_vjp(
+    name: &'static str,
+    inputs: &[Array],
+    forward: ForwardFn,
+    vjp: VjpFn,
+) -> Result<Vec<Array>, mlx_rs::error::Exception> {
+    let fail = |what: &str, message: String| {
+        mlx_rs::error::Exception::custom(format!("{name} {what}: {message}"))
+    };
+    let fns = || Box::into_raw(Box::new(CustomFns { name, forward, vjp })).cast::<c_void>();
+    // SAFETY: the callbacks match the payload's type; each closure owns its
+    // payload and frees it through `drop_custom_fns`.
+    let mut closures = unsafe {
+        Closures {
+            fun: mlx_sys::mlx_closure_new_func_payload(
+                Some(custom_forward),
+                fns(),
+                Some(drop_custom_fns),
+            ),
+            vjp: mlx_sys::mlx_closure_custom_new_func_payload(
+                Some(custom_vjp),
+                fns(),
+                Some(drop_custom_fns),
+            ),
+            custom: mlx_sys::mlx_closure_new(),
+        }
+    };
+    // SAFETY: all three handles are live; `custom` is the out-parameter.
+    mlx_call(|| unsafe {
+        mlx_sys::mlx_custom_vjp(&mut closures.custom, closures.fun, closures.vjp)
+    })
+    .map_err(|m| fail("custom_vjp", m))?;
+    let handles: Vec<mlx_sys::mlx_array> = inputs.iter().map(Array::as_ptr).collect();
+    // SAFETY: `handles` are live; the vector takes its own references.
+    let input_vec = unsafe { mlx_sys::mlx_vector_array_new_data(handles.as_ptr(), handles.len()) };
+    // SAFETY: a fresh empty vector for the result.
+    let mut out_vec = unsafe { mlx_sys::mlx_vector_array_new() };
+    // SAFETY: live closure and vectors; `out_vec` is the out-parameter.
+    let applied = mlx_call(|| unsafe {
+        mlx_sys::mlx_closure_apply(&mut out_vec, closures.custom, input_vec)
+    });
+    // SAFETY: `out_vec` is live until freed below.
+    let outputs = applied.and_then(|()| unsafe { vector_arrays(out_vec) });
+    // SAFETY: both vectors were created above and are freed once.
+    unsafe {
+        mlx_sys::mlx_vector_array_free(input_vec);
+        mlx_sys::mlx_vector_array_free(out_vec);
+    }
+    outputs.map_err(|m| fail("apply", m))
+}

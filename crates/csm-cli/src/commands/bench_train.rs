@@ -6,7 +6,8 @@
 //! full fine-tuning (`--full`). One process can run several cases
 //! (`--cases`, `--decoder-fraction`, `--modes`) on one model, each from the
 //! same adapters, with the training step's levers switchable
-//! (`--cross-entropy`, `--attention-tile`, `--no-buckets`).
+//! (`--cross-entropy`, `--attention-tile`, `--lean-swiglu`, `--lean-lora`,
+//! `--no-buckets`).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -119,9 +120,17 @@ pub struct BenchTrainArgs {
     /// traced (the benchmark's batch never changes).
     #[arg(long)]
     no_buckets: bool,
-    /// Cross-entropy of the loss [default: fused].
+    /// Cross-entropy of the loss [default: plain].
     #[arg(long, value_enum)]
     cross_entropy: Option<CrossEntropyArg>,
+    /// SwiGLU keeps only its inputs for the backward, recomputing the
+    /// sigmoid [default: true on a GPU].
+    #[arg(long, value_name = "BOOL")]
+    lean_swiglu: Option<bool>,
+    /// LoRA keeps its input in the activation dtype for the backward, not
+    /// an f32 copy [default: true on a GPU].
+    #[arg(long, value_name = "BOOL")]
+    lean_lora: Option<bool>,
     /// Pad the backbone's causal attention to a multiple of this many
     /// positions inside the attention; 0 = never [default: 128 on a GPU
     /// outside macOS, else 0].
@@ -269,6 +278,12 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
     if let Some(ce) = args.cross_entropy {
         kernels.fused_cross_entropy = ce == CrossEntropyArg::Fused;
     }
+    if let Some(on) = args.lean_swiglu {
+        kernels.lean_swiglu = on;
+    }
+    if let Some(on) = args.lean_lora {
+        kernels.lean_lora = on;
+    }
     if let Some(tile) = args.attention_tile {
         if tile < 0 {
             bail!("--attention-tile {tile}: give 0 (never) or a positive tile");
@@ -405,6 +420,8 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
                 "kernels": {
                     "fused_cross_entropy": kernels.fused_cross_entropy,
                     "attention_tile": kernels.attention_tile,
+                    "lean_swiglu": kernels.lean_swiglu,
+                    "lean_lora": kernels.lean_lora,
                 },
                 "tag": args.tag,
                 "adapted_projections": adapted,

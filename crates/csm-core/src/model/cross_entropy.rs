@@ -18,14 +18,11 @@
 //! gradients agree with it to f32 rounding (tested). The forward's logits
 //! are still materialised (they are the head's matmul output).
 
-use std::ffi::{c_int, c_void};
-use std::panic::{catch_unwind, AssertUnwindSafe};
-
 use mlx_rs::error::Exception;
 use mlx_rs::ops::indexing::take_along_axis;
 use mlx_rs::{ops, Array, Dtype};
 
-use crate::ffi::{mlx_call, set_vector_arrays, vector_arrays};
+use crate::ffi::apply_custom_vjp;
 use crate::kernels::pow_exp;
 
 /// Cross-entropy per position with its own gradient (see the module docs).
@@ -81,137 +78,40 @@ fn backward(logits: &Array, targets: &Array, lse: &Array, cot: &Array) -> Result
         .as_dtype(logits.dtype())
 }
 
-/// Runs `body` for an mlx-c callback, turning errors and panics into a
-/// non-zero status (a panic must not unwind into C++).
-fn callback(name: &str, body: impl FnOnce() -> Result<(), String>) -> c_int {
-    match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(Ok(())) => 0,
-        Ok(Err(message)) => {
-            tracing::error!("cross_entropy_fused {name}: {message}");
-            1
-        }
-        Err(_) => {
-            tracing::error!("cross_entropy_fused {name}: panicked");
-            1
-        }
-    }
+/// [`forward`] as `custom_vjp`'s forward.
+fn forward_fn(inputs: &[Array]) -> Result<Vec<Array>, Exception> {
+    let [logits, targets] = inputs else {
+        return Err(Exception::custom(format!(
+            "expected 2 inputs, got {}",
+            inputs.len()
+        )));
+    };
+    Ok(forward(logits, targets)?.to_vec())
 }
 
-unsafe extern "C" fn forward_callback(
-    res: *mut mlx_sys::mlx_vector_array,
-    inputs: mlx_sys::mlx_vector_array,
-    _payload: *mut c_void,
-) -> c_int {
-    callback("forward", || {
-        // SAFETY: mlx-c passes a live vector for the duration of the call.
-        let inputs = unsafe { vector_arrays(inputs) }?;
-        let [logits, targets] = inputs.as_slice() else {
-            return Err(format!("expected 2 inputs, got {}", inputs.len()));
-        };
-        let outs = forward(logits, targets).map_err(|e| e.what().to_string())?;
-        // SAFETY: `res` is the live result vector mlx-c created for us.
-        unsafe { set_vector_arrays(res, &outs) }
-    })
-}
-
-unsafe extern "C" fn vjp_callback(
-    res: *mut mlx_sys::mlx_vector_array,
-    primals: mlx_sys::mlx_vector_array,
-    cotangents: mlx_sys::mlx_vector_array,
-    outputs: mlx_sys::mlx_vector_array,
-    _payload: *mut c_void,
-) -> c_int {
-    callback("vjp", || {
-        // SAFETY: mlx-c passes live vectors for the duration of the call.
-        let primals = unsafe { vector_arrays(primals) }?;
-        // SAFETY: as above.
-        let cotangents = unsafe { vector_arrays(cotangents) }?;
-        // SAFETY: as above.
-        let outputs = unsafe { vector_arrays(outputs) }?;
-        // `lse` is internal: its cotangent (zeros) is never read.
-        let ([logits, targets], [cot, _], [_, lse]) = (
-            primals.as_slice(),
-            cotangents.as_slice(),
-            outputs.as_slice(),
-        ) else {
-            return Err(format!(
-                "expected 2 primals, 2 cotangents and 2 outputs, got {}, {} and {}",
-                primals.len(),
-                cotangents.len(),
-                outputs.len()
-            ));
-        };
-        let d_logits = backward(logits, targets, lse, cot).map_err(|e| e.what().to_string())?;
-        // The targets are integers: no gradient flows to them.
-        let d_targets = ops::zeros_like(targets).map_err(|e| e.what().to_string())?;
-        // SAFETY: `res` is the live result vector mlx-c created for us.
-        unsafe { set_vector_arrays(res, &[d_logits, d_targets]) }
-    })
-}
-
-/// Owns the mlx-c closure handles and frees them on drop (the graph keeps
-/// its own references).
-struct Closures {
-    fun: mlx_sys::mlx_closure,
-    vjp: mlx_sys::mlx_closure_custom,
-    custom: mlx_sys::mlx_closure,
-}
-
-impl Drop for Closures {
-    fn drop(&mut self) {
-        // SAFETY: each handle was created by mlx-c in `apply_custom` and is
-        // freed once.
-        unsafe {
-            mlx_sys::mlx_closure_free(self.custom);
-            mlx_sys::mlx_closure_custom_free(self.vjp);
-            mlx_sys::mlx_closure_free(self.fun);
-        }
-    }
+/// [`backward`] as `custom_vjp`'s gradient.
+fn vjp_fn(
+    primals: &[Array],
+    cotangents: &[Array],
+    outputs: &[Array],
+) -> Result<Vec<Array>, Exception> {
+    // `lse` is internal: its cotangent (zeros) is never read.
+    let ([logits, targets], [cot, _], [_, lse]) = (primals, cotangents, outputs) else {
+        return Err(Exception::custom(format!(
+            "expected 2 primals, 2 cotangents and 2 outputs, got {}, {} and {}",
+            primals.len(),
+            cotangents.len(),
+            outputs.len()
+        )));
+    };
+    let d_logits = backward(logits, targets, lse, cot)?;
+    // The targets are integers: no gradient flows to them.
+    Ok(vec![d_logits, ops::zeros_like(targets)?])
 }
 
 /// [`forward`] with [`backward`] as its gradient, through `custom_vjp`.
 fn apply_custom(inputs: &[Array]) -> Result<Vec<Array>, Exception> {
-    let fail = |what: &str, message: String| {
-        Exception::custom(format!("cross_entropy_fused {what}: {message}"))
-    };
-    // SAFETY: plain `extern "C"` functions without payload or destructor.
-    let mut closures = unsafe {
-        Closures {
-            fun: mlx_sys::mlx_closure_new_func_payload(
-                Some(forward_callback),
-                std::ptr::null_mut(),
-                None,
-            ),
-            vjp: mlx_sys::mlx_closure_custom_new_func_payload(
-                Some(vjp_callback),
-                std::ptr::null_mut(),
-                None,
-            ),
-            custom: mlx_sys::mlx_closure_new(),
-        }
-    };
-    // SAFETY: all three handles are live; `custom` is the out-parameter.
-    mlx_call(|| unsafe {
-        mlx_sys::mlx_custom_vjp(&mut closures.custom, closures.fun, closures.vjp)
-    })
-    .map_err(|m| fail("custom_vjp", m))?;
-    let handles: Vec<mlx_sys::mlx_array> = inputs.iter().map(Array::as_ptr).collect();
-    // SAFETY: `handles` are live; the vector takes its own references.
-    let input_vec = unsafe { mlx_sys::mlx_vector_array_new_data(handles.as_ptr(), handles.len()) };
-    // SAFETY: a fresh empty vector for the result.
-    let mut out_vec = unsafe { mlx_sys::mlx_vector_array_new() };
-    // SAFETY: live closure and vectors; `out_vec` is the out-parameter.
-    let applied = mlx_call(|| unsafe {
-        mlx_sys::mlx_closure_apply(&mut out_vec, closures.custom, input_vec)
-    });
-    // SAFETY: `out_vec` is live until freed below.
-    let outputs = applied.and_then(|()| unsafe { vector_arrays(out_vec) });
-    // SAFETY: both vectors were created above and are freed once.
-    unsafe {
-        mlx_sys::mlx_vector_array_free(input_vec);
-        mlx_sys::mlx_vector_array_free(out_vec);
-    }
-    outputs.map_err(|m| fail("apply", m))
+    apply_custom_vjp("cross_entropy_fused", inputs, forward_fn, vjp_fn)
 }
 
 #[cfg(test)]

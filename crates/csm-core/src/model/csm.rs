@@ -70,6 +70,13 @@ pub struct TrainKernels {
     /// the backward. The padded keys come after every real query, so the
     /// causal mask hides them and the real rows are unchanged.
     pub attention_tile: i32,
+    /// SwiGLU keeps only its inputs for the backward, recomputing the
+    /// sigmoid ([`crate::kernels::lean::swiglu`]): two arrays of the
+    /// feed-forward's width per token and layer instead of four.
+    pub lean_swiglu: bool,
+    /// LoRA adapters keep their input in the activation dtype for the
+    /// backward, not an f32 copy ([`crate::kernels::lean::lora_update`]).
+    pub lean_lora: bool,
 }
 
 impl TrainKernels {
@@ -77,26 +84,35 @@ impl TrainKernels {
     pub const PLAIN: TrainKernels = TrainKernels {
         fused_cross_entropy: false,
         attention_tile: 0,
+        lean_swiglu: false,
+        lean_lora: false,
     };
 
-    /// The forms expected to pay on a device: the fused cross-entropy
-    /// everywhere; the attention tile on GPUs outside macOS (CUDA), where
+    /// The forms expected to pay on a device: the attention tile on GPUs
+    /// outside macOS (CUDA), where
     /// the fused backward exists (Metal trains with the unfused attention
-    /// whatever the length, so padding would only add work there).
+    /// whatever the length, so padding would only add work there); the
+    /// lean SwiGLU and LoRA on GPUs (on the CPU, f32 SwiGLU is a primitive
+    /// of this crate and an f32 LoRA input needs no copy). Not the fused
+    /// cross-entropy: on an H100 it was neutral with the depth decoder on
+    /// 1/16 of the frames and 13% slower on every frame, for 0.2-0.7 GB
+    /// less memory (docs/benchmarks.md).
     pub fn for_device(gpu: bool) -> TrainKernels {
         TrainKernels {
-            fused_cross_entropy: true,
+            fused_cross_entropy: false,
             attention_tile: if gpu && !cfg!(target_os = "macos") {
                 128
             } else {
                 0
             },
+            lean_swiglu: gpu,
+            lean_lora: gpu,
         }
     }
 }
 
 impl Default for TrainKernels {
-    /// The fused cross-entropy, no attention padding.
+    /// The CPU's choice: the plain forms.
     fn default() -> Self {
         TrainKernels::for_device(false)
     }
@@ -151,6 +167,28 @@ impl Csm {
         for layer in &mut self.backbone.layers {
             layer.self_attn.tile = kernels.attention_tile;
         }
+        for layer in self
+            .backbone
+            .layers
+            .iter_mut()
+            .chain(self.decoder.layers.iter_mut())
+        {
+            layer.mlp.lean_swiglu = kernels.lean_swiglu;
+            let (a, m) = (&mut layer.self_attn, &mut layer.mlp);
+            for p in [
+                &mut a.q_proj,
+                &mut a.k_proj,
+                &mut a.v_proj,
+                &mut a.o_proj,
+                &mut m.gate_proj,
+                &mut m.up_proj,
+                &mut m.down_proj,
+            ] {
+                p.lean_lora = kernels.lean_lora;
+            }
+        }
+        self.projection.lean_lora = kernels.lean_lora;
+        self.codebook0_head.lean_lora = kernels.lean_lora;
     }
 
     /// Casts every floating parameter to `dtype` (lazily).

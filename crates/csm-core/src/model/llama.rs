@@ -291,6 +291,9 @@ pub struct Mlp {
     /// `w2` in the original names, `[D, I]`.
     #[param]
     pub down_proj: Proj,
+    /// SwiGLU keeps only its inputs for the backward
+    /// ([`crate::kernels::lean::swiglu`]; set by `Csm::set_train_kernels`).
+    pub lean_swiglu: bool,
 }
 
 impl Mlp {
@@ -300,6 +303,7 @@ impl Mlp {
             gate_proj: Proj::random(dim, hidden)?,
             up_proj: Proj::random(dim, hidden)?,
             down_proj: Proj::random(hidden, dim)?,
+            lean_swiglu: false,
         })
     }
 }
@@ -313,7 +317,12 @@ impl Module<&Array> for Mlp {
     fn forward(&mut self, x: &Array) -> Result<Array, Exception> {
         let gate = self.gate_proj.forward(x)?;
         let up = self.up_proj.forward(x)?;
-        self.down_proj.forward(&crate::kernels::swiglu(&gate, &up)?)
+        let act = if self.lean_swiglu {
+            crate::kernels::lean::swiglu(&gate, &up)?
+        } else {
+            crate::kernels::swiglu(&gate, &up)?
+        };
+        self.down_proj.forward(&act)
     }
 
     fn training_mode(&mut self, mode: bool) {

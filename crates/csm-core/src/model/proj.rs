@@ -46,6 +46,10 @@ pub struct Proj {
     pub training: bool,
     /// How the weight is quantized, if it is.
     pub quant: Option<super::quant::QuantSpec>,
+    /// The adapter's update keeps its input as it is for the backward, not
+    /// an f32 copy ([`crate::kernels::lean::lora_update`]; set by
+    /// `Csm::set_train_kernels`).
+    pub lean_lora: bool,
 }
 
 impl Proj {
@@ -62,6 +66,7 @@ impl Proj {
             dropout: 0.0,
             training: false,
             quant: None,
+            lean_lora: false,
         }
     }
 
@@ -188,13 +193,15 @@ impl Module<&Array> for Proj {
             } else {
                 x.clone()
             };
-            // [..., out], f32
-            let update = ops::matmul(&ops::matmul(&input, a)?, b)?;
             // Back to y's dtype: an f32 update would promote the residual
             // stream, and with it every later matmul, to f32.
-            let update = update
-                .multiply(Array::from_f32(self.scale))?
-                .as_dtype(y.dtype())?;
+            let update = if self.lean_lora && input.dtype() == y.dtype() {
+                crate::kernels::lean::lora_update(&input, a, b, self.scale)? // [..., out]
+            } else {
+                ops::matmul(&ops::matmul(&input, a)?, b)? // [..., out], f32
+                    .multiply(Array::from_f32(self.scale))?
+                    .as_dtype(y.dtype())?
+            };
             y = y.add(update)?;
         }
         Ok(y)

@@ -365,8 +365,9 @@ mod tests {
         }
     }
 
-    /// Every lever (fused cross-entropy, attention padded to a tile, the
-    /// compiled step with and without shape buckets, all together) gives
+    /// Every lever (fused cross-entropy, attention padded to a tile, lean
+    /// SwiGLU and LoRA, the compiled step with and without shape buckets,
+    /// all together) gives
     /// the plain step's loss terms and gradients on the tiny fixture model.
     #[test]
     fn every_lever_keeps_the_plain_loss_and_gradients() {
@@ -377,17 +378,25 @@ mod tests {
             buckets: false,
         };
         let reference = run_step(&mut model, &batch, TrainKernels::PLAIN, plain);
+        let plain_kernels = TrainKernels::PLAIN;
         let fused = TrainKernels {
             fused_cross_entropy: true,
-            attention_tile: 0,
+            ..plain_kernels
         };
         let tiled = TrainKernels {
-            fused_cross_entropy: false,
             attention_tile: 16,
+            ..plain_kernels
+        };
+        let lean = TrainKernels {
+            lean_swiglu: true,
+            lean_lora: true,
+            ..plain_kernels
         };
         let all = TrainKernels {
             fused_cross_entropy: true,
             attention_tile: 16,
+            lean_swiglu: true,
+            lean_lora: true,
         };
         let compiled = |buckets| StepOptions {
             compile: true,
@@ -396,6 +405,7 @@ mod tests {
         let cases = [
             ("fused cross-entropy", fused, plain),
             ("attention tile 16", tiled, plain),
+            ("lean SwiGLU and LoRA", lean, plain),
             (
                 "compiled, exact shapes",
                 TrainKernels::PLAIN,
