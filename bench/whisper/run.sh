@@ -6,7 +6,7 @@
 #
 #   bench/whisper/run.sh OUTDIR [--sizes "tiny large-v3-turbo"] [--seconds 120]
 #       [--tokens 100] [--device cpu|cuda] [--csm BINARY] [--cuda-dir DIR]
-#       [--python PY] [--threads N] [--audio WAV]
+#       [--python PY] [--threads N] [--audio WAV] [--repeat R]
 #
 # CPU (here):  bench/whisper/run.sh bench/results/cpu-DATE-whisper
 # NVIDIA GPU:  bench/whisper/run.sh OUT --device cuda --cuda-dir /tmp/mlx-cuda-13 \
@@ -17,12 +17,16 @@
 #
 # Equal work: consecutive 30 s windows, each decoding exactly --tokens tokens
 # greedily with end of text suppressed (a random model would otherwise stop
-# or run on at random), f32 on both sides, batch 1.
+# or run on at random), f32 on both sides, batch 1. --repeat R runs the two
+# sides R times, alternating; the table takes each side's fastest run (on a
+# shared machine the least disturbed one) and shows the slowest beside it.
+# --threads "2 1" runs the peer with each torch thread count (on a loaded
+# machine torch's 2 threads can be 6x slower than 1); its fastest counts.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:?usage: bench/whisper/run.sh OUTDIR [options]}
 shift
-sizes="tiny" seconds=120 tokens=100 device=cpu csm="" cuda_dir="" audio=""
+sizes="tiny" seconds=120 tokens=100 device=cpu csm="" cuda_dir="" audio="" repeat=1
 py=/root/venvs/csm-fixtures/bin/python
 [ -x "$py" ] || py=python3
 threads=$(nproc)
@@ -37,6 +41,7 @@ while [ $# -gt 0 ]; do
     --python) py=$2 ;;
     --threads) threads=$2 ;;
     --audio) audio=$2 ;;
+    --repeat) repeat=$2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift 2
@@ -87,11 +92,16 @@ fi
 
 dtype_peer=float32
 for size in $sizes; do
-  ours bench-transcribe --size "$size" --audio "$audio" --tiktoken "$out/multilingual.tiktoken" \
-    --tokens "$tokens" --json | tail -n 1 > "$out/csm_$size.json"
-  "$py" bench/whisper/peer.py --size "$size" --audio "$audio" --tokens "$tokens" \
-    --device "$device" --dtype "$dtype_peer" --threads "$threads" \
-    --json "$out/peer_$size.json" > /dev/null 2> "$out/peer_$size.log"
+  for r in $(seq 1 "$repeat"); do
+    ours bench-transcribe --size "$size" --audio "$audio" --tiktoken "$out/multilingual.tiktoken" \
+      --tokens "$tokens" --json | tail -n 1 > "$out/csm_${size}_r$r.json"
+    for t in $threads; do
+      "$py" bench/whisper/peer.py --size "$size" --audio "$audio" --tokens "$tokens" \
+        --device "$device" --dtype "$dtype_peer" --threads "$t" \
+        --json "$out/peer_${size}_t${t}_r$r.json" > /dev/null 2> "$out/peer_${size}_t${t}_r$r.log"
+    done
+    echo "# $size run $r done, load $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$out/machine.txt"
+  done
 done
 echo "# load after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$out/machine.txt"
 "$py" bench/whisper/compare.py "$out" | tee "$out/summary.txt"

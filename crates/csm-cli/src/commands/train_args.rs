@@ -73,7 +73,10 @@ impl std::str::FromStr for MemoryBudgetArg {
             _ => return Err(bad()),
         };
         let bytes = number * scale;
-        if !(bytes >= 1e6) {
+        if !bytes.is_finite() {
+            return Err(bad());
+        }
+        if bytes < 1e6 {
             return Err(format!(
                 "{s:?}: a memory budget under 1 MB cannot hold a model"
             ));
