@@ -7,7 +7,7 @@ fn main() {
     cpu_primitives();
 }
 
-/// `cpp/swiglu.cpp`, `cpp/small_matmul.cpp`, `cpp/elu.cpp`, `cpp/softmax.cpp`, `cpp/gelu.cpp` and `cpp/gemm.cpp` (see
+/// `cpp/swiglu.cpp`, `cpp/small_matmul.cpp`, `cpp/elu.cpp` and `cpp/gemm.cpp` (see
 /// `kernels`), compiled against MLX's and
 /// mlx-c's headers as mlx-sys compiled mlx-c. macOS keeps MLX's own ops: its
 /// CPU build vectorizes them, and Metal is the device there anyway.
@@ -31,8 +31,6 @@ fn cpu_primitives() {
         .file("cpp/swiglu.cpp")
         .file("cpp/small_matmul.cpp")
         .file("cpp/elu.cpp")
-        .file("cpp/softmax.cpp")
-        .file("cpp/gelu.cpp")
         .file("cpp/gemm.cpp")
         .flag("-include")
         .flag(&force)

@@ -209,43 +209,6 @@ pub(super) fn scalar_mlx_cpu(x: &Array) -> bool {
     x.dtype() == Dtype::Float32 && cpu_outside_macos()
 }
 
-/// Softmax over the last axis (inference: no gradient on the CPU
-/// primitive's path). MLX's CPU softmax runs a one-lane `exp` on one thread
-/// (`pow_exp`'s module docs); f32 on such a CPU goes through
-/// `cpp/softmax.cpp` instead, one vectorized pass per row on all cores.
-///
-/// # Shapes
-/// `x: [..., N]` -> same
-pub fn softmax(x: &Array) -> Result<Array, Exception> {
-    #[cfg(not(target_os = "macos"))]
-    if scalar_mlx_cpu(x) && x.ndim() > 0 {
-        return primitive::softmax(x);
-    }
-    ops::softmax_axis(x, -1, None)
-}
-
-/// Exact GELU, `x (1 + erf(x / sqrt 2)) / 2` (inference: no gradient on
-/// the CPU primitive's path). MLX's compiled GELU evaluates `erf` one
-/// element at a time there; f32 on such a CPU goes through `cpp/gelu.cpp`
-/// (erf within 1.5e-7, so within `1e-7 |x|` of the exact GELU).
-///
-/// # Shapes
-/// any -> same
-pub fn gelu(x: &Array) -> Result<Array, Exception> {
-    #[cfg(not(target_os = "macos"))]
-    if scalar_mlx_cpu(x) {
-        return primitive::gelu(x);
-    }
-    nn::gelu(x)
-}
-
-/// Whether [`softmax`] of `x` runs on the crate's CPU primitive (f32 on a
-/// CPU outside macOS), so that a caller writes attention out rather than
-/// use MLX's fused one.
-pub fn cpu_softmax_is_ours(x: &Array) -> bool {
-    scalar_mlx_cpu(x)
-}
-
 /// Whether MLX's default device is the CPU, outside macOS.
 fn cpu_outside_macos() -> bool {
     !cfg!(target_os = "macos") && crate::runtime::default_device_is_cpu()
@@ -304,34 +267,6 @@ mod primitive {
         /// `cpp/elu.cpp`: `res <- elu(x)` as a lazy MLX array; non-zero,
         /// with the message through mlx-c's error handler, unless f32.
         fn csm_elu(res: *mut mlx_sys::mlx_array, x: mlx_sys::mlx_array) -> std::ffi::c_int;
-
-        /// `cpp/softmax.cpp`: `res <- softmax(x, axis = -1)` as a lazy MLX
-        /// array; non-zero, with the message through mlx-c's error handler,
-        /// unless f32 with an axis.
-        fn csm_softmax(res: *mut mlx_sys::mlx_array, x: mlx_sys::mlx_array) -> std::ffi::c_int;
-
-        /// `cpp/gelu.cpp`: `res <- gelu(x)` (exact form) as a lazy MLX
-        /// array; non-zero, with the message through mlx-c's error handler,
-        /// unless f32.
-        fn csm_gelu(res: *mut mlx_sys::mlx_array, x: mlx_sys::mlx_array) -> std::ffi::c_int;
-    }
-
-    /// GELU through the primitive (f32).
-    ///
-    /// # Shapes
-    /// any -> same
-    pub(super) fn gelu(x: &Array) -> Result<Array, Exception> {
-        // SAFETY: `x` is a live handle; `res` is a valid out-parameter.
-        build(|res| unsafe { csm_gelu(res, x.as_ptr()) })
-    }
-
-    /// Softmax over the last axis through the primitive (f32).
-    ///
-    /// # Shapes
-    /// `[..., N]` -> same
-    pub(super) fn softmax(x: &Array) -> Result<Array, Exception> {
-        // SAFETY: `x` is a live handle; `res` is a valid out-parameter.
-        build(|res| unsafe { csm_softmax(res, x.as_ptr()) })
     }
 
     /// ELU through the primitive (f32).
@@ -935,62 +870,6 @@ mod tests {
         assert!(o[0].is_nan());
         assert_eq!(&o[1..], &[-1.0, f32::INFINITY, 0.0, 1e-30]);
         let e = primitive::elu(&x.as_dtype(Dtype::Bfloat16).unwrap()).unwrap_err();
-        assert!(e.what().contains("float32"), "{}", e.what());
-    }
-
-    #[test]
-    fn gelu_matches_mlx() {
-        let n = 300_003usize;
-        let v: Vec<f32> = (0..n)
-            .map(|i| (i as f32 / (n - 1) as f32 * 2.0 - 1.0) * if i % 2 == 0 { 12.0 } else { 3.0 })
-            .collect();
-        let x = Array::from_slice(&v, &[3, n as i32 / 3]);
-        let ours = primitive::gelu(&x).unwrap();
-        let want = nn::gelu(&x).unwrap();
-        let d = max_abs_diff(&ours, &want);
-        assert!(d < 2e-6, "max |diff| {d}");
-        let special = Array::from_slice(&[0.0f32, -0.0, 30.0, -30.0, f32::NAN], &[5]);
-        let o = primitive::gelu(&special).unwrap();
-        let o = o.as_slice::<f32>();
-        assert_eq!(&o[..4], &[0.0, 0.0, 30.0, 0.0]);
-        assert!(o[4].is_nan());
-        let e = primitive::gelu(&x.as_dtype(Dtype::Bfloat16).unwrap()).unwrap_err();
-        assert!(e.what().contains("float32"), "{}", e.what());
-    }
-
-    #[test]
-    fn softmax_matches_mlx() {
-        // Attention-like rows (1500 long, several threads' worth), rows of
-        // very different scales, masked (-inf) entries, one odd length.
-        let n = 1500usize;
-        let v: Vec<f32> = (0..64 * n)
-            .map(|i| {
-                let (r, j) = (i / n, (i % n) as f32);
-                match r % 4 {
-                    0 => (j * 0.37 + r as f32).sin() * 8.0,
-                    1 => (j * 0.011).cos() * 80.0,
-                    2 if j > 700.0 => f32::NEG_INFINITY,
-                    _ => -j * 0.05,
-                }
-            })
-            .collect();
-        let x = Array::from_slice(&v, &[2, 32, n as i32]);
-        let ours = primitive::softmax(&x).unwrap();
-        let want = ops::softmax_axis(&x, -1, None).unwrap();
-        assert_eq!(ours.shape(), want.shape());
-        assert!(max_abs_diff(&ours, &want) < 1e-6);
-        let sums = ours.sum_axis(-1, false).unwrap();
-        assert!(sums
-            .as_slice::<f32>()
-            .iter()
-            .all(|s| (s - 1.0).abs() < 1e-5));
-        let odd = Array::from_slice(&[1.0f32, 2.0, 3.0], &[3]);
-        let d = max_abs_diff(
-            &primitive::softmax(&odd).unwrap(),
-            &ops::softmax_axis(&odd, -1, None).unwrap(),
-        );
-        assert!(d < 1e-7, "{d}");
-        let e = primitive::softmax(&x.as_dtype(Dtype::Bfloat16).unwrap()).unwrap_err();
         assert!(e.what().contains("float32"), "{}", e.what());
     }
 

@@ -18,7 +18,6 @@ use mlx_rs::error::Exception;
 use mlx_rs::fast::{self, ScaledDotProductAttentionMask};
 use mlx_rs::macros::ModuleParameters;
 use mlx_rs::module::Param;
-use mlx_rs::ops::indexing::{IndexOp, IntoStrideBy};
 use mlx_rs::{ops, random, Array, Dtype};
 
 use super::config::WhisperConfig;
@@ -123,25 +122,10 @@ impl Conv1d {
         })
     }
 
-    /// As a matrix product over the three taps side by side: MLX's CPU
-    /// conv1d is a scalar loop here (a third of a tiny-shape window's
-    /// encoder time), the product runs on the BLAS or the crate's kernels.
-    ///
     /// # Shapes
     /// `x: [B, L, in]` -> `[B, L / stride, out]`
     pub fn forward(&self, x: &Array) -> Result<Array, Exception> {
-        let w = &self.weight.value; // [out, k, in]
-        let (out, k, c_in) = (w.shape()[0], w.shape()[1], w.shape()[2]);
-        let (b, l) = (x.shape()[0], x.shape()[1]);
-        let l_out = (l + 2 - k) / self.stride + 1;
-        let xp = ops::pad(x, &[(0, 0), (1, 1), (0, 0)], None, None)?; // [B, L + 2, in]
-        let span = self.stride * (l_out - 1) + 1;
-        let taps = (0..k)
-            .map(|j| xp.index((.., (j..j + span).stride_by(self.stride), ..)))
-            .collect::<Vec<_>>(); // k x [B, L_out, in]
-        let cols = ops::concatenate(&taps, -1)?; // [B, L_out, k * in], tap-major
-        let w = w.reshape(&[out, k * c_in])?; // [out, k * in], tap-major
-        kernels::linear(&cols.reshape(&[b, l_out, k * c_in])?, &w)?.add(&self.bias.value)
+        ops::conv1d(x, &self.weight.value, self.stride, 1, 1, 1)?.add(&self.bias.value)
     }
 }
 
@@ -240,11 +224,7 @@ impl Attention {
         let (b, l, d) = (x.shape()[0], x.shape()[1], x.shape()[2]);
         let q = self.heads(self.q_proj.forward(x)?)?; // [B, H, L, hd]
         let scale = 1.0 / ((d / self.num_heads) as f32).sqrt();
-        // On MLX's scalar CPU kernels the attention is written out so that
-        // its softmax (1500 x 1500 per head in the encoder) runs on the
-        // crate's vectorized primitive; elsewhere MLX's fused attention.
-        let explicit = want_scores || kernels::cpu_softmax_is_ours(&q);
-        let (o, scores) = if explicit {
+        let (o, scores) = if want_scores {
             let s = ops::matmul(&q, k.swap_axes(-1, -2)?)?.multiply(Array::from_f32(scale))?; // [B, H, L, S]
             let s = if causal && l > 1 {
                 let total = k.shape()[2];
@@ -255,8 +235,9 @@ impl Attention {
             } else {
                 s
             };
-            let p = kernels::softmax(&s.as_dtype(Dtype::Float32)?)?.as_dtype(q.dtype())?;
-            (ops::matmul(&p, v)?, want_scores.then_some(s))
+            let p =
+                ops::softmax_axis(&s.as_dtype(Dtype::Float32)?, -1, None)?.as_dtype(q.dtype())?;
+            (ops::matmul(&p, v)?, Some(s))
         } else if causal && l > 1 {
             let o = fast::scaled_dot_product_attention(
                 &q,
@@ -280,7 +261,7 @@ impl Attention {
 
 /// Two-layer GELU MLP.
 fn mlp(fc1: &Linear, fc2: &Linear, x: &Array) -> Result<Array, Exception> {
-    fc2.forward(&kernels::gelu(&fc1.forward(x)?)?)
+    fc2.forward(&mlx_rs::nn::gelu(fc1.forward(x)?)?)
 }
 
 /// One encoder block.
@@ -345,8 +326,8 @@ impl Encoder {
     /// `mel: [B, 3000, n_mels]` -> `[B, 1500, D]`
     pub fn forward(&self, mel: &Array) -> Result<Array, Exception> {
         let positions = &self.embed_positions.weight.value;
-        let x = kernels::gelu(&self.conv1.forward(mel)?)?; // [B, 3000, D]
-        let x = kernels::gelu(&self.conv2.forward(&x)?)?; // [B, 1500, D]
+        let x = mlx_rs::nn::gelu(self.conv1.forward(mel)?)?; // [B, 3000, D]
+        let x = mlx_rs::nn::gelu(self.conv2.forward(&x)?)?; // [B, 1500, D]
         if x.shape()[1] != positions.shape()[0] {
             return Err(Exception::custom(format!(
                 "the encoder needs {} mel frames, got {}",
