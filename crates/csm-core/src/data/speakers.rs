@@ -540,7 +540,53 @@ pub fn plan(source: &DataSource, fixed: &BTreeMap<String, u32>) -> Result<Speake
         Some(path) => Some((path, read_speakers_file(path)?)),
         None => None,
     };
-    let file = file.as_ref().map(|(p, f)| (*p, f));
+    plan_of(source, file.as_ref().map(|(p, f)| (*p, f)), fixed)
+}
+
+/// [`plan`] with the contents of `source`'s `speakers.json` given, not
+/// read: what a run would make of `file` once it is saved there (the app
+/// checks an edit with it before [`write_speakers_file`]). Errors name
+/// `source`'s speakers file, or `speakers.json` in the dataset folder when
+/// the source has none yet.
+///
+/// # Errors
+/// As [`plan`], but never for reading `speakers.json`.
+pub fn plan_with(
+    source: &DataSource,
+    file: &SpeakersFile,
+    fixed: &BTreeMap<String, u32>,
+) -> Result<SpeakerPlan> {
+    let path = match source.speakers_file() {
+        Some(path) => path.to_path_buf(),
+        None => match source {
+            DataSource::OneSpeaker { layout } | DataSource::SpeakersFile { layout, .. } => layout
+                .audio_dir
+                .parent()
+                .unwrap_or(&layout.audio_dir)
+                .join(SPEAKERS_FILE),
+            DataSource::SpeakerFolders { root, .. } => root.join(SPEAKERS_FILE),
+        },
+    };
+    let source = match source {
+        DataSource::OneSpeaker { layout } => DataSource::SpeakersFile {
+            layout: layout.clone(),
+            speakers_file: path.clone(),
+        },
+        DataSource::SpeakerFolders { root, folders, .. } => DataSource::SpeakerFolders {
+            root: root.clone(),
+            folders: folders.clone(),
+            speakers_file: Some(path.clone()),
+        },
+        other => other.clone(),
+    };
+    plan_of(&source, Some((&path, file)), fixed)
+}
+
+fn plan_of(
+    source: &DataSource,
+    file: Option<(&Path, &SpeakersFile)>,
+    fixed: &BTreeMap<String, u32>,
+) -> Result<SpeakerPlan> {
     let speakers = table_of(source, file, fixed)?;
     let id_of = |name: &str| speakers.iter().find(|s| s.name == name).map(|s| s.id);
     let mut recordings = Vec::new();
@@ -1141,6 +1187,47 @@ mod tests {
         assert!(e.contains("neither audio/"), "{e}");
         let e = DataSource::detect(&file, Some(&empty.join("who.json"))).unwrap_err();
         assert!(matches!(&e, DataError::Io { path, .. } if path.ends_with("who.json")));
+    }
+
+    #[test]
+    fn an_edit_is_planned_before_it_is_saved() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("file");
+        recordings(&dir, &["a", "b", "c"]);
+        // No speakers.json yet: one speaker, until the edit names two.
+        let source = DataSource::detect(&dir, None).unwrap();
+        assert!(!source.has_speakers());
+        let edit = SpeakersFile {
+            speakers: [("bob".to_string(), 3)].into(),
+            recordings: [
+                ("a".to_string(), SpeakerRef::Name("alice".into())),
+                ("b".to_string(), SpeakerRef::Name("bob".into())),
+                ("c".to_string(), SpeakerRef::Name("alice".into())),
+            ]
+            .into(),
+        };
+        let planned = plan_with(&source, &edit, &BTreeMap::new()).unwrap();
+        let who: Vec<(&str, Option<u32>)> = planned
+            .recordings
+            .iter()
+            .map(|r| (r.id.as_str(), r.speaker))
+            .collect();
+        assert_eq!(who, [("a", Some(0)), ("b", Some(3)), ("c", Some(0))]);
+        assert!(!dir.join(SPEAKERS_FILE).exists(), "planning writes nothing");
+        // Saved, the run reads the same plan from the file.
+        write_speakers_file(&dir.join(SPEAKERS_FILE), &edit).unwrap();
+        let saved = DataSource::detect(&dir, None).unwrap();
+        assert_eq!(plan(&saved, &BTreeMap::new()).unwrap(), planned);
+        // An edit that leaves a recording to no one is refused, naming the
+        // file it would be saved as and the recording.
+        let mut partial = edit.clone();
+        partial.recordings.remove("c");
+        let e = plan_with(&saved, &partial, &BTreeMap::new()).unwrap_err();
+        assert!(
+            matches!(&e, DataError::Speaker { path, key, .. }
+                if path.ends_with(SPEAKERS_FILE) && key == "recordings.c"),
+            "{e}"
+        );
     }
 
     #[test]
