@@ -168,6 +168,9 @@ pub(super) fn block_forward(
         AttentionMask::None => OwnedMask::None,
         AttentionMask::Causal => OwnedMask::Causal,
         AttentionMask::Array(m) => OwnedMask::Array(m.clone()),
+        AttentionMask::Packed { mask, positions } => {
+            OwnedMask::Packed(mask.clone(), positions.clone())
+        }
     };
     let mut copy = block.clone();
     let body: Body = Box::new(move |args: &[Array]| {
@@ -182,6 +185,7 @@ pub(super) fn block_forward(
             OwnedMask::None => AttentionMask::None,
             OwnedMask::Causal => AttentionMask::Causal,
             OwnedMask::Array(m) => AttentionMask::Array(m),
+            OwnedMask::Packed(mask, positions) => AttentionMask::Packed { mask, positions },
         };
         Ok(vec![copy.forward(AttentionInput {
             x: &args[0],
@@ -200,6 +204,7 @@ enum OwnedMask {
     None,
     Causal,
     Array(Array),
+    Packed(Array, Array),
 }
 
 #[cfg(test)]

@@ -618,6 +618,50 @@ mod tests {
         }
     }
 
+    /// Two utterances packed in one row: the second's hidden states are
+    /// those it has alone at the start of a row (positions restart), and
+    /// changing the first's tokens leaves them bit-identical (no attention
+    /// across utterances).
+    #[test]
+    fn packed_row_keeps_utterances_apart() {
+        use crate::model::llama::packed_causal_mask;
+        let mut m = Csm::new(&tiny_config()).unwrap();
+        let (la, lb) = (5, 4);
+        let a = random::randint::<_, i32>(0, 11, &[1, la, 5], None).unwrap();
+        let b = random::randint::<_, i32>(0, 11, &[1, lb, 5], None).unwrap();
+        let mask = ops::ones::<bool>(&[1, la + lb, 5]).unwrap();
+        let seg: Vec<i32> = [0; 5].into_iter().chain([1; 4]).collect();
+        let pos: Vec<i32> = (0..la).chain(0..lb).collect();
+        let seg = Array::from_slice(&seg, &[1, la + lb]);
+        let pos = Array::from_slice(&pos, &[1, la + lb]);
+        let attention_mask = packed_causal_mask(&seg).unwrap();
+        let mut packed = |first: &Array| {
+            let tokens = ops::concatenate(&[first, &b], 1).unwrap(); // [1, 9, 5]
+            m.backbone_hidden(FrameInput {
+                tokens: &tokens,
+                mask: &mask,
+                attention: AttentionMask::Packed {
+                    mask: &attention_mask,
+                    positions: &pos,
+                },
+            })
+            .unwrap()
+            .index((.., la.., ..)) // [1, 4, 32]
+        };
+        let one = packed(&a);
+        let other = packed(&a.add(Array::from_int(3)).unwrap());
+        let d = max_abs_diff(&one, &other);
+        assert_eq!(d, 0.0, "the second utterance saw the first: {d}");
+        let alone = m
+            .backbone_hidden(FrameInput {
+                tokens: &b,
+                mask: &ops::ones::<bool>(&[1, lb, 5]).unwrap(),
+                attention: AttentionMask::Causal,
+            })
+            .unwrap();
+        assert!(max_abs_diff(&one, &alone) < 1e-5);
+    }
+
     #[test]
     fn bf16_cast_runs() {
         let mut m = Csm::new(&tiny_config()).unwrap();

@@ -105,6 +105,62 @@ pub enum AttentionMask<'a> {
     /// An explicit mask broadcastable to `[B, H, L, K]`: boolean (`true` =
     /// attend) or additive float, e.g. from [`padded_causal_mask`].
     Array(&'a Array),
+    /// Several sequences packed into each row (no cache): `mask` keeps
+    /// each query on the earlier keys of its own sequence
+    /// ([`packed_causal_mask`]) and RoPE takes each token's position in
+    /// its sequence from `positions` instead of its index in the row.
+    Packed {
+        /// `[B, 1, L, L]` bool, `true` = attend.
+        mask: &'a Array,
+        /// `[B, L]` int: position of each token within its sequence.
+        positions: &'a Array,
+    },
+}
+
+/// Block-diagonal causal mask of packed rows: query `q` attends to key `k`
+/// when both belong to the same sequence and `k <= q`. Every query sees at
+/// least itself, so no softmax row is empty (padding gets a segment id of
+/// its own).
+///
+/// # Shapes
+/// `segments: [B, L]` int (the sequence each token belongs to) ->
+/// `[B, 1, L, L]` bool
+pub fn packed_causal_mask(segments: &Array) -> Result<Array, Exception> {
+    let l = segments.shape()[1];
+    let pos = ops::arange::<_, i32>(0, l, 1)?; // [L]
+    let causal = pos.reshape(&[l, 1])?.ge(pos.reshape(&[1, l])?)?; // [L, L]
+    let q = segments.expand_dims_axes(&[1, 3])?; // [B, 1, L, 1]
+    let k = segments.expand_dims_axes(&[1, 2])?; // [B, 1, 1, L]
+    q.eq(&k)?.logical_and(&causal) // [B, 1, L, L]
+}
+
+/// Interleaved RoPE (`traditional`, as [`fast::rope`] with `traditional =
+/// true` and these periods) at given positions rather than `offset + t`:
+/// the pair `(x[2i], x[2i+1])` of a token at position `p` is rotated by
+/// `p / periods[i]`. Computed in f32, returned in `x`'s dtype.
+///
+/// # Shapes
+/// `x: [B, H, L, hd]`, `positions: [B, L]` int, `periods: [hd/2]` ->
+/// `[B, H, L, hd]`
+pub fn rope_at(x: &Array, positions: &Array, periods: &Array) -> Result<Array, Exception> {
+    let shape = x.shape().to_vec();
+    let (b, h, l, hd) = (shape[0], shape[1], shape[2], shape[3]);
+    let inv = ops::reciprocal(periods.as_dtype(mlx_rs::Dtype::Float32)?)?; // [hd/2]
+    let theta = positions
+        .as_dtype(mlx_rs::Dtype::Float32)?
+        .reshape(&[b, 1, l, 1])? // [B, 1, L, 1]
+        .multiply(&inv)?; // [B, 1, L, hd/2]
+    let (cos, sin) = (ops::cos(&theta)?, ops::sin(&theta)?);
+    let pairs = x
+        .as_dtype(mlx_rs::Dtype::Float32)?
+        .reshape(&[b, h, l, hd / 2, 2])?; // [B, H, L, hd/2, 2]
+    let x0 = pairs.try_index((.., .., .., .., 0))?; // [B, H, L, hd/2]
+    let x1 = pairs.try_index((.., .., .., .., 1))?; // [B, H, L, hd/2]
+    let r0 = x0.multiply(&cos)?.subtract(x1.multiply(&sin)?)?;
+    let r1 = x0.multiply(&sin)?.add(x1.multiply(&cos)?)?;
+    ops::stack(&[r0, r1], -1)? // [B, H, L, hd/2, 2]
+        .reshape(&[b, h, l, hd])? // [B, H, L, hd]
+        .as_dtype(x.dtype())
 }
 
 /// Causal mask that also hides padded keys, for right-padded batches.
@@ -224,8 +280,13 @@ impl Module<AttentionInput<'_>> for Attention {
             .reshape(&[B, L, Hkv, hd])? // [B, L, H_kv, hd]
             .transpose_axes(&[0, 2, 1, 3])?; // [B, H_kv, L, hd]
         let offset = cache.as_ref().map_or(0, |c| c.offset());
-        let q = self.rope(&q, offset)?;
-        let k = self.rope(&k, offset)?;
+        let (q, k) = match mask {
+            AttentionMask::Packed { positions, .. } => (
+                rope_at(&q, positions, &self.rope_periods)?,
+                rope_at(&k, positions, &self.rope_periods)?,
+            ),
+            _ => (self.rope(&q, offset)?, self.rope(&k, offset)?),
+        };
         let cached = cache.is_some();
         let (k, v) = match cache {
             Some(cache) => cache.update(k, v)?,
@@ -261,7 +322,7 @@ impl Module<AttentionInput<'_>> for Attention {
                 ScaledDotProductAttentionMask::Causal,
                 None::<&Array>,
             )?,
-            AttentionMask::Array(m) => {
+            AttentionMask::Array(m) | AttentionMask::Packed { mask: m, .. } => {
                 fast::scaled_dot_product_attention(&q, &k, &v, scale, m, None::<&Array>)?
             }
         }; // [B, H, L, hd]
@@ -583,6 +644,47 @@ mod tests {
                 assert!((ys[base + 1] - (x0 * s + x1 * c)).abs() < 1e-5);
             }
         }
+    }
+
+    /// RoPE at explicit positions equals MLX's at `offset + t`, per row.
+    #[test]
+    fn rope_at_positions_matches_fast_rope() {
+        let periods = tiny().rope_periods();
+        let periods = Array::from_slice(&periods, &[4]);
+        let x = random::normal::<f32>(&[2, 3, 5, 8], None, None, None).unwrap();
+        // Row 0 at positions 0..5, row 1 at 7..12.
+        let pos: Vec<i32> = (0..5).chain(7..12).collect();
+        let got = rope_at(&x, &Array::from_slice(&pos, &[2, 5]), &periods).unwrap();
+        for (row, offset) in [(0, 0), (1, 7)] {
+            let want = fast::rope(
+                x.index((row..row + 1, .., .., ..)),
+                8,
+                true,
+                None,
+                1.0,
+                offset,
+                &periods,
+            )
+            .unwrap();
+            let d = max_abs_diff(&got.index((row..row + 1, .., .., ..)), &want);
+            assert!(d < 1e-5, "row {row}: {d}");
+        }
+    }
+
+    #[test]
+    fn packed_mask_is_block_diagonal_causal() {
+        let seg = Array::from_slice(&[0i32, 0, 1, 1, -1], &[1, 5]);
+        let m = packed_causal_mask(&seg).unwrap();
+        assert_eq!(m.shape(), &[1, 1, 5, 5]);
+        #[rustfmt::skip]
+        let want = [
+            true,  false, false, false, false,
+            true,  true,  false, false, false,
+            false, false, true,  false, false,
+            false, false, true,  true,  false,
+            false, false, false, false, true,
+        ];
+        assert_eq!(m.as_slice::<bool>(), &want);
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub mod quant;
 pub use config::{ConfigKind, CsmConfig, Llama3RopeScaling, LlamaConfig};
 pub use csm::{Csm, FrameInput, TrainKernels};
 pub use error::ModelError;
-pub use llama::{padded_causal_mask, AttentionMask, KvCache};
+pub use llama::{packed_causal_mask, padded_causal_mask, rope_at, AttentionMask, KvCache};
 pub use load::{
     detect, load_csm, to_canonical, to_format, Detected, LoadOptions, LoadedCsm, ModelFormat,
 };

@@ -136,7 +136,8 @@ pub fn build_example(
     Ok(ex)
 }
 
-/// A padded batch as MLX arrays.
+/// A batch as MLX arrays: one example per row, right-padded
+/// ([`Layout::Padded`]), or several examples per row ([`Layout::Packed`]).
 #[derive(Debug, Clone)]
 pub struct Batch {
     /// `[B, S, K+1]` int32 token ids (0 in padding).
@@ -146,7 +147,7 @@ pub struct Batch {
     /// `[B, S]` f32: 1 where frame `t` is a codebook-0 target.
     pub c0_targets: Array,
     /// Flat indices `b * S + t` of the frames the depth decoder trains on
-    /// (a subset of the targets), ascending.
+    /// (a subset of the targets), in the order drawn.
     pub decoder_frames: Vec<i32>,
     /// `[B, S]` f32: 1 on real frames, 0 on padding (attention key mask).
     pub valid: Array,
@@ -154,6 +155,85 @@ pub struct Batch {
     pub target_frames: usize,
     /// Frames in the batch, padding excluded.
     pub real_frames: usize,
+    /// With [`Layout::Packed`]: which example each frame belongs to and
+    /// its position in it.
+    pub packed: Option<PackedRows>,
+}
+
+impl Batch {
+    /// Frames the step computes (`B * S`), padding included.
+    pub fn layout_frames(&self) -> usize {
+        let shape = self.frames.shape();
+        shape[0] as usize * shape[1] as usize
+    }
+}
+
+/// Where each frame of a packed batch comes from.
+#[derive(Debug, Clone)]
+pub struct PackedRows {
+    /// `[B, S]` int32: the example's index within its row (0, 1, ...);
+    /// -1 on padding. Attention stays within a segment
+    /// ([`crate::model::packed_causal_mask`]).
+    pub segments: Array,
+    /// `[B, S]` int32: the frame's position within its example (RoPE
+    /// restarts at 0 for each example); 0 on padding.
+    pub positions: Array,
+}
+
+/// How the examples of a micro-batch are laid out in rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// One example per row, right-padded to the longest.
+    Padded,
+    /// Several examples per row, up to `row_len` frames
+    /// ([`pack_rows`]), right-padded to the fullest row. The loss is the
+    /// padded layout's: the same target frames, the same depth-decoder
+    /// frames, attention and positions per example.
+    Packed {
+        /// Frames a row may hold.
+        row_len: usize,
+    },
+}
+
+/// Packs examples of `lengths` frames into rows of at most `row_len`
+/// frames by first-fit decreasing: longest first (ties in index order),
+/// each into the first row it fits, a new row when none has room (an
+/// example longer than `row_len` gets a row of its own). Returns each
+/// row's example indices in the order they are laid out.
+pub fn pack_rows(lengths: &[usize], row_len: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+    let mut rows: Vec<(usize, Vec<usize>)> = Vec::new();
+    for i in order {
+        match rows
+            .iter_mut()
+            .find(|(used, _)| used + lengths[i] <= row_len)
+        {
+            Some((used, row)) => {
+                *used += lengths[i];
+                row.push(i);
+            }
+            None => rows.push((lengths[i], vec![i])),
+        }
+    }
+    rows.into_iter().map(|(_, row)| row).collect()
+}
+
+/// Frames a micro-batch of examples of `lengths` frames takes in `layout`
+/// (rows x longest row), padding included.
+pub fn layout_frames(lengths: &[usize], layout: Layout) -> usize {
+    match layout {
+        Layout::Padded => lengths.len() * lengths.iter().copied().max().unwrap_or(0),
+        Layout::Packed { row_len } => {
+            let rows = pack_rows(lengths, row_len);
+            let longest = rows
+                .iter()
+                .map(|r| r.iter().map(|&i| lengths[i]).sum::<usize>())
+                .max()
+                .unwrap_or(0);
+            rows.len() * longest
+        }
+    }
 }
 
 /// Pads `examples` to a common length and picks the depth-decoder frames:
@@ -163,26 +243,62 @@ pub fn collate(
     decoder_fraction: f32,
     rng: &mut Rng,
 ) -> Result<Batch, Exception> {
-    let b = examples.len();
+    collate_as(examples, decoder_fraction, rng, Layout::Padded)
+}
+
+/// [`collate`] in a given layout. The depth-decoder frames are drawn over
+/// the target frames in example order whatever the layout, so the same
+/// examples and generator state choose the same frames of the same
+/// examples, padded or packed.
+pub fn collate_as(
+    examples: &[&Example],
+    decoder_fraction: f32,
+    rng: &mut Rng,
+    layout: Layout,
+) -> Result<Batch, Exception> {
+    let rows: Vec<Vec<usize>> = match layout {
+        Layout::Padded => (0..examples.len()).map(|i| vec![i]).collect(),
+        Layout::Packed { row_len } => {
+            let lengths: Vec<usize> = examples.iter().map(|e| e.len()).collect();
+            pack_rows(&lengths, row_len)
+        }
+    };
+    let b = rows.len();
     let k1 = examples[0].num_codebooks + 1;
-    let s = examples.iter().map(|e| e.len()).max().unwrap_or(0);
+    let s = rows
+        .iter()
+        .map(|r| r.iter().map(|&i| examples[i].len()).sum::<usize>())
+        .max()
+        .unwrap_or(0);
     let mut frames = vec![0i32; b * s * k1];
     let mut mask = vec![0f32; b * s * k1];
     let mut c0 = vec![0f32; b * s];
     let mut valid = vec![0f32; b * s];
-    let mut target_idx = Vec::new();
-    for (i, ex) in examples.iter().enumerate() {
-        let n = ex.len();
-        frames[i * s * k1..i * s * k1 + n * k1].copy_from_slice(&ex.frames);
-        mask[i * s * k1..i * s * k1 + n * k1].copy_from_slice(&ex.mask);
-        for t in 0..n {
-            valid[i * s + t] = 1.0;
-            if ex.targets[t] {
-                c0[i * s + t] = 1.0;
-                target_idx.push((i * s + t) as i32);
+    let mut segments = vec![-1i32; b * s];
+    let mut positions = vec![0i32; b * s];
+    // Each example's target frames as flat indices, gathered in example
+    // order below.
+    let mut targets_of: Vec<Vec<i32>> = vec![Vec::new(); examples.len()];
+    for (r, row) in rows.iter().enumerate() {
+        let mut start = r * s;
+        for (seg, &i) in row.iter().enumerate() {
+            let ex = examples[i];
+            let n = ex.len();
+            frames[start * k1..(start + n) * k1].copy_from_slice(&ex.frames);
+            mask[start * k1..(start + n) * k1].copy_from_slice(&ex.mask);
+            for t in 0..n {
+                valid[start + t] = 1.0;
+                segments[start + t] = seg as i32;
+                positions[start + t] = t as i32;
+                if ex.targets[t] {
+                    c0[start + t] = 1.0;
+                    targets_of[i].push((start + t) as i32);
+                }
             }
+            start += n;
         }
     }
+    let target_idx: Vec<i32> = targets_of.concat();
     let want = ((decoder_fraction * target_idx.len() as f32).round() as usize).max(1);
     let chosen: Vec<i32> = rng
         .choose(target_idx.len(), want)
@@ -190,6 +306,10 @@ pub fn collate(
         .map(|j| target_idx[j])
         .collect();
     let (bi, si, ki) = (b as i32, s as i32, k1 as i32);
+    let packed = matches!(layout, Layout::Packed { .. }).then(|| PackedRows {
+        segments: Array::from_slice(&segments, &[bi, si]),
+        positions: Array::from_slice(&positions, &[bi, si]),
+    });
     Ok(Batch {
         frames: Array::from_slice(&frames, &[bi, si, ki]),
         mask: Array::from_slice(&mask, &[bi, si, ki]),
@@ -198,6 +318,7 @@ pub fn collate(
         valid: Array::from_slice(&valid, &[bi, si]),
         target_frames: target_idx.len(),
         real_frames: examples.iter().map(|e| e.len()).sum(),
+        packed,
     })
 }
 
@@ -284,6 +405,84 @@ mod tests {
         // fraction 1.0 selects every target
         let all = collate(&[&a, &b], 1.0, &mut rng).unwrap();
         assert_eq!(all.decoder_frames.len(), 6);
+    }
+
+    #[test]
+    fn packing_is_first_fit_decreasing() {
+        // Longest first: 9 opens row 0, 7 row 1, 5 row 2; 4 joins the 5,
+        // 3 the 7 (10); 2 fits none of 9, 10, 9: a new row.
+        let rows = pack_rows(&[3, 9, 4, 7, 5, 2], 10);
+        assert_eq!(rows, vec![vec![1], vec![3, 0], vec![4, 2], vec![5]]);
+        // Ties in index order; an example longer than a row gets its own.
+        assert_eq!(
+            pack_rows(&[4, 12, 4, 4], 8),
+            vec![vec![1], vec![0, 2], vec![3]]
+        );
+        assert_eq!(layout_frames(&[3, 9, 4, 7, 5, 2], Layout::Padded), 6 * 9);
+        assert_eq!(
+            layout_frames(&[3, 9, 4, 7, 5, 2], Layout::Packed { row_len: 10 }),
+            4 * 10
+        );
+    }
+
+    #[test]
+    fn packed_rows_restart_positions_and_keep_the_decoder_frames() {
+        let a = build_example(&[], &turn(2, 3, true), 2, 100).unwrap(); // 6 frames
+        let b = build_example(&[], &turn(1, 1, true), 2, 100).unwrap(); // 3 frames
+        let c = build_example(&[], &turn(2, 2, true), 2, 100).unwrap(); // 5 frames
+        let refs = [&a, &b, &c];
+        let padded = collate(&refs, 0.5, &mut Rng::new(5)).unwrap();
+        let packed =
+            collate_as(&refs, 0.5, &mut Rng::new(5), Layout::Packed { row_len: 9 }).unwrap();
+        // Rows: [a, b] (9 frames), [c] (5, padded to 9).
+        assert_eq!(packed.frames.shape(), &[2, 9, 3]);
+        assert_eq!(packed.layout_frames(), 18);
+        assert_eq!(padded.layout_frames(), 18);
+        assert_eq!(packed.real_frames, 14);
+        assert_eq!(packed.target_frames, padded.target_frames);
+        let p = packed.packed.as_ref().unwrap();
+        assert_eq!(
+            p.segments.as_slice::<i32>(),
+            &[0, 0, 0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, -1, -1, -1, -1]
+        );
+        assert_eq!(
+            p.positions.as_slice::<i32>(),
+            &[0, 1, 2, 3, 4, 5, 0, 1, 2, 0, 1, 2, 3, 4, 0, 0, 0, 0]
+        );
+        // The same frames of the same examples go through the decoder:
+        // padded row i frame t is packed (row, start + t).
+        let place = |f: i32| -> (usize, i32) {
+            let (row, t) = (f / 6, f % 6);
+            match row {
+                0 => (0, t),
+                1 => (0, 6 + t),
+                _ => (1, t),
+            }
+        };
+        let moved: Vec<i32> = padded
+            .decoder_frames
+            .iter()
+            .map(|&f| {
+                let (row, t) = place(f);
+                row as i32 * 9 + t
+            })
+            .collect();
+        assert_eq!(packed.decoder_frames, moved);
+        assert_eq!(packed.decoder_frames.len(), 5); // round(0.5 x 9 targets)
+                                                    // Each packed frame holds the padded frame's tokens.
+        let (pf, qf) = (
+            padded.frames.as_slice::<i32>(),
+            packed.frames.as_slice::<i32>(),
+        );
+        for f in 0..18 {
+            let (row, t) = (f / 6, f % 6);
+            if (row == 1 && t >= 3) || (row == 2 && t >= 5) {
+                continue; // padding of the padded layout
+            }
+            let (prow, pt) = place(f as i32);
+            let q = (prow * 9 + pt as usize) * 3;
+            assert_eq!(&pf[f * 3..f * 3 + 3], &qf[q..q + 3], "frame {f}");
+        }
     }
 
     #[test]

@@ -252,6 +252,12 @@ pub struct TrainConfig {
     /// keeping them: less memory, one more forward pass per step.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub grad_checkpoint: bool,
+    /// Pack several examples into each row of a micro-batch instead of
+    /// padding every example to the longest (`train::batch::Layout`):
+    /// block-diagonal causal attention, positions restarting at each
+    /// example, the same loss; fewer padded frames when lengths differ.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub packing: bool,
     // -- optimisation --
     /// Peak learning rate (AdamW).
     pub learning_rate: f32,
@@ -341,6 +347,7 @@ impl Default for TrainConfig {
             train: default_train_parts(),
             quantize: None,
             grad_checkpoint: false,
+            packing: false,
             learning_rate: 2e-4,
             semantic_weight: 1.0,
             acoustic_weight: 1.0,

@@ -11,7 +11,7 @@ use mlx_rs::error::Exception;
 use mlx_rs::module::{Module, ModuleParameters};
 use mlx_rs::{random, Array, Dtype};
 
-use super::batch::{bucket_batches, collate, Batch, Example};
+use super::batch::{bucket_batches, collate_as, layout_frames, Batch, Example, Layout};
 use super::config::TrainConfig;
 use super::modes;
 use super::observer::{
@@ -22,7 +22,7 @@ use super::run_dir::RunDir;
 use super::schedule::learning_rate;
 use super::settings::RunSettings;
 use super::state::{self, Progress};
-use super::step::{compile_step, ForwardBackward, StepOptions};
+use super::step::{compile_step, pack_row_len, ForwardBackward, StepOptions};
 use super::trainer::{
     evaluate, evaluate_by_speaker, load_assets, mlx, prepare, save_merged, Assets, LossValues,
     Prepared, RunSummary, TrainError,
@@ -198,6 +198,8 @@ pub(super) struct Run<'a> {
     trainable_params: usize,
     world_size: usize,
     group: Group,
+    /// How micro-batches are laid out (`--packing`).
+    layout: Layout,
     /// A QLoRA run's adapter on the full-precision model, once checked.
     full_precision: Option<FullPrecisionCheck>,
     /// Voice scores (rank 0 of a run with `cfg.voice`).
@@ -269,7 +271,17 @@ impl<'a> Run<'a> {
             train_examples: data.train.len(),
             world_size: group.size(),
         };
+        let layout = if cfg.packing {
+            let longest = data.train.iter().map(Example::len).max().unwrap_or(0);
+            let max = assets.loaded.model.config.backbone.max_seq_len as usize;
+            Layout::Packed {
+                row_len: pack_row_len(longest, max),
+            }
+        } else {
+            Layout::Padded
+        };
         Ok(Run {
+            layout,
             cfg,
             settings,
             assets,
@@ -383,6 +395,40 @@ impl<'a> Run<'a> {
         bucket_batches(&lengths, self.cfg.batch_size * self.world_size, &mut rng)
     }
 
+    /// Logs the layout of micro-batches and the frames the first epoch's
+    /// take on this rank, padded and packed (the packed count at the row
+    /// length packing would use).
+    fn log_layout(&self) {
+        let longest = self.data.train.iter().map(Example::len).max().unwrap_or(0);
+        let max = self.assets.loaded.model.config.backbone.max_seq_len as usize;
+        let row_len = match self.layout {
+            Layout::Packed { row_len } => row_len,
+            Layout::Padded => pack_row_len(longest, max),
+        };
+        let (mut real, mut padded, mut packed) = (0, 0, 0);
+        for global in self.epoch_batches(0) {
+            let lengths: Vec<usize> = self
+                .shard(&global)
+                .0
+                .iter()
+                .map(|&i| self.data.train[i].len())
+                .collect();
+            real += lengths.iter().sum::<usize>();
+            padded += layout_frames(&lengths, Layout::Padded);
+            packed += layout_frames(&lengths, Layout::Packed { row_len });
+        }
+        let share = |n: usize| 100.0 * n.saturating_sub(real) as f64 / n.max(1) as f64;
+        let what = match self.layout {
+            Layout::Packed { .. } => format!("packed into rows of up to {row_len} frames"),
+            Layout::Padded => "one example a row, padded (--packing packs them)".into(),
+        };
+        tracing::info!(
+            "micro-batches: {what}; an epoch is {real} frames, {padded} padded ({:.1}% padding),              {packed} packed ({:.1}%)",
+            share(padded),
+            share(packed)
+        );
+    }
+
     /// This rank's share of a global micro-batch (may be empty on the last
     /// one), and every rank's (target frames, decoder frames) for exact
     /// global normalisation.
@@ -428,6 +474,7 @@ impl<'a> Run<'a> {
             .kernels
             .unwrap_or_else(|| TrainKernels::for_device(gpu));
         tracing::info!("training kernels: {kernels:?}");
+        self.log_layout();
         self.assets.loaded.model.set_train_kernels(kernels);
         let grad_keys = adapter::adapter_tensors(&self.assets.loaded.model)
             .into_keys()
@@ -555,8 +602,8 @@ impl<'a> Run<'a> {
                     ^ (((step as u64) << 20 | i as u64) << 8 | rank as u64)
                         .wrapping_mul(0xD1B5_4A32_D192_ED03),
             );
-            let batch: Batch =
-                collate(&refs, cfg.decoder_fraction, &mut rng).map_err(mlx("building a batch"))?;
+            let batch: Batch = collate_as(&refs, cfg.decoder_fraction, &mut rng, self.layout)
+                .map_err(mlx("building a batch"))?;
             if !mine.is_empty() {
                 acc.frames += batch.real_frames;
             }

@@ -7,7 +7,7 @@ use mlx_rs::{nn, ops, Array};
 
 use super::batch::Batch;
 use super::trainer::TrainError;
-use crate::model::{ArrayLossBatch, AttentionMask, Csm, LossWeights};
+use crate::model::{packed_causal_mask, ArrayLossBatch, AttentionMask, Csm, LossWeights};
 
 /// The length a batch's frames (or its depth-decoder frames) are padded to
 /// in the compiled step, so that a run traces a few shapes instead of one
@@ -21,6 +21,16 @@ pub fn bucket_len(n: usize) -> usize {
     let octave = usize::BITS - 1 - n.leading_zeros(); // floor(log2 n) >= 7
     let step = 1usize << (octave - 4);
     n.div_ceil(step) * step
+}
+
+/// The row length of packed micro-batches (`--packing`,
+/// [`super::batch::Layout::Packed`]): the longest training example rounded
+/// up to its [`bucket_len`], at most the backbone's `max_seq_len` (never
+/// less than the longest). Rows hold a few examples of the usual lengths
+/// and are themselves of a bucketed length, so the compiled step still
+/// traces a handful of shapes (the row count varies from batch to batch).
+pub fn pack_row_len(longest: usize, max_seq_len: usize) -> usize {
+    bucket_len(longest).min(max_seq_len).max(longest)
 }
 
 /// How the forward/backward pass of a micro-batch runs.
@@ -68,36 +78,51 @@ pub fn compile_step(asked: Option<bool>, gpu: bool, lora_dropout: f32) -> (bool,
 }
 
 /// The inputs of [`scaled_loss`] for one micro-batch: `[frames, mask, c0,
-/// idx, scale_sem, scale_dec]`, plus `decoder_weights` when padded.
+/// idx, scale_sem, scale_dec]`, then `segments, positions` when the batch
+/// is packed, then `decoder_weights` when padded to a bucket
+/// ([`StepInputs`] reads them back).
 ///
 /// Padded (`pad_to = Some(max_len)`, the bucketed compiled step): frames,
-/// mask and codebook-0 targets are padded to [`bucket_len`] frames (at most
-/// `max_len`; padding is masked and, with causal attention at the end,
-/// invisible to real frames); the depth-decoder indices are re-based on
-/// the padded length and padded to [`bucket_len`] entries of weight 0. Not
-/// padded: the batch as it is, every decoder frame of weight 1.
+/// mask, codebook-0 targets (and a packed batch's segments, -1, and
+/// positions, 0) are padded to [`bucket_len`] frames (at most `max_len`;
+/// padding is masked and, with causal attention at the end or a segment of
+/// its own, invisible to real frames); the depth-decoder indices are
+/// re-based on the padded length and padded to [`bucket_len`] entries of
+/// weight 0. Not padded: the batch as it is, every decoder frame of
+/// weight 1.
 ///
 /// # Shapes
 /// -> `[frames [B, S', K+1], mask [B, S', K+1], c0 [B, S'], idx [N'],
-/// scale_sem [], scale_dec [], (weights [N'])]`, `S' = S`, `N' = N` unpadded
+/// scale_sem [], scale_dec [], (segments [B, S'], positions [B, S']),
+/// (weights [N'])]`, `S' = S`, `N' = N` unpadded
 fn step_inputs(
     batch: &Batch,
     scales: (f32, f32),
     pad_to: Option<usize>,
 ) -> Result<Vec<Array>, Exception> {
-    let scales = [Array::from_f32(scales.0), Array::from_f32(scales.1)];
+    let [sem, dec] = [Array::from_f32(scales.0), Array::from_f32(scales.1)];
+    let packed = |out: &mut Vec<Array>, extra: i32| -> Result<(), Exception> {
+        if let Some(p) = &batch.packed {
+            let pad2 = [(0, 0), (0, extra)];
+            let seg = ops::pad(&p.segments, &pad2[..], Array::from_int(-1), None)?; // [B, S']
+            let pos = ops::pad(&p.positions, &pad2[..], None, None)?; // [B, S']
+            out.extend([seg, pos]);
+        }
+        Ok(())
+    };
     let Some(max_len) = pad_to else {
         let n = batch.decoder_frames.len() as i32;
         let idx = Array::from_slice(&batch.decoder_frames, &[n]); // [N]
-        let [sem, dec] = scales;
-        return Ok(vec![
+        let mut out = vec![
             batch.frames.clone(),
             batch.mask.clone(),
             batch.c0_targets.clone(),
             idx,
             sem,
             dec,
-        ]);
+        ];
+        packed(&mut out, 0)?;
+        return Ok(out);
     };
     let shape = batch.frames.shape();
     let s = shape[1] as usize;
@@ -117,16 +142,35 @@ fn step_inputs(
     let mut w = vec![1f32; n];
     idx.resize(n_pad, idx[0]);
     w.resize(n_pad, 0.0);
-    let [sem, dec] = scales;
-    Ok(vec![
+    let mut out = vec![
         frames,
         mask,
         c0,
         Array::from_slice(&idx, &[n_pad as i32]),
         sem,
         dec,
-        Array::from_slice(&w, &[n_pad as i32]),
-    ])
+    ];
+    packed(&mut out, extra)?;
+    out.push(Array::from_slice(&w, &[n_pad as i32]));
+    Ok(out)
+}
+
+/// [`step_inputs`]' optional arrays, told apart by their count (fixed for
+/// a trace: a compiled step sees the same count every time it sees a
+/// shape).
+struct StepInputs<'a> {
+    /// `(segments, positions)` of a packed batch.
+    packed: Option<(&'a Array, &'a Array)>,
+    /// Depth-decoder frame weights of a bucket-padded batch.
+    weights: Option<&'a Array>,
+}
+
+impl<'a> StepInputs<'a> {
+    fn read(x: &'a [Array]) -> Self {
+        let packed = (x.len() >= 8).then(|| (&x[6], &x[7]));
+        let weights = (x.len() % 2 == 1).then(|| &x[x.len() - 1]);
+        StepInputs { packed, weights }
+    }
 }
 
 /// The training loss of one micro-batch given as [`step_inputs`]:
@@ -139,15 +183,24 @@ fn scaled_loss(
     x: &[Array],
     weights: LossWeights,
 ) -> Result<Vec<Array>, Exception> {
+    let extra = StepInputs::read(x);
+    let packed_mask = match extra.packed {
+        Some((segments, _)) => Some(packed_causal_mask(segments)?), // [B, 1, S, S]
+        None => None,
+    };
+    let attention = match (&packed_mask, extra.packed) {
+        (Some(mask), Some((_, positions))) => AttentionMask::Packed { mask, positions },
+        // Right padding: causal attention never lets a real frame see it.
+        _ => AttentionMask::Causal,
+    };
     let l = model.loss_arrays(
         &ArrayLossBatch {
             tokens: &x[0],
             mask: &x[1],
             loss_mask: &x[2],
             decoder_frames: &x[3],
-            decoder_weights: x.get(6),
-            // Right padding: causal attention never lets a real frame see it.
-            attention: AttentionMask::Causal,
+            decoder_weights: extra.weights,
+            attention,
         },
         weights,
     )?;
@@ -271,7 +324,7 @@ mod tests {
     use crate::model::{load_csm, LoadOptions, TrainKernels};
     use crate::rng::Rng;
     use crate::test_util::{max_abs, max_abs_diff};
-    use crate::train::batch::{build_example, collate, Turn};
+    use crate::train::batch::{build_example, collate, collate_as, Layout, Turn};
 
     /// The tiny fixture model (transformers layout) with LoRA on q/v/down
     /// of both stacks, every `lora_b` random so that every adapter tensor
@@ -422,6 +475,58 @@ mod tests {
             let got = run_step(&mut model, &batch, kernels, options);
             assert_same(what, &reference, &got);
         }
+    }
+
+    /// The same utterances packed (several to a row: block-diagonal
+    /// attention, positions restarting) give the padded batch's loss terms
+    /// and LoRA gradients, plain and compiled with shape buckets.
+    #[test]
+    fn packed_batch_keeps_the_padded_loss_and_gradients() {
+        let mut model = tiny_model();
+        let k = model.config.audio_num_codebooks as usize;
+        let vocab = model.config.audio_vocab_size as usize;
+        let mut rng = Rng::new(8);
+        // 37, 14, 21 and 4 frames: rows of up to 40 hold [37] and
+        // [21, 14, 4] (39 frames, padded to a bucket of 40 when compiled);
+        // padded, they take 4 rows of 37.
+        let examples: Vec<_> = [(6, 30), (3, 10), (4, 16), (2, 1)]
+            .iter()
+            .map(|&(text, audio)| {
+                let turn = Turn {
+                    text_tokens: (0..text).map(|_| 5 + rng.below(290) as u32).collect(),
+                    codes: (0..audio)
+                        .map(|_| (0..k).map(|_| 1 + rng.below(vocab - 4) as u32).collect())
+                        .collect(),
+                    has_loss: true,
+                };
+                build_example(&[], &turn, k, 2048).unwrap()
+            })
+            .collect();
+        let refs: Vec<_> = examples.iter().collect();
+        let padded = collate(&refs, 0.5, &mut Rng::new(3)).unwrap();
+        let row_len = pack_row_len(37, 2048);
+        assert_eq!(row_len, 40);
+        let packed = collate_as(&refs, 0.5, &mut Rng::new(3), Layout::Packed { row_len }).unwrap();
+        assert_eq!(packed.frames.shape(), &[2, 39, k as i32 + 1]);
+        assert!(packed.layout_frames() < padded.layout_frames());
+        let plain = StepOptions {
+            compile: false,
+            buckets: false,
+        };
+        let reference = run_step(&mut model, &padded, TrainKernels::PLAIN, plain);
+        let got = run_step(&mut model, &packed, TrainKernels::PLAIN, plain);
+        assert_same("packed", &reference, &got);
+        let compiled = StepOptions {
+            compile: true,
+            buckets: true,
+        };
+        let lean = TrainKernels {
+            lean_swiglu: true,
+            lean_lora: true,
+            ..TrainKernels::PLAIN
+        };
+        let got = run_step(&mut model, &packed, lean, compiled);
+        assert_same("packed, compiled with shape buckets", &reference, &got);
     }
 
     #[test]
