@@ -97,11 +97,11 @@ fn logs_are_plain_text_when_stderr_is_not_a_terminal() {
 
 /// Runs `csm args` on a pseudo-terminal (util-linux `script`), returning
 /// what the terminal showed.
-fn on_a_terminal(args: &[String], cache: &Path, no_color: Option<&str>) -> Option<String> {
-    if !cfg!(target_os = "linux") || Command::new("script").arg("--version").output().is_err() {
-        eprintln!("SKIPPED: util-linux `script` is needed for a pseudo-terminal");
-        return None;
-    }
+fn on_a_terminal(args: &[String], cache: &Path, no_color: Option<&str>) -> String {
+    assert!(
+        Command::new("script").arg("--version").output().is_ok(),
+        "util-linux `script` makes the pseudo-terminal: apt install bsdutils"
+    );
     let quoted: Vec<String> = std::iter::once(CSM.to_string())
         .chain(args.iter().cloned())
         .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
@@ -115,19 +115,21 @@ fn on_a_terminal(args: &[String], cache: &Path, no_color: Option<&str>) -> Optio
     }
     let out = cmd.output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
+#[cfg_attr(
+    not(target_os = "linux"),
+    ignore = "drives util-linux `script` for a pseudo-terminal"
+)]
 fn logs_are_coloured_on_a_terminal_unless_no_color_is_set() {
     let dir = tempfile::tempdir().unwrap();
     let args = prepare_with_a_warning(dir.path());
     let cache = dir.path().join("cache");
-    let Some(shown) = on_a_terminal(&args, &cache, None) else {
-        return;
-    };
+    let shown = on_a_terminal(&args, &cache, None);
     assert!(has_colour(warning_line(&shown)), "{shown:?}");
-    let shown = on_a_terminal(&args, &cache, Some("1")).unwrap();
+    let shown = on_a_terminal(&args, &cache, Some("1"));
     assert!(!has_colour(warning_line(&shown)), "{shown:?}");
 }
 

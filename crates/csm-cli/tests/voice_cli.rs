@@ -61,6 +61,7 @@ fn the_run_ends_with_base_best_and_last_voice_scores() {
     let encoder = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../target/test-data/resemblyzer-pretrained.pt");
     let work = tempfile::tempdir().unwrap();
+    let whisper = whisper_dir(work.path());
     let out_dir = work.path().join("run");
     // Eight recordings, one held out: 7 examples, one step an epoch, 3
     // steps, checkpoints at 2 and 3 (the last).
@@ -73,6 +74,8 @@ fn the_run_ends_with_base_best_and_last_voice_scores() {
             encoder.to_str().unwrap(),
             "--voice-prompt",
             "Hi.",
+            "--whisper-model",
+            whisper.to_str().unwrap(),
         ],
     );
     let (out, _) = run(&args, &work.path().join("cache"), Duration::from_secs(900));
@@ -88,14 +91,39 @@ fn the_run_ends_with_base_best_and_last_voice_scores() {
     let reports = RunDir::new(&out_dir).voice_reports().unwrap();
     let steps: Vec<usize> = reports.iter().map(|r| r.step).collect();
     assert_eq!(steps, [0, 2, 3]);
+    // The random Whisper hears something: every report has WER and CER,
+    // and the best checkpoint follows the WER gate, computed here from the
+    // records: passing max(20%, base + 10 points) beats failing; then the
+    // higher similarity among those that pass, the lower WER among those
+    // that fail; the earlier step on a tie.
+    for r in &reports {
+        let (wer, cer) = (r.summary.wer.unwrap(), r.summary.cer.unwrap());
+        assert!(wer.is_finite() && wer >= 0.0 && cer >= 0.0, "{r:?}");
+    }
+    let gate = (reports[0].summary.wer.unwrap() + 0.10).max(0.20);
+    let rank = |r: &csm_core::train::VoiceReport| {
+        let (wer, sim) = (r.summary.wer.unwrap(), r.summary.similarity.unwrap());
+        if wer <= gate {
+            (0, -sim, 0.0)
+        } else {
+            (1, wer, -sim)
+        }
+    };
+    let expected = reports[1..]
+        .iter()
+        .min_by(|a, b| rank(a).partial_cmp(&rank(b)).unwrap())
+        .unwrap()
+        .step;
     let best = reports.last().unwrap().best_step.unwrap();
+    assert_eq!(best, expected, "gate {gate}: {reports:?}");
+    let percent = |v: Option<f32>| format!("{:.1}%", 100.0 * v.unwrap());
     let row = |name: &str, step: usize| {
         let r = reports.iter().find(|r| r.step == step).unwrap();
         format!(
             "{name:<14} {step:>6}  {:>10.3}  {:>7}  {:>7}  {:>15}",
             r.summary.similarity.unwrap(),
-            "-",
-            "-",
+            percent(r.summary.wer),
+            percent(r.summary.cer),
             r.summary.health_warnings
         )
     };
@@ -114,4 +142,27 @@ fn the_run_ends_with_base_best_and_last_voice_scores() {
         "{}",
         table[4]
     );
+}
+
+/// The tiny random Whisper of `tests/fixtures/whisper/tiny80`, with its
+/// tokenizer unpacked beside it, in `root`.
+fn whisper_dir(root: &std::path::Path) -> std::path::PathBuf {
+    let fixtures =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/whisper");
+    let dir = root.join("whisper-tiny80");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in std::fs::read_dir(fixtures.join("tiny80")).unwrap() {
+        let f = f.unwrap().path();
+        if f.file_name().unwrap() != "ref.safetensors" {
+            std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    let status = std::process::Command::new("python3")
+        .args(["-m", "zipfile", "-e"])
+        .arg(fixtures.join("multilingual.tiktoken.zip"))
+        .arg(&dir)
+        .status()
+        .expect("python3 unzips");
+    assert!(status.success());
+    dir
 }

@@ -3,10 +3,10 @@
 //! Precedence: built-in defaults, then `--config FILE` (the `config.json`
 //! format the app exports and every run writes), then flags given here.
 //! The voice-score flags ([`VoiceArgs`]) are `finetune-lora`'s alone; where
-//! the speaker encoder comes from is decided in one place,
-//! [`default_speaker_encoder`].
+//! the speaker encoder and the Whisper model come from is decided in one
+//! place, [`VoicePaths`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
@@ -292,6 +292,14 @@ pub struct TrainArgs {
     /// large batches, about one more forward pass of time per step.
     #[arg(long, help_heading = "Method and memory")]
     pub grad_checkpoint: bool,
+    /// Pack several utterances into each row of a micro-batch instead of
+    /// padding every one to the longest: rows of up to the longest
+    /// utterance's length (rounded to a shape bucket), attention kept
+    /// within each utterance and its positions restarting, so the loss is
+    /// the same; fewer padded frames when lengths differ. The log says how
+    /// many frames an epoch takes either way.
+    #[arg(long, help_heading = "Method and memory")]
+    pub packing: bool,
 
     /// Peak learning rate of AdamW [default: 2e-4].
     #[arg(long, help_heading = "Optimisation")]
@@ -541,8 +549,10 @@ pub fn speaker_list(c: &TrainConfig) -> String {
 #[derive(Debug, Args, Default)]
 #[command(next_help_heading = "Voice scores")]
 pub struct VoiceArgs {
-    /// resemblyzer's speaker encoder, `pretrained.pt` from the PyPI wheel
-    /// resemblyzer==0.1.4; giving it turns voice scores on.
+    /// resemblyzer's speaker encoder: its `pretrained.pt` (PyPI wheel
+    /// resemblyzer==0.1.4), or `speaker-encoder`, the bundle `csm download`
+    /// fetches. Voice scores are on with it, and also without this flag once
+    /// that bundle is in the cache (--no-voice-scores turns them off).
     ///
     /// At step 0 (the base model) and at every checkpoint the model speaks
     /// the voice prompts after a clip of the speaker held out of training
@@ -563,9 +573,11 @@ pub struct VoiceArgs {
     /// step. The base model is the reference, never the best.
     #[arg(long, value_name = "FILE")]
     pub speaker_encoder: Option<PathBuf>,
-    /// A Whisper model folder (transformers layout) that transcribes the
-    /// samples: adds WER/CER and the WER gate of the best checkpoint.
-    #[arg(long, value_name = "DIR")]
+    /// The Whisper model that transcribes the samples, adding WER/CER and
+    /// the WER gate of the best checkpoint: a folder (transformers layout),
+    /// a bundle (whisper-tiny, whisper-large-v3-turbo, ...) or a hub id
+    /// (downloaded when missing unless HF_HUB_OFFLINE=1).
+    #[arg(long, value_name = "DIR|BUNDLE|REPO")]
     pub whisper_model: Option<PathBuf>,
     /// Built-in prompts to speak at each scoring, 1 to 8 [default: 3].
     #[arg(long, value_name = "K")]
@@ -582,11 +594,30 @@ pub struct VoiceArgs {
     pub no_voice_scores: bool,
 }
 
-/// The speaker encoder voice scores use when `--speaker-encoder` is not
-/// given (and the `--config` file names none): none yet, so voice scores
-/// are off by default.
-pub fn default_speaker_encoder() -> Option<PathBuf> {
-    None
+/// How [`VoiceArgs::apply`] turns flag values into files: the hub cache
+/// for the CLI ([`VoicePaths::hub`]); tests pass their own.
+pub struct VoicePaths<'a> {
+    /// A `--speaker-encoder` value (a path or the bundle name) to its file.
+    pub speaker_encoder: &'a dyn Fn(&Path) -> Result<PathBuf>,
+    /// A `--whisper-model` value (a folder, a bundle or a hub id) to its folder.
+    pub whisper: &'a dyn Fn(&Path) -> Result<PathBuf>,
+    /// The encoder used when neither the flag nor `--config` names one.
+    pub default_encoder: &'a dyn Fn() -> Result<Option<PathBuf>>,
+}
+
+impl VoicePaths<'static> {
+    /// Bundle names and hub ids through the hub cache (downloading what is
+    /// missing); the default encoder is the `speaker-encoder` bundle when it
+    /// is already cached, so voice scores are on once it has been
+    /// downloaded (`csm download speaker-encoder`), and nothing is fetched
+    /// unasked.
+    pub fn hub() -> Self {
+        VoicePaths {
+            speaker_encoder: &super::hub_paths::resolve_speaker_encoder,
+            whisper: &super::hub_paths::resolve_whisper,
+            default_encoder: &super::hub_paths::default_speaker_encoder,
+        }
+    }
 }
 
 impl VoiceArgs {
@@ -594,15 +625,30 @@ impl VoiceArgs {
     /// with a speaker encoder, off otherwise (said in one info line). Asking
     /// for voice scores without an encoder is an error naming the flag.
     pub fn apply(&self, config: &mut TrainConfig) -> Result<()> {
+        self.apply_with(config, &VoicePaths::hub())
+    }
+
+    /// [`Self::apply`] with the flags' values resolved by `paths`.
+    pub fn apply_with(&self, config: &mut TrainConfig, paths: &VoicePaths) -> Result<()> {
         if self.no_voice_scores {
             config.voice = None;
             return Ok(());
         }
-        let encoder = self
-            .speaker_encoder
-            .clone()
-            .or_else(|| config.voice.as_ref().map(|v| v.speaker_encoder.clone()))
-            .or_else(default_speaker_encoder);
+        let encoder = match (&self.speaker_encoder, &config.voice) {
+            (Some(given), _) => Some((paths.speaker_encoder)(given)?),
+            (None, Some(v)) => Some(v.speaker_encoder.clone()),
+            (None, None) => {
+                let cached = (paths.default_encoder)()?;
+                if let Some(p) = &cached {
+                    tracing::info!(
+                        "voice scores are on with the cached speaker encoder {} \
+                         (--no-voice-scores turns them off)",
+                        p.display()
+                    );
+                }
+                cached
+            }
+        };
         let Some(encoder) = encoder else {
             let asked = [
                 (self.voice_scores, "--voice-scores"),
@@ -630,7 +676,7 @@ impl VoiceArgs {
             .unwrap_or_else(|| VoiceConfig::new(&encoder));
         voice.speaker_encoder = encoder;
         if let Some(dir) = &self.whisper_model {
-            voice.whisper_model = Some(dir.clone());
+            voice.whisper_model = Some((paths.whisper)(dir)?);
         }
         if let Some(k) = self.voice_prompts {
             if !(1..=VOICE_PROMPTS.len()).contains(&k) {
@@ -675,6 +721,7 @@ impl TrainArgs {
             c.quantize = self.quantize;
         }
         c.grad_checkpoint |= self.grad_checkpoint;
+        c.packing |= self.packing;
         let lora_only: Vec<&str> = [
             (self.lora_r.is_some(), "--lora-r"),
             (self.lora_alpha.is_some(), "--lora-alpha"),
@@ -730,6 +777,12 @@ mod tests {
     }
 
     fn config(extra: &[&str]) -> Result<TrainConfig> {
+        config_with(extra, None)
+    }
+
+    /// [`config`] with `cached` as the speaker encoder found in the cache;
+    /// flag values are taken as paths.
+    fn config_with(extra: &[&str], cached: Option<&str>) -> Result<TrainConfig> {
         let mut args = vec![
             "csm",
             "--model-path",
@@ -742,7 +795,13 @@ mod tests {
         args.extend_from_slice(extra);
         let cli = Cli::try_parse_from(args)?;
         let mut config = cli.train.to_config("info")?;
-        cli.voice.apply(&mut config)?;
+        let cached = cached.map(PathBuf::from);
+        let paths = VoicePaths {
+            speaker_encoder: &|p| Ok(p.to_path_buf()),
+            whisper: &|p| Ok(p.to_path_buf()),
+            default_encoder: &move || Ok(cached.clone()),
+        };
+        cli.voice.apply_with(&mut config, &paths)?;
         Ok(config)
     }
 
@@ -814,6 +873,25 @@ mod tests {
         assert_eq!(c.voice.unwrap().prompts, ["Hi.", "Bye."]);
         let c = config(&["--speaker-encoder", "enc.pt", "--no-voice-scores"]).unwrap();
         assert_eq!(c.voice, None);
+    }
+
+    /// The cached speaker-encoder bundle turns voice scores on without
+    /// the flag; the flag and a `--config` file's encoder come first, and
+    /// `--no-voice-scores` still turns them off.
+    #[test]
+    fn the_cached_speaker_encoder_is_the_default() {
+        let on = |extra: &[&str]| config_with(extra, Some("cached.pt")).unwrap().voice;
+        assert_eq!(on(&[]), Some(VoiceConfig::new("cached.pt")));
+        assert_eq!(
+            on(&["--speaker-encoder", "given.pt"]),
+            Some(VoiceConfig::new("given.pt"))
+        );
+        assert_eq!(on(&["--no-voice-scores"]), None);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.json");
+        std::fs::write(&file, r#"{"voice": {"speaker_encoder": "from-config.pt"}}"#).unwrap();
+        let v = on(&["--config", file.to_str().unwrap()]).unwrap();
+        assert_eq!(v.speaker_encoder, PathBuf::from("from-config.pt"));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 #![allow(dead_code)] // each test binary uses a subset
 
 use std::ffi::OsStr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -60,6 +60,11 @@ pub fn run_csm<S: AsRef<OsStr> + std::fmt::Debug>(
         .args(args)
         .env_remove("MLX_HOSTFILE")
         .env_remove("MLX_RANK")
+        // An empty hub cache unless the test gives one: what the user's
+        // cache holds (a speaker encoder turns voice scores on) stays out.
+        .env("HF_HOME", empty_hf_home())
+        .env_remove("HF_HUB_CACHE")
+        .env_remove("HF_ASSETS_CACHE")
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -74,6 +79,11 @@ pub fn run_csm<S: AsRef<OsStr> + std::fmt::Debug>(
         std::thread::sleep(Duration::from_millis(50));
     }
     (child.wait_with_output().unwrap(), start.elapsed())
+}
+
+/// A hub cache folder that stays empty (nothing downloads in these runs).
+fn empty_hf_home() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("empty-hf-home")
 }
 
 pub fn text(out: &Output) -> String {
