@@ -7,7 +7,9 @@
 //! (`--cases`, `--decoder-fraction`, `--modes`) on one model, each from the
 //! same adapters, with the training step's levers switchable
 //! (`--cross-entropy`, `--attention-tile`, `--lean-swiglu`, `--lean-lora`,
-//! `--no-buckets`).
+//! `--no-buckets`). With `--lengths`, the rows have mixed lengths and
+//! `--layouts padded,packed` times them padded and packed
+//! (`train::batch::Layout`), printing frames/s and the padded share.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -22,9 +24,9 @@ use csm_core::model::flops::train_step_flops;
 use csm_core::model::{quantize_stacks, Csm, CsmConfig, LossWeights, QuantSpec, TrainKernels};
 use csm_core::rng::Rng;
 use csm_core::runtime;
-use csm_core::train::batch::{build_example, collate, Batch, Turn};
+use csm_core::train::batch::{build_example, collate, collate_as, Batch, Example, Layout, Turn};
 use csm_core::train::optim::AdamW;
-use csm_core::train::step::{ForwardBackward, StepOptions};
+use csm_core::train::step::{bucket_len, pack_row_len, ForwardBackward, StepOptions};
 
 /// The tiny fixture model's config (transformers layout), for quick checks.
 const TINY_CONFIG: &str = include_str!("../../../../tests/fixtures/csm_tiny_hf/config.json");
@@ -71,6 +73,16 @@ pub enum StepMode {
     Compiled,
 }
 
+/// How the rows of a case are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LayoutArg {
+    /// One utterance a row, padded to the longest.
+    Padded,
+    /// Several utterances a row (`finetune-lora --packing`), rows of up to
+    /// the longest utterance rounded to its shape bucket.
+    Packed,
+}
+
 /// Which cross-entropy the loss uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CrossEntropyArg {
@@ -102,6 +114,17 @@ pub struct BenchTrainArgs {
     /// `1x130,8x130,4x500,16x250`); default: --batch-size x --audio-frames.
     #[arg(long, value_delimiter = ',')]
     cases: Vec<String>,
+    /// Mixed lengths: audio frames of the rows, comma-separated, cycled
+    /// over the rows of each case (e.g. `--cases 12x0 --lengths
+    /// 60,130,250`: 12 rows, four of each length; a case's own audio
+    /// frames are then ignored). Needs `--decoder-rule csm`.
+    #[arg(long, value_delimiter = ',')]
+    lengths: Vec<usize>,
+    /// Layouts to time, comma-separated: padded (one utterance a row),
+    /// packed (several a row, as `finetune-lora --packing`; needs
+    /// `--lengths`).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "padded")]
+    layouts: Vec<LayoutArg>,
     /// Fraction(s) of the audio frames through the depth decoder,
     /// comma-separated; every case runs at each.
     #[arg(long, value_delimiter = ',', default_value = "0.0625")]
@@ -176,16 +199,39 @@ pub struct BenchTrainArgs {
 }
 
 /// One case: rows, audio frames a row, decoder fraction.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Case {
     rows: usize,
     audio_frames: usize,
     fraction: f32,
+    /// `--lengths`: the rows' audio frames, cycled (empty: all
+    /// `audio_frames`).
+    lengths: Vec<usize>,
+    layout: LayoutArg,
 }
 
 impl Case {
     fn name(&self) -> String {
-        format!("{}x{}", self.rows, self.audio_frames)
+        let mut name = if self.lengths.is_empty() {
+            format!("{}x{}", self.rows, self.audio_frames)
+        } else {
+            let l: Vec<String> = self.lengths.iter().map(usize::to_string).collect();
+            format!("{}xmix{}", self.rows, l.join("-"))
+        };
+        if self.layout == LayoutArg::Packed {
+            name.push_str("-packed");
+        }
+        name
+    }
+
+    /// Audio frames of each row.
+    fn row_audio(&self) -> Vec<usize> {
+        (0..self.rows)
+            .map(|i| match self.lengths.as_slice() {
+                [] => self.audio_frames,
+                l => l[i % l.len()],
+            })
+            .collect()
     }
 
     fn fraction_name(&self) -> String {
@@ -197,21 +243,21 @@ impl Case {
     }
 }
 
-/// Parses `ROWSxAUDIO`.
-fn parse_case(text: &str) -> Result<(usize, usize)> {
+/// Parses `ROWSxAUDIO` (`AUDIO` may be 0 with `--lengths`).
+fn parse_case(text: &str, mixed: bool) -> Result<(usize, usize)> {
     let (b, a) = text
         .trim()
         .to_lowercase()
         .split_once('x')
         .map(|(b, a)| (b.to_string(), a.to_string()))
         .with_context(|| format!("--cases: {text:?} is not ROWSxAUDIO_FRAMES (e.g. 8x130)"))?;
-    let parse = |v: &str| -> Result<usize> {
+    let parse = |v: &str, zero: bool| -> Result<usize> {
         v.parse::<usize>()
             .ok()
-            .filter(|&n| n > 0)
+            .filter(|&n| n > 0 || zero)
             .with_context(|| format!("--cases: {text:?}: {v:?} is not a positive number"))
     };
-    Ok((parse(&b)?, parse(&a)?))
+    Ok((parse(&b, false)?, parse(&a, mixed)?))
 }
 
 /// Runs the benchmark.
@@ -248,19 +294,32 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
     } else {
         args.cases
             .iter()
-            .map(|c| parse_case(c))
+            .map(|c| parse_case(c, !args.lengths.is_empty()))
             .collect::<Result<_>>()?
     };
-    let cases: Vec<Case> = shapes
-        .iter()
-        .flat_map(|&(rows, audio_frames)| {
-            args.decoder_fraction.iter().map(move |&fraction| Case {
-                rows,
-                audio_frames,
-                fraction,
-            })
-        })
-        .collect();
+    if !args.lengths.is_empty() && args.decoder_rule == DecoderRule::Hf {
+        bail!("--lengths takes --decoder-rule csm (the hf rule is counted per row of one length)");
+    }
+    if args.lengths.contains(&0) {
+        bail!("--lengths: every row needs at least one audio frame");
+    }
+    if args.lengths.is_empty() && args.layouts.contains(&LayoutArg::Packed) {
+        bail!("--layouts packed takes --lengths (identical rows leave nothing to pack)");
+    }
+    let mut cases = Vec::new();
+    for &(rows, audio_frames) in &shapes {
+        for &fraction in &args.decoder_fraction {
+            for &layout in &args.layouts {
+                cases.push(Case {
+                    rows,
+                    audio_frames,
+                    fraction,
+                    lengths: args.lengths.clone(),
+                    layout,
+                });
+            }
+        }
+    }
     let modes = if args.compile {
         vec![StepMode::Compiled]
     } else {
@@ -367,6 +426,13 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
     let mut failed = Vec::new();
     for case in &cases {
         let batch = case_batch(&config, case, args.text_frames, args.decoder_rule)?;
+        // Frames the step computes: rows x the row length (a shape bucket
+        // when compiled with buckets), against the utterances' own.
+        let (rows_n, s) = (
+            batch.frames.shape()[0] as usize,
+            batch.frames.shape()[1] as usize,
+        );
+        let max_len = config.backbone.max_seq_len as usize;
         for &mode in &modes {
             // Every case and mode starts from the same adapters, so their
             // step-0 losses must agree.
@@ -394,8 +460,21 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
                     continue;
                 }
             };
-            let rows: Vec<usize> = vec![args.text_frames + case.audio_frames + 1; case.rows];
+            // Model FLOPs count each utterance's own frames and attention,
+            // whatever the layout.
+            let rows: Vec<usize> = case
+                .row_audio()
+                .iter()
+                .map(|a| args.text_frames + a + 1)
+                .collect();
             let flops = train_step_flops(&model, &rows, batch.decoder_frames.len());
+            let step_len = if options.compile && options.buckets {
+                bucket_len(s).min(max_len.max(s))
+            } else {
+                s
+            };
+            let step_frames = rows_n * step_len;
+            let padded_share = 1.0 - batch.real_frames as f64 / step_frames as f64;
             let tflops = flops.total / r.median / 1e12;
             let mfu = rate_tflops.map(|rate| tflops / rate);
             let frames = batch.real_frames as f64;
@@ -414,6 +493,11 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
                 "decoder_frames": batch.decoder_frames.len(),
                 "decoder_fraction": case.fraction,
                 "decoder_rule": format!("{:?}", args.decoder_rule).to_lowercase(),
+                "lengths": case.lengths,
+                "layout": format!("{:?}", case.layout).to_lowercase(),
+                "layout_rows": rows_n,
+                "step_frames": step_frames,
+                "padded_share": padded_share,
                 "mode": format!("{mode:?}").to_lowercase(),
                 "compiled": options.compile,
                 "buckets": options.compile && options.buckets,
@@ -459,7 +543,8 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
             }
             println!(
                 "csm bench-train: {:?} {dtype:?} {method}, {} (fraction {}, {} decoder frames), {mode:?} on {}: \
-                 {:.3} s/step (min {:.3}, first {:.2}), {:.1} frames/s, {:.1} model GFLOP, {:.1} GFLOP/s{}, \
+                 {:.3} s/step (min {:.3}, first {:.2}), {:.1} frames/s ({} rows, {:.1}% padded frames), \
+                 {:.1} model GFLOP, {:.1} GFLOP/s{}, \
                  step-0 loss {:.4}, weights {:.2} GB, peak MLX {:.2} GB, max RSS {:.2} GB",
                 args.size,
                 case.name(),
@@ -470,6 +555,8 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
                 r.min,
                 r.first,
                 frames / r.median,
+                rows_n,
+                100.0 * padded_share,
                 flops.total / 1e9,
                 tflops * 1e3,
                 mfu.map(|m| format!(" ({:.1}% MFU)", 100.0 * m))
@@ -510,9 +597,10 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// The batch of a case: `rows` identical rows of `text` text frames,
-/// `audio_frames` audio frames and EOS, with the depth-decoder frames
-/// chosen by `rule`.
+/// The batch of a case: `rows` rows of `text` text frames, their audio
+/// frames ([`Case::row_audio`]; identical rows without `--lengths`) and
+/// EOS, laid out as the case says, with the depth-decoder frames chosen
+/// by `rule`.
 fn case_batch(config: &CsmConfig, case: &Case, text: usize, rule: DecoderRule) -> Result<Batch> {
     let k = config.audio_num_codebooks as usize;
     let (text_vocab, audio_vocab) = (
@@ -535,6 +623,38 @@ fn case_batch(config: &CsmConfig, case: &Case, text: usize, rule: DecoderRule) -
             .collect(),
         has_loss: true,
     };
+    if !case.lengths.is_empty() {
+        // Each row its own random codes.
+        let examples: Vec<Example> = case
+            .row_audio()
+            .into_iter()
+            .map(|a| {
+                let codes = (0..a)
+                    .map(|_| {
+                        (0..k)
+                            .map(|_| 1 + rng.below(audio_vocab - 4) as u32)
+                            .collect()
+                    })
+                    .collect();
+                let t = Turn {
+                    codes,
+                    ..turn.clone()
+                };
+                build_example(&[], &t, k, 1 << 20)
+            })
+            .collect::<Result<_, _>>()?;
+        let refs: Vec<&Example> = examples.iter().collect();
+        let layout = match case.layout {
+            LayoutArg::Padded => Layout::Padded,
+            LayoutArg::Packed => Layout::Packed {
+                row_len: pack_row_len(
+                    examples.iter().map(Example::len).max().unwrap_or(0),
+                    config.backbone.max_seq_len as usize,
+                ),
+            },
+        };
+        return Ok(collate_as(&refs, case.fraction, &mut rng, layout)?);
+    }
     let example = build_example(&[], &turn, k, 1 << 20)?;
     let refs = vec![&example; case.rows];
     Ok(match rule {
