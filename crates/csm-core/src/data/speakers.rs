@@ -340,6 +340,23 @@ impl DataSource {
         }
     }
 
+    /// Where its `speakers.json` is, or would be saved: its file, else
+    /// [`SPEAKERS_FILE`] in the dataset folder (the folder holding
+    /// `audio/`, or the one holding the speaker folders).
+    pub fn speakers_file_target(&self) -> PathBuf {
+        if let Some(path) = self.speakers_file() {
+            return path.to_path_buf();
+        }
+        match self {
+            Self::OneSpeaker { layout } | Self::SpeakersFile { layout, .. } => layout
+                .audio_dir
+                .parent()
+                .unwrap_or(&layout.audio_dir)
+                .join(SPEAKERS_FILE),
+            Self::SpeakerFolders { root, .. } => root.join(SPEAKERS_FILE),
+        }
+    }
+
     /// The folder an empty dataset is reported against.
     fn root(&self) -> &Path {
         match self {
@@ -546,8 +563,7 @@ pub fn plan(source: &DataSource, fixed: &BTreeMap<String, u32>) -> Result<Speake
 /// [`plan`] with the contents of `source`'s `speakers.json` given, not
 /// read: what a run would make of `file` once it is saved there (the app
 /// checks an edit with it before [`write_speakers_file`]). Errors name
-/// `source`'s speakers file, or `speakers.json` in the dataset folder when
-/// the source has none yet.
+/// [`DataSource::speakers_file_target`].
 ///
 /// # Errors
 /// As [`plan`], but never for reading `speakers.json`.
@@ -556,17 +572,7 @@ pub fn plan_with(
     file: &SpeakersFile,
     fixed: &BTreeMap<String, u32>,
 ) -> Result<SpeakerPlan> {
-    let path = match source.speakers_file() {
-        Some(path) => path.to_path_buf(),
-        None => match source {
-            DataSource::OneSpeaker { layout } | DataSource::SpeakersFile { layout, .. } => layout
-                .audio_dir
-                .parent()
-                .unwrap_or(&layout.audio_dir)
-                .join(SPEAKERS_FILE),
-            DataSource::SpeakerFolders { root, .. } => root.join(SPEAKERS_FILE),
-        },
-    };
+    let path = source.speakers_file_target();
     let source = match source {
         DataSource::OneSpeaker { layout } => DataSource::SpeakersFile {
             layout: layout.clone(),
