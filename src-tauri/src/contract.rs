@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use csm_core::train::{VoiceReport, VoiceSetupReport};
+use csm_core::train::{SpeakerValReport, VoiceReport, VoiceSetupReport};
 use serde::Serialize;
 
 /// Run phase shown in the UI's phase stepper.
@@ -164,6 +164,10 @@ pub enum TrainingEvent {
         semantic_loss: f32,
         /// Decoder codebooks loss.
         acoustic_loss: f32,
+        /// Each speaker's part, by id, when the dataset has several
+        /// (absent otherwise): the core's `SpeakerValReport` (camelCase).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        speakers: Vec<SpeakerValReport>,
     },
     /// A checkpoint was written.
     Checkpoint {
@@ -299,6 +303,31 @@ mod tests {
                 loss: 4.5,
                 semantic_loss: 2.5,
                 acoustic_loss: 2.0,
+                speakers: Vec::new(),
+            },
+            TrainingEvent::Validation {
+                step: 100,
+                loss: 4.75,
+                semantic_loss: 2.5,
+                acoustic_loss: 2.25,
+                speakers: vec![
+                    SpeakerValReport {
+                        speaker: "alice".into(),
+                        id: 0,
+                        loss: 4.5,
+                        semantic_loss: 2.5,
+                        acoustic_loss: 2.0,
+                        examples: 2,
+                    },
+                    SpeakerValReport {
+                        speaker: "bob".into(),
+                        id: 1,
+                        loss: 5.0,
+                        semantic_loss: 2.5,
+                        acoustic_loss: 2.5,
+                        examples: 1,
+                    },
+                ],
             },
             TrainingEvent::Checkpoint {
                 step: 100,

@@ -16,6 +16,7 @@ pub fn app_builder<R: Runtime>(builder: Builder<R>) -> Builder<R> {
     state::manage(builder)
         .manage(commands::hub::HubDownloads::default())
         .manage(commands::transcribe::TranscriptionJobs::default())
+        .manage(commands::lr_find::LrFindJobs::default())
         .plugin(tauri_plugin_dialog::init())
         .on_window_event(|window, event| {
             // Folders dropped on the window become readable by the commands.
@@ -34,6 +35,8 @@ pub fn app_builder<R: Runtime>(builder: Builder<R>) -> Builder<R> {
             commands::files::reveal_path,
             commands::dataset::scan_dataset,
             commands::dataset::dataset_usage,
+            commands::speakers::dataset_speakers,
+            commands::speakers::save_speakers,
             commands::transcribe::scan_recordings,
             commands::transcribe::whisper_models,
             commands::transcribe::transcribe_recordings,
@@ -54,6 +57,8 @@ pub fn app_builder<R: Runtime>(builder: Builder<R>) -> Builder<R> {
             commands::training::estimate_run,
             commands::training::start_training,
             commands::training::stop_training,
+            commands::lr_find::find_learning_rate,
+            commands::lr_find::cancel_lr_find,
             commands::generate::generate_sample,
             commands::generate::cancel_generation,
             commands::audio::list_output_devices,

@@ -6,9 +6,10 @@
 use std::path::{Path, PathBuf};
 
 use csm_core::data::dataset::{FileReport, ProblemKind as CoreKind};
+use csm_core::data::speakers::load_source;
 use csm_core::data::{
-    audio_usage, scan_dataset as core_scan, AudioUsage, DatasetLayout, ScanOptions,
-    TARGET_SAMPLE_RATE,
+    audio_usage, scan_dataset as core_scan, AudioUsage, DataSource, DatasetLayout, ScanOptions,
+    SPEAKERS_FILE, TARGET_SAMPLE_RATE,
 };
 use csm_core::train::TrainConfig;
 use serde::Serialize;
@@ -33,6 +34,13 @@ pub struct DatasetScan {
     pub items: Vec<DatasetItem>,
     /// Sums.
     pub totals: Totals,
+    /// The speakers' folders (names) when `root` holds one folder per
+    /// speaker (`root/NAME/audio`...); the rows' `file` is then
+    /// `NAME/<file>`, and `audioDir`/`transcriptDir` are `root`. Empty for
+    /// one folder of recordings.
+    pub speaker_folders: Vec<String>,
+    /// `speakers.json` in the dataset folder, when there is one.
+    pub speakers_file: Option<PathBuf>,
 }
 
 /// One audio file.
@@ -120,7 +128,42 @@ pub async fn dataset_usage<R: Runtime>(
     allowed: State<'_, AllowedPaths>,
     config: TrainConfig,
 ) -> Result<AudioUsage> {
-    for p in [Some(&config.audio_dir), Some(&config.transcript_dir)]
+    check_dataset(&app, &allowed, &config)?;
+    blocking("dataset_usage", move || usage(&config)).await
+}
+
+/// Synchronous body of [`dataset_usage`]: one speaker's folders through
+/// `audio_usage`, several speakers (`data_dir`, `speakers_file`) through
+/// `data::speakers::load_source`, as training loads them (with each
+/// speaker's share in `speakers`).
+pub fn usage(config: &TrainConfig) -> Result<AudioUsage> {
+    let invalid = |e: csm_core::data::DataError| Error::InvalidInput(e.to_string());
+    let source = config.data_source().map_err(invalid)?;
+    if let DataSource::OneSpeaker { layout } = &source {
+        return audio_usage(layout, &config.load_options(), &mut |_| {}).map_err(invalid);
+    }
+    let dataset = load_source(
+        &source,
+        &config.speakers,
+        &config.load_options(),
+        &mut |_| {},
+    )
+    .map_err(invalid)?;
+    Ok(dataset.usage())
+}
+
+/// The dataset folders of `config` that exist and were given to the app
+/// (`data_dir` or the three folders, and `speakers_file`).
+pub(crate) fn check_dataset<R: Runtime>(
+    app: &AppHandle<R>,
+    allowed: &AllowedPaths,
+    config: &TrainConfig,
+) -> Result<()> {
+    let folders = match &config.data_dir {
+        Some(dir) => vec![Some(dir)],
+        None => vec![Some(&config.audio_dir), Some(&config.transcript_dir)],
+    };
+    for p in folders
         .into_iter()
         .chain([config.alignment_dir.as_ref()])
         .flatten()
@@ -128,24 +171,22 @@ pub async fn dataset_usage<R: Runtime>(
         if !p.is_dir() {
             return Err(Error::NotFound(p.clone()));
         }
-        allowed.check(&app, p)?;
+        allowed.check(app, p)?;
     }
-    blocking("dataset_usage", move || usage(&config)).await
-}
-
-/// Synchronous body of [`dataset_usage`].
-pub fn usage(config: &TrainConfig) -> Result<AudioUsage> {
-    let layout = DatasetLayout::new(
-        &config.audio_dir,
-        &config.transcript_dir,
-        config.alignment_dir.clone(),
-    );
-    audio_usage(&layout, &config.load_options(), &mut |_| {})
-        .map_err(|e| Error::InvalidInput(e.to_string()))
+    if let Some(p) = &config.speakers_file {
+        if !p.is_file() {
+            return Err(Error::NotFound(p.clone()));
+        }
+        allowed.check(app, p)?;
+    }
+    Ok(())
 }
 
 /// Synchronous body of [`scan_dataset`].
 pub fn scan(paths: &[PathBuf]) -> Result<DatasetScan> {
+    if let Some(scan) = scan_speaker_folders(paths)? {
+        return Ok(scan);
+    }
     let (root, layout) = resolve_layout(paths)?;
     let opts = ScanOptions {
         preview_chars: usize::MAX,
@@ -157,25 +198,86 @@ pub fn scan(paths: &[PathBuf]) -> Result<DatasetScan> {
         .iter()
         .filter_map(|f| item(&layout, f))
         .collect();
-    let totals = Totals {
-        files: items.len(),
-        seconds: items.iter().filter_map(|i| i.duration_secs).sum(),
-        with_transcript: items.iter().filter(|i| i.transcript_path.is_some()).count(),
-        with_problems: items.iter().filter(|i| !i.problems.is_empty()).count(),
-        usable: report
-            .files
-            .iter()
-            .filter(|f| f.audio_file.is_some() && f.usable)
-            .count(),
-    };
+    let usable = report
+        .files
+        .iter()
+        .filter(|f| f.audio_file.is_some() && f.usable)
+        .count();
+    let speakers_file = Some(root.join(SPEAKERS_FILE)).filter(|p| p.is_file());
     Ok(DatasetScan {
         root,
         audio_dir: layout.audio_dir.clone(),
         transcript_dir: layout.transcript_dir.clone(),
         alignment_dir: layout.alignment_dir.clone(),
+        totals: totals(&items, usable),
         items,
-        totals,
+        speaker_folders: Vec::new(),
+        speakers_file,
     })
+}
+
+/// Sums over the rows; `usable` from the core's report.
+fn totals(items: &[DatasetItem], usable: usize) -> Totals {
+    Totals {
+        files: items.len(),
+        seconds: items.iter().filter_map(|i| i.duration_secs).sum(),
+        with_transcript: items.iter().filter(|i| i.transcript_path.is_some()).count(),
+        with_problems: items.iter().filter(|i| !i.problems.is_empty()).count(),
+        usable,
+    }
+}
+
+/// One folder in the per-speaker layout (`DataSource::detect`): every
+/// speaker folder scanned, its rows named `SPEAKER/<file>`. `None` for any
+/// other folder or set of folders.
+fn scan_speaker_folders(paths: &[PathBuf]) -> Result<Option<DatasetScan>> {
+    let [root] = paths else { return Ok(None) };
+    if !root.is_dir() || root.join("audio").is_dir() {
+        return Ok(None);
+    }
+    let Ok(DataSource::SpeakerFolders {
+        folders,
+        speakers_file,
+        ..
+    }) = DataSource::detect(root, None)
+    else {
+        return Ok(None);
+    };
+    let opts = ScanOptions {
+        preview_chars: usize::MAX,
+        ..ScanOptions::default()
+    };
+    let mut items = Vec::new();
+    let mut usable = 0;
+    for folder in &folders {
+        let report =
+            core_scan(&folder.layout, &opts).map_err(|e| Error::InvalidInput(e.to_string()))?;
+        usable += report
+            .files
+            .iter()
+            .filter(|f| f.audio_file.is_some() && f.usable)
+            .count();
+        items.extend(
+            report
+                .files
+                .iter()
+                .filter_map(|f| item(&folder.layout, f))
+                .map(|i| DatasetItem {
+                    file: format!("{}/{}", folder.speaker, i.file),
+                    ..i
+                }),
+        );
+    }
+    Ok(Some(DatasetScan {
+        root: root.clone(),
+        audio_dir: root.clone(),
+        transcript_dir: root.clone(),
+        alignment_dir: None,
+        totals: totals(&items, usable),
+        items,
+        speaker_folders: folders.into_iter().map(|f| f.speaker).collect(),
+        speakers_file,
+    }))
 }
 
 fn item(layout: &DatasetLayout, f: &FileReport) -> Option<DatasetItem> {

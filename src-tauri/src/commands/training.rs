@@ -128,20 +128,7 @@ pub async fn start_training<R: Runtime>(
         }
         false => config,
     };
-    for p in [
-        Some(&config.model_path),
-        Some(&config.audio_dir),
-        Some(&config.transcript_dir),
-    ]
-    .into_iter()
-    .chain([
-        config.alignment_dir.as_ref(),
-        config.mimi_path.as_ref(),
-        config.tokenizer_path.as_ref(),
-    ])
-    .chain([config.resume_from.as_ref()])
-    .flatten()
-    {
+    for p in input_paths(&config) {
         if !p.exists() {
             return Err(Error::NotFound(p.clone()));
         }
@@ -159,6 +146,29 @@ pub async fn start_training<R: Runtime>(
     roots.remember(&app, &config.output_dir)?;
     allowed.allow(&config.output_dir);
     Ok(id)
+}
+
+/// The files and folders a run of `config` reads: the model and its
+/// companions, the dataset (its folders, or `data_dir`, and
+/// `speakers_file`) and `resume_from`. An empty `audio_dir` or
+/// `transcript_dir` beside a `data_dir` is left out.
+pub fn input_paths(config: &TrainConfig) -> Vec<&PathBuf> {
+    let dataset = match &config.data_dir {
+        Some(dir) => vec![Some(dir)],
+        None => vec![Some(&config.audio_dir), Some(&config.transcript_dir)],
+    };
+    [Some(&config.model_path)]
+        .into_iter()
+        .chain(dataset)
+        .chain([
+            config.alignment_dir.as_ref(),
+            config.speakers_file.as_ref(),
+            config.mimi_path.as_ref(),
+            config.tokenizer_path.as_ref(),
+            config.resume_from.as_ref(),
+        ])
+        .flatten()
+        .collect()
 }
 
 /// The hub bundle the Parameters form names by [`SPEAKER_ENCODER_BUNDLE`].
@@ -363,7 +373,8 @@ fn run_thread(
     }
 }
 
-fn train_error_kind(e: &TrainError) -> &'static str {
+/// The IPC error kind of a trainer error.
+pub fn train_error_kind(e: &TrainError) -> &'static str {
     match e {
         TrainError::Config(_) | TrainError::Resume { .. } => "invalidInput",
         TrainError::Model(_)
@@ -478,6 +489,7 @@ impl TrainingObserver for EventMapper<'_> {
                     loss: v.loss,
                     semantic_loss: v.semantic_loss,
                     acoustic_loss: v.acoustic_loss,
+                    speakers: v.speakers.clone(),
                 }
             }
             TrainEvent::Checkpoint { step, path } => TrainingEvent::Checkpoint {
@@ -575,6 +587,35 @@ mod tests {
         let err = run_config(&bad, Path::new("/runs/x")).unwrap_err();
         assert_eq!(err.kind(), "invalidInput");
         assert!(err.to_string().contains("--lora-r"), "{err}");
+    }
+
+    #[test]
+    fn a_runs_inputs_are_its_dataset_folder_or_folders_and_speakers_file() {
+        let folders = TrainConfig {
+            model_path: "/m".into(),
+            audio_dir: "/d/audio".into(),
+            transcript_dir: "/d/transcripts".into(),
+            speakers_file: Some("/d/speakers.json".into()),
+            ..TrainConfig::default()
+        };
+        let paths =
+            |c: &TrainConfig| -> Vec<PathBuf> { input_paths(c).into_iter().cloned().collect() };
+        assert_eq!(
+            paths(&folders),
+            ["/m", "/d/audio", "/d/transcripts", "/d/speakers.json"].map(PathBuf::from)
+        );
+        let data_dir = TrainConfig {
+            data_dir: Some("/voices".into()),
+            audio_dir: PathBuf::new(),
+            transcript_dir: PathBuf::new(),
+            speakers_file: None,
+            ..folders
+        };
+        assert_eq!(
+            paths(&data_dir),
+            ["/m", "/voices"].map(PathBuf::from),
+            "no empty folder paths beside --data-dir"
+        );
     }
 
     fn voice_on(encoder: &str, whisper: Option<&Path>) -> TrainConfig {
