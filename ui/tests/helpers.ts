@@ -75,6 +75,8 @@ export function scanFixture(): DatasetScan {
     alignmentDir: null,
     items,
     totals: { files: items.length, seconds: 4.2 * 11 + 42, withTranscript: 11, withProblems: 2, usable: 11 },
+    speakerFolders: [],
+    speakersFile: null,
   };
 }
 

@@ -51,6 +51,8 @@ function madeDataset(): DatasetScan {
     alignmentDir: `${OUT}/alignments`,
     items,
     totals: { files: 2, seconds: 91.5, withTranscript: 2, withProblems: 0, usable: 2 },
+    speakerFolders: [],
+    speakersFile: null,
   };
 }
 

@@ -3,7 +3,7 @@
 // of the app build: main.ts imports it only when VITE_MOCK_IPC is set.
 import { mockIPC, mockWindows } from '@tauri-apps/api/mocks';
 import type { Channel } from '@tauri-apps/api/core';
-import type { DatasetItem, DatasetScan, GeneratedSample, GenerateRequest, GenerationEvent, RecordingsScan, RunSummary, TrainingEvent, TranscribeRequest, TranscriptionEvent } from '../lib/api';
+import type { DatasetItem, DatasetScan, DatasetSpeakers, LrFindEvent, LrFindOptions, LrFindReport, LrPoint, SpeakersFile, GeneratedSample, GenerateRequest, GenerationEvent, RecordingsScan, RunSummary, TrainingEvent, TranscribeRequest, TranscriptionEvent } from '../lib/api';
 import { defaultConfig } from '../lib/config';
 
 function rng(seed: number): () => number {
@@ -42,7 +42,68 @@ function scan(root: string): DatasetScan {
     alignmentDir: null,
     items,
     totals: { files: items.length, seconds, withTranscript: 23, withProblems: 3, usable: 23 },
+    speakerFolders: [],
+    speakersFile: null,
   };
+}
+
+/** `dataset_speakers`: one speaker until a speakers.json is saved (kept in memory). */
+let savedSpeakers: SpeakersFile | null = null;
+
+function speakersView(): DatasetSpeakers {
+  const file = savedSpeakers;
+  const names = [...new Set(Object.values(file?.recordings ?? {}).map(String))].sort();
+  const fixed = file?.speakers ?? {};
+  const ids = new Map<string, number>();
+  for (const n of names) if (fixed[n] !== undefined) ids.set(n, fixed[n]);
+  let next = 0;
+  for (const n of names) {
+    if (ids.has(n)) continue;
+    while ([...ids.values()].includes(next)) next++;
+    ids.set(n, next);
+  }
+  const speakers = [...ids.entries()].map(([name, id]) => ({ name, id })).sort((a, b) => a.id - b.id);
+  return {
+    layout: file ? 'speakersFile' : 'oneSpeaker',
+    speakersFile: '/data/voice/speakers.json',
+    fileExists: file !== null,
+    file,
+    speakers: file ? speakers : [],
+    recordings: file ? Object.entries(file.recordings ?? {}).map(([id, who]) => ({ id, speaker: ids.get(String(who)) ?? null, speakers: [ids.get(String(who)) ?? 0] })) : [],
+    error: null,
+  };
+}
+
+/** Like the backend: loading, then one point per step of the range test; the report at the end. */
+let lrFindStop: (() => void) | null = null;
+
+function simulateLrFind(options: LrFindOptions | null, ch: Channel<LrFindEvent>): Promise<unknown> {
+  const o = options ?? { minLr: 1e-7, maxLr: 1, steps: 100, smoothing: 0.9, divergeFactor: 4 };
+  ch.onmessage({ event: 'phase', data: { phase: 'loading', message: 'model /models/csm-1b', done: null, total: null } });
+  const points: LrPoint[] = [];
+  return new Promise((resolve) => {
+    let avg = 0;
+    const finish = (stop: LrFindReport['stop']) => {
+      clearInterval(timer);
+      lrFindStop = null;
+      // The mock's curve falls fastest near 1e-3.
+      const suggested = points.length >= 5 ? (points.reduce((a, p) => (Math.abs(Math.log10(p.lr) + 3) < Math.abs(Math.log10(a.lr) + 3) ? p : a)).lr) : null;
+      resolve({ report: { suggestedLr: suggested, minLossLr: suggested, points, stop, options: o, configLr: 2e-4, trainableParams: 1_234_567 }, reportPath: '/runs/lr_find.json' });
+    };
+    const timer = setInterval(() => {
+      const i = points.length;
+      if (i >= o.steps) return finish('completed');
+      const lr = o.minLr * (o.maxLr / o.minLr) ** (i / (o.steps - 1));
+      const x = Math.log10(lr);
+      const loss = 6 - 2.5 / (1 + Math.exp(-(x + 3) * 2)) + (x > -1 ? (x + 1) * 8 : 0);
+      avg = o.smoothing * avg + (1 - o.smoothing) * loss;
+      const smoothed = avg / (1 - o.smoothing ** (i + 1));
+      const p = { step: i + 1, lr, loss, smoothed };
+      points.push(p);
+      ch.onmessage({ event: 'point', data: p });
+    }, 40);
+    lrFindStop = () => finish('cancelled');
+  });
 }
 
 function recordings(dir: string): RecordingsScan {
@@ -202,6 +263,16 @@ export function install(): void {
         case 'scan_dataset':
           if ((a.paths as string[] | undefined)?.[0]?.includes('memos')) return Promise.reject({ kind: 'invalidInput', message: 'no transcripts folder' });
           return scan('/data/voice');
+        case 'dataset_speakers':
+          return speakersView();
+        case 'save_speakers':
+          savedSpeakers = a.file as SpeakersFile;
+          return speakersView();
+        case 'find_learning_rate':
+          return simulateLrFind(a.options as LrFindOptions | null, a.onEvent as Channel<LrFindEvent>);
+        case 'cancel_lr_find':
+          lrFindStop?.();
+          return null;
         case 'blas_status':
           return { kernels: 'Haswell', cpu: 'AMD EPYC', origin: 'fits', recommended: null, warning: null };
         case 'scan_recordings':

@@ -143,6 +143,14 @@ export interface DatasetScan {
     /** Clips the trainer can use (no missing/empty transcript, readable). */
     usable: number;
   };
+  /**
+   * The speakers' folders when `root` holds one folder per speaker (`root/NAME/audio`...);
+   * rows are then named `NAME/<file>` and `audioDir`/`transcriptDir` are `root`. Empty for
+   * one folder of recordings.
+   */
+  speakerFolders: string[];
+  /** `speakers.json` in the dataset folder, when there is one. */
+  speakersFile: string | null;
 }
 
 /**
@@ -176,6 +184,29 @@ export interface AudioUsage {
   validation_seconds: number;
   /** Skipped recordings, over-long utterances and other notes. */
   warnings: string[];
+  /** Per speaker, by id, when the dataset has several (absent otherwise). */
+  speakers?: SpeakerUsage[];
+}
+
+/** A speaker: name and CSM id (the core's `Speaker`). */
+export interface Speaker {
+  name: string;
+  id: number;
+}
+
+/** One speaker's share of the audio used (the core's `SpeakerUsage`, snake_case). */
+export interface SpeakerUsage {
+  speaker: Speaker;
+  /** Recordings with at least one of its utterances. */
+  recordings: number;
+  /** Of those, conversations (several speakers). */
+  conversations: number;
+  utterances: number;
+  seconds: number;
+  train_utterances: number;
+  validation_utterances: number;
+  train_seconds: number;
+  validation_seconds: number;
 }
 
 /**
@@ -183,6 +214,32 @@ export interface AudioUsage {
  * reports the audio used. Reads every clip: slower than `scanDataset`.
  */
 export const datasetUsage = (config: RunConfig) => call<AudioUsage>('dataset_usage', { config });
+
+/** `speakers.json` (the core's `SpeakersFile`): fixed ids of names, and who speaks each recording (by name or id). */
+export interface SpeakersFile {
+  speakers?: Record<string, number>;
+  recordings?: Record<string, string | number>;
+}
+
+/** Who speaks the dataset's recordings, as a run would resolve them (`dataset_speakers`). */
+export interface DatasetSpeakers {
+  layout: 'oneSpeaker' | 'speakersFile' | 'speakerFolders';
+  /** Where `speakers.json` is, or would be saved. */
+  speakersFile: string;
+  fileExists: boolean;
+  /** Its contents, when it exists and reads. */
+  file: SpeakersFile | null;
+  /** The names-to-ids table a run would use, by id (empty for one speaker or on `error`). */
+  speakers: Speaker[];
+  recordings: { id: string; speaker: number | null; speakers: number[] }[];
+  /** Why a run would refuse the speakers (names the file and key). */
+  error: string | null;
+}
+
+export const datasetSpeakers = (config: RunConfig) => call<DatasetSpeakers>('dataset_speakers', { config });
+/** Checks `file` against the dataset and writes it as its `speakers.json` (atomically); nothing is written when refused. */
+export const saveSpeakers = (config: RunConfig, file: SpeakersFile) =>
+  call<DatasetSpeakers>('save_speakers', { config, file });
 
 // ---------------------------------------------------------------- raw recordings, transcription
 
@@ -483,6 +540,18 @@ export interface ValidationData {
   loss: number | null;
   semanticLoss: number | null;
   acousticLoss: number | null;
+  /** Each speaker's part, by id, when the dataset has several (absent otherwise). */
+  speakers?: SpeakerValidation[];
+}
+
+/** One speaker's validation loss (the core's `SpeakerValReport`). */
+export interface SpeakerValidation {
+  speaker: string;
+  id: number;
+  loss: number | null;
+  semanticLoss: number | null;
+  acousticLoss: number | null;
+  examples: number;
 }
 
 export type WarningKind = 'nan' | 'divergence' | 'gradSpike' | 'other';
@@ -598,6 +667,58 @@ export function startTraining(
 
 /** Asks the run to stop; the backend saves a checkpoint, then sends `finished` with status "stopped". */
 export const stopTraining = (runId: string) => call<void>('stop_training', { runId });
+
+// ---------------------------------------------------------------- learning-rate finder
+
+/** The range test's settings (the core's `LrFindOptions`). */
+export interface LrFindOptions {
+  minLr: number;
+  maxLr: number;
+  steps: number;
+  smoothing: number;
+  divergeFactor: number;
+}
+
+/** One step of the range test (the core's `LrPoint`). */
+export interface LrPoint {
+  step: number;
+  lr: number;
+  loss: number | null;
+  smoothed: number | null;
+}
+
+/** `lr_find.json` (the core's `LrFindReport`). */
+export interface LrFindReport {
+  /** Where the smoothed loss falls fastest; null when too few steps ran. */
+  suggestedLr: number | null;
+  minLossLr: number | null;
+  points: LrPoint[];
+  stop: 'completed' | 'diverged' | 'cancelled';
+  options: LrFindOptions;
+  configLr: number;
+  trainableParams: number;
+}
+
+export type LrFindEvent =
+  | { event: 'phase'; data: { phase: Phase; message: string | null; done: number | null; total: number | null } }
+  | { event: 'point'; data: LrPoint }
+  | { event: 'warning'; data: { message: string } };
+
+/**
+ * Runs the learning-rate range test on the config's model and data (`options` null: the
+ * core's defaults). Resolves with the report (also when cancelled) and where it was written
+ * (`<output_dir>/lr_find.json`, nothing else).
+ */
+export function findLearningRate(
+  config: RunConfig,
+  options: LrFindOptions | null,
+  onEvent: (e: LrFindEvent) => void,
+): Promise<{ report: LrFindReport; reportPath: string }> {
+  const channel = new Channel<LrFindEvent>();
+  channel.onmessage = onEvent;
+  return call('find_learning_rate', { config, options, onEvent: channel });
+}
+export const cancelLrFind = () => call<void>('cancel_lr_find');
 
 // ---------------------------------------------------------------- generation
 

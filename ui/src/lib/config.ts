@@ -76,6 +76,29 @@ export interface RunConfig {
   debug: boolean;
   /** Voice scores (`TrainConfig::voice`); absent or null: off. */
   voice?: VoiceSettings | null;
+  /**
+   * A dataset folder holding one folder per speaker (`--data-dir`); it replaces
+   * `audio_dir`, `transcript_dir` and `alignment_dir`, which are then empty. Absent or null: unused.
+   */
+  data_dir?: string | null;
+  /** `speakers.json` saying who speaks each recording (`--speakers`). Absent or null: none. */
+  speakers_file?: string | null;
+  /** Fixed CSM ids of speaker names (`--speaker-map`); a run fills in the rest. */
+  speakers?: Record<string, number>;
+}
+
+/** The dataset keys that are not flags of the form (set by the Dataset screen, kept on import). */
+const SPEAKER_KEYS = ['data_dir', 'speakers_file', 'speakers'] as const;
+
+function parseSpeakerKey(key: (typeof SPEAKER_KEYS)[number], v: unknown): string | null | Record<string, number> {
+  if (key === 'speakers') {
+    const ok = typeof v === 'object' && v !== null && !Array.isArray(v) &&
+      Object.values(v).every((id) => Number.isInteger(id) && (id as number) >= 0);
+    if (!ok) throw new ConfigParseError(`speakers: expected {"name": id, ...}, got ${JSON.stringify(v)}`);
+    return { ...(v as Record<string, number>) };
+  }
+  if (v !== null && typeof v !== 'string') throw new ConfigParseError(`${key}: expected a string or null, got ${JSON.stringify(v)}`);
+  return v;
 }
 
 /** The core's `VoiceConfig` (docs/voice-scores.md). */
@@ -394,9 +417,11 @@ function isTargetLayers(v: unknown): v is TargetLayers {
 /** Field errors (key -> message); empty when the config can be run. */
 export function validate(c: RunConfig): Partial<Record<ConfigKey, string>> {
   const errors: Partial<Record<ConfigKey, string>> = {};
+  // A folder per speaker (`data_dir`) replaces the audio and transcript folders.
+  const byDataDir = (k: ConfigKey) => Boolean(c.data_dir) && (k === 'audio_dir' || k === 'transcript_dir');
   for (const f of FIELDS) {
     const v = c[f.key];
-    if (f.required && (typeof v !== 'string' || v.trim() === '')) {
+    if (f.required && !byDataDir(f.key) && (typeof v !== 'string' || v.trim() === '')) {
       errors[f.key] = 'Required';
       continue;
     }
@@ -421,6 +446,9 @@ export function validate(c: RunConfig): Partial<Record<ConfigKey, string>> {
     } else if (c.voice.prompts.length === 0 || c.voice.prompts.some((p) => p.trim() === '')) {
       errors.voice = 'Voice scores need at least one non-empty prompt';
     }
+  }
+  if (c.data_dir && (c.audio_dir || c.transcript_dir || c.alignment_dir)) {
+    errors.audio_dir = 'The dataset is a folder per speaker (--data-dir); leave the audio, transcript and alignment folders empty';
   }
   if (!isTargetLayers(c.target_layers)) {
     errors.target_layers = LAYERS_HINT;
@@ -500,12 +528,22 @@ function fmtNumber(n: number): string {
   return String(n);
 }
 
+/** Folder keys that `data_dir` replaces (left out of the command line beside it). */
+function byDataDirKey(c: RunConfig, k: ConfigKey): boolean {
+  return Boolean(c.data_dir) && (k === 'audio_dir' || k === 'transcript_dir' || k === 'alignment_dir');
+}
+
 /** `csm finetune-lora ...` with required flags plus every flag that differs from its default. */
 export function toCommand(c: RunConfig): string {
   const parts = ['csm', 'finetune-lora'];
+  if (c.data_dir) parts.push('--data-dir', shellQuote(c.data_dir));
+  if (c.speakers_file) parts.push('--speakers', shellQuote(c.speakers_file));
+  const map = Object.entries(c.speakers ?? {});
+  if (map.length > 0) parts.push('--speaker-map', shellQuote(map.map(([n, id]) => `${n}=${id}`).join(',')));
   for (const f of FIELDS) {
     const v = c[f.key];
     const d = DEFAULT_CONFIG[f.key];
+    if (byDataDirKey(c, f.key)) continue;
     if (!f.required && sameValue(v, d)) continue;
     if (v === null || v === '') {
       if (!f.required) continue;
@@ -575,6 +613,11 @@ export function fromObject(raw: unknown): ParsedConfig {
     const key = rawKey.replace(/-/g, '_') as ConfigKey;
     if (key === 'voice') {
       config.voice = parseVoice(value);
+      continue;
+    }
+    if ((SPEAKER_KEYS as readonly string[]).includes(key)) {
+      const k = key as (typeof SPEAKER_KEYS)[number];
+      (config as unknown as Record<string, unknown>)[k] = parseSpeakerKey(k, value);
       continue;
     }
     const f = FIELD_BY_KEY[key];

@@ -7,6 +7,7 @@ import type { AudioUsage, DatasetScan, GeneratedSample, IpcError, ModelInfo, Mod
 import { type Transcription, applyTranscriptionEvent, idleTranscription } from './transcription';
 import { type ConfigKey, type RunConfig, defaultConfig, fromObject, validate, validateDrafts } from './config';
 import { type RunState, applyEvent, initialRunState, isActive } from './run';
+import { type LrFind, applyLrFindEvent, idleLrFind } from './lrfind';
 
 export type Tab = 'dataset' | 'model' | 'parameters' | 'run' | 'samples' | 'history';
 
@@ -36,6 +37,11 @@ export class AppStore {
   usageError = $state<IpcError | null>(null);
   measuring = $state(false);
   #usageRequest = 0;
+  /** Who speaks the dataset's recordings (`dataset_speakers`), once read. */
+  speakers = $state<api.DatasetSpeakers | null>(null);
+  speakersError = $state<IpcError | null>(null);
+  /** The learning-rate finder of the Parameters screen. */
+  lrFind = $state<LrFind>(idleLrFind());
   /** A folder of raw recordings (no transcripts yet), when one was dropped or chosen. */
   recordings = $state<RecordingsScan | null>(null);
   /** The Whisper transcription of `recordings` (or of a dataset's untranscribed clips). */
@@ -101,9 +107,47 @@ export class AppStore {
   async #scanDataset(paths: string[]): Promise<void> {
     const scan = await api.scanDataset(paths);
     this.dataset = scan;
-    this.config.audio_dir = scan.audioDir;
-    this.config.transcript_dir = scan.transcriptDir;
-    this.config.alignment_dir = scan.alignmentDir;
+    if (scan.speakerFolders.length > 0) {
+      // A folder per speaker: the run reads it as --data-dir.
+      this.config.data_dir = scan.root;
+      this.config.audio_dir = '';
+      this.config.transcript_dir = '';
+      this.config.alignment_dir = null;
+      this.config.speakers_file = null;
+    } else {
+      this.config.data_dir = null;
+      this.config.audio_dir = scan.audioDir;
+      this.config.transcript_dir = scan.transcriptDir;
+      this.config.alignment_dir = scan.alignmentDir;
+      this.config.speakers_file = scan.speakersFile;
+    }
+    await this.refreshSpeakers();
+  }
+
+  /** Reads who speaks the dataset's recordings, as a run would resolve them. */
+  async refreshSpeakers(): Promise<void> {
+    try {
+      this.speakers = await api.datasetSpeakers($state.snapshot(this.config) as RunConfig);
+      this.speakersError = null;
+    } catch (e) {
+      this.speakers = null;
+      this.speakersError = api.toIpcError(e);
+    }
+  }
+
+  /** Saves the user's speakers as the dataset's speakers.json; the error, if refused (nothing is written then). */
+  async saveSpeakers(file: api.SpeakersFile): Promise<IpcError | null> {
+    try {
+      const view = await api.saveSpeakers($state.snapshot(this.config) as RunConfig, file);
+      if (!this.config.data_dir) this.config.speakers_file = view.speakersFile;
+      this.speakers = view;
+      this.speakersError = null;
+      this.notify(`Speakers saved to ${view.speakersFile}`);
+      void this.refreshUsage();
+      return null;
+    } catch (e) {
+      return api.toIpcError(e);
+    }
   }
 
   /** Lists a raw folder (and the dataset made from it so far); false when it holds no recordings. */
@@ -143,7 +187,8 @@ export class AppStore {
       if (this.recordings) {
         await this.#scanRaw(this.recordings.dir, this.recordings.outputDir);
       } else if (d) {
-        await this.#scanDataset(d.root && d.audioDir === `${d.root}/audio` ? [d.root] : paths);
+        const whole = d.speakerFolders.length > 0 || d.audioDir === `${d.root}/audio`;
+        await this.#scanDataset(d.root && whole ? [d.root] : paths);
       }
       this.datasetError = null;
     } catch (e) {
@@ -305,6 +350,39 @@ export class AppStore {
 
   // ------------------------------------------------------------ training
 
+  // ------------------------------------------------------------ learning-rate finder
+
+  /** Runs the range test on the current model, data and settings (`steps` steps). */
+  async findLearningRate(steps: number): Promise<void> {
+    if (this.lrFind.status === 'running') return;
+    this.lrFind = { ...idleLrFind(steps), status: 'running' };
+    const options = { minLr: 1e-7, maxLr: 1, steps, smoothing: 0.9, divergeFactor: 4 };
+    try {
+      const { report, reportPath } = await api.findLearningRate($state.snapshot(this.config) as RunConfig, options, (e) => {
+        this.lrFind = applyLrFindEvent(this.lrFind, e);
+      });
+      this.lrFind = { ...this.lrFind, status: 'done', report, reportPath, points: report.points };
+    } catch (e) {
+      this.lrFind = { ...this.lrFind, status: 'failed', error: api.toIpcError(e) };
+    }
+  }
+
+  async cancelLrFind(): Promise<void> {
+    try {
+      await api.cancelLrFind();
+    } catch (e) {
+      this.notify(`Could not stop the learning-rate finder: ${api.toIpcError(e).message}`, 'error');
+    }
+  }
+
+  /** Sets the learning rate to the finder's suggestion (3 significant digits). */
+  useSuggestedLr(): void {
+    const lr = this.lrFind.report?.suggestedLr;
+    if (lr === null || lr === undefined) return;
+    this.config.learning_rate = Number(lr.toPrecision(3));
+    delete this.drafts.learning_rate;
+  }
+
   onTrainingEvent = (ev: TrainingEvent): void => {
     applyEvent(this.#raw, ev);
     this.run = { ...this.#raw };
@@ -361,6 +439,9 @@ export class AppStore {
     this.recordings = null;
     this.transcription = idleTranscription();
     this.models = { csm: emptySlot(), mimi: emptySlot(), tokenizer: emptySlot() };
+    this.speakers = null;
+    this.speakersError = null;
+    this.lrFind = idleLrFind();
     this.config = defaultConfig();
     this.drafts = {};
     this.estimate = null;
