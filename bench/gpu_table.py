@@ -5,7 +5,9 @@
 
 Reads csm_{plain,compiled}_BxA_F[_TAG].json (csm bench-train --json-dir),
 peer_{eager,compiled}_BxA_F.json (bench/peer/train_step.py --json-dir),
-torch_matmul.json (bench/peer/matmul.py). Standard library only.
+torch_matmul.json (bench/peer/matmul.py), and the packing runs
+csm_MODE_BxmixL1-L2-..[-packed]_F.json (a table of their own). Standard
+library only.
 
 Columns: seconds per step (median); speed = the peer's best time over
 csm's best (above 1: csm is faster); peak memory (csm: MLX peak; peer:
@@ -205,6 +207,42 @@ def main():
             print(f"| {case}, {'1/16' if frac == '0.0625' else frac} | {mode} | {tag} | {t:.3f} | {fmt_s(tb)} "
                   f"| {change} | {fmt_gb(j['peak_mlx_bytes'])} | {fmt_gb(base and base['peak_mlx_bytes'])} "
                   f"| {j['first_loss']:.4f} |")
+
+    packing_table(out)
+
+
+def packing_table(out):
+    """Mixed-length rows padded and packed (csm bench-train --lengths
+    --layouts padded,packed), one line per run, the packed speed-up against
+    the padded run of the same case and mode."""
+    runs = {}
+    for path in sorted(glob.glob(os.path.join(out, "csm_*.json"))):
+        m = re.match(r"csm_(plain|compiled)_(\d+xmix[0-9-]+?)(-packed)?_([0-9.]+)(?:_(.+))?\.json$",
+                     os.path.basename(path))
+        if not m or (j := load(path)) is None:
+            continue
+        mode, case, packed, frac, tag = m.groups()
+        runs[(case, frac, mode, tag or "", "packed" if packed else "padded")] = j
+    if not runs:
+        return
+    print()
+    print("## Packing: mixed lengths, padded vs packed (same utterances, same loss)")
+    print()
+    print("| case | mode | layout | rows | padded frames | s/step | frames/s | speed vs padded "
+          "| peak GB | step-0 loss |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for key in sorted(runs):
+        case, frac, mode, tag, layout = key
+        j = runs[key]
+        base = runs.get((case, frac, mode, tag, "padded"))
+        speed = "-"
+        if base and layout == "packed":
+            speed = f"{base['median_s_per_step'] / j['median_s_per_step']:.2f}x"
+        label = f"{case}, {'1/16' if frac == '0.0625' else frac}" + (f" ({tag})" if tag else "")
+        print(f"| {label} | {mode} | {layout} | {j.get('layout_rows', '-')} "
+              f"| {100 * j.get('padded_share', 0):.1f}% | {j['median_s_per_step']:.3f} "
+              f"| {j['frames_per_s']:.0f} | {speed} | {fmt_gb(j['peak_mlx_bytes'])} "
+              f"| {j['first_loss']:.4f} |")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,9 @@
 # compiled, one process), csm's levers one at a time, the peer eager (one
 # process), the peer under torch.compile with what is left of BUDGET_S
 # (default 450 s; cases in order of interest, each compiled afresh; a case
-# cut off by the budget is reported as not measured), the table.
+# cut off by the budget is reported as not measured), csm's packing case
+# (16 rows of mixed lengths, padded and packed; PACKING=0 skips it), the
+# table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -112,6 +114,16 @@ if [ $left -gt 30 ]; then
   grep -E "^== case|step s median|first warm-up" "$out/peer_compiled.log" || true
 else
   log "peer: torch.compile skipped, no time left ($left s)"
+fi
+
+# Packing (after the peer, so that its time budget is not spent here):
+# mixed lengths, the same utterances padded and packed, compiled; PACKING=0
+# skips it. Two traces, about a minute or two on an H100.
+if [ "${PACKING:-1}" = 1 ]; then
+  log "csm: packing, 16 rows of 60/130/250 audio frames, padded and packed"
+  g bench-train --size $size --dtype $dtype --cases 16x0 --lengths 60,130,250 --layouts padded,packed \
+    --decoder-fraction 0.0625 --decoder-rule csm --modes compiled "${steps[@]}" --peak-tflops "$rate" \
+    --json-dir "$out" 2>&1 | tee "$out/csm_packing.log" | grep "csm bench-train" || true
 fi
 
 log "table"

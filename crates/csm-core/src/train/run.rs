@@ -423,7 +423,8 @@ impl<'a> Run<'a> {
             Layout::Padded => "one example a row, padded (--packing packs them)".into(),
         };
         tracing::info!(
-            "micro-batches: {what}; an epoch is {real} frames, {padded} padded ({:.1}% padding),              {packed} packed ({:.1}%)",
+            "micro-batches: {what}; an epoch is {real} frames, {padded} padded ({:.1}% \
+             padding), {packed} packed ({:.1}%)",
             share(padded),
             share(packed)
         );
