@@ -3,6 +3,7 @@
 // of the app build: main.ts imports it only when VITE_MOCK_IPC is set.
 import { mockIPC, mockWindows } from '@tauri-apps/api/mocks';
 import type { Channel } from '@tauri-apps/api/core';
+import type { FlowEvent, FlowStage, FlowUnit, NewVoiceRequest, VoiceEntry, VoiceOutcome } from '../lib/api';
 import type { DatasetItem, DatasetScan, DatasetSpeakers, LrFindEvent, LrFindOptions, LrFindReport, LrPoint, SpeakersFile, GeneratedSample, GenerateRequest, GenerationEvent, RecordingsScan, RunSummary, TrainingEvent, TranscribeRequest, TranscriptionEvent } from '../lib/api';
 import { defaultConfig } from '../lib/config';
 
@@ -199,6 +200,81 @@ function simulate(ch: Channel<TrainingEvent>, total = 240): void {
   }, 120);
 }
 
+// ---------------------------------------------------------------- new voice (simulated journey)
+
+const mockVoices: VoiceEntry[] = [];
+let voiceStop: (() => void) | null = null;
+
+function mockVoice(req: NewVoiceRequest, dir: string, complete: boolean): VoiceEntry {
+  const sample = (step: number, prompt: number) => ({ step, prompt, text: 'Hello from the fine-tuned voice.', path: `${dir}/run/samples/step_${String(step).padStart(7, '0')}/prompt_${prompt}.wav`, similarity: step ? 0.71 : 0.52, wer: step ? 0.08 : 0.11, durationSecs: 2.4 });
+  return {
+    id: dir.split('/').at(-1) ?? 'voice',
+    dir,
+    name: req.name,
+    speakerName: null,
+    rawDir: req.rawDir,
+    createdUnixS: Math.floor(Date.now() / 1000),
+    updatedUnixS: Math.floor(Date.now() / 1000),
+    stages: (['download', 'transcribe', 'dataset', 'train', 'summary'] as const).map((stage, i) => ({ stage, status: complete || i < 2 ? ('done' as const) : ('pending' as const), seconds: complete || i < 2 ? 30 : 0 })),
+    complete,
+    dataset: complete ? { recordings: 3, minutesIn: 23.6, minutesUsed: 21.9, utterances: 142 } : null,
+    steps: complete ? 300 : null,
+    scores: complete ? { base: { step: 0, similarity: 0.52, wer: 0.11, cer: 0.05, healthWarnings: 0 }, best: { step: 240, similarity: 0.71, wer: 0.08, cer: 0.03, healthWarnings: 0 }, last: { step: 300, similarity: 0.69, wer: 0.09, cer: 0.04, healthWarnings: 0 } } : null,
+    adapters: complete ? [{ kind: 'best', step: 240, path: `${dir}/run/adapters_best.safetensors` }, { kind: 'final', step: 300, path: `${dir}/run/adapters.safetensors` }] : [],
+    samples: complete ? [sample(0, 1), sample(240, 1)] : [],
+    models: { modelPath: '/models/csm-1b', mimiPath: null, tokenizerPath: null, speakerId: 0 },
+  };
+}
+
+/** Like the backend: csm-flow's stage events over a few seconds, stopping after `stopAfter`. */
+function simulateVoice(req: NewVoiceRequest, ch: Channel<FlowEvent>): Promise<VoiceOutcome> {
+  const dir = req.voiceDir ?? `/home/me/.local/share/dev.csmstudio.app/voices/${req.name.toLowerCase().replace(/[^a-z0-9]+/g, '-')}`;
+  const send = (e: FlowEvent) => ch.onmessage(e);
+  const plan: { stage: FlowStage; unit: FlowUnit; total: number }[] = [
+    { stage: 'download', unit: 'bytes', total: 6.2e9 },
+    { stage: 'transcribe', unit: 'audio_seconds', total: 1415 },
+    { stage: 'dataset', unit: 'recordings', total: 3 },
+    { stage: 'train', unit: 'steps', total: 300 },
+    { stage: 'summary', unit: 'steps', total: 0 },
+  ];
+  const first = req.voiceDir ? 2 : 0;
+  const last = req.stopAfter === 'transcribe' ? 1 : 4;
+  return new Promise((resolve, reject) => {
+    let i = first;
+    let done = 0;
+    const t0 = Date.now();
+    const timer = setInterval(() => {
+      const p = plan[i];
+      if (!p || i > last) {
+        clearInterval(timer);
+        const complete = last === 4;
+        const voice = mockVoice(req, dir, complete);
+        if (complete) mockVoices.splice(0, mockVoices.length, ...mockVoices.filter((v) => v.dir !== dir), voice);
+        voiceStop = null;
+        resolve({ finished: complete, stoppedAfter: complete ? null : 'transcribe', voice, datasetDir: `${dir}/dataset` });
+        return;
+      }
+      if (done === 0) send({ event: 'stageStarted', data: { stage: p.stage, detail: `The ${p.stage} stage` } });
+      done = Math.min(p.total, done + p.total / 12);
+      const elapsed = (Date.now() - t0) / 1000;
+      if (p.total > 0) send({ event: 'stageProgress', data: { stage: p.stage, done, total: p.total, unit: p.unit, eta_s: (elapsed * (p.total - done)) / Math.max(done, 1), item: null } });
+      if (p.stage === 'train' && done >= p.total) {
+        send({ event: 'train', data: { event: 'voiceScores', data: { step: 0, checkpoint: null, summary: { similarity: 0.52, wer: 0.11, cer: 0.05, healthWarnings: 0, samples: 1 }, samples: [], bestStep: null, newBest: false } } });
+      }
+      if (done >= p.total) {
+        send({ event: 'stageFinished', data: { stage: p.stage, end: 'done', seconds: elapsed, note: `${p.stage} done` } });
+        i++;
+        done = 0;
+      }
+    }, 120);
+    voiceStop = () => {
+      clearInterval(timer);
+      voiceStop = null;
+      reject({ kind: 'cancelled', message: `stopped during the ${plan[i]?.stage ?? 'summary'} stage; run again to continue` });
+    };
+  });
+}
+
 function runs(): RunSummary[] {
   const config = { ...defaultConfig(), model_path: '/models/csm-1b', output_dir: '/runs', audio_dir: '/data/voice/audio', transcript_dir: '/data/voice/transcripts' };
   return [
@@ -324,6 +400,26 @@ export function install(): void {
         case 'cancel_generation':
           cancelGenerations();
           return null;
+        case 'start_voice':
+          return simulateVoice(a.request as NewVoiceRequest, a.onEvent as Channel<FlowEvent>);
+        case 'cancel_voice': {
+          const running = voiceStop !== null;
+          voiceStop?.();
+          return running;
+        }
+        case 'voice_library':
+          return { dir: '/home/me/.local/share/dev.csmstudio.app/voices', voices: [...mockVoices].reverse(), unreadable: [] };
+        case 'rename_voice': {
+          const v = mockVoices.find((x) => x.dir === a.dir);
+          if (!v) return Promise.reject({ kind: 'invalidInput', message: `${a.dir as string} is not a voice of the library` });
+          v.name = String(a.name).trim();
+          return v;
+        }
+        case 'delete_voice':
+          mockVoices.splice(0, mockVoices.length, ...mockVoices.filter((x) => x.dir !== a.dir));
+          return null;
+        case 'export_voice':
+          return { path: a.dest, adapter: mockVoices.find((x) => x.dir === a.dir)?.adapters[0], peftCopied: false, entries: [] };
         case 'export_adapter':
           return `${a.dest as string}/${a.runId as string}`;
         case 'list_runs':

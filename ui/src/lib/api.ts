@@ -848,3 +848,181 @@ export const revealPath = (path: string) => call<void>('reveal_path', { path });
  */
 export const exportAdapter = (runId: string, checkpoint: string | null, destDir: string) =>
   call<string>('export_adapter', { runId, checkpoint, dest: destDir });
+
+// ---------------------------------------------------------------- new voice, voice library
+
+/** The journey's stages (csm-flow's `Stage`), in order. */
+export type FlowStage = 'download' | 'transcribe' | 'dataset' | 'train' | 'summary';
+/** Where a stage of a voice stands (`voice.json`). */
+export type FlowStageStatus = 'pending' | 'running' | 'done' | 'skipped' | 'cancelled' | 'failed';
+/** What a progress count counts. */
+export type FlowUnit = 'bytes' | 'audio_seconds' | 'recordings' | 'utterances' | 'steps';
+
+/** A training setting the recipe (or the user) chose, with why (csm-flow's `SettingChoice`). */
+export interface SettingChoice {
+  name: string;
+  value: unknown;
+  chosen_by: 'recipe' | 'override';
+  reason: string;
+}
+
+/** One scoring (csm-flow's `Scores`, in `summary.json`). */
+export interface FlowScores {
+  step: number;
+  similarity: number | null;
+  wer: number | null;
+  cer: number | null;
+  health_warnings: number;
+}
+
+/** `summary.json` (csm-flow's `Summary`; paths relative to the voice folder). */
+export interface FlowSummary {
+  format: string;
+  name: string;
+  speaker_name: string | null;
+  minutes_used: number;
+  utterances: number;
+  steps: number;
+  stage_seconds: Partial<Record<FlowStage, number>>;
+  total_seconds: number;
+  base: FlowScores | null;
+  best: FlowScores | null;
+  last: FlowScores | null;
+  best_adapter: string | null;
+  final_adapter: string | null;
+  sample_wav: string | null;
+}
+
+/**
+ * The core's `TrainEvent` as `metrics.jsonl` holds it (variant camelCase, fields snake_case);
+ * the journey forwards every one. Only what the New voice screen reads is typed.
+ */
+export type CoreTrainEvent =
+  | { event: 'step'; data: { step: number; total_steps: number; loss: number | null; eta_secs: number | null } }
+  | { event: 'voiceScores'; data: VoiceReport }
+  | { event: string; data: unknown };
+
+/** csm-flow's `FlowEvent`, on `start_voice`'s channel (fields snake_case). */
+export type FlowEvent =
+  | { event: 'stageStarted'; data: { stage: FlowStage; detail: string } }
+  | {
+      event: 'stageProgress';
+      data: { stage: FlowStage; done: number; total: number; unit: FlowUnit; eta_s: number | null; item: string | null };
+    }
+  | { event: 'message'; data: { stage: FlowStage; text: string } }
+  | { event: 'settings'; data: { choices: SettingChoice[] } }
+  | { event: 'train'; data: CoreTrainEvent }
+  | { event: 'stageFinished'; data: { stage: FlowStage; end: 'done' | 'skipped'; seconds: number; note: string } }
+  | { event: 'finished'; data: { summary: FlowSummary } };
+
+export interface NewVoiceRequest {
+  /** The folder of recordings (dropped or chosen). */
+  rawDir: string;
+  name: string;
+  /** A voice of the library to continue (after proofreading, or a stopped journey); null: new. */
+  voiceDir: string | null;
+  /** A bundle name (`csm-1b`) or a checkpoint path. */
+  model: string;
+  mimi: string | null;
+  tokenizer: string | null;
+  /** A Whisper bundle name or folder. */
+  whisper: string;
+  /** `speaker-encoder` (the bundle) or resemblyzer's `pretrained.pt`. */
+  speakerEncoder: string;
+  language: string | null;
+  temperature: number | null;
+  /** At least this many optimizer steps; null: the recipe's. */
+  steps: number | null;
+  /** A checkpoint (and a scoring) every this many steps; null: the recipe's. */
+  saveEvery: number | null;
+  /** Prompts each scoring speaks (the first K built-in ones); null: the default. */
+  voicePrompts: number | null;
+  /** `transcribe`: stop for proofreading; null: to the end. */
+  stopAfter: FlowStage | null;
+}
+
+/** csm-flow's library: a voice as the Voices screen shows it. */
+export interface VoiceScoreSet {
+  step: number;
+  similarity: number | null;
+  wer: number | null;
+  cer: number | null;
+  healthWarnings: number;
+}
+
+export interface VoiceAdapter {
+  kind: 'best' | 'final' | 'checkpoint';
+  step: number | null;
+  /** mlx_lm weights file; generation takes it as it is. */
+  path: string;
+}
+
+export interface VoiceSampleEntry {
+  /** 0: the base model. */
+  step: number;
+  prompt: number;
+  text: string;
+  path: string;
+  similarity: number | null;
+  wer: number | null;
+  durationSecs: number;
+}
+
+export interface VoiceEntry {
+  /** The folder's name. */
+  id: string;
+  dir: string;
+  name: string;
+  speakerName: string | null;
+  rawDir: string;
+  createdUnixS: number;
+  updatedUnixS: number;
+  stages: { stage: FlowStage; status: FlowStageStatus; seconds: number }[];
+  /** `summary.json` is written. */
+  complete: boolean;
+  dataset: { recordings: number; minutesIn: number; minutesUsed: number; utterances: number } | null;
+  steps: number | null;
+  scores: { base: VoiceScoreSet | null; best: VoiceScoreSet | null; last: VoiceScoreSet | null } | null;
+  /** Best, final, then checkpoints. */
+  adapters: VoiceAdapter[];
+  /** The base model's and the best checkpoint's samples. */
+  samples: VoiceSampleEntry[];
+  models: { modelPath: string; mimiPath: string | null; tokenizerPath: string | null; speakerId: number } | null;
+}
+
+export interface VoiceLibrary {
+  dir: string;
+  voices: VoiceEntry[];
+  /** Folders whose voice.json cannot be read, with why. */
+  unreadable: { dir: string; error: string }[];
+}
+
+export interface VoiceOutcome {
+  /** Every stage done (false: stopped after `stoppedAfter`, as asked). */
+  finished: boolean;
+  stoppedAfter: FlowStage | null;
+  voice: VoiceEntry;
+  /** The voice's dataset folder (for proofreading). */
+  datasetDir: string;
+}
+
+export interface VoiceExport {
+  path: string;
+  adapter: VoiceAdapter;
+  /** The PEFT layout was copied from the run (false: written from the adapter). */
+  peftCopied: boolean;
+  entries: string[];
+}
+
+/** Runs the journey; events arrive on `onEvent`. Rejects with `cancelled` after `cancelVoice` (a new call continues). */
+export function startVoice(request: NewVoiceRequest, onEvent: (e: FlowEvent) => void): Promise<VoiceOutcome> {
+  const channel = new Channel<FlowEvent>();
+  channel.onmessage = onEvent;
+  return call<VoiceOutcome>('start_voice', { request, onEvent: channel });
+}
+export const cancelVoice = () => call<boolean>('cancel_voice');
+export const voiceLibrary = () => call<VoiceLibrary>('voice_library');
+export const renameVoice = (dir: string, name: string) => call<VoiceEntry>('rename_voice', { dir, name });
+export const deleteVoice = (dir: string) => call<void>('delete_voice', { dir });
+/** Writes the voice's zip at `dest` (chosen in the save dialog). */
+export const exportVoice = (dir: string, dest: string) => call<VoiceExport>('export_voice', { dir, dest });

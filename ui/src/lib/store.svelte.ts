@@ -9,7 +9,7 @@ import { type ConfigKey, type RunConfig, defaultConfig, fromObject, validate, va
 import { type RunState, applyEvent, initialRunState, isActive } from './run';
 import { type LrFind, applyLrFindEvent, idleLrFind } from './lrfind';
 
-export type Tab = 'dataset' | 'model' | 'parameters' | 'run' | 'samples' | 'history';
+export type Tab = 'newvoice' | 'voices' | 'dataset' | 'model' | 'parameters' | 'run' | 'samples' | 'history';
 
 export interface ModelSlot {
   path: string | null;
@@ -54,6 +54,8 @@ export class AppStore {
   run = $state.raw<RunState>(initialRunState());
   generated = $state<GeneratedSample[]>([]);
   outputDevice = $state<string | null>(null);
+  /** An adapter the Samples screen starts with ("Use this voice"). */
+  preselectedAdapter = $state<string | null>(null);
   notices = $state<Notice[]>([]);
   #noticeId = 0;
   #raw: RunState = this.run;
@@ -449,6 +451,7 @@ export class AppStore {
     this.run = this.#raw;
     this.generated = [];
     this.outputDevice = null;
+    this.preselectedAdapter = null;
     this.notices = [];
   }
 }
