@@ -243,7 +243,9 @@ def main():
         cases = args.case_list
     last_case_s = 0.0
     for batch, audio_frames, fraction in cases:
-        name = f"{batch}x{audio_frames}:{fraction:g}"
+        # One case from flags may give --decoder-frames K instead of a fraction.
+        share = f"{fraction:g}" if fraction is not None else f"{args.decoder_frames}f"
+        name = f"{batch}x{audio_frames}:{share}"
         now = time.time()
         if args.deadline_epoch is not None and now + last_case_s > args.deadline_epoch:
             print(f"== case {name}: skipped (time budget: {args.deadline_epoch - now:.0f} s left, "
@@ -274,7 +276,7 @@ def main():
         })
         if args.json_dir is not None:
             mode = "compiled" if args.compile else "eager"
-            frac = "1" if fraction == 1.0 else f"{fraction:g}"
+            frac = "1" if fraction == 1.0 else share
             common.write_json(Path(args.json_dir) / f"peer_{mode}_{batch}x{audio_frames}_{frac}.json", out)
         else:
             common.write_json(args.json, out)
