@@ -60,9 +60,10 @@ pub enum LibraryError {
         /// The folder.
         path: PathBuf,
     },
-    /// A voice file cannot be read or written (it names the file).
+    /// A voice file cannot be read or written (it names the file). Boxed:
+    /// `FlowError` holds every stage's error.
     #[error(transparent)]
-    Voice(#[from] FlowError),
+    Voice(Box<FlowError>),
     /// A file of the voice's run folder cannot be read.
     #[error("{}: {reason}", path.display())]
     Run {
@@ -127,6 +128,12 @@ pub enum LibraryError {
         /// What failed (loading the base model, the adapter, writing).
         reason: String,
     },
+}
+
+impl From<FlowError> for LibraryError {
+    fn from(e: FlowError) -> Self {
+        LibraryError::Voice(Box::new(e))
+    }
 }
 
 /// The library: its voices, and the folders that could not be read.
