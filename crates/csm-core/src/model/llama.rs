@@ -110,7 +110,11 @@ pub enum AttentionMask<'a> {
     /// ([`packed_causal_mask`]) and RoPE takes each token's position in
     /// its sequence from `positions` instead of its index in the row.
     Packed {
-        /// `[B, 1, L, L]` bool, `true` = attend.
+        /// `[B, 1, L', L']` bool, `true` = attend, `L' >= L`: a mask longer
+        /// than the row (built from segments padded with a segment of their
+        /// own, e.g. to the attention tile) has the attention run on `q`,
+        /// `k`, `v` padded to `L'` and cut back, as the tile does for the
+        /// causal flag.
         mask: &'a Array,
         /// `[B, L]` int: position of each token within its sequence.
         positions: &'a Array,
@@ -322,6 +326,21 @@ impl Module<AttentionInput<'_>> for Attention {
                 ScaledDotProductAttentionMask::Causal,
                 None::<&Array>,
             )?,
+            AttentionMask::Packed { mask: m, .. } if !cached && m.shape()[3] > L => {
+                // The padded keys are a segment of their own: no real query
+                // sees them, and the padded rows are cut off.
+                let widths = [(0, 0), (0, 0), (0, m.shape()[3] - L), (0, 0)];
+                let pad = |a: &Array| ops::pad(a, &widths[..], None, None); // [B, h, L', hd]
+                fast::scaled_dot_product_attention(
+                    pad(&q)?,
+                    pad(&k)?,
+                    pad(&v)?,
+                    scale,
+                    m,
+                    None::<&Array>,
+                )? // [B, H, L', hd]
+                .try_index((.., .., ..L, ..))? // [B, H, L, hd]
+            }
             AttentionMask::Array(m) | AttentionMask::Packed { mask: m, .. } => {
                 fast::scaled_dot_product_attention(&q, &k, &v, scale, m, None::<&Array>)?
             }

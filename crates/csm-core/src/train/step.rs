@@ -185,7 +185,19 @@ fn scaled_loss(
 ) -> Result<Vec<Array>, Exception> {
     let extra = StepInputs::read(x);
     let packed_mask = match extra.packed {
-        Some((segments, _)) => Some(packed_causal_mask(segments)?), // [B, 1, S, S]
+        Some((segments, _)) => {
+            // Over the attention tile's length, as the causal flag is
+            // padded (`TrainKernels::attention_tile`): the padding is a
+            // segment of its own.
+            let (s, tile) = (segments.shape()[1], model.kernels.attention_tile);
+            let segments = if tile > 0 && s % tile != 0 {
+                let widths = [(0, 0), (0, tile - s % tile)];
+                ops::pad(segments, &widths[..], Array::from_int(-1), None)? // [B, S']
+            } else {
+                segments.clone()
+            };
+            Some(packed_causal_mask(&segments)?) // [B, 1, S', S']
+        }
         None => None,
     };
     let attention = match (&packed_mask, extra.packed) {
@@ -527,6 +539,14 @@ mod tests {
         };
         let got = run_step(&mut model, &packed, lean, compiled);
         assert_same("packed, compiled with shape buckets", &reference, &got);
+        let tiled = TrainKernels {
+            attention_tile: 16,
+            ..lean
+        };
+        let got = run_step(&mut model, &packed, tiled, plain);
+        assert_same("packed, attention tile 16", &reference, &got);
+        let got = run_step(&mut model, &packed, tiled, compiled);
+        assert_same("packed, attention tile 16, compiled", &reference, &got);
     }
 
     #[test]
