@@ -266,6 +266,10 @@ impl Conversation {
     }
 }
 
+/// The shortest utterance kept from an aligned recording: one Mimi frame
+/// (1920 samples at 24 kHz, 80 ms); a shorter piece has nothing to encode.
+pub const MIN_UTTERANCE_SAMPLES: usize = 1920;
+
 /// Where a planned utterance lies, in seconds, and which words it holds.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Cut {
@@ -668,6 +672,21 @@ pub fn segment_spoken(
             ));
         }
         let range = (cut.start_s * rate).floor() as usize..(cut.end_s * rate).ceil() as usize;
+        let range = range.start.min(audio.len())..range.end.min(audio.len());
+        // Words an aligner timed at one instant (a hallucinating Whisper
+        // does) can leave a piece with no audio, which no codec can encode.
+        if range.len() < MIN_UTTERANCE_SAMPLES {
+            warnings.push(format!(
+                "{}: left out {:?} ({:.2}-{:.2} s): shorter than one codec frame (its words \
+                 are timed at one instant; check {})",
+                audio_path.display(),
+                text,
+                cut.start_s,
+                cut.end_s,
+                alignment_path.display()
+            ));
+            continue;
+        }
         utterances.push(
             Utterance::new(recording_id, utterances.len(), text, audio.clone(), range)
                 .with_speaker(speaker),
@@ -1130,6 +1149,43 @@ mod tests {
         for u in &conv.utterances {
             assert!(u.text.ends_with("Word."), "{}", u.text);
         }
+    }
+
+    /// Words timed at one instant (as a random or hallucinating Whisper
+    /// writes them) never give an utterance without audio.
+    #[test]
+    fn words_at_one_instant_give_no_empty_utterance() {
+        // The spans a random Whisper gave an 18.53 s recording.
+        let mut spec = vec![("a", 0.0, 0.0); 5];
+        spec.extend([("b", 0.0, 17.36), ("c", 17.36, 17.42), ("d", 17.42, 17.46)]);
+        spec.extend([("e", 17.46, 17.46), ("f", 17.46, 17.46), ("g", 17.46, 18.5)]);
+        spec.extend(vec![("h", 18.5, 18.5); 8]);
+        let a = words(&spec);
+        let text = vec!["w"; spec.len()].join(" ");
+        let audio: Arc<[f32]> = vec![0.1; 24_000 * 1853 / 100].into();
+        let mut w = Vec::new();
+        let conv = segment_recording(
+            "z",
+            audio,
+            &text,
+            Some((Path::new("z.json"), &a)),
+            Path::new("z.wav"),
+            &SegmentConfig::default(),
+            &mut w,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(!conv.utterances.is_empty());
+        for u in &conv.utterances {
+            assert!(u.len() >= MIN_UTTERANCE_SAMPLES, "{:?} {w:?}", u.range());
+        }
+        // The plan has a piece of no length; it is left out, with a word.
+        let cut = plan_cuts(&a, 18.53, &SegmentConfig::default());
+        assert!(cut.iter().any(|c| c.end_s - c.start_s < 0.08), "{cut:?}");
+        assert!(
+            w.iter().any(|m| m.contains("shorter than one codec frame")),
+            "{w:?}"
+        );
     }
 
     #[test]
