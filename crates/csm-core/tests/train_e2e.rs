@@ -286,8 +286,13 @@ fn resume_after_a_stop_continues_the_same_run() {
     train::train(&cfg, &settings(), &mut obs, &CancelToken::new()).unwrap();
     let straight = step_losses(&obs.events);
 
+    // Stopped and resumed with --packing (the padded run's loss, the same
+    // data order), so both halves also check packing through the trainer.
     let split_dir = tempfile::tempdir().unwrap();
-    let cfg = config(&paths, split_dir.path());
+    let cfg = TrainConfig {
+        packing: true,
+        ..config(&paths, split_dir.path())
+    };
     let token = CancelToken::new();
     let mut stop = StopAt {
         step: 5,
