@@ -9,7 +9,7 @@ use csm_core::data::dataset::{FileReport, ProblemKind as CoreKind};
 use csm_core::data::speakers::load_source;
 use csm_core::data::{
     audio_usage, scan_dataset as core_scan, AudioUsage, DataSource, DatasetLayout, ScanOptions,
-    SPEAKERS_FILE, TARGET_SAMPLE_RATE,
+    TARGET_SAMPLE_RATE,
 };
 use csm_core::train::TrainConfig;
 use serde::Serialize;
@@ -203,7 +203,14 @@ pub fn scan(paths: &[PathBuf]) -> Result<DatasetScan> {
         .iter()
         .filter(|f| f.audio_file.is_some() && f.usable)
         .count();
-    let speakers_file = Some(root.join(SPEAKERS_FILE)).filter(|p| p.is_file());
+    // Where a run of these folders looks for it, and save_speakers writes it.
+    let speakers_file = Some(
+        DataSource::OneSpeaker {
+            layout: layout.clone(),
+        }
+        .speakers_file_target(),
+    )
+    .filter(|p| p.is_file());
     Ok(DatasetScan {
         root,
         audio_dir: layout.audio_dir.clone(),
