@@ -255,6 +255,35 @@ try {
   // placed where csm-hub keeps the file it extracts from the PyPI wheel), one
   // prompt, a checkpoint (and so a scoring) every 3 steps.
   const encoderSrc = join(dirname(dirname(process.env.CSM_APP_BIN)), 'test-data', 'resemblyzer-pretrained.pt');
+  // 4a. The learning-rate finder (issue 20) on the demo, 12 steps: the chart
+  // draws, a suggestion is made and "Use this LR" sets the field; the runs
+  // folder gets lr_find.json and nothing else. The rate is put back after.
+  const lrBefore = await (await browser.$('#f-learning_rate')).getValue();
+  const lrSteps = await browser.$('#lr-steps');
+  await lrSteps.clearValue();
+  await lrSteps.setValue('12');
+  await (await browser.$('[data-testid="lr-find"]')).click();
+  await browser.waitUntil(
+    async () => {
+      const err = await text('lr-find-error');
+      if (err) fail(`lr-find failed: ${err}`);
+      return (await text('lr-suggestion')) !== '';
+    },
+    { timeout: 600_000, interval: 1000, timeoutMsg: `lr-find did not finish: ${await text('lr-find-status')}` },
+  );
+  const lrInk = await inkedPixels('chart-lr');
+  const suggestion = await text('lr-suggestion');
+  log(`lr-find: ${suggestion.replace(/\s+/g, ' ')}; chart ink ${lrInk}`);
+  if (!(lrInk > 50)) fail(`the learning-rate chart did not draw (${lrInk} inked pixels)`);
+  const suggested = suggestion.match(/Suggested: ([0-9.e+-]+)/);
+  if (!suggested) fail(`no suggested rate: ${suggestion}`);
+  await (await browser.$('[data-testid="lr-use"]')).click();
+  const lrNow = Number(await (await browser.$('#f-learning_rate')).getValue());
+  if (Math.abs(lrNow - Number(suggested[1])) > 1e-12) fail(`"Use this LR" set ${lrNow}, the suggestion is ${suggested[1]}`);
+  const runsListing = readdirSync(runsDir);
+  if (runsListing.join(',') !== 'lr_find.json') fail(`lr-find left ${runsListing.join(', ')} in ${runsDir}; expected lr_find.json only`);
+  await shot('app-lr-find.png');
+  await setField('learning_rate', lrBefore);
   if (!existsSync(encoderSrc)) fail(`${encoderSrc} is missing: run scripts/fetch-test-speaker-encoder.sh`);
   const encoderDir = join(hfHome, 'assets', 'csm', 'pypi--resemblyzer', '0.1.4');
   mkdirSync(encoderDir, { recursive: true });
