@@ -24,8 +24,8 @@ use super::settings::RunSettings;
 use super::state::{self, Progress};
 use super::step::{compile_step, pack_row_len, ForwardBackward, StepOptions};
 use super::trainer::{
-    evaluate, evaluate_by_speaker, load_assets, mlx, prepare, save_merged, Assets, LossValues,
-    Prepared, RunSummary, TrainError,
+    evaluate_as, evaluate_by_speaker_as, load_assets, mlx, prepare, save_merged, Assets,
+    LossValues, Prepared, RunSummary, TrainError,
 };
 use super::trainer::{CheckSplit, FullPrecisionCheck};
 use super::voice::{VoiceModel, VoiceScorer};
@@ -911,15 +911,22 @@ impl<'a> Run<'a> {
         let model = &mut self.assets.loaded.model;
         model.training_mode(false);
         let (v, speakers) = if self.data.speakers.is_empty() {
-            let v = evaluate(model, &self.data.val, self.cfg.batch_size, weights)?;
+            let v = evaluate_as(
+                model,
+                &self.data.val,
+                self.cfg.batch_size,
+                weights,
+                self.layout,
+            )?;
             (v, Vec::new())
         } else {
-            let (v, each) = evaluate_by_speaker(
+            let (v, each) = evaluate_by_speaker_as(
                 model,
                 &self.data.val,
                 &self.data.val_speakers,
                 self.cfg.batch_size,
                 weights,
+                self.layout,
             )?;
             let name = |id: u32| {
                 let s = self.data.speakers.iter().find(|s| s.id == id);

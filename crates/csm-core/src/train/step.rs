@@ -337,6 +337,7 @@ mod tests {
     use crate::rng::Rng;
     use crate::test_util::{max_abs, max_abs_diff};
     use crate::train::batch::{build_example, collate, collate_as, Layout, Turn};
+    use crate::train::trainer::evaluate_as;
 
     /// The tiny fixture model (transformers layout) with LoRA on q/v/down
     /// of both stacks, every `lora_b` random so that every adapter tensor
@@ -547,6 +548,16 @@ mod tests {
         assert_same("packed, attention tile 16", &reference, &got);
         let got = run_step(&mut model, &packed, tiled, compiled);
         assert_same("packed, attention tile 16, compiled", &reference, &got);
+        // Validation: the same loss packed (every frame through the decoder).
+        let w = LossWeights::default();
+        let v = |model: &mut Csm, layout| evaluate_as(model, &examples, 4, w, layout).unwrap();
+        let (a, b) = (
+            v(&mut model, Layout::Padded),
+            v(&mut model, Layout::Packed { row_len }),
+        );
+        for (x, y) in [(a.semantic, b.semantic), (a.acoustic, b.acoustic)] {
+            assert!((x - y).abs() <= 2e-6 * x.abs(), "validation: {x} vs {y}");
+        }
     }
 
     #[test]

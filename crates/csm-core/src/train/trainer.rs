@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use mlx_rs::error::Exception;
 use mlx_rs::{Array, Dtype};
 
-use super::batch::{build_example, collate, Batch, BatchError, Example, Turn};
+use super::batch::{build_example, collate_as, Batch, BatchError, Example, Layout, Turn};
 use super::codes::{fingerprint_files, CodesCache, EncodeStats};
 use super::config::TrainConfig;
 use super::observer::{Phase, TrainEvent, TrainingObserver};
@@ -30,7 +30,7 @@ use crate::checkpoint::CheckpointError;
 use crate::codec::CodecError;
 use crate::data::{self, DataError, Split};
 use crate::model::load::{canonical_weights, load_csm, to_format, LoadOptions, LoadedCsm};
-use crate::model::{AttentionMask, Csm, LossBatch, LossWeights, ModelError};
+use crate::model::{packed_causal_mask, AttentionMask, Csm, LossBatch, LossWeights, ModelError};
 use crate::rng::Rng;
 use crate::tokenizer::{TextTokenizer, TokenizerError};
 
@@ -392,14 +392,14 @@ pub struct LossValues {
     pub acoustic: f32,
 }
 
-fn loss_batch(batch: &Batch) -> LossBatch<'_> {
+/// The loss's view of `batch`, with `attention` its pattern.
+fn loss_batch<'a>(batch: &'a Batch, attention: AttentionMask<'a>) -> LossBatch<'a> {
     LossBatch {
         tokens: &batch.frames,
         mask: &batch.mask,
         loss_mask: &batch.c0_targets,
         decoder_frames: &batch.decoder_frames,
-        // Right padding: causal attention never lets a real frame see padding.
-        attention: AttentionMask::Causal,
+        attention,
     }
 }
 
@@ -411,8 +411,20 @@ pub fn evaluate(
     batch_size: usize,
     weights: LossWeights,
 ) -> Result<LossValues, TrainError> {
+    evaluate_as(model, examples, batch_size, weights, Layout::Padded)
+}
+
+/// [`evaluate`] with the batches laid out as `layout` says (the same loss
+/// either way; the run validates in its training layout).
+pub fn evaluate_as(
+    model: &mut Csm,
+    examples: &[Example],
+    batch_size: usize,
+    weights: LossWeights,
+    layout: Layout,
+) -> Result<LossValues, TrainError> {
     let all: Vec<&Example> = examples.iter().collect();
-    Ok(loss_sums(model, &all, batch_size, weights)?.values(weights))
+    Ok(loss_sums(model, &all, batch_size, weights, layout)?.values(weights))
 }
 
 /// One speaker's validation loss ([`evaluate_by_speaker`]).
@@ -437,6 +449,25 @@ pub fn evaluate_by_speaker(
     batch_size: usize,
     weights: LossWeights,
 ) -> Result<(LossValues, Vec<SpeakerLoss>), TrainError> {
+    evaluate_by_speaker_as(
+        model,
+        examples,
+        speakers,
+        batch_size,
+        weights,
+        Layout::Padded,
+    )
+}
+
+/// [`evaluate_by_speaker`] with the batches laid out as `layout` says.
+pub fn evaluate_by_speaker_as(
+    model: &mut Csm,
+    examples: &[Example],
+    speakers: &[u32],
+    batch_size: usize,
+    weights: LossWeights,
+    layout: Layout,
+) -> Result<(LossValues, Vec<SpeakerLoss>), TrainError> {
     let mut ids: Vec<u32> = speakers.to_vec();
     ids.sort_unstable();
     ids.dedup();
@@ -449,7 +480,7 @@ pub fn evaluate_by_speaker(
             .filter(|(_, &s)| s == id)
             .map(|(e, _)| e)
             .collect();
-        let sums = loss_sums(model, &mine, batch_size, weights)?;
+        let sums = loss_sums(model, &mine, batch_size, weights, layout)?;
         total.add(&sums);
         each.push(SpeakerLoss {
             speaker: id,
@@ -488,12 +519,14 @@ impl LossSums {
     }
 }
 
-/// The loss sums of `examples`, shortest first in batches of `batch_size`.
+/// The loss sums of `examples`, shortest first in batches of `batch_size`
+/// laid out as `layout` says.
 fn loss_sums(
     model: &mut Csm,
     examples: &[&Example],
     batch_size: usize,
     weights: LossWeights,
+    layout: Layout,
 ) -> Result<LossSums, TrainError> {
     let mut rng = Rng::new(0);
     let mut sums = LossSums::default();
@@ -501,9 +534,22 @@ fn loss_sums(
     order.sort_by_key(|&i| examples[i].len());
     for chunk in order.chunks(batch_size.max(1)) {
         let refs: Vec<&Example> = chunk.iter().map(|&i| examples[i]).collect();
-        let batch = collate(&refs, 1.0, &mut rng).map_err(mlx("building a validation batch"))?;
+        let batch =
+            collate_as(&refs, 1.0, &mut rng, layout).map_err(mlx("building a validation batch"))?;
+        let packed_mask = match &batch.packed {
+            Some(p) => Some(packed_causal_mask(&p.segments).map_err(mlx("validation"))?),
+            None => None,
+        };
+        let attention = match (&packed_mask, &batch.packed) {
+            (Some(mask), Some(p)) => AttentionMask::Packed {
+                mask,
+                positions: &p.positions,
+            },
+            // Right padding: causal attention never lets a real frame see it.
+            _ => AttentionMask::Causal,
+        };
         let loss = model
-            .loss(&loss_batch(&batch), weights)
+            .loss(&loss_batch(&batch, attention), weights)
             .map_err(mlx("validation"))?;
         mlx_rs::transforms::eval([&loss.semantic, &loss.acoustic]).map_err(mlx("validation"))?;
         let t = batch.target_frames as f64;
