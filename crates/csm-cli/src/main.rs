@@ -93,6 +93,12 @@ enum Command {
     /// recordings, WER/CER against their text, health (silences, pauses,
     /// clipping, speaking rate).
     Score(commands::score::ScoreArgs),
+    /// From a folder of raw recordings to a scored voice in one command:
+    /// download what is missing, transcribe, cut, choose settings, train
+    /// with voice scores, summarise. Running it again continues.
+    ///
+    /// Example: csm voice recordings/ --output-dir voices/me --speaker-name Me
+    Voice(Box<commands::voice::VoiceArgs>),
 }
 
 fn main() -> std::process::ExitCode {
@@ -127,6 +133,7 @@ fn main() -> std::process::ExitCode {
         Command::DistCheck(args) => commands::dist_check::run(args),
         Command::Transcribe(args) => commands::transcribe::run(args),
         Command::Score(args) => commands::score::run(args),
+        Command::Voice(args) => commands::voice::run(*args, &level_name),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

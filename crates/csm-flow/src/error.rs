@@ -41,8 +41,8 @@ pub enum FlowError {
     Download {
         /// The bundle or file.
         what: String,
-        /// The hub's error.
-        source: csm_hub::HubError,
+        /// The hub's error (boxed: it is large, and rare).
+        source: Box<csm_hub::HubError>,
     },
     /// Whisper failed (loading, a folder, cancellation).
     #[error("transcribing: {0}")]

@@ -293,7 +293,10 @@ impl VoiceState {
 
     /// The status of `stage`.
     pub fn status(&self, stage: Stage) -> StageStatus {
-        self.stages.get(&stage).map(|r| r.status).unwrap_or_default()
+        self.stages
+            .get(&stage)
+            .map(|r| r.status)
+            .unwrap_or_default()
     }
 }
 

@@ -25,6 +25,7 @@ pub mod error;
 pub mod events;
 pub mod layout;
 pub mod recipe;
+pub mod stages;
 
 use std::path::PathBuf;
 
@@ -33,6 +34,7 @@ pub use error::FlowError;
 pub use events::{FlowEvent, FlowObserver, NullObserver, StageEnd, Unit};
 pub use layout::{ModelSource, Stage, StageStatus, Summary, VoiceDir, VoiceState};
 pub use recipe::{DeviceKind, Overrides};
+pub use stages::{run_voice, FlowOutcome};
 
 use csm_core::train::settings::RunSettings;
 use csm_core::train::TrainConfig;

@@ -130,9 +130,10 @@ pub fn choose(input: &RecipeInput) -> Recipe {
     let gb = input.memory_bytes as f64 / GB as f64;
     let (by_memory, why_b) = match input.device {
         DeviceKind::Cpu => (2, format!("the CPU: small batches ({gb:.0} GB RAM)")),
-        DeviceKind::Gpu if input.memory_bytes >= 60 * GB => {
-            (8, format!("{gb:.0} GB of GPU memory: 8 fit with room to spare"))
-        }
+        DeviceKind::Gpu if input.memory_bytes >= 60 * GB => (
+            8,
+            format!("{gb:.0} GB of GPU memory: 8 fit with room to spare"),
+        ),
         DeviceKind::Gpu if input.memory_bytes >= 24 * GB => {
             (4, format!("{gb:.0} GB of GPU memory (24 to 60 GB)"))
         }
@@ -236,7 +237,7 @@ pub fn apply(
     config: &mut TrainConfig,
 ) -> Result<Vec<SettingChoice>, String> {
     let mut out = Vec::new();
-    fn pick<T: Copy + Serialize + PartialEq + std::fmt::Display>(
+    fn pick<T: Copy + PartialEq + std::fmt::Display>(
         out: &mut Vec<SettingChoice>,
         name: &str,
         rule: &Choice<T>,
@@ -246,13 +247,19 @@ pub fn apply(
             Some(v) => (
                 v,
                 Chooser::Override,
-                format!("given (the rules would choose {}: {})", rule.value, rule.reason),
+                format!(
+                    "given (the rules would choose {}: {})",
+                    rule.value, rule.reason
+                ),
             ),
             None => (rule.value, Chooser::Recipe, rule.reason.clone()),
         };
         out.push(SettingChoice {
             name: name.into(),
-            value: serde_json::to_value(value).expect("numbers serialize"),
+            // Through Display: an f32 such as 1e-4 is written 0.0001, not
+            // as its f64 widening (0.00009999999747378752).
+            value: serde_json::from_str(&value.to_string())
+                .unwrap_or_else(|_| serde_json::Value::String(value.to_string())),
             chosen_by,
             reason,
         });
@@ -273,13 +280,23 @@ pub fn apply(
         return Err("--steps and --epochs both set the length of training: give one".into());
     }
     config.lora_r = pick(&mut out, "lora_r", &recipe.lora_r, overrides.lora_r);
-    config.lora_alpha = pick(&mut out, "lora_alpha", &recipe.lora_alpha, overrides.lora_alpha);
-    config.batch_size = pick(&mut out, "batch_size", &recipe.batch_size, overrides.batch_size);
+    config.lora_alpha = pick(
+        &mut out,
+        "lora_alpha",
+        &recipe.lora_alpha,
+        overrides.lora_alpha,
+    );
+    config.batch_size = pick(
+        &mut out,
+        "batch_size",
+        &recipe.batch_size,
+        overrides.batch_size,
+    );
     let train = train_utterances.max(1);
     let per_epoch = steps_for(train, config.batch_size, 1);
-    let epochs_given = overrides.epochs.or_else(|| {
-        overrides.steps.map(|s| s.div_ceil(per_epoch))
-    });
+    let epochs_given = overrides
+        .epochs
+        .or_else(|| overrides.steps.map(|s| s.div_ceil(per_epoch)));
     let epochs_rule = match overrides.steps {
         Some(s) => Choice {
             value: recipe.epochs.value,
@@ -317,7 +334,12 @@ pub fn apply(
         &save_every(total),
         overrides.save_every,
     );
-    config.val_every = pick(&mut out, "val_every", &val_every(total), overrides.val_every);
+    config.val_every = pick(
+        &mut out,
+        "val_every",
+        &val_every(total),
+        overrides.val_every,
+    );
     Ok(out)
 }
 
@@ -338,7 +360,11 @@ mod tests {
     fn rank_batch_and_epochs_follow_the_documented_rules() {
         let small = choose(&input(3.0, 18, 16, DeviceKind::Gpu));
         assert_eq!(
-            (small.lora_r.value, small.lora_alpha.value, small.batch_size.value),
+            (
+                small.lora_r.value,
+                small.lora_alpha.value,
+                small.batch_size.value
+            ),
             (8, 16.0, 2)
         );
         assert_eq!((small.epochs.value, small.learning_rate.value), (20, 1e-4));
@@ -359,12 +385,19 @@ mod tests {
         assert_eq!(long.epochs.value, 5, "{:?}", long.epochs);
         let huge = choose(&input(1200.0, 7000, 40, DeviceKind::Gpu));
         assert_eq!(huge.epochs.value, 1, "{:?}", huge.epochs);
-        assert!(huge.epochs.reason.contains("2000"), "{}", huge.epochs.reason);
+        assert!(
+            huge.epochs.reason.contains("2000"),
+            "{}",
+            huge.epochs.reason
+        );
 
         // A batch never exceeds the training utterances.
         let tiny = choose(&input(1.0, 3, 80, DeviceKind::Gpu));
         assert_eq!(tiny.batch_size.value, 3);
-        assert_eq!(choose(&input(1.0, 3, 64, DeviceKind::Cpu)).batch_size.value, 2);
+        assert_eq!(
+            choose(&input(1.0, 3, 64, DeviceKind::Cpu)).batch_size.value,
+            2
+        );
     }
 
     #[test]
@@ -378,7 +411,10 @@ mod tests {
         };
         let choices = apply(&recipe, &o, 54, &mut config).unwrap();
         // 54 utterances at batch 8: 7 steps an epoch, 72 epochs = 504 steps.
-        assert_eq!((config.lora_r, config.batch_size, config.epochs), (4, 8, 72));
+        assert_eq!(
+            (config.lora_r, config.batch_size, config.epochs),
+            (4, 8, 72)
+        );
         assert_eq!(config.save_every, 101);
         let r = choices.iter().find(|c| c.name == "lora_r").unwrap();
         assert_eq!(r.chosen_by, Chooser::Override);

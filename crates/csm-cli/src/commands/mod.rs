@@ -18,3 +18,4 @@ pub mod models;
 pub mod score;
 pub mod train_args;
 pub mod transcribe;
+pub mod voice;
