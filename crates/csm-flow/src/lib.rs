@@ -24,6 +24,7 @@
 pub mod error;
 pub mod events;
 pub mod layout;
+pub mod library;
 pub mod recipe;
 pub mod stages;
 
