@@ -6,6 +6,10 @@
 # ratio to the full-precision run. A benchmark, not a test.
 #
 #   bench/qlora_quality.sh OUTDIR [CSM]     (CSM defaults to target/debug/csm)
+#
+# ENCODER=PATH (resemblyzer's pretrained.pt) adds voice scores: the same
+# three runs speak two prompts at step 0 and at every checkpoint, and the
+# speaker similarity of each (base model, checkpoints, best) is printed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: bench/qlora_quality.sh OUTDIR [CSM]}
@@ -20,6 +24,10 @@ if [ ! -f "$out/demo/model/model.safetensors" ]; then
   "$csm" demo --dir "$out/demo" --epochs 1 > "$out/demo.log" 2>&1
 fi
 d=$out/demo
+voice=(--no-voice-scores)
+if [ -n "${ENCODER:-}" ]; then
+  voice=(--speaker-encoder "$ENCODER" --voice-prompt "Hello there." --voice-prompt "See you soon." --save-every 20)
+fi
 for q in none 8 4; do
   flags=()
   [ "$q" = none ] || flags=(--quantize "$q")
@@ -27,8 +35,8 @@ for q in none 8 4; do
   "$csm" finetune-lora --model-path "$d/model" --audio-dir "$d/data/audio" \
     --transcript-dir "$d/data/transcripts" --output-dir "$out/run_$q" \
     --epochs 12 --batch-size 4 --learning-rate 2e-3 --warmup-steps 2 \
-    --val-split 0.2 --val-every 6 --save-every 1000 --decoder-fraction 1.0 \
-    --seed 7 --no-voice-scores "${flags[@]}" > "$out/run_$q.log" 2>&1
+    --val-split 0.2 --val-every 6 --decoder-fraction 1.0 \
+    --seed 7 "${voice[@]}" "${flags[@]}" > "$out/run_$q.log" 2>&1
 done
 echo "# load after: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$out/machine.txt"
 python3 - "$out" <<'PY' | tee "$out/summary.txt"
@@ -50,4 +58,21 @@ for s in steps:
 last = steps[-1]
 for q in ["8", "4"]:
     print(f"{q}-bit base, last validation: {val[q][last] / val['none'][last]:.4f}x the full-precision run's")
+voice = {}
+for q in ["none", "8", "4"]:
+    for line in (out / f"run_{q}" / "metrics.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if r.get("event") == "voiceScores":
+            d = r["data"]
+            voice.setdefault(q, {})[d["step"]] = (d["summary"]["similarity"], d.get("bestStep"))
+if voice:
+    print("speaker similarity of the spoken prompts (resemblyzer), step 0 = base model")
+    steps = sorted(voice["none"])
+    print(f"{'step':>6} {'full precision':>15} {'8-bit base':>11} {'4-bit base':>11}")
+    for s in steps:
+        row = [voice[q].get(s, (float("nan"), None))[0] for q in ["none", "8", "4"]]
+        print(f"{s:>6} {row[0]:>15.4f} {row[1]:>11.4f} {row[2]:>11.4f}")
+    for q in ["none", "8", "4"]:
+        best = voice[q][max(voice[q])][1]
+        print(f"{q}: best checkpoint step {best}, similarity {voice[q][best][0]:.4f}")
 PY
