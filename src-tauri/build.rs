@@ -44,6 +44,12 @@ const COMMANDS: &[&str] = &[
     "list_runs",
     "run_metrics",
     "export_adapter",
+    "voice_library",
+    "rename_voice",
+    "delete_voice",
+    "export_voice",
+    "start_voice",
+    "cancel_voice",
 ];
 
 fn main() {

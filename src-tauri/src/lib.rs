@@ -68,6 +68,12 @@ pub fn app_builder<R: Runtime>(builder: Builder<R>) -> Builder<R> {
             commands::history::list_runs,
             commands::history::run_metrics,
             commands::history::export_adapter,
+            commands::voices::voice_library,
+            commands::voices::rename_voice,
+            commands::voices::delete_voice,
+            commands::voices::export_voice,
+            commands::voices::start_voice,
+            commands::voices::cancel_voice,
         ])
 }
 

@@ -16,3 +16,4 @@ pub mod proofread;
 pub mod speakers;
 pub mod training;
 pub mod transcribe;
+pub mod voices;
