@@ -48,6 +48,10 @@ enum Command {
     /// with random weights (see bench/whisper/README.md).
     #[command(hide = true)]
     BenchTranscribe(commands::bench_transcribe::BenchTranscribeArgs),
+    /// Write the random-weight models of the `csm voice` benchmark
+    /// (bench/voice/run.sh): CSM-1B shape, Mimi, a Whisper shape.
+    #[command(hide = true)]
+    BenchVoiceModels(commands::bench_voice::BenchVoiceModelsArgs),
     /// Build a small model and a spoken dataset locally (no download) and
     /// fine-tune it: the whole pipeline in a couple of minutes.
     Demo(commands::demo::DemoArgs),
@@ -121,6 +125,7 @@ fn main() -> std::process::ExitCode {
         Command::Generate(args) => commands::generate::run(*args),
         Command::BenchGenerate(args) => commands::bench_generate::run(args),
         Command::BenchTranscribe(args) => commands::bench_transcribe::run(args),
+        Command::BenchVoiceModels(args) => commands::bench_voice::run(args),
         Command::Demo(args) => commands::demo::run(args, &level_name),
         Command::FinetuneLora(args) => commands::finetune::run(args, &level_name),
         Command::Prepare(args) => commands::dataset_tools::prepare(args, &level_name),

@@ -3,6 +3,7 @@
 pub mod bench_generate;
 pub mod bench_train;
 pub mod bench_transcribe;
+pub mod bench_voice;
 pub mod dataset_tools;
 pub mod demo;
 pub mod dist_check;

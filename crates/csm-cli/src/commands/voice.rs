@@ -392,8 +392,9 @@ impl Terminal {
 
     fn println(&self, line: String) {
         match &self.bar {
-            Some(bar) => bar.println(line),
-            None => eprintln!("{line}"),
+            // A bar drawn nowhere (stderr is not a terminal) prints nothing.
+            Some(bar) if !bar.is_hidden() => bar.println(line),
+            _ => eprintln!("{line}"),
         }
     }
 }

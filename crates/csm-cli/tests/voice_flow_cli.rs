@@ -1,0 +1,472 @@
+//! `csm voice` end to end on the demo model, the tiny random Whisper of the
+//! fixtures and resemblyzer's real speaker encoder: espeak-ng speech given
+//! as long MP3 files without transcripts (the random Whisper writes random
+//! words: the path, not the words, is under test). Every stage runs; runs
+//! killed with SIGKILL in transcription and in training continue to the
+//! same transcripts and losses as an uninterrupted run; a run with
+//! everything present starts training at once; the download stage fetches
+//! a bundle from a mock hub on 127.0.0.1 and resumes after a kill.
+
+mod common;
+
+#[path = "../../csm-hub/tests/support/mock_hub.rs"]
+mod mock_hub;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{demo, step_records, text, CSM};
+use csm_flow::layout::{StageStatus, VoiceDir};
+use csm_flow::Stage;
+
+const LIMIT: Duration = Duration::from_secs(400);
+
+/// resemblyzer's weights, fetched by scripts/fetch-test-speaker-encoder.sh.
+fn encoder() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-data/resemblyzer-pretrained.pt")
+}
+
+/// The tiny random Whisper of the fixtures as a model folder.
+fn whisper_dir(root: &Path) -> PathBuf {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/whisper");
+    let dir = root.join("whisper");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in std::fs::read_dir(fixtures.join("tiny80")).unwrap() {
+        let f = f.unwrap().path();
+        if f.file_name().unwrap() != "ref.safetensors" {
+            std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    let status = Command::new("python3")
+        .args(["-m", "zipfile", "-e"])
+        .arg(fixtures.join("multilingual.tiktoken.zip"))
+        .arg(&dir)
+        .status()
+        .expect("python3 unzips");
+    assert!(status.success());
+    dir
+}
+
+/// Three recordings of about 18 s each, spoken by espeak-ng and encoded
+/// as MP3 by ffmpeg, with no transcripts.
+fn raw_recordings(root: &Path) -> PathBuf {
+    let raw = root.join("raw");
+    std::fs::create_dir_all(&raw).unwrap();
+    let text = "The quick brown fox jumps over the lazy dog. She sells sea shells by the \
+                sea shore. A journey of a thousand miles begins with a single step. Peter \
+                Piper picked a peck of pickled peppers. All that glitters is not gold.";
+    for i in 1..=3 {
+        let wav = root.join(format!("t{i}.wav"));
+        let ok = Command::new("espeak-ng")
+            .arg("-w")
+            .arg(&wav)
+            .arg(format!("{text} Recording number {i} ends here."))
+            .status()
+            .expect("espeak-ng runs (apt install espeak-ng)");
+        assert!(ok.success());
+        let ok = Command::new("ffmpeg")
+            .args(["-loglevel", "error", "-y", "-i"])
+            .arg(&wav)
+            .args(["-ar", "22050", "-b:a", "32k"])
+            .arg(raw.join(format!("talk{i}.mp3")))
+            .status()
+            .expect("ffmpeg runs (apt install ffmpeg)");
+        assert!(ok.success());
+    }
+    raw
+}
+
+struct Setup {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    raw: PathBuf,
+    whisper: PathBuf,
+}
+
+fn setup() -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    Setup {
+        raw: raw_recordings(&root),
+        whisper: whisper_dir(&root),
+        root,
+        _tmp: tmp,
+    }
+}
+
+/// `csm voice` with small, fast settings.
+fn voice_args(s: &Setup, out: &Path) -> Vec<String> {
+    let paths = demo();
+    [
+        "voice",
+        s.raw.to_str().unwrap(),
+        "--output-dir",
+        out.to_str().unwrap(),
+        "--speaker-name",
+        "Tester",
+        "--model-path",
+        paths.model.to_str().unwrap(),
+        "--whisper-model",
+        s.whisper.to_str().unwrap(),
+        "--speaker-encoder",
+        encoder().to_str().unwrap(),
+        "--language",
+        "en",
+        "--temperature",
+        "0",
+        "--voice-prompt",
+        "Hi.",
+        "--val-split",
+        "0",
+        "--context-turns",
+        "0",
+        "--batch-size",
+        "1",
+        "--steps",
+        "4",
+        "--save-every",
+        "2",
+        "--learning-rate",
+        "2e-3",
+        "--seed",
+        "5",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn command(s: &Setup, args: &[String], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(CSM);
+    cmd.args(args)
+        .env("HF_HOME", s.root.join("hf"))
+        .env("HF_HUB_OFFLINE", "1")
+        .env("CSM_CACHE_DIR", s.root.join("cache"))
+        .env_remove("MLX_HOSTFILE")
+        .env_remove("MLX_RANK")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Runs to the end (or `LIMIT`).
+fn run(s: &Setup, args: &[String], env: &[(&str, &str)]) -> Output {
+    let mut child = command(s, args, env).spawn().unwrap();
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(start.elapsed() < LIMIT, "csm voice ran past {LIMIT:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Runs until `ready()` holds, then SIGKILLs it.
+fn run_and_kill(s: &Setup, args: &[String], ready: impl Fn() -> bool) -> Output {
+    let mut child = command(s, args, &[]).spawn().unwrap();
+    let start = Instant::now();
+    while !ready() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "it ended before the kill:\n{}",
+            text(&child.wait_with_output().unwrap())
+        );
+        assert!(start.elapsed() < LIMIT, "never ready to kill");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.ends_with(".partial"))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+#[cfg_attr(
+    not(csm_test_speaker_encoder),
+    ignore = "needs target/test-data/resemblyzer-pretrained.pt: scripts/fetch-test-speaker-encoder.sh"
+)]
+fn every_stage_runs_and_killed_runs_continue_to_the_same_voice() {
+    let s = setup();
+
+    // Uninterrupted: every stage.
+    let straight = s.root.join("straight");
+    let out = run(&s, &voice_args(&s, &straight), &[]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    for line in [
+        "[download] skipped",
+        "every model given as a path",
+        "[transcribe] done",
+        "3 transcribed now",
+        "[dataset] done",
+        "[train] done",
+        "[summary] done",
+        "best adapter:",
+    ] {
+        assert!(t.contains(line), "no `{line}`:\n{t}");
+    }
+    let dir = VoiceDir::new(&straight);
+    let state = dir.read_state().unwrap();
+    assert_eq!(state.speaker_name.as_deref(), Some("Tester"));
+    for stage in [
+        Stage::Transcribe,
+        Stage::Dataset,
+        Stage::Train,
+        Stage::Summary,
+    ] {
+        assert_eq!(state.status(stage), StageStatus::Done, "{stage}");
+    }
+    assert_eq!(state.status(Stage::Download), StageStatus::Skipped);
+    assert_eq!(
+        files(&dir.transcripts_dir()),
+        ["talk1.txt", "talk2.txt", "talk3.txt"]
+    );
+    // The settings printed and in voice.json are the run's config.json.
+    let config: serde_json::Value =
+        serde_json::from_str(&read(&dir.run_dir().join("config.json"))).unwrap();
+    for c in &state.settings {
+        // As numbers: config.json writes 16.0 where voice.json has 16.
+        assert_eq!(config[&c.name].as_f64(), c.value.as_f64(), "{}", c.name);
+        assert!(t.contains(&c.name), "{} not printed", c.name);
+    }
+    assert_eq!(config["batch_size"], 1, "--batch-size overrides the rule");
+    let summary = dir.read_summary().unwrap().unwrap();
+    assert!(summary.steps >= 4, "{summary:?}");
+    assert!(
+        summary.base.is_some() && summary.best.is_some(),
+        "{summary:?}"
+    );
+    for p in [
+        &summary.best_adapter,
+        &summary.final_adapter,
+        &summary.sample_wav,
+    ] {
+        let p = p.as_ref().expect("written");
+        assert!(dir.resolve(p).is_file(), "{}", p.display());
+    }
+    assert!(summary.minutes_used > 0.5, "{summary:?}");
+    let reference = step_records(&dir.run_dir());
+
+    // Killed once a first transcript is written, then again at step 4 of
+    // training (checkpoint 2 kept), then run to the end.
+    let killed = s.root.join("killed");
+    let kdir = VoiceDir::new(&killed);
+    let out = run_and_kill(&s, &voice_args(&s, &killed), || {
+        !files(&kdir.transcripts_dir()).is_empty()
+    });
+    assert!(!out.status.success());
+    let done_before = files(&kdir.transcripts_dir()).len();
+    assert!(done_before < 3, "all transcribed before the kill");
+    let out = run(
+        &s,
+        &voice_args(&s, &killed),
+        &[("CSM_DEBUG_KILL_AT_STEP", "0:4")],
+    );
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(
+        t.contains(&format!("{} transcribed now", 3 - done_before)),
+        "{t}"
+    );
+    assert_eq!(
+        kdir.read_state().unwrap().status(Stage::Train),
+        StageStatus::Running
+    );
+
+    // Everything present: straight to training, which resumes.
+    let out = run(&s, &voice_args(&s, &killed), &[]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    for line in ["[download] skipped", "resuming from"] {
+        assert!(t.contains(line), "no `{line}`:\n{t}");
+    }
+    for not in [
+        "loading Whisper",
+        "transcribed now",
+        "[transcribe] recordings",
+    ] {
+        assert!(
+            !t.contains(not),
+            "`{not}` in a run with every transcript:\n{t}"
+        );
+    }
+    assert!(
+        t.contains("[transcribe] skipped") && t.contains("done by an earlier run"),
+        "{t}"
+    );
+
+    // Same transcripts, same losses (steps 3 and 4 ran twice: the last
+    // record of each counts) as the uninterrupted run.
+    for f in files(&dir.transcripts_dir()) {
+        assert_eq!(
+            read(&kdir.transcripts_dir().join(&f)),
+            read(&dir.transcripts_dir().join(&f)),
+            "{f}"
+        );
+    }
+    let mut resumed = std::collections::BTreeMap::new();
+    for (step, loss) in step_records(&kdir.run_dir()) {
+        resumed.insert(step, loss);
+    }
+    assert_eq!(
+        resumed.len(),
+        reference.len(),
+        "{resumed:?} vs {reference:?}"
+    );
+    for (step, loss) in &reference {
+        let got = resumed[step];
+        assert!(
+            (got - loss).abs() <= 1e-5 * loss.abs().max(1.0),
+            "step {step}: resumed {got} vs uninterrupted {loss}"
+        );
+    }
+    let ks = kdir.read_summary().unwrap().unwrap();
+    assert_eq!(
+        (ks.steps, ks.utterances),
+        (summary.steps, summary.utterances)
+    );
+
+    // Once finished, a run only reports the summary.
+    let out = run(&s, &voice_args(&s, &killed), &[]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        !t.contains("[Loading]") && t.contains("best adapter:"),
+        "{t}"
+    );
+}
+
+#[test]
+fn the_download_stage_fetches_a_bundle_and_resumes_after_a_kill() {
+    use mock_hub::{MockFile, MockHub};
+    let paths = demo();
+    let bytes = |p: &Path| std::fs::read(p).unwrap();
+    let model = bytes(&paths.model.join("model.safetensors"));
+    let mimi = mock_hub::pattern(50_000, 2);
+    let hub = MockHub::start(vec![
+        MockFile::lfs("sesame/csm-1b", "model.safetensors", model.clone()),
+        MockFile::git(
+            "sesame/csm-1b",
+            "config.json",
+            &bytes(&paths.model.join("config.json")),
+        ),
+        // Stand-in bytes: the demo's Mimi is 384 MB, and this run stops
+        // before anything is loaded.
+        MockFile::lfs(
+            "kyutai/moshiko-pytorch-bf16",
+            "tokenizer-e351c8d8-checkpoint125.safetensors",
+            mimi.clone(),
+        ),
+        MockFile::git(
+            "unsloth/Llama-3.2-1B",
+            "tokenizer.json",
+            &bytes(&paths.tokenizer),
+        ),
+    ]);
+    let tmp = tempfile::tempdir().unwrap();
+    let raw = tmp.path().join("raw");
+    std::fs::create_dir_all(&raw).unwrap();
+    let out_dir = tmp.path().join("voice");
+    let whisper = tmp.path().join("whisper-dir");
+    std::fs::create_dir_all(&whisper).unwrap();
+    let args: Vec<String> = [
+        "voice",
+        raw.to_str().unwrap(),
+        "--output-dir",
+        out_dir.to_str().unwrap(),
+        "--model-path",
+        "csm-1b",
+        "--whisper-model",
+        whisper.to_str().unwrap(),
+        "--speaker-encoder",
+        paths.model.join("config.json").to_str().unwrap(),
+        "--stop-after",
+        "download",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let cmd = || {
+        let mut c = Command::new(CSM);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("HF_") || k.to_ascii_lowercase().ends_with("_proxy") {
+                c.env_remove(k);
+            }
+        }
+        c.args(&args)
+            .env("HOME", tmp.path())
+            .env("HF_HOME", tmp.path().join("hf"))
+            .env("HF_ENDPOINT", &hub.url)
+            .env("CSM_PYPI_URL", &hub.pypi_url)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    };
+    // Slow enough to be killed half-way through the model's weights.
+    hub.throttle(Some(Duration::from_millis(20)));
+    let mut child = cmd().spawn().unwrap();
+    let blobs = tmp.path().join("hf/hub/models--sesame--csm-1b/blobs");
+    let start = Instant::now();
+    let partial = loop {
+        let part = std::fs::read_dir(&blobs).ok().and_then(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path()))
+                .find(|p| p.extension().is_some_and(|e| e == "incomplete"))
+        });
+        // More than a chunk: the model's weights, not the small config.
+        if let Some(p) = part.filter(|p| std::fs::metadata(p).map_or(0, |m| m.len()) > 64 << 10) {
+            break p;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "ended before the kill");
+        assert!(start.elapsed() < LIMIT);
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let kept = std::fs::metadata(&partial).unwrap().len();
+    assert!(kept > 0 && (kept as usize) < model.len(), "{kept}");
+    let state = VoiceDir::new(&out_dir).read_state().unwrap();
+    assert_eq!(state.status(Stage::Download), StageStatus::Running);
+
+    hub.throttle(None);
+    let out = cmd().output().unwrap();
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("resuming at"), "{t}");
+    assert!(t.contains("stopped after the download stage"), "{t}");
+    // The second transfer asked for the rest only.
+    let served = hub.served("model.safetensors");
+    assert_eq!(
+        served.last().copied(),
+        Some(model.len() as u64 - kept),
+        "{served:?}"
+    );
+    let state = VoiceDir::new(&out_dir).read_state().unwrap();
+    assert_eq!(state.status(Stage::Download), StageStatus::Done);
+    let models = state.models.unwrap();
+    assert_eq!(bytes(&models.model.join("model.safetensors")), model);
+    assert_eq!(bytes(models.mimi.as_ref().unwrap()), mimi);
+    assert_eq!(models.whisper, whisper);
+
+    // Cached now: a second run downloads nothing.
+    let before = hub.requests().len();
+    let out = cmd().output().unwrap();
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("already in the cache: csm-1b"), "{t}");
+    assert_eq!(hub.requests().len(), before, "the hub was asked again");
+}
