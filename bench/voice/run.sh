@@ -17,8 +17,9 @@
 #       summary.json (seconds per stage, in all) with the machine and the
 #       settings. Logs: OUT_DIR/*.log.
 #   bench/voice/run.sh run-tiny PACK_DIR OUT_DIR CSM_BINARY
-#       The run part at tiny scale (the demo's CSM, Whisper tiny shape, 4
-#       steps at batch 2, one short voice prompt) to check the script on a CPU.
+#       The run part at tiny scale (the demo's CSM, Whisper tiny shape, one
+#       epoch of at least 4 steps at batch 8, scored at step 0 and at the end,
+#       one short voice prompt) to check the script on a CPU.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -79,7 +80,7 @@ run() {
   if [ "$tiny" = 1 ]; then
     "$csm" bench-voice-models --dir "$models" --tiny --whisper-size tiny \
       --tiktoken "$pack/multilingual.tiktoken" 2>&1 | tee "$out/models.log"
-    extra=(--tokenizer-path "$models/csm-1b/tokenizer.json" --voice-prompt "Hi.")
+    extra=(--tokenizer-path "$models/csm-1b/tokenizer.json" --voice-prompt "Hi." --save-every "$steps")
   else
     "$csm" bench-voice-models --dir "$models" \
       --tiktoken "$pack/multilingual.tiktoken" 2>&1 | tee "$out/models.log"
@@ -122,6 +123,6 @@ EOF
 case $cmd in
   prepare) prepare "${2:?PACK_DIR}" ;;
   run) run "${2:?PACK_DIR}" "${3:?OUT_DIR}" "${4:?CSM_BINARY}" "${5:-500}" "${6:-8}" 0 ;;
-  run-tiny) run "${2:?PACK_DIR}" "${3:?OUT_DIR}" "${4:?CSM_BINARY}" 4 2 1 ;;
+  run-tiny) run "${2:?PACK_DIR}" "${3:?OUT_DIR}" "${4:?CSM_BINARY}" 4 8 1 ;;
   *) echo "unknown command $cmd" >&2; exit 2 ;;
 esac
