@@ -290,7 +290,9 @@ fn every_stage_runs_and_killed_runs_continue_to_the_same_voice() {
     }
     assert_eq!(config["batch_size"], 1, "--batch-size overrides the rule");
     let summary = dir.read_summary().unwrap().unwrap();
-    assert!(summary.steps >= 4, "{summary:?}");
+    // Examples longer than --max-seq-len (the random words) are left out:
+    // 3 steps of 1 example, checkpoints at 2 and 3.
+    assert!(summary.steps >= 3, "{summary:?}");
     assert!(
         summary.base.is_some() && summary.best.is_some(),
         "{summary:?}"
@@ -306,7 +308,7 @@ fn every_stage_runs_and_killed_runs_continue_to_the_same_voice() {
     assert!(summary.minutes_used > 0.5, "{summary:?}");
     let reference = step_records(&dir.run_dir());
 
-    // Killed once a first transcript is written, then again at step 4 of
+    // Killed once a first transcript is written, then again at step 3 of
     // training (checkpoint 2 kept), then run to the end.
     let killed = s.root.join("killed");
     let kdir = VoiceDir::new(&killed);
@@ -323,7 +325,7 @@ fn every_stage_runs_and_killed_runs_continue_to_the_same_voice() {
     let out = run(
         &s,
         &voice_args(&s, &killed),
-        &[("CSM_DEBUG_KILL_AT_STEP", "0:4")],
+        &[("CSM_DEBUG_KILL_AT_STEP", "0:3")],
     );
     let t = text(&out);
     assert!(!out.status.success(), "{t}");
@@ -358,8 +360,8 @@ fn every_stage_runs_and_killed_runs_continue_to_the_same_voice() {
         "{t}"
     );
 
-    // Same transcripts, same losses (steps 3 and 4 ran twice: the last
-    // record of each counts) as the uninterrupted run.
+    // Same transcripts, same losses (step 3 ran twice: the last record
+    // counts) as the uninterrupted run.
     for f in files(&dir.transcripts_dir()) {
         assert_eq!(
             read(&kdir.transcripts_dir().join(&f)),
