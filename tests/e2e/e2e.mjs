@@ -20,13 +20,17 @@
 // Dataset: a folder of raw MP3/M4A recordings dropped on the window (a real
 // XDND drag from drag-source.py), transcribed with the tiny Whisper fixture
 // from the hub cache, one text edited, one recording dropped, files checked
-// on disk (raw-recordings.mjs).
+// on disk (raw-recordings.mjs) -> New voice: four raw MP3s dropped, the
+// journey (download from the mock hub, transcription, proofreading, a few
+// training steps with voice scores) to the voice card; Voices: renamed,
+// deleted (new-voice.mjs).
 import { remote } from 'webdriverio';
 import { createHash } from 'node:crypto';
 import { copyFileSync, createReadStream, existsSync, mkdirSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { MockHub } from './mock-hub.mjs';
 import { rawRecordingsStep } from './raw-recordings.mjs';
+import { newVoiceStep } from './new-voice.mjs';
 
 const bin = process.env.CSM_APP_BIN;
 const runsDir = process.env.CSM_E2E_RUNS;
@@ -422,6 +426,9 @@ try {
   // XDND drag), transcribed with the cached tiny Whisper, one text edited,
   // one recording dropped; files checked on disk (raw-recordings.mjs).
   await rawRecordingsStep({ browser, tab, shot, log, fail, hfHome, work: process.env.WORK ?? dirname(runsDir) });
+
+  // 10a. New voice: raw recordings dropped -> the voice's card; Voices: rename, delete (new-voice.mjs).
+  await newVoiceStep({ browser, tab, shot, log, fail, hub, dataDir: dirname(runsDir), work: process.env.WORK ?? dirname(runsDir) });
   log('PASS');
 } finally {
   await browser.deleteSession().catch(() => {});

@@ -62,7 +62,7 @@ function wavFormat(path) {
 }
 
 /** Drags `folder` from a GTK window onto the app's window with xdotool (a real XDND drop). */
-async function dropFolder(folder, log) {
+export async function dropFolder(folder, log) {
   const src = spawn('/usr/bin/python3', [join(here, 'drag-source.py'), folder, '10', '880'], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   src.stdout.on('data', (d) => (out += d));

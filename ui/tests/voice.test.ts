@@ -81,6 +81,10 @@ describe('the New voice stage list', () => {
     expect(j.steps.download).toMatchObject({ status: 'done', etaSecs: null, note: '1 bundle fetched', seconds: 4 });
     ev({ event: 'stageFinished', data: { stage: 'transcribe', end: 'skipped', seconds: 0, note: 'done by an earlier run' } });
     expect(j.steps.transcribe.status).toBe('skipped');
+    // The second call (after the review) finds the download done: it stays done, with its note.
+    ev({ event: 'stageStarted', data: { stage: 'download', detail: 'models' } });
+    ev({ event: 'stageFinished', data: { stage: 'download', end: 'skipped', seconds: 0, note: 'every model cached' } });
+    expect(j.steps.download).toMatchObject({ status: 'done', note: '1 bundle fetched' });
     ev({ event: 'stageStarted', data: { stage: 'dataset', detail: 'cutting' } });
     ev({ event: 'stageFinished', data: { stage: 'dataset', end: 'done', seconds: 2, note: '9 utterances' } });
     expect(j.steps.train.status).toBe('running');

@@ -27,6 +27,8 @@ export interface StepState {
   /** How it ended. */
   note: string | null;
   seconds: number;
+  /** It did its work in this journey (a later call reports it skipped: still done). */
+  ran: boolean;
 }
 
 export type JourneyStatus = 'idle' | 'running' | 'review' | 'finished' | 'failed' | 'cancelled';
@@ -48,7 +50,7 @@ export interface Journey {
   error: IpcError | null;
 }
 
-const step = (): StepState => ({ status: 'pending', detail: null, done: 0, total: 0, unit: null, etaSecs: null, item: null, note: null, seconds: 0 });
+const step = (): StepState => ({ status: 'pending', detail: null, done: 0, total: 0, unit: null, etaSecs: null, item: null, note: null, seconds: 0, ran: false });
 
 export function idleJourney(): Journey {
   return {
@@ -88,7 +90,7 @@ export function applyFlowEvent(j: Journey, e: FlowEvent): Journey {
     case 'stageStarted': {
       const id = stepOf(e.data.stage);
       // The dataset stage starts `train`; training starts afresh its counts.
-      return with_(id, { status: 'running', detail: e.data.detail, done: 0, total: 0, unit: null, etaSecs: null, item: null, note: null });
+      return with_(id, { status: 'running', detail: e.data.detail, done: 0, total: 0, unit: null, etaSecs: null, item: null, note: j.steps[id].ran ? j.steps[id].note : null });
     }
     case 'stageProgress': {
       const d = e.data;
@@ -111,8 +113,11 @@ export function applyFlowEvent(j: Journey, e: FlowEvent): Journey {
       const s = j.steps[id];
       // `dataset` finishing leaves `train` running (training follows).
       if (e.data.stage === 'dataset') return with_(id, { note: e.data.note, seconds: s.seconds + e.data.seconds });
-      const status: StepStatus = e.data.end === 'skipped' ? 'skipped' : 'done';
-      return with_(id, { status, note: e.data.note, etaSecs: null, seconds: s.seconds + e.data.seconds });
+      // The call after the review finds download and transcription done: they stay done.
+      const ran = s.ran || e.data.end === 'done';
+      const status: StepStatus = ran ? 'done' : 'skipped';
+      const note = e.data.end === 'skipped' && s.ran ? s.note : e.data.note;
+      return with_(id, { status, note, etaSecs: null, seconds: s.seconds + e.data.seconds, ran });
     }
     case 'finished':
       return with_('listen', { status: 'done' });
