@@ -7,7 +7,7 @@
 # wheel, no CMake, nothing links: `bindings_only` in crates/mlx-sys/build.rs).
 # Not checked here: the Metal build, linking, the .app/.dmg (the macos-14 job
 # of .github/workflows/ci.yml does those), and the C of ring and
-# objc2-exception-helper (see below).
+# objc2-exception-helper and libz-sys (see below).
 #
 # Own target dir (target/macos-check), so the Linux build is never
 # invalidated. Where the target's standard library cannot be installed
@@ -41,14 +41,16 @@ export TAURI_CONFIG='{"bundle":{"macOS":{"frameworks":[]}}}'
 export CARGO_PROFILE_DEV_OPT_LEVEL=0 CARGO_PROFILE_DEV_DEBUG=0
 args=(--workspace --all-targets --target "$TARGET"
   --config 'profile.dev.package."*".opt-level=0')
-# These build scripts compile C, assembly or Objective-C for the target,
+# These build scripts compile C, assembly or Objective-C for the target (ring,
+# objc2-exception-helper; libz-sys builds zlib from source when it finds no
+# zlib for the target, where macOS has its own),
 # which needs Apple's clang and SDK: a `links` override replaces each one (its
 # library only matters when linking, which a check never does). So that code
 # is not compiled here; their Rust is.
 links=$(cargo metadata --format-version 1 --filter-platform "$TARGET" | python3 -c '
 import json, sys
 for p in json.load(sys.stdin)["packages"]:
-    if p["name"] in ("ring", "objc2-exception-helper") and p.get("links"):
+    if p["name"] in ("ring", "objc2-exception-helper", "libz-sys") and p.get("links"):
         print(p["links"])')
 for l in $links; do
   args+=(--config "target.$TARGET.$l.rustc-link-lib=[]")
