@@ -125,7 +125,8 @@ export async function newVoiceStep({ browser, tab, shot, log, fail, hub, dataDir
   const newName = await browser.$('input[aria-label="New voice name"]');
   await newName.clearValue();
   await newName.setValue('E2E voice, renamed');
-  await (await browser.$('[data-testid="rename-voice"] button=Rename')).click();
+  // A text selector (button=...) cannot follow a CSS one: look it up inside the form.
+  await (await (await browser.$('[data-testid="rename-voice"]')).$('button=Rename')).click();
   await browser.waitUntil(() => JSON.parse(readFileSync(join(voiceDir, 'voice.json'), 'utf8')).name === 'E2E voice, renamed', {
     timeout: 30_000,
     timeoutMsg: 'voice.json was not renamed',
