@@ -146,9 +146,11 @@ export async function rawRecordingsStep({ browser, tab, shot, log, fail, hfHome,
     timeoutMsg: `speech1.txt was not saved: ${JSON.stringify(readFileSync(txt, 'utf8'))}`,
   });
   // Whisper's (random) words are not these: the alignment is stale, kept aside, and shown.
-  if (!existsSync(join(data, 'alignments', 'stale', 'speech1.json')) || existsSync(join(data, 'alignments', 'speech1.json'))) {
-    fail('the edited recording\'s alignment was not moved to alignments/stale/');
-  }
+  // The text is written first, then the alignment moved: wait for both.
+  await browser.waitUntil(
+    () => existsSync(join(data, 'alignments', 'stale', 'speech1.json')) && !existsSync(join(data, 'alignments', 'speech1.json')),
+    { timeout: 30_000, timeoutMsg: 'the edited recording\'s alignment was not moved to alignments/stale/' },
+  );
   await browser.waitUntil(async () => (await (await utt('speech1.wav')).getText()).includes('alignment stale'), {
     timeout: 30_000,
     timeoutMsg: 'the proofreading row does not show the stale alignment',
