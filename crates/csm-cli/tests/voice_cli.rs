@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{demo, run, run_csm, text, train_args};
+use common::{demo, run, run_csm, text, tiny_whisper, train_args};
 use csm_core::train::run_dir::RunDir;
 
 #[test]
@@ -61,7 +61,7 @@ fn the_run_ends_with_base_best_and_last_voice_scores() {
     let encoder = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../target/test-data/resemblyzer-pretrained.pt");
     let work = tempfile::tempdir().unwrap();
-    let whisper = whisper_dir(work.path());
+    let whisper = tiny_whisper(work.path());
     let out_dir = work.path().join("run");
     // Eight recordings, one held out: 7 examples, one step an epoch, 3
     // steps, checkpoints at 2 and 3 (the last).
@@ -142,27 +142,4 @@ fn the_run_ends_with_base_best_and_last_voice_scores() {
         "{}",
         table[4]
     );
-}
-
-/// The tiny random Whisper of `tests/fixtures/whisper/tiny80`, with its
-/// tokenizer unpacked beside it, in `root`.
-fn whisper_dir(root: &std::path::Path) -> std::path::PathBuf {
-    let fixtures =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/whisper");
-    let dir = root.join("whisper-tiny80");
-    std::fs::create_dir_all(&dir).unwrap();
-    for f in std::fs::read_dir(fixtures.join("tiny80")).unwrap() {
-        let f = f.unwrap().path();
-        if f.file_name().unwrap() != "ref.safetensors" {
-            std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
-        }
-    }
-    let status = std::process::Command::new("python3")
-        .args(["-m", "zipfile", "-e"])
-        .arg(fixtures.join("multilingual.tiktoken.zip"))
-        .arg(&dir)
-        .status()
-        .expect("python3 unzips");
-    assert!(status.success());
-    dir
 }

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{demo, step_records, text, CSM};
+use common::{demo, step_records, text, tiny_whisper, CSM};
 use csm_flow::layout::{StageStatus, VoiceDir};
 use csm_flow::Stage;
 
@@ -25,27 +25,6 @@ const LIMIT: Duration = Duration::from_secs(400);
 /// resemblyzer's weights, fetched by scripts/fetch-test-speaker-encoder.sh.
 fn encoder() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-data/resemblyzer-pretrained.pt")
-}
-
-/// The tiny random Whisper of the fixtures as a model folder.
-fn whisper_dir(root: &Path) -> PathBuf {
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/whisper");
-    let dir = root.join("whisper");
-    std::fs::create_dir_all(&dir).unwrap();
-    for f in std::fs::read_dir(fixtures.join("tiny80")).unwrap() {
-        let f = f.unwrap().path();
-        if f.file_name().unwrap() != "ref.safetensors" {
-            std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
-        }
-    }
-    let status = Command::new("python3")
-        .args(["-m", "zipfile", "-e"])
-        .arg(fixtures.join("multilingual.tiktoken.zip"))
-        .arg(&dir)
-        .status()
-        .expect("python3 unzips");
-    assert!(status.success());
-    dir
 }
 
 /// Three recordings of about 18 s each, spoken by espeak-ng and encoded
@@ -133,7 +112,7 @@ fn setup() -> Setup {
     let root = tmp.path().to_path_buf();
     Setup {
         raw: raw_recordings(&root),
-        whisper: whisper_dir(&root),
+        whisper: tiny_whisper(&root),
         root,
         _tmp: tmp,
     }

@@ -86,6 +86,28 @@ fn empty_hf_home() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("empty-hf-home")
 }
 
+/// The tiny random Whisper of `tests/fixtures/whisper/tiny80` as a model
+/// folder (its tokenizer unpacked beside it) under `root`.
+pub fn tiny_whisper(root: &Path) -> PathBuf {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/whisper");
+    let dir = root.join("whisper-tiny80");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in std::fs::read_dir(fixtures.join("tiny80")).unwrap() {
+        let f = f.unwrap().path();
+        if f.file_name().unwrap() != "ref.safetensors" {
+            std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    let status = Command::new("python3")
+        .args(["-m", "zipfile", "-e"])
+        .arg(fixtures.join("multilingual.tiktoken.zip"))
+        .arg(&dir)
+        .status()
+        .expect("python3 unzips");
+    assert!(status.success());
+    dir
+}
+
 pub fn text(out: &Output) -> String {
     format!(
         "stdout:\n{}\nstderr:\n{}",
