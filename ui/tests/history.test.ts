@@ -121,6 +121,49 @@ describe('History screen', () => {
     expect(notice?.level).toBe('error');
   });
 
+  it("shows a finished run's validation with each speaker's loss, from run_metrics", async () => {
+    const sp = (speaker: string, id: number, loss: number | null) => ({ speaker, id, loss, semanticLoss: 1, acousticLoss: 1, examples: 2 });
+    const log = ipc({
+      list_runs: () => [run('two'), run('one')],
+      run_metrics: (a) => ({
+        steps: [],
+        validation:
+          a.runId === 'two'
+            ? [
+                { step: 2, loss: 5, semanticLoss: 3, acousticLoss: 2, speakers: [sp('alice', 0, 5.5), sp('bob', 7, 4.5)] },
+                { step: 4, loss: 4, semanticLoss: 2, acousticLoss: 2, speakers: [sp('alice', 0, 3.25), sp('bob', 7, null)] },
+              ]
+            : [{ step: 4, loss: 4, semanticLoss: 2, acousticLoss: 2 }],
+        samples: [],
+        voiceSetup: null,
+        voice: [],
+      }),
+    });
+    render(History);
+    await flush();
+    const rowOf = (id: string) => screen.getByText(id, { selector: 'b' }).closest('tr') as HTMLElement;
+    await fireEvent.click(within(rowOf('two')).getByRole('button', { name: 'Validation' }));
+    await flush();
+    expect(log.of('run_metrics')).toEqual([{ runId: 'two' }]);
+    const rows = [...screen.getByTestId('history-speaker-validation').querySelectorAll('tbody tr')].map((r) =>
+      [...r.querySelectorAll('td')].map((td) => (td.textContent ?? '').replace(/\s+/g, ' ').trim()).join(' | '),
+    );
+    // Last pass: alice 3.25 at step 4, bob's loss not finite there (best 4.5 at step 2).
+    expect(rows).toEqual(['alice | 0 | 2 | 3.25 (step 4) | 3.25 (step 4)', 'bob | 7 | 2 | — (step 4) | 4.5 (step 2)']);
+    await new Promise((r) => setTimeout(r, 30)); // rAF-throttled setData
+    const plot = (uPlot as unknown as { instances: { opts: { series: { label?: string }[] }; data: unknown[][] }[] }).instances.find((p) =>
+      p.opts.series.some((x) => x.label === 'val alice'),
+    );
+    expect(plot?.opts.series.map((x) => x.label)).toEqual(['step', 'val loss', 'val alice', 'val bob']);
+    expect(plot?.data).toEqual([[2, 4], [5, 4], [5.5, 3.25], [4.5, null]]);
+
+    // A one-speaker run: its validation chart, no speaker table.
+    await fireEvent.click(within(rowOf('one')).getByRole('button', { name: 'Validation' }));
+    await flush();
+    expect(screen.getByText('Validation of one')).toBeTruthy();
+    expect(screen.queryByTestId('history-speaker-validation')).toBeNull();
+  });
+
   it('does nothing when the folder dialog is cancelled', async () => {
     const log = ipc({ list_runs: () => [run('a')], 'plugin:dialog|open': () => null, export_adapter: () => '/x' });
     render(History);

@@ -75,6 +75,23 @@ describe('Run screen', () => {
     expect((plotWith('loss') as unknown as { opts: { scales: { y: { distr?: number } } } }).opts.scales.y.distr).toBe(3);
   });
 
+  it("draws each speaker's validation loss and lists it by speaker", async () => {
+    const log = await started();
+    expect(screen.queryByTestId('speaker-validation')).toBeNull();
+    const sp = (speaker: string, id: number, loss: number) => ({ speaker, id, loss, semanticLoss: 1, acousticLoss: 1, examples: 1 });
+    send(log, { event: 'validation', data: { step: 2, loss: 4, semanticLoss: 2, acousticLoss: 2, speakers: [sp('alice', 0, 4.5), sp('bob', 7, 3.5)] } });
+    send(log, { event: 'validation', data: { step: 4, loss: 3.5, semanticLoss: 2, acousticLoss: 1.5, speakers: [sp('alice', 0, 3), sp('bob', 7, 4)] } });
+    await flush();
+    await new Promise((r) => setTimeout(r, 30)); // rAF-throttled setData
+    const val = plotWith('val alice');
+    expect(val?.opts.series.map((x) => x.label)).toEqual(['step', 'val loss', 'semantic', 'acoustic', 'val alice', 'val bob']);
+    expect(val?.data.slice(4)).toEqual([[4.5, 3], [3.5, 4]]);
+    const rows = [...screen.getByTestId('speaker-validation').querySelectorAll('tbody tr')].map((r) =>
+      [...r.querySelectorAll('td')].map((td) => (td.textContent ?? '').replace(/\s+/g, ' ').trim()).join(' | '),
+    );
+    expect(rows).toEqual(['alice | 0 | 1 | 3 (step 4) | 3 (step 4)', 'bob | 7 | 1 | 4 (step 4) | 3.5 (step 2)']);
+  });
+
   it('hints at overfitting when validation stops improving', async () => {
     const log = await started();
     for (const [i, loss] of [3, 2.5, 2.6, 2.7].entries()) {

@@ -430,7 +430,10 @@ export function install(): void {
             const loss = 2.2 + 4 * Math.exp(-(i + 1) / (a.runId === 'r1' ? 60 : 45)) + (r() - 0.5) * 0.5;
             return { step: i + 1, totalSteps: 240, epoch: (i + 1) / 48, loss, semanticLoss: loss / 2, acousticLoss: loss / 2, lr: 2e-4, gradNorm: 1, framesPerSec: 300, memoryBytes: 5e9, elapsedSecs: i * 2, etaSecs: 0 };
           });
-          return { steps, validation: [50, 100, 150, 200].map((s) => ({ step: s, loss: 2.4 + 3 * Math.exp(-s / 50), semanticLoss: 1.3, acousticLoss: 1.1 })), samples: [] };
+          // r2 trained two speakers: each one's validation loss, as the core reports it.
+          const speakers = (loss: number) =>
+            a.runId === 'r1' ? {} : { speakers: [{ speaker: 'alice', id: 0, loss: loss + 0.1, semanticLoss: 1.3, acousticLoss: 1.2, examples: 2 }, { speaker: 'bob', id: 1, loss: loss - 0.1, semanticLoss: 1.2, acousticLoss: 1.0, examples: 2 }] };
+          return { steps, validation: [50, 100, 150, 200].map((s) => ({ step: s, loss: 2.4 + 3 * Math.exp(-s / 50), semanticLoss: 1.3, acousticLoss: 1.1, ...speakers(2.4 + 3 * Math.exp(-s / 50)) })), samples: [] };
         }
         case 'hub_status':
           return { endpoint: 'https://huggingface.co', cacheDir: '/home/me/.cache/huggingface/hub', tokenSource: null, tokenPath: '/home/me/.cache/huggingface/token', offline: false };

@@ -149,6 +149,9 @@ export function speakerRows(view: DatasetSpeakers, usage: AudioUsage | null): Sp
   });
 }
 
+/** Line colours of the speakers' validation series (Run screen and History), in series order. */
+export const SPEAKER_COLORS = ['#6b46c1', '#0f7b8a', '#b83280', '#4a5568', '#dd6b20'];
+
 /** Per-speaker validation loss as chart series, one per speaker (by first appearance), aligned with `validation`. */
 export function speakerValidationSeries(validation: ValidationData[]): { label: string; values: (number | null)[] }[] {
   const names: string[] = [];
@@ -160,4 +163,37 @@ export function speakerValidationSeries(validation: ValidationData[]): { label: 
       return loss !== null && Number.isFinite(loss) ? loss : null;
     }),
   }));
+}
+
+/** One speaker's validation over a run, as the Run and History screens list it. */
+export interface SpeakerValidationRow {
+  speaker: string;
+  id: number;
+  /** Its validation examples in the last pass that reported it. */
+  examples: number;
+  /** Its loss in the last pass that reported it (null: not finite). */
+  last: number | null;
+  lastStep: number;
+  /** Its lowest finite loss and that pass's step (null: none finite). */
+  best: number | null;
+  bestStep: number | null;
+}
+
+/** Each speaker's last and best validation loss (by first appearance); empty for a one-speaker run. */
+export function speakerValidationRows(validation: ValidationData[]): SpeakerValidationRow[] {
+  const rows: SpeakerValidationRow[] = [];
+  const finiteOr = (v: number | null) => (v !== null && Number.isFinite(v) ? v : null);
+  for (const v of validation) {
+    for (const s of v.speakers ?? []) {
+      let row = rows.find((r) => r.speaker === s.speaker);
+      if (!row) {
+        row = { speaker: s.speaker, id: s.id, examples: 0, last: null, lastStep: v.step, best: null, bestStep: null };
+        rows.push(row);
+      }
+      const loss = finiteOr(s.loss);
+      Object.assign(row, { id: s.id, examples: s.examples, last: loss, lastStep: v.step });
+      if (loss !== null && (row.best === null || loss < row.best)) Object.assign(row, { best: loss, bestStep: v.step });
+    }
+  }
+  return rows;
 }
