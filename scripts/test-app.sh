@@ -12,19 +12,28 @@
 #      build): extracted, libmlx must resolve inside it, and it must start
 #      under Xvfb with the MLX wheel cache hidden (scripts/bundle-app.sh;
 #      about 20 s). The release bundle is scripts/bundle-app.sh's job.
-# Usage: scripts/test-app.sh [--no-e2e] [--no-install]
+# Usage: scripts/test-app.sh [--no-e2e] [--no-install] [--e2e FILE]
+#   --e2e FILE  only one E2E file that runs on its own (tests/e2e/FILE, e.g.
+#               speakers.mjs): builds the UI and the binary as above but skips
+#               vitest, the Rust tests and the .deb; for working on that step.
 # Every step fails loudly (set -e); the last line is PASS or the failing step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 E2E=1
 INSTALL=1
-for a in "$@"; do
-  case $a in
+ONLY=
+while [ $# -gt 0 ]; do
+  case $1 in
     --no-e2e) E2E=0 ;;
     --no-install) INSTALL=0 ;;
-    *) echo "unknown option $a" >&2; exit 2 ;;
+    --e2e)
+      ONLY=${2:?--e2e needs a file of tests/e2e}
+      [ -f "tests/e2e/$ONLY" ] || { echo "no tests/e2e/$ONLY" >&2; exit 2; }
+      shift ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
   esac
+  shift
 done
 step() { echo; echo "==> $* ($(date +%T))"; }
 trap 'echo "FAILED at line $LINENO: $BASH_COMMAND" >&2' ERR
@@ -53,13 +62,17 @@ fi
 step "UI: npm ci, check, vitest, build"
 npm --prefix ui ci --no-audit --no-fund
 npm --prefix ui run check
-npm --prefix ui test
+[ -n "$ONLY" ] || npm --prefix ui test
 npm --prefix ui run build
 
 # One feature set for tests and the E2E binary, so cargo builds tauri once.
 FEATURES="--features custom-protocol"
 step "Rust command tests (cargo test -p csm-app)"
-cargo test -p csm-app $FEATURES -- --nocapture 2>&1 | grep -v '^ALSA lib' || exit 1
+if [ -n "$ONLY" ]; then
+  cargo test -p csm-app $FEATURES --no-run
+else
+  cargo test -p csm-app $FEATURES -- --nocapture 2>&1 | grep -v '^ALSA lib' || exit 1
+fi
 
 if [ "$E2E" = 0 ]; then
   echo "PASS (without E2E) in $(( $(date +%s) - START )) s"
@@ -91,9 +104,14 @@ export HOME=$WORK/home XDG_DATA_HOME=$WORK/data XDG_CACHE_HOME=$WORK/cache LANG=
   CSM_APP_BIN=$BIN CSM_E2E_RUNS=$WORK/data/dev.csmstudio.app/runs CSM_E2E_SINK=$WORK/sink.raw \
   CSM_E2E_SHOTS=$ROOT/docs/images WORK
 # -screen: a 1280x900 window fits (xvfb-run's default is 1280x1024x24).
-if ! xvfb-run -a -s "-screen 0 1280x1024x24" tests/e2e/run.sh; then
+if ! xvfb-run -a -s "-screen 0 1280x1024x24" tests/e2e/run.sh ${ONLY:+"$ONLY"}; then
   echo "--- tauri-driver log" >&2; tail -50 "$WORK/tauri-driver.log" >&2
   exit 1
+fi
+
+if [ -n "$ONLY" ]; then
+  echo "PASS (E2E $ONLY only) in $(( $(date +%s) - START )) s"
+  exit 0
 fi
 
 step "debug .deb of the E2E binary: extract, ldd, launch with the MLX cache hidden"
