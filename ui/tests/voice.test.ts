@@ -213,6 +213,65 @@ describe('New voice screen', () => {
     expect(app.config.tokenizer_path).toBeNull();
   });
 
+  it('opens the review when transcription ends while the models still download, and trains once they are in', async () => {
+    let channel: Channel<FlowEvent> | null = null;
+    const finishes: ((v: unknown) => void)[] = [];
+    const scan = scanFixture();
+    const log = ipc({
+      whisper_models: () => [],
+      scan_recordings: (a) => ({ dir: a.dir, outputDir: '', items: [{ file: 'a.wav', path: '/r/a.wav', durationSecs: 5, sampleRate: 24000, channels: 1, codec: 'pcm', error: null, transcribed: false }], seconds: 5, transcribed: 0 }),
+      start_voice: (a) => {
+        channel = a.onEvent as Channel<FlowEvent>;
+        return new Promise((r) => finishes.push(r));
+      },
+      scan_dataset: () => scan,
+      list_excluded: () => [],
+      audio_peaks: () => [0.1, 0.2],
+      voice_library: () => ({ dir: '/app/voices', voices: [], unreadable: [] }),
+    });
+    const NewVoice = (await import('../src/screens/NewVoice.svelte')).default;
+    render(NewVoice);
+    await voices.setFolder(['/r']);
+    await flush();
+    await fireEvent.click(screen.getByRole('button', { name: 'Make the voice' }));
+    await flush();
+    const send = (e: FlowEvent) => channel!.onmessage(e);
+    send({ event: 'opened', data: { voice_dir: '/app/voices/ann', dataset_dir: '/app/voices/ann/dataset' } });
+    send({ event: 'stageStarted', data: { stage: 'download', detail: 'models' } });
+    send({ event: 'message', data: { stage: 'download', text: 'downloading csm-1b while the recordings are transcribed' } });
+    send({ event: 'stageStarted', data: { stage: 'transcribe', detail: 'whisper' } });
+    send({ event: 'stageProgress', data: { stage: 'download', done: 1e9, total: 6e9, unit: 'bytes', eta_s: 600, item: 'sesame/csm-1b/model.safetensors' } });
+    send({ event: 'stageProgress', data: { stage: 'transcribe', done: 30, total: 60, unit: 'audio_seconds', eta_s: 20, item: 'a' } });
+    await flush();
+    // Both stages run at once.
+    expect(screen.getByTestId('voice-stage-download').dataset.status).toBe('running');
+    expect(screen.getByTestId('voice-stage-transcribe').dataset.status).toBe('running');
+    send({ event: 'stageFinished', data: { stage: 'transcribe', end: 'done', seconds: 40, note: '1 transcribed' } });
+    await flush(10);
+    // The review is open on the voice's dataset, the call still downloading.
+    expect(screen.getByTestId('voice-stage-review').dataset.status).toBe('waiting');
+    expect(screen.getByTestId('voice-stage-download').dataset.status).toBe('running');
+    expect(log.of('scan_dataset')[0]).toEqual({ paths: ['/app/voices/ann/dataset'] });
+    expect(screen.getAllByTestId('utterance').length).toBeGreaterThan(0);
+    expect(screen.getByTestId('voice-review-downloading')).toBeTruthy();
+    expect(screen.getByRole('button', { name: 'Stop' })).toBeTruthy();
+    // Done before the download is: training waits for the first call.
+    await fireEvent.click(screen.getByRole('button', { name: 'Done: train the voice' }));
+    await flush();
+    expect(log.of('start_voice')).toHaveLength(1);
+    expect(screen.getByTestId('voice-stage-review').dataset.status).toBe('done');
+    send({ event: 'stageFinished', data: { stage: 'download', end: 'done', seconds: 700, note: 'downloaded csm-1b' } });
+    finishes[0]!({ finished: false, stoppedAfter: 'transcribe', voice: voice({ complete: false, scores: null, adapters: [], samples: [] }), datasetDir: '/app/voices/ann/dataset' });
+    await flush(10);
+    expect(log.of('start_voice')).toHaveLength(2);
+    expect(log.of('start_voice')[1]?.request as NewVoiceRequest).toMatchObject({ voiceDir: '/app/voices/ann', stopAfter: null });
+    expect(screen.getByTestId('voice-stage-download').dataset.status).toBe('done');
+    expect(voices.journey.status).toBe('running');
+    finishes[1]!({ finished: true, stoppedAfter: null, voice: voice(), datasetDir: '/app/voices/ann/dataset' });
+    await flush(10);
+    expect(voices.journey.status).toBe('finished');
+  });
+
   it('shows why the journey failed and offers to continue it', async () => {
     const log = ipc({
       whisper_models: () => [],

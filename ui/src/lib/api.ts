@@ -904,6 +904,7 @@ export type CoreTrainEvent =
 
 /** csm-flow's `FlowEvent`, on `start_voice`'s channel (fields snake_case). */
 export type FlowEvent =
+  | { event: 'opened'; data: { voice_dir: string; dataset_dir: string } }
   | { event: 'stageStarted'; data: { stage: FlowStage; detail: string } }
   | {
       event: 'stageProgress';

@@ -87,6 +87,8 @@ const MAX_MESSAGES = 40;
 export function applyFlowEvent(j: Journey, e: FlowEvent): Journey {
   const with_ = (id: StepId, s: Partial<StepState>): Journey => ({ ...j, steps: { ...j.steps, [id]: { ...j.steps[id], ...s } } });
   switch (e.event) {
+    case 'opened':
+      return { ...j, voiceDir: e.data.voice_dir, datasetDir: e.data.dataset_dir };
     case 'stageStarted': {
       const id = stepOf(e.data.stage);
       // The dataset stage starts `train`; training starts afresh its counts.

@@ -45,12 +45,18 @@ export class VoiceStore {
   /** The voice's dataset, for proofreading. */
   reviewScan = $state<DatasetScan | null>(null);
   reviewError = $state<IpcError | null>(null);
+  /** A `start_voice` call is in flight (the review may be open beside it while the models download). */
+  calling = $state(false);
+  /** The call in flight, and whether the user has finished (or skipped) the review during it. */
+  #call: Promise<void> | null = null;
+  #reviewed = false;
   library = $state<VoiceLibrary | null>(null);
   libraryError = $state<IpcError | null>(null);
   busy = $state(false);
 
+  /** A journey is under way: a stage runs, or the models still download beside the review. */
   get running(): boolean {
-    return this.journey.status === 'running';
+    return this.journey.status === 'running' || this.calling;
   }
 
   /** Folders dropped on the window (or chosen): the first is the recordings. */
@@ -109,10 +115,15 @@ export class VoiceStore {
     j.status = 'running';
     if (!this.review) j.steps.review = { ...j.steps.review, status: 'skipped', note: 'skipped' };
     this.journey = j;
+    this.#reviewed = false;
     await this.#run(this.review ? 'transcribe' : null);
   }
 
-  /** After proofreading (or skipping it): on to training and the card. */
+  /**
+   * After proofreading (or skipping it): on to training and the card. The
+   * review opens once transcription ends, while the first call may still be
+   * downloading the models; training starts when that call is over.
+   */
   async continueAfterReview(skipped = false): Promise<void> {
     if (this.journey.status !== 'review') return;
     const review = this.journey.steps.review;
@@ -121,22 +132,53 @@ export class VoiceStore {
       status: 'running',
       steps: { ...this.journey.steps, review: { ...review, status: skipped ? 'skipped' : 'done', note: skipped ? 'skipped' : 'proofread' } },
     };
+    this.#reviewed = true;
+    if (this.#call) {
+      await this.#call;
+      // It failed or was stopped: its error is shown, and "Continue" goes on.
+      if (this.journey.status !== 'running') return;
+    }
     await this.#run(null);
   }
 
+  /** The review, open (transcripts written; the models may still download). */
+  #openReview(): void {
+    this.journey = {
+      ...this.journey,
+      status: 'review',
+      steps: { ...this.journey.steps, review: { ...this.journey.steps.review, status: 'waiting' } },
+    };
+    void this.rescanReview();
+  }
+
   async #run(stopAfter: NewVoiceRequest['stopAfter']): Promise<void> {
+    const call = this.#startVoice(stopAfter);
+    this.#call = call;
+    this.calling = true;
+    try {
+      await call;
+    } finally {
+      if (this.#call === call) {
+        this.#call = null;
+        this.calling = false;
+      }
+    }
+  }
+
+  async #startVoice(stopAfter: NewVoiceRequest['stopAfter']): Promise<void> {
     try {
       const out = await api.startVoice(this.request(stopAfter), (e) => {
         this.journey = applyFlowEvent(this.journey, e);
+        // Transcripts written: proofreading opens now, the downloads go on.
+        if (stopAfter === 'transcribe' && e.event === 'stageFinished' && e.data.stage === 'transcribe' && this.journey.status === 'running' && !this.#reviewed) {
+          this.#openReview();
+        }
       });
       this.journey = { ...this.journey, voiceDir: out.voice.dir, datasetDir: out.datasetDir, result: out.voice };
       if (!out.finished && out.stoppedAfter === 'transcribe') {
-        this.journey = {
-          ...this.journey,
-          status: 'review',
-          steps: { ...this.journey.steps, review: { ...this.journey.steps.review, status: 'waiting' } },
-        };
-        await this.rescanReview();
+        // Open already (or done: continueAfterReview goes on from here).
+        if (this.journey.status === 'running' && !this.#reviewed) this.#openReview();
+        else if (this.journey.status === 'review' && !this.reviewScan) await this.rescanReview();
       } else {
         this.journey = { ...this.journey, status: 'finished' };
         app.notify(`The voice “${out.voice.name}” is ready`);
