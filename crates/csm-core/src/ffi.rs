@@ -285,3 +285,40 @@ pub(crate) fn apply_custom_vjp(
     }
     outputs.map_err(|m| fail("apply", m))
 }
+
+/// `inputs` again, as new arrays (sharing their buffers) that MLX will
+/// compute only after `dependencies` (MLX's `depends`).
+///
+/// A custom gradient that recomputes an intermediate from its primals
+/// must read them through this: `mx.compile` merges an op with an
+/// identical one on the same inputs, so the backward's `sigmoid(gate)`
+/// would become the forward's, kept alive from the forward to the backward
+/// (the very array the recomputation was meant to free). New arrays that
+/// also wait for the cotangent are not the forward's inputs: nothing is
+/// merged, and the recomputation runs in the backward. MLX's own
+/// `checkpoint` guards its recomputation the same way.
+pub(crate) fn depends(
+    inputs: &[Array],
+    dependencies: &[Array],
+) -> Result<Vec<Array>, mlx_rs::error::Exception> {
+    let handles = |arrays: &[Array]| {
+        let raw: Vec<mlx_sys::mlx_array> = arrays.iter().map(Array::as_ptr).collect();
+        // SAFETY: `raw` holds live handles; the vector takes its own
+        // references.
+        unsafe { mlx_sys::mlx_vector_array_new_data(raw.as_ptr(), raw.len()) }
+    };
+    let (ins, deps) = (handles(inputs), handles(dependencies));
+    // SAFETY: a fresh empty vector for the result.
+    let mut out = unsafe { mlx_sys::mlx_vector_array_new() };
+    // SAFETY: live vectors; `out` is the out-parameter.
+    let status = mlx_call(|| unsafe { mlx_sys::mlx_depends(&mut out, ins, deps) });
+    // SAFETY: `out` is live until freed below.
+    let arrays = status.and_then(|()| unsafe { vector_arrays(out) });
+    // SAFETY: the three vectors were created above and are freed once.
+    unsafe {
+        mlx_sys::mlx_vector_array_free(ins);
+        mlx_sys::mlx_vector_array_free(deps);
+        mlx_sys::mlx_vector_array_free(out);
+    }
+    arrays.map_err(|m| mlx_rs::error::Exception::custom(format!("depends: {m}")))
+}

@@ -67,7 +67,10 @@ fn forward(logits: &Array, targets: &Array) -> Result<[Array; 2], Exception> {
 /// `logits: [..., V]`, `targets, lse, cot: [...]` -> `[..., V]` (logits' dtype)
 fn backward(logits: &Array, targets: &Array, lse: &Array, cot: &Array) -> Result<Array, Exception> {
     let v = *logits.shape().last().unwrap_or(&1);
-    let shifted = logits
+    // Not the forward's f32 cast of the logits: under `mx.compile` that
+    // one would be merged in and kept from the forward on
+    // (`crate::ffi::depends`).
+    let shifted = crate::kernels::lean::fresh(logits, cot)?
         .as_dtype(Dtype::Float32)?
         .subtract(lse.expand_dims(-1)?)?; // [..., V]
     let p = pow_exp::exp(&shifted)?; // softmax, [..., V]
