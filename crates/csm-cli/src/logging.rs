@@ -50,16 +50,24 @@ fn colour(stderr_is_terminal: bool, no_color: Option<&OsStr>) -> bool {
     stderr_is_terminal && no_color.is_none_or(OsStr::is_empty)
 }
 
-/// Installs a stderr subscriber; `RUST_LOG` overrides the level when set.
-pub fn init(level: Level) {
-    let directive = match level {
+/// The filter for `level`. Below debug, the audio decoders (symphonia's
+/// crates) log errors only: their warnings ("skipped 45 bytes of junk" at
+/// every MP3's ID3 tag) say nothing a user can act on, and a file they
+/// cannot decode is reported by our own code, by name.
+fn directive(level: Level) -> &'static str {
+    match level {
         Level::Debug => "debug",
-        Level::Info => "info",
-        Level::Warning => "warn",
+        Level::Info => "info,symphonia=error",
+        Level::Warning => "warn,symphonia=error",
         // tracing has no level above error; critical shows errors only.
         Level::Error | Level::Critical => "error",
-    };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(directive));
+    }
+}
+
+/// Installs a stderr subscriber; `RUST_LOG` overrides the level when set.
+pub fn init(level: Level) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(directive(level)));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -74,6 +82,17 @@ pub fn init(level: Level) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decoder_warnings_are_quiet_unless_debugging() {
+        for level in [Level::Info, Level::Warning] {
+            let d = directive(level);
+            assert!(d.contains("symphonia=error"), "{d}");
+            // A directive EnvFilter rejects would be dropped silently.
+            assert!(d.parse::<EnvFilter>().is_ok(), "{d} is not a valid filter");
+        }
+        assert_eq!(directive(Level::Debug), "debug");
+    }
 
     #[test]
     fn colour_only_on_a_terminal_without_no_color() {
