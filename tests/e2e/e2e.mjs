@@ -23,7 +23,9 @@
 // on disk (raw-recordings.mjs) -> New voice: four raw MP3s dropped, the
 // journey (download from the mock hub, transcription, proofreading, a few
 // training steps with voice scores) to the voice card; Voices: renamed,
-// deleted (new-voice.mjs).
+// deleted (new-voice.mjs). Between the last two: two speakers, a folder per
+// speaker, an id set in the Speakers card, a short run, per-speaker
+// validation on Run and in History (speakers.mjs; it also runs on its own).
 import { remote } from 'webdriverio';
 import { createHash } from 'node:crypto';
 import { copyFileSync, createReadStream, existsSync, mkdirSync, readdirSync, readFileSync, statSync } from 'node:fs';
@@ -31,6 +33,7 @@ import { dirname, join } from 'node:path';
 import { MockHub } from './mock-hub.mjs';
 import { rawRecordingsStep } from './raw-recordings.mjs';
 import { newVoiceStep } from './new-voice.mjs';
+import { speakersStep } from './speakers.mjs';
 
 const bin = process.env.CSM_APP_BIN;
 const runsDir = process.env.CSM_E2E_RUNS;
@@ -427,7 +430,12 @@ try {
   // one recording dropped; files checked on disk (raw-recordings.mjs).
   await rawRecordingsStep({ browser, tab, shot, log, fail, hfHome, work: process.env.WORK ?? dirname(runsDir) });
 
-  // 10a. New voice: raw recordings dropped -> the voice's card; Voices: rename, delete (new-voice.mjs).
+  // 10a. Two speakers (issue 20): a folder per speaker dropped, bob's id set
+  // in the Speakers card (speakers.json), a short run on the demo model, each
+  // speaker's validation loss on Run and in History as metrics.jsonl has it.
+  await speakersStep({ browser, tab, shot, log, fail, work: process.env.WORK ?? dirname(runsDir), runsDir, demoModel: join(dirname(runsDir), 'demo', 'model') });
+
+  // 10b. New voice: raw recordings dropped -> the voice's card; Voices: rename, delete (new-voice.mjs).
   await newVoiceStep({ browser, tab, shot, log, fail, hub, dataDir: dirname(runsDir), work: process.env.WORK ?? dirname(runsDir) });
   log('PASS');
 } finally {

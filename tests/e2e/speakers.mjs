@@ -94,7 +94,10 @@ export async function speakersStep({ browser, tab, shot, log, fail, work, runsDi
   await tab('Model');
   await (await browser.$('button*=Use demo model')).click();
   await browser.waitUntil(
-    async () => (await text('model-csm')).includes(demoModel) && (await text('model-tokenizer')).includes(demoModel) && (await text('model-mimi')).includes(demoModel),
+    async () => {
+      const slots = await Promise.all(['model-csm', 'model-mimi', 'model-tokenizer'].map(text));
+      return slots.every((t) => t.includes(demoModel) && t.includes('Format') && !t.includes('Inspecting'));
+    },
     { timeout: 600_000, interval: 1000, timeoutMsg: `the demo model was not selected: ${await text('model-csm')}` },
   );
   log('speakers: demo model selected');
@@ -190,6 +193,7 @@ export async function speakersStep({ browser, tab, shot, log, fail, work, runsDi
   if (JSON.stringify(onRun) !== JSON.stringify(expected)) fail(`the Run screen's per-speaker validation is ${onRun.join(' || ')}; metrics.jsonl says ${expected.join(' || ')}`);
   const legend = await (await browser.$('[data-testid="chart-val"]')).getText();
   if (!legend.includes('val alice') || !legend.includes('val bob')) fail(`the validation chart has no line per speaker: ${legend}`);
+  await browser.execute(() => document.querySelector('[data-testid="speaker-validation"]').scrollIntoView({ block: 'end' }));
   await shot('app-run-speakers.png');
 
   // History: the same numbers, read back from the run folder.
