@@ -11,11 +11,16 @@
 #       target/test-data/ and tests/fixtures/): about 30 MB in all.
 #   bench/voice/run.sh run PACK_DIR OUT_DIR CSM_BINARY [STEPS] [BATCH]
 #       ON THE TARGET (no internet; no espeak-ng or ffmpeg needed): writes the
-#       random models under OUT_DIR/models (csm bench-voice-models), runs
+#       random models under OUT_DIR/models-csm1b (csm bench-voice-models), runs
 #       `csm voice` with explicit paths (so no download stage), STEPS (500)
 #       at batch BATCH (8), and writes OUT_DIR/voice-bench.json: the run's
 #       summary.json (seconds per stage, in all) with the machine and the
 #       settings. Logs: OUT_DIR/*.log.
+#   bench/voice/run.sh continue PACK_DIR OUT_DIR CSM_BINARY [STEPS] [BATCH]
+#       Continues a `run` that was stopped (e.g. `timeout -s INT`, as a
+#       machine with a per-command time limit needs): the same `csm voice`
+#       call on the same OUT_DIR, which resumes each stage; the stage
+#       seconds in voice-bench.json add up both parts (wall_s is this part's).
 #   bench/voice/run.sh run-tiny PACK_DIR OUT_DIR CSM_BINARY
 #       The run part at tiny scale (the demo's CSM, Whisper tiny shape, one
 #       epoch of at least 4 steps at batch 8, scored at step 0 and at the end,
@@ -24,7 +29,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 
-cmd=${1:?usage: bench/voice/run.sh prepare PACK_DIR | run PACK_DIR OUT_DIR CSM_BINARY [STEPS] [BATCH] | run-tiny PACK_DIR OUT_DIR CSM_BINARY}
+cmd=${1:?usage: bench/voice/run.sh prepare PACK_DIR | run PACK_DIR OUT_DIR CSM_BINARY [STEPS] [BATCH] | continue PACK_DIR OUT_DIR CSM_BINARY [STEPS] [BATCH] | run-tiny PACK_DIR OUT_DIR CSM_BINARY}
 
 prepare() {
   local pack=$1
@@ -74,19 +79,27 @@ EOF
 }
 
 run() {
-  local pack=$1 out=$2 csm=$3 steps=$4 batch=$5 tiny=$6
+  local pack=$1 out=$2 csm=$3 steps=$4 batch=$5 tiny=$6 fresh=$7
   mkdir -p "$out"
-  local models="$out/models" extra=()
+  # One folder per scale: bench-voice-models keeps files already there, so
+  # a `run` after a `run-tiny` on the same OUT_DIR must not find tiny ones.
+  local models="$out/models-csm1b" extra=()
+  [ "$tiny" = 1 ] && models="$out/models-tiny"
   if [ "$tiny" = 1 ]; then
-    "$csm" bench-voice-models --dir "$models" --tiny --whisper-size tiny \
+    [ "$fresh" = 1 ] && "$csm" bench-voice-models --dir "$models" --tiny --whisper-size tiny \
       --tiktoken "$pack/multilingual.tiktoken" 2>&1 | tee "$out/models.log"
     extra=(--tokenizer-path "$models/csm-1b/tokenizer.json" --voice-prompt "Hi." --save-every "$steps")
   else
-    "$csm" bench-voice-models --dir "$models" \
+    [ "$fresh" = 1 ] && "$csm" bench-voice-models --dir "$models" \
       --tiktoken "$pack/multilingual.tiktoken" 2>&1 | tee "$out/models.log"
     extra=(--tokenizer-path "$pack/tokenizer.json")
   fi
-  rm -rf "$out/voice"
+  if [ "$fresh" = 1 ]; then
+    rm -rf "$out/voice"
+  elif [ ! -f "$out/voice/voice.json" ]; then
+    echo "error: $out/voice/voice.json not found: nothing to continue; use \`run\` first" >&2
+    exit 1
+  fi
   local start=$SECONDS
   # Greedy Whisper (no temperature fallback: a random model would retry
   # every window at six temperatures) in English, as a real user's run
@@ -95,7 +108,7 @@ run() {
     --model-path "$models/csm-1b" --mimi-path "$models/mimi.safetensors" \
     --whisper-model "$models/whisper" --speaker-encoder "$pack/pretrained.pt" \
     --language en --temperature 0 --steps "$steps" --batch-size "$batch" \
-    "${extra[@]}" 2>&1 | tee "$out/voice.log"
+    "${extra[@]}" 2>&1 | tee -a "$out/voice.log"
   local wall=$((SECONDS - start))
   "$csm" info > "$out/info.log" 2>&1 || true
   python3 - "$out" "$wall" <<'EOF' || cp "$out/voice/summary.json" "$out/voice-bench.json"
@@ -122,7 +135,8 @@ EOF
 
 case $cmd in
   prepare) prepare "${2:?PACK_DIR}" ;;
-  run) run "${2:?PACK_DIR}" "${3:?OUT_DIR}" "${4:?CSM_BINARY}" "${5:-500}" "${6:-8}" 0 ;;
-  run-tiny) run "${2:?PACK_DIR}" "${3:?OUT_DIR}" "${4:?CSM_BINARY}" 4 8 1 ;;
+  run) run "${2:?PACK_DIR}" "${3:?OUT_DIR}" "${4:?CSM_BINARY}" "${5:-500}" "${6:-8}" 0 1 ;;
+  continue) run "${2:?PACK_DIR}" "${3:?OUT_DIR}" "${4:?CSM_BINARY}" "${5:-500}" "${6:-8}" 0 0 ;;
+  run-tiny) run "${2:?PACK_DIR}" "${3:?OUT_DIR}" "${4:?CSM_BINARY}" 4 8 1 1 ;;
   *) echo "unknown command $cmd" >&2; exit 2 ;;
 esac
