@@ -11,6 +11,7 @@
 //   CDN GET /lfs/{sha256}?sig=...  with Range (206 + Content-Range)
 // Files are streamed from disk (the demo model is ~400 MB), registered after
 // the app has built them. The test throttles bodies to cancel mid-download,
+// holds a file's transfer (a byte a second) to keep a download in progress,
 // reads every request (method, path, Range, Authorization) and the body bytes
 // each GET sent, per file.
 import { createServer } from 'node:http';
@@ -53,6 +54,8 @@ export class MockHub {
   gated = new Map();
   /** Sleep this long per 16 KiB of body (0: full speed). */
   throttleMs = 0;
+  /** Files whose bodies trickle (a byte a second, never the last one) until released. */
+  held = new Set();
   /** Every request: {server, method, path, range, authorization}. */
   requests = [];
   /** Body bytes sent per GET, by file name. */
@@ -72,6 +75,19 @@ export class MockHub {
 
   throttle(ms) {
     this.throttleMs = ms;
+  }
+
+  /**
+   * Holds the transfers of `file` (by name) under way and to come: a byte a
+   * second, so the client's read timeout never fires and the download stays
+   * in progress for as long as the test needs; `release` lets them finish.
+   */
+  hold(file) {
+    this.held.add(file);
+  }
+
+  release(file) {
+    this.held.delete(file);
   }
 
   async close() {
@@ -161,6 +177,16 @@ export class MockHub {
     try {
       let pos = start;
       while (pos < f.size && !closed) {
+        if (this.held.has(f.file)) {
+          await sleep(1000);
+          if (closed || !this.held.has(f.file) || pos >= f.size - 1) continue;
+          const one = Buffer.alloc(1);
+          await fh.read(one, 0, 1, pos);
+          res.write(one);
+          sent += 1;
+          pos += 1;
+          continue;
+        }
         const n = Math.min(this.throttleMs > 0 ? 16 << 10 : 256 << 10, f.size - pos);
         const buf = Buffer.alloc(n);
         const { bytesRead } = await fh.read(buf, 0, n, pos);

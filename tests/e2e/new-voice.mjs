@@ -7,7 +7,9 @@
 // hub serves as the demo model (step 9 deleted its tokenizer repo from the
 // cache, so the download stage fetches it again), the tiny random Whisper
 // fixture cached by step 10, and resemblyzer's real weights as the cached
-// speaker-encoder bundle (step 4). It stops for proofreading, then trains
+// speaker-encoder bundle (step 4). The tokenizer's transfer is held by the
+// mock hub so that the review opens, and a transcript is saved, while the
+// download stage still runs; then it is released, and the journey trains
 // a few steps with voice scores and ends on the card (base vs best
 // similarity and WER, A/B player). The Voices screen lists the voice; it
 // is renamed (voice.json checked) and deleted after confirmation (folder
@@ -70,10 +72,14 @@ export async function newVoiceStep({ browser, tab, shot, log, fail, hub, dataDir
     await (await browser.$(`input[aria-label="${label}"]`)).setValue(String(value));
   }
   const tokenizerGets = (hub.served.get('tokenizer.json') ?? []).length;
+  // The tokenizer's transfer is held (a byte a second) until the proofreading
+  // below is done: the CSM download is in progress all along, whatever the
+  // speed of this machine.
+  hub.hold('tokenizer.json');
   await (await browser.$('button=Make the voice')).click();
 
-  // Download (the tokenizer repo deleted in step 9 comes back from the mock
-  // hub), transcription, then the review: proofreading the voice's dataset.
+  // Whisper (cached) first, then transcription beside the download of the
+  // tokenizer repo deleted in step 9; the review opens while it downloads.
   await browser.waitUntil(
     async () => {
       await failed();
@@ -81,21 +87,27 @@ export async function newVoiceStep({ browser, tab, shot, log, fail, hub, dataDir
     },
     { timeout: 600_000, interval: 1000, timeoutMsg: `the journey did not stop for the review: ${await text('voice-stages')}` },
   );
-  for (const s of ['download', 'transcribe']) if ((await stage(s)) !== 'done') fail(`${s} is ${await stage(s)}, not done`);
-  if ((hub.served.get('tokenizer.json') ?? []).length <= tokenizerGets) fail('the download stage did not fetch the deleted tokenizer again');
+  if ((await stage('transcribe')) !== 'done') fail(`transcribe is ${await stage('transcribe')}, not done`);
+  if ((await stage('download')) !== 'running') fail(`download is ${await stage('download')} at the review, not running beside it`);
+  if (!(await browser.$('[data-testid="voice-review-downloading"]').isExisting())) fail('the review does not say the models are still downloading');
   const voiceDir = join(dataDir, 'voices', 'e2e-voice');
   for (const f of ['voice.json', 'dataset/audio/take1.wav', 'dataset/transcripts/take4.txt']) {
     if (!existsSync(join(voiceDir, f))) fail(`${f} is missing in ${voiceDir}`);
   }
-  log(`New voice: downloaded and transcribed; review open (${(await text('voice-stage-download')).replace(/\s+/g, ' ')})`);
+  log(`New voice: transcribed; review open while the download runs (${(await text('voice-stage-download')).replace(/\s+/g, ' ')})`);
   await shot('app-new-voice-review.png');
 
-  // Proofread one text, then train.
+  // Proofread one text during the download, then train once it is in.
   const row = await browser.$('[data-testid="voice-review"] [data-testid="utterance"][data-file="take1.wav"]');
   await (await row.$('textarea')).setValue(SENTENCES[0]);
   await (await row.$('button=Save')).click();
   const txt = join(voiceDir, 'dataset', 'transcripts', 'take1.txt');
   await browser.waitUntil(() => readFileSync(txt, 'utf8').trim() === SENTENCES[0], { timeout: 30_000, timeoutMsg: 'the proofread text was not saved' });
+  if ((await stage('download')) !== 'running') fail(`download is ${await stage('download')} after the edit, not running`);
+  const state = JSON.parse(readFileSync(join(voiceDir, 'voice.json'), 'utf8'));
+  if (state.stages?.download?.status !== 'running' || state.stages?.transcribe?.status !== 'done') fail(`voice.json: ${JSON.stringify(state.stages)}`);
+  log('New voice: a transcript proofread and saved while the download stage runs');
+  hub.release('tokenizer.json');
   await (await browser.$('button=Done: train the voice')).click();
   const card = await browser.$('[data-testid="voice-card"]');
   await browser.waitUntil(
@@ -114,6 +126,7 @@ export async function newVoiceStep({ browser, tab, shot, log, fail, hub, dataDir
   if (!existsSync(join(voiceDir, 'run', 'adapters_best.safetensors'))) fail('no adapters_best.safetensors');
   if ((await browser.$$('[data-testid="voice-card-ab"] button')).length < 2) fail('the card has no A/B player');
   for (const s of ['download', 'transcribe', 'review', 'train', 'listen']) if ((await stage(s)) !== 'done') fail(`${s} is ${await stage(s)} at the end`);
+  if ((hub.served.get('tokenizer.json') ?? []).length <= tokenizerGets) fail('the download stage did not fetch the deleted tokenizer again');
   log(`voice card: ${scores.replace(/\s+/g, ' ')} (best step ${summary.best.step})`);
   await shot('app-new-voice.png');
 

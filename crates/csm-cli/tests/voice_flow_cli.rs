@@ -3,9 +3,12 @@
 //! as long MP3 files without transcripts (the random Whisper writes random
 //! words: the path, not the words, is under test). Every stage runs; runs
 //! killed with SIGKILL in transcription and in training continue to the
-//! same transcripts and losses as an uninterrupted run; a run with
-//! everything present starts training at once; the download stage fetches
-//! a bundle from a mock hub on 127.0.0.1 and resumes after a kill.
+//! same transcripts, losses and adapter tensors (bit for bit) as an
+//! uninterrupted run; a run with everything present starts training at
+//! once; the download stage fetches a bundle from a mock hub on 127.0.0.1
+//! and resumes after a kill; the CSM bundle downloads while the
+//! recordings are transcribed (transcription ends first, the hub being
+//! slowed), and a kill during both resumes both.
 
 mod common;
 
@@ -213,6 +216,43 @@ fn files(dir: &Path) -> Vec<String> {
     v
 }
 
+/// Every tensor of a safetensors file: name -> (dtype, shape, raw bytes),
+/// read from the format itself (an 8-byte little-endian header length, the
+/// JSON header, the data) so the comparison does not go through the code
+/// under test.
+fn tensors(path: &Path) -> std::collections::BTreeMap<String, (String, Vec<u64>, Vec<u8>)> {
+    let data = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let n = u64::from_le_bytes(data[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&data[8..8 + n]).unwrap();
+    let body = &data[8 + n..];
+    header
+        .into_iter()
+        .filter(|(k, _)| k != "__metadata__")
+        .map(|(k, v)| {
+            let offsets = v["data_offsets"].as_array().unwrap();
+            let (a, b) = (
+                offsets[0].as_u64().unwrap() as usize,
+                offsets[1].as_u64().unwrap() as usize,
+            );
+            let shape = v["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap())
+                .collect();
+            (
+                k,
+                (
+                    v["dtype"].as_str().unwrap().to_string(),
+                    shape,
+                    body[a..b].to_vec(),
+                ),
+            )
+        })
+        .collect()
+}
+
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -369,6 +409,34 @@ fn every_stage_runs_and_killed_runs_continue_to_the_same_voice() {
         (ks.steps, ks.utterances),
         (summary.steps, summary.utterances)
     );
+    // The same adapter, bit for bit: the final one and the best one.
+    for (name, a, b) in [
+        ("final", &summary.final_adapter, &ks.final_adapter),
+        ("best", &summary.best_adapter, &ks.best_adapter),
+    ] {
+        let (a, b) = (
+            dir.resolve(a.as_ref().unwrap()),
+            kdir.resolve(b.as_ref().unwrap()),
+        );
+        let (ta, tb) = (tensors(&a), tensors(&b));
+        assert!(!ta.is_empty(), "{}: no tensors", a.display());
+        assert_eq!(
+            ta.keys().collect::<Vec<_>>(),
+            tb.keys().collect::<Vec<_>>(),
+            "{name} adapter: tensor names"
+        );
+        for (key, (dtype, shape, bytes)) in &ta {
+            let (dtype2, shape2, bytes2) = &tb[key];
+            assert_eq!((dtype, shape), (dtype2, shape2), "{name} adapter {key}");
+            assert!(
+                bytes == bytes2,
+                "{name} adapter {key}: the resumed run's values differ from the uninterrupted \
+                 run's ({} of {} bytes differ)",
+                bytes.iter().zip(bytes2).filter(|(x, y)| x != y).count(),
+                bytes.len()
+            );
+        }
+    }
 
     // Once finished, a run only reports the summary.
     let out = run(&s, &voice_args(&s, &killed), &[]);
@@ -498,4 +566,267 @@ fn the_download_stage_fetches_a_bundle_and_resumes_after_a_kill() {
     assert!(out.status.success(), "{t}");
     assert!(t.contains("already in the cache: csm-1b"), "{t}");
     assert_eq!(hub.requests().len(), before, "the hub was asked again");
+}
+
+/// The blob files of a repo in the hub cache under `hf`: (complete ones,
+/// `.incomplete` ones with their sizes).
+fn blobs(hf: &Path, repo_dir: &str) -> (Vec<PathBuf>, Vec<(PathBuf, u64)>) {
+    let (mut whole, mut partial) = (Vec::new(), Vec::new());
+    let dir = hf.join("hub").join(repo_dir).join("blobs");
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "incomplete") {
+            partial.push((p.clone(), std::fs::metadata(&p).map_or(0, |m| m.len())));
+        } else if p.extension().is_none_or(|x| x != "lock") {
+            whole.push(p);
+        }
+    }
+    (whole, partial)
+}
+
+#[test]
+fn the_model_downloads_while_the_recordings_are_transcribed_and_both_resume_after_a_kill() {
+    use mock_hub::{MockFile, MockHub};
+    let s = setup();
+    let paths = demo();
+    let bytes = |p: &Path| std::fs::read(p).unwrap();
+    let model = bytes(&paths.model.join("model.safetensors"));
+    let hub = MockHub::start(vec![
+        MockFile::lfs("sesame/csm-1b", "model.safetensors", model.clone()),
+        MockFile::git(
+            "sesame/csm-1b",
+            "config.json",
+            &bytes(&paths.model.join("config.json")),
+        ),
+        // Stand-in bytes: these runs stop before anything is loaded.
+        MockFile::lfs(
+            "kyutai/moshiko-pytorch-bf16",
+            "tokenizer-e351c8d8-checkpoint125.safetensors",
+            mock_hub::pattern(50_000, 2),
+        ),
+        MockFile::git(
+            "unsloth/Llama-3.2-1B",
+            "tokenizer.json",
+            &bytes(&paths.tokenizer),
+        ),
+    ]);
+    let out_dir = s.root.join("parallel");
+    let vdir = VoiceDir::new(&out_dir);
+    let hf = s.root.join("hf-parallel");
+    let args: Vec<String> = [
+        "voice",
+        s.raw.to_str().unwrap(),
+        "--output-dir",
+        out_dir.to_str().unwrap(),
+        "--model-path",
+        "csm-1b",
+        "--whisper-model",
+        s.whisper.to_str().unwrap(),
+        // A stand-in path: nothing is scored in these runs.
+        "--speaker-encoder",
+        paths.model.join("config.json").to_str().unwrap(),
+        "--language",
+        "en",
+        "--temperature",
+        "0",
+        "--stop-after",
+        "transcribe",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let spawn = || {
+        let mut c = Command::new(CSM);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("HF_") || k.to_ascii_lowercase().ends_with("_proxy") {
+                c.env_remove(k);
+            }
+        }
+        c.args(&args)
+            .env("HOME", &s.root)
+            .env("HF_HOME", &hf)
+            .env("HF_ENDPOINT", &hub.url)
+            .env("CSM_PYPI_URL", &hub.pypi_url)
+            .env("CSM_CACHE_DIR", s.root.join("cache"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let talks = || {
+        files(&vdir.transcripts_dir())
+            .iter()
+            .filter(|f| f.starts_with("talk"))
+            .count()
+    };
+    let model_partial = || {
+        blobs(&hf, "models--sesame--csm-1b")
+            .1
+            .into_iter()
+            .find(|(_, n)| *n > 64 << 10)
+    };
+    // 80 KB/s: the weights take minutes; the test lifts it once it has
+    // seen what it looks for.
+    hub.throttle(Some(Duration::from_millis(200)));
+
+    // Killed with a transcript written and the weights part-way.
+    let mut child = spawn();
+    let start = Instant::now();
+    while !(talks() > 0 && model_partial().is_some()) {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "it ended before the kill:\n{}",
+            text(&child.wait_with_output().unwrap())
+        );
+        assert!(start.elapsed() < LIMIT, "never ready to kill");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let done_before = talks();
+    assert!(done_before < 3, "all transcribed before the kill");
+    let (partial, kept) = model_partial().expect("the partial weights stay");
+    assert!((kept as usize) < model.len(), "{kept}");
+    let state = vdir.read_state().unwrap();
+    assert_eq!(state.status(Stage::Download), StageStatus::Running);
+    assert_eq!(state.status(Stage::Transcribe), StageStatus::Running);
+
+    // Run again, still slowed: transcription ends while the weights are
+    // still coming (the partial file is there, the whole blob is not).
+    let mut child = spawn();
+    let start = Instant::now();
+    while vdir.read_state().unwrap().status(Stage::Transcribe) != StageStatus::Done {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "it ended before transcription was done:\n{}",
+            text(&child.wait_with_output().unwrap())
+        );
+        assert!(start.elapsed() < LIMIT, "transcription never ended");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "it ended with transcription"
+    );
+    let (whole, partials) = blobs(&hf, "models--sesame--csm-1b");
+    let sha = mock_hub::sha256_hex(&model);
+    assert!(
+        whole.iter().all(|p| !p.ends_with(&sha)) && partials.iter().any(|(p, _)| *p == partial),
+        "the weights were whole before transcription ended: {whole:?} {partials:?}"
+    );
+    assert_eq!(
+        vdir.read_state().unwrap().status(Stage::Download),
+        StageStatus::Running
+    );
+    hub.throttle(None);
+    while child.try_wait().unwrap().is_none() {
+        assert!(start.elapsed() < LIMIT, "csm voice ran past {LIMIT:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    for line in [
+        "resuming at",
+        &format!("{} transcribed now", 3 - done_before),
+        "stopped after the transcribe stage",
+    ] {
+        assert!(t.contains(line), "no `{line}`:\n{t}");
+    }
+    let (transcribed, downloaded) = (
+        t.find("[transcribe] done").expect("transcription ends"),
+        t.find("[download] done").expect("the download ends"),
+    );
+    assert!(transcribed < downloaded, "{t}");
+    // The second transfer of the weights asked for the rest only.
+    let served = hub.served("model.safetensors");
+    assert_eq!(
+        served.last().copied(),
+        Some(model.len() as u64 - kept),
+        "{served:?}"
+    );
+    let state = vdir.read_state().unwrap();
+    assert_eq!(state.status(Stage::Download), StageStatus::Done);
+    assert_eq!(state.status(Stage::Transcribe), StageStatus::Done);
+    let models = state.models.unwrap();
+    assert_eq!(bytes(&models.model.join("model.safetensors")), model);
+    assert_eq!(models.whisper, s.whisper);
+    assert_eq!(
+        files(&vdir.transcripts_dir()),
+        ["given.txt", "talk1.txt", "talk2.txt", "talk3.txt"]
+    );
+}
+
+#[test]
+fn a_background_download_that_fails_names_the_file_and_keeps_the_transcripts() {
+    use mock_hub::{MockFile, MockHub};
+    let paths = demo();
+    let bytes = |p: &Path| std::fs::read(p).unwrap();
+    // No tokenizer repo on this hub.
+    let hub = MockHub::start(vec![
+        MockFile::lfs(
+            "sesame/csm-1b",
+            "model.safetensors",
+            bytes(&paths.model.join("model.safetensors")),
+        ),
+        MockFile::git(
+            "sesame/csm-1b",
+            "config.json",
+            &bytes(&paths.model.join("config.json")),
+        ),
+        MockFile::lfs(
+            "kyutai/moshiko-pytorch-bf16",
+            "tokenizer-e351c8d8-checkpoint125.safetensors",
+            mock_hub::pattern(50_000, 2),
+        ),
+    ]);
+    let tmp = tempfile::tempdir().unwrap();
+    // One recording with its own transcript: no Whisper work.
+    let raw = tmp.path().join("raw");
+    std::fs::create_dir_all(&raw).unwrap();
+    let wav = raw.join("mine.wav");
+    let ok = Command::new("espeak-ng")
+        .arg("-w")
+        .arg(&wav)
+        .arg("Hello there.")
+        .status()
+        .expect("espeak-ng runs (apt install espeak-ng)");
+    assert!(ok.success());
+    std::fs::write(raw.join("mine.txt"), "Hello there.\n").unwrap();
+    let out_dir = tmp.path().join("voice");
+    let mut c = Command::new(CSM);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("HF_") || k.to_ascii_lowercase().ends_with("_proxy") {
+            c.env_remove(k);
+        }
+    }
+    let out = c
+        .arg("voice")
+        .arg(&raw)
+        .arg("--output-dir")
+        .arg(&out_dir)
+        .args(["--model-path", "csm-1b", "--whisper-model"])
+        .arg(tmp.path())
+        .arg("--speaker-encoder")
+        .arg(paths.model.join("config.json"))
+        .args(["--stop-after", "transcribe"])
+        .env("HOME", tmp.path())
+        .env("HF_HOME", tmp.path().join("hf"))
+        .env("HF_ENDPOINT", &hub.url)
+        .env("CSM_PYPI_URL", &hub.pypi_url)
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(
+        t.contains("unsloth/Llama-3.2-1B") && t.contains("tokenizer.json"),
+        "the error does not name the file:\n{t}"
+    );
+    let dir = VoiceDir::new(&out_dir);
+    let state = dir.read_state().unwrap();
+    assert_eq!(state.status(Stage::Transcribe), StageStatus::Done);
+    assert_eq!(state.status(Stage::Download), StageStatus::Failed);
+    let error = state.stages[&Stage::Download].error.clone().unwrap();
+    assert!(error.contains("tokenizer.json"), "{error}");
+    assert_eq!(files(&dir.transcripts_dir()), ["mine.txt"]);
 }

@@ -1,6 +1,8 @@
 //! How [`crate::run_voice`] reports: one [`FlowEvent`] at a time to a
-//! [`FlowObserver`], on the calling thread. The CLI draws progress bars from
-//! them; the app forwards them over IPC (they serialize as
+//! [`FlowObserver`], from the calling thread or from the thread that
+//! downloads the models beside transcription (never both at once: the
+//! calls are made under a lock). The CLI draws progress bars from them;
+//! the app forwards them over IPC (they serialize as
 //! `{"event": "stageProgress", "data": {...}}`).
 
 use serde::Serialize;
@@ -38,7 +40,17 @@ pub enum StageEnd {
 #[serde(rename_all = "camelCase", tag = "event", content = "data")]
 #[non_exhaustive]
 pub enum FlowEvent {
-    /// A stage begins.
+    /// The journey begins in this voice folder (first event of a run; the
+    /// app proofreads `dataset_dir` while the run goes on).
+    Opened {
+        /// The voice folder.
+        voice_dir: std::path::PathBuf,
+        /// Its dataset folder (`audio/`, `transcripts/`, `alignments/`).
+        dataset_dir: std::path::PathBuf,
+    },
+    /// A stage begins. The download stage may still run when transcription
+    /// starts (its files come on another thread); its `StageFinished` then
+    /// comes later.
     StageStarted {
         /// Which.
         stage: Stage,
@@ -98,7 +110,8 @@ pub enum FlowEvent {
 
 /// Receives [`FlowEvent`]s.
 pub trait FlowObserver {
-    /// Called on the working thread; keep it quick.
+    /// Called from the working thread or the download thread, one call at
+    /// a time; keep it quick (the other thread may be waiting).
     fn on_event(&mut self, event: &FlowEvent);
 }
 

@@ -6,7 +6,10 @@
 //!
 //! 1. **download** ([`Stage::Download`]): the models named by bundle
 //!    (CSM-1B, a Whisper, the speaker encoder) that are not cached, through
-//!    csm-hub (resumable); a model given as a path is used as it is;
+//!    csm-hub (resumable); a model given as a path is used as it is.
+//!    Whisper is fetched first; the others download on a second thread
+//!    while the next stages transcribe and cut the recordings, and
+//!    training waits for them;
 //! 2. **transcribe**: recordings of the raw folder with no transcript
 //!    beside them (`NAME.txt`) go through Whisper into `dataset/`
 //!    (csm-core's folder loop: a recording whose transcript is written is

@@ -3,6 +3,8 @@
 //! `docs/voice.md`, "Stopping and running again").
 
 use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Mutex, PoisonError};
+use std::thread::Scope;
 use std::time::Instant;
 
 use csm_core::cancel::CancelToken;
@@ -38,56 +40,72 @@ pub enum FlowOutcome {
 /// Runs the journey from `request.raw_dir` to a scored voice in
 /// `request.voice_dir`, skipping what an earlier run finished.
 ///
+/// Whisper is fetched first; the other models that are not cached (CSM,
+/// its codec and tokenizer, the speaker encoder) download on a second
+/// thread while the recordings are transcribed and cut, and training
+/// waits for them. Both threads report to `observer`, one event at a time
+/// (it is called under a lock, from either thread); the download's
+/// `StageFinished` comes when it ends, which may be after transcription's.
+/// When the run stops after a stage ([`VoiceRequest::stop_after`]), it
+/// waits for the downloads first, so the next run finds them done.
+///
 /// # Errors
 /// [`FlowError`]: a bad request, a download, transcription, dataset or
 /// training failure (the stage is marked `failed` in `voice.json` with the
-/// reason), or [`FlowError::Cancelled`] naming the stage (marked
-/// `cancelled`; running again continues).
+/// reason; a download that fails in the background is reported when a
+/// stage needs its files, training or the stop after a stage), or
+/// [`FlowError::Cancelled`] naming the stage (marked `cancelled`; running
+/// again continues).
 pub fn run_voice(
     request: &VoiceRequest,
-    observer: &mut dyn FlowObserver,
+    observer: &mut (dyn FlowObserver + Send),
     cancel: &CancelToken,
 ) -> Result<FlowOutcome, FlowError> {
+    let events = Events(Mutex::new(observer));
     let dir = VoiceDir::new(&request.voice_dir);
-    let mut flow = Flow {
-        request,
-        state: open_state(request, &dir)?,
-        dir,
-        observer,
-        cancel,
-    };
-    runtime::use_device(request.run.device);
-    for stage in Stage::ALL {
-        let finished = flow.state.status(stage).is_finished();
-        let skip_done = finished
-            && match stage {
-                // Paths are resolved every run (cheap, no network when cached).
-                Stage::Download => false,
-                Stage::Summary => flow.dir.read_summary()?.is_some(),
-                _ => true,
-            };
-        if skip_done {
-            flow.observer.on_event(&FlowEvent::StageFinished {
-                stage,
-                end: StageEnd::Skipped,
-                seconds: 0.0,
-                note: "done by an earlier run".into(),
-            });
-        } else {
-            flow.run_stage(stage)?;
-        }
-        if request.stop_after == Some(stage) && stage != Stage::Summary {
-            return Ok(FlowOutcome::StoppedAfter(stage));
-        }
-    }
-    let summary = flow.dir.read_summary()?.ok_or_else(|| FlowError::Read {
-        path: flow.dir.summary_file(),
-        reason: "the summary stage is done but its file is missing".into(),
-    })?;
-    flow.observer.on_event(&FlowEvent::Finished {
-        summary: Box::new(summary.clone()),
+    let state = open_state(request, &dir)?;
+    events.emit(&FlowEvent::Opened {
+        voice_dir: dir.path().to_path_buf(),
+        dataset_dir: dir.dataset_dir(),
     });
-    Ok(FlowOutcome::Finished(Box::new(summary)))
+    runtime::use_device(request.run.device);
+    std::thread::scope(|scope| {
+        let mut flow = Flow {
+            request,
+            state,
+            dir,
+            events: &events,
+            cancel,
+            whisper: None,
+            pending: None,
+            background: None,
+            download_error: None,
+        };
+        let result = flow.stages(scope);
+        if result.is_err() {
+            // The journey stopped: so does the download (its partial file
+            // stays for the next run); its end goes to voice.json.
+            if let Some(bg) = &flow.background {
+                bg.stop.cancel();
+            }
+            let _ = flow.wait_downloads();
+        }
+        result
+    })
+}
+
+/// The caller's observer, shared by the flow's thread and the download
+/// thread.
+struct Events<'o>(Mutex<&'o mut (dyn FlowObserver + Send)>);
+
+impl Events<'_> {
+    fn emit(&self, event: &FlowEvent) {
+        // A panicking observer poisons the lock; the events still go on.
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .on_event(event);
+    }
 }
 
 /// `voice.json`, read or created; the request's names win.
@@ -133,21 +151,254 @@ fn open_state(request: &VoiceRequest, dir: &VoiceDir) -> Result<VoiceState, Flow
     Ok(state)
 }
 
-struct Flow<'a> {
+struct Flow<'a, 'o> {
     request: &'a VoiceRequest,
     state: VoiceState,
     dir: VoiceDir,
-    observer: &'a mut dyn FlowObserver,
+    events: &'a Events<'o>,
     cancel: &'a CancelToken,
+    /// The Whisper folder, once the download stage resolved it (first).
+    whisper: Option<PathBuf>,
+    /// What the download stage left to the background thread.
+    pending: Option<Pending>,
+    /// The background download, until its end is written to `voice.json`.
+    background: Option<Background>,
+    /// How the background download failed, for the stage that needs it.
+    download_error: Option<FlowError>,
+}
+
+/// A model's files as resolved: `(role, path)`.
+type Files = Vec<(Role, PathBuf)>;
+
+/// The download stage's work left for the background thread.
+struct Pending {
+    hub: csm_hub::HubSettings,
+    /// The bundles to fetch, by the role they were asked for
+    /// (`Role::Model` or `Role::SpeakerEncoder`).
+    later: Vec<(Role, &'static Bundle)>,
+    /// What is resolved already.
+    model: Option<Files>,
+    whisper: Files,
+    encoder: Option<Files>,
+    /// Bundles fetched before (Whisper).
+    fetched: Vec<&'static str>,
+    /// When the download stage started.
+    start: Instant,
+}
+
+/// What the background thread sends back: the files by role, or the
+/// file it was at (`repo/file`, or the bundle) and the hub's error.
+type BackgroundResult = Result<Vec<(Role, Files)>, (String, csm_hub::HubError)>;
+
+/// The download running beside transcription.
+struct Background {
+    rx: mpsc::Receiver<BackgroundResult>,
+    /// Stops the transfer at its next chunk (the journey failed).
+    stop: csm_hub::Cancel,
+    plan: Pending,
+    /// When it started (the stage's time on this thread is counted already).
+    spawned: Instant,
 }
 
 /// What a stage's own work reports back.
 struct Done {
     end: StageEnd,
     note: String,
+    /// The stage goes on in the background (the download): it stays
+    /// `running` and its end is reported later.
+    continues: bool,
 }
 
-impl Flow<'_> {
+impl<'a, 'o> Flow<'a, 'o> {
+    /// Every stage in order, from where an earlier run stopped; the
+    /// download's background thread is spawned in `scope`.
+    fn stages<'s>(&mut self, scope: &'s Scope<'s, '_>) -> Result<FlowOutcome, FlowError>
+    where
+        'a: 's,
+        'o: 's,
+    {
+        let request = self.request;
+        for stage in Stage::ALL {
+            self.poll_downloads();
+            let finished = self.state.status(stage).is_finished();
+            let skip_done = finished
+                && match stage {
+                    // Paths are resolved every run (cheap, no network when cached).
+                    Stage::Download => false,
+                    Stage::Summary => self.dir.read_summary()?.is_some(),
+                    _ => true,
+                };
+            if skip_done {
+                self.events.emit(&FlowEvent::StageFinished {
+                    stage,
+                    end: StageEnd::Skipped,
+                    seconds: 0.0,
+                    note: "done by an earlier run".into(),
+                });
+            } else {
+                self.run_stage(stage)?;
+            }
+            if let Some(plan) = self.pending.take() {
+                self.spawn_downloads(scope, plan);
+            }
+            if request.stop_after == Some(stage) && stage != Stage::Summary {
+                // The next run finds the models whole.
+                self.wait_downloads()?;
+                return Ok(FlowOutcome::StoppedAfter(stage));
+            }
+        }
+        self.wait_downloads()?;
+        let summary = self.dir.read_summary()?.ok_or_else(|| FlowError::Read {
+            path: self.dir.summary_file(),
+            reason: "the summary stage is done but its file is missing".into(),
+        })?;
+        self.events.emit(&FlowEvent::Finished {
+            summary: Box::new(summary.clone()),
+        });
+        Ok(FlowOutcome::Finished(Box::new(summary)))
+    }
+
+    /// Starts the background download of `plan.later`.
+    fn spawn_downloads<'s>(&mut self, scope: &'s Scope<'s, '_>, plan: Pending)
+    where
+        'a: 's,
+        'o: 's,
+    {
+        let (tx, rx) = mpsc::channel();
+        let stop = csm_hub::Cancel::new();
+        let (events, cancel) = (self.events, self.cancel);
+        let (hub, later, start) = (plan.hub.clone(), plan.later.clone(), plan.start);
+        let names: Vec<&str> = plan.later.iter().map(|(_, b)| b.name).collect();
+        let mut fetched = plan.fetched.clone();
+        fetched.extend(&names);
+        let thread_stop = stop.clone();
+        scope.spawn(move || {
+            let result = fetch_all(hub, &later, events, cancel, &thread_stop);
+            match &result {
+                Ok(_) => events.emit(&FlowEvent::StageFinished {
+                    stage: Stage::Download,
+                    end: StageEnd::Done,
+                    seconds: start.elapsed().as_secs_f64(),
+                    note: format!("downloaded {}", fetched.join(", ")),
+                }),
+                Err((what, e)) if !thread_stop.is_cancelled() && !cancel.is_cancelled() => {
+                    events.emit(&FlowEvent::Message {
+                        stage: Stage::Download,
+                        text: format!(
+                            "FAILED: {what}: {e} (training needs it: the journey stops there; \
+                             running again resumes the download)"
+                        ),
+                    });
+                }
+                Err(_) => {}
+            }
+            // The flow may have returned already (it waits for this thread).
+            let _ = tx.send(result);
+        });
+        self.background = Some(Background {
+            rx,
+            stop,
+            plan,
+            spawned: Instant::now(),
+        });
+    }
+
+    /// Records the background download's end in `voice.json` if it came;
+    /// a failure is kept for the stage that needs the files.
+    fn poll_downloads(&mut self) {
+        let Some(bg) = &self.background else { return };
+        match bg.rx.try_recv() {
+            Ok(result) => self.record_downloads(Some(result)),
+            Err(mpsc::TryRecvError::Disconnected) => self.record_downloads(None),
+            Err(mpsc::TryRecvError::Empty) => {}
+        }
+    }
+
+    /// Waits for the background download (if any) and records its end;
+    /// its failure is the error.
+    fn wait_downloads(&mut self) -> Result<(), FlowError> {
+        if let Some(bg) = &self.background {
+            let result = bg.rx.recv().ok();
+            self.record_downloads(result);
+        }
+        self.download_error.take().map_or(Ok(()), Err)
+    }
+
+    fn record_downloads(&mut self, result: Option<BackgroundResult>) {
+        if let Err(e) = self.finish_downloads(result) {
+            self.download_error = Some(e);
+        }
+    }
+
+    /// The download stage's end, from the background thread's result.
+    fn finish_downloads(&mut self, result: Option<BackgroundResult>) -> Result<(), FlowError> {
+        let Some(bg) = self.background.take() else {
+            return Ok(());
+        };
+        let Some(result) = result else {
+            return Err(FlowError::Request(
+                "the download thread ended without a result (it panicked; see the log)".into(),
+            ));
+        };
+        let mut plan = bg.plan;
+        let outcome = result.map(|got| {
+            for (role, files) in got {
+                match role {
+                    Role::SpeakerEncoder => plan.encoder = Some(files),
+                    _ => plan.model = Some(files),
+                }
+            }
+            let fetched: Vec<&str> = plan
+                .fetched
+                .iter()
+                .chain(plan.later.iter().map(|(_, b)| &b.name))
+                .copied()
+                .collect();
+            format!("downloaded {}", fetched.join(", "))
+        });
+        let r = self.state.stage(Stage::Download);
+        r.seconds += bg.spawned.elapsed().as_secs_f64();
+        r.finished_unix_s = Some(crate::layout::unix_now());
+        let error = match outcome {
+            Ok(note) => {
+                r.status = StageStatus::Done;
+                r.note = Some(note);
+                r.error = None;
+                let paths = model_paths(
+                    self.request,
+                    plan.model.as_deref().unwrap_or_default(),
+                    &plan.whisper,
+                    plan.encoder.as_deref().unwrap_or_default(),
+                );
+                self.state.models = Some(paths);
+                None
+            }
+            Err((what, source)) => {
+                let e = match source {
+                    csm_hub::HubError::Cancelled { .. }
+                        if self.cancel.is_cancelled() || bg.stop.is_cancelled() =>
+                    {
+                        FlowError::Cancelled {
+                            stage: Stage::Download,
+                        }
+                    }
+                    source => FlowError::Download {
+                        what,
+                        source: Box::new(source),
+                    },
+                };
+                r.status = match e {
+                    FlowError::Cancelled { .. } => StageStatus::Cancelled,
+                    _ => StageStatus::Failed,
+                };
+                r.error = Some(e.to_string());
+                Some(e)
+            }
+        };
+        self.dir.write_state(&mut self.state)?;
+        error.map_or(Ok(()), Err)
+    }
+
     fn run_stage(&mut self, stage: Stage) -> Result<(), FlowError> {
         let start = Instant::now();
         {
@@ -158,7 +409,7 @@ impl Flow<'_> {
             r.error = None;
         }
         self.dir.write_state(&mut self.state)?;
-        self.observer.on_event(&FlowEvent::StageStarted {
+        self.events.emit(&FlowEvent::StageStarted {
             stage,
             detail: describe(stage).into(),
         });
@@ -174,6 +425,13 @@ impl Flow<'_> {
         r.seconds += seconds;
         r.finished_unix_s = Some(crate::layout::unix_now());
         match result {
+            Ok(done) if done.continues => {
+                r.finished_unix_s = None;
+                r.note = Some(done.note.clone());
+                self.dir.write_state(&mut self.state)?;
+                self.message(stage, done.note);
+                Ok(())
+            }
             Ok(done) => {
                 r.status = match done.end {
                     StageEnd::Done => StageStatus::Done,
@@ -185,7 +443,7 @@ impl Flow<'_> {
                 if stage == Stage::Summary {
                     self.write_summary()?;
                 }
-                self.observer.on_event(&FlowEvent::StageFinished {
+                self.events.emit(&FlowEvent::StageFinished {
                     stage,
                     end: done.end,
                     seconds,
@@ -213,99 +471,76 @@ impl Flow<'_> {
         Ok(())
     }
 
-    fn message(&mut self, stage: Stage, text: String) {
-        self.observer.on_event(&FlowEvent::Message { stage, text });
+    fn message(&self, stage: Stage, text: String) {
+        self.events.emit(&FlowEvent::Message { stage, text });
     }
 
     // -- download --
 
+    /// Resolves the models: Whisper first (fetched now when missing:
+    /// transcription needs it), then the CSM model and the speaker
+    /// encoder, which are left to the background thread when they are
+    /// bundles not in the cache.
     fn download(&mut self) -> Result<Done, FlowError> {
         let r = self.request;
-        let mut fetched = Vec::new();
+        let start = Instant::now();
         let mut hub: Option<Hub> = None;
-        let mut resolve = |flow: &mut Self,
-                           source: &ModelSource,
-                           role: Role,
-                           what: &str|
-         -> Result<Vec<(Role, PathBuf)>, FlowError> {
-            let name = match source {
-                ModelSource::Path(p) => {
-                    if !p.exists() {
-                        return Err(FlowError::Request(format!(
-                            "the {what} {}: no such file or folder",
-                            p.display()
-                        )));
-                    }
-                    return Ok(vec![(role, p.clone())]);
-                }
-                ModelSource::Bundle(name) => name,
-            };
-            let bundle = find_bundle(name)
-                .filter(|b| b.files_for(role).next().is_some())
-                .ok_or_else(|| {
-                    FlowError::Request(format!(
-                        "the {what} `{name}`: not a file or folder, and no bundle of that name \
-                         holds one ({})",
-                        bundle_names(role)
-                    ))
-                })?;
-            if hub.is_none() {
-                let settings = r.hub.clone().ok_or_else(|| {
-                    FlowError::Request(format!(
-                        "the {what} is the bundle `{name}`, but no hub settings were given to \
-                         find or download it"
-                    ))
-                })?;
-                hub = Some(Hub::new(settings).map_err(|source| FlowError::Download {
-                    what: name.clone(),
-                    source: Box::new(source),
-                })?);
+        let mut fetched = Vec::new();
+        let mut later = Vec::new();
+        let whisper = match self.resolve(&r.whisper, Role::Whisper, "Whisper model", &mut hub)? {
+            Resolved::Ready(files) => files,
+            Resolved::Missing(bundle) => {
+                self.message(
+                    Stage::Download,
+                    format!("{}: {}", bundle.name, bundle.description),
+                );
+                fetched.push(bundle.name);
+                self.fetch(hub.as_ref().expect("made by resolve"), bundle)?
             }
-            let hub = hub.as_ref().expect("set above");
-            let files = match bundle.cached(hub) {
-                Some(files) => files,
-                None => {
-                    flow.message(
-                        Stage::Download,
-                        format!("{}: {}", bundle.name, bundle.description),
-                    );
-                    fetched.push(bundle.name);
-                    flow.fetch(hub, bundle)?
-                }
-            };
-            Ok(files.into_iter().map(|(f, p)| (f.role, p)).collect())
         };
-        let model = resolve(self, &r.model, Role::Model, "model")?;
-        let whisper = resolve(self, &r.whisper, Role::Whisper, "Whisper model")?;
-        let encoder = resolve(
-            self,
+        self.whisper = Some(folder(&whisper, Role::Whisper, &r.whisper));
+        let mut ready = |source: &ModelSource, role: Role, what: &str, flow: &mut Self| {
+            Ok::<_, FlowError>(match flow.resolve(source, role, what, &mut hub)? {
+                Resolved::Ready(files) => Some(files),
+                Resolved::Missing(bundle) => {
+                    later.push((role, bundle));
+                    None
+                }
+            })
+        };
+        let encoder = ready(
             &r.speaker_encoder,
             Role::SpeakerEncoder,
             "speaker encoder",
+            self,
         )?;
-        let of = |files: &[(Role, PathBuf)], role: Role| {
-            files
+        let model = ready(&r.model, Role::Model, "model", self)?;
+        if !later.is_empty() {
+            let names: Vec<&str> = later
                 .iter()
-                .find(|(r, _)| *r == role)
-                .map(|(_, p)| p.clone())
-        };
-        // A bundle's model and Whisper are folders: the snapshot holding
-        // their files; a path given is used as it is.
-        let folder = |files: &[(Role, PathBuf)], role: Role, source: &ModelSource| {
-            let p = of(files, role).expect("resolved above");
-            match source {
-                ModelSource::Path(_) => p,
-                ModelSource::Bundle(_) => p.parent().map_or(p.clone(), Path::to_path_buf),
-            }
-        };
-        let paths = ModelPaths {
-            model: folder(&model, Role::Model, &r.model),
-            mimi: r.mimi.clone().or_else(|| of(&model, Role::Codec)),
-            tokenizer: r.tokenizer.clone().or_else(|| of(&model, Role::Tokenizer)),
-            whisper: folder(&whisper, Role::Whisper, &r.whisper),
-            speaker_encoder: of(&encoder, Role::SpeakerEncoder).expect("resolved above"),
-        };
-        self.state.models = Some(paths);
+                .map(|(_, b): &(Role, &Bundle)| b.name)
+                .collect();
+            let note = format!(
+                "downloading {} while the recordings are transcribed; training waits for it",
+                names.join(", ")
+            );
+            self.pending = Some(Pending {
+                hub: r.hub.clone().expect("resolve checked the hub settings"),
+                later,
+                model,
+                whisper,
+                encoder,
+                fetched,
+                start,
+            });
+            return Ok(Done {
+                end: StageEnd::Done,
+                note,
+                continues: true,
+            });
+        }
+        let (model, encoder) = (model.expect("ready"), encoder.expect("ready"));
+        self.state.models = Some(model_paths(r, &model, &whisper, &encoder));
         let bundles: Vec<&str> = [&r.model, &r.whisper, &r.speaker_encoder]
             .iter()
             .filter_map(|s| match s {
@@ -313,52 +548,90 @@ impl Flow<'_> {
                 ModelSource::Path(_) => None,
             })
             .collect();
-        Ok(if !fetched.is_empty() {
-            Done {
-                end: StageEnd::Done,
-                note: format!("downloaded {}", fetched.join(", ")),
-            }
+        let (end, note) = if !fetched.is_empty() {
+            (StageEnd::Done, format!("downloaded {}", fetched.join(", ")))
         } else if bundles.is_empty() {
-            Done {
-                end: StageEnd::Skipped,
-                note: "every model given as a path".into(),
-            }
+            (StageEnd::Skipped, "every model given as a path".into())
         } else {
-            Done {
-                end: StageEnd::Skipped,
-                note: format!("already in the cache: {}", bundles.join(", ")),
-            }
+            (
+                StageEnd::Skipped,
+                format!("already in the cache: {}", bundles.join(", ")),
+            )
+        };
+        Ok(Done {
+            end,
+            note,
+            continues: false,
         })
     }
 
-    fn fetch(
-        &mut self,
-        hub: &Hub,
-        bundle: &Bundle,
-    ) -> Result<Vec<(csm_hub::BundleFile, PathBuf)>, FlowError> {
-        let hub_cancel = csm_hub::Cancel::new();
-        let mut progress = DownloadProgress {
-            observer: &mut *self.observer,
-            cancel: self.cancel,
-            hub_cancel: hub_cancel.clone(),
-            start: Instant::now(),
-            resumed: 0,
+    /// A model as asked: its files (a path, or a cached bundle), or the
+    /// bundle to download. Makes `hub` when a bundle is named.
+    fn resolve(
+        &self,
+        source: &ModelSource,
+        role: Role,
+        what: &str,
+        hub: &mut Option<Hub>,
+    ) -> Result<Resolved, FlowError> {
+        let name = match source {
+            ModelSource::Path(p) => {
+                if !p.exists() {
+                    return Err(FlowError::Request(format!(
+                        "the {what} {}: no such file or folder",
+                        p.display()
+                    )));
+                }
+                return Ok(Resolved::Ready(vec![(role, p.clone())]));
+            }
+            ModelSource::Bundle(name) => name,
         };
-        let got =
-            bundle
-                .download(hub, &mut progress, &hub_cancel)
-                .map_err(|source| match source {
-                    csm_hub::HubError::Cancelled { .. } if self.cancel.is_cancelled() => {
-                        FlowError::Cancelled {
-                            stage: Stage::Download,
-                        }
+        let bundle = find_bundle(name)
+            .filter(|b| b.files_for(role).next().is_some())
+            .ok_or_else(|| {
+                FlowError::Request(format!(
+                    "the {what} `{name}`: not a file or folder, and no bundle of that name \
+                     holds one ({})",
+                    bundle_names(role)
+                ))
+            })?;
+        if hub.is_none() {
+            let settings = self.request.hub.clone().ok_or_else(|| {
+                FlowError::Request(format!(
+                    "the {what} is the bundle `{name}`, but no hub settings were given to find \
+                     or download it"
+                ))
+            })?;
+            *hub = Some(Hub::new(settings).map_err(|source| FlowError::Download {
+                what: name.clone(),
+                source: Box::new(source),
+            })?);
+        }
+        let hub = hub.as_ref().expect("set above");
+        Ok(match bundle.cached(hub) {
+            Some(files) => Resolved::Ready(files.into_iter().map(|(f, p)| (f.role, p)).collect()),
+            None => Resolved::Missing(bundle),
+        })
+    }
+
+    /// Downloads `bundle` on this thread (Whisper, before transcription).
+    fn fetch(&mut self, hub: &Hub, bundle: &Bundle) -> Result<Files, FlowError> {
+        let hub_cancel = csm_hub::Cancel::new();
+        let mut progress = DownloadProgress::new(self.events, self.cancel, hub_cancel.clone());
+        let got = bundle.download(hub, &mut progress, &hub_cancel);
+        let item = progress.item.take();
+        got.map(|got| got.into_iter().map(|(f, r)| (f.role, r.path)).collect())
+            .map_err(|source| match source {
+                csm_hub::HubError::Cancelled { .. } if self.cancel.is_cancelled() => {
+                    FlowError::Cancelled {
+                        stage: Stage::Download,
                     }
-                    source => FlowError::Download {
-                        what: bundle.name.into(),
-                        source: Box::new(source),
-                    },
-                })?;
-        Ok(got.into_iter().map(|(f, r)| (f, r.path)).collect())
+                }
+                source => FlowError::Download {
+                    what: what_failed(bundle, item),
+                    source: Box::new(source),
+                },
+            })
     }
 
     // -- transcribe --
@@ -417,7 +690,9 @@ impl Flow<'_> {
             .count();
         let mut transcribed = 0;
         if todo > 0 {
-            let whisper_dir = self.models()?.whisper.clone();
+            let whisper_dir = self.whisper.clone().ok_or_else(|| {
+                FlowError::Request("Whisper is not resolved: the download stage did not run".into())
+            })?;
             self.message(
                 Stage::Transcribe,
                 format!("loading Whisper from {}", whisper_dir.display()),
@@ -431,7 +706,7 @@ impl Flow<'_> {
             };
             let start = Instant::now();
             let (mut total, mut before, mut current) = (0.0, 0.0, 0.0);
-            let observer = &mut *self.observer;
+            let events = self.events;
             let mut on_event = |e: FolderEvent| {
                 let progress =
                     |done: f64, total: f64, item: Option<String>| FlowEvent::StageProgress {
@@ -449,23 +724,23 @@ impl Flow<'_> {
                 match e {
                     FolderEvent::Start { total_s, .. } => {
                         total = total_s;
-                        observer.on_event(&progress(0.0, total, None));
+                        events.emit(&progress(0.0, total, None));
                     }
                     FolderEvent::FileStart { name, duration_s } => {
                         current = duration_s;
-                        observer.on_event(&progress(before, total, Some(name)));
+                        events.emit(&progress(before, total, Some(name)));
                     }
                     FolderEvent::Progress { done_s } => {
-                        observer.on_event(&progress(before + done_s.min(current), total, None));
+                        events.emit(&progress(before + done_s.min(current), total, None));
                     }
                     FolderEvent::FileDone { name, text: t } => {
                         before += std::mem::take(&mut current);
                         let preview: String = t.chars().take(70).collect();
-                        observer.on_event(&text(format!("{name}: {preview}")));
+                        events.emit(&text(format!("{name}: {preview}")));
                     }
                     FolderEvent::FileFailed { name, error } => {
                         before += std::mem::take(&mut current);
-                        observer.on_event(&text(format!("{name}: FAILED: {error}")));
+                        events.emit(&text(format!("{name}: FAILED: {error}")));
                     }
                 }
             };
@@ -520,6 +795,7 @@ impl Flow<'_> {
                 StageEnd::Skipped
             },
             note,
+            continues: false,
         })
     }
 
@@ -531,14 +807,10 @@ impl Flow<'_> {
 
     // -- dataset --
 
-    /// The run's config: the caller's base with the flow's folders,
-    /// models and voice scores (settings not applied yet).
-    fn base_config(&self) -> Result<TrainConfig, FlowError> {
-        let m = self.models()?;
+    /// The caller's base with the flow's folders and data settings: all
+    /// the dataset stage needs (no model: it runs while they download).
+    fn data_config(&self) -> TrainConfig {
         let mut c = self.request.base.clone();
-        c.model_path = m.model.clone();
-        c.mimi_path = m.mimi.clone();
-        c.tokenizer_path = m.tokenizer.clone();
         c.output_dir = self.dir.run_dir();
         c.data_dir = Some(self.dir.dataset_dir());
         c.audio_dir = PathBuf::new();
@@ -548,6 +820,18 @@ impl Flow<'_> {
         // longer than max_unaligned_secs cannot be cut and is left out with
         // a warning instead of stopping the run.
         c.long_unaligned = LongUnaligned::Skip;
+        c.resume_from = None;
+        c
+    }
+
+    /// The run's config: [`Self::data_config`] with the models and voice
+    /// scores (settings not applied yet).
+    fn base_config(&self) -> Result<TrainConfig, FlowError> {
+        let m = self.models()?;
+        let mut c = self.data_config();
+        c.model_path = m.model.clone();
+        c.mimi_path = m.mimi.clone();
+        c.tokenizer_path = m.tokenizer.clone();
         let mut voice = c
             .voice
             .take()
@@ -555,19 +839,18 @@ impl Flow<'_> {
         voice.speaker_encoder = m.speaker_encoder.clone();
         voice.whisper_model = Some(m.whisper.clone());
         c.voice = Some(voice);
-        c.resume_from = None;
         Ok(c)
     }
 
     fn dataset(&mut self) -> Result<Done, FlowError> {
-        let config = self.base_config()?;
+        let config = self.data_config();
         let layout = DatasetLayout::from_root(&self.dir.dataset_dir());
         let start = Instant::now();
-        let observer = &mut *self.observer;
+        let events = self.events;
         let cancel = self.cancel;
         let mut on_progress = |p: LoadProgress| {
             if !cancel.is_cancelled() {
-                observer.on_event(&FlowEvent::StageProgress {
+                events.emit(&FlowEvent::StageProgress {
                     stage: Stage::Dataset,
                     done: p.done as f64,
                     total: p.total as f64,
@@ -613,6 +896,7 @@ impl Flow<'_> {
         Ok(Done {
             end: StageEnd::Done,
             note,
+            continues: false,
         })
     }
 
@@ -655,11 +939,18 @@ impl Flow<'_> {
         self.state.device = Some(device);
         self.state.settings.clone_from(&choices);
         self.dir.write_state(&mut self.state)?;
-        self.observer.on_event(&FlowEvent::Settings { choices });
+        self.events.emit(&FlowEvent::Settings { choices });
         Ok(config)
     }
 
     fn train(&mut self) -> Result<Done, FlowError> {
+        if self.background.is_some() {
+            self.message(
+                Stage::Train,
+                "waiting for the downloads to finish (training needs the model)".into(),
+            );
+        }
+        self.wait_downloads()?;
         let mut config = self.train_config()?;
         let run = RunDir::new(self.dir.run_dir());
         let latest = run.latest_checkpoint_path();
@@ -669,7 +960,7 @@ impl Flow<'_> {
         }
         let start = Instant::now();
         let mut bridge = TrainBridge {
-            observer: &mut *self.observer,
+            events: self.events,
             start,
             first_step: None,
             total: 0,
@@ -695,6 +986,7 @@ impl Flow<'_> {
                     .map(|l| format!(", last loss {:.4}", l.total))
                     .unwrap_or_default()
             ),
+            continues: false,
         })
     }
 
@@ -705,6 +997,7 @@ impl Flow<'_> {
         Ok(Done {
             end: StageEnd::Done,
             note: format!("{} steps on {:.1} audio minutes", s.steps, s.minutes_used),
+            continues: false,
         })
     }
 
@@ -803,6 +1096,84 @@ fn bundle_names(role: Role) -> String {
         .join(", ")
 }
 
+/// A model as asked, before anything is downloaded.
+enum Resolved {
+    /// Its files: a path given, or a bundle in the cache.
+    Ready(Files),
+    /// A bundle that is not (wholly) in the cache.
+    Missing(&'static Bundle),
+}
+
+/// A model or Whisper folder: a bundle's is the snapshot holding its
+/// files; a path given is used as it is.
+fn folder(files: &[(Role, PathBuf)], role: Role, source: &ModelSource) -> PathBuf {
+    let p = of(files, role).expect("resolved with this role");
+    match source {
+        ModelSource::Path(_) => p,
+        ModelSource::Bundle(_) => p.parent().map_or(p.clone(), Path::to_path_buf),
+    }
+}
+
+fn of(files: &[(Role, PathBuf)], role: Role) -> Option<PathBuf> {
+    files
+        .iter()
+        .find(|(r, _)| *r == role)
+        .map(|(_, p)| p.clone())
+}
+
+/// The paths of every model, once all are resolved.
+fn model_paths(
+    r: &VoiceRequest,
+    model: &[(Role, PathBuf)],
+    whisper: &[(Role, PathBuf)],
+    encoder: &[(Role, PathBuf)],
+) -> ModelPaths {
+    ModelPaths {
+        model: folder(model, Role::Model, &r.model),
+        mimi: r.mimi.clone().or_else(|| of(model, Role::Codec)),
+        tokenizer: r.tokenizer.clone().or_else(|| of(model, Role::Tokenizer)),
+        whisper: folder(whisper, Role::Whisper, &r.whisper),
+        speaker_encoder: of(encoder, Role::SpeakerEncoder).expect("resolved with this role"),
+    }
+}
+
+/// The bundle and the file a download was at when it failed.
+fn what_failed(bundle: &Bundle, item: Option<String>) -> String {
+    match item {
+        Some(item) => format!("{} ({item})", bundle.name),
+        None => bundle.name.to_string(),
+    }
+}
+
+/// The background thread's work: each bundle in turn, reporting as the
+/// download stage.
+fn fetch_all(
+    settings: csm_hub::HubSettings,
+    later: &[(Role, &'static Bundle)],
+    events: &Events<'_>,
+    cancel: &CancelToken,
+    stop: &csm_hub::Cancel,
+) -> BackgroundResult {
+    let first = later.first().map_or("", |(_, b)| b.name);
+    let hub = Hub::new(settings).map_err(|e| (first.to_string(), e))?;
+    let mut out = Vec::with_capacity(later.len());
+    for (role, bundle) in later {
+        events.emit(&FlowEvent::Message {
+            stage: Stage::Download,
+            text: format!("{}: {}", bundle.name, bundle.description),
+        });
+        let mut progress = DownloadProgress::new(events, cancel, stop.clone());
+        let got = bundle.download(&hub, &mut progress, stop);
+        let item = progress.item.take();
+        let got = got.map_err(|e| (what_failed(bundle, item), e))?;
+        out.push((
+            *role,
+            got.into_iter().map(|(f, r)| (f.role, r.path)).collect(),
+        ));
+    }
+    Ok(out)
+}
+
 fn stem(path: &Path) -> String {
     path.file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -853,17 +1224,32 @@ fn copy_given(audio: &Path, text: &Path, wav_out: &Path, text_out: &Path) -> Res
     result
 }
 
-/// Download events as stage progress; the flow's cancel token stops the
-/// transfer at its next chunk.
-struct DownloadProgress<'a> {
-    observer: &'a mut dyn FlowObserver,
-    cancel: &'a CancelToken,
+/// Download events as stage progress (per file: `item` is `repo/file`);
+/// the flow's cancel token stops the transfer at its next chunk.
+struct DownloadProgress<'e, 'o> {
+    events: &'e Events<'o>,
+    cancel: &'e CancelToken,
     hub_cancel: csm_hub::Cancel,
     start: Instant,
     resumed: u64,
+    /// The file at hand (`repo/file`), for errors.
+    item: Option<String>,
 }
 
-impl DownloadObserver for DownloadProgress<'_> {
+impl<'e, 'o> DownloadProgress<'e, 'o> {
+    fn new(events: &'e Events<'o>, cancel: &'e CancelToken, hub_cancel: csm_hub::Cancel) -> Self {
+        Self {
+            events,
+            cancel,
+            hub_cancel,
+            start: Instant::now(),
+            resumed: 0,
+            item: None,
+        }
+    }
+}
+
+impl DownloadObserver for DownloadProgress<'_, '_> {
     fn on_event(&mut self, event: &DownloadEvent<'_>) {
         if self.cancel.is_cancelled() {
             self.hub_cancel.cancel();
@@ -873,9 +1259,12 @@ impl DownloadObserver for DownloadProgress<'_> {
             text,
         };
         match *event {
+            DownloadEvent::Resolving { repo, file, .. } => {
+                self.item = Some(format!("{repo}/{file}"));
+            }
             DownloadEvent::Cached { repo, file, .. } => {
-                self.observer
-                    .on_event(&message(format!("{repo}/{file}: in the cache")));
+                self.events
+                    .emit(&message(format!("{repo}/{file}: in the cache")));
             }
             DownloadEvent::Started {
                 repo,
@@ -886,7 +1275,7 @@ impl DownloadObserver for DownloadProgress<'_> {
                 self.start = Instant::now();
                 self.resumed = resumed_from;
                 if resumed_from > 0 {
-                    self.observer.on_event(&message(format!(
+                    self.events.emit(&message(format!(
                         "{repo}/{file}: resuming at {}",
                         csm_hub::human_bytes(resumed_from)
                     )));
@@ -905,7 +1294,7 @@ impl DownloadObserver for DownloadProgress<'_> {
                     (total - self.resumed as f64).max(0.0),
                     self.start.elapsed().as_secs_f64(),
                 );
-                self.observer.on_event(&FlowEvent::StageProgress {
+                self.events.emit(&FlowEvent::StageProgress {
                     stage: Stage::Download,
                     done: done as f64,
                     total,
@@ -916,12 +1305,12 @@ impl DownloadObserver for DownloadProgress<'_> {
             }
             DownloadEvent::Retrying {
                 repo, file, reason, ..
-            } => self.observer.on_event(&message(format!(
+            } => self.events.emit(&message(format!(
                 "{repo}/{file}: transfer broke ({reason}); resuming"
             ))),
             DownloadEvent::Finished {
                 repo, file, size, ..
-            } => self.observer.on_event(&message(format!(
+            } => self.events.emit(&message(format!(
                 "{repo}/{file}: downloaded and verified ({})",
                 csm_hub::human_bytes(size)
             ))),
@@ -932,17 +1321,17 @@ impl DownloadObserver for DownloadProgress<'_> {
 
 /// Trainer events to the flow's observer: forwarded whole, plus the steps
 /// and the encoding as stage progress with an ETA.
-struct TrainBridge<'a> {
-    observer: &'a mut dyn FlowObserver,
+struct TrainBridge<'e, 'o> {
+    events: &'e Events<'o>,
     start: Instant,
     /// The step this process started from, and when.
     first_step: Option<(usize, Instant)>,
     total: usize,
 }
 
-impl TrainingObserver for TrainBridge<'_> {
+impl TrainingObserver for TrainBridge<'_, '_> {
     fn on_event(&mut self, event: &TrainEvent) {
-        self.observer.on_event(&FlowEvent::Train(event.clone()));
+        self.events.emit(&FlowEvent::Train(event.clone()));
         let progress = match event {
             TrainEvent::Progress { done, total } => Some((
                 *done as f64,
@@ -974,7 +1363,7 @@ impl TrainingObserver for TrainBridge<'_> {
             _ => None,
         };
         if let Some((done, total, unit, eta_s)) = progress {
-            self.observer.on_event(&FlowEvent::StageProgress {
+            self.events.emit(&FlowEvent::StageProgress {
                 stage: Stage::Train,
                 done,
                 total,

@@ -215,6 +215,9 @@ pub async fn start_voice<R: Runtime>(
             cancel: cancel.clone(),
         });
     }
+    // Proofreading runs while the journey goes on (the models download
+    // beside it): the voice's folder is open to the dataset commands now.
+    allowed.allow(&voice_dir);
     let slot = jobs.0.clone();
     let flow = flow_request(&request, voice_dir.clone(), settings, run);
     let (tx, rx) = tauri::async_runtime::channel(1);
@@ -254,7 +257,6 @@ pub async fn start_voice<R: Runtime>(
         }
     };
     let dataset_dir = VoiceDir::new(&voice_dir).dataset_dir();
-    allowed.allow(&voice_dir);
     let voice = blocking("start_voice", move || Ok(library::read_voice(&voice_dir)?)).await?;
     Ok(match outcome {
         FlowOutcome::Finished(_) => VoiceOutcome {

@@ -2,6 +2,7 @@
 //! command; the work is `csm_flow::run_voice` (the app's "New voice" runs
 //! the same).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use csm_flow::{
     VoiceDir, VoiceRequest,
 };
 use csm_hub::{find_bundle, Role, BUNDLES};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use super::finetune::{cancel_on_ctrl_c, TerminalObserver};
 
@@ -40,6 +41,8 @@ Stages (each one skipped when an earlier run finished it):
   1 download    the models named by bundle (--model-path csm-1b, --whisper-model
                 whisper-large-v3-turbo, --speaker-encoder speaker-encoder) that are
                 not in the hub cache; resumable. A path given is used as it is.
+                Whisper comes first; the others download while stages 2 and 3
+                run (a bar each), and training waits for them.
   2 transcribe  every recording of RAW_DIR without NAME.txt beside it goes
                 through Whisper into VOICE_DIR/dataset (24 kHz WAV, transcript,
                 word timings); one with NAME.txt is copied in with that text.
@@ -75,7 +78,8 @@ pub struct VoiceArgs {
     /// The speaker's name, kept with the voice.
     #[arg(long)]
     pub speaker_name: Option<String>,
-    /// Stop after this stage; running again without it continues.
+    /// Stop after this stage (once the models downloading beside it are
+    /// in); running again without it continues.
     #[arg(long, value_enum)]
     pub stop_after: Option<StageArg>,
 
@@ -375,26 +379,35 @@ pub fn run(args: VoiceArgs, log_level: &str) -> Result<()> {
     Ok(())
 }
 
-/// The stages on the terminal: a bar per stage with its ETA; training
-/// shows finetune-lora's own bars and lines.
+/// The stages on the terminal: a bar per running stage with its ETA (the
+/// models download while the recordings are transcribed: two bars, one
+/// above the other); training shows finetune-lora's own bars and lines.
 #[derive(Default)]
 struct Terminal {
-    bar: Option<ProgressBar>,
+    multi: MultiProgress,
+    bars: BTreeMap<Stage, ProgressBar>,
     train: TerminalObserver,
 }
 
 impl Terminal {
     fn clear(&mut self) {
-        if let Some(bar) = self.bar.take() {
+        for bar in std::mem::take(&mut self.bars).into_values() {
             bar.finish_and_clear();
+            self.multi.remove(&bar);
+        }
+    }
+
+    fn end(&mut self, stage: Stage) {
+        if let Some(bar) = self.bars.remove(&stage) {
+            bar.finish_and_clear();
+            self.multi.remove(&bar);
         }
     }
 
     fn println(&self, line: String) {
-        match &self.bar {
-            // A bar drawn nowhere (stderr is not a terminal) prints nothing.
-            Some(bar) if !bar.is_hidden() => bar.println(line),
-            _ => eprintln!("{line}"),
+        // Bars drawn nowhere (stderr is not a terminal) print nothing.
+        if self.bars.is_empty() || self.multi.is_hidden() || self.multi.println(&line).is_err() {
+            eprintln!("{line}");
         }
     }
 }
@@ -424,16 +437,19 @@ impl FlowObserver for Terminal {
     fn on_event(&mut self, event: &FlowEvent) {
         match event {
             FlowEvent::StageStarted { stage, detail } => {
-                self.clear();
-                eprintln!("[{stage}] {detail}");
+                self.end(*stage);
+                self.println(format!("[{stage}] {detail}"));
                 if *stage != Stage::Train {
                     let bar = ProgressBar::new(0).with_style(
-                        ProgressStyle::with_template("  {bar:30} {msg} [{elapsed_precise}]")
-                            .expect("valid template")
-                            .progress_chars("=> "),
+                        ProgressStyle::with_template(&format!(
+                            "  {stage:<10} {{bar:30}} {{msg}} [{{elapsed_precise}}]"
+                        ))
+                        .expect("valid template")
+                        .progress_chars("=> "),
                     );
+                    let bar = self.multi.add(bar);
                     bar.enable_steady_tick(Duration::from_millis(250));
-                    self.bar = Some(bar);
+                    self.bars.insert(*stage, bar);
                 }
             }
             FlowEvent::StageProgress {
@@ -444,7 +460,7 @@ impl FlowObserver for Terminal {
                 eta_s,
                 item,
             } if *stage != Stage::Train => {
-                if let Some(bar) = &self.bar {
+                if let Some(bar) = self.bars.get(stage) {
                     bar.set_length((total.max(*done) * 1000.0) as u64);
                     bar.set_position((done * 1000.0) as u64);
                     bar.set_message(format!(
@@ -461,7 +477,15 @@ impl FlowObserver for Terminal {
                 }
             }
             FlowEvent::StageProgress { .. } => {}
-            FlowEvent::Message { text, .. } => self.println(format!("  {text}")),
+            FlowEvent::Message { stage, text } => {
+                // Two stages at once: say whose line it is.
+                let line = if self.bars.len() > 1 {
+                    format!("  {stage}: {text}")
+                } else {
+                    format!("  {text}")
+                };
+                self.println(line);
+            }
             FlowEvent::Settings { choices } => {
                 self.println(settings_table(choices));
             }
@@ -472,14 +496,13 @@ impl FlowObserver for Terminal {
                 seconds,
                 note,
             } => {
-                self.clear();
+                self.end(*stage);
                 let how = match end {
                     StageEnd::Done => "done",
                     StageEnd::Skipped => "skipped",
                 };
-                eprintln!("[{stage}] {how} in {}: {note}", clock(*seconds));
+                self.println(format!("[{stage}] {how} in {}: {note}", clock(*seconds)));
             }
-            FlowEvent::Finished { .. } => {}
             _ => {}
         }
     }

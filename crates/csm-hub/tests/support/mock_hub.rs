@@ -241,7 +241,8 @@ impl MockHub {
         }
     }
 
-    /// Sleep this long per 16 KiB of body.
+    /// Sleep this long per 16 KiB of body (read per chunk, so a change
+    /// applies to transfers under way).
     pub fn throttle(&self, per_chunk: Option<Duration>) {
         self.state.lock().unwrap().throttle = per_chunk;
     }
@@ -592,16 +593,17 @@ fn send(
     if method == "HEAD" || reply.body.is_empty() {
         return conn.flush();
     }
-    let (cut, throttle) = {
+    let cut = {
         let mut s = state.lock().unwrap();
-        let cut = reply.file.as_ref().and_then(|f| s.cut_next.remove(f));
-        (cut, s.throttle)
+        reply.file.as_ref().and_then(|f| s.cut_next.remove(f))
     };
     if let Some(n) = cut {
         reply.body.truncate(n);
     }
     let mut sent = 0u64;
     for chunk in reply.body.chunks(16 * 1024) {
+        // Read per chunk: a test may speed up a transfer under way.
+        let throttle = state.lock().unwrap().throttle;
         if let Some(t) = throttle {
             std::thread::sleep(t);
         }
