@@ -707,6 +707,8 @@ fn time_case(
     let names: Vec<String> = adapter::adapter_tensors(model).into_keys().collect();
     let mut step = ForwardBackward::new(names, LossWeights::default(), options);
     let mut opt = AdamW::new(0.0);
+    // As the trainer does: the update compiled with the step.
+    opt.compiled = options.compile;
     transforms::compile::clear_cache();
     runtime::clear_mlx_cache();
     runtime::reset_peak_memory();

@@ -485,6 +485,9 @@ impl<'a> Run<'a> {
             buckets: true,
         };
         let mut step_fn = ForwardBackward::new(grad_keys, self.loss_weights(), options);
+        // The optimizer's update is compiled with the step (one fused
+        // kernel a tensor instead of a launch an op).
+        self.optimizer.compiled = compile;
         self.assets.loaded.model.training_mode(true);
         let started = Instant::now();
         let first_step = self.progress.step;
