@@ -193,7 +193,6 @@ export async function speakersStep({ browser, tab, shot, log, fail, work, runsDi
   if (JSON.stringify(onRun) !== JSON.stringify(expected)) fail(`the Run screen's per-speaker validation is ${onRun.join(' || ')}; metrics.jsonl says ${expected.join(' || ')}`);
   const legend = await (await browser.$('[data-testid="chart-val"]')).getText();
   if (!legend.includes('val alice') || !legend.includes('val bob')) fail(`the validation chart has no line per speaker: ${legend}`);
-  await browser.execute(() => document.querySelector('[data-testid="speaker-validation"]').scrollIntoView({ block: 'end' }));
   await shot('app-run-speakers.png');
 
   // History: the same numbers, read back from the run folder.
