@@ -77,7 +77,7 @@ fn adamw_math(
 /// [`adamw_math`] for every parameter: `[scalars.., then g, m, v, p32 for
 /// each]` -> `[p, m, v for each]`.
 fn adamw_all(x: &[Array]) -> Result<Vec<Array>, Exception> {
-    if x.len() < SCALARS || (x.len() - SCALARS) % 4 != 0 {
+    if x.len() < SCALARS || !(x.len() - SCALARS).is_multiple_of(4) {
         return Err(Exception::custom(format!(
             "AdamW: {} inputs do not make {SCALARS} scalars and groups of 4",
             x.len()
