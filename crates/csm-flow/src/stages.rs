@@ -188,7 +188,7 @@ struct Pending {
 
 /// What the background thread sends back: the files by role, or the
 /// file it was at (`repo/file`, or the bundle) and the hub's error.
-type BackgroundResult = Result<Vec<(Role, Files)>, (String, csm_hub::HubError)>;
+type BackgroundResult = Result<Vec<(Role, Files)>, Box<(String, csm_hub::HubError)>>;
 
 /// The download running beside transcription.
 struct Background {
@@ -281,7 +281,8 @@ impl<'a, 'o> Flow<'a, 'o> {
                     seconds: start.elapsed().as_secs_f64(),
                     note: format!("downloaded {}", fetched.join(", ")),
                 }),
-                Err((what, e)) if !thread_stop.is_cancelled() && !cancel.is_cancelled() => {
+                Err(failed) if !thread_stop.is_cancelled() && !cancel.is_cancelled() => {
+                    let (what, e) = &**failed;
                     events.emit(&FlowEvent::Message {
                         stage: Stage::Download,
                         text: format!(
@@ -373,7 +374,8 @@ impl<'a, 'o> Flow<'a, 'o> {
                 self.state.models = Some(paths);
                 None
             }
-            Err((what, source)) => {
+            Err(failed) => {
+                let (what, source) = *failed;
                 let e = match source {
                     csm_hub::HubError::Cancelled { .. }
                         if self.cancel.is_cancelled() || bg.stop.is_cancelled() =>
@@ -1155,7 +1157,7 @@ fn fetch_all(
     stop: &csm_hub::Cancel,
 ) -> BackgroundResult {
     let first = later.first().map_or("", |(_, b)| b.name);
-    let hub = Hub::new(settings).map_err(|e| (first.to_string(), e))?;
+    let hub = Hub::new(settings).map_err(|e| Box::new((first.to_string(), e)))?;
     let mut out = Vec::with_capacity(later.len());
     for (role, bundle) in later {
         events.emit(&FlowEvent::Message {
@@ -1165,7 +1167,7 @@ fn fetch_all(
         let mut progress = DownloadProgress::new(events, cancel, stop.clone());
         let got = bundle.download(&hub, &mut progress, stop);
         let item = progress.item.take();
-        let got = got.map_err(|e| (what_failed(bundle, item), e))?;
+        let got = got.map_err(|e| Box::new((what_failed(bundle, item), e)))?;
         out.push((
             *role,
             got.into_iter().map(|(f, r)| (f.role, r.path)).collect(),
