@@ -8,7 +8,7 @@
 //! once; the download stage fetches a bundle from a mock hub on 127.0.0.1
 //! and resumes after a kill; the CSM bundle downloads while the
 //! recordings are transcribed (transcription ends first, the hub being
-//! slowed), and a kill during both resumes both.
+//! slowed), Ctrl-C stops both, and a kill during both resumes both.
 
 mod common;
 
@@ -683,13 +683,44 @@ fn the_model_downloads_while_the_recordings_are_transcribed_and_both_resume_afte
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    let done_before = talks();
-    assert!(done_before < 3, "all transcribed before the kill");
-    let (partial, kept) = model_partial().expect("the partial weights stay");
-    assert!((kept as usize) < model.len(), "{kept}");
+    assert!(talks() < 3, "all transcribed before the kill");
+    let (_, killed_at) = model_partial().expect("the partial weights stay");
     let state = vdir.read_state().unwrap();
     assert_eq!(state.status(Stage::Download), StageStatus::Running);
     assert_eq!(state.status(Stage::Transcribe), StageStatus::Running);
+
+    // Ctrl-C once the download is going again: both stages stop, marked
+    // cancelled, the partial weights kept.
+    let mut child = spawn();
+    let start = Instant::now();
+    while model_partial().is_none_or(|(_, n)| n <= killed_at) {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "it ended before the Ctrl-C:\n{}",
+            text(&child.wait_with_output().unwrap())
+        );
+        assert!(start.elapsed() < LIMIT, "the download never went on");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ok = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let out = child.wait_with_output().unwrap();
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("stopped during the"), "{t}");
+    let state = vdir.read_state().unwrap();
+    assert_eq!(state.status(Stage::Download), StageStatus::Cancelled, "{t}");
+    assert_eq!(
+        state.status(Stage::Transcribe),
+        StageStatus::Cancelled,
+        "{t}"
+    );
+    let done_before = talks();
+    let (partial, kept) = model_partial().expect("the partial weights stay");
+    assert!((kept as usize) < model.len(), "{kept}");
 
     // Run again, still slowed: transcription ends while the weights are
     // still coming (the partial file is there, the whole blob is not).
