@@ -161,6 +161,22 @@ export async function speakersStep({ browser, tab, shot, log, fail, work, runsDi
   await tab('Parameters');
   const command = await text('command');
   if (!command.includes(`--data-dir ${data}`)) fail(`the command line does not read the folder as --data-dir: ${command}`);
+  // Voice scores are one speaker's: turned on, the form says why the run would
+  // be refused and Start is blocked; turned off again, Start is back.
+  const startButton = await browser.$('button=Start training');
+  // Looked up again: the Parameters screen was rendered anew since `voice`.
+  const voiceToggle = await browser.$('#f-voice');
+  await voiceToggle.click();
+  const voiceBox = await browser.$('[data-testid="voice-settings"]');
+  await browser.waitUntil(async () => (await voiceBox.getText()).includes('this dataset has 2 speakers (alice, bob)'), {
+    timeout: 10_000,
+    timeoutMsg: `no refusal of voice scores with two speakers: ${await voiceBox.getText()}`,
+  });
+  if (await startButton.isEnabled()) fail('Start is enabled with voice scores on and two speakers');
+  await voiceToggle.click();
+  await browser.waitUntil(async () => startButton.isEnabled(), { timeout: 10_000, timeoutMsg: `Start stays blocked with voice scores off: ${await voiceBox.getText()}` });
+  if ((await text('command')).includes('--speaker-encoder')) fail(`voice scores are still on: ${await text('command')}`);
+  log('speakers: voice scores with two speakers block Start until turned off');
 
   // A run with both speakers.
   const before = new Set(existsSync(runsDir) ? readdirSync(runsDir) : []);

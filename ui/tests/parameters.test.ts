@@ -52,6 +52,29 @@ describe('Parameters screen', () => {
     expect(screen.getByRole('alert').textContent).toMatch(/≥ 1/);
   });
 
+  it('blocks Start when voice scores are on and the dataset has several speakers', async () => {
+    ipc({ estimate_run: () => ({ secsPerStep: 1, peakMemoryBytes: null }) });
+    fill();
+    app.config.voice = { speaker_encoder: 'speaker-encoder', whisper_model: null, prompts: ['Hello there.'] };
+    app.speakers = {
+      layout: 'speakerFolders',
+      speakersFile: '/d/speakers.json',
+      fileExists: false,
+      file: null,
+      speakers: [{ name: 'alice', id: 0 }, { name: 'bob', id: 7 }],
+      recordings: [],
+      error: null,
+    };
+    render(Parameters);
+    const start = screen.getByRole('button', { name: 'Start training' }) as HTMLButtonElement;
+    expect(start.disabled).toBe(true);
+    expect(screen.getByRole('alert').textContent).toMatch(/this dataset has 2 speakers \(alice, bob\): turn voice scores off/);
+    await fireEvent.click(document.querySelector('#f-voice') as HTMLInputElement);
+    await flush();
+    expect(app.config.voice).toBeNull();
+    expect(start.disabled).toBe(false);
+  });
+
   it('applies presets and shows the live command', async () => {
     ipc({});
     fill();

@@ -61,7 +61,13 @@ export class AppStore {
   #raw: RunState = this.run;
 
   get errors() {
-    return { ...validate(this.config), ...validateDrafts(this.drafts) };
+    const errors = { ...validate(this.config), ...validateDrafts(this.drafts) };
+    // The core refuses voice scores on a dataset with several speakers: say so before Start.
+    const speakers = this.speakers?.speakers ?? [];
+    if (this.config.voice && speakers.length > 1 && errors.voice === undefined) {
+      errors.voice = `Voice scores compare samples with one speaker's voice; this dataset has ${speakers.length} speakers (${speakers.map((s) => s.name).join(', ')}): turn voice scores off, or train one speaker's folder`;
+    }
+    return errors;
   }
 
   get running(): boolean {
