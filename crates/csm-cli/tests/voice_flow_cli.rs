@@ -176,6 +176,24 @@ fn command(s: &Setup, args: &[String], env: &[(&str, &str)]) -> Command {
     cmd
 }
 
+/// `csm` against the mock hub, with none of the user's `HF_*` or proxy
+/// variables; HOME and HF_HOME inside the test's folder.
+fn hub_command(home: &Path, hf_home: &Path, hub: &mock_hub::MockHub) -> Command {
+    let mut c = Command::new(CSM);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("HF_") || k.to_ascii_lowercase().ends_with("_proxy") {
+            c.env_remove(k);
+        }
+    }
+    c.env("HOME", home)
+        .env("HF_HOME", hf_home)
+        .env("HF_ENDPOINT", &hub.url)
+        .env("CSM_PYPI_URL", &hub.pypi_url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
 /// Runs to the end (or `LIMIT`).
 fn run(s: &Setup, args: &[String], env: &[(&str, &str)]) -> Output {
     let mut child = command(s, args, env).spawn().unwrap();
@@ -499,19 +517,8 @@ fn the_download_stage_fetches_a_bundle_and_resumes_after_a_kill() {
     .map(|s| s.to_string())
     .collect();
     let cmd = || {
-        let mut c = Command::new(CSM);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("HF_") || k.to_ascii_lowercase().ends_with("_proxy") {
-                c.env_remove(k);
-            }
-        }
-        c.args(&args)
-            .env("HOME", tmp.path())
-            .env("HF_HOME", tmp.path().join("hf"))
-            .env("HF_ENDPOINT", &hub.url)
-            .env("CSM_PYPI_URL", &hub.pypi_url)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        let mut c = hub_command(tmp.path(), &tmp.path().join("hf"), &hub);
+        c.args(&args);
         c
     };
     // Slow enough to be killed half-way through the model's weights.
@@ -636,20 +643,9 @@ fn the_model_downloads_while_the_recordings_are_transcribed_and_both_resume_afte
     .map(|s| s.to_string())
     .collect();
     let spawn = || {
-        let mut c = Command::new(CSM);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("HF_") || k.to_ascii_lowercase().ends_with("_proxy") {
-                c.env_remove(k);
-            }
-        }
-        c.args(&args)
-            .env("HOME", &s.root)
-            .env("HF_HOME", &hf)
-            .env("HF_ENDPOINT", &hub.url)
-            .env("CSM_PYPI_URL", &hub.pypi_url)
+        hub_command(&s.root, &hf, &hub)
+            .args(&args)
             .env("CSM_CACHE_DIR", s.root.join("cache"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
             .spawn()
             .unwrap()
     };
@@ -825,13 +821,7 @@ fn a_background_download_that_fails_names_the_file_and_keeps_the_transcripts() {
     assert!(ok.success());
     std::fs::write(raw.join("mine.txt"), "Hello there.\n").unwrap();
     let out_dir = tmp.path().join("voice");
-    let mut c = Command::new(CSM);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("HF_") || k.to_ascii_lowercase().ends_with("_proxy") {
-            c.env_remove(k);
-        }
-    }
-    let out = c
+    let out = hub_command(tmp.path(), &tmp.path().join("hf"), &hub)
         .arg("voice")
         .arg(&raw)
         .arg("--output-dir")
@@ -841,10 +831,6 @@ fn a_background_download_that_fails_names_the_file_and_keeps_the_transcripts() {
         .arg("--speaker-encoder")
         .arg(paths.model.join("config.json"))
         .args(["--stop-after", "transcribe"])
-        .env("HOME", tmp.path())
-        .env("HF_HOME", tmp.path().join("hf"))
-        .env("HF_ENDPOINT", &hub.url)
-        .env("CSM_PYPI_URL", &hub.pypi_url)
         .output()
         .unwrap();
     let t = text(&out);
