@@ -15,7 +15,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use mlx_rs::module::ModuleParameters;
 use mlx_rs::{random, Dtype};
 use serde_json::json;
 
@@ -211,20 +210,7 @@ pub fn create_demo(root: &Path, sentences: usize, seed: u64) -> Result<DemoPaths
     write_atomic(&paths.model.join("config.json"), cfg.as_bytes())?;
 
     let mimi = Mimi::new(MimiConfig::mimi_v0_1())?;
-    let mut mimi_weights: std::collections::BTreeMap<String, mlx_rs::Array> = mimi
-        .parameters()
-        .flatten()
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect();
-    // The loader reads the resampling convs under these names in PyTorch
-    // layout (conv `[out, in, k]`, depthwise conv-transpose `[ch, 1, k]`)
-    // and converts them to MLX's; store them that way.
-    for key in ["downsample.weight", "upsample.weight"] {
-        if let Some(w) = mimi_weights.remove(key) {
-            mimi_weights.insert(key.to_string(), w.swap_axes(1, 2)?);
-        }
-    }
+    let mimi_weights = crate::codec::load::checkpoint_weights(&mimi)?;
     save_safetensors(&paths.mimi, &mimi_weights, &HashMap::new())?;
 
     if !paths.audio_dir.exists() {

@@ -95,18 +95,7 @@ pub fn run(args: BenchVoiceModelsArgs) -> Result<()> {
     let mimi_file = args.dir.join("mimi.safetensors");
     if !mimi_file.exists() {
         let mimi = Mimi::new(MimiConfig::mimi_v0_1())?;
-        let mut weights: BTreeMap<String, Array> = mimi
-            .parameters()
-            .flatten()
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect();
-        // The loader reads the resampling convs in PyTorch layout.
-        for key in ["downsample.weight", "upsample.weight"] {
-            if let Some(w) = weights.remove(key) {
-                weights.insert(key.to_string(), w.swap_axes(1, 2)?);
-            }
-        }
+        let weights = csm_core::codec::load::checkpoint_weights(&mimi)?;
         save_safetensors(&mimi_file, &weights, &HashMap::new())?;
         eprintln!("wrote {}", mimi_file.display());
     }

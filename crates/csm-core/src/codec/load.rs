@@ -44,6 +44,26 @@ pub enum MimiCheckpointFormat {
     TransformersCsm,
 }
 
+/// `mimi`'s parameters as a checkpoint this module loads back: this crate's
+/// names, with the resampling convs in PyTorch layout (conv `[out, in, k]`,
+/// depthwise conv-transpose `[ch, 1, k]`), as the loader expects them. For
+/// writing random-weight models (the demo, benchmarks).
+pub fn checkpoint_weights(mimi: &Mimi) -> Result<BTreeMap<String, Array>, CodecError> {
+    use mlx_rs::module::ModuleParameters;
+    let mut weights: BTreeMap<String, Array> = mimi
+        .parameters()
+        .flatten()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    for key in ["downsample.weight", "upsample.weight"] {
+        if let Some(w) = weights.remove(key) {
+            weights.insert(key.to_string(), w.swap_axes(1, 2)?);
+        }
+    }
+    Ok(weights)
+}
+
 /// Detects the naming scheme from the keys.
 pub fn detect_format(weights: &WeightMap) -> Result<MimiCheckpointFormat, CodecError> {
     let has = |p: &str| weights.has_prefix(p);
