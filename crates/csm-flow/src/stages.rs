@@ -619,21 +619,20 @@ impl<'a, 'o> Flow<'a, 'o> {
     /// Downloads `bundle` on this thread (Whisper, before transcription).
     fn fetch(&mut self, hub: &Hub, bundle: &Bundle) -> Result<Files, FlowError> {
         let hub_cancel = csm_hub::Cancel::new();
-        let mut progress = DownloadProgress::new(self.events, self.cancel, hub_cancel.clone());
-        let got = bundle.download(hub, &mut progress, &hub_cancel);
-        let item = progress.item.take();
-        got.map(|got| got.into_iter().map(|(f, r)| (f.role, r.path)).collect())
-            .map_err(|source| match source {
+        download_bundle(hub, bundle, self.events, self.cancel, &hub_cancel).map_err(|failed| {
+            let (what, source) = *failed;
+            match source {
                 csm_hub::HubError::Cancelled { .. } if self.cancel.is_cancelled() => {
                     FlowError::Cancelled {
                         stage: Stage::Download,
                     }
                 }
                 source => FlowError::Download {
-                    what: what_failed(bundle, item),
+                    what,
                     source: Box::new(source),
                 },
-            })
+            }
+        })
     }
 
     // -- transcribe --
@@ -1164,16 +1163,26 @@ fn fetch_all(
             stage: Stage::Download,
             text: format!("{}: {}", bundle.name, bundle.description),
         });
-        let mut progress = DownloadProgress::new(events, cancel, stop.clone());
-        let got = bundle.download(&hub, &mut progress, stop);
-        let item = progress.item.take();
-        let got = got.map_err(|e| Box::new((what_failed(bundle, item), e)))?;
-        out.push((
-            *role,
-            got.into_iter().map(|(f, r)| (f.role, r.path)).collect(),
-        ));
+        let got = download_bundle(&hub, bundle, events, cancel, stop)?;
+        out.push((*role, got));
     }
     Ok(out)
+}
+
+/// Downloads `bundle`, reporting each file to `events`; on failure, what
+/// failed (the bundle and its file, [`what_failed`]) with the hub's error.
+fn download_bundle(
+    hub: &Hub,
+    bundle: &Bundle,
+    events: &Events<'_>,
+    cancel: &CancelToken,
+    stop: &csm_hub::Cancel,
+) -> Result<Files, Box<(String, csm_hub::HubError)>> {
+    let mut progress = DownloadProgress::new(events, cancel, stop.clone());
+    let got = bundle.download(hub, &mut progress, stop);
+    let item = progress.item.take();
+    got.map(|got| got.into_iter().map(|(f, r)| (f.role, r.path)).collect())
+        .map_err(|e| Box::new((what_failed(bundle, item), e)))
 }
 
 fn stem(path: &Path) -> String {
