@@ -226,51 +226,67 @@ function mockVoice(req: NewVoiceRequest, dir: string, complete: boolean): VoiceE
   };
 }
 
-/** Like the backend: csm-flow's stage events over a few seconds, stopping after `stopAfter`. */
+/**
+ * Like the backend (csm-flow's stages): Whisper downloads first; then the
+ * other models download beside transcription, so the review can open while
+ * the download stage still runs; the call returns once both are done. The
+ * dataset, training and summary stages follow one after another.
+ */
 function simulateVoice(req: NewVoiceRequest, ch: Channel<FlowEvent>): Promise<VoiceOutcome> {
   const dir = req.voiceDir ?? `/home/me/.local/share/dev.csmstudio.app/voices/${req.name.toLowerCase().replace(/[^a-z0-9]+/g, '-')}`;
   const send = (e: FlowEvent) => ch.onmessage(e);
-  const plan: { stage: FlowStage; unit: FlowUnit; total: number }[] = [
-    { stage: 'download', unit: 'bytes', total: 6.2e9 },
-    { stage: 'transcribe', unit: 'audio_seconds', total: 1415 },
-    { stage: 'dataset', unit: 'recordings', total: 3 },
-    { stage: 'train', unit: 'steps', total: 300 },
-    { stage: 'summary', unit: 'steps', total: 0 },
-  ];
-  const first = req.voiceDir ? 2 : 0;
-  const last = req.stopAfter === 'transcribe' ? 1 : 4;
+  type Track = { stage: FlowStage; unit: FlowUnit; total: number; done: number; perTick: number; t0: number; started: boolean; finished: boolean };
+  const track = (stage: FlowStage, unit: FlowUnit, total: number, ticks: number): Track => ({ stage, unit, total, done: 0, perTick: total / ticks, t0: 0, started: false, finished: false });
+  const whisperBytes = 1.6e9;
+  // Each phase runs its tracks side by side; the next phase starts when all are done.
+  const download = track('download', 'bytes', 6.2e9, 40);
+  const phases: Track[][] = req.voiceDir
+    ? [[track('dataset', 'recordings', 3, 6)], [track('train', 'steps', 300, 24)], [track('summary', 'steps', 0, 1)]]
+    : [[download], [download, track('transcribe', 'audio_seconds', 1415, 16)], [track('dataset', 'recordings', 3, 6)], [track('train', 'steps', 300, 24)], [track('summary', 'steps', 0, 1)]];
+  const lastPhase = req.stopAfter === 'transcribe' && !req.voiceDir ? 1 : phases.length - 1;
+  send({ event: 'opened', data: { voice_dir: dir, dataset_dir: `${dir}/dataset` } });
   return new Promise((resolve, reject) => {
-    let i = first;
-    let done = 0;
-    const t0 = Date.now();
+    let phase = 0;
     const timer = setInterval(() => {
-      const p = plan[i];
-      if (!p || i > last) {
-        clearInterval(timer);
-        const complete = last === 4;
-        const voice = mockVoice(req, dir, complete);
-        if (complete) mockVoices.splice(0, mockVoices.length, ...mockVoices.filter((v) => v.dir !== dir), voice);
-        voiceStop = null;
-        resolve({ finished: complete, stoppedAfter: complete ? null : 'transcribe', voice, datasetDir: `${dir}/dataset` });
-        return;
+      const now = Date.now();
+      const tracks = phases[phase] ?? [];
+      const whisperPhase = !req.voiceDir && phase === 0;
+      for (const t of tracks) {
+        if (t.finished) continue;
+        // The first phase is Whisper's part of the download only.
+        const cap = whisperPhase ? whisperBytes : t.total;
+        if (!t.started) {
+          t.started = true;
+          t.t0 = now;
+          send({ event: 'stageStarted', data: { stage: t.stage, detail: `The ${t.stage} stage` } });
+        }
+        t.done = Math.min(cap, t.done + t.perTick);
+        const elapsed = (now - t.t0) / 1000;
+        if (t.total > 0) send({ event: 'stageProgress', data: { stage: t.stage, done: t.done, total: t.total, unit: t.unit, eta_s: (elapsed * (t.total - t.done)) / Math.max(t.done, 1), item: null } });
+        if (t.stage === 'train' && t.done >= t.total) {
+          send({ event: 'train', data: { event: 'voiceScores', data: { step: 0, checkpoint: null, summary: { similarity: 0.52, wer: 0.11, cer: 0.05, healthWarnings: 0, samples: 1 }, samples: [], bestStep: null, newBest: false } } });
+        }
+        if (t.done >= t.total) {
+          t.finished = true;
+          send({ event: 'stageFinished', data: { stage: t.stage, end: 'done', seconds: elapsed, note: `${t.stage} done` } });
+        }
       }
-      if (done === 0) send({ event: 'stageStarted', data: { stage: p.stage, detail: `The ${p.stage} stage` } });
-      done = Math.min(p.total, done + p.total / 12);
-      const elapsed = (Date.now() - t0) / 1000;
-      if (p.total > 0) send({ event: 'stageProgress', data: { stage: p.stage, done, total: p.total, unit: p.unit, eta_s: (elapsed * (p.total - done)) / Math.max(done, 1), item: null } });
-      if (p.stage === 'train' && done >= p.total) {
-        send({ event: 'train', data: { event: 'voiceScores', data: { step: 0, checkpoint: null, summary: { similarity: 0.52, wer: 0.11, cer: 0.05, healthWarnings: 0, samples: 1 }, samples: [], bestStep: null, newBest: false } } });
-      }
-      if (done >= p.total) {
-        send({ event: 'stageFinished', data: { stage: p.stage, end: 'done', seconds: elapsed, note: `${p.stage} done` } });
-        i++;
-        done = 0;
-      }
+      const phaseDone = whisperPhase ? download.done >= whisperBytes : tracks.every((t) => t.finished);
+      if (!phaseDone) return;
+      phase++;
+      if (phase <= lastPhase) return;
+      clearInterval(timer);
+      const complete = lastPhase === phases.length - 1;
+      const voice = mockVoice(req, dir, complete);
+      if (complete) mockVoices.splice(0, mockVoices.length, ...mockVoices.filter((v) => v.dir !== dir), voice);
+      voiceStop = null;
+      resolve({ finished: complete, stoppedAfter: complete ? null : 'transcribe', voice, datasetDir: `${dir}/dataset` });
     }, 120);
     voiceStop = () => {
       clearInterval(timer);
       voiceStop = null;
-      reject({ kind: 'cancelled', message: `stopped during the ${plan[i]?.stage ?? 'summary'} stage; run again to continue` });
+      const running = (phases[phase] ?? []).filter((t) => t.started && !t.finished).map((t) => t.stage);
+      reject({ kind: 'cancelled', message: `stopped during the ${running.join(' and ') || 'summary'} stage; run again to continue` });
     };
   });
 }
