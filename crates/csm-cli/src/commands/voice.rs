@@ -440,9 +440,12 @@ impl FlowObserver for Terminal {
                 self.end(*stage);
                 self.println(format!("[{stage}] {detail}"));
                 if *stage != Stage::Train {
-                    let bar = ProgressBar::new(0).with_style(
+                    // No length until the stage reports a total (a bar of
+                    // length 0 would draw full); the message takes what the
+                    // terminal's width leaves, so two bars never wrap.
+                    let bar = ProgressBar::no_length().with_style(
                         ProgressStyle::with_template(&format!(
-                            "  {stage:<10} {{bar:30}} {{msg}} [{{elapsed_precise}}]"
+                            "  {stage:<10} {{bar:30}} [{{elapsed_precise}}] {{wide_msg}}"
                         ))
                         .expect("valid template")
                         .progress_chars("=> "),
@@ -461,7 +464,10 @@ impl FlowObserver for Terminal {
                 item,
             } if *stage != Stage::Train => {
                 if let Some(bar) = self.bars.get(stage) {
-                    bar.set_length((total.max(*done) * 1000.0) as u64);
+                    let len = total.max(*done);
+                    if len > 0.0 {
+                        bar.set_length((len * 1000.0) as u64);
+                    }
                     bar.set_position((done * 1000.0) as u64);
                     bar.set_message(format!(
                         "{} / {}{}{}",
