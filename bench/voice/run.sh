@@ -108,7 +108,7 @@ run() {
     --model-path "$models/csm-1b" --mimi-path "$models/mimi.safetensors" \
     --whisper-model "$models/whisper" --speaker-encoder "$pack/pretrained.pt" \
     --language en --temperature 0 --steps "$steps" --batch-size "$batch" \
-    "${extra[@]}" 2>&1 | tee -a "$out/voice.log"
+    "${extra[@]}" 2>&1 | tee -i -a "$out/voice.log"
   local wall=$((SECONDS - start))
   "$csm" info > "$out/info.log" 2>&1 || true
   python3 - "$out" "$wall" <<'EOF' || cp "$out/voice/summary.json" "$out/voice-bench.json"

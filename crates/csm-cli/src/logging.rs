@@ -64,13 +64,30 @@ fn directive(level: Level) -> &'static str {
     }
 }
 
+/// stderr for log lines, a write that fails taken as done: tracing's own
+/// report of a failed write goes through `eprintln!`, which panics when
+/// stderr is a pipe whose reader has gone (see `say!` in main.rs).
+struct QuietStderr;
+
+impl std::io::Write for QuietStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
 /// Installs a stderr subscriber; `RUST_LOG` overrides the level when set.
 pub fn init(level: Level) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(directive(level)));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| QuietStderr)
         .with_ansi(colour(
             std::io::stderr().is_terminal(),
             std::env::var_os("NO_COLOR").as_deref(),

@@ -3,6 +3,36 @@
 //! A thin adapter over `csm-core`: it parses flags, sets up logging and
 //! progress output, and turns library errors into messages and exit codes.
 
+/// `eprintln!` that ignores a failed write. Progress and status lines go to
+/// stderr while work is under way; when that is a pipe whose reader has
+/// gone (`csm voice ... 2>&1 | tee log`, with `tee` stopped by the same
+/// Ctrl-C), `eprintln!` would panic mid-save and leave the run's state
+/// unwritten. The line is lost; the work and its records are not.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `println!` that ignores a failed write (`csm ... | head`, or the pipe's
+/// reader stopped by the same Ctrl-C): what the command did stands; the
+/// lines after the reader left are lost.
+macro_rules! tell {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `print!` that ignores a failed write, as [`tell!`] does.
+macro_rules! tell_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod commands;
 mod env;
 mod logging;
@@ -143,7 +173,7 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            say!("error: {err:#}");
             if err
                 .downcast_ref::<commands::transcribe::SomeFailed>()
                 .is_some()

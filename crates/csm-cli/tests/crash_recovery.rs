@@ -1,15 +1,19 @@
 //! Crash recovery of `csm finetune-lora` on the demo model: a run killed
 //! with SIGKILL resumes from its last checkpoint and follows the same loss
 //! sequence as an uninterrupted run; a non-finite step stops the run before
-//! the update and leaves the last good checkpoint as it was.
+//! the update and leaves the last good checkpoint as it was; Ctrl-C with
+//! stderr a pipe nobody reads any more still saves and stops.
 
 mod common;
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
-use common::{demo, run, run_with_env, step_losses, step_records, text, train_args};
+use common::{
+    demo, empty_hf_home, run, run_with_env, step_losses, step_records, text, train_args, CSM,
+};
 
 const LIMIT: Duration = Duration::from_secs(600);
 
@@ -139,4 +143,58 @@ fn a_non_finite_step_stops_the_run_and_keeps_the_last_checkpoint() {
         LIMIT,
     );
     assert!(out.status.success(), "{}", text(&out));
+}
+
+/// Ctrl-C while stderr is a pipe whose reader has gone (`csm ... 2>&1 | tee
+/// log`, `tee` stopped by the same Ctrl-C): the run saves its checkpoint
+/// and stops as a stopped run does. A status line that panicked on the
+/// closed pipe would end it before the save, with its state unwritten.
+#[test]
+fn ctrl_c_with_stderr_closed_still_saves_and_stops() {
+    let paths = demo();
+    let tmp = tempfile::tempdir().unwrap();
+    let outdir = tmp.path().join("run");
+    let mut args = train_args(&paths, &outdir, 2, &[]);
+    // Long enough that Ctrl-C comes while it trains.
+    let epochs = args.iter().position(|a| a == "--epochs").unwrap() + 1;
+    args[epochs] = "200".into();
+    let mut child = Command::new(CSM)
+        .args(&args)
+        .env("CSM_CACHE_DIR", tmp.path().join("cache"))
+        .env("HF_HOME", empty_hf_home())
+        .env_remove("MLX_HOSTFILE")
+        .env_remove("MLX_RANK")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader of stderr is gone before the first line.
+    drop(child.stderr.take());
+    let start = Instant::now();
+    let metrics = outdir.join("metrics.jsonl");
+    while !metrics.exists() || step_records(&outdir).len() < 3 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "it ended before the Ctrl-C: {:?}",
+            child.wait_with_output().unwrap().status
+        );
+        assert!(start.elapsed() < LIMIT, "never reached step 3");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ok = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("checkpoint: "), "{stdout}");
+    let saved = latest_step(&outdir);
+    let logged = step_records(&outdir).last().unwrap().0 as usize;
+    assert!(
+        saved >= 3 && saved == logged,
+        "saved {saved}, logged {logged}"
+    );
+    assert!(saved < 200, "it ran to the end instead of stopping");
 }

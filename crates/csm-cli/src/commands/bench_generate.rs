@@ -161,11 +161,11 @@ pub fn run(args: BenchGenerateArgs) -> Result<()> {
         "peak_memory_bytes": peak,
     });
     if args.json {
-        println!("{result}");
+        tell!("{result}");
         return Ok(());
     }
     let gib = |b: usize| b as f64 / f64::from(1u32 << 30);
-    println!(
+    tell!(
         "bench-generate: {:?} ({}), random weights, {} on {} ({})",
         args.size,
         format!("{dtype:?}").to_lowercase(),
@@ -173,12 +173,12 @@ pub fn run(args: BenchGenerateArgs) -> Result<()> {
         runtime::default_device(),
         csm_core::runtime::mlx_version()
     );
-    println!(
+    tell!(
         "prompt {} text frames; exactly {n} frames generated (EOS ignored); {} warm-up frames",
         prompt.len(),
         args.warmup
     );
-    println!("{:<28} {:>12}", "metric", "value");
+    tell!("{:<28} {:>12}", "metric", "value");
     for (name, value) in [
         (
             "prefill",
@@ -198,8 +198,8 @@ pub fn run(args: BenchGenerateArgs) -> Result<()> {
         ),
         ("peak memory (with decode)", format!("{:.2} GiB", gib(peak))),
     ] {
-        println!("{name:<28} {value:>12}");
+        tell!("{name:<28} {value:>12}");
     }
-    println!("RTF = compute time / audio time (below 1 is faster than real time)");
+    tell!("RTF = compute time / audio time (below 1 is faster than real time)");
     Ok(())
 }

@@ -359,7 +359,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
         None => None,
     };
     if let Some(p) = &probe {
-        println!(
+        tell!(
             "csm bench-train: MLX matmul {}^3 {:?} on {}: {:.1} GFLOP/s",
             p.n,
             dtype,
@@ -451,7 +451,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
                 Err(e) => {
                     // The other cases still run (one long GPU session should
                     // not lose them all); the command fails at the end.
-                    eprintln!(
+                    say!(
                         "csm bench-train: {} (fraction {}), {mode:?}: failed: {e:#}",
                         case.name(),
                         case.fraction
@@ -541,7 +541,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
             if let (Some(a), serde_json::Value::Object(b)) = (result.as_object_mut(), timing) {
                 a.extend(b);
             }
-            println!(
+            tell!(
                 "csm bench-train: {:?} {dtype:?} {method}, {} (fraction {}, {} decoder frames), {mode:?} on {}: \
                  {:.3} s/step (min {:.3}, first {:.2}), {:.1} frames/s ({} rows, {:.1}% padded frames), \
                  {:.1} model GFLOP, {:.1} GFLOP/s{}, \
@@ -801,14 +801,14 @@ pub fn run_load(args: BenchLoadArgs) -> Result<()> {
             args.dir.join("config.json"),
             serde_json::to_string_pretty(&json)?,
         )?;
-        eprintln!("wrote {}", file.display());
+        say!("wrote {}", file.display());
     }
     let rss_before = max_rss_bytes();
     let t = Instant::now();
     let loaded = load_csm(&args.dir, &LoadOptions::default())?;
     transforms::eval(loaded.model.parameters().flatten().values().copied())?;
     let secs = t.elapsed().as_secs_f64();
-    println!(
+    tell!(
         "csm bench-load: {} ({}) loaded strictly in {secs:.1} s; {} parameters; max RSS {:.2} GB (before load {:.2} GB); MLX active {:.2} GB",
         args.dir.display(),
         loaded.format,

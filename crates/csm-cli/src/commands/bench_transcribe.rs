@@ -180,21 +180,21 @@ pub fn run(args: BenchTranscribeArgs) -> Result<()> {
         "peak_memory_bytes": peak,
     });
     if args.json {
-        println!("{result}");
+        tell!("{result}");
         return Ok(());
     }
-    println!(
+    tell!(
         "bench-transcribe: whisper {} shape, random weights, f32, {} on {} ({})",
         args.size.name(),
         backend.name(),
         runtime::default_device(),
         runtime::mlx_version()
     );
-    println!(
+    tell!(
         "{audio_s:.1} s of audio: {windows} windows of 30 s, exactly {} tokens each (end of text suppressed)",
         args.tokens
     );
-    println!("{:<24} {:>12}", "metric", "value");
+    tell!("{:<24} {:>12}", "metric", "value");
     for (name, value) in [
         ("log-mel", format!("{:.3} s", mel_s)),
         ("encoder", format!("{:.3} s", encoder_s)),
@@ -210,8 +210,8 @@ pub fn run(args: BenchTranscribeArgs) -> Result<()> {
             format!("{:.2} GiB", peak as f64 / f64::from(1u32 << 30)),
         ),
     ] {
-        println!("{name:<24} {value:>12}");
+        tell!("{name:<24} {value:>12}");
     }
-    println!("RTF = compute time / audio time (below 1 is faster than real time)");
+    tell!("RTF = compute time / audio time (below 1 is faster than real time)");
     Ok(())
 }

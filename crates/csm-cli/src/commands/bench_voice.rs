@@ -90,14 +90,14 @@ pub fn run(args: BenchVoiceModelsArgs) -> Result<()> {
                 serde_json::to_string_pretty(&json)?,
             )?;
         }
-        eprintln!("wrote {}", model_file.display());
+        say!("wrote {}", model_file.display());
     }
     let mimi_file = args.dir.join("mimi.safetensors");
     if !mimi_file.exists() {
         let mimi = Mimi::new(MimiConfig::mimi_v0_1())?;
         let weights = csm_core::codec::load::checkpoint_weights(&mimi)?;
         save_safetensors(&mimi_file, &weights, &HashMap::new())?;
-        eprintln!("wrote {}", mimi_file.display());
+        say!("wrote {}", mimi_file.display());
     }
     let whisper_dir = args.dir.join("whisper");
     let whisper_file = whisper_dir.join("model.safetensors");
@@ -137,8 +137,8 @@ pub fn run(args: BenchVoiceModelsArgs) -> Result<()> {
         )?;
         std::fs::copy(&args.tiktoken, whisper_dir.join("multilingual.tiktoken"))
             .with_context(|| format!("copying {}", args.tiktoken.display()))?;
-        eprintln!("wrote {}", whisper_file.display());
+        say!("wrote {}", whisper_file.display());
     }
-    println!("{}", args.dir.display());
+    tell!("{}", args.dir.display());
     Ok(())
 }

@@ -33,10 +33,10 @@ pub fn prepare(args: PrepareArgs, log_level: &str) -> Result<()> {
     let mut terminal = TerminalObserver::default();
     let prepared = train::prepare(&mut assets, &config, &cache, &mut terminal)?;
     for w in &prepared.warnings {
-        eprintln!("warning: {w}");
+        say!("warning: {w}");
     }
     let u = &prepared.usage;
-    println!(
+    tell!(
         "audio read: {} in {} recording(s); used: {} in {} utterance(s) from {} recording(s), {}",
         duration(u.seconds_in),
         u.recordings.len(),
@@ -45,7 +45,7 @@ pub fn prepare(args: PrepareArgs, log_level: &str) -> Result<()> {
         u.recordings_used,
         segmenting(&config)
     );
-    println!(
+    tell!(
         "split: {} utterance(s) ({}) for training, {} ({}) for validation",
         u.train_utterances,
         duration(u.train_seconds),
@@ -57,7 +57,7 @@ pub fn prepare(args: PrepareArgs, log_level: &str) -> Result<()> {
             0 => String::new(),
             n => format!(", {n} of them conversation(s)"),
         };
-        println!(
+        tell!(
             "speaker {} (id {}): {} in {} utterance(s) from {} recording(s){conversations}; \
              {} training, {} validation",
             sp.speaker.name,
@@ -70,7 +70,7 @@ pub fn prepare(args: PrepareArgs, log_level: &str) -> Result<()> {
         );
     }
     if let Some(voice) = &prepared.voice {
-        println!(
+        tell!(
             "voice scores: utterance {} of {} ({}) held out of training as the context of the \
              voice samples",
             voice.clip.index,
@@ -78,7 +78,7 @@ pub fn prepare(args: PrepareArgs, log_level: &str) -> Result<()> {
             duration(voice.clip.duration_s())
         );
     }
-    println!(
+    tell!(
         "{} codes from the cache, {} encoded now ({}); {} training and {} validation examples",
         prepared.cache.hits,
         prepared.cache.encoded,
@@ -193,7 +193,7 @@ pub fn evaluate(args: EvaluateArgs, log_level: &str) -> Result<()> {
             })
         })
         .collect();
-    println!(
+    tell!(
         "{}",
         serde_json::json!({
             "loss": loss.total,
@@ -243,7 +243,7 @@ pub fn merge(args: MergeArgs) -> Result<()> {
     adapter::load_mlx(&mut loaded.model, &args.adapter)
         .with_context(|| format!("cannot apply --adapter {}", args.adapter.display()))?;
     let file = trainer::save_merged(&loaded, &args.output_dir)?;
-    println!(
+    tell!(
         "merged model ({}) written to {}",
         loaded.format,
         file.display()

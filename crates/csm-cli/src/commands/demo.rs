@@ -43,7 +43,7 @@ impl TrainingObserver for LossTrace<'_> {
 
 /// Runs the demo.
 pub fn run(args: DemoArgs, log_level: &str) -> Result<()> {
-    eprintln!(
+    say!(
         "building the demo model, codec and dataset in {}",
         args.dir.display()
     );
@@ -85,7 +85,7 @@ pub fn run(args: DemoArgs, log_level: &str) -> Result<()> {
     let l = &trace.losses;
     if l.len() >= 10 {
         let avg = |s: &[f32]| s.iter().sum::<f32>() / s.len() as f32;
-        println!(
+        tell!(
             "loss: first 5 steps {:.3} -> last 5 steps {:.3} over {} steps",
             avg(&l[..5]),
             avg(&l[l.len() - 5..]),
@@ -93,13 +93,13 @@ pub fn run(args: DemoArgs, log_level: &str) -> Result<()> {
         );
     }
     if let Some(v) = summary.best_val {
-        println!("best validation loss {v:.3}");
+        tell!("best validation loss {v:.3}");
     }
-    println!(
+    tell!(
         "outputs in {}: adapters.safetensors (+ peft/, merged/), samples/, checkpoints, metrics.jsonl",
         summary.output_dir.display()
     );
-    println!(
+    tell!(
         "The demo model has random weights: it learns the demo data's codes, it cannot speak.\n\
          For a real voice use the released sesame/csm-1b, the Mimi codec and the Llama 3.2 tokenizer (see README)."
     );

@@ -71,7 +71,7 @@ pub fn run(args: DistCheckArgs) -> Result<()> {
         args.strict,
     )?;
     let (rank, size) = (group.rank(), group.size());
-    println!(
+    tell!(
         "rank {rank} of {size}, backend {}, watchdog {}",
         group.backend(),
         group
@@ -122,7 +122,7 @@ pub fn run(args: DistCheckArgs) -> Result<()> {
     if grads["a.lora_a"].shape() != [3, 4] || grads["c.bias"].dtype() != Dtype::Bfloat16 {
         bail!("average_gradients changed a shape or dtype");
     }
-    println!(
+    tell!(
         "average_gradients: {} tensors in {} collectives, {} B payload, ~{} B sent per rank, {:.2} ms",
         stats.tensors,
         stats.collectives,
@@ -152,7 +152,7 @@ pub fn run(args: DistCheckArgs) -> Result<()> {
         let payload = (elems * 4) as f64;
         let sent = group.ring_bytes_sent(elems as u64 * 4) as f64;
         let mean = total.as_secs_f64() / args.iters as f64;
-        println!(
+        tell!(
             "all_sum {:.1} MiB x{}: mean {:.2} ms, best {:.2} ms; algorithm bandwidth {:.2} GB/s, \
              bytes sent per rank {:.1} MiB -> {:.2} GB/s on the wire",
             payload / (1024.0 * 1024.0),
@@ -168,7 +168,7 @@ pub fn run(args: DistCheckArgs) -> Result<()> {
     if args.linger > 0.0 {
         linger(rank, Duration::from_secs_f64(args.linger));
     }
-    println!("dist-check passed on rank {rank} of {size}");
+    tell!("dist-check passed on rank {rank} of {size}");
     Ok(())
 }
 
@@ -190,15 +190,15 @@ fn check(what: &str, a: &Array, want: f32) -> Result<()> {
 fn fail(rank: usize, mode: FailMode) -> ! {
     match mode {
         FailMode::Exit => {
-            eprintln!("rank {rank}: failing on purpose (--fail-rank, exit 3)");
+            say!("rank {rank}: failing on purpose (--fail-rank, exit 3)");
             std::process::exit(3)
         }
         FailMode::Crash => {
-            eprintln!("rank {rank}: crashing on purpose (--fail-rank, abort)");
+            say!("rank {rank}: crashing on purpose (--fail-rank, abort)");
             std::process::abort()
         }
         FailMode::Hang => {
-            eprintln!("rank {rank}: hanging on purpose (--fail-rank)");
+            say!("rank {rank}: hanging on purpose (--fail-rank)");
             loop {
                 std::thread::sleep(Duration::from_secs(3600));
             }
@@ -225,7 +225,7 @@ fn linger(rank: usize, d: Duration) {
     let start = Instant::now();
     while start.elapsed() < d {
         if INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
-            println!("rank {rank}: SIGINT received, stopping cleanly");
+            tell!("rank {rank}: SIGINT received, stopping cleanly");
             return;
         }
         std::thread::sleep(Duration::from_millis(20));

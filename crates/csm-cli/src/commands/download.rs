@@ -75,7 +75,7 @@ impl TerminalProgress {
     fn println(&self, line: String) {
         match &self.bar {
             Some(bar) => bar.println(line),
-            None => eprintln!("{line}"),
+            None => say!("{line}"),
         }
     }
 }
@@ -86,10 +86,10 @@ impl DownloadObserver for TerminalProgress {
             DownloadEvent::Cached {
                 repo, file, size, ..
             } => {
-                eprintln!("{repo}/{file}: cached ({})", human_bytes(size));
+                say!("{repo}/{file}: cached ({})", human_bytes(size));
             }
             DownloadEvent::WaitingForLock { repo, file } => {
-                eprintln!("{repo}/{file}: waiting for another download of it to finish");
+                say!("{repo}/{file}: waiting for another download of it to finish");
             }
             DownloadEvent::Started {
                 repo,
@@ -134,7 +134,7 @@ impl DownloadObserver for TerminalProgress {
                 repo, file, size, ..
             } => {
                 self.finish();
-                eprintln!(
+                say!(
                     "{repo}/{file}: downloaded and verified ({})",
                     human_bytes(size)
                 );
@@ -174,7 +174,7 @@ pub fn run(args: DownloadArgs) -> Result<()> {
         }
         let got = bundle.download(&hub, &mut progress, &cancel)?;
         for (_, resolved) in &got {
-            println!("{}", resolved.path.display());
+            tell!("{}", resolved.path.display());
         }
         let path_of = |role| {
             got.iter()
@@ -183,19 +183,19 @@ pub fn run(args: DownloadArgs) -> Result<()> {
         };
         let name = bundle.name;
         if let Some(model) = path_of(Role::Model) {
-            eprintln!(
+            say!(
                 "use it with --model-path {} (or --model-path {name}: codec and tokenizer follow)",
                 model.parent().unwrap_or(&model).display(),
             );
         }
         if let Some(file) = path_of(Role::Whisper) {
-            eprintln!(
+            say!(
                 "use it with --whisper-model {name} (or the folder {})",
                 file.parent().unwrap_or(&file).display()
             );
         }
         if let Some(file) = path_of(Role::SpeakerEncoder) {
-            eprintln!(
+            say!(
                 "use it with --speaker-encoder {name} (or the file {}); csm score uses it by default",
                 file.display()
             );
@@ -219,7 +219,7 @@ pub fn run(args: DownloadArgs) -> Result<()> {
     };
     let names: Vec<&str> = files.iter().map(String::as_str).collect();
     for resolved in hub.download_files(repo, &args.revision, &names, &mut progress, &cancel)? {
-        println!("{}", resolved.path.display());
+        tell!("{}", resolved.path.display());
     }
     Ok(())
 }

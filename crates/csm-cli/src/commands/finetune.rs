@@ -46,7 +46,7 @@ impl TerminalObserver {
     fn println(&self, line: String) {
         match &self.bar {
             Some(bar) => bar.println(line),
-            None => eprintln!("{line}"),
+            None => say!("{line}"),
         }
     }
 }
@@ -163,7 +163,7 @@ impl TrainingObserver for TerminalObserver {
                 } else {
                     "finished"
                 };
-                eprintln!(
+                say!(
                     "{how} after step {step}; outputs in {}",
                     output_dir.display()
                 );
@@ -177,15 +177,15 @@ impl TrainingObserver for TerminalObserver {
 fn print_outputs(config: &csm_core::train::TrainConfig, summary: &train::RunSummary) {
     use csm_core::train::{full::MODEL_DIR, Method};
     if config.method == Method::Full {
-        println!("model: {}", summary.output_dir.join(MODEL_DIR).display());
+        tell!("model: {}", summary.output_dir.join(MODEL_DIR).display());
         return;
     }
-    println!(
+    tell!(
         "adapters: {}",
         summary.output_dir.join("adapters.safetensors").display()
     );
     if let Some(c) = &summary.full_precision {
-        println!(
+        tell!(
             "adapter on the full-precision model: {:?} loss {:.4} (c0 {:.4}, c1+ {:.4}) on {} \
              examples; {:.4} on the {}-bit model it was trained on",
             c.split,
@@ -205,10 +205,10 @@ pub fn cancel_on_ctrl_c() -> Result<CancelToken> {
     let handler = token.clone();
     ctrlc::set_handler(move || {
         if handler.is_cancelled() {
-            eprintln!("\nsecond Ctrl-C: exiting without saving");
+            say!("\nsecond Ctrl-C: exiting without saving");
             std::process::exit(130);
         }
-        eprintln!("\nCtrl-C: saving a checkpoint, then stopping (press again to abort)");
+        say!("\nCtrl-C: saving a checkpoint, then stopping (press again to abort)");
         handler.cancel();
     })
     .context("cannot install the Ctrl-C handler")?;
@@ -269,7 +269,7 @@ pub fn run(args: FinetuneArgs, log_level: &str) -> Result<()> {
         })?;
     let summary = train::train(&config, &settings, &mut observer, &cancel)?;
     if let Some(l) = summary.last_loss {
-        println!(
+        tell!(
             "last loss {:.4} (c0 {:.4}, c1+ {:.4}){}",
             l.total,
             l.semantic,
@@ -281,15 +281,15 @@ pub fn run(args: FinetuneArgs, log_level: &str) -> Result<()> {
         );
     }
     if let Some(c) = &summary.checkpoint {
-        println!("checkpoint: {}", c.display());
+        tell!("checkpoint: {}", c.display());
     }
     if !summary.cancelled {
         print_outputs(&config, &summary);
     }
     if let Some(voice) = &summary.voice {
-        print!("{}", voice_table(voice));
+        tell_raw!("{}", voice_table(voice));
         if let Some((step, _)) = voice.best {
-            println!(
+            tell!(
                 "best adapter (step {step}): {}",
                 train::run_dir::RunDir::new(&summary.output_dir)
                     .best_adapter_path()

@@ -181,7 +181,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     .with_context(|| format!("loading {}", args.model_path.display()))?;
     if let Some(adapter) = &args.adapter {
         let info = generator.apply_adapter(adapter)?;
-        eprintln!(
+        say!(
             "adapter {}: rank {}, scale {}, {} projections",
             info.weights.display(),
             info.rank,
@@ -189,13 +189,13 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             info.projections.len()
         );
     }
-    eprintln!(
+    say!(
         "loaded in {:.1} s ({}, {dtype:?})",
         load_start.elapsed().as_secs_f64(),
         backend.name()
     );
     if args.dtype.is_none() && !backend.has_gpu() {
-        eprintln!(
+        say!(
             "tip: on a CPU, --dtype bf16 is faster and needs about half the memory (products still sum in f32)"
         );
     }
@@ -231,7 +231,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let seconds = out.audio.len() as f64 / f64::from(sample_rate);
     let t = &out.timings;
     let gen_s = (t.prefill + t.frames).as_secs_f64();
-    println!(
+    tell!(
         "{} frames ({}), {seconds:.2} s of audio -> {}",
         out.frames,
         match out.stop_reason {
@@ -243,7 +243,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         args.output.display()
     );
     if out.trimmed_s > 0.0 {
-        println!("trimmed {:.2} s of trailing silence", out.trimmed_s);
+        tell!("trimmed {:.2} s of trailing silence", out.trimmed_s);
     }
     if !out.stop_reason.is_healthy() {
         tracing::warn!(
@@ -256,7 +256,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     } else {
         f64::NAN
     };
-    println!(
+    tell!(
         "generation {gen_s:.2} s (prefill {:.0} ms, first frame {:.0} ms), decode {:.0} ms; \
          real-time factor {rtf:.2} (below 1 is faster than real time)",
         t.prefill.as_secs_f64() * 1e3,

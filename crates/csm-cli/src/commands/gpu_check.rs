@@ -19,7 +19,7 @@ pub struct GpuCheckArgs {
 /// match the CPU.
 pub fn run(args: GpuCheckArgs) -> Result<()> {
     let backend = runtime::use_best_device();
-    println!("MLX {} backend {}", runtime::mlx_version(), backend.name());
+    tell!("MLX {} backend {}", runtime::mlx_version(), backend.name());
     if backend == Backend::Cpu {
         bail!("no GPU backend in the loaded libmlx: point LD_LIBRARY_PATH at the mlx-cuda-13 wheel's mlx/lib (see scripts/gpu-check.sh)");
     }
@@ -27,7 +27,7 @@ pub fn run(args: GpuCheckArgs) -> Result<()> {
     if !matches!(device.get_type()?, DeviceType::Gpu) {
         bail!("default device is {device}, not a GPU");
     }
-    println!("default device  {device}: OK");
+    tell!("default device  {device}: OK");
 
     random::seed(7)?;
     let a = random::normal::<f32>(&[384, 512], None, None, None)?;
@@ -35,7 +35,7 @@ pub fn run(args: GpuCheckArgs) -> Result<()> {
     let gpu = with_device(Device::gpu(), || a.matmul(&b))?;
     let cpu = with_device(Device::cpu(), || a.matmul(&b))?;
     let err = max_rel_error(&gpu, &cpu)?;
-    println!("matmul f32 384x512x256 GPU vs CPU: max rel error {err:.2e}");
+    tell!("matmul f32 384x512x256 GPU vs CPU: max rel error {err:.2e}");
     // TF32 tensor cores may be used for f32 on NVIDIA GPUs.
     if err > 5e-3 {
         bail!("GPU matmul disagrees with the CPU (max rel error {err:.2e})");
@@ -57,7 +57,7 @@ pub fn run(args: GpuCheckArgs) -> Result<()> {
     let analytic = x.cos()?.multiply(&x)?.add(&x.sin()?)?;
     let e1 = max_rel_error(&g_gpu, &g_cpu)?;
     let e2 = max_rel_error(&g_gpu, &analytic)?;
-    println!("grad of sum(sin(x)*x): GPU vs CPU {e1:.2e}, GPU vs analytic {e2:.2e}");
+    tell!("grad of sum(sin(x)*x): GPU vs CPU {e1:.2e}, GPU vs analytic {e2:.2e}");
     if e1 > 1e-4 || e2 > 1e-4 {
         bail!("GPU gradient disagrees (vs CPU {e1:.2e}, vs analytic {e2:.2e})");
     }
@@ -66,13 +66,13 @@ pub fn run(args: GpuCheckArgs) -> Result<()> {
     for n in [1024, 4096, 8192] {
         let f32b = runtime::matmul_gflops(n, Dtype::Float32, budget)?;
         let bf16 = runtime::matmul_gflops(n, Dtype::Bfloat16, budget)?;
-        println!(
+        tell!(
             "matmul n={n:5}: f32 {:7.1} TFLOP/s  bf16 {:7.1} TFLOP/s",
             f32b.gflops / 1e3,
             bf16.gflops / 1e3
         );
     }
-    println!("gpu-check passed");
+    tell!("gpu-check passed");
     Ok(())
 }
 

@@ -35,7 +35,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
     if args.print_blas_coretype {
         use csm_core::runtime::blas::{kernel_origin, KernelOrigin};
         if let KernelOrigin::SetByUs { .. } = kernel_origin(|k| std::env::var_os(k)) {
-            println!("{}", runtime::openblas_core().unwrap_or_default());
+            tell!("{}", runtime::openblas_core().unwrap_or_default());
         }
         return Ok(());
     }
@@ -44,32 +44,35 @@ pub fn run(args: InfoArgs) -> Result<()> {
     let f32_bench = runtime::matmul_gflops(args.size, Dtype::Float32, budget)
         .context("f32 matmul benchmark failed")?;
     if args.bench_json {
-        println!("{}", serde_json::to_string(&f32_bench)?);
+        tell!("{}", serde_json::to_string(&f32_bench)?);
         return Ok(());
     }
     let blas = runtime::blas_info();
-    println!("csm {}", env!("CARGO_PKG_VERSION"));
-    println!("MLX version     {}", runtime::mlx_version());
-    println!("backend         {}", backend.name());
-    println!("default device  {}", runtime::default_device());
-    println!(
+    tell!("csm {}", env!("CARGO_PKG_VERSION"));
+    tell!("MLX version     {}", runtime::mlx_version());
+    tell!("backend         {}", backend.name());
+    tell!("default device  {}", runtime::default_device());
+    tell!(
         "BLAS            {}{}",
         blas.name,
         blas.path.map(|p| format!(" ({p})")).unwrap_or_default()
     );
     print_blas_kernels();
-    println!("libmlx          {}", libmlx_path());
+    tell!("libmlx          {}", libmlx_path());
     if let Some(probe) = runtime::malloc_probe() {
         let from = |mmapped: bool| if mmapped { "mmap" } else { "heap" };
-        println!(
+        tell!(
             "malloc          64 MB blocks from the {} (this thread), the {} (a new thread)",
             from(probe.this_thread_mmapped),
             from(probe.new_thread_mmapped)
         );
     }
-    println!(
+    tell!(
         "matmul f32      {:.1} GFLOP/s  (n={}, {} iterations in {:.1} s)",
-        f32_bench.gflops, f32_bench.n, f32_bench.iterations, args.seconds
+        f32_bench.gflops,
+        f32_bench.n,
+        f32_bench.iterations,
+        args.seconds
     );
     // bf16 on the CPU backend takes a slow path (under 1 GFLOP/s): measure a
     // small size there so the report stays quick, and say so.
@@ -82,9 +85,10 @@ pub fn run(args: InfoArgs) -> Result<()> {
     };
     let bf16 = runtime::matmul_gflops(bf16_n, Dtype::Bfloat16, budget)
         .context("bf16 matmul benchmark failed")?;
-    println!(
+    tell!(
         "matmul bf16     {:.1} GFLOP/s  (n={}){note}",
-        bf16.gflops, bf16.n
+        bf16.gflops,
+        bf16.n
     );
     if backend == Backend::Cpu && !args.no_compare {
         compare_reference_blas(&args, f32_bench.gflops)?;
@@ -101,12 +105,12 @@ fn print_blas_kernels() {
     };
     let cpu = blas::cpu_model().unwrap_or_else(|| "this CPU".into());
     match blas::kernel_origin(|k| std::env::var_os(k)) {
-        KernelOrigin::Fits => println!("BLAS kernels    {core} (OpenBLAS's choice for {cpu})"),
-        KernelOrigin::SetByUs { chosen } => println!(
+        KernelOrigin::Fits => tell!("BLAS kernels    {core} (OpenBLAS's choice for {cpu})"),
+        KernelOrigin::SetByUs { chosen } => tell!(
             "BLAS kernels    {core} (set by csm: OpenBLAS chose its {chosen} kernels for {cpu})"
         ),
         KernelOrigin::Narrow(a) => {
-            println!("BLAS kernels    {core} on {cpu}");
+            tell!("BLAS kernels    {core} on {cpu}");
             tracing::warn!(
                 "OpenBLAS runs its {} kernels, but {cpu} supports the faster {} set: unset \
                  OPENBLAS_CORETYPE to let csm choose, or set OPENBLAS_CORETYPE={}",
@@ -135,11 +139,11 @@ fn libmlx_path() -> String {
 /// shipped (bundled reference BLAS), and prints both figures.
 fn compare_reference_blas(args: &InfoArgs, ours: f64) -> Result<()> {
     let Some(dir) = option_env!("CSM_MLX_REFERENCE_LIB_DIR") else {
-        println!("reference BLAS  not compared (this build has no reference libmlx)");
+        tell!("reference BLAS  not compared (this build has no reference libmlx)");
         return Ok(());
     };
     if !std::path::Path::new(dir).join("libmlx.so").exists() {
-        println!("reference BLAS  not compared ({dir}/libmlx.so is missing)");
+        tell!("reference BLAS  not compared ({dir}/libmlx.so is missing)");
         return Ok(());
     }
     let exe = std::env::current_exe().context("cannot locate the csm executable")?;
@@ -161,7 +165,7 @@ fn compare_reference_blas(args: &InfoArgs, ours: f64) -> Result<()> {
     let bench: serde_json::Value = serde_json::from_slice(&output.stdout)
         .context("reference-BLAS benchmark printed no JSON")?;
     let reference = bench["gflops"].as_f64().unwrap_or(f64::NAN);
-    println!(
+    tell!(
         "matmul f32 with the wheel's reference BLAS: {reference:.1} GFLOP/s -> this build is {:.1}x faster",
         ours / reference
     );

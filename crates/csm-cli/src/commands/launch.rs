@@ -389,7 +389,7 @@ pub fn run(args: LaunchArgs) -> Result<()> {
         None => std::env::current_dir().ok(),
     };
 
-    eprintln!(
+    say!(
         "csm launch: {n} ranks, backend {}, running `{}`",
         backend.name(),
         args.command.join(" ")
@@ -751,7 +751,7 @@ impl Launched {
                     .position(|(_, st)| st.signal().is_some())
                     .unwrap_or(0);
                 let f = failed.remove(primary);
-                eprintln!(
+                say!(
                     "csm launch: rank {} {}; stopping the other ranks",
                     f.0,
                     describe(f.1)
@@ -766,13 +766,13 @@ impl Launched {
             let sigints = SIGINTS.load(Ordering::SeqCst);
             if sigints > interrupted {
                 if interrupted == 0 {
-                    eprintln!(
+                    say!(
                         "csm launch: forwarding SIGINT to every rank (they save and stop); \
                          Ctrl-C again to terminate them"
                     );
                     self.signal_all(libc::SIGINT);
                 } else {
-                    eprintln!("csm launch: terminating every rank");
+                    say!("csm launch: terminating every rank");
                     self.terminate_all(grace);
                 }
                 interrupted = sigints;

@@ -88,10 +88,10 @@ pub fn run(args: LrFindArgs, log_level: &str) -> Result<()> {
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    print!("{}", table(&report));
+    tell_raw!("{}", table(&report));
     lr_find::write_report(&report, &report_path)
         .with_context(|| format!("cannot write the report {}", report_path.display()))?;
-    println!("report: {}", report_path.display());
+    tell!("report: {}", report_path.display());
     Ok(())
 }
 

@@ -51,7 +51,7 @@ fn table(rows: &[Vec<String>]) {
                 line.push_str(&format!("{cell:w$}  ", w = widths[i]));
             }
         }
-        println!("{}", line.trim_end());
+        tell!("{}", line.trim_end());
     }
 }
 
@@ -64,14 +64,14 @@ pub fn run(args: ModelsArgs) -> Result<()> {
         if let Some(bundle) = find_bundle(&name) {
             let removed = bundle.delete(&hub)?;
             for deleted in &removed {
-                println!(
+                tell!(
                     "removed {} ({} freed)",
                     deleted.path.display(),
                     human_bytes(deleted.freed)
                 );
             }
             let total: u64 = removed.iter().map(|d| d.freed).sum();
-            println!("removed bundle {name} ({} freed)", human_bytes(total));
+            tell!("removed bundle {name} ({} freed)", human_bytes(total));
             return Ok(());
         }
         let deleted = match name.strip_prefix("pypi:") {
@@ -86,7 +86,7 @@ pub fn run(args: ModelsArgs) -> Result<()> {
             }
             None => cache.delete_repo(&name)?,
         };
-        println!(
+        tell!(
             "removed {name} ({} freed, {})",
             human_bytes(deleted.freed),
             deleted.path.display()
@@ -112,12 +112,12 @@ pub fn run(args: ModelsArgs) -> Result<()> {
         rows.push(vec![b.name.into(), status, size, b.description.into()]);
     }
     table(&rows);
-    println!();
+    tell!();
 
     let repos = cache.list()?;
     let releases = packages.list()?;
     if repos.is_empty() && releases.is_empty() {
-        println!(
+        tell!(
             "no models in {} or {}",
             cache.root().display(),
             packages.root().display()
@@ -185,7 +185,7 @@ pub fn run(args: ModelsArgs) -> Result<()> {
         .map(|r| r.size_on_disk + r.incomplete_bytes)
         .chain(releases.iter().map(|p| p.size_on_disk + p.incomplete_bytes))
         .sum();
-    println!(
+    tell!(
         "{} in {} and {}",
         human_bytes(total),
         cache.root().display(),

@@ -146,7 +146,7 @@ pub fn run(args: ScoreArgs) -> Result<()> {
                 );
             }
         }
-        println!("{line}");
+        tell!("{line}");
     }
     Ok(())
 }

@@ -105,7 +105,7 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
             skipped,
         } => {
             if skipped > 0 {
-                eprintln!("{skipped} recording(s) already transcribed, skipped");
+                say!("{skipped} recording(s) already transcribed, skipped");
             }
             total_min = total_s / 60.0;
             bar.set_length((total_s * 1000.0) as u64);
@@ -142,7 +142,7 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
     };
     let summary = transcribe_folder(&whisper, &options, &mut on_event, &cancel)?;
     bar.finish_and_clear();
-    println!(
+    tell!(
         "transcribed {} recording(s) ({:.1} audio min), skipped {}, failed {} -> {}",
         summary.transcribed.len(),
         summary.audio_s / 60.0,
@@ -151,9 +151,9 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
         args.output_dir.display()
     );
     if !summary.failed.is_empty() {
-        eprintln!("not transcribed:");
+        say!("not transcribed:");
         for (file, why) in &summary.failed {
-            eprintln!("  {file}: {why}");
+            say!("  {file}: {why}");
         }
         return Err(SomeFailed(summary.failed.len()).into());
     }

@@ -364,13 +364,13 @@ pub fn run(args: VoiceArgs, log_level: &str) -> Result<()> {
     terminal.clear();
     match outcome.with_context(|| format!("csm voice {}", args.output_dir.display()))? {
         FlowOutcome::StoppedAfter(stage) => {
-            println!(
+            tell!(
                 "stopped after the {stage} stage, as asked; run again without --stop-after to \
                  continue"
             );
         }
         FlowOutcome::Finished(summary) => {
-            print!(
+            tell_raw!(
                 "{}",
                 summary_table(&summary, &VoiceDir::new(&args.output_dir))
             );
@@ -407,7 +407,7 @@ impl Terminal {
     fn println(&self, line: String) {
         // Bars drawn nowhere (stderr is not a terminal) print nothing.
         if self.bars.is_empty() || self.multi.is_hidden() || self.multi.println(&line).is_err() {
-            eprintln!("{line}");
+            say!("{line}");
         }
     }
 }

@@ -82,7 +82,7 @@ pub fn run_csm<S: AsRef<OsStr> + std::fmt::Debug>(
 }
 
 /// A hub cache folder that stays empty (nothing downloads in these runs).
-fn empty_hf_home() -> PathBuf {
+pub fn empty_hf_home() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("empty-hf-home")
 }
 
