@@ -120,7 +120,9 @@ impl StageStatus {
 pub struct StageRecord {
     /// Where it stands.
     pub status: StageStatus,
-    /// Seconds spent in it over every run (a resumed stage adds up).
+    /// Seconds spent in it over every run: a resumed stage adds up the
+    /// attempts that ended, by Ctrl-C or an error included; an attempt
+    /// killed outright (SIGKILL, power loss) records nothing.
     pub seconds: f64,
     /// Times it was started.
     pub attempts: u32,
