@@ -198,14 +198,18 @@ def main():
         print()
         print("## Levers, one at a time (same process kind, same case; against the default run of that mode)")
         print()
-        print("| case | mode | variant | s/step | default s/step | change | peak GB | default peak GB | step-0 loss |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        print("| case | mode | variant | s/step | default s/step | change | host s/step (default) | peak GB | default peak GB | step-0 loss |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for case, frac, mode, tag, j in sorted(ablations, key=lambda a: (a[1], a[0], a[2], a[3])):
             base = ours.get((case, frac, mode))
             t, tb = j["median_s_per_step"], base and base["median_s_per_step"]
             change = "-" if not tb else f"{(t / tb - 1) * 100:+.0f}%"
+            # Host seconds before the device starts (older JSON has none).
+            host = j.get("host_s_per_step")
+            host_b = base and base.get("host_s_per_step")
+            host_txt = "-" if host is None else f"{host:.4f} ({fmt_s(host_b)})"
             print(f"| {case}, {'1/16' if frac == '0.0625' else frac} | {mode} | {tag} | {t:.3f} | {fmt_s(tb)} "
-                  f"| {change} | {fmt_gb(j['peak_mlx_bytes'])} | {fmt_gb(base and base['peak_mlx_bytes'])} "
+                  f"| {change} | {host_txt} | {fmt_gb(j['peak_mlx_bytes'])} | {fmt_gb(base and base['peak_mlx_bytes'])} "
                   f"| {j['first_loss']:.4f} |")
 
     packing_table(out)

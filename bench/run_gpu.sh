@@ -93,6 +93,10 @@ fi
 lever ce-fused 16x250 0.0625 --cross-entropy fused
 lever ce-fused 8x130 1.0 --cross-entropy fused
 lever exact-shapes 16x250 0.0625 --no-buckets
+# Each step's graph built after the step before ended (the device idles
+# while the host builds it), against the default pipeline.
+lever pipeline-off 16x250 0.0625 --pipeline false
+lever pipeline-off 8x130 0.0625 --pipeline false
 lever no-levers 16x250 0.0625 --cross-entropy plain --attention-tile 0 --lean-swiglu false \
   --lean-lora false --no-buckets
 

@@ -427,3 +427,47 @@ fn compiled_step_follows_the_plain_step() {
         );
     }
 }
+
+fn step_norms(events: &[TrainEvent]) -> Vec<f32> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            TrainEvent::Step(s) => Some(s.grad_norm),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn pipelined_steps_equal_steps_one_after_the_other() {
+    // Building a step while the one before runs changes when the host
+    // waits, not what is computed: the same losses, gradient norms and
+    // adapter bytes, with checkpoints (read at once) between pipelined
+    // steps and a clip limit that some steps cross and some do not.
+    let paths = shared_demo();
+    let mut runs = Vec::new();
+    for pipeline in [false, true] {
+        let mut settings = settings();
+        settings.pipeline = pipeline;
+        let out = tempfile::tempdir().unwrap();
+        let cfg = TrainConfig {
+            max_grad_norm: 5.0,
+            save_every: 5,
+            ..config(&paths, out.path())
+        };
+        let mut obs = RecordingObserver::default();
+        train::train(&cfg, &settings, &mut obs, &CancelToken::new()).unwrap();
+        let bytes = std::fs::read(out.path().join("adapters.safetensors")).unwrap();
+        runs.push((step_losses(&obs.events), step_norms(&obs.events), bytes));
+    }
+    let ((loss_a, norm_a, bytes_a), (loss_b, norm_b, bytes_b)) = (&runs[0], &runs[1]);
+    assert_eq!(loss_a, loss_b);
+    assert_eq!(norm_a, norm_b);
+    assert!(bytes_a == bytes_b, "the adapters differ");
+    let clipped = norm_a.iter().filter(|&&n| n > 5.0).count();
+    assert!(
+        clipped > 0 && clipped < norm_a.len(),
+        "{clipped} of {} steps clipped: the limit should split them",
+        norm_a.len()
+    );
+}

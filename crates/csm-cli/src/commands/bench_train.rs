@@ -143,6 +143,11 @@ pub struct BenchTrainArgs {
     /// traced (the benchmark's batch never changes).
     #[arg(long)]
     no_buckets: bool,
+    /// Build each step's graph while the device runs the step before, as
+    /// the trainer does (false: build, then run, one step after the
+    /// other).
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pipeline: bool,
     /// Cross-entropy of the loss [default: plain].
     #[arg(long, value_enum)]
     cross_entropy: Option<CrossEntropyArg>,
@@ -446,7 +451,14 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
                 compile: mode == StepMode::Compiled,
                 buckets: !args.no_buckets,
             };
-            let r = match time_case(&mut model, &batch, options, args.warmup, args.steps) {
+            let r = match time_case(
+                &mut model,
+                &batch,
+                options,
+                args.pipeline,
+                args.warmup,
+                args.steps,
+            ) {
                 Ok(r) => r,
                 Err(e) => {
                     // The other cases still run (one long GPU session should
@@ -501,6 +513,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
                 "mode": format!("{mode:?}").to_lowercase(),
                 "compiled": options.compile,
                 "buckets": options.compile && options.buckets,
+                "pipeline": args.pipeline,
                 "kernels": {
                     "fused_cross_entropy": kernels.fused_cross_entropy,
                     "attention_tile": kernels.attention_tile,
@@ -518,6 +531,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
                 "min_s_per_step": r.min,
                 "first_step_s": r.first,
                 "step_times_s": r.times,
+                "host_s_per_step": r.host_median,
                 "frames_per_s": frames / r.median,
                 "model_flops": flops,
                 "model_tflops_per_s": tflops,
@@ -543,7 +557,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
             }
             tell!(
                 "csm bench-train: {:?} {dtype:?} {method}, {} (fraction {}, {} decoder frames), {mode:?} on {}: \
-                 {:.3} s/step (min {:.3}, first {:.2}), {:.1} frames/s ({} rows, {:.1}% padded frames), \
+                 {:.3} s/step (min {:.3}, first {:.2}, host {:.4}), {:.1} frames/s ({} rows, {:.1}% padded frames), \
                  {:.1} model GFLOP, {:.1} GFLOP/s{}, \
                  step-0 loss {:.4}, weights {:.2} GB, peak MLX {:.2} GB, max RSS {:.2} GB",
                 args.size,
@@ -554,6 +568,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
                 r.median,
                 r.min,
                 r.first,
+                r.host_median,
                 frames / r.median,
                 rows_n,
                 100.0 * padded_share,
@@ -690,6 +705,10 @@ struct CaseTimes {
     /// The first warm-up step (tracing and kernel compilation included).
     first: f64,
     times: Vec<f64>,
+    /// Median seconds of a timed step spent on the host before the
+    /// evaluation starts (building the step's graph, replaying a compiled
+    /// trace, the optimizer's update): the device has nothing to run then.
+    host_median: f64,
     first_loss: f32,
     last_loss: f32,
     peak: usize,
@@ -697,10 +716,16 @@ struct CaseTimes {
 
 /// Warm-up and timed optimizer steps of `batch` (AdamW on the trainable
 /// tensors), with a fresh optimizer and the peak memory of these steps.
+///
+/// `pipeline`: as the trainer does, each step's graph is built while the
+/// device still runs the step before, and handed to the device once that
+/// one is done (so no more memory is live than without it). A step's time
+/// runs from the end of the step before to its own end.
 fn time_case(
     model: &mut Csm,
     batch: &Batch,
     options: StepOptions,
+    pipeline: bool,
     warmup: usize,
     steps: usize,
 ) -> Result<CaseTimes> {
@@ -712,47 +737,66 @@ fn time_case(
     transforms::compile::clear_cache();
     runtime::clear_mlx_cache();
     runtime::reset_peak_memory();
-    let mut times = Vec::new();
-    let (mut first, mut first_loss, mut last_loss) = (0.0, f32::NAN, f32::NAN);
-    for i in 0..warmup + steps {
+    let (mut done, mut host) = (Vec::new(), Vec::new());
+    let mut losses = Vec::new();
+    // The loss of the step the device is running (pipelined).
+    let mut running: Option<Array> = None;
+    let start = Instant::now();
+    for _ in 0..warmup + steps {
         let t = Instant::now();
         let out = step.run(model, batch, (1.0, 1.0))?;
         let grads = out.grads.into_iter().collect();
         let params = adapter::adapter_tensors(model);
         let updated = opt.update(1e-4, &params, &grads)?;
-        let loss = &out.losses[0];
-        let mut to_eval: Vec<&Array> = updated.values().collect();
-        to_eval.push(loss);
-        to_eval.extend(opt.state_arrays());
-        transforms::eval(to_eval)?;
+        let loss = out.losses[0].clone();
+        let mut to_eval: Vec<Array> = updated.values().cloned().collect();
+        to_eval.push(loss.clone());
+        to_eval.extend(opt.state_arrays().cloned());
         model.update_flattened(
             updated
                 .into_iter()
                 .map(|(k, v)| (std::rc::Rc::from(k.as_str()), v))
                 .collect(),
         );
-        last_loss = loss.item_cast::<f32>();
-        let secs = t.elapsed().as_secs_f64();
-        if i == 0 {
-            first = secs;
-            first_loss = last_loss;
+        host.push(t.elapsed().as_secs_f64());
+        if let Some(prev) = running.take() {
+            transforms::eval([&prev])?;
+            done.push(start.elapsed().as_secs_f64());
+            losses.push(prev.item_cast::<f32>());
         }
-        if i >= warmup {
-            times.push(secs);
+        if pipeline {
+            transforms::async_eval(&to_eval)?;
+            running = Some(loss);
+        } else {
+            transforms::eval(&to_eval)?;
+            done.push(start.elapsed().as_secs_f64());
+            losses.push(loss.item_cast::<f32>());
         }
     }
+    if let Some(prev) = running.take() {
+        transforms::eval([&prev])?;
+        done.push(start.elapsed().as_secs_f64());
+        losses.push(prev.item_cast::<f32>());
+    }
+    let last_loss = *losses.last().expect("at least one step");
     if !last_loss.is_finite() {
         bail!("the benchmark loss is {last_loss}");
     }
     let peak = runtime::peak_memory();
+    let times: Vec<f64> = (warmup..warmup + steps)
+        .map(|i| done[i] - if i == 0 { 0.0 } else { done[i - 1] })
+        .collect();
     let mut sorted = times.clone();
     sorted.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+    let mut host = host.split_off(warmup);
+    host.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
     Ok(CaseTimes {
         median: sorted[sorted.len() / 2],
         min: sorted[0],
-        first,
+        first: done[0],
         times,
-        first_loss,
+        host_median: host[host.len() / 2],
+        first_loss: losses[0],
         last_loss,
         peak,
     })

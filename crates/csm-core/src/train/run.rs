@@ -33,7 +33,7 @@ use crate::adapter::{self, LoraSpec};
 use crate::cancel::CancelToken;
 use crate::checkpoint::CheckpointError;
 use crate::distributed::Group;
-use crate::model::{LossWeights, TrainKernels};
+use crate::model::{Csm, LossWeights, TrainKernels};
 use crate::rng::Rng;
 use crate::runtime;
 
@@ -220,6 +220,10 @@ struct Accumulated {
 
 /// How one optimizer step went.
 struct StepOutcome {
+    /// The optimizer step (1-based).
+    step: usize,
+    /// Its epoch (0-based).
+    epoch: usize,
     loss: LossValues,
     grad_norm: f32,
     lr: f32,
@@ -229,6 +233,46 @@ struct StepOutcome {
     comm: (u64, f64),
     /// Some rank was asked to stop (distributed runs: every rank agrees).
     stop: bool,
+}
+
+/// An optimizer step's graph, built by [`Run::build_step`]: the model and
+/// the optimizer already hold its results, not yet evaluated.
+struct BuiltStep {
+    /// The optimizer step (1-based).
+    step: usize,
+    /// Its epoch (0-based).
+    epoch: usize,
+    /// `[total, semantic, acoustic]` summed over the micro-batches.
+    losses: Vec<Array>,
+    micro_batches: usize,
+    /// The gradients' global norm before clipping `[]`.
+    norm: Array,
+    lr: f32,
+    frames: usize,
+    comm: (u64, f64),
+    stop: bool,
+}
+
+/// The run's state before a step is built ([`Run::snapshot`]).
+struct Snapshot {
+    progress: Progress,
+    adapters: BTreeMap<String, Array>,
+    optimizer: AdamW,
+}
+
+/// A [`BuiltStep`] handed to the device.
+struct Launched(BuiltStep);
+
+/// Hands a built step to the device (without waiting): its losses and norm,
+/// the model's new adapter values and the optimizer's state.
+fn launch(step: BuiltStep, model: &Csm, optimizer: &AdamW) -> Result<Launched, TrainError> {
+    let params = adapter::adapter_tensors(model);
+    let mut to_eval: Vec<&Array> = params.values().collect();
+    to_eval.extend(optimizer.state_arrays());
+    to_eval.push(&step.norm);
+    to_eval.extend(step.losses.iter());
+    mlx_rs::transforms::async_eval(to_eval).map_err(mlx("the training step"))?;
+    Ok(Launched(step))
 }
 
 /// Keys under which the loss sums and the stop request ride along with the
@@ -493,6 +537,15 @@ impl<'a> Run<'a> {
         let first_step = self.progress.step;
         let mut last_loss = None;
         let mut cancelled = false;
+        // One process builds a step's graph while the device runs the step
+        // before; a distributed step waits on its all-reduce anyway.
+        let pipeline = self.settings.pipeline && !self.group.is_distributed();
+        // The step handed to the device and not read back yet: never one
+        // with validation, a checkpoint or a stop due after it (those are
+        // read at once, before the model changes again).
+        let mut running: Option<Launched> = None;
+        // When the last step was read back (a step's time runs from there).
+        let mut last_done = Instant::now();
 
         'epochs: while self.progress.epoch < self.cfg.epochs {
             let batches = self.epoch_batches(self.progress.epoch);
@@ -502,19 +555,42 @@ impl<'a> Run<'a> {
                     cancelled = true;
                     break 'epochs;
                 }
-                let step_start = Instant::now();
                 let group_end = (self.progress.cursor + self.cfg.grad_accum).min(batches.len());
-                let outcome = self.step(
+                // A stop asked for while the step before is reported leaves
+                // this one unrun: the run is put back as it was.
+                let before = running.is_some().then(|| self.snapshot());
+                let next = self.build_step(
                     &mut step_fn,
                     &batches[self.progress.cursor..group_end],
                     cancel,
                 )?;
                 self.progress.step += 1;
                 self.progress.cursor = group_end;
+                if let Some(prev) = running.take() {
+                    let outcome = self.read_step(prev)?;
+                    last_loss = Some(outcome.loss);
+                    self.report(observer, &outcome, &mut last_done, started, first_step);
+                    if cancel.is_cancelled() {
+                        if let Some(before) = before {
+                            self.restore(before);
+                        }
+                        cancelled = true;
+                        break 'epochs;
+                    }
+                }
+                self.planned_crash(next.step);
+                let next = launch(next, &self.assets.loaded.model, &self.optimizer)?;
+                if pipeline && !self.after_step_due(next.0.step) && !next.0.stop {
+                    running = Some(next);
+                    continue;
+                }
+                let outcome = self.read_step(next)?;
                 last_loss = Some(outcome.loss);
-                self.report(observer, &outcome, step_start, started, first_step);
+                self.report(observer, &outcome, &mut last_done, started, first_step);
                 self.maybe_validate(observer)?;
                 self.maybe_checkpoint(observer, cancel)?;
+                // Validation and checkpoints are not the next step's time.
+                last_done = Instant::now();
                 if outcome.stop {
                     cancelled = true;
                     break 'epochs;
@@ -523,27 +599,33 @@ impl<'a> Run<'a> {
             self.progress.epoch += 1;
             self.progress.cursor = 0;
         }
+        if let Some(prev) = running.take() {
+            let outcome = self.read_step(prev)?;
+            last_loss = Some(outcome.loss);
+            self.report(observer, &outcome, &mut last_done, started, first_step);
+        }
         self.finish(observer, cancel, cancelled, last_loss)
     }
 
-    /// One optimizer step over the micro-batches `micro`: forward/backward
-    /// on each, the all-reduce, the mean and its norm, the non-finite
-    /// check, clipping and the update.
-    fn step(
+    /// The graph of the next optimizer step over the micro-batches `micro`:
+    /// forward/backward on each, the all-reduce, the mean and its norm,
+    /// clipping and the update. Nothing is evaluated (but a distributed
+    /// step's all-reduce): the model and the optimizer hold the updated
+    /// values, lazily, and [`Run::read_step`] checks that they are finite.
+    fn build_step(
         &mut self,
         step_fn: &mut ForwardBackward,
         micro: &[Vec<usize>],
         cancel: &CancelToken,
-    ) -> Result<StepOutcome, TrainError> {
-        let nan = self.planned_fault(self.progress.step + 1);
+    ) -> Result<BuiltStep, TrainError> {
+        let step = self.progress.step + 1;
         let mut acc = self.forward_backward(step_fn, micro)?;
         let (stop, comm) = self.all_reduce_grads(&mut acc, cancel)?;
-        if nan {
+        if self.planned_nan(step) {
             poison(&mut acc.grads)?;
         }
-        let (loss, grad_norm) = average(&mut acc)?;
-        self.check_finite(loss, grad_norm)?;
-        clip(&mut acc.grads, self.cfg.max_grad_norm, grad_norm)?;
+        let norm = average(&mut acc)?;
+        clip(&mut acc.grads, self.cfg.max_grad_norm, &norm)?;
         let lr = learning_rate(
             self.cfg.lr_schedule,
             self.cfg.learning_rate,
@@ -552,14 +634,75 @@ impl<'a> Run<'a> {
             self.total_steps,
         );
         self.apply_update(lr, &acc.grads)?;
-        Ok(StepOutcome {
-            loss,
-            grad_norm,
+        Ok(BuiltStep {
+            step,
+            epoch: self.progress.epoch,
+            losses: acc.losses,
+            micro_batches: acc.micro_batches,
+            norm,
             lr,
             frames: acc.frames,
             comm,
             stop,
         })
+    }
+
+    /// Waits for a launched step's loss and gradient norm and stops the run
+    /// when either is not finite. The non-finite update is in the model
+    /// then, but the run ends with an error and saves nothing after it: the
+    /// last checkpoint stays the one to resume from.
+    fn read_step(&self, s: Launched) -> Result<StepOutcome, TrainError> {
+        let s = s.0;
+        let mut to_eval: Vec<&Array> = vec![&s.norm];
+        to_eval.extend(s.losses.iter());
+        mlx_rs::transforms::eval(to_eval).map_err(mlx("the training step"))?;
+        let n = s.micro_batches as f32;
+        let mean = |i: usize| s.losses[i].item_cast::<f32>() / n;
+        let loss = LossValues {
+            total: mean(0),
+            semantic: mean(1),
+            acoustic: mean(2),
+        };
+        let grad_norm = s.norm.item_cast::<f32>();
+        self.check_finite(s.step, loss, grad_norm)?;
+        Ok(StepOutcome {
+            step: s.step,
+            epoch: s.epoch,
+            loss,
+            grad_norm,
+            lr: s.lr,
+            frames: s.frames,
+            comm: s.comm,
+            stop: s.stop,
+        })
+    }
+
+    /// What [`Run::build_step`] changes, to undo a step built but not run.
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            progress: self.progress.clone(),
+            adapters: adapter::adapter_tensors(&self.assets.loaded.model),
+            optimizer: self.optimizer.clone(),
+        }
+    }
+
+    /// Puts the run back as [`Run::snapshot`] saw it.
+    fn restore(&mut self, s: Snapshot) {
+        self.progress = s.progress;
+        self.optimizer = s.optimizer;
+        self.assets.loaded.model.update_flattened(
+            s.adapters
+                .into_iter()
+                .map(|(k, v)| (std::rc::Rc::from(k.as_str()), v))
+                .collect(),
+        );
+    }
+
+    /// Whether validation or a checkpoint follows optimizer step `step`
+    /// (1-based), so that it is read back before the next one is built.
+    fn after_step_due(&self, step: usize) -> bool {
+        let every = |n: usize| n > 0 && step.is_multiple_of(n);
+        step >= self.total_steps || every(self.cfg.val_every) || every(self.cfg.save_every)
     }
 
     /// Loss terms and gradients of this rank's share of each micro-batch,
@@ -675,9 +818,14 @@ impl<'a> Run<'a> {
         ))
     }
 
-    /// Stops the run, before the update, when the loss or the gradient norm
-    /// is not finite.
-    fn check_finite(&self, loss: LossValues, grad_norm: f32) -> Result<(), TrainError> {
+    /// Stops the run when step `step`'s loss or gradient norm is not
+    /// finite.
+    fn check_finite(
+        &self,
+        step: usize,
+        loss: LossValues,
+        grad_norm: f32,
+    ) -> Result<(), TrainError> {
         if loss.total.is_finite() && grad_norm.is_finite() {
             return Ok(());
         }
@@ -687,23 +835,21 @@ impl<'a> Run<'a> {
             ("loss", loss.total)
         };
         Err(TrainError::NonFinite {
-            step: self.progress.step + 1,
+            step,
             what,
             value,
             last_checkpoint: self.last_checkpoint.clone(),
         })
     }
 
-    /// One AdamW step of the adapters with `grads`, evaluated.
+    /// One AdamW step of the adapters with `grads`, not evaluated:
+    /// [`launch`] hands it to the device.
     fn apply_update(&mut self, lr: f32, grads: &BTreeMap<String, Array>) -> Result<(), TrainError> {
         let params = adapter::adapter_tensors(&self.assets.loaded.model);
         let updated = self
             .optimizer
             .update(lr, &params, grads)
             .map_err(mlx("the optimizer step"))?;
-        let mut to_eval: Vec<&Array> = updated.values().collect();
-        to_eval.extend(self.optimizer.state_arrays());
-        mlx_rs::transforms::eval(to_eval).map_err(mlx("the optimizer step"))?;
         self.assets.loaded.model.update_flattened(
             updated
                 .into_iter()
@@ -714,21 +860,24 @@ impl<'a> Run<'a> {
     }
 
     /// Sends the step's [`StepReport`].
+    /// A step's time runs from `last_done` (the step before was read back,
+    /// or validation and checkpoints ended), which it moves to now.
     fn report(
         &self,
         observer: &mut dyn TrainingObserver,
         outcome: &StepOutcome,
-        step_start: Instant,
+        last_done: &mut Instant,
         started: Instant,
         first_step: usize,
     ) {
-        let secs = step_start.elapsed().as_secs_f64();
-        let done_here = self.progress.step - first_step;
+        let secs = last_done.elapsed().as_secs_f64();
+        *last_done = Instant::now();
+        let done_here = outcome.step - first_step;
         let per_step = started.elapsed().as_secs_f64() / done_here as f64;
         observer.on_event(&TrainEvent::Step(StepReport {
-            step: self.progress.step,
+            step: outcome.step,
             total_steps: self.total_steps,
-            epoch: self.progress.epoch + 1,
+            epoch: outcome.epoch + 1,
             loss: outcome.loss.total,
             semantic_loss: outcome.loss.semantic,
             acoustic_loss: outcome.loss.acoustic,
@@ -740,7 +889,7 @@ impl<'a> Run<'a> {
             memory_bytes: runtime::active_memory() as u64,
             peak_memory_bytes: runtime::peak_memory() as u64,
             elapsed_secs: started.elapsed().as_secs_f64(),
-            eta_secs: per_step * (self.total_steps - self.progress.step) as f64,
+            eta_secs: per_step * (self.total_steps - outcome.step) as f64,
         }));
     }
 
@@ -896,12 +1045,23 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// Runs the faults planned for optimizer step `step` (1-based): an
-    /// abort or a kill happen here; returns whether the step's gradients
-    /// become NaN. Never anything without the `fault-injection` feature.
-    fn planned_fault(&self, step: usize) -> bool {
+    /// Runs the crash planned for optimizer step `step` (1-based), before
+    /// the device runs it and after the step before was reported. Never
+    /// anything without the `fault-injection` feature.
+    fn planned_crash(&self, step: usize) {
         #[cfg(feature = "fault-injection")]
-        return self.settings.faults.at_step_start(self.group.rank(), step);
+        self.settings
+            .faults
+            .crash_at_step_start(self.group.rank(), step);
+        #[cfg(not(feature = "fault-injection"))]
+        let _ = step;
+    }
+
+    /// Whether optimizer step `step`'s gradients are to become NaN (the
+    /// `fault-injection` feature's tests).
+    fn planned_nan(&self, step: usize) -> bool {
+        #[cfg(feature = "fault-injection")]
+        return self.settings.faults.nan_at_step(step);
         #[cfg(not(feature = "fault-injection"))]
         {
             let _ = step;
@@ -1140,11 +1300,10 @@ fn poison(grads: &mut BTreeMap<String, Array>) -> Result<(), TrainError> {
     Ok(())
 }
 
-/// Divides the summed gradients and losses by the number of micro-batches
-/// and measures the gradients' global norm. Returns the loss (the mean over
-/// ranks of their world-scaled shares, i.e. the global loss) and the norm,
-/// both evaluated.
-fn average(acc: &mut Accumulated) -> Result<(LossValues, f32), TrainError> {
+/// Divides the summed gradients by the number of micro-batches and returns
+/// their global norm, not evaluated (the losses are divided when read back,
+/// [`Run::read_step`]).
+fn average(acc: &mut Accumulated) -> Result<Array, TrainError> {
     let n = acc.micro_batches as f32;
     let mut sq = Array::from_f32(0.0);
     for g in acc.grads.values_mut() {
@@ -1162,27 +1321,85 @@ fn average(acc: &mut Accumulated) -> Result<(LossValues, f32), TrainError> {
             )
             .map_err(mlx("gradient norm"))?;
     }
-    let norm = sq.sqrt().map_err(mlx("gradient norm"))?;
-    let mut to_eval: Vec<&Array> = vec![&norm];
-    to_eval.extend(acc.losses.iter());
-    mlx_rs::transforms::eval(to_eval).map_err(mlx("the training step"))?;
-    let mean = |i: usize| acc.losses[i].item_cast::<f32>() / n;
-    let loss = LossValues {
-        total: mean(0),
-        semantic: mean(1),
-        acoustic: mean(2),
-    };
-    Ok((loss, norm.item_cast::<f32>()))
+    sq.sqrt().map_err(mlx("gradient norm"))
 }
 
 /// Scales the gradients down to a global norm of `max_norm` when `norm` is
-/// above it (`max_norm` 0: never).
-fn clip(grads: &mut BTreeMap<String, Array>, max_norm: f32, norm: f32) -> Result<(), TrainError> {
-    if max_norm > 0.0 && norm > max_norm {
-        let scale = Array::from_f32(max_norm / (norm + 1e-6));
-        for g in grads.values_mut() {
-            *g = g.multiply(&scale).map_err(mlx("clipping gradients"))?;
-        }
+/// above it (`max_norm` 0: never), on the device: `max_norm / (norm +
+/// 1e-6)` where the norm is larger, else exactly 1, so that a step within
+/// the limit keeps its gradients bit for bit.
+fn clip(
+    grads: &mut BTreeMap<String, Array>,
+    max_norm: f32,
+    norm: &Array,
+) -> Result<(), TrainError> {
+    if max_norm <= 0.0 {
+        return Ok(());
+    }
+    let limit = Array::from_f32(max_norm);
+    let scale = mlx_rs::ops::select(
+        &norm.gt(&limit).map_err(mlx("clipping gradients"))?,
+        &limit
+            .divide(
+                norm.add(Array::from_f32(1e-6))
+                    .map_err(mlx("clipping gradients"))?,
+            )
+            .map_err(mlx("clipping gradients"))?,
+        Array::from_f32(1.0),
+    )
+    .map_err(mlx("clipping gradients"))?; // []
+    for g in grads.values_mut() {
+        // In the gradient's own dtype: an f32 scale would turn a bf16
+        // gradient (a full fine-tune on a GPU) into an f32 copy every step.
+        let s = scale
+            .as_dtype(g.dtype())
+            .map_err(mlx("clipping gradients"))?;
+        *g = g.multiply(&s).map_err(mlx("clipping gradients"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grads(scale: f32) -> BTreeMap<String, Array> {
+        let a: Vec<f32> = (0..6).map(|i| (i as f32 - 2.5) * scale).collect();
+        BTreeMap::from([
+            ("a".to_string(), Array::from_slice(&a, &[2, 3])),
+            ("b".to_string(), Array::from_slice(&[0.25f32 * scale], &[1])),
+        ])
+    }
+
+    fn values(g: &BTreeMap<String, Array>) -> Vec<f32> {
+        g.values()
+            .flat_map(|x| x.as_slice::<f32>().to_vec())
+            .collect()
+    }
+
+    #[test]
+    fn clip_on_the_device_follows_the_host_rule() {
+        for (scale, max_norm) in [(1.0f32, 2.0f32), (1.0, 100.0), (3.0, 0.0)] {
+            let mut acc = Accumulated {
+                grads: grads(scale),
+                losses: Vec::new(),
+                micro_batches: 1,
+                frames: 0,
+            };
+            let original = values(&acc.grads);
+            let norm = average(&mut acc).unwrap();
+            let host_norm = original.iter().map(|x| x * x).sum::<f32>().sqrt();
+            assert!((norm.item_cast::<f32>() - host_norm).abs() <= 1e-6 * host_norm);
+            clip(&mut acc.grads, max_norm, &norm).unwrap();
+            let n = norm.item_cast::<f32>();
+            let want: Vec<f32> = if max_norm > 0.0 && n > max_norm {
+                let s = max_norm / (n + 1e-6);
+                original.iter().map(|x| x * s).collect()
+            } else {
+                original.clone()
+            };
+            // Bit for bit: within the limit nothing moves.
+            assert_eq!(values(&acc.grads), want, "scale {scale}, limit {max_norm}");
+        }
+    }
 }

@@ -43,6 +43,12 @@ pub struct RunSettings {
     pub device: DeviceChoice,
     /// This process's distributed launch variables; empty: one process.
     pub distributed: DistEnv,
+    /// Build each optimizer step's graph while the device still runs the
+    /// step before (one process only): the host's part of a step (the
+    /// batch, the compiled trace's replay, the update's graph) then costs
+    /// the device no idle time. The same numbers either way; `CSM_PIPELINE=0`
+    /// turns it off.
+    pub pipeline: bool,
     /// Faults to inject, for the crash-recovery tests.
     #[cfg(feature = "fault-injection")]
     pub faults: FaultPlan,
@@ -59,19 +65,20 @@ impl RunSettings {
             codes_cache: codes_cache.into(),
             device: DeviceChoice::Best,
             distributed: DistEnv::default(),
+            pipeline: true,
             #[cfg(feature = "fault-injection")]
             faults: FaultPlan::default(),
         }
     }
 
     /// The settings the variables given by `lookup` describe:
-    /// `CSM_COMPILE=1` or `0`, the codes cache of [`CodesCache::default_dir`], the
+    /// `CSM_COMPILE=1` or `0`, `CSM_PIPELINE=0` or `1`, the codes cache of [`CodesCache::default_dir`], the
     /// distributed launch variables ([`DistEnv::VARS`]) and, with the
     /// `fault-injection` feature, [`FaultPlan::from_env`]. The `csm` tool
     /// and the app pass `|k| std::env::var_os(k)`.
     ///
     /// # Errors
-    /// A `CSM_COMPILE` other than `1` or `0`, or a `CSM_DEBUG_*` value that
+    /// A `CSM_COMPILE` or `CSM_PIPELINE` other than `1` or `0`, or a `CSM_DEBUG_*` value that
     /// cannot be parsed (with `fault-injection`).
     pub fn from_env(lookup: impl Fn(&str) -> Option<OsString>) -> Result<RunSettings, String> {
         let text = |k: &str| lookup(k).and_then(|v| v.into_string().ok());
@@ -83,6 +90,16 @@ impl RunSettings {
             Some(other) => {
                 return Err(format!(
                     "{COMPILE_ENV}={other:?}: expected 1 (compile the training step) or 0 (do not)"
+                ))
+            }
+        };
+        s.pipeline = match text(PIPELINE_ENV).as_deref() {
+            None | Some("") | Some("1") => true,
+            Some("0") => false,
+            Some(other) => {
+                return Err(format!(
+                    "{PIPELINE_ENV}={other:?}: expected 1 (build a step while the one before runs, \
+                     the default) or 0 (one after the other)"
                 ))
             }
         };
@@ -98,6 +115,10 @@ impl RunSettings {
 /// The variable that turns the compiled training step on (`1`) or off
 /// (`0`).
 pub const COMPILE_ENV: &str = "CSM_COMPILE";
+
+/// The variable that turns the step pipeline ([`RunSettings::pipeline`])
+/// off (`0`).
+pub const PIPELINE_ENV: &str = "CSM_PIPELINE";
 
 /// Faults the crash-recovery tests inject into a run, each at the start of
 /// an optimizer step (1-based). Only with the `fault-injection` feature,
@@ -153,10 +174,10 @@ impl FaultPlan {
         })
     }
 
-    /// Runs the faults planned for rank `rank` at the start of optimizer
-    /// step `step` (1-based): aborts or kills the process here, or returns
-    /// whether the step's gradients become NaN.
-    pub(crate) fn at_step_start(&self, rank: usize, step: usize) -> bool {
+    /// Runs the crash planned for rank `rank` at the start of optimizer
+    /// step `step` (1-based), once the step before has been reported:
+    /// aborts or kills the process here.
+    pub(crate) fn crash_at_step_start(&self, rank: usize, step: usize) {
         if self.abort_at == Some((rank, step)) {
             tracing::error!("CSM_DEBUG_ABORT_AT_STEP: rank {rank} aborting at step {step}");
             std::process::abort();
@@ -170,6 +191,10 @@ impl FaultPlan {
             }
             std::process::abort();
         }
+    }
+
+    /// Whether optimizer step `step`'s gradients become NaN.
+    pub(crate) fn nan_at_step(&self, step: usize) -> bool {
         self.nan_at == Some(step)
     }
 }
@@ -205,8 +230,13 @@ mod tests {
         assert!(e.contains("CSM_COMPILE=\"yes\""), "{e}");
         let s = RunSettings::from_env(vars(&[("HOME", "/h")])).unwrap();
         assert_eq!(s.compile, None);
+        assert!(s.pipeline);
         assert_eq!(s.codes_cache, PathBuf::from("/h/.cache/csm/codes"));
         assert_eq!(s.distributed, DistEnv::default());
+        let off = RunSettings::from_env(vars(&[("CSM_PIPELINE", "0")])).unwrap();
+        assert!(!off.pipeline);
+        let e = RunSettings::from_env(vars(&[("CSM_PIPELINE", "no")])).unwrap_err();
+        assert!(e.contains("CSM_PIPELINE=\"no\""), "{e}");
     }
 
     #[cfg(feature = "fault-injection")]
