@@ -29,7 +29,7 @@ use csm_core::model::load::{load_csm, LoadOptions};
 use csm_core::model::LossWeights;
 use csm_core::train::metrics::JsonlObserver;
 use csm_core::train::{
-    self, trainer, RecordingObserver, RunSettings, SaveMode, TrainConfig, TrainEvent,
+    self, trainer, RecordingObserver, RunSettings, SaveMode, StepReport, TrainConfig, TrainEvent,
     TrainingObserver,
 };
 
@@ -79,10 +79,15 @@ fn config(paths: &DemoPaths, out: &Path) -> TrainConfig {
 }
 
 fn step_losses(events: &[TrainEvent]) -> Vec<f32> {
+    step_values(events, |s| s.loss)
+}
+
+/// One value of each step report, in order.
+fn step_values(events: &[TrainEvent], f: impl Fn(&StepReport) -> f32) -> Vec<f32> {
     events
         .iter()
         .filter_map(|e| match e {
-            TrainEvent::Step(s) => Some(s.loss),
+            TrainEvent::Step(s) => Some(f(s)),
             _ => None,
         })
         .collect()
@@ -428,16 +433,6 @@ fn compiled_step_follows_the_plain_step() {
     }
 }
 
-fn step_norms(events: &[TrainEvent]) -> Vec<f32> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            TrainEvent::Step(s) => Some(s.grad_norm),
-            _ => None,
-        })
-        .collect()
-}
-
 #[test]
 fn pipelined_steps_equal_steps_one_after_the_other() {
     // Building a step while the one before runs changes when the host
@@ -458,7 +453,11 @@ fn pipelined_steps_equal_steps_one_after_the_other() {
         let mut obs = RecordingObserver::default();
         train::train(&cfg, &settings, &mut obs, &CancelToken::new()).unwrap();
         let bytes = std::fs::read(out.path().join("adapters.safetensors")).unwrap();
-        runs.push((step_losses(&obs.events), step_norms(&obs.events), bytes));
+        runs.push((
+            step_losses(&obs.events),
+            step_values(&obs.events, |s| s.grad_norm),
+            bytes,
+        ));
     }
     let ((loss_a, norm_a, bytes_a), (loss_b, norm_b, bytes_b)) = (&runs[0], &runs[1]);
     assert_eq!(loss_a, loss_b);
