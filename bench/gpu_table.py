@@ -207,7 +207,7 @@ def main():
             # Host seconds before the device starts (older JSON has none).
             host = j.get("host_s_per_step")
             host_b = base and base.get("host_s_per_step")
-            host_txt = "-" if host is None else f"{host:.4f} ({fmt_s(host_b)})"
+            host_txt = "-" if host is None else f"{host:.4f} ({'-' if host_b is None else f'{host_b:.4f}'})"
             print(f"| {case}, {'1/16' if frac == '0.0625' else frac} | {mode} | {tag} | {t:.3f} | {fmt_s(tb)} "
                   f"| {change} | {host_txt} | {fmt_gb(j['peak_mlx_bytes'])} | {fmt_gb(base and base['peak_mlx_bytes'])} "
                   f"| {j['first_loss']:.4f} |")
