@@ -212,7 +212,27 @@ def main():
                   f"| {change} | {host_txt} | {fmt_gb(j['peak_mlx_bytes'])} | {fmt_gb(base and base['peak_mlx_bytes'])} "
                   f"| {j['first_loss']:.4f} |")
 
+    host_table(ours)
     packing_table(out)
+
+
+def host_table(ours):
+    """The host's share of our steps: building the graph (the device idles
+    unless the step before still runs) and handing it to the device
+    (encoding and launching its kernels). A launch near the step's time
+    means the host sets the pace."""
+    rows = [(k, j) for k, j in sorted(ours.items()) if j.get("launch_s_per_step") is not None]
+    if not rows:
+        return
+    print()
+    print("## Host time per step (pipelined runs)")
+    print()
+    print("| case | mode | s/step | building the graph | launching it | launch / step |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for (case, frac, mode), j in rows:
+        t, launch = j["median_s_per_step"], j["launch_s_per_step"]
+        print(f"| {case}, {'1/16' if frac == '0.0625' else frac} | {mode} | {t:.3f} "
+              f"| {j['host_s_per_step']:.4f} | {launch:.4f} | {launch / t:.0%} |")
 
 
 def packing_table(out):

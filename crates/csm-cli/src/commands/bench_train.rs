@@ -532,6 +532,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
                 "first_step_s": r.first,
                 "step_times_s": r.times,
                 "host_s_per_step": r.host_median,
+                "launch_s_per_step": r.launch_median,
                 "frames_per_s": frames / r.median,
                 "model_flops": flops,
                 "model_tflops_per_s": tflops,
@@ -557,7 +558,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
             }
             tell!(
                 "csm bench-train: {:?} {dtype:?} {method}, {} (fraction {}, {} decoder frames), {mode:?} on {}: \
-                 {:.3} s/step (min {:.3}, first {:.2}, host {:.4}), {:.1} frames/s ({} rows, {:.1}% padded frames), \
+                 {:.3} s/step (min {:.3}, first {:.2}, host {:.4}{}), {:.1} frames/s ({} rows, {:.1}% padded frames), \
                  {:.1} model GFLOP, {:.1} GFLOP/s{}, \
                  step-0 loss {:.4}, weights {:.2} GB, peak MLX {:.2} GB, max RSS {:.2} GB",
                 args.size,
@@ -569,6 +570,9 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
                 r.min,
                 r.first,
                 r.host_median,
+                r.launch_median
+                    .map(|l| format!(", launch {l:.4}"))
+                    .unwrap_or_default(),
                 frames / r.median,
                 rows_n,
                 100.0 * padded_share,
@@ -709,6 +713,10 @@ struct CaseTimes {
     /// evaluation starts (building the step's graph, replaying a compiled
     /// trace, the optimizer's update): the device has nothing to run then.
     host_median: f64,
+    /// Pipelined: median seconds the host spends handing a built step to
+    /// the device (`async_eval`: encoding and launching its kernels). When
+    /// it nears the step's time, the host, not the device, sets the pace.
+    launch_median: Option<f64>,
     first_loss: f32,
     last_loss: f32,
     peak: usize,
@@ -737,7 +745,7 @@ fn time_case(
     transforms::compile::clear_cache();
     runtime::clear_mlx_cache();
     runtime::reset_peak_memory();
-    let (mut done, mut host) = (Vec::new(), Vec::new());
+    let (mut done, mut host, mut launch) = (Vec::new(), Vec::new(), Vec::new());
     let mut losses = Vec::new();
     // The loss of the step the device is running (pipelined).
     let mut running: Option<Array> = None;
@@ -765,7 +773,9 @@ fn time_case(
             losses.push(prev.item_cast::<f32>());
         }
         if pipeline {
+            let t = Instant::now();
             transforms::async_eval(&to_eval)?;
+            launch.push(t.elapsed().as_secs_f64());
             running = Some(loss);
         } else {
             transforms::eval(&to_eval)?;
@@ -786,16 +796,19 @@ fn time_case(
     let times: Vec<f64> = (warmup..warmup + steps)
         .map(|i| done[i] - if i == 0 { 0.0 } else { done[i - 1] })
         .collect();
-    let mut sorted = times.clone();
-    sorted.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
-    let mut host = host.split_off(warmup);
-    host.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+    let median = |v: Vec<f64>| {
+        let mut v = v;
+        v.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+        v[v.len() / 2]
+    };
+    let launch_median = pipeline.then(|| median(launch.split_off(warmup)));
     Ok(CaseTimes {
-        median: sorted[sorted.len() / 2],
-        min: sorted[0],
+        median: median(times.clone()),
+        min: times.iter().copied().fold(f64::INFINITY, f64::min),
         first: done[0],
         times,
-        host_median: host[host.len() / 2],
+        host_median: median(host.split_off(warmup)),
+        launch_median,
         first_loss: losses[0],
         last_loss,
         peak,
