@@ -103,8 +103,10 @@ pub fn default_device_is_cpu() -> bool {
 /// [`set_process_defaults`].
 #[cfg(not(target_os = "macos"))]
 pub const MLX_ENV_DEFAULTS: [(&str, &str); 3] = [
-    // Commit GPU work every 32 MB of buffers instead of MLX's larger
-    // default, so intermediate buffers are freed sooner. H100, bf16, CSM-1B
+    // Commit GPU work more often than MLX's default, so intermediate
+    // buffers are freed sooner (MLX 0.31-0.32's CUDA backend counts this
+    // limit in input elements of the ops, weights included, despite the
+    // name). H100, bf16, CSM-1B
     // step with the depth decoder on every frame: peak 7.56 -> 5.33 GB at
     // the same speed (docs/benchmarks.md). No effect on the CPU.
     ("MLX_MAX_MB_PER_BUFFER", "32"),
