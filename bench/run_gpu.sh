@@ -97,6 +97,11 @@ lever exact-shapes 16x250 0.0625 --no-buckets
 # while the host builds it), against the default pipeline.
 lever pipeline-off 16x250 0.0625 --pipeline false
 lever pipeline-off 8x130 0.0625 --pipeline false
+# MLX's CUDA backend records kernels into CUDA graphs and commits one every
+# 32 M input elements (csm's MLX_MAX_MB_PER_BUFFER), an op or two around
+# each large matmul: plain stream launches may cost the host less.
+MLX_USE_CUDA_GRAPHS=0 lever no-cuda-graphs 16x250 0.0625
+MLX_USE_CUDA_GRAPHS=0 lever no-cuda-graphs 8x130 0.0625
 lever no-levers 16x250 0.0625 --cross-entropy plain --attention-tile 0 --lean-swiglu false \
   --lean-lora false --no-buckets
 
