@@ -9,10 +9,11 @@ mod common;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{
-    demo, empty_hf_home, run, run_with_env, step_losses, step_records, text, train_args, CSM,
+    demo, empty_hf_home, run, run_with_env, signal_when, step_losses, step_records, text,
+    train_args, CSM,
 };
 
 const LIMIT: Duration = Duration::from_secs(600);
@@ -170,23 +171,10 @@ fn ctrl_c_with_stderr_closed_still_saves_and_stops() {
         .unwrap();
     // The reader of stderr is gone before the first line.
     drop(child.stderr.take());
-    let start = Instant::now();
     let metrics = outdir.join("metrics.jsonl");
-    while !metrics.exists() || step_records(&outdir).len() < 3 {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "it ended before the Ctrl-C: {:?}",
-            child.wait_with_output().unwrap().status
-        );
-        assert!(start.elapsed() < LIMIT, "never reached step 3");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let ok = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let out = child.wait_with_output().unwrap();
+    let out = signal_when(child, "INT", LIMIT, || {
+        metrics.exists() && step_records(&outdir).len() >= 3
+    });
     assert!(out.status.success(), "{:?}", out.status);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("checkpoint: "), "{stdout}");

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{demo, step_records, text, tiny_whisper, CSM};
+use common::{demo, signal_when, step_records, text, tiny_whisper, CSM};
 use csm_flow::layout::{StageStatus, VoiceDir};
 use csm_flow::Stage;
 
@@ -207,19 +207,7 @@ fn run(s: &Setup, args: &[String], env: &[(&str, &str)]) -> Output {
 
 /// Runs until `ready()` holds, then SIGKILLs it.
 fn run_and_kill(s: &Setup, args: &[String], ready: impl Fn() -> bool) -> Output {
-    let mut child = command(s, args, &[]).spawn().unwrap();
-    let start = Instant::now();
-    while !ready() {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "it ended before the kill:\n{}",
-            text(&child.wait_with_output().unwrap())
-        );
-        assert!(start.elapsed() < LIMIT, "never ready to kill");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().unwrap();
-    child.wait_with_output().unwrap()
+    signal_when(command(s, args, &[]).spawn().unwrap(), "KILL", LIMIT, ready)
 }
 
 fn files(dir: &Path) -> Vec<String> {
@@ -687,23 +675,9 @@ fn the_model_downloads_while_the_recordings_are_transcribed_and_both_resume_afte
 
     // Ctrl-C once the download is going again: both stages stop, marked
     // cancelled, the partial weights kept.
-    let mut child = spawn();
-    let start = Instant::now();
-    while model_partial().is_none_or(|(_, n)| n <= killed_at) {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "it ended before the Ctrl-C:\n{}",
-            text(&child.wait_with_output().unwrap())
-        );
-        assert!(start.elapsed() < LIMIT, "the download never went on");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let ok = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let out = child.wait_with_output().unwrap();
+    let out = signal_when(spawn(), "INT", LIMIT, || {
+        model_partial().is_some_and(|(_, n)| n > killed_at)
+    });
     let t = text(&out);
     assert!(!out.status.success(), "{t}");
     assert!(t.contains("stopped during the"), "{t}");

@@ -390,29 +390,38 @@ fn a_codec_with_more_codes_than_the_model_is_refused() {
     assert!(msg.contains(paths.mimi.to_str().unwrap()), "{msg}");
 }
 
+/// Trains the shared demo with [`config`] as `edit` changes it, into a
+/// fresh folder: the events and the folder.
+fn train_demo(
+    settings: &RunSettings,
+    edit: impl FnOnce(&mut TrainConfig),
+) -> (Vec<TrainEvent>, tempfile::TempDir) {
+    let out = tempfile::tempdir().unwrap();
+    let mut cfg = config(&shared_demo(), out.path());
+    edit(&mut cfg);
+    let mut obs = RecordingObserver::default();
+    train::train(&cfg, settings, &mut obs, &CancelToken::new()).unwrap();
+    (obs.events, out)
+}
+
 /// The compiled step (`RunSettings::compile`, `CSM_COMPILE=1` in the CLI:
 /// `mx.compile`, padded batch shapes) follows the plain step's loss
 /// sequence and ends at the same adapter.
 #[test]
 fn compiled_step_follows_the_plain_step() {
-    let paths = shared_demo();
     let mut runs = Vec::new();
     for compile in [false, true] {
         let mut settings = settings();
         settings.compile = Some(compile);
-        let out = tempfile::tempdir().unwrap();
-        let mut cfg = config(&paths, out.path());
         // Two lengths per batch and a fraction that leaves odd decoder
         // counts: both paddings of the compiled path are exercised.
-        cfg.decoder_fraction = 0.3;
-        let mut obs = RecordingObserver::default();
-        train::train(&cfg, &settings, &mut obs, &CancelToken::new()).unwrap();
+        let (events, out) = train_demo(&settings, |cfg| cfg.decoder_fraction = 0.3);
         let adapters = csm_core::checkpoint::WeightMap::from_safetensors(
             &[out.path().join("adapters.safetensors")],
             None,
         )
         .unwrap();
-        runs.push((step_losses(&obs.events), adapters));
+        runs.push((step_losses(&events), adapters));
     }
     let ((plain, a), (compiled, b)) = (&runs[0], &runs[1]);
     assert_eq!(plain.len(), compiled.len());
@@ -439,23 +448,18 @@ fn pipelined_steps_equal_steps_one_after_the_other() {
     // waits, not what is computed: the same losses, gradient norms and
     // adapter bytes, with checkpoints (read at once) between pipelined
     // steps and a clip limit that some steps cross and some do not.
-    let paths = shared_demo();
     let mut runs = Vec::new();
     for pipeline in [false, true] {
         let mut settings = settings();
         settings.pipeline = pipeline;
-        let out = tempfile::tempdir().unwrap();
-        let cfg = TrainConfig {
-            max_grad_norm: 5.0,
-            save_every: 5,
-            ..config(&paths, out.path())
-        };
-        let mut obs = RecordingObserver::default();
-        train::train(&cfg, &settings, &mut obs, &CancelToken::new()).unwrap();
+        let (events, out) = train_demo(&settings, |cfg| {
+            cfg.max_grad_norm = 5.0;
+            cfg.save_every = 5;
+        });
         let bytes = std::fs::read(out.path().join("adapters.safetensors")).unwrap();
         runs.push((
-            step_losses(&obs.events),
-            step_values(&obs.events, |s| s.grad_norm),
+            step_losses(&events),
+            step_values(&events, |s| s.grad_norm),
             bytes,
         ));
     }

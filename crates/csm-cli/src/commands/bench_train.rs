@@ -750,6 +750,13 @@ fn time_case(
     // The loss of the step the device is running (pipelined).
     let mut running: Option<Array> = None;
     let start = Instant::now();
+    // Waits for a step's loss: the step is done.
+    let mut finish = |loss: &Array| -> Result<()> {
+        transforms::eval([loss])?;
+        done.push(start.elapsed().as_secs_f64());
+        losses.push(loss.item_cast::<f32>());
+        Ok(())
+    };
     for _ in 0..warmup + steps {
         let t = Instant::now();
         let out = step.run(model, batch, (1.0, 1.0))?;
@@ -768,9 +775,7 @@ fn time_case(
         );
         host.push(t.elapsed().as_secs_f64());
         if let Some(prev) = running.take() {
-            transforms::eval([&prev])?;
-            done.push(start.elapsed().as_secs_f64());
-            losses.push(prev.item_cast::<f32>());
+            finish(&prev)?;
         }
         if pipeline {
             let t = Instant::now();
@@ -779,14 +784,11 @@ fn time_case(
             running = Some(loss);
         } else {
             transforms::eval(&to_eval)?;
-            done.push(start.elapsed().as_secs_f64());
-            losses.push(loss.item_cast::<f32>());
+            finish(&loss)?;
         }
     }
     if let Some(prev) = running.take() {
-        transforms::eval([&prev])?;
-        done.push(start.elapsed().as_secs_f64());
-        losses.push(prev.item_cast::<f32>());
+        finish(&prev)?;
     }
     let last_loss = *losses.last().expect("at least one step");
     if !last_loss.is_finite() {

@@ -4,7 +4,7 @@
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use csm_core::demo::{create_demo, DemoPaths};
@@ -106,6 +106,33 @@ pub fn tiny_whisper(root: &Path) -> PathBuf {
         .expect("python3 unzips");
     assert!(status.success());
     dir
+}
+
+/// Waits until `ready()` holds (failing if `child` ends first or `limit`
+/// passes), then sends it `signal` (`INT` for a Ctrl-C, `KILL`) and
+/// returns its output.
+pub fn signal_when(
+    mut child: Child,
+    signal: &str,
+    limit: Duration,
+    mut ready: impl FnMut() -> bool,
+) -> Output {
+    let start = Instant::now();
+    while !ready() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "it ended before SIG{signal}:\n{}",
+            text(&child.wait_with_output().unwrap())
+        );
+        assert!(start.elapsed() < limit, "never ready for SIG{signal}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sent = Command::new("kill")
+        .args([format!("-{signal}"), child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    child.wait_with_output().unwrap()
 }
 
 pub fn text(out: &Output) -> String {

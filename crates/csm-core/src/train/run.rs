@@ -701,8 +701,21 @@ impl<'a> Run<'a> {
     /// Whether validation or a checkpoint follows optimizer step `step`
     /// (1-based), so that it is read back before the next one is built.
     fn after_step_due(&self, step: usize) -> bool {
-        let every = |n: usize| n > 0 && step.is_multiple_of(n);
-        step >= self.total_steps || every(self.cfg.val_every) || every(self.cfg.save_every)
+        self.validation_due(step) || self.checkpoint_due(step)
+    }
+
+    /// Validation follows the last step and every `--val-every`.
+    fn validation_due(&self, step: usize) -> bool {
+        step == self.total_steps
+            || (self.cfg.val_every > 0 && step.is_multiple_of(self.cfg.val_every))
+    }
+
+    /// A checkpoint follows every `--save-every` steps but the last (whose
+    /// checkpoint is [`Run::finish`]'s).
+    fn checkpoint_due(&self, step: usize) -> bool {
+        step != self.total_steps
+            && self.cfg.save_every > 0
+            && step.is_multiple_of(self.cfg.save_every)
     }
 
     /// Loss terms and gradients of this rank's share of each micro-batch,
@@ -895,9 +908,7 @@ impl<'a> Run<'a> {
 
     /// Validates on rank 0 after the last step and every `--val-every`.
     fn maybe_validate(&mut self, observer: &mut dyn TrainingObserver) -> Result<(), TrainError> {
-        let step = self.progress.step;
-        let due = step == self.total_steps
-            || (self.cfg.val_every > 0 && step.is_multiple_of(self.cfg.val_every));
+        let due = self.validation_due(self.progress.step);
         if self.group.is_main() && !self.data.val.is_empty() && due {
             self.validate(observer)?;
         }
@@ -911,11 +922,7 @@ impl<'a> Run<'a> {
         observer: &mut dyn TrainingObserver,
         cancel: &CancelToken,
     ) -> Result<(), TrainError> {
-        let step = self.progress.step;
-        let due = step != self.total_steps
-            && self.cfg.save_every > 0
-            && step.is_multiple_of(self.cfg.save_every);
-        if due {
+        if self.checkpoint_due(self.progress.step) {
             self.checkpoint(observer)?;
             self.score_voice(observer, cancel)?;
         }
