@@ -90,6 +90,9 @@ def parse_args():
                     help="with --cases: skip cases that would start (or, by the previous case's duration, "
                          "end) after this Unix time")
     ap.add_argument("--tag", default="", help="label stored in the JSON (e.g. eager / compiled)")
+    ap.add_argument("--profile-dir", default=None,
+                    help="after the timed steps, 2 more steps under torch.profiler; their kernel trace "
+                         "(Chrome JSON, gzipped) goes here, one file per case")
     a = ap.parse_args()
     if a.cases is not None:
         if a.mode != "same-work":
@@ -282,6 +285,32 @@ def main():
             common.write_json(args.json, out)
 
 
+def profile_steps(args, step, B, torch):
+    """Two more steps under torch.profiler; writes their trace (kernels with
+    start and duration) for a kernel-by-kernel comparison with csm's."""
+    import gzip
+    import os
+    import tempfile
+
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
+    with profile(activities=acts) as prof:
+        for _ in range(2):
+            step()
+    mode = "compiled" if args.compile else "eager"
+    frac = args.decoder_fraction if args.decoder_fraction is not None else "k"
+    out = Path(args.profile_dir) / f"peer_{mode}_{B}x{args.audio_frames}_{frac}.trace.json.gz"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".json", dir=out.parent)
+    os.close(fd)
+    prof.export_chrome_trace(tmp)
+    with open(tmp, "rb") as src, gzip.open(out, "wb") as dst:
+        dst.write(src.read())
+    os.remove(tmp)
+    print(f"  profile of 2 steps: {out}")
+
+
 def run_case(args, model, inner, opt, cfg, hop, torch, dtype):
     """Warm-up and timed steps of one case; returns its JSON fields."""
     gen = torch.Generator().manual_seed(args.seed + 1)
@@ -366,6 +395,16 @@ def run_case(args, model, inner, opt, cfg, hop, torch, dtype):
             losses.append(r[4])
             print(f"  step {i}: {r[0]:.3f} s (fwd {r[1]:.3f}, bwd {r[2]:.3f}, opt {r[3]:.3f})  loss {r[4][0]:.4f}")
             sys.stdout.flush()
+    if args.profile_dir:
+        # The timings above stand whatever happens to the profile: a failure
+        # is printed with its traceback and the case's JSON is still written.
+        try:
+            profile_steps(args, step, B, torch)
+        except Exception:  # noqa: BLE001
+            import traceback
+
+            print("  profile failed:", file=sys.stderr)
+            traceback.print_exc()
     enc_times = timed_encode.times[n_enc_warm:]
     assert all(math.isfinite(x) for l in losses for x in l), losses
 
