@@ -3,7 +3,7 @@
 # mlx-cuda-13 wheel's libmlx) beside transformers + peft, eager and under
 # torch.compile, on the same card in one run; then the comparison table.
 #
-#   bench/run_gpu.sh OUTDIR CUDA_DIR CSM_BINARY      about 8 minutes on an H100
+#   bench/run_gpu.sh OUTDIR CUDA_DIR CSM_BINARY      about 12 minutes on an H100
 #   bench/run_gpu.sh --quick OUTDIR [CSM_BINARY]    CPU smoke run, --size tiny
 #
 # CUDA_DIR is the unpacked mlx-cuda-13 wheel (scripts/gpu-check.sh finds the
@@ -12,16 +12,19 @@
 # B x A in {1x130, 8x130, 4x500, 16x250}, the depth decoder on 1/16 and on
 # every frame (transformers' -101 rule for both tools, so both do the same
 # work), CSM-1B shape, random weights, bf16, LoRA r8 on q_proj/v_proj of both
-# stacks, 3 warm-up steps and 5 timed (median). In OUTDIR: one JSON per run,
-# the log of every command (*.log) and table.md.
+# stacks, 3 warm-up steps and 15 timed (median; 5 were too few for the
+# small cases on 2026-12-07). In OUTDIR: one JSON per run, the log of every
+# command (*.log) and table.md.
 #
 # Order: the matmul rate (PyTorch, 8192^3 bf16), csm's cases (plain and
 # compiled, one process), csm's levers one at a time, the peer eager (one
 # process), the peer under torch.compile with what is left of BUDGET_S
 # (default 450 s; cases in order of interest, each compiled afresh; a case
 # cut off by the budget is reported as not measured), csm's packing case
-# (16 rows of mixed lengths, padded and packed; PACKING=0 skips it), the
-# table.
+# (16 rows of mixed lengths, padded and packed; PACKING=0 skips it),
+# generation with and without CUDA graphs, the kernels of a csm step
+# (bench/ktrace, where a C compiler and CUPTI are found) beside the peer's
+# (torch.profiler), the tables.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -53,7 +56,7 @@ else
   peer_compile_cases=16x250:0.0625,8x130:0.0625,8x130:1.0,4x500:0.0625,16x250:1.0,1x130:0.0625,4x500:1.0,1x130:1.0
 fi
 cases=1x130,8x130,4x500,16x250
-steps=(--warmup 3 --steps 5)
+steps=(--warmup 3 --steps 15)
 elapsed() { echo $(( $(date +%s) - start )); }
 log() { echo "== [$(elapsed) s] $*"; }
 
@@ -100,15 +103,23 @@ lever pipeline-off 8x130 0.0625 --pipeline false
 # MLX's CUDA backend records kernels into CUDA graphs and commits one every
 # 32 M input elements (csm's MLX_MAX_MB_PER_BUFFER), an op or two around
 # each large matmul: plain stream launches may cost the host less.
+# Without graphs the host may run 10 commits ahead of the GPU and MLX holds
+# the buffers of every op in them (2026-12-07: 2-2.7x the peak memory at
+# MLX's 100 ops a commit): fewer ops a commit bound what is held.
 MLX_USE_CUDA_GRAPHS=0 lever no-cuda-graphs 16x250 0.0625
 MLX_USE_CUDA_GRAPHS=0 lever no-cuda-graphs 8x130 0.0625
+for ops in 2 5 10; do
+  for c in "16x250 0.0625" "8x130 0.0625" "8x130 1.0" "16x250 1.0"; do
+    MLX_USE_CUDA_GRAPHS=0 MLX_MAX_OPS_PER_BUFFER=$ops lever no-cuda-graphs-ops$ops $c
+  done
+done
 lever no-levers 16x250 0.0625 --cross-entropy plain --attention-tile 0 --lean-swiglu false \
   --lean-lora false --no-buckets
 
 log "peer: every case, eager"
 peer_cases=1x130:0.0625,8x130:0.0625,4x500:0.0625,16x250:0.0625,1x130:1.0,8x130:1.0,4x500:1.0,16x250:1.0
 $PY bench/peer/train_step.py --mode same-work "${pdev[@]}" --cases $peer_cases "${steps[@]}" \
-  --json-dir "$out" --tag eager > "$out/peer_eager.log" 2>&1 || echo "peer eager failed: see $out/peer_eager.log"
+  --json-dir "$out" --tag eager --profile-dir "$out/prof" > "$out/peer_eager.log" 2>&1 || echo "peer eager failed: see $out/peer_eager.log"
 grep -E "^== case|step s median" "$out/peer_eager.log" || true
 
 left=$(( budget - $(elapsed) ))
@@ -118,7 +129,7 @@ if [ $left -gt 30 ]; then
   # previous case's duration; timeout cuts the last one off.
   deadline=$(( start + budget ))
   timeout --kill-after=15 $left $PY bench/peer/train_step.py --mode same-work "${pdev[@]}" \
-    --cases $peer_compile_cases "${steps[@]}" --compile --deadline-epoch $deadline --json-dir "$out" --tag compiled \
+    --cases $peer_compile_cases "${steps[@]}" --compile --deadline-epoch $deadline --json-dir "$out" --tag compiled --profile-dir "$out/prof" \
     > "$out/peer_compiled.log" 2>&1 || echo "peer torch.compile stopped (exit $?): see $out/peer_compiled.log"
   grep -E "^== case|step s median|first warm-up" "$out/peer_compiled.log" || true
 else
@@ -133,6 +144,38 @@ if [ "${PACKING:-1}" = 1 ]; then
   g bench-train --size $size --dtype $dtype --cases 16x0 --lengths 60,130,250 --layouts padded,packed \
     --decoder-fraction 0.0625 --decoder-rule csm --modes compiled "${steps[@]}" --peak-tflops "$rate" \
     --json-dir "$out" 2>&1 | tee "$out/csm_packing.log" | grep "csm bench-train" || true
+fi
+
+if [ $quick = 0 ]; then
+  log "csm: generation (100 frames), default and without CUDA graphs (5 ops a commit)"
+  for v in default no-cuda-graphs-ops5; do
+    ( [ $v = default ] || export MLX_USE_CUDA_GRAPHS=0 MLX_MAX_OPS_PER_BUFFER=5
+      g bench-generate --size csm-1b --frames 100 --dtype bf16 --json > "$out/gen_$v.json" 2> "$out/gen_$v.log" ) \
+      || echo "generation ($v) failed: see $out/gen_$v.log"
+  done
+
+  # Every kernel of a few compiled steps, timestamped by CUPTI (Nsight
+  # Compute profiled none of a csm run in 330 s on 2026-12-07).
+  cuda_home=$(dirname "$(dirname "$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)")")
+  if cc -O2 -shared -fPIC bench/ktrace/ktrace.c -I"$cuda_home/include" -I"$cuda_home/extras/CUPTI/include" \
+    -L"$cuda_home/extras/CUPTI/lib64" -lcupti -Wl,-rpath,"$cuda_home/extras/CUPTI/lib64" -o "$out/ktrace.so" \
+    > "$out/ktrace_build.log" 2>&1; then
+    log "csm: the kernels of 5 steps (bench/ktrace)"
+    for frac in 0.0625 1.0; do
+      KTRACE_OUT="$out/kernels_16x250_$frac.tsv" CUDA_INJECTION64_PATH="$(cd "$out" && pwd)/ktrace.so" \
+        g bench-train --size $size --dtype $dtype --cases 16x250 --decoder-fraction $frac --decoder-rule hf \
+        --modes compiled --warmup 2 --steps 3 > "$out/ktrace_$frac.log" 2>&1 || echo "trace failed: see $out/ktrace_$frac.log"
+      peer_trace="$out/prof/peer_compiled_16x250_$frac.trace.json.gz"
+      [ -f "$peer_trace" ] || peer_trace="$out/prof/peer_eager_16x250_$frac.trace.json.gz"
+      if [ -f "$peer_trace" ]; then
+        $PY bench/kernel_table.py --csm "$out/kernels_16x250_$frac.tsv" --peer "$peer_trace" \
+          | tee "$out/kernels_16x250_$frac.md" || true
+      fi
+      gzip -f "$out/kernels_16x250_$frac.tsv" 2>/dev/null || true
+    done
+  else
+    echo "bench/ktrace not built (no C compiler or CUPTI): see $out/ktrace_build.log"
+  fi
 fi
 
 log "table"

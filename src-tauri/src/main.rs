@@ -9,6 +9,6 @@ fn main() {
     // OPENBLAS_CORETYPE set (the app's system info reports the outcome).
     let _ = csm_core::runtime::blas::reexec_with_better_kernels(|k| std::env::var_os(k));
     // Before Tauri starts its threads: MLX's CUDA cache settings.
-    csm_core::runtime::set_process_defaults();
+    csm_core::runtime::set_process_defaults(|k| std::env::var_os(k));
     csm_app_lib::run();
 }

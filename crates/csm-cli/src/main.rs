@@ -140,7 +140,7 @@ fn main() -> std::process::ExitCode {
     // CPU it does not know gets generic ones unless we start again with
     // OPENBLAS_CORETYPE set. On failure the run goes on; `csm info` warns.
     let blas_restart = csm_core::runtime::blas::reexec_with_better_kernels(|k| std::env::var_os(k));
-    csm_core::runtime::set_process_defaults();
+    csm_core::runtime::set_process_defaults(|k| std::env::var_os(k));
     let cli = Cli::parse();
     logging::init(cli.log_level);
     if let Err(e) = blas_restart {

@@ -3,7 +3,8 @@
 
 pub mod blas;
 
-use std::ffi::CStr;
+use std::ffi::{CStr, OsString};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use mlx_rs::{random, Array, Device, Dtype};
@@ -125,11 +126,40 @@ pub const MLX_ENV_DEFAULTS: [(&str, &str); 3] = [
 #[cfg(target_os = "macos")]
 pub const MLX_ENV_DEFAULTS: [(&str, &str); 0] = [];
 
-/// Sets [`MLX_ENV_DEFAULTS`] in this process's environment, leaving any
-/// the user already set, and tunes glibc's allocator for MLX's CPU backend
-/// (the private `keep_freed_memory`). MLX reads the variables when a backend
-/// cache is first built, so call this first thing in `main`, before any MLX
-/// work and before other threads start (the `csm` tool and the app do).
+/// csm's cache folder, from the variables `lookup` gives (the `csm` tool
+/// and the app pass `|k| std::env::var_os(k)`): `$CSM_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/csm`, else `$HOME/.cache/csm`, else `csm` in the
+/// temporary directory (`$TMPDIR`, else `/tmp`).
+pub fn cache_root(lookup: impl Fn(&str) -> Option<OsString>) -> PathBuf {
+    if let Some(d) = lookup("CSM_CACHE_DIR") {
+        return PathBuf::from(d);
+    }
+    lookup("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| lookup("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .or_else(|| lookup("TMPDIR").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("/tmp"))
+        .join("csm")
+}
+
+/// Where MLX's CUDA backend keeps the kernels it compiles at run time
+/// (`MLX_PTX_CACHE_DIR`): `mlx-ptx/<MLX version>` in [`cache_root`]. MLX's
+/// own default is under the temporary directory, which a reboot empties:
+/// the first compiled training step then spent 94-133 s compiling kernels
+/// again on an H100 (docs/benchmarks.md), and under a second once they
+/// were cached. The version keeps one MLX's kernels from another's.
+pub fn mlx_kernel_cache_dir(lookup: impl Fn(&str) -> Option<OsString>) -> PathBuf {
+    cache_root(lookup).join("mlx-ptx").join(mlx_version())
+}
+
+/// Sets [`MLX_ENV_DEFAULTS`] in this process's environment, and outside
+/// macOS `MLX_PTX_CACHE_DIR` to [`mlx_kernel_cache_dir`], leaving any the
+/// user already set (`lookup` reads the environment: the `csm` tool and the
+/// app pass `|k| std::env::var_os(k)`), and tunes glibc's allocator for
+/// MLX's CPU backend (the private `keep_freed_memory`). MLX reads the
+/// variables when a backend cache is first built, so call this first thing
+/// in `main`, before any MLX work and before other threads start (the `csm`
+/// tool and the app do).
 ///
 /// This is the one function of csm-core that touches the environment, on
 /// purpose: it is process set-up that only a binary's `main` calls, not
@@ -139,11 +169,14 @@ pub const MLX_ENV_DEFAULTS: [(&str, &str); 0] = [];
 /// reads `GLIBC_TUNABLES` only to leave a user's own malloc tuning alone.
 /// Jobs (training, preparing, evaluating, generating) read no variables:
 /// their settings are passed in (see `train::RunSettings`).
-pub fn set_process_defaults() {
+pub fn set_process_defaults(lookup: impl Fn(&str) -> Option<OsString>) {
     for (key, value) in MLX_ENV_DEFAULTS {
-        if std::env::var_os(key).is_none() {
+        if lookup(key).is_none() {
             std::env::set_var(key, value);
         }
+    }
+    if cfg!(not(target_os = "macos")) && lookup("MLX_PTX_CACHE_DIR").is_none() {
+        std::env::set_var("MLX_PTX_CACHE_DIR", mlx_kernel_cache_dir(&lookup));
     }
     keep_freed_memory();
 }
@@ -619,6 +652,54 @@ pub fn matmul_gflops(
 #[cfg(all(test, target_os = "linux", target_env = "gnu"))]
 mod tests {
     use mlx_rs::{random, Array};
+    use std::ffi::OsString;
+    use std::path::PathBuf;
+
+    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| {
+            pairs
+                .iter()
+                .find(|(name, _)| name == k)
+                .map(|(_, v)| OsString::from(v))
+        }
+    }
+
+    /// csm's cache folder follows `CSM_CACHE_DIR`, then the XDG folder, then
+    /// `~/.cache`, then the temporary directory; the codes cache and MLX's
+    /// kernel cache live in it, the kernels under MLX's version.
+    #[test]
+    fn cache_folders_follow_the_variables_in_order() {
+        let all = vars(&[
+            ("CSM_CACHE_DIR", "/c"),
+            ("XDG_CACHE_HOME", "/x"),
+            ("HOME", "/h"),
+            ("TMPDIR", "/t"),
+        ]);
+        assert_eq!(super::cache_root(&all), PathBuf::from("/c"));
+        let cases = [
+            (vars(&[("XDG_CACHE_HOME", "/x"), ("HOME", "/h")]), "/x/csm"),
+            (vars(&[("HOME", "/h"), ("TMPDIR", "/t")]), "/h/.cache/csm"),
+            (vars(&[("TMPDIR", "/t")]), "/t/csm"),
+            (vars(&[]), "/tmp/csm"),
+        ];
+        for (lookup, want) in cases {
+            assert_eq!(super::cache_root(lookup), PathBuf::from(want));
+        }
+        let version = super::mlx_version();
+        assert!(!version.is_empty());
+        assert_eq!(
+            super::mlx_kernel_cache_dir(&all),
+            PathBuf::from("/c/mlx-ptx").join(&version)
+        );
+        assert_eq!(
+            crate::train::codes::CodesCache::default_dir(vars(&[("HOME", "/h")])),
+            PathBuf::from("/h/.cache/csm/codes")
+        );
+    }
 
     /// The guard sets one thread and the last of overlapping guards gives
     /// the count back; one-row products (a frame step's) keep their bits

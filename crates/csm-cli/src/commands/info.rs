@@ -59,6 +59,12 @@ pub fn run(args: InfoArgs) -> Result<()> {
     );
     print_blas_kernels();
     tell!("libmlx          {}", libmlx_path());
+    if backend == Backend::Cuda {
+        // Set at start-up (runtime::set_process_defaults) unless the user
+        // chose one: the CUDA kernels MLX compiles at run time live here.
+        let dir = std::env::var_os("MLX_PTX_CACHE_DIR").unwrap_or_default();
+        tell!("kernel cache    {}", std::path::Path::new(&dir).display());
+    }
     if let Some(probe) = runtime::malloc_probe() {
         let from = |mmapped: bool| if mmapped { "mmap" } else { "heap" };
         tell!(

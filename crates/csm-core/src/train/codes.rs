@@ -49,21 +49,10 @@ impl CodesCache {
         }
     }
 
-    /// The default cache directory, from the variables `lookup` gives (the
-    /// `csm` tool and the app pass `|k| std::env::var_os(k)`):
-    /// `$CSM_CACHE_DIR/codes`, else `$XDG_CACHE_HOME/csm/codes`, else
-    /// `$HOME/.cache/csm/codes`, else `csm/codes` in the temporary
-    /// directory (`$TMPDIR`, else `/tmp`).
+    /// The default cache directory: `codes` in csm's cache folder
+    /// ([`crate::runtime::cache_root`], from the variables `lookup` gives).
     pub fn default_dir(lookup: impl Fn(&str) -> Option<OsString>) -> PathBuf {
-        if let Some(d) = lookup("CSM_CACHE_DIR") {
-            return PathBuf::from(d).join("codes");
-        }
-        let base = lookup("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| lookup("HOME").map(|h| PathBuf::from(h).join(".cache")))
-            .or_else(|| lookup("TMPDIR").map(PathBuf::from))
-            .unwrap_or_else(|| PathBuf::from("/tmp"));
-        base.join("csm").join("codes")
+        crate::runtime::cache_root(lookup).join("codes")
     }
 
     /// The entry key of an utterance.
