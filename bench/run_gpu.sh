@@ -156,9 +156,13 @@ if [ $quick = 0 ]; then
 
   # Every kernel of a few compiled steps, timestamped by CUPTI (Nsight
   # Compute profiled none of a csm run in 330 s on 2026-12-07).
+  # CUPTI's header and library lie in extras/CUPTI or in targets/*/ of a
+  # toolkit, depending on how it was installed: found, not assumed.
   cuda_home=$(dirname "$(dirname "$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)")")
-  if cc -O2 -shared -fPIC bench/ktrace/ktrace.c -I"$cuda_home/include" -I"$cuda_home/extras/CUPTI/include" \
-    -L"$cuda_home/extras/CUPTI/lib64" -lcupti -Wl,-rpath,"$cuda_home/extras/CUPTI/lib64" -o "$out/ktrace.so" \
+  cupti_h=$(find -L "$cuda_home" -name cupti.h 2>/dev/null | head -1)
+  cupti_so=$(find -L "$cuda_home" -name 'libcupti.so*' 2>/dev/null | head -1)
+  if [ -n "$cupti_h" ] && [ -n "$cupti_so" ] && cc -O2 -shared -fPIC bench/ktrace/ktrace.c -I"$cuda_home/include" \
+    -I"$(dirname "$cupti_h")" "$cupti_so" -Wl,-rpath,"$(dirname "$cupti_so")" -o "$out/ktrace.so" \
     > "$out/ktrace_build.log" 2>&1; then
     log "csm: the kernels of 5 steps (bench/ktrace)"
     for frac in 0.0625 1.0; do
@@ -174,7 +178,7 @@ if [ $quick = 0 ]; then
       gzip -f "$out/kernels_16x250_$frac.tsv" 2>/dev/null || true
     done
   else
-    echo "bench/ktrace not built (no C compiler or CUPTI): see $out/ktrace_build.log"
+    echo "bench/ktrace not built (CUPTI header: '${cupti_h:-none}', library: '${cupti_so:-none}'): see $out/ktrace_build.log"
   fi
 fi
 

@@ -10,7 +10,10 @@
  *      -I$CUDA/extras/CUPTI/include -L$CUDA/extras/CUPTI/lib64 -lcupti -o ktrace.so
  *   CUDA_INJECTION64_PATH=$PWD/ktrace.so KTRACE_OUT=kernels.tsv csm bench-train ...
  *
- * The CUDA driver loads the library at cuInit and calls InitializeInjection.
+ * (bench/run_gpu.sh finds CUPTI wherever the toolkit keeps it.) The CUDA
+ * driver loads the library at cuInit and calls InitializeInjection.
+ * Compiled with -Wall -Wextra against CUPTI 12.8's headers (PyPI
+ * nvidia-cuda-cupti-cu12); not yet run on a GPU.
  */
 #include <cupti.h>
 #include <stdio.h>
