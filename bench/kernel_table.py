@@ -1,15 +1,15 @@
 #!/usr/bin/env python3
 """Where a training step's GPU time goes, csm beside the peer, by kind of kernel.
 
-  python3 bench/kernel_table.py --csm NCU_RAW.csv[.gz] --peer TRACE.json[.gz] [--peer-steps 2]
+  python3 bench/kernel_table.py --csm KERNELS.tsv[.gz]|NCU_RAW.csv[.gz] --peer TRACE.json[.gz] [--peer-steps 2]
 
 --csm: the kernels of a `csm bench-train` run of one case, as the CUPTI
 tracer bench/ktrace writes them (start ns, end ns, name; .tsv) or as Nsight
 Compute's raw page (`ncu --metrics gpu__time_duration.sum --csv --page raw
 --log-file F`; .csv).
 Its steps launch the same kernels in the same order, so one step is the
-longest tail that repeats the stretch just before it; the kernels of that
-last step are counted. --peer: the Chrome trace that
+shortest tail (of at least --min-period kernels) that repeats the stretch
+just before it; the kernels of that last step are counted. --peer: the Chrome trace that
 `bench/peer/train_step.py --profile-dir` writes for a case (2 steps).
 Prints, for each kind of kernel, the count and the milliseconds per step of
 both, and the sum over every kernel.
@@ -23,9 +23,12 @@ import json
 import re
 import sys
 
+# First match wins: attention comes before matmul, as cuDNN's fused
+# attention kernels carry "wgmma" in their names (cudnn::fusion: the
+# flash backward's own pre- and post-passes).
 KINDS = [
+    ("attention", r"flash|fmha|sdpa|attention|scaled_dot|cudnn::fusion"),
     ("matmul", r"gemm|cutlass|cublas|xmma|nvjet|wgmma|matmul|gemv|splitk"),
-    ("attention", r"flash|fmha|sdpa|attention|cudnn|scaled_dot"),
     ("softmax / log-sum-exp", r"softmax|logsumexp|cross_entropy|nll"),
     ("reduction", r"reduce|sum_|_sum|norm|rms|welford|all_reduce|row_reduce|col_reduce"),
     ("copy / cast / gather", r"copy|cast|gather|scatter|index|concat|pad|fill|memset|memcpy|transpose|contiguous|slice"),

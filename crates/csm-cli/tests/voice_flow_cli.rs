@@ -654,19 +654,9 @@ fn the_model_downloads_while_the_recordings_are_transcribed_and_both_resume_afte
     hub.throttle(Some(Duration::from_millis(200)));
 
     // Killed with a transcript written and the weights part-way.
-    let mut child = spawn();
-    let start = Instant::now();
-    while !(talks() > 0 && model_partial().is_some()) {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "it ended before the kill:\n{}",
-            text(&child.wait_with_output().unwrap())
-        );
-        assert!(start.elapsed() < LIMIT, "never ready to kill");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    signal_when(spawn(), "KILL", LIMIT, || {
+        talks() > 0 && model_partial().is_some()
+    });
     assert!(talks() < 3, "all transcribed before the kill");
     let (_, killed_at) = model_partial().expect("the partial weights stay");
     let state = vdir.read_state().unwrap();
