@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{demo, signal_when, step_records, text, tiny_whisper, CSM};
+use common::{demo, signal_when, step_records, text, tiny_whisper, wait_until, CSM};
 use csm_flow::layout::{StageStatus, VoiceDir};
 use csm_flow::Stage;
 
@@ -686,15 +686,9 @@ fn the_model_downloads_while_the_recordings_are_transcribed_and_both_resume_afte
     // still coming (the partial file is there, the whole blob is not).
     let mut child = spawn();
     let start = Instant::now();
-    while vdir.read_state().unwrap().status(Stage::Transcribe) != StageStatus::Done {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "it ended before transcription was done:\n{}",
-            text(&child.wait_with_output().unwrap())
-        );
-        assert!(start.elapsed() < LIMIT, "transcription never ended");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(&mut child, "transcription was done", LIMIT, || {
+        vdir.read_state().unwrap().status(Stage::Transcribe) == StageStatus::Done
+    });
     assert!(
         child.try_wait().unwrap().is_none(),
         "it ended with transcription"

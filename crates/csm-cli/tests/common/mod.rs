@@ -108,25 +108,35 @@ pub fn tiny_whisper(root: &Path) -> PathBuf {
     dir
 }
 
-/// Waits until `ready()` holds (failing if `child` ends first or `limit`
-/// passes), then sends it `signal` (`INT` for a Ctrl-C, `KILL`) and
-/// returns its output.
+/// Waits until `ready()` holds, failing if `child` ends first or `limit`
+/// passes; `what` names the moment waited for in those failures.
+pub fn wait_until(child: &mut Child, what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ready() {
+        if let Some(status) = child.try_wait().unwrap() {
+            let read = |pipe: Option<&mut dyn std::io::Read>| {
+                let mut s = String::new();
+                pipe.map(|p| p.read_to_string(&mut s));
+                s
+            };
+            let stdout = read(child.stdout.as_mut().map(|p| p as &mut dyn std::io::Read));
+            let stderr = read(child.stderr.as_mut().map(|p| p as &mut dyn std::io::Read));
+            panic!("it ended ({status}) before {what}:\nstdout:\n{stdout}\nstderr:\n{stderr}");
+        }
+        assert!(start.elapsed() < limit, "never reached {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until `ready()` holds (see [`wait_until`]), then sends `child`
+/// `signal` (`INT` for a Ctrl-C, `KILL`) and returns its output.
 pub fn signal_when(
     mut child: Child,
     signal: &str,
     limit: Duration,
-    mut ready: impl FnMut() -> bool,
+    ready: impl FnMut() -> bool,
 ) -> Output {
-    let start = Instant::now();
-    while !ready() {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "it ended before SIG{signal}:\n{}",
-            text(&child.wait_with_output().unwrap())
-        );
-        assert!(start.elapsed() < limit, "never ready for SIG{signal}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(&mut child, &format!("SIG{signal}"), limit, ready);
     let sent = Command::new("kill")
         .args([format!("-{signal}"), child.id().to_string()])
         .status()
