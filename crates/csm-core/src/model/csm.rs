@@ -70,6 +70,10 @@ pub struct TrainKernels {
     /// the backward. The padded keys come after every real query, so the
     /// causal mask hides them and the real rows are unchanged.
     pub attention_tile: i32,
+    /// The same padding for the depth decoder's causal attention (its
+    /// sequences are 32 positions: one tile of 128 is four times the
+    /// attention work, fused in the backward).
+    pub decoder_attention_tile: i32,
     /// SwiGLU keeps only its inputs for the backward, recomputing the
     /// sigmoid ([`crate::kernels::lean::swiglu`]): two arrays of the
     /// feed-forward's width per token and layer instead of four.
@@ -84,6 +88,7 @@ impl TrainKernels {
     pub const PLAIN: TrainKernels = TrainKernels {
         fused_cross_entropy: false,
         attention_tile: 0,
+        decoder_attention_tile: 0,
         lean_swiglu: false,
         lean_lora: false,
     };
@@ -105,6 +110,7 @@ impl TrainKernels {
             } else {
                 0
             },
+            decoder_attention_tile: 0,
             lean_swiglu: gpu,
             lean_lora: gpu,
         }
@@ -161,11 +167,14 @@ impl Csm {
     }
 
     /// Chooses the forms of the training computation (see
-    /// [`TrainKernels`]); the attention tile applies to the backbone.
+    /// [`TrainKernels`]).
     pub fn set_train_kernels(&mut self, kernels: TrainKernels) {
         self.kernels = kernels;
         for layer in &mut self.backbone.layers {
             layer.self_attn.tile = kernels.attention_tile;
+        }
+        for layer in &mut self.decoder.layers {
+            layer.self_attn.tile = kernels.decoder_attention_tile;
         }
         for layer in self
             .backbone
