@@ -20,6 +20,7 @@ import csv
 import gzip
 import io
 import json
+import random
 import re
 import sys
 
@@ -37,7 +38,15 @@ KINDS = [
 ]
 
 
+# MLX's JIT-fused elementwise kernels (mx.compile) carry a generated name
+# of op names after a length prefix, e.g. _ZN3mlx4core2cu79CV2ISigmoid...;
+# their names also hold "contiguous" or "AsType", which would read as copies.
+MLX_FUSED = re.compile(r"mlx4core2cu\d+[A-Z]")
+
+
 def kind_of(name):
+    if MLX_FUSED.search(name):
+        return "fused elementwise"
     low = name.lower()
     for kind, pattern in KINDS:
         if re.search(pattern, low):
@@ -93,22 +102,28 @@ def ncu_kernels(path):
     return out
 
 
-def last_step(kernels, max_tail=64, min_period=200):
-    """The kernels of the last step. Every whole number of steps repeats the
-    stretch before it, so the step is the shortest stretch (of at least
-    min_period kernels) at the end that does, after dropping as few trailing
-    kernels as needed (at most max_tail)."""
+def last_step(kernels, max_tail=4000, min_period=200):
+    """The kernels of the last step. MLX launches a step's kernels in an
+    order that varies from step to step, but each step launches the same
+    kernels: the step is the shortest stretch (of at least min_period
+    kernels) at the end whose kernels, as a multiset, are those of the
+    stretch before it, after dropping as few trailing kernels as needed (at
+    most max_tail: the run's last step may be followed by other work)."""
     names = [k[0] for k in kernels]
     n = len(names)
+    # A multiset of names as a sum of random 64-bit values, one per name.
+    rng = random.Random(0)
+    value = {}
+    prefix = [0]
+    for name in names:
+        if name not in value:
+            value[name] = rng.getrandbits(64)
+        prefix.append((prefix[-1] + value[name]) & (2**64 - 1))
     for tail in range(0, min(max_tail, n) + 1):
         m = n - tail
-        for period in range(min(min_period, m // 2), m // 2 + 1):
-            if period < 2:
-                continue
+        for period in range(max(min_period, 2), m // 2 + 1):
             a, b = m - 2 * period, m - period
-            if names[a] != names[b] or names[b - 1] != names[m - 1]:
-                continue
-            if names[a:b] == names[b:m]:
+            if (prefix[b] - prefix[a]) & (2**64 - 1) == (prefix[m] - prefix[b]) & (2**64 - 1):
                 return kernels[b:m], tail
     raise SystemExit(f"no repeating step found among {n} kernels: run 2 or more steps")
 

@@ -164,10 +164,6 @@ pub struct BenchTrainArgs {
     /// outside macOS, else 0].
     #[arg(long)]
     attention_tile: Option<i32>,
-    /// The same padding for the depth decoder's attention (sequences of 32
-    /// positions) [default: 0].
-    #[arg(long)]
-    decoder_attention_tile: Option<i32>,
     /// Quantize the frozen projections of both stacks to 4 or 8 bits
     /// before attaching the adapters (QLoRA, as `finetune-lora
     /// --quantize`).
@@ -358,12 +354,6 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
         }
         kernels.attention_tile = tile;
     }
-    if let Some(tile) = args.decoder_attention_tile {
-        if tile < 0 {
-            bail!("--decoder-attention-tile {tile}: give 0 (never) or a positive tile");
-        }
-        kernels.decoder_attention_tile = tile;
-    }
 
     // The device's rate first, on an idle device.
     let probe = match args.matmul_probe {
@@ -527,7 +517,6 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
                 "kernels": {
                     "fused_cross_entropy": kernels.fused_cross_entropy,
                     "attention_tile": kernels.attention_tile,
-                    "decoder_attention_tile": kernels.decoder_attention_tile,
                     "lean_swiglu": kernels.lean_swiglu,
                     "lean_lora": kernels.lean_lora,
                 },

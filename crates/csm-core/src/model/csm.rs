@@ -70,10 +70,6 @@ pub struct TrainKernels {
     /// the backward. The padded keys come after every real query, so the
     /// causal mask hides them and the real rows are unchanged.
     pub attention_tile: i32,
-    /// The same padding for the depth decoder's causal attention (its
-    /// sequences are 32 positions: one tile of 128 is four times the
-    /// attention work, fused in the backward).
-    pub decoder_attention_tile: i32,
     /// SwiGLU keeps only its inputs for the backward, recomputing the
     /// sigmoid ([`crate::kernels::lean::swiglu`]): two arrays of the
     /// feed-forward's width per token and layer instead of four.
@@ -88,7 +84,6 @@ impl TrainKernels {
     pub const PLAIN: TrainKernels = TrainKernels {
         fused_cross_entropy: false,
         attention_tile: 0,
-        decoder_attention_tile: 0,
         lean_swiglu: false,
         lean_lora: false,
     };
@@ -110,7 +105,6 @@ impl TrainKernels {
             } else {
                 0
             },
-            decoder_attention_tile: 0,
             lean_swiglu: gpu,
             lean_lora: gpu,
         }
@@ -167,14 +161,11 @@ impl Csm {
     }
 
     /// Chooses the forms of the training computation (see
-    /// [`TrainKernels`]).
+    /// [`TrainKernels`]); the attention tile applies to the backbone.
     pub fn set_train_kernels(&mut self, kernels: TrainKernels) {
         self.kernels = kernels;
         for layer in &mut self.backbone.layers {
             layer.self_attn.tile = kernels.attention_tile;
-        }
-        for layer in &mut self.decoder.layers {
-            layer.self_attn.tile = kernels.decoder_attention_tile;
         }
         for layer in self
             .backbone
@@ -250,9 +241,14 @@ impl Csm {
             .add(&self.codebook_offsets(n)?)?; // [B, S, n_cb]
         let text = self.text_embeddings.forward(&text_tok)?; // [B, S, D]
         let audio = self.audio_embeddings.forward(&audio_tok)?; // [B, S, n_cb, D]
-        let all = ops::concatenate(&[audio, text.expand_dims(2)?], 2)?; // [B, S, n_cb + 1, D]
-        let m = mask.as_dtype(all.dtype())?.expand_dims(-1)?; // [B, S, n_cb + 1, 1]
-        all.multiply(&m)?.sum_axis(2, false) // [B, S, D]
+                                                                // The masked sum over codebooks as one batched product, which reads
+                                                                // the gathered rows once: no concatenated copy and no masked copy
+                                                                // (on an H100, 16 x 271 frames: 0.57 GB of gathered rows a step).
+        let m = mask.as_dtype(audio.dtype())?; // [B, S, n_cb + 1]
+        let m_audio = m.try_index((.., .., ..n))?.expand_dims(2)?; // [B, S, 1, n_cb]
+        let m_text = m.try_index((.., .., n..))?; // [B, S, 1]
+        let audio = ops::matmul(&m_audio, &audio)?.squeeze_axes(&[2])?; // [B, S, D]
+        audio.add(text.multiply(&m_text)?) // [B, S, D]
     }
 
     /// Backbone over embedded frames, without a cache.

@@ -453,10 +453,6 @@ mod tests {
             attention_tile: 16,
             ..plain_kernels
         };
-        let decoder_tiled = TrainKernels {
-            decoder_attention_tile: 16,
-            ..plain_kernels
-        };
         let lean = TrainKernels {
             lean_swiglu: true,
             lean_lora: true,
@@ -465,7 +461,6 @@ mod tests {
         let all = TrainKernels {
             fused_cross_entropy: true,
             attention_tile: 16,
-            decoder_attention_tile: 16,
             lean_swiglu: true,
             lean_lora: true,
         };
@@ -476,7 +471,6 @@ mod tests {
         let cases = [
             ("fused cross-entropy", fused, plain),
             ("attention tile 16", tiled, plain),
-            ("decoder attention tile 16", decoder_tiled, plain),
             ("lean SwiGLU and LoRA", lean, plain),
             (
                 "compiled, exact shapes",
