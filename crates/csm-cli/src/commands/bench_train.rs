@@ -159,6 +159,10 @@ pub struct BenchTrainArgs {
     /// an f32 copy [default: true on a GPU].
     #[arg(long, value_name = "BOOL")]
     lean_lora: Option<bool>,
+    /// With --lean-lora: LoRA's products in the activation dtype (bf16)
+    /// rather than f32 [default: false].
+    #[arg(long, value_name = "BOOL")]
+    lora_activation_dtype: Option<bool>,
     /// Pad the backbone's causal attention to a multiple of this many
     /// positions inside the attention; 0 = never [default: 128 on a GPU
     /// outside macOS, else 0].
@@ -348,6 +352,9 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
     if let Some(on) = args.lean_lora {
         kernels.lean_lora = on;
     }
+    if let Some(on) = args.lora_activation_dtype {
+        kernels.lora_in_activation_dtype = on;
+    }
     if let Some(tile) = args.attention_tile {
         if tile < 0 {
             bail!("--attention-tile {tile}: give 0 (never) or a positive tile");
@@ -519,6 +526,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
                     "attention_tile": kernels.attention_tile,
                     "lean_swiglu": kernels.lean_swiglu,
                     "lean_lora": kernels.lean_lora,
+                    "lora_in_activation_dtype": kernels.lora_in_activation_dtype,
                 },
                 "tag": args.tag,
                 "adapted_projections": adapted,

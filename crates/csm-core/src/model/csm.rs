@@ -77,6 +77,12 @@ pub struct TrainKernels {
     /// LoRA adapters keep their input in the activation dtype for the
     /// backward, not an f32 copy ([`crate::kernels::lean::lora_update`]).
     pub lean_lora: bool,
+    /// With [`TrainKernels::lean_lora`]: the adapters' products in the
+    /// activation dtype (bf16 on GPUs; f32 accumulation in the products),
+    /// their f32 weights and gradients cast at the edges, instead of in f32
+    /// as PEFT computes them: no f32 copies of the adapted projections'
+    /// inputs and gradients. Rounds `x A` and the gradients to bf16.
+    pub lora_in_activation_dtype: bool,
 }
 
 impl TrainKernels {
@@ -86,6 +92,7 @@ impl TrainKernels {
         attention_tile: 0,
         lean_swiglu: false,
         lean_lora: false,
+        lora_in_activation_dtype: false,
     };
 
     /// The forms expected to pay on a device: the attention tile on GPUs
@@ -107,6 +114,7 @@ impl TrainKernels {
             },
             lean_swiglu: gpu,
             lean_lora: gpu,
+            lora_in_activation_dtype: false,
         }
     }
 }
@@ -185,10 +193,13 @@ impl Csm {
                 &mut m.down_proj,
             ] {
                 p.lean_lora = kernels.lean_lora;
+                p.lora_in_activation_dtype = kernels.lora_in_activation_dtype;
             }
         }
-        self.projection.lean_lora = kernels.lean_lora;
-        self.codebook0_head.lean_lora = kernels.lean_lora;
+        for p in [&mut self.projection, &mut self.codebook0_head] {
+            p.lean_lora = kernels.lean_lora;
+            p.lora_in_activation_dtype = kernels.lora_in_activation_dtype;
+        }
     }
 
     /// Casts every floating parameter to `dtype` (lazily).

@@ -50,6 +50,10 @@ pub struct Proj {
     /// an f32 copy ([`crate::kernels::lean::lora_update`]; set by
     /// `Csm::set_train_kernels`).
     pub lean_lora: bool,
+    /// The adapter's products run in the activation dtype (bf16 on GPUs,
+    /// f32 accumulation), its f32 weights cast each step, instead of in
+    /// f32 ([`super::csm::TrainKernels::lora_in_activation_dtype`]).
+    pub lora_in_activation_dtype: bool,
 }
 
 impl Proj {
@@ -67,6 +71,7 @@ impl Proj {
             training: false,
             quant: None,
             lean_lora: false,
+            lora_in_activation_dtype: false,
         }
     }
 
@@ -196,7 +201,15 @@ impl Module<&Array> for Proj {
             // Back to y's dtype: an f32 update would promote the residual
             // stream, and with it every later matmul, to f32.
             let update = if self.lean_lora && input.dtype() == y.dtype() {
-                crate::kernels::lean::lora_update(&input, a, b, self.scale)? // [..., out]
+                if self.lora_in_activation_dtype && a.dtype() != input.dtype() {
+                    // The casts' gradients bring A's and B's back to f32.
+                    let (a, b) = (a.as_dtype(input.dtype())?, b.as_dtype(input.dtype())?);
+                    crate::kernels::lean::lora_update(&input, &a, &b, self.scale)?
+                // [..., out]
+                } else {
+                    crate::kernels::lean::lora_update(&input, a, b, self.scale)?
+                    // [..., out]
+                }
             } else {
                 ops::matmul(&ops::matmul(&input, a)?, b)? // [..., out], f32
                     .multiply(Array::from_f32(self.scale))?
@@ -251,5 +264,56 @@ mod tests {
         let err = crate::test_util::max_abs_diff(&y, &want);
         let scale = crate::test_util::max_abs(&want);
         assert!(err <= 2e-2 * scale, "max error {err} (scale {scale})");
+    }
+
+    /// LoRA's products in bf16 (`lora_in_activation_dtype`) give the f32
+    /// products' output and adapter gradients to bf16 rounding, and the
+    /// gradients stay f32, as the adapters are.
+    #[test]
+    fn bf16_products_match_f32_products_to_rounding() {
+        use mlx_rs::transforms::value_and_grad_with_argnums;
+        random::seed(5).unwrap();
+        let mut p = Proj::random(64, 32).unwrap();
+        p.weight = Param::new(p.weight.value.as_dtype(Dtype::Bfloat16).unwrap());
+        p.attach_lora(8, 16.0, 0.0, false).unwrap();
+        p.lean_lora = true;
+        let a = p.lora_a.value.clone().unwrap();
+        let b = random::normal::<f32>(&[8, 32], None, None, None).unwrap();
+        let x = random::normal::<f32>(&[3, 5, 64], None, None, None)
+            .unwrap()
+            .as_dtype(Dtype::Bfloat16)
+            .unwrap();
+        let w = random::normal::<f32>(&[3, 5, 32], None, None, None).unwrap();
+        let run = |bf16: bool| {
+            let mut p = p.clone();
+            p.lora_in_activation_dtype = bf16;
+            let (x, w) = (x.clone(), w.clone());
+            let loss = move |args: &[Array]| -> Result<Vec<Array>, Exception> {
+                p.lora_a = Param::new(Some(args[0].clone()));
+                p.lora_b = Param::new(Some(args[1].clone()));
+                let y = p.forward(&x)?.as_dtype(Dtype::Float32)?;
+                Ok(vec![y.multiply(&w)?.sum(None)?])
+            };
+            let mut vg = value_and_grad_with_argnums(loss, &[0, 1][..]);
+            let (v, g) = vg(&[a.clone(), b.clone()]).unwrap();
+            (v[0].item_cast::<f32>(), g)
+        };
+        let (v32, g32) = run(false);
+        let (v16, g16) = run(true);
+        // Not the same computation: bf16 products round.
+        assert!(crate::test_util::max_abs_diff(&g32[0], &g16[0]) > 0.0);
+        assert!(
+            (v32 - v16).abs() <= 1e-2 * v32.abs().max(1.0),
+            "{v32} vs {v16}"
+        );
+        for (what, want, got) in [("d A", &g32[0], &g16[0]), ("d B", &g32[1], &g16[1])] {
+            assert_eq!(got.dtype(), Dtype::Float32, "{what}");
+            let err = crate::test_util::max_abs_diff(want, got);
+            let scale = crate::test_util::max_abs(want);
+            assert!(
+                err <= 2e-2 * scale,
+                "{what}: max error {err} (scale {scale})"
+            );
+        }
     }
 }

@@ -463,6 +463,7 @@ mod tests {
             attention_tile: 16,
             lean_swiglu: true,
             lean_lora: true,
+            lora_in_activation_dtype: true,
         };
         let compiled = |buckets| StepOptions {
             compile: true,
