@@ -7,9 +7,11 @@
 tracer bench/ktrace writes them (start ns, end ns, name; .tsv) or as Nsight
 Compute's raw page (`ncu --metrics gpu__time_duration.sum --csv --page raw
 --log-file F`; .csv).
-Its steps launch the same kernels in the same order, so one step is the
-shortest tail (of at least --min-period kernels) that repeats the stretch
-just before it; the kernels of that last step are counted. --peer: the Chrome trace that
+Its steps launch the same kernels (MLX's order varies from step to step),
+so one step is the shortest tail (of at least --min-period kernels) whose
+kernels, as a multiset, are those of the stretch just before it; the
+kernels of that last step are counted. MLX's JIT-fused kernels (mx.compile)
+count as fused elementwise. --peer: the Chrome trace that
 `bench/peer/train_step.py --profile-dir` writes for a case (2 steps).
 Prints, for each kind of kernel, the count and the milliseconds per step of
 both, and the sum over every kernel.
