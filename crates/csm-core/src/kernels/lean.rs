@@ -70,7 +70,7 @@ fn swiglu_forward(inputs: &[Array]) -> Result<Vec<Array>, Exception> {
 /// and writes its gradient. A shared sigmoid is a kernel of its own whose
 /// output both gradients read back: on an H100 (16 x 250 frames, decoder on
 /// every frame) that was 37 ms a step in three kernels, against 17 ms for
-/// the peer's one (2026-12-07, bench/ktrace).
+/// the peer's one kernel a layer (2026-12-07, bench/ktrace).
 fn swiglu_vjp(
     primals: &[Array],
     cotangents: &[Array],
