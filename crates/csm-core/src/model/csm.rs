@@ -9,7 +9,7 @@
 
 use mlx_rs::error::Exception;
 use mlx_rs::macros::ModuleParameters;
-use mlx_rs::module::{Module, ModuleParameters, Param};
+use mlx_rs::module::{Module, ModuleParameters, Param, Parameter};
 use mlx_rs::ops::indexing::TryIndexOp;
 use mlx_rs::{nn, ops, random, Array, Dtype};
 
@@ -83,6 +83,16 @@ pub struct TrainKernels {
     /// as PEFT computes them: no f32 copies of the adapted projections'
     /// inputs and gradients. Rounds `x A` and the gradients to bf16.
     pub lora_in_activation_dtype: bool,
+    /// RoPE of cache-free forwards as one elementwise expression each way
+    /// on the projections' `[B, L, H, hd]` layout
+    /// ([`crate::kernels::lean::rope`]), not MLX's RoPE kernel on a
+    /// transposed view followed, in the backward, by a copy back.
+    pub lean_rope: bool,
+    /// Each feed-forward's frozen gate and up projections as one product
+    /// and one gradient array ([`super::llama::Mlp::fuse_gate_up`],
+    /// [`crate::kernels::lean::swiglu_halves`]): one matmul each way
+    /// instead of two and a sum of the input's two gradients.
+    pub fused_gate_up: bool,
 }
 
 impl TrainKernels {
@@ -93,6 +103,8 @@ impl TrainKernels {
         lean_swiglu: false,
         lean_lora: false,
         lora_in_activation_dtype: false,
+        lean_rope: false,
+        fused_gate_up: false,
     };
 
     /// The forms expected to pay on a device: the attention tile on GPUs
@@ -115,6 +127,8 @@ impl TrainKernels {
             lean_swiglu: gpu,
             lean_lora: gpu,
             lora_in_activation_dtype: false,
+            lean_rope: gpu,
+            fused_gate_up: gpu,
         }
     }
 }
@@ -170,7 +184,11 @@ impl Csm {
 
     /// Chooses the forms of the training computation (see
     /// [`TrainKernels`]); the attention tile applies to the backbone.
-    pub fn set_train_kernels(&mut self, kernels: TrainKernels) {
+    ///
+    /// # Errors
+    /// Fusing the gate and up weights ([`TrainKernels::fused_gate_up`])
+    /// failed in MLX.
+    pub fn set_train_kernels(&mut self, kernels: TrainKernels) -> Result<(), Exception> {
         self.kernels = kernels;
         for layer in &mut self.backbone.layers {
             layer.self_attn.tile = kernels.attention_tile;
@@ -182,6 +200,8 @@ impl Csm {
             .chain(self.decoder.layers.iter_mut())
         {
             layer.mlp.lean_swiglu = kernels.lean_swiglu;
+            layer.self_attn.lean_rope = kernels.lean_rope;
+            layer.mlp.fuse_gate_up(kernels.fused_gate_up)?;
             let (a, m) = (&mut layer.self_attn, &mut layer.mlp);
             for p in [
                 &mut a.q_proj,
@@ -200,6 +220,7 @@ impl Csm {
             p.lean_lora = kernels.lean_lora;
             p.lora_in_activation_dtype = kernels.lora_in_activation_dtype;
         }
+        Ok(())
     }
 
     /// Casts every floating parameter to `dtype` (lazily).
@@ -251,7 +272,12 @@ impl Csm {
             .try_index((.., .., ..n))?
             .add(&self.codebook_offsets(n)?)?; // [B, S, n_cb]
         let text = self.text_embeddings.forward(&text_tok)?; // [B, S, D]
-        let audio = self.audio_embeddings.forward(&audio_tok)?; // [B, S, n_cb, D]
+        let table = &self.audio_embeddings.weight;
+        let audio = if table.is_frozen() == Some(true) {
+            crate::kernels::take_rows(table, &audio_tok)? // [B, S, n_cb, D]
+        } else {
+            self.audio_embeddings.forward(&audio_tok)? // [B, S, n_cb, D]
+        };
 
         // The masked sum over codebooks as one batched product, which reads
         // the gathered rows once: no concatenated copy and no masked copy

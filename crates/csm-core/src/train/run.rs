@@ -520,7 +520,11 @@ impl<'a> Run<'a> {
             .unwrap_or_else(|| TrainKernels::for_device(gpu));
         tracing::info!("training kernels: {kernels:?}");
         self.log_layout();
-        self.assets.loaded.model.set_train_kernels(kernels);
+        self.assets
+            .loaded
+            .model
+            .set_train_kernels(kernels)
+            .map_err(mlx("fusing the gate and up weights"))?;
         let grad_keys = adapter::adapter_tensors(&self.assets.loaded.model)
             .into_keys()
             .collect();
