@@ -322,3 +322,153 @@ pub(crate) fn depends(
     }
     arrays.map_err(|m| mlx_rs::error::Exception::custom(format!("depends: {m}")))
 }
+
+/// One launch of a kernel written for this build's GPU backend, through
+/// MLX's custom kernels (`mx.fast.cuda_kernel` outside macOS,
+/// `mx.fast.metal_kernel` on macOS): MLX compiles `source` once per name,
+/// template arguments and input dtypes, and runs it as a primitive of the
+/// graph (so `mx.compile` and the graph's scheduling see it).
+pub(crate) struct GpuKernel<'a> {
+    /// Kernel name (with the source, the key of MLX's compile cache).
+    pub name: &'a str,
+    /// The kernel body; inputs and outputs are pointers by these names.
+    pub source: &'a str,
+    /// Input names, one per input array.
+    pub input_names: &'a [&'a str],
+    /// Output names, one per output.
+    pub output_names: &'a [&'a str],
+    /// Shape and dtype of each output.
+    pub outputs: &'a [(&'a [i32], mlx_rs::Dtype)],
+    /// Threads in all, per axis.
+    pub grid: (i32, i32, i32),
+    /// Threads per block (CUDA) or threadgroup (Metal), per axis.
+    pub threads: (i32, i32, i32),
+    /// Type names the source uses, bound to dtypes.
+    pub template_dtypes: &'a [(&'a str, mlx_rs::Dtype)],
+}
+
+macro_rules! gpu_kernel_backend {
+    ($new:ident, $free:ident, $apply:ident, $cfg_new:ident, $cfg_free:ident, $add_output:ident,
+     $set_grid:ident, $set_group:ident, $add_dtype:ident, $last:expr) => {
+        /// Runs `k` on `inputs` on the default GPU stream.
+        pub(crate) fn gpu_kernel(
+            k: &GpuKernel<'_>,
+            inputs: &[Array],
+        ) -> Result<Vec<Array>, mlx_rs::error::Exception> {
+            use std::ffi::CString;
+            let fail =
+                |m: String| mlx_rs::error::Exception::custom(format!("{} kernel: {m}", k.name));
+            let cstr = |s: &str| CString::new(s).map_err(|e| fail(e.to_string()));
+            let cstrs =
+                |names: &[&str]| names.iter().map(|n| cstr(n)).collect::<Result<Vec<_>, _>>();
+            // Every string first, so that nothing allocated below leaks on
+            // an early return.
+            let (name, source, header) = (cstr(k.name)?, cstr(k.source)?, cstr("")?);
+            let (in_names, out_names) = (cstrs(k.input_names)?, cstrs(k.output_names)?);
+            let tnames = k
+                .template_dtypes
+                .iter()
+                .map(|(n, d)| Ok((cstr(n)?, *d)))
+                .collect::<Result<Vec<_>, mlx_rs::error::Exception>>()?;
+            let strings = |names: &[CString]| {
+                // SAFETY: a fresh vector, freed below.
+                let v = unsafe { mlx_sys::mlx_vector_string_new() };
+                for c in names {
+                    // SAFETY: `v` is live; `c` is NUL-terminated and copied.
+                    unsafe { mlx_sys::mlx_vector_string_append_value(v, c.as_ptr()) };
+                }
+                v
+            };
+            let (ins, outs) = (strings(&in_names), strings(&out_names));
+            // SAFETY: live NUL-terminated strings and vectors, all copied by
+            // mlx-c; the kernel object is freed below.
+            let kernel = unsafe {
+                mlx_sys::$new(
+                    name.as_ptr(),
+                    ins,
+                    outs,
+                    source.as_ptr(),
+                    header.as_ptr(),
+                    true,
+                    $last,
+                )
+            };
+            // SAFETY: fresh config, freed below.
+            let config = unsafe { mlx_sys::$cfg_new() };
+            let mut status = Ok(());
+            for (shape, dtype) in k.outputs {
+                status = status.and_then(|()| {
+                    // SAFETY: `shape` outlives the call, which copies it.
+                    mlx_call(|| unsafe {
+                        mlx_sys::$add_output(config, shape.as_ptr(), shape.len(), *dtype as u32)
+                    })
+                });
+            }
+            let (g, t) = (k.grid, k.threads);
+            // SAFETY: `config` is live.
+            status = status
+                .and_then(|()| mlx_call(|| unsafe { mlx_sys::$set_grid(config, g.0, g.1, g.2) }))
+                .and_then(|()| mlx_call(|| unsafe { mlx_sys::$set_group(config, t.0, t.1, t.2) }));
+            for (c, dtype) in &tnames {
+                status = status.and_then(|()| {
+                    // SAFETY: `config` is live; `c` is copied.
+                    mlx_call(|| unsafe { mlx_sys::$add_dtype(config, c.as_ptr(), *dtype as u32) })
+                });
+            }
+            let raw: Vec<mlx_sys::mlx_array> = inputs.iter().map(Array::as_ptr).collect();
+            // SAFETY: live handles, copied into the vector.
+            let in_vec = unsafe { mlx_sys::mlx_vector_array_new_data(raw.as_ptr(), raw.len()) };
+            // SAFETY: a fresh vector for the results.
+            let mut out_vec = unsafe { mlx_sys::mlx_vector_array_new() };
+            // SAFETY: a stream handle, freed below.
+            let stream = unsafe { mlx_sys::mlx_default_gpu_stream_new() };
+            status = status.and_then(|()| {
+                // SAFETY: every handle is live; `out_vec` is the out-parameter.
+                mlx_call(|| unsafe {
+                    mlx_sys::$apply(&mut out_vec, kernel, in_vec, config, stream)
+                })
+            });
+            // SAFETY: `out_vec` is live until freed below.
+            let arrays = status.and_then(|()| unsafe { vector_arrays(out_vec) });
+            // SAFETY: each handle was created above and is freed once.
+            unsafe {
+                mlx_sys::mlx_stream_free(stream);
+                mlx_sys::mlx_vector_array_free(in_vec);
+                mlx_sys::mlx_vector_array_free(out_vec);
+                mlx_sys::$cfg_free(config);
+                mlx_sys::$free(kernel);
+                mlx_sys::mlx_vector_string_free(ins);
+                mlx_sys::mlx_vector_string_free(outs);
+            }
+            arrays.map_err(fail)
+        }
+    };
+}
+
+#[cfg(not(target_os = "macos"))]
+gpu_kernel_backend!(
+    mlx_fast_cuda_kernel_new,
+    mlx_fast_cuda_kernel_free,
+    mlx_fast_cuda_kernel_apply,
+    mlx_fast_cuda_kernel_config_new,
+    mlx_fast_cuda_kernel_config_free,
+    mlx_fast_cuda_kernel_config_add_output_arg,
+    mlx_fast_cuda_kernel_config_set_grid,
+    mlx_fast_cuda_kernel_config_set_thread_group,
+    mlx_fast_cuda_kernel_config_add_template_arg_dtype,
+    0 // shared memory
+);
+
+#[cfg(target_os = "macos")]
+gpu_kernel_backend!(
+    mlx_fast_metal_kernel_new,
+    mlx_fast_metal_kernel_free,
+    mlx_fast_metal_kernel_apply,
+    mlx_fast_metal_kernel_config_new,
+    mlx_fast_metal_kernel_config_free,
+    mlx_fast_metal_kernel_config_add_output_arg,
+    mlx_fast_metal_kernel_config_set_grid,
+    mlx_fast_metal_kernel_config_set_thread_group,
+    mlx_fast_metal_kernel_config_add_template_arg_dtype,
+    false // atomic outputs
+);

@@ -163,15 +163,10 @@ pub struct BenchTrainArgs {
     /// rather than f32 [default: false].
     #[arg(long, value_name = "BOOL")]
     lora_activation_dtype: Option<bool>,
-    /// RoPE as one elementwise expression each way on the projections'
-    /// tokens-first layout, rather than MLX's RoPE kernel on a transposed
-    /// view [default: true on a GPU].
+    /// With --lean-swiglu: its backward as one GPU kernel of csm's own
+    /// writing both gradients [default: true on a GPU outside macOS].
     #[arg(long, value_name = "BOOL")]
-    lean_rope: Option<bool>,
-    /// Each feed-forward's frozen gate and up projections as one product
-    /// (one matmul each way) [default: true on a GPU].
-    #[arg(long, value_name = "BOOL")]
-    fused_gate_up: Option<bool>,
+    swiglu_kernel: Option<bool>,
     /// Pad the backbone's causal attention to a multiple of this many
     /// positions inside the attention; 0 = never [default: 128 on a GPU
     /// outside macOS, else 0].
@@ -364,11 +359,8 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
     if let Some(on) = args.lora_activation_dtype {
         kernels.lora_in_activation_dtype = on;
     }
-    if let Some(on) = args.lean_rope {
-        kernels.lean_rope = on;
-    }
-    if let Some(on) = args.fused_gate_up {
-        kernels.fused_gate_up = on;
+    if let Some(on) = args.swiglu_kernel {
+        kernels.swiglu_kernel = on;
     }
     if let Some(tile) = args.attention_tile {
         if tile < 0 {
@@ -429,9 +421,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
     };
     model.backbone.grad_checkpoint = args.grad_checkpoint;
     model.decoder.grad_checkpoint = args.grad_checkpoint;
-    model
-        .set_train_kernels(kernels)
-        .context("fusing the gate and up weights")?;
+    model.set_train_kernels(kernels);
     let initial = adapter::adapter_tensors(&model);
     transforms::eval(initial.values())?;
     let weights_bytes = runtime::active_memory();
@@ -544,8 +534,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
                     "lean_swiglu": kernels.lean_swiglu,
                     "lean_lora": kernels.lean_lora,
                     "lora_in_activation_dtype": kernels.lora_in_activation_dtype,
-                    "lean_rope": kernels.lean_rope,
-                    "fused_gate_up": kernels.fused_gate_up,
+                    "swiglu_kernel": kernels.swiglu_kernel,
                 },
                 "tag": args.tag,
                 "adapted_projections": adapted,

@@ -10,11 +10,8 @@
 //!   per token and layer in bf16: about 2.2 GB for a 16 x 271-frame batch
 //!   in the backbone, and about 17 GB for the depth decoder on every frame
 //!   of it (4016 frames x 32 positions x 4 layers).
-//! - [`swiglu_halves`]: the same for gate and up computed as one product,
-//!   with one gradient array written by one expression.
-//! - [`rope`]: interleaved RoPE on the projections' `[B, L, H, hd]`
-//!   layout as one elementwise expression each way, so no RoPE kernel reads
-//!   a transposed view and no transposed gradient is copied back.
+//! - [`swiglu_kernel`]: the same, its backward one GPU kernel of this
+//!   crate writing both gradients (MLX's fusion gives one output a kernel).
 //! - [`lora_update`]: `((x A) B) s` with an f32 `A` promotes a bf16 `x` to
 //!   an f32 copy, which autodiff keeps for `A`'s gradient; this keeps `x`
 //!   as it is (and the small `x A`) and casts it again in the backward.
@@ -105,182 +102,127 @@ fn swiglu_vjp(
     Ok(vec![d_gate, d_up])
 }
 
-/// [`swiglu`] of the two halves of one product: `silu(y[..., :H]) *
-/// y[..., H:]`, for gate and up projections computed as one matmul (the
-/// feed-forward's `gate_up`). Keeps `y` for the backward, whose gradient
-/// is one `[..., 2H]` array written by one elementwise expression, so the
-/// input's gradient is one matmul with no sum of two.
+/// [`swiglu`] whose backward is one GPU kernel of this crate (through
+/// MLX's custom kernels: CUDA outside macOS, Metal on macOS) that reads the
+/// cotangent, `gate` and `up` once and writes both gradients: five passes
+/// over memory, where MLX's fusion (one output per kernel) needs two
+/// kernels and seven passes. On an H100 (16 x 250 frames, decoder on
+/// every frame) MLX's two took 24.4 ms a step against 15.7 ms for the
+/// peer's one kernel a layer (2026-12-07, bench/ktrace). GPU only; the
+/// forward is MLX's.
 ///
 /// # Shapes
-/// `y: [..., 2H]` -> `[..., H]`
-pub fn swiglu_halves(y: &Array) -> Result<Array, Exception> {
+/// `gate, up: [..., H]` (same shape and dtype) -> `[..., H]`
+pub fn swiglu_kernel(gate: &Array, up: &Array) -> Result<Array, Exception> {
     let mut out = apply_custom_vjp(
-        "lean swiglu halves",
-        std::slice::from_ref(y),
-        halves_forward,
-        halves_vjp,
+        "swiglu (kernel backward)",
+        &[gate.clone(), up.clone()],
+        swiglu_forward,
+        swiglu_kernel_vjp,
     )?;
     out.pop()
-        .ok_or_else(|| Exception::custom("lean swiglu halves returned nothing"))
+        .ok_or_else(|| Exception::custom("swiglu (kernel backward) returned nothing"))
 }
 
-/// `y` as `[..., 2, H]` (a view: the halves on their own axis).
-fn halves(y: &Array) -> Result<Array, Exception> {
-    let mut shape = y.shape().to_vec();
-    let two_h = shape.pop().unwrap_or(0);
-    if two_h % 2 != 0 {
+fn swiglu_kernel_vjp(
+    primals: &[Array],
+    cotangents: &[Array],
+    _outputs: &[Array],
+) -> Result<Vec<Array>, Exception> {
+    let ([gate, up], [cot]) = (primals, cotangents) else {
         return Err(Exception::custom(format!(
-            "gate_up width {two_h} is odd: expected the gate and up halves"
+            "expected 2 primals and 1 cotangent, got {} and {}",
+            primals.len(),
+            cotangents.len()
+        )));
+    };
+    let (d_gate, d_up) = swiglu_backward_kernel(cot, gate, up)?;
+    Ok(vec![d_gate, d_up])
+}
+
+/// The kernel body: one thread per element, computed in f32.
+#[cfg(not(target_os = "macos"))]
+const SWIGLU_BACKWARD_SOURCE: &str = r#"
+    const size_t n = cot_shape[0];
+    const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i < n) {
+        const float c = static_cast<float>(cot[i]);
+        const float g = static_cast<float>(gate[i]);
+        const float u = static_cast<float>(up[i]);
+        const float s = 1.0f / (1.0f + expf(-g));
+        d_gate[i] = static_cast<T>(c * u * s * (1.0f + g * (1.0f - s)));
+        d_up[i] = static_cast<T>(c * g * s);
+    }
+"#;
+
+/// The kernel body: one thread per element, computed in f32.
+#[cfg(target_os = "macos")]
+const SWIGLU_BACKWARD_SOURCE: &str = r#"
+    const uint n = cot_shape[0];
+    const uint i = thread_position_in_grid.x;
+    if (i < n) {
+        const float c = static_cast<float>(cot[i]);
+        const float g = static_cast<float>(gate[i]);
+        const float u = static_cast<float>(up[i]);
+        const float s = 1.0f / (1.0f + metal::exp(-g));
+        d_gate[i] = static_cast<T>(c * u * s * (1.0f + g * (1.0f - s)));
+        d_up[i] = static_cast<T>(c * g * s);
+    }
+"#;
+
+/// The gradients of `silu(gate) * up` for the cotangent `cot`, by the GPU
+/// kernel of [`swiglu_kernel`] (`d gate = cot up s (1 + gate (1 - s))`,
+/// `d up = cot gate s`, `s = sigmoid(gate)`, in f32), in the inputs' dtype.
+///
+/// # Errors
+/// Shapes or dtypes that differ, more than `i32::MAX` elements, or no GPU.
+///
+/// # Shapes
+/// `cot, gate, up: [..., H]` -> `([..., H], [..., H])`
+pub fn swiglu_backward_kernel(
+    cot: &Array,
+    gate: &Array,
+    up: &Array,
+) -> Result<(Array, Array), Exception> {
+    let shape = gate.shape();
+    let dtype = gate.dtype();
+    if up.shape() != shape || cot.shape() != shape || up.dtype() != dtype || cot.dtype() != dtype {
+        return Err(Exception::custom(format!(
+            "swiglu backward kernel: cot {:?} {:?}, gate {shape:?} {dtype:?}, up {:?} {:?}: \
+             expected one shape and dtype",
+            cot.shape(),
+            cot.dtype(),
+            up.shape(),
+            up.dtype()
         )));
     }
-    shape.extend([2, two_h / 2]);
-    y.reshape(&shape) // [..., 2, H]
-}
-
-fn halves_forward(inputs: &[Array]) -> Result<Vec<Array>, Exception> {
-    use mlx_rs::ops::indexing::{Ellipsis, TryIndexOp};
-    let [y] = inputs else {
-        return Err(Exception::custom(format!(
-            "expected 1 input, got {}",
-            inputs.len()
-        )));
-    };
-    let pair = halves(y)?; // [..., 2, H]
-    let gate = pair.try_index((Ellipsis, 0, ..))?; // [..., H]
-    let up = pair.try_index((Ellipsis, 1, ..))?; // [..., H]
-    Ok(vec![mlx_rs::nn::silu(&gate)?.multiply(&up)?])
-}
-
-/// The gradients of [`swiglu_vjp`], the gate's and the up's, chosen per
-/// half by a select over broadcast views: one expression, one kernel under
-/// `mx.compile`, writing the whole `[..., 2H]` gradient.
-fn halves_vjp(
-    primals: &[Array],
-    cotangents: &[Array],
-    _outputs: &[Array],
-) -> Result<Vec<Array>, Exception> {
-    use mlx_rs::ops::indexing::{Ellipsis, TryIndexOp};
-    let ([y], [cot]) = (primals, cotangents) else {
-        return Err(Exception::custom(format!(
-            "expected 1 primal and 1 cotangent, got {} and {}",
-            primals.len(),
-            cotangents.len()
-        )));
-    };
-    // Not the forward's reads of `y` (`fresh`).
-    let pair = halves(&fresh(y, cot)?)?; // [..., 2, H]
-    let gate = pair.try_index((Ellipsis, 0..1, ..))?; // [..., 1, H]
-    let up = pair.try_index((Ellipsis, 1..2, ..))?; // [..., 1, H]
-    let cot = cot.expand_dims(-2)?; // [..., 1, H]
-    let one = Array::from_f32(1.0).as_dtype(gate.dtype())?;
-    let s = ops::sigmoid(&gate)?;
-    let d_up = cot.multiply(gate.multiply(&s)?)?;
-    let d_gate = cot
-        .multiply(&up)?
-        .multiply(&s)?
-        .multiply(one.add(gate.multiply(one.subtract(&s)?)?)?)?;
-    let first = Array::from_slice(&[true, false], &[2, 1]); // [2, 1]
-    let d_pair = ops::select(&first, &d_gate, &d_up)?; // [..., 2, H]
-    Ok(vec![d_pair.reshape(y.shape())?]) // [..., 2H]
-}
-
-/// The angle tables of interleaved RoPE at given positions, in the forms
-/// [`rope`] takes: the pair `(x[2i], x[2i+1])` of a token at position `p`
-/// turns by `p / periods[i]`, as [`mlx_rs::fast::rope`] with `traditional`
-/// and these periods. `sin` is signed per pair member, `(-s, s)`, so that
-/// the rotation is `x cos + swap(x) sin`.
-///
-/// # Shapes
-/// `positions: [L]` or `[B, L]` int, `periods: [hd/2]` ->
-/// `(cos: [L, 1, hd/2, 1], sin: [L, 1, hd/2, 2])`, or with a leading `B`;
-/// f32
-pub fn rope_tables(positions: &Array, periods: &Array) -> Result<(Array, Array), Exception> {
-    let mut lead = positions.shape().to_vec(); // [L] or [B, L]
-    let half = periods.shape()[0];
-    let inv = ops::reciprocal(periods.as_dtype(Dtype::Float32)?)?.reshape(&[half, 1])?; // [hd/2, 1]
-    lead.extend([1, 1, 1]);
-    let theta = positions
-        .as_dtype(Dtype::Float32)?
-        .reshape(&lead)? // [..., L, 1, 1, 1]
-        .multiply(&inv)?; // [..., L, 1, hd/2, 1]
-    let sign = Array::from_slice(&[-1.0f32, 1.0], &[2]); // [2]
-    let sin = ops::sin(&theta)?.multiply(&sign)?; // [..., L, 1, hd/2, 2]
-    Ok((ops::cos(&theta)?, sin))
-}
-
-/// Interleaved RoPE on `[B, L, H, hd]` (tokens before heads, as the
-/// projections give them), with the tables of [`rope_tables`]: one
-/// elementwise expression, and its gradient the inverse rotation of the
-/// cotangent, also one. Under `mx.compile` each is a single kernel that
-/// writes `[B, L, H, hd]` in order, so the backward's result feeds the
-/// projection's gradient without the copy a transpose back from
-/// `[B, H, L, hd]` costs, and no RoPE kernel reads a transposed view
-/// (on an H100 those took 8.8 ms of a 16 x 250 step on every frame,
-/// 2026-12-07, bench/ktrace). Computed in f32, returned in `x`'s dtype.
-///
-/// # Shapes
-/// `x: [B, L, H, hd]`, `cos: [(B,) L, 1, hd/2, 1]`, `sin: [(B,) L, 1, hd/2, 2]`
-/// -> `[B, L, H, hd]`
-pub fn rope(x: &Array, cos: &Array, sin: &Array) -> Result<Array, Exception> {
-    let mut out = apply_custom_vjp(
-        "lean rope",
-        &[x.clone(), cos.clone(), sin.clone()],
-        rope_forward,
-        rope_vjp,
+    let n = i32::try_from(gate.size()).map_err(|_| {
+        Exception::custom(format!(
+            "swiglu backward kernel: {} elements exceed the kernel's 32-bit grid",
+            gate.size()
+        ))
+    })?;
+    let flat = |a: &Array| a.reshape(&[n]); // [N]
+    let out = crate::ffi::gpu_kernel(
+        &crate::ffi::GpuKernel {
+            name: "csm_swiglu_backward",
+            source: SWIGLU_BACKWARD_SOURCE,
+            input_names: &["cot", "gate", "up"],
+            output_names: &["d_gate", "d_up"],
+            outputs: &[(&[n], dtype), (&[n], dtype)],
+            grid: (n, 1, 1),
+            threads: (256, 1, 1),
+            template_dtypes: &[("T", dtype)],
+        },
+        &[flat(cot)?, flat(gate)?, flat(up)?],
     )?;
-    out.pop()
-        .ok_or_else(|| Exception::custom("lean rope returned nothing"))
-}
-
-/// `x cos + swap(x) sin`, `swap` exchanging the members of each pair.
-fn rotate(x: &Array, cos: &Array, sin: &Array) -> Result<Array, Exception> {
-    use mlx_rs::ops::indexing::TryIndexOp;
-    let shape = x.shape().to_vec();
-    let (b, l, h, hd) = (shape[0], shape[1], shape[2], shape[3]);
-    let pairs = x.reshape(&[b, l, h, hd / 2, 2])?; // [B, L, H, hd/2, 2]
-    let x0 = pairs.try_index((.., .., .., .., 0..1))?; // [B, L, H, hd/2, 1]
-    let x1 = pairs.try_index((.., .., .., .., 1..2))?; // [B, L, H, hd/2, 1]
-                                                       // A select over broadcast views rather than a stack: it stays one
-                                                       // elementwise kernel under `mx.compile`.
-    let first = Array::from_slice(&[true, false], &[2]); // [2]
-    let swapped = ops::select(&first, &x1, &x0)?; // [B, L, H, hd/2, 2]
-    pairs
-        .as_dtype(Dtype::Float32)?
-        .multiply(cos)?
-        .add(swapped.as_dtype(Dtype::Float32)?.multiply(sin)?)?
-        .as_dtype(x.dtype())?
-        .reshape(&[b, l, h, hd]) // [B, L, H, hd]
-}
-
-fn rope_forward(inputs: &[Array]) -> Result<Vec<Array>, Exception> {
-    let [x, cos, sin] = inputs else {
+    let [d_gate, d_up] = &out[..] else {
         return Err(Exception::custom(format!(
-            "expected 3 inputs, got {}",
-            inputs.len()
+            "swiglu backward kernel returned {} arrays, expected 2",
+            out.len()
         )));
     };
-    Ok(vec![rotate(x, cos, sin)?])
-}
-
-/// The rotation is orthogonal: its gradient turns the cotangent back (the
-/// same tables, `sin` negated). The tables get no gradient.
-fn rope_vjp(
-    primals: &[Array],
-    cotangents: &[Array],
-    _outputs: &[Array],
-) -> Result<Vec<Array>, Exception> {
-    let ([_, cos, sin], [cot]) = (primals, cotangents) else {
-        return Err(Exception::custom(format!(
-            "expected 3 primals and 1 cotangent, got {} and {}",
-            primals.len(),
-            cotangents.len()
-        )));
-    };
-    Ok(vec![
-        rotate(cot, cos, &sin.negative()?)?,
-        ops::zeros_like(cos)?,
-        ops::zeros_like(sin)?,
-    ])
+    Ok((d_gate.reshape(shape)?, d_up.reshape(shape)?))
 }
 
 /// A LoRA adapter's update `((x A) B) scale`, cast to `x`'s dtype, keeping
@@ -360,7 +302,6 @@ fn lora_vjp(
 mod tests {
     use super::*;
     use crate::test_util::{max_abs, max_abs_diff};
-    use mlx_rs::ops::indexing::TryIndexOp;
     use mlx_rs::random;
     use mlx_rs::transforms::value_and_grad_with_argnums;
 
@@ -404,90 +345,6 @@ mod tests {
             assert_eq!(v0, v1, "{dtype:?}: the forward is the same ops");
             assert_close("d gate", &g0[0], &g1[0], tol);
             assert_close("d up", &g0[1], &g1[1], tol);
-        }
-    }
-
-    /// The halves form equals autodiff of `silu(gate) * up` on the two
-    /// halves of one array, in f32 and bf16.
-    #[test]
-    fn swiglu_halves_matches_autodiff() {
-        random::seed(3).unwrap();
-        let y = random::uniform::<_, f32>(-12.0, 12.0, &[3, 5, 128], None).unwrap();
-        let w = random::normal::<f32>(&[3, 5, 64], None, None, None).unwrap();
-        for (dtype, tol) in [(Dtype::Float32, 1e-6), (Dtype::Bfloat16, 2e-2)] {
-            let inputs = [y.as_dtype(dtype).unwrap()];
-            let plain: F = Box::new(|x| {
-                let (gate, up) = (
-                    x[0].try_index((.., .., ..64))?,
-                    x[0].try_index((.., .., 64..))?,
-                );
-                mlx_rs::nn::silu(&gate)?.multiply(&up)
-            });
-            let lean: F = Box::new(|x| swiglu_halves(&x[0]));
-            let (v0, g0) = grads(plain, &inputs, &w);
-            let (v1, g1) = grads(lean, &inputs, &w);
-            assert_eq!(v0, v1, "{dtype:?}: the forward is the same ops");
-            assert_close(&format!("{dtype:?} d y"), &g0[0], &g1[0], tol);
-        }
-    }
-
-    /// Value and gradient equal autodiff of MLX's own RoPE (interleaved,
-    /// given periods, on the `[B, H, L, hd]` layout it takes), positions
-    /// from 0, in f32 and bf16; rows at their own positions equal MLX's
-    /// RoPE at those offsets.
-    #[test]
-    fn rope_matches_mlx_rope() {
-        use mlx_rs::fast;
-        random::seed(5).unwrap();
-        let (b, l, h, hd) = (2, 40, 3, 64);
-        // Llama's geometric periods, with a base that turns the last pair
-        // by a visible angle over 40 positions.
-        let periods: Vec<f32> = (0..hd / 2)
-            .map(|i| 500.0f32.powf(2.0 * i as f32 / hd as f32))
-            .collect();
-        let periods = Array::from_slice(&periods, &[hd / 2]);
-        let x = random::normal::<f32>(&[b, l, h, hd], None, None, None).unwrap();
-        let w = random::normal::<f32>(&[b, l, h, hd], None, None, None).unwrap();
-        let mlx_rope = |x: &Array, offset: i32| -> Result<Array, Exception> {
-            let t = x.transpose_axes(&[0, 2, 1, 3])?; // [B, H, L, hd]
-            fast::rope(&t, hd, true, None, 1.0, offset, &periods)?.transpose_axes(&[0, 2, 1, 3])
-            // [B, L, H, hd]
-        };
-        let (cos, sin) = rope_tables(&ops::arange::<_, i32>(0, l, 1).unwrap(), &periods).unwrap();
-        for (dtype, tol) in [(Dtype::Float32, 1e-5), (Dtype::Bfloat16, 1e-2)] {
-            let inputs = [x.as_dtype(dtype).unwrap()];
-            let p = periods.clone();
-            let mlx: F = Box::new(move |v| {
-                let t = v[0].transpose_axes(&[0, 2, 1, 3])?; // [B, H, L, hd]
-                fast::rope(&t, hd, true, None, 1.0, 0, &p)?.transpose_axes(&[0, 2, 1, 3])
-            });
-            let (c, s) = (cos.clone(), sin.clone());
-            let lean: F = Box::new(move |v| rope(&v[0], &c, &s));
-            // Each output, not their weighted sum: bf16 rounds each one.
-            let (y0, y1) = (mlx(&inputs).unwrap(), lean(&inputs).unwrap());
-            assert_close(&format!("{dtype:?} y"), &y0, &y1, tol);
-            let (_, g0) = grads(mlx, &inputs, &w);
-            let (_, g1) = grads(lean, &inputs, &w);
-            assert_close(&format!("{dtype:?} d x"), &g0[0], &g1[0], tol);
-        }
-        // Row 0 from position 0, row 1 from position 17.
-        let positions = Array::from_slice(
-            &(0..b * l)
-                .map(|i| i % l + 17 * (i / l))
-                .collect::<Vec<i32>>(),
-            &[b, l],
-        );
-        let (cos, sin) = rope_tables(&positions, &periods).unwrap();
-        let got = rope(&x, &cos, &sin).unwrap();
-        for (row, offset) in [(0, 0), (1, 17)] {
-            let xr = x.try_index(row..row + 1).unwrap();
-            let want = mlx_rope(&xr, offset).unwrap();
-            assert_close(
-                &format!("row {row}"),
-                &want,
-                &got.try_index(row..row + 1).unwrap(),
-                1e-5,
-            );
         }
     }
 

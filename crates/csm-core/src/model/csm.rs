@@ -83,16 +83,11 @@ pub struct TrainKernels {
     /// as PEFT computes them: no f32 copies of the adapted projections'
     /// inputs and gradients. Rounds `x A` and the gradients to bf16.
     pub lora_in_activation_dtype: bool,
-    /// RoPE of cache-free forwards as one elementwise expression each way
-    /// on the projections' `[B, L, H, hd]` layout
-    /// ([`crate::kernels::lean::rope`]), not MLX's RoPE kernel on a
-    /// transposed view followed, in the backward, by a copy back.
-    pub lean_rope: bool,
-    /// Each feed-forward's frozen gate and up projections as one product
-    /// and one gradient array ([`super::llama::Mlp::fuse_gate_up`],
-    /// [`crate::kernels::lean::swiglu_halves`]): one matmul each way
-    /// instead of two and a sum of the input's two gradients.
-    pub fused_gate_up: bool,
+    /// With [`TrainKernels::lean_swiglu`]: its backward as one GPU kernel
+    /// of this crate writing both gradients
+    /// ([`crate::kernels::lean::swiglu_kernel`]), not two MLX kernels. GPU
+    /// only.
+    pub swiglu_kernel: bool,
 }
 
 impl TrainKernels {
@@ -103,8 +98,7 @@ impl TrainKernels {
         lean_swiglu: false,
         lean_lora: false,
         lora_in_activation_dtype: false,
-        lean_rope: false,
-        fused_gate_up: false,
+        swiglu_kernel: false,
     };
 
     /// The forms expected to pay on a device: the attention tile on GPUs
@@ -127,8 +121,8 @@ impl TrainKernels {
             lean_swiglu: gpu,
             lean_lora: gpu,
             lora_in_activation_dtype: false,
-            lean_rope: gpu,
-            fused_gate_up: gpu,
+            // Measured on CUDA only; the Metal twin is untested.
+            swiglu_kernel: gpu && !cfg!(target_os = "macos"),
         }
     }
 }
@@ -184,11 +178,7 @@ impl Csm {
 
     /// Chooses the forms of the training computation (see
     /// [`TrainKernels`]); the attention tile applies to the backbone.
-    ///
-    /// # Errors
-    /// Fusing the gate and up weights ([`TrainKernels::fused_gate_up`])
-    /// failed in MLX.
-    pub fn set_train_kernels(&mut self, kernels: TrainKernels) -> Result<(), Exception> {
+    pub fn set_train_kernels(&mut self, kernels: TrainKernels) {
         self.kernels = kernels;
         for layer in &mut self.backbone.layers {
             layer.self_attn.tile = kernels.attention_tile;
@@ -200,8 +190,7 @@ impl Csm {
             .chain(self.decoder.layers.iter_mut())
         {
             layer.mlp.lean_swiglu = kernels.lean_swiglu;
-            layer.self_attn.lean_rope = kernels.lean_rope;
-            layer.mlp.fuse_gate_up(kernels.fused_gate_up)?;
+            layer.mlp.swiglu_kernel = kernels.swiglu_kernel;
             let (a, m) = (&mut layer.self_attn, &mut layer.mlp);
             for p in [
                 &mut a.q_proj,
@@ -220,7 +209,6 @@ impl Csm {
             p.lean_lora = kernels.lean_lora;
             p.lora_in_activation_dtype = kernels.lora_in_activation_dtype;
         }
-        Ok(())
     }
 
     /// Casts every floating parameter to `dtype` (lazily).

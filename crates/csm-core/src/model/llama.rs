@@ -19,7 +19,6 @@ use mlx_rs::{ops, Array};
 
 use super::config::LlamaConfig;
 use super::proj::Proj;
-use crate::kernels::lean;
 
 /// RMSNorm over the last axis with a learned scale.
 #[derive(Debug, Clone, ModuleParameters)]
@@ -215,9 +214,6 @@ pub struct Attention {
     /// multiple of this many positions, then cut back (0: never); see
     /// [`super::csm::TrainKernels::attention_tile`].
     pub tile: i32,
-    /// Cache-free forwards apply RoPE as [`lean::rope`] on the tokens-first
-    /// layout ([`super::csm::TrainKernels::lean_rope`]).
-    pub lean_rope: bool,
 }
 
 /// Input of [`Attention`], [`Block`] and [`Llama`] forwards.
@@ -245,7 +241,6 @@ impl Attention {
             head_dim: hd,
             rope_periods,
             tile: 0,
-            lean_rope: false,
         })
     }
 
@@ -273,38 +268,29 @@ impl Module<AttentionInput<'_>> for Attention {
         let AttentionInput { x, mask, cache } = input;
         let (B, L) = (x.shape()[0], x.shape()[1]);
         let (H, Hkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let q = self.q_proj.forward(x)?.reshape(&[B, L, H, hd])?; // [B, L, H, hd]
-        let k = self.k_proj.forward(x)?.reshape(&[B, L, Hkv, hd])?; // [B, L, H_kv, hd]
+        let q = self
+            .q_proj
+            .forward(x)?
+            .reshape(&[B, L, H, hd])? // [B, L, H, hd]
+            .transpose_axes(&[0, 2, 1, 3])?; // [B, H, L, hd]
+        let k = self
+            .k_proj
+            .forward(x)?
+            .reshape(&[B, L, Hkv, hd])? // [B, L, H_kv, hd]
+            .transpose_axes(&[0, 2, 1, 3])?; // [B, H_kv, L, hd]
         let v = self
             .v_proj
             .forward(x)?
             .reshape(&[B, L, Hkv, hd])? // [B, L, H_kv, hd]
             .transpose_axes(&[0, 2, 1, 3])?; // [B, H_kv, L, hd]
-        let heads_first = |a: Array| a.transpose_axes(&[0, 2, 1, 3]); // [B, h, L, hd]
-        let (q, k) = match (mask, &cache) {
-            (_, None) if self.lean_rope => {
-                let positions = match mask {
-                    AttentionMask::Packed { positions, .. } => positions.clone(), // [B, L]
-                    _ => ops::arange::<_, i32>(0, L, 1)?,                         // [L]
-                };
-                let (cos, sin) = lean::rope_tables(&positions, &self.rope_periods)?;
-                (
-                    heads_first(lean::rope(&q, &cos, &sin)?)?,
-                    heads_first(lean::rope(&k, &cos, &sin)?)?,
-                )
-            }
-            (AttentionMask::Packed { positions, .. }, _) => (
-                rope_at(&heads_first(q)?, positions, &self.rope_periods)?,
-                rope_at(&heads_first(k)?, positions, &self.rope_periods)?,
+        let offset = cache.as_ref().map_or(0, |c| c.offset());
+        let (q, k) = match mask {
+            AttentionMask::Packed { positions, .. } => (
+                rope_at(&q, positions, &self.rope_periods)?,
+                rope_at(&k, positions, &self.rope_periods)?,
             ),
-            _ => {
-                let offset = cache.as_ref().map_or(0, |c| c.offset());
-                (
-                    self.rope(&heads_first(q)?, offset)?,
-                    self.rope(&heads_first(k)?, offset)?,
-                )
-            }
-        }; // [B, H, L, hd], [B, H_kv, L, hd]
+            _ => (self.rope(&q, offset)?, self.rope(&k, offset)?),
+        };
         let cached = cache.is_some();
         let (k, v) = match cache {
             Some(cache) => cache.update(k, v)?,
@@ -388,10 +374,10 @@ pub struct Mlp {
     /// SwiGLU keeps only its inputs for the backward
     /// ([`crate::kernels::lean::swiglu`]; set by `Csm::set_train_kernels`).
     pub lean_swiglu: bool,
-    /// The frozen gate and up weights as one `[2I, D]` (gate rows first),
-    /// whose halves `gate_proj` and `up_proj` then hold as views: one
-    /// product for both ([`Mlp::fuse_gate_up`]).
-    pub gate_up: Option<Array>,
+    /// With `lean_swiglu`, the backward is one GPU kernel
+    /// ([`crate::kernels::lean::swiglu_kernel`]; set by
+    /// `Csm::set_train_kernels`).
+    pub swiglu_kernel: bool,
 }
 
 impl Mlp {
@@ -402,42 +388,8 @@ impl Mlp {
             up_proj: Proj::random(dim, hidden)?,
             down_proj: Proj::random(hidden, dim)?,
             lean_swiglu: false,
-            gate_up: None,
+            swiglu_kernel: false,
         })
-    }
-
-    /// Computes gate and up as one product from now on (`on`), or as two
-    /// again. Only plain frozen weights fuse: with an adapter, a bias, a
-    /// quantized or a trainable weight the layer stays as it is. The fused
-    /// weight is built once; `gate_proj` and `up_proj` keep their values
-    /// as views of its halves, so the weights are held once.
-    pub fn fuse_gate_up(&mut self, on: bool) -> Result<(), Exception> {
-        use mlx_rs::module::Parameter;
-        if !on {
-            self.gate_up = None;
-            return Ok(());
-        }
-        let plain = |p: &Proj| {
-            !p.has_lora()
-                && p.quant.is_none()
-                && p.bias.value.is_none()
-                && p.weight.is_frozen() == Some(true)
-        };
-        if self.gate_up.is_some() || !plain(&self.gate_proj) || !plain(&self.up_proj) {
-            return Ok(());
-        }
-        let rows = self.gate_proj.weight.value.shape()[0];
-        let fused = ops::concatenate(
-            &[&self.gate_proj.weight.value, &self.up_proj.weight.value],
-            0,
-        )?; // [2I, D]
-        let gate = fused.try_index(..rows)?; // [I, D]
-        let up = fused.try_index(rows..)?; // [I, D]
-        mlx_rs::transforms::eval([&fused, &gate, &up])?;
-        self.gate_proj.weight.value = gate;
-        self.up_proj.weight.value = up;
-        self.gate_up = Some(fused);
-        Ok(())
     }
 }
 
@@ -448,13 +400,11 @@ impl Module<&Array> for Mlp {
     /// # Shapes
     /// `x: [..., D]` -> `[..., D]`
     fn forward(&mut self, x: &Array) -> Result<Array, Exception> {
-        if let Some(w) = &self.gate_up {
-            let y = crate::kernels::linear(x, w)?; // [..., 2I]
-            return self.down_proj.forward(&lean::swiglu_halves(&y)?);
-        }
         let gate = self.gate_proj.forward(x)?;
         let up = self.up_proj.forward(x)?;
-        let act = if self.lean_swiglu {
+        let act = if self.lean_swiglu && self.swiglu_kernel {
+            crate::kernels::lean::swiglu_kernel(&gate, &up)?
+        } else if self.lean_swiglu {
             crate::kernels::lean::swiglu(&gate, &up)?
         } else {
             crate::kernels::swiglu(&gate, &up)?
@@ -636,31 +586,6 @@ mod tests {
     use crate::test_util::max_abs_diff;
     use mlx_rs::module::ModuleParameters;
     use mlx_rs::random;
-
-    /// Gate and up fused give the two products' output, keep the weights'
-    /// values, and leave an adapted layer as it is.
-    #[test]
-    fn fused_gate_up_keeps_the_output() {
-        use mlx_rs::module::Parameter;
-        random::seed(9).unwrap();
-        let mut mlp = Mlp::new(32, 96).unwrap();
-        for p in [&mut mlp.gate_proj, &mut mlp.up_proj, &mut mlp.down_proj] {
-            p.weight.freeze(false);
-        }
-        let x = random::normal::<f32>(&[2, 5, 32], None, None, None).unwrap();
-        let want = mlp.forward(&x).unwrap();
-        let gate = mlp.gate_proj.weight.value.clone();
-        mlp.fuse_gate_up(true).unwrap();
-        assert_eq!(mlp.gate_up.as_ref().unwrap().shape(), &[192, 32]);
-        assert_eq!(max_abs_diff(&gate, &mlp.gate_proj.weight.value), 0.0);
-        let got = mlp.forward(&x).unwrap();
-        assert!(max_abs_diff(&want, &got) <= 1e-5, "fused output");
-        mlp.fuse_gate_up(false).unwrap();
-        assert_eq!(max_abs_diff(&want, &mlp.forward(&x).unwrap()), 0.0);
-        mlp.gate_proj.attach_lora(2, 4.0, 0.0, false).unwrap();
-        mlp.fuse_gate_up(true).unwrap();
-        assert!(mlp.gate_up.is_none(), "an adapted gate stays unfused");
-    }
 
     fn tiny() -> LlamaConfig {
         LlamaConfig {

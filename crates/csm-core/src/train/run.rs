@@ -520,11 +520,7 @@ impl<'a> Run<'a> {
             .unwrap_or_else(|| TrainKernels::for_device(gpu));
         tracing::info!("training kernels: {kernels:?}");
         self.log_layout();
-        self.assets
-            .loaded
-            .model
-            .set_train_kernels(kernels)
-            .map_err(mlx("fusing the gate and up weights"))?;
+        self.assets.loaded.model.set_train_kernels(kernels);
         let grad_keys = adapter::adapter_tensors(&self.assets.loaded.model)
             .into_keys()
             .collect();
