@@ -163,10 +163,6 @@ pub struct BenchTrainArgs {
     /// rather than f32 [default: false].
     #[arg(long, value_name = "BOOL")]
     lora_activation_dtype: Option<bool>,
-    /// With --lean-swiglu: its backward as one GPU kernel of csm's own
-    /// writing both gradients [default: true on a GPU outside macOS].
-    #[arg(long, value_name = "BOOL")]
-    swiglu_kernel: Option<bool>,
     /// Pad the backbone's causal attention to a multiple of this many
     /// positions inside the attention; 0 = never [default: 128 on a GPU
     /// outside macOS, else 0].
@@ -359,9 +355,6 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
     if let Some(on) = args.lora_activation_dtype {
         kernels.lora_in_activation_dtype = on;
     }
-    if let Some(on) = args.swiglu_kernel {
-        kernels.swiglu_kernel = on;
-    }
     if let Some(tile) = args.attention_tile {
         if tile < 0 {
             bail!("--attention-tile {tile}: give 0 (never) or a positive tile");
@@ -534,7 +527,6 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
                     "lean_swiglu": kernels.lean_swiglu,
                     "lean_lora": kernels.lean_lora,
                     "lora_in_activation_dtype": kernels.lora_in_activation_dtype,
-                    "swiglu_kernel": kernels.swiglu_kernel,
                 },
                 "tag": args.tag,
                 "adapted_projections": adapted,

@@ -10,8 +10,6 @@
 //!   per token and layer in bf16: about 2.2 GB for a 16 x 271-frame batch
 //!   in the backbone, and about 17 GB for the depth decoder on every frame
 //!   of it (4016 frames x 32 positions x 4 layers).
-//! - [`swiglu_kernel`]: the same, its backward one GPU kernel of this
-//!   crate writing both gradients (MLX's fusion gives one output a kernel).
 //! - [`lora_update`]: `((x A) B) s` with an f32 `A` promotes a bf16 `x` to
 //!   an f32 copy, which autodiff keeps for `A`'s gradient; this keeps `x`
 //!   as it is (and the small `x A`) and casts it again in the backward.
@@ -100,129 +98,6 @@ fn swiglu_vjp(
         .multiply(&s)?
         .multiply(one.add(gate.multiply(one.subtract(&s)?)?)?)?;
     Ok(vec![d_gate, d_up])
-}
-
-/// [`swiglu`] whose backward is one GPU kernel of this crate (through
-/// MLX's custom kernels: CUDA outside macOS, Metal on macOS) that reads the
-/// cotangent, `gate` and `up` once and writes both gradients: five passes
-/// over memory, where MLX's fusion (one output per kernel) needs two
-/// kernels and seven passes. On an H100 (16 x 250 frames, decoder on
-/// every frame) MLX's two took 24.4 ms a step against 15.7 ms for the
-/// peer's one kernel a layer (2026-12-07, bench/ktrace). GPU only; the
-/// forward is MLX's.
-///
-/// # Shapes
-/// `gate, up: [..., H]` (same shape and dtype) -> `[..., H]`
-pub fn swiglu_kernel(gate: &Array, up: &Array) -> Result<Array, Exception> {
-    let mut out = apply_custom_vjp(
-        "swiglu (kernel backward)",
-        &[gate.clone(), up.clone()],
-        swiglu_forward,
-        swiglu_kernel_vjp,
-    )?;
-    out.pop()
-        .ok_or_else(|| Exception::custom("swiglu (kernel backward) returned nothing"))
-}
-
-fn swiglu_kernel_vjp(
-    primals: &[Array],
-    cotangents: &[Array],
-    _outputs: &[Array],
-) -> Result<Vec<Array>, Exception> {
-    let ([gate, up], [cot]) = (primals, cotangents) else {
-        return Err(Exception::custom(format!(
-            "expected 2 primals and 1 cotangent, got {} and {}",
-            primals.len(),
-            cotangents.len()
-        )));
-    };
-    let (d_gate, d_up) = swiglu_backward_kernel(cot, gate, up)?;
-    Ok(vec![d_gate, d_up])
-}
-
-/// The kernel body: one thread per element, computed in f32.
-#[cfg(not(target_os = "macos"))]
-const SWIGLU_BACKWARD_SOURCE: &str = r#"
-    const size_t n = cot_shape[0];
-    const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
-    if (i < n) {
-        const float c = static_cast<float>(cot[i]);
-        const float g = static_cast<float>(gate[i]);
-        const float u = static_cast<float>(up[i]);
-        const float s = 1.0f / (1.0f + expf(-g));
-        d_gate[i] = static_cast<T>(c * u * s * (1.0f + g * (1.0f - s)));
-        d_up[i] = static_cast<T>(c * g * s);
-    }
-"#;
-
-/// The kernel body: one thread per element, computed in f32.
-#[cfg(target_os = "macos")]
-const SWIGLU_BACKWARD_SOURCE: &str = r#"
-    const uint n = cot_shape[0];
-    const uint i = thread_position_in_grid.x;
-    if (i < n) {
-        const float c = static_cast<float>(cot[i]);
-        const float g = static_cast<float>(gate[i]);
-        const float u = static_cast<float>(up[i]);
-        const float s = 1.0f / (1.0f + metal::exp(-g));
-        d_gate[i] = static_cast<T>(c * u * s * (1.0f + g * (1.0f - s)));
-        d_up[i] = static_cast<T>(c * g * s);
-    }
-"#;
-
-/// The gradients of `silu(gate) * up` for the cotangent `cot`, by the GPU
-/// kernel of [`swiglu_kernel`] (`d gate = cot up s (1 + gate (1 - s))`,
-/// `d up = cot gate s`, `s = sigmoid(gate)`, in f32), in the inputs' dtype.
-///
-/// # Errors
-/// Shapes or dtypes that differ, more than `i32::MAX` elements, or no GPU.
-///
-/// # Shapes
-/// `cot, gate, up: [..., H]` -> `([..., H], [..., H])`
-pub fn swiglu_backward_kernel(
-    cot: &Array,
-    gate: &Array,
-    up: &Array,
-) -> Result<(Array, Array), Exception> {
-    let shape = gate.shape();
-    let dtype = gate.dtype();
-    if up.shape() != shape || cot.shape() != shape || up.dtype() != dtype || cot.dtype() != dtype {
-        return Err(Exception::custom(format!(
-            "swiglu backward kernel: cot {:?} {:?}, gate {shape:?} {dtype:?}, up {:?} {:?}: \
-             expected one shape and dtype",
-            cot.shape(),
-            cot.dtype(),
-            up.shape(),
-            up.dtype()
-        )));
-    }
-    let n = i32::try_from(gate.size()).map_err(|_| {
-        Exception::custom(format!(
-            "swiglu backward kernel: {} elements exceed the kernel's 32-bit grid",
-            gate.size()
-        ))
-    })?;
-    let flat = |a: &Array| a.reshape(&[n]); // [N]
-    let out = crate::ffi::gpu_kernel(
-        &crate::ffi::GpuKernel {
-            name: "csm_swiglu_backward",
-            source: SWIGLU_BACKWARD_SOURCE,
-            input_names: &["cot", "gate", "up"],
-            output_names: &["d_gate", "d_up"],
-            outputs: &[(&[n], dtype), (&[n], dtype)],
-            grid: (n, 1, 1),
-            threads: (256, 1, 1),
-            template_dtypes: &[("T", dtype)],
-        },
-        &[flat(cot)?, flat(gate)?, flat(up)?],
-    )?;
-    let [d_gate, d_up] = &out[..] else {
-        return Err(Exception::custom(format!(
-            "swiglu backward kernel returned {} arrays, expected 2",
-            out.len()
-        )));
-    };
-    Ok((d_gate.reshape(shape)?, d_up.reshape(shape)?))
 }
 
 /// A LoRA adapter's update `((x A) B) scale`, cast to `x`'s dtype, keeping

@@ -83,11 +83,6 @@ pub struct TrainKernels {
     /// as PEFT computes them: no f32 copies of the adapted projections'
     /// inputs and gradients. Rounds `x A` and the gradients to bf16.
     pub lora_in_activation_dtype: bool,
-    /// With [`TrainKernels::lean_swiglu`]: its backward as one GPU kernel
-    /// of this crate writing both gradients
-    /// ([`crate::kernels::lean::swiglu_kernel`]), not two MLX kernels. GPU
-    /// only.
-    pub swiglu_kernel: bool,
 }
 
 impl TrainKernels {
@@ -98,7 +93,6 @@ impl TrainKernels {
         lean_swiglu: false,
         lean_lora: false,
         lora_in_activation_dtype: false,
-        swiglu_kernel: false,
     };
 
     /// The forms expected to pay on a device: the attention tile on GPUs
@@ -121,8 +115,6 @@ impl TrainKernels {
             lean_swiglu: gpu,
             lean_lora: gpu,
             lora_in_activation_dtype: false,
-            // Measured on CUDA only; the Metal twin is untested.
-            swiglu_kernel: gpu && !cfg!(target_os = "macos"),
         }
     }
 }
@@ -190,7 +182,6 @@ impl Csm {
             .chain(self.decoder.layers.iter_mut())
         {
             layer.mlp.lean_swiglu = kernels.lean_swiglu;
-            layer.mlp.swiglu_kernel = kernels.swiglu_kernel;
             let (a, m) = (&mut layer.self_attn, &mut layer.mlp);
             for p in [
                 &mut a.q_proj,
@@ -582,6 +573,16 @@ mod tests {
             .add(aw.index(4 + 33))
             .unwrap();
         assert!(max_abs_diff(&e.index((0, 1, ..)), &want) < 1e-5);
+        // A frozen table (training) gathers its rows as words: the same
+        // embedding, bit for bit, in f32 and bf16.
+        for dtype in [Dtype::Float32, Dtype::Bfloat16] {
+            m.cast(dtype).unwrap();
+            m.audio_embeddings.weight.unfreeze(false);
+            let plain = m.embed_frames(&tokens, &mask).unwrap();
+            m.audio_embeddings.weight.freeze(false);
+            let frozen = m.embed_frames(&tokens, &mask).unwrap();
+            assert_eq!(max_abs_diff(&plain, &frozen), 0.0, "{dtype:?}");
+        }
     }
 
     #[test]

@@ -374,10 +374,6 @@ pub struct Mlp {
     /// SwiGLU keeps only its inputs for the backward
     /// ([`crate::kernels::lean::swiglu`]; set by `Csm::set_train_kernels`).
     pub lean_swiglu: bool,
-    /// With `lean_swiglu`, the backward is one GPU kernel
-    /// ([`crate::kernels::lean::swiglu_kernel`]; set by
-    /// `Csm::set_train_kernels`).
-    pub swiglu_kernel: bool,
 }
 
 impl Mlp {
@@ -388,7 +384,6 @@ impl Mlp {
             up_proj: Proj::random(dim, hidden)?,
             down_proj: Proj::random(hidden, dim)?,
             lean_swiglu: false,
-            swiglu_kernel: false,
         })
     }
 }
@@ -402,9 +397,7 @@ impl Module<&Array> for Mlp {
     fn forward(&mut self, x: &Array) -> Result<Array, Exception> {
         let gate = self.gate_proj.forward(x)?;
         let up = self.up_proj.forward(x)?;
-        let act = if self.lean_swiglu && self.swiglu_kernel {
-            crate::kernels::lean::swiglu_kernel(&gate, &up)?
-        } else if self.lean_swiglu {
+        let act = if self.lean_swiglu {
             crate::kernels::lean::swiglu(&gate, &up)?
         } else {
             crate::kernels::swiglu(&gate, &up)?

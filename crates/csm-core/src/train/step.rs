@@ -464,8 +464,6 @@ mod tests {
             lean_swiglu: true,
             lean_lora: true,
             lora_in_activation_dtype: true,
-            // A GPU kernel: `csm gpu-check` checks it on the device.
-            swiglu_kernel: false,
         };
         let compiled = |buckets| StepOptions {
             compile: true,
