@@ -63,6 +63,10 @@
 //! **ELU** (`cpp/elu.cpp`), in Mimi's SEANet: one vectorized pass on all
 //! cores instead of 4 scalar ones (`expm1f` and the select were 13% of a
 //! Mimi decode's profile). Inference only: it has no gradient.
+//!
+//! **Embedding rows** ([`take_rows`], every backend): a frozen table's rows
+//! gathered as 8- or 4-byte words, which MLX's gather moves with a quarter
+//! of the index work for bf16 rows.
 
 pub mod lean;
 pub mod pow_exp;
