@@ -916,7 +916,8 @@ mod tests {
     }
 
     /// Rows gathered as words are the rows `take` gives, bit for bit, for
-    /// bf16 and f32 tables of widths that take 8-, 4- and 2-byte words.
+    /// bf16 and f32 tables whose rows take 8- and 4-byte words, and one
+    /// whose rows take neither (6 bytes: the plain gather).
     #[test]
     fn take_rows_equals_take() {
         mlx_rs::random::seed(6).unwrap();

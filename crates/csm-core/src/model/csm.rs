@@ -229,6 +229,22 @@ impl Csm {
         ops::arange::<_, i32>(0, count * v, v)
     }
 
+    /// Audio embedding rows at offset codes. A frozen table (training) is
+    /// gathered as words ([`crate::kernels::take_rows`], the same rows bit
+    /// for bit); a trainable one through the embedding, which has a
+    /// gradient.
+    ///
+    /// # Shapes
+    /// `idx: [...]` int -> `[..., D]`
+    fn audio_rows(&mut self, idx: &Array) -> Result<Array, Exception> {
+        let table = &self.audio_embeddings.weight;
+        if table.is_frozen() == Some(true) {
+            crate::kernels::take_rows(table, idx)
+        } else {
+            self.audio_embeddings.forward(idx)
+        }
+    }
+
     /// Embeds frames: the masked sum of the text embedding and the
     /// per-codebook audio embeddings.
     ///
@@ -251,12 +267,7 @@ impl Csm {
             .try_index((.., .., ..n))?
             .add(&self.codebook_offsets(n)?)?; // [B, S, n_cb]
         let text = self.text_embeddings.forward(&text_tok)?; // [B, S, D]
-        let table = &self.audio_embeddings.weight;
-        let audio = if table.is_frozen() == Some(true) {
-            crate::kernels::take_rows(table, &audio_tok)? // [B, S, n_cb, D]
-        } else {
-            self.audio_embeddings.forward(&audio_tok)? // [B, S, n_cb, D]
-        };
+        let audio = self.audio_rows(&audio_tok)?; // [B, S, n_cb, D]
 
         // The masked sum over codebooks as one batched product, which reads
         // the gathered rows once: no concatenated copy and no masked copy
@@ -323,11 +334,12 @@ impl Csm {
             .as_dtype(Dtype::Int32)?
             .try_index((.., ..n - 1))?
             .add(&self.codebook_offsets(n - 1)?)?; // [N, n_cb - 1]
-        let emb = self.audio_embeddings.forward(&prev_codes)?; // [N, n_cb - 1, D]
-                                                               // Projected apart, so training's backward runs the projection's
-                                                               // input gradient for the N backbone states only: the embeddings are
-                                                               // frozen and need none (17.6 GFLOP less per CSM-1B step with the
-                                                               // decoder on all 131 frames).
+        let emb = self.audio_rows(&prev_codes)?; // [N, n_cb - 1, D]
+
+        // Projected apart, so training's backward runs the projection's
+        // input gradient for the N backbone states only: the embeddings are
+        // frozen and need none (17.6 GFLOP less per CSM-1B step with the
+        // decoder on all 131 frames).
         let h_proj = self.projection.forward(&h_prev.expand_dims(1)?)?; // [N, 1, D_dec]
         let emb_proj = self.projection.forward(&emb)?; // [N, n_cb - 1, D_dec]
         let x = ops::concatenate(&[h_proj, emb_proj], 1)?; // [N, n_cb, D_dec]
@@ -574,14 +586,25 @@ mod tests {
             .unwrap();
         assert!(max_abs_diff(&e.index((0, 1, ..)), &want) < 1e-5);
         // A frozen table (training) gathers its rows as words: the same
-        // embedding, bit for bit, in f32 and bf16.
+        // frame embeddings and depth-decoder logits, bit for bit, in f32
+        // and bf16.
+        let h = random::normal::<f32>(&[2, 32], None, None, None).unwrap();
+        let codes = Array::from_slice(&[1i32, 2, 3, 4, 5, 6, 7, 8], &[2, 4]);
         for dtype in [Dtype::Float32, Dtype::Bfloat16] {
             m.cast(dtype).unwrap();
-            m.audio_embeddings.weight.unfreeze(false);
-            let plain = m.embed_frames(&tokens, &mask).unwrap();
-            m.audio_embeddings.weight.freeze(false);
-            let frozen = m.embed_frames(&tokens, &mask).unwrap();
-            assert_eq!(max_abs_diff(&plain, &frozen), 0.0, "{dtype:?}");
+            let h = h.as_dtype(dtype).unwrap();
+            let mut run = |frozen: bool| {
+                if frozen {
+                    m.audio_embeddings.weight.freeze(false);
+                } else {
+                    m.audio_embeddings.weight.unfreeze(false);
+                }
+                let e = m.embed_frames(&tokens, &mask).unwrap();
+                (e, m.depth_logits(&h, &codes).unwrap())
+            };
+            let ((e0, d0), (e1, d1)) = (run(false), run(true));
+            assert_eq!(max_abs_diff(&e0, &e1), 0.0, "{dtype:?} frames");
+            assert_eq!(max_abs_diff(&d0, &d1), 0.0, "{dtype:?} depth logits");
         }
     }
 

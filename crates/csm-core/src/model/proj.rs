@@ -201,14 +201,13 @@ impl Module<&Array> for Proj {
             // Back to y's dtype: an f32 update would promote the residual
             // stream, and with it every later matmul, to f32.
             let update = if self.lean_lora && input.dtype() == y.dtype() {
-                // [..., out]
-                if self.lora_in_activation_dtype && a.dtype() != input.dtype() {
-                    // The casts' gradients bring A's and B's back to f32.
-                    let (a, b) = (a.as_dtype(input.dtype())?, b.as_dtype(input.dtype())?);
-                    crate::kernels::lean::lora_update(&input, &a, &b, self.scale)?
+                // The casts' gradients bring A's and B's back to f32.
+                let (a, b) = if self.lora_in_activation_dtype && a.dtype() != input.dtype() {
+                    (a.as_dtype(input.dtype())?, b.as_dtype(input.dtype())?)
                 } else {
-                    crate::kernels::lean::lora_update(&input, a, b, self.scale)?
-                }
+                    (a.clone(), b.clone())
+                };
+                crate::kernels::lean::lora_update(&input, &a, &b, self.scale)? // [..., out]
             } else {
                 ops::matmul(&ops::matmul(&input, a)?, b)? // [..., out], f32
                     .multiply(Array::from_f32(self.scale))?
