@@ -87,11 +87,15 @@ if [ $quick = 1 ]; then
   lever tile-128 16x250 0.0625 --attention-tile 128
   lever lean 16x250 0.0625 --lean-swiglu true --lean-lora true
   lever lean 8x130 1.0 --lean-swiglu true --lean-lora true
+  lever grouped 16x250 0.0625 --lean-lora true --grouped-proj true
 else
   # On by default on CUDA: switched off.
   lever tile-0 16x250 0.0625 --attention-tile 0
   lever lean-off 16x250 0.0625 --lean-swiglu false --lean-lora false
   lever lean-off 8x130 1.0 --lean-swiglu false --lean-lora false
+  lever grouped-off 16x250 0.0625 --grouped-proj false
+  lever grouped-off 8x130 0.0625 --grouped-proj false
+  lever grouped-off 8x130 1.0 --grouped-proj false
 fi
 lever ce-fused 16x250 0.0625 --cross-entropy fused
 lever ce-fused 8x130 1.0 --cross-entropy fused
@@ -108,7 +112,7 @@ MLX_USE_CUDA_GRAPHS=0 MLX_MAX_OPS_PER_BUFFER=5 lever no-cuda-graphs-ops5 16x250 
 lever lora-bf16 16x250 1.0 --lora-activation-dtype true
 lever lora-bf16 8x130 1.0 --lora-activation-dtype true
 lever no-levers 16x250 0.0625 --cross-entropy plain --attention-tile 0 --lean-swiglu false \
-  --lean-lora false --no-buckets
+  --lean-lora false --grouped-proj false --no-buckets
 
 log "peer: every case, eager"
 peer_cases=1x130:0.0625,8x130:0.0625,4x500:0.0625,16x250:0.0625,1x130:1.0,8x130:1.0,4x500:1.0,16x250:1.0

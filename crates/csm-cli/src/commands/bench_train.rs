@@ -163,6 +163,10 @@ pub struct BenchTrainArgs {
     /// rather than f32 [default: false].
     #[arg(long, value_name = "BOOL")]
     lora_activation_dtype: Option<bool>,
+    /// q, k and v (and gate and up) with one gradient for their shared
+    /// input, summed in the GEMMs [default: true on a GPU].
+    #[arg(long, value_name = "BOOL")]
+    grouped_proj: Option<bool>,
     /// Pad the backbone's causal attention to a multiple of this many
     /// positions inside the attention; 0 = never [default: 128 on a GPU
     /// outside macOS, else 0].
@@ -355,6 +359,9 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
     if let Some(on) = args.lora_activation_dtype {
         kernels.lora_in_activation_dtype = on;
     }
+    if let Some(on) = args.grouped_proj {
+        kernels.grouped_projections = on;
+    }
     if let Some(tile) = args.attention_tile {
         if tile < 0 {
             bail!("--attention-tile {tile}: give 0 (never) or a positive tile");
@@ -527,6 +534,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
                     "lean_swiglu": kernels.lean_swiglu,
                     "lean_lora": kernels.lean_lora,
                     "lora_in_activation_dtype": kernels.lora_in_activation_dtype,
+                    "grouped_projections": kernels.grouped_projections,
                 },
                 "tag": args.tag,
                 "adapted_projections": adapted,

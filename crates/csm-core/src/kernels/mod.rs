@@ -67,7 +67,12 @@
 //! **Embedding rows** ([`take_rows`], every backend): a frozen table's rows
 //! gathered as 8- or 4-byte words, which MLX's gather moves with a quarter
 //! of the index work for bf16 rows.
+//!
+//! **Projections of one input** ([`group::grouped_linear`], every backend):
+//! q, k and v (gate and up) with one gradient for their shared input,
+//! summed in the GEMMs' epilogues instead of separate adds.
 
+pub mod group;
 pub mod lean;
 pub mod pow_exp;
 

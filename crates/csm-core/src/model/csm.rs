@@ -83,6 +83,12 @@ pub struct TrainKernels {
     /// as PEFT computes them: no f32 copies of the adapted projections'
     /// inputs and gradients. Rounds `x A` and the gradients to bf16.
     pub lora_in_activation_dtype: bool,
+    /// Projections of one input (q, k and v; gate and up) with one gradient
+    /// for it ([`crate::kernels::group`]): the frozen products summed in
+    /// the GEMMs' epilogue and the adapters' shares in one product, instead
+    /// of a product, a cast and an add each. The same values; the gradient
+    /// to rounding.
+    pub grouped_projections: bool,
 }
 
 impl TrainKernels {
@@ -93,6 +99,7 @@ impl TrainKernels {
         lean_swiglu: false,
         lean_lora: false,
         lora_in_activation_dtype: false,
+        grouped_projections: false,
     };
 
     /// The forms expected to pay on a device: the attention tile on GPUs
@@ -115,6 +122,7 @@ impl TrainKernels {
             lean_swiglu: gpu,
             lean_lora: gpu,
             lora_in_activation_dtype: false,
+            grouped_projections: gpu,
         }
     }
 }
@@ -182,6 +190,8 @@ impl Csm {
             .chain(self.decoder.layers.iter_mut())
         {
             layer.mlp.lean_swiglu = kernels.lean_swiglu;
+            layer.mlp.grouped = kernels.grouped_projections;
+            layer.self_attn.grouped = kernels.grouped_projections;
             let (a, m) = (&mut layer.self_attn, &mut layer.mlp);
             for p in [
                 &mut a.q_proj,

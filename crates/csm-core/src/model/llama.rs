@@ -18,7 +18,7 @@ use mlx_rs::ops::indexing::TryIndexOp;
 use mlx_rs::{ops, Array};
 
 use super::config::LlamaConfig;
-use super::proj::Proj;
+use super::proj::{forward_shared, Proj};
 
 /// RMSNorm over the last axis with a learned scale.
 #[derive(Debug, Clone, ModuleParameters)]
@@ -214,6 +214,23 @@ pub struct Attention {
     /// multiple of this many positions, then cut back (0: never); see
     /// [`super::csm::TrainKernels::attention_tile`].
     pub tile: i32,
+    /// q, k and v as one group with one input gradient
+    /// ([`crate::kernels::group`]; set by `Csm::set_train_kernels`).
+    pub grouped: bool,
+}
+
+/// The one item of each projection's output, in order.
+fn three(ys: Vec<Array>) -> Result<[Array; 3], Exception> {
+    let n = ys.len();
+    ys.try_into()
+        .map_err(|_| Exception::custom(format!("expected 3 projections, got {n}")))
+}
+
+/// As [`three`], for gate and up.
+fn two(ys: Vec<Array>) -> Result<[Array; 2], Exception> {
+    let n = ys.len();
+    ys.try_into()
+        .map_err(|_| Exception::custom(format!("expected 2 projections, got {n}")))
 }
 
 /// Input of [`Attention`], [`Block`] and [`Llama`] forwards.
@@ -241,6 +258,7 @@ impl Attention {
             head_dim: hd,
             rope_periods,
             tile: 0,
+            grouped: false,
         })
     }
 
@@ -268,19 +286,18 @@ impl Module<AttentionInput<'_>> for Attention {
         let AttentionInput { x, mask, cache } = input;
         let (B, L) = (x.shape()[0], x.shape()[1]);
         let (H, Hkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let q = self
-            .q_proj
-            .forward(x)?
+        let [q, k, v] = three(forward_shared(
+            &mut [&mut self.q_proj, &mut self.k_proj, &mut self.v_proj],
+            x,
+            self.grouped,
+        )?)?;
+        let q = q
             .reshape(&[B, L, H, hd])? // [B, L, H, hd]
             .transpose_axes(&[0, 2, 1, 3])?; // [B, H, L, hd]
-        let k = self
-            .k_proj
-            .forward(x)?
+        let k = k
             .reshape(&[B, L, Hkv, hd])? // [B, L, H_kv, hd]
             .transpose_axes(&[0, 2, 1, 3])?; // [B, H_kv, L, hd]
-        let v = self
-            .v_proj
-            .forward(x)?
+        let v = v
             .reshape(&[B, L, Hkv, hd])? // [B, L, H_kv, hd]
             .transpose_axes(&[0, 2, 1, 3])?; // [B, H_kv, L, hd]
         let offset = cache.as_ref().map_or(0, |c| c.offset());
@@ -374,6 +391,9 @@ pub struct Mlp {
     /// SwiGLU keeps only its inputs for the backward
     /// ([`crate::kernels::lean::swiglu`]; set by `Csm::set_train_kernels`).
     pub lean_swiglu: bool,
+    /// Gate and up as one group with one input gradient
+    /// ([`crate::kernels::group`]; set by `Csm::set_train_kernels`).
+    pub grouped: bool,
 }
 
 impl Mlp {
@@ -384,6 +404,7 @@ impl Mlp {
             up_proj: Proj::random(dim, hidden)?,
             down_proj: Proj::random(hidden, dim)?,
             lean_swiglu: false,
+            grouped: false,
         })
     }
 }
@@ -395,8 +416,11 @@ impl Module<&Array> for Mlp {
     /// # Shapes
     /// `x: [..., D]` -> `[..., D]`
     fn forward(&mut self, x: &Array) -> Result<Array, Exception> {
-        let gate = self.gate_proj.forward(x)?;
-        let up = self.up_proj.forward(x)?;
+        let [gate, up] = two(forward_shared(
+            &mut [&mut self.gate_proj, &mut self.up_proj],
+            x,
+            self.grouped,
+        )?)?;
         let act = if self.lean_swiglu {
             crate::kernels::lean::swiglu(&gate, &up)?
         } else {

@@ -14,6 +14,8 @@ use mlx_rs::macros::ModuleParameters;
 use mlx_rs::module::{Module, Param, Parameter};
 use mlx_rs::{ops, random, Array, Dtype};
 
+use crate::kernels::group::{grouped_linear, GroupMember};
+
 /// A linear projection `[out, in]` with an optional LoRA adapter and bias.
 #[derive(Debug, Clone, ModuleParameters)]
 pub struct Proj {
@@ -169,6 +171,67 @@ impl Proj {
         }
         Ok(())
     }
+}
+
+impl Proj {
+    /// This projection as a member of a group of one input `x`
+    /// ([`grouped_linear`]); `None` where it must run alone: quantized,
+    /// with a bias, a trained weight, `x` of another dtype than the weight,
+    /// or an adapter outside the lean form or with dropout in training.
+    fn group_member(&self, x: &Array) -> Result<Option<GroupMember>, Exception> {
+        let weight = &self.weight.value;
+        if self.quant.is_some()
+            || self.bias.value.is_some()
+            || self.weight.is_frozen() != Some(true)
+            || x.dtype() != weight.dtype()
+        {
+            return Ok(None);
+        }
+        let lora = match (&self.lora_a.value, &self.lora_b.value) {
+            (Some(a), Some(b)) => {
+                if !self.lean_lora || (self.training && self.dropout > 0.0) {
+                    return Ok(None);
+                }
+                // As the projection's own forward: the casts' gradients
+                // bring A's and B's back to f32.
+                let (a, b) = if self.lora_in_activation_dtype && a.dtype() != x.dtype() {
+                    (a.as_dtype(x.dtype())?, b.as_dtype(x.dtype())?)
+                } else {
+                    (a.clone(), b.clone())
+                };
+                Some((a, b, self.scale))
+            }
+            _ => None,
+        };
+        Ok(Some(GroupMember {
+            weight: weight.clone(),
+            lora,
+        }))
+    }
+}
+
+/// The projections of one input `x` (attention's q, k and v; the MLP's gate
+/// and up): with `grouped`, as one [`grouped_linear`] where every one can
+/// join (the same values, fewer kernels in the backward), else each on its
+/// own.
+///
+/// # Shapes
+/// `x: [..., in]` -> `[[..., out_i]; n]`
+pub fn forward_shared(
+    projs: &mut [&mut Proj],
+    x: &Array,
+    grouped: bool,
+) -> Result<Vec<Array>, Exception> {
+    if grouped {
+        let members: Option<Vec<GroupMember>> = projs
+            .iter()
+            .map(|p| p.group_member(x))
+            .collect::<Result<_, _>>()?;
+        if let Some(members) = members {
+            return grouped_linear(x, &members);
+        }
+    }
+    projs.iter_mut().map(|p| p.forward(x)).collect()
 }
 
 impl Module<&Array> for Proj {

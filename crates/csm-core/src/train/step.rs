@@ -458,12 +458,17 @@ mod tests {
             lean_lora: true,
             ..plain_kernels
         };
+        let grouped = TrainKernels {
+            grouped_projections: true,
+            ..lean
+        };
         let all = TrainKernels {
             fused_cross_entropy: true,
             attention_tile: 16,
             lean_swiglu: true,
             lean_lora: true,
             lora_in_activation_dtype: true,
+            grouped_projections: true,
         };
         let compiled = |buckets| StepOptions {
             compile: true,
@@ -473,6 +478,8 @@ mod tests {
             ("fused cross-entropy", fused, plain),
             ("attention tile 16", tiled, plain),
             ("lean SwiGLU and LoRA", lean, plain),
+            ("grouped projections", grouped, plain),
+            ("grouped projections, compiled", grouped, compiled(true)),
             (
                 "compiled, exact shapes",
                 TrainKernels::PLAIN,
@@ -537,6 +544,7 @@ mod tests {
         let lean = TrainKernels {
             lean_swiglu: true,
             lean_lora: true,
+            grouped_projections: true,
             ..TrainKernels::PLAIN
         };
         let got = run_step(&mut model, &packed, lean, compiled);
