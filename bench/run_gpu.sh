@@ -148,7 +148,8 @@ if [ $quick = 0 ]; then
   log "csm: generation (100 frames), default and without CUDA graphs (5 ops a commit)"
   for v in default no-cuda-graphs-ops5; do
     ( [ $v = default ] || export MLX_USE_CUDA_GRAPHS=0 MLX_MAX_OPS_PER_BUFFER=5
-      g bench-generate --size csm-1b --frames 100 --dtype bf16 --json > "$out/gen_$v.json" 2> "$out/gen_$v.log" ) \
+      # gpu-check.sh's first line names the card; the JSON is the rest.
+      g bench-generate --size csm-1b --frames 100 --dtype bf16 --json 2> "$out/gen_$v.log" | grep -v '^# ' > "$out/gen_$v.json" ) \
       || echo "generation ($v) failed: see $out/gen_$v.log"
     $PY -c "import json,sys; d=json.load(open(sys.argv[1])); print(f'  {sys.argv[2]}: {d[\"ms_per_frame\"]:.1f} ms/frame, peak {d[\"peak_memory_bytes\"]/1e9:.2f} GB')" \
       "$out/gen_$v.json" $v 2>/dev/null || true
