@@ -222,17 +222,9 @@ fn group_vjp(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::{max_abs, max_abs_diff};
+    use crate::test_util::assert_close;
     use mlx_rs::random;
     use mlx_rs::transforms::value_and_grad_with_argnums;
-
-    fn assert_close(what: &str, want: &Array, got: &Array, tol: f32) {
-        assert_eq!(want.dtype(), got.dtype(), "{what}");
-        assert_eq!(want.shape(), got.shape(), "{what}");
-        let d = max_abs_diff(want, got);
-        let scale = max_abs(want).max(1e-6);
-        assert!(d <= tol * scale, "{what}: max diff {d} (scale {scale})");
-    }
 
     /// Three projections of one input (the second without an adapter, as
     /// attention's k is): the values equal the members' own ops bit for

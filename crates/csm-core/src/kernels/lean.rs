@@ -176,7 +176,7 @@ fn lora_vjp(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::{max_abs, max_abs_diff};
+    use crate::test_util::assert_close;
     use mlx_rs::random;
     use mlx_rs::transforms::value_and_grad_with_argnums;
 
@@ -194,13 +194,6 @@ mod tests {
         let mut vg = value_and_grad_with_argnums(loss, &argnums[..]);
         let (v, g) = vg(inputs).unwrap();
         (v[0].item_cast::<f32>(), g)
-    }
-
-    fn assert_close(what: &str, want: &Array, got: &Array, tol: f32) {
-        assert_eq!(want.dtype(), got.dtype(), "{what}");
-        let d = max_abs_diff(want, got);
-        let scale = max_abs(want).max(1e-6);
-        assert!(d <= tol * scale, "{what}: max diff {d} (scale {scale})");
     }
 
     /// Value and gradients equal autodiff of `silu(gate) * up`, in f32 and

@@ -25,6 +25,16 @@ pub fn max_abs(a: &Array) -> f32 {
         .item_cast::<f32>()
 }
 
+/// Asserts `want` and `got` have one dtype and shape and differ by at most
+/// `tol` times `max |want|` (`what` names them in the failure).
+pub fn assert_close(what: &str, want: &Array, got: &Array, tol: f32) {
+    assert_eq!(want.dtype(), got.dtype(), "{what}: dtype");
+    assert_eq!(want.shape(), got.shape(), "{what}: shape");
+    let d = max_abs_diff(want, got);
+    let scale = max_abs(want).max(1e-6);
+    assert!(d <= tol * scale, "{what}: max diff {d} (scale {scale})");
+}
+
 /// Deletes `root` when this test process exits: the demo is ~400 MB and
 /// nextest runs every test in its own process, so the folders would pile up.
 pub fn remove_at_exit(root: &Path) {
