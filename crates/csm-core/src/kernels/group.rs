@@ -28,7 +28,7 @@ use mlx_rs::error::Exception;
 use mlx_rs::ops::indexing::TryIndexOp;
 use mlx_rs::{ops, Array, Dtype};
 
-use super::lean::fresh;
+use super::lean::{fresh, lora_forward};
 use crate::ffi::apply_custom_vjp;
 
 /// One projection of a group: a frozen weight `[out, in]` and an optional
@@ -85,9 +85,11 @@ fn group_forward(inputs: &[Array]) -> Result<Vec<Array>, Exception> {
             ys.push(y);
             continue;
         }
-        // The same ops as `lean::lora_update` (and the plain update).
-        let xa = ops::matmul(x, a)?; // [..., r]
-        let update = ops::matmul(&xa, b)?.multiply(scale)?.as_dtype(x.dtype())?; // [..., out]
+        // `lean::lora_update`'s forward: `[update, x A]`.
+        let [update, xa]: [Array; 2] =
+            lora_forward(&[x.clone(), a.clone(), b.clone(), scale.clone()])?
+                .try_into()
+                .map_err(|_| Exception::custom("grouped linear: the LoRA forward's outputs"))?;
         ys.push(y.add(update)?);
         xas.push(xa);
     }
@@ -148,7 +150,8 @@ fn group_vjp(
     let mut grads: Vec<Array> = Vec::with_capacity(primals.len());
     grads.push(Array::from_f32(0.0)); // x's, set below
     let mut d_xas = Vec::with_capacity(lora_n);
-    let mut lora_at = Vec::with_capacity(lora_n); // (index of A's gradient, r)
+    let mut a_all = Vec::with_capacity(lora_n);
+    let mut lora_at = Vec::with_capacity(lora_n); // (index of A's gradient, r, A's dtype)
     let mut xa_outputs = outputs[n..].iter();
     for ([w, a, b, scale], cot) in members.iter().zip(cotangents) {
         grads.push(ops::zeros_like(w)?);
@@ -173,7 +176,8 @@ fn group_vjp(
             .reshape(&[-1, n_out])?; // [T, out]
         let d_b = ops::matmul(xa.reshape(&[-1, r])?.t(), &g)?; // [r, out]
         d_xas.push(ops::matmul(&g, b.t())?); // [T, r]
-        lora_at.push((grads.len(), r));
+        a_all.push(a);
+        lora_at.push((grads.len(), r, a.dtype()));
         grads.extend([
             Array::from_f32(0.0), // A's, set below
             d_b.as_dtype(b.dtype())?,
@@ -184,11 +188,6 @@ fn group_vjp(
         // Every adapter's share in one product each: `[T, sum r]` against
         // the `A`s side by side `[in, sum r]`.
         let d_xa = ops::concatenate(&d_xas, 1)?; // [T, R]
-        let a_all: Vec<&Array> = members
-            .iter()
-            .filter(|m| m[1].shape()[1] > 0)
-            .map(|m| &m[1])
-            .collect();
         let compute = d_xa.dtype();
         let a_all = ops::concatenate(&a_all, 1)?.as_dtype(compute)?; // [in, R]
 
@@ -199,8 +198,7 @@ fn group_vjp(
             .reshape(&[-1, n_in])?; // [T, in]
         let d_a_all = ops::matmul(x2.t(), &d_xa)?; // [in, R]
         let mut col = 0;
-        for (slot, r) in lora_at {
-            let a_dtype = members[(slot - 1) / PER_MEMBER][1].dtype();
+        for (slot, r, a_dtype) in lora_at {
             grads[slot] = d_a_all
                 .try_index((.., col..col + r))? // [in, r]
                 .as_dtype(a_dtype)?;

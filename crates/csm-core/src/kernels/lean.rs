@@ -120,7 +120,7 @@ pub fn lora_update(x: &Array, a: &Array, b: &Array, scale: f32) -> Result<Array,
 
 /// `[y, x A]`: the update in `x`'s dtype and the f32 `x A`, which the
 /// backward reuses (`r` values per token).
-fn lora_forward(inputs: &[Array]) -> Result<Vec<Array>, Exception> {
+pub(super) fn lora_forward(inputs: &[Array]) -> Result<Vec<Array>, Exception> {
     let [x, a, b, scale] = inputs else {
         return Err(Exception::custom(format!(
             "expected 4 inputs, got {}",

@@ -171,9 +171,23 @@ impl Proj {
         }
         Ok(())
     }
-}
 
-impl Proj {
+    /// The adapter's `A` and `B` for its lean form with input dtype
+    /// `dtype`: cast to it with [`Proj::lora_in_activation_dtype`] (the
+    /// casts' gradients bring A's and B's back to f32), else as they are.
+    fn lean_adapter(
+        &self,
+        a: &Array,
+        b: &Array,
+        dtype: Dtype,
+    ) -> Result<(Array, Array), Exception> {
+        if self.lora_in_activation_dtype && a.dtype() != dtype {
+            Ok((a.as_dtype(dtype)?, b.as_dtype(dtype)?))
+        } else {
+            Ok((a.clone(), b.clone()))
+        }
+    }
+
     /// This projection as a member of a group of one input `x`
     /// ([`grouped_linear`]); `None` where it must run alone: quantized,
     /// with a bias, a trained weight, `x` of another dtype than the weight,
@@ -192,13 +206,7 @@ impl Proj {
                 if !self.lean_lora || (self.training && self.dropout > 0.0) {
                     return Ok(None);
                 }
-                // As the projection's own forward: the casts' gradients
-                // bring A's and B's back to f32.
-                let (a, b) = if self.lora_in_activation_dtype && a.dtype() != x.dtype() {
-                    (a.as_dtype(x.dtype())?, b.as_dtype(x.dtype())?)
-                } else {
-                    (a.clone(), b.clone())
-                };
+                let (a, b) = self.lean_adapter(a, b, x.dtype())?;
                 Some((a, b, self.scale))
             }
             _ => None,
@@ -264,12 +272,7 @@ impl Module<&Array> for Proj {
             // Back to y's dtype: an f32 update would promote the residual
             // stream, and with it every later matmul, to f32.
             let update = if self.lean_lora && input.dtype() == y.dtype() {
-                // The casts' gradients bring A's and B's back to f32.
-                let (a, b) = if self.lora_in_activation_dtype && a.dtype() != input.dtype() {
-                    (a.as_dtype(input.dtype())?, b.as_dtype(input.dtype())?)
-                } else {
-                    (a.clone(), b.clone())
-                };
+                let (a, b) = self.lean_adapter(a, b, input.dtype())?;
                 crate::kernels::lean::lora_update(&input, &a, &b, self.scale)? // [..., out]
             } else {
                 ops::matmul(&ops::matmul(&input, a)?, b)? // [..., out], f32
