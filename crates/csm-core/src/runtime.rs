@@ -319,6 +319,33 @@ pub fn reset_peak_memory() {
     unsafe { mlx_sys::mlx_reset_peak_memory() };
 }
 
+/// MLX's memory limit, set for a scope and restored on drop. Over the
+/// limit, `eval` waits for tasks in flight before it starts another, so a
+/// limit under what is resident runs the graph one task at a time: tests
+/// use that to make peaks repeatable.
+#[cfg(test)]
+pub(crate) struct MemoryLimit(usize);
+
+#[cfg(test)]
+impl MemoryLimit {
+    /// Sets the limit to `bytes`, keeping the previous one to restore.
+    pub(crate) fn set(bytes: usize) -> Self {
+        let mut previous = 0usize;
+        // SAFETY: writes one usize.
+        unsafe { mlx_sys::mlx_set_memory_limit(&mut previous, bytes) };
+        MemoryLimit(previous)
+    }
+}
+
+#[cfg(test)]
+impl Drop for MemoryLimit {
+    fn drop(&mut self) {
+        let mut ignored = 0usize;
+        // SAFETY: writes one usize.
+        unsafe { mlx_sys::mlx_set_memory_limit(&mut ignored, self.0) };
+    }
+}
+
 /// Frees the buffers MLX's allocator keeps for reuse (not the arrays in
 /// use): between jobs, or before measuring what one needs.
 pub fn clear_mlx_cache() {
