@@ -98,6 +98,16 @@ else
   lever grouped-off 16x250 0.0625 --grouped-proj false
   lever grouped-off 8x130 0.0625 --grouped-proj false
   lever grouped-off 8x130 1.0 --grouped-proj false
+  # Off by default until measured: switched on.
+  lever aligned 16x250 1.0 --aligned-heads true
+  lever aligned 16x250 0.0625 --aligned-heads true
+  lever swiglu-kernel 16x250 1.0 --cuda-swiglu-grad true
+  lever rope-kernel 16x250 0.0625 --cuda-rope true
+  lever rope-kernel 16x250 1.0 --cuda-rope true
+  for frac in 0.0625 1.0; do
+    lever new-three 8x130 $frac --aligned-heads true --cuda-swiglu-grad true --cuda-rope true
+    lever new-three 16x250 $frac --aligned-heads true --cuda-swiglu-grad true --cuda-rope true
+  done
 fi
 lever ce-fused 16x250 0.0625 --cross-entropy fused
 lever ce-fused 8x130 1.0 --cross-entropy fused
@@ -114,7 +124,8 @@ MLX_USE_CUDA_GRAPHS=0 MLX_MAX_OPS_PER_BUFFER=5 lever no-cuda-graphs-ops5 16x250 
 lever lora-bf16 16x250 1.0 --lora-activation-dtype true
 lever lora-bf16 8x130 1.0 --lora-activation-dtype true
 lever no-levers 16x250 0.0625 --cross-entropy plain --attention-tile 0 --lean-swiglu false \
-  --lean-lora false --grouped-proj false --no-buckets
+  --lean-lora false --grouped-proj false --aligned-heads false --cuda-swiglu-grad false \
+  --cuda-rope false --no-buckets
 
 log "peer: every case, eager"
 peer_cases=1x130:0.0625,8x130:0.0625,4x500:0.0625,16x250:0.0625,1x130:1.0,8x130:1.0,4x500:1.0,16x250:1.0

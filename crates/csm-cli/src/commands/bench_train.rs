@@ -167,6 +167,18 @@ pub struct BenchTrainArgs {
     /// input, summed in the GEMMs [default: true on a GPU].
     #[arg(long, value_name = "BOOL")]
     grouped_proj: Option<bool>,
+    /// The codebook heads' vocabulary padded to a multiple of 8 for their
+    /// products (aligned GEMM rows) [default: false].
+    #[arg(long, value_name = "BOOL")]
+    aligned_heads: Option<bool>,
+    /// With --lean-swiglu: both SwiGLU gradients in one CUDA kernel
+    /// [default: false].
+    #[arg(long, value_name = "BOOL")]
+    cuda_swiglu_grad: Option<bool>,
+    /// RoPE and the head transpose of q and k in one CUDA kernel
+    /// [default: false].
+    #[arg(long, value_name = "BOOL")]
+    cuda_rope: Option<bool>,
     /// Pad the backbone's causal attention to a multiple of this many
     /// positions inside the attention; 0 = never [default: 128 on a GPU
     /// outside macOS, else 0].
@@ -362,6 +374,18 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
     if let Some(on) = args.grouped_proj {
         kernels.grouped_projections = on;
     }
+    if let Some(on) = args.aligned_heads {
+        kernels.aligned_heads = on;
+    }
+    if let Some(on) = args.cuda_swiglu_grad {
+        kernels.cuda_swiglu_grad = on;
+    }
+    if let Some(on) = args.cuda_rope {
+        kernels.cuda_rope = on;
+    }
+    if (kernels.cuda_swiglu_grad || kernels.cuda_rope) && (!gpu || cfg!(target_os = "macos")) {
+        bail!("--cuda-swiglu-grad and --cuda-rope run CUDA kernels: they need an NVIDIA GPU");
+    }
     if let Some(tile) = args.attention_tile {
         if tile < 0 {
             bail!("--attention-tile {tile}: give 0 (never) or a positive tile");
@@ -535,6 +559,9 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
                     "lean_lora": kernels.lean_lora,
                     "lora_in_activation_dtype": kernels.lora_in_activation_dtype,
                     "grouped_projections": kernels.grouped_projections,
+                    "aligned_heads": kernels.aligned_heads,
+                    "cuda_swiglu_grad": kernels.cuda_swiglu_grad,
+                    "cuda_rope": kernels.cuda_rope,
                 },
                 "tag": args.tag,
                 "adapted_projections": adapted,

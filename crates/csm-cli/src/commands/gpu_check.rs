@@ -62,6 +62,28 @@ pub fn run(args: GpuCheckArgs) -> Result<()> {
         bail!("GPU gradient disagrees (vs CPU {e1:.2e}, vs analytic {e2:.2e})");
     }
 
+    #[cfg(not(target_os = "macos"))]
+    {
+        let checks = csm_core::kernels::cuda::check_against_mlx()
+            .context("running this crate's CUDA kernels")?;
+        for c in &checks {
+            tell!(
+                "kernel {:38} vs MLX: rel error {:.2e} (tolerance {:.0e})",
+                c.what,
+                c.error,
+                c.tolerance
+            );
+        }
+        if let Some(bad) = checks.iter().find(|c| !c.passed()) {
+            bail!(
+                "CUDA kernel disagrees with MLX's ops: {} (rel error {:.2e} > {:.0e})",
+                bad.what,
+                bad.error,
+                bad.tolerance
+            );
+        }
+    }
+
     let budget = Duration::from_secs_f64(args.seconds);
     for n in [1024, 4096, 8192] {
         let f32b = runtime::matmul_gflops(n, Dtype::Float32, budget)?;

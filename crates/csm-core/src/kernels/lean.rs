@@ -54,6 +54,46 @@ pub fn swiglu(gate: &Array, up: &Array) -> Result<Array, Exception> {
         .ok_or_else(|| Exception::custom("lean swiglu returned nothing"))
 }
 
+/// [`swiglu`], its gradient computed by one CUDA kernel when `cuda_grad`
+/// ([`crate::kernels::cuda::swiglu_grad`]; outside macOS).
+///
+/// # Shapes
+/// `gate, up: [..., H]` (same shape and dtype) -> `[..., H]`
+pub fn swiglu_with(gate: &Array, up: &Array, cuda_grad: bool) -> Result<Array, Exception> {
+    #[cfg(not(target_os = "macos"))]
+    if cuda_grad {
+        let mut out = apply_custom_vjp(
+            "lean swiglu (CUDA gradient)",
+            &[gate.clone(), up.clone()],
+            swiglu_forward,
+            swiglu_vjp_cuda,
+        )?;
+        return out
+            .pop()
+            .ok_or_else(|| Exception::custom("lean swiglu returned nothing"));
+    }
+    let _ = cuda_grad;
+    swiglu(gate, up)
+}
+
+#[cfg(not(target_os = "macos"))]
+fn swiglu_vjp_cuda(
+    primals: &[Array],
+    cotangents: &[Array],
+    _outputs: &[Array],
+) -> Result<Vec<Array>, Exception> {
+    let ([gate, up], [cot]) = (primals, cotangents) else {
+        return Err(Exception::custom(format!(
+            "expected 2 primals and 1 cotangent, got {} and {}",
+            primals.len(),
+            cotangents.len()
+        )));
+    };
+    // A custom kernel is never merged with the forward's ops under
+    // `mx.compile`: the primals need no `fresh`.
+    Ok(crate::kernels::cuda::swiglu_grad(gate, up, cot)?.to_vec())
+}
+
 fn swiglu_forward(inputs: &[Array]) -> Result<Vec<Array>, Exception> {
     let [gate, up] = inputs else {
         return Err(Exception::custom(format!(

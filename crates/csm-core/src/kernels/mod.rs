@@ -72,6 +72,8 @@
 //! q, k and v (gate and up) with one gradient for their shared input,
 //! summed in the GEMMs' epilogues instead of separate adds.
 
+#[cfg(not(target_os = "macos"))]
+pub mod cuda;
 pub mod group;
 pub mod lean;
 pub mod pow_exp;

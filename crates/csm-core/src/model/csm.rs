@@ -89,6 +89,21 @@ pub struct TrainKernels {
     /// of a product, a cast and an add each. The same values; the gradient
     /// to rounding.
     pub grouped_projections: bool,
+    /// The codebook heads' vocabulary (2051) padded with zero weights to a
+    /// multiple of 8 for their products, the logits cut back to it: cuBLAS
+    /// runs products whose rows are not 16-byte aligned on slow kernels
+    /// (on an H100, 10 ms of a 230 ms step at 16 x 250 frames with the
+    /// decoder on every frame). The same values; only heads without an
+    /// adapter, bias or quantization.
+    pub aligned_heads: bool,
+    /// SwiGLU's two input gradients in one CUDA kernel
+    /// ([`crate::kernels::cuda::swiglu_grad`]; needs
+    /// [`TrainKernels::lean_swiglu`]). CUDA only.
+    pub cuda_swiglu_grad: bool,
+    /// RoPE and the head transpose of q and k in one CUDA kernel each way
+    /// ([`crate::kernels::cuda::rope_transposed`]), for attention over
+    /// whole sequences (training, scoring). CUDA only.
+    pub cuda_rope: bool,
 }
 
 impl TrainKernels {
@@ -100,6 +115,9 @@ impl TrainKernels {
         lean_lora: false,
         lora_in_activation_dtype: false,
         grouped_projections: false,
+        aligned_heads: false,
+        cuda_swiglu_grad: false,
+        cuda_rope: false,
     };
 
     /// The forms expected to pay on a device: the attention tile on GPUs
@@ -123,6 +141,12 @@ impl TrainKernels {
             lean_lora: gpu,
             lora_in_activation_dtype: false,
             grouped_projections: gpu,
+            // Off until measured on a GPU: written on 2026-12-07 when no
+            // GPU time was left (`csm gpu-check` compares the CUDA kernels
+            // with MLX's ops; bench/run_gpu.sh switches each on).
+            aligned_heads: false,
+            cuda_swiglu_grad: false,
+            cuda_rope: false,
         }
     }
 }
@@ -145,6 +169,12 @@ pub struct FrameInput<'a> {
     /// Attention pattern: [`AttentionMask::Causal`] for right-padded or
     /// unpadded batches, or an explicit mask.
     pub attention: AttentionMask<'a>,
+}
+
+/// `v` rounded up to a multiple of 8 (16 bytes of bf16), when it is not
+/// one ([`TrainKernels::aligned_heads`]).
+fn aligned_vocab(v: i32) -> Option<i32> {
+    (v % 8 != 0).then(|| (v + 7) / 8 * 8)
 }
 
 impl Csm {
@@ -190,6 +220,8 @@ impl Csm {
             .chain(self.decoder.layers.iter_mut())
         {
             layer.mlp.lean_swiglu = kernels.lean_swiglu;
+            layer.mlp.cuda_swiglu_grad = kernels.cuda_swiglu_grad;
+            layer.self_attn.cuda_rope = kernels.cuda_rope;
             layer.mlp.grouped = kernels.grouped_projections;
             layer.self_attn.grouped = kernels.grouped_projections;
             let (a, m) = (&mut layer.self_attn, &mut layer.mlp);
@@ -314,7 +346,20 @@ impl Csm {
     /// # Shapes
     /// `h: [..., D]` -> `[..., audio_vocab]`
     pub fn c0_logits(&mut self, h: &Array) -> Result<Array, Exception> {
-        self.codebook0_head.forward(h)
+        let v = self.config.audio_vocab_size;
+        let head = &self.codebook0_head;
+        match aligned_vocab(v) {
+            Some(padded) if self.kernels.aligned_heads && head.is_plain() => {
+                let w = ops::pad(
+                    &head.weight.value,
+                    &[(0, padded - v), (0, 0)][..],
+                    None,
+                    None,
+                )?; // [V', D]
+                crate::kernels::linear(h, &w)?.try_index((.., .., ..v)) // [B, S, V]
+            }
+            _ => self.codebook0_head.forward(h),
+        }
     }
 
     /// Depth-decoder logits for codebooks `1..n_cb` of `N` frames, teacher
@@ -359,7 +404,15 @@ impl Csm {
             cache: None,
         })?; // [N, n_cb, D_dec]
         let d = d.try_index((.., 1.., ..))?.transpose_axes(&[1, 0, 2])?; // [n_cb - 1, N, D_dec]
-        let logits = ops::matmul(&d, &self.audio_head.value)?; // [n_cb - 1, N, V]
+        let v = self.config.audio_vocab_size;
+        let logits = match aligned_vocab(v) {
+            Some(padded) if self.kernels.aligned_heads => {
+                let widths = [(0, 0), (0, 0), (0, padded - v)];
+                let w = ops::pad(&self.audio_head.value, &widths[..], None, None)?; // [n_cb - 1, D_dec, V']
+                ops::matmul(&d, &w)?.try_index((.., .., ..v))? // [n_cb - 1, N, V]
+            }
+            _ => ops::matmul(&d, &self.audio_head.value)?, // [n_cb - 1, N, V]
+        };
         debug_assert_eq!(logits.shape()[1], nf);
         Ok(logits)
     }

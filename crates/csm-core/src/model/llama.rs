@@ -217,6 +217,11 @@ pub struct Attention {
     /// q, k and v as one group with one input gradient
     /// ([`crate::kernels::group`]; set by `Csm::set_train_kernels`).
     pub grouped: bool,
+    /// RoPE and the transpose of q and k as one CUDA kernel when the whole
+    /// sequence is attended from position 0 (no cache; not packed)
+    /// ([`crate::kernels::cuda::rope_transposed`]; set by
+    /// `Csm::set_train_kernels`).
+    pub cuda_rope: bool,
 }
 
 /// The one item of each projection's output, in order.
@@ -259,6 +264,7 @@ impl Attention {
             rope_periods,
             tile: 0,
             grouped: false,
+            cuda_rope: false,
         })
     }
 
@@ -291,23 +297,31 @@ impl Module<AttentionInput<'_>> for Attention {
             x,
             self.grouped,
         )?)?;
-        let q = q
-            .reshape(&[B, L, H, hd])? // [B, L, H, hd]
-            .transpose_axes(&[0, 2, 1, 3])?; // [B, H, L, hd]
-        let k = k
-            .reshape(&[B, L, Hkv, hd])? // [B, L, H_kv, hd]
-            .transpose_axes(&[0, 2, 1, 3])?; // [B, H_kv, L, hd]
+        let q = q.reshape(&[B, L, H, hd])?; // [B, L, H, hd]
+        let k = k.reshape(&[B, L, Hkv, hd])?; // [B, L, H_kv, hd]
         let v = v
             .reshape(&[B, L, Hkv, hd])? // [B, L, H_kv, hd]
             .transpose_axes(&[0, 2, 1, 3])?; // [B, H_kv, L, hd]
+        let heads_first = |a: Array| a.transpose_axes(&[0, 2, 1, 3]); // [B, h, L, hd]
         let offset = cache.as_ref().map_or(0, |c| c.offset());
         let (q, k) = match mask {
             AttentionMask::Packed { positions, .. } => (
-                rope_at(&q, positions, &self.rope_periods)?,
-                rope_at(&k, positions, &self.rope_periods)?,
+                rope_at(&heads_first(q)?, positions, &self.rope_periods)?,
+                rope_at(&heads_first(k)?, positions, &self.rope_periods)?,
             ),
-            _ => (self.rope(&q, offset)?, self.rope(&k, offset)?),
-        };
+            #[cfg(not(target_os = "macos"))]
+            _ if self.cuda_rope && cache.is_none() && hd % 8 == 0 => {
+                use crate::kernels::cuda::rope_transposed;
+                (
+                    rope_transposed(&q, &self.rope_periods)?,
+                    rope_transposed(&k, &self.rope_periods)?,
+                )
+            }
+            _ => (
+                self.rope(&heads_first(q)?, offset)?,
+                self.rope(&heads_first(k)?, offset)?,
+            ),
+        }; // [B, H, L, hd], [B, H_kv, L, hd]
         let cached = cache.is_some();
         let (k, v) = match cache {
             Some(cache) => cache.update(k, v)?,
@@ -394,6 +408,10 @@ pub struct Mlp {
     /// Gate and up as one group with one input gradient
     /// ([`crate::kernels::group`]; set by `Csm::set_train_kernels`).
     pub grouped: bool,
+    /// With [`Mlp::lean_swiglu`], its gradient as one CUDA kernel
+    /// ([`crate::kernels::cuda::swiglu_grad`]; set by
+    /// `Csm::set_train_kernels`).
+    pub cuda_swiglu_grad: bool,
 }
 
 impl Mlp {
@@ -405,6 +423,7 @@ impl Mlp {
             down_proj: Proj::random(hidden, dim)?,
             lean_swiglu: false,
             grouped: false,
+            cuda_swiglu_grad: false,
         })
     }
 }
@@ -422,7 +441,7 @@ impl Module<&Array> for Mlp {
             self.grouped,
         )?)?;
         let act = if self.lean_swiglu {
-            crate::kernels::lean::swiglu(&gate, &up)?
+            crate::kernels::lean::swiglu_with(&gate, &up, self.cuda_swiglu_grad)?
         } else {
             crate::kernels::swiglu(&gate, &up)?
         };

@@ -192,6 +192,14 @@ impl Proj {
     /// ([`grouped_linear`]); `None` where it must run alone: quantized,
     /// with a bias, a trained weight, `x` of another dtype than the weight,
     /// or an adapter outside the lean form or with dropout in training.
+    /// A dense weight and nothing else: no adapter, bias or quantization.
+    pub fn is_plain(&self) -> bool {
+        self.quant.is_none()
+            && self.bias.value.is_none()
+            && self.lora_a.value.is_none()
+            && self.lora_b.value.is_none()
+    }
+
     fn group_member(&self, x: &Array) -> Result<Option<GroupMember>, Exception> {
         let weight = &self.weight.value;
         if self.quant.is_some()

@@ -432,8 +432,9 @@ mod tests {
     }
 
     /// Every lever (fused cross-entropy, attention padded to a tile, lean
-    /// SwiGLU and LoRA, the compiled step with and without shape buckets,
-    /// all together) gives
+    /// SwiGLU and LoRA, grouped projections, heads padded to an aligned
+    /// vocabulary, the compiled step with and without shape buckets, all
+    /// together) gives
     /// the plain step's loss terms and gradients on the tiny fixture model.
     #[test]
     fn every_lever_keeps_the_plain_loss_and_gradients() {
@@ -469,6 +470,14 @@ mod tests {
             lean_lora: true,
             lora_in_activation_dtype: true,
             grouped_projections: true,
+            aligned_heads: true,
+            // CUDA kernels: `csm gpu-check` compares them with MLX's ops.
+            cuda_swiglu_grad: false,
+            cuda_rope: false,
+        };
+        let aligned = TrainKernels {
+            aligned_heads: true,
+            ..plain_kernels
         };
         let compiled = |buckets| StepOptions {
             compile: true,
@@ -479,6 +488,7 @@ mod tests {
             ("attention tile 16", tiled, plain),
             ("lean SwiGLU and LoRA", lean, plain),
             ("grouped projections", grouped, plain),
+            ("aligned heads", aligned, plain),
             ("grouped projections, compiled", grouped, compiled(true)),
             (
                 "compiled, exact shapes",

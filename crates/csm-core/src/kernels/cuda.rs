@@ -1,0 +1,729 @@
+//! Kernels written for NVIDIA GPUs, run through MLX's `fast::cuda_kernel`
+//! (compiled by NVRTC on first use and kept in MLX's kernel cache), where
+//! MLX's own ops make two passes over memory for what is one:
+//!
+//! - [`swiglu_grad`]: both SwiGLU input gradients in one pass. Under
+//!   `mx.compile` MLX fuses each gradient into a kernel of its own, which
+//!   reads `gate`, `up` and the cotangent again: on an H100 (CSM-1B, 16 x
+//!   250 frames, depth decoder on every frame) the two took 24.1 ms a step
+//!   against 13.7 ms for PyTorch's one compiled kernel (2026-12-07,
+//!   bench/ktrace).
+//! - [`rope_transposed`]: RoPE that reads the projection's `[B, L, H, hd]`
+//!   layout and writes attention's `[B, H, L, hd]` (and back, for the
+//!   gradient). MLX's `fast::rope` copies a transposed 4-D input into place
+//!   first and then rotates it there, two passes; with the Llama 3 periods
+//!   its kernel also ran far from the card's bandwidth (7.6 ms a step over
+//!   about 80 calls on the same H100 case).
+//!
+//! Each kernel computes in f32 from the stored dtype and rounds once on
+//! store. The unit tests run the bodies on the CPU through a C++ shim
+//! against MLX's ops; `csm gpu-check` runs them compiled by NVRTC on a GPU
+//! against MLX's ops there. Written on 2026-12-07 with no GPU time left to
+//! measure them: [`crate::model::TrainKernels`] keeps them off until
+//! `bench/run_gpu.sh` (which switches each on) shows they pay. Metal has
+//! no twin: macOS keeps MLX's ops.
+
+use std::ffi::CString;
+
+use mlx_rs::error::Exception;
+use mlx_rs::{Array, Dtype};
+
+use crate::ffi::{apply_custom_vjp, mlx_call, vector_arrays};
+
+/// Threads per block for the kernels of this module.
+const BLOCK: i32 = 256;
+
+/// A CUDA kernel body and its arguments' names, for `fast::cuda_kernel`
+/// (which writes the signature: inputs, their `_shape` and `_ndim` where
+/// the body uses them, then outputs).
+struct Kernel {
+    name: &'static str,
+    inputs: &'static [&'static str],
+    outputs: &'static [&'static str],
+    source: &'static str,
+}
+
+/// How one call of a [`Kernel`] runs.
+struct Launch<'a> {
+    /// Shape and dtype of each output.
+    outputs: Vec<(Vec<i32>, Dtype)>,
+    /// Threads in all (x only): MLX launches `ceil(threads / BLOCK)` blocks.
+    threads: i64,
+    /// Template dtypes (`using NAME = ...;` in the body).
+    types: &'a [(&'static str, Dtype)],
+    /// Template booleans (`constexpr bool NAME = ...;`).
+    flags: &'a [(&'static str, bool)],
+}
+
+/// FNV-1a of the source, in the kernel's name: MLX caches compiled kernels
+/// by name (on disk too), so an edited body must not meet its old build.
+fn source_tag(source: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in source.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{:08x}", h as u32)
+}
+
+fn c_string(s: &str) -> Result<CString, Exception> {
+    CString::new(s).map_err(|_| Exception::custom(format!("NUL byte in {s:?}")))
+}
+
+/// Owns the mlx-c handles of one kernel call and frees them on drop.
+struct Handles {
+    kernel: mlx_sys::mlx_fast_cuda_kernel,
+    config: mlx_sys::mlx_fast_cuda_kernel_config,
+    names: [mlx_sys::mlx_vector_string; 2],
+    inputs: mlx_sys::mlx_vector_array,
+    outputs: mlx_sys::mlx_vector_array,
+    stream: mlx_sys::mlx_stream,
+}
+
+impl Drop for Handles {
+    fn drop(&mut self) {
+        // SAFETY: every handle was created in `Kernel::apply` and is freed
+        // once; mlx-c accepts freeing empty handles.
+        unsafe {
+            mlx_sys::mlx_fast_cuda_kernel_free(self.kernel);
+            mlx_sys::mlx_fast_cuda_kernel_config_free(self.config);
+            for n in self.names {
+                mlx_sys::mlx_vector_string_free(n);
+            }
+            mlx_sys::mlx_vector_array_free(self.inputs);
+            mlx_sys::mlx_vector_array_free(self.outputs);
+            mlx_sys::mlx_stream_free(self.stream);
+        }
+    }
+}
+
+impl Kernel {
+    /// Adds the kernel to the graph on the default GPU stream.
+    fn apply(&self, inputs: &[Array], launch: &Launch<'_>) -> Result<Vec<Array>, Exception> {
+        let fail = |what: &str, m: String| Exception::custom(format!("{} {what}: {m}", self.name));
+        let name = c_string(&format!("{}_{}", self.name, source_tag(self.source)))?;
+        let source = c_string(self.source)?;
+        let header = c_string("")?;
+        let names = |list: &[&str]| -> Result<mlx_sys::mlx_vector_string, Exception> {
+            let owned = list
+                .iter()
+                .map(|s| c_string(s))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut ptrs: Vec<*const std::ffi::c_char> = owned.iter().map(|s| s.as_ptr()).collect();
+            // SAFETY: `ptrs` point into `owned`, alive for the call; the
+            // vector copies the strings.
+            Ok(unsafe { mlx_sys::mlx_vector_string_new_data(ptrs.as_mut_ptr(), ptrs.len()) })
+        };
+        let handles: Vec<mlx_sys::mlx_array> = inputs.iter().map(Array::as_ptr).collect();
+        // SAFETY: fresh handles, freed by `Handles::drop`; the input vector
+        // takes its own references to the live arrays.
+        let mut h = unsafe {
+            Handles {
+                kernel: mlx_sys::mlx_fast_cuda_kernel {
+                    ctx: std::ptr::null_mut(),
+                },
+                config: mlx_sys::mlx_fast_cuda_kernel_config_new(),
+                names: [names(self.inputs)?, names(self.outputs)?],
+                inputs: mlx_sys::mlx_vector_array_new_data(handles.as_ptr(), handles.len()),
+                outputs: mlx_sys::mlx_vector_array_new(),
+                stream: mlx_sys::mlx_default_gpu_stream_new(),
+            }
+        };
+        let (in_names, out_names) = (h.names[0], h.names[1]);
+        let kernel = &mut h.kernel;
+        // SAFETY: live name vectors and strings. `true`: MLX copies inputs
+        // that are not row-contiguous, as the bodies index them so.
+        mlx_call(|| {
+            *kernel = unsafe {
+                mlx_sys::mlx_fast_cuda_kernel_new(
+                    name.as_ptr(),
+                    in_names,
+                    out_names,
+                    source.as_ptr(),
+                    header.as_ptr(),
+                    true,
+                    0,
+                )
+            };
+            i32::from(kernel.ctx.is_null())
+        })
+        .map_err(|m| fail("new", m))?;
+        let threads = i32::try_from(launch.threads)
+            .map_err(|_| fail("launch", format!("{} threads is too many", launch.threads)))?;
+        let config = h.config;
+        for (shape, dtype) in &launch.outputs {
+            // SAFETY: live config; the shape is copied.
+            mlx_call(|| unsafe {
+                mlx_sys::mlx_fast_cuda_kernel_config_add_output_arg(
+                    config,
+                    shape.as_ptr(),
+                    shape.len(),
+                    *dtype as mlx_sys::mlx_dtype,
+                )
+            })
+            .map_err(|m| fail("output", m))?;
+        }
+        for (tname, dtype) in launch.types {
+            let t = c_string(tname)?;
+            // SAFETY: live config and string.
+            mlx_call(|| unsafe {
+                mlx_sys::mlx_fast_cuda_kernel_config_add_template_arg_dtype(
+                    config,
+                    t.as_ptr(),
+                    *dtype as mlx_sys::mlx_dtype,
+                )
+            })
+            .map_err(|m| fail("template", m))?;
+        }
+        for (fname, value) in launch.flags {
+            let f = c_string(fname)?;
+            // SAFETY: live config and string.
+            mlx_call(|| unsafe {
+                mlx_sys::mlx_fast_cuda_kernel_config_add_template_arg_bool(
+                    config,
+                    f.as_ptr(),
+                    *value,
+                )
+            })
+            .map_err(|m| fail("template", m))?;
+        }
+        // SAFETY: live config.
+        mlx_call(|| unsafe {
+            mlx_sys::mlx_fast_cuda_kernel_config_set_grid(config, threads.max(1), 1, 1)
+        })
+        .map_err(|m| fail("grid", m))?;
+        // SAFETY: live config.
+        mlx_call(|| unsafe {
+            mlx_sys::mlx_fast_cuda_kernel_config_set_thread_group(config, BLOCK, 1, 1)
+        })
+        .map_err(|m| fail("block", m))?;
+        let (kernel, ins, stream) = (h.kernel, h.inputs, h.stream);
+        let outs = &mut h.outputs;
+        // SAFETY: live handles; `outs` is the out-parameter.
+        mlx_call(|| unsafe {
+            mlx_sys::mlx_fast_cuda_kernel_apply(outs, kernel, ins, config, stream)
+        })
+        .map_err(|m| fail("apply", m))?;
+        // SAFETY: `h.outputs` was filled by the call above.
+        unsafe { vector_arrays(h.outputs) }.map_err(|m| fail("outputs", m))
+    }
+}
+
+/// Both gradients of `silu(gate) * up` for the cotangent `cot`, in one
+/// pass: 16 bytes of each input per thread.
+const SWIGLU_GRAD: Kernel = Kernel {
+    name: "csm_swiglu_grad",
+    inputs: &["gate", "up", "cot"],
+    outputs: &["d_gate", "d_up"],
+    source: r#"
+  constexpr int V = 16 / sizeof(T);
+  size_t n = 1;
+  for (int d = 0; d < gate_ndim; ++d) n *= gate_shape[d];
+  size_t i = (size_t(blockIdx.x) * blockDim.x + threadIdx.x) * V;
+  if (i >= n) return;
+  int m = n - i < V ? int(n - i) : V;
+  bool aligned = ((size_t(gate) | size_t(up) | size_t(cot)) % 16) == 0;
+  alignas(16) T g[V];
+  alignas(16) T u[V];
+  alignas(16) T c[V];
+  alignas(16) T dg[V];
+  alignas(16) T du[V];
+  if (m == V && aligned) {
+    *reinterpret_cast<uint4*>(g) = *reinterpret_cast<const uint4*>(gate + i);
+    *reinterpret_cast<uint4*>(u) = *reinterpret_cast<const uint4*>(up + i);
+    *reinterpret_cast<uint4*>(c) = *reinterpret_cast<const uint4*>(cot + i);
+  } else {
+    for (int k = 0; k < m; ++k) { g[k] = gate[i + k]; u[k] = up[i + k]; c[k] = cot[i + k]; }
+  }
+#pragma unroll
+  for (int k = 0; k < V; ++k) {
+    float x = static_cast<float>(g[k]);
+    float s = 1.0f / (1.0f + expf(-x));
+    float ct = static_cast<float>(c[k]);
+    du[k] = static_cast<T>(ct * (x * s));
+    dg[k] = static_cast<T>(ct * static_cast<float>(u[k]) * s * (1.0f + x * (1.0f - s)));
+  }
+  if (m == V) {
+    *reinterpret_cast<uint4*>(d_gate + i) = *reinterpret_cast<const uint4*>(dg);
+    *reinterpret_cast<uint4*>(d_up + i) = *reinterpret_cast<const uint4*>(du);
+  } else {
+    for (int k = 0; k < m; ++k) { d_gate[i + k] = dg[k]; d_up[i + k] = du[k]; }
+  }
+"#,
+};
+
+/// Interleaved RoPE at positions `0..L` (periods `[hd/2]`, f32) between
+/// the layouts `[B, L, H, hd]` and `[B, H, L, hd]`: `FORWARD` rotates
+/// `[B, L, H, hd]` into `[B, H, L, hd]`; otherwise the inverse rotation,
+/// from `[B, H, L, hd]` back to `[B, L, H, hd]` (the forward's gradient).
+/// Each thread moves 8 values of one head vector (hd a multiple of 8).
+const ROPE_TRANSPOSED: Kernel = Kernel {
+    name: "csm_rope_transposed",
+    inputs: &["x", "periods"],
+    outputs: &["out"],
+    source: r#"
+  constexpr int V = 8;
+  int B = x_shape[0];
+  int L = FORWARD ? x_shape[1] : x_shape[2];
+  int H = FORWARD ? x_shape[2] : x_shape[1];
+  int hd = x_shape[3];
+  int chunks = hd / V;
+  size_t t = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= size_t(B) * L * H * chunks) return;
+  int c = t % chunks;
+  size_t r = t / chunks;
+  // r walks the input's rows: (b, l, h) forward, (b, h, l) backward.
+  int b, l, h;
+  if (FORWARD) { h = r % H; l = (r / H) % L; b = r / (size_t(H) * L); }
+  else { l = r % L; h = (r / L) % H; b = r / (size_t(H) * L); }
+  size_t blh = ((size_t(b) * L + l) * H + h) * hd + c * V;
+  size_t bhl = ((size_t(b) * H + h) * L + l) * hd + c * V;
+  size_t src = FORWARD ? blh : bhl;
+  size_t dst = FORWARD ? bhl : blh;
+  T v[V];
+  T o[V];
+#pragma unroll
+  for (int k = 0; k < V; ++k) v[k] = x[src + k];
+#pragma unroll
+  for (int k = 0; k < V; k += 2) {
+    float inv = 1.0f / periods[(c * V + k) / 2];
+    float theta = static_cast<float>(l) * inv;
+    float sn, cs;
+    sincosf(theta, &sn, &cs);
+    float x1 = static_cast<float>(v[k]);
+    float x2 = static_cast<float>(v[k + 1]);
+    if (FORWARD) {
+      o[k] = static_cast<T>(x1 * cs - x2 * sn);
+      o[k + 1] = static_cast<T>(x1 * sn + x2 * cs);
+    } else {
+      o[k] = static_cast<T>(x2 * sn + x1 * cs);
+      o[k + 1] = static_cast<T>(x2 * cs - x1 * sn);
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < V; ++k) out[dst + k] = o[k];
+"#,
+};
+
+fn count(a: &Array) -> i64 {
+    a.shape().iter().map(|&d| i64::from(d)).product()
+}
+
+/// Both gradients of `silu(gate) * up` (see the module docs): `[d_gate,
+/// d_up]`, in the inputs' dtype.
+///
+/// # Shapes
+/// `gate, up, cot: [..., H]` (one shape and dtype) -> `[..., H]` each
+pub fn swiglu_grad(gate: &Array, up: &Array, cot: &Array) -> Result<[Array; 2], Exception> {
+    let dtype = gate.dtype();
+    let per_thread = 16 / gate.item_size() as i64;
+    let shape = gate.shape().to_vec();
+    let cot = cot.as_dtype(dtype)?;
+    let mut out = SWIGLU_GRAD.apply(
+        &[gate.clone(), up.as_dtype(dtype)?, cot],
+        &Launch {
+            outputs: vec![(shape.clone(), dtype), (shape, dtype)],
+            threads: (count(gate) + per_thread - 1) / per_thread,
+            types: &[("T", dtype)],
+            flags: &[],
+        },
+    )?;
+    match (out.pop(), out.pop()) {
+        (Some(d_up), Some(d_gate)) => Ok([d_gate, d_up]),
+        _ => Err(Exception::custom(
+            "csm_swiglu_grad returned too few outputs",
+        )),
+    }
+}
+
+fn rope_call(x: &Array, periods: &Array, forward: bool) -> Result<Array, Exception> {
+    let s = x.shape();
+    let [b, d1, d2, hd] = [s[0], s[1], s[2], s[3]];
+    if hd % 8 != 0 {
+        return Err(Exception::custom(format!(
+            "csm_rope_transposed: head size {hd} is not a multiple of 8"
+        )));
+    }
+    let periods = periods.as_dtype(Dtype::Float32)?;
+    let mut out = ROPE_TRANSPOSED.apply(
+        &[x.clone(), periods],
+        &Launch {
+            outputs: vec![(vec![b, d2, d1, hd], x.dtype())],
+            threads: count(x) / 8,
+            types: &[("T", x.dtype())],
+            flags: &[("FORWARD", forward)],
+        },
+    )?;
+    out.pop()
+        .ok_or_else(|| Exception::custom("csm_rope_transposed returned nothing"))
+}
+
+/// Interleaved RoPE at positions `0..L` (as `fast::rope` with
+/// `traditional` and these periods), from the projection's layout to
+/// attention's, differentiable (the gradient is the inverse rotation,
+/// back to the projection's layout).
+///
+/// # Shapes
+/// `x: [B, L, H, hd]` (hd a multiple of 8), `periods: [hd/2]` ->
+/// `[B, H, L, hd]`
+pub fn rope_transposed(x: &Array, periods: &Array) -> Result<Array, Exception> {
+    let mut out = apply_custom_vjp(
+        "rope transposed",
+        &[x.clone(), periods.clone()],
+        rope_forward,
+        rope_vjp,
+    )?;
+    out.pop()
+        .ok_or_else(|| Exception::custom("rope transposed returned nothing"))
+}
+
+fn rope_forward(inputs: &[Array]) -> Result<Vec<Array>, Exception> {
+    let [x, periods] = inputs else {
+        return Err(Exception::custom(format!(
+            "expected 2 inputs, got {}",
+            inputs.len()
+        )));
+    };
+    Ok(vec![rope_call(x, periods, true)?])
+}
+
+fn rope_vjp(
+    primals: &[Array],
+    cotangents: &[Array],
+    _outputs: &[Array],
+) -> Result<Vec<Array>, Exception> {
+    let ([_, periods], [cot]) = (primals, cotangents) else {
+        return Err(Exception::custom(format!(
+            "expected 2 primals and 1 cotangent, got {} and {}",
+            primals.len(),
+            cotangents.len()
+        )));
+    };
+    // The periods are constants of the model: no gradient flows to them.
+    Ok(vec![
+        rope_call(cot, periods, false)?,
+        mlx_rs::ops::zeros_like(periods)?,
+    ])
+}
+
+/// One kernel's agreement with MLX's ops on the same inputs
+/// ([`check_against_mlx`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KernelCheck {
+    /// What was compared: kernel, dtype and which output.
+    pub what: String,
+    /// `max |kernel - reference| / max |reference|`.
+    pub error: f32,
+    /// The largest error that passes: f32 rounding, or bf16's for bf16
+    /// outputs (the reference is computed in f32 from the same inputs).
+    pub tolerance: f32,
+}
+
+impl KernelCheck {
+    /// Whether the error is within the tolerance.
+    pub fn passed(&self) -> bool {
+        self.error <= self.tolerance
+    }
+}
+
+fn relative_error(got: &Array, want: &Array) -> Result<f32, Exception> {
+    let (got, want) = (
+        got.as_dtype(Dtype::Float32)?,
+        want.as_dtype(Dtype::Float32)?,
+    );
+    let err = got.subtract(&want)?.abs()?.max(None)?;
+    let scale = mlx_rs::ops::maximum(want.abs()?.max(None)?, Array::from_f32(1e-30))?;
+    Ok(err.divide(&scale)?.item_cast::<f32>())
+}
+
+/// Runs every kernel of this module on the default device (a CUDA GPU)
+/// with random inputs, in f32 and bf16, and compares values and gradients
+/// with MLX's own ops: autodiff of `silu(gate) * up`, and `fast::rope`
+/// (interleaved, the given periods) on the transposed input with its
+/// gradient. For `csm gpu-check`.
+///
+/// # Errors
+/// MLX failures, such as a backend without CUDA.
+pub fn check_against_mlx() -> Result<Vec<KernelCheck>, Exception> {
+    use mlx_rs::transforms::fallible_vjp as vjp;
+    use mlx_rs::{fast, random};
+    random::seed(11)?;
+    let mut checks = Vec::new();
+    let gate = random::uniform::<_, f32>(-12.0, 12.0, &[3, 37, 1000], None)?;
+    let up = random::normal::<f32>(&[3, 37, 1000], None, None, None)?;
+    let cot = random::normal::<f32>(&[3, 37, 1000], None, None, None)?;
+    // Heads of 64 at 2 x 50 positions; Llama-3-like periods.
+    let (b, l, h, hd) = (2, 50, 3, 64);
+    let x = random::normal::<f32>(&[b, l, h, hd], None, None, None)?;
+    let rcot = random::normal::<f32>(&[b, h, l, hd], None, None, None)?;
+    let periods = mlx_rs::ops::arange::<_, f32>(0.0, (hd / 2) as f32, 1.0)?
+        .multiply(Array::from_f32(2.0 / hd as f32))?;
+    let periods = mlx_rs::ops::power(Array::from_f32(500_000.0), &periods)?; // [hd/2]
+    for (dtype, tol) in [(Dtype::Float32, 2e-5), (Dtype::Bfloat16, 1.6e-2)] {
+        let name = if dtype == Dtype::Float32 {
+            "f32"
+        } else {
+            "bf16"
+        };
+        let [g, u, c] = [&gate, &up, &cot].map(|a| a.as_dtype(dtype));
+        let (g, u, c) = (g?, u?, c?);
+        let [d_gate, d_up] = swiglu_grad(&g, &u, &c)?;
+        // The reference in f32 from the same (rounded) inputs.
+        let f = |a: &[Array]| -> Result<Vec<Array>, Exception> {
+            Ok(vec![mlx_rs::nn::silu(&a[0])?.multiply(&a[1])?])
+        };
+        let up32 = |a: &Array| a.as_dtype(Dtype::Float32);
+        let (_, want) = vjp(f, &[up32(&g)?, up32(&u)?], &[up32(&c)?])?;
+        for (what, got, want) in [("d gate", &d_gate, &want[0]), ("d up", &d_up, &want[1])] {
+            checks.push(KernelCheck {
+                what: format!("swiglu_grad {name} {what}"),
+                error: relative_error(got, want)?,
+                tolerance: tol,
+            });
+        }
+
+        let xr = x.as_dtype(dtype)?;
+        let cr = rcot.as_dtype(dtype)?;
+        let rope_ref = |a: &[Array]| -> Result<Vec<Array>, Exception> {
+            let t = a[0].transpose_axes(&[0, 2, 1, 3])?; // [B, H, L, hd]
+            Ok(vec![fast::rope(&t, hd, true, None, 1.0, 0, &periods)?])
+        };
+        let (want_y, want_dx) = vjp(rope_ref, &[up32(&xr)?], &[up32(&cr)?])?;
+        let mine = |a: &[Array]| -> Result<Vec<Array>, Exception> {
+            Ok(vec![rope_transposed(&a[0], &periods)?])
+        };
+        let (got_y, got_dx) = vjp(mine, &[xr], &[cr])?;
+        for (what, got, want) in [
+            ("forward", &got_y[0], &want_y[0]),
+            ("gradient", &got_dx[0], &want_dx[0]),
+        ] {
+            checks.push(KernelCheck {
+                what: format!("rope_transposed {name} {what}"),
+                error: relative_error(got, want)?,
+                tolerance: tol,
+            });
+        }
+    }
+    Ok(checks)
+}
+
+/// The kernel bodies run on the CPU: each is pasted into a C++ function
+/// whose parameters carry the names `fast::cuda_kernel` gives them, with
+/// CUDA's few built-ins this module uses (thread indices, `uint4`, a bf16
+/// that rounds to nearest even) defined in plain C++, and every thread run
+/// in turn. This checks their indexing and arithmetic against MLX's ops
+/// here; `csm gpu-check` checks them compiled by NVRTC on a GPU.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::assert_close;
+    use mlx_rs::transforms::fallible_vjp;
+    use mlx_rs::{fast, random};
+    use std::path::Path;
+    use std::process::Command;
+
+    const SHIM: &str = r#"
+#include <array>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+struct Dim { unsigned x = 0, y = 1, z = 1; };
+static Dim blockIdx, blockDim, threadIdx;
+struct uint4 { unsigned x, y, z, w; };
+using Shape = std::array<int32_t, 10>;
+struct bf16 {
+  uint16_t bits;
+  bf16() = default;
+  explicit bf16(float f) {
+    uint32_t u; std::memcpy(&u, &f, 4);
+    u += 0x7fff + ((u >> 16) & 1);
+    bits = uint16_t(u >> 16);
+  }
+  explicit operator float() const {
+    uint32_t u = uint32_t(bits) << 16; float f; std::memcpy(&f, &u, 4); return f;
+  }
+};
+template <typename F> void launch(size_t threads, F body) {
+  blockDim.x = 256;
+  for (size_t t = 0; t < threads; ++t) {
+    blockIdx.x = unsigned(t / 256); threadIdx.x = unsigned(t % 256); body();
+  }
+}
+static std::vector<float> load(const std::string& dir, const char* name, size_t n) {
+  std::vector<float> v(n);
+  FILE* f = std::fopen((dir + "/" + name).c_str(), "rb");
+  if (!f || std::fread(v.data(), 4, n, f) != n) { std::perror(name); std::exit(2); }
+  std::fclose(f); return v;
+}
+template <typename T> static void save(const std::string& dir, const char* name, const T* p, size_t n) {
+  std::vector<float> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = static_cast<float>(p[i]);
+  FILE* f = std::fopen((dir + "/" + name).c_str(), "wb");
+  std::fwrite(v.data(), 4, n, f); std::fclose(f);
+}
+template <typename T> static std::vector<T> as(const std::vector<float>& v, size_t pad) {
+  std::vector<T> out(v.size() + pad);
+  for (size_t i = 0; i < v.size(); ++i) out[i + pad] = static_cast<T>(v[i]);
+  return out;
+}
+"#;
+
+    /// The C++ program: the two bodies as functions, and a `main` that
+    /// reads `DIR/{gate,up,cot,x,rcot,periods}` (f32), runs them in `T`
+    /// (`f32` or `bf16`) and writes the results as f32.
+    fn program(n: usize, (b, l, h, hd): (i32, i32, i32, i32)) -> String {
+        format!(
+            r#"{SHIM}
+template <typename T>
+void swiglu_grad(const T* gate, Shape gate_shape, int gate_ndim, const T* up, const T* cot,
+                 T* d_gate, T* d_up) {{
+{swiglu}
+}}
+template <typename T, bool FORWARD>
+void rope(const T* x, Shape x_shape, const float* periods, T* out) {{
+{rope}
+}}
+template <typename T> static void run(const std::string& dir, const char* tag) {{
+  const size_t n = {n};
+  Shape s{{}}; s[0] = int(n);
+  auto gate = as<T>(load(dir, "gate", n), 1), up = as<T>(load(dir, "up", n), 1),
+       cot = as<T>(load(dir, "cot", n), 1);
+  std::vector<T> dg(n), du(n);
+  size_t per = 16 / sizeof(T), threads = (n + per - 1) / per;
+  // From offset 0 (16-byte aligned vectors) and from offset 1 (the
+  // element-wise path); both must give the same values.
+  for (int off = 0; off < 2; ++off) {{
+    const T* g = gate.data() + 1 - off; const T* u = up.data() + 1 - off; const T* c = cot.data() + 1 - off;
+    if (off == 0) {{
+      // Realign: copy into buffers that start on 16 bytes.
+      alignas(16) static T ga[{n}], ua[{n}], ca[{n}];
+      std::memcpy(ga, gate.data() + 1, n * sizeof(T)); std::memcpy(ua, up.data() + 1, n * sizeof(T));
+      std::memcpy(ca, cot.data() + 1, n * sizeof(T)); g = ga; u = ua; c = ca;
+    }} else {{ g = gate.data() + 1; u = up.data() + 1; c = cot.data() + 1; }}
+    launch(threads, [&] {{ swiglu_grad<T>(g, s, 1, u, c, dg.data(), du.data()); }});
+    std::string a = std::string(tag) + (off ? "_unaligned" : "");
+    save(dir, (a + "_d_gate").c_str(), dg.data(), n); save(dir, (a + "_d_up").c_str(), du.data(), n);
+  }}
+  const int B = {b}, L = {l}, H = {h}, HD = {hd};
+  size_t m = size_t(B) * L * H * HD;
+  auto x = as<T>(load(dir, "x", m), 0), rc = as<T>(load(dir, "rcot", m), 0);
+  auto periods = load(dir, "periods", HD / 2);
+  std::vector<T> y(m), dx(m);
+  Shape xs{{}}; xs[0] = B; xs[1] = L; xs[2] = H; xs[3] = HD;
+  launch(m / 8, [&] {{ rope<T, true>(x.data(), xs, periods.data(), y.data()); }});
+  Shape cs{{}}; cs[0] = B; cs[1] = H; cs[2] = L; cs[3] = HD;
+  launch(m / 8, [&] {{ rope<T, false>(rc.data(), cs, periods.data(), dx.data()); }});
+  save(dir, (std::string(tag) + "_rope").c_str(), y.data(), m);
+  save(dir, (std::string(tag) + "_rope_grad").c_str(), dx.data(), m);
+}}
+int main(int argc, char** argv) {{
+  run<float>(argv[1], "f32");
+  run<bf16>(argv[1], "bf16");
+  return 0;
+}}
+"#,
+            swiglu = SWIGLU_GRAD.source,
+            rope = ROPE_TRANSPOSED.source,
+        )
+    }
+
+    fn write(dir: &Path, name: &str, a: &Array) {
+        let v: Vec<f32> = a
+            .as_dtype(Dtype::Float32)
+            .unwrap()
+            .as_slice::<f32>()
+            .to_vec();
+        let bytes: Vec<u8> = v.iter().flat_map(|f| f.to_le_bytes()).collect();
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+
+    fn read(dir: &Path, name: &str, shape: &[i32]) -> Array {
+        let bytes = std::fs::read(dir.join(name)).unwrap();
+        let v: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        Array::from_slice(&v, shape)
+    }
+
+    #[test]
+    fn kernel_bodies_match_mlx_on_the_cpu() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        random::seed(5).unwrap();
+        // 3 x 37 x 101: neither 4 nor 8 divides it, so the last thread
+        // takes the element-wise tail in f32 and in bf16.
+        let shape = [3, 37, 101];
+        let n = shape.iter().product::<i32>() as usize;
+        let gate = random::uniform::<_, f32>(-12.0, 12.0, &shape, None).unwrap();
+        let up = random::normal::<f32>(&shape, None, None, None).unwrap();
+        let cot = random::normal::<f32>(&shape, None, None, None).unwrap();
+        let dims = (2, 50, 3, 64);
+        let (b, l, h, hd) = dims;
+        let x = random::normal::<f32>(&[b, l, h, hd], None, None, None).unwrap();
+        let rcot = random::normal::<f32>(&[b, h, l, hd], None, None, None).unwrap();
+        let exponents = mlx_rs::ops::arange::<_, f32>(0.0, (hd / 2) as f32, 1.0)
+            .unwrap()
+            .multiply(Array::from_f32(2.0 / hd as f32))
+            .unwrap();
+        let periods = mlx_rs::ops::power(Array::from_f32(500_000.0), &exponents).unwrap();
+        for (name, a) in [
+            ("gate", &gate),
+            ("up", &up),
+            ("cot", &cot),
+            ("x", &x),
+            ("rcot", &rcot),
+            ("periods", &periods),
+        ] {
+            write(d, name, a);
+        }
+        std::fs::write(d.join("kernels.cpp"), program(n, dims)).unwrap();
+        let built = Command::new("c++")
+            .args(["-std=c++17", "-O1", "-fno-strict-aliasing", "-w", "-o"])
+            .arg(d.join("kernels"))
+            .arg(d.join("kernels.cpp"))
+            .output()
+            .expect("running c++ (a C++ compiler is part of the build's requirements)");
+        assert!(
+            built.status.success(),
+            "the kernel bodies do not compile as C++:\n{}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+        let ran = Command::new(d.join("kernels")).arg(d).output().unwrap();
+        assert!(
+            ran.status.success(),
+            "{}",
+            String::from_utf8_lossy(&ran.stderr)
+        );
+
+        for (tag, dtype, tol) in [
+            ("f32", Dtype::Float32, 1e-5),
+            ("bf16", Dtype::Bfloat16, 1.6e-2),
+        ] {
+            // References in f32 from the inputs rounded to the kernel's dtype.
+            let r = |a: &Array| a.as_dtype(dtype).unwrap().as_dtype(Dtype::Float32).unwrap();
+            let f = |a: &[Array]| -> Result<Vec<Array>, Exception> {
+                Ok(vec![mlx_rs::nn::silu(&a[0])?.multiply(&a[1])?])
+            };
+            let (_, want) = fallible_vjp(f, &[r(&gate), r(&up)], &[r(&cot)]).unwrap();
+            for sfx in ["", "_unaligned"] {
+                let got_g = read(d, &format!("{tag}{sfx}_d_gate"), &shape);
+                let got_u = read(d, &format!("{tag}{sfx}_d_up"), &shape);
+                assert_close(&format!("{tag}{sfx} d gate"), &want[0], &got_g, tol);
+                assert_close(&format!("{tag}{sfx} d up"), &want[1], &got_u, tol);
+            }
+            let rope_ref = |a: &[Array]| -> Result<Vec<Array>, Exception> {
+                let t = a[0].transpose_axes(&[0, 2, 1, 3])?; // [B, H, L, hd]
+                Ok(vec![fast::rope(&t, hd, true, None, 1.0, 0, &periods)?])
+            };
+            let (y, dx) = fallible_vjp(rope_ref, &[r(&x)], &[r(&rcot)]).unwrap();
+            let got_y = read(d, &format!("{tag}_rope"), &[b, h, l, hd]);
+            let got_dx = read(d, &format!("{tag}_rope_grad"), &[b, l, h, hd]);
+            assert_close(&format!("{tag} rope"), &y[0], &got_y, tol);
+            assert_close(&format!("{tag} rope gradient"), &dx[0], &got_dx, tol);
+        }
+    }
+}
