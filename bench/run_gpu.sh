@@ -104,9 +104,11 @@ else
   lever swiglu-kernel 16x250 1.0 --cuda-swiglu-grad true
   lever rope-kernel 16x250 0.0625 --cuda-rope true
   lever rope-kernel 16x250 1.0 --cuda-rope true
+  lever ce-cuda 16x250 1.0 --cross-entropy cuda
+  lever ce-cuda-aligned 16x250 1.0 --cross-entropy cuda --aligned-heads true
   for frac in 0.0625 1.0; do
-    lever new-three 8x130 $frac --aligned-heads true --cuda-swiglu-grad true --cuda-rope true
-    lever new-three 16x250 $frac --aligned-heads true --cuda-swiglu-grad true --cuda-rope true
+    lever new-four 8x130 $frac --aligned-heads true --cuda-swiglu-grad true --cuda-rope true --cross-entropy cuda
+    lever new-four 16x250 $frac --aligned-heads true --cuda-swiglu-grad true --cuda-rope true --cross-entropy cuda
   done
 fi
 lever ce-fused 16x250 0.0625 --cross-entropy fused

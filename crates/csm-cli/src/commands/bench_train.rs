@@ -90,6 +90,9 @@ pub enum CrossEntropyArg {
     Plain,
     /// With its own gradient: no f32 copy of the logits kept.
     Fused,
+    /// CUDA kernels: one read of the logits forward, one pass backward
+    /// (NVIDIA GPUs).
+    Cuda,
 }
 
 /// Flags of `csm bench-train`.
@@ -361,6 +364,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
     let mut kernels = TrainKernels::for_device(gpu);
     if let Some(ce) = args.cross_entropy {
         kernels.fused_cross_entropy = ce == CrossEntropyArg::Fused;
+        kernels.cuda_cross_entropy = ce == CrossEntropyArg::Cuda;
     }
     if let Some(on) = args.lean_swiglu {
         kernels.lean_swiglu = on;
@@ -383,8 +387,11 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
     if let Some(on) = args.cuda_rope {
         kernels.cuda_rope = on;
     }
-    if (kernels.cuda_swiglu_grad || kernels.cuda_rope) && (!gpu || cfg!(target_os = "macos")) {
-        bail!("--cuda-swiglu-grad and --cuda-rope run CUDA kernels: they need an NVIDIA GPU");
+    let cuda = kernels.cuda_swiglu_grad || kernels.cuda_rope || kernels.cuda_cross_entropy;
+    if cuda && (!gpu || cfg!(target_os = "macos")) {
+        bail!(
+            "--cuda-swiglu-grad, --cuda-rope and --cross-entropy cuda run CUDA kernels: they need an NVIDIA GPU"
+        );
     }
     if let Some(tile) = args.attention_tile {
         if tile < 0 {
@@ -562,6 +569,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
                     "aligned_heads": kernels.aligned_heads,
                     "cuda_swiglu_grad": kernels.cuda_swiglu_grad,
                     "cuda_rope": kernels.cuda_rope,
+                    "cuda_cross_entropy": kernels.cuda_cross_entropy,
                 },
                 "tag": args.tag,
                 "adapted_projections": adapted,

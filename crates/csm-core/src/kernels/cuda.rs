@@ -53,6 +53,8 @@ struct Launch<'a> {
     types: &'a [(&'static str, Dtype)],
     /// Template booleans (`constexpr bool NAME = ...;`).
     flags: &'a [(&'static str, bool)],
+    /// Template integers (`constexpr int NAME = ...;`).
+    ints: &'a [(&'static str, i32)],
 }
 
 /// FNV-1a of the source, in the kernel's name: MLX caches compiled kernels
@@ -186,6 +188,18 @@ impl Kernel {
             })
             .map_err(|m| fail("template", m))?;
         }
+        for (iname, value) in launch.ints {
+            let f = c_string(iname)?;
+            // SAFETY: live config and string.
+            mlx_call(|| unsafe {
+                mlx_sys::mlx_fast_cuda_kernel_config_add_template_arg_int(
+                    config,
+                    f.as_ptr(),
+                    *value,
+                )
+            })
+            .map_err(|m| fail("template", m))?;
+        }
         // SAFETY: live config.
         mlx_call(|| unsafe {
             mlx_sys::mlx_fast_cuda_kernel_config_set_grid(config, threads.max(1), 1, 1)
@@ -304,6 +318,79 @@ const ROPE_TRANSPOSED: Kernel = Kernel {
 "#,
 };
 
+/// Cross-entropy of each row of logits `[..., W]` over its first `VALID`
+/// columns (the rest are a padded head's, [`crate::model::TrainKernels::aligned_heads`]):
+/// `ce = lse - logit[target]` and `lse`, in f32. One block per row; the
+/// maximum and the sum of exponentials reduced in shared memory.
+const CROSS_ENTROPY: Kernel = Kernel {
+    name: "csm_cross_entropy",
+    inputs: &["logits", "targets"],
+    outputs: &["ce", "lse"],
+    source: r#"
+  __shared__ float red[256];
+  int W = logits_shape[logits_ndim - 1];
+  size_t row = blockIdx.x;
+  int tid = threadIdx.x;
+  const T* x = logits + row * W;
+  float m = -inf;
+  for (int j = tid; j < VALID; j += blockDim.x) m = fmaxf(m, static_cast<float>(x[j]));
+  red[tid] = m;
+  __syncthreads();
+  for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+    if (tid < s) red[tid] = fmaxf(red[tid], red[tid + s]);
+    __syncthreads();
+  }
+  m = red[0];
+  __syncthreads();
+  float acc = 0.0f;
+  for (int j = tid; j < VALID; j += blockDim.x) acc += expf(static_cast<float>(x[j]) - m);
+  red[tid] = acc;
+  __syncthreads();
+  for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+    if (tid < s) red[tid] += red[tid + s];
+    __syncthreads();
+  }
+  if (tid == 0) {
+    float l = m + logf(red[0]);
+    lse[row] = l;
+    ce[row] = l - static_cast<float>(x[targets[row]]);
+  }
+"#,
+};
+
+/// The gradient of [`CROSS_ENTROPY`]'s `ce` for the cotangent `cot` (one
+/// per row): `(softmax - onehot(target)) * cot` over the first `VALID`
+/// columns, 0 over the rest, in the logits' dtype. `V` columns per thread
+/// (8 where rows are a multiple of 8 long, else 1).
+const CROSS_ENTROPY_GRAD: Kernel = Kernel {
+    name: "csm_cross_entropy_grad",
+    inputs: &["logits", "targets", "lse", "cot"],
+    outputs: &["d_logits"],
+    source: r#"
+  int W = logits_shape[logits_ndim - 1];
+  size_t n = 1;
+  for (int d = 0; d < logits_ndim; ++d) n *= logits_shape[d];
+  size_t i = (size_t(blockIdx.x) * blockDim.x + threadIdx.x) * V;
+  if (i >= n) return;
+  size_t row = i / W;
+  int j0 = i % W;
+  float l = lse[row];
+  float c = cot[row];
+  int t = targets[row];
+#pragma unroll
+  for (int k = 0; k < V; ++k) {
+    int j = j0 + k;
+    float g = 0.0f;
+    if (j < VALID) {
+      g = expf(static_cast<float>(logits[i + k]) - l);
+      if (j == t) g -= 1.0f;
+      g *= c;
+    }
+    d_logits[i + k] = static_cast<T>(g);
+  }
+"#,
+};
+
 fn count(a: &Array) -> i64 {
     a.shape().iter().map(|&d| i64::from(d)).product()
 }
@@ -325,6 +412,7 @@ pub fn swiglu_grad(gate: &Array, up: &Array, cot: &Array) -> Result<[Array; 2], 
             threads: (count(gate) + per_thread - 1) / per_thread,
             types: &[("T", dtype)],
             flags: &[],
+            ints: &[],
         },
     )?;
     match (out.pop(), out.pop()) {
@@ -333,6 +421,108 @@ pub fn swiglu_grad(gate: &Array, up: &Array, cot: &Array) -> Result<[Array; 2], 
             "csm_swiglu_grad returned too few outputs",
         )),
     }
+}
+
+/// Per-row cross-entropy over the first `valid` columns of `logits`, with
+/// its own gradient ([`CROSS_ENTROPY`] and [`CROSS_ENTROPY_GRAD`]): the
+/// loss the plain form gives (`logsumexp - logit[target]` in f32) from one
+/// read of the logits, and a gradient written in one pass, zero over
+/// padded columns.
+///
+/// # Shapes
+/// `logits: [..., W]` (W >= valid), `targets: [...]` int -> `[...]` f32
+///
+/// # Errors
+/// MLX failures, and `valid` out of `1..=W`.
+pub fn cross_entropy(logits: &Array, targets: &Array, valid: i32) -> Result<Array, Exception> {
+    let w = *logits.shape().last().unwrap_or(&0);
+    if valid < 1 || valid > w {
+        return Err(Exception::custom(format!(
+            "csm_cross_entropy: {valid} valid columns of rows {w} long"
+        )));
+    }
+    let inputs = [
+        logits.clone(),
+        targets.as_dtype(Dtype::Int32)?,
+        mlx_rs::ops::zeros::<u8>(&[valid, 0])?, // [valid, 0]: no data
+    ];
+    let mut out = apply_custom_vjp("cuda cross-entropy", &inputs, ce_forward, ce_vjp)?;
+    out.truncate(1);
+    out.pop()
+        .ok_or_else(|| Exception::custom("cuda cross-entropy returned nothing"))
+}
+
+/// The valid column count, carried in the shape of an empty input of the
+/// custom gradient (a shape is known while `mx.compile` traces; a value
+/// is not).
+fn valid_columns(a: &Array) -> Result<i32, Exception> {
+    a.shape()
+        .first()
+        .copied()
+        .ok_or_else(|| Exception::custom("csm_cross_entropy: no column count"))
+}
+
+fn ce_forward(inputs: &[Array]) -> Result<Vec<Array>, Exception> {
+    let [logits, targets, valid] = inputs else {
+        return Err(Exception::custom(format!(
+            "expected 3 inputs, got {}",
+            inputs.len()
+        )));
+    };
+    let rows = targets.shape().to_vec();
+    let n_rows: i64 = rows.iter().map(|&d| i64::from(d)).product();
+    CROSS_ENTROPY.apply(
+        &[logits.clone(), targets.clone()],
+        &Launch {
+            outputs: vec![(rows.clone(), Dtype::Float32), (rows, Dtype::Float32)],
+            threads: n_rows * i64::from(BLOCK),
+            types: &[("T", logits.dtype())],
+            flags: &[],
+            ints: &[("VALID", valid_columns(valid)?)],
+        },
+    )
+}
+
+fn ce_vjp(
+    primals: &[Array],
+    cotangents: &[Array],
+    outputs: &[Array],
+) -> Result<Vec<Array>, Exception> {
+    // `lse` is internal: its cotangent is never read.
+    let ([logits, targets, valid], [cot, _], [_, lse]) = (primals, cotangents, outputs) else {
+        return Err(Exception::custom(format!(
+            "expected 3 primals, 2 cotangents and 2 outputs, got {}, {} and {}",
+            primals.len(),
+            cotangents.len(),
+            outputs.len()
+        )));
+    };
+    let w = *logits.shape().last().unwrap_or(&1);
+    let per_thread = if w % 8 == 0 { 8 } else { 1 };
+    let mut d = CROSS_ENTROPY_GRAD.apply(
+        &[
+            logits.clone(),
+            targets.clone(),
+            lse.clone(),
+            cot.as_dtype(Dtype::Float32)?,
+        ],
+        &Launch {
+            outputs: vec![(logits.shape().to_vec(), logits.dtype())],
+            threads: (count(logits) + per_thread - 1) / per_thread,
+            types: &[("T", logits.dtype())],
+            flags: &[],
+            ints: &[("VALID", valid_columns(valid)?), ("V", per_thread as i32)],
+        },
+    )?;
+    let d_logits = d
+        .pop()
+        .ok_or_else(|| Exception::custom("csm_cross_entropy_grad returned nothing"))?;
+    // Integers: no gradient flows to them.
+    Ok(vec![
+        d_logits,
+        mlx_rs::ops::zeros_like(targets)?,
+        mlx_rs::ops::zeros_like(valid)?,
+    ])
 }
 
 fn rope_call(x: &Array, periods: &Array, forward: bool) -> Result<Array, Exception> {
@@ -351,6 +541,7 @@ fn rope_call(x: &Array, periods: &Array, forward: bool) -> Result<Array, Excepti
             threads: count(x) / 8,
             types: &[("T", x.dtype())],
             flags: &[("FORWARD", forward)],
+            ints: &[],
         },
     )?;
     out.pop()
@@ -437,13 +628,15 @@ fn relative_error(got: &Array, want: &Array) -> Result<f32, Exception> {
 
 /// Runs every kernel of this module on the default device (a CUDA GPU)
 /// with random inputs, in f32 and bf16, and compares values and gradients
-/// with MLX's own ops: autodiff of `silu(gate) * up`, and `fast::rope`
+/// with MLX's own ops: autodiff of `silu(gate) * up`, `fast::rope`
 /// (interleaved, the given periods) on the transposed input with its
-/// gradient. For `csm gpu-check`.
+/// gradient, and the loss's plain cross-entropy over a padded head's valid
+/// columns (the padding's gradient must be 0). For `csm gpu-check`.
 ///
 /// # Errors
 /// MLX failures, such as a backend without CUDA.
 pub fn check_against_mlx() -> Result<Vec<KernelCheck>, Exception> {
+    use mlx_rs::ops::indexing::TryIndexOp;
     use mlx_rs::transforms::fallible_vjp as vjp;
     use mlx_rs::{fast, random};
     random::seed(11)?;
@@ -458,6 +651,12 @@ pub fn check_against_mlx() -> Result<Vec<KernelCheck>, Exception> {
     let periods = mlx_rs::ops::arange::<_, f32>(0.0, (hd / 2) as f32, 1.0)?
         .multiply(Array::from_f32(2.0 / hd as f32))?;
     let periods = mlx_rs::ops::power(Array::from_f32(500_000.0), &periods)?; // [hd/2]
+                                                                             // The heads' 2051 words padded to 2056, over 3 x 70 rows.
+    let (valid, wide) = (2051, 2056);
+    let logits =
+        random::normal::<f32>(&[3, 70, wide], None, None, None)?.multiply(Array::from_f32(4.0))?;
+    let targets = random::randint::<_, i32>(0, valid, &[3, 70], None)?;
+    let ce_cot = random::normal::<f32>(&[3, 70], None, None, None)?;
     for (dtype, tol) in [(Dtype::Float32, 2e-5), (Dtype::Bfloat16, 1.6e-2)] {
         let name = if dtype == Dtype::Float32 {
             "f32"
@@ -502,6 +701,38 @@ pub fn check_against_mlx() -> Result<Vec<KernelCheck>, Exception> {
                 tolerance: tol,
             });
         }
+
+        let lr = logits.as_dtype(dtype)?;
+        let t = targets.clone();
+        let plain = move |a: &[Array]| -> Result<Vec<Array>, Exception> {
+            Ok(vec![crate::model::loss::cross_entropy(&a[0], &t)?])
+        };
+        let cut = up32(&lr)?.try_index((.., .., ..valid))?;
+        let (want_ce, want_d) = vjp(plain, &[cut], std::slice::from_ref(&ce_cot))?;
+        let t = targets.clone();
+        let mine = move |a: &[Array]| -> Result<Vec<Array>, Exception> {
+            Ok(vec![cross_entropy(&a[0], &t, valid)?])
+        };
+        let (got_ce, got_d) = vjp(mine, &[lr], std::slice::from_ref(&ce_cot))?;
+        let got_d = &got_d[0];
+        let padding = got_d.try_index((.., .., valid..))?.abs()?.max(None)?;
+        checks.extend([
+            KernelCheck {
+                what: format!("cross_entropy {name} loss"),
+                error: relative_error(&got_ce[0], &want_ce[0])?,
+                tolerance: 2e-5,
+            },
+            KernelCheck {
+                what: format!("cross_entropy {name} gradient"),
+                error: relative_error(&got_d.try_index((.., .., ..valid))?, &want_d[0])?,
+                tolerance: tol,
+            },
+            KernelCheck {
+                what: format!("cross_entropy {name} padding's gradient"),
+                error: padding.as_dtype(Dtype::Float32)?.item_cast::<f32>(),
+                tolerance: 0.0,
+            },
+        ]);
     }
     Ok(checks)
 }
@@ -516,6 +747,7 @@ pub fn check_against_mlx() -> Result<Vec<KernelCheck>, Exception> {
 mod tests {
     use super::*;
     use crate::test_util::assert_close;
+    use mlx_rs::ops::indexing::TryIndexOp;
     use mlx_rs::transforms::fallible_vjp;
     use mlx_rs::{fast, random};
     use std::path::Path;
@@ -523,7 +755,10 @@ mod tests {
 
     const SHIM: &str = r#"
 #include <array>
+#include <barrier>
 #include <cmath>
+#include <limits>
+#include <thread>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -531,7 +766,13 @@ mod tests {
 #include <string>
 #include <vector>
 struct Dim { unsigned x = 0, y = 1, z = 1; };
-static Dim blockIdx, blockDim, threadIdx;
+thread_local Dim blockIdx, blockDim, threadIdx;
+#define inf std::numeric_limits<float>::infinity()
+// A block's threads run as OS threads meeting at a barrier; its shared
+// memory is a static of the kernel function (blocks run one at a time).
+#define __shared__ static
+static std::barrier<>* block_barrier;
+#define __syncthreads() block_barrier->arrive_and_wait()
 struct uint4 { unsigned x, y, z, w; };
 using Shape = std::array<int32_t, 10>;
 struct bf16 {
@@ -550,6 +791,16 @@ template <typename F> void launch(size_t threads, F body) {
   blockDim.x = 256;
   for (size_t t = 0; t < threads; ++t) {
     blockIdx.x = unsigned(t / 256); threadIdx.x = unsigned(t % 256); body();
+  }
+}
+template <typename F> void launch_blocks(size_t blocks, unsigned threads, F body) {
+  for (size_t b = 0; b < blocks; ++b) {
+    std::barrier<> bar(threads);
+    block_barrier = &bar;
+    std::vector<std::thread> pool;
+    for (unsigned t = 0; t < threads; ++t)
+      pool.emplace_back([&, t] { blockIdx.x = unsigned(b); blockDim.x = threads; threadIdx.x = t; body(); });
+    for (auto& th : pool) th.join();
   }
 }
 static std::vector<float> load(const std::string& dir, const char* name, size_t n) {
@@ -571,7 +822,13 @@ template <typename T> static std::vector<T> as(const std::vector<float>& v, size
 }
 "#;
 
-    /// The C++ program: the two bodies as functions, and a `main` that
+    /// Cross-entropy rows, and their length padded and not (the heads'
+    /// 2051 of 2056 in miniature).
+    const CE_ROWS: i32 = 21;
+    const CE_W: i32 = 24;
+    const CE_VALID: i32 = 21;
+
+    /// The C++ program: the kernel bodies as functions, and a `main` that
     /// reads `DIR/{gate,up,cot,x,rcot,periods}` (f32), runs them in `T`
     /// (`f32` or `bf16`) and writes the results as f32.
     fn program(n: usize, (b, l, h, hd): (i32, i32, i32, i32)) -> String {
@@ -586,7 +843,41 @@ template <typename T, bool FORWARD>
 void rope(const T* x, Shape x_shape, const float* periods, T* out) {{
 {rope}
 }}
+template <typename T, int VALID>
+void cross_entropy(const T* logits, Shape logits_shape, int logits_ndim, const int32_t* targets,
+                   float* ce, float* lse) {{
+{ce}
+}}
+template <typename T, int VALID, int V>
+void cross_entropy_grad(const T* logits, Shape logits_shape, int logits_ndim,
+                        const int32_t* targets, const float* lse, const float* cot, T* d_logits) {{
+{ce_grad}
+}}
+// Rows of CE_W logits of which the first CE_VALID count, and the same
+// rows cut to CE_VALID (unpadded, one column a thread in the gradient).
+template <typename T, int W, int VLD, int PER>
+static void run_ce(const std::string& dir, const char* tag) {{
+  const size_t rows = {ce_rows};
+  auto full = load(dir, "ce_logits", rows * {ce_w});
+  std::vector<float> cut(rows * W);
+  for (size_t r = 0; r < rows; ++r)
+    for (int j = 0; j < W; ++j) cut[r * W + j] = full[r * {ce_w} + j];
+  auto x = as<T>(cut, 0);
+  auto tf = load(dir, "ce_targets", rows);
+  std::vector<int32_t> t(rows);
+  for (size_t r = 0; r < rows; ++r) t[r] = int32_t(tf[r]);
+  auto cot = load(dir, "ce_cot", rows);
+  std::vector<float> ce(rows), lse(rows);
+  Shape s{{}}; s[0] = int(rows); s[1] = W;
+  launch_blocks(rows, 256, [&] {{ cross_entropy<T, VLD>(x.data(), s, 2, t.data(), ce.data(), lse.data()); }});
+  std::vector<T> d(rows * W);
+  launch(rows * W / PER, [&] {{ cross_entropy_grad<T, VLD, PER>(x.data(), s, 2, t.data(), lse.data(), cot.data(), d.data()); }});
+  save(dir, (std::string(tag) + "_ce").c_str(), ce.data(), rows);
+  save(dir, (std::string(tag) + "_ce_grad").c_str(), d.data(), rows * W);
+}}
 template <typename T> static void run(const std::string& dir, const char* tag) {{
+  run_ce<T, {ce_w}, {ce_valid}, 8>(dir, (std::string(tag) + "_padded").c_str());
+  run_ce<T, {ce_valid}, {ce_valid}, 1>(dir, (std::string(tag) + "_cut").c_str());
   const size_t n = {n};
   Shape s{{}}; s[0] = int(n);
   auto gate = as<T>(load(dir, "gate", n), 1), up = as<T>(load(dir, "up", n), 1),
@@ -627,6 +918,11 @@ int main(int argc, char** argv) {{
 "#,
             swiglu = SWIGLU_GRAD.source,
             rope = ROPE_TRANSPOSED.source,
+            ce = CROSS_ENTROPY.source,
+            ce_grad = CROSS_ENTROPY_GRAD.source,
+            ce_rows = CE_ROWS,
+            ce_w = CE_W,
+            ce_valid = CE_VALID,
         )
     }
 
@@ -670,7 +966,16 @@ int main(int argc, char** argv) {{
             .multiply(Array::from_f32(2.0 / hd as f32))
             .unwrap();
         let periods = mlx_rs::ops::power(Array::from_f32(500_000.0), &exponents).unwrap();
+        let ce_logits = random::normal::<f32>(&[CE_ROWS, CE_W], None, None, None)
+            .unwrap()
+            .multiply(Array::from_f32(3.0))
+            .unwrap();
+        let ce_targets = random::randint::<_, i32>(0, CE_VALID, &[CE_ROWS], None).unwrap();
+        let ce_cot = random::normal::<f32>(&[CE_ROWS], None, None, None).unwrap();
         for (name, a) in [
+            ("ce_logits", &ce_logits),
+            ("ce_targets", &ce_targets),
+            ("ce_cot", &ce_cot),
             ("gate", &gate),
             ("up", &up),
             ("cot", &cot),
@@ -682,7 +987,14 @@ int main(int argc, char** argv) {{
         }
         std::fs::write(d.join("kernels.cpp"), program(n, dims)).unwrap();
         let built = Command::new("c++")
-            .args(["-std=c++17", "-O1", "-fno-strict-aliasing", "-w", "-o"])
+            .args([
+                "-std=c++20",
+                "-O1",
+                "-pthread",
+                "-fno-strict-aliasing",
+                "-w",
+                "-o",
+            ])
             .arg(d.join("kernels"))
             .arg(d.join("kernels.cpp"))
             .output()
@@ -724,6 +1036,40 @@ int main(int argc, char** argv) {{
             let got_dx = read(d, &format!("{tag}_rope_grad"), &[b, l, h, hd]);
             assert_close(&format!("{tag} rope"), &y[0], &got_y, tol);
             assert_close(&format!("{tag} rope gradient"), &dx[0], &got_dx, tol);
+
+            // The plain loss over the valid columns, and its gradient
+            // there (zero over the padding).
+            let valid = r(&ce_logits).try_index((.., ..CE_VALID)).unwrap();
+            let targets = ce_targets.clone();
+            let plain = move |a: &[Array]| -> Result<Vec<Array>, Exception> {
+                Ok(vec![crate::model::loss::cross_entropy(&a[0], &targets)?])
+            };
+            let (ce, d_ce) = fallible_vjp(plain, &[valid], std::slice::from_ref(&ce_cot)).unwrap();
+            let zeros = mlx_rs::ops::zeros::<f32>(&[CE_ROWS, CE_W - CE_VALID]).unwrap();
+            let d_padded = mlx_rs::ops::concatenate(&[d_ce[0].clone(), zeros], 1).unwrap();
+            for (form, w, d_want) in [("padded", CE_W, &d_padded), ("cut", CE_VALID, &d_ce[0])] {
+                let got = read(d, &format!("{tag}_{form}_ce"), &[CE_ROWS]);
+                let got_d = read(d, &format!("{tag}_{form}_ce_grad"), &[CE_ROWS, w]);
+                // The loss is f32 from the rounded logits either way.
+                assert_close(&format!("{tag} {form} cross-entropy"), &ce[0], &got, 1e-5);
+                assert_close(
+                    &format!("{tag} {form} cross-entropy gradient"),
+                    d_want,
+                    &got_d,
+                    tol,
+                );
+            }
         }
+    }
+
+    /// Where MLX has no CUDA back-end (this CPU build), a kernel is an
+    /// error that names it and says why, not an abort.
+    #[test]
+    fn without_cuda_a_kernel_is_an_error_naming_it() {
+        let err = check_against_mlx().unwrap_err().to_string();
+        assert!(
+            err.contains("csm_swiglu_grad") && err.contains("CUDA"),
+            "{err}"
+        );
     }
 }

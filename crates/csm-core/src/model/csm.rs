@@ -104,6 +104,12 @@ pub struct TrainKernels {
     /// ([`crate::kernels::cuda::rope_transposed`]), for attention over
     /// whole sequences (training, scoring). CUDA only.
     pub cuda_rope: bool,
+    /// The loss's cross-entropy as CUDA kernels
+    /// ([`crate::kernels::cuda::cross_entropy`]): one read of the
+    /// (codebook-major) logits forward and one pass for the gradient,
+    /// over the padded heads as they come with
+    /// [`TrainKernels::aligned_heads`]. CUDA only.
+    pub cuda_cross_entropy: bool,
 }
 
 impl TrainKernels {
@@ -118,6 +124,7 @@ impl TrainKernels {
         aligned_heads: false,
         cuda_swiglu_grad: false,
         cuda_rope: false,
+        cuda_cross_entropy: false,
     };
 
     /// The forms expected to pay on a device: the attention tile on GPUs
@@ -147,6 +154,7 @@ impl TrainKernels {
             aligned_heads: false,
             cuda_swiglu_grad: false,
             cuda_rope: false,
+            cuda_cross_entropy: false,
         }
     }
 }
@@ -347,6 +355,21 @@ impl Csm {
     /// `h: [..., D]` -> `[..., audio_vocab]`
     pub fn c0_logits(&mut self, h: &Array) -> Result<Array, Exception> {
         let v = self.config.audio_vocab_size;
+        let wide = self.c0_logits_wide(h)?; // [..., W]
+        if wide.shape().last() == Some(&v) {
+            return Ok(wide);
+        }
+        wide.try_index((mlx_rs::ops::indexing::Ellipsis, ..v)) // [..., V]
+    }
+
+    /// [`Csm::c0_logits`] over the padded vocabulary where
+    /// [`TrainKernels::aligned_heads`] pads the head (its first
+    /// `audio_vocab` columns are the logits), else the same.
+    ///
+    /// # Shapes
+    /// `h: [..., D]` -> `[..., W]` (W >= audio_vocab)
+    pub fn c0_logits_wide(&mut self, h: &Array) -> Result<Array, Exception> {
+        let v = self.config.audio_vocab_size;
         let head = &self.codebook0_head;
         match aligned_vocab(v) {
             Some(padded) if self.kernels.aligned_heads && head.is_plain() => {
@@ -355,8 +378,8 @@ impl Csm {
                     &[(0, padded - v), (0, 0)][..],
                     None,
                     None,
-                )?; // [V', D]
-                crate::kernels::linear(h, &w)?.try_index((.., .., ..v)) // [B, S, V]
+                )?; // [W, D]
+                crate::kernels::linear(h, &w) // [..., W]
             }
             _ => self.codebook0_head.forward(h),
         }
@@ -383,6 +406,22 @@ impl Csm {
         h_prev: &Array,
         codes: &Array,
     ) -> Result<Array, Exception> {
+        let v = self.config.audio_vocab_size;
+        let wide = self.depth_logits_wide(h_prev, codes)?; // [n_cb - 1, N, W]
+        if wide.shape()[2] == v {
+            return Ok(wide);
+        }
+        wide.try_index((.., .., ..v)) // [n_cb - 1, N, V]
+    }
+
+    /// [`Csm::depth_logits_by_codebook`] over the padded vocabulary where
+    /// [`TrainKernels::aligned_heads`] pads the heads (the first
+    /// `audio_vocab` columns are the logits), else the same.
+    ///
+    /// # Shapes
+    /// `h_prev: [N, D]`, `codes: [N, n_cb]` -> `[n_cb - 1, N, W]` (W >=
+    /// audio_vocab)
+    pub fn depth_logits_wide(&mut self, h_prev: &Array, codes: &Array) -> Result<Array, Exception> {
         let n = self.num_codebooks();
         let nf = codes.shape()[0];
         let prev_codes = codes
@@ -408,8 +447,8 @@ impl Csm {
         let logits = match aligned_vocab(v) {
             Some(padded) if self.kernels.aligned_heads => {
                 let widths = [(0, 0), (0, 0), (0, padded - v)];
-                let w = ops::pad(&self.audio_head.value, &widths[..], None, None)?; // [n_cb - 1, D_dec, V']
-                ops::matmul(&d, &w)?.try_index((.., .., ..v))? // [n_cb - 1, N, V]
+                let w = ops::pad(&self.audio_head.value, &widths[..], None, None)?; // [n_cb - 1, D_dec, W]
+                ops::matmul(&d, &w)? // [n_cb - 1, N, W]
             }
             _ => ops::matmul(&d, &self.audio_head.value)?, // [n_cb - 1, N, V]
         };

@@ -19,6 +19,19 @@ use mlx_rs::ops::indexing::{take_along_axis, take_axis, TryIndexOp};
 use mlx_rs::{ops, Array, Dtype};
 
 use super::cross_entropy::cross_entropy_fused;
+
+/// [`crate::kernels::cuda::cross_entropy`] where it exists (outside macOS).
+#[cfg(not(target_os = "macos"))]
+fn cuda_cross_entropy(logits: &Array, targets: &Array, valid: i32) -> Result<Array, Exception> {
+    crate::kernels::cuda::cross_entropy(logits, targets, valid)
+}
+
+#[cfg(target_os = "macos")]
+fn cuda_cross_entropy(_: &Array, _: &Array, _: i32) -> Result<Array, Exception> {
+    Err(Exception::custom(
+        "the CUDA cross-entropy runs on NVIDIA GPUs only",
+    ))
+}
 use super::csm::{Csm, FrameInput};
 use super::llama::AttentionMask;
 
@@ -187,17 +200,21 @@ impl Csm {
 
         // Semantic: h[t-1] predicts c0 of frame t.
         let h_prev = h.try_index((.., ..S - 1, ..))?; // [B, S-1, D]
-        let c0_logits = self.c0_logits(&h_prev)?; // [B, S-1, V]
         let c0_targets = tokens.try_index((.., 1.., 0))?; // [B, S-1]
+        let v = self.config.audio_vocab_size;
+        let cuda_ce = self.kernels.cuda_cross_entropy && cfg!(not(target_os = "macos"));
         let m = batch
             .loss_mask
             .try_index((.., 1..))?
             .as_dtype(Dtype::Float32)?; // [B, S-1]
         let fused = self.kernels.fused_cross_entropy;
-        let ce = if fused {
-            cross_entropy_fused(&c0_logits, &c0_targets)?
+        let ce = if cuda_ce {
+            let wide = self.c0_logits_wide(&h_prev)?; // [B, S-1, W]
+            cuda_cross_entropy(&wide, &c0_targets, v)?
+        } else if fused {
+            cross_entropy_fused(&self.c0_logits(&h_prev)?, &c0_targets)?
         } else {
-            cross_entropy(&c0_logits, &c0_targets)?
+            cross_entropy(&self.c0_logits(&h_prev)?, &c0_targets)?
         }; // [B, S-1]
         let count = ops::maximum(m.sum(None)?, Array::from_f32(1.0))?;
         let semantic = ce.multiply(&m)?.sum(None)?.divide(&count)?;
@@ -209,7 +226,11 @@ impl Csm {
         let codes = take_axis(tokens.reshape(&[B * S, n + 1])?, &idx, 0)? // [N, n_cb + 1]
             .try_index((.., ..n))?; // [N, n_cb]
                                     // Per (frame, codebook) cross-entropy and the axis of frames in it.
-        let (ce, frame_axis) = if fused {
+        let (ce, frame_axis) = if cuda_ce {
+            let depth = self.depth_logits_wide(&h_sel, &codes)?; // [n_cb - 1, N, W]
+            let targets = codes.try_index((.., 1..))?.transpose_axes(&[1, 0])?; // [n_cb - 1, N]
+            (cuda_cross_entropy(&depth, &targets, v)?, 1) // [n_cb - 1, N]
+        } else if fused {
             // Codebook-major, as the heads compute it: no transposed copy.
             let depth = self.depth_logits_by_codebook(&h_sel, &codes)?; // [n_cb - 1, N, V]
             let targets = codes.try_index((.., 1..))?.transpose_axes(&[1, 0])?; // [n_cb - 1, N]

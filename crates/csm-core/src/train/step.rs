@@ -474,6 +474,7 @@ mod tests {
             // CUDA kernels: `csm gpu-check` compares them with MLX's ops.
             cuda_swiglu_grad: false,
             cuda_rope: false,
+            cuda_cross_entropy: false,
         };
         let aligned = TrainKernels {
             aligned_heads: true,
