@@ -200,6 +200,10 @@ mod tests {
         // Well-separated codebooks: layer i has scale 4^-i, so the residual
         // after layer i is exactly the remaining centroids.
         let (n_q, bins, dim) = (3, 16, 8);
+        // Seeded: MLX's default key changes from run to run, and some
+        // draws put two centroids of a finer layer closer than the
+        // coarser layers' rounding (one failed here on 2026-12-07).
+        random::seed(17).unwrap();
         let mut rvq = ResidualVq::new(n_q, bins, dim, dim, false).unwrap();
         let scales = Array::from_slice(&[1.0f32, 0.25, 0.0625], &[n_q, 1, 1]);
         let books = random::normal::<f32>(&[n_q, bins, dim], None, None, None)

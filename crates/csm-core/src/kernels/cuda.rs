@@ -49,12 +49,19 @@ struct Launch<'a> {
     outputs: Vec<(Vec<i32>, Dtype)>,
     /// Threads in all (x only): MLX launches `ceil(threads / BLOCK)` blocks.
     threads: i64,
-    /// Template dtypes (`using NAME = ...;` in the body).
-    types: &'a [(&'static str, Dtype)],
-    /// Template booleans (`constexpr bool NAME = ...;`).
-    flags: &'a [(&'static str, bool)],
-    /// Template integers (`constexpr int NAME = ...;`).
-    ints: &'a [(&'static str, i32)],
+    /// Compile-time constants of the body, by name.
+    template: &'a [(&'static str, Template)],
+}
+
+/// A compile-time constant of a kernel body.
+#[derive(Clone, Copy)]
+enum Template {
+    /// `using NAME = <type>;`
+    Type(Dtype),
+    /// `constexpr bool NAME = ...;`
+    Bool(bool),
+    /// `constexpr int NAME = ...;`
+    Int(i32),
 }
 
 /// FNV-1a of the source, in the kernel's name: MLX caches compiled kernels
@@ -164,39 +171,26 @@ impl Kernel {
             })
             .map_err(|m| fail("output", m))?;
         }
-        for (tname, dtype) in launch.types {
+        for (tname, value) in launch.template {
             let t = c_string(tname)?;
+            let t = t.as_ptr();
             // SAFETY: live config and string.
             mlx_call(|| unsafe {
-                mlx_sys::mlx_fast_cuda_kernel_config_add_template_arg_dtype(
-                    config,
-                    t.as_ptr(),
-                    *dtype as mlx_sys::mlx_dtype,
-                )
-            })
-            .map_err(|m| fail("template", m))?;
-        }
-        for (fname, value) in launch.flags {
-            let f = c_string(fname)?;
-            // SAFETY: live config and string.
-            mlx_call(|| unsafe {
-                mlx_sys::mlx_fast_cuda_kernel_config_add_template_arg_bool(
-                    config,
-                    f.as_ptr(),
-                    *value,
-                )
-            })
-            .map_err(|m| fail("template", m))?;
-        }
-        for (iname, value) in launch.ints {
-            let f = c_string(iname)?;
-            // SAFETY: live config and string.
-            mlx_call(|| unsafe {
-                mlx_sys::mlx_fast_cuda_kernel_config_add_template_arg_int(
-                    config,
-                    f.as_ptr(),
-                    *value,
-                )
+                match *value {
+                    Template::Type(d) => {
+                        mlx_sys::mlx_fast_cuda_kernel_config_add_template_arg_dtype(
+                            config,
+                            t,
+                            d as mlx_sys::mlx_dtype,
+                        )
+                    }
+                    Template::Bool(v) => {
+                        mlx_sys::mlx_fast_cuda_kernel_config_add_template_arg_bool(config, t, v)
+                    }
+                    Template::Int(v) => {
+                        mlx_sys::mlx_fast_cuda_kernel_config_add_template_arg_int(config, t, v)
+                    }
+                }
             })
             .map_err(|m| fail("template", m))?;
         }
@@ -410,9 +404,7 @@ pub fn swiglu_grad(gate: &Array, up: &Array, cot: &Array) -> Result<[Array; 2], 
         &Launch {
             outputs: vec![(shape.clone(), dtype), (shape, dtype)],
             threads: (count(gate) + per_thread - 1) / per_thread,
-            types: &[("T", dtype)],
-            flags: &[],
-            ints: &[],
+            template: &[("T", Template::Type(dtype))],
         },
     )?;
     match (out.pop(), out.pop()) {
@@ -476,9 +468,10 @@ fn ce_forward(inputs: &[Array]) -> Result<Vec<Array>, Exception> {
         &Launch {
             outputs: vec![(rows.clone(), Dtype::Float32), (rows, Dtype::Float32)],
             threads: n_rows * i64::from(BLOCK),
-            types: &[("T", logits.dtype())],
-            flags: &[],
-            ints: &[("VALID", valid_columns(valid)?)],
+            template: &[
+                ("T", Template::Type(logits.dtype())),
+                ("VALID", Template::Int(valid_columns(valid)?)),
+            ],
         },
     )
 }
@@ -509,9 +502,11 @@ fn ce_vjp(
         &Launch {
             outputs: vec![(logits.shape().to_vec(), logits.dtype())],
             threads: (count(logits) + per_thread - 1) / per_thread,
-            types: &[("T", logits.dtype())],
-            flags: &[],
-            ints: &[("VALID", valid_columns(valid)?), ("V", per_thread as i32)],
+            template: &[
+                ("T", Template::Type(logits.dtype())),
+                ("VALID", Template::Int(valid_columns(valid)?)),
+                ("V", Template::Int(per_thread as i32)),
+            ],
         },
     )?;
     let d_logits = d
@@ -539,9 +534,10 @@ fn rope_call(x: &Array, periods: &Array, forward: bool) -> Result<Array, Excepti
         &Launch {
             outputs: vec![(vec![b, d2, d1, hd], x.dtype())],
             threads: count(x) / 8,
-            types: &[("T", x.dtype())],
-            flags: &[("FORWARD", forward)],
-            ints: &[],
+            template: &[
+                ("T", Template::Type(x.dtype())),
+                ("FORWARD", Template::Bool(forward)),
+            ],
         },
     )?;
     out.pop()

@@ -76,19 +76,28 @@ pub fn swiglu_with(gate: &Array, up: &Array, cuda_grad: bool) -> Result<Array, E
     swiglu(gate, up)
 }
 
+/// `(gate, up, cotangent)` of a SwiGLU gradient's arguments.
+fn swiglu_vjp_args<'a>(
+    primals: &'a [Array],
+    cotangents: &'a [Array],
+) -> Result<(&'a Array, &'a Array, &'a Array), Exception> {
+    match (primals, cotangents) {
+        ([gate, up], [cot]) => Ok((gate, up, cot)),
+        _ => Err(Exception::custom(format!(
+            "expected 2 primals and 1 cotangent, got {} and {}",
+            primals.len(),
+            cotangents.len()
+        ))),
+    }
+}
+
 #[cfg(not(target_os = "macos"))]
 fn swiglu_vjp_cuda(
     primals: &[Array],
     cotangents: &[Array],
     _outputs: &[Array],
 ) -> Result<Vec<Array>, Exception> {
-    let ([gate, up], [cot]) = (primals, cotangents) else {
-        return Err(Exception::custom(format!(
-            "expected 2 primals and 1 cotangent, got {} and {}",
-            primals.len(),
-            cotangents.len()
-        )));
-    };
+    let (gate, up, cot) = swiglu_vjp_args(primals, cotangents)?;
     // A custom kernel is never merged with the forward's ops under
     // `mx.compile`: the primals need no `fresh`.
     Ok(crate::kernels::cuda::swiglu_grad(gate, up, cot)?.to_vec())
@@ -116,13 +125,7 @@ fn swiglu_vjp(
     cotangents: &[Array],
     _outputs: &[Array],
 ) -> Result<Vec<Array>, Exception> {
-    let ([gate, up], [cot]) = (primals, cotangents) else {
-        return Err(Exception::custom(format!(
-            "expected 2 primals and 1 cotangent, got {} and {}",
-            primals.len(),
-            cotangents.len()
-        )));
-    };
+    let (gate, up, cot) = swiglu_vjp_args(primals, cotangents)?;
     // Read through `depends` on the cotangent: under `mx.compile` the
     // sigmoid and `gate * s` below would otherwise merge with the
     // forward's and be kept from the forward on (`ffi::depends`).
