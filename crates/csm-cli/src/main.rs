@@ -59,7 +59,8 @@ enum Command {
     /// (paste this into bug reports).
     Info(commands::info::InfoArgs),
     /// Check that MLX runs on the GPU and agrees with the CPU (matmul,
-    /// gradient), then measure bf16 matmul TFLOP/s.
+    /// gradient), that csm's own CUDA kernels agree with MLX's ops there,
+    /// then measure bf16 matmul TFLOP/s.
     GpuCheck(commands::gpu_check::GpuCheckArgs),
     /// Benchmark LoRA training steps of a CSM-1B-shaped model with random
     /// weights (see bench/README.md).

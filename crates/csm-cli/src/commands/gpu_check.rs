@@ -1,4 +1,5 @@
-//! `csm gpu-check`: proves the GPU backend works and agrees with the CPU.
+//! `csm gpu-check`: proves the GPU backend works and agrees with the CPU,
+//! and that this crate's CUDA kernels agree with MLX's ops on the GPU.
 
 use std::time::Duration;
 
