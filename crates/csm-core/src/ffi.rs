@@ -286,6 +286,20 @@ pub(crate) fn apply_custom_vjp(
     outputs.map_err(|m| fail("apply", m))
 }
 
+/// [`apply_custom_vjp`] for a function whose result is its first output;
+/// any others are kept for `vjp` only (a log-sum-exp, `x A`).
+pub(crate) fn apply_custom_vjp_first(
+    name: &'static str,
+    inputs: &[Array],
+    forward: ForwardFn,
+    vjp: VjpFn,
+) -> Result<Array, mlx_rs::error::Exception> {
+    apply_custom_vjp(name, inputs, forward, vjp)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| mlx_rs::error::Exception::custom(format!("{name} returned nothing")))
+}
+
 /// `inputs` again, as new arrays (sharing their buffers) that MLX will
 /// compute only after `dependencies` (MLX's `depends`).
 ///

@@ -28,7 +28,7 @@ use std::ffi::CString;
 use mlx_rs::error::Exception;
 use mlx_rs::{Array, Dtype};
 
-use crate::ffi::{apply_custom_vjp, mlx_call, vector_arrays};
+use crate::ffi::{apply_custom_vjp_first, mlx_call, vector_arrays};
 
 /// Threads per block for the kernels of this module.
 const BLOCK: i32 = 256;
@@ -438,10 +438,7 @@ pub fn cross_entropy(logits: &Array, targets: &Array, valid: i32) -> Result<Arra
         targets.as_dtype(Dtype::Int32)?,
         mlx_rs::ops::zeros::<u8>(&[valid, 0])?, // [valid, 0]: no data
     ];
-    let mut out = apply_custom_vjp("cuda cross-entropy", &inputs, ce_forward, ce_vjp)?;
-    out.truncate(1);
-    out.pop()
-        .ok_or_else(|| Exception::custom("cuda cross-entropy returned nothing"))
+    apply_custom_vjp_first("cuda cross-entropy", &inputs, ce_forward, ce_vjp)
 }
 
 /// The valid column count, carried in the shape of an empty input of the
@@ -553,14 +550,12 @@ fn rope_call(x: &Array, periods: &Array, forward: bool) -> Result<Array, Excepti
 /// `x: [B, L, H, hd]` (hd a multiple of 8), `periods: [hd/2]` ->
 /// `[B, H, L, hd]`
 pub fn rope_transposed(x: &Array, periods: &Array) -> Result<Array, Exception> {
-    let mut out = apply_custom_vjp(
+    apply_custom_vjp_first(
         "rope transposed",
         &[x.clone(), periods.clone()],
         rope_forward,
         rope_vjp,
-    )?;
-    out.pop()
-        .ok_or_else(|| Exception::custom("rope transposed returned nothing"))
+    )
 }
 
 fn rope_forward(inputs: &[Array]) -> Result<Vec<Array>, Exception> {

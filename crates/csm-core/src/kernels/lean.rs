@@ -28,7 +28,7 @@
 use mlx_rs::error::Exception;
 use mlx_rs::{ops, Array, Dtype};
 
-use crate::ffi::{apply_custom_vjp, depends};
+use crate::ffi::{apply_custom_vjp_first, depends, VjpFn};
 
 /// `x` as a new array that MLX computes after `after` (the cotangent), so
 /// that ops on it in a backward are not merged with the forward's ops on
@@ -44,14 +44,7 @@ pub(crate) fn fresh(x: &Array, after: &Array) -> Result<Array, Exception> {
 /// # Shapes
 /// `gate, up: [..., H]` (same shape and dtype) -> `[..., H]`
 pub fn swiglu(gate: &Array, up: &Array) -> Result<Array, Exception> {
-    let mut out = apply_custom_vjp(
-        "lean swiglu",
-        &[gate.clone(), up.clone()],
-        swiglu_forward,
-        swiglu_vjp,
-    )?;
-    out.pop()
-        .ok_or_else(|| Exception::custom("lean swiglu returned nothing"))
+    swiglu_with(gate, up, false)
 }
 
 /// [`swiglu`], its gradient computed by one CUDA kernel when `cuda_grad`
@@ -61,19 +54,22 @@ pub fn swiglu(gate: &Array, up: &Array) -> Result<Array, Exception> {
 /// `gate, up: [..., H]` (same shape and dtype) -> `[..., H]`
 pub fn swiglu_with(gate: &Array, up: &Array, cuda_grad: bool) -> Result<Array, Exception> {
     #[cfg(not(target_os = "macos"))]
-    if cuda_grad {
-        let mut out = apply_custom_vjp(
-            "lean swiglu (CUDA gradient)",
-            &[gate.clone(), up.clone()],
-            swiglu_forward,
-            swiglu_vjp_cuda,
-        )?;
-        return out
-            .pop()
-            .ok_or_else(|| Exception::custom("lean swiglu returned nothing"));
-    }
-    let _ = cuda_grad;
-    swiglu(gate, up)
+    let vjp: VjpFn = if cuda_grad {
+        swiglu_vjp_cuda
+    } else {
+        swiglu_vjp
+    };
+    #[cfg(target_os = "macos")]
+    let vjp: VjpFn = {
+        let _ = cuda_grad;
+        swiglu_vjp
+    };
+    apply_custom_vjp_first(
+        "lean swiglu",
+        &[gate.clone(), up.clone()],
+        swiglu_forward,
+        vjp,
+    )
 }
 
 /// `(gate, up, cotangent)` of a SwiGLU gradient's arguments.
@@ -150,15 +146,12 @@ fn swiglu_vjp(
 /// # Shapes
 /// `x: [..., in]`, `a: [in, r]`, `b: [r, out]` -> `[..., out]` (`x`'s dtype)
 pub fn lora_update(x: &Array, a: &Array, b: &Array, scale: f32) -> Result<Array, Exception> {
-    let mut out = apply_custom_vjp(
+    apply_custom_vjp_first(
         "lean lora update",
         &[x.clone(), a.clone(), b.clone(), Array::from_f32(scale)],
         lora_forward,
         lora_vjp,
-    )?;
-    out.truncate(1);
-    out.pop()
-        .ok_or_else(|| Exception::custom("lean lora update returned nothing"))
+    )
 }
 
 /// `[y, x A]`: the update in `x`'s dtype and the f32 `x A`, which the

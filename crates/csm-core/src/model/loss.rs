@@ -19,6 +19,8 @@ use mlx_rs::ops::indexing::{take_along_axis, take_axis, TryIndexOp};
 use mlx_rs::{ops, Array, Dtype};
 
 use super::cross_entropy::cross_entropy_fused;
+use super::csm::{Csm, FrameInput};
+use super::llama::AttentionMask;
 
 /// [`crate::kernels::cuda::cross_entropy`] where it exists (outside macOS).
 #[cfg(not(target_os = "macos"))]
@@ -32,8 +34,6 @@ fn cuda_cross_entropy(_: &Array, _: &Array, _: i32) -> Result<Array, Exception> 
         "the CUDA cross-entropy runs on NVIDIA GPUs only",
     ))
 }
-use super::csm::{Csm, FrameInput};
-use super::llama::AttentionMask;
 
 /// [`LossBatch`] with the depth-decoder frames as an array, for
 /// [`Csm::loss_arrays`].

@@ -449,7 +449,7 @@ mod tests {
     ///
     /// MLX's CPU stream lets the graph run ahead of the worker by a few
     /// tasks, so how many intermediates are alive at the peak depends on
-    /// thread timing: on a loaded machine a probe of 5 once came out 1.85
+    /// thread timing: in CI a probe of 5 once came out 1.85
     /// MB (17%) under its usual 11 MB, below the 4-5 midpoint. A memory
     /// limit under what is resident makes MLX wait for each task before
     /// the next, and then peaks repeat to within 0.3 MB (AMD EPYC, 2
