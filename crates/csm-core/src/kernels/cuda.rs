@@ -326,7 +326,7 @@ const CROSS_ENTROPY: Kernel = Kernel {
   size_t row = blockIdx.x;
   int tid = threadIdx.x;
   const T* x = logits + row * W;
-  float m = -inf;
+  float m = -cuda::std::numeric_limits<float>::infinity();
   for (int j = tid; j < VALID; j += blockDim.x) m = fmaxf(m, static_cast<float>(x[j]));
   red[tid] = m;
   __syncthreads();
@@ -771,7 +771,8 @@ mod tests {
 #include <vector>
 struct Dim { unsigned x = 0, y = 1, z = 1; };
 thread_local Dim blockIdx, blockDim, threadIdx;
-#define inf std::numeric_limits<float>::infinity()
+// MLX's kernels see libcu++ as cuda::std.
+namespace cuda { namespace std = ::std; }
 // A block's threads run as OS threads meeting at a barrier; its shared
 // memory is a static of the kernel function (blocks run one at a time).
 #define __shared__ static
