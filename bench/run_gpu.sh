@@ -98,17 +98,15 @@ else
   lever grouped-off 16x250 0.0625 --grouped-proj false
   lever grouped-off 8x130 0.0625 --grouped-proj false
   lever grouped-off 8x130 1.0 --grouped-proj false
-  # Off by default until measured: switched on.
-  lever aligned 16x250 1.0 --aligned-heads true
-  lever aligned 16x250 0.0625 --aligned-heads true
-  lever swiglu-kernel 16x250 1.0 --cuda-swiglu-grad true
-  lever rope-kernel 16x250 0.0625 --cuda-rope true
-  lever rope-kernel 16x250 1.0 --cuda-rope true
-  lever ce-cuda 16x250 1.0 --cross-entropy cuda
-  lever ce-cuda-aligned 16x250 1.0 --cross-entropy cuda --aligned-heads true
+  # On by default on CUDA since 2026-12-07 (sixth session): each switched
+  # off, and the four together.
+  lever aligned-off 16x250 1.0 --aligned-heads false
+  lever swiglu-kernel-off 16x250 1.0 --cuda-swiglu-grad false
+  lever rope-kernel-off 16x250 1.0 --cuda-rope false
+  lever ce-plain 16x250 1.0 --cross-entropy plain
   for frac in 0.0625 1.0; do
-    lever new-four 8x130 $frac --aligned-heads true --cuda-swiglu-grad true --cuda-rope true --cross-entropy cuda
-    lever new-four 16x250 $frac --aligned-heads true --cuda-swiglu-grad true --cuda-rope true --cross-entropy cuda
+    lever four-off 8x130 $frac --aligned-heads false --cuda-swiglu-grad false --cuda-rope false --cross-entropy plain
+    lever four-off 16x250 $frac --aligned-heads false --cuda-swiglu-grad false --cuda-rope false --cross-entropy plain
   done
 fi
 lever ce-fused 16x250 0.0625 --cross-entropy fused

@@ -151,7 +151,8 @@ pub struct BenchTrainArgs {
     /// other).
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     pipeline: bool,
-    /// Cross-entropy of the loss [default: plain].
+    /// Cross-entropy of the loss [default: cuda on an NVIDIA GPU, else
+    /// plain].
     #[arg(long, value_enum)]
     cross_entropy: Option<CrossEntropyArg>,
     /// SwiGLU keeps only its inputs for the backward, recomputing the
@@ -171,15 +172,15 @@ pub struct BenchTrainArgs {
     #[arg(long, value_name = "BOOL")]
     grouped_proj: Option<bool>,
     /// The codebook heads' vocabulary padded to a multiple of 8 for their
-    /// products (aligned GEMM rows) [default: false].
+    /// products (aligned GEMM rows) [default: true on an NVIDIA GPU].
     #[arg(long, value_name = "BOOL")]
     aligned_heads: Option<bool>,
     /// With --lean-swiglu: both SwiGLU gradients in one CUDA kernel
-    /// [default: false].
+    /// [default: true on an NVIDIA GPU].
     #[arg(long, value_name = "BOOL")]
     cuda_swiglu_grad: Option<bool>,
     /// RoPE and the head transpose of q and k in one CUDA kernel
-    /// [default: false].
+    /// [default: true on an NVIDIA GPU].
     #[arg(long, value_name = "BOOL")]
     cuda_rope: Option<bool>,
     /// Pad the backbone's causal attention to a multiple of this many

@@ -15,13 +15,17 @@
 //!   its kernel also ran far from the card's bandwidth (7.6 ms a step over
 //!   about 80 calls on the same H100 case).
 //!
+//! - [`cross_entropy`]: the loss's cross-entropy from one read of the
+//!   logits, and its gradient in one pass, zero over padded columns.
+//!
 //! Each kernel computes in f32 from the stored dtype and rounds once on
 //! store. The unit tests run the bodies on the CPU through a C++ shim
 //! against MLX's ops; `csm gpu-check` runs them compiled by NVRTC on a GPU
-//! against MLX's ops there. Written on 2026-12-07 with no GPU time left to
-//! measure them: [`crate::model::TrainKernels`] keeps them off until
-//! `bench/run_gpu.sh` (which switches each on) shows they pay. Metal has
-//! no twin: macOS keeps MLX's ops.
+//! against MLX's ops there. On an H100 (2026-12-07, sixth session) all
+//! agreed with MLX's ops, and with the aligned heads they took that case's
+//! step from 0.232 s to 0.209 s, each paying when left out of the four:
+//! [`crate::model::TrainKernels::for_device`] turns them on under CUDA.
+//! Metal has no twin: macOS keeps MLX's ops.
 
 use std::ffi::CString;
 

@@ -136,25 +136,26 @@ impl TrainKernels {
     /// cross-entropy: on an H100 it was neutral with the depth decoder on
     /// 1/16 of the frames and 13% slower on every frame, for 0.2-0.7 GB
     /// less memory (docs/benchmarks.md).
+    ///
+    /// On CUDA also the aligned heads and the three CUDA kernels: on an
+    /// H100 (2026-12-07, sixth session) the four together took a step at
+    /// 16 x 250 frames with the decoder on every frame from 0.232 s to
+    /// 0.209 s, and each paid there when left out of the four; the CUDA
+    /// cross-entropy also took the peak from 42.2 to 39.4 GB. Metal has no
+    /// twin of the kernels, and the aligned heads are unmeasured there.
     pub fn for_device(gpu: bool) -> TrainKernels {
+        let cuda = gpu && !cfg!(target_os = "macos");
         TrainKernels {
             fused_cross_entropy: false,
-            attention_tile: if gpu && !cfg!(target_os = "macos") {
-                128
-            } else {
-                0
-            },
+            attention_tile: if cuda { 128 } else { 0 },
             lean_swiglu: gpu,
             lean_lora: gpu,
             lora_in_activation_dtype: false,
             grouped_projections: gpu,
-            // Off until measured on a GPU: written on 2026-12-07 when no
-            // GPU time was left (`csm gpu-check` compares the CUDA kernels
-            // with MLX's ops; bench/run_gpu.sh switches each on).
-            aligned_heads: false,
-            cuda_swiglu_grad: false,
-            cuda_rope: false,
-            cuda_cross_entropy: false,
+            aligned_heads: cuda,
+            cuda_swiglu_grad: cuda,
+            cuda_rope: cuda,
+            cuda_cross_entropy: cuda,
         }
     }
 }
