@@ -1071,6 +1071,204 @@ int main(int argc, char** argv) {{
         }
     }
 
+    /// `Kernel`'s source with the signature and constants MLX 0.32's
+    /// `fast::cuda_kernel` writes around it (inputs, with `_shape`,
+    /// `_strides` and `_ndim` where the body names them; outputs; template
+    /// constants), after a prelude of the CUDA headers and MLX's `Shape`
+    /// (in place of MLX's own device headers, which are not on PyPI).
+    fn wrapped_source(
+        k: &Kernel,
+        inputs: &[&str],
+        outputs: &[&str],
+        template: &[(&str, String)],
+    ) -> String {
+        let mut s = String::from(
+            "#include <cuda_bf16.h>\n#include <cuda_fp16.h>\n#include <cuda/std/array>\n\
+             #include <cuda/std/cstdint>\n#include <cuda/std/limits>\n\
+             using int32_t = cuda::std::int32_t;\nusing int64_t = cuda::std::int64_t;\n\
+             namespace mlx::core::cu {\n\
+             using Shape = cuda::std::array<int32_t, 10>;\n\
+             using Strides = cuda::std::array<int64_t, 10>;\n\n",
+        );
+        s += &format!("__global__ void custom_kernel_{}(\n", k.name);
+        let mut params = Vec::new();
+        for (name, ty) in k.inputs.iter().zip(inputs) {
+            params.push(format!("    const {ty}* {name}"));
+            for (suffix, decl) in [
+                ("_shape", "const __grid_constant__ Shape"),
+                ("_strides", "const __grid_constant__ Strides"),
+                ("_ndim", "const __grid_constant__ int"),
+            ] {
+                if k.source.contains(&format!("{name}{suffix}")) {
+                    params.push(format!("    {decl} {name}{suffix}"));
+                }
+            }
+        }
+        for (name, ty) in k.outputs.iter().zip(outputs) {
+            params.push(format!("    {ty}* {name}"));
+        }
+        s += &params.join(",\n");
+        s += ") {\n";
+        for (name, value) in template {
+            s += &format!(
+                "  {value_decl};\n",
+                value_decl = value.replace("NAME", name)
+            );
+        }
+        s += k.source;
+        s += "\n}\n\n} // namespace mlx::core::cu\n";
+        s
+    }
+
+    /// Compiles `files` with NVRTC (loaded at run time) as MLX does on an
+    /// H100; prints each failure's log. Arguments: libnvrtc, the include
+    /// folder, then the sources.
+    const NVRTC_DRIVER: &str = r#"
+#include <dlfcn.h>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+typedef int (*Create)(void**, const char*, const char*, int, const char* const*, const char* const*);
+typedef int (*Compile)(void*, int, const char* const*);
+typedef int (*LogSize)(void*, size_t*);
+typedef int (*Log)(void*, char*);
+int main(int argc, char** argv) {
+  void* lib = dlopen(argv[1], RTLD_NOW);
+  if (!lib) { std::fprintf(stderr, "%s\n", dlerror()); return 2; }
+  auto create = (Create)dlsym(lib, "nvrtcCreateProgram");
+  auto compile = (Compile)dlsym(lib, "nvrtcCompileProgram");
+  auto log_size = (LogSize)dlsym(lib, "nvrtcGetProgramLogSize");
+  auto get_log = (Log)dlsym(lib, "nvrtcGetProgramLog");
+  std::string inc = std::string("--include-path=") + argv[2];
+  std::string cccl = inc + "/cccl";
+  const char* opts[] = {"--device-as-default-execution-space", "--gpu-architecture=sm_90a",
+                        inc.c_str(), cccl.c_str()};
+  int failed = 0;
+  for (int i = 3; i < argc; ++i) {
+    std::ifstream f(argv[i]);
+    std::stringstream src;
+    src << f.rdbuf();
+    void* prog = nullptr;
+    if (create(&prog, src.str().c_str(), argv[i], 0, nullptr, nullptr) != 0) return 2;
+    if (compile(prog, 4, opts) != 0) {
+      size_t n = 0;
+      log_size(prog, &n);
+      std::vector<char> log(n + 1, 0);
+      get_log(prog, log.data());
+      std::printf("== %s\n%s\n", argv[i], log.data());
+      ++failed;
+    }
+  }
+  return failed ? 1 : 0;
+}
+"#;
+
+    /// NVRTC accepts every kernel in every dtype and constant it is
+    /// launched with, wrapped as MLX wraps it: the CPU shim above checks
+    /// the arithmetic, not what CUDA's compiler takes (it missed an
+    /// undefined `inf` once, found only by NVRTC).
+    #[test]
+    #[ignore = "needs NVRTC 13 and the CUDA headers (about 240 MB unpacked): scripts/fetch-test-nvrtc.sh, \
+                then CSM_TEST_NVRTC=$PWD/target/test-data/nvrtc cargo test -p csm-core --lib \
+                kernels::cuda::tests::kernel_sources_compile_with_nvrtc -- --ignored"]
+    fn kernel_sources_compile_with_nvrtc() {
+        let nvrtc = std::env::var_os("CSM_TEST_NVRTC").map(std::path::PathBuf::from).expect(
+            "CSM_TEST_NVRTC names the folder scripts/fetch-test-nvrtc.sh writes (an absolute path: tests run in the crate)",
+        );
+        let lib = nvrtc.join("lib/libnvrtc.so.13");
+        assert!(
+            lib.is_file(),
+            "{} is missing: run scripts/fetch-test-nvrtc.sh",
+            lib.display()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let mut files = Vec::new();
+        let mut add = |tag: String, src: String| {
+            let path = d.join(format!("{tag}.cu"));
+            std::fs::write(&path, src).unwrap();
+            files.push(path);
+        };
+        let ty = |t: &str| format!("using NAME = {t}");
+        for (short, t) in [
+            ("f32", "float"),
+            ("bf16", "__nv_bfloat16"),
+            ("f16", "__half"),
+        ] {
+            add(
+                format!("swiglu_{short}"),
+                wrapped_source(&SWIGLU_GRAD, &[t; 3], &[t; 2], &[("T", ty(t))]),
+            );
+            for forward in [true, false] {
+                add(
+                    format!("rope_{short}_{forward}"),
+                    wrapped_source(
+                        &ROPE_TRANSPOSED,
+                        &[t, "float"],
+                        &[t],
+                        &[
+                            ("T", ty(t)),
+                            ("FORWARD", format!("constexpr bool NAME = {forward}")),
+                        ],
+                    ),
+                );
+            }
+            let valid = ("VALID", "constexpr int NAME = 2051".to_string());
+            add(
+                format!("ce_{short}"),
+                wrapped_source(
+                    &CROSS_ENTROPY,
+                    &[t, "int32_t"],
+                    &["float", "float"],
+                    &[("T", ty(t)), valid.clone()],
+                ),
+            );
+            for v in [8, 1] {
+                add(
+                    format!("ce_grad_{short}_{v}"),
+                    wrapped_source(
+                        &CROSS_ENTROPY_GRAD,
+                        &[t, "int32_t", "float", "float"],
+                        &[t],
+                        &[
+                            ("T", ty(t)),
+                            valid.clone(),
+                            ("V", format!("constexpr int NAME = {v}")),
+                        ],
+                    ),
+                );
+            }
+        }
+        std::fs::write(d.join("driver.cpp"), NVRTC_DRIVER).unwrap();
+        let built = Command::new("c++")
+            .args(["-std=c++17", "-O1", "-o"])
+            .arg(d.join("driver"))
+            .arg(d.join("driver.cpp"))
+            .arg("-ldl")
+            .output()
+            .expect("running c++");
+        assert!(
+            built.status.success(),
+            "{}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+        let ran = Command::new(d.join("driver"))
+            .env("LD_LIBRARY_PATH", nvrtc.join("lib"))
+            .arg(&lib)
+            .arg(nvrtc.join("include"))
+            .args(&files)
+            .output()
+            .unwrap();
+        assert!(
+            ran.status.success(),
+            "NVRTC rejects kernel sources:\n{}{}",
+            String::from_utf8_lossy(&ran.stdout),
+            String::from_utf8_lossy(&ran.stderr)
+        );
+    }
+
     /// Where MLX has no CUDA back-end (this CPU build), a kernel is an
     /// error that names it and says why, not an abort.
     #[test]
