@@ -24,7 +24,8 @@
 # compiled afresh; a case cut off by the budget is reported as not
 # measured), csm's packing case
 # (16 rows of mixed lengths, padded and packed; PACKING=0 skips it),
-# generation with and without CUDA graphs, the kernels of a csm step
+# generation with and without CUDA graphs, the kernels of csm's steps (16 x 250
+# on 1/16 and every frame, 8 x 130 on every frame)
 # (bench/ktrace, where a C compiler and CUPTI are found) beside the peer's
 # (torch.profiler), the tables.
 set -euo pipefail
@@ -179,17 +180,20 @@ if [ $quick = 0 ]; then
     -I"$(dirname "$cupti_h")" "$cupti_so" -Wl,-rpath,"$(dirname "$cupti_so")" -o "$out/ktrace.so" \
     > "$out/ktrace_build.log" 2>&1; then
     log "csm: the kernels of 5 steps (bench/ktrace)"
-    for frac in 0.0625 1.0; do
-      KTRACE_OUT="$out/kernels_16x250_$frac.tsv" CUDA_INJECTION64_PATH="$(cd "$out" && pwd)/ktrace.so" \
-        g bench-train --size $size --dtype $dtype --cases 16x250 --decoder-fraction $frac --decoder-rule hf \
-        --modes compiled --warmup 2 --steps 3 > "$out/ktrace_$frac.log" 2>&1 || echo "trace failed: see $out/ktrace_$frac.log"
-      peer_trace="$out/prof/peer_compiled_16x250_$frac.trace.json.gz"
-      [ -f "$peer_trace" ] || peer_trace="$out/prof/peer_eager_16x250_$frac.trace.json.gz"
+    # 8 x 130 on every frame beside 16 x 250: the two differ by a fixed
+    # ~3 ms a step against the peer (2026-12-07, sixth session).
+    for run in 16x250:0.0625 16x250:1.0 8x130:1.0; do
+      shape=${run%%:*} frac=${run##*:}
+      KTRACE_OUT="$out/kernels_${shape}_$frac.tsv" CUDA_INJECTION64_PATH="$(cd "$out" && pwd)/ktrace.so" \
+        g bench-train --size $size --dtype $dtype --cases $shape --decoder-fraction $frac --decoder-rule hf \
+        --modes compiled --warmup 2 --steps 3 > "$out/ktrace_${shape}_$frac.log" 2>&1 || echo "trace failed: see $out/ktrace_${shape}_$frac.log"
+      peer_trace="$out/prof/peer_compiled_${shape}_$frac.trace.json.gz"
+      [ -f "$peer_trace" ] || peer_trace="$out/prof/peer_eager_${shape}_$frac.trace.json.gz"
       if [ -f "$peer_trace" ]; then
-        $PY bench/kernel_table.py --csm "$out/kernels_16x250_$frac.tsv" --peer "$peer_trace" \
-          | tee "$out/kernels_16x250_$frac.md" || true
+        $PY bench/kernel_table.py --csm "$out/kernels_${shape}_$frac.tsv" --peer "$peer_trace" \
+          | tee "$out/kernels_${shape}_$frac.md" || true
       fi
-      gzip -f "$out/kernels_16x250_$frac.tsv" 2>/dev/null || true
+      gzip -f "$out/kernels_${shape}_$frac.tsv" 2>/dev/null || true
     done
   else
     echo "bench/ktrace not built (CUPTI header: '${cupti_h:-none}', library: '${cupti_so:-none}'): see $out/ktrace_build.log"
