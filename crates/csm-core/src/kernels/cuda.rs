@@ -634,6 +634,17 @@ fn relative_error(got: &Array, want: &Array) -> Result<f32, Exception> {
     Ok(err.divide(&scale)?.item_cast::<f32>())
 }
 
+/// RoPE periods of Llama 3's form (base 500000) for heads of `hd`, as
+/// the checks' inputs.
+///
+/// # Shapes
+/// -> `[hd/2]` f32
+fn rope_periods_for_checks(hd: i32) -> Result<Array, Exception> {
+    let exponents = mlx_rs::ops::arange::<_, f32>(0.0, (hd / 2) as f32, 1.0)?
+        .multiply(Array::from_f32(2.0 / hd as f32))?; // [hd/2]
+    mlx_rs::ops::power(Array::from_f32(500_000.0), &exponents)
+}
+
 /// Runs every kernel of this module on the default device (a CUDA GPU)
 /// with random inputs, in f32 and bf16, and compares values and gradients
 /// with MLX's own ops: autodiff of `silu(gate) * up`, `fast::rope`
@@ -656,10 +667,9 @@ pub fn check_against_mlx() -> Result<Vec<KernelCheck>, Exception> {
     let (b, l, h, hd) = (2, 50, 3, 64);
     let x = random::normal::<f32>(&[b, l, h, hd], None, None, None)?;
     let rcot = random::normal::<f32>(&[b, h, l, hd], None, None, None)?;
-    let periods = mlx_rs::ops::arange::<_, f32>(0.0, (hd / 2) as f32, 1.0)?
-        .multiply(Array::from_f32(2.0 / hd as f32))?;
-    let periods = mlx_rs::ops::power(Array::from_f32(500_000.0), &periods)?; // [hd/2]
-                                                                             // The heads' 2051 words padded to 2056, over 3 x 70 rows.
+    let periods = rope_periods_for_checks(hd)?; // [hd/2]
+
+    // The heads' 2051 words padded to 2056, over 3 x 70 rows.
     let (valid, wide) = (2051, 2056);
     let logits =
         random::normal::<f32>(&[3, 70, wide], None, None, None)?.multiply(Array::from_f32(4.0))?;
@@ -970,11 +980,7 @@ int main(int argc, char** argv) {{
         let (b, l, h, hd) = dims;
         let x = random::normal::<f32>(&[b, l, h, hd], None, None, None).unwrap();
         let rcot = random::normal::<f32>(&[b, h, l, hd], None, None, None).unwrap();
-        let exponents = mlx_rs::ops::arange::<_, f32>(0.0, (hd / 2) as f32, 1.0)
-            .unwrap()
-            .multiply(Array::from_f32(2.0 / hd as f32))
-            .unwrap();
-        let periods = mlx_rs::ops::power(Array::from_f32(500_000.0), &exponents).unwrap();
+        let periods = rope_periods_for_checks(hd).unwrap();
         let ce_logits = random::normal::<f32>(&[CE_ROWS, CE_W], None, None, None)
             .unwrap()
             .multiply(Array::from_f32(3.0))

@@ -513,7 +513,10 @@ impl Csm {
     ) -> Result<Array, Exception> {
         let n = self.num_codebooks();
         let v = self.config.audio_vocab_size;
-        let c0_logits = self.c0_logits(last_h)?; // [B, V]
+        // The head itself, not `c0_logits`: with the aligned heads on (a
+        // sample drawn mid-training) that would pad a copy of the head's
+        // weight every frame for a product of B rows.
+        let c0_logits = self.codebook0_head.forward(last_h)?; // [B, V]
         let c0 = sample(&c0_logits, 0)?.as_dtype(Dtype::Int32)?; // [B]
         let mut cache = self.decoder.new_cache();
         let mut x = ops::concatenate(

@@ -225,7 +225,8 @@ impl Csm {
         let h_sel = take_axis(&h_flat, idx.subtract(Array::from_int(1))?, 0)?; // [N, D]
         let codes = take_axis(tokens.reshape(&[B * S, n + 1])?, &idx, 0)? // [N, n_cb + 1]
             .try_index((.., ..n))?; // [N, n_cb]
-                                    // Per (frame, codebook) cross-entropy and the axis of frames in it.
+
+        // Per (frame, codebook) cross-entropy and the axis of frames in it.
         let (ce, frame_axis) = if cuda_ce {
             let depth = self.depth_logits_wide(&h_sel, &codes)?; // [n_cb - 1, N, W]
             let targets = codes.try_index((.., 1..))?.transpose_axes(&[1, 0])?; // [n_cb - 1, N]

@@ -188,10 +188,6 @@ impl Proj {
         }
     }
 
-    /// This projection as a member of a group of one input `x`
-    /// ([`grouped_linear`]); `None` where it must run alone: quantized,
-    /// with a bias, a trained weight, `x` of another dtype than the weight,
-    /// or an adapter outside the lean form or with dropout in training.
     /// A dense weight and nothing else: no adapter, bias or quantization.
     pub fn is_plain(&self) -> bool {
         self.quant.is_none()
@@ -200,6 +196,10 @@ impl Proj {
             && self.lora_b.value.is_none()
     }
 
+    /// This projection as a member of a group of one input `x`
+    /// ([`grouped_linear`]); `None` where it must run alone: quantized,
+    /// with a bias, a trained weight, `x` of another dtype than the weight,
+    /// or an adapter outside the lean form or with dropout in training.
     fn group_member(&self, x: &Array) -> Result<Option<GroupMember>, Exception> {
         let weight = &self.weight.value;
         if self.quant.is_some()
