@@ -12,6 +12,15 @@
  *
  * (bench/run_gpu.sh finds CUPTI wherever the toolkit keeps it.) The CUDA
  * driver loads the library at cuInit and calls InitializeInjection.
+ *
+ * With KTRACE_API_OUT=FILE it also writes, to FILE, what the host did
+ * around the kernels: every CUDA runtime and driver call (R or D, start ns,
+ * end ns, thread, correlation id, name), every kernel's correlation id and
+ * cluster shape (K, start, end, correlation id, XxYxZ; a kernel of a CUDA
+ * graph carries the graph launch's id), and NVTX ranges (M, START or END
+ * flag, ns, range id, thread, name) when NVTX_INJECTION64_PATH names
+ * CUPTI's library (the mlx-cuda-13 0.32.2 wheel's libmlx recorded none on
+ * 2026-12-07). bench/host_gaps.py reads it beside the kernels.
  * Compiled with -Wall -Wextra against CUPTI 12.8's headers (PyPI
  * nvidia-cuda-cupti-cu12); run on H100s against the CUDA 13 toolkit's CUPTI
  * (2025.3.1) on 2026-12-07, where a traced step ran at its usual speed.
@@ -31,6 +40,7 @@ typedef CUpti_ActivityKernel9 KernelRecord;
 #define BUFFER_BYTES (16u << 20)
 
 static FILE *out;
+static FILE *api_out;
 
 static void CUPTIAPI buffer_requested(uint8_t **buffer, size_t *size, size_t *max_records) {
   *buffer = aligned_alloc(ACTIVITY_RECORD_ALIGNMENT, BUFFER_BYTES);
@@ -49,6 +59,28 @@ static void CUPTIAPI buffer_completed(CUcontext ctx, uint32_t stream, uint8_t *b
       const KernelRecord *k = (const KernelRecord *)record;
       fprintf(out, "%llu\t%llu\t%s\n", (unsigned long long)k->start, (unsigned long long)k->end,
               k->name ? k->name : "?");
+      if (api_out)
+        fprintf(api_out, "K\t%llu\t%llu\t%u\t%ux%ux%u\n", (unsigned long long)k->start,
+                (unsigned long long)k->end, k->correlationId, k->clusterX, k->clusterY,
+                k->clusterZ);
+    } else if (api_out && (record->kind == CUPTI_ACTIVITY_KIND_RUNTIME ||
+                           record->kind == CUPTI_ACTIVITY_KIND_DRIVER)) {
+      const CUpti_ActivityAPI *a = (const CUpti_ActivityAPI *)record;
+      int runtime = record->kind == CUPTI_ACTIVITY_KIND_RUNTIME;
+      const char *name = NULL;
+      if (cuptiGetCallbackName(runtime ? CUPTI_CB_DOMAIN_RUNTIME_API : CUPTI_CB_DOMAIN_DRIVER_API,
+                               a->cbid, &name) != CUPTI_SUCCESS || !name)
+        name = "?";
+      fprintf(api_out, "%c\t%llu\t%llu\t%u\t%u\t%s\n", runtime ? 'R' : 'D',
+              (unsigned long long)a->start, (unsigned long long)a->end, a->threadId,
+              a->correlationId, name);
+    } else if (api_out && record->kind == CUPTI_ACTIVITY_KIND_MARKER) {
+      const CUpti_ActivityMarker2 *m = (const CUpti_ActivityMarker2 *)record;
+      const char *flag = (m->flags & CUPTI_ACTIVITY_FLAG_MARKER_START) ? "START"
+                         : (m->flags & CUPTI_ACTIVITY_FLAG_MARKER_END) ? "END"
+                                                                        : "MARK";
+      fprintf(api_out, "M\t%s\t%llu\t%u\t%u\t%s\n", flag, (unsigned long long)m->timestamp,
+              m->id, m->objectId.pt.threadId, m->name ? m->name : "");
     }
   }
   size_t dropped = 0;
@@ -60,7 +92,9 @@ static void CUPTIAPI buffer_completed(CUcontext ctx, uint32_t stream, uint8_t *b
 static void flush_at_exit(void) {
   cuptiActivityFlushAll(1);
   if (out) fclose(out);
+  if (api_out) fclose(api_out);
   out = NULL;
+  api_out = NULL;
 }
 
 int InitializeInjection(void) {
@@ -74,6 +108,20 @@ int InitializeInjection(void) {
       cuptiActivityEnable(CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL) != CUPTI_SUCCESS) {
     fprintf(stderr, "ktrace: CUPTI refused the kernel activity\n");
     return 0;
+  }
+  const char *api_path = getenv("KTRACE_API_OUT");
+  if (api_path) {
+    api_out = fopen(api_path, "w");
+    if (!api_out) {
+      perror("ktrace: KTRACE_API_OUT");
+      return 0;
+    }
+    if (cuptiActivityEnable(CUPTI_ACTIVITY_KIND_RUNTIME) != CUPTI_SUCCESS ||
+        cuptiActivityEnable(CUPTI_ACTIVITY_KIND_DRIVER) != CUPTI_SUCCESS ||
+        cuptiActivityEnable(CUPTI_ACTIVITY_KIND_MARKER) != CUPTI_SUCCESS) {
+      fprintf(stderr, "ktrace: CUPTI refused the API or marker activity\n");
+      return 0;
+    }
   }
   atexit(flush_at_exit);
   return 1;

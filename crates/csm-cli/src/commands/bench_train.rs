@@ -183,6 +183,12 @@ pub struct BenchTrainArgs {
     /// [default: true on an NVIDIA GPU].
     #[arg(long, value_name = "BOOL")]
     cuda_rope: Option<bool>,
+    /// With --grouped-proj: each f32 adapter's rank-r product added to its
+    /// frozen projection's output (and its share of the input gradient)
+    /// by one CUDA kernel, in f32, rounded once [default: true on an
+    /// NVIDIA GPU].
+    #[arg(long, value_name = "BOOL")]
+    cuda_lora: Option<bool>,
     /// Pad the backbone's causal attention to a multiple of this many
     /// positions inside the attention; 0 = never [default: 128 on a GPU
     /// outside macOS, else 0].
@@ -388,10 +394,16 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
     if let Some(on) = args.cuda_rope {
         kernels.cuda_rope = on;
     }
-    let cuda = kernels.cuda_swiglu_grad || kernels.cuda_rope || kernels.cuda_cross_entropy;
+    if let Some(on) = args.cuda_lora {
+        kernels.cuda_lora = on;
+    }
+    let cuda = kernels.cuda_swiglu_grad
+        || kernels.cuda_rope
+        || kernels.cuda_cross_entropy
+        || kernels.cuda_lora;
     if cuda && (!gpu || cfg!(target_os = "macos")) {
         bail!(
-            "--cuda-swiglu-grad, --cuda-rope and --cross-entropy cuda run CUDA kernels: they need an NVIDIA GPU"
+            "--cuda-swiglu-grad, --cuda-rope, --cuda-lora and --cross-entropy cuda run CUDA kernels: they need an NVIDIA GPU"
         );
     }
     if let Some(tile) = args.attention_tile {
@@ -571,6 +583,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
                     "cuda_swiglu_grad": kernels.cuda_swiglu_grad,
                     "cuda_rope": kernels.cuda_rope,
                     "cuda_cross_entropy": kernels.cuda_cross_entropy,
+                    "cuda_lora": kernels.cuda_lora,
                 },
                 "tag": args.tag,
                 "adapted_projections": adapted,

@@ -17,6 +17,14 @@
 //!
 //! - [`cross_entropy`]: the loss's cross-entropy from one read of the
 //!   logits, and its gradient in one pass, zero over padded columns.
+//! - [`lora_expand_add`]: a LoRA adapter's rank-`r` product added to the
+//!   frozen projection's output (and the adapters' share of the input
+//!   gradient to the frozen one's), in f32 and rounded once. MLX runs it
+//!   as an f32 GEMM with an inner dimension of `r`, then a scale, a cast
+//!   and an add; on an H100 cuBLAS picked TF32 kernels for some of those
+//!   GEMMs that launch in clusters MLX cannot update in a CUDA graph, so
+//!   every step rebuilt 20 graphs on the host (2026-12-07, seventh
+//!   session, bench/host_gaps.py).
 //!
 //! Each kernel computes in f32 from the stored dtype and rounds once on
 //! store. The unit tests run the bodies on the CPU through a C++ shim
@@ -389,6 +397,63 @@ const CROSS_ENTROPY_GRAD: Kernel = Kernel {
 "#,
 };
 
+/// `out = base + scale * (u w)` over rows of `base` `[..., N]`, with `u`
+/// `[..., R]` (one row of `R` per row of `base`) and `w` `[R, N]` (`[N, R]`
+/// read transposed where `W_T`), all f32 but `base` and `out`: the sum
+/// over `R` and the add in f32, one rounding on store. Each thread writes
+/// `V` = 8 consecutive columns of one row (N a multiple of 8).
+const LORA_EXPAND_ADD: Kernel = Kernel {
+    name: "csm_lora_expand_add",
+    inputs: &["base", "u", "w", "scale"],
+    outputs: &["out"],
+    source: r#"
+  constexpr int V = 8;
+  constexpr int CHUNKS = V * sizeof(T) / 16;
+  int N = base_shape[base_ndim - 1];
+  int R = u_shape[u_ndim - 1];
+  size_t n = 1;
+  for (int d = 0; d < base_ndim; ++d) n *= base_shape[d];
+  size_t i = (size_t(blockIdx.x) * blockDim.x + threadIdx.x) * V;
+  if (i >= n) return;
+  size_t row = i / N;
+  int col = int(i % N);
+  float acc[V];
+#pragma unroll
+  for (int j = 0; j < V; ++j) acc[j] = 0.0f;
+  const float* ur = u + row * R;
+  for (int k = 0; k < R; ++k) {
+    float uk = ur[k];
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      float wk = W_T ? w[size_t(col + j) * R + k] : w[size_t(k) * N + col + j];
+      acc[j] = fmaf(uk, wk, acc[j]);
+    }
+  }
+  float s = scale[0];
+  bool aligned = ((size_t(base + i) | size_t(out + i)) % 16) == 0;
+  alignas(16) T b[V];
+  alignas(16) T o[V];
+  if (aligned) {
+#pragma unroll
+    for (int c = 0; c < CHUNKS; ++c)
+      reinterpret_cast<uint4*>(b)[c] = reinterpret_cast<const uint4*>(base + i)[c];
+  } else {
+#pragma unroll
+    for (int j = 0; j < V; ++j) b[j] = base[i + j];
+  }
+#pragma unroll
+  for (int j = 0; j < V; ++j) o[j] = static_cast<T>(static_cast<float>(b[j]) + s * acc[j]);
+  if (aligned) {
+#pragma unroll
+    for (int c = 0; c < CHUNKS; ++c)
+      reinterpret_cast<uint4*>(out + i)[c] = reinterpret_cast<const uint4*>(o)[c];
+  } else {
+#pragma unroll
+    for (int j = 0; j < V; ++j) out[i + j] = o[j];
+  }
+"#,
+};
+
 fn count(a: &Array) -> i64 {
     a.shape().iter().map(|&d| i64::from(d)).product()
 }
@@ -521,6 +586,69 @@ fn ce_vjp(
     ])
 }
 
+/// `base + scale * (u w)` in `base`'s dtype ([`LORA_EXPAND_ADD`]): the sum
+/// over the rank and the add in f32, rounded once, as PEFT adds an f32
+/// adapter's output to a bf16 projection's. `w` is `[R, N]`, or `[N, R]`
+/// read transposed with `w_transposed` (an adapter's `A` as it is stored,
+/// for the input gradient's share). Not differentiable: it runs inside
+/// [`crate::kernels::group`]'s forward and gradient.
+///
+/// # Shapes
+/// `base: [..., N]` (N a multiple of 8), `u: [..., R]` f32 (as many rows),
+/// `w: [R, N]` or `[N, R]` f32, `scale: []` f32 -> `[..., N]`
+///
+/// # Errors
+/// MLX failures, and shapes or dtypes outside the above.
+pub fn lora_expand_add(
+    base: &Array,
+    u: &Array,
+    w: &Array,
+    w_transposed: bool,
+    scale: &Array,
+) -> Result<Array, Exception> {
+    let fail = |m: String| Exception::custom(format!("csm_lora_expand_add: {m}"));
+    let n = *base.shape().last().unwrap_or(&0);
+    let r = *u.shape().last().unwrap_or(&0);
+    let rows = |a: &Array| count(a) / i64::from((*a.shape().last().unwrap_or(&1)).max(1));
+    let want_w = if w_transposed { [n, r] } else { [r, n] };
+    if n % 8 != 0 || n == 0 {
+        return Err(fail(format!("rows of {n} are not a multiple of 8")));
+    }
+    if u.dtype() != Dtype::Float32 || w.dtype() != Dtype::Float32 {
+        return Err(fail(format!(
+            "u and w must be f32, got {:?} and {:?}",
+            u.dtype(),
+            w.dtype()
+        )));
+    }
+    if rows(u) != rows(base) || w.shape() != want_w {
+        return Err(fail(format!(
+            "shapes base {:?}, u {:?}, w {:?} (transposed: {w_transposed}) do not fit",
+            base.shape(),
+            u.shape(),
+            w.shape()
+        )));
+    }
+    let mut out = LORA_EXPAND_ADD.apply(
+        &[
+            base.clone(),
+            u.clone(),
+            w.clone(),
+            scale.as_dtype(Dtype::Float32)?.reshape(&[1])?,
+        ],
+        &Launch {
+            outputs: vec![(base.shape().to_vec(), base.dtype())],
+            threads: count(base) / 8,
+            template: &[
+                ("T", Template::Type(base.dtype())),
+                ("W_T", Template::Bool(w_transposed)),
+            ],
+        },
+    )?;
+    out.pop()
+        .ok_or_else(|| fail("returned nothing".to_string()))
+}
+
 fn rope_call(x: &Array, periods: &Array, forward: bool) -> Result<Array, Exception> {
     let s = x.shape();
     let [b, d1, d2, hd] = [s[0], s[1], s[2], s[3]];
@@ -649,8 +777,9 @@ fn rope_periods_for_checks(hd: i32) -> Result<Array, Exception> {
 /// with random inputs, in f32 and bf16, and compares values and gradients
 /// with MLX's own ops: autodiff of `silu(gate) * up`, `fast::rope`
 /// (interleaved, the given periods) on the transposed input with its
-/// gradient, and the loss's plain cross-entropy over a padded head's valid
-/// columns (the padding's gradient must be 0). For `csm gpu-check`.
+/// gradient, the loss's plain cross-entropy over a padded head's valid
+/// columns (the padding's gradient must be 0), and a LoRA share added in
+/// f32 elementwise ops. For `csm gpu-check`.
 ///
 /// # Errors
 /// MLX failures, such as a backend without CUDA.
@@ -675,6 +804,19 @@ pub fn check_against_mlx() -> Result<Vec<KernelCheck>, Exception> {
         random::normal::<f32>(&[3, 70, wide], None, None, None)?.multiply(Array::from_f32(4.0))?;
     let targets = random::randint::<_, i32>(0, valid, &[3, 70], None)?;
     let ce_cot = random::normal::<f32>(&[3, 70], None, None, None)?;
+    // A rank-16 adapter's share over 3 x 37 rows of 1000, w both ways.
+    let lb = random::normal::<f32>(&[3, 37, 1000], None, None, None)?;
+    let lu = random::normal::<f32>(&[3, 37, 16], None, None, None)?;
+    let lw = random::normal::<f32>(&[16, 1000], None, None, None)?;
+    let lw_t = lw.t(); // [1000, 16]: the kernel's inputs are made row-major
+    let ls = Array::from_f32(0.5);
+    // In f32 elementwise, not as a matmul: MLX's CUDA matmul rounds f32
+    // inputs to TF32.
+    let lora_share = lu
+        .expand_dims(-1)?
+        .multiply(&lw)?
+        .sum_axes(&[-2], false)?
+        .multiply(&ls)?; // [3, 37, 1000]
     for (dtype, tol) in [(Dtype::Float32, 2e-5), (Dtype::Bfloat16, 1.6e-2)] {
         let name = if dtype == Dtype::Float32 {
             "f32"
@@ -751,6 +893,86 @@ pub fn check_against_mlx() -> Result<Vec<KernelCheck>, Exception> {
                 tolerance: 0.0,
             },
         ]);
+
+        if dtype == Dtype::Bfloat16 {
+            // (In f32, MLX's CUDA matmul in the reference is TF32's.)
+            checks.extend(check_grouped_lora(dtype, name, tol)?);
+        }
+
+        let base = lb.as_dtype(dtype)?;
+        let want = up32(&base)?.add(&lora_share)?;
+        for (form, w, transposed) in [("w", &lw, false), ("w transposed", &lw_t, true)] {
+            let got = lora_expand_add(&base, &lu, w, transposed, &ls)?;
+            checks.push(KernelCheck {
+                what: format!("lora_expand_add {name} {form}"),
+                error: relative_error(&got, &want)?,
+                tolerance: tol,
+            });
+        }
+    }
+    Ok(checks)
+}
+
+/// [`crate::kernels::group::grouped_linear`] with the adapters' products
+/// added by [`lora_expand_add`] against MLX's ops (the same group without
+/// it): outputs, and gradients for `x`, `A` and `B`, with an adapter on
+/// the first and third of three members (as q, k, v), rows of 48, in bf16
+/// (training's dtype on GPUs).
+fn check_grouped_lora(dtype: Dtype, name: &str, tol: f32) -> Result<Vec<KernelCheck>, Exception> {
+    use crate::kernels::group::{grouped_linear, GroupMember};
+    use mlx_rs::random;
+    use mlx_rs::transforms::fallible_vjp as vjp;
+    let x = random::normal::<f32>(&[2, 9, 64], None, None, None)?.as_dtype(dtype)?;
+    let ws = [48, 16, 48]
+        .map(|o| random::normal::<f32>(&[o, 64], None, None, None).and_then(|w| w.as_dtype(dtype)));
+    let [w0, w1, w2] = ws;
+    let (w0, w1, w2) = (w0?, w1?, w2?);
+    let a =
+        |s: f32| random::uniform::<_, f32>(-0.5, 0.5, &[64, 4], None)?.multiply(Array::from_f32(s));
+    let b = || random::normal::<f32>(&[4, 48], None, None, None);
+    let primals = [x, a(1.0)?, b()?, a(2.0)?, b()?];
+    let cots: Vec<Array> = [48, 16, 48]
+        .iter()
+        .map(|&o| random::normal::<f32>(&[2, 9, o], None, None, None)?.as_dtype(dtype))
+        .collect::<Result<_, _>>()?;
+    let run = |cuda: bool| {
+        let (w0, w1, w2) = (w0.clone(), w1.clone(), w2.clone());
+        let f = move |v: &[Array]| -> Result<Vec<Array>, Exception> {
+            let members = [
+                GroupMember {
+                    weight: w0.clone(),
+                    lora: Some((v[1].clone(), v[2].clone(), 2.0)),
+                },
+                GroupMember {
+                    weight: w1.clone(),
+                    lora: None,
+                },
+                GroupMember {
+                    weight: w2.clone(),
+                    lora: Some((v[3].clone(), v[4].clone(), 0.5)),
+                },
+            ];
+            grouped_linear(&v[0], &members, cuda)
+        };
+        vjp(f, &primals, &cots)
+    };
+    let (want_y, want_g) = run(false)?;
+    let (got_y, got_g) = run(true)?;
+    let mut checks = Vec::new();
+    for (i, (got, want)) in got_y.iter().zip(&want_y).enumerate() {
+        checks.push(KernelCheck {
+            what: format!("grouped lora {name} output {i}"),
+            error: relative_error(got, want)?,
+            tolerance: tol,
+        });
+    }
+    for (i, what) in ["d x", "d A0", "d B0", "d A2", "d B2"].iter().enumerate() {
+        checks.push(KernelCheck {
+            what: format!("grouped lora {name} {what}"),
+            error: relative_error(&got_g[i], &want_g[i])?,
+            // The adapters' gradients are the same f32 products either way.
+            tolerance: if i == 0 { tol } else { 2e-5 },
+        });
     }
     Ok(checks)
 }
@@ -847,6 +1069,12 @@ template <typename T> static std::vector<T> as(const std::vector<float>& v, size
     const CE_W: i32 = 24;
     const CE_VALID: i32 = 21;
 
+    /// A LoRA share's rows, their length (a multiple of 8) and its rank
+    /// (odd, so no vector width divides it).
+    const LORA_ROWS: i32 = 14;
+    const LORA_N: i32 = 24;
+    const LORA_RANK: i32 = 5;
+
     /// The C++ program: the kernel bodies as functions, and a `main` that
     /// reads `DIR/{gate,up,cot,x,rcot,periods}` (f32), runs them in `T`
     /// (`f32` or `bf16`) and writes the results as f32.
@@ -872,6 +1100,32 @@ void cross_entropy_grad(const T* logits, Shape logits_shape, int logits_ndim,
                         const int32_t* targets, const float* lse, const float* cot, T* d_logits) {{
 {ce_grad}
 }}
+template <typename T, bool W_T>
+void lora_expand_add(const T* base, Shape base_shape, int base_ndim, const float* u, Shape u_shape,
+                     int u_ndim, const float* w, const float* scale, T* out) {{
+{lora}
+}}
+// A LoRA share over LR rows of LN: w as [LK, LN] and as [LN, LK]
+// (transposed), from 16-byte aligned buffers and from offset 1.
+template <typename T> static void run_lora(const std::string& dir, const char* tag) {{
+  constexpr int LR = {lr_rows}, LN = {lr_n}, LK = {lr_k};
+  constexpr size_t M = size_t(LR) * LN;
+  auto padded = as<T>(load(dir, "lb", M), 1);
+  auto u = load(dir, "lu", size_t(LR) * LK);
+  auto w = load(dir, "lw", size_t(LK) * LN), wt = load(dir, "lwt", size_t(LN) * LK);
+  auto sc = load(dir, "ls", 1);
+  Shape bs{{}}; bs[0] = LR; bs[1] = LN;
+  Shape us{{}}; us[0] = LR; us[1] = LK;
+  alignas(16) static T base[M], out[M];
+  std::memcpy(base, padded.data() + 1, M * sizeof(T));
+  launch(M / 8, [&] {{ lora_expand_add<T, false>(base, bs, 2, u.data(), us, 2, w.data(), sc.data(), out); }});
+  save(dir, (std::string(tag) + "_lora_w").c_str(), out, M);
+  launch(M / 8, [&] {{ lora_expand_add<T, true>(base, bs, 2, u.data(), us, 2, wt.data(), sc.data(), out); }});
+  save(dir, (std::string(tag) + "_lora_wt").c_str(), out, M);
+  std::vector<T> shifted(M + 1);
+  launch(M / 8, [&] {{ lora_expand_add<T, false>(padded.data() + 1, bs, 2, u.data(), us, 2, w.data(), sc.data(), shifted.data() + 1); }});
+  save(dir, (std::string(tag) + "_lora_unaligned").c_str(), shifted.data() + 1, M);
+}}
 // Rows of CE_W logits of which the first CE_VALID count, and the same
 // rows cut to CE_VALID (unpadded, one column a thread in the gradient).
 template <typename T, int W, int VLD, int PER>
@@ -895,6 +1149,7 @@ static void run_ce(const std::string& dir, const char* tag) {{
   save(dir, (std::string(tag) + "_ce_grad").c_str(), d.data(), rows * W);
 }}
 template <typename T> static void run(const std::string& dir, const char* tag) {{
+  run_lora<T>(dir, tag);
   run_ce<T, {ce_w}, {ce_valid}, 8>(dir, (std::string(tag) + "_padded").c_str());
   run_ce<T, {ce_valid}, {ce_valid}, 1>(dir, (std::string(tag) + "_cut").c_str());
   const size_t n = {n};
@@ -939,6 +1194,10 @@ int main(int argc, char** argv) {{
             rope = ROPE_TRANSPOSED.source,
             ce = CROSS_ENTROPY.source,
             ce_grad = CROSS_ENTROPY_GRAD.source,
+            lora = LORA_EXPAND_ADD.source,
+            lr_rows = LORA_ROWS,
+            lr_n = LORA_N,
+            lr_k = LORA_RANK,
             ce_rows = CE_ROWS,
             ce_w = CE_W,
             ce_valid = CE_VALID,
@@ -987,7 +1246,17 @@ int main(int argc, char** argv) {{
             .unwrap();
         let ce_targets = random::randint::<_, i32>(0, CE_VALID, &[CE_ROWS], None).unwrap();
         let ce_cot = random::normal::<f32>(&[CE_ROWS], None, None, None).unwrap();
+        let lb = random::normal::<f32>(&[LORA_ROWS, LORA_N], None, None, None).unwrap();
+        let lu = random::normal::<f32>(&[LORA_ROWS, LORA_RANK], None, None, None).unwrap();
+        let lw = random::normal::<f32>(&[LORA_RANK, LORA_N], None, None, None).unwrap();
+        let lwt = random::normal::<f32>(&[LORA_N, LORA_RANK], None, None, None).unwrap();
+        let ls = Array::from_slice(&[0.75f32], &[1]);
         for (name, a) in [
+            ("lb", &lb),
+            ("lu", &lu),
+            ("lw", &lw),
+            ("lwt", &lwt),
+            ("ls", &ls),
             ("ce_logits", &ce_logits),
             ("ce_targets", &ce_targets),
             ("ce_cot", &ce_cot),
@@ -1035,6 +1304,18 @@ int main(int argc, char** argv) {{
             let f = |a: &[Array]| -> Result<Vec<Array>, Exception> {
                 Ok(vec![mlx_rs::nn::silu(&a[0])?.multiply(&a[1])?])
             };
+            // The LoRA share: the base rounded to the dtype, the rest f32.
+            for (form, w) in [
+                ("w", lw.clone()),
+                ("wt", lwt.t()),
+                ("unaligned", lw.clone()),
+            ] {
+                let want = r(&lb)
+                    .add(mlx_rs::ops::matmul(&lu, &w).unwrap().multiply(&ls).unwrap())
+                    .unwrap();
+                let got = read(d, &format!("{tag}_lora_{form}"), &[LORA_ROWS, LORA_N]);
+                assert_close(&format!("{tag} lora {form}"), &want, &got, tol);
+            }
             let (_, want) = fallible_vjp(f, &[r(&gate), r(&up)], &[r(&cot)]).unwrap();
             for sfx in ["", "_unaligned"] {
                 let got_g = read(d, &format!("{tag}{sfx}_d_gate"), &shape);
@@ -1217,6 +1498,20 @@ int main(int argc, char** argv) {
                         &[
                             ("T", ty(t)),
                             ("FORWARD", format!("constexpr bool NAME = {forward}")),
+                        ],
+                    ),
+                );
+            }
+            for w_t in [false, true] {
+                add(
+                    format!("lora_{short}_{w_t}"),
+                    wrapped_source(
+                        &LORA_EXPAND_ADD,
+                        &[t, "float", "float", "float"],
+                        &[t],
+                        &[
+                            ("T", ty(t)),
+                            ("W_T", format!("constexpr bool NAME = {w_t}")),
                         ],
                     ),
                 );

@@ -20,6 +20,15 @@
 //! host that launches them one by one, and fewer passes over the decoder's
 //! activations when it runs on every frame.
 //!
+//! With `cuda_lora` (CUDA only) the adapters' rank-r products go through
+//! [`super::cuda::lora_expand_add`]: each `scale (x A) B` added to its
+//! frozen product's output, and the adapters' share `d(xA) A^T` added to
+//! the frozen input gradient, in f32 and rounded once (PEFT adds its f32
+//! adapter output to the bf16 projection so), instead of an f32 GEMM with
+//! an inner dimension of r, a scale, casts and an add, and a bf16 add of
+//! the rounded update. Where it cannot apply (adapters not f32, rows not a
+//! multiple of 8) the group runs MLX's ops as above.
+//!
 //! Like [`super::lean::lora_update`], the backward reads the input again
 //! through [`super::lean::fresh`] and keeps `x A` (f32, `r` values per token)
 //! from the forward, so no f32 copy of the input is kept.
@@ -46,15 +55,25 @@ pub struct GroupMember {
 /// cannot capture the group's layout, but it can read shapes.
 const PER_MEMBER: usize = 4;
 
+/// Inputs before the members: `x`, and the `cuda_lora` switch as the first
+/// dimension (0 or 1) of an empty array, which a traced shape carries.
+const LEAD: usize = 2;
+
 /// `x W_i^T + scale_i ((x A_i) B_i)` (the adapter's share cast to `x`'s
-/// dtype) for every member, with one gradient for `x` (module docs).
+/// dtype) for every member, with one gradient for `x` (module docs);
+/// `cuda_lora`: the adapters' products added by a CUDA kernel.
 ///
 /// # Shapes
 /// `x: [..., in]`, member `i`: `W_i: [out_i, in]` -> `[[..., out_i]; n]`
-pub fn grouped_linear(x: &Array, members: &[GroupMember]) -> Result<Vec<Array>, Exception> {
+pub fn grouped_linear(
+    x: &Array,
+    members: &[GroupMember],
+    cuda_lora: bool,
+) -> Result<Vec<Array>, Exception> {
     let n_in = x.shape()[x.ndim() - 1];
-    let mut inputs = Vec::with_capacity(1 + PER_MEMBER * members.len());
+    let mut inputs = Vec::with_capacity(LEAD + PER_MEMBER * members.len());
     inputs.push(x.clone());
+    inputs.push(ops::zeros::<u8>(&[i32::from(cuda_lora), 0])?); // [0 or 1, 0]: no data
     for m in members {
         let out = m.weight.shape()[0];
         inputs.push(m.weight.clone());
@@ -74,15 +93,54 @@ pub fn grouped_linear(x: &Array, members: &[GroupMember]) -> Result<Vec<Array>, 
     Ok(outputs)
 }
 
+/// Whether [`expand_add`] adds an f32 rank-r product to `base` (module
+/// docs): switched on, outside macOS, f32 factors, rows a multiple of 8.
+fn kernel_adds(cuda_lora: bool, base: &Array, factors: [&Array; 2]) -> bool {
+    cfg!(not(target_os = "macos"))
+        && cuda_lora
+        && factors.iter().all(|f| f.dtype() == Dtype::Float32)
+        && base.shape().last().is_some_and(|n| n % 8 == 0)
+}
+
+/// `base + scale (u w)` by [`super::cuda::lora_expand_add`].
+#[cfg(not(target_os = "macos"))]
+fn expand_add(
+    base: &Array,
+    u: &Array,
+    w: &Array,
+    w_transposed: bool,
+    scale: &Array,
+) -> Result<Array, Exception> {
+    super::cuda::lora_expand_add(base, u, w, w_transposed, scale)
+}
+
+/// macOS has no CUDA kernels ([`kernel_adds`] is false there).
+#[cfg(target_os = "macos")]
+fn expand_add(
+    _base: &Array,
+    _u: &Array,
+    _w: &Array,
+    _w_transposed: bool,
+    _scale: &Array,
+) -> Result<Array, Exception> {
+    Err(Exception::custom("csm_lora_expand_add: CUDA only"))
+}
+
 /// `[y_1..y_n, xa_i for each member with an adapter]`.
 fn group_forward(inputs: &[Array]) -> Result<Vec<Array>, Exception> {
-    let (x, members) = split_inputs(inputs)?;
+    let (x, cuda_lora, members) = split_inputs(inputs)?;
     let mut ys = Vec::with_capacity(members.len());
     let mut xas = Vec::new();
     for [w, a, b, scale] in members {
         let y = super::linear(x, w)?; // [..., out]
         if a.shape()[1] == 0 {
             ys.push(y);
+            continue;
+        }
+        if kernel_adds(cuda_lora, &y, [a, b]) {
+            let xa = ops::matmul(x, a)?; // [..., r] f32
+            ys.push(expand_add(&y, &xa, b, false, scale)?);
+            xas.push(xa);
             continue;
         }
         // `lean::lora_update`'s forward: `[update, x A]`.
@@ -97,14 +155,15 @@ fn group_forward(inputs: &[Array]) -> Result<Vec<Array>, Exception> {
     Ok(ys)
 }
 
-/// `x` and the members' `[W, A, B, scale]`.
-fn split_inputs(inputs: &[Array]) -> Result<(&Array, Vec<&[Array; 4]>), Exception> {
-    let (x, rest) = inputs
-        .split_first()
-        .ok_or_else(|| Exception::custom("grouped linear: no inputs"))?;
+/// `x`, the `cuda_lora` switch and the members' `[W, A, B, scale]`.
+fn split_inputs(inputs: &[Array]) -> Result<(&Array, bool, Vec<&[Array; 4]>), Exception> {
+    let (lead, rest) = inputs.split_at(LEAD.min(inputs.len()));
+    let [x, switch] = lead else {
+        return Err(Exception::custom("grouped linear: no inputs"));
+    };
     if rest.is_empty() || rest.len() % PER_MEMBER != 0 {
         return Err(Exception::custom(format!(
-            "grouped linear: expected x and {PER_MEMBER} inputs per member, got {} inputs",
+            "grouped linear: expected x, a switch and {PER_MEMBER} inputs per member, got {} inputs",
             inputs.len()
         )));
     }
@@ -112,7 +171,7 @@ fn split_inputs(inputs: &[Array]) -> Result<(&Array, Vec<&[Array; 4]>), Exceptio
         .chunks_exact(PER_MEMBER)
         .map(|c| <&[Array; 4]>::try_from(c).expect("chunks of PER_MEMBER"))
         .collect();
-    Ok((x, members))
+    Ok((x, switch.shape().first() == Some(&1), members))
 }
 
 /// Gradients for `x`, each `A` and each `B`; zeros (never evaluated unless
@@ -122,7 +181,7 @@ fn group_vjp(
     cotangents: &[Array],
     outputs: &[Array],
 ) -> Result<Vec<Array>, Exception> {
-    let (x, members) = split_inputs(primals)?;
+    let (x, cuda_lora, members) = split_inputs(primals)?;
     let n = members.len();
     let lora_n = members.iter().filter(|m| m[1].shape()[1] > 0).count();
     if cotangents.len() != n + lora_n || outputs.len() != n + lora_n {
@@ -149,6 +208,7 @@ fn group_vjp(
 
     let mut grads: Vec<Array> = Vec::with_capacity(primals.len());
     grads.push(Array::from_f32(0.0)); // x's, set below
+    grads.push(ops::zeros_like(&primals[1])?); // the switch's: none
     let mut d_xas = Vec::with_capacity(lora_n);
     let mut a_all = Vec::with_capacity(lora_n);
     let mut lora_at = Vec::with_capacity(lora_n); // (index of A's gradient, r, A's dtype)
@@ -206,6 +266,8 @@ fn group_vjp(
         }
         d_x = if compute == d_x.dtype() {
             ops::addmm(&d_x, &d_xa, a_all.t(), None, None)? // [T, in]
+        } else if kernel_adds(cuda_lora, &d_x, [&d_xa, &a_all]) {
+            expand_add(&d_x, &d_xa, &a_all, true, &Array::from_f32(1.0))? // [T, in]
         } else {
             let d_x_lora = ops::matmul(&d_xa, a_all.t())?; // [T, in]
             d_x.as_dtype(compute)?.add(&d_x_lora)?.as_dtype(x.dtype())?
@@ -280,6 +342,7 @@ mod tests {
                                     lora: Some((v[3].clone(), v[4].clone(), 0.5)),
                                 },
                             ],
+                            false,
                         )?
                     } else {
                         let update = |a: &Array, b: &Array, s: f32| {

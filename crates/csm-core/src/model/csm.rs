@@ -110,6 +110,12 @@ pub struct TrainKernels {
     /// over the padded heads as they come with
     /// [`TrainKernels::aligned_heads`]. CUDA only.
     pub cuda_cross_entropy: bool,
+    /// With [`TrainKernels::grouped_projections`] and f32 adapters: each
+    /// adapter's rank-r product added to its frozen projection's output,
+    /// and the adapters' share of the input gradient to the frozen one's,
+    /// by one CUDA kernel each ([`crate::kernels::cuda::lora_expand_add`]),
+    /// in f32 and rounded once, as PEFT adds them. CUDA only.
+    pub cuda_lora: bool,
 }
 
 impl TrainKernels {
@@ -125,6 +131,7 @@ impl TrainKernels {
         cuda_swiglu_grad: false,
         cuda_rope: false,
         cuda_cross_entropy: false,
+        cuda_lora: false,
     };
 
     /// The forms expected to pay on a device: the attention tile on GPUs
@@ -156,6 +163,7 @@ impl TrainKernels {
             cuda_swiglu_grad: cuda,
             cuda_rope: cuda,
             cuda_cross_entropy: cuda,
+            cuda_lora: cuda,
         }
     }
 }
@@ -233,6 +241,8 @@ impl Csm {
             layer.self_attn.cuda_rope = kernels.cuda_rope;
             layer.mlp.grouped = kernels.grouped_projections;
             layer.self_attn.grouped = kernels.grouped_projections;
+            layer.mlp.cuda_lora = kernels.cuda_lora;
+            layer.self_attn.cuda_lora = kernels.cuda_lora;
             let (a, m) = (&mut layer.self_attn, &mut layer.mlp);
             for p in [
                 &mut a.q_proj,

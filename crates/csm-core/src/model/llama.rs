@@ -217,6 +217,10 @@ pub struct Attention {
     /// q, k and v as one group with one input gradient
     /// ([`crate::kernels::group`]; set by `Csm::set_train_kernels`).
     pub grouped: bool,
+    /// In the group, the adapters' rank-r products added by a CUDA kernel
+    /// ([`crate::kernels::cuda::lora_expand_add`]; set by
+    /// `Csm::set_train_kernels`).
+    pub cuda_lora: bool,
     /// RoPE and the transpose of q and k as one CUDA kernel when the whole
     /// sequence is attended from position 0 (no cache; not packed)
     /// ([`crate::kernels::cuda::rope_transposed`]; set by
@@ -264,6 +268,7 @@ impl Attention {
             rope_periods,
             tile: 0,
             grouped: false,
+            cuda_lora: false,
             cuda_rope: false,
         })
     }
@@ -296,6 +301,7 @@ impl Module<AttentionInput<'_>> for Attention {
             &mut [&mut self.q_proj, &mut self.k_proj, &mut self.v_proj],
             x,
             self.grouped,
+            self.cuda_lora,
         )?)?;
         let q = q.reshape(&[B, L, H, hd])?; // [B, L, H, hd]
         let k = k.reshape(&[B, L, Hkv, hd])?; // [B, L, H_kv, hd]
@@ -408,6 +414,10 @@ pub struct Mlp {
     /// Gate and up as one group with one input gradient
     /// ([`crate::kernels::group`]; set by `Csm::set_train_kernels`).
     pub grouped: bool,
+    /// In the group, the adapters' rank-r products added by a CUDA kernel
+    /// ([`crate::kernels::cuda::lora_expand_add`]; set by
+    /// `Csm::set_train_kernels`).
+    pub cuda_lora: bool,
     /// With [`Mlp::lean_swiglu`], its gradient as one CUDA kernel
     /// ([`crate::kernels::cuda::swiglu_grad`]; set by
     /// `Csm::set_train_kernels`).
@@ -423,6 +433,7 @@ impl Mlp {
             down_proj: Proj::random(hidden, dim)?,
             lean_swiglu: false,
             grouped: false,
+            cuda_lora: false,
             cuda_swiglu_grad: false,
         })
     }
@@ -439,6 +450,7 @@ impl Module<&Array> for Mlp {
             &mut [&mut self.gate_proj, &mut self.up_proj],
             x,
             self.grouped,
+            self.cuda_lora,
         )?)?;
         let act = if self.lean_swiglu {
             crate::kernels::lean::swiglu_with(&gate, &up, self.cuda_swiglu_grad)?

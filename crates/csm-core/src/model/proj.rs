@@ -229,7 +229,8 @@ impl Proj {
 /// The projections of one input `x` (attention's q, k and v; the MLP's gate
 /// and up): with `grouped`, as one [`grouped_linear`] where every one can
 /// join (the same values, fewer kernels in the backward), else each on its
-/// own.
+/// own. `cuda_lora`: the group adds its adapters' products with a CUDA
+/// kernel (see [`grouped_linear`]).
 ///
 /// # Shapes
 /// `x: [..., in]` -> `[[..., out_i]; n]`
@@ -237,6 +238,7 @@ pub fn forward_shared(
     projs: &mut [&mut Proj],
     x: &Array,
     grouped: bool,
+    cuda_lora: bool,
 ) -> Result<Vec<Array>, Exception> {
     if grouped {
         let members: Option<Vec<GroupMember>> = projs
@@ -244,7 +246,7 @@ pub fn forward_shared(
             .map(|p| p.group_member(x))
             .collect::<Result<_, _>>()?;
         if let Some(members) = members {
-            return grouped_linear(x, &members);
+            return grouped_linear(x, &members, cuda_lora);
         }
     }
     projs.iter_mut().map(|p| p.forward(x)).collect()

@@ -475,6 +475,7 @@ mod tests {
             cuda_swiglu_grad: false,
             cuda_rope: false,
             cuda_cross_entropy: false,
+            cuda_lora: false,
         };
         let aligned = TrainKernels {
             aligned_heads: true,
