@@ -109,6 +109,11 @@ else
     lever four-off 8x130 $frac --aligned-heads false --cuda-swiglu-grad false --cuda-rope false --cross-entropy plain
     lever four-off 16x250 $frac --aligned-heads false --cuda-swiglu-grad false --cuda-rope false --cross-entropy plain
   done
+  # The adapters' rank-r products added by a CUDA kernel (off by default:
+  # its first form was slower on 2026-12-07, seventh session).
+  lever cuda-lora 16x250 1.0 --cuda-lora true
+  lever cuda-lora 8x130 1.0 --cuda-lora true
+  lever cuda-lora 16x250 0.0625 --cuda-lora true
 fi
 lever ce-fused 16x250 0.0625 --cross-entropy fused
 lever ce-fused 8x130 1.0 --cross-entropy fused

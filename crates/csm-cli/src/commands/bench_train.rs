@@ -185,8 +185,8 @@ pub struct BenchTrainArgs {
     cuda_rope: Option<bool>,
     /// With --grouped-proj: each f32 adapter's rank-r product added to its
     /// frozen projection's output (and its share of the input gradient)
-    /// by one CUDA kernel, in f32, rounded once [default: true on an
-    /// NVIDIA GPU].
+    /// by one CUDA kernel, in f32, rounded once (NVIDIA GPUs only)
+    /// [default: false].
     #[arg(long, value_name = "BOOL")]
     cuda_lora: Option<bool>,
     /// Pad the backbone's causal attention to a multiple of this many

@@ -24,15 +24,19 @@
 //!   and an add; on an H100 cuBLAS picked TF32 kernels for some of those
 //!   GEMMs that launch in clusters MLX cannot update in a CUDA graph, so
 //!   every step rebuilt 20 graphs on the host (2026-12-07, seventh
-//!   session, bench/host_gaps.py).
+//!   session, bench/host_gaps.py). Its first form removed 16 of the 20 but
+//!   was slower on the GPU than cuBLAS (each thread read `w` 8 values
+//!   apart): off by default ([`crate::model::TrainKernels::cuda_lora`])
+//!   until this form is measured.
 //!
 //! Each kernel computes in f32 from the stored dtype and rounds once on
 //! store. The unit tests run the bodies on the CPU through a C++ shim
 //! against MLX's ops; `csm gpu-check` runs them compiled by NVRTC on a GPU
-//! against MLX's ops there. On an H100 (2026-12-07, sixth session) all
-//! agreed with MLX's ops, and with the aligned heads they took that case's
-//! step from 0.232 s to 0.209 s, each paying when left out of the four:
-//! [`crate::model::TrainKernels::for_device`] turns them on under CUDA.
+//! against MLX's ops there. On an H100 (2026-12-07, sixth session) the
+//! first four agreed with MLX's ops, and with the aligned heads they took
+//! that case's step from 0.232 s to 0.209 s, each paying when left out of
+//! the four: [`crate::model::TrainKernels::for_device`] turns them on under
+//! CUDA.
 //! Metal has no twin: macOS keeps MLX's ops.
 
 use std::ffi::CString;
@@ -398,10 +402,11 @@ const CROSS_ENTROPY_GRAD: Kernel = Kernel {
 };
 
 /// `out = base + scale * (u w)` over rows of `base` `[..., N]`, with `u`
-/// `[..., R]` (one row of `R` per row of `base`) and `w` `[R, N]` (`[N, R]`
-/// read transposed where `W_T`), all f32 but `base` and `out`: the sum
-/// over `R` and the add in f32, one rounding on store. Each thread writes
-/// `V` = 8 consecutive columns of one row (N a multiple of 8).
+/// `[..., R]` (one row of `R` per row of `base`) and `w` `[R, N]`, all f32
+/// but `base` and `out`: the sum over `R` and the add in f32, one rounding
+/// on store. Each thread writes `V` = 8 consecutive columns of one row (N a
+/// multiple of 8) and reads the 8 values of each of `w`'s rows it needs as
+/// two 16-byte vectors, so that a warp's reads of `w` are contiguous.
 const LORA_EXPAND_ADD: Kernel = Kernel {
     name: "csm_lora_expand_add",
     inputs: &["base", "u", "w", "scale"],
@@ -421,13 +426,24 @@ const LORA_EXPAND_ADD: Kernel = Kernel {
 #pragma unroll
   for (int j = 0; j < V; ++j) acc[j] = 0.0f;
   const float* ur = u + row * R;
+  // N is a multiple of 8: each row's 8 values start 16-byte aligned where
+  // w does.
+  bool w_aligned = (size_t(w) % 16) == 0;
   for (int k = 0; k < R; ++k) {
     float uk = ur[k];
+    const float* wk = w + size_t(k) * N + col;
+    float wv[V];
+    if (w_aligned) {
+      float4 lo = reinterpret_cast<const float4*>(wk)[0];
+      float4 hi = reinterpret_cast<const float4*>(wk)[1];
+      wv[0] = lo.x; wv[1] = lo.y; wv[2] = lo.z; wv[3] = lo.w;
+      wv[4] = hi.x; wv[5] = hi.y; wv[6] = hi.z; wv[7] = hi.w;
+    } else {
 #pragma unroll
-    for (int j = 0; j < V; ++j) {
-      float wk = W_T ? w[size_t(col + j) * R + k] : w[size_t(k) * N + col + j];
-      acc[j] = fmaf(uk, wk, acc[j]);
+      for (int j = 0; j < V; ++j) wv[j] = wk[j];
     }
+#pragma unroll
+    for (int j = 0; j < V; ++j) acc[j] = fmaf(uk, wv[j], acc[j]);
   }
   float s = scale[0];
   bool aligned = ((size_t(base + i) | size_t(out + i)) % 16) == 0;
@@ -588,14 +604,14 @@ fn ce_vjp(
 
 /// `base + scale * (u w)` in `base`'s dtype ([`LORA_EXPAND_ADD`]): the sum
 /// over the rank and the add in f32, rounded once, as PEFT adds an f32
-/// adapter's output to a bf16 projection's. `w` is `[R, N]`, or `[N, R]`
-/// read transposed with `w_transposed` (an adapter's `A` as it is stored,
-/// for the input gradient's share). Not differentiable: it runs inside
-/// [`crate::kernels::group`]'s forward and gradient.
+/// adapter's output to a bf16 projection's. MLX copies a transposed view
+/// given for `w` (an adapter's `A^T`) into place first. Not
+/// differentiable: it runs inside [`crate::kernels::group`]'s forward and
+/// gradient.
 ///
 /// # Shapes
 /// `base: [..., N]` (N a multiple of 8), `u: [..., R]` f32 (as many rows),
-/// `w: [R, N]` or `[N, R]` f32, `scale: []` f32 -> `[..., N]`
+/// `w: [R, N]` f32, `scale: []` f32 -> `[..., N]`
 ///
 /// # Errors
 /// MLX failures, and shapes or dtypes outside the above.
@@ -603,14 +619,12 @@ pub fn lora_expand_add(
     base: &Array,
     u: &Array,
     w: &Array,
-    w_transposed: bool,
     scale: &Array,
 ) -> Result<Array, Exception> {
     let fail = |m: String| Exception::custom(format!("csm_lora_expand_add: {m}"));
     let n = *base.shape().last().unwrap_or(&0);
     let r = *u.shape().last().unwrap_or(&0);
     let rows = |a: &Array| count(a) / i64::from((*a.shape().last().unwrap_or(&1)).max(1));
-    let want_w = if w_transposed { [n, r] } else { [r, n] };
     if n % 8 != 0 || n == 0 {
         return Err(fail(format!("rows of {n} are not a multiple of 8")));
     }
@@ -621,9 +635,9 @@ pub fn lora_expand_add(
             w.dtype()
         )));
     }
-    if rows(u) != rows(base) || w.shape() != want_w {
+    if rows(u) != rows(base) || w.shape() != [r, n] {
         return Err(fail(format!(
-            "shapes base {:?}, u {:?}, w {:?} (transposed: {w_transposed}) do not fit",
+            "shapes base {:?}, u {:?}, w {:?} do not fit",
             base.shape(),
             u.shape(),
             w.shape()
@@ -639,10 +653,7 @@ pub fn lora_expand_add(
         &Launch {
             outputs: vec![(base.shape().to_vec(), base.dtype())],
             threads: count(base) / 8,
-            template: &[
-                ("T", Template::Type(base.dtype())),
-                ("W_T", Template::Bool(w_transposed)),
-            ],
+            template: &[("T", Template::Type(base.dtype()))],
         },
     )?;
     out.pop()
@@ -808,15 +819,19 @@ pub fn check_against_mlx() -> Result<Vec<KernelCheck>, Exception> {
     let lb = random::normal::<f32>(&[3, 37, 1000], None, None, None)?;
     let lu = random::normal::<f32>(&[3, 37, 16], None, None, None)?;
     let lw = random::normal::<f32>(&[16, 1000], None, None, None)?;
-    let lw_t = lw.t(); // [1000, 16]: the kernel's inputs are made row-major
+    // w also as a transposed view of a [1000, 16] array (an adapter's A
+    // in the gradient), which MLX makes row-major for the kernel.
+    let lw_t = random::normal::<f32>(&[1000, 16], None, None, None)?.t(); // [16, 1000]
     let ls = Array::from_f32(0.5);
     // In f32 elementwise, not as a matmul: MLX's CUDA matmul rounds f32
     // inputs to TF32.
-    let lora_share = lu
-        .expand_dims(-1)?
-        .multiply(&lw)?
-        .sum_axes(&[-2], false)?
-        .multiply(&ls)?; // [3, 37, 1000]
+    let share = |w: &Array| -> Result<Array, Exception> {
+        lu.expand_dims(-1)?
+            .multiply(w)?
+            .sum_axes(&[-2], false)?
+            .multiply(&ls) // [3, 37, 1000]
+    };
+    let lora_shares = [share(&lw)?, share(&lw_t)?];
     for (dtype, tol) in [(Dtype::Float32, 2e-5), (Dtype::Bfloat16, 1.6e-2)] {
         let name = if dtype == Dtype::Float32 {
             "f32"
@@ -900,9 +915,12 @@ pub fn check_against_mlx() -> Result<Vec<KernelCheck>, Exception> {
         }
 
         let base = lb.as_dtype(dtype)?;
-        let want = up32(&base)?.add(&lora_share)?;
-        for (form, w, transposed) in [("w", &lw, false), ("w transposed", &lw_t, true)] {
-            let got = lora_expand_add(&base, &lu, w, transposed, &ls)?;
+        for ((form, w), lora_share) in [("w", &lw), ("w as a transposed view", &lw_t)]
+            .into_iter()
+            .zip(&lora_shares)
+        {
+            let want = up32(&base)?.add(lora_share)?;
+            let got = lora_expand_add(&base, &lu, w, &ls)?;
             checks.push(KernelCheck {
                 what: format!("lora_expand_add {name} {form}"),
                 error: relative_error(&got, &want)?,
@@ -1015,6 +1033,7 @@ namespace cuda { namespace std = ::std; }
 static std::barrier<>* block_barrier;
 #define __syncthreads() block_barrier->arrive_and_wait()
 struct uint4 { unsigned x, y, z, w; };
+struct float4 { float x, y, z, w; };
 using Shape = std::array<int32_t, 10>;
 struct bf16 {
   uint16_t bits;
@@ -1100,30 +1119,31 @@ void cross_entropy_grad(const T* logits, Shape logits_shape, int logits_ndim,
                         const int32_t* targets, const float* lse, const float* cot, T* d_logits) {{
 {ce_grad}
 }}
-template <typename T, bool W_T>
+template <typename T>
 void lora_expand_add(const T* base, Shape base_shape, int base_ndim, const float* u, Shape u_shape,
                      int u_ndim, const float* w, const float* scale, T* out) {{
 {lora}
 }}
-// A LoRA share over LR rows of LN: w as [LK, LN] and as [LN, LK]
-// (transposed), from 16-byte aligned buffers and from offset 1.
+// A LoRA share over LR rows of LN, w [LK, LN]: from 16-byte aligned
+// buffers, and base, out and w from offset 1 (the element-wise paths).
 template <typename T> static void run_lora(const std::string& dir, const char* tag) {{
   constexpr int LR = {lr_rows}, LN = {lr_n}, LK = {lr_k};
   constexpr size_t M = size_t(LR) * LN;
   auto padded = as<T>(load(dir, "lb", M), 1);
   auto u = load(dir, "lu", size_t(LR) * LK);
-  auto w = load(dir, "lw", size_t(LK) * LN), wt = load(dir, "lwt", size_t(LN) * LK);
+  auto w = load(dir, "lw", size_t(LK) * LN);
   auto sc = load(dir, "ls", 1);
   Shape bs{{}}; bs[0] = LR; bs[1] = LN;
   Shape us{{}}; us[0] = LR; us[1] = LK;
   alignas(16) static T base[M], out[M];
+  alignas(16) static float wa[size_t(LK) * LN + 4];
   std::memcpy(base, padded.data() + 1, M * sizeof(T));
-  launch(M / 8, [&] {{ lora_expand_add<T, false>(base, bs, 2, u.data(), us, 2, w.data(), sc.data(), out); }});
+  std::memcpy(wa, w.data(), w.size() * 4);
+  launch(M / 8, [&] {{ lora_expand_add<T>(base, bs, 2, u.data(), us, 2, wa, sc.data(), out); }});
   save(dir, (std::string(tag) + "_lora_w").c_str(), out, M);
-  launch(M / 8, [&] {{ lora_expand_add<T, true>(base, bs, 2, u.data(), us, 2, wt.data(), sc.data(), out); }});
-  save(dir, (std::string(tag) + "_lora_wt").c_str(), out, M);
   std::vector<T> shifted(M + 1);
-  launch(M / 8, [&] {{ lora_expand_add<T, false>(padded.data() + 1, bs, 2, u.data(), us, 2, w.data(), sc.data(), shifted.data() + 1); }});
+  std::memcpy(wa + 1, w.data(), w.size() * 4);
+  launch(M / 8, [&] {{ lora_expand_add<T>(padded.data() + 1, bs, 2, u.data(), us, 2, wa + 1, sc.data(), shifted.data() + 1); }});
   save(dir, (std::string(tag) + "_lora_unaligned").c_str(), shifted.data() + 1, M);
 }}
 // Rows of CE_W logits of which the first CE_VALID count, and the same
@@ -1249,13 +1269,11 @@ int main(int argc, char** argv) {{
         let lb = random::normal::<f32>(&[LORA_ROWS, LORA_N], None, None, None).unwrap();
         let lu = random::normal::<f32>(&[LORA_ROWS, LORA_RANK], None, None, None).unwrap();
         let lw = random::normal::<f32>(&[LORA_RANK, LORA_N], None, None, None).unwrap();
-        let lwt = random::normal::<f32>(&[LORA_N, LORA_RANK], None, None, None).unwrap();
         let ls = Array::from_slice(&[0.75f32], &[1]);
         for (name, a) in [
             ("lb", &lb),
             ("lu", &lu),
             ("lw", &lw),
-            ("lwt", &lwt),
             ("ls", &ls),
             ("ce_logits", &ce_logits),
             ("ce_targets", &ce_targets),
@@ -1305,14 +1323,15 @@ int main(int argc, char** argv) {{
                 Ok(vec![mlx_rs::nn::silu(&a[0])?.multiply(&a[1])?])
             };
             // The LoRA share: the base rounded to the dtype, the rest f32.
-            for (form, w) in [
-                ("w", lw.clone()),
-                ("wt", lwt.t()),
-                ("unaligned", lw.clone()),
-            ] {
-                let want = r(&lb)
-                    .add(mlx_rs::ops::matmul(&lu, &w).unwrap().multiply(&ls).unwrap())
-                    .unwrap();
+            let want = r(&lb)
+                .add(
+                    mlx_rs::ops::matmul(&lu, &lw)
+                        .unwrap()
+                        .multiply(&ls)
+                        .unwrap(),
+                )
+                .unwrap();
+            for form in ["w", "unaligned"] {
                 let got = read(d, &format!("{tag}_lora_{form}"), &[LORA_ROWS, LORA_N]);
                 assert_close(&format!("{tag} lora {form}"), &want, &got, tol);
             }
@@ -1502,20 +1521,15 @@ int main(int argc, char** argv) {
                     ),
                 );
             }
-            for w_t in [false, true] {
-                add(
-                    format!("lora_{short}_{w_t}"),
-                    wrapped_source(
-                        &LORA_EXPAND_ADD,
-                        &[t, "float", "float", "float"],
-                        &[t],
-                        &[
-                            ("T", ty(t)),
-                            ("W_T", format!("constexpr bool NAME = {w_t}")),
-                        ],
-                    ),
-                );
-            }
+            add(
+                format!("lora_{short}"),
+                wrapped_source(
+                    &LORA_EXPAND_ADD,
+                    &[t, "float", "float", "float"],
+                    &[t],
+                    &[("T", ty(t))],
+                ),
+            );
             let valid = ("VALID", "constexpr int NAME = 2051".to_string());
             add(
                 format!("ce_{short}"),

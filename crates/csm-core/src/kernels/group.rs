@@ -104,25 +104,13 @@ fn kernel_adds(cuda_lora: bool, base: &Array, factors: [&Array; 2]) -> bool {
 
 /// `base + scale (u w)` by [`super::cuda::lora_expand_add`].
 #[cfg(not(target_os = "macos"))]
-fn expand_add(
-    base: &Array,
-    u: &Array,
-    w: &Array,
-    w_transposed: bool,
-    scale: &Array,
-) -> Result<Array, Exception> {
-    super::cuda::lora_expand_add(base, u, w, w_transposed, scale)
+fn expand_add(base: &Array, u: &Array, w: &Array, scale: &Array) -> Result<Array, Exception> {
+    super::cuda::lora_expand_add(base, u, w, scale)
 }
 
 /// macOS has no CUDA kernels ([`kernel_adds`] is false there).
 #[cfg(target_os = "macos")]
-fn expand_add(
-    _base: &Array,
-    _u: &Array,
-    _w: &Array,
-    _w_transposed: bool,
-    _scale: &Array,
-) -> Result<Array, Exception> {
+fn expand_add(_base: &Array, _u: &Array, _w: &Array, _scale: &Array) -> Result<Array, Exception> {
     Err(Exception::custom("csm_lora_expand_add: CUDA only"))
 }
 
@@ -139,7 +127,7 @@ fn group_forward(inputs: &[Array]) -> Result<Vec<Array>, Exception> {
         }
         if kernel_adds(cuda_lora, &y, [a, b]) {
             let xa = ops::matmul(x, a)?; // [..., r] f32
-            ys.push(expand_add(&y, &xa, b, false, scale)?);
+            ys.push(expand_add(&y, &xa, b, scale)?);
             xas.push(xa);
             continue;
         }
@@ -267,7 +255,7 @@ fn group_vjp(
         d_x = if compute == d_x.dtype() {
             ops::addmm(&d_x, &d_xa, a_all.t(), None, None)? // [T, in]
         } else if kernel_adds(cuda_lora, &d_x, [&d_xa, &a_all]) {
-            expand_add(&d_x, &d_xa, &a_all, true, &Array::from_f32(1.0))? // [T, in]
+            expand_add(&d_x, &d_xa, &a_all.t(), &Array::from_f32(1.0))? // [T, in]
         } else {
             let d_x_lora = ops::matmul(&d_xa, a_all.t())?; // [T, in]
             d_x.as_dtype(compute)?.add(&d_x_lora)?.as_dtype(x.dtype())?

@@ -114,7 +114,11 @@ pub struct TrainKernels {
     /// adapter's rank-r product added to its frozen projection's output,
     /// and the adapters' share of the input gradient to the frozen one's,
     /// by one CUDA kernel each ([`crate::kernels::cuda::lora_expand_add`]),
-    /// in f32 and rounded once, as PEFT adds them. CUDA only.
+    /// in f32 and rounded once, as PEFT adds them. CUDA only; off by
+    /// default: its first form (reading `w` 8 values apart per thread)
+    /// took a step at 16 x 250 frames on every frame from 0.208 to 0.252 s
+    /// on an H100 (2026-12-07, seventh session); the form here reads `w`
+    /// as contiguous vectors and is not measured yet.
     pub cuda_lora: bool,
 }
 
@@ -163,7 +167,7 @@ impl TrainKernels {
             cuda_swiglu_grad: cuda,
             cuda_rope: cuda,
             cuda_cross_entropy: cuda,
-            cuda_lora: cuda,
+            cuda_lora: false,
         }
     }
 }
