@@ -27,7 +27,8 @@
 # generation with and without CUDA graphs, the kernels of csm's steps (16 x 250
 # on 1/16 and every frame, 8 x 130 on every frame)
 # (bench/ktrace, where a C compiler and CUPTI are found) beside the peer's
-# (torch.profiler), the tables.
+# (torch.profiler), with the host's CUDA calls (bench/host_gaps.py), the
+# tables.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -189,7 +190,8 @@ if [ $quick = 0 ]; then
     # ~3 ms a step against the peer (2026-12-07, sixth session).
     for run in 16x250:0.0625 16x250:1.0 8x130:1.0; do
       shape=${run%%:*} frac=${run##*:}
-      KTRACE_OUT="$out/kernels_${shape}_$frac.tsv" CUDA_INJECTION64_PATH="$(cd "$out" && pwd)/ktrace.so" \
+      KTRACE_OUT="$out/kernels_${shape}_$frac.tsv" KTRACE_API_OUT="$out/api_${shape}_$frac.tsv" \
+        CUDA_INJECTION64_PATH="$(cd "$out" && pwd)/ktrace.so" \
         g bench-train --size $size --dtype $dtype --cases $shape --decoder-fraction $frac --decoder-rule hf \
         --modes compiled --warmup 2 --steps 3 > "$out/ktrace_${shape}_$frac.log" 2>&1 || echo "trace failed: see $out/ktrace_${shape}_$frac.log"
       peer_trace="$out/prof/peer_compiled_${shape}_$frac.trace.json.gz"
@@ -198,7 +200,10 @@ if [ $quick = 0 ]; then
         $PY bench/kernel_table.py --csm "$out/kernels_${shape}_$frac.tsv" --peer "$peer_trace" \
           | tee "$out/kernels_${shape}_$frac.md" || true
       fi
-      gzip -f "$out/kernels_${shape}_$frac.tsv" 2>/dev/null || true
+      # Where the GPU idled and what the host did then (graphs rebuilt, ...).
+      $PY bench/host_gaps.py --kernels "$out/kernels_${shape}_$frac.tsv" --api "$out/api_${shape}_$frac.tsv" \
+        > "$out/host_gaps_${shape}_$frac.txt" 2>&1 || true
+      gzip -f "$out/kernels_${shape}_$frac.tsv" "$out/api_${shape}_$frac.tsv" 2>/dev/null || true
     done
   else
     echo "bench/ktrace not built (CUPTI header: '${cupti_h:-none}', library: '${cupti_so:-none}'): see $out/ktrace_build.log"
