@@ -159,9 +159,12 @@ def main():
     big = [(x, y) for x, y in idle if y - x >= a.min_gap_us * 1e3]
     big_ns = sum(y - x for x, y in big)
     print(f"\nwhile the GPU waited in the {len(big)} gaps of >= {a.min_gap_us:g} us ({big_ns / 1e6:.2f} ms), the host was in:")
-    print("  NVTX ranges (ms; innermost and outer ranges both count):")
-    for name, ns in overlap_by_name(ranges, big, key=lambda r: r[3]).most_common(a.top):
-        print(f"    {ns / 1e6:8.2f}  {name}")
+    if ranges:
+        print("  NVTX ranges (ms; innermost and outer ranges both count):")
+        for name, ns in overlap_by_name(ranges, big, key=lambda r: r[3]).most_common(a.top):
+            print(f"    {ns / 1e6:8.2f}  {name}")
+    else:
+        print("  NVTX ranges: none recorded")
     print("  CUDA calls (ms):")
     for name, ns in overlap_by_name(calls, big, key=lambda c: c[3]).most_common(a.top):
         print(f"    {ns / 1e6:8.2f}  {name}")
@@ -173,7 +176,7 @@ def main():
             threads[th] += min(e, t1) - max(s, t0)
     for th, ns in threads.most_common(4):
         print(f"  thread {th}: {ns / 1e6:.2f} ms in CUDA calls")
-    print("  top-level NVTX ranges (ms, count):")
+    print("  top-level NVTX ranges (ms, count):" if ranges else "  NVTX ranges: none recorded")
     top = [r for r in ranges if r[4] == 0]
     per = overlap_by_name(top, [(t0, t1)], key=lambda r: r[3])
     counts = collections.Counter(r[3] for r in top if r[0] < t1 and r[1] > t0)
