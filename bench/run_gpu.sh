@@ -123,6 +123,13 @@ lever exact-shapes 16x250 0.0625 --no-buckets
 # while the host builds it), against the default pipeline.
 lever pipeline-off 16x250 0.0625 --pipeline false
 lever pipeline-off 8x130 0.0625 --pipeline false
+# Each step handed over in pieces (the forward, the gradients a layer at a
+# time, the update), so MLX's walk of the graph before the first kernel is
+# mostly hidden behind queued kernels: 8-14 ms of idle device between
+# steps on 2026-12-07 (seventh session).
+lever pieces 8x130 1.0 --eval-in-pieces
+lever pieces 16x250 1.0 --eval-in-pieces
+lever pieces 8x130 0.0625 --eval-in-pieces
 # Without CUDA graphs (plain stream launches): level with the default at
 # 2, 5 and 10 ops a commit on 2026-12-07, with up to 1.6x the memory on
 # every frame; one case keeps watch.
