@@ -153,9 +153,10 @@ pub struct BenchTrainArgs {
     /// other).
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     pipeline: bool,
-    /// Hand each step to the device in pieces: the loss (the forward),
-    /// then the adapters' gradients a layer at a time in the order the
-    /// backward makes them, then the update. MLX walks a step's whole
+    /// Hand each step to the device in pieces: the backbone's loss, the
+    /// depth decoder's (the forward in two), then the adapters' gradients
+    /// a layer at a time in the order the backward makes them, then the
+    /// update. MLX walks a step's whole
     /// graph before it launches the first kernel (about 10 ms a step on an
     /// H100's host, with the device idle); in pieces, only the forward's
     /// walk is not hidden behind kernels already queued.
@@ -892,7 +893,13 @@ fn time_case(
         }
         let t = Instant::now();
         if pieces {
-            transforms::async_eval([&loss])?;
+            // The forward: the backbone's (semantic) loss, then the depth
+            // decoder's (acoustic), then their total.
+            for i in [1, 2, 0] {
+                if let Some(part) = out.losses.get(i) {
+                    transforms::async_eval([part])?;
+                }
+            }
             for layer in layers.values() {
                 transforms::async_eval(layer)?;
             }
