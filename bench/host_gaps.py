@@ -25,6 +25,7 @@ import argparse
 import collections
 import gzip
 import importlib.util
+import bisect
 import os
 import sys
 
@@ -115,8 +116,6 @@ def overlap_by_name(items, windows, key):
     total = collections.Counter()
     items = sorted(items, key=lambda it: it[0])
     starts = [it[0] for it in items]
-    import bisect
-
     longest = max((it[1] - it[0] for it in items), default=0)
     for a, b in windows:
         lo = bisect.bisect_left(starts, a - longest)

@@ -156,10 +156,10 @@ pub struct BenchTrainArgs {
     /// Hand each step to the device in pieces: the backbone's loss, the
     /// depth decoder's (the forward in two), then the adapters' gradients
     /// a layer at a time in the order the backward makes them, then the
-    /// update. MLX walks a step's whole
-    /// graph before it launches the first kernel (about 10 ms a step on an
-    /// H100's host, with the device idle); in pieces, only the forward's
-    /// walk is not hidden behind kernels already queued.
+    /// update. MLX walks a step's whole graph before it launches the first
+    /// kernel (most likely the 9-11 ms a step an H100's host spent with the
+    /// device idle); in pieces, only the backbone's forward walk is meant
+    /// to stay outside the kernels already queued.
     #[arg(long)]
     eval_in_pieces: bool,
     /// Cross-entropy of the loss [default: cuda on an NVIDIA GPU, else
