@@ -110,11 +110,11 @@ else
     lever four-off 8x130 $frac --aligned-heads false --cuda-swiglu-grad false --cuda-rope false --cross-entropy plain
     lever four-off 16x250 $frac --aligned-heads false --cuda-swiglu-grad false --cuda-rope false --cross-entropy plain
   done
-  # The adapters' rank-r products added by a CUDA kernel (off by default:
-  # its first form was slower on 2026-12-07, seventh session).
-  lever cuda-lora 16x250 1.0 --cuda-lora true
-  lever cuda-lora 8x130 1.0 --cuda-lora true
-  lever cuda-lora 16x250 0.0625 --cuda-lora true
+  # The adapters' rank-r products added by a CUDA kernel (on by default on
+  # CUDA since 2026-12-07, eighth session), switched off.
+  lever cuda-lora-off 16x250 1.0 --cuda-lora false
+  lever cuda-lora-off 8x130 1.0 --cuda-lora false
+  lever cuda-lora-off 16x250 0.0625 --cuda-lora false
 fi
 lever ce-fused 16x250 0.0625 --cross-entropy fused
 lever ce-fused 8x130 1.0 --cross-entropy fused
@@ -123,13 +123,6 @@ lever exact-shapes 16x250 0.0625 --no-buckets
 # while the host builds it), against the default pipeline.
 lever pipeline-off 16x250 0.0625 --pipeline false
 lever pipeline-off 8x130 0.0625 --pipeline false
-# Each step handed over in pieces (the forward, the gradients a layer at a
-# time, the update), so MLX's walk of the graph before the first kernel is
-# mostly hidden behind queued kernels: 8-14 ms of idle device between
-# steps on 2026-12-07 (seventh session).
-lever pieces 8x130 1.0 --eval-in-pieces
-lever pieces 16x250 1.0 --eval-in-pieces
-lever pieces 8x130 0.0625 --eval-in-pieces
 # Without CUDA graphs (plain stream launches): level with the default at
 # 2, 5 and 10 ops a commit on 2026-12-07, with up to 1.6x the memory on
 # every frame; one case keeps watch.

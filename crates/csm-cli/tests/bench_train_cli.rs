@@ -1,12 +1,12 @@
 //! `csm bench-train` on the tiny fixture: the pipelined timing loop (each
-//! step built while the one before runs), and a step handed over in pieces
-//! (`--eval-in-pieces`), train the same steps as the sequential one, and
-//! the JSON carries the host figures the GPU tables read.
+//! step built while the one before runs) trains the same steps as the
+//! sequential one, and the JSON carries the host figures the GPU tables
+//! read.
 
 use std::path::Path;
 use std::process::Command;
 
-fn bench(dir: &Path, pipeline: bool, pieces: bool) -> Vec<serde_json::Value> {
+fn bench(dir: &Path, pipeline: bool) -> Vec<serde_json::Value> {
     let out = Command::new(env!("CARGO_BIN_EXE_csm"))
         .args([
             "bench-train",
@@ -25,7 +25,6 @@ fn bench(dir: &Path, pipeline: bool, pieces: bool) -> Vec<serde_json::Value> {
             "--json-dir",
         ])
         .arg(dir)
-        .args(pieces.then_some("--eval-in-pieces"))
         .output()
         .expect("runs the csm binary");
     assert!(
@@ -45,13 +44,12 @@ fn bench(dir: &Path, pipeline: bool, pieces: bool) -> Vec<serde_json::Value> {
 }
 
 #[test]
-fn every_handover_trains_the_same_steps() {
+fn pipelined_and_sequential_steps_train_the_same() {
     let root = tempfile::tempdir().unwrap();
     let (seq_dir, pipe_dir) = (root.path().join("seq"), root.path().join("pipe"));
-    let sequential = bench(&seq_dir, false, false);
-    let pipelined = bench(&pipe_dir, true, false);
-    let pieces = bench(&root.path().join("pieces"), true, true);
-    for ((s, p), q) in sequential.iter().zip(&pipelined).zip(&pieces) {
+    let sequential = bench(&seq_dir, false);
+    let pipelined = bench(&pipe_dir, true);
+    for (s, p) in sequential.iter().zip(&pipelined) {
         let mode = &s["mode"];
         assert_eq!(s["pipeline"], false);
         assert_eq!(p["pipeline"], true);
@@ -59,8 +57,6 @@ fn every_handover_trains_the_same_steps() {
         // bit, whichever way the host waits.
         assert_eq!(s["first_loss"], p["first_loss"], "{mode}");
         assert_eq!(s["final_loss"], p["final_loss"], "{mode}");
-        assert_eq!(q["eval_in_pieces"], true);
-        assert_eq!(s["final_loss"], q["final_loss"], "{mode}: in pieces");
         assert_ne!(s["first_loss"], s["final_loss"], "{mode}: no step trained");
         assert_eq!(p["step_times_s"].as_array().unwrap().len(), 3);
         let host = p["host_s_per_step"].as_f64().unwrap();

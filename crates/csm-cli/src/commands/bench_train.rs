@@ -11,8 +11,6 @@
 //! `--layouts padded,packed` times them padded and packed
 //! (`train::batch::Layout`), printing frames/s and the padded share.
 
-use std::cmp::Reverse;
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -153,15 +151,6 @@ pub struct BenchTrainArgs {
     /// other).
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     pipeline: bool,
-    /// Hand each step to the device in pieces: the backbone's loss, the
-    /// depth decoder's (the forward in two), then the adapters' gradients
-    /// a layer at a time in the order the backward makes them, then the
-    /// update. MLX walks a step's whole graph before it launches the first
-    /// kernel (most likely the 9-11 ms a step an H100's host spent with the
-    /// device idle); in pieces, only the backbone's forward walk is meant
-    /// to stay outside the kernels already queued.
-    #[arg(long)]
-    eval_in_pieces: bool,
     /// Cross-entropy of the loss [default: cuda on an NVIDIA GPU, else
     /// plain].
     #[arg(long, value_enum)]
@@ -196,8 +185,8 @@ pub struct BenchTrainArgs {
     cuda_rope: Option<bool>,
     /// With --grouped-proj: each f32 adapter's rank-r product added to its
     /// frozen projection's output (and its share of the input gradient)
-    /// by one CUDA kernel, in f32, rounded once (NVIDIA GPUs only)
-    /// [default: false].
+    /// by one CUDA kernel, in f32, rounded once [default: true on an
+    /// NVIDIA GPU].
     #[arg(long, value_name = "BOOL")]
     cuda_lora: Option<bool>,
     /// Pad the backbone's causal attention to a multiple of this many
@@ -524,10 +513,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
                 &mut model,
                 &batch,
                 options,
-                Handover {
-                    pipeline: args.pipeline,
-                    pieces: args.eval_in_pieces,
-                },
+                args.pipeline,
                 args.warmup,
                 args.steps,
             ) {
@@ -586,7 +572,6 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
                 "compiled": options.compile,
                 "buckets": options.compile && options.buckets,
                 "pipeline": args.pipeline,
-                "eval_in_pieces": args.eval_in_pieces,
                 "kernels": {
                     "fused_cross_entropy": kernels.fused_cross_entropy,
                     "attention_tile": kernels.attention_tile,
@@ -802,45 +787,21 @@ struct CaseTimes {
     peak: usize,
 }
 
-/// How a built step goes to the device.
-#[derive(Debug, Clone, Copy)]
-struct Handover {
-    /// As the trainer does, each step's graph is built while the device
-    /// still runs the step before, and handed to the device once that one
-    /// is done (so no more memory is live than without it).
-    pipeline: bool,
-    /// In pieces (`--eval-in-pieces`): [`backward_order`].
-    pieces: bool,
-}
-
-/// Where an adapter's gradient comes in the backward: the depth decoder's
-/// layers (it runs last), the last layer first, then the backbone's, then
-/// anything else.
-fn backward_order(name: &str) -> (u8, Reverse<usize>) {
-    let layer = |prefix: &str| {
-        name.strip_prefix(prefix)
-            .and_then(|rest| rest.split('.').next())
-            .and_then(|n| n.parse::<usize>().ok())
-    };
-    match (layer("decoder.layers."), layer("backbone.layers.")) {
-        (Some(l), _) => (0, Reverse(l)),
-        (None, Some(l)) => (1, Reverse(l)),
-        _ => (2, Reverse(0)),
-    }
-}
-
 /// Warm-up and timed optimizer steps of `batch` (AdamW on the trainable
 /// tensors), with a fresh optimizer and the peak memory of these steps.
-/// A step's time runs from the end of the step before to its own end.
+///
+/// `pipeline`: as the trainer does, each step's graph is built while the
+/// device still runs the step before, and handed to the device once that
+/// one is done (so no more memory is live than without it). A step's time
+/// runs from the end of the step before to its own end.
 fn time_case(
     model: &mut Csm,
     batch: &Batch,
     options: StepOptions,
-    handover: Handover,
+    pipeline: bool,
     warmup: usize,
     steps: usize,
 ) -> Result<CaseTimes> {
-    let Handover { pipeline, pieces } = handover;
     let names: Vec<String> = adapter::adapter_tensors(model).into_keys().collect();
     let mut step = ForwardBackward::new(names, LossWeights::default(), options);
     let mut opt = AdamW::new(0.0);
@@ -864,16 +825,6 @@ fn time_case(
     for _ in 0..warmup + steps {
         let t = Instant::now();
         let out = step.run(model, batch, (1.0, 1.0))?;
-        // The gradients a layer at a time, in the backward's order.
-        let mut layers: BTreeMap<(u8, Reverse<usize>), Vec<Array>> = BTreeMap::new();
-        if pieces {
-            for (name, g) in &out.grads {
-                layers
-                    .entry(backward_order(name))
-                    .or_default()
-                    .push(g.clone());
-            }
-        }
         let grads = out.grads.into_iter().collect();
         let params = adapter::adapter_tensors(model);
         let updated = opt.update(1e-4, &params, &grads)?;
@@ -892,18 +843,6 @@ fn time_case(
             finish(&prev)?;
         }
         let t = Instant::now();
-        if pieces {
-            // The forward: the backbone's (semantic) loss, then the depth
-            // decoder's (acoustic), then their total.
-            for i in [1, 2, 0] {
-                if let Some(part) = out.losses.get(i) {
-                    transforms::async_eval([part])?;
-                }
-            }
-            for layer in layers.values() {
-                transforms::async_eval(layer)?;
-            }
-        }
         if pipeline {
             transforms::async_eval(&to_eval)?;
             launch.push(t.elapsed().as_secs_f64());
@@ -1003,35 +942,4 @@ pub fn run_load(args: BenchLoadArgs) -> Result<()> {
         runtime::active_memory() as f64 / 1e9,
     );
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The backward makes the depth decoder's gradients first (its last
-    /// layer first), then the backbone's, then the rest.
-    #[test]
-    fn gradients_in_the_backwards_order() {
-        let mut names = vec![
-            "backbone.layers.0.self_attn.q_proj.lora_a",
-            "projection.lora_a",
-            "decoder.layers.0.self_attn.v_proj.lora_b",
-            "backbone.layers.15.self_attn.q_proj.lora_a",
-            "decoder.layers.3.self_attn.q_proj.lora_a",
-            "backbone.layers.2.mlp.up_proj.lora_a",
-        ];
-        names.sort_by_key(|n| backward_order(n));
-        assert_eq!(
-            names,
-            [
-                "decoder.layers.3.self_attn.q_proj.lora_a",
-                "decoder.layers.0.self_attn.v_proj.lora_b",
-                "backbone.layers.15.self_attn.q_proj.lora_a",
-                "backbone.layers.2.mlp.up_proj.lora_a",
-                "backbone.layers.0.self_attn.q_proj.lora_a",
-                "projection.lora_a",
-            ]
-        );
-    }
 }

@@ -114,11 +114,9 @@ pub struct TrainKernels {
     /// adapter's rank-r product added to its frozen projection's output,
     /// and the adapters' share of the input gradient to the frozen one's,
     /// by one CUDA kernel each ([`crate::kernels::cuda::lora_expand_add`]),
-    /// in f32 and rounded once, as PEFT adds them. CUDA only; off by
-    /// default: its first form (reading `w` 8 values apart per thread)
-    /// took a step at 16 x 250 frames on every frame from 0.208 to 0.252 s
-    /// on an H100 (2026-12-07, seventh session); the form here reads `w`
-    /// as contiguous vectors and is not measured yet.
+    /// in f32 and rounded once, as PEFT adds them. CUDA only. It also
+    /// spares MLX from rebuilding the CUDA graphs that held cuBLAS's
+    /// y-clustered TF32 GEMMs for those products (20 a step, 4 left).
     pub cuda_lora: bool,
 }
 
@@ -152,8 +150,11 @@ impl TrainKernels {
     /// H100 (2026-12-07, sixth session) the four together took a step at
     /// 16 x 250 frames with the decoder on every frame from 0.232 s to
     /// 0.209 s, and each paid there when left out of the four; the CUDA
-    /// cross-entropy also took the peak from 42.2 to 39.4 GB. Metal has no
-    /// twin of the kernels, and the aligned heads are unmeasured there.
+    /// cross-entropy also took the peak from 42.2 to 39.4 GB. The LoRA
+    /// kernel (eighth session, the same card, two runs each) took 8 x 130
+    /// frames on every frame from 0.070-0.075 s to 0.066-0.070 s and was
+    /// level or ahead in the other seven cases. Metal has no twin of the
+    /// kernels, and the aligned heads are unmeasured there.
     pub fn for_device(gpu: bool) -> TrainKernels {
         let cuda = gpu && !cfg!(target_os = "macos");
         TrainKernels {
@@ -167,7 +168,7 @@ impl TrainKernels {
             cuda_swiglu_grad: cuda,
             cuda_rope: cuda,
             cuda_cross_entropy: cuda,
-            cuda_lora: false,
+            cuda_lora: cuda,
         }
     }
 }
