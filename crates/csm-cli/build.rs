@@ -1,8 +1,49 @@
-//! Lets this crate's tests and examples find MLX's shared library, and
-//! turns on the tests that need resemblyzer's weights when they are there.
+//! Lets this crate's tests and examples find MLX's shared library, names
+//! the commit a binary was built from, and turns on the tests that need
+//! resemblyzer's weights when they are there.
+use std::process::Command;
+
 fn main() {
     csm_rpath();
+    git_commit();
     test_speaker_encoder();
+}
+
+/// `CSM_GIT_COMMIT`: the commit checked out when this crate was built
+/// (`csm --version`, and every `csm bench-train` JSON), so a benchmark's
+/// numbers name the code that made them; `unknown` outside a git checkout.
+/// Reruns when `HEAD` moves (a commit, a checkout).
+fn git_commit() {
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo");
+    let git = |args: &[&str]| -> Option<String> {
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(&manifest)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+            .filter(|s| !s.is_empty())
+    };
+    let commit = git(&["rev-parse", "--short=10", "HEAD"]);
+    if commit.is_some() {
+        // HEAD itself, the branch it points to, and packed refs: whichever
+        // a commit or checkout rewrites.
+        let mut watched = vec!["HEAD".to_string(), "packed-refs".to_string()];
+        watched.extend(git(&["symbolic-ref", "-q", "HEAD"]));
+        for name in watched {
+            if let Some(path) = git(&["rev-parse", "--path-format=absolute", "--git-path", &name]) {
+                if std::path::Path::new(&path).exists() {
+                    println!("cargo:rerun-if-changed={path}");
+                }
+            }
+        }
+    }
+    println!(
+        "cargo:rustc-env=CSM_GIT_COMMIT={}",
+        commit.as_deref().unwrap_or("unknown")
+    );
 }
 
 /// resemblyzer's `pretrained.pt` at `target/test-data/` (fetched by

@@ -39,11 +39,19 @@ mod logging;
 
 use clap::{Parser, Subcommand};
 
+/// This build's version and the commit it was built from (`build.rs`).
+pub(crate) const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("CSM_GIT_COMMIT"),
+    ")"
+);
+
 /// Fine-tune Sesame's CSM speech model on your own recordings, with MLX.
 ///
 /// Start with `csm info` to see what MLX runs on here.
 #[derive(Debug, Parser)]
-#[command(name = "csm", version, about, long_about = None, propagate_version = true)]
+#[command(name = "csm", version = VERSION, about, long_about = None, propagate_version = true)]
 struct Cli {
     /// Log verbosity: debug, info, warning, error or critical.
     #[arg(long, global = true, default_value = "info", value_parser = logging::parse_level)]

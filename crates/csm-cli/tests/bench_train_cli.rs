@@ -1,7 +1,7 @@
 //! `csm bench-train` on the tiny fixture: the pipelined timing loop (each
 //! step built while the one before runs) trains the same steps as the
 //! sequential one, and the JSON carries the host figures the GPU tables
-//! read.
+//! read and the commit the binary was built from.
 
 use std::path::Path;
 use std::process::Command;
@@ -49,6 +49,7 @@ fn pipelined_and_sequential_steps_train_the_same() {
     let (seq_dir, pipe_dir) = (root.path().join("seq"), root.path().join("pipe"));
     let sequential = bench(&seq_dir, false);
     let pipelined = bench(&pipe_dir, true);
+    let version = expected_version();
     for (s, p) in sequential.iter().zip(&pipelined) {
         let mode = &s["mode"];
         assert_eq!(s["pipeline"], false);
@@ -64,5 +65,34 @@ fn pipelined_and_sequential_steps_train_the_same() {
         assert!(host > 0.0 && launch > 0.0, "{mode}: {host} {launch}");
         // Without the pipeline there is no separate launch to time.
         assert!(s["launch_s_per_step"].is_null(), "{mode}");
+        assert_eq!(s["csm_version"], version, "{mode}");
     }
+}
+
+/// What `--version` and the JSON name: the package version and the commit
+/// checked out at build time, as git reports it now (`unknown` outside a
+/// checkout).
+fn expected_version() -> String {
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short=10", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    format!("{} (commit {commit})", env!("CARGO_PKG_VERSION"))
+}
+
+#[test]
+fn version_names_the_commit() {
+    let out = Command::new(env!("CARGO_BIN_EXE_csm"))
+        .arg("--version")
+        .output()
+        .expect("runs the csm binary");
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("csm {}", expected_version())
+    );
 }

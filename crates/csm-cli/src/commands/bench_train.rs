@@ -551,6 +551,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
             let rss = max_rss_bytes();
             let result = serde_json::json!({
                 "tool": "csm (mlx-rs)",
+                "csm_version": crate::VERSION,
                 "backend": backend.name(),
                 "device": runtime::default_device(),
                 "size": format!("{:?}", args.size),
