@@ -152,8 +152,9 @@ impl TrainKernels {
     /// 0.209 s, and each paid there when left out of the four; the CUDA
     /// cross-entropy also took the peak from 42.2 to 39.4 GB. The LoRA
     /// kernel (eighth session, the same card, two runs each) took 8 x 130
-    /// frames on every frame from 0.070-0.075 s to 0.066-0.070 s and was
-    /// level or ahead in the other seven cases. Metal has no twin of the
+    /// frames on every frame from 0.070-0.075 s to 0.066-0.070 s, and its
+    /// faster run was ahead in six of the other seven cases (1 x 130 on
+    /// every frame: within that case's spread). Metal has no twin of the
     /// kernels, and the aligned heads are unmeasured there.
     pub fn for_device(gpu: bool) -> TrainKernels {
         let cuda = gpu && !cfg!(target_os = "macos");
