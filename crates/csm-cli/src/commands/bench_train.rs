@@ -843,8 +843,8 @@ fn time_case(
         if let Some(prev) = running.take() {
             finish(&prev)?;
         }
-        let t = Instant::now();
         if pipeline {
+            let t = Instant::now();
             transforms::async_eval(&to_eval)?;
             launch.push(t.elapsed().as_secs_f64());
             running = Some(loss);

@@ -26,9 +26,10 @@
 //!   every step rebuilt 20 graphs on the host (2026-12-07, seventh
 //!   session, bench/host_gaps.py). Its first form removed 16 of the 20 but
 //!   was slower on the GPU than cuBLAS (each thread read `w` 8 values
-//!   apart); this one reads `w` as 16-byte vectors, and on an H100 (eighth
-//!   session) it left the GPU 5.8 ms idle in a step at 8 x 130 frames on
-//!   every frame instead of 16.5-29 ms, for about 1 ms more GPU time.
+//!   apart); this one reads `w` as 16-byte vectors. In a trace on an H100
+//!   (eighth session, 8 x 130 frames on every frame) the GPU idled 5.8 ms
+//!   within a step and was busy 55.2 ms, against 16.5-29 ms idle and 54.3
+//!   ms busy without the kernel on other H100s (seventh session).
 //!
 //! Each kernel computes in f32 from the stored dtype and rounds once on
 //! store. The unit tests run the bodies on the CPU through a C++ shim

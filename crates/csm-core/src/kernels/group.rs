@@ -26,8 +26,8 @@
 //! the frozen input gradient, in f32 and rounded once (PEFT adds its f32
 //! adapter output to the bf16 projection so), instead of an f32 GEMM with
 //! an inner dimension of r, a scale, casts and an add, and a bf16 add of
-//! the rounded update. Where it cannot apply (adapters not f32, rows not a
-//! multiple of 8) the group runs MLX's ops as above.
+//! the rounded update. Where it cannot apply (adapters not f32, an output
+//! width that is not a multiple of 8) the group runs MLX's ops as above.
 //!
 //! Like [`super::lean::lora_update`], the backward reads the input again
 //! through [`super::lean::fresh`] and keeps `x A` (f32, `r` values per token)
@@ -94,7 +94,8 @@ pub fn grouped_linear(
 }
 
 /// Whether [`expand_add`] adds an f32 rank-r product to `base` (module
-/// docs): switched on, outside macOS, f32 factors, rows a multiple of 8.
+/// docs): switched on, outside macOS, f32 factors, and `base`'s last
+/// axis a multiple of 8.
 fn kernel_adds(cuda_lora: bool, base: &Array, factors: [&Array; 2]) -> bool {
     cfg!(not(target_os = "macos"))
         && cuda_lora
