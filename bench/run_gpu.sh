@@ -29,6 +29,10 @@
 # (bench/ktrace, where a C compiler and CUPTI are found) beside the peer's
 # (torch.profiler), with the host's CUDA calls (bench/host_gaps.py), the
 # tables.
+#
+# CSM_ARGS: more `csm bench-train` flags for every csm run (word-split),
+# e.g. CSM_ARGS="--mlp-chunk-rows 1024" to measure a setting as if it were
+# the default. LEVERS=0 skips the levers (about 4 minutes on an H100).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,8 +51,10 @@ else
 fi
 PY=${PY:-python3}
 budget=${BUDGET_S:-800}
+read -r -a extra <<< "${CSM_ARGS:-}"
 start=$(date +%s)
 mkdir -p "$out"
+echo "${CSM_ARGS:-}" > "$out/csm_args.txt"
 
 if [ $quick = 1 ]; then
   g() { "$csm" "$@"; }
@@ -75,7 +81,7 @@ rate=$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))['tflops'])" "
 
 log "csm: every case, plain and compiled"
 g bench-train --size $size --dtype $dtype --cases $cases --decoder-fraction 0.0625,1.0 --decoder-rule hf \
-  --modes plain,compiled "${steps[@]}" --matmul-probe $mm --peak-tflops "$rate" --json-dir "$out" \
+  --modes plain,compiled "${steps[@]}" --matmul-probe $mm --peak-tflops "$rate" --json-dir "$out" ${extra[@]+"${extra[@]}"} \
   2>&1 | tee "$out/csm.log" | grep "csm bench-train" || true
 
 log "csm: the levers one at a time (compiled; 16 x 250 at 1/16, and the memory levers at 8 x 130 on every frame)"
@@ -83,10 +89,12 @@ lever() {
   local tag=$1 shape=$2 frac=$3
   shift 3
   g bench-train --size $size --dtype $dtype --cases "$shape" --decoder-fraction "$frac" --decoder-rule hf \
-    --modes compiled "${steps[@]}" --peak-tflops "$rate" --json-dir "$out" --tag "$tag" "$@" \
+    --modes compiled "${steps[@]}" --peak-tflops "$rate" --json-dir "$out" --tag "$tag" ${extra[@]+"${extra[@]}"} "$@" \
     2>&1 | tee -a "$out/csm_levers.log" | grep "csm bench-train" || true
 }
-if [ $quick = 1 ]; then
+if [ "${LEVERS:-1}" = 0 ]; then
+  log "csm: levers skipped (LEVERS=0)"
+elif [ $quick = 1 ]; then
   # Off by default on the CPU: switched on.
   lever tile-128 16x250 0.0625 --attention-tile 128
   lever lean 16x250 0.0625 --lean-swiglu true --lean-lora true
@@ -116,23 +124,25 @@ else
   lever cuda-lora-off 8x130 1.0 --cuda-lora false
   lever cuda-lora-off 16x250 0.0625 --cuda-lora false
 fi
-lever ce-fused 16x250 0.0625 --cross-entropy fused
-lever ce-fused 8x130 1.0 --cross-entropy fused
-lever exact-shapes 16x250 0.0625 --no-buckets
-# Each step's graph built after the step before ended (the device idles
-# while the host builds it), against the default pipeline.
-lever pipeline-off 16x250 0.0625 --pipeline false
-lever pipeline-off 8x130 0.0625 --pipeline false
-# Without CUDA graphs (plain stream launches): level with the default at
-# 2, 5 and 10 ops a commit on 2026-12-07, with up to 1.6x the memory on
-# every frame; one case keeps watch.
-MLX_USE_CUDA_GRAPHS=0 MLX_MAX_OPS_PER_BUFFER=5 lever no-cuda-graphs-ops5 16x250 0.0625
-# LoRA's products in bf16 rather than f32 (off by default).
-lever lora-bf16 16x250 1.0 --lora-activation-dtype true
-lever lora-bf16 8x130 1.0 --lora-activation-dtype true
-lever no-levers 16x250 0.0625 --cross-entropy plain --attention-tile 0 --lean-swiglu false \
-  --lean-lora false --grouped-proj false --aligned-heads false --cuda-swiglu-grad false \
-  --cuda-rope false --no-buckets
+if [ "${LEVERS:-1}" != 0 ]; then
+  lever ce-fused 16x250 0.0625 --cross-entropy fused
+  lever ce-fused 8x130 1.0 --cross-entropy fused
+  lever exact-shapes 16x250 0.0625 --no-buckets
+  # Each step's graph built after the step before ended (the device idles
+  # while the host builds it), against the default pipeline.
+  lever pipeline-off 16x250 0.0625 --pipeline false
+  lever pipeline-off 8x130 0.0625 --pipeline false
+  # Without CUDA graphs (plain stream launches): level with the default at
+  # 2, 5 and 10 ops a commit on 2026-12-07, with up to 1.6x the memory on
+  # every frame; one case keeps watch.
+  MLX_USE_CUDA_GRAPHS=0 MLX_MAX_OPS_PER_BUFFER=5 lever no-cuda-graphs-ops5 16x250 0.0625
+  # LoRA's products in bf16 rather than f32 (off by default).
+  lever lora-bf16 16x250 1.0 --lora-activation-dtype true
+  lever lora-bf16 8x130 1.0 --lora-activation-dtype true
+  lever no-levers 16x250 0.0625 --cross-entropy plain --attention-tile 0 --lean-swiglu false \
+    --lean-lora false --grouped-proj false --aligned-heads false --cuda-swiglu-grad false \
+    --cuda-rope false --no-buckets
+fi
 
 log "peer: every case, eager"
 peer_cases=1x130:0.0625,8x130:0.0625,4x500:0.0625,16x250:0.0625,1x130:1.0,8x130:1.0,4x500:1.0,16x250:1.0
@@ -161,7 +171,7 @@ if [ "${PACKING:-1}" = 1 ]; then
   log "csm: packing, 16 rows of 60/130/250 audio frames, padded and packed"
   g bench-train --size $size --dtype $dtype --cases 16x0 --lengths 60,130,250 --layouts padded,packed \
     --decoder-fraction 0.0625 --decoder-rule csm --modes compiled "${steps[@]}" --peak-tflops "$rate" \
-    --json-dir "$out" 2>&1 | tee "$out/csm_packing.log" | grep "csm bench-train" || true
+    --json-dir "$out" ${extra[@]+"${extra[@]}"} 2>&1 | tee "$out/csm_packing.log" | grep "csm bench-train" || true
 fi
 
 if [ $quick = 0 ]; then
@@ -193,7 +203,7 @@ if [ $quick = 0 ]; then
       KTRACE_OUT="$out/kernels_${shape}_$frac.tsv" KTRACE_API_OUT="$out/api_${shape}_$frac.tsv" \
         CUDA_INJECTION64_PATH="$(cd "$out" && pwd)/ktrace.so" \
         g bench-train --size $size --dtype $dtype --cases $shape --decoder-fraction $frac --decoder-rule hf \
-        --modes compiled --warmup 2 --steps 3 > "$out/ktrace_${shape}_$frac.log" 2>&1 || echo "trace failed: see $out/ktrace_${shape}_$frac.log"
+        --modes compiled --warmup 2 --steps 3 ${extra[@]+"${extra[@]}"} > "$out/ktrace_${shape}_$frac.log" 2>&1 || echo "trace failed: see $out/ktrace_${shape}_$frac.log"
       peer_trace="$out/prof/peer_compiled_${shape}_$frac.trace.json.gz"
       [ -f "$peer_trace" ] || peer_trace="$out/prof/peer_eager_${shape}_$frac.trace.json.gz"
       if [ -f "$peer_trace" ]; then

@@ -118,6 +118,12 @@ pub struct TrainKernels {
     /// spares MLX from rebuilding the CUDA graphs that held cuBLAS's
     /// y-clustered TF32 GEMMs for those products (20 a step, 4 left).
     pub cuda_lora: bool,
+    /// Both stacks' MLPs run on pieces of about this many tokens (0:
+    /// whole; [`crate::model::llama::mlp_pieces`]): the same values, and
+    /// the MLP backward's three transient arrays of the hidden width
+    /// (8192 for CSM-1B) held for one piece at a time instead of every
+    /// token, at the cost of more, smaller kernels.
+    pub mlp_chunk_rows: i32,
 }
 
 impl TrainKernels {
@@ -134,6 +140,7 @@ impl TrainKernels {
         cuda_rope: false,
         cuda_cross_entropy: false,
         cuda_lora: false,
+        mlp_chunk_rows: 0,
     };
 
     /// The forms expected to pay on a device: the attention tile on GPUs
@@ -170,6 +177,7 @@ impl TrainKernels {
             cuda_rope: cuda,
             cuda_cross_entropy: cuda,
             cuda_lora: cuda,
+            mlp_chunk_rows: 0,
         }
     }
 }
@@ -244,6 +252,7 @@ impl Csm {
         {
             layer.mlp.lean_swiglu = kernels.lean_swiglu;
             layer.mlp.cuda_swiglu_grad = kernels.cuda_swiglu_grad;
+            layer.mlp.chunk_rows = kernels.mlp_chunk_rows;
             layer.self_attn.cuda_rope = kernels.cuda_rope;
             layer.mlp.grouped = kernels.grouped_projections;
             layer.self_attn.grouped = kernels.grouped_projections;

@@ -422,6 +422,40 @@ pub struct Mlp {
     /// ([`crate::kernels::cuda::swiglu_grad`]; set by
     /// `Csm::set_train_kernels`).
     pub cuda_swiglu_grad: bool,
+    /// Run the MLP on pieces of about this many tokens, split along the
+    /// first axis (0: whole; [`mlp_pieces`]; set by
+    /// `Csm::set_train_kernels`).
+    pub chunk_rows: i32,
+}
+
+/// Most pieces [`Mlp::chunk_rows`] splits into: MLX splits an array into
+/// fewer than 10 pieces as one op whose gradient is one concatenation
+/// (more become separate slices, each with a zero-filled gradient of the
+/// whole input).
+const MAX_MLP_PIECES: i32 = 8;
+
+/// How many pieces an MLP input of `shape` `[N, ..., D]` runs in, for
+/// pieces of about `chunk_rows` tokens: at most [`MAX_MLP_PIECES`] and
+/// `N`, 1 where `chunk_rows` is 0 or the input is smaller.
+///
+/// Why pieces: the backward of one piece needs the down projection's
+/// input gradient and both SwiGLU gradients (three arrays of the hidden
+/// width per token) only for that piece's tokens, and each piece's
+/// forward activations go once its backward is done. MLX evaluates a
+/// concatenation's inputs one after the other, so the transient peak of
+/// the MLP's backward falls with the piece's size.
+pub fn mlp_pieces(shape: &[i32], chunk_rows: i32) -> i32 {
+    if chunk_rows <= 0 || shape.len() < 2 {
+        return 1;
+    }
+    let rows: i64 = shape[..shape.len() - 1]
+        .iter()
+        .map(|&d| i64::from(d))
+        .product();
+    let want = (rows + i64::from(chunk_rows) - 1) / i64::from(chunk_rows);
+    want.min(i64::from(MAX_MLP_PIECES))
+        .min(i64::from(shape[0]))
+        .max(1) as i32
 }
 
 impl Mlp {
@@ -435,17 +469,15 @@ impl Mlp {
             grouped: false,
             cuda_lora: false,
             cuda_swiglu_grad: false,
+            chunk_rows: 0,
         })
     }
-}
 
-impl Module<&Array> for Mlp {
-    type Error = Exception;
-    type Output = Array;
-
+    /// The MLP on all rows of `x` at once.
+    ///
     /// # Shapes
     /// `x: [..., D]` -> `[..., D]`
-    fn forward(&mut self, x: &Array) -> Result<Array, Exception> {
+    fn forward_whole(&mut self, x: &Array) -> Result<Array, Exception> {
         let [gate, up] = two(forward_shared(
             &mut [&mut self.gate_proj, &mut self.up_proj],
             x,
@@ -458,6 +490,27 @@ impl Module<&Array> for Mlp {
             crate::kernels::swiglu(&gate, &up)?
         };
         self.down_proj.forward(&act)
+    }
+}
+
+impl Module<&Array> for Mlp {
+    type Error = Exception;
+    type Output = Array;
+
+    /// # Shapes
+    /// `x: [..., D]` -> `[..., D]`
+    fn forward(&mut self, x: &Array) -> Result<Array, Exception> {
+        let pieces = mlp_pieces(x.shape(), self.chunk_rows);
+        if pieces < 2 {
+            return self.forward_whole(x);
+        }
+        let n = x.shape()[0];
+        let bounds: Vec<i32> = (1..pieces).map(|i| i * n / pieces).collect();
+        let mut outs = Vec::with_capacity(pieces as usize);
+        for part in x.split_at_indices(&bounds, 0)? {
+            outs.push(self.forward_whole(&part)?); // [n_i, ..., D]
+        }
+        ops::concatenate(&outs, 0) // [..., D]
     }
 
     fn training_mode(&mut self, mode: bool) {
@@ -634,6 +687,45 @@ mod tests {
     use crate::test_util::max_abs_diff;
     use mlx_rs::module::ModuleParameters;
     use mlx_rs::random;
+
+    #[test]
+    fn mlp_pieces_follow_the_token_count_within_limits() {
+        // Off, or too few tokens: one piece.
+        assert_eq!(mlp_pieces(&[8, 32, 1024], 0), 1);
+        assert_eq!(mlp_pieces(&[8, 32, 1024], 256), 1);
+        // 8 x 32 = 256 tokens in pieces of about 100: 3.
+        assert_eq!(mlp_pieces(&[8, 32, 1024], 100), 3);
+        // Never more pieces than the first axis has entries, nor than 8.
+        assert_eq!(mlp_pieces(&[2, 151, 2048], 16), 2);
+        assert_eq!(mlp_pieces(&[1048, 32, 1024], 1024), 8);
+        assert_eq!(mlp_pieces(&[1024], 16), 1);
+    }
+
+    /// An MLP in pieces gives the whole MLP's output and input gradient.
+    #[test]
+    fn mlp_in_pieces_matches_the_whole() {
+        let mut mlp = Mlp::new(16, 48).unwrap();
+        let x = random::normal::<f32>(&[5, 3, 16], None, None, None).unwrap();
+        let whole = |mlp: &mut Mlp, x: &Array| mlp.forward(x).unwrap();
+        let want = whole(&mut mlp, &x);
+        let grad = |mlp: &Mlp| {
+            let mut m = mlp.clone();
+            let f = move |xs: &[Array]| -> Result<Vec<Array>, Exception> {
+                Ok(vec![m.forward(&xs[0])?.square()?.sum(None)?])
+            };
+            mlx_rs::transforms::grad(f)(std::slice::from_ref(&x))
+                .unwrap()
+                .remove(0)
+        };
+        let want_grad = grad(&mlp);
+        mlp.chunk_rows = 4;
+        assert_eq!(mlp_pieces(x.shape(), mlp.chunk_rows), 4);
+        let got = whole(&mut mlp, &x);
+        assert_eq!(got.shape(), want.shape());
+        assert!(max_abs_diff(&got, &want) < 1e-6);
+        let got_grad = grad(&mlp);
+        assert!(max_abs_diff(&got_grad, &want_grad) < 1e-5);
+    }
 
     fn tiny() -> LlamaConfig {
         LlamaConfig {

@@ -433,7 +433,7 @@ mod tests {
 
     /// Every lever (fused cross-entropy, attention padded to a tile, lean
     /// SwiGLU and LoRA, grouped projections, heads padded to an aligned
-    /// vocabulary, the compiled step with and without shape buckets, all
+    /// vocabulary, MLPs in pieces, the compiled step with and without shape buckets, all
     /// together) gives
     /// the plain step's loss terms and gradients on the tiny fixture model.
     #[test]
@@ -476,6 +476,13 @@ mod tests {
             cuda_rope: false,
             cuda_cross_entropy: false,
             cuda_lora: false,
+            // Pieces of 16 tokens: the 3 rows of the backbone and up to 8
+            // pieces of the decoder's frames.
+            mlp_chunk_rows: 16,
+        };
+        let pieces = TrainKernels {
+            mlp_chunk_rows: 16,
+            ..plain_kernels
         };
         let aligned = TrainKernels {
             aligned_heads: true,
@@ -491,6 +498,15 @@ mod tests {
             ("lean SwiGLU and LoRA", lean, plain),
             ("grouped projections", grouped, plain),
             ("aligned heads", aligned, plain),
+            ("MLPs in pieces", pieces, plain),
+            (
+                "MLPs in pieces, lean and grouped, compiled",
+                TrainKernels {
+                    mlp_chunk_rows: 16,
+                    ..grouped
+                },
+                compiled(true),
+            ),
             ("grouped projections, compiled", grouped, compiled(true)),
             (
                 "compiled, exact shapes",
