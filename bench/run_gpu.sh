@@ -31,7 +31,7 @@
 # tables.
 #
 # CSM_ARGS: more `csm bench-train` flags for every csm run (word-split),
-# e.g. CSM_ARGS="--mlp-chunk-rows 1024" to measure a setting as if it were
+# e.g. CSM_ARGS="--mlp-pieces 2" to measure a setting as if it were
 # the default. LEVERS=0 skips the levers (about 4 minutes on an H100).
 set -euo pipefail
 cd "$(dirname "$0")/.."

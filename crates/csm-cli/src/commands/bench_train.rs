@@ -189,11 +189,11 @@ pub struct BenchTrainArgs {
     /// NVIDIA GPU].
     #[arg(long, value_name = "BOOL")]
     cuda_lora: Option<bool>,
-    /// Run both stacks' MLPs on pieces of about this many tokens (at most
-    /// 8 pieces): their backward's transient arrays for one piece at a
-    /// time; 0 = whole [default: 0].
-    #[arg(long, value_name = "TOKENS")]
-    mlp_chunk_rows: Option<i32>,
+    /// Run the depth decoder's MLPs on this many pieces of its frames (at
+    /// most 8, each of at least 1024 tokens): their backward's transient
+    /// arrays for one piece at a time; 1 = whole [default: 1].
+    #[arg(long, value_name = "N")]
+    mlp_pieces: Option<i32>,
     /// Pad the backbone's causal attention to a multiple of this many
     /// positions inside the attention; 0 = never [default: 128 on a GPU
     /// outside macOS, else 0].
@@ -402,11 +402,11 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
     if let Some(on) = args.cuda_lora {
         kernels.cuda_lora = on;
     }
-    if let Some(rows) = args.mlp_chunk_rows {
-        if rows < 0 {
-            bail!("--mlp-chunk-rows {rows}: give a number of tokens, or 0 for whole MLPs");
+    if let Some(n) = args.mlp_pieces {
+        if n < 1 {
+            bail!("--mlp-pieces {n}: give a number of pieces, or 1 for whole MLPs");
         }
-        kernels.mlp_chunk_rows = rows;
+        kernels.decoder_mlp_pieces = n;
     }
     let cuda = kernels.cuda_swiglu_grad
         || kernels.cuda_rope
@@ -596,7 +596,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
                     "cuda_rope": kernels.cuda_rope,
                     "cuda_cross_entropy": kernels.cuda_cross_entropy,
                     "cuda_lora": kernels.cuda_lora,
-                    "mlp_chunk_rows": kernels.mlp_chunk_rows,
+                    "decoder_mlp_pieces": kernels.decoder_mlp_pieces,
                 },
                 "tag": args.tag,
                 "adapted_projections": adapted,

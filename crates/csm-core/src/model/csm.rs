@@ -118,12 +118,17 @@ pub struct TrainKernels {
     /// spares MLX from rebuilding the CUDA graphs that held cuBLAS's
     /// y-clustered TF32 GEMMs for those products (20 a step, 4 left).
     pub cuda_lora: bool,
-    /// Both stacks' MLPs run on pieces of about this many tokens (0:
+    /// The depth decoder's MLPs run on this many pieces of its frames (1:
     /// whole; [`crate::model::llama::mlp_pieces`]): the same values, and
-    /// the MLP backward's three transient arrays of the hidden width
-    /// (8192 for CSM-1B) held for one piece at a time instead of every
-    /// token, at the cost of more, smaller kernels.
-    pub mlp_chunk_rows: i32,
+    /// the MLP backward's three transient arrays of the hidden width (8192
+    /// for CSM-1B) held for one piece at a time instead of every token, at
+    /// the cost of more, smaller kernels and a concatenation each way. The
+    /// decoder only: it runs 32 positions a frame, so its MLPs see up to
+    /// 32 times the backbone's tokens.
+    pub decoder_mlp_pieces: i32,
+    /// Fewest tokens a piece of [`TrainKernels::decoder_mlp_pieces`] may
+    /// have: smaller MLPs are split into fewer pieces, or none.
+    pub mlp_piece_min_rows: i32,
 }
 
 impl TrainKernels {
@@ -140,8 +145,14 @@ impl TrainKernels {
         cuda_rope: false,
         cuda_cross_entropy: false,
         cuda_lora: false,
-        mlp_chunk_rows: 0,
+        decoder_mlp_pieces: 1,
+        mlp_piece_min_rows: TrainKernels::MLP_PIECE_MIN_ROWS,
     };
+
+    /// [`TrainKernels::mlp_piece_min_rows`] unless a test asks for less:
+    /// 1024 tokens (a piece's hidden arrays then hold 16 MB of bf16 each
+    /// at CSM-1B's width).
+    pub const MLP_PIECE_MIN_ROWS: i32 = 1024;
 
     /// The forms expected to pay on a device: the attention tile on GPUs
     /// outside macOS (CUDA), where
@@ -177,7 +188,8 @@ impl TrainKernels {
             cuda_rope: cuda,
             cuda_cross_entropy: cuda,
             cuda_lora: cuda,
-            mlp_chunk_rows: 0,
+            decoder_mlp_pieces: 1,
+            mlp_piece_min_rows: TrainKernels::MLP_PIECE_MIN_ROWS,
         }
     }
 }
@@ -243,6 +255,11 @@ impl Csm {
         self.kernels = kernels;
         for layer in &mut self.backbone.layers {
             layer.self_attn.tile = kernels.attention_tile;
+            layer.mlp.pieces = 1;
+        }
+        for layer in &mut self.decoder.layers {
+            layer.mlp.pieces = kernels.decoder_mlp_pieces;
+            layer.mlp.piece_min_rows = kernels.mlp_piece_min_rows;
         }
         for layer in self
             .backbone
@@ -252,7 +269,6 @@ impl Csm {
         {
             layer.mlp.lean_swiglu = kernels.lean_swiglu;
             layer.mlp.cuda_swiglu_grad = kernels.cuda_swiglu_grad;
-            layer.mlp.chunk_rows = kernels.mlp_chunk_rows;
             layer.self_attn.cuda_rope = kernels.cuda_rope;
             layer.mlp.grouped = kernels.grouped_projections;
             layer.self_attn.grouped = kernels.grouped_projections;

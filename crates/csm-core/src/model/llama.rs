@@ -422,38 +422,41 @@ pub struct Mlp {
     /// ([`crate::kernels::cuda::swiglu_grad`]; set by
     /// `Csm::set_train_kernels`).
     pub cuda_swiglu_grad: bool,
-    /// Run the MLP on pieces of about this many tokens, split along the
-    /// first axis (0: whole; [`mlp_pieces`]; set by
-    /// `Csm::set_train_kernels`).
-    pub chunk_rows: i32,
+    /// Run the MLP on this many pieces, split along the first axis (1:
+    /// whole; [`mlp_pieces`]; set by `Csm::set_train_kernels`).
+    pub pieces: i32,
+    /// Fewest tokens a piece may have ([`mlp_pieces`]).
+    pub piece_min_rows: i32,
 }
 
-/// Most pieces [`Mlp::chunk_rows`] splits into: MLX splits an array into
-/// fewer than 10 pieces as one op whose gradient is one concatenation
-/// (more become separate slices, each with a zero-filled gradient of the
-/// whole input).
+/// Most pieces [`Mlp::pieces`] splits into: MLX splits an array into fewer
+/// than 10 pieces as one op whose gradient is one concatenation (more
+/// become separate slices, each with a zero-filled gradient of the whole
+/// input).
 const MAX_MLP_PIECES: i32 = 8;
 
-/// How many pieces an MLP input of `shape` `[N, ..., D]` runs in, for
-/// pieces of about `chunk_rows` tokens: at most [`MAX_MLP_PIECES`] and
-/// `N`, 1 where `chunk_rows` is 0 or the input is smaller.
+/// How many pieces an MLP input of `shape` `[N, ..., D]` runs in when
+/// asked for `pieces` of at least `min_rows` tokens each: at most
+/// `pieces`, [`MAX_MLP_PIECES`] and `N`; 1 where the input is too small.
 ///
 /// Why pieces: the backward of one piece needs the down projection's
 /// input gradient and both SwiGLU gradients (three arrays of the hidden
 /// width per token) only for that piece's tokens, and each piece's
 /// forward activations go once its backward is done. MLX evaluates a
 /// concatenation's inputs one after the other, so the transient peak of
-/// the MLP's backward falls with the piece's size.
-pub fn mlp_pieces(shape: &[i32], chunk_rows: i32) -> i32 {
-    if chunk_rows <= 0 || shape.len() < 2 {
+/// the MLP's backward falls with the piece's size. Each piece costs
+/// kernels of its own, so small inputs stay whole.
+pub fn mlp_pieces(shape: &[i32], pieces: i32, min_rows: i32) -> i32 {
+    if pieces <= 1 || shape.len() < 2 {
         return 1;
     }
     let rows: i64 = shape[..shape.len() - 1]
         .iter()
         .map(|&d| i64::from(d))
         .product();
-    let want = (rows + i64::from(chunk_rows) - 1) / i64::from(chunk_rows);
-    want.min(i64::from(MAX_MLP_PIECES))
+    let fit = rows / i64::from(min_rows.max(1));
+    fit.min(i64::from(pieces))
+        .min(i64::from(MAX_MLP_PIECES))
         .min(i64::from(shape[0]))
         .max(1) as i32
 }
@@ -469,7 +472,8 @@ impl Mlp {
             grouped: false,
             cuda_lora: false,
             cuda_swiglu_grad: false,
-            chunk_rows: 0,
+            pieces: 1,
+            piece_min_rows: 1,
         })
     }
 
@@ -500,7 +504,7 @@ impl Module<&Array> for Mlp {
     /// # Shapes
     /// `x: [..., D]` -> `[..., D]`
     fn forward(&mut self, x: &Array) -> Result<Array, Exception> {
-        let pieces = mlp_pieces(x.shape(), self.chunk_rows);
+        let pieces = mlp_pieces(x.shape(), self.pieces, self.piece_min_rows);
         if pieces < 2 {
             return self.forward_whole(x);
         }
@@ -690,15 +694,16 @@ mod tests {
 
     #[test]
     fn mlp_pieces_follow_the_token_count_within_limits() {
-        // Off, or too few tokens: one piece.
-        assert_eq!(mlp_pieces(&[8, 32, 1024], 0), 1);
-        assert_eq!(mlp_pieces(&[8, 32, 1024], 256), 1);
-        // 8 x 32 = 256 tokens in pieces of about 100: 3.
-        assert_eq!(mlp_pieces(&[8, 32, 1024], 100), 3);
+        // Whole, or too few tokens for two pieces: one piece.
+        assert_eq!(mlp_pieces(&[8, 32, 1024], 1, 16), 1);
+        assert_eq!(mlp_pieces(&[8, 32, 1024], 4, 200), 1);
+        // 8 x 32 = 256 tokens, pieces of at least 100: 2 of the 4 asked.
+        assert_eq!(mlp_pieces(&[8, 32, 1024], 4, 100), 2);
+        assert_eq!(mlp_pieces(&[8, 32, 1024], 3, 16), 3);
         // Never more pieces than the first axis has entries, nor than 8.
-        assert_eq!(mlp_pieces(&[2, 151, 2048], 16), 2);
-        assert_eq!(mlp_pieces(&[1048, 32, 1024], 1024), 8);
-        assert_eq!(mlp_pieces(&[1024], 16), 1);
+        assert_eq!(mlp_pieces(&[2, 151, 2048], 4, 16), 2);
+        assert_eq!(mlp_pieces(&[1048, 32, 1024], 12, 1024), 8);
+        assert_eq!(mlp_pieces(&[1024], 4, 16), 1);
     }
 
     /// An MLP in pieces gives the whole MLP's output and input gradient.
@@ -718,8 +723,9 @@ mod tests {
                 .remove(0)
         };
         let want_grad = grad(&mlp);
-        mlp.chunk_rows = 4;
-        assert_eq!(mlp_pieces(x.shape(), mlp.chunk_rows), 4);
+        mlp.pieces = 4;
+        mlp.piece_min_rows = 3;
+        assert_eq!(mlp_pieces(x.shape(), mlp.pieces, mlp.piece_min_rows), 4);
         let got = whole(&mut mlp, &x);
         assert_eq!(got.shape(), want.shape());
         assert!(max_abs_diff(&got, &want) < 1e-6);

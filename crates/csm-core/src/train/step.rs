@@ -476,12 +476,13 @@ mod tests {
             cuda_rope: false,
             cuda_cross_entropy: false,
             cuda_lora: false,
-            // Pieces of 16 tokens: the 3 rows of the backbone and up to 8
-            // pieces of the decoder's frames.
-            mlp_chunk_rows: 16,
+            // The decoder's MLPs in 3 pieces of its frames.
+            decoder_mlp_pieces: 3,
+            mlp_piece_min_rows: 16,
         };
         let pieces = TrainKernels {
-            mlp_chunk_rows: 16,
+            decoder_mlp_pieces: 3,
+            mlp_piece_min_rows: 16,
             ..plain_kernels
         };
         let aligned = TrainKernels {
@@ -502,7 +503,8 @@ mod tests {
             (
                 "MLPs in pieces, lean and grouped, compiled",
                 TrainKernels {
-                    mlp_chunk_rows: 16,
+                    decoder_mlp_pieces: 3,
+                    mlp_piece_min_rows: 16,
                     ..grouped
                 },
                 compiled(true),
