@@ -102,7 +102,8 @@ def main():
     if torch_mm:
         print(f"PyTorch {torch_mm['n']}^3 {torch_mm['dtype']} matmul: {fmt_rate(rate)} "
               f"(torch {torch_mm['env'].get('torch')})")
-    probe = (any_ours or {}).get("mlx_matmul_probe")
+    # The probe runs in one of csm's processes (the compiled one).
+    probe = next((j["mlx_matmul_probe"] for j in ours.values() if j.get("mlx_matmul_probe")), None)
     if probe:
         print(f"MLX {probe['n']}^3 {probe['dtype']} matmul (csm bench-train --matmul-probe): "
               f"{fmt_rate(probe['gflops'] / 1e3)}")

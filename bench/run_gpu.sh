@@ -16,8 +16,8 @@
 # small cases on 2026-12-07). In OUTDIR: one JSON per run, the log of every
 # command (*.log) and table.md.
 #
-# Order: the matmul rate (PyTorch, 8192^3 bf16), csm's cases (plain and
-# compiled, one process), csm's levers one at a time, the peer eager (one
+# Order: the matmul rate (PyTorch, 8192^3 bf16), csm's cases (compiled,
+# then plain, one process each), csm's levers one at a time, the peer eager (one
 # process), the peer under torch.compile with what is left of BUDGET_S
 # (default 800 s from the script's start: on 2026-12-07 the compiled peer
 # began at 201 s and ended at 621 s; cases in order of interest, each
@@ -79,10 +79,18 @@ device=cuda; [ $quick = 1 ] && device=cpu
 $PY bench/peer/matmul.py --device $device --dtype $pdtype --n $mm --json "$out/torch_matmul.json" 2>&1 | tee "$out/torch_matmul.log" | tail -1
 rate=$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))['tflops'])" "$out/torch_matmul.json")
 
-log "csm: every case, plain and compiled"
-g bench-train --size $size --dtype $dtype --cases $cases --decoder-fraction 0.0625,1.0 --decoder-rule hf \
-  --modes plain,compiled "${steps[@]}" --matmul-probe $mm --peak-tflops "$rate" --json-dir "$out" ${extra[@]+"${extra[@]}"} \
-  2>&1 | tee "$out/csm.log" | grep "csm bench-train" || true
+log "csm: every case, compiled, then plain (one process each)"
+# One process per mode, as the peer runs: on 2026-12-07 (ninth session)
+# the compiled steps of a process that also ran the plain ones took
+# 0.008-0.012 s of host time a step instead of 0.005-0.007, and up to
+# 1.4x as long, on the same machine.
+: > "$out/csm.log"
+for mode in compiled plain; do
+  probe=(); [ $mode = compiled ] && probe=(--matmul-probe $mm)
+  g bench-train --size $size --dtype $dtype --cases $cases --decoder-fraction 0.0625,1.0 --decoder-rule hf \
+    --modes $mode "${steps[@]}" ${probe[@]+"${probe[@]}"} --peak-tflops "$rate" --json-dir "$out" ${extra[@]+"${extra[@]}"} \
+    2>&1 | tee -a "$out/csm.log" | grep "csm bench-train" || true
+done
 
 log "csm: the levers one at a time (compiled; 16 x 250 at 1/16, and the memory levers at 8 x 130 on every frame)"
 lever() {

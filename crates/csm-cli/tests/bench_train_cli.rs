@@ -96,3 +96,15 @@ fn version_names_the_commit() {
         format!("csm {}", expected_version())
     );
 }
+
+/// `--mlp-pieces` below 1 is refused with the flag named, before any work.
+#[test]
+fn mlp_pieces_below_one_is_refused() {
+    let out = Command::new(env!("CARGO_BIN_EXE_csm"))
+        .args(["bench-train", "--size", "tiny", "--mlp-pieces", "0"])
+        .output()
+        .expect("runs the csm binary");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--mlp-pieces 0"), "{err}");
+}

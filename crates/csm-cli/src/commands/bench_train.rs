@@ -191,7 +191,8 @@ pub struct BenchTrainArgs {
     cuda_lora: Option<bool>,
     /// Run the depth decoder's MLPs on this many pieces of its frames (at
     /// most 8, each of at least 1024 tokens): their backward's transient
-    /// arrays for one piece at a time; 1 = whole [default: 1].
+    /// arrays for one piece at a time; 1 = whole [default: 2 on an NVIDIA
+    /// GPU, else 1].
     #[arg(long, value_name = "N")]
     mlp_pieces: Option<i32>,
     /// Pad the backbone's causal attention to a multiple of this many

@@ -172,8 +172,13 @@ impl TrainKernels {
     /// kernel (eighth session, the same card, two runs each) took 8 x 130
     /// frames on every frame from 0.070-0.075 s to 0.066-0.070 s, and its
     /// faster run was ahead in six of the other seven cases (1 x 130 on
-    /// every frame: within that case's spread). Metal has no twin of the
-    /// kernels, and the aligned heads are unmeasured there.
+    /// every frame: within that case's spread). And the depth decoder's
+    /// MLPs in 2 pieces (ninth session, two H100s): the peak fell by 0.1
+    /// to 0.67 GB wherever the decoder had 2048 tokens or more (13.32 to
+    /// 12.85 GB at 8 x 130 on every frame), with step times within the
+    /// runs' spread (8 x 130 on 1/16: up to 4% slower), where 8 pieces
+    /// (and the backbone's MLPs split too) had cost 3 to 7% on every frame. Metal has no twin of the kernels, and the aligned heads
+    /// and the MLP pieces are unmeasured there.
     pub fn for_device(gpu: bool) -> TrainKernels {
         let cuda = gpu && !cfg!(target_os = "macos");
         TrainKernels {
@@ -188,7 +193,7 @@ impl TrainKernels {
             cuda_rope: cuda,
             cuda_cross_entropy: cuda,
             cuda_lora: cuda,
-            decoder_mlp_pieces: 1,
+            decoder_mlp_pieces: if cuda { 2 } else { 1 },
             mlp_piece_min_rows: TrainKernels::MLP_PIECE_MIN_ROWS,
         }
     }
