@@ -177,8 +177,9 @@ impl TrainKernels {
     /// to 0.67 GB wherever the decoder had 2048 tokens or more (13.32 to
     /// 12.85 GB at 8 x 130 on every frame), with step times within the
     /// runs' spread (8 x 130 on 1/16: up to 4% slower), where 8 pieces
-    /// (and the backbone's MLPs split too) had cost 3 to 7% on every frame. Metal has no twin of the kernels, and the aligned heads
-    /// and the MLP pieces are unmeasured there.
+    /// (and the backbone's MLPs split too) had cost 3 to 7% on every
+    /// frame. Metal has no twin of the kernels, and the aligned heads and
+    /// the MLP pieces are unmeasured there.
     pub fn for_device(gpu: bool) -> TrainKernels {
         let cuda = gpu && !cfg!(target_os = "macos");
         TrainKernels {

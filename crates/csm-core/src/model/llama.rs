@@ -711,8 +711,8 @@ mod tests {
     fn mlp_in_pieces_matches_the_whole() {
         let mut mlp = Mlp::new(16, 48).unwrap();
         let x = random::normal::<f32>(&[5, 3, 16], None, None, None).unwrap();
-        let whole = |mlp: &mut Mlp, x: &Array| mlp.forward(x).unwrap();
-        let want = whole(&mut mlp, &x);
+        let run = |mlp: &mut Mlp, x: &Array| mlp.forward(x).unwrap();
+        let want = run(&mut mlp, &x);
         let grad = |mlp: &Mlp| {
             let mut m = mlp.clone();
             let f = move |xs: &[Array]| -> Result<Vec<Array>, Exception> {
@@ -726,7 +726,7 @@ mod tests {
         mlp.pieces = 4;
         mlp.piece_min_rows = 3;
         assert_eq!(mlp_pieces(x.shape(), mlp.pieces, mlp.piece_min_rows), 4);
-        let got = whole(&mut mlp, &x);
+        let got = run(&mut mlp, &x);
         assert_eq!(got.shape(), want.shape());
         assert!(max_abs_diff(&got, &want) < 1e-6);
         let got_grad = grad(&mlp);

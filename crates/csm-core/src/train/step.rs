@@ -433,9 +433,9 @@ mod tests {
 
     /// Every lever (fused cross-entropy, attention padded to a tile, lean
     /// SwiGLU and LoRA, grouped projections, heads padded to an aligned
-    /// vocabulary, MLPs in pieces, the compiled step with and without shape buckets, all
-    /// together) gives
-    /// the plain step's loss terms and gradients on the tiny fixture model.
+    /// vocabulary, MLPs in pieces, the compiled step with and without shape
+    /// buckets, all together) gives the plain step's loss terms and
+    /// gradients on the tiny fixture model.
     #[test]
     fn every_lever_keeps_the_plain_loss_and_gradients() {
         let mut model = tiny_model();
