@@ -3,7 +3,7 @@
 # mlx-cuda-13 wheel's libmlx) beside transformers + peft, eager and under
 # torch.compile, on the same card in one run; then the comparison table.
 #
-#   bench/run_gpu.sh OUTDIR CUDA_DIR CSM_BINARY      about 11 minutes on an H100
+#   bench/run_gpu.sh OUTDIR CUDA_DIR CSM_BINARY      10-15 minutes on an H100
 #   bench/run_gpu.sh --quick OUTDIR [CSM_BINARY]    CPU smoke run, --size tiny
 #
 # CUDA_DIR is the unpacked mlx-cuda-13 wheel (scripts/gpu-check.sh finds the
@@ -81,8 +81,8 @@ rate=$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))['tflops'])" "
 
 log "csm: every case, compiled, then plain (one process each)"
 # One process per mode, as the peer runs: on 2026-12-07 (ninth session)
-# the compiled steps of a process that also ran the plain ones took
-# 0.008-0.012 s of host time a step instead of 0.005-0.007, and up to
+# the compiled steps of a process that also ran the plain ones took up to
+# 0.013 s of host time a step instead of mostly 0.005-0.007 s, and up to
 # 1.4x as long, on the same machine.
 : > "$out/csm.log"
 for mode in compiled plain; do
@@ -102,37 +102,41 @@ lever() {
 }
 if [ "${LEVERS:-1}" = 0 ]; then
   log "csm: levers skipped (LEVERS=0)"
-elif [ $quick = 1 ]; then
-  # Off by default on the CPU: switched on.
-  lever tile-128 16x250 0.0625 --attention-tile 128
-  lever lean 16x250 0.0625 --lean-swiglu true --lean-lora true
-  lever lean 8x130 1.0 --lean-swiglu true --lean-lora true
-  lever grouped 16x250 0.0625 --lean-lora true --grouped-proj true
 else
-  # On by default on CUDA: switched off.
-  lever tile-0 16x250 0.0625 --attention-tile 0
-  lever lean-off 16x250 0.0625 --lean-swiglu false --lean-lora false
-  lever lean-off 8x130 1.0 --lean-swiglu false --lean-lora false
-  lever grouped-off 16x250 0.0625 --grouped-proj false
-  lever grouped-off 8x130 0.0625 --grouped-proj false
-  lever grouped-off 8x130 1.0 --grouped-proj false
-  # On by default on CUDA since 2026-12-07 (sixth session): each switched
-  # off, and the four together.
-  lever aligned-off 16x250 1.0 --aligned-heads false
-  lever swiglu-kernel-off 16x250 1.0 --cuda-swiglu-grad false
-  lever rope-kernel-off 16x250 1.0 --cuda-rope false
-  lever ce-plain 16x250 1.0 --cross-entropy plain
-  for frac in 0.0625 1.0; do
-    lever four-off 8x130 $frac --aligned-heads false --cuda-swiglu-grad false --cuda-rope false --cross-entropy plain
-    lever four-off 16x250 $frac --aligned-heads false --cuda-swiglu-grad false --cuda-rope false --cross-entropy plain
-  done
-  # The adapters' rank-r products added by a CUDA kernel (on by default on
-  # CUDA since 2026-12-07, eighth session), switched off.
-  lever cuda-lora-off 16x250 1.0 --cuda-lora false
-  lever cuda-lora-off 8x130 1.0 --cuda-lora false
-  lever cuda-lora-off 16x250 0.0625 --cuda-lora false
-fi
-if [ "${LEVERS:-1}" != 0 ]; then
+  if [ $quick = 1 ]; then
+    # Off by default on the CPU: switched on.
+    lever tile-128 16x250 0.0625 --attention-tile 128
+    lever lean 16x250 0.0625 --lean-swiglu true --lean-lora true
+    lever lean 8x130 1.0 --lean-swiglu true --lean-lora true
+    lever grouped 16x250 0.0625 --lean-lora true --grouped-proj true
+  else
+    # On by default on CUDA: switched off.
+    lever tile-0 16x250 0.0625 --attention-tile 0
+    lever lean-off 16x250 0.0625 --lean-swiglu false --lean-lora false
+    lever lean-off 8x130 1.0 --lean-swiglu false --lean-lora false
+    lever grouped-off 16x250 0.0625 --grouped-proj false
+    lever grouped-off 8x130 0.0625 --grouped-proj false
+    lever grouped-off 8x130 1.0 --grouped-proj false
+    # On by default on CUDA since 2026-12-07 (sixth session): each switched
+    # off, and the four together.
+    lever aligned-off 16x250 1.0 --aligned-heads false
+    lever swiglu-kernel-off 16x250 1.0 --cuda-swiglu-grad false
+    lever rope-kernel-off 16x250 1.0 --cuda-rope false
+    lever ce-plain 16x250 1.0 --cross-entropy plain
+    for frac in 0.0625 1.0; do
+      lever four-off 8x130 $frac --aligned-heads false --cuda-swiglu-grad false --cuda-rope false --cross-entropy plain
+      lever four-off 16x250 $frac --aligned-heads false --cuda-swiglu-grad false --cuda-rope false --cross-entropy plain
+    done
+    # The adapters' rank-r products added by a CUDA kernel (on by default on
+    # CUDA since 2026-12-07, eighth session), switched off.
+    lever cuda-lora-off 16x250 1.0 --cuda-lora false
+    lever cuda-lora-off 8x130 1.0 --cuda-lora false
+    lever cuda-lora-off 16x250 0.0625 --cuda-lora false
+    # The depth decoder's MLPs in 2 pieces (on by default on CUDA since
+    # 2026-12-07, ninth session), whole.
+    lever mlp-pieces-1 8x130 1.0 --mlp-pieces 1
+    lever mlp-pieces-1 16x250 1.0 --mlp-pieces 1
+  fi
   lever ce-fused 16x250 0.0625 --cross-entropy fused
   lever ce-fused 8x130 1.0 --cross-entropy fused
   lever exact-shapes 16x250 0.0625 --no-buckets

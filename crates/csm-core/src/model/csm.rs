@@ -127,7 +127,9 @@ pub struct TrainKernels {
     /// 32 times the backbone's tokens.
     pub decoder_mlp_pieces: i32,
     /// Fewest tokens a piece of [`TrainKernels::decoder_mlp_pieces`] may
-    /// have: smaller MLPs are split into fewer pieces, or none.
+    /// have: smaller MLPs are split into fewer pieces, or none
+    /// ([`crate::model::llama::MLP_PIECE_MIN_ROWS`] unless a test asks for
+    /// fewer).
     pub mlp_piece_min_rows: i32,
 }
 
@@ -146,13 +148,8 @@ impl TrainKernels {
         cuda_cross_entropy: false,
         cuda_lora: false,
         decoder_mlp_pieces: 1,
-        mlp_piece_min_rows: TrainKernels::MLP_PIECE_MIN_ROWS,
+        mlp_piece_min_rows: super::llama::MLP_PIECE_MIN_ROWS,
     };
-
-    /// [`TrainKernels::mlp_piece_min_rows`] unless a test asks for less:
-    /// 1024 tokens (a piece's hidden arrays then hold 16 MB of bf16 each
-    /// at CSM-1B's width).
-    pub const MLP_PIECE_MIN_ROWS: i32 = 1024;
 
     /// The forms expected to pay on a device: the attention tile on GPUs
     /// outside macOS (CUDA), where
@@ -195,7 +192,7 @@ impl TrainKernels {
             cuda_cross_entropy: cuda,
             cuda_lora: cuda,
             decoder_mlp_pieces: if cuda { 2 } else { 1 },
-            mlp_piece_min_rows: TrainKernels::MLP_PIECE_MIN_ROWS,
+            mlp_piece_min_rows: super::llama::MLP_PIECE_MIN_ROWS,
         }
     }
 }

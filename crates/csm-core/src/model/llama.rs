@@ -435,6 +435,11 @@ pub struct Mlp {
 /// input).
 const MAX_MLP_PIECES: i32 = 8;
 
+/// Fewest tokens a piece of an MLP has unless a caller asks for fewer
+/// ([`Mlp::piece_min_rows`]): 1024 (a piece's hidden arrays then hold 16
+/// MB of bf16 each at CSM-1B's width).
+pub const MLP_PIECE_MIN_ROWS: i32 = 1024;
+
 /// How many pieces an MLP input of `shape` `[N, ..., D]` runs in when
 /// asked for `pieces` of at least `min_rows` tokens each: at most
 /// `pieces`, [`MAX_MLP_PIECES`] and `N`; 1 where the input is too small.
@@ -473,7 +478,7 @@ impl Mlp {
             cuda_lora: false,
             cuda_swiglu_grad: false,
             pieces: 1,
-            piece_min_rows: 1,
+            piece_min_rows: MLP_PIECE_MIN_ROWS,
         })
     }
 
