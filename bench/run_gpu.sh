@@ -32,7 +32,10 @@
 #
 # CSM_ARGS: more `csm bench-train` flags for every csm run (word-split),
 # e.g. CSM_ARGS="--mlp-pieces 2" to measure a setting as if it were
-# the default. LEVERS=0 skips the levers (about 4 minutes on an H100).
+# the default. LEVERS=0 skips the levers (about 4 minutes on an H100);
+# EXTRAS=0 skips what follows the peer (packing, generation, kernel traces:
+# about 2 minutes); PLAIN=0 skips csm's plain step and the peer's eager
+# mode (about 3 minutes), leaving the compiled columns of the table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -85,7 +88,8 @@ log "csm: every case, compiled, then plain (one process each)"
 # 0.013 s of host time a step instead of mostly 0.005-0.007 s, and up to
 # 1.4x as long, on the same machine.
 : > "$out/csm.log"
-for mode in compiled plain; do
+modes=(compiled plain); [ "${PLAIN:-1}" = 0 ] && modes=(compiled)
+for mode in "${modes[@]}"; do
   probe=(); [ $mode = compiled ] && probe=(--matmul-probe $mm)
   g bench-train --size $size --dtype $dtype --cases $cases --decoder-fraction 0.0625,1.0 --decoder-rule hf \
     --modes $mode "${steps[@]}" ${probe[@]+"${probe[@]}"} --peak-tflops "$rate" --json-dir "$out" ${extra[@]+"${extra[@]}"} \
@@ -156,11 +160,15 @@ else
     --cuda-rope false --no-buckets
 fi
 
-log "peer: every case, eager"
-peer_cases=1x130:0.0625,8x130:0.0625,4x500:0.0625,16x250:0.0625,1x130:1.0,8x130:1.0,4x500:1.0,16x250:1.0
-$PY bench/peer/train_step.py --mode same-work "${pdev[@]}" --cases $peer_cases "${steps[@]}" \
-  --json-dir "$out" --tag eager --profile-dir "$out/prof" > "$out/peer_eager.log" 2>&1 || echo "peer eager failed: see $out/peer_eager.log"
-grep -E "^== case|step s median" "$out/peer_eager.log" || true
+if [ "${PLAIN:-1}" = 0 ]; then
+  log "peer: eager skipped (PLAIN=0)"
+else
+  log "peer: every case, eager"
+  peer_cases=1x130:0.0625,8x130:0.0625,4x500:0.0625,16x250:0.0625,1x130:1.0,8x130:1.0,4x500:1.0,16x250:1.0
+  $PY bench/peer/train_step.py --mode same-work "${pdev[@]}" --cases $peer_cases "${steps[@]}" \
+    --json-dir "$out" --tag eager --profile-dir "$out/prof" > "$out/peer_eager.log" 2>&1 || echo "peer eager failed: see $out/peer_eager.log"
+  grep -E "^== case|step s median" "$out/peer_eager.log" || true
+fi
 
 left=$(( budget - $(elapsed) ))
 if [ $left -gt 30 ]; then
@@ -179,14 +187,14 @@ fi
 # Packing (after the peer, so that its time budget is not spent here):
 # mixed lengths, the same utterances padded and packed, compiled; PACKING=0
 # skips it. Two traces, about a minute or two on an H100.
-if [ "${PACKING:-1}" = 1 ]; then
+if [ "${PACKING:-1}" = 1 ] && [ "${EXTRAS:-1}" = 1 ]; then
   log "csm: packing, 16 rows of 60/130/250 audio frames, padded and packed"
   g bench-train --size $size --dtype $dtype --cases 16x0 --lengths 60,130,250 --layouts padded,packed \
     --decoder-fraction 0.0625 --decoder-rule csm --modes compiled "${steps[@]}" --peak-tflops "$rate" \
     --json-dir "$out" ${extra[@]+"${extra[@]}"} 2>&1 | tee "$out/csm_packing.log" | grep "csm bench-train" || true
 fi
 
-if [ $quick = 0 ]; then
+if [ $quick = 0 ] && [ "${EXTRAS:-1}" = 1 ]; then
   log "csm: generation (100 frames), default and without CUDA graphs (5 ops a commit)"
   for v in default no-cuda-graphs-ops5; do
     ( [ $v = default ] || export MLX_USE_CUDA_GRAPHS=0 MLX_MAX_OPS_PER_BUFFER=5
