@@ -2,7 +2,13 @@
 //! as is or through `mx.compile` with shape buckets. `csm bench-train`
 //! times this same step.
 
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
 use mlx_rs::error::Exception;
+use mlx_rs::module::ModuleParameters;
+use mlx_rs::nested::NestedValue;
 use mlx_rs::{nn, ops, Array};
 
 use super::batch::Batch;
@@ -242,7 +248,112 @@ fn loss_and_grads(
         .collect())
 }
 
-type StepFn = Box<dyn for<'x> FnMut(&mut Csm, &'x [Array]) -> Result<Vec<Array>, Exception>>;
+/// Every array of `model`'s parameters, frozen and trainable, in one fixed
+/// order (keys sorted level by level); with `names`, also each array's
+/// flattened name, in the same order.
+///
+/// A compiled step takes these as inputs on every call. This walk builds
+/// no names unless asked: the generic state handling of mlx-rs's
+/// `compile_with_state` flattened and named the whole model three or four
+/// times a call, about a third of the host's time to build a compiled
+/// CSM-1B step (docs/benchmarks.md), time the device spends idle.
+fn model_arrays(model: &Csm, mut names: Option<&mut Vec<Rc<str>>>) -> Vec<Array> {
+    type Level<'a> = HashMap<Rc<str>, NestedValue<Rc<str>, &'a Array>>;
+    fn walk(
+        level: &Level<'_>,
+        prefix: &str,
+        names: &mut Option<&mut Vec<Rc<str>>>,
+        out: &mut Vec<Array>,
+    ) {
+        let mut entries: Vec<_> = level.iter().collect();
+        entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for (key, value) in entries {
+            match value {
+                NestedValue::Value(array) => {
+                    if let Some(names) = names.as_deref_mut() {
+                        names.push(format!("{prefix}{key}").into());
+                    }
+                    out.push((*array).clone());
+                }
+                NestedValue::Map(inner) => {
+                    // Names are only built while tracing.
+                    let prefix = if names.is_some() {
+                        format!("{prefix}{key}.")
+                    } else {
+                        String::new()
+                    };
+                    walk(inner, &prefix, names, out);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&model.parameters().entries, "", &mut names, &mut out);
+    out
+}
+
+/// A compiled function of arrays.
+type CompiledFn = Box<dyn for<'a> FnMut(&'a [Array]) -> Result<Vec<Array>, Exception>>;
+
+/// `mx.compile` of [`loss_and_grads`]: its inputs are a micro-batch's
+/// [`step_inputs`] followed by [`model_arrays`], so the compiled graph
+/// holds none of the model's arrays as constants (a frozen weight changed
+/// between calls is seen) and a call needs no named state.
+struct CompiledStep {
+    call: CompiledFn,
+    /// The model of the call in progress, for a trace; null between calls.
+    model: Rc<Cell<*mut Csm>>,
+    /// How many of the call's inputs are the micro-batch's.
+    batch_inputs: Rc<Cell<usize>>,
+}
+
+impl CompiledStep {
+    fn new(weights: LossWeights) -> Self {
+        let model = Rc::new(Cell::new(std::ptr::null_mut::<Csm>()));
+        let batch_inputs = Rc::new(Cell::new(0));
+        let (slot, count) = (Rc::clone(&model), Rc::clone(&batch_inputs));
+        // Runs only while MLX traces a new shape; later calls replay the
+        // trace without it.
+        let trace = move |inputs: &[Array]| -> Result<Vec<Array>, Exception> {
+            // SAFETY: `run` stores the pointer of the `&mut Csm` it holds for
+            // the whole call and does not touch that reference until the
+            // call returns and the pointer is cleared; nothing else reads
+            // the slot.
+            let model = unsafe { slot.get().as_mut() }
+                .ok_or_else(|| Exception::custom("the compiled step was traced outside a call"))?;
+            let (batch, arrays) = inputs.split_at(count.get().min(inputs.len()));
+            let mut names = Vec::new();
+            let originals = model_arrays(model, Some(&mut names));
+            if names.len() != arrays.len() {
+                return Err(Exception::custom(format!(
+                    "the compiled step got {} model arrays for {} parameters",
+                    arrays.len(),
+                    names.len()
+                )));
+            }
+            // The model computes with the traced inputs, then gets its own
+            // arrays back, whatever the trace's outcome.
+            model.update_flattened(names.iter().cloned().zip(arrays.iter().cloned()).collect());
+            let out = loss_and_grads(model, batch, weights);
+            model.update_flattened(names.into_iter().zip(originals).collect());
+            out
+        };
+        CompiledStep {
+            call: Box::new(mlx_rs::transforms::compile::compile(trace, false)),
+            model,
+            batch_inputs,
+        }
+    }
+
+    fn run(&mut self, model: &mut Csm, mut inputs: Vec<Array>) -> Result<Vec<Array>, Exception> {
+        self.batch_inputs.set(inputs.len());
+        inputs.extend(model_arrays(model, None));
+        self.model.set(model as *mut Csm);
+        let out = (self.call)(&inputs);
+        self.model.set(std::ptr::null_mut());
+        out
+    }
+}
 
 /// Loss and gradients of a micro-batch, the same function run plain or
 /// compiled.
@@ -251,8 +362,8 @@ pub struct ForwardBackward {
     options: StepOptions,
     /// Names of the trainable tensors, in the order of the gradients.
     grad_keys: Vec<String>,
-    /// `mx.compile` of [`loss_and_grads`], when compiling.
-    compiled: Option<StepFn>,
+    /// The compiled [`loss_and_grads`], when compiling.
+    compiled: Option<CompiledStep>,
 }
 
 /// One micro-batch's result, not yet evaluated.
@@ -267,10 +378,7 @@ impl ForwardBackward {
     /// The step for the trainable tensors `grad_keys` (sorted), run as
     /// `options` say.
     pub fn new(grad_keys: Vec<String>, weights: LossWeights, options: StepOptions) -> Self {
-        let compiled = options.compile.then(|| {
-            let step = move |model: &mut Csm, x: &[Array]| loss_and_grads(model, x, weights);
-            Box::new(mlx_rs::transforms::compile::compile_with_state(step, false)) as StepFn
-        });
+        let compiled = options.compile.then(|| CompiledStep::new(weights));
         ForwardBackward {
             weights,
             options,
@@ -304,7 +412,7 @@ impl ForwardBackward {
             .then_some(model.config.backbone.max_seq_len as usize);
         let inputs = step_inputs(batch, scales, pad_to).map_err(fail)?;
         let mut out = match self.compiled.as_mut() {
-            Some(step) => step(model, &inputs),
+            Some(step) => step.run(model, inputs),
             None => loss_and_grads(model, &inputs, self.weights),
         }
         .map_err(fail)?;
@@ -597,6 +705,72 @@ mod tests {
         for (x, y) in [(a.semantic, b.semantic), (a.acoustic, b.acoustic)] {
             assert!((x - y).abs() <= 2e-6 * x.abs(), "validation: {x} vs {y}");
         }
+    }
+
+    /// The compiled step takes the model's arrays as inputs: a trainable
+    /// tensor and a frozen weight changed after the trace are both seen (the
+    /// plain step's loss and gradients at the changed model), and a trace
+    /// leaves the model's own arrays in place.
+    #[test]
+    fn the_compiled_step_sees_weights_changed_after_its_trace() {
+        let mut model = tiny_model();
+        let batch = tiny_batch(&model);
+        let keys: Vec<String> = adapter::adapter_tensors(&model).into_keys().collect();
+        let options = StepOptions {
+            compile: true,
+            buckets: true,
+        };
+        let mut step = ForwardBackward::new(keys.clone(), LossWeights::default(), options);
+        let before = model_arrays(&model, None);
+        step.run(&mut model, &batch, (1.0, 1.0)).unwrap();
+        let after = model_arrays(&model, None);
+        assert_eq!(before.len(), after.len());
+        for (a, b) in before.iter().zip(&after) {
+            assert_eq!(a.shape(), b.shape());
+            assert_eq!(
+                max_abs_diff(a, b),
+                0.0,
+                "a trace changed the model's arrays"
+            );
+        }
+        let params = model.parameters().flatten();
+        let frozen = params
+            .keys()
+            .find(|k| k.contains("backbone") && k.ends_with("down_proj.weight"))
+            .expect("a frozen backbone weight")
+            .clone();
+        let trainable: Rc<str> = keys
+            .iter()
+            .find(|k| k.contains("lora_b"))
+            .unwrap()
+            .as_str()
+            .into();
+        let changed: HashMap<Rc<str>, Array> = [
+            (
+                frozen.clone(),
+                params[&frozen].multiply(Array::from_f32(0.5)).unwrap(),
+            ),
+            (
+                trainable.clone(),
+                params[&trainable].add(Array::from_f32(0.01)).unwrap(),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        drop(params);
+        model.update_flattened(changed);
+        let out = step.run(&mut model, &batch, (1.0, 1.0)).unwrap();
+        let losses: Vec<f32> = out.losses.iter().map(|l| l.item_cast::<f32>()).collect();
+        let got = (losses, out.grads.into_iter().collect());
+        let plain = StepOptions {
+            compile: false,
+            buckets: false,
+        };
+        let reference = run_step(&mut model, &batch, TrainKernels::PLAIN, plain);
+        assert_same("compiled after changing two weights", &reference, &got);
+        // The change mattered: the loss moved.
+        let first = run_step(&mut tiny_model(), &batch, TrainKernels::PLAIN, plain);
+        assert!((first.0[0] - reference.0[0]).abs() > 1e-4 * first.0[0].abs());
     }
 
     #[test]
