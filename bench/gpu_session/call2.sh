@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Call 2 (same warm machine as call 1): the depth decoder's MLPs in 3
-# pieces (--mlp-pieces 3) with csm's malloc settings and with glibc's,
-# every case, twice in turn; glibc's are kept for the whole run if they pay
-# (summed time at least 1% lower, no case more than 5% slower); then
+# pieces (--mlp-pieces 3) with csm's malloc settings and with glibc's
+# (and the build in .gpuB/csm_base.xz, if any), every case, twice in
+# turn; glibc's are kept for the whole run if they pay (summed time at
+# least 1% lower, no case more than 5% slower); then
 # bench/run_gpu.sh starts detached with 3 pieces (LEVERS=0 EXTRAS=0 PLAIN=0
 # BUDGET_S=720), for call 3 to collect.
 CALL=2; . bench/gpu_session/common.sh
@@ -13,6 +14,8 @@ fi
 xz -dc .gpuB/csm.xz > /tmp/g/csm && chmod +x /tmp/g/csm || { note "csm failed"; exit 1; }
 grep -aq "(commit $(cat .gpuB/commit.txt))" /tmp/g/csm || { note "csm is not the build of $(cat .gpuB/commit.txt)"; exit 1; }
 cp .gpuB/commit.txt $R/; note "assembled, csm of $(cat .gpuB/commit.txt)"
+# An earlier build to compare with (prepare.sh's BASE_BIN), if carried.
+[ -f .gpuB/csm_base.xz ] && xz -dc .gpuB/csm_base.xz > /tmp/g/csm_base && chmod +x /tmp/g/csm_base
 python3 bench/peer/matmul.py --device cuda --dtype bfloat16 --n 8192 --json $R/torch_matmul.json > $R/torch_matmul.log 2>&1
 note "matmul rate $(rate)"
 ALL=(--cases 1x130,8x130,4x500,16x250 --decoder-fraction 0.0625,1.0)
@@ -22,6 +25,7 @@ for round in 1 2; do
   bt p3m32r$round "${ALL[@]}" --mlp-pieces 3
   # glibc's own malloc settings instead of csm's (one arena, no trim, no mmap).
   ( export GLIBC_TUNABLES=glibc.malloc.perturb=0; bt p3m32gr$round "${ALL[@]}" --mlp-pieces 3 )
+  [ -x /tmp/g/csm_base ] && CSM_BIN=/tmp/g/csm_base bt p3m32br$round "${ALL[@]}" --mlp-pieces 3
 done
 python3 bench/gpu_session/choose.py $R > $R/choice.txt 2>&1; cat $R/choice.txt
 glibc=$(tail -1 $R/choice.txt); note "glibc malloc defaults: ${glibc:-0}"

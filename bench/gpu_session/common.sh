@@ -10,7 +10,7 @@ export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 rate() { for f in $R/torch_matmul.json /tmp/full/torch_matmul.json; do [ -f $f ] && { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['tflops'])" $f; return; }; done; echo 0; }
 # One csm bench-train run of the compiled step, tagged; 3 warm-up steps and
 # STEPS timed (default 15).
-bt() { local tag=$1; shift; timeout $(( $(left) - 10 )) scripts/gpu-check.sh /tmp/g/cuda /tmp/g/csm bench-train --size csm1b --dtype bf16 \
+bt() { local tag=$1; shift; timeout $(( $(left) - 10 )) scripts/gpu-check.sh /tmp/g/cuda ${CSM_BIN:-/tmp/g/csm} bench-train --size csm1b --dtype bf16 \
   --decoder-rule hf --modes compiled --warmup 3 --steps ${STEPS:-15} --peak-tflops $(rate) --json-dir $R --tag $tag "$@" >> $R/csm_$tag.log 2>&1
   note "$tag exit $?"; grep -h "csm bench-train: Csm1b" $R/csm_$tag.log | tail -8; pack; }
 # The peer (transformers + peft) under torch.compile at the given cases,

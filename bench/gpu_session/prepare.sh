@@ -2,7 +2,9 @@
 # Builds what a GPU session's calls carry (run from the repo root, here):
 #   .gpuA: the first part of the mlx-cuda-13 wheel's files (tar.xz, split
 #          because one call carries at most 64 MiB) and peft's wheel;
-#   .gpuB: the second part, the release csm (xz) and its commit.
+#   .gpuB: the second part, the release csm (xz) and its commit; with
+#          BASE_BIN=path, also that earlier csm binary, for call 2 to
+#          compare with (csm_base.xz).
 # Both are listed in .git/info/exclude; name them in `carry` (call 1:
 # .gpuA, call 2: .gpuB). bench/results and docs must be moved out of the
 # tree for the calls (about 42 MB): `bench/gpu_session/prepare.sh stash`
@@ -29,4 +31,9 @@ export LIBCLANG_PATH=${LIBCLANG_PATH:-/usr/lib/llvm-19/lib}  # as scripts/setup.
 cargo build --release -p csm-cli
 xz -T2 -c target/release/csm > .gpuB/csm.xz
 target/release/csm --version | grep -o 'commit [0-9a-f]*' | cut -d' ' -f2 > .gpuB/commit.txt
+rm -f .gpuB/csm_base.xz
+if [ -n "${BASE_BIN:-}" ]; then
+  xz -T2 -c "$BASE_BIN" > .gpuB/csm_base.xz
+  echo "base: $("$BASE_BIN" --version)"
+fi
 du -sh .gpuA .gpuB; echo "csm of $(cat .gpuB/commit.txt)"
