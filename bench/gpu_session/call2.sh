@@ -7,15 +7,7 @@
 # bench/run_gpu.sh starts detached with 3 pieces (LEVERS=0 EXTRAS=0 PLAIN=0
 # BUDGET_S=720), for call 3 to collect.
 CALL=2; . bench/gpu_session/common.sh
-if [ ! -d /tmp/g/cuda/mlx ]; then
-  cat /tmp/g/cuda.aa .gpuB/cuda.ab > /tmp/g/cuda.tar.xz && mkdir -p /tmp/g/cuda && tar -C /tmp/g/cuda -xJf /tmp/g/cuda.tar.xz \
-    && rm /tmp/g/cuda.tar.xz || { note "assembly failed"; exit 1; }
-fi
-xz -dc .gpuB/csm.xz > /tmp/g/csm && chmod +x /tmp/g/csm || { note "csm failed"; exit 1; }
-grep -aq "(commit $(cat .gpuB/commit.txt))" /tmp/g/csm || { note "csm is not the build of $(cat .gpuB/commit.txt)"; exit 1; }
-cp .gpuB/commit.txt $R/; note "assembled, csm of $(cat .gpuB/commit.txt)"
-# An earlier build to compare with (prepare.sh's BASE_BIN), if carried.
-[ -f .gpuB/csm_base.xz ] && xz -dc .gpuB/csm_base.xz > /tmp/g/csm_base && chmod +x /tmp/g/csm_base
+assemble || exit 1
 python3 bench/peer/matmul.py --device cuda --dtype bfloat16 --n 8192 --json $R/torch_matmul.json > $R/torch_matmul.log 2>&1
 note "matmul rate $(rate)"
 ALL=(--cases 1x130,8x130,4x500,16x250 --decoder-fraction 0.0625,1.0)

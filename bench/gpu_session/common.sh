@@ -20,3 +20,16 @@ peer() { local cases=$1 stop=$2
     --cases $cases --warmup 3 --steps 15 --compile --deadline-epoch $(( T0 + LIMIT - stop )) \
     --json-dir $R --tag compiled >> $R/peer_compiled.log 2>&1
   note "peer compiled ($cases) exit $?"; grep -E "^== case|step s median|skip" $R/peer_compiled.log | tail -12; pack; }
+# Call 2's start: libmlx from the two carried parts (.gpuA's, copied by
+# call 1, and .gpuB's), csm of .gpuB/commit.txt, and an earlier build to
+# compare with (prepare.sh's BASE_BIN) where one was carried.
+assemble() {
+  if [ ! -d /tmp/g/cuda/mlx ]; then
+    cat /tmp/g/cuda.aa .gpuB/cuda.ab > /tmp/g/cuda.tar.xz && mkdir -p /tmp/g/cuda && tar -C /tmp/g/cuda -xJf /tmp/g/cuda.tar.xz \
+      && rm /tmp/g/cuda.tar.xz || { note "assembly failed"; return 1; }
+  fi
+  xz -dc .gpuB/csm.xz > /tmp/g/csm && chmod +x /tmp/g/csm || { note "csm failed"; return 1; }
+  grep -aq "(commit $(cat .gpuB/commit.txt))" /tmp/g/csm || { note "csm is not the build of $(cat .gpuB/commit.txt)"; return 1; }
+  [ ! -f .gpuB/csm_base.xz ] || { xz -dc .gpuB/csm_base.xz > /tmp/g/csm_base && chmod +x /tmp/g/csm_base; }
+  cp .gpuB/commit.txt $R/; note "assembled, csm of $(cat .gpuB/commit.txt)"
+}
