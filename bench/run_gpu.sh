@@ -34,8 +34,9 @@
 # e.g. CSM_ARGS="--mlp-pieces 2" to measure a setting as if it were
 # the default. LEVERS=0 skips the levers (about 4 minutes on an H100);
 # EXTRAS=0 skips what follows the peer (packing, generation, kernel traces:
-# about 2 minutes); PLAIN=0 skips csm's plain step and the peer's eager
-# mode (about 3 minutes), leaving the compiled columns of the table.
+# 74 s of a 586 s run on an H100, 2026-12-07); PLAIN=0 skips csm's plain
+# step and the peer's eager mode (54 s for the peer's there), leaving the
+# compiled columns of the table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -82,13 +83,13 @@ device=cuda; [ $quick = 1 ] && device=cpu
 $PY bench/peer/matmul.py --device $device --dtype $pdtype --n $mm --json "$out/torch_matmul.json" 2>&1 | tee "$out/torch_matmul.log" | tail -1
 rate=$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))['tflops'])" "$out/torch_matmul.json")
 
-log "csm: every case, compiled, then plain (one process each)"
+modes=(compiled plain); [ "${PLAIN:-1}" = 0 ] && modes=(compiled)
+log "csm: every case, ${modes[*]} (one process each)"
 # One process per mode, as the peer runs: on 2026-12-07 (ninth session)
 # the compiled steps of a process that also ran the plain ones took up to
 # 0.013 s of host time a step instead of mostly 0.005-0.007 s, and up to
 # 1.4x as long, on the same machine.
 : > "$out/csm.log"
-modes=(compiled plain); [ "${PLAIN:-1}" = 0 ] && modes=(compiled)
 for mode in "${modes[@]}"; do
   probe=(); [ $mode = compiled ] && probe=(--matmul-probe $mm)
   g bench-train --size $size --dtype $dtype --cases $cases --decoder-fraction 0.0625,1.0 --decoder-rule hf \
